@@ -1,0 +1,36 @@
+# The two commands: `make run` and `make test`. Both set up what they need first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+EXT    := agentd/_fastpath$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+
+.PHONY: run test lint system-deps ext clean bench
+
+run: $(STAMP) $(EXT)
+	$(VENV)/bin/agentd serve -c config.toml
+
+test: $(STAMP) $(EXT) system-deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel Cython
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# The compiled fast path, rebuilt in place whenever the .pyx changes.
+ext $(EXT): agentd/_fastpath.pyx $(STAMP)
+	$(PY) setup.py --quiet build_ext --inplace
+
+system-deps:
+	scripts/ensure-system-deps redis-server
+
+clean:
+	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so

@@ -1,0 +1,102 @@
+"""The ``agentd`` command: ``serve``, ``check-config`` and ``--version``."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__, fastpath
+from .config import Config, ConfigError, dump_toml, load, parse_bind
+
+__all__ = ("main",)
+
+EXIT_CONFIG = 2
+
+
+def version_line() -> str:
+    try:
+        import uvloop
+
+        loop = f"uvloop {uvloop.__version__}"
+    except ImportError:
+        loop = "asyncio"
+    return (
+        f"agentd {__version__} (Python {platform.python_version()}, {loop}, "
+        f"fastpath {fastpath.IMPLEMENTATION})"
+    )
+
+
+def _bind_arg(value: str) -> str:
+    try:
+        parse_bind(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentd", description="An async, high-throughput server for AI agents."
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
+    serve.add_argument("--bind", type=_bind_arg, metavar="HOST:PORT", help="override server.bind")
+    serve.add_argument("--workers", type=int, metavar="N", help="override server.workers")
+
+    check = sub.add_parser("check-config", help="validate and print the effective config")
+    check.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    server: dict[str, Any] = {}
+    if getattr(args, "bind", None) is not None:
+        server["bind"] = args.bind
+    if getattr(args, "workers", None) is not None:
+        server["workers"] = args.workers
+    return {"server": server} if server else {}
+
+
+def _load_or_report(args: argparse.Namespace) -> Config | None:
+    try:
+        return load(args.config, overrides=_flag_overrides(args))
+    except ConfigError as exc:
+        print("agentd: invalid configuration:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load_or_report(args)
+    if config is None:
+        return EXIT_CONFIG
+    # Imported here: the supervisor sets up process-wide state (metrics, signals).
+    from .log import setup_logging
+    from .proc.supervisor import Supervisor
+
+    setup_logging(config.log.level, config.log.format, "main")
+    # A reload re-reads the same file with the same flags on top.
+    return Supervisor(config, lambda: load(args.config, overrides=_flag_overrides(args))).run()
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _load_or_report(args)
+    if config is None:
+        return EXIT_CONFIG
+    print(f"# {config.source or 'built-in defaults'} ({config.mode} mode)")
+    print(dump_toml(config), end="")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return _check_config(args)

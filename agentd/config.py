@@ -1,0 +1,338 @@
+"""agentd's configuration: the TOML schema, its defaults, env overrides and validation.
+
+The schema is a tree of frozen dataclasses. Each field carries its constraints in
+``metadata`` (see :func:`opt`); :func:`load` reads a TOML file, applies
+``AGENTD_<SECTION>__<KEY>`` environment overrides, validates everything and either
+returns a :class:`Config` or raises :class:`ConfigError` listing *every* problem, each
+prefixed with the key path (``server.workers: must be >= 1, got 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = (
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "RedisConfig",
+    "ServerConfig",
+    "dump_toml",
+    "load",
+    "parse_bind",
+)
+
+ENV_PREFIX = "AGENTD_"
+DEFAULT_FILE = "config.toml"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` holds one message per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def opt(
+    default: Any,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    auto: Any = None,
+    check: typing.Callable[[Any], str | None] | None = None,
+) -> Any:
+    """Declare a config field: its default and the constraints :func:`load` enforces.
+
+    ``auto`` is a zero-argument callable: the string ``"auto"`` is then accepted and
+    replaced by its result. ``check`` returns an error message or ``None``.
+    """
+    meta = {"min": min, "max": max, "choices": choices, "auto": auto, "check": check}
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple for sequence defaults")
+    return field(default=default, metadata=meta)
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6) into its parts; ``ValueError`` if malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host must be in brackets ([::1]:8080), got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port}")
+    return host, port
+
+
+def _check_bind(value: str) -> str | None:
+    try:
+        parse_bind(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_redis_url(value: str) -> str | None:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        return f"must start with redis://, rediss:// or unix://, got {value!r}"
+    return None
+
+
+def _check_plugin(value: str) -> str | None:
+    module, sep, attr = value.partition(":")
+    names = [*module.split("."), attr]
+    if not sep or not all(n.isidentifier() for n in names):
+        return f"must be 'package.module:function', got {value!r}"
+    return None
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    bind: str = opt("127.0.0.1:8080", check=_check_bind)
+    workers: int = opt("auto", min=1, max=1024, auto=_cpu_count)
+    backlog: int = opt(2048, min=1, max=65535)
+    reuse_port: bool = opt(True)
+    shutdown_timeout: float = opt(30.0, min=0.0, max=3600.0)
+    max_request_bytes: int = opt(4 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
+    keepalive_timeout: float = opt(75.0, min=0.0, max=3600.0)
+    heartbeat_timeout: float = opt(30.0, min=1.0, max=3600.0)
+    plugins: tuple[str, ...] = opt((), check=_check_plugin)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    urls: tuple[str, ...] = opt((), check=_check_redis_url)
+    cluster: bool = opt(False)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = opt("info", choices=("debug", "info", "warning", "error"))
+    format: str = opt("text", choices=("text", "json"))
+    access: bool = opt(False)
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def mode(self) -> str:
+        """``standalone`` (in memory), ``redis``, ``sharded`` or ``cluster``."""
+        if self.redis.cluster:
+            return "cluster"
+        if not self.redis.urls:
+            return "standalone"
+        return "redis" if len(self.redis.urls) == 1 else "sharded"
+
+
+# -- validation ---------------------------------------------------------------------
+
+_TYPE_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _describe(value: Any) -> str:
+    kind = _TYPE_NAMES.get(type(value))
+    if kind is None:
+        kind = (
+            "array"
+            if isinstance(value, list)
+            else "table"
+            if isinstance(value, dict)
+            else type(value).__name__
+        )
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{kind} {shown}"
+
+
+def _scalar(path: str, tp: type, value: Any, errors: list[str]) -> Any:
+    if tp is float and type(value) is int:
+        value = float(value)
+    if type(value) is not tp:
+        errors.append(f"{path}: expected {_TYPE_NAMES[tp]}, got {_describe(value)}")
+        return None
+    return value
+
+
+def _field_value(
+    path: str, f: dataclasses.Field[Any], tp: Any, value: Any, errors: list[str]
+) -> Any:
+    meta = f.metadata
+    if meta.get("auto") is not None and value == "auto":
+        return meta["auto"]()
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            errors.append(f"{path}: expected array, got {_describe(value)}")
+            return None
+        if dataclasses.is_dataclass(item_tp):
+            items = [_section(f"{path}[{i}]", item_tp, v, errors) for i, v in enumerate(value)]
+        else:
+            items = [_scalar(f"{path}[{i}]", item_tp, v, errors) for i, v in enumerate(value)]
+            check = meta.get("check")
+            if check is not None:
+                for i, item in enumerate(items):
+                    msg = check(item) if item is not None else None
+                    if msg:
+                        errors.append(f"{path}[{i}]: {msg}")
+        return tuple(items)
+    if dataclasses.is_dataclass(tp):
+        return _section(path, tp, value, errors)
+    before = len(errors)
+    value = _scalar(path, tp, value, errors)
+    if len(errors) > before:
+        return None
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        errors.append(f"{path}: must be >= {lo}, got {value}")
+    elif hi is not None and value > hi:
+        errors.append(f"{path}: must be <= {hi}, got {value}")
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        errors.append(f"{path}: must be one of {', '.join(choices)}; got {value!r}")
+    check = meta.get("check")
+    if check is not None and (msg := check(value)):
+        errors.append(f"{path}: {msg}")
+    return value
+
+
+def _section(path: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        errors.append(f"{path}: expected table, got {_describe(raw)}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in fields:
+            known = ", ".join(fields)
+            errors.append(f"{_join(path, key)}: unknown key (known: {known})")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        tp = hints[name]
+        if isinstance(tp, types.UnionType):
+            tp = typing.get_args(tp)[0]
+        if name not in raw:
+            # Defaults need resolving too: "auto" values and nested sections.
+            if f.metadata.get("auto") is not None and f.default == "auto":
+                values[name] = f.metadata["auto"]()
+            elif dataclasses.is_dataclass(tp):
+                values[name] = _section(_join(path, name), tp, {}, errors)
+            continue
+        value = _field_value(_join(path, name), f, tp, raw[name], errors)
+        if value is not None:
+            values[name] = value
+    return cls(**values)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``AGENTD_SECTION__KEY=value`` → ``{section: {key: value}}``; values parse as TOML."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: take it as a string
+        out.setdefault(section.lower(), {})[key.lower()] = value
+    return out
+
+
+def from_dict(raw: dict[str, Any], *, source: str | None = None) -> Config:
+    """Validate a parsed config document; raise :class:`ConfigError` with every problem."""
+    errors: list[str] = []
+    config = _section("", Config, raw, errors)
+    if errors:
+        raise ConfigError(errors)
+    return dataclasses.replace(config, source=source)
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read ``path`` (default ``./config.toml`` if present, else built-in defaults),
+    apply environment then ``overrides`` (command-line flags), and validate."""
+    raw: dict[str, Any] = {}
+    source: str | None = None
+    if path is None and Path(DEFAULT_FILE).is_file():
+        path = DEFAULT_FILE
+    if path is not None:
+        source = str(Path(path).resolve())
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    layers = [_env_overrides(os.environ if environ is None else environ), overrides or {}]
+    for layer in layers:
+        for section, values in layer.items():
+            target = raw.setdefault(section, {})
+            if isinstance(target, dict):
+                target.update(values)
+    return from_dict(raw, source=source)
+
+
+# -- output -------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def dump_toml(config: Config) -> str:
+    """The effective configuration as TOML that :func:`load` reads back unchanged."""
+    lines: list[str] = []
+    for section in dataclasses.fields(config):
+        if section.metadata.get("internal"):
+            continue
+        value = getattr(config, section.name)
+        tables = value if isinstance(value, tuple) else (value,)
+        for table in tables:
+            header = f"[[{section.name}]]" if isinstance(value, tuple) else f"[{section.name}]"
+            lines.append(header)
+            for f in dataclasses.fields(table):
+                lines.append(f"{f.name} = {_toml_value(getattr(table, f.name))}")
+            lines.append("")
+    return "\n".join(lines)

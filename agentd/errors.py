@@ -1,0 +1,101 @@
+"""agentd's error types: each carries a stable ``code``, an HTTP ``status`` and a message.
+
+Every layer raises these; ``server`` maps them to HTTP and WebSocket replies in one
+place, in OpenAI's shape ``{"error": {"message", "type", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = (
+    "AgentdError",
+    "BadRequest",
+    "Conflict",
+    "Internal",
+    "NotFound",
+    "Overloaded",
+    "PayloadTooLarge",
+    "RateLimited",
+    "StoreUnavailable",
+    "Unavailable",
+    "UpstreamError",
+    "UpstreamTimeout",
+)
+
+
+class AgentdError(Exception):
+    """Base error. Subclasses fix ``status``, ``type`` and a default ``code``."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+            self.type = "invalid_request_error" if status < 500 else "server_error"
+        self.retry_after = retry_after
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": self.message, "type": self.type, "code": self.code}
+        if self.detail:
+            error.update(self.detail)
+        return {"error": error}
+
+
+class BadRequest(AgentdError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class NotFound(AgentdError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class Conflict(AgentdError):
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
+class PayloadTooLarge(AgentdError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class RateLimited(AgentdError):
+    status, type, code = 429, "rate_limit_error", "rate_limited"
+
+
+class Internal(AgentdError):
+    status, type, code = 500, "server_error", "internal_error"
+
+
+class UpstreamError(AgentdError):
+    status, type, code = 502, "server_error", "upstream_error"
+
+
+class Unavailable(AgentdError):
+    status, type, code = 503, "server_error", "unavailable"
+
+
+class Overloaded(Unavailable):
+    code = "overloaded"
+
+
+class StoreUnavailable(Unavailable):
+    code = "store_unavailable"
+
+
+class UpstreamTimeout(AgentdError):
+    status, type, code = 504, "server_error", "upstream_timeout"

@@ -1,0 +1,118 @@
+"""Prometheus metrics, one view per instance over all its worker processes.
+
+prometheus-client's multiprocess mode keeps each process's values in small mmap'ed
+files under one directory that the supervisor creates before forking; ``/metrics`` in
+any worker merges them. Counters of workers that exited stay in the sum (a counter never
+goes backwards across a restart); ``live*`` gauges drop a process once the supervisor
+calls :func:`process_exited` for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client import multiprocess as _mp
+
+__all__ = (
+    "CONTENT_TYPE",
+    "Metrics",
+    "SupervisorMetrics",
+    "enable_multiprocess",
+    "process_exited",
+    "remove_directory",
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Latency buckets from 0.5 ms: most agentd answers that do not call a model are sub-ms.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+)  # fmt: skip
+
+
+def enable_multiprocess() -> str:
+    """Create a fresh metrics directory and switch prometheus-client to it.
+
+    Must run in the supervisor before any metric exists and before workers fork.
+    """
+    directory = tempfile.mkdtemp(prefix="agentd-metrics-")
+    os.environ[ENV] = directory
+    values.ValueClass = values.MultiProcessValue()
+    return directory
+
+
+def remove_directory(directory: str) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def process_exited(pid: int) -> None:
+    """Drop the live gauges of a process that has exited."""
+    if os.environ.get(ENV):
+        _mp.mark_process_dead(pid)
+
+
+class SupervisorMetrics:
+    def __init__(self) -> None:
+        self.worker_restarts = Counter(
+            "agentd_worker_restarts",
+            "Workers restarted after exiting unexpectedly",
+            ["reason"],
+            registry=None,
+        )
+        self.workers = Gauge(
+            "agentd_workers", "Worker processes serving", multiprocess_mode="livemax", registry=None
+        )
+        self.reloads = Counter("agentd_reloads", "Configuration reloads", ["result"], registry=None)
+
+
+class Metrics:
+    """A worker's metrics; created after fork so its files carry the worker's pid."""
+
+    def __init__(self) -> None:
+        # In multiprocess mode values live in files and the registry is built per scrape;
+        # otherwise (an app embedded in tests or another program) this registry is it.
+        self._registry = None if os.environ.get(ENV) else CollectorRegistry()
+        reg = self._registry
+        self.requests = Counter(
+            "agentd_http_requests",
+            "HTTP requests answered",
+            ["route", "method", "status"],
+            registry=reg,
+        )
+        self.latency = Histogram(
+            "agentd_http_request_duration_seconds",
+            "Time from request start to response prepared",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.websockets = Gauge(
+            "agentd_websocket_connections",
+            "Open WebSocket connections",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+
+        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
+            self._children[key] = pair
+        pair[0].inc()  # type: ignore[attr-defined]
+        pair[1].observe(seconds)  # type: ignore[attr-defined]
+
+    def render(self) -> bytes:
+        """The instance-wide metrics (all workers) in Prometheus text format."""
+        if self._registry is not None:
+            return generate_latest(self._registry)
+        registry = CollectorRegistry()
+        _mp.MultiProcessCollector(registry)
+        return generate_latest(registry)

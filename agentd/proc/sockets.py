@@ -1,0 +1,89 @@
+"""Listening sockets, owned by the supervisor for its whole life.
+
+Linux drops the connections queued on a listening socket when the last process holding
+it closes it. The supervisor therefore binds once and keeps its copies open; workers
+inherit them across ``fork`` and only accept. With ``SO_REUSEPORT`` each worker slot gets
+a socket of its own (the kernel spreads new connections evenly over them); without it
+all slots share one socket.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..config import parse_bind
+
+__all__ = ("Listeners", "reuse_port_supported")
+
+
+def reuse_port_supported() -> bool:
+    return hasattr(socket, "SO_REUSEPORT")
+
+
+def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listeners:
+    """The instance's listening sockets, one per worker slot (or one shared).
+
+    Shrinking is two-step: :meth:`resize` only marks the sockets of lost slots as
+    unused, so that a reload that fails can take them back; :meth:`trim` closes them
+    once the new generation serves.
+    """
+
+    def __init__(self, bind: str, backlog: int, reuse_port: bool) -> None:
+        self.host, self.port = parse_bind(bind)
+        self.backlog = backlog
+        self.reuse_port = reuse_port and reuse_port_supported()
+        self._socks: list[socket.socket] = []
+        self._used = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address; the real port when the config asked for port 0."""
+        if not self._socks:
+            raise RuntimeError("not bound")
+        host, port = self._socks[0].getsockname()[:2]
+        return host, port
+
+    def resize(self, slots: int) -> None:
+        """Have a socket for each of ``slots`` slots (one in all without SO_REUSEPORT)."""
+        self._used = slots if self.reuse_port else 1
+        while len(self._socks) < self._used:
+            # Port 0 means "any free port": later sockets join the first one's port.
+            port = self.address[1] if self._socks else self.port
+            self._socks.append(_bind(self.host, port, self.backlog, self.reuse_port))
+
+    def trim(self) -> None:
+        """Close the sockets of slots that :meth:`resize` gave up."""
+        for sock in self._socks[self._used :]:
+            sock.close()
+        del self._socks[self._used :]
+
+    def for_slot(self, slot: int) -> socket.socket:
+        return self._socks[slot] if self.reuse_port else self._socks[0]
+
+    def all(self) -> list[socket.socket]:
+        return list(self._socks)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
+        self._used = 0

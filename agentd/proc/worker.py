@@ -1,0 +1,112 @@
+"""A worker process: one uvloop event loop serving the aiohttp app on an inherited socket.
+
+A worker only knows how to serve and how to drain. It talks to the supervisor through
+one pipe: ``READY`` once it accepts, then a ``HEARTBEAT`` byte every second while its
+event loop turns (a stuck loop stops the heartbeats and the supervisor replaces it).
+SIGTERM makes it drain: stop accepting, close WebSockets with 1001, finish in-flight
+requests within ``server.shutdown_timeout``, exit 0. If the supervisor disappears, the
+pipe breaks and the worker drains too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import NoReturn
+
+from aiohttp import web
+
+from ..config import Config
+from ..log import setup_logging
+from ..server import WorkerInfo, create_app
+from ..server.keys import STATE
+
+__all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
+
+log = logging.getLogger(__name__)
+
+READY = b"r"
+HEARTBEAT = b"h"
+HEARTBEAT_INTERVAL = 1.0
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def run(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: int) -> NoReturn:
+    """The body of a freshly forked worker; never returns."""
+    code = 1
+    try:
+        # Forget the supervisor's signal set-up: the supervisor alone reacts to a
+        # terminal's SIGINT/SIGHUP and forwards what a worker must do as SIGTERM.
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        setup_logging(config.log.level, config.log.format, str(info.id))
+        loop = _new_loop()
+        asyncio.set_event_loop(loop)
+        code = loop.run_until_complete(_serve(info, sock, config, pipe_w))
+    except BaseException:
+        log.exception("worker failed")
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+async def _heartbeat(pipe_w: int, stop: asyncio.Event) -> None:
+    while True:
+        try:
+            os.write(pipe_w, HEARTBEAT)
+        except BlockingIOError:
+            pass  # the supervisor is busy; the pipe holds plenty of earlier beats
+        except OSError:
+            log.warning("supervisor is gone; draining")
+            stop.set()
+            return
+        await asyncio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def _serve(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    os.set_blocking(pipe_w, False)
+
+    app = create_app(config, info)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access") if config.log.access else None,
+        shutdown_timeout=config.server.shutdown_timeout,
+        keepalive_timeout=config.server.keepalive_timeout,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock, backlog=config.server.backlog)
+    await site.start()
+    os.write(pipe_w, READY)
+    log.info("worker %d serving (generation %d, %s)", info.id, info.generation, site.name)
+
+    beat = asyncio.create_task(_heartbeat(pipe_w, stop))
+    await stop.wait()
+    log.info("worker %d draining", info.id)
+    app[STATE].draining = True
+    # Stops accepting (closes this process's copy of the listening socket), runs the
+    # app's on_shutdown (WebSockets get 1001), waits for in-flight requests.
+    await runner.cleanup()
+    beat.cancel()
+    log.info("worker %d stopped", info.id)
+    return 0

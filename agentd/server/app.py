@@ -1,0 +1,61 @@
+"""The application factory: one aiohttp app per worker.
+
+Later parts (sessions, chat, jobs) plug in as route modules that ``create_app`` sets
+up; they reach the config, metrics and worker state through the keys in ``keys``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..config import Config
+from ..metrics import Metrics
+from . import ops
+from .keys import CONFIG, METRICS, STATE, WorkerInfo, WorkerState
+from .middleware import observe
+
+__all__ = ("create_app",)
+
+log = logging.getLogger(__name__)
+
+PluginSetup = Callable[[web.Application], None]
+
+
+async def _close_websockets(app: web.Application) -> None:
+    """On shutdown, tell every WebSocket client to go elsewhere (1001 going away)."""
+    state = app[STATE]
+    state.draining = True
+    sockets = list(state.websockets)
+    if sockets:
+        log.info("closing %d websocket(s) with 1001", len(sockets))
+        await asyncio.gather(
+            *(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
+            return_exceptions=True,
+        )
+
+
+def create_app(config: Config, info: WorkerInfo | None = None) -> web.Application:
+    """Build a worker's application from a validated config."""
+    app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[observe])
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
+    app.on_shutdown.append(_close_websockets)
+    ops.setup(app)
+    for spec in config.server.plugins:
+        _load_plugin(spec)(app)
+    return app
+
+
+def _load_plugin(spec: str) -> PluginSetup:
+    """``package.module:function`` → the function; it gets each worker's app to extend."""
+    module_name, _, attr = spec.partition(":")
+    setup = getattr(importlib.import_module(module_name), attr)
+    if not callable(setup):
+        raise TypeError(f"plugin {spec!r} is not callable")
+    return setup

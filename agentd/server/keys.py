@@ -1,0 +1,43 @@
+"""What a worker's application carries: its config, metrics and run-time state, as app keys."""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..config import Config
+from ..metrics import Metrics
+
+__all__ = ("CONFIG", "METRICS", "STATE", "ReadinessCheck", "WorkerInfo", "WorkerState")
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who serves: the worker's slot id, its generation (bumped per reload) and pid."""
+
+    id: int = 0
+    generation: int = 0
+    pid: int = field(default_factory=os.getpid)
+
+
+@dataclass
+class WorkerState:
+    """What a worker knows about itself at run time."""
+
+    info: WorkerInfo
+    workers: int
+    draining: bool = False
+    # Each returns None when its dependency is fine, or why it is not (for /readyz).
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+
+
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+STATE = web.AppKey("state", WorkerState)

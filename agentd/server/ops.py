@@ -1,0 +1,68 @@
+"""Operations endpoints: liveness, readiness, metrics and build/run information."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+
+from aiohttp import web
+
+from .. import __version__, fastpath
+from ..metrics import CONTENT_TYPE
+from .http import json_response
+from .keys import CONFIG, METRICS, STATE
+
+__all__ = ("event_loop_name", "setup")
+
+
+def event_loop_name() -> str:
+    loop = asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process is alive and its event loop turns."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: not draining and every dependency reachable; else 503 and why."""
+    state = request.app[STATE]
+    if state.draining:
+        return json_response({"status": "draining"}, status=503)
+    reasons = [r for r in await asyncio.gather(*(check() for check in state.readiness)) if r]
+    if reasons:
+        return json_response({"status": "unavailable", "reasons": reasons}, status=503)
+    return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.get_running_loop().run_in_executor(None, request.app[METRICS].render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def info(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    state = request.app[STATE]
+    return json_response(
+        {
+            "version": __version__,
+            "mode": config.mode,
+            "workers": state.workers,
+            "worker": {
+                "id": state.info.id,
+                "generation": state.info.generation,
+                "pid": state.info.pid,
+            },
+            "fastpath": fastpath.IMPLEMENTATION,
+            "python": platform.python_version(),
+            "loop": event_loop_name(),
+        }
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/info", info)

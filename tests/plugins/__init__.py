@@ -1,0 +1,1 @@
+"""Plugins that tests load into real ``agentd serve`` processes (``server.plugins``)."""

@@ -1,0 +1,34 @@
+"""Routes for process tests: a request that takes a while, and a WebSocket that stays open."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from agentd.server.keys import STATE
+
+
+async def slow(request: web.Request) -> web.Response:
+    seconds = float(request.query.get("seconds", "1"))
+    await asyncio.sleep(seconds)
+    return web.json_response({"slept": seconds, "pid": request.app[STATE].info.pid})
+
+
+async def ws(request: web.Request) -> web.WebSocketResponse:
+    sock = web.WebSocketResponse()
+    await sock.prepare(request)
+    request.app[STATE].websockets.add(sock)
+    await sock.send_str("hello")
+    async for _ in sock:
+        pass
+    return sock
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/test/slow", slow)
+    app.router.add_get("/test/ws", ws)
+
+
+def broken(app: web.Application) -> None:
+    raise RuntimeError("this plugin refuses to load")

@@ -1,0 +1,193 @@
+"""Real processes for tests: ``agentd serve`` subprocesses and ``redis-server`` instances.
+
+Everything listens on free loopback ports in a temporary directory; readiness is
+polled with a generous limit, never assumed after a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+START_LIMIT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster-bus twin (port + 10000) is free too."""
+    rnd = random.Random()
+    for _ in range(1000):
+        port = rnd.randrange(20000, 50000)
+        if _is_free(port) and _is_free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def wait_until(predicate: Callable[[], Any], limit: float = START_LIMIT, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``limit`` s."""
+    deadline = time.monotonic() + limit
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit}s waiting for {what or predicate}")
+        time.sleep(0.05)
+
+
+def http_get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a fresh connection; returns (status, headers, body)."""
+    request = urllib.request.Request(url, headers={"Connection": "close"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def http_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
+    status, _, body = http_get(url, timeout)
+    return status, json.loads(body)
+
+
+class AgentdProcess:
+    """An ``agentd serve`` subprocess with its own config file and log."""
+
+    def __init__(self, workdir: Path, config: str, args: list[str], env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.config_path = workdir / "agentd.toml"
+        self.config_path.write_text(config)
+        self.port = free_port()
+        self.log_path = workdir / f"agentd-{self.port}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+        full_env.pop("AGENTD_SERVER__BIND", None)
+        cmd = [sys.executable, "-m", "agentd", "serve", "-c", str(self.config_path)]
+        cmd += ["--bind", f"127.0.0.1:{self.port}", *args]
+        self.proc = subprocess.Popen(
+            cmd, cwd=workdir, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+        return http_json(self.url + path, timeout)
+
+    def wait_ready(self, limit: float = START_LIMIT) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agentd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return self.get("/readyz", timeout=2)[0] == 200
+            except OSError:
+                return False
+
+        wait_until(ready, limit, "agentd to be ready")
+
+    def info(self) -> dict[str, Any]:
+        status, body = self.get("/v1/info")
+        assert status == 200, body
+        return body
+
+    def worker_pids(self) -> set[int]:
+        """The pids of the supervisor's live children (the workers)."""
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        return {int(p) for p in children}
+
+    def send(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, limit: float = START_LIMIT) -> int:
+        try:
+            return self.proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"agentd did not exit in {limit}s:\n{self.log()}") from None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on a free port, in memory only."""
+
+    def __init__(self, workdir: Path, *extra: str, cluster: bool = False) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed; run scripts/ensure-system-deps")
+        self.port = free_cluster_port() if cluster else free_port()
+        if cluster:
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra)
+        self.dir = workdir / f"redis-{self.port}"
+        self.dir.mkdir(parents=True)
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.dir), *extra]  # fmt: skip
+        self._log = open(self.dir / "log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_until(self._pong, what=f"redis-server on {self.port}")
+
+    def _pong(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"redis-server exited: {(self.dir / 'log').read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
