@@ -113,6 +113,10 @@ class AgentdProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agentd exited with {self.proc.returncode}:\n{self.log()}")
+            # The supervisor logs this once every worker accepts (when it would
+            # send READY=1 to systemd).
+            if "ready: serving with" not in self.log():
+                return False
             try:
                 return self.get("/readyz", timeout=2)[0] == 200
             except OSError:

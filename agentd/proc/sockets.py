@@ -40,11 +40,12 @@ def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket
 
 
 class Listeners:
-    """The instance's listening sockets, one per worker slot (or one shared).
+    """The instance's listening sockets: one per worker slot, or one shared.
 
-    Shrinking is two-step: :meth:`resize` only marks the sockets of lost slots as
-    unused, so that a reload that fails can take them back; :meth:`trim` closes them
-    once the new generation serves.
+    The set only grows. When a reload lowers the worker count, the sockets of the lost
+    slots stay open and are served by the remaining workers (socket ``i`` by slot
+    ``i % workers``): closing a ``SO_REUSEPORT`` socket would reset the connections
+    queued on it. Connections then spread unevenly over the workers until a restart.
     """
 
     def __init__(self, bind: str, backlog: int, reuse_port: bool) -> None:
@@ -52,7 +53,6 @@ class Listeners:
         self.backlog = backlog
         self.reuse_port = reuse_port and reuse_port_supported()
         self._socks: list[socket.socket] = []
-        self._used = 0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -62,22 +62,17 @@ class Listeners:
         host, port = self._socks[0].getsockname()[:2]
         return host, port
 
-    def resize(self, slots: int) -> None:
+    def ensure(self, slots: int) -> None:
         """Have a socket for each of ``slots`` slots (one in all without SO_REUSEPORT)."""
-        self._used = slots if self.reuse_port else 1
-        while len(self._socks) < self._used:
+        want = slots if self.reuse_port else 1
+        while len(self._socks) < want:
             # Port 0 means "any free port": later sockets join the first one's port.
             port = self.address[1] if self._socks else self.port
             self._socks.append(_bind(self.host, port, self.backlog, self.reuse_port))
 
-    def trim(self) -> None:
-        """Close the sockets of slots that :meth:`resize` gave up."""
-        for sock in self._socks[self._used :]:
-            sock.close()
-        del self._socks[self._used :]
-
-    def for_slot(self, slot: int) -> socket.socket:
-        return self._socks[slot] if self.reuse_port else self._socks[0]
+    def for_slot(self, slot: int, slots: int) -> list[socket.socket]:
+        """The sockets that worker ``slot`` of ``slots`` accepts on."""
+        return [s for i, s in enumerate(self._socks) if i % slots == slot]
 
     def all(self) -> list[socket.socket]:
         return list(self._socks)
@@ -86,4 +81,3 @@ class Listeners:
         for sock in self._socks:
             sock.close()
         self._socks.clear()
-        self._used = 0

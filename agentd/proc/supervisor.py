@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # A worker that dies sooner than this after becoming ready counts as a crash loop.
 STABLE_AFTER = 10.0
 MAX_BACKOFF = 10.0
+# How long a new worker may take to accept (plugins may do slow set-up).
+START_TIMEOUT = 60.0
 # Extra time past shutdown_timeout before a draining worker is killed.
 KILL_GRACE = 5.0
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD)
@@ -108,7 +110,7 @@ class Supervisor:
             metrics_mod.remove_directory(self._metrics_dir)
 
     def start(self) -> None:
-        self.listeners.resize(self.config.server.workers)
+        self.listeners.ensure(self.config.server.workers)
         host, port = self.listeners.address
         log.info(
             "agentd listening on %s:%d with %d worker(s) (%s mode, %s)",
@@ -145,7 +147,15 @@ class Supervisor:
             self._previous = (self.config, self.generation)
         self.config = new
         setup_logging(new.log.level, new.log.format, "main")
-        self.listeners.resize(new.server.workers)
+        if new.server.workers < self.config.server.workers and self.listeners.reuse_port:
+            log.warning(
+                "worker count lowered to %d: the %d listening sockets stay open (closing one "
+                "would reset its queued connections), so connections spread unevenly until "
+                "a restart",
+                new.server.workers,
+                len(self.listeners.all()),
+            )
+        self.listeners.ensure(new.server.workers)
         log.info("reloading: starting generation %d", self.generation + 1)
         self._start_generation()
 
@@ -175,9 +185,9 @@ class Supervisor:
             self.spawn_worker(slot)
 
     def spawn_worker(self, slot: int) -> None:
-        sock = self.listeners.for_slot(slot)
+        socks = self.listeners.for_slot(slot, self.config.server.workers)
         info = WorkerInfo(id=slot, generation=self.generation)
-        keep = {sock.fileno()}
+        keep = {sock.fileno() for sock in socks}
         inherited = [s.fileno() for s in self.listeners.all()] + [
             w.fd for w in self.workers.values()
         ]
@@ -193,7 +203,7 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         os.close(fd)
             self.notifier.close()
-            worker_mod.run(dataclasses.replace(info, pid=os.getpid()), sock, self.config, write_fd)
+            worker_mod.run(dataclasses.replace(info, pid=os.getpid()), socks, self.config, write_fd)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         now = time.monotonic()
@@ -264,9 +274,6 @@ class Supervisor:
                 self._drain(other, now)
         self.config, self.generation = old_config, old_generation
         self._previous = None
-        # Put the listening sockets back as the old generation had them.
-        self.listeners.resize(old_config.server.workers)
-        self.listeners.trim()
         self._count_reload("failed")
         self.notifier.ready(self._status())
 
@@ -279,9 +286,14 @@ class Supervisor:
                     log.warning("worker %d (pid %d) did not drain in time; killing", w.slot, w.pid)
                     self._kill(w, signal.SIGKILL)
                     w.kill_at = float("inf")
+            elif w.ready_at is None:
+                if now - w.started > START_TIMEOUT:
+                    log.error("worker %d (pid %d) did not start in %.0fs; killing",
+                              w.slot, w.pid, START_TIMEOUT)  # fmt: skip
+                    self._kill(w, signal.SIGKILL)
             elif now - w.last_seen > timeout:
-                state = "unresponsive" if w.ready_at is not None else "not started"
-                log.error("worker %d (pid %d) %s for %.0fs; killing", w.slot, w.pid, state, timeout)
+                log.error("worker %d (pid %d) unresponsive for %.0fs; killing",
+                          w.slot, w.pid, timeout)  # fmt: skip
                 self._kill(w, signal.SIGKILL)
         if self._stopping:
             return
@@ -310,9 +322,10 @@ class Supervisor:
         if self._previous is not None:
             self._count_reload("ok")
             log.info("reload complete: generation %d serving", self.generation)
+        else:
+            log.info("ready: %s", self._status())
         self._previous = None
         self._announced = self.generation
-        self.listeners.trim()
         assert self._metrics is not None
         self._metrics.workers.set(self.config.server.workers)
         self.notifier.ready(self._status())

@@ -43,7 +43,7 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def run(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: int) -> NoReturn:
+def run(info: WorkerInfo, socks: list[socket.socket], config: Config, pipe_w: int) -> NoReturn:
     """The body of a freshly forked worker; never returns."""
     code = 1
     try:
@@ -57,7 +57,7 @@ def run(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: int) -> N
         setup_logging(config.log.level, config.log.format, str(info.id))
         loop = _new_loop()
         asyncio.set_event_loop(loop)
-        code = loop.run_until_complete(_serve(info, sock, config, pipe_w))
+        code = loop.run_until_complete(_serve(info, socks, config, pipe_w))
     except BaseException:
         log.exception("worker failed")
     finally:
@@ -80,7 +80,27 @@ async def _heartbeat(pipe_w: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
-async def _serve(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: int) -> int:
+async def _let_fresh_connections_speak(runner: web.AppRunner, limit: float = 1.0) -> None:
+    """Wait (briefly) for connections accepted just now to send their first request.
+
+    aiohttp's shutdown closes every connection that has no request in progress; one
+    accepted a moment before the drain whose request bytes have not been read yet
+    would be closed unanswered. A client sends its request right after connecting, so
+    a short wait turns those into in-flight requests that the shutdown then completes.
+    """
+    server = runner.server
+    if server is None:
+        return
+    deadline = asyncio.get_running_loop().time() + limit
+    while asyncio.get_running_loop().time() < deadline:
+        # ``_request_count`` (requests seen on the connection) is aiohttp-internal; if
+        # it ever goes away, the fallback makes this wait a no-op, not an error.
+        if all(getattr(conn, "_request_count", 1) > 0 for conn in server.connections):
+            return
+        await asyncio.sleep(0.005)
+
+
+async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, pipe_w: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -95,17 +115,29 @@ async def _serve(info: WorkerInfo, sock: socket.socket, config: Config, pipe_w: 
         keepalive_timeout=config.server.keepalive_timeout,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock, backlog=config.server.backlog)
-    await site.start()
+    sites = [web.SockSite(runner, sock, backlog=config.server.backlog) for sock in socks]
+    for site in sites:
+        await site.start()
     os.write(pipe_w, READY)
-    log.info("worker %d serving (generation %d, %s)", info.id, info.generation, site.name)
+    log.info(
+        "worker %d serving (generation %d, %s, %d socket(s))",
+        info.id,
+        info.generation,
+        sites[0].name,
+        len(sites),
+    )
 
     beat = asyncio.create_task(_heartbeat(pipe_w, stop))
     await stop.wait()
     log.info("worker %d draining", info.id)
     app[STATE].draining = True
-    # Stops accepting (closes this process's copy of the listening socket), runs the
-    # app's on_shutdown (WebSockets get 1001), waits for in-flight requests.
+    # Stop accepting: this closes the worker's copies of the listening sockets only,
+    # so connections still queued there go to the slot's next worker.
+    for site in sites:
+        await site.stop()
+    await _let_fresh_connections_speak(runner)
+    # Runs the app's on_shutdown (WebSockets get 1001), closes idle keep-alive
+    # connections and waits up to shutdown_timeout for in-flight requests.
     await runner.cleanup()
     beat.cancel()
     log.info("worker %d stopped", info.id)

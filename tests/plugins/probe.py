@@ -8,11 +8,22 @@ from aiohttp import web
 
 from agentd.server.keys import STATE
 
+IN_FLIGHT = web.AppKey("probe_in_flight", list)
+
 
 async def slow(request: web.Request) -> web.Response:
     seconds = float(request.query.get("seconds", "1"))
-    await asyncio.sleep(seconds)
+    request.app[IN_FLIGHT].append(seconds)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        request.app[IN_FLIGHT].remove(seconds)
     return web.json_response({"slept": seconds, "pid": request.app[STATE].info.pid})
+
+
+async def in_flight(request: web.Request) -> web.Response:
+    """How many /test/slow requests this worker is in the middle of."""
+    return web.json_response({"in_flight": len(request.app[IN_FLIGHT])})
 
 
 async def ws(request: web.Request) -> web.WebSocketResponse:
@@ -26,6 +37,8 @@ async def ws(request: web.Request) -> web.WebSocketResponse:
 
 
 def setup(app: web.Application) -> None:
+    app[IN_FLIGHT] = []
+    app.router.add_get("/test/in-flight", in_flight)
     app.router.add_get("/test/slow", slow)
     app.router.add_get("/test/ws", ws)
 
