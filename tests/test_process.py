@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -173,6 +174,8 @@ async def test_sigterm_closes_websockets_with_1001(agentd_instance: Start) -> No
     proc = agentd_instance(CONFIG)
     async with aiohttp.ClientSession() as session, session.ws_connect(proc.url + "/test/ws") as ws:
         assert (await ws.receive_str(timeout=10)) == "hello"
+        text = await asyncio.to_thread(_metrics, proc)
+        assert _metric(text, "agentd_websocket_connections") == 1
         proc.send(signal.SIGTERM)
         msg = await ws.receive(timeout=30)
         assert msg.type == aiohttp.WSMsgType.CLOSE
@@ -285,3 +288,18 @@ def test_systemd_notify_protocol(agentd_instance: Start, tmp_path: Path) -> None
         listener.close()
     order = [m.split("\n")[0] for m in messages if not m.startswith("WATCHDOG")]
     assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+
+
+def test_json_logs_carry_the_worker_id(agentd_instance: Start) -> None:
+    proc = agentd_instance(CONFIG + '[log]\nformat = "json"\nlevel = "debug"\n')
+    proc.send(signal.SIGTERM)
+    assert proc.wait_exit(30) == 0
+    lines = [json.loads(line) for line in proc.log().splitlines()]
+    assert {line["worker"] for line in lines} == {"main", "0", "1"}
+    for line in lines:
+        assert {"ts", "level", "pid", "logger", "msg"} <= set(line)
+
+
+def test_no_extensions_forces_the_pure_fastpath(agentd_instance: Start) -> None:
+    proc = agentd_instance(CONFIG, env={"AGENTD_NO_EXTENSIONS": "1"})
+    assert proc.info()["fastpath"] == "python"

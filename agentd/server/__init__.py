@@ -1,6 +1,6 @@
 """The HTTP surface: the aiohttp application, its middlewares and routes."""
 
-from .app import create_app
+from .app import create_app, tracked_websocket
 from .keys import WorkerInfo
 
-__all__ = ("WorkerInfo", "create_app")
+__all__ = ("WorkerInfo", "create_app", "tracked_websocket")

@@ -7,9 +7,10 @@ up; they reach the config, metrics and worker state through the keys in ``keys``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from . import ops
 from .keys import CONFIG, METRICS, STATE, WorkerInfo, WorkerState
 from .middleware import observe
 
-__all__ = ("create_app",)
+__all__ = ("create_app", "tracked_websocket")
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,19 @@ async def _close_websockets(app: web.Application) -> None:
             *(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
             return_exceptions=True,
         )
+
+
+@contextlib.contextmanager
+def tracked_websocket(app: web.Application, ws: web.WebSocketResponse) -> Iterator[None]:
+    """Count an open WebSocket in /metrics and close it with 1001 when the worker drains."""
+    state, gauge = app[STATE], app[METRICS].websockets
+    state.websockets.add(ws)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        state.websockets.discard(ws)
+        gauge.dec()
 
 
 def create_app(config: Config, info: WorkerInfo | None = None) -> web.Application:

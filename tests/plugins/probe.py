@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from agentd.server import tracked_websocket
 from agentd.server.keys import STATE
 
 IN_FLIGHT = web.AppKey("probe_in_flight", list)
@@ -29,10 +30,10 @@ async def in_flight(request: web.Request) -> web.Response:
 async def ws(request: web.Request) -> web.WebSocketResponse:
     sock = web.WebSocketResponse()
     await sock.prepare(request)
-    request.app[STATE].websockets.add(sock)
-    await sock.send_str("hello")
-    async for _ in sock:
-        pass
+    with tracked_websocket(request.app, sock):
+        await sock.send_str("hello")
+        async for _ in sock:
+            pass
     return sock
 
 
