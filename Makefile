@@ -30,7 +30,7 @@ ext $(EXT): agentd/_fastpath.pyx $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 
 system-deps:
-	scripts/ensure-system-deps redis-server
+	scripts/ensure-system-deps redis-server redis-cli
 
 clean:
 	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so

@@ -25,6 +25,8 @@ __all__ = (
     "LogConfig",
     "RedisConfig",
     "ServerConfig",
+    "SessionsConfig",
+    "StateConfig",
     "dump_toml",
     "load",
     "parse_bind",
@@ -123,6 +125,23 @@ class ServerConfig:
 class RedisConfig:
     urls: tuple[str, ...] = opt((), check=_check_redis_url)
     cluster: bool = opt(False)
+    pool_size: int = opt(64, min=1, max=10000)
+    connect_timeout: float = opt(1.0, min=0.01, max=60.0)
+    timeout: float = opt(2.0, min=0.01, max=300.0)
+    # Seconds a shard found unreachable is failed fast before agentd tries it again.
+    down_retry: float = opt(1.0, min=0.0, max=60.0)
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    ttl: int = opt(7 * 24 * 3600, min=1, max=10 * 365 * 24 * 3600)
+    max_messages: int = opt(1000, min=1, max=1_000_000)
+    max_message_bytes: int = opt(256 * 1024, min=64, max=64 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    max_value_bytes: int = opt(1024 * 1024, min=64, max=512 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,8 @@ class LogConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str | None = field(default=None, metadata={"internal": True})
 
@@ -267,10 +288,31 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Config:
+    """Rules that involve more than one key."""
+    if config.redis.cluster and not config.redis.urls:
+        errors.append("redis.cluster: needs at least one seed URL in redis.urls")
+    if config.mode == "standalone":
+        if raw.get("server", {}).get("workers", "auto") == "auto":
+            # Memory is per process: standalone state lives in exactly one worker.
+            config = dataclasses.replace(
+                config, server=dataclasses.replace(config.server, workers=1)
+            )
+        elif config.server.workers > 1:
+            errors.append(
+                f"server.workers: standalone mode (no redis.urls) keeps all state in one "
+                f"process's memory, so it runs one worker; got {config.server.workers}. "
+                f"Configure [redis] urls to run more"
+            )
+    return config
+
+
 def from_dict(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a parsed config document; raise :class:`ConfigError` with every problem."""
     errors: list[str] = []
     config = _section("", Config, raw, errors)
+    if not errors:
+        config = _cross_checks(raw, config, errors)
     if errors:
         raise ConfigError(errors)
     return dataclasses.replace(config, source=source)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
-from .procs import AgentdProcess, RedisServer
+from agentd.config import Config, from_dict
+from agentd.store import Store, open_store
+
+from .procs import AgentdProcess, RedisClusterProcs, RedisServer
 
 PROBE = 'plugins = ["tests.plugins.probe:setup"]'
 
@@ -41,3 +45,84 @@ def redis_cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path, cluster=True)
     yield server
     server.stop()
+
+
+# -- Redis topologies: started once per test session, emptied before each test --------
+
+
+@pytest.fixture(scope="session")
+def _redis_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-standalone"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    base = tmp_path_factory.mktemp("redis-shards")
+    servers = [RedisServer(base) for _ in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def _redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
+    cluster = RedisClusterProcs(tmp_path_factory.mktemp("redis-cluster"))
+    yield cluster
+    cluster.stop()
+
+
+def _flush(ports: list[int]) -> None:
+    for port in ports:
+        with redis.Redis(port=port) as client:
+            client.flushall()
+
+
+@pytest.fixture
+def redis_standalone(_redis_standalone: RedisServer) -> RedisServer:
+    """One redis-server, empty."""
+    _flush([_redis_standalone.port])
+    return _redis_standalone
+
+
+@pytest.fixture
+def redis_shards(_redis_shards: list[RedisServer]) -> list[RedisServer]:
+    """Three independent redis-servers (client-side sharding), empty."""
+    _flush([s.port for s in _redis_shards])
+    return _redis_shards
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster: RedisClusterProcs) -> RedisClusterProcs:
+    """A 3-master Redis Cluster, empty."""
+    _flush([n.port for n in _redis_cluster.nodes])
+    return _redis_cluster
+
+
+TOPOLOGIES = ["memory", "single", "sharded", "cluster"]
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def store_config(request: pytest.FixtureRequest) -> Config:
+    """A config for each store topology (the Redis servers are started on demand)."""
+    topology = request.param
+    if topology == "memory":
+        return from_dict({})
+    if topology == "single":
+        urls = [request.getfixturevalue("redis_standalone").url]
+        return from_dict({"redis": {"urls": urls}})
+    if topology == "sharded":
+        urls = [s.url for s in request.getfixturevalue("redis_shards")]
+        return from_dict({"redis": {"urls": urls}})
+    urls = request.getfixturevalue("redis_cluster").urls
+    return from_dict({"redis": {"urls": urls, "cluster": True}})
+
+
+@pytest.fixture
+async def store(store_config: Config) -> AsyncIterator[Store]:
+    """A started store of each topology: memory, single, sharded (3) and cluster (3)."""
+    instance = open_store(store_config)
+    await instance.start()
+    yield instance
+    await instance.close()

@@ -195,3 +195,43 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+class RedisClusterProcs:
+    """A Redis Cluster of ``masters`` nodes (no replicas), created with redis-cli."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [RedisServer(workdir, cluster=True) for _ in range(masters)]
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed; run scripts/ensure-system-deps")
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until(self._ok, what="the cluster to report cluster_state:ok")
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            with socket.create_connection(("127.0.0.1", node.port), timeout=2) as s:
+                s.sendall(b"CLUSTER INFO\r\n")
+                data = b""
+                while b"cluster_known_nodes" not in data:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                if b"cluster_state:ok" not in data:
+                    return False
+        return True
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -23,10 +24,21 @@ def test_shipped_config_documents_every_key_with_its_default() -> None:
     assert shipped == defaults
 
 
-def test_defaults_are_standalone_with_a_worker_per_cpu() -> None:
+REDIS = {"urls": ["redis://127.0.0.1:6390"]}
+
+
+def test_defaults_are_standalone_with_one_worker() -> None:
     config = from_dict({})
     assert config.mode == "standalone"
-    assert config.server.workers >= 1
+    assert config.server.workers == 1
+    assert from_dict({"redis": REDIS}).server.workers == len(os.sched_getaffinity(0))
+
+
+def test_standalone_refuses_more_than_one_worker() -> None:
+    with pytest.raises(ConfigError) as info:
+        from_dict({"server": {"workers": 2}})
+    assert info.value.errors[0].startswith("server.workers: standalone mode")
+    assert from_dict({"server": {"workers": 2}, "redis": REDIS}).server.workers == 2
 
 
 def test_effective_config_round_trips_through_toml() -> None:
@@ -58,9 +70,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 def test_flags_override_the_environment(tmp_path: Path) -> None:
-    config = load(
-        None, environ={"AGENTD_SERVER__WORKERS": "5"}, overrides={"server": {"workers": 7}}
-    )
+    env = {"AGENTD_SERVER__WORKERS": "5", "AGENTD_REDIS__URLS": '["redis://h:1"]'}
+    config = load(None, environ=env, overrides={"server": {"workers": 7}})
     assert config.server.workers == 7
 
 
@@ -87,6 +98,9 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
         ({"redis": {"urls": [1]}}, "redis.urls[0]: expected string, got integer 1"),
         ({"log": {"level": "loud"}}, "log.level: must be one of debug, info, warning, error"),
         ({"log": {"format": "xml"}}, "log.format: must be one of text, json"),
+        ({"redis": {"cluster": True}}, "redis.cluster: needs at least one seed URL"),
+        ({"sessions": {"ttl": 0}}, "sessions.ttl: must be >= 1, got 0"),
+        ({"state": {"max_value_bytes": "big"}}, "state.max_value_bytes: expected integer"),
     ],
 )
 def test_invalid_values_name_their_key(raw: dict, message: str) -> None:
@@ -113,12 +127,16 @@ def _agentd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_check_config_prints_the_effective_config(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text("[server]\nworkers = 3\n")
+    (tmp_path / "config.toml").write_text(
+        '[server]\nworkers = 3\n[redis]\nurls = ["redis://h:1"]\n'
+    )
     result = _agentd("check-config", cwd=tmp_path)  # ./config.toml is the default file
     assert result.returncode == 0, result.stderr
     printed = tomllib.loads(result.stdout)
     assert printed["server"]["workers"] == 3
-    assert from_dict(printed) == from_dict({"server": {"workers": 3}})
+    assert from_dict(printed) == from_dict(
+        {"server": {"workers": 3}, "redis": {"urls": ["redis://h:1"]}}
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,19 +17,27 @@ import aiohttp
 import pytest
 
 from .conftest import PROBE
-from .procs import AgentdProcess, http_get, http_json, wait_until
+from .procs import AgentdProcess, RedisServer, http_get, http_json, wait_until
 
 pytestmark = pytest.mark.slow
 
 Start = Callable[..., AgentdProcess]
 
-CONFIG = f"""
+TEMPLATE = f"""
 [server]
 workers = 2
 shutdown_timeout = 10.0
 heartbeat_timeout = 3.0
 {PROBE}
+[redis]
+urls = ["{{redis}}"]
 """
+
+
+@pytest.fixture
+def cfg(redis_standalone: RedisServer) -> str:
+    """Two workers on a real Redis (more than one worker needs a shared store)."""
+    return TEMPLATE.replace("{redis}", redis_standalone.url)
 
 
 def _pids_answering(proc: AgentdProcess, want: int, limit: float = 30.0) -> set[int]:
@@ -60,12 +68,12 @@ def _metrics(proc: AgentdProcess) -> str:
     return body.decode()
 
 
-def test_two_workers_answer_and_metrics_sum_over_them(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+def test_two_workers_answer_and_metrics_sum_over_them(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg)
     pids = _pids_answering(proc, 2)
     assert pids == proc.worker_pids()
     info = proc.info()
-    assert info["workers"] == 2 and info["mode"] == "standalone"
+    assert info["workers"] == 2 and info["mode"] == "redis"
     assert info["fastpath"] in ("cython", "python") and info["loop"] == "uvloop"
     assert proc.get("/healthz") == (200, {"status": "ok"})
 
@@ -85,8 +93,8 @@ def test_two_workers_answer_and_metrics_sum_over_them(agentd_instance: Start) ->
     assert len(answered_by) == 2
 
 
-def test_errors_are_json_with_stable_codes(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG.replace("workers = 2", "workers = 1"))
+def test_errors_are_json_with_stable_codes(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg.replace("workers = 2", "workers = 1"))
     status, body = proc.get("/no/such/route")
     assert status == 404
     assert body == {
@@ -115,8 +123,10 @@ def test_errors_are_json_with_stable_codes(agentd_instance: Start) -> None:
     assert proc.info()["worker"]["pid"] == pid
 
 
-def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
+    agentd_instance: Start, cfg: str
+) -> None:
+    proc = agentd_instance(cfg)
     victim = sorted(_pids_answering(proc, 2))[0]
     os.kill(victim, signal.SIGKILL)
     failures = 0
@@ -141,8 +151,8 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(agentd_instanc
     )
 
 
-def test_a_stuck_worker_is_killed_and_replaced(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+def test_a_stuck_worker_is_killed_and_replaced(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg)
     victim = sorted(proc.worker_pids())[0]
     os.kill(victim, signal.SIGSTOP)  # its event loop no longer turns: no heartbeats
     wait_until(lambda: victim not in proc.worker_pids() and len(proc.worker_pids()) == 2,
@@ -151,8 +161,10 @@ def test_a_stuck_worker_is_killed_and_replaced(agentd_instance: Start) -> None:
     assert proc.get("/healthz")[0] == 200
 
 
-def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG.replace("workers = 2", "workers = 1"))
+def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(
+    agentd_instance: Start, cfg: str
+) -> None:
+    proc = agentd_instance(cfg.replace("workers = 2", "workers = 1"))
     result: dict[str, tuple[int, dict]] = {}
 
     def slow() -> None:
@@ -170,8 +182,8 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(agentd_instance: 
         http_get(proc.url + "/healthz", timeout=2)
 
 
-async def test_sigterm_closes_websockets_with_1001(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+async def test_sigterm_closes_websockets_with_1001(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg)
     async with aiohttp.ClientSession() as session, session.ws_connect(proc.url + "/test/ws") as ws:
         assert (await ws.receive_str(timeout=10)) == "hello"
         text = await asyncio.to_thread(_metrics, proc)
@@ -194,9 +206,9 @@ def _steady_client(url: str, stop: threading.Event, results: list[tuple[int, int
 
 
 def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
-    agentd_instance: Start,
+    agentd_instance: Start, cfg: str
 ) -> None:
-    proc = agentd_instance(CONFIG)
+    proc = agentd_instance(cfg)
     stop = threading.Event()
     results: list[tuple[int, int | str]] = []
     clients = [threading.Thread(target=_steady_client, args=(proc.url + "/v1/info", stop, results))
@@ -206,7 +218,7 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
     try:
         wait_until(lambda: len(results) > 50, 30, "traffic to flow")
         for generation, workers in ((2, 1), (3, 2), (4, 2)):
-            proc.config_path.write_text(CONFIG.replace("workers = 2", f"workers = {workers}"))
+            proc.config_path.write_text(cfg.replace("workers = 2", f"workers = {workers}"))
             proc.send(signal.SIGHUP)
             done = f"reload complete: generation {generation} serving"
             wait_until(lambda d=done: d in proc.log(), 30, done)
@@ -224,10 +236,12 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
     wait_until(lambda: len(proc.worker_pids()) == 2, 30, "old workers to exit")
 
 
-def test_sighup_with_a_broken_config_keeps_the_old_workers(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+def test_sighup_with_a_broken_config_keeps_the_old_workers(
+    agentd_instance: Start, cfg: str
+) -> None:
+    proc = agentd_instance(cfg)
     old = proc.worker_pids()
-    proc.config_path.write_text(CONFIG.replace("workers = 2", "workers = 0"))
+    proc.config_path.write_text(cfg.replace("workers = 2", "workers = 0"))
     proc.send(signal.SIGHUP)
     wait_until(lambda: "reload refused" in proc.log(), 30, "the refusal to be logged")
     assert "server.workers: must be >= 1, got 0" in proc.log()
@@ -235,10 +249,12 @@ def test_sighup_with_a_broken_config_keeps_the_old_workers(agentd_instance: Star
     assert proc.worker_pids() == old and proc.info()["worker"]["generation"] == 1
 
 
-def test_a_reload_whose_workers_cannot_start_is_rolled_back(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG)
+def test_a_reload_whose_workers_cannot_start_is_rolled_back(
+    agentd_instance: Start, cfg: str
+) -> None:
+    proc = agentd_instance(cfg)
     old = proc.worker_pids()
-    broken = CONFIG.replace("probe:setup", "probe:broken")
+    broken = cfg.replace("probe:setup", "probe:broken")
     proc.config_path.write_text(broken)
     proc.send(signal.SIGHUP)
     wait_until(lambda: "reload failed" in proc.log(), 30, "the failed reload to be logged")
@@ -248,13 +264,15 @@ def test_a_reload_whose_workers_cannot_start_is_rolled_back(agentd_instance: Sta
     assert proc.get("/test/slow?seconds=0")[0] == 200
 
 
-def test_a_worker_that_cannot_start_stops_the_server_with_exit_1(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG.replace("probe:setup", "probe:broken"), ready=False)
+def test_a_worker_that_cannot_start_stops_the_server_with_exit_1(
+    agentd_instance: Start, cfg: str
+) -> None:
+    proc = agentd_instance(cfg.replace("probe:setup", "probe:broken"), ready=False)
     assert proc.wait_exit(60) == 1
     assert "failed to start" in proc.log()
 
 
-def test_systemd_notify_protocol(agentd_instance: Start, tmp_path: Path) -> None:
+def test_systemd_notify_protocol(agentd_instance: Start, cfg: str, tmp_path: Path) -> None:
     path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
@@ -270,7 +288,7 @@ def test_systemd_notify_protocol(agentd_instance: Start, tmp_path: Path) -> None
 
     try:
         env = {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "400000"}
-        proc = agentd_instance(CONFIG, env=env, ready=False)
+        proc = agentd_instance(cfg, env=env, ready=False)
         ready = receive_until("READY=1")
         assert "STATUS=serving with 2 worker(s), generation 1" in ready
         # Every worker accepts once READY=1 has been sent.
@@ -290,8 +308,8 @@ def test_systemd_notify_protocol(agentd_instance: Start, tmp_path: Path) -> None
     assert order == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
 
 
-def test_json_logs_carry_the_worker_id(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG + '[log]\nformat = "json"\nlevel = "debug"\n')
+def test_json_logs_carry_the_worker_id(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg + '[log]\nformat = "json"\nlevel = "debug"\n')
     proc.send(signal.SIGTERM)
     assert proc.wait_exit(30) == 0
     lines = [json.loads(line) for line in proc.log().splitlines()]
@@ -300,6 +318,6 @@ def test_json_logs_carry_the_worker_id(agentd_instance: Start) -> None:
         assert {"ts", "level", "pid", "logger", "msg"} <= set(line)
 
 
-def test_no_extensions_forces_the_pure_fastpath(agentd_instance: Start) -> None:
-    proc = agentd_instance(CONFIG, env={"AGENTD_NO_EXTENSIONS": "1"})
+def test_no_extensions_forces_the_pure_fastpath(agentd_instance: Start, cfg: str) -> None:
+    proc = agentd_instance(cfg, env={"AGENTD_NO_EXTENSIONS": "1"})
     assert proc.info()["fastpath"] == "python"

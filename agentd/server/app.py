@@ -16,8 +16,9 @@ from aiohttp import web
 
 from ..config import Config
 from ..metrics import Metrics
+from ..store import open_store
 from . import ops
-from .keys import CONFIG, METRICS, STATE, WorkerInfo, WorkerState
+from .keys import CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
 from .middleware import observe
 
 __all__ = ("create_app", "tracked_websocket")
@@ -53,13 +54,26 @@ def tracked_websocket(app: web.Application, ws: web.WebSocketResponse) -> Iterat
         gauge.dec()
 
 
+async def _start_store(app: web.Application) -> None:
+    store = app[STORE]
+    await store.start()
+    app[STATE].readiness.append(store.readiness)
+
+
+async def _close_store(app: web.Application) -> None:
+    await app[STORE].close()
+
+
 def create_app(config: Config, info: WorkerInfo | None = None) -> web.Application:
     """Build a worker's application from a validated config."""
     app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[observe])
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
+    app[STORE] = open_store(config)
+    app.on_startup.append(_start_store)
     app.on_shutdown.append(_close_websockets)
+    app.on_cleanup.append(_close_store)
     ops.setup(app)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from ..config import Config
 from ..metrics import Metrics
+from ..store import Store
 
-__all__ = ("CONFIG", "METRICS", "STATE", "ReadinessCheck", "WorkerInfo", "WorkerState")
+__all__ = ("CONFIG", "METRICS", "STATE", "STORE", "ReadinessCheck", "WorkerInfo", "WorkerState")
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
@@ -41,3 +42,4 @@ class WorkerState:
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", WorkerState)
+STORE = web.AppKey("store", Store)

@@ -1,0 +1,198 @@
+"""Every Redis key, channel and Lua script agentd uses, in one place.
+
+Each key of a session carries the session id as its hash tag (``{...}``), so one
+session lives on one shard and one Redis Cluster slot: its multi-key scripts are atomic
+and never answer CROSSSLOT. A shared-state document is tagged with its own
+``namespace/key``, so documents spread over the shards.
+
+- ``agentd:s:{SID}:meta`` (hash): ``seq`` (the last message seq), ``created_at``,
+  ``tenant``, ``agent``, ``metadata`` (JSON).
+- ``agentd:s:{SID}:log`` (stream): one entry per message, id ``SEQ-0``, field ``m`` =
+  the message JSON; trimmed to ``sessions.max_messages``.
+- ``agentd:s:{SID}:ev`` (channel): the session's events (sharded pub/sub in a cluster).
+- ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+__all__ = (
+    "APPEND",
+    "CREATE",
+    "DELETE",
+    "GET_META",
+    "HISTORY",
+    "LOAD",
+    "PUBLISH",
+    "STATE_REMOVE",
+    "STATE_WRITE",
+    "Script",
+    "session_channel",
+    "session_keys",
+    "state_key",
+)
+
+PREFIX = "agentd:"
+
+
+def session_keys(sid: str) -> tuple[str, str]:
+    """The session's (meta, log) keys."""
+    return f"{PREFIX}s:{{{sid}}}:meta", f"{PREFIX}s:{{{sid}}}:log"
+
+
+def session_channel(sid: str) -> str:
+    return f"{PREFIX}s:{{{sid}}}:ev"
+
+
+def state_key(name: str) -> str:
+    return f"{PREFIX}st:{{{name}}}"
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1, for EVALSHA with an EVAL fallback on NOSCRIPT."""
+
+    name: str
+    text: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()
+
+
+# KEYS: meta, log. ARGV: ttl, then field/value pairs of the meta hash.
+CREATE = Script(
+    "create",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'seq', 0, unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: meta, log. ARGV: ttl. Returns the meta hash (flat) or nil.
+GET_META = Script(
+    "get_meta",
+    """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return meta
+""",
+)
+
+# KEYS: meta, log, channel. ARGV: publish command (PUBLISH or SPUBLISH).
+DELETE = Script(
+    "delete",
+    """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call(ARGV[1], KEYS[3], '{"kind":"deleted","data":{}}')
+return 1
+""",
+)
+
+# KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
+# Returns the first new seq, or nil when the session does not exist. The event carries
+# the messages with their seq, spliced into each payload (a JSON object) as text.
+APPEND = Script(
+    "append",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local n = #ARGV - 3
+local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
+local first = last - n + 1
+local parts = {}
+for i = 1, n do
+  local seq = string.format('%d', first + i - 1)
+  local payload = ARGV[3 + i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', payload)
+  parts[i] = '{"seq":' .. seq .. ',' .. string.sub(payload, 2)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+redis.call(ARGV[3], KEYS[3], '{"kind":"messages","messages":[' .. table.concat(parts, ',') .. ']}')
+return first
+""",
+)
+
+# KEYS: meta, log. ARGV: ttl, after ('' = the last LIMIT), limit ('' = all).
+# Returns stream entries oldest first, or nil when the session does not exist.
+HISTORY = Script(
+    "history",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local rows
+if ARGV[2] ~= '' then
+  local start = string.format('%d', tonumber(ARGV[2]) + 1) .. '-0'
+  if ARGV[3] ~= '' then
+    rows = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[3])
+  else
+    rows = redis.call('XRANGE', KEYS[2], start, '+')
+  end
+  return rows
+end
+if ARGV[3] == '' then return redis.call('XRANGE', KEYS[2], '-', '+') end
+if tonumber(ARGV[3]) == 0 then return {} end
+rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+local out = {}
+for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+return out
+""",
+)
+
+# KEYS: meta, log. ARGV: ttl, last. Returns {meta (flat), entries oldest first} or nil.
+LOAD = Script(
+    "load",
+    """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local out = {}
+if tonumber(ARGV[2]) > 0 then
+  local rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+end
+return {meta, out}
+""",
+)
+
+# KEYS: channel. ARGV: publish command, payload.
+PUBLISH = Script("publish", "return redis.call(ARGV[1], KEYS[1], ARGV[2])")
+
+# KEYS: doc. ARGV: document JSON, expected version ('' = unconditional, '0' = absent).
+# Returns {1, new version} or {0, current version, current JSON or nil}.
+STATE_WRITE = Script(
+    "state_write",
+    """
+local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= ver then
+  return {0, ver, redis.call('HGET', KEYS[1], 'v')}
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ver', ver + 1)
+return {1, ver + 1}
+""",
+)
+
+# KEYS: doc. ARGV: expected version ('' = any). Same reply shape as STATE_WRITE.
+STATE_REMOVE = Script(
+    "state_remove",
+    """
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if not ver then return {0, 0} end
+ver = tonumber(ver)
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= ver then
+  return {0, ver, redis.call('HGET', KEYS[1], 'v')}
+end
+redis.call('DEL', KEYS[1])
+return {1, ver}
+""",
+)

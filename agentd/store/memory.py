@@ -1,0 +1,192 @@
+"""The in-memory store of standalone mode: one process, same semantics as Redis.
+
+Every primitive runs without awaiting in between, so on one event loop each is atomic,
+as a Lua script is in Redis. TTLs are enforced lazily on access and by a periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..config import Config
+from .base import Store, Subscription
+
+__all__ = ("MemoryStore",)
+
+SWEEP_INTERVAL = 60.0
+# A watcher that falls this far behind loses its backlog and catches up from history.
+MAX_BACKLOG = 1000
+
+
+@dataclass
+class _Session:
+    meta: dict[str, str]
+    expires: float
+    seq: int = 0
+    messages: deque[tuple[int, bytes]] = field(default_factory=deque)
+
+
+class _MemorySubscription(Subscription):
+    def __init__(self, store: MemoryStore, sid: str) -> None:
+        self._store = store
+        self._sid = sid
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._overflowed = False
+
+    def deliver(self, event: bytes) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG:
+            if not self._overflowed:
+                self._overflowed = True
+                self._queue.put_nowait(None)
+            return
+        self._queue.put_nowait(event)
+
+    async def get(self) -> bytes | None:
+        item = await self._queue.get()
+        if item is None:
+            self._overflowed = False
+        return item
+
+    async def close(self) -> None:
+        watchers = self._store._watchers.get(self._sid)
+        if watchers is not None:
+            watchers.discard(self)
+            if not watchers:
+                del self._store._watchers[self._sid]
+
+
+class MemoryStore(Store):
+    mode = "standalone"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._sessions: dict[str, _Session] = {}
+        self._state: dict[str, tuple[bytes, int]] = {}
+        self._watchers: dict[str, set[_MemorySubscription]] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            now = time.monotonic()
+            for sid in [s for s, sess in self._sessions.items() if sess.expires <= now]:
+                del self._sessions[sid]
+
+    def _live(self, sid: str) -> _Session | None:
+        sess = self._sessions.get(sid)
+        if sess is None:
+            return None
+        now = time.monotonic()
+        if sess.expires <= now:
+            del self._sessions[sid]
+            return None
+        sess.expires = now + self.ttl
+        return sess
+
+    def _fan_out(self, sid: str, event: bytes) -> None:
+        for sub in self._watchers.get(sid, ()):
+            sub.deliver(event)
+
+    # -- sessions and history -------------------------------------------------------
+
+    async def _create(self, sid: str, meta: dict[str, str]) -> bool:
+        if self._live(sid) is not None:
+            return False
+        self._sessions[sid] = _Session(dict(meta), time.monotonic() + self.ttl)
+        return True
+
+    async def _get_meta(self, sid: str) -> dict[str, str] | None:
+        sess = self._live(sid)
+        return None if sess is None else {**sess.meta, "seq": str(sess.seq)}
+
+    async def _delete(self, sid: str) -> bool:
+        if self._live(sid) is None:
+            return False
+        del self._sessions[sid]
+        self._fan_out(sid, b'{"kind":"deleted","data":{}}')
+        return True
+
+    async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        first = sess.seq + 1
+        stored = []
+        for payload in payloads:
+            sess.seq += 1
+            sess.messages.append((sess.seq, payload))
+            stored.append(b'{"seq":%d,%s' % (sess.seq, payload[1:]))
+        while len(sess.messages) > self.max_messages:
+            sess.messages.popleft()
+        self._fan_out(sid, b'{"kind":"messages","messages":[' + b",".join(stored) + b"]}")
+        return first
+
+    async def _history(
+        self, sid: str, after: int | None, limit: int | None
+    ) -> list[tuple[int, bytes]] | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        if after is None:
+            rows = list(sess.messages)
+            return rows if limit is None else rows[len(rows) - limit :] if limit else []
+        rows = [row for row in sess.messages if row[0] > after]
+        return rows if limit is None else rows[:limit]
+
+    async def _load(
+        self, sid: str, last: int
+    ) -> tuple[dict[str, str], list[tuple[int, bytes]]] | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        rows = list(sess.messages)[-last:] if last > 0 else []
+        return {**sess.meta, "seq": str(sess.seq)}, rows
+
+    # -- events ---------------------------------------------------------------------
+
+    async def _subscribe(self, sid: str) -> Subscription:
+        sub = _MemorySubscription(self, sid)
+        self._watchers.setdefault(sid, set()).add(sub)
+        return sub
+
+    async def _publish(self, sid: str, event: bytes) -> None:
+        self._fan_out(sid, event)
+
+    # -- shared state ---------------------------------------------------------------
+
+    async def _state_read(self, name: str) -> tuple[bytes, int] | None:
+        return self._state.get(name)
+
+    async def _state_write(
+        self, name: str, data: bytes, expected: int | None
+    ) -> tuple[bool, int, bytes | None]:
+        current = self._state.get(name)
+        version = 0 if current is None else current[1]
+        if expected is not None and expected != version:
+            return False, version, None if current is None else current[0]
+        self._state[name] = (data, version + 1)
+        return True, version + 1, None
+
+    async def _state_remove(
+        self, name: str, expected: int | None
+    ) -> tuple[bool, int, bytes | None]:
+        current = self._state.get(name)
+        if current is None:
+            return False, 0, None
+        if expected is not None and expected != current[1]:
+            return False, current[1], current[0]
+        del self._state[name]
+        return True, current[1], None

@@ -1,0 +1,236 @@
+"""Session events over Redis pub/sub: one subscriber connection per Redis server per worker.
+
+A worker may watch thousands of sessions (one per open WebSocket); it never opens a
+connection per watcher. Each Redis server that owns watched channels — a shard, or in a
+cluster the node owning the channel's slot (sharded pub/sub, ``SSUBSCRIBE``) — gets one
+:class:`_Endpoint`: one connection, one reader task, fanning messages out to local feeds.
+
+When that connection drops, the endpoint reconnects with backoff, subscribes again, and
+then hands every feed a ``None`` (see :class:`~agentd.store.base.Subscription`): the
+watcher reads what it missed from history by sequence number, so no message is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from ..errors import StoreUnavailable
+from .base import Subscription
+from .shards import UNAVAILABLE_ERRORS, Shards
+
+__all__ = ("EventHub",)
+
+log = logging.getLogger(__name__)
+
+# A watcher that falls this far behind loses its backlog and catches up from history.
+MAX_BACKLOG = 1000
+MAX_BACKOFF = 5.0
+
+
+class _Feed(Subscription):
+    def __init__(self, hub: EventHub, channel: bytes) -> None:
+        self._hub = hub
+        self.channel = channel
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._overflowed = False
+
+    def deliver(self, data: bytes) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG:
+            self.reset()
+            return
+        self._queue.put_nowait(data)
+
+    def reset(self) -> None:
+        if not self._overflowed:
+            self._overflowed = True
+            self._queue.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        item = await self._queue.get()
+        if item is None:
+            self._overflowed = False
+        return item
+
+    async def close(self) -> None:
+        await self._hub.release(self)
+
+
+class _Endpoint:
+    """One pub/sub connection to one Redis server and the channels watched through it."""
+
+    def __init__(self, name: str, connect: Callable[[], aioredis.client.PubSub], sharded: bool,
+                 timeout: float) -> None:  # fmt: skip
+        self.name = name
+        self._connect = connect
+        self._sharded = sharded
+        self._timeout = timeout
+        self.feeds: dict[bytes, set[_Feed]] = {}
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._confirm: dict[bytes, asyncio.Future[None]] = {}
+
+    async def _subscribe(self, *channels: bytes) -> None:
+        assert self._pubsub is not None
+        if self._sharded:
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
+
+    async def add(self, feed: _Feed) -> None:
+        feeds = self.feeds.setdefault(feed.channel, set())
+        feeds.add(feed)
+        if len(feeds) > 1:
+            return  # already subscribed on the server
+        waiter = asyncio.get_running_loop().create_future()
+        self._confirm[feed.channel] = waiter
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._connect()
+            await self._subscribe(feed.channel)
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read_forever(), name=f"pubsub {self.name}")
+            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+        except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            feeds.discard(feed)
+            if not feeds:
+                self.feeds.pop(feed.channel, None)
+            raise StoreUnavailable(f"cannot subscribe on {self.name}: {exc}") from exc
+        finally:
+            self._confirm.pop(feed.channel, None)
+
+    async def remove(self, feed: _Feed) -> None:
+        feeds = self.feeds.get(feed.channel)
+        if feeds is None:
+            return
+        feeds.discard(feed)
+        if feeds:
+            return
+        del self.feeds[feed.channel]
+        if self._pubsub is not None:
+            with contextlib.suppress(*UNAVAILABLE_ERRORS, rexc.RedisError):
+                if self._sharded:
+                    await self._pubsub.sunsubscribe(feed.channel)
+                else:
+                    await self._pubsub.unsubscribe(feed.channel)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        channel = message["channel"]
+        if kind in ("message", "smessage"):
+            for feed in list(self.feeds.get(channel, ())):
+                feed.deliver(message["data"])
+        elif kind in ("subscribe", "ssubscribe"):
+            waiter = self._confirm.get(channel)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    async def _read_forever(self) -> None:
+        backoff = 0.1
+        while self.feeds or self._confirm:
+            try:
+                assert self._pubsub is not None
+                message = await self._pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self._dispatch(message)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+                log.warning("pub/sub connection to %s lost: %s; reconnecting", self.name, exc)
+                await self._reconnect(backoff)
+                backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def _reconnect(self, delay: float) -> None:
+        """Reconnect until subscribed again, then tell every feed it may have missed events."""
+        while True:
+            await asyncio.sleep(delay)
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.aclose()
+            if not self.feeds:
+                return
+            try:
+                self._pubsub = self._connect()
+                await self._subscribe(*self.feeds)
+            except (*UNAVAILABLE_ERRORS, rexc.RedisError):
+                delay = min(MAX_BACKOFF, delay * 2)
+                continue
+            log.info("pub/sub connection to %s re-established", self.name)
+            for feeds in self.feeds.values():
+                for feed in feeds:
+                    feed.reset()
+            return
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+            self._pubsub = None
+
+
+class EventHub:
+    """A worker's session subscriptions, multiplexed over one connection per server."""
+
+    def __init__(self, shards: Shards) -> None:
+        self._shards = shards
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._where: dict[bytes, _Endpoint] = {}
+
+    def _endpoint_for(self, channel: str) -> _Endpoint:
+        shards = self._shards
+        timeout = shards.config.timeout
+        if shards.cluster is None:
+            index = shards.shard_of(channel)
+            name = shards.describe(index)
+            client = shards.clients[index]
+            if name not in self._endpoints:
+                self._endpoints[name] = _Endpoint(name, client.pubsub, False, timeout)
+            return self._endpoints[name]
+        try:
+            node = shards.cluster.get_node_from_key(channel)
+        except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+            raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+        if node is None:
+            raise StoreUnavailable("redis cluster: no node serves this session's slot")
+        name = f"cluster node {node.name}"
+        if name not in self._endpoints:
+            client = aioredis.Redis(
+                host=node.host,
+                port=node.port,
+                socket_connect_timeout=shards.config.connect_timeout,
+                socket_timeout=shards.config.timeout,
+            )
+            self._endpoints[name] = _Endpoint(name, client.pubsub, True, timeout)
+        return self._endpoints[name]
+
+    async def subscribe(self, channel: str) -> Subscription:
+        endpoint = self._endpoint_for(channel)
+        feed = _Feed(self, channel.encode())
+        await endpoint.add(feed)
+        self._where[feed.channel] = endpoint
+        return feed
+
+    async def release(self, feed: _Feed) -> None:
+        endpoint = self._where.get(feed.channel)
+        if endpoint is not None:
+            await endpoint.remove(feed)
+            if feed.channel not in endpoint.feeds:
+                self._where.pop(feed.channel, None)
+
+    async def close(self) -> None:
+        for endpoint in self._endpoints.values():
+            await endpoint.close()
+        self._endpoints.clear()

@@ -1,0 +1,110 @@
+"""The Redis store: every primitive is one Lua script (one round trip) on the session's shard.
+
+Works the same on one Redis, on client-side shards and on a Redis Cluster (see
+:mod:`.shards`); the keys and scripts are in :mod:`.keys`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Config
+from . import keys as K
+from .base import Store, Subscription
+from .pubsub import EventHub
+from .shards import Shards
+
+__all__ = ("RedisStore",)
+
+
+def _pairs(flat: list[bytes]) -> dict[str, str]:
+    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+
+def _entries(rows: list[Any]) -> list[tuple[int, bytes]]:
+    """Stream entries ``[id, [b"m", payload]]`` as (seq, payload)."""
+    return [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in rows]
+
+
+class RedisStore(Store):
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self.mode = config.mode
+        self.shards = Shards(config.redis)
+        self.hub = EventHub(self.shards)
+
+    async def start(self) -> None:
+        await self.shards.start()
+
+    async def close(self) -> None:
+        await self.hub.close()
+        await self.shards.close()
+
+    async def readiness(self) -> str | None:
+        reasons = await self.shards.unreachable()
+        return "; ".join(reasons) if reasons else None
+
+    # -- sessions and history -------------------------------------------------------
+
+    async def _create(self, sid: str, meta: dict[str, str]) -> bool:
+        flat = [x for kv in meta.items() for x in kv]
+        created = await self.shards.eval(K.CREATE, list(K.session_keys(sid)), [self.ttl, *flat])
+        return bool(created)
+
+    async def _get_meta(self, sid: str) -> dict[str, str] | None:
+        flat = await self.shards.eval(K.GET_META, list(K.session_keys(sid)), [self.ttl])
+        return None if flat is None else _pairs(flat)
+
+    async def _delete(self, sid: str) -> bool:
+        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        return bool(await self.shards.eval(K.DELETE, keys, [self.shards.publish_command]))
+
+    async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
+        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        args = [self.ttl, self.max_messages, self.shards.publish_command, *payloads]
+        return await self.shards.eval(K.APPEND, keys, args)
+
+    async def _history(
+        self, sid: str, after: int | None, limit: int | None
+    ) -> list[tuple[int, bytes]] | None:
+        args = [self.ttl, "" if after is None else after, "" if limit is None else limit]
+        rows = await self.shards.eval(K.HISTORY, list(K.session_keys(sid)), args)
+        return None if rows is None else _entries(rows)
+
+    async def _load(
+        self, sid: str, last: int
+    ) -> tuple[dict[str, str], list[tuple[int, bytes]]] | None:
+        found = await self.shards.eval(K.LOAD, list(K.session_keys(sid)), [self.ttl, last])
+        if found is None:
+            return None
+        return _pairs(found[0]), _entries(found[1])
+
+    # -- events ---------------------------------------------------------------------
+
+    async def _subscribe(self, sid: str) -> Subscription:
+        return await self.hub.subscribe(K.session_channel(sid))
+
+    async def _publish(self, sid: str, event: bytes) -> None:
+        channel = K.session_channel(sid)
+        await self.shards.eval(K.PUBLISH, [channel], [self.shards.publish_command, event])
+
+    # -- shared state ---------------------------------------------------------------
+
+    async def _state_read(self, name: str) -> tuple[bytes, int] | None:
+        key = K.state_key(name)
+        value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
+        return None if value is None else (value, int(version))
+
+    async def _state_write(
+        self, name: str, data: bytes, expected: int | None
+    ) -> tuple[bool, int, bytes | None]:
+        args = [data, "" if expected is None else expected]
+        reply = await self.shards.eval(K.STATE_WRITE, [K.state_key(name)], args)
+        return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
+
+    async def _state_remove(
+        self, name: str, expected: int | None
+    ) -> tuple[bool, int, bytes | None]:
+        args = ["" if expected is None else expected]
+        reply = await self.shards.eval(K.STATE_REMOVE, [K.state_key(name)], args)
+        return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None

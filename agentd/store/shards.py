@@ -1,0 +1,156 @@
+"""Where a key lives: one Redis, client-side shards by hash slot, or a Redis Cluster.
+
+In sharded mode the 16384 Redis Cluster hash slots are split over the N configured
+URLs in contiguous ranges, in the order the URLs are listed: shard ``i`` owns the slots
+``s`` with ``i = s * N // 16384`` (shard 0 from slot 0, shard 1 from slot
+``ceil(16384 / N)``, ...). The mapping depends only on the URL list, so every instance
+given the same list agrees, across restarts, and a key's slot is the one Redis Cluster
+gives it, so data can move between the two layouts.
+
+Every call goes through :meth:`Shards.call`, which maps connection failures to
+:class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
+seconds, on a shard that was just found unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..config import RedisConfig
+from ..errors import StoreUnavailable
+from ..fastpath import SLOT_COUNT, key_slot
+from .keys import Script
+
+__all__ = ("UNAVAILABLE_ERRORS", "Shards")
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Errors that mean "this shard cannot answer now", as opposed to a bad command.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.ReadOnlyError,
+    asyncio.TimeoutError,
+    OSError,
+)
+
+
+def _client_options(config: RedisConfig) -> dict[str, Any]:
+    # No retries inside redis-py: a dead shard must fail fast; callers see 503.
+    return {
+        "max_connections": config.pool_size,
+        "socket_connect_timeout": config.connect_timeout,
+        "socket_timeout": config.timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "decode_responses": False,
+    }
+
+
+class Shards:
+    """The Redis servers of one instance's config, and the routing of keys to them."""
+
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self.cluster: RedisCluster | None = None
+        self.clients: list[aioredis.Redis] = []
+        self.urls = list(config.urls)
+        self._down_until: list[float] = []
+        if config.cluster:
+            nodes = []
+            for url in config.urls:
+                parts = urlsplit(url)
+                nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
+            opts = _client_options(config)
+            self.cluster = RedisCluster(startup_nodes=nodes, **opts)
+        else:
+            opts = _client_options(config)
+            self.clients = [aioredis.Redis.from_url(url, **opts) for url in config.urls]
+            self._down_until = [0.0] * len(self.clients)
+        self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
+
+    async def start(self) -> None:
+        if self.cluster is not None:
+            try:
+                await self.cluster.initialize()
+            except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+                # Serve anyway: requests fail with 503 until the cluster answers.
+                log.error("redis cluster not reachable at start: %s", exc)
+
+    async def close(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.aclose()
+        for client in self.clients:
+            await client.aclose()
+
+    def shard_of(self, key: str) -> int:
+        """The index of the shard owning ``key`` (single and sharded modes)."""
+        return key_slot(key) * len(self.clients) // SLOT_COUNT
+
+    def describe(self, index: int) -> str:
+        return f"shard {index} ({self.urls[index]})"
+
+    async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
+        if self.cluster is not None:
+            try:
+                return await fn(self.cluster)
+            except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+                raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+        index = self.shard_of(key)
+        now = time.monotonic()
+        if self._down_until[index] > now:
+            raise StoreUnavailable(f"{self.describe(index)} is unreachable")
+        try:
+            return await fn(self.clients[index])
+        except UNAVAILABLE_ERRORS as exc:
+            self._down_until[index] = now + self.config.down_retry
+            log.warning("%s unreachable: %s", self.describe(index), exc)
+            raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
+
+    async def eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
+        (after a restart or failover); EVAL caches it there again."""
+
+        async def run(client: Any) -> Any:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                return await client.eval(script.text, len(keys), *keys, *args)
+
+        return await self.call(keys[0], run)
+
+    async def unreachable(self) -> list[str]:
+        """Which shards do not answer PING (for /readyz)."""
+        timeout = self.config.timeout
+
+        async def ping(target: Any, name: str) -> str | None:
+            try:
+                await asyncio.wait_for(target.ping(), timeout)
+            except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+                return f"{name} unreachable: {exc or type(exc).__name__}"
+            return None
+
+        if self.cluster is not None:
+            reasons = [await ping(self.cluster, "redis cluster")]
+        else:
+            reasons = await asyncio.gather(
+                *(ping(c, self.describe(i)) for i, c in enumerate(self.clients))
+            )
+        return [r for r in reasons if r]
