@@ -44,7 +44,7 @@ def redis_cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
     """One redis-server in cluster mode (no slots assigned: enough for CLUSTER KEYSLOT)."""
     server = RedisServer(tmp_path, cluster=True)
     yield server
-    server.stop()
+    server.close()
 
 
 # -- Redis topologies: started once per test session, emptied before each test --------
@@ -54,7 +54,7 @@ def redis_cluster_node(tmp_path: Path) -> Iterator[RedisServer]:
 def _redis_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis-standalone"))
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture(scope="session")
@@ -63,14 +63,14 @@ def _redis_shards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
     servers = [RedisServer(base) for _ in range(3)]
     yield servers
     for server in servers:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(scope="session")
 def _redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterProcs]:
     cluster = RedisClusterProcs(tmp_path_factory.mktemp("redis-cluster"))
     yield cluster
-    cluster.stop()
+    cluster.close()
 
 
 def _flush(ports: list[int]) -> None:

@@ -168,8 +168,13 @@ class RedisServer:
         self.dir.mkdir(parents=True)
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                 "--appendonly", "no", "--dir", str(self.dir), *extra]  # fmt: skip
-        self._log = open(self.dir / "log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        self._args = args
+        self._log = open(self.dir / "log", "ab")  # noqa: SIM115 - closed in stop()
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after :meth:`stop`) on the same port and directory."""
+        self.proc = subprocess.Popen(self._args, stdout=self._log, stderr=subprocess.STDOUT)
         wait_until(self._pong, what=f"redis-server on {self.port}")
 
     def _pong(self) -> bool:
@@ -187,6 +192,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """SIGTERM: redis-server saves its data first when persistence is on."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -194,6 +200,9 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
         self._log.close()
 
 
@@ -232,6 +241,6 @@ class RedisClusterProcs:
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
 
-    def stop(self) -> None:
+    def close(self) -> None:
         for node in self.nodes:
-            node.stop()
+            node.close()

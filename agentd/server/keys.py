@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import weakref
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,8 @@ class WorkerState:
     info: WorkerInfo
     workers: int
     draining: bool = False
+    # Set when the worker starts draining: long-lived responses (SSE) end on it.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
     # Each returns None when its dependency is fine, or why it is not (for /readyz).
     readiness: list[ReadinessCheck] = field(default_factory=list)
     websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)

@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,9 +307,24 @@ class Store(abc.ABC):
         """Events of a session, live. With ``after``, first every stored message after
         that seq; ``messages`` events then continue with no gap and no duplicate, also
         across a lost subscription (missed messages are read back from history)."""
+        events = await self.open_watch(session_id, after)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def open_watch(self, session_id: str, after: int | None = None) -> AsyncGenerator[Event]:
+        """Like :meth:`watch`, but subscribed by the time it returns, so that a caller can
+        report a failure to subscribe before it starts streaming."""
         sid = validate_session_id(session_id)
         # Subscribe before reading history, so nothing falls between the two.
         sub = await self._subscribe(sid)
+        return self._follow(sid, sub, after)
+
+    async def _follow(
+        self, sid: str, sub: Subscription, after: int | None
+    ) -> AsyncGenerator[Event]:
         try:
             last = after
             if after is not None:

@@ -1,0 +1,128 @@
+"""Session events over HTTP: watch a session as Server-Sent Events, publish custom events.
+
+``GET /v1/sessions/{id}/events`` streams every message added to the session (by any
+connection, on any instance) as ``messages`` events whose SSE ``id`` is the last seq,
+and custom events under their own name. Resume with ``?after=SEQ`` or the standard
+``Last-Event-ID`` header: every stored message after that seq comes first, then live
+events, with no gap and no duplicate. A comment line every 15 s keeps proxies from
+closing an idle stream. The stream ends when the session is deleted (``deleted``) or
+the worker drains (the client reconnects elsewhere with ``Last-Event-ID``).
+
+``POST /v1/sessions/{id}/events`` with ``{"type": NAME, "data": {...}}`` publishes a
+custom event (``typing``, ``tool_progress``, ...) to every watcher; it is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import BadRequest
+from ..store import Event
+from .http import json_response
+from .keys import STATE, STORE
+
+__all__ = ("setup",)
+
+HEARTBEAT_S = 15.0
+EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
+RESERVED = frozenset({"messages", "deleted"})
+
+
+def _after(request: web.Request) -> int | None:
+    raw = request.query.get("after", request.headers.get("Last-Event-ID"))
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise BadRequest("after / Last-Event-ID must be a sequence number", code="invalid_range")
+    return int(raw)
+
+
+def sse_frame(event: Event) -> bytes:
+    """One SSE frame; a ``messages`` frame's id is its last seq, for Last-Event-ID."""
+    if event.kind == "messages":
+        body: dict[str, Any] = {"session_id": event.session_id, "messages": event.messages}
+        head = b"id: %d\nevent: messages\n" % event.messages[-1]["seq"]
+    else:
+        body = {"session_id": event.session_id, "data": event.data}
+        head = b"event: " + event.kind.encode() + b"\n"
+    return head + b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def watch(request: web.Request) -> web.StreamResponse:
+    sid = request.match_info["id"]
+    after = _after(request)
+    store = request.app[STORE]
+    await store.get_session(sid)  # 404 as JSON before the stream starts
+    # Subscribed before the response starts: a store failure is still a JSON 503.
+    events = await store.open_watch(sid, after)
+    next_event = asyncio.ensure_future(anext(events))
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        await response.write(b": watching " + sid.encode() + b"\n\n")
+        closing = asyncio.ensure_future(request.app[STATE].closing.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {next_event, closing}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if closing in done:
+                    break
+                if next_event not in done:
+                    await response.write(b": ping\n\n")
+                    continue
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    break
+                await response.write(sse_frame(event))
+                if event.kind == "deleted":
+                    break
+                next_event = asyncio.ensure_future(anext(events))
+        finally:
+            closing.cancel()
+        return response
+    finally:
+        next_event.cancel()
+        with contextlib.suppress(BaseException):
+            await next_event
+        await events.aclose()
+
+
+async def publish(request: web.Request) -> web.Response:
+    sid = request.match_info["id"]
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body must be an object", code="invalid_request")
+    kind, data = body.get("type"), body.get("data", {})
+    if not isinstance(kind, str) or not EVENT_NAME_RE.fullmatch(kind) or kind in RESERVED:
+        raise BadRequest(
+            "type must match [a-z][a-z0-9_.]{0,63} and not be messages or deleted",
+            code="invalid_event",
+        )
+    if not isinstance(data, dict):
+        raise BadRequest("data must be an object", code="invalid_event")
+    store = request.app[STORE]
+    await store.get_session(sid)
+    await store.publish(sid, kind, data)
+    return json_response({"published": True}, status=202)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/sessions/{id}/events", watch)
+    app.router.add_post("/v1/sessions/{id}/events", publish)
