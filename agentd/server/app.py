@@ -17,7 +17,7 @@ from aiohttp import web
 from ..config import Config
 from ..metrics import Metrics
 from ..store import open_store
-from . import ops
+from . import events, ops, sessions, state
 from .keys import CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
 from .middleware import observe
 
@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 PluginSetup = Callable[[web.Application], None]
 
 
-async def _close_websockets(app: web.Application) -> None:
-    """On shutdown, tell every WebSocket client to go elsewhere (1001 going away)."""
+async def _begin_drain(app: web.Application) -> None:
+    """On shutdown, end event streams and tell every WebSocket client to go elsewhere
+    (1001 going away)."""
     state = app[STATE]
     state.draining = True
+    state.closing.set()
     sockets = list(state.websockets)
     if sockets:
         log.info("closing %d websocket(s) with 1001", len(sockets))
@@ -72,9 +74,12 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
     app[STORE] = open_store(config)
     app.on_startup.append(_start_store)
-    app.on_shutdown.append(_close_websockets)
+    app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_store)
     ops.setup(app)
+    events.setup(app)
+    sessions.setup(app)
+    state.setup(app)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)
     return app

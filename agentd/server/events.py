@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..store import Event
-from .http import json_response
+from .http import json_object, json_response, read_json
 from .keys import STATE, STORE
 
 __all__ = ("setup",)
@@ -103,12 +103,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 async def publish(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest("body must be an object", code="invalid_request")
+    body = json_object(await read_json(request), frozenset({"type", "data"}))
     kind, data = body.get("type"), body.get("data", {})
     if not isinstance(kind, str) or not EVENT_NAME_RE.fullmatch(kind) or kind in RESERVED:
         raise BadRequest(

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import orjson
 from aiohttp import web
 
 from ..errors import AgentdError, BadRequest, NotFound, PayloadTooLarge
 
-__all__ = ("error_response", "from_http_exception", "json_response")
+__all__ = (
+    "MAX_DEPTH",
+    "error_response",
+    "from_http_exception",
+    "json_object",
+    "json_response",
+    "query_int",
+    "read_json",
+)
 
 JSON = "application/json"
 
@@ -45,3 +56,57 @@ def from_http_exception(exc: web.HTTPException) -> AgentdError:
     if status == 400:
         return BadRequest(exc.reason)
     return AgentdError(exc.reason, code=_CODES.get(status, f"http_{status}"), status=status)
+
+
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+# orjson decodes 1024 levels of nesting but encodes only 254. A body is accepted only if
+# it still encodes inside the deepest envelope a response wraps it in (a 412 carries a
+# document as {"error": {"current": {"value": ...}}}), so whatever is stored can always be
+# served back, and merge patches never recurse deeper than this.
+_ENVELOPE = 3
+MAX_DEPTH = 254 - _ENVELOPE
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON: 400 ``invalid_json`` if it is not, or nests too deeply.
+
+    A body over ``server.max_request_bytes`` is refused by aiohttp while reading (413).
+    """
+    try:
+        value = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    wrapped = value
+    for _ in range(_ENVELOPE):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)  # C-speed depth check; see _ENVELOPE
+    except orjson.JSONEncodeError:
+        raise BadRequest(
+            f"the body nests deeper than {MAX_DEPTH} levels", code="invalid_json"
+        ) from None
+    return value
+
+
+def json_object(value: Any, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """``value`` if it is a JSON object (with only ``allowed`` fields), else 400."""
+    if not isinstance(value, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_request")
+    if allowed is not None and (unknown := set(value) - allowed):
+        raise BadRequest(f"unknown field(s): {sorted(unknown)}", code="invalid_request")
+    return value
+
+
+def query_int(request: web.Request, name: str, maximum: int) -> int | None:
+    """A non-negative integer query parameter (ASCII digits only), None if absent; else
+    400 ``invalid_range``."""
+    text = request.query.get(name)
+    if text is None:
+        return None
+    if not _DIGITS.fullmatch(text) or int(text) > maximum:
+        raise BadRequest(
+            f"{name} must be an integer from 0 to {maximum}, got {text[:40]!r}",
+            code="invalid_range",
+        )
+    return int(text)

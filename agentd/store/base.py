@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import math
 import re
 import secrets
 import time
@@ -25,6 +26,7 @@ from ..config import Config
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 
 __all__ = (
+    "MAX_SEQ",
     "MESSAGE_FIELDS",
     "ROLES",
     "Event",
@@ -50,6 +52,9 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # Fields a stored message may carry, besides the ``seq`` and ``created_at`` the store adds.
 MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "status"})
+
+# The largest seq accepted in a range: Redis's Lua numbers are doubles, exact to 2**53.
+MAX_SEQ = 2**53 - 1
 
 # A read-modify-write of shared state retries on a concurrent write this many times.
 MAX_CAS_ATTEMPTS = 64
@@ -423,7 +428,11 @@ class Store(abc.ABC):
         self, namespace: str, key: str, path: Sequence[str], by: int | float
     ) -> StateDoc:
         """Add ``by`` to the number at ``path`` (created as 0, with its parents)."""
-        if not path or not all(isinstance(p, str) and p for p in path):
+        if (
+            not isinstance(path, (list, tuple))
+            or not path
+            or not all(isinstance(p, str) and p for p in path)
+        ):
             raise BadRequest("path must be a non-empty list of field names", code="invalid_path")
         if isinstance(by, bool) or not isinstance(by, (int, float)):
             raise BadRequest("by must be a number", code="invalid_increment")
@@ -445,7 +454,10 @@ class Store(abc.ABC):
             current = node.get(path[-1], 0)
             if isinstance(current, bool) or not isinstance(current, (int, float)):
                 raise BadRequest(f"{path[-1]!r} is not a number", code="invalid_path")
-            node[path[-1]] = current + by
+            total = current + by
+            if not math.isfinite(total):
+                raise BadRequest("the increment overflows", code="invalid_increment")
+            node[path[-1]] = total
             return root
 
         return await self._read_modify_write(namespace, key, bump)

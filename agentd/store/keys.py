@@ -129,6 +129,8 @@ HISTORY = Script(
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
+-- XRANGE answers COUNT 0 with a null reply, not an empty one.
+if ARGV[3] ~= '' and tonumber(ARGV[3]) == 0 then return {} end
 local rows
 if ARGV[2] ~= '' then
   local start = string.format('%d', tonumber(ARGV[2]) + 1) .. '-0'
@@ -140,7 +142,6 @@ if ARGV[2] ~= '' then
   return rows
 end
 if ARGV[3] == '' then return redis.call('XRANGE', KEYS[2], '-', '+') end
-if tonumber(ARGV[3]) == 0 then return {} end
 rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
 local out = {}
 for i = #rows, 1, -1 do out[#out + 1] = rows[i] end

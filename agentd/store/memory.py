@@ -142,7 +142,7 @@ class MemoryStore(Store):
             return None
         if after is None:
             rows = list(sess.messages)
-            return rows if limit is None else rows[len(rows) - limit :] if limit else []
+            return rows if limit is None else rows[max(0, len(rows) - limit) :] if limit else []
         rows = [row for row in sess.messages if row[0] > after]
         return rows if limit is None else rows[:limit]
 

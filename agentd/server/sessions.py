@@ -1,0 +1,97 @@
+"""Sessions over HTTP: create, read and delete a session, and page through its history.
+
+``GET /v1/sessions/{id}/messages`` returns messages oldest first, each with its ``seq``:
+
+* without ``after``, the latest ``limit`` messages (what a client shows first);
+* with ``after=SEQ``, the first ``limit`` messages whose seq is greater than ``SEQ``.
+
+``has_more`` is exact: the store is asked for one message more than ``limit``, in the
+same single read, so it is true exactly when the query matched more messages than the
+page holds — older ones before the page without ``after``, newer ones after it with
+``after``. To read a whole history, start at ``after=0`` and continue with
+``after=<last seq>`` while ``has_more``.
+
+``POST /v1/sessions/{id}/messages`` with ``{"messages": [...]}`` appends messages (as
+an agent or a tool posting into a shared session does) and publishes them to every
+watcher; it answers 201 with the stored messages and their ``seq``.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..errors import BadRequest
+from ..store.base import MAX_SEQ, validate_name
+from .http import json_object, json_response, query_int, read_json
+from .keys import STORE
+
+__all__ = ("setup",)
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# Messages one append may carry.
+MAX_APPEND = 100
+_SESSION_FIELDS = frozenset({"id", "agent", "metadata"})
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """Create a session; the body ``{"id"?, "agent"?, "metadata"?}`` may be empty."""
+    raw = await request.read()  # read once: read_json gets the cached bytes
+    body = json_object(await read_json(request), _SESSION_FIELDS) if raw else {}
+    agent = body.get("agent")
+    if agent is not None:
+        validate_name("agent", agent)
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("metadata must be a JSON object", code="invalid_request")
+    info = await request.app[STORE].create_session(
+        body.get("id"),
+        tenant=None,  # auth comes later: the authenticated caller's tenant goes here
+        agent=agent,
+        metadata=metadata,
+    )
+    return json_response(
+        info.to_dict(), status=201, headers={"Location": f"/v1/sessions/{info.id}"}
+    )
+
+
+async def get_session(request: web.Request) -> web.Response:
+    info = await request.app[STORE].get_session(request.match_info["id"])
+    return json_response(info.to_dict())
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    await request.app[STORE].delete_session(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """A page of the session's history; see the module docstring for ``has_more``."""
+    limit = query_int(request, "limit", MAX_LIMIT)
+    limit = DEFAULT_LIMIT if limit is None else limit
+    after = query_int(request, "after", MAX_SEQ)
+    rows = await request.app[STORE].history(request.match_info["id"], limit=limit + 1, after=after)
+    has_more = len(rows) > limit
+    if has_more:
+        # One row too many: past the page's end with ``after``, before its start without.
+        rows = rows[:limit] if after is not None else rows[1:]
+    return json_response({"object": "list", "data": rows, "has_more": has_more})
+
+
+async def append_messages(request: web.Request) -> web.Response:
+    body = json_object(await read_json(request), frozenset({"messages"}))
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_APPEND:
+        raise BadRequest(
+            f"messages must be a list of 1 to {MAX_APPEND} messages", code="invalid_message"
+        )
+    stored = await request.app[STORE].append(request.match_info["id"], messages)
+    return json_response({"object": "list", "data": stored}, status=201)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/sessions", create_session)
+    app.router.add_get("/v1/sessions/{id}", get_session)
+    app.router.add_delete("/v1/sessions/{id}", delete_session)
+    app.router.add_get("/v1/sessions/{id}/messages", list_messages)
+    app.router.add_post("/v1/sessions/{id}/messages", append_messages)
