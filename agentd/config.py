@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = (
+    "AgentConfig",
+    "BackendConfig",
     "Config",
     "ConfigError",
     "LogConfig",
@@ -144,6 +146,57 @@ class StateConfig:
     max_value_bytes: int = opt(1024 * 1024, min=64, max=512 * 1024 * 1024)
 
 
+BACKEND_TYPES = ("echo", "openai")
+POLICIES = ("p2c", "least_inflight", "round_robin", "affinity")
+
+
+def _check_http_url(value: str) -> str | None:
+    if not value.startswith(("http://", "https://")):
+        return f"must start with http:// or https://, got {value!r}"
+    return None
+
+
+def _check_name(value: str) -> str | None:
+    if not value or not all(c.isalnum() or c in "._-" for c in value) or len(value) > 64:
+        return f"must be 1-64 characters of letters, digits, '.', '_' or '-', got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """A pool of model nodes. ``echo`` is built in (for load tests); ``openai`` speaks the
+    OpenAI Chat Completions API to each URL."""
+
+    name: str = opt("echo", check=_check_name)
+    type: str = opt("echo", choices=BACKEND_TYPES)
+    urls: tuple[str, ...] = opt((), check=_check_http_url)
+    # The API key is read from this environment variable, never from the file.
+    api_key_env: str = opt("")
+    policy: str = opt("p2c", choices=POLICIES)
+    timeout_s: float = opt(60.0, min=0.1, max=3600.0)
+    connect_timeout_s: float = opt(5.0, min=0.1, max=300.0)
+    max_connections: int = opt(100, min=1, max=100000)
+    breaker_failures: int = opt(5, min=1, max=1000)
+    breaker_cooldown_s: float = opt(10.0, min=0.1, max=3600.0)
+    # echo only: time to first token, and streaming speed (0 = all at once).
+    latency_ms: float = opt(0.0, min=0.0, max=600000.0)
+    tokens_per_s: float = opt(0.0, min=0.0, max=1e9)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """An agent: what clients name as the OpenAI ``model``."""
+
+    name: str = opt("echo", check=_check_name)
+    backend: str = opt("echo", check=_check_name)
+    # The model name sent upstream ("" = the agent's name).
+    model: str = opt("")
+    system_prompt: str = opt("")
+    # Messages of session history sent with each turn.
+    history: int = opt(20, min=0, max=10000)
+    params: dict[str, Any] = field(default_factory=dict, metadata={})
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
@@ -158,6 +211,8 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
+    agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
     source: str | None = field(default=None, metadata={"internal": True})
 
     @property
@@ -205,6 +260,17 @@ def _field_value(
     if meta.get("auto") is not None and value == "auto":
         return meta["auto"]()
     origin = typing.get_origin(tp)
+    if origin is dict:
+        # A free-form table of scalars (model parameters): passed through as given.
+        if not isinstance(value, dict):
+            errors.append(f"{path}: expected table, got {_describe(value)}")
+            return None
+        for k, v in value.items():
+            if not isinstance(v, (str, int, float, bool)) and not (
+                isinstance(v, list) and all(isinstance(x, (str, int, float, bool)) for x in v)
+            ):
+                errors.append(f"{path}.{k}: expected a string, number, boolean or array of them")
+        return dict(value)
     if origin is tuple:
         item_tp = typing.get_args(tp)[0]
         if not isinstance(value, list):
@@ -290,6 +356,22 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 
 def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Config:
     """Rules that involve more than one key."""
+    backends = [b.name for b in config.backends]
+    for i, name in enumerate(backends):
+        if name in backends[:i]:
+            errors.append(f"backends[{i}].name: {name!r} is defined twice")
+    for i, b in enumerate(config.backends):
+        if b.type == "openai" and not b.urls:
+            errors.append(f"backends[{i}].urls: an openai backend needs at least one URL")
+    agents = [a.name for a in config.agents]
+    for i, agent in enumerate(config.agents):
+        if agent.name in agents[:i]:
+            errors.append(f"agents[{i}].name: {agent.name!r} is defined twice")
+        if agent.backend not in backends:
+            errors.append(
+                f"agents[{i}].backend: no backend named {agent.backend!r} "
+                f"(defined: {', '.join(backends) or 'none'})"
+            )
     if config.redis.cluster and not config.redis.urls:
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     if config.mode == "standalone":
@@ -358,8 +440,10 @@ def _toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 

@@ -100,6 +100,24 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
         ({"log": {"format": "xml"}}, "log.format: must be one of text, json"),
         ({"redis": {"cluster": True}}, "redis.cluster: needs at least one seed URL"),
         ({"sessions": {"ttl": 0}}, "sessions.ttl: must be >= 1, got 0"),
+        (
+            {"agents": [{"name": "a", "backend": "nope"}]},
+            "agents[0].backend: no backend named 'nope'",
+        ),
+        ({"agents": [{"name": "a"}, {"name": "a"}]}, "agents[1].name: 'a' is defined twice"),
+        (
+            {"backends": [{"name": "x", "type": "openai"}], "agents": []},
+            "backends[0].urls: an openai backend needs",
+        ),
+        ({"backends": [{"type": "grpc"}]}, "backends[0].type: must be one of echo, openai"),
+        ({"backends": [{"policy": "random"}]}, "backends[0].policy: must be one of p2c"),
+        ({"backends": [{"urls": ["ftp://x"]}]}, "backends[0].urls[0]: must start with http://"),
+        ({"backends": [{"name": "a b"}]}, "backends[0].name: must be 1-64 characters"),
+        (
+            {"agents": [{"params": {"nested": {"t": 1}}}]},
+            "agents[0].params.nested: expected a string",
+        ),
+        ({"agents": [{"history": -1}]}, "agents[0].history: must be >= 0"),
         ({"state": {"max_value_bytes": "big"}}, "state.max_value_bytes: expected integer"),
     ],
 )
