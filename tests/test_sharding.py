@@ -15,7 +15,7 @@ from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
-from agentd.store.keys import session_keys, state_key
+from agentd.store.keys import APPEND, HISTORY, session_keys, state_key
 from agentd.store.shards import Shards
 
 from .procs import RedisClusterProcs, RedisServer
@@ -144,3 +144,19 @@ async def test_a_dead_shard_fails_only_its_sessions_and_they_return_with_it(
         await store.close()
         for s in servers:
             s.close()
+
+
+async def test_scripts_survive_a_server_that_forgot_them(redis_standalone: RedisServer) -> None:
+    store = await _open([redis_standalone.url])
+    try:
+        sid = (await store.create_session()).id
+        await store.append(sid, [{"role": "user", "content": "before"}])
+        with redis.Redis(port=redis_standalone.port) as client:
+            client.script_flush()  # what a restart or failover does to the script cache
+            assert client.script_exists(*(s.sha for s in (APPEND, HISTORY))) == [False, False]
+        await store.append(sid, [{"role": "user", "content": "after"}])
+        assert [m["content"] for m in await store.history(sid)] == ["before", "after"]
+        with redis.Redis(port=redis_standalone.port) as client:
+            assert client.script_exists(APPEND.sha, HISTORY.sha) == [True, True]
+    finally:
+        await store.close()

@@ -120,6 +120,11 @@ class Supervisor:
             self.config.mode,
             "SO_REUSEPORT socket per worker" if self.listeners.reuse_port else "one shared socket",
         )
+        if self.config.mode == "standalone":
+            log.warning(
+                "standalone mode: sessions and state live in the worker's memory and are "
+                "lost when the worker restarts or reloads; configure [redis] urls to keep them"
+            )
         self._start_generation()
 
     def reload(self) -> None:
