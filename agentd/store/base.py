@@ -35,6 +35,7 @@ __all__ = (
     "StateDoc",
     "Store",
     "Subscription",
+    "TurnLease",
     "merge_patch",
     "new_session_id",
     "validate_name",
@@ -104,6 +105,15 @@ class SessionInfo:
             "metadata": self.metadata,
             "last_seq": self.last_seq,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLease:
+    """A session's turn lease: its fencing token, and what the turn read when taking it."""
+
+    session: SessionInfo
+    token: int
+    history: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +310,48 @@ class Store(abc.ABC):
             raise _no_session(sid)
         meta, rows = found
         return _session_info(sid, meta), [_decode(seq, p) for seq, p in rows]
+
+    # -- turns -----------------------------------------------------------------------
+
+    async def begin_turn(self, session_id: str, last: int, lease_s: float) -> TurnLease | None:
+        """Take the session's turn lease and read what the turn needs, in one step.
+
+        Returns None while another turn holds the lease; :class:`NotFound` if no session.
+        """
+        sid = validate_session_id(session_id)
+        found = await self._begin_turn(sid, last, _ms(lease_s))
+        if found is None:
+            raise _no_session(sid)
+        token, meta, rows = found
+        if token == 0:
+            return None
+        info = _session_info(sid, meta)
+        return TurnLease(info, token, [_decode(seq, p) for seq, p in rows])
+
+    async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
+        """Extend the lease: ``held``, ``interrupted`` (held, but another turn asked it
+        to stop) or ``lost`` (expired and maybe taken by another turn)."""
+        code = await self._renew_turn(validate_session_id(session_id), token, _ms(lease_s))
+        return ("lost", "held", "interrupted")[code]
+
+    async def interrupt_turn(self, session_id: str) -> bool:
+        """Ask the running turn of the session, if any, to stop (it sees it on renewal)."""
+        return await self._interrupt_turn(validate_session_id(session_id))
+
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Append the turn's messages (none: just let go) and release the lease, in one
+        step, only while ``token`` still holds it; else :class:`Conflict` ``turn_lost``."""
+        sid = validate_session_id(session_id)
+        now = time.time()
+        payloads = [self._encode_message(m, now) for m in messages]
+        first = await self._end_turn(sid, token, payloads)
+        if first is None:
+            raise _no_session(sid)
+        if first < 0:
+            raise Conflict("the turn lost its session lease to another turn", code="turn_lost")
+        return [_decode(first + i, p) for i, p in enumerate(payloads)]
 
     # -- events ----------------------------------------------------------------------
 
@@ -515,6 +567,24 @@ class Store(abc.ABC):
         """Meta and the last ``last`` messages in one step, refreshing the TTL."""
 
     @abc.abstractmethod
+    async def _begin_turn(
+        self, sid: str, last: int, lease_ms: int
+    ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
+        """(token or 0 if busy, meta, last ``last`` entries if taken), or None if no session."""
+
+    @abc.abstractmethod
+    async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
+        """1 held, 2 held with an interrupt asked, 0 lost."""
+
+    @abc.abstractmethod
+    async def _interrupt_turn(self, sid: str) -> bool:
+        """Flag the current lease, if any."""
+
+    @abc.abstractmethod
+    async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
+        """Fenced append + release: first seq (0 if nothing), -1 if lost, None if no session."""
+
+    @abc.abstractmethod
     async def _subscribe(self, sid: str) -> Subscription:
         """Start receiving the session's channel (returns once subscribed)."""
 
@@ -540,6 +610,10 @@ class Store(abc.ABC):
         self, name: str, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
         """Delete if present and (``expected`` is None or matches); same return shape."""
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _no_session(sid: str) -> NotFound:

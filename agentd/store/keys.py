@@ -9,6 +9,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   ``tenant``, ``agent``, ``metadata`` (JSON).
 - ``agentd:s:{SID}:log`` (stream): one entry per message, id ``SEQ-0``, field ``m`` =
   the message JSON; trimmed to ``sessions.max_messages``.
+- ``agentd:s:{SID}:turn`` (hash, with a TTL): the running turn's lease, ``token`` (its
+  fencing token, from the meta hash's ``fence`` counter) and ``interrupt`` when asked to stop.
 - ``agentd:s:{SID}:ev`` (channel): the session's events (sharded pub/sub in a cluster).
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
 """
@@ -20,18 +22,23 @@ from dataclasses import dataclass
 
 __all__ = (
     "APPEND",
+    "BEGIN_TURN",
     "CREATE",
     "DELETE",
+    "END_TURN",
     "GET_META",
     "HISTORY",
+    "INTERRUPT_TURN",
     "LOAD",
     "PUBLISH",
+    "RENEW_TURN",
     "STATE_REMOVE",
     "STATE_WRITE",
     "Script",
     "session_channel",
     "session_keys",
     "state_key",
+    "turn_key",
 )
 
 PREFIX = "agentd:"
@@ -40,6 +47,11 @@ PREFIX = "agentd:"
 def session_keys(sid: str) -> tuple[str, str]:
     """The session's (meta, log) keys."""
     return f"{PREFIX}s:{{{sid}}}:meta", f"{PREFIX}s:{{{sid}}}:log"
+
+
+def turn_key(sid: str) -> str:
+    """The session's turn lease: held by the turn that runs now (see BEGIN_TURN)."""
+    return f"{PREFIX}s:{{{sid}}}:turn"
 
 
 def session_channel(sid: str) -> str:
@@ -86,39 +98,50 @@ return meta
 """,
 )
 
-# KEYS: meta, log, channel. ARGV: publish command (PUBLISH or SPUBLISH).
+# KEYS: meta, log, channel, turn. ARGV: publish command (PUBLISH or SPUBLISH).
 DELETE = Script(
     "delete",
     """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[4])
 redis.call(ARGV[1], KEYS[3], '{"kind":"deleted","data":{}}')
 return 1
 """,
 )
+
+
+# KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
+# Returns the first new seq, or nil when the session does not exist. The event carries
+# the messages with their seq, spliced into each payload (a JSON object) as text.
+def _append_lua(first_payload: int) -> str:
+    """Lua that appends ARGV[first_payload..] (ARGV[1] ttl, ARGV[2] max messages, ARGV[3]
+    publish command), trims, refreshes the TTL, publishes and returns the first seq."""
+    return f"""
+local n = #ARGV - {first_payload - 1}
+if n == 0 then return 0 end
+local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
+local first = last - n + 1
+local parts = {{}}
+for i = 1, n do
+  local seq = string.format('%d', first + i - 1)
+  local payload = ARGV[{first_payload - 1} + i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', payload)
+  parts[i] = '{{"seq":' .. seq .. ',' .. string.sub(payload, 2)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local event = '{{"kind":"messages","messages":[' .. table.concat(parts, ',') .. ']}}'
+redis.call(ARGV[3], KEYS[3], event)
+return first
+"""
+
 
 # KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
 # Returns the first new seq, or nil when the session does not exist. The event carries
 # the messages with their seq, spliced into each payload (a JSON object) as text.
 APPEND = Script(
     "append",
-    """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local n = #ARGV - 3
-local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
-local first = last - n + 1
-local parts = {}
-for i = 1, n do
-  local seq = string.format('%d', first + i - 1)
-  local payload = ARGV[3 + i]
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', payload)
-  parts[i] = '{"seq":' .. seq .. ',' .. string.sub(payload, 2)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[2], ARGV[1])
-redis.call(ARGV[3], KEYS[3], '{"kind":"messages","messages":[' .. table.concat(parts, ',') .. ']}')
-return first
-""",
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n" + _append_lua(4),
 )
 
 # KEYS: meta, log. ARGV: ttl, after ('' = the last LIMIT), limit ('' = all).
@@ -196,4 +219,69 @@ end
 redis.call('DEL', KEYS[1])
 return {1, ver}
 """,
+)
+
+# Turns on one session run one at a time, in every instance: a turn takes the session's
+# lease with a fresh fencing token and reads what it needs in the same step, and its
+# messages are appended only while it still holds that token, in the same step that
+# releases the lease. So a session's history alternates cleanly, and a turn whose lease
+# expired (a stalled worker) cannot append over a newer one.
+
+# KEYS: meta, log, turn. ARGV: ttl, last, lease ms.
+# Returns {token, meta (flat), entries oldest first}; token 0 = busy; nil = no session.
+BEGIN_TURN = Script(
+    "begin_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local token = 0
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  redis.call('HSET', KEYS[3], 'token', token)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local meta = redis.call('HGETALL', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local out = {}
+if token ~= 0 and tonumber(ARGV[2]) > 0 then
+  local rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+end
+return {token, meta, out}
+""",
+)
+
+# KEYS: turn. ARGV: token, lease ms. Returns 1 held, 2 held but interrupt asked, 0 lost.
+RENEW_TURN = Script(
+    "renew_turn",
+    """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'interrupt') == 1 then return 2 end
+return 1
+""",
+)
+
+# KEYS: turn. Returns 1 if a turn was running (and is now asked to stop), else 0.
+INTERRUPT_TURN = Script(
+    "interrupt_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'interrupt', 1)
+return 1
+""",
+)
+
+# KEYS: meta, log, channel, turn. ARGV: ttl, max messages, publish command, token,
+# payloads... (none: just release). Appends only while the token holds the lease, then
+# releases it. Returns the first new seq (0 when there was nothing to append), -1 when
+# the lease was lost, nil when the session does not exist.
+END_TURN = Script(
+    "end_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[4], 'token') ~= ARGV[4] then return -1 end
+redis.call('DEL', KEYS[4])
+"""
+    + _append_lua(5),
 )

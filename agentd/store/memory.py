@@ -28,6 +28,15 @@ class _Session:
     expires: float
     seq: int = 0
     messages: deque[tuple[int, bytes]] = field(default_factory=deque)
+    fence: int = 0
+    # The turn lease: (token, expires at, interrupt asked).
+    lease: tuple[int, float, bool] | None = None
+
+    def lease_token(self) -> int:
+        if self.lease is None or self.lease[1] <= time.monotonic():
+            self.lease = None
+            return 0
+        return self.lease[0]
 
 
 class _MemorySubscription(Subscription):
@@ -123,6 +132,11 @@ class MemoryStore(Store):
         sess = self._live(sid)
         if sess is None:
             return None
+        return self._append_to(sid, sess, payloads)
+
+    def _append_to(self, sid: str, sess: _Session, payloads: list[bytes]) -> int:
+        if not payloads:
+            return 0
         first = sess.seq + 1
         stored = []
         for payload in payloads:
@@ -154,6 +168,48 @@ class MemoryStore(Store):
             return None
         rows = list(sess.messages)[-last:] if last > 0 else []
         return {**sess.meta, "seq": str(sess.seq)}, rows
+
+    # -- turns ----------------------------------------------------------------------
+
+    async def _begin_turn(
+        self, sid: str, last: int, lease_ms: int
+    ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        meta = {**sess.meta, "seq": str(sess.seq)}
+        if sess.lease_token():
+            return 0, meta, []
+        sess.fence += 1
+        sess.lease = (sess.fence, time.monotonic() + lease_ms / 1000, False)
+        rows = list(sess.messages)[-last:] if last > 0 else []
+        return sess.fence, meta, rows
+
+    async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
+        sess = self._live(sid)
+        if sess is None or sess.lease_token() != token:
+            return 0
+        assert sess.lease is not None
+        interrupted = sess.lease[2]
+        sess.lease = (token, time.monotonic() + lease_ms / 1000, interrupted)
+        return 2 if interrupted else 1
+
+    async def _interrupt_turn(self, sid: str) -> bool:
+        sess = self._live(sid)
+        if sess is None or not sess.lease_token():
+            return False
+        assert sess.lease is not None
+        sess.lease = (sess.lease[0], sess.lease[1], True)
+        return True
+
+    async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        if sess.lease_token() != token:
+            return -1
+        sess.lease = None
+        return self._append_to(sid, sess, payloads)
 
     # -- events ---------------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class RedisStore(Store):
         return None if flat is None else _pairs(flat)
 
     async def _delete(self, sid: str) -> bool:
-        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
         return bool(await self.shards.eval(K.DELETE, keys, [self.shards.publish_command]))
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
@@ -78,6 +78,28 @@ class RedisStore(Store):
         if found is None:
             return None
         return _pairs(found[0]), _entries(found[1])
+
+    # -- turns ----------------------------------------------------------------------
+
+    async def _begin_turn(
+        self, sid: str, last: int, lease_ms: int
+    ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
+        keys = [*K.session_keys(sid), K.turn_key(sid)]
+        found = await self.shards.eval(K.BEGIN_TURN, keys, [self.ttl, last, lease_ms])
+        if found is None:
+            return None
+        return int(found[0]), _pairs(found[1]), _entries(found[2])
+
+    async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
+        return int(await self.shards.eval(K.RENEW_TURN, [K.turn_key(sid)], [token, lease_ms]))
+
+    async def _interrupt_turn(self, sid: str) -> bool:
+        return bool(await self.shards.eval(K.INTERRUPT_TURN, [K.turn_key(sid)], []))
+
+    async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
+        keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
+        args = [self.ttl, self.max_messages, self.shards.publish_command, token, *payloads]
+        return await self.shards.eval(K.END_TURN, keys, args)
 
     # -- events ---------------------------------------------------------------------
 
