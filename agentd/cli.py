@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bind", type=_bind_arg, metavar="HOST:PORT", help="override server.bind")
     serve.add_argument("--workers", type=int, metavar="N", help="override server.workers")
 
+    chat = sub.add_parser("chat", help="chat with an agent over the WebSocket protocol")
+    chat.add_argument("--url", default="http://127.0.0.1:8080", help="server URL")
+    chat.add_argument("--agent", help="agent name (default: the server's first agent)")
+    chat.add_argument("--session", help="resume this session id")
+
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
     return parser
@@ -99,4 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "chat":
+        import asyncio
+
+        from .chat_client import run_chat
+
+        try:
+            return asyncio.run(run_chat(args.url, args.agent, args.session))
+        except KeyboardInterrupt:
+            return 130
     return _check_config(args)

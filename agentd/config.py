@@ -29,6 +29,7 @@ __all__ = (
     "ServerConfig",
     "SessionsConfig",
     "StateConfig",
+    "WebSocketConfig",
     "dump_toml",
     "load",
     "parse_bind",
@@ -121,6 +122,10 @@ class ServerConfig:
     keepalive_timeout: float = opt(75.0, min=0.0, max=3600.0)
     heartbeat_timeout: float = opt(30.0, min=1.0, max=3600.0)
     plugins: tuple[str, ...] = opt((), check=_check_plugin)
+    # Turns one worker runs at once; beyond it requests get 503 overloaded at once.
+    max_inflight_turns: int = opt(1024, min=1, max=1_000_000)
+    # Seconds a whole turn (waiting for the session, the model, storing) may take.
+    turn_timeout: float = opt(120.0, min=0.1, max=86400.0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,20 @@ class SessionsConfig:
     ttl: int = opt(7 * 24 * 3600, min=1, max=10 * 365 * 24 * 3600)
     max_messages: int = opt(1000, min=1, max=1_000_000)
     max_message_bytes: int = opt(256 * 1024, min=64, max=64 * 1024 * 1024)
+    # What a turn gets while another turn of the same session runs: wait for it
+    # (enqueue), 409 session_busy (reject), or stop it and go next (interrupt).
+    concurrent_turns: str = opt("enqueue", choices=("enqueue", "reject", "interrupt"))
+    # Seconds a turn's session lease lasts unless renewed (it is, every third of it).
+    turn_lease: float = opt(30.0, min=0.5, max=3600.0)
+
+
+@dataclass(frozen=True)
+class WebSocketConfig:
+    max_frame_bytes: int = opt(1024 * 1024, min=1024, max=64 * 1024 * 1024)
+    max_inflight_turns: int = opt(4, min=1, max=1000)
+    send_queue: int = opt(256, min=1, max=100000)
+    idle_timeout: float = opt(300.0, min=1.0, max=86400.0)
+    heartbeat: float = opt(30.0, min=1.0, max=3600.0)
 
 
 @dataclass(frozen=True)
@@ -210,6 +229,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     log: LogConfig = field(default_factory=LogConfig)
     backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))

@@ -1,27 +1,28 @@
 """The application factory: one aiohttp app per worker.
 
-Later parts (sessions, chat, jobs) plug in as route modules that ``create_app`` sets
-up; they reach the config, metrics and worker state through the keys in ``keys``.
+Each part of the HTTP surface is a route module with a ``setup(app)``; handlers reach
+the config, store, agents, metrics and worker state through the keys in ``keys``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from aiohttp import web
 
+from ..agent import Agents
+from ..backends import Backends
 from ..config import Config
 from ..metrics import Metrics
 from ..store import open_store
-from . import events, ops, sessions, state
-from .keys import CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
+from . import chat, events, ops, sessions, state, ws
+from .keys import AGENTS, BACKENDS, CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
 from .middleware import observe
 
-__all__ = ("create_app", "tracked_websocket")
+__all__ = ("create_app",)
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +44,15 @@ async def _begin_drain(app: web.Application) -> None:
         )
 
 
-@contextlib.contextmanager
-def tracked_websocket(app: web.Application, ws: web.WebSocketResponse) -> Iterator[None]:
-    """Count an open WebSocket in /metrics and close it with 1001 when the worker drains."""
-    state, gauge = app[STATE], app[METRICS].websockets
-    state.websockets.add(ws)
-    gauge.inc()
-    try:
-        yield
-    finally:
-        state.websockets.discard(ws)
-        gauge.dec()
-
-
-async def _start_store(app: web.Application) -> None:
+async def _start_parts(app: web.Application) -> None:
     store = app[STORE]
     await store.start()
     app[STATE].readiness.append(store.readiness)
+    await app[BACKENDS].start()
 
 
-async def _close_store(app: web.Application) -> None:
+async def _close_parts(app: web.Application) -> None:
+    await app[BACKENDS].close()
     await app[STORE].close()
 
 
@@ -72,11 +62,15 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
-    app[STORE] = open_store(config)
-    app.on_startup.append(_start_store)
+    app[STORE] = store = open_store(config)
+    app[BACKENDS] = backends = Backends(config.backends)
+    app[AGENTS] = Agents(config, store, backends)
+    app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
-    app.on_cleanup.append(_close_store)
+    app.on_cleanup.append(_close_parts)
     ops.setup(app)
+    chat.setup(app)
+    ws.setup(app)
     events.setup(app)
     sessions.setup(app)
     state.setup(app)

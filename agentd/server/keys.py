@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..agent import Agents
+from ..backends import Backends
 from ..config import Config
 from ..metrics import Metrics
 from ..store import Store
 
-__all__ = ("CONFIG", "METRICS", "STATE", "STORE", "ReadinessCheck", "WorkerInfo", "WorkerState")
+__all__ = (
+    "AGENTS",
+    "BACKENDS",
+    "CONFIG",
+    "METRICS",
+    "STATE",
+    "STORE",
+    "ReadinessCheck",
+    "WorkerInfo",
+    "WorkerState",
+)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
@@ -46,3 +59,18 @@ CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", WorkerState)
 STORE = web.AppKey("store", Store)
+BACKENDS = web.AppKey("backends", Backends)
+AGENTS = web.AppKey("agents", Agents)
+
+
+@contextlib.contextmanager
+def tracked_websocket(app: web.Application, ws: web.WebSocketResponse) -> Iterator[None]:
+    """Count an open WebSocket in /metrics and close it with 1001 when the worker drains."""
+    state, gauge = app[STATE], app[METRICS].websockets
+    state.websockets.add(ws)
+    gauge.inc()
+    try:
+        yield
+    finally:
+        state.websockets.discard(ws)
+        gauge.dec()

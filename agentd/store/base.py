@@ -52,7 +52,10 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # Fields a stored message may carry, besides the ``seq`` and ``created_at`` the store adds.
-MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls", "status"})
+# ``turn`` is the id of the turn that added the message (agentd sets it).
+MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_call_id", "tool_calls", "status", "turn"}
+)
 
 # The largest seq accepted in a range: Redis's Lua numbers are doubles, exact to 2**53.
 MAX_SEQ = 2**53 - 1

@@ -1,0 +1,278 @@
+"""One turn of an agent: session → model → persist → publish, whatever the wire format.
+
+A turn with a session takes the session's turn lease (and reads its history) in one
+store round trip, streams the model's reply, and appends the new messages and the
+reply while releasing the lease in a second one; the append publishes the session's
+event. Turns of one session therefore run one at a time across every instance
+(``[sessions] concurrent_turns`` says what a second one gets). A turn without a session
+touches no store at all.
+
+The HTTP and WebSocket layers iterate :meth:`Agents.run` and translate what it yields:
+``str`` deltas while the model streams, then one :class:`TurnDone`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Backends, ChatRequest
+from .config import AgentConfig, Config
+from .errors import BadRequest, Conflict, NotFound, Overloaded, UpstreamTimeout
+from .store import Store
+from .store.base import TurnLease
+
+__all__ = ("Agents", "Timings", "TurnDone", "TurnRequest")
+
+log = logging.getLogger(__name__)
+
+# Fields of a stored message that are ours, not the model's.
+_STORE_FIELDS = ("seq", "created_at", "status")
+# How long a turn waiting for its session sleeps between tries (grows to the max).
+_WAIT_MIN, _WAIT_MAX = 0.005, 0.1
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    agent: str
+    messages: list[dict[str, Any]]
+    session_id: str | None = None
+    # Client generation parameters; they override the agent's own.
+    params: dict[str, Any] = field(default_factory=dict)
+    # Stored on the turn's messages, so a connection can tell its own turns' events.
+    turn_id: str = field(default_factory=lambda: "t_" + secrets.token_urlsafe(9))
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where a turn's time went, in seconds (for Server-Timing and /metrics)."""
+
+    session: float = 0.0
+    upstream_ttft: float = 0.0
+    upstream: float = 0.0
+    persist: float = 0.0
+
+    def header(self, parse: float = 0.0) -> str:
+        parts = {"parse": parse, **{k: getattr(self, k) for k in self.__slots__}}
+        return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in parts.items())
+
+
+@dataclass(slots=True)
+class TurnDone:
+    """The end of a turn: what was said, and what was stored (empty without a session)."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, Any]
+    node: str
+    model: str
+    stored: list[dict[str, Any]]
+    timings: Timings
+    cancelled: bool = False
+
+    @property
+    def seq(self) -> int | None:
+        return self.stored[-1]["seq"] if self.stored else None
+
+
+def _upstream_message(message: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k not in _STORE_FIELDS}
+
+
+class _Interrupted(Exception):
+    """Another turn of the session asked this one to stop."""
+
+
+class Agents:
+    """The configured agents, and the running of their turns."""
+
+    def __init__(self, config: Config, store: Store, backends: Backends) -> None:
+        self.config = config
+        self.store = store
+        self.backends = backends
+        self._agents = {a.name: a for a in config.agents}
+        self._inflight = 0
+        self._max_inflight = config.server.max_inflight_turns
+        self._lease_s = config.sessions.turn_lease
+        self._policy = config.sessions.concurrent_turns
+
+    def get(self, name: str) -> AgentConfig:
+        agent = self._agents.get(name)
+        if agent is None:
+            raise NotFound(f"no agent named {name!r}", code="model_not_found")
+        return agent
+
+    def all(self) -> Sequence[AgentConfig]:
+        return list(self._agents.values())
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def admit(self) -> None:
+        """Refuse at once when this worker already runs its maximum of turns."""
+        if self._inflight >= self._max_inflight:
+            raise Overloaded(f"this worker runs {self._inflight} turns, its maximum", retry_after=1)
+
+    async def run(self, req: TurnRequest, *, deadline: float) -> AsyncIterator[str | TurnDone]:
+        """Run one turn: yields text deltas, then a :class:`TurnDone`."""
+        agent = self.get(req.agent)
+        if not req.messages:
+            raise BadRequest("messages must not be empty", code="invalid_request")
+        self.admit()
+        self._inflight += 1
+        try:
+            async for item in self._run(agent, req, deadline):
+                yield item
+        finally:
+            self._inflight -= 1
+
+    async def _run(
+        self, agent: AgentConfig, req: TurnRequest, deadline: float
+    ) -> AsyncIterator[str | TurnDone]:
+        timings = Timings()
+        loop = asyncio.get_running_loop()
+        lease: TurnLease | None = None
+        history: list[dict[str, Any]] = []
+        if req.session_id is not None:
+            started = loop.time()
+            lease = await self._take_session(req.session_id, agent.history, deadline)
+            history = lease.history
+            timings.session = loop.time() - started
+
+        upstream: list[dict[str, Any]] = []
+        if agent.system_prompt:
+            upstream.append({"role": "system", "content": agent.system_prompt})
+        upstream.extend(_upstream_message(m) for m in history)
+        upstream.extend(req.messages)
+        request = ChatRequest(
+            model=agent.model or agent.name,
+            messages=upstream,
+            params={**agent.params, **req.params},
+        )
+        pool = self.backends.get(agent.backend)
+        parts: list[str] = []
+        finish, usage, node, cancelled = "stop", {}, "", False
+        renewer = None
+        if lease is not None:
+            renewer = asyncio.create_task(self._keep_lease(req.session_id, lease.token))  # type: ignore[arg-type]
+        started = loop.time()
+        try:
+            stream = pool.stream(request, session_id=req.session_id, deadline=deadline)
+            async for chunk in _until_interrupted(stream, renewer):
+                if not parts and chunk.text:
+                    timings.upstream_ttft = loop.time() - started
+                if chunk.text:
+                    parts.append(chunk.text)
+                    yield chunk.text
+                if chunk.finish_reason:
+                    finish = chunk.finish_reason
+                if chunk.usage:
+                    usage = chunk.usage
+                node = chunk.node or node
+        except _Interrupted:
+            cancelled, finish = True, "cancelled"
+        except BaseException:
+            if lease is not None:
+                await self._let_go(req.session_id, lease.token)  # type: ignore[arg-type]
+            raise
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, _Interrupted, Exception):
+                    await renewer
+        timings.upstream = loop.time() - started
+        text = "".join(parts)
+
+        stored: list[dict[str, Any]] = []
+        if lease is not None:
+            reply: dict[str, Any] = {"role": "assistant", "content": text, "turn": req.turn_id}
+            if cancelled:
+                reply["status"] = "cancelled"
+            new = [{**m, "turn": req.turn_id} for m in req.messages if m.get("role") != "system"]
+            started = loop.time()
+            stored = await self.store.end_turn(req.session_id, lease.token, [*new, reply])  # type: ignore[arg-type]
+            timings.persist = loop.time() - started
+        yield TurnDone(text, finish, usage, node, request.model, stored, timings, cancelled)
+
+    async def _take_session(self, sid: str, last: int, deadline: float) -> TurnLease:
+        """Take the session's turn lease, as ``[sessions] concurrent_turns`` says."""
+        loop = asyncio.get_running_loop()
+        wait = _WAIT_MIN
+        asked = False
+        while True:
+            lease = await self.store.begin_turn(sid, last, self._lease_s)
+            if lease is not None:
+                return lease
+            if self._policy == "reject":
+                raise Conflict("another turn of this session is running", code="session_busy")
+            if self._policy == "interrupt" and not asked:
+                asked = await self.store.interrupt_turn(sid)
+            if loop.time() + wait > deadline:
+                raise UpstreamTimeout(
+                    "timed out waiting for the session's running turn", code="session_busy"
+                )
+            await asyncio.sleep(wait * (0.5 + random.random()))
+            wait = min(_WAIT_MAX, wait * 2)
+
+    async def _keep_lease(self, sid: str, token: int) -> None:
+        """Renew the lease while the turn runs; end with :class:`_Interrupted` if asked."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            state = await self.store.renew_turn(sid, token, self._lease_s)
+            if state == "interrupted":
+                raise _Interrupted
+            if state == "lost":
+                log.warning("turn on session %s lost its lease (stalled?)", sid)
+                return
+
+    async def _let_go(self, sid: str, token: int) -> None:
+        with contextlib.suppress(Exception):
+            await self.store.end_turn(sid, token, [])
+
+
+async def _until_interrupted(
+    stream: AsyncIterator[Any], renewer: asyncio.Task[None] | None
+) -> AsyncIterator[Any]:
+    """Iterate ``stream``, raising :class:`_Interrupted` as soon as ``renewer`` does.
+
+    If the renewer ends otherwise (the lease was lost, or the store could not be reached)
+    the reply is finished; ``end_turn`` then says whether it may still be stored.
+    """
+
+    def interrupted() -> bool:
+        return (
+            renewer is not None
+            and renewer.done()
+            and not renewer.cancelled()
+            and isinstance(renewer.exception(), _Interrupted)
+        )
+
+    iterator = aiter(stream)
+    try:
+        while not interrupted():
+            step = asyncio.ensure_future(anext(iterator))
+            if renewer is not None and not renewer.done():
+                await asyncio.wait({step, renewer}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done() and interrupted():
+                step.cancel()
+                with contextlib.suppress(BaseException):
+                    await step
+                break
+            try:
+                item = await step
+            except StopAsyncIteration:
+                return
+            yield item
+        raise _Interrupted
+    finally:
+        closer = getattr(iterator, "aclose", None)
+        if closer is not None:
+            with contextlib.suppress(BaseException):
+                await closer()

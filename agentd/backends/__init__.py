@@ -1,0 +1,106 @@
+"""Model backends: the protocols (OpenAI-compatible, echo) and the pools that spread calls
+over their nodes.
+
+    backends = Backends(config.backends, metrics=BackendMetrics(app_metrics))
+    await backends.start()
+    async for chunk in backends.get("echo").stream(request, session_id=sid, deadline=d):
+        ...
+    await backends.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from ..config import BackendConfig
+from ..errors import NotFound
+from .echo import EchoNode
+from .openai import OpenAIClient
+from .pool import Pool
+from .types import (
+    ChatRequest,
+    Chunk,
+    Completion,
+    Transport,
+    UpstreamAuth,
+    UpstreamRejected,
+    is_retryable,
+)
+
+if TYPE_CHECKING:
+    from ..metrics import BackendMetrics
+
+__all__ = (
+    "Backends",
+    "ChatRequest",
+    "Chunk",
+    "Completion",
+    "Pool",
+    "Transport",
+    "UpstreamAuth",
+    "UpstreamRejected",
+    "build_pool",
+    "is_retryable",
+)
+
+
+def build_pool(
+    config: BackendConfig,
+    metrics: BackendMetrics | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Pool:
+    """The pool for one ``[[backends]]`` entry (not started yet)."""
+    if config.type == "echo":
+        return Pool(config, [EchoNode(config)], metrics)
+    if config.type == "openai":
+        client = OpenAIClient(config, environ)
+        return Pool(config, client.nodes, metrics, client=client)
+    raise ValueError(f"backend {config.name!r}: unknown type {config.type!r}")
+
+
+class Backends:
+    """Every configured backend's pool, by name; HTTP sessions live between start and close.
+
+    ``environ`` is where API keys are read (default ``os.environ``).
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[BackendConfig],
+        metrics: BackendMetrics | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._pools = {config.name: build_pool(config, metrics, environ) for config in configs}
+
+    async def start(self) -> None:
+        for pool in self._pools.values():
+            await pool.start()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(pool.close() for pool in self._pools.values()))
+
+    async def __aenter__(self) -> Backends:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def get(self, name: str) -> Pool:
+        """The pool named ``name``; :class:`NotFound` if there is none."""
+        pool = self._pools.get(name)
+        if pool is None:
+            raise NotFound(f"no backend named {name!r}", code="backend_not_found")
+        return pool
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._pools
+
+    def __iter__(self) -> Iterator[Pool]:
+        return iter(self._pools.values())
+
+    def __len__(self) -> int:
+        return len(self._pools)

@@ -1,0 +1,326 @@
+"""The ``openai`` protocol: Chat Completions over HTTP, streamed as server-sent events.
+
+One aiohttp session per backend holds a kept-alive connection pool per node
+(``max_connections`` each). The call's deadline becomes aiohttp's ``total`` timeout, one
+timer per call that also bounds every read of the body, so chunks cost no timer each.
+
+Usage accounting: the upstream ``usage`` is returned when sent (we ask for it with
+``stream_options.include_usage``); otherwise ``prompt_tokens`` is the characters of all
+messages / 4 and ``completion_tokens`` the number of content deltas (servers send about
+one token per delta).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from ..config import BackendConfig
+from ..errors import UpstreamError, UpstreamTimeout
+from .types import (
+    ChatRequest,
+    Chunk,
+    UpstreamAuth,
+    UpstreamRejected,
+    estimate_tokens,
+    message_chars,
+    usage_dict,
+)
+
+__all__ = ("EventSplitter", "OpenAIClient", "OpenAINode", "error_for_status")
+
+log = logging.getLogger(__name__)
+
+_ERROR_BODY_LIMIT = 64 * 1024
+_DONE = b"[DONE]"
+_DATA = b"data:"
+_JSON = "application/json"
+
+
+class OpenAIClient:
+    """The aiohttp session shared by one backend's nodes; lives between start and close."""
+
+    def __init__(self, config: BackendConfig, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.session: aiohttp.ClientSession | None = None
+        self._headers = {"Content-Type": _JSON, "Accept": "text/event-stream"}
+        if config.api_key_env:
+            key = (os.environ if environ is None else environ).get(config.api_key_env, "")
+            if key:
+                self._headers["Authorization"] = f"Bearer {key}"
+            else:
+                log.error(
+                    "backend %s: environment variable %s is unset or empty; calling "
+                    "upstream without credentials",
+                    config.name,
+                    config.api_key_env,
+                )
+        self.nodes = tuple(OpenAINode(self, url) for url in config.urls)
+
+    async def start(self) -> None:
+        if self.session is not None:
+            return
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections * max(len(self.nodes), 1),
+            limit_per_host=self.config.max_connections,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, headers=self._headers, raise_for_status=False
+        )
+
+    async def close(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    def __repr__(self) -> str:  # never show the headers: they hold the key
+        return f"OpenAIClient({self.config.name!r}, nodes={len(self.nodes)})"
+
+
+def node_name(url: str) -> str:
+    """A node's label (logs, metrics): its URL without credentials or trailing slash."""
+    parsed = URL(url)
+    if parsed.user or parsed.password:
+        parsed = parsed.with_user(None)
+    return str(parsed).rstrip("/")
+
+
+class OpenAINode:
+    """One OpenAI-compatible endpoint (``{url}/chat/completions``)."""
+
+    def __init__(self, client: OpenAIClient, url: str) -> None:
+        self.client = client
+        self.name = node_name(url)
+        self.endpoint = url.rstrip("/") + "/chat/completions"
+
+    async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
+        """POST the request with ``stream: true`` and yield its content as chunks."""
+        session = self.client.session
+        if session is None:
+            raise RuntimeError(f"backend {self.client.config.name!r} is not started")
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamTimeout("the deadline passed before the upstream call")
+        body = {
+            **request.params,
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        timeout = aiohttp.ClientTimeout(
+            total=remaining,
+            sock_connect=min(self.client.config.connect_timeout_s, remaining),
+            ceil_threshold=float("inf"),  # the deadline is exact, not rounded up a second
+        )
+        try:
+            async with session.post(
+                self.endpoint, data=orjson.dumps(body), timeout=timeout
+            ) as response:
+                if response.status != 200:
+                    raise await _error_from(response)
+                if response.content_type == _JSON:
+                    yield await _whole_reply(response, request, self.name)
+                    return
+                async for chunk in _read_events(response, request, self.name):
+                    yield chunk
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
+                raise UpstreamError("upstream unreachable: connect timed out") from None
+            raise UpstreamTimeout("the upstream did not answer within the deadline") from None
+        except aiohttp.ClientPayloadError:
+            raise UpstreamError(
+                "upstream closed the stream before the reply ended", code="upstream_incomplete"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                f"upstream unreachable: {exc.os_error.strerror or exc.os_error}",
+                code="upstream_unreachable",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"upstream connection failed: {type(exc).__name__}", code="upstream_unreachable"
+            ) from None
+        except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError):
+            # Not JSON, or JSON of the wrong shape (a list where an object belongs...).
+            raise UpstreamError(
+                "upstream sent a malformed reply", code="upstream_protocol"
+            ) from None
+
+
+def error_for_status(status: int, message: str) -> UpstreamError | UpstreamRejected:
+    """The agentd error for an upstream HTTP error status (see the module's mapping)."""
+    if status in (401, 403):
+        # The upstream's message may quote part of the key: it stays out of our reply.
+        return UpstreamAuth(f"upstream refused the credentials ({status})")
+    if status == 429:
+        return UpstreamError(
+            f"upstream rate limited the call (429): {message}", code="upstream_rate_limited"
+        )
+    if 400 <= status < 500 and status != 408:
+        return UpstreamRejected(f"upstream rejected the request ({status}): {message}")
+    return UpstreamError(f"upstream failed ({status}): {message}")
+
+
+async def _error_from(response: aiohttp.ClientResponse) -> UpstreamError | UpstreamRejected:
+    raw = await response.content.read(_ERROR_BODY_LIMIT)
+    message = ""
+    try:
+        error = orjson.loads(raw).get("error")
+        if isinstance(error, dict):
+            message = str(error.get("message") or "")
+        elif isinstance(error, str):
+            message = error
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    if not message:
+        message = response.reason or "no detail"
+    return error_for_status(response.status, message[:500])
+
+
+def _fallback_usage(request: ChatRequest, deltas: int) -> dict[str, int]:
+    return usage_dict(estimate_tokens(message_chars(request.messages)), deltas)
+
+
+async def _whole_reply(response: aiohttp.ClientResponse, request: ChatRequest, node: str) -> Chunk:
+    """A server that ignored ``stream: true`` and sent one ``chat.completion`` object."""
+    reply = orjson.loads(await response.read())
+    choice = (reply.get("choices") or [{}])[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    usage = reply.get("usage") or _fallback_usage(request, 1 if text else 0)
+    return Chunk(text, choice.get("finish_reason") or "stop", usage, node)
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The ``data`` of one SSE event (its ``data:`` lines joined by newlines), or None."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the common case: one line
+    lines = []
+    for line in event.split(b"\n"):
+        if line.startswith(_DATA):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(b" ") else value)
+    return b"\n".join(lines) if lines else None
+
+
+class EventSplitter:
+    """Cuts a byte stream into SSE events (the text between blank lines).
+
+    Line ends may be CRLF, CR or LF (the SSE spec allows all three). A CR ending a read
+    ends a line at once; an LF starting the next read is then its other half, dropped.
+    """
+
+    __slots__ = ("_after_cr", "rest")
+
+    def __init__(self) -> None:
+        self.rest = b""  # an incomplete event, waiting for more bytes
+        self._after_cr = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The events completed by ``data``."""
+        if self._after_cr:
+            self._after_cr = False
+            if data.startswith(b"\n"):
+                data = data[1:]
+        if b"\r" in data:
+            self._after_cr = data.endswith(b"\r")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self.rest + data if self.rest else data
+        events = buffer.split(b"\n\n")
+        self.rest = events.pop()
+        return events
+
+
+class _Reply:
+    """What the stream has said so far beyond the text already passed on."""
+
+    __slots__ = ("deltas", "finish", "node", "request", "tail", "usage")
+
+    def __init__(self, request: ChatRequest, node: str) -> None:
+        self.request = request
+        self.node = node
+        self.deltas = 0
+        self.finish: str | None = None
+        self.tail = ""  # text that came with or after the finish reason
+        self.usage: dict[str, int] | None = None
+
+    def take(self, payload: bytes) -> str | None:
+        """Digest one ``chat.completion.chunk``; return the text to pass on now, if any."""
+        obj = orjson.loads(payload)
+        error = obj.get("error")
+        if error:
+            raise _stream_error(error)
+        usage = obj.get("usage")
+        if usage:
+            self.usage = usage
+        choices = obj.get("choices")
+        if not choices:
+            return None  # the usage chunk has no choices
+        choice = choices[0]
+        delta = choice.get("delta")
+        text = delta.get("content") if delta else None
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish = reason
+        if not text:
+            return None
+        self.deltas += 1
+        if self.finish is None:
+            return text
+        self.tail += text  # rides on the final chunk
+        return None
+
+    def final(self) -> Chunk:
+        usage = self.usage or _fallback_usage(self.request, self.deltas)
+        return Chunk(self.tail, self.finish or "stop", usage, self.node)
+
+
+async def _read_events(
+    response: aiohttp.ClientResponse, request: ChatRequest, node: str
+) -> AsyncIterator[Chunk]:
+    """Parse the SSE stream: content deltas as they come, then one final chunk with the
+    finish reason and usage, at ``[DONE]`` (or at the end of the body after a finish)."""
+    reply = _Reply(request, node)
+    splitter = EventSplitter()
+    async for data in response.content.iter_any():
+        for event in splitter.feed(data):
+            payload = _event_data(event)
+            if payload is None:
+                continue  # a comment (keep-alive) or an event without data
+            if payload == _DONE:
+                yield reply.final()
+                return
+            text = reply.take(payload)
+            if text:
+                yield Chunk(text, None, None, node)
+    # The body ended without [DONE] and its blank line: accept it if the reply finished.
+    last = splitter.rest.strip()
+    payload = _event_data(last) if last else None
+    if payload is not None and payload != _DONE:
+        text = reply.take(payload)
+        if text:
+            yield Chunk(text, None, None, node)
+    if payload == _DONE or reply.finish is not None:
+        yield reply.final()
+        return
+    raise UpstreamError(
+        "upstream closed the stream before the reply ended", code="upstream_incomplete"
+    )
+
+
+def _stream_error(error: Any) -> UpstreamError | UpstreamRejected:
+    """An error object sent inside the stream (vLLM and others do this)."""
+    if isinstance(error, dict):
+        message = str(error.get("message") or "error in stream")
+        code = error.get("code")
+        status = code if isinstance(code, int) else 500
+        return error_for_status(status, message[:500])
+    return UpstreamError(f"upstream failed in the stream: {str(error)[:500]}")

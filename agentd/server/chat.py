@@ -1,0 +1,233 @@
+"""The OpenAI-compatible chat API: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+``model`` names an agent. A session is chosen with ``session_id`` in the body (an
+extension field; the OpenAI SDKs send it through ``extra_body``) or the
+``X-Session-Id`` header: the agent then prepends the session's last ``history``
+messages, and the request's messages (all but system messages) and the reply are
+appended to the session. Without a session the turn is stateless. With a session, send
+only the new messages of the turn, not the whole conversation.
+
+Every response carries ``X-Session-Id`` (when there is one) and ``Server-Timing``
+(parse, session, upstream time to first token, upstream total, persist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..agent import TurnDone, TurnRequest
+from ..errors import AgentdError, BadRequest
+from .http import json_object, json_response, read_json
+from .keys import AGENTS, CONFIG
+
+__all__ = ("parse_chat", "setup")
+
+# Generation parameters passed upstream as given (after a type check).
+_PARAMS: dict[str, tuple[type, ...]] = {
+    "temperature": (int, float),
+    "top_p": (int, float),
+    "max_tokens": (int,),
+    "max_completion_tokens": (int,),
+    "stop": (str, list),
+    "seed": (int,),
+    "presence_penalty": (int, float),
+    "frequency_penalty": (int, float),
+    "logit_bias": (dict,),
+    "user": (str,),
+    "response_format": (dict,),
+    "tools": (list,),
+    "tool_choice": (str, dict),
+    "parallel_tool_calls": (bool,),
+}
+# Accepted and not forwarded: they are about the response, which agentd makes.
+_LOCAL = {"model", "messages", "stream", "stream_options", "session_id", "n"}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+_MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id", "tool_calls"}
+MAX_MESSAGES = 1000
+
+
+def parse_chat(body: Any, header_session: str | None) -> tuple[TurnRequest, bool, bool]:
+    """A validated chat request: (turn, stream, include_usage); :class:`BadRequest` if not."""
+    body = json_object(body)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be the name of an agent", code="invalid_request")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_MESSAGES:
+        raise BadRequest(
+            f"messages must be a list of 1 to {MAX_MESSAGES} messages", code="invalid_request"
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise BadRequest(
+                f"messages[{i}] must be an object with a role in {sorted(_ROLES)}",
+                code="invalid_request",
+            )
+        if unknown := set(message) - _MESSAGE_FIELDS:
+            raise BadRequest(f"messages[{i}] has unsupported field(s) {sorted(unknown)}",
+                             code="invalid_request")  # fmt: skip
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise BadRequest(f"messages[{i}].content must be a string or a list of parts",
+                             code="invalid_request")  # fmt: skip
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest("stream must be a boolean", code="invalid_request")
+    if body.get("n", 1) != 1:
+        raise BadRequest("n must be 1: agentd returns one choice", code="invalid_request")
+    options = body.get("stream_options") or {}
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    session_id = body.get("session_id", header_session)
+    if session_id is not None and not isinstance(session_id, str):
+        raise BadRequest("session_id must be a string", code="invalid_session_id")
+    params: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in _LOCAL:
+            continue
+        kinds = _PARAMS.get(key)
+        if kinds is None:
+            raise BadRequest(f"unsupported field {key!r}", code="invalid_request")
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise BadRequest(f"{key} has the wrong type", code="invalid_request")
+        params[key] = value
+    return TurnRequest(model, messages, session_id, params), stream, include_usage
+
+
+def _completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def _headers(session_id: str | None, done: TurnDone | None, parse_s: float) -> dict[str, str]:
+    headers = {}
+    if session_id is not None:
+        headers["X-Session-Id"] = session_id
+    if done is not None:
+        headers["Server-Timing"] = done.timings.header(parse_s)
+    return headers
+
+
+def _usage(done: TurnDone) -> dict[str, Any]:
+    usage = dict(done.usage)
+    usage.setdefault("prompt_tokens", 0)
+    usage.setdefault("completion_tokens", 0)
+    usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
+    return usage
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    turn, stream, include_usage = parse_chat(
+        await read_json(request), request.headers.get("X-Session-Id")
+    )
+    parse_s = time.perf_counter() - started
+    agents = request.app[AGENTS]
+    agents.get(turn.agent)  # an unknown model is a 404 before anything runs
+    deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
+    events = agents.run(turn, deadline=deadline)
+    if stream:
+        return await _stream(request, events, turn, include_usage, parse_s)
+    done: TurnDone | None = None
+    async with contextlib.aclosing(events):
+        async for item in events:
+            if isinstance(item, TurnDone):
+                done = item
+    assert done is not None
+    body = {
+        "id": _completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": turn.agent,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": done.text},
+                "finish_reason": done.finish_reason,
+            }
+        ],
+        "usage": _usage(done),
+    }
+    if done.seq is not None:
+        body["session_id"] = turn.session_id
+        body["seq"] = done.seq
+    return json_response(body, headers=_headers(turn.session_id, done, parse_s))
+
+
+async def _stream(
+    request: web.Request, events: Any, turn: TurnRequest, include_usage: bool, parse_s: float
+) -> web.StreamResponse:
+    """SSE in OpenAI's chunk format. Nothing is sent before the first event, so a turn
+    that fails before it starts (unknown session, busy, upstream down) is a JSON error."""
+    async with contextlib.aclosing(events):
+        return await _write_stream(request, events, turn, include_usage, parse_s)
+
+
+async def _write_stream(
+    request: web.Request, iterator: Any, turn: TurnRequest, include_usage: bool, parse_s: float
+) -> web.StreamResponse:
+    cid, created = _completion_id(), int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        doc = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": turn.agent,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+    first = await anext(iterator)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **_headers(turn.session_id, None, parse_s),
+        }
+    )
+    await response.prepare(request)
+    await response.write(chunk({"role": "assistant", "content": ""}))
+    item = first
+    try:
+        while True:
+            if isinstance(item, TurnDone):
+                extra = {"session_id": turn.session_id, "seq": item.seq} if item.stored else {}
+                await response.write(chunk({}, item.finish_reason, **extra))
+                if include_usage:
+                    doc = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                           "model": turn.agent, "choices": [], "usage": _usage(item)}  # fmt: skip
+                    await response.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+                break
+            await response.write(chunk({"content": item}))
+            item = await anext(iterator)
+    except AgentdError as exc:
+        # Headers are gone: report in the stream, as OpenAI does, then end it.
+        await response.write(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def list_models(request: web.Request) -> web.Response:
+    agents = request.app[AGENTS].all()
+    data = [{"id": a.name, "object": "model", "created": 0, "owned_by": "agentd"} for a in agents]
+    return json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    agent = request.app[AGENTS].get(request.match_info["name"])
+    return json_response({"id": agent.name, "object": "model", "created": 0, "owned_by": "agentd"})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{name}", get_model)

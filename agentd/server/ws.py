@@ -1,0 +1,244 @@
+"""WebSocket chat at ``GET /v1/ws``: JSON text frames, documented in docs/protocol.md.
+
+Per connection: the handler reads client frames; one writer task drains a bounded
+queue of outgoing frames (a client that reads too slowly is closed with 1013 and
+resumes); one watcher task follows the session's events (what other connections, on
+any instance, add to it); one task per running turn streams deltas. Client mistakes
+get an error frame and the connection lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..agent import Agents, TurnDone, TurnRequest
+from ..errors import AgentdError, BadRequest
+from ..store import Event, Store
+from .http import MAX_DEPTH
+from .keys import AGENTS, CONFIG, STORE, tracked_websocket
+
+__all__ = ("setup",)
+
+log = logging.getLogger(__name__)
+
+CLOSE_TRY_AGAIN = 1013  # the client read too slowly: resume with hello {after}
+
+
+def _done_frame(frame_id: Any, done: TurnDone) -> dict[str, Any]:
+    return {
+        "type": "done",
+        "id": frame_id,
+        "seq": done.seq,
+        "message": done.stored[-1] if done.stored else None,
+        "usage": done.usage,
+        "finish_reason": done.finish_reason,
+    }
+
+
+class _Connection:
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
+        config = request.app[CONFIG]
+        self.ws = ws
+        self.store: Store = request.app[STORE]
+        self.agents: Agents = request.app[AGENTS]
+        self.turn_timeout = config.server.turn_timeout
+        self.max_turns = config.websocket.max_inflight_turns
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(config.websocket.send_queue)
+        self.session_id: str | None = None
+        self.agent = self.agents.all()[0].name if self.agents.all() else ""
+        self.turns: dict[str, asyncio.Task[None]] = {}
+        self.own_turns: set[str] = set()
+        self.watcher: asyncio.Task[None] | None = None
+        self.closing = False
+        self.closer: asyncio.Future[bool] | None = None
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(self, frame: dict[str, Any]) -> None:
+        """Queue a frame; a full queue means the client is not reading: close 1013."""
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(orjson.dumps(frame))
+        except asyncio.QueueFull:
+            log.info("websocket client too slow; closing with 1013")
+            self.closing = True
+            self.closer = asyncio.ensure_future(
+                self.ws.close(code=CLOSE_TRY_AGAIN, message=b"too slow")
+            )
+
+    def error(self, exc: AgentdError, frame_id: Any = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
+        if frame_id is not None:
+            frame["id"] = frame_id
+        self.send(frame)
+
+    async def write_forever(self) -> None:
+        while (data := await self.queue.get()) is not None:
+            await self.ws.send_frame(data, WSMsgType.TEXT)
+
+    # -- client frames ----------------------------------------------------------------
+
+    async def handle(self, raw: str) -> None:
+        try:
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest("frame is not valid JSON", code="invalid_json") from None
+        try:
+            orjson.dumps([[[frame]]])  # depth check at C speed, as for HTTP bodies
+        except orjson.JSONEncodeError:
+            raise BadRequest(f"frame nests deeper than {MAX_DEPTH} levels",
+                             code="invalid_json") from None  # fmt: skip
+        if not isinstance(frame, dict):
+            raise BadRequest("a frame must be a JSON object", code="invalid_frame")
+        kind = frame.get("type")
+        if kind == "ping":
+            self.send({"type": "pong"})
+        elif kind == "hello":
+            await self.hello(frame)
+        elif kind == "message":
+            await self.message(frame)
+        elif kind == "cancel":
+            task = self.turns.get(frame.get("id"))  # type: ignore[arg-type]
+            if task is not None:
+                task.cancel()
+        else:
+            raise BadRequest(f"unknown frame type {kind!r}", code="unknown_type")
+
+    async def hello(self, frame: dict[str, Any]) -> None:
+        if self.session_id is not None:
+            raise BadRequest("hello was already sent on this connection", code="invalid_frame")
+        agent = frame.get("agent")
+        if agent is not None:
+            self.agents.get(agent)  # 404-style error frame for an unknown agent
+            self.agent = agent
+        after = frame.get("after")
+        if after is not None and (
+            not isinstance(after, int) or isinstance(after, bool) or after < 0
+        ):
+            raise BadRequest("after must be a sequence number", code="invalid_range")
+        sid = frame.get("session_id")
+        if sid is None:
+            info = await self.store.create_session(agent=self.agent)
+        else:
+            info = await self.store.get_session(sid)
+        events = await self.store.open_watch(info.id, after)
+        self.session_id = info.id
+        self.send({"type": "ready", "session_id": info.id, "seq": info.last_seq})
+        self.watcher = asyncio.create_task(self.follow(events))
+
+    async def follow(self, events: Any) -> None:
+        """Forward the session's events; a connection's own turns arrive as done frames."""
+        try:
+            async for event in events:
+                self.forward(event)
+        except AgentdError as exc:
+            self.error(exc)
+        finally:
+            await events.aclose()
+
+    def forward(self, event: Event) -> None:
+        if event.kind != "messages":
+            self.send({"type": "event", "event": event.kind, "data": event.data})
+            return
+        for message in event.messages:
+            if message.get("turn") in self.own_turns:
+                continue
+            self.send({"type": "event", "seq": message["seq"], "message": message})
+
+    async def message(self, frame: dict[str, Any]) -> None:
+        frame_id = frame.get("id")
+        if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool):
+            raise BadRequest("a message needs an id (string or integer)", code="invalid_frame")
+        if frame_id in self.turns:
+            raise BadRequest(f"a turn with id {frame_id!r} is running", code="duplicate_id")
+        if len(self.turns) >= self.max_turns:
+            raise BadRequest(f"at most {self.max_turns} turns may run at once",
+                             code="too_many_turns")  # fmt: skip
+        content = frame.get("content")
+        if not isinstance(content, (str, list)):
+            raise BadRequest("content must be a string or a list of parts", code="invalid_frame")
+        agent = frame.get("agent", self.agent)
+        if not isinstance(agent, str):
+            raise BadRequest("agent must be a string", code="invalid_frame")
+        self.agents.get(agent)
+        if self.session_id is None:
+            await self.hello({"agent": agent})
+        turn = TurnRequest(agent, [{"role": "user", "content": content}], self.session_id)
+        self.own_turns.add(turn.turn_id)
+        self.turns[frame_id] = asyncio.create_task(self.run_turn(frame_id, turn))
+
+    async def run_turn(self, frame_id: Any, turn: TurnRequest) -> None:
+        deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        events = self.agents.run(turn, deadline=deadline)
+        try:
+            async with contextlib.aclosing(events):
+                async for item in events:
+                    if isinstance(item, TurnDone):
+                        self.send(_done_frame(frame_id, item))
+                    else:
+                        self.send({"type": "delta", "id": frame_id, "content": item})
+        except asyncio.CancelledError:
+            self.send({"type": "cancelled", "id": frame_id})
+        except AgentdError as exc:
+            self.error(exc, frame_id)
+        except Exception:
+            log.exception("turn %r failed", frame_id)
+            self.send({"type": "error", "id": frame_id, "code": "internal_error",
+                       "message": "internal server error"})  # fmt: skip
+        finally:
+            self.turns.pop(frame_id, None)
+
+    async def close(self) -> None:
+        """Stop watching; let running turns finish and be stored (within the turn
+        timeout), so a client that dropped finds the reply when it resumes."""
+        self.closing = True
+        if self.watcher is not None:
+            self.watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await self.watcher
+        if self.turns:
+            await asyncio.wait(list(self.turns.values()), timeout=self.turn_timeout)
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    config = request.app[CONFIG].websocket
+    ws = web.WebSocketResponse(
+        heartbeat=config.heartbeat, max_msg_size=config.max_frame_bytes, compress=False
+    )
+    await ws.prepare(request)
+    conn = _Connection(request, ws)
+    writer = asyncio.create_task(conn.write_forever())
+    with tracked_websocket(request.app, ws):
+        try:
+            while True:
+                try:
+                    msg = await ws.receive(timeout=config.idle_timeout)
+                except TimeoutError:
+                    await ws.close(code=WSCloseCode.GOING_AWAY, message=b"idle")
+                    break
+                if msg.type == WSMsgType.TEXT:
+                    try:
+                        await conn.handle(msg.data)
+                    except AgentdError as exc:
+                        conn.error(exc)
+                elif msg.type == WSMsgType.BINARY:
+                    conn.error(BadRequest("frames must be JSON text", code="unsupported_frame"))
+                else:  # close, closing, closed or error (aiohttp sets the close code)
+                    break
+        finally:
+            await conn.close()
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+    return ws
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/ws", websocket)

@@ -1,0 +1,397 @@
+"""The chat API and the WebSocket protocol, on a real socket, with the echo backend."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from agentd.config import from_dict
+from agentd.server.app import create_app
+
+Factory = Callable[..., Any]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Factory]:
+    """Start an app (memory store) with config overrides; returns its base URL."""
+    servers: list[TestServer] = []
+
+    async def start(**raw: Any) -> str:
+        server = TestServer(create_app(from_dict(raw)), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def echo(**backend: Any) -> dict[str, Any]:
+    return {"backends": [{"name": "echo", "type": "echo", **backend}]}
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> tuple[int, Any, Any]:
+    async with http.post(url, json=body, **kw) as r:
+        return r.status, r.headers, orjson.loads(await r.read())
+
+
+def chat_body(content: str = "hello there", **extra: Any) -> dict[str, Any]:
+    return {"model": "echo", "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def sse(resp: aiohttp.ClientResponse) -> list[Any]:
+    events = []
+    async for raw in resp.content:
+        line = raw.decode().strip()
+        if line.startswith("data: "):
+            data = line[6:]
+            events.append(data if data == "[DONE]" else orjson.loads(data))
+    return events
+
+
+# -- HTTP ------------------------------------------------------------------------------
+
+
+async def test_a_stateless_completion_echoes_the_last_user_message(serve: Factory) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        status, headers, body = await post(http, url + "/v1/chat/completions", chat_body())
+    assert status == 200
+    assert body["object"] == "chat.completion" and body["model"] == "echo"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "hello there"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["completion_tokens"] > 0
+    assert "X-Session-Id" not in headers
+    timing = headers["Server-Timing"]
+    for stage in ("parse", "session", "upstream_ttft", "upstream", "persist"):
+        assert f"{stage};dur=" in timing
+
+
+async def test_a_streamed_completion_in_openai_chunk_format(serve: Factory) -> None:
+    url = await serve()
+    body = chat_body("one two three four", stream=True, stream_options={"include_usage": True})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/chat/completions", json=body) as r,
+    ):
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+        events = await sse(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert text == "one two three four"
+    assert len([c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]) > 1
+    finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+
+
+async def test_a_session_keeps_the_conversation(serve: Factory) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        _, _, session = await post(http, url + "/v1/sessions", {})
+        sid = session["id"]
+        status, headers, first = await post(http, url + "/v1/chat/completions",
+                                            chat_body("first", session_id=sid))  # fmt: skip
+        assert status == 200 and headers["X-Session-Id"] == sid and first["seq"] == 2
+        headers = {"X-Session-Id": sid}
+        status, _, second = await post(
+            http, url + "/v1/chat/completions", chat_body("second"), headers=headers
+        )
+        assert status == 200 and second["seq"] == 4
+        async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+            history = orjson.loads(await r.read())["data"]
+    assert [(m["role"], m["content"]) for m in history] == [
+        ("user", "first"), ("assistant", "first"), ("user", "second"), ("assistant", "second"),
+    ]  # fmt: skip
+    assert history[0]["turn"] == history[1]["turn"] != history[2]["turn"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (chat_body() | {"model": "nobody"}, 404, "model_not_found"),
+        ({"model": "echo"}, 400, "invalid_request"),
+        (chat_body() | {"messages": []}, 400, "invalid_request"),
+        (chat_body() | {"messages": [{"role": "robot", "content": "x"}]}, 400, "invalid_request"),
+        (chat_body() | {"messages": [{"role": "user", "content": 5}]}, 400, "invalid_request"),
+        (
+            chat_body() | {"messages": [{"role": "user", "content": "x", "x": 1}]},
+            400,
+            "invalid_request",
+        ),
+        (chat_body(n=2), 400, "invalid_request"),
+        (chat_body(temperature="hot"), 400, "invalid_request"),
+        (chat_body(temperature=True), 400, "invalid_request"),
+        (chat_body(stream="yes"), 400, "invalid_request"),
+        (chat_body(tempreature=0.1), 400, "invalid_request"),
+        (chat_body(session_id="nope"), 404, "session_not_found"),
+        (chat_body(session_id="bad id"), 400, "invalid_session_id"),
+        ([1, 2], 400, "invalid_request"),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(
+    serve: Factory, body: Any, status: int, code: str
+) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        got, _, reply = await post(http, url + "/v1/chat/completions", body)
+        assert (got, reply["error"]["code"]) == (status, code)
+        assert set(reply["error"]) >= {"message", "type", "code"}
+        # The same server keeps answering.
+        assert (await post(http, url + "/v1/chat/completions", chat_body()))[0] == 200
+
+
+async def test_hostile_bodies_are_refused(serve: Factory) -> None:
+    url = await serve(server={"max_request_bytes": 4096})
+    async with aiohttp.ClientSession() as http:
+        for data, status in [
+            (b"{not json", 400),
+            (b"\xff\xfe\x00", 400),
+            (b"[" * 600 + b"]" * 600, 400),
+            (orjson.dumps(chat_body("x" * 10_000)), 413),
+        ]:
+            async with http.post(url + "/v1/chat/completions", data=data) as r:
+                assert r.status == status
+                assert "error" in orjson.loads(await r.read())
+        assert (await post(http, url + "/v1/chat/completions", chat_body()))[0] == 200
+
+
+async def test_models_lists_the_agents(serve: Factory) -> None:
+    url = await serve(agents=[{"name": "echo"}, {"name": "helper", "backend": "echo"}])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/v1/models") as r:
+            body = orjson.loads(await r.read())
+        async with http.get(url + "/v1/models/helper") as r:
+            assert r.status == 200
+        async with http.get(url + "/v1/models/nobody") as r:
+            assert r.status == 404
+    assert [m["id"] for m in body["data"]] == ["echo", "helper"]
+
+
+async def test_a_full_worker_refuses_at_once_with_retry_after(serve: Factory) -> None:
+    url = await serve(server={"max_inflight_turns": 1}, **echo(latency_ms=400))
+    async with aiohttp.ClientSession() as http:
+        slow = asyncio.create_task(post(http, url + "/v1/chat/completions", chat_body()))
+        await asyncio.sleep(0.1)
+        status, headers, body = await post(http, url + "/v1/chat/completions", chat_body())
+        assert status == 503 and body["error"]["code"] == "overloaded"
+        assert int(headers["Retry-After"]) >= 1
+        assert (await slow)[0] == 200
+
+
+async def _new_session(http: aiohttp.ClientSession, url: str) -> str:
+    return (await post(http, url + "/v1/sessions", {}))[2]["id"]
+
+
+async def test_concurrent_turns_on_a_session_alternate(serve: Factory) -> None:
+    url = await serve(**echo(latency_ms=5))
+    async with aiohttp.ClientSession() as http:
+        sid = await _new_session(http, url)
+        results = await asyncio.gather(*(
+            post(http, url + "/v1/chat/completions", chat_body(f"m{i}", session_id=sid))
+            for i in range(10)
+        ))  # fmt: skip
+        assert all(r[0] == 200 for r in results)
+        async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+            history = orjson.loads(await r.read())["data"]
+    assert [m["role"] for m in history] == ["user", "assistant"] * 10
+    for user, reply in zip(history[::2], history[1::2], strict=True):
+        assert user["content"] == reply["content"]
+
+
+async def test_reject_policy_answers_session_busy(serve: Factory) -> None:
+    url = await serve(sessions={"concurrent_turns": "reject"}, **echo(latency_ms=300))
+    async with aiohttp.ClientSession() as http:
+        sid = await _new_session(http, url)
+        first = asyncio.create_task(
+            post(http, url + "/v1/chat/completions", chat_body("a", session_id=sid))
+        )
+        await asyncio.sleep(0.1)
+        status, _, body = await post(
+            http, url + "/v1/chat/completions", chat_body("b", session_id=sid)
+        )
+        assert (status, body["error"]["code"]) == (409, "session_busy")
+        assert (await first)[0] == 200
+
+
+async def test_interrupt_policy_stores_the_partial_reply_as_cancelled(serve: Factory) -> None:
+    url = await serve(
+        sessions={"concurrent_turns": "interrupt", "turn_lease": 0.6},
+        **echo(tokens_per_s=10),
+    )
+    long_text = " ".join(f"w{i}" for i in range(60))
+    async with aiohttp.ClientSession() as http:
+        sid = await _new_session(http, url)
+        first = asyncio.create_task(
+            post(http, url + "/v1/chat/completions", chat_body(long_text, session_id=sid))
+        )
+        await asyncio.sleep(0.3)
+        status, _, second = await post(
+            http, url + "/v1/chat/completions", chat_body("short", session_id=sid)
+        )
+        assert status == 200 and second["choices"][0]["message"]["content"] == "short"
+        status, _, first_body = await first
+        assert status == 200 and first_body["choices"][0]["finish_reason"] == "cancelled"
+        async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+            history = orjson.loads(await r.read())["data"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1]["status"] == "cancelled"
+    assert long_text.startswith(history[1]["content"]) and history[1]["content"] != long_text
+    assert history[3]["content"] == "short"
+
+
+# -- WebSocket ---------------------------------------------------------------------------
+
+
+async def receive(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    msg = await ws.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+    return orjson.loads(msg.data)
+
+
+async def until(ws: aiohttp.ClientWebSocketResponse, kind: str) -> tuple[dict[str, Any], list]:
+    """Frames up to the first of ``kind``; returns it and those before it."""
+    before = []
+    while (frame := await receive(ws))["type"] != kind:
+        before.append(frame)
+    return frame, before
+
+
+async def test_websocket_turn_streams_then_reports_what_was_stored(serve: Factory) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
+        await ws.send_json({"type": "hello"})
+        ready = await receive(ws)
+        assert ready["type"] == "ready" and ready["seq"] == 0
+        await ws.send_json({"type": "message", "id": "m1", "content": "alpha beta gamma"})
+        done, before = await until(ws, "done")
+        assert "".join(f["content"] for f in before if f["type"] == "delta") == "alpha beta gamma"
+        assert done["id"] == "m1" and done["seq"] == 2
+        assert done["message"]["content"] == "alpha beta gamma"
+        await ws.send_json({"type": "ping"})
+        assert (await receive(ws))["type"] == "pong"
+        async with http.get(f"{url}/v1/sessions/{ready['session_id']}/messages") as r:
+            assert len(orjson.loads(await r.read())["data"]) == 2
+
+
+async def test_websocket_sees_other_connections_and_resumes_without_gaps(serve: Factory) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url + "/v1/ws") as a:
+            await a.send_json({"type": "hello"})
+            sid = (await receive(a))["session_id"]
+            async with http.ws_connect(url + "/v1/ws") as b:
+                await b.send_json({"type": "hello", "session_id": sid})
+                assert (await receive(b))["type"] == "ready"
+                await a.send_json({"type": "message", "id": 1, "content": "from a"})
+                await until(a, "done")
+                seen = [await receive(b), await receive(b)]
+                assert [(f["type"], f["seq"]) for f in seen] == [("event", 1), ("event", 2)]
+                assert seen[0]["message"]["content"] == "from a"
+            # b is gone; a adds two turns; b comes back after seq 2.
+            for i in (2, 3):
+                await a.send_json({"type": "message", "id": i, "content": f"turn {i}"})
+                await until(a, "done")
+        async with http.ws_connect(url + "/v1/ws") as b:
+            await b.send_json({"type": "hello", "session_id": sid, "after": 2})
+            assert (await receive(b))["seq"] == 6
+            replayed = [await receive(b) for _ in range(4)]
+            assert [f["seq"] for f in replayed] == [3, 4, 5, 6]
+            await b.send_json({"type": "ping"})
+            assert (await receive(b))["type"] == "pong"  # nothing more, no duplicate
+
+
+async def test_websocket_hostile_frames_get_errors_and_the_right_close_codes(
+    serve: Factory,
+) -> None:
+    url = await serve(websocket={"max_frame_bytes": 4096})
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(url + "/v1/ws") as ws:
+            for send, code in [
+                (ws.send_bytes(b"\x00\x01"), "unsupported_frame"),
+                (ws.send_str("{oops"), "invalid_json"),
+                (ws.send_str("[" * 400 + "]" * 400), "invalid_json"),
+                (ws.send_str("[1]"), "invalid_frame"),
+                (ws.send_json({"type": "dance"}), "unknown_type"),
+                (ws.send_json({"type": "message", "content": "no id"}), "invalid_frame"),
+                (ws.send_json({"type": "message", "id": 1, "content": 3}), "invalid_frame"),
+                (ws.send_json({"type": "hello", "session_id": "missing"}), "session_not_found"),
+                (ws.send_json({"type": "hello", "agent": "nobody"}), "model_not_found"),
+            ]:
+                await send
+                frame = await receive(ws)
+                assert (frame["type"], frame["code"]) == ("error", code)
+            await ws.send_json({"type": "ping"})
+            assert (await receive(ws))["type"] == "pong"  # still alive
+        async with http.ws_connect(url + "/v1/ws") as ws:
+            await ws.send_str("x" * 10_000)
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1009
+        async with http.ws_connect(url + "/v1/ws") as ws:
+            # A text frame whose payload is not UTF-8.
+            await ws._writer.send_frame(b"\xff\xfe", aiohttp.WSMsgType.TEXT)  # type: ignore[union-attr]
+            msg = await ws.receive(timeout=10)
+            assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1007
+        async with http.get(url + "/healthz") as r:
+            assert r.status == 200
+
+
+async def test_websocket_limits_turns_per_connection_and_cancels(serve: Factory) -> None:
+    url = await serve(websocket={"max_inflight_turns": 1}, **echo(latency_ms=500))
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
+        await ws.send_json({"type": "message", "id": "a", "content": "x"})
+        assert (await receive(ws))["type"] == "ready"
+        await ws.send_json({"type": "message", "id": "b", "content": "y"})
+        frame = await receive(ws)
+        assert (frame["type"], frame["code"]) == ("error", "too_many_turns")
+        await ws.send_json({"type": "cancel", "id": "a"})
+        assert (await receive(ws)) == {"type": "cancelled", "id": "a"}
+        await ws.send_json({"type": "message", "id": "c", "content": "z"})
+        done, _ = await until(ws, "done")
+        assert done["id"] == "c" and done["seq"] == 2  # the cancelled turn stored nothing
+
+
+async def test_the_official_openai_sdk_works_unchanged(serve: Factory) -> None:
+    import openai
+
+    url = await serve()
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    try:
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["echo"]
+        reply = await client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "sdk says hi"}]
+        )
+        assert reply.choices[0].message.content == "sdk says hi"
+        assert reply.usage is not None and reply.usage.total_tokens > 0
+
+        async with aiohttp.ClientSession() as http:
+            sid = await _new_session(http, url)
+        stream = await client.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "streamed through the sdk"}],
+            stream=True,
+            extra_body={"session_id": sid},
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "streamed through the sdk"
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.chat.completions.create(
+                model="nobody", messages=[{"role": "user", "content": "x"}]
+            )
+        assert missing.value.code == "model_not_found"
+    finally:
+        await client.close()
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+        history = orjson.loads(await r.read())["data"]
+    assert [m["content"] for m in history] == ["streamed through the sdk"] * 2
