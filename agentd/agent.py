@@ -25,6 +25,7 @@ from typing import Any
 from .backends import Backends, ChatRequest
 from .config import AgentConfig, Config
 from .errors import BadRequest, Conflict, NotFound, Overloaded, UpstreamTimeout
+from .metrics import Metrics
 from .store import Store
 from .store.base import TurnLease
 
@@ -58,8 +59,11 @@ class Timings:
     upstream: float = 0.0
     persist: float = 0.0
 
+    def stages(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
     def header(self, parse: float = 0.0) -> str:
-        parts = {"parse": parse, **{k: getattr(self, k) for k in self.__slots__}}
+        parts = {"parse": parse, **self.stages()}
         return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in parts.items())
 
 
@@ -85,15 +89,23 @@ def _upstream_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in _STORE_FIELDS}
 
 
-class _Interrupted(Exception):
-    """Another turn of the session asked this one to stop."""
+class _Interrupt:
+    """Set by the lease keeper when another turn of the session asks this one to stop."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self) -> None:
+        self.asked = False
 
 
 class Agents:
     """The configured agents, and the running of their turns."""
 
-    def __init__(self, config: Config, store: Store, backends: Backends) -> None:
+    def __init__(
+        self, config: Config, store: Store, backends: Backends, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.backends = backends
         self._agents = {a.name: a for a in config.agents}
@@ -159,25 +171,33 @@ class Agents:
         pool = self.backends.get(agent.backend)
         parts: list[str] = []
         finish, usage, node, cancelled = "stop", {}, "", False
+        interrupt = _Interrupt()
         renewer = None
         if lease is not None:
-            renewer = asyncio.create_task(self._keep_lease(req.session_id, lease.token))  # type: ignore[arg-type]
+            renewer = asyncio.create_task(
+                self._keep_lease(req.session_id, lease.token, interrupt)  # type: ignore[arg-type]
+            )
         started = loop.time()
         try:
             stream = pool.stream(request, session_id=req.session_id, deadline=deadline)
-            async for chunk in _until_interrupted(stream, renewer):
-                if not parts and chunk.text:
-                    timings.upstream_ttft = loop.time() - started
-                if chunk.text:
-                    parts.append(chunk.text)
-                    yield chunk.text
-                if chunk.finish_reason:
-                    finish = chunk.finish_reason
-                if chunk.usage:
-                    usage = chunk.usage
-                node = chunk.node or node
-        except _Interrupted:
-            cancelled, finish = True, "cancelled"
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    if not parts and chunk.text:
+                        timings.upstream_ttft = loop.time() - started
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        yield chunk.text
+                    if chunk.finish_reason:
+                        finish = chunk.finish_reason
+                    if chunk.usage:
+                        usage = chunk.usage
+                    node = chunk.node or node
+                    # Checked between chunks (no task per chunk on this hot loop): a turn
+                    # asked to stop ends at its next chunk, or at its deadline if the
+                    # model is silent.
+                    if interrupt.asked:
+                        cancelled, finish = True, "cancelled"
+                        break
         except BaseException:
             if lease is not None:
                 await self._let_go(req.session_id, lease.token)  # type: ignore[arg-type]
@@ -185,7 +205,7 @@ class Agents:
         finally:
             if renewer is not None:
                 renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, _Interrupted, Exception):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await renewer
         timings.upstream = loop.time() - started
         text = "".join(parts)
@@ -199,6 +219,8 @@ class Agents:
             started = loop.time()
             stored = await self.store.end_turn(req.session_id, lease.token, [*new, reply])  # type: ignore[arg-type]
             timings.persist = loop.time() - started
+        if self.metrics is not None:
+            self.metrics.observe_turn(timings.stages())
         yield TurnDone(text, finish, usage, node, request.model, stored, timings, cancelled)
 
     async def _take_session(self, sid: str, last: int, deadline: float) -> TurnLease:
@@ -221,58 +243,19 @@ class Agents:
             await asyncio.sleep(wait * (0.5 + random.random()))
             wait = min(_WAIT_MAX, wait * 2)
 
-    async def _keep_lease(self, sid: str, token: int) -> None:
-        """Renew the lease while the turn runs; end with :class:`_Interrupted` if asked."""
+    async def _keep_lease(self, sid: str, token: int, interrupt: _Interrupt) -> None:
+        """Renew the lease while the turn runs; note when another turn asks it to stop."""
         while True:
             await asyncio.sleep(self._lease_s / 3)
             state = await self.store.renew_turn(sid, token, self._lease_s)
             if state == "interrupted":
-                raise _Interrupted
+                interrupt.asked = True
+                return
             if state == "lost":
+                # Finish the reply anyway: end_turn then refuses to store it (turn_lost).
                 log.warning("turn on session %s lost its lease (stalled?)", sid)
                 return
 
     async def _let_go(self, sid: str, token: int) -> None:
         with contextlib.suppress(Exception):
             await self.store.end_turn(sid, token, [])
-
-
-async def _until_interrupted(
-    stream: AsyncIterator[Any], renewer: asyncio.Task[None] | None
-) -> AsyncIterator[Any]:
-    """Iterate ``stream``, raising :class:`_Interrupted` as soon as ``renewer`` does.
-
-    If the renewer ends otherwise (the lease was lost, or the store could not be reached)
-    the reply is finished; ``end_turn`` then says whether it may still be stored.
-    """
-
-    def interrupted() -> bool:
-        return (
-            renewer is not None
-            and renewer.done()
-            and not renewer.cancelled()
-            and isinstance(renewer.exception(), _Interrupted)
-        )
-
-    iterator = aiter(stream)
-    try:
-        while not interrupted():
-            step = asyncio.ensure_future(anext(iterator))
-            if renewer is not None and not renewer.done():
-                await asyncio.wait({step, renewer}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done() and interrupted():
-                step.cancel()
-                with contextlib.suppress(BaseException):
-                    await step
-                break
-            try:
-                item = await step
-            except StopAsyncIteration:
-                return
-            yield item
-        raise _Interrupted
-    finally:
-        closer = getattr(iterator, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(BaseException):
-                await closer()

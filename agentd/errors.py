@@ -19,7 +19,9 @@ __all__ = (
     "RateLimited",
     "StoreUnavailable",
     "Unavailable",
+    "UpstreamAuth",
     "UpstreamError",
+    "UpstreamRejected",
     "UpstreamTimeout",
 )
 
@@ -95,6 +97,18 @@ class Overloaded(Unavailable):
 
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class UpstreamRejected(BadRequest):
+    """The upstream refused the request itself (its 400/404/422): retrying cannot help."""
+
+    code = "upstream_rejected"
+
+
+class UpstreamAuth(UpstreamError):
+    """The upstream refused our credentials (401/403): a configuration problem."""
+
+    code = "upstream_auth"
 
 
 class UpstreamTimeout(AgentdError):

@@ -18,7 +18,9 @@ from prometheus_client import multiprocess as _mp
 
 __all__ = (
     "CONTENT_TYPE",
+    "BackendMetrics",
     "Metrics",
+    "NodeMetrics",
     "SupervisorMetrics",
     "enable_multiprocess",
     "process_exited",
@@ -97,8 +99,22 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
-
+        self.turn_stages = Histogram(
+            "agentd_turn_stage_seconds",
+            "Time a chat turn spends per stage (the stages of its Server-Timing header)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self._stages = {
+            stage: self.turn_stages.labels(stage)
+            for stage in ("session", "upstream_ttft", "upstream", "persist")
+        }
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+
+    def observe_turn(self, stages: dict[str, float]) -> None:
+        for stage, seconds in stages.items():
+            self._stages[stage].observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

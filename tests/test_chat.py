@@ -395,3 +395,18 @@ async def test_the_official_openai_sdk_works_unchanged(serve: Factory) -> None:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/v1/sessions/{sid}/messages") as r:
         history = orjson.loads(await r.read())["data"]
     assert [m["content"] for m in history] == ["streamed through the sdk"] * 2
+
+
+async def test_turn_stages_and_upstream_calls_appear_in_metrics(serve: Factory) -> None:
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        sid = await _new_session(http, url)
+        for _ in range(3):
+            assert (await post(http, url + "/v1/chat/completions", chat_body(session_id=sid)))[
+                0
+            ] == 200
+        async with http.get(url + "/metrics") as r:
+            text = await r.text()
+    assert 'agentd_turn_stage_seconds_count{stage="persist"} 3.0' in text
+    assert 'agentd_turn_stage_seconds_count{stage="upstream_ttft"} 3.0' in text
+    assert 'agentd_upstream_calls_total{backend="echo",node="echo",outcome="ok"} 3.0' in text

@@ -23,7 +23,7 @@ import orjson
 from yarl import URL
 
 from ..config import BackendConfig
-from ..errors import UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from .types import (
     ChatRequest,
     Chunk,
@@ -116,15 +116,19 @@ class OpenAINode:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        try:
+            payload = orjson.dumps(body)
+        except orjson.JSONEncodeError as exc:
+            raise BadRequest(
+                f"the request cannot be sent as JSON: {exc}", code="invalid_params"
+            ) from None
         timeout = aiohttp.ClientTimeout(
             total=remaining,
             sock_connect=min(self.client.config.connect_timeout_s, remaining),
             ceil_threshold=float("inf"),  # the deadline is exact, not rounded up a second
         )
         try:
-            async with session.post(
-                self.endpoint, data=orjson.dumps(body), timeout=timeout
-            ) as response:
+            async with session.post(self.endpoint, data=payload, timeout=timeout) as response:
                 if response.status != 200:
                     raise await _error_from(response)
                 if response.content_type == _JSON:
@@ -134,7 +138,9 @@ class OpenAINode:
                     yield chunk
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
-                raise UpstreamError("upstream unreachable: connect timed out") from None
+                raise UpstreamError(
+                    "upstream unreachable: connect timed out", code="upstream_unreachable"
+                ) from None
             raise UpstreamTimeout("the upstream did not answer within the deadline") from None
         except aiohttp.ClientPayloadError:
             raise UpstreamError(

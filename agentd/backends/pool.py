@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import BackendConfig
-from ..errors import Overloaded, UpstreamTimeout
+from ..errors import BadRequest, Overloaded, UpstreamTimeout
 from .balance import make_policy
 from .nodes import CLOSED, OPEN, STATE_NAMES, Breaker, Node
 from .types import (
@@ -18,7 +18,6 @@ from .types import (
     Completion,
     Transport,
     UpstreamAuth,
-    UpstreamRejected,
     is_retryable,
 )
 
@@ -113,9 +112,10 @@ class Pool:
                     raise last_error
                 raise self._overloaded(now)
             tried.append(node)
+            before = node.breaker.state
             probe = node.breaker.acquire(now)
-            if probe:
-                self._breaker_moved(node, OPEN)
+            if node.breaker.state != before:
+                self._breaker_moved(node, before)
             node.inflight += 1
             started = now
             first = False
@@ -135,7 +135,7 @@ class Pool:
             except UpstreamTimeout:
                 outcome = "timeout"
                 raise
-            except (UpstreamRejected, UpstreamAuth):
+            except (BadRequest, UpstreamAuth):  # the request or our config: not the node
                 outcome = "rejected"
                 raise
             except (GeneratorExit, asyncio.CancelledError):

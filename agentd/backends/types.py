@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import BadRequest, UpstreamError
+from ..errors import UpstreamAuth, UpstreamError, UpstreamRejected
 
 __all__ = (
     "ChatRequest",
@@ -67,18 +67,6 @@ class Transport(Protocol):
     name: str
 
     def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]: ...
-
-
-class UpstreamRejected(BadRequest):
-    """The upstream refused the request itself (its 400/404/422): retrying cannot help."""
-
-    code = "upstream_rejected"
-
-
-class UpstreamAuth(UpstreamError):
-    """The upstream refused our credentials (401/403): a configuration problem."""
-
-    code = "upstream_auth"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -16,7 +16,7 @@ from aiohttp import web
 from ..agent import Agents
 from ..backends import Backends
 from ..config import Config
-from ..metrics import Metrics
+from ..metrics import BackendMetrics, Metrics
 from ..store import open_store
 from . import chat, events, ops, sessions, state, ws
 from .keys import AGENTS, BACKENDS, CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
@@ -60,11 +60,11 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     """Build a worker's application from a validated config."""
     app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[observe])
     app[CONFIG] = config
-    app[METRICS] = Metrics()
+    app[METRICS] = metrics = Metrics()
     app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
     app[STORE] = store = open_store(config)
-    app[BACKENDS] = backends = Backends(config.backends)
-    app[AGENTS] = Agents(config, store, backends)
+    app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
+    app[AGENTS] = Agents(config, store, backends, metrics)
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_parts)

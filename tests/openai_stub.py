@@ -1,0 +1,313 @@
+"""A stand-in OpenAI-compatible upstream: the Chat Completions wire format on a real
+loopback port, with failure modes a test sets per node.
+
+    async with StubNode() as node:            # listening on 127.0.0.1:<free port>
+        node.url                              # "http://127.0.0.1:<port>/v1"
+        node.mode = Slow(first_s=0.2)         # or Normal(), Fail(503), FailMidStream(2), Hang()
+        ...
+        node.requests[-1].json["model"]       # every request received: headers + JSON body
+
+Replies are ``"stub:" + the last user message``, one content delta per word (or
+``node.reply(body)`` if set). Streaming follows OpenAI: a role delta, content deltas, a
+finish chunk, a usage chunk when ``stream_options.include_usage`` (and ``send_usage``),
+then ``data: [DONE]``. The stub's usage counts words, not characters, so a test can tell
+it from a client's own estimate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = (
+    "Fail",
+    "FailMidStream",
+    "Hang",
+    "Mode",
+    "Normal",
+    "RecordedRequest",
+    "Slow",
+    "StubNode",
+    "stub_usage",
+)
+
+
+@dataclass(frozen=True)
+class Normal:
+    """Answer at once."""
+
+
+@dataclass(frozen=True)
+class Slow:
+    """Wait ``first_s`` before the first content (after the headers and the role delta),
+    then ``between_s`` between contents. Non-streaming replies wait ``first_s``."""
+
+    first_s: float = 0.2
+    between_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Answer ``status`` with an OpenAI error body."""
+
+    status: int = 500
+    message: str = "the stub was told to fail"
+    type: str = "server_error"
+    code: str | None = None
+
+
+@dataclass(frozen=True)
+class FailMidStream:
+    """Send ``after`` content deltas, then cut the connection (or, with ``error_event``,
+    send an error object as the next event, as vLLM does, and end the body)."""
+
+    after: int = 1
+    error_event: bool = False
+
+
+@dataclass(frozen=True)
+class Hang:
+    """Read the request and never answer (until the stub closes)."""
+
+
+Mode = Normal | Slow | Fail | FailMidStream | Hang
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+
+
+_WORD = re.compile(r"\s*\S+\s*")
+_ids = itertools.count(1)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def stub_usage(messages: list[dict[str, Any]], completion_tokens: int) -> dict[str, int]:
+    """The stub's usage: prompt tokens are the words of all messages."""
+    prompt = sum(len(_text(m.get("content")).split()) for m in messages)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _error_body(message: str, type_: str, code: str | None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
+
+
+class StubNode:
+    """One upstream node. Set ``mode``, ``reply`` and the other options at any time."""
+
+    def __init__(
+        self,
+        mode: Mode | None = None,
+        *,
+        api_key: str | None = None,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+        send_usage: bool = True,
+        send_done: bool = True,
+        ignore_stream: bool = False,
+    ) -> None:
+        self.mode: Mode = mode or Normal()
+        self.api_key = api_key
+        self.reply = reply
+        self.send_usage = send_usage
+        # Quirks of some servers: no "data: [DONE]" at the end; a JSON reply to stream=true.
+        self.send_done = send_done
+        self.ignore_stream = ignore_stream
+        self.requests: list[RecordedRequest] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        self.app = app
+
+    @property
+    def url(self) -> str:
+        """The base URL a client configures (``.../v1``)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> StubNode:
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> StubNode:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- handlers -------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        body = {"object": "list", "data": [{"id": "stub", "object": "model", "owned_by": "stub"}]}
+        return web.json_response(body)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests.append(
+            RecordedRequest(request.method, request.path, dict(request.headers), body)
+        )
+        mode = self.mode
+        if self.api_key is not None and request.headers.get("Authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return self._error(
+                401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            return self._error(
+                400, "'messages' is a required property", "invalid_request_error", None
+            )
+        if isinstance(mode, Fail):
+            return self._error(mode.status, mode.message, mode.type, mode.code)
+        if isinstance(mode, Hang):
+            await self._closing.wait()
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
+        words = self._words(body)
+        if body.get("stream") and not self.ignore_stream:
+            return await self._stream(request, body, words, mode)
+        return await self._whole(request, body, words, mode)
+
+    def _error(self, status: int, message: str, type_: str, code: str | None) -> web.Response:
+        return web.Response(
+            status=status,
+            body=_error_body(message, type_, code),
+            content_type="application/json",
+        )
+
+    def _words(self, body: dict[str, Any]) -> tuple[list[str], str]:
+        """The reply's content deltas and its finish reason (``length`` past max_tokens)."""
+        if self.reply is not None:
+            text = self.reply(body)
+        else:
+            last = ""
+            for message in body["messages"]:
+                if isinstance(message, dict) and message.get("role") == "user":
+                    last = _text(message.get("content"))
+            text = "stub:" + last
+        words = _WORD.findall(text) or ([text] if text else [])
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and 0 < limit < len(words):
+            return words[:limit], "length"
+        return words, "stop"
+
+    async def _whole(
+        self, request: web.Request, body: dict[str, Any], words: tuple[list[str], str], mode: Mode
+    ) -> web.StreamResponse:
+        parts, finish = words
+        if isinstance(mode, Slow):
+            await asyncio.sleep(mode.first_s)
+        if isinstance(mode, FailMidStream):
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        reply = {
+            "id": f"chatcmpl-stub-{next(_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(parts)},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": stub_usage(body["messages"], len(parts)),
+        }
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], words: tuple[list[str], str], mode: Mode
+    ) -> web.StreamResponse:
+        parts, finish = words
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        base: dict[str, Any] = {
+            "id": f"chatcmpl-stub-{next(_ids)}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+        }
+        if include_usage:
+            base["usage"] = None  # as OpenAI does on every chunk but the last
+
+        async def send(delta: dict[str, Any], reason: str | None = None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        await send({"role": "assistant", "content": ""})
+        for i, word in enumerate(parts):
+            if isinstance(mode, FailMidStream) and i == mode.after:
+                return await self._cut(request, response, mode)
+            if isinstance(mode, Slow):
+                await asyncio.sleep(mode.first_s if i == 0 else mode.between_s)
+            await send({"content": word})
+        if isinstance(mode, FailMidStream) and mode.after >= len(parts):
+            return await self._cut(request, response, mode)
+        await send({}, finish)
+        if include_usage and self.send_usage:
+            usage = stub_usage(body["messages"], len(parts))
+            last = {**base, "choices": [], "usage": usage}
+            await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        if self.send_done:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def _cut(
+        self, request: web.Request, response: web.StreamResponse, mode: FailMidStream
+    ) -> web.StreamResponse:
+        if mode.error_event:
+            error = {"error": {"message": "stub failed mid-stream", "type": "server_error"}}
+            await response.write(b"data: " + orjson.dumps(error) + b"\n\n")
+            await response.write_eof()
+            return response
+        # Drop the connection in the middle of the chunked body: the client sees a
+        # truncated payload, as when an upstream process dies.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
