@@ -34,7 +34,7 @@ __all__ = ("Agents", "Timings", "TurnDone", "TurnRequest")
 log = logging.getLogger(__name__)
 
 # Fields of a stored message that are ours, not the model's.
-_STORE_FIELDS = ("seq", "created_at", "status")
+_STORE_FIELDS = ("seq", "created_at", "status", "turn")
 # How long a turn waiting for its session sleeps between tries (grows to the max).
 _WAIT_MIN, _WAIT_MAX = 0.005, 0.1
 

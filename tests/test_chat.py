@@ -410,3 +410,94 @@ async def test_turn_stages_and_upstream_calls_appear_in_metrics(serve: Factory) 
     assert 'agentd_turn_stage_seconds_count{stage="persist"} 3.0' in text
     assert 'agentd_turn_stage_seconds_count{stage="upstream_ttft"} 3.0' in text
     assert 'agentd_upstream_calls_total{backend="echo",node="echo",outcome="ok"} 3.0' in text
+
+
+# -- through an OpenAI-compatible upstream ------------------------------------------------
+
+
+def upstream(*urls: str, **agent: Any) -> dict[str, Any]:
+    return {
+        "backends": [
+            {
+                "name": "llm",
+                "type": "openai",
+                "urls": list(urls),
+                "timeout_s": 2.0,
+                "breaker_failures": 100,
+            }
+        ],
+        "agents": [{"name": "helper", "backend": "llm", "model": "up-model", **agent}],
+    }
+
+
+async def test_session_history_and_agent_settings_are_sent_upstream(serve: Factory) -> None:
+    from .openai_stub import StubNode
+
+    async with StubNode() as node:
+        url = await serve(**upstream(node.url, system_prompt="Be brief.", history=2,
+                                     params={"temperature": 0.2, "max_tokens": 50}))  # fmt: skip
+        async with aiohttp.ClientSession() as http:
+            sid = await _new_session(http, url)
+            for text in ("one", "two", "three"):
+                body = chat_body(text, session_id=sid) | {"model": "helper", "top_p": 0.5}
+                status, _, reply = await post(http, url + "/v1/chat/completions", body)
+                assert status == 200 and reply["choices"][0]["message"]["content"] == f"stub:{text}"
+        sent = node.requests[-1].json
+    assert sent["model"] == "up-model" and sent["stream"] is True
+    assert sent["temperature"] == 0.2 and sent["max_tokens"] == 50 and sent["top_p"] == 0.5
+    # The system prompt, the last `history` (2) stored messages, then the new one.
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "stub:two"},
+        {"role": "user", "content": "three"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [
+        ("fail", 502, "upstream_error"),
+        ("reject", 400, "upstream_rejected"),
+        ("hang", 504, "upstream_timeout"),
+    ],
+)
+async def test_upstream_failures_map_to_typed_errors(
+    serve: Factory, mode: str, status: int, code: str
+) -> None:
+    from .openai_stub import Fail, Hang, Normal, StubNode
+
+    modes = {"fail": Fail(503), "reject": Fail(400), "hang": Hang()}
+    async with StubNode(modes[mode]) as node:
+        url = await serve(**upstream(node.url), server={"turn_timeout": 1.0})
+        async with aiohttp.ClientSession() as http:
+            sid = await _new_session(http, url)
+            body = chat_body("x", session_id=sid) | {"model": "helper"}
+            got, _, reply = await post(http, url + "/v1/chat/completions", body)
+            assert (got, reply["error"]["code"]) == (status, code)
+            # A failed turn stores nothing and frees the session for the next one.
+            async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+                assert orjson.loads(await r.read())["data"] == []
+            node.mode = Normal()
+            got, _, reply = await post(http, url + "/v1/chat/completions", body)
+            assert got == 200
+
+
+async def test_a_stream_that_fails_midway_ends_with_an_error_event(serve: Factory) -> None:
+    from .openai_stub import FailMidStream, StubNode
+
+    async with StubNode(FailMidStream(2)) as node:
+        url = await serve(**upstream(node.url))
+        body = chat_body("a b c d e f", stream=True) | {"model": "helper"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(url + "/v1/chat/completions", json=body) as r,
+        ):
+            assert r.status == 200
+            events = await sse(r)
+    assert events[-1] == "[DONE]"
+    assert "error" in events[-2] and events[-2]["error"]["type"] == "server_error"
+    text = "".join(
+        e["choices"][0]["delta"].get("content", "") for e in events[:-2] if e.get("choices")
+    )
+    assert text and "stub:a b c d e f".startswith(text)
