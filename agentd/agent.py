@@ -22,7 +22,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import Backends, ChatRequest
+from . import fastpath
+from .backends import Backends, ChatRequest, Chunk
+from .cache import ResponseCache, Served, cacheable
 from .config import AgentConfig, Config
 from .errors import BadRequest, Conflict, NotFound, Overloaded, UpstreamTimeout
 from .metrics import Metrics
@@ -46,6 +48,8 @@ class TurnRequest:
     session_id: str | None = None
     # Client generation parameters; they override the agent's own.
     params: dict[str, Any] = field(default_factory=dict)
+    # Set by the turn: hit-l1 | hit-l2 | hit-l3 | miss | bypass (for X-Cache).
+    cache: str = "bypass"
     # Stored on the turn's messages, so a connection can tell its own turns' events.
     turn_id: str = field(default_factory=lambda: "t_" + secrets.token_urlsafe(9))
 
@@ -89,6 +93,12 @@ def _upstream_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in _STORE_FIELDS}
 
 
+async def _replay(hit: Served) -> AsyncIterator[str | Served]:
+    for chunk in hit.reply.chunks:
+        yield chunk
+    yield hit
+
+
 class _Interrupt:
     """Set by the lease keeper when another turn of the session asks this one to stop."""
 
@@ -102,9 +112,15 @@ class Agents:
     """The configured agents, and the running of their turns."""
 
     def __init__(
-        self, config: Config, store: Store, backends: Backends, metrics: Metrics | None = None
+        self,
+        config: Config,
+        store: Store,
+        backends: Backends,
+        metrics: Metrics | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.config = config
+        self.cache = cache
         self.metrics = metrics
         self.store = store
         self.backends = backends
@@ -169,6 +185,23 @@ class Agents:
             params={**agent.params, **req.params},
         )
         pool = self.backends.get(agent.backend)
+
+        def call_model() -> AsyncIterator[Chunk]:
+            return pool.stream(request, session_id=req.session_id, deadline=deadline)
+
+        source: AsyncIterator[Any]
+        req.cache = "bypass"
+        if self.cache is not None and cacheable(agent.cache, request.params):
+            key = fastpath.cache_key(agent.name, request.model, request.messages, request.params)
+            hit = await self.cache.lookup(key, agent.cache)
+            if hit is not None:
+                req.cache = hit.level
+                source = _replay(hit)
+            else:
+                req.cache = "miss"
+                source = self.cache.serve(key, agent.cache, call_model, deadline)
+        else:
+            source = call_model()
         parts: list[str] = []
         finish, usage, node, cancelled = "stop", {}, "", False
         interrupt = _Interrupt()
@@ -179,19 +212,22 @@ class Agents:
             )
         started = loop.time()
         try:
-            stream = pool.stream(request, session_id=req.session_id, deadline=deadline)
-            async with contextlib.aclosing(stream):
-                async for chunk in stream:
-                    if not parts and chunk.text:
-                        timings.upstream_ttft = loop.time() - started
-                    if chunk.text:
-                        parts.append(chunk.text)
-                        yield chunk.text
-                    if chunk.finish_reason:
-                        finish = chunk.finish_reason
-                    if chunk.usage:
-                        usage = chunk.usage
-                    node = chunk.node or node
+            async with contextlib.aclosing(source):
+                async for item in source:
+                    if isinstance(item, Served):
+                        finish, usage = item.reply.finish_reason, item.reply.usage
+                        node = item.reply.node
+                        continue
+                    text = item if isinstance(item, str) else item.text
+                    if text:
+                        if not parts:
+                            timings.upstream_ttft = loop.time() - started
+                        parts.append(text)
+                        yield text
+                    if not isinstance(item, str):
+                        finish = item.finish_reason or finish
+                        usage = item.usage or usage
+                        node = item.node or node
                     # Checked between chunks (no task per chunk on this hot loop): a turn
                     # asked to stop ends at its next chunk, or at its deadline if the
                     # model is silent.

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 __all__ = (
+    "AgentCacheConfig",
     "AgentConfig",
     "BackendConfig",
+    "CacheConfig",
     "Config",
     "ConfigError",
     "LogConfig",
@@ -203,6 +205,16 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class AgentCacheConfig:
+    """Per agent: which replies are cached and for how long."""
+
+    # off | deterministic (only requests with temperature 0) | always
+    mode: str = opt("deterministic", choices=("off", "deterministic", "always"))
+    ttl_s: float = opt(300.0, min=0.001, max=365 * 24 * 3600.0)
+    max_bytes: int = opt(1024 * 1024, min=1, max=512 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """An agent: what clients name as the OpenAI ``model``."""
 
@@ -214,6 +226,23 @@ class AgentConfig:
     # Messages of session history sent with each turn.
     history: int = opt(20, min=0, max=10000)
     params: dict[str, Any] = field(default_factory=dict, metadata={})
+    cache: AgentCacheConfig = field(default_factory=AgentCacheConfig)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The response cache's tiers (per agent policy is in ``[agents.cache]``)."""
+
+    l1_max_bytes: int = opt(64 * 1024 * 1024, min=0, max=64 * 1024**3)
+    # Seconds between a worker's checks of the cache epoch: the longest an L1 entry can
+    # outlive a cache clear whose invalidation message the worker missed.
+    l1_max_staleness: float = opt(5.0, min=0.1, max=3600.0)
+    # The L3 file (SQLite, shared by the instance's workers); "" turns L3 off.
+    disk_path: str = opt("agentd-cache/responses.sqlite")
+    disk_max_bytes: int = opt(1024**3, min=1024, max=10 * 1024**4)
+    # Seconds a single-flight leader's lock lasts unless renewed (a dead leader's
+    # followers take over after at most this long).
+    flight_lease: float = opt(10.0, min=0.1, max=600.0)
 
 
 @dataclass(frozen=True)
@@ -230,6 +259,7 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     state: StateConfig = field(default_factory=StateConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     log: LogConfig = field(default_factory=LogConfig)
     backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
@@ -462,6 +492,8 @@ def _toml_value(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, (tuple, list)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")

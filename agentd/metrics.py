@@ -106,6 +106,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=reg,
         )
+        self.cache_lookups = Counter(
+            "agentd_cache_lookups",
+            "Response cache outcomes: hit-l1, hit-l2, hit-l3, miss, coalesced (a miss that "
+            "followed an identical request in flight)",
+            ["result"],
+            registry=reg,
+        )
+        self.cache_l1_bytes = Gauge(
+            "agentd_cache_l1_bytes",
+            "Bytes in the L1 response caches of the live workers",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.cache_l3_bytes = Gauge(
+            "agentd_cache_l3_bytes",
+            "Bytes in the instance's L3 response cache file",
+            multiprocess_mode="livemax",
+            registry=reg,
+        )
         self._stages = {
             stage: self.turn_stages.labels(stage)
             for stage in ("session", "upstream_ttft", "upstream", "persist")

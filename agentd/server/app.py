@@ -15,11 +15,22 @@ from aiohttp import web
 
 from ..agent import Agents
 from ..backends import Backends
+from ..cache import ResponseCache
 from ..config import Config
 from ..metrics import BackendMetrics, Metrics
 from ..store import open_store
-from . import chat, events, ops, sessions, state, ws
-from .keys import AGENTS, BACKENDS, CONFIG, METRICS, STATE, STORE, WorkerInfo, WorkerState
+from . import cache_admin, chat, events, ops, sessions, state, ws
+from .keys import (
+    AGENTS,
+    BACKENDS,
+    CACHE,
+    CONFIG,
+    METRICS,
+    STATE,
+    STORE,
+    WorkerInfo,
+    WorkerState,
+)
 from .middleware import observe
 
 __all__ = ("create_app",)
@@ -49,9 +60,11 @@ async def _start_parts(app: web.Application) -> None:
     await store.start()
     app[STATE].readiness.append(store.readiness)
     await app[BACKENDS].start()
+    await app[CACHE].start()
 
 
 async def _close_parts(app: web.Application) -> None:
+    await app[CACHE].close()
     await app[BACKENDS].close()
     await app[STORE].close()
 
@@ -64,12 +77,14 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
     app[STORE] = store = open_store(config)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
-    app[AGENTS] = Agents(config, store, backends, metrics)
+    app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
+    app[AGENTS] = Agents(config, store, backends, metrics, cache)
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_parts)
     ops.setup(app)
     chat.setup(app)
+    cache_admin.setup(app)
     ws.setup(app)
     events.setup(app)
     sessions.setup(app)

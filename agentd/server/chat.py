@@ -104,8 +104,9 @@ def _completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-def _headers(session_id: str | None, done: TurnDone | None, parse_s: float) -> dict[str, str]:
-    headers = {}
+def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[str, str]:
+    headers = {"X-Cache": turn.cache}
+    session_id = turn.session_id
     if session_id is not None:
         headers["X-Session-Id"] = session_id
     if done is not None:
@@ -156,7 +157,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if done.seq is not None:
         body["session_id"] = turn.session_id
         body["seq"] = done.seq
-    return json_response(body, headers=_headers(turn.session_id, done, parse_s))
+    return json_response(body, headers=_headers(turn, done, parse_s))
 
 
 async def _stream(
@@ -190,7 +191,7 @@ async def _write_stream(
             "Content-Type": "text/event-stream",
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
-            **_headers(turn.session_id, None, parse_s),
+            **_headers(turn, None, parse_s),
         }
     )
     await response.prepare(request)

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..agent import Agents
 from ..backends import Backends
+from ..cache import ResponseCache
 from ..config import Config
 from ..metrics import Metrics
 from ..store import Store
@@ -61,6 +62,7 @@ STATE = web.AppKey("state", WorkerState)
 STORE = web.AppKey("store", Store)
 BACKENDS = web.AppKey("backends", Backends)
 AGENTS = web.AppKey("agents", Agents)
+CACHE = web.AppKey("cache", ResponseCache)
 
 
 @contextlib.contextmanager

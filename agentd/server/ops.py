@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import __version__, fastpath
 from ..metrics import CONTENT_TYPE
 from .http import json_response
-from .keys import CONFIG, METRICS, STATE
+from .keys import CACHE, CONFIG, METRICS, STATE
 
 __all__ = ("event_loop_name", "setup")
 
@@ -37,6 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    request.app[CACHE].report_sizes()
     body = await asyncio.get_running_loop().run_in_executor(None, request.app[METRICS].render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

@@ -18,12 +18,15 @@ import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..config import Config
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from .blobs import Blobs
 
 __all__ = (
     "MAX_SEQ",
@@ -192,6 +195,8 @@ class Store(abc.ABC):
     """Sessions, their history and events, and shared state documents."""
 
     mode: str = "abstract"
+    # The response cache's shared part (L2, single-flight): see .blobs.
+    blobs: Blobs
 
     def __init__(self, config: Config) -> None:
         self.config = config

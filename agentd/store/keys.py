@@ -12,6 +12,11 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:s:{SID}:turn`` (hash, with a TTL): the running turn's lease, ``token`` (its
   fencing token, from the meta hash's ``fence`` counter) and ``interrupt`` when asked to stop.
 - ``agentd:s:{SID}:ev`` (channel): the session's events (sharded pub/sub in a cluster).
+- ``agentd:c:{HASH}`` (string, TTL): a cached response (the cache's L2);
+  ``agentd:c:{HASH}:lock`` (string, short TTL) the single-flight leader's lease, and
+  ``agentd:c:{HASH}:flight`` (stream, short TTL) the chunks it streams to followers.
+- ``agentd:cache:epoch`` (counter) bumped by every cache clear; ``agentd:cache:invalidate``
+  (channel) tells every worker to drop its L1.
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
 """
 
@@ -25,16 +30,22 @@ __all__ = (
     "BEGIN_TURN",
     "CREATE",
     "DELETE",
+    "EMIT",
     "END_TURN",
     "GET_META",
     "HISTORY",
     "INTERRUPT_TURN",
+    "LEAD",
     "LOAD",
     "PUBLISH",
+    "RELEASE_LOCK",
+    "RENEW_LOCK",
     "RENEW_TURN",
     "STATE_REMOVE",
     "STATE_WRITE",
     "Script",
+    "cache_key",
+    "flight_keys",
     "session_channel",
     "session_keys",
     "state_key",
@@ -56,6 +67,21 @@ def turn_key(sid: str) -> str:
 
 def session_channel(sid: str) -> str:
     return f"{PREFIX}s:{{{sid}}}:ev"
+
+
+def cache_key(hexkey: str) -> str:
+    """A cached response (L2), tagged by its own hash so entries spread over the shards."""
+    return f"{PREFIX}c:{{{hexkey}}}"
+
+
+def flight_keys(hexkey: str) -> tuple[str, str]:
+    """A single-flight's (lock, stream of chunks): same slot as the entry."""
+    return f"{PREFIX}c:{{{hexkey}}}:lock", f"{PREFIX}c:{{{hexkey}}}:flight"
+
+
+CACHE_EPOCH = f"{PREFIX}cache:epoch"
+CACHE_CHANNEL = f"{PREFIX}cache:invalidate"
+CACHE_PATTERN = f"{PREFIX}c:*"
 
 
 def state_key(name: str) -> str:
@@ -284,4 +310,44 @@ if redis.call('HGET', KEYS[4], 'token') ~= ARGV[4] then return -1 end
 redis.call('DEL', KEYS[4])
 """
     + _append_lua(5),
+)
+
+# KEYS: lock. ARGV: owner, ttl ms. Renews only the owner's lock: 1, else 0.
+RENEW_LOCK = Script(
+    "renew_lock",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""",
+)
+
+# KEYS: lock. ARGV: owner. Deletes only the owner's lock.
+RELEASE_LOCK = Script(
+    "release_lock",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+""",
+)
+
+# KEYS: flight stream. ARGV: ttl ms, then field/value pairs. Appends and keeps it short-lived.
+EMIT = Script(
+    "emit",
+    """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+""",
+)
+
+# KEYS: lock, flight stream. ARGV: owner, ttl ms. Takes the single-flight lock unless
+# held, and then empties the stream a previous flight of the same key may have left.
+LEAD = Script(
+    "lead",
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+""",
 )

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config
 from .base import Store, Subscription
+from .blobs import MemoryBlobs
 
 __all__ = ("MemoryStore",)
 
@@ -77,6 +78,7 @@ class MemoryStore(Store):
         self._state: dict[str, tuple[bytes, int]] = {}
         self._watchers: dict[str, set[_MemorySubscription]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self.blobs = MemoryBlobs()
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())

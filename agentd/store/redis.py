@@ -11,6 +11,7 @@ from typing import Any
 from ..config import Config
 from . import keys as K
 from .base import Store, Subscription
+from .blobs import RedisBlobs
 from .pubsub import EventHub
 from .shards import Shards
 
@@ -32,6 +33,7 @@ class RedisStore(Store):
         self.mode = config.mode
         self.shards = Shards(config.redis)
         self.hub = EventHub(self.shards)
+        self.blobs = RedisBlobs(self.shards, self.hub)
 
     async def start(self) -> None:
         await self.shards.start()

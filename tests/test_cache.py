@@ -1,0 +1,266 @@
+"""The response cache: levels, policy, single-flight, disk survival and clearing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis
+from aiohttp.test_utils import TestServer
+
+from agentd.backends import Chunk
+from agentd.cache import ResponseCache
+from agentd.config import from_dict
+from agentd.errors import UpstreamError
+from agentd.server.app import create_app
+from agentd.server.keys import CACHE
+from agentd.store import open_store
+
+from .openai_stub import Slow, StubNode
+from .procs import RedisServer
+
+Factory = Callable[..., Any]
+
+
+def agent_config(stub_url: str, tmp: Path, redis_url: str | None, **cache: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "backends": [{"name": "llm", "type": "openai", "urls": [stub_url]}],
+        "agents": [{"name": "bot", "backend": "llm", "cache": cache}],
+        "cache": {"disk_path": str(tmp / "l3.sqlite"), "l1_max_staleness": 0.2},
+    }
+    if redis_url:
+        raw["redis"] = {"urls": [redis_url]}
+    return raw
+
+
+class Running:
+    """An app serving on a real loopback port."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+        self.url = str(server.make_url("")).rstrip("/")
+
+    @property
+    def cache(self) -> ResponseCache:
+        return self.server.app[CACHE]  # type: ignore[index]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Factory]:
+    servers: list[TestServer] = []
+
+    async def start(raw: dict[str, Any]) -> Running:
+        server = TestServer(create_app(from_dict(raw)), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return Running(server)
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+async def ask(
+    http: aiohttp.ClientSession, url: str, text: str = "hi", **extra: Any
+) -> tuple[int, str, Any]:
+    body = {"model": "bot", "messages": [{"role": "user", "content": text}], "temperature": 0}
+    body.update(extra)
+    async with http.post(url + "/v1/chat/completions", json=body) as r:
+        data = await r.read()
+        if body.get("stream"):
+            return r.status, r.headers.get("X-Cache", ""), data
+        return r.status, r.headers.get("X-Cache", ""), orjson.loads(data)
+
+
+async def test_levels_fill_each_other_and_serve_in_order(
+    serve: Factory, tmp_path: Path, redis_standalone: RedisServer
+) -> None:
+    async with StubNode() as node:
+        app = await serve(agent_config(node.url, tmp_path, redis_standalone.url))
+        url = app.url
+        async with aiohttp.ClientSession() as http:
+            status, level, first = await ask(http, url)
+            assert (status, level) == (200, "miss")
+            assert (await ask(http, url))[1] == "hit-l1"
+            app.cache.l1.clear()
+            assert (await ask(http, url))[1] == "hit-l2"  # and it refilled L1:
+            assert (await ask(http, url))[1] == "hit-l1"
+            # Drop L1 and L2 (Redis): L3 (disk) answers, and fills both again.
+            with redis.Redis(port=redis_standalone.port) as client:
+                client.flushall()
+            app.cache.l1.clear()
+            status, level, third = await ask(http, url)
+            assert (status, level) == (200, "hit-l3")
+            assert third["choices"][0]["message"] == first["choices"][0]["message"]
+            assert (await ask(http, url))[1] == "hit-l1"
+            app.cache.l1.clear()
+            assert (await ask(http, url))[1] == "hit-l2"
+            # A clear empties every level.
+            async with http.delete(url + "/v1/cache") as r:
+                assert r.status == 200
+            assert (await ask(http, url))[1] == "miss"
+    assert len(node.requests) == 2  # the first miss and the one after the clear
+
+
+@pytest.mark.parametrize(
+    ("cache", "extra", "expected"),
+    [
+        ({"mode": "deterministic"}, {"temperature": 0}, "miss"),
+        ({"mode": "deterministic"}, {"temperature": 0.7}, "bypass"),
+        ({"mode": "deterministic"}, {}, "bypass"),  # no temperature: the upstream default
+        ({"mode": "always"}, {"temperature": 0.7}, "miss"),
+        ({"mode": "off"}, {"temperature": 0}, "bypass"),
+    ],
+)
+async def test_policy_decides_what_is_cached(
+    serve: Factory, tmp_path: Path, cache: dict[str, Any], extra: dict[str, Any], expected: str
+) -> None:
+    async with StubNode() as node:
+        url = (await serve(agent_config(node.url, tmp_path, None, **cache))).url
+        body = {"model": "bot", "messages": [{"role": "user", "content": "q"}], **extra}
+        levels = []
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.post(url + "/v1/chat/completions", json=body) as r:
+                    assert r.status == 200
+                    levels.append(r.headers["X-Cache"])
+    assert levels == [expected, "hit-l1" if expected == "miss" else "bypass"]
+    assert len(node.requests) == (1 if expected == "miss" else 2)
+
+
+async def test_ttl_and_size_limits_apply(serve: Factory, tmp_path: Path) -> None:
+    async with StubNode() as node:
+        url = (await serve(agent_config(node.url, tmp_path, None, ttl_s=0.3))).url
+        async with aiohttp.ClientSession() as http:
+            assert (await ask(http, url))[1] == "miss"
+            assert (await ask(http, url))[1] == "hit-l1"
+            await asyncio.sleep(0.5)
+            assert (await ask(http, url))[1] == "miss"  # expired in L1 and L3
+    async with StubNode() as node:
+        url = (await serve(agent_config(node.url, tmp_path / "b", None, max_bytes=10))).url
+        async with aiohttp.ClientSession() as http:
+            assert (await ask(http, url))[1] == "miss"
+            assert (await ask(http, url))[1] == "miss"  # too big to keep
+
+
+async def test_a_cached_reply_streams_with_its_chunks_and_joins_the_session(
+    serve: Factory, tmp_path: Path
+) -> None:
+    async with StubNode() as node:
+        url = (await serve(agent_config(node.url, tmp_path, None))).url
+        async with aiohttp.ClientSession() as http:
+            status, level, raw = await ask(http, url, "one two three", stream=True)
+            assert (status, level) == (200, "miss")
+            live = _deltas(raw)
+            status, level, raw = await ask(http, url, "one two three", stream=True)
+            assert (status, level) == (200, "hit-l1")
+            assert _deltas(raw) == live and len(live) > 1  # same chunk boundaries
+            async with http.post(url + "/v1/sessions", json={}) as r:
+                sid = orjson.loads(await r.read())["id"]
+            status, level, body = await ask(http, url, "one two three", session_id=sid)
+            # With a session the messages sent differ (none of its history yet, so the
+            # same here): a hit, and still stored in the session.
+            assert level == "hit-l1" and body["seq"] == 2
+            async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+                history = orjson.loads(await r.read())["data"]
+            assert [m["content"] for m in history] == ["one two three", "stub:one two three"]
+    assert len(node.requests) == 1
+
+
+def _deltas(raw: bytes) -> list[str]:
+    out = []
+    for line in raw.decode().splitlines():
+        if line.startswith("data: {"):
+            doc = orjson.loads(line[6:])
+            if doc.get("choices") and doc["choices"][0]["delta"].get("content"):
+                out.append(doc["choices"][0]["delta"]["content"])
+    return out
+
+
+async def test_identical_requests_in_flight_make_one_upstream_call(
+    serve: Factory, tmp_path: Path, redis_standalone: RedisServer
+) -> None:
+    async with StubNode(Slow(first_s=0.3, between_s=0.01)) as node:
+        raw = agent_config(node.url, tmp_path, redis_standalone.url)
+        url_a = (await serve(raw)).url
+        url_b = (await serve(raw)).url  # a second "instance" on the same Redis
+        async with aiohttp.ClientSession() as http:
+            results = await asyncio.gather(
+                *(ask(http, (url_a, url_b)[i % 2], "herd") for i in range(100))
+            )
+    assert {status for status, _, _ in results} == {200}
+    assert {r[2]["choices"][0]["message"]["content"] for r in results} == {"stub:herd"}
+    assert len(node.requests) == 1
+
+
+async def test_a_follower_takes_over_from_a_leader_that_died(
+    tmp_path: Path, redis_standalone: RedisServer
+) -> None:
+    config = from_dict({"redis": {"urls": [redis_standalone.url]},
+                        "cache": {"flight_lease": 0.5, "disk_path": ""}})  # fmt: skip
+    store = open_store(config)
+    await store.start()
+    cache = ResponseCache(config.cache, store.blobs)
+    await cache.start()
+    policy = config.agents[0].cache
+    calls = 0
+
+    async def produce() -> AsyncIterator[Chunk]:
+        nonlocal calls
+        calls += 1
+        yield Chunk("took ", None, None, "n")
+        yield Chunk("over", "stop", {"total_tokens": 2}, "n")
+
+    try:
+        key = b"k" * 16
+        # A leader that took the lock and died: no stream, no release.
+        assert await store.blobs.lead(key.hex(), "ghost", 0.5)
+        loop = asyncio.get_running_loop()
+        items = [i async for i in cache.serve(key, policy, produce, loop.time() + 20)]
+        assert items[:-1] == ["took ", "over"] and items[-1].level == "miss"
+        assert calls == 1
+        # A leader that dies after a follower already passed text on: the follower fails
+        # rather than mixing two replies.
+        key2 = b"j" * 16
+        assert await store.blobs.lead(key2.hex(), "ghost", 0.5)
+        await store.blobs.emit(key2.hex(), {"t": b"partial "}, 5)
+        got: list[Any] = []
+        with pytest.raises(UpstreamError):
+            async for item in cache.serve(key2, policy, produce, loop.time() + 20):
+                got.append(item)
+        assert got == ["partial "] and calls == 1
+    finally:
+        await cache.close()
+        await store.close()
+
+
+async def test_l3_survives_a_restart_and_a_damaged_file_is_rebuilt(
+    serve: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with StubNode() as node:
+        raw = agent_config(node.url, tmp_path, None)
+        first = await serve(raw)
+        async with aiohttp.ClientSession() as http:
+            assert (await ask(http, first.url))[1] == "miss"
+        await first.server.close()
+        second = await serve(raw)  # as after a restart: same file, empty memory
+        async with aiohttp.ClientSession() as http:
+            assert (await ask(http, second.url))[1] == "hit-l3"
+        await second.server.close()
+        (tmp_path / "l3.sqlite").write_bytes(b"this is not a database" * 100)
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / f"l3.sqlite{suffix}").unlink(missing_ok=True)
+        caplog.set_level(logging.ERROR, logger="agentd.cache_disk")
+        third = await serve(raw)
+        async with aiohttp.ClientSession() as http:
+            assert (await ask(http, third.url))[:2] == (200, "miss")
+            third.cache.l1.clear()
+            assert (await ask(http, third.url))[1] == "hit-l3"  # the new file works
+        assert any("damaged" in r.getMessage() for r in caplog.records)
+    assert len(node.requests) == 2
