@@ -3,6 +3,10 @@
 The compiled module ``agentd._fastpath`` is used when it imports; otherwise, or
 when ``AGENTD_NO_EXTENSIONS`` is set to a non-empty value other than ``0``, the
 pure twin ``agentd._fastpath_py`` is. ``IMPLEMENTATION`` says which is active.
+
+What lives here: the Redis Cluster hash slot (``key_slot``), the chat body parser and
+its tables (``parse_chat``, ``ChatBody``, ``CHAT_*``, ``MAX_MESSAGES``, ``MAX_DEPTH``),
+the response cache key (``cache_key``) and the L1 response cache (``LRUCache``).
 """
 
 from __future__ import annotations
@@ -28,7 +32,35 @@ def _load() -> tuple[ModuleType, str]:
 
 _impl, IMPLEMENTATION = _load()
 
+# The tables and ChatBody are the twin's own objects in both implementations.
+CACHE_KEY_MAX_DEPTH = _fastpath_py.CACHE_KEY_MAX_DEPTH
+CHAT_LOCAL_FIELDS = _fastpath_py.CHAT_LOCAL_FIELDS
+CHAT_MESSAGE_FIELDS = _fastpath_py.CHAT_MESSAGE_FIELDS
+CHAT_PARAMS = _fastpath_py.CHAT_PARAMS
+CHAT_ROLES = _fastpath_py.CHAT_ROLES
+MAX_DEPTH = _fastpath_py.MAX_DEPTH
+MAX_MESSAGES = _fastpath_py.MAX_MESSAGES
 SLOT_COUNT: int = _impl.SLOT_COUNT
-key_slot = _impl.key_slot
+ChatBody = _fastpath_py.ChatBody
 
-__all__ = ("IMPLEMENTATION", "SLOT_COUNT", "key_slot")
+key_slot = _impl.key_slot
+cache_key = _impl.cache_key
+parse_chat = _impl.parse_chat
+LRUCache = _impl.LRUCache
+
+__all__ = (
+    "CACHE_KEY_MAX_DEPTH",
+    "CHAT_LOCAL_FIELDS",
+    "CHAT_MESSAGE_FIELDS",
+    "CHAT_PARAMS",
+    "CHAT_ROLES",
+    "IMPLEMENTATION",
+    "MAX_DEPTH",
+    "MAX_MESSAGES",
+    "SLOT_COUNT",
+    "ChatBody",
+    "LRUCache",
+    "cache_key",
+    "key_slot",
+    "parse_chat",
+)

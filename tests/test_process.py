@@ -27,7 +27,7 @@ TEMPLATE = f"""
 [server]
 workers = 2
 shutdown_timeout = 10.0
-heartbeat_timeout = 3.0
+heartbeat_timeout = 6.0
 {PROBE}
 [redis]
 urls = ["{{redis}}"]

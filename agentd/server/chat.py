@@ -23,81 +23,12 @@ import orjson
 from aiohttp import web
 
 from ..agent import TurnDone, TurnRequest
-from ..errors import AgentdError, BadRequest
-from .http import json_object, json_response, read_json
+from ..errors import AgentdError
+from ..fastpath import parse_chat
+from .http import json_response
 from .keys import AGENTS, CONFIG
 
-__all__ = ("parse_chat", "setup")
-
-# Generation parameters passed upstream as given (after a type check).
-_PARAMS: dict[str, tuple[type, ...]] = {
-    "temperature": (int, float),
-    "top_p": (int, float),
-    "max_tokens": (int,),
-    "max_completion_tokens": (int,),
-    "stop": (str, list),
-    "seed": (int,),
-    "presence_penalty": (int, float),
-    "frequency_penalty": (int, float),
-    "logit_bias": (dict,),
-    "user": (str,),
-    "response_format": (dict,),
-    "tools": (list,),
-    "tool_choice": (str, dict),
-    "parallel_tool_calls": (bool,),
-}
-# Accepted and not forwarded: they are about the response, which agentd makes.
-_LOCAL = {"model", "messages", "stream", "stream_options", "session_id", "n"}
-_ROLES = {"system", "developer", "user", "assistant", "tool"}
-_MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id", "tool_calls"}
-MAX_MESSAGES = 1000
-
-
-def parse_chat(body: Any, header_session: str | None) -> tuple[TurnRequest, bool, bool]:
-    """A validated chat request: (turn, stream, include_usage); :class:`BadRequest` if not."""
-    body = json_object(body)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model must be the name of an agent", code="invalid_request")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_MESSAGES:
-        raise BadRequest(
-            f"messages must be a list of 1 to {MAX_MESSAGES} messages", code="invalid_request"
-        )
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in _ROLES:
-            raise BadRequest(
-                f"messages[{i}] must be an object with a role in {sorted(_ROLES)}",
-                code="invalid_request",
-            )
-        if unknown := set(message) - _MESSAGE_FIELDS:
-            raise BadRequest(f"messages[{i}] has unsupported field(s) {sorted(unknown)}",
-                             code="invalid_request")  # fmt: skip
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise BadRequest(f"messages[{i}].content must be a string or a list of parts",
-                             code="invalid_request")  # fmt: skip
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean", code="invalid_request")
-    if body.get("n", 1) != 1:
-        raise BadRequest("n must be 1: agentd returns one choice", code="invalid_request")
-    options = body.get("stream_options") or {}
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    session_id = body.get("session_id", header_session)
-    if session_id is not None and not isinstance(session_id, str):
-        raise BadRequest("session_id must be a string", code="invalid_session_id")
-    params: dict[str, Any] = {}
-    for key, value in body.items():
-        if key in _LOCAL:
-            continue
-        kinds = _PARAMS.get(key)
-        if kinds is None:
-            raise BadRequest(f"unsupported field {key!r}", code="invalid_request")
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise BadRequest(f"{key} has the wrong type", code="invalid_request")
-        params[key] = value
-    return TurnRequest(model, messages, session_id, params), stream, include_usage
+__all__ = ("setup",)
 
 
 def _completion_id() -> str:
@@ -124,9 +55,10 @@ def _usage(done: TurnDone) -> dict[str, Any]:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    turn, stream, include_usage = parse_chat(
-        await read_json(request), request.headers.get("X-Session-Id")
-    )
+    # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
+    body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
+    turn = TurnRequest(body.model, body.messages, body.session_id, body.params)
+    stream, include_usage = body.stream, body.include_usage
     parse_s = time.perf_counter() - started
     agents = request.app[AGENTS]
     agents.get(turn.agent)  # an unknown model is a 404 before anything runs

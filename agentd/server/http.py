@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import AgentdError, BadRequest, NotFound, PayloadTooLarge
+from ..fastpath import MAX_DEPTH
 
 __all__ = (
     "MAX_DEPTH",
@@ -60,12 +61,9 @@ def from_http_exception(exc: web.HTTPException) -> AgentdError:
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
-# orjson decodes 1024 levels of nesting but encodes only 254. A body is accepted only if
-# it still encodes inside the deepest envelope a response wraps it in (a 412 carries a
-# document as {"error": {"current": {"value": ...}}}), so whatever is stored can always be
-# served back, and merge patches never recurse deeper than this.
+# The depth limit lives with the chat parser in the fast path; the envelope reasoning
+# is explained there.
 _ENVELOPE = 3
-MAX_DEPTH = 254 - _ENVELOPE
 
 
 async def read_json(request: web.Request) -> Any:
