@@ -144,9 +144,9 @@ class ResponseCache:
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            # Bounded: shutting down must not wait on a store that does not answer.
+            await asyncio.wait(self._tasks, timeout=1.0)
         if self.l3 is not None:
             await self.l3.close()
 

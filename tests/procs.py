@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT = 60.0
 
@@ -75,6 +77,12 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], byte
 def http_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
     status, _, body = http_get(url, timeout)
     return status, json.loads(body)
+
+
+def fresh_connections() -> aiohttp.ClientSession:
+    """An HTTP client that opens a new connection per request, so that requests spread
+    over a server's workers (SO_REUSEPORT balances connections, not requests)."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
 
 class AgentdProcess:

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from .openai_stub import Slow, StubNode
-from .procs import AgentdProcess, RedisServer
+from .procs import AgentdProcess, RedisServer, fresh_connections
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +40,6 @@ backend = "llm"
 """
 
 
-def _client() -> aiohttp.ClientSession:
-    # A new connection per request, so that requests spread over the workers.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-
 async def _ask(http: aiohttp.ClientSession, url: str, text: str) -> tuple[str, str]:
     body = {"model": "bot", "messages": [{"role": "user", "content": text}], "temperature": 0}
     async with http.post(url + "/v1/chat/completions", json=body) as r:
@@ -63,7 +58,7 @@ async def test_a_herd_on_two_instances_costs_one_upstream_call(
         b = await asyncio.to_thread(
             agentd_instance, _config(redis_standalone, node.url, tmp_path / "b.sqlite")
         )
-        async with _client() as http:
+        async with fresh_connections() as http:
             results = await asyncio.gather(
                 *(_ask(http, (a, b)[i % 2].url, "herd") for i in range(40))
             )
@@ -83,7 +78,7 @@ async def test_a_cache_clear_reaches_every_worker(
         proc = await asyncio.to_thread(
             agentd_instance, _config(redis_standalone, node.url, tmp_path / "l3.sqlite")
         )
-        async with _client() as http:
+        async with fresh_connections() as http:
             # Warm every worker's L1 with "reply 1".
             levels = set()
             for _ in range(40):

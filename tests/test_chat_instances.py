@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .procs import ROOT, AgentdProcess, RedisServer
+from .procs import ROOT, AgentdProcess, RedisServer, fresh_connections
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +37,6 @@ tokens_per_s = {tokens_per_s}
 """
 
 
-def _client() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-
-
 async def _chat(http: aiohttp.ClientSession, url: str, sid: str, text: str) -> tuple[int, Any]:
     body = {"model": "echo", "messages": [{"role": "user", "content": text}], "session_id": sid}
     async with http.post(url + "/v1/chat/completions", json=body) as r:
@@ -58,7 +54,7 @@ async def test_concurrent_turns_through_two_instances_never_interleave(
 ) -> None:
     a = agentd_instance(_config(redis_standalone, policy, tokens_per_s=200))
     b = agentd_instance(_config(redis_standalone, policy, tokens_per_s=200))
-    async with _client() as http:
+    async with fresh_connections() as http:
         async with http.post(a.url + "/v1/sessions", json={}) as r:
             sid = orjson.loads(await r.read())["id"]
         texts = [f"turn {i} " + "word " * 5 for i in range(10)]
@@ -98,7 +94,7 @@ async def test_websocket_clients_on_two_instances_share_a_session_and_resume_els
 ) -> None:
     a = agentd_instance(_config(redis_standalone, tokens_per_s=50))
     b = agentd_instance(_config(redis_standalone, tokens_per_s=50))
-    async with _client() as http:
+    async with fresh_connections() as http:
         wa = await http.ws_connect(a.url + "/v1/ws")
         await wa.send_json({"type": "hello"})
         ready = (await _frames_until(wa, "ready"))[-1]

@@ -14,7 +14,7 @@ import pytest
 from agentd.fastpath import key_slot
 from agentd.store.keys import session_keys
 
-from .procs import AgentdProcess, RedisServer
+from .procs import AgentdProcess, RedisServer, fresh_connections
 
 pytestmark = pytest.mark.slow
 
@@ -27,11 +27,6 @@ def _config(urls: list[str], workers: int = 2, down_retry: float = 0.2) -> str:
         f"[server]\nworkers = {workers}\nshutdown_timeout = 5.0\n"
         f"[redis]\nurls = [{quoted}]\ndown_retry = {down_retry}\n"
     )
-
-
-def _client() -> aiohttp.ClientSession:
-    # A new connection per request, so that requests spread over the workers.
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
 
 
 async def _json(resp: aiohttp.ClientResponse) -> Any:
@@ -65,7 +60,7 @@ async def test_two_instances_share_sessions_and_events(
     urls = [s.url for s in redis_shards]
     a = agentd_instance(_config(urls))
     b = agentd_instance(_config(urls))
-    async with _client() as http:
+    async with fresh_connections() as http:
         async with http.post(a.url + "/v1/sessions", json={"metadata": {"team": "x"}}) as r:
             assert r.status == 201
             sid = (await _json(r))["id"]
@@ -122,7 +117,7 @@ async def test_a_dead_shard_gives_503_for_its_sessions_only_until_it_returns(
     try:
         proc = agentd_instance(_config([s.url for s in servers]))
         sids = [_session_on(i, 3, f"fault{i}") for i in range(3)]
-        async with _client() as http:
+        async with fresh_connections() as http:
             for sid in sids:
                 async with http.post(proc.url + "/v1/sessions", json={"id": sid}) as r:
                     assert r.status == 201

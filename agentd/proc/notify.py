@@ -33,6 +33,9 @@ class Notifier:
         self._sock: socket.socket | None = None
         if self._addr is not None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # Never block the supervisor: a reader that falls behind (the kernel queues
+            # only net.unix.max_dgram_qlen datagrams, often 10) loses messages instead.
+            self._sock.setblocking(False)
         self._next_ping = time.monotonic()
 
     @property
@@ -44,7 +47,9 @@ class Notifier:
             return
         try:
             self._sock.sendto("\n".join(fields).encode(), self._addr)
-        except OSError as exc:  # systemd gone or socket full: never fatal
+        except BlockingIOError:
+            log.debug("sd_notify %s dropped: the notify socket is full", fields[0])
+        except OSError as exc:  # systemd gone: never fatal
             log.warning("sd_notify %s failed: %s", fields[0], exc)
 
     def ready(self, status: str) -> None:

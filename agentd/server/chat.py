@@ -25,7 +25,7 @@ from aiohttp import web
 from ..agent import TurnDone, TurnRequest
 from ..errors import AgentdError
 from ..fastpath import parse_chat
-from .http import json_response
+from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
 __all__ = ("setup",)
@@ -118,15 +118,7 @@ async def _write_stream(
         return b"data: " + orjson.dumps(doc) + b"\n\n"
 
     first = await anext(iterator)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
-            **_headers(turn, None, parse_s),
-        }
-    )
-    await response.prepare(request)
+    response = await start_sse(request, _headers(turn, None, parse_s))
     await response.write(chunk({"role": "assistant", "content": ""}))
     item = first
     try:

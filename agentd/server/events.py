@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..store import Event
-from .http import json_object, json_response, read_json
+from .http import json_object, json_response, read_json, start_sse
 from .keys import STATE, STORE
 
 __all__ = ("setup",)
@@ -63,14 +63,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
     events = await store.open_watch(sid, after)
     next_event = asyncio.ensure_future(anext(events))
     try:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
+        response = await start_sse(request)
         await response.write(b": watching " + sid.encode() + b"\n\n")
         closing = asyncio.ensure_future(request.app[STATE].closing.wait())
         try:

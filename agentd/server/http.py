@@ -19,6 +19,7 @@ __all__ = (
     "json_response",
     "query_int",
     "read_json",
+    "start_sse",
 )
 
 JSON = "application/json"
@@ -29,6 +30,22 @@ def json_response(
 ) -> web.Response:
     """A JSON response serialized with orjson."""
     return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type=JSON)
+
+
+async def start_sse(
+    request: web.Request, headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Start a Server-Sent Events response (unbuffered by proxies such as nginx)."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **(headers or {}),
+        }
+    )
+    await response.prepare(request)
+    return response
 
 
 def error_response(exc: AgentdError) -> web.Response:

@@ -158,13 +158,39 @@ class Event:
     data: dict[str, Any] | None = None
 
 
-class Subscription(abc.ABC):
-    """One watcher's feed of a session channel's raw events."""
+# A watcher that falls this far behind loses its backlog and catches up from history.
+MAX_BACKLOG = 1000
 
-    @abc.abstractmethod
+
+class Subscription(abc.ABC):
+    """One watcher's feed of a session channel's raw events, queued until read.
+
+    A backend calls :meth:`deliver` for each event and :meth:`reset` when events may
+    have been lost; a watcher too far behind is reset too, so memory stays bounded.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._overflowed = False
+
+    def deliver(self, event: bytes) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG:
+            self.reset()
+            return
+        self._queue.put_nowait(event)
+
+    def reset(self) -> None:
+        if not self._overflowed:
+            self._overflowed = True
+            self._queue.put_nowait(None)
+
     async def get(self) -> bytes | None:
         """The next raw event, or None when the feed was interrupted and re-established
         (events may have been missed: the watcher catches up from history)."""
+        item = await self._queue.get()
+        if item is None:
+            self._overflowed = False
+        return item
 
     @abc.abstractmethod
     async def close(self) -> None:

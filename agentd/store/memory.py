@@ -19,8 +19,6 @@ from .blobs import MemoryBlobs
 __all__ = ("MemoryStore",)
 
 SWEEP_INTERVAL = 60.0
-# A watcher that falls this far behind loses its backlog and catches up from history.
-MAX_BACKLOG = 1000
 
 
 @dataclass
@@ -42,24 +40,9 @@ class _Session:
 
 class _MemorySubscription(Subscription):
     def __init__(self, store: MemoryStore, sid: str) -> None:
+        super().__init__()
         self._store = store
         self._sid = sid
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._overflowed = False
-
-    def deliver(self, event: bytes) -> None:
-        if self._queue.qsize() >= MAX_BACKLOG:
-            if not self._overflowed:
-                self._overflowed = True
-                self._queue.put_nowait(None)
-            return
-        self._queue.put_nowait(event)
-
-    async def get(self) -> bytes | None:
-        item = await self._queue.get()
-        if item is None:
-            self._overflowed = False
-        return item
 
     async def close(self) -> None:
         watchers = self._store._watchers.get(self._sid)

@@ -29,34 +29,14 @@ __all__ = ("EventHub",)
 
 log = logging.getLogger(__name__)
 
-# A watcher that falls this far behind loses its backlog and catches up from history.
-MAX_BACKLOG = 1000
 MAX_BACKOFF = 5.0
 
 
 class _Feed(Subscription):
     def __init__(self, hub: EventHub, channel: bytes) -> None:
+        super().__init__()
         self._hub = hub
         self.channel = channel
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._overflowed = False
-
-    def deliver(self, data: bytes) -> None:
-        if self._queue.qsize() >= MAX_BACKLOG:
-            self.reset()
-            return
-        self._queue.put_nowait(data)
-
-    def reset(self) -> None:
-        if not self._overflowed:
-            self._overflowed = True
-            self._queue.put_nowait(None)
-
-    async def get(self) -> bytes | None:
-        item = await self._queue.get()
-        if item is None:
-            self._overflowed = False
-        return item
 
     async def close(self) -> None:
         await self._hub.release(self)
@@ -96,7 +76,10 @@ class _Endpoint:
             await self._subscribe(feed.channel)
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.create_task(self._read_forever(), name=f"pubsub {self.name}")
-            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that races the confirmation, leaving a task that cannot be stopped.
+            async with asyncio.timeout(self._timeout):
+                await asyncio.shield(waiter)
         except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
             feeds.discard(feed)
             if not feeds:
@@ -114,11 +97,12 @@ class _Endpoint:
             return
         del self.feeds[feed.channel]
         if self._pubsub is not None:
+            unsubscribe = self._pubsub.sunsubscribe if self._sharded else self._pubsub.unsubscribe
+            # Bounded: a connection busy or half-dead must not hold up a closing watcher
+            # (a stale subscription only costs ignored messages until reconnection).
             with contextlib.suppress(*UNAVAILABLE_ERRORS, rexc.RedisError):
-                if self._sharded:
-                    await self._pubsub.sunsubscribe(feed.channel)
-                else:
-                    await self._pubsub.unsubscribe(feed.channel)
+                async with asyncio.timeout(self._timeout):
+                    await unsubscribe(feed.channel)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -221,6 +205,12 @@ class EventHub:
         feed = _Feed(self, channel.encode())
         await endpoint.add(feed)
         self._where[feed.channel] = endpoint
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # A cancellation that arrived while subscribing was absorbed on the way (a
+            # subscribe racing its confirmation): honour it, or the caller cannot stop.
+            await self.release(feed)
+            raise asyncio.CancelledError
         return feed
 
     async def release(self, feed: _Feed) -> None:
