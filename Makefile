@@ -34,3 +34,9 @@ system-deps:
 
 clean:
 	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so
+
+# The benchmark suite (bench/README.md): BENCH_ARGS="--quick" or "http-hello ws-idle" etc.
+bench: $(STAMP) $(EXT)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	scripts/ensure-system-deps wrk nginx redis-server
+	$(PY) -m bench $(BENCH_ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -127,6 +128,7 @@ def main() -> None:
     finally:
         for server in servers:
             server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     single = results["single"]["throughput"]["turns_per_s"]
     sharded = results["sharded-3"]["throughput"]["turns_per_s"]
     results["sharded_vs_single"] = round(sharded / single, 3)

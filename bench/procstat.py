@@ -1,0 +1,142 @@
+"""Server cost from ``/proc``: CPU seconds and resident memory of a process tree.
+
+CPU per request is steadier than req/s on a noisy machine: another tenant stealing the
+core slows the server down but does not make each request cost more CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = (
+    "RssSampler",
+    "children",
+    "cpu_seconds",
+    "machine_cpu",
+    "rss_bytes",
+    "tree",
+    "wait_quiet",
+)
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (over all its threads); empty if it is gone."""
+    out: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            out += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (a supervisor and its workers, nginx and its)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo += children(current)
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the given processes, in seconds (processes gone count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name (which may contain spaces) start at state.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine since boot, over all CPUs.
+
+    Busy minus what the server and the generator used is what *other* processes took
+    during a measurement: the noise the report shows beside each figure.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
+
+
+def wait_quiet(limit: float, busy_below: float = 0.15, window: float = 1.0) -> tuple[float, float]:
+    """Wait (up to ``limit`` s) until the machine's CPUs stay under ``busy_below`` CPUs busy
+    for ``window`` s; returns (seconds waited, CPUs busy in the last window)."""
+    started = time.monotonic()
+    while True:
+        before = machine_cpu()[0]
+        time.sleep(window)
+        busy = (machine_cpu()[0] - before) / window
+        waited = time.monotonic() - started
+        if busy < busy_below or waited >= limit:
+            return waited, busy
+
+
+def rss_bytes(pids: list[int]) -> int:
+    """Sum of VmRSS of the given processes, in bytes."""
+    total = 0
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+                break
+    return total
+
+
+class RssSampler:
+    """Samples the RSS of a changing set of processes in a thread, ``interval`` apart.
+
+    ``pids`` is called at each sample, so workers that appear later are counted.
+    """
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.2) -> None:
+        self._pids = pids
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []  # (monotonic time, bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def start(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), rss_bytes(self._pids())))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def peak(self, start: float = 0.0, end: float = float("inf")) -> int:
+        """The highest sample taken between ``start`` and ``end`` (monotonic times)."""
+        values = [rss for t, rss in list(self.samples) if start <= t <= end]
+        return max(values, default=0)
+
+    def series(self, origin: float) -> list[list[float]]:
+        """Samples as ``[seconds since origin, MiB]`` pairs, for the RSS plot."""
+        return [[round(t - origin, 2), round(rss / 2**20, 2)] for t, rss in list(self.samples)]

@@ -1,0 +1,29 @@
+"""The scenarios, in the order a full run takes them (each later issue adds its own)."""
+
+from __future__ import annotations
+
+from .capacity import ADDED_LATENCY, OPEN_LOOP, SOAK, WORKERS_SCALING
+from .common import Scenario
+from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
+from .store import STORE_OPS
+from .ws import WS_IDLE, WS_TURNS
+
+__all__ = ("CEILING", "SCENARIOS", "Scenario")
+
+# The generator ceiling runs first whenever an HTTP scenario does; it is not listed.
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        HTTP_HELLO,
+        HTTP_CHAT_HIT,
+        HTTP_CHAT_MISS,
+        HTTP_STREAM,
+        WS_TURNS,
+        WS_IDLE,
+        WORKERS_SCALING,
+        OPEN_LOOP,
+        ADDED_LATENCY,
+        STORE_OPS,
+        SOAK,
+    )
+}

@@ -1,0 +1,246 @@
+"""The benchmark harness: its statistics, its load generator's open loop, and a smoke run.
+
+No timing assertions: the open-loop test only checks *which clock* latency is counted
+from (a forced stall must be charged to every request scheduled behind it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen.common import Spec
+from bench.loadgen.http import run_http
+from bench.loadgen.httpconn import encode_request, parse_response
+from bench.schema import load_schema, validate
+from bench.stats import (
+    RateSearch,
+    latencies_from_schedule,
+    percentile,
+    ratio,
+    schedule,
+    summarize,
+    windows,
+)
+from bench.summary import flag_generator_limits
+from bench.wrk import lua_script, parse_output
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# -- statistics -------------------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]  # 1..100
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 90) == 90.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 99.9) == 100.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(values, 0) == 1.0
+    assert percentile([7.0], 99.9) == 7.0
+
+
+def test_percentile_never_invents_a_value() -> None:
+    values = [1.0, 2.0, 10.0, 1000.0]
+    for p in (1, 25, 50, 75, 90, 99, 99.9):
+        assert percentile(values, p) in values
+
+
+def test_percentile_of_nothing_is_nan_and_bad_p_is_refused() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_summarize_reports_milliseconds() -> None:
+    summary = summarize([0.001] * 98 + [0.010, 0.100])
+    assert summary["p50"] == 1.0
+    assert summary["p99"] == 10.0
+    assert summary["p99.9"] == 100.0
+    assert summary["max"] == 100.0
+    assert summarize([])["p99"] is None
+
+
+def test_ratio_is_value_over_baseline_and_none_when_undefined() -> None:
+    assert ratio(10.0, 4.0) == 2.5
+    assert ratio(1.0, 3.0) == 0.333
+    assert ratio(1.0, 0.0) is None
+    assert ratio(None, 1.0) is None
+    assert ratio(1.0, None) is None
+    assert ratio(math.nan, 1.0) is None
+
+
+def test_schedule_is_a_constant_rate() -> None:
+    times = schedule(1000.0, 0.01, start=5.0)
+    assert len(times) == 10
+    assert times[0] == 5.0
+    gaps = {round(b - a, 9) for a, b in itertools.pairwise(times)}
+    assert gaps == {0.001}
+    assert schedule(0.0, 1.0) == []
+
+
+def test_open_loop_latency_counts_the_queue_a_stall_causes() -> None:
+    """One connection, a request every 1 ms, 0.1 ms each, but the 10th stalls 50 ms:
+    every request scheduled during the stall is late, and is charged for it."""
+    intended = schedule(1000.0, 0.1)
+    free_at, sent, completed = 0.0, [], []
+    for i, planned in enumerate(intended):
+        start = max(planned, free_at)
+        service = 0.050 if i == 10 else 0.0001
+        free_at = start + service
+        sent.append(start)
+        completed.append(free_at)
+    open_loop = latencies_from_schedule(intended, completed)
+    closed_loop = [done - start for start, done in zip(sent, completed, strict=True)]
+    assert sum(lat > 0.010 for lat in closed_loop) == 1  # coordinated omission hides it
+    assert sum(lat > 0.010 for lat in open_loop) >= 35
+    assert percentile(sorted(open_loop), 50) > percentile(sorted(closed_loop), 50)
+    with pytest.raises(ValueError):
+        latencies_from_schedule([0.0], [])
+
+
+def test_windows_give_rate_and_p99_per_window() -> None:
+    ends = [0.1, 0.2, 1.1, 1.2, 1.3]
+    lats = [0.001, 0.002, 0.010, 0.020, 0.030]
+    out = windows(ends, lats, 1.0)
+    assert [w["requests"] for w in out] == [2, 3]
+    assert out[1]["p99"] == 30.0
+
+
+def test_rate_search_finds_the_highest_rate_under_the_bound_in_bounded_steps() -> None:
+    def p99_at(rate: float) -> float:
+        return 1.0 if rate <= 5000 else 50.0
+
+    fractions = (0.3, 0.5, 0.7, 0.85, 1.0, 1.2)
+    search = RateSearch(capacity=6000.0, bound_ms=10.0, fractions=fractions, bisections=2)
+    while (rate := search.next_rate()) is not None:
+        search.record(rate, p99_at(rate), errors=0)
+    assert search.best is not None and 4200.0 <= search.best <= 5000.0
+    assert len(search.trials) <= len(fractions) + 2
+    # Errors fail a rate even with a good p99.
+    failing = RateSearch(1000.0, 10.0, fractions=(0.5,), bisections=0)
+    assert failing.record(500.0, 1.0, errors=1) is False
+    assert failing.best is None
+
+
+# -- the load generator -----------------------------------------------------------------
+
+
+def test_http_response_framing() -> None:
+    whole = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert parse_response(whole + b"HTTP/1.1") == (200, len(whole))
+    assert parse_response(whole[:-1]) is None
+    chunked = b"HTTP/1.1 201 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    assert parse_response(chunked) == (201, len(chunked))
+    assert parse_response(chunked[:-2]) is None
+    request = encode_request("POST", "127.0.0.1:1", "/x", b"{}")
+    assert request.endswith(b"Content-Length: 2\r\n\r\n{}")
+
+
+async def test_open_loop_generator_charges_a_stall_to_every_request_behind_it() -> None:
+    """A real open-loop run on one connection against a server that stalls once."""
+    served = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        while await reader.readuntil(b"\r\n\r\n"):
+            served += 1
+            if served == 5:
+                await asyncio.sleep(0.3)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spec = Spec(
+        mode="http",
+        host="127.0.0.1",
+        port=port,
+        connections=1,
+        duration=1.0,
+        warmup=0.0,
+        rate=100.0,
+    )
+    try:
+        rec = await run_http(spec, 0, lambda: None)
+    finally:
+        server.close()
+    latencies = list(rec.latencies)
+    assert len(latencies) == 100 and not rec.errors
+    # The stall delays the ~30 requests scheduled during it; each is charged from its
+    # own intended send time, so many are late, not just the one that stalled.
+    assert sum(lat >= 0.1 for lat in latencies) >= 10
+
+
+def test_wrk_script_and_summary() -> None:
+    script = lua_script("POST", '{"session_id":"%s"}', sessions=["a", "b"])
+    assert 'local sessions = {"a", "b"}' in script and "request = function()" in script
+    assert "wrk.body" not in script
+    assert 'wrk.body = [[{"x":1}]]' in lua_script("POST", '{"x":1}')
+    out = parse_output(
+        "Running 1s test\nBENCH-JSON "
+        '{"duration_us":2000000,"requests":1000,"bytes":1,"errors":{"connect":0,"read":0,'
+        '"write":0,"status":3,"timeout":0},"latency_us":{"p50":500.0,"p90":900.0,'
+        '"p99":1500.0,"p99.9":3000.0,"mean":600.0,"max":4000.0}}\n'
+    )
+    assert out["rps"] == 500.0
+    assert out["latency_ms"]["p99"] == 1.5
+    assert out["errors"] == {"status": 3} and out["error_count"] == 3
+
+
+def test_generator_limited_runs_are_flagged() -> None:
+    runs = [
+        {"generator": "wrk", "rps": 900.0, "limited_by": "server"},
+        {"generator": "wrk", "rps": 100.0, "limited_by": "server"},
+        {"generator": "python", "rps": 10.0, "limited_by": "generator"},
+    ]
+    records = [{"runs": runs}]
+    flag_generator_limits(records, {"figures": {"wrk": {"rps": 1000.0}}})
+    assert [r["generator_limited"] for r in records[0]["runs"]] == [True, False, True]
+
+
+def test_schema_validator_reports_violations() -> None:
+    schema = load_schema()
+    assert validate({}, schema)  # everything required is missing
+    bad_run = {"target": "x", "command": "c", "generator": "ab", "concurrency": -1}
+    problems = validate(bad_run, schema["$defs"]["run"], schema)
+    assert any("generator" in p for p in problems)
+    assert any("below 0" in p for p in problems)
+    assert any("missing required 'rps'" in p for p in problems)
+
+
+# -- smoke: the real command, tiny -------------------------------------------------------
+
+
+def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "http-hello", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results, load_schema()) == []
+    assert results["mode"] == "tiny"
+    (hello,) = results["scenarios"]
+    assert hello["name"] == "http-hello" and hello["status"] == "ok"
+    assert {run["target"] for run in hello["runs"]} == {"agentd", "aiohttp"}
+    for run in hello["runs"]:
+        assert run["requests"] > 0 and run["error_count"] == 0
+        assert run["server_cpu_s_per_1k"] is not None and run["server_peak_rss_mb"] > 0
+    assert {r["baseline"] for r in hello["ratios"]} == {"aiohttp"}
+    assert "http-hello" in (out / "report.md").read_text()
+    assert "elapsed" in done.stderr  # the progress line
