@@ -154,6 +154,10 @@ def _rss(results: dict[str, Any], plt: Any, outdir: Path) -> tuple[str, str] | N
     return "rss_over_time.png", "Server RSS over time, every scenario"
 
 
+def _rate_label(rate: float | None) -> str:
+    return "none held the bound" if rate is None else f"{rate:,.0f} req/s"
+
+
 def _open_loop(results: dict[str, Any], plt: Any, outdir: Path) -> tuple[str, str] | None:
     record = next((r for r in results["scenarios"] if r["name"] == "open-loop"), None)
     if not record or not record.get("figures"):
@@ -166,7 +170,7 @@ def _open_loop(results: dict[str, Any], plt: Any, outdir: Path) -> tuple[str, st
             [t["rate"] for t in trials],
             [t["p99"] for t in trials],
             "o-",
-            label=f"{target} (max {fig_data['max_rate']} req/s)",
+            label=f"{target} (max {_rate_label(fig_data['max_rate'])})",
             color=_color(target),
         )
         bound = fig_data["bound_ms"]

@@ -501,3 +501,15 @@ async def test_a_stream_that_fails_midway_ends_with_an_error_event(serve: Factor
         e["choices"][0]["delta"].get("content", "") for e in events[:-2] if e.get("choices")
     )
     assert text and "stub:a b c d e f".startswith(text)
+
+
+async def test_a_burst_beyond_the_redis_pool_waits_instead_of_failing(
+    serve: Factory, redis_standalone: Any
+) -> None:
+    url = await serve(redis={"urls": [redis_standalone.url], "pool_size": 2}, server={"workers": 2})
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
+        sids = [await _new_session(http, url) for _ in range(40)]
+        results = await asyncio.gather(
+            *(post(http, url + "/v1/chat/completions", chat_body(session_id=s)) for s in sids)
+        )
+    assert [status for status, _, _ in results] == [200] * 40

@@ -126,7 +126,9 @@ class MemoryStore(Store):
         stored = []
         for payload in payloads:
             sess.seq += 1
-            sess.messages.append((sess.seq, payload))
+            # A copy: orjson's output can carry kilobytes of spare capacity, which a
+            # history held for days would pay per message.
+            sess.messages.append((sess.seq, bytes(memoryview(payload))))
             stored.append(b'{"seq":%d,%s' % (sess.seq, payload[1:]))
         while len(sess.messages) > self.max_messages:
             sess.messages.popleft()

@@ -28,7 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..config import RedisConfig
-from ..errors import StoreUnavailable
+from ..errors import Overloaded, StoreUnavailable
 from ..fastpath import SLOT_COUNT, key_slot
 from .keys import Script
 
@@ -63,6 +63,12 @@ def _client_options(config: RedisConfig) -> dict[str, Any]:
     }
 
 
+def _pool_exhausted(exc: BaseException) -> bool:
+    return isinstance(exc, rexc.MaxConnectionsError) or str(exc).startswith(
+        "No connection available"
+    )
+
+
 class Shards:
     """The Redis servers of one instance's config, and the routing of keys to them."""
 
@@ -81,7 +87,17 @@ class Shards:
             self.cluster = RedisCluster(startup_nodes=nodes, **opts)
         else:
             opts = _client_options(config)
-            self.clients = [aioredis.Redis.from_url(url, **opts) for url in config.urls]
+            opts.pop("max_connections")
+            # A blocking pool: a burst beyond pool_size waits (up to redis.timeout) for a
+            # connection instead of failing at once.
+            self.clients = [
+                aioredis.Redis.from_pool(
+                    aioredis.BlockingConnectionPool.from_url(
+                        url, max_connections=config.pool_size, timeout=config.timeout, **opts
+                    )
+                )
+                for url in config.urls
+            ]
             self._down_until = [0.0] * len(self.clients)
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
 
@@ -120,6 +136,12 @@ class Shards:
         try:
             return await fn(self.clients[index])
         except UNAVAILABLE_ERRORS as exc:
+            if _pool_exhausted(exc):
+                # The shard is fine; this worker has every connection to it in use.
+                raise Overloaded(
+                    f"all {self.config.pool_size} connections to {self.describe(index)} are busy",
+                    retry_after=1,
+                ) from exc
             self._down_until[index] = now + self.config.down_retry
             log.warning("%s unreachable: %s", self.describe(index), exc)
             raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
