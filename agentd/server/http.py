@@ -17,6 +17,7 @@ __all__ = (
     "from_http_exception",
     "json_object",
     "json_response",
+    "loads_json",
     "query_int",
     "read_json",
     "start_sse",
@@ -78,30 +79,29 @@ def from_http_exception(exc: web.HTTPException) -> AgentdError:
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
 
-# The depth limit lives with the chat parser in the fast path; the envelope reasoning
-# is explained there.
-_ENVELOPE = 3
+
+def loads_json(data: bytes | str, what: str = "the body") -> Any:
+    """Parse client JSON: 400 ``invalid_json`` if it is not JSON or nests deeper than
+    ``MAX_DEPTH`` (the limit, and why, are with the chat parser in the fast path)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
+    try:
+        orjson.dumps([[[value]]])  # a depth check at C speed, room left for the envelope
+    except orjson.JSONEncodeError:
+        raise BadRequest(
+            f"{what} nests deeper than {MAX_DEPTH} levels", code="invalid_json"
+        ) from None
+    return value
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON: 400 ``invalid_json`` if it is not, or nests too deeply.
+    """The request body as JSON (see :func:`loads_json`).
 
     A body over ``server.max_request_bytes`` is refused by aiohttp while reading (413).
     """
-    try:
-        value = orjson.loads(await request.read())
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    wrapped = value
-    for _ in range(_ENVELOPE):
-        wrapped = [wrapped]
-    try:
-        orjson.dumps(wrapped)  # C-speed depth check; see _ENVELOPE
-    except orjson.JSONEncodeError:
-        raise BadRequest(
-            f"the body nests deeper than {MAX_DEPTH} levels", code="invalid_json"
-        ) from None
-    return value
+    return loads_json(await request.read())
 
 
 def json_object(value: Any, allowed: frozenset[str] | None = None) -> dict[str, Any]:

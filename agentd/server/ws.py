@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..agent import Agents, TurnDone, TurnRequest
 from ..errors import AgentdError, BadRequest
 from ..store import Event, Store
-from .http import MAX_DEPTH
+from .http import loads_json
 from .keys import AGENTS, CONFIG, STORE, tracked_websocket
 
 __all__ = ("setup",)
@@ -86,15 +86,7 @@ class _Connection:
     # -- client frames ----------------------------------------------------------------
 
     async def handle(self, raw: str) -> None:
-        try:
-            frame = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise BadRequest("frame is not valid JSON", code="invalid_json") from None
-        try:
-            orjson.dumps([[[frame]]])  # depth check at C speed, as for HTTP bodies
-        except orjson.JSONEncodeError:
-            raise BadRequest(f"frame nests deeper than {MAX_DEPTH} levels",
-                             code="invalid_json") from None  # fmt: skip
+        frame = loads_json(raw, "the frame")
         if not isinstance(frame, dict):
             raise BadRequest("a frame must be a JSON object", code="invalid_frame")
         kind = frame.get("type")

@@ -217,6 +217,13 @@ def _dumps(value: Any) -> bytes:
         raise BadRequest(f"value is not JSON: {exc}", code="invalid_json") from None
 
 
+def _dumps_limited(value: Any, limit: int, what: str, code: str) -> bytes:
+    data = _dumps(value)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{what} is {len(data)} bytes; the limit is {limit}", code=code)
+    return data
+
+
 class Store(abc.ABC):
     """Sessions, their history and events, and shared state documents."""
 
@@ -298,13 +305,7 @@ class Store(abc.ABC):
             raise BadRequest(f"unknown message field(s): {sorted(unknown)}", code="invalid_message")
         doc = {k: v for k, v in message.items() if v is not None}
         doc["created_at"] = now
-        data = _dumps(doc)
-        if len(data) > self.max_message_bytes:
-            raise PayloadTooLarge(
-                f"message is {len(data)} bytes; the limit is {self.max_message_bytes}",
-                code="message_too_large",
-            )
-        return data
+        return _dumps_limited(doc, self.max_message_bytes, "message", "message_too_large")
 
     async def append(
         self, session_id: str, messages: Sequence[Mapping[str, Any]]
@@ -464,13 +465,7 @@ class Store(abc.ABC):
         return f"{validate_name('namespace', namespace)}/{validate_name('key', key)}"
 
     def _encode_value(self, value: Any) -> bytes:
-        data = _dumps(value)
-        if len(data) > self.max_value_bytes:
-            raise PayloadTooLarge(
-                f"document is {len(data)} bytes; the limit is {self.max_value_bytes}",
-                code="value_too_large",
-            )
-        return data
+        return _dumps_limited(value, self.max_value_bytes, "document", "value_too_large")
 
     async def state_get(self, namespace: str, key: str) -> StateDoc:
         found = await self._state_read(self._state_key(namespace, key))
