@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .store import Store
 from .store.base import TurnLease
 
-__all__ = ("Agents", "Timings", "TurnDone", "TurnRequest")
+__all__ = ("Agents", "Timings", "TurnDone", "TurnRequest", "new_turn_id")
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class TurnRequest:
     # Set by the turn: hit-l1 | hit-l2 | hit-l3 | miss | bypass (for X-Cache).
     cache: str = "bypass"
     # Stored on the turn's messages, so a connection can tell its own turns' events.
-    turn_id: str = field(default_factory=lambda: "t_" + secrets.token_urlsafe(9))
+    # ("" = drawn when the turn is stored: stateless turns never pay for one).
+    turn_id: str = ""
 
 
 @dataclass(slots=True)
@@ -97,6 +98,10 @@ async def _replay(hit: Served) -> AsyncIterator[str | Served]:
     for chunk in hit.reply.chunks:
         yield chunk
     yield hit
+
+
+def new_turn_id() -> str:
+    return "t_" + secrets.token_urlsafe(9)
 
 
 class _Interrupt:
@@ -248,6 +253,7 @@ class Agents:
 
         stored: list[dict[str, Any]] = []
         if lease is not None:
+            req.turn_id = req.turn_id or new_turn_id()
             reply: dict[str, Any] = {"role": "assistant", "content": text, "turn": req.turn_id}
             if cancelled:
                 reply["status"] = "cancelled"

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..agent import Agents, TurnDone, TurnRequest
+from ..agent import Agents, TurnDone, TurnRequest, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..store import Event, Store
 from .http import loads_json
@@ -162,7 +162,9 @@ class _Connection:
         self.agents.get(agent)
         if self.session_id is None:
             await self.hello({"agent": agent})
-        turn = TurnRequest(agent, [{"role": "user", "content": content}], self.session_id)
+        turn = TurnRequest(
+            agent, [{"role": "user", "content": content}], self.session_id, turn_id=new_turn_id()
+        )
         self.own_turns.add(turn.turn_id)
         self.turns[frame_id] = asyncio.create_task(self.run_turn(frame_id, turn))
 
