@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .store import Store
 from .store.base import TurnLease
 
-__all__ = ("Agents", "Timings", "TurnDone", "TurnRequest", "new_turn_id")
+__all__ = ("Agents", "Interrupt", "Timings", "TurnDone", "TurnRequest", "new_turn_id")
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,9 @@ def new_turn_id() -> str:
     return "t_" + secrets.token_urlsafe(9)
 
 
-class _Interrupt:
-    """Set by the lease keeper when another turn of the session asks this one to stop."""
+class Interrupt:
+    """Asks a running turn to stop at its next chunk: set by the lease keeper when another
+    turn of the session asks, or by whoever started the turn (a cancelled job)."""
 
     __slots__ = ("asked",)
 
@@ -153,21 +154,24 @@ class Agents:
         if self._inflight >= self._max_inflight:
             raise Overloaded(f"this worker runs {self._inflight} turns, its maximum", retry_after=1)
 
-    async def run(self, req: TurnRequest, *, deadline: float) -> AsyncIterator[str | TurnDone]:
-        """Run one turn: yields text deltas, then a :class:`TurnDone`."""
+    async def run(
+        self, req: TurnRequest, *, deadline: float, interrupt: Interrupt | None = None
+    ) -> AsyncIterator[str | TurnDone]:
+        """Run one turn: yields text deltas, then a :class:`TurnDone`. Setting
+        ``interrupt.asked`` ends it at its next chunk, as a cancelled turn."""
         agent = self.get(req.agent)
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         self.admit()
         self._inflight += 1
         try:
-            async for item in self._run(agent, req, deadline):
+            async for item in self._run(agent, req, deadline, interrupt or Interrupt()):
                 yield item
         finally:
             self._inflight -= 1
 
     async def _run(
-        self, agent: AgentConfig, req: TurnRequest, deadline: float
+        self, agent: AgentConfig, req: TurnRequest, deadline: float, interrupt: Interrupt
     ) -> AsyncIterator[str | TurnDone]:
         timings = Timings()
         loop = asyncio.get_running_loop()
@@ -209,7 +213,6 @@ class Agents:
             source = call_model()
         parts: list[str] = []
         finish, usage, node, cancelled = "stop", {}, "", False
-        interrupt = _Interrupt()
         renewer = None
         if lease is not None:
             renewer = asyncio.create_task(
@@ -285,7 +288,7 @@ class Agents:
             await asyncio.sleep(wait * (0.5 + random.random()))
             wait = min(_WAIT_MAX, wait * 2)
 
-    async def _keep_lease(self, sid: str, token: int, interrupt: _Interrupt) -> None:
+    async def _keep_lease(self, sid: str, token: int, interrupt: Interrupt) -> None:
         """Renew the lease while the turn runs; note when another turn asks it to stop."""
         while True:
             await asyncio.sleep(self._lease_s / 3)
