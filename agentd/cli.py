@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
     serve.add_argument("--bind", type=_bind_arg, metavar="HOST:PORT", help="override server.bind")
     serve.add_argument("--workers", type=int, metavar="N", help="override server.workers")
+    serve.add_argument(
+        "--partitions",
+        type=_names_arg,
+        metavar="A,B",
+        help="run only these job partitions' background work (override server.partitions)",
+    )
 
     chat = sub.add_parser("chat", help="chat with an agent over the WebSocket protocol")
     chat.add_argument("--url", default="http://127.0.0.1:8080", help="server URL")
@@ -59,12 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names_arg(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _flag_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     server: dict[str, Any] = {}
     if getattr(args, "bind", None) is not None:
         server["bind"] = args.bind
     if getattr(args, "workers", None) is not None:
         server["workers"] = args.workers
+    if getattr(args, "partitions", None) is not None:
+        server["partitions"] = args.partitions
     return {"server": server} if server else {}
 
 

@@ -26,7 +26,9 @@ __all__ = (
     "CacheConfig",
     "Config",
     "ConfigError",
+    "JobsConfig",
     "LogConfig",
+    "PartitionConfig",
     "RedisConfig",
     "ServerConfig",
     "SessionsConfig",
@@ -128,6 +130,9 @@ class ServerConfig:
     max_inflight_turns: int = opt(1024, min=1, max=1_000_000)
     # Seconds a whole turn (waiting for the session, the model, storing) may take.
     turn_timeout: float = opt(120.0, min=0.1, max=86400.0)
+    # The job partitions this instance consumes (empty: all); it serves interactive
+    # requests for every agent either way.
+    partitions: tuple[str, ...] = opt(())
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,10 @@ def _check_http_url(value: str) -> str | None:
     if not value.startswith(("http://", "https://")):
         return f"must start with http:// or https://, got {value!r}"
     return None
+
+
+def _check_webhook_url(value: str) -> str | None:
+    return _check_http_url(value) if value else None
 
 
 def _check_name(value: str) -> str | None:
@@ -226,6 +235,8 @@ class AgentConfig:
     # Messages of session history sent with each turn.
     history: int = opt(20, min=0, max=10000)
     params: dict[str, Any] = field(default_factory=dict, metadata={})
+    # Where this agent's background responses report ("" = [jobs] webhook_url).
+    webhook_url: str = opt("", check=_check_webhook_url)
     cache: AgentCacheConfig = field(default_factory=AgentCacheConfig)
 
 
@@ -246,6 +257,43 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class JobsConfig:
+    """Background responses: the job queue, its consumers and webhooks."""
+
+    # Seconds a running job's lease lasts unless renewed (it is, every third of it): a
+    # job whose worker died is taken over by another consumer after about this long.
+    lease_s: float = opt(30.0, min=0.5, max=3600.0)
+    # Deliveries of one job before it goes to the dead-letter stream as failed.
+    max_attempts: int = opt(3, min=1, max=100)
+    # Jobs waiting or running per partition; beyond it a submission gets 429.
+    max_queued: int = opt(100_000, min=1, max=1_000_000_000)
+    # Seconds a background turn may run (the model, the session, storing).
+    timeout_s: float = opt(3600.0, min=0.1, max=7 * 86400.0)
+    # Seconds a response (its object and events) is kept after it is created.
+    result_ttl_s: int = opt(7 * 24 * 3600, min=1, max=10 * 365 * 24 * 3600)
+    # The default partition's jobs run at once per worker, and its streams.
+    concurrency: int = opt(32, min=1, max=100_000)
+    queue_shards: int = opt(4, min=1, max=1024)
+    # Where response.completed / failed / cancelled events go ("" = nowhere); an
+    # agent's own webhook_url overrides it. The signing secret is read from the
+    # environment variable named here (Standard Webhooks "whsec_..." format).
+    webhook_url: str = opt("", check=_check_webhook_url)
+    webhook_secret_env: str = opt("AGENTD_WEBHOOK_SECRET")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """A group of agents whose jobs have their own streams, limits and consumers."""
+
+    name: str = opt("default", check=_check_name)
+    agents: tuple[str, ...] = opt(())
+    # Jobs of this partition running at once per worker process.
+    concurrency: int = opt(32, min=1, max=100_000)
+    # Streams (on different hash slots) that hold the partition's queue.
+    queue_shards: int = opt(4, min=1, max=1024)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
     format: str = opt("text", choices=("text", "json"))
@@ -260,9 +308,11 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
+    partitions: tuple[PartitionConfig, ...] = opt(())
     source: str | None = field(default=None, metadata={"internal": True})
 
     @property
@@ -273,6 +323,21 @@ class Config:
         if not self.redis.urls:
             return "standalone"
         return "redis" if len(self.redis.urls) == 1 else "sharded"
+
+    def all_partitions(self) -> tuple[PartitionConfig, ...]:
+        """Every partition, ``default`` included (from ``[jobs]`` unless defined)."""
+        if any(p.name == "default" for p in self.partitions):
+            return self.partitions
+        default = PartitionConfig(
+            "default", (), self.jobs.concurrency, self.jobs.queue_shards
+        )
+        return (*self.partitions, default)
+
+    def partition_of(self, agent: str) -> str:
+        for p in self.partitions:
+            if agent in p.agents:
+                return p.name
+        return "default"
 
 
 # -- validation ---------------------------------------------------------------------
@@ -421,6 +486,26 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
             errors.append(
                 f"agents[{i}].backend: no backend named {agent.backend!r} "
                 f"(defined: {', '.join(backends) or 'none'})"
+            )
+    partitions = [p.name for p in config.partitions]
+    owner: dict[str, str] = {}
+    for i, p in enumerate(config.partitions):
+        if p.name in partitions[:i]:
+            errors.append(f"partitions[{i}].name: {p.name!r} is defined twice")
+        for agent in p.agents:
+            if agent not in agents:
+                errors.append(f"partitions[{i}].agents: no agent named {agent!r}")
+            elif agent in owner:
+                errors.append(
+                    f"partitions[{i}].agents: {agent!r} is already in partition {owner[agent]!r}"
+                )
+            owner.setdefault(agent, p.name)
+    known = {*partitions, "default"}
+    for name in config.server.partitions:
+        if name not in known:
+            errors.append(
+                f"server.partitions: no partition named {name!r} "
+                f"(defined: {', '.join(sorted(known))})"
             )
     if config.redis.cluster and not config.redis.urls:
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")

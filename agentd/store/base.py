@@ -27,6 +27,7 @@ from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
 
 if TYPE_CHECKING:
     from .blobs import Blobs
+    from .jobs import Jobs
 
 __all__ = (
     "MAX_SEQ",
@@ -230,6 +231,8 @@ class Store(abc.ABC):
     mode: str = "abstract"
     # The response cache's shared part (L2, single-flight): see .blobs.
     blobs: Blobs
+    # The job queue and response records of background responses: see .jobs.
+    jobs: Jobs
 
     def __init__(self, config: Config) -> None:
         self.config = config

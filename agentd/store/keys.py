@@ -18,6 +18,14 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:cache:epoch`` (counter) bumped by every cache clear; ``agentd:cache:invalidate``
   (channel) tells every worker to drop its L1.
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
+- ``agentd:q:{PARTITION:N}`` (stream, consumer group ``agentd``): shard N of a job
+  partition's queue, one entry per delivery, field ``id`` = the response id; acknowledged
+  entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
+- ``agentd:r:{RID}`` (hash, TTL): a response: ``status``, ``att`` (the attempt that may
+  write), ``seq`` (the next event's sequence number), ``cx`` (cancel asked), ``req``
+  (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
+  events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
+  events live.
 """
 
 from __future__ import annotations
@@ -26,26 +34,40 @@ import hashlib
 from dataclasses import dataclass
 
 __all__ = (
+    "ACK_JOB",
     "APPEND",
     "BEGIN_TURN",
     "CREATE",
     "DELETE",
     "EMIT",
     "END_TURN",
+    "ENQUEUE",
     "GET_META",
     "HISTORY",
     "INTERRUPT_TURN",
     "LEAD",
     "LOAD",
     "PUBLISH",
+    "QUEUE_DEPTH",
+    "RECORD_CANCEL",
+    "RECORD_CREATE",
+    "RECORD_DELETE",
+    "RECORD_START",
+    "RECORD_UPDATE",
+    "RECORD_WRITE",
     "RELEASE_LOCK",
+    "RENEW_JOB",
     "RENEW_LOCK",
     "RENEW_TURN",
+    "RETRY_JOB",
     "STATE_REMOVE",
     "STATE_WRITE",
     "Script",
     "cache_key",
+    "dead_key",
     "flight_keys",
+    "queue_key",
+    "record_keys",
     "session_channel",
     "session_keys",
     "state_key",
@@ -82,6 +104,25 @@ def flight_keys(hexkey: str) -> tuple[str, str]:
 CACHE_EPOCH = f"{PREFIX}cache:epoch"
 CACHE_CHANNEL = f"{PREFIX}cache:invalidate"
 CACHE_PATTERN = f"{PREFIX}c:*"
+
+
+JOB_GROUP = "agentd"
+# Dead letters kept per partition (older ones are trimmed).
+DEAD_MAXLEN = 10_000
+
+
+def queue_key(partition: str, shard: int) -> str:
+    """Shard ``shard`` of a partition's queue: each shard its own hash tag (slot)."""
+    return f"{PREFIX}q:{{{partition}:{shard}}}"
+
+
+def dead_key(partition: str) -> str:
+    return f"{PREFIX}q:{{{partition}}}:dead"
+
+
+def record_keys(rid: str) -> tuple[str, str, str]:
+    """A response's (record, events stream, events channel): one slot."""
+    return f"{PREFIX}r:{{{rid}}}", f"{PREFIX}r:{{{rid}}}:ev", f"{PREFIX}r:{{{rid}}}:ch"
 
 
 def state_key(name: str) -> str:
@@ -348,6 +389,174 @@ LEAD = Script(
     """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
 redis.call('DEL', KEYS[2])
+return 1
+""",
+)
+
+
+# -- the job queue ----------------------------------------------------------------------
+# The group is created from id 0 with the stream, so no job queued before a consumer
+# first read is skipped.
+
+# KEYS: stream. ARGV: limit, job id. Returns the entry id, or nil when full.
+ENQUEUE = Script(
+    "enqueue",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'agentd', '0', 'MKSTREAM')
+end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+""",
+)
+
+# KEYS: stream. ARGV: consumer, entry. Resets the entry's idle time only while this
+# consumer holds it (a plain XCLAIM would take it back from whoever reclaimed it).
+RENEW_JOB = Script(
+    "renew_job",
+    """
+local p = redis.call('XPENDING', KEYS[1], 'agentd', ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[1] then return 0 end
+redis.call('XCLAIM', KEYS[1], 'agentd', ARGV[1], 0, ARGV[2], 'JUSTID')
+return 1
+""",
+)
+
+# KEYS: stream. ARGV: entry.
+ACK_JOB = Script(
+    "ack_job",
+    """
+redis.call('XACK', KEYS[1], 'agentd', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: stream. ARGV: entry, job id. A new delivery at the end, in the same step as the
+# ack of this one (only if this one was still pending: never two live entries).
+RETRY_JOB = Script(
+    "retry_job",
+    """
+if redis.call('XACK', KEYS[1], 'agentd', ARGV[1]) == 0 then return false end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+""",
+)
+
+# KEYS: stream. Returns {length, pending, id of the oldest undelivered entry or ''}.
+QUEUE_DEPTH = Script(
+    "queue_depth",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
+local len = redis.call('XLEN', KEYS[1])
+local summary = redis.call('XPENDING', KEYS[1], 'agentd')
+local first = ''
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == 'agentd' then
+      local rows = redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+      if #rows > 0 then first = rows[1][1] end
+    end
+  end
+end
+return {len, summary[1], first}
+""",
+)
+
+# -- response records -------------------------------------------------------------------
+TERMINAL_LUA = """
+local terminal = {completed = true, failed = true, cancelled = true, incomplete = true}
+"""
+
+# KEYS: record, events, channel. ARGV: ttl s, field/value pairs.
+RECORD_CREATE = Script(
+    "record_create",
+    """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: record, events, channel. ARGV: max attempts, now.
+# Returns {verdict, attempt, seq} (see store.jobs.Start), or {'done', status}.
+RECORD_START = Script(
+    "record_start",
+    TERMINAL_LUA
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'att', 'seq', 'cx')
+if not f[1] then return {'gone'} end
+if terminal[f[1]] then return {'done', f[1]} end
+local att = tonumber(f[2])
+if f[4] then return {'cancel', att, f[3]} end
+if att + 1 > tonumber(ARGV[1]) then return {'exhausted', att, f[3]} end
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2])
+return {'run', att + 1, f[3]}
+""",
+)
+
+# KEYS: record, events, channel. ARGV: attempt, field/value pairs. Fenced by attempt.
+RECORD_UPDATE = Script(
+    "record_update",
+    """
+if redis.call('HGET', KEYS[1], 'att') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+""",
+)
+
+# KEYS: record, events, channel. ARGV: attempt, publish command, closing (1: refuse if
+# the record already ended), field count N, N field/value pairs, then (seq, event)
+# pairs. Fenced by attempt; the events get stream ids 0-(seq+1), the same TTL as the
+# record, and go out on the channel.
+RECORD_WRITE = Script(
+    "record_write",
+    TERMINAL_LUA
+    + """
+local f = redis.call('HMGET', KEYS[1], 'att', 'status')
+if f[1] ~= ARGV[1] then return 0 end
+if ARGV[3] == '1' and terminal[f[2]] then return 0 end
+local n = tonumber(ARGV[4])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n)) end
+local next = nil
+for i = 5 + 2 * n, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], '0-' .. string.format('%d', seq + 1), 'e', ARGV[i + 1])
+  redis.call(ARGV[2], KEYS[3], ARGV[i + 1])
+  next = seq + 1
+end
+if next then
+  redis.call('HSET', KEYS[1], 'seq', next)
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+return 1
+""",
+)
+
+# KEYS: record, events, channel. Marks cancel asked unless ended; returns the status.
+RECORD_CANCEL = Script(
+    "record_cancel",
+    TERMINAL_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if not terminal[status] then redis.call('HSET', KEYS[1], 'cx', 1) end
+return status
+""",
+)
+
+# KEYS: record, events, channel. ARGV: publish command, the deleted marker.
+RECORD_DELETE = Script(
+    "record_delete",
+    """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call(ARGV[1], KEYS[3], ARGV[2])
 return 1
 """,
 )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..config import Config
 from .base import Store, Subscription
 from .blobs import MemoryBlobs
+from .jobs import MemoryJobs
 
 __all__ = ("MemoryStore",)
 
@@ -62,6 +63,7 @@ class MemoryStore(Store):
         self._watchers: dict[str, set[_MemorySubscription]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
+        self.jobs = MemoryJobs()
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -78,6 +80,7 @@ class MemoryStore(Store):
             now = time.monotonic()
             for sid in [s for s, sess in self._sessions.items() if sess.expires <= now]:
                 del self._sessions[sid]
+            self.jobs.sweep()
 
     def _live(self, sid: str) -> _Session | None:
         sess = self._sessions.get(sid)

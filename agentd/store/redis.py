@@ -12,6 +12,7 @@ from ..config import Config
 from . import keys as K
 from .base import Store, Subscription
 from .blobs import RedisBlobs
+from .jobs import RedisJobs
 from .pubsub import EventHub
 from .shards import Shards
 
@@ -34,6 +35,7 @@ class RedisStore(Store):
         self.shards = Shards(config.redis)
         self.hub = EventHub(self.shards)
         self.blobs = RedisBlobs(self.shards, self.hub)
+        self.jobs = RedisJobs(self.shards, self.hub)
 
     async def start(self) -> None:
         await self.shards.start()
