@@ -328,9 +328,7 @@ class Config:
         """Every partition, ``default`` included (from ``[jobs]`` unless defined)."""
         if any(p.name == "default" for p in self.partitions):
             return self.partitions
-        default = PartitionConfig(
-            "default", (), self.jobs.concurrency, self.jobs.queue_shards
-        )
+        default = PartitionConfig("default", (), self.jobs.concurrency, self.jobs.queue_shards)
         return (*self.partitions, default)
 
     def partition_of(self, agent: str) -> str:

@@ -97,10 +97,10 @@ async def test_retry_and_bury(store: Store) -> None:
 async def test_record_attempts_are_fenced(store: Store) -> None:
     jobs = store.jobs
     await jobs.create("resp_x", {"status": b"queued", "req": b"{}"}, 60)
-    first = await jobs.start("resp_x", 3)
+    first = await jobs.start("resp_x", 3, "c")
     assert (first.verdict, first.attempt, first.seq) == ("run", 1, 0)
     assert await jobs.emit("resp_x", 1, [(0, b'{"n":0}'), (1, b'{"n":1}')])
-    second = await jobs.start("resp_x", 3)  # reclaimed: attempt 2 owns it now
+    second = await jobs.start("resp_x", 3, "c")  # reclaimed: attempt 2 owns it now
     assert (second.verdict, second.attempt, second.seq) == ("run", 2, 2)
     assert not await jobs.emit("resp_x", 1, [(2, b'{"late":1}')])
     assert not await jobs.update("resp_x", 1, {"error": b"late"})
@@ -109,7 +109,7 @@ async def test_record_attempts_are_fenced(store: Store) -> None:
     assert await jobs.finish("resp_x", 2, {"status": b"completed"}, [(3, b'{"n":3}')])
     # Ended: no second finish, and start says so.
     assert not await jobs.finish("resp_x", 2, {"status": b"failed"}, [])
-    assert await jobs.start("resp_x", 3) == type(first)("done", status="completed")
+    assert await jobs.start("resp_x", 3, "c") == type(first)("done", status="completed")
     record = await jobs.read("resp_x")
     assert record is not None and record["status"] == b"completed" and record["seq"] == b"4"
     events = [orjson.loads(e) for e in await jobs.events("resp_x", -1)]
@@ -120,18 +120,18 @@ async def test_record_attempts_are_fenced(store: Store) -> None:
 async def test_record_attempts_run_out(store: Store) -> None:
     jobs = store.jobs
     await jobs.create("r", {"status": b"queued"}, 60)
-    assert (await jobs.start("r", 2)).verdict == "run"
-    assert (await jobs.start("r", 2)).verdict == "run"
-    out = await jobs.start("r", 2)
+    assert (await jobs.start("r", 2, "c")).verdict == "run"
+    assert (await jobs.start("r", 2, "c")).verdict == "run"
+    out = await jobs.start("r", 2, "c")
     assert (out.verdict, out.attempt) == ("exhausted", 2)
-    assert (await jobs.start("missing", 2)).verdict == "gone"
+    assert (await jobs.start("missing", 2, "c")).verdict == "gone"
 
 
 async def test_cancel_before_and_while_running(store: Store) -> None:
     jobs = store.jobs
     await jobs.create("q", {"status": b"queued"}, 60)
     assert await jobs.cancel("q") == "queued"
-    out = await jobs.start("q", 3)
+    out = await jobs.start("q", 3, "c")
     assert (out.verdict, out.attempt) == ("cancel", 0)
     assert await jobs.finish("q", 0, {"status": b"cancelled"}, [])
     assert await jobs.cancel("q") == "cancelled"  # idempotent, stays ended
@@ -145,7 +145,7 @@ async def test_live_events_and_delete(store: Store) -> None:
     await jobs.create("live", {"status": b"queued"}, 60)
     feed = await jobs.subscribe("live")
     try:
-        start = await jobs.start("live", 1)
+        start = await jobs.start("live", 1, "c")
         await jobs.emit("live", start.attempt, [(0, b'{"a":1}')])
         assert await asyncio.wait_for(feed.get(), 5) == b'{"a":1}'
         assert await jobs.delete("live")

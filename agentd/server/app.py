@@ -17,15 +17,19 @@ from ..agent import Agents
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
+from ..jobs.runner import JobRunner
+from ..jobs.service import Responses
 from ..metrics import BackendMetrics, Metrics
 from ..store import open_store
-from . import cache_admin, chat, events, ops, sessions, state, ws
+from . import cache_admin, chat, events, ops, responses, sessions, state, ws
 from .keys import (
     AGENTS,
     BACKENDS,
     CACHE,
     CONFIG,
     METRICS,
+    RESPONSES,
+    RUNNER,
     STATE,
     STORE,
     WorkerInfo,
@@ -46,6 +50,8 @@ async def _begin_drain(app: web.Application) -> None:
     state = app[STATE]
     state.draining = True
     state.closing.set()
+    # No new jobs from here; running ones get the drain's time, then go back to the queue.
+    runner = asyncio.ensure_future(app[RUNNER].close(app[CONFIG].server.shutdown_timeout))
     sockets = list(state.websockets)
     if sockets:
         log.info("closing %d websocket(s) with 1001", len(sockets))
@@ -53,6 +59,7 @@ async def _begin_drain(app: web.Application) -> None:
             *(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
             return_exceptions=True,
         )
+    await runner
 
 
 async def _start_parts(app: web.Application) -> None:
@@ -61,6 +68,7 @@ async def _start_parts(app: web.Application) -> None:
     app[STATE].readiness.append(store.readiness)
     await app[BACKENDS].start()
     await app[CACHE].start()
+    await app[RUNNER].start()
 
 
 async def _close_parts(app: web.Application) -> None:
@@ -78,12 +86,15 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[STORE] = store = open_store(config)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
-    app[AGENTS] = Agents(config, store, backends, metrics, cache)
+    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
+    app[RESPONSES] = responses_api = Responses(config, store, agents)
+    app[RUNNER] = JobRunner(config, responses_api, store.jobs)
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_parts)
     ops.setup(app)
     chat.setup(app)
+    responses.setup(app)
     cache_admin.setup(app)
     ws.setup(app)
     events.setup(app)

@@ -15,6 +15,8 @@ from ..agent import Agents
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
+from ..jobs.runner import JobRunner
+from ..jobs.service import Responses
 from ..metrics import Metrics
 from ..store import Store
 
@@ -23,6 +25,8 @@ __all__ = (
     "BACKENDS",
     "CONFIG",
     "METRICS",
+    "RESPONSES",
+    "RUNNER",
     "STATE",
     "STORE",
     "ReadinessCheck",
@@ -63,6 +67,8 @@ STORE = web.AppKey("store", Store)
 BACKENDS = web.AppKey("backends", Backends)
 AGENTS = web.AppKey("agents", Agents)
 CACHE = web.AppKey("cache", ResponseCache)
+RESPONSES = web.AppKey("responses", Responses)
+RUNNER = web.AppKey("runner", JobRunner)
 
 
 @contextlib.contextmanager

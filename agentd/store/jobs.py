@@ -130,8 +130,9 @@ class Jobs(abc.ABC):
     async def read(self, rid: str) -> dict[str, bytes] | None: ...
 
     @abc.abstractmethod
-    async def start(self, rid: str, max_attempts: int) -> Start:
-        """Begin the job's next attempt (see :class:`Start`)."""
+    async def start(self, rid: str, max_attempts: int, consumer: str) -> Start:
+        """Begin the job's next attempt (see :class:`Start`); the record notes which
+        consumer runs it (``by``)."""
 
     @abc.abstractmethod
     async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:
@@ -181,9 +182,10 @@ def _events_flat(events: Sequence[tuple[int, bytes]]) -> list[Any]:
 
 
 class RedisJobs(Jobs):
-    def __init__(self, shards: Shards, hub: EventHub) -> None:
+    def __init__(self, shards: Shards, hub: EventHub, waits: Shards) -> None:
         self.shards = shards
         self.hub = hub
+        self.waits = waits  # for blocking reads only
 
     # -- queue ------------------------------------------------------------------------
 
@@ -230,7 +232,7 @@ class RedisJobs(Jobs):
                 return None
 
         try:
-            reply = await self.shards.call(stream, read)
+            reply = await self.waits.call(stream, read)
         except rexc.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
@@ -307,9 +309,10 @@ class RedisJobs(Jobs):
         found = await self.shards.call(key, lambda c: c.hgetall(key))
         return {k.decode(): v for k, v in found.items()} if found else None
 
-    async def start(self, rid: str, max_attempts: int) -> Start:
+    async def start(self, rid: str, max_attempts: int, consumer: str) -> Start:
         keys = list(K.record_keys(rid))
-        reply = await self.shards.eval(K.RECORD_START, keys, [max_attempts, time.time()])
+        args = [max_attempts, time.time(), consumer]
+        reply = await self.shards.eval(K.RECORD_START, keys, args)
         verdict = reply[0].decode()
         if verdict == "gone":
             return Start("gone")
@@ -520,7 +523,7 @@ class MemoryJobs(Jobs):
         record = self._record(rid)
         return None if record is None else dict(record.fields)
 
-    async def start(self, rid: str, max_attempts: int) -> Start:
+    async def start(self, rid: str, max_attempts: int, consumer: str) -> Start:
         record = self._record(rid)
         if record is None:
             return Start("gone")
@@ -533,7 +536,12 @@ class MemoryJobs(Jobs):
             return Start("cancel", attempt, seq)
         if attempt + 1 > max_attempts:
             return Start("exhausted", attempt, seq)
-        f.update(status=b"in_progress", att=b"%d" % (attempt + 1), started=b"%f" % time.time())
+        f.update(
+            status=b"in_progress",
+            att=b"%d" % (attempt + 1),
+            started=b"%f" % time.time(),
+            by=consumer.encode(),
+        )
         return Start("run", attempt + 1, seq)
 
     async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:

@@ -482,7 +482,7 @@ return 1
 """,
 )
 
-# KEYS: record, events, channel. ARGV: max attempts, now.
+# KEYS: record, events, channel. ARGV: max attempts, now, consumer.
 # Returns {verdict, attempt, seq} (see store.jobs.Start), or {'done', status}.
 RECORD_START = Script(
     "record_start",
@@ -494,7 +494,8 @@ if terminal[f[1]] then return {'done', f[1]} end
 local att = tonumber(f[2])
 if f[4] then return {'cancel', att, f[3]} end
 if att + 1 > tonumber(ARGV[1]) then return {'exhausted', att, f[3]} end
-redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2],
+  'by', ARGV[3])
 return {'run', att + 1, f[3]}
 """,
 )

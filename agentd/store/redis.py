@@ -6,6 +6,7 @@ Works the same on one Redis, on client-side shards and on a Redis Cluster (see
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..config import Config
@@ -35,14 +36,23 @@ class RedisStore(Store):
         self.shards = Shards(config.redis)
         self.hub = EventHub(self.shards)
         self.blobs = RedisBlobs(self.shards, self.hub)
-        self.jobs = RedisJobs(self.shards, self.hub)
+        # Job consumers wait on their streams (XREADGROUP BLOCK) over connections of their
+        # own, one per stream they read, so waiting never takes the pool's connections.
+        served = set(config.server.partitions)
+        streams = sum(
+            p.queue_shards for p in config.all_partitions() if not served or p.name in served
+        )
+        self.waits = Shards(dataclasses.replace(config.redis, pool_size=max(1, streams)))
+        self.jobs = RedisJobs(self.shards, self.hub, self.waits)
 
     async def start(self) -> None:
         await self.shards.start()
+        await self.waits.start()
 
     async def close(self) -> None:
         await self.hub.close()
         await self.shards.close()
+        await self.waits.close()
 
     async def readiness(self) -> str | None:
         reasons = await self.shards.unreachable()

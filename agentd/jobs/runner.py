@@ -1,0 +1,403 @@
+"""The job consumer every worker process runs: it reads the queues of the partitions its
+instance serves, runs each job's turn, stores the result, then acknowledges the job.
+
+A job is held by renewing its delivery every third of ``[jobs] lease_s``; a worker that
+dies stops renewing and another consumer reclaims the job after the lease. Each
+delivery begins a new attempt on the record, and every write of the attempt is fenced
+by it. A failing attempt is retried (after a backoff) until ``[jobs] max_attempts``,
+then the job is failed and moved to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import random
+import socket
+import time
+from typing import Any
+
+import orjson
+
+from ..agent import Interrupt
+from ..config import Config
+from ..errors import AgentdError, Internal
+from ..store.jobs import Delivery, Jobs
+from .objects import ResponseEvents, ResponseView, error_dict
+from .service import Responses, result_fields, view_of
+from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
+
+__all__ = ("JobRunner", "consumer_name")
+
+log = logging.getLogger(__name__)
+
+# Streamed deltas are written to the store in batches: at most this often, or when
+# this many events wait.
+FLUSH_INTERVAL_S = 0.05
+FLUSH_EVENTS = 64
+# A running job looks for a cancel request this often; after one, the model may stay
+# silent this long before the job is stopped where it is.
+CANCEL_POLL_S = 0.5
+CANCEL_GRACE_S = 0.5
+# Jobs taken per read, and how long a read waits for one.
+TAKE_MAX = 16
+TAKE_BLOCK_S = 1.0
+# A failed attempt waits this long (doubling per attempt, capped) before its retry.
+RETRY_BACKOFF_S = 0.5
+RETRY_BACKOFF_MAX_S = 30.0
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer groups: unique per host and process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
+
+
+def _permanent(exc: AgentdError) -> bool:
+    """Errors no retry can fix: the request itself is wrong (4xx but 408/429)."""
+    return exc.status < 500 and exc.status not in (408, 429)
+
+
+class _Partition:
+    def __init__(self, name: str, concurrency: int, shards: int) -> None:
+        self.name = name
+        self.shards = shards
+        self.free = concurrency
+        self.freed = asyncio.Event()
+
+
+class JobRunner:
+    """Consumes the job queues of the partitions this instance serves."""
+
+    def __init__(self, config: Config, responses: Responses, jobs: Jobs) -> None:
+        self.config = config
+        self.responses = responses
+        self.jobs = jobs
+        self.consumer = consumer_name()
+        served = set(config.server.partitions)
+        self.partitions = [
+            _Partition(p.name, p.concurrency, p.queue_shards)
+            for p in config.all_partitions()
+            if not served or p.name in served
+        ]
+        self._lease = config.jobs.lease_s
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: dict[asyncio.Task[None], Delivery] = {}
+        self._stopping = False
+        secret_text = os.environ.get(config.jobs.webhook_secret_env, "")
+        self._hooks: WebhookSender | None = None
+        if secret_text:
+            self._hooks = WebhookSender(decode_secret(secret_text))
+        self._hook_urls = {a.name: a.webhook_url or config.jobs.webhook_url for a in config.agents}
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def start(self) -> None:
+        for part in self.partitions:
+            for shard in range(part.shards):
+                self._tasks.append(asyncio.create_task(self._read(part, shard)))
+            self._tasks.append(asyncio.create_task(self._reclaim(part)))
+
+    async def close(self, grace: float) -> None:
+        """Stop taking jobs; let running ones finish for up to ``grace`` seconds, then
+        hand the rest back to the queue for another consumer."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=grace)
+        left = dict(self._running)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        for delivery in left.values():
+            with contextlib.suppress(Exception):
+                await self.jobs.retry(delivery)
+        if self._hooks is not None:
+            await self._hooks.close()
+
+    # -- taking jobs ------------------------------------------------------------------
+
+    async def _read(self, part: _Partition, shard: int) -> None:
+        while True:
+            while part.free <= 0:
+                part.freed.clear()
+                await part.freed.wait()
+            try:
+                taken = await self.jobs.take(
+                    part.name, shard, self.consumer, min(part.free, TAKE_MAX), TAKE_BLOCK_S
+                )
+            except AgentdError as exc:
+                log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                await asyncio.sleep(1.0)
+                continue
+            for delivery in taken:
+                self._spawn(part, delivery)
+
+    async def _reclaim(self, part: _Partition) -> None:
+        while True:
+            await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
+            for shard in range(part.shards):
+                if part.free <= 0:
+                    break
+                try:
+                    taken = await self.jobs.reclaim(
+                        part.name, shard, self.consumer, self._lease, part.free
+                    )
+                except AgentdError as exc:
+                    log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                    continue
+                for delivery in taken:
+                    log.info("took over job %s (its worker stopped renewing it)", delivery.job_id)
+                    self._spawn(part, delivery)
+
+    def _spawn(self, part: _Partition, delivery: Delivery) -> None:
+        part.free -= 1
+        task = asyncio.create_task(self._hold(delivery))
+        self._running[task] = delivery
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._running.pop(t, None)
+            part.free += 1
+            part.freed.set()
+
+        task.add_done_callback(done)
+
+    # -- holding and running one job --------------------------------------------------
+
+    async def _hold(self, delivery: Delivery) -> None:
+        """Run the job while renewing its delivery; a lost delivery stops the run."""
+        work = asyncio.create_task(self._attempt(delivery))
+        try:
+            while True:
+                finished, _ = await asyncio.wait({work}, timeout=self._lease / 3)
+                if finished:
+                    break
+                if not await self._renew(delivery):
+                    log.warning("job %s was taken over by another consumer", delivery.job_id)
+                    work.cancel()
+                    break
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        except asyncio.CancelledError:
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await work
+            raise
+        except Exception:
+            log.exception("job %s failed unexpectedly", delivery.job_id)
+
+    async def _renew(self, delivery: Delivery) -> bool:
+        try:
+            return await self.jobs.renew(delivery, self.consumer)
+        except AgentdError:
+            return True  # the store is away: keep going, the write fences will tell
+
+    async def _attempt(self, delivery: Delivery) -> None:
+        rid = delivery.job_id
+        start = await self.jobs.start(rid, self.config.jobs.max_attempts, self.consumer)
+        if start.verdict == "gone":
+            await self.jobs.ack(delivery)
+            return
+        if start.verdict == "done":
+            await self._report(rid)
+            await self.jobs.ack(delivery)
+            return
+        record = await self.jobs.read(rid)
+        if record is None:
+            await self.jobs.ack(delivery)
+            return
+        view = view_of(rid, record)
+        if start.verdict in ("cancel", "exhausted"):
+            if start.verdict == "cancel":
+                final = dataclasses.replace(view, status="cancelled")
+            else:
+                error = orjson.loads(record.get("lasterr", b"null")) or {
+                    "code": "job_failed",
+                    "message": "the job's worker stopped",
+                }
+                final = dataclasses.replace(view, status="failed", error=error)
+            events = ResponseEvents(final, start.seq)
+            await self._finish(rid, start.attempt, final, None, events.closing(final))
+            if start.verdict == "exhausted":
+                await self.jobs.bury(delivery, _dumps_error(final.error))
+            else:
+                await self.jobs.ack(delivery)
+            await self._report(rid)
+            return
+        await self._run(delivery, view, start.attempt, start.seq)
+
+    async def _run(self, delivery: Delivery, view: ResponseView, attempt: int, seq: int) -> None:
+        rid = view.id
+        running = dataclasses.replace(view, status="in_progress")
+        events = ResponseEvents(running, seq)
+        writer = _EventWriter(self.jobs, rid, attempt)
+        try:
+            writer.add(events.started())
+            await writer.flush()
+            previous = await self.responses.stored_turn(running) if attempt > 1 else None
+            if previous is not None:
+                # An earlier attempt stored the turn, then stopped before the record.
+                final = dataclasses.replace(
+                    running,
+                    status="cancelled" if previous.get("status") == "cancelled" else "completed",
+                    output_text=previous.get("content") or "",
+                    completed_at=time.time(),
+                )
+                if final.output_text:
+                    writer.add([events.delta(final.output_text)])
+                reply_seq: int | None = previous["seq"]
+            else:
+                final, reply_seq = await self._run_turn(running, events, writer)
+            await writer.flush()
+        except _FencedOut:
+            log.info("job %s attempt %d was fenced out by a newer one", rid, attempt)
+            return
+        except AgentdError as exc:
+            with contextlib.suppress(_FencedOut, AgentdError):
+                await writer.flush()
+            await self._failed(delivery, running, attempt, events, exc)
+            return
+        await self._finish(rid, attempt, final, reply_seq, events.closing(final))
+        await self.jobs.ack(delivery)
+        await self._report(rid)
+
+    async def _run_turn(
+        self, view: ResponseView, events: ResponseEvents, writer: _EventWriter
+    ) -> tuple[ResponseView, int | None]:
+        interrupt = Interrupt()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.jobs.timeout_s
+        parts: list[str] = []
+
+        async def on_delta(text: str) -> None:
+            parts.append(text)
+            writer.add([events.delta(text)])
+            if writer.due():
+                await writer.flush()
+
+        work = asyncio.create_task(
+            self.responses.run_turn(view, deadline=deadline, interrupt=interrupt, on_delta=on_delta)
+        )
+        try:
+            while True:
+                finished, _ = await asyncio.wait({work}, timeout=CANCEL_POLL_S)
+                if finished:
+                    return work.result()
+                record = await self.jobs.read(view.id)
+                if record is None or "cx" in record:
+                    break
+            interrupt.asked = True  # ends at the next chunk, stored as cancelled
+            finished, _ = await asyncio.wait({work}, timeout=CANCEL_GRACE_S)
+            if finished:
+                return work.result()
+            work.cancel()  # the model is silent: stop here, keep what came
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            text = "".join(parts)
+            return (
+                dataclasses.replace(
+                    view, status="cancelled", output_text=text, completed_at=time.time()
+                ),
+                None,
+            )
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+
+    async def _failed(
+        self,
+        delivery: Delivery,
+        view: ResponseView,
+        attempt: int,
+        events: ResponseEvents,
+        exc: AgentdError,
+    ) -> None:
+        error = error_dict(exc)
+        rid = view.id
+        if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
+            final = dataclasses.replace(view, status="failed", error=error)
+            await self._finish(rid, attempt, final, None, events.closing(final))
+            if _permanent(exc):
+                await self.jobs.ack(delivery)
+            else:
+                await self.jobs.bury(delivery, _dumps_error(error))
+            await self._report(rid)
+            return
+        log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)
+        if not await self.jobs.update(rid, attempt, {"lasterr": orjson.dumps(error)}):
+            return  # fenced out: a newer attempt owns the job
+        delay = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
+        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+        await self.jobs.retry(delivery)
+
+    async def _finish(
+        self,
+        rid: str,
+        attempt: int,
+        final: ResponseView,
+        reply_seq: int | None,
+        closing: list[dict[str, Any]],
+    ) -> None:
+        payloads = [(e["sequence_number"], orjson.dumps(e)) for e in closing]
+        if not await self.jobs.finish(rid, attempt, result_fields(final, reply_seq), payloads):
+            log.info("job %s attempt %d was fenced out; its result is dropped", rid, attempt)
+
+    # -- webhooks ---------------------------------------------------------------------
+
+    async def _report(self, rid: str) -> None:
+        """Send the ended response's webhook unless it was sent; the job is acknowledged
+        after this, so a worker that dies before it leaves the job to be reclaimed and
+        the webhook sent again (at least once; the webhook-id stays the same)."""
+        if self._hooks is None:
+            return
+        record = await self.jobs.read(rid)
+        if record is None or record.get("hook") == b"sent":
+            return
+        view = view_of(rid, record)
+        url = self._hook_urls.get(view.request.agent) or self.config.jobs.webhook_url
+        if not url:
+            return
+        kind = f"response.{view.status}"
+        event_id = event_id_for(rid, kind)
+        event = webhook_event(kind, rid, int(view.completed_at or time.time()), event_id=event_id)
+        if await self._hooks.deliver(url, event, event_id=event_id):
+            await self.jobs.update(rid, int(record.get("att", b"0")), {"hook": b"sent"})
+
+
+def _dumps_error(error: dict[str, Any] | None) -> bytes:
+    return orjson.dumps(error or Internal("failed").to_dict()["error"])
+
+
+class _FencedOut(Exception):
+    """A newer attempt owns the job: this one stops without writing anything more."""
+
+
+class _EventWriter:
+    """Batches an attempt's events into few store writes (fenced by the attempt)."""
+
+    def __init__(self, jobs: Jobs, rid: str, attempt: int) -> None:
+        self.jobs, self.rid, self.attempt = jobs, rid, attempt
+        self.pending: list[tuple[int, bytes]] = []
+        self.last = time.monotonic()
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        self.pending += [(e["sequence_number"], orjson.dumps(e)) for e in events]
+
+    def due(self) -> bool:
+        return len(self.pending) >= FLUSH_EVENTS or time.monotonic() - self.last >= FLUSH_INTERVAL_S
+
+    async def flush(self) -> None:
+        self.last = time.monotonic()
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        if not await self.jobs.emit(self.rid, self.attempt, batch):
+            raise _FencedOut

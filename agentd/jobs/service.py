@@ -1,0 +1,340 @@
+"""The Responses API's logic: create (now or queued), look up, follow, cancel, delete,
+and the running of one response's turn, which both the request path (``background:
+false``) and the job runner (``background: true``) use.
+
+Every response is stored as a record (:mod:`agentd.store.jobs`) and its turn in a
+session, so ``previous_response_id`` can continue it from any instance and WebSocket
+clients on the session see it. The record is the source of truth for the response's
+status; the session append is made first, so a client that sees ``completed`` can
+continue the conversation at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from ..agent import Agents, Interrupt, TurnDone, TurnRequest
+from ..config import Config
+from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
+from ..store.base import Store
+from ..store.jobs import DELETED, TERMINAL
+from .objects import (
+    CreateRequest,
+    ResponseEvents,
+    ResponseView,
+    error_dict,
+    new_response_id,
+)
+
+__all__ = ("TERMINAL_EVENTS", "Responses", "result_fields", "view_of")
+
+log = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset(
+    {"response.completed", "response.failed", "response.incomplete", "response.cancelled"}
+)
+# Session messages searched for a turn an earlier attempt already stored.
+ATTEMPT_LOOKBACK = 200
+
+
+def _b(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
+    """The record's fields as a :class:`ResponseView`."""
+
+    def text(name: str) -> str | None:
+        value = record.get(name)
+        return None if value is None else value.decode()
+
+    def doc(name: str) -> Any:
+        value = record.get(name)
+        return None if value is None else orjson.loads(value)
+
+    done = record.get("done")
+    status = text("status") or "queued"
+    return ResponseView(
+        id=rid,
+        created_at=float(record.get("created", b"0")),
+        status=status,
+        request=CreateRequest.from_json(record["req"]),
+        output_text=text("text"),
+        usage=doc("usage"),
+        error=doc("error"),
+        incomplete_reason=text("inc"),
+        session_id=text("sid"),
+        completed_at=float(done) if done else None,
+    )
+
+
+def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]:
+    fields = {"status": view.status.encode(), "done": b"%f" % time.time()}
+    if view.output_text is not None:
+        fields["text"] = view.output_text.encode()
+    if view.usage is not None:
+        fields["usage"] = _b(view.usage)
+    if view.error is not None:
+        fields["error"] = _b(view.error)
+    if view.incomplete_reason:
+        fields["inc"] = view.incomplete_reason.encode()
+    if reply_seq is not None:
+        fields["rseq"] = b"%d" % reply_seq
+    return fields
+
+
+def _status_of(done: TurnDone) -> tuple[str, str | None]:
+    if done.cancelled:
+        return "cancelled", None
+    if done.finish_reason == "length":
+        return "incomplete", "max_output_tokens"
+    return "completed", None
+
+
+class Responses:
+    """Responses API operations over the store and the agents."""
+
+    def __init__(self, config: Config, store: Store, agents: Agents) -> None:
+        self.config = config
+        self.store = store
+        self.jobs = store.jobs
+        self.agents = agents
+        self._ttl = config.jobs.result_ttl_s
+        self._shards = {p.name: p.queue_shards for p in config.all_partitions()}
+
+    # -- create -----------------------------------------------------------------------
+
+    async def _session_for(self, req: CreateRequest) -> str:
+        """The session the turn goes to: the previous response's (forked when that is
+        not its latest turn), the given one, or a new one."""
+        prev = req.previous_response_id
+        if prev is None:
+            if req.session_id is not None:
+                return (await self.store.get_session(req.session_id)).id
+            return (await self.store.create_session(agent=req.agent)).id
+        record = await self.jobs.read(prev)
+        if record is None:
+            raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
+        status = record.get("status", b"").decode()
+        sid, rseq = record.get("sid", b"").decode(), record.get("rseq")
+        if status not in TERMINAL or rseq is None or not sid:
+            raise Conflict(
+                f"response {prev!r} has not finished ({status})", code="previous_response_running"
+            )
+        if req.session_id is not None and req.session_id != sid:
+            raise BadRequest(
+                "session_id and previous_response_id name different sessions",
+                code="conflicting_session",
+            )
+        reply_seq = int(rseq)
+        info = await self.store.get_session(sid)
+        if info.last_seq == reply_seq:
+            return sid
+        # Not the latest turn: branch a new session with the history up to it.
+        kept = [
+            {k: v for k, v in m.items() if k not in ("seq", "created_at")}
+            for m in await self.store.history(sid, after=0)
+            if m["seq"] <= reply_seq
+        ]
+        fork = await self.store.create_session(agent=req.agent, metadata={"forked_from": prev})
+        if kept:
+            await self.store.append(fork.id, kept)
+        return fork.id
+
+    async def create(self, req: CreateRequest) -> ResponseView:
+        """Store a new response (queued when ``background``, else in progress)."""
+        self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
+        sid = await self._session_for(req)
+        view = ResponseView(
+            id=new_response_id(),
+            created_at=time.time(),
+            status="queued" if req.background else "in_progress",
+            request=req,
+            session_id=sid,
+        )
+        partition = self.config.partition_of(req.agent)
+        fields = {
+            "status": view.status.encode(),
+            "created": b"%f" % view.created_at,
+            "req": req.to_json(),
+            "sid": sid.encode(),
+            "part": partition.encode(),
+            "bg": b"1" if req.background else b"0",
+        }
+        await self.jobs.create(view.id, fields, self._ttl)
+        if req.background:
+            # response.created and response.queued open its event stream at once.
+            created = ResponseEvents(view).created()
+            await self.jobs.emit(view.id, 0, [(e["sequence_number"], _b(e)) for e in created])
+            shard = random.randrange(self._shards[partition])
+            limit = -(-self.config.jobs.max_queued // self._shards[partition])
+            if not await self.jobs.enqueue(partition, shard, view.id, limit):
+                await self.jobs.delete(view.id)
+                raise RateLimited(
+                    f"partition {partition!r} has {self.config.jobs.max_queued} jobs queued",
+                    code="queue_full",
+                    retry_after=1,
+                )
+        return view
+
+    # -- read -------------------------------------------------------------------------
+
+    async def get(self, rid: str) -> ResponseView:
+        record = await self.jobs.read(rid)
+        if record is None or "req" not in record:
+            raise NotFound(f"no response {rid!r}", code="response_not_found")
+        return view_of(rid, record)
+
+    async def follow(self, rid: str, after: int = -1) -> AsyncIterator[tuple[str, bytes]]:
+        """The response's events (type, JSON) after sequence number ``after``, stored
+        then live, until its terminal event (each event exactly once, in order)."""
+        await self.get(rid)
+        feed = await self.jobs.subscribe(rid)
+        last = after
+        try:
+            while True:
+                for raw in await self.jobs.events(rid, last):
+                    event = orjson.loads(raw)
+                    last = event["sequence_number"]
+                    yield event["type"], raw
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+                record = await self.jobs.read(rid)
+                if record is None:
+                    return
+                if (
+                    record.get("status", b"").decode() in TERMINAL
+                    and int(record.get("seq", b"0")) <= last + 1
+                ):
+                    return  # ended without events (cancelled while queued)
+                # Live: until a gap (missed message or reconnect) sends us back to the store.
+                while True:
+                    try:
+                        raw = await asyncio.wait_for(feed.get(), 5.0)
+                    except TimeoutError:
+                        break  # look at the record again
+                    if raw is None:
+                        break
+                    if raw == DELETED:
+                        return
+                    event = orjson.loads(raw)
+                    seq = event["sequence_number"]
+                    if seq <= last:
+                        continue
+                    if seq != last + 1:
+                        break
+                    last = seq
+                    yield event["type"], raw
+                    if event["type"] in TERMINAL_EVENTS:
+                        return
+        finally:
+            await feed.close()
+
+    # -- cancel and delete ------------------------------------------------------------
+
+    async def cancel(self, rid: str) -> ResponseView:
+        """Stop a background response: a queued one never runs, a running one stops at
+        its next chunk (within about a second) keeping its partial output. Idempotent."""
+        view = await self.get(rid)
+        if not view.request.background:
+            raise BadRequest("only background responses can be cancelled", code="not_background")
+        status = await self.jobs.cancel(rid)
+        if status == "queued":
+            # Nobody runs it yet: end it here unless a consumer starts it first.
+            record = await self.jobs.read(rid)
+            if record is not None and record.get("status") == b"queued":
+                attempt = int(record.get("att", b"0"))
+                ended = dataclasses.replace(view, status="cancelled")
+                events = ResponseEvents(ended, int(record.get("seq", b"0")))
+                closing = events.closing(ended)
+                await self.jobs.finish(
+                    rid,
+                    attempt,
+                    result_fields(ended, None),
+                    [(e["sequence_number"], _b(e)) for e in closing],
+                )
+        return await self.get(rid)
+
+    async def delete(self, rid: str) -> None:
+        await self.jobs.cancel(rid)
+        if not await self.jobs.delete(rid):
+            raise NotFound(f"no response {rid!r}", code="response_not_found")
+
+    # -- running ----------------------------------------------------------------------
+
+    def turn_request(self, view: ResponseView) -> TurnRequest:
+        req = view.request
+        turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
+        # The response id is the turn id: a later attempt finds a turn already stored.
+        turn.turn_id = view.id
+        return turn
+
+    async def stored_turn(self, view: ResponseView) -> dict[str, Any] | None:
+        """The assistant message an earlier attempt of this response stored, if any."""
+        if view.session_id is None:
+            return None
+        messages = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
+        for message in reversed(messages):
+            if message.get("turn") == view.id and message.get("role") == "assistant":
+                return message
+        return None
+
+    async def run_turn(
+        self,
+        view: ResponseView,
+        *,
+        deadline: float,
+        interrupt: Interrupt | None = None,
+        on_delta: Any = None,
+    ) -> tuple[ResponseView, int | None]:
+        """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
+        final view and the stored reply's seq."""
+        parts: list[str] = []
+        done: TurnDone | None = None
+        events = self.agents.run(self.turn_request(view), deadline=deadline, interrupt=interrupt)
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if isinstance(item, TurnDone):
+                    done = item
+                else:
+                    parts.append(item)
+                    if on_delta is not None:
+                        await on_delta(item)
+        assert done is not None
+        status, reason = _status_of(done)
+        final = dataclasses.replace(
+            view,
+            status=status,
+            output_text=done.text,
+            usage=dict(done.usage) or None,
+            incomplete_reason=reason,
+            completed_at=time.time(),
+        )
+        return final, done.seq
+
+    async def run_now(
+        self, view: ResponseView, *, deadline: float, on_delta: Any = None
+    ) -> ResponseView:
+        """A foreground response: run it in the request and store the result."""
+        try:
+            final, reply_seq = await self.run_turn(view, deadline=deadline, on_delta=on_delta)
+        except AgentdError as exc:
+            failed = dataclasses.replace(view, status="failed", error=error_dict(exc))
+            with contextlib.suppress(AgentdError):
+                await self.jobs.finish(view.id, 0, result_fields(failed, None), [])
+            raise
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.jobs.delete(view.id)
+            raise
+        await self.jobs.finish(view.id, 0, result_fields(final, reply_seq), [])
+        return final

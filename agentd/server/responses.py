@@ -1,0 +1,156 @@
+"""OpenAI's Responses API: ``POST /v1/responses`` (now, streamed, or in the background),
+``GET /v1/responses/{id}`` (also its event stream, resumed by sequence number), ``POST
+/v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}``. The logic is in
+:mod:`agentd.jobs.service`; this module speaks HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import AgentdError, BadRequest
+from ..jobs.objects import (
+    ResponseEvents,
+    ResponseView,
+    error_dict,
+    parse_create,
+    response_object,
+    sse_frame,
+)
+from ..jobs.service import Responses
+from ..store.base import MAX_SEQ
+from .http import json_response, query_int, start_sse
+from .keys import CONFIG, RESPONSES, STATE
+
+__all__ = ("setup",)
+
+# An idle event stream gets a comment line this often (proxies close silent ones).
+HEARTBEAT_S = 15.0
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    req = parse_create(await request.read(), request.headers.get("X-Session-Id"))
+    responses = request.app[RESPONSES]
+    if not req.background:
+        # Admission before anything is stored, as for chat turns.
+        responses.agents.admit()
+    view = await responses.create(req)
+    if req.background:
+        if req.stream:
+            return await _follow(request, responses, view.id, -1)
+        return json_response(response_object(view))
+    deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
+    if not req.stream:
+        final = await responses.run_now(view, deadline=deadline)
+        return json_response(response_object(final))
+    return await _stream_now(request, responses, view, deadline)
+
+
+async def _stream_now(
+    request: web.Request, responses: Responses, view: ResponseView, deadline: float
+) -> web.StreamResponse:
+    """A foreground response as Responses SSE events. Nothing is sent before the first
+    delta, so a turn that fails before it starts is a JSON error."""
+    events = ResponseEvents(view)
+    stream: web.StreamResponse | None = None
+
+    async def begin() -> web.StreamResponse:
+        nonlocal stream
+        if stream is None:
+            stream = await start_sse(request)
+            for event in events.opening():
+                await stream.write(sse_frame(event))
+        return stream
+
+    async def on_delta(text: str) -> None:
+        await (await begin()).write(sse_frame(events.delta(text)))
+
+    try:
+        final = await responses.run_now(view, deadline=deadline, on_delta=on_delta)
+    except AgentdError as exc:
+        if stream is None:
+            raise
+        final = dataclasses.replace(view, status="failed", error=error_dict(exc))
+    response = await begin()
+    for event in events.closing(final):
+        await response.write(sse_frame(event))
+    await response.write_eof()
+    return response
+
+
+async def _follow(
+    request: web.Request, responses: Responses, rid: str, after: int
+) -> web.StreamResponse:
+    """The stored then live events of a background response, until its end."""
+    events = responses.follow(rid, after)
+    # The first event (or the 404) is awaited before the stream starts.
+    next_event: asyncio.Future[Any] = asyncio.ensure_future(anext(events))
+    try:
+        await asyncio.wait({next_event}, timeout=0.2)
+        if next_event.done() and next_event.exception() is not None:
+            exc = next_event.exception()
+            if not isinstance(exc, StopAsyncIteration):
+                raise exc  # type: ignore[misc]
+        response = await start_sse(request)
+        closing = asyncio.ensure_future(request.app[STATE].closing.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    {next_event, closing}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                if closing in done:
+                    break
+                if next_event not in done:
+                    await response.write(b": ping\n\n")
+                    continue
+                try:
+                    event_type, raw = next_event.result()
+                except StopAsyncIteration:
+                    break
+                await response.write(f"event: {event_type}\ndata: ".encode() + raw + b"\n\n")
+                next_event = asyncio.ensure_future(anext(events))
+        finally:
+            closing.cancel()
+        await response.write_eof()
+        return response
+    finally:
+        next_event.cancel()
+        with contextlib.suppress(BaseException):
+            await next_event
+        await events.aclose()
+
+
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    rid = request.match_info["id"]
+    responses = request.app[RESPONSES]
+    if request.query.get("stream") in ("true", "1"):
+        view = await responses.get(rid)
+        if not view.request.background:
+            raise BadRequest(
+                "only background responses can be streamed again", code="not_background"
+            )
+        after = query_int(request, "starting_after", MAX_SEQ)
+        return await _follow(request, responses, rid, -1 if after is None else after)
+    return json_response(response_object(await responses.get(rid)))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    view = await request.app[RESPONSES].cancel(request.match_info["id"])
+    return json_response(response_object(view))
+
+
+async def delete(request: web.Request) -> web.Response:
+    rid = request.match_info["id"]
+    await request.app[RESPONSES].delete(rid)
+    return json_response({"id": rid, "object": "response.deleted", "deleted": True})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/responses", create)
+    app.router.add_get("/v1/responses/{id}", retrieve)
+    app.router.add_post("/v1/responses/{id}/cancel", cancel)
+    app.router.add_delete("/v1/responses/{id}", delete)

@@ -1,0 +1,292 @@
+"""The Responses API on a real ``agentd serve`` (standalone, in memory), driven by the
+official ``openai`` SDK; upstream is the echo backend or an OpenAI-compatible stub."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from .openai_stub import Fail, Slow, StubNode
+from .procs import AgentdProcess
+
+Start = Callable[..., AgentdProcess]
+
+SLOW_ECHO = """
+[[backends]]
+name = "echo"
+type = "echo"
+tokens_per_s = 20.0
+"""
+
+
+def client(proc: AgentdProcess) -> openai.AsyncOpenAI:
+    # Retries cover a connection to a worker a test has just killed.
+    return openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=3)
+
+
+async def wait_status(
+    sdk: openai.AsyncOpenAI, rid: str, done: tuple[str, ...] = ("completed",), limit: float = 30
+) -> Any:
+    """Poll until the response reaches one of ``done`` (or any final state)."""
+    final = {"completed", "failed", "cancelled", "incomplete"}
+    loop = asyncio.get_running_loop()
+    until = loop.time() + limit
+    while True:
+        response = await sdk.responses.retrieve(rid)
+        if response.status in done or response.status in final:
+            return response
+        assert loop.time() < until, f"{rid} still {response.status}"
+        await asyncio.sleep(0.05)
+
+
+async def history(proc: AgentdProcess, sid: str) -> list[dict[str, Any]]:
+    url = f"{proc.url}/v1/sessions/{sid}/messages?limit=1000"
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200
+        return orjson.loads(await r.read())["data"]
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[StubNode]:
+    node = await StubNode().start()
+    yield node
+    await node.close()
+
+
+def stub_config(node: StubNode, extra: str = "") -> str:
+    return f"""
+[[backends]]
+name = "up"
+type = "openai"
+urls = ["{node.url}"]
+breaker_failures = 1000
+[[agents]]
+name = "helper"
+backend = "up"
+[agents.cache]
+mode = "off"
+{extra}
+"""
+
+
+async def test_background_runs_on_the_queue(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    queued = await sdk.responses.create(model="echo", input="hello there", background=True)
+    assert queued.status in ("queued", "in_progress") and queued.background is True
+    done = await wait_status(sdk, queued.id)
+    assert done.status == "completed"
+    assert done.output_text == "hello there"
+    assert done.usage is not None and done.usage.output_tokens > 0
+    sid = done.model_extra["session_id"]
+    messages = await history(proc, sid)
+    assert [(m["role"], m["content"], m["turn"]) for m in messages] == [
+        ("user", "hello there", queued.id),
+        ("assistant", "hello there", queued.id),
+    ]
+
+
+async def test_foreground_plain_and_streamed(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    plain = await sdk.responses.create(
+        model="echo", input=[{"role": "user", "content": "one two three"}]
+    )
+    assert (plain.status, plain.output_text, plain.background) == (
+        "completed",
+        "one two three",
+        False,
+    )
+    fetched = await sdk.responses.retrieve(plain.id)
+    assert fetched.output_text == "one two three"
+
+    stream = await sdk.responses.create(model="echo", input="four five six", stream=True)
+    events = [event async for event in stream]
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "four five six" == events[-1].response.output_text
+
+
+async def test_previous_response_id_continues_and_branches(
+    agentd_instance: Start, stub: StubNode
+) -> None:
+    stub.reply = lambda body: "reply to " + body["messages"][-1]["content"]
+    proc = agentd_instance(stub_config(stub))
+    sdk = client(proc)
+    first = await sdk.responses.create(model="helper", input="first", instructions="be brief")
+    second = await sdk.responses.create(
+        model="helper", input="second", previous_response_id=first.id
+    )
+    assert second.output_text == "reply to second"
+    sent = [(m["role"], m["content"]) for m in stub.requests[-1].json["messages"]]
+    # Instructions apply to their own turn only, as OpenAI's do.
+    assert sent == [
+        ("user", "first"),
+        ("assistant", "reply to first"),
+        ("user", "second"),
+    ]
+    assert stub.requests[0].json["messages"][0] == {"role": "system", "content": "be brief"}
+    # Continuing from `first` again branches: the new turn does not see `second`.
+    branch = await sdk.responses.create(
+        model="helper", input="other", previous_response_id=first.id, background=True
+    )
+    branch = await wait_status(sdk, branch.id)
+    assert branch.output_text == "reply to other"
+    sent = [(m["role"], m["content"]) for m in stub.requests[-1].json["messages"]]
+    assert sent == [("user", "first"), ("assistant", "reply to first"), ("user", "other")]
+    assert branch.model_extra["session_id"] != second.model_extra["session_id"]
+    # And the original line still continues where it was.
+    third = await sdk.responses.create(
+        model="helper", input="third", previous_response_id=second.id
+    )
+    assert third.model_extra["session_id"] == second.model_extra["session_id"]
+    assert [m["content"] for m in stub.requests[-1].json["messages"]][-3:] == [
+        "second",
+        "reply to second",
+        "third",
+    ]
+
+
+async def test_cancel_a_running_job_keeps_its_partial_output(agentd_instance: Start) -> None:
+    proc = agentd_instance(SLOW_ECHO)
+    sdk = client(proc)
+    words = " ".join(f"w{i}" for i in range(200))  # about 10 s at 20 tokens/s
+    job = await sdk.responses.create(model="echo", input=words, background=True)
+    stream = await sdk.responses.retrieve(job.id, stream=True)
+    seen = []
+    async for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta" and len(seen) > 8:
+            break
+    await stream.close()
+    cancelled = await sdk.responses.cancel(job.id)
+    again = await sdk.responses.cancel(job.id)  # idempotent
+    done = await wait_status(sdk, job.id, limit=5)
+    assert done.status == "cancelled"
+    assert again.status in ("in_progress", "cancelled") and cancelled.id == job.id
+    partial = done.output_text
+    assert partial and words.startswith(partial) and partial != words
+    # The stored turn is marked cancelled with the same partial text.
+    messages = await history(proc, done.model_extra["session_id"])
+    assert messages[-1]["status"] == "cancelled"
+    assert messages[-1]["content"] == partial
+    # A stream of the ended response ends, with the incomplete event OpenAI sends.
+    events = [e async for e in await sdk.responses.retrieve(job.id, stream=True)]
+    assert events[-1].type == "response.incomplete"
+    assert events[-1].response.status == "cancelled"
+
+
+async def test_cancel_a_queued_job_before_it_runs(agentd_instance: Start, stub: StubNode) -> None:
+    stub.mode = Slow(first_s=1.5)
+    proc = agentd_instance(stub_config(stub, "[jobs]\nconcurrency = 1\nqueue_shards = 1\n"))
+    sdk = client(proc)
+    busy = await sdk.responses.create(model="helper", input="busy", background=True)
+    waiting = await sdk.responses.create(model="helper", input="waiting", background=True)
+    cancelled = await sdk.responses.cancel(waiting.id)
+    assert cancelled.status == "cancelled" and cancelled.output_text == ""
+    assert (await wait_status(sdk, busy.id)).status == "completed"
+    await asyncio.sleep(0.3)  # the cancelled job is taken from the queue and dropped
+    assert [r.json["messages"][-1]["content"] for r in stub.requests] == ["busy"]
+    assert (await sdk.responses.retrieve(waiting.id)).status == "cancelled"
+
+
+async def test_errors_in_openai_shape(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    with pytest.raises(openai.NotFoundError) as e:
+        await sdk.responses.create(model="nobody", input="x")
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as e:
+        await sdk.responses.retrieve("resp_missing")
+    assert e.value.code == "response_not_found"
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.create(model="echo", input="x", previous_response_id="resp_nope")
+    fg = await sdk.responses.create(model="echo", input="x")
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk.responses.cancel(fg.id)
+    assert e.value.code == "not_background"
+    async with aiohttp.ClientSession() as http:
+        for body in (b"{", b"[]", b'{"model": "echo"}', b'{"model": "echo", "input": 5}'):
+            async with http.post(proc.url + "/v1/responses", data=body) as r:
+                assert r.status == 400, body
+                error = orjson.loads(await r.read())["error"]
+                assert error["code"] and error["message"]
+        async with http.get(f"{proc.url}/v1/responses/{fg.id}?stream=true") as r:
+            assert r.status == 400
+        bg = await sdk.responses.create(model="echo", input="x", background=True)
+        async with http.get(f"{proc.url}/v1/responses/{bg.id}?stream=true&starting_after=-1") as r:
+            assert r.status == 400
+    # The server lives on and answers.
+    assert (await sdk.responses.create(model="echo", input="still here")).output_text == (
+        "still here"
+    )
+    deleted = await sdk.responses.delete(bg.id)
+    assert deleted is None
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.retrieve(bg.id)
+
+
+async def test_failing_backend_fails_after_max_attempts(
+    agentd_instance: Start, stub: StubNode
+) -> None:
+    stub.mode = Fail(500)
+    proc = agentd_instance(stub_config(stub, "[jobs]\nmax_attempts = 2\n"))
+    sdk = client(proc)
+    job = await sdk.responses.create(model="helper", input="doomed", background=True)
+    done = await wait_status(sdk, job.id)
+    assert done.status == "failed"
+    assert done.error is not None and done.error.message
+    assert len(stub.requests) >= 2  # retried (the pool may retry within an attempt too)
+
+
+async def test_webhook_is_signed_the_way_the_sdk_verifies(agentd_instance: Start) -> None:
+    secret = "whsec_" + "c2VjcmV0LWtleS1mb3ItYWdlbnRkLXdlYmhvb2tz"
+    received: asyncio.Queue[tuple[bytes, dict[str, str]]] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await received.put((await request.read(), dict(request.headers)))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = f'[jobs]\nwebhook_url = "http://127.0.0.1:{port}/hook"\n'
+        proc = agentd_instance(config, env={"AGENTD_WEBHOOK_SECRET": secret})
+        sdk = client(proc)
+        job = await sdk.responses.create(model="echo", input="notify me", background=True)
+        body, headers = await asyncio.wait_for(received.get(), 30)
+        verifier = openai.OpenAI(api_key="unused", webhook_secret=secret)
+        event = verifier.webhooks.unwrap(body, headers)
+        assert event.type == "response.completed" and event.data.id == job.id
+        with pytest.raises(openai.InvalidWebhookSignatureError):
+            verifier.webhooks.unwrap(body.replace(b"completed", b"failed"), headers)
+        assert received.empty()
+    finally:
+        await runner.cleanup()
+
+
+def test_sdk_sync_client_works_too(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused")
+    response = sdk.responses.create(model="echo", input="sync")
+    assert response.output_text == "sync"
