@@ -130,7 +130,10 @@ async def test_record_attempts_run_out(store: Store) -> None:
 async def test_cancel_before_and_while_running(store: Store) -> None:
     jobs = store.jobs
     await jobs.create("q", {"status": b"queued"}, 60)
+    assert not await jobs.cancel_asked("q")
     assert await jobs.cancel("q") == "queued"
+    assert await jobs.cancel_asked("q")
+    assert await jobs.cancel_asked("nothing")  # gone: stop too
     out = await jobs.start("q", 3, "c")
     assert (out.verdict, out.attempt) == ("cancel", 0)
     assert await jobs.finish("q", 0, {"status": b"cancelled"}, [])

@@ -224,11 +224,11 @@ class JobRunner:
                 final = dataclasses.replace(view, status="failed", error=error)
             events = ResponseEvents(final, start.seq)
             await self._finish(rid, start.attempt, final, None, events.closing(final))
+            await self._report(rid)
             if start.verdict == "exhausted":
                 await self.jobs.bury(delivery, _dumps_error(final.error))
             else:
                 await self.jobs.ack(delivery)
-            await self._report(rid)
             return
         await self._run(delivery, view, start.attempt, start.seq)
 
@@ -264,8 +264,8 @@ class JobRunner:
             await self._failed(delivery, running, attempt, events, exc)
             return
         await self._finish(rid, attempt, final, reply_seq, events.closing(final))
-        await self.jobs.ack(delivery)
         await self._report(rid)
+        await self.jobs.ack(delivery)
 
     async def _run_turn(
         self, view: ResponseView, events: ResponseEvents, writer: _EventWriter
@@ -289,8 +289,7 @@ class JobRunner:
                 finished, _ = await asyncio.wait({work}, timeout=CANCEL_POLL_S)
                 if finished:
                     return work.result()
-                record = await self.jobs.read(view.id)
-                if record is None or "cx" in record:
+                if await self.jobs.cancel_asked(view.id):
                     break
             interrupt.asked = True  # ends at the next chunk, stored as cancelled
             finished, _ = await asyncio.wait({work}, timeout=CANCEL_GRACE_S)
@@ -325,11 +324,11 @@ class JobRunner:
         if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
             final = dataclasses.replace(view, status="failed", error=error)
             await self._finish(rid, attempt, final, None, events.closing(final))
+            await self._report(rid)
             if _permanent(exc):
                 await self.jobs.ack(delivery)
             else:
                 await self.jobs.bury(delivery, _dumps_error(error))
-            await self._report(rid)
             return
         log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)
         if not await self.jobs.update(rid, attempt, {"lasterr": orjson.dumps(error)}):

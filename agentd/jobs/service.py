@@ -197,7 +197,6 @@ class Responses:
     async def follow(self, rid: str, after: int = -1) -> AsyncIterator[tuple[str, bytes]]:
         """The response's events (type, JSON) after sequence number ``after``, stored
         then live, until its terminal event (each event exactly once, in order)."""
-        await self.get(rid)
         feed = await self.jobs.subscribe(rid)
         last = after
         try:

@@ -85,16 +85,11 @@ async def _stream_now(
 async def _follow(
     request: web.Request, responses: Responses, rid: str, after: int
 ) -> web.StreamResponse:
-    """The stored then live events of a background response, until its end."""
+    """The stored then live events of a background response (which exists), until its
+    end."""
     events = responses.follow(rid, after)
-    # The first event (or the 404) is awaited before the stream starts.
     next_event: asyncio.Future[Any] = asyncio.ensure_future(anext(events))
     try:
-        await asyncio.wait({next_event}, timeout=0.2)
-        if next_event.done() and next_event.exception() is not None:
-            exc = next_event.exception()
-            if not isinstance(exc, StopAsyncIteration):
-                raise exc  # type: ignore[misc]
         response = await start_sse(request)
         closing = asyncio.ensure_future(request.app[STATE].closing.wait())
         try:

@@ -154,6 +154,10 @@ class Jobs(abc.ABC):
         attempt; False when fenced out or the record already ended."""
 
     @abc.abstractmethod
+    async def cancel_asked(self, rid: str) -> bool:
+        """Whether the response was asked to stop (or is gone): a cheap check."""
+
+    @abc.abstractmethod
     async def cancel(self, rid: str) -> str | None:
         """Ask the job to stop (or never start); the record's status, None if absent."""
 
@@ -346,6 +350,11 @@ class RedisJobs(Jobs):
             *_events_flat(events),
         ]
         return bool(await self.shards.eval(K.RECORD_WRITE, keys, args))
+
+    async def cancel_asked(self, rid: str) -> bool:
+        key = K.record_keys(rid)[0]
+        found = await self.shards.call(key, lambda c: c.hmget(key, "cx", "att"))
+        return found[0] is not None or found[1] is None
 
     async def cancel(self, rid: str) -> str | None:
         keys = list(K.record_keys(rid))
@@ -584,6 +593,10 @@ class MemoryJobs(Jobs):
             for feed in self._feeds.get(rid, ()):
                 feed.deliver(payload)
         return True
+
+    async def cancel_asked(self, rid: str) -> bool:
+        record = self._record(rid)
+        return record is None or "cx" in record.fields
 
     async def cancel(self, rid: str) -> str | None:
         record = self._record(rid)
