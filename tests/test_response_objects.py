@@ -1,5 +1,5 @@
-"""The Responses API's shapes (agentd/jobs/objects.py): the create request's parsing and
-rejections, the response object and the streaming events, each checked against the
+"""The Responses API's shapes (agentd/jobs/request.py and objects.py): the create
+request's parsing and rejections, the response object and the streaming events, each checked against the
 official SDK's models and, end to end, against the SDK's own client."""
 
 from __future__ import annotations
@@ -22,17 +22,15 @@ from openai.types.responses import Response, ResponseStreamEvent
 from agentd.errors import BadRequest
 from agentd.fastpath import MAX_DEPTH, MAX_MESSAGES
 from agentd.jobs.objects import (
-    MAX_CONTENT_PARTS,
-    CreateRequest,
     ResponseEvents,
     ResponseView,
     error_dict,
     message_item_id,
     new_response_id,
-    parse_create,
     response_object,
     sse_frame,
 )
+from agentd.jobs.request import MAX_CONTENT_PARTS, CreateRequest, parse_create
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")

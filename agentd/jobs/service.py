@@ -27,13 +27,8 @@ from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
 from ..store.base import Store
 from ..store.jobs import DELETED, TERMINAL
-from .objects import (
-    CreateRequest,
-    ResponseEvents,
-    ResponseView,
-    error_dict,
-    new_response_id,
-)
+from .objects import ResponseEvents, ResponseView, error_dict, new_response_id
+from .request import CreateRequest
 
 __all__ = ("TERMINAL_EVENTS", "Responses", "result_fields", "view_of")
 

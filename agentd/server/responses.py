@@ -13,14 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import AgentdError, BadRequest
-from ..jobs.objects import (
-    ResponseEvents,
-    ResponseView,
-    error_dict,
-    parse_create,
-    response_object,
-    sse_frame,
-)
+from ..jobs.objects import ResponseEvents, ResponseView, error_dict, response_object, sse_frame
+from ..jobs.request import parse_create
 from ..jobs.service import Responses
 from ..store.base import MAX_SEQ
 from .http import json_response, query_int, start_sse

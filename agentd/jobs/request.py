@@ -1,0 +1,427 @@
+"""The create request of OpenAI's Responses API, as agentd reads it.
+
+``parse_create`` turns a ``POST /v1/responses`` body into a :class:`CreateRequest` (a
+chat turn: agent, messages, chat-completions parameters) or raises :class:`BadRequest`
+with a stable ``code`` and a ``param`` naming the faulty field, in OpenAI's error shape.
+Pure: no I/O.
+
+Error codes: ``invalid_json`` (not JSON, or nested deeper than ``MAX_DEPTH``),
+``invalid_request`` (not an object), ``missing_required_parameter``, ``invalid_type``,
+``invalid_value``, ``invalid_session_id`` (as the chat API), ``unknown_parameter`` (a
+field no table below lists), ``unsupported_parameter`` (a Responses field agentd
+rejects), ``unsupported_value`` (a value agentd cannot honour) and ``unsupported_input``
+(an input item or part that is not text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from ..errors import BadRequest
+from ..fastpath import CHAT_PARAMS, MAX_DEPTH, MAX_MESSAGES
+
+__all__ = (
+    "IGNORED_FIELDS",
+    "MAX_CONTENT_PARTS",
+    "PARAM_FIELDS",
+    "REJECTED_FIELDS",
+    "RESTRICTED_FIELDS",
+    "CreateRequest",
+    "parse_create",
+)
+
+# -- what parse_create does with each top-level field -----------------------------------
+#
+# A field in no table is a 400 ``unknown_parameter``, as the chat API refuses unknown
+# fields: a typo must not pass silently. ``model``, ``input``, ``instructions``,
+# ``previous_response_id``, ``metadata``, ``background``, ``stream`` and ``session_id``
+# (agentd's extension) have their own fields in CreateRequest.
+
+_Kinds = tuple[type, ...]
+
+# Generation parameters: Responses name -> (chat-completions name, accepted JSON types).
+# The last five are agentd extensions: chat-completions parameters the chat API forwards.
+PARAM_FIELDS: MappingProxyType[str, tuple[str, _Kinds]] = MappingProxyType(
+    {
+        "temperature": ("temperature", (int, float)),
+        "top_p": ("top_p", (int, float)),
+        "max_output_tokens": ("max_tokens", (int,)),
+        "user": ("user", (str,)),
+        **{
+            name: (name, CHAT_PARAMS[name])
+            for name in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias")
+        },
+    }
+)
+# Accepted only with the values that ask for nothing agentd lacks; any other value is
+# ``unsupported_value``, because ignoring it would change what the reply means.
+RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "tools": "null or []: agentd runs no tools",
+        "tool_choice": 'null, "auto" or "none": there are no tools to require',
+        "store": "null or true: agentd always stores the response (GET, background, "
+        "previous_response_id need it)",
+        "text": 'format null or {"type": "text"}: no structured output; verbosity ignored',
+    }
+)
+# Accepted (type-checked) and ignored: hints whose absence cannot change what the reply
+# says, only how it is produced or what extras come with it.
+IGNORED_FIELDS: MappingProxyType[str, _Kinds] = MappingProxyType(
+    {
+        "include": (list,),
+        "truncation": (str,),
+        "reasoning": (dict,),
+        "parallel_tool_calls": (bool,),
+        "max_tool_calls": (int,),
+        "top_logprobs": (int,),
+        "service_tier": (str,),
+        "safety_identifier": (str,),
+        "prompt_cache_key": (str,),
+        "prompt_cache_retention": (str,),
+        "prompt_cache_options": (dict,),
+        "stream_options": (dict,),
+        "background_options": (dict,),
+        "image": (dict,),
+    }
+)
+# Rejected whatever their value (``unsupported_parameter``): not implemented, and each
+# would change what the model sees or what may be returned.
+REJECTED_FIELDS = frozenset(
+    {"conversation", "prompt", "moderation", "context_management", "access_programs"}
+)
+_OWN_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "previous_response_id",
+        "metadata",
+        "background",
+        "stream",
+        "session_id",
+    }
+)
+
+_ROLES = ("user", "assistant", "system", "developer")
+_TEXT_PARTS = frozenset({"input_text", "output_text"})
+# Fields an input message may carry: those the SDK writes when a client sends back a
+# previous response's output items (id, status, phase) are accepted and ignored.
+_ITEM_FIELDS = frozenset({"type", "role", "content", "id", "status", "phase"})
+_PART_FIELDS = frozenset({"type", "text", "annotations", "logprobs", "prompt_cache_breakpoint"})
+_TEXT_FIELDS = frozenset({"format", "verbosity"})
+MAX_CONTENT_PARTS = MAX_MESSAGES
+_MAX_ID_CHARS = 256
+# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
+_MAX_METADATA, _MAX_METADATA_KEY, _MAX_METADATA_VALUE = 16, 64, 512
+
+
+@dataclass(slots=True)
+class CreateRequest:
+    """A validated ``POST /v1/responses`` body, as one chat turn of an agent."""
+
+    agent: str  # the request's "model": an agent name
+    messages: list[dict[str, Any]]  # ``input`` as chat messages {"role", "content": str}
+    instructions: str | None = None
+    previous_response_id: str | None = None
+    session_id: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    background: bool = False
+    stream: bool = False
+    params: dict[str, Any] = field(default_factory=dict)  # chat-completions names
+
+    def chat_messages(self) -> list[dict[str, Any]]:
+        """The turn's messages for the chat layer: ``instructions`` first, as a system
+        message (agentd stores no system message, so they apply to this turn only, as
+        OpenAI's instructions do), then ``messages``."""
+        if not self.instructions:
+            return list(self.messages)
+        return [{"role": "system", "content": self.instructions}, *self.messages]
+
+    def to_json(self) -> bytes:
+        """The request as JSON, to store with a queued job."""
+        return orjson.dumps({"v": 1, **dataclasses.asdict(self)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CreateRequest:
+        """Read what :meth:`to_json` wrote. Unknown keys are ignored and missing optional
+        ones take their defaults, so workers of two releases can share a queue."""
+        value = orjson.loads(data)
+        if not isinstance(value, dict) or value.get("v", 1) != 1:
+            raise ValueError("not a stored CreateRequest (version 1)")
+        try:
+            return cls(
+                **{f.name: value[f.name] for f in dataclasses.fields(cls) if f.name in value}
+            )
+        except TypeError as exc:  # a required field is missing
+            raise ValueError(f"not a stored CreateRequest: {exc}") from None
+
+
+def _bad(message: str, code: str, param: str | None) -> BadRequest:
+    # ``param`` joins the error body ({"error": {"message", "type", "code", "param"}}).
+    return BadRequest(message, code=code, detail={"param": param})
+
+
+def _name(key: str) -> str:
+    # A client's field name as echoed in an error: bounded, whatever the client sent.
+    return key if len(key) <= 64 else key[:64] + "..."
+
+
+def _type_name(kinds: _Kinds) -> str:
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+    }
+    return " or ".join(names[k] for k in kinds if not (k is int and float in kinds))
+
+
+def _check(value: Any, kinds: _Kinds, param: str) -> Any:
+    """``value`` if it is null or its JSON type is one of ``kinds``; else ``invalid_type``."""
+    if value is None:
+        return None
+    # bool is an int in Python, never in JSON.
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise _bad(f"{param} must be {_type_name(kinds)}", "invalid_type", param)
+    return value
+
+
+def _loads(raw: bytes) -> Any:
+    # The same reading as the HTTP layer's loads_json (which jobs may not import: the
+    # server depends on jobs), with the depth limit owned by the fast path.
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    try:
+        orjson.dumps([[[value]]])  # a depth check at C speed, room left for the envelope
+    except orjson.JSONEncodeError:
+        raise BadRequest(
+            f"the body nests deeper than {MAX_DEPTH} levels", code="invalid_json"
+        ) from None
+    return value
+
+
+def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
+    """Parse and validate a ``POST /v1/responses`` body; :class:`BadRequest` if bad.
+
+    ``input`` is a string (one user message) or a list of message items (``role``
+    user, assistant, system or developer; ``content`` a string or a list of
+    ``input_text``/``output_text`` parts, joined with newlines); any other item or part
+    (images, files, tool calls and outputs, unknown types) is ``unsupported_input``.
+    Top-level fields are handled as the module's tables say: used, restricted to
+    harmless values, ignored, rejected, or unknown (rejected). ``session_id`` in the
+    body wins over ``header_session`` (the ``X-Session-Id`` header), even when null,
+    as in the chat API.
+    """
+    body = _loads(raw)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object", code="invalid_request")
+    for key in body:
+        if key in REJECTED_FIELDS:
+            raise _bad(f"{key} is not supported by agentd", "unsupported_parameter", key)
+        if not (
+            key in _OWN_FIELDS
+            or key in PARAM_FIELDS
+            or key in RESTRICTED_FIELDS
+            or key in IGNORED_FIELDS
+        ):
+            raise _bad(f"unknown parameter {_name(key)!r}", "unknown_parameter", _name(key))
+
+    agent = body.get("model")
+    if agent is None:
+        raise _bad("model is required: the name of an agent", "missing_required_parameter", "model")
+    if not _check(agent, (str,), "model"):
+        raise _bad("model must name an agent", "invalid_value", "model")
+    messages = _parse_input(body.get("input"))
+
+    instructions = _check(body.get("instructions"), (str,), "instructions")
+    previous = _check(body.get("previous_response_id"), (str,), "previous_response_id")
+    if previous is not None and not 0 < len(previous) <= _MAX_ID_CHARS:
+        raise _bad(
+            f"previous_response_id must have 1 to {_MAX_ID_CHARS} characters",
+            "invalid_value",
+            "previous_response_id",
+        )
+    session_id = body.get("session_id", header_session)
+    if session_id is not None and not isinstance(session_id, str):
+        raise BadRequest(
+            "session_id must be a string", code="invalid_session_id", detail={"param": "session_id"}
+        )
+    metadata = _parse_metadata(body.get("metadata"))
+    background = bool(_check(body.get("background"), (bool,), "background"))
+    stream = bool(_check(body.get("stream"), (bool,), "stream"))
+
+    params: dict[str, Any] = {}
+    for key, value in body.items():
+        if key in PARAM_FIELDS:
+            name, kinds = PARAM_FIELDS[key]
+            if _check(value, kinds, key) is not None:
+                params[name] = value
+        elif key in IGNORED_FIELDS:
+            _check(value, IGNORED_FIELDS[key], key)
+    _check_ranges(params)
+    _check_restricted(body)
+    return CreateRequest(
+        agent, messages, instructions, previous, session_id, metadata, background, stream, params
+    )
+
+
+def _parse_input(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        raise _bad("input is required", "missing_required_parameter", "input")
+    if isinstance(value, str):
+        if not value:
+            raise _bad("input must not be empty", "invalid_value", "input")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise _bad("input must be a string or an array of items", "invalid_type", "input")
+    if not 1 <= len(value) <= MAX_MESSAGES:
+        raise _bad(f"input must hold 1 to {MAX_MESSAGES} items", "invalid_value", "input")
+    return [_parse_item(item, f"input[{i}]") for i, item in enumerate(value)]
+
+
+def _parse_item(item: Any, where: str) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        raise _bad(f"{where} must be an object", "invalid_type", where)
+    kind = item.get("type", "message")
+    if not isinstance(kind, str):
+        raise _bad(f"{where}.type must be a string", "invalid_type", f"{where}.type")
+    if kind != "message":
+        raise _bad(
+            f"{where} is a {kind[:64]!r} item: agentd takes only text messages",
+            "unsupported_input",
+            f"{where}.type",
+        )
+    role = item.get("role")
+    if role is None:
+        raise _bad(f"{where}.role is required", "missing_required_parameter", f"{where}.role")
+    if not isinstance(role, str) or role not in _ROLES:
+        raise _bad(f"{where}.role must be one of {list(_ROLES)}", "invalid_value", f"{where}.role")
+    for key in item:
+        if key not in _ITEM_FIELDS:
+            raise _bad(
+                f"unknown parameter {_name(key)!r} in {where}",
+                "unknown_parameter",
+                f"{where}.{_name(key)}",
+            )
+    content = item.get("content")
+    if content is None:
+        raise _bad(f"{where}.content is required", "missing_required_parameter", f"{where}.content")
+    if isinstance(content, list):
+        content = _join_parts(content, f"{where}.content")
+    elif not isinstance(content, str):
+        raise _bad(
+            f"{where}.content must be a string or an array of parts",
+            "invalid_type",
+            f"{where}.content",
+        )
+    return {"role": role, "content": content}
+
+
+def _join_parts(parts: list[Any], where: str) -> str:
+    if len(parts) > MAX_CONTENT_PARTS:
+        raise _bad(f"{where} must hold at most {MAX_CONTENT_PARTS} parts", "invalid_value", where)
+    texts = []
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        if not isinstance(part, dict):
+            raise _bad(f"{at} must be an object", "invalid_type", at)
+        kind = part.get("type")
+        if kind is None:
+            raise _bad(f"{at}.type is required", "missing_required_parameter", f"{at}.type")
+        if not isinstance(kind, str):
+            raise _bad(f"{at}.type must be a string", "invalid_type", f"{at}.type")
+        if kind not in _TEXT_PARTS:
+            raise _bad(
+                f"{at} is a {kind[:64]!r} part: agentd takes only input_text and output_text",
+                "unsupported_input",
+                f"{at}.type",
+            )
+        for key in part:
+            if key not in _PART_FIELDS:
+                raise _bad(
+                    f"unknown parameter {_name(key)!r} in {at}",
+                    "unknown_parameter",
+                    f"{at}.{_name(key)}",
+                )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise _bad(f"{at}.text must be a string", "invalid_type", f"{at}.text")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _parse_metadata(value: Any) -> dict[str, str]:
+    if _check(value, (dict,), "metadata") is None:
+        return {}
+    if len(value) > _MAX_METADATA:
+        raise _bad(f"metadata holds at most {_MAX_METADATA} pairs", "invalid_value", "metadata")
+    for key, item in value.items():
+        if len(key) > _MAX_METADATA_KEY:
+            raise _bad(
+                f"metadata keys have at most {_MAX_METADATA_KEY} characters",
+                "invalid_value",
+                "metadata",
+            )
+        if not isinstance(item, str):
+            raise _bad("metadata values must be strings", "invalid_type", f"metadata.{key}")
+        if len(item) > _MAX_METADATA_VALUE:
+            raise _bad(
+                f"metadata values have at most {_MAX_METADATA_VALUE} characters",
+                "invalid_value",
+                f"metadata.{key}",
+            )
+    return value
+
+
+def _check_ranges(params: dict[str, Any]) -> None:
+    # Checked here, not left to the upstream: a background job must fail at once.
+    for name, field_name, low, high in (
+        ("temperature", "temperature", 0, 2),
+        ("top_p", "top_p", 0, 1),
+        ("max_tokens", "max_output_tokens", 1, None),
+    ):
+        value = params.get(name)
+        if value is not None and (value < low or (high is not None and value > high)):
+            limits = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise _bad(f"{field_name} must be {limits}", "invalid_value", field_name)
+
+
+def _check_restricted(body: dict[str, Any]) -> None:
+    if _check(body.get("tools"), (list,), "tools"):
+        raise _bad("tools are not supported: agentd runs no tools", "unsupported_value", "tools")
+    choice = _check(body.get("tool_choice"), (str, dict), "tool_choice")
+    if choice is not None and choice not in ("auto", "none"):
+        raise _bad(
+            'tool_choice must be "auto" or "none": there are no tools',
+            "unsupported_value",
+            "tool_choice",
+        )
+    if _check(body.get("store"), (bool,), "store") is False:
+        raise _bad("store must be true: agentd stores every response", "unsupported_value", "store")
+    text = _check(body.get("text"), (dict,), "text")
+    if text is None:
+        return
+    for key in text:
+        if key not in _TEXT_FIELDS:
+            key = _name(key)
+            raise _bad(f"unknown parameter {key!r} in text", "unknown_parameter", f"text.{key}")
+    _check(text.get("verbosity"), (str,), "text.verbosity")
+    fmt = _check(text.get("format"), (dict,), "text.format")
+    if fmt is not None and fmt.get("type") != "text":
+        raise _bad(
+            'text.format must be {"type": "text"}: agentd has no structured output',
+            "unsupported_value",
+            "text.format.type",
+        )
+
+
+# -- ids ------------------------------------------------------------------------------
