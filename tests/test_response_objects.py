@@ -1,6 +1,6 @@
 """The Responses API's shapes (agentd/jobs/request.py and objects.py): the create
-request's parsing and rejections, the response object and the streaming events, each checked against the
-official SDK's models and, end to end, against the SDK's own client."""
+request's parsing and rejections, the response object and the streaming events, each
+checked against the official SDK's models and, end to end, against the SDK's own client."""
 
 from __future__ import annotations
 
