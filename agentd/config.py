@@ -192,6 +192,10 @@ def _check_name(value: str) -> str | None:
     return None
 
 
+def _check_request_class(value: str) -> str | None:
+    return _check_name(value) if value else None
+
+
 @dataclass(frozen=True)
 class BackendConfig:
     """A pool of model nodes. ``echo`` is built in (for load tests); ``openai`` speaks the
@@ -203,6 +207,14 @@ class BackendConfig:
     # The API key is read from this environment variable, never from the file.
     api_key_env: str = opt("")
     policy: str = opt("p2c", choices=POLICIES)
+    # The policy per request class ({ background = "least_inflight" }); a class not
+    # listed uses `policy`. Checked in _cross_checks (a table's values have no opt()).
+    policies: dict[str, str] = field(default_factory=dict, metadata={})
+    # Calls in flight per node and worker process (0 = unlimited); past it calls wait.
+    max_inflight: int = opt(0, min=0, max=1_000_000)
+    # The share of max_inflight that calls of classes other than "interactive" may hold,
+    # so background jobs always leave room for people chatting.
+    background_share: float = opt(0.5, min=0.0, max=1.0)
     timeout_s: float = opt(60.0, min=0.1, max=3600.0)
     connect_timeout_s: float = opt(5.0, min=0.1, max=300.0)
     max_connections: int = opt(100, min=1, max=100000)
@@ -237,7 +249,15 @@ class AgentConfig:
     params: dict[str, Any] = field(default_factory=dict, metadata={})
     # Where this agent's background responses report ("" = [jobs] webhook_url).
     webhook_url: str = opt("", check=_check_webhook_url)
+    # The request class of this agent's background model calls ("" = "background");
+    # its interactive calls are always "interactive".
+    request_class: str = opt("", check=_check_request_class)
     cache: AgentCacheConfig = field(default_factory=AgentCacheConfig)
+
+    @property
+    def background_class(self) -> str:
+        """The request class its background (job) model calls carry."""
+        return self.request_class or "background"
 
 
 @dataclass(frozen=True)
@@ -476,6 +496,14 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     for i, b in enumerate(config.backends):
         if b.type == "openai" and not b.urls:
             errors.append(f"backends[{i}].urls: an openai backend needs at least one URL")
+        for request_class, policy in b.policies.items():
+            if msg := _check_name(request_class):
+                errors.append(f"backends[{i}].policies: a request class {msg}")
+            elif policy not in POLICIES:
+                errors.append(
+                    f"backends[{i}].policies.{request_class}: must be one of "
+                    f"{', '.join(POLICIES)}; got {policy!r}"
+                )
     agents = [a.name for a in config.agents]
     for i, agent in enumerate(config.agents):
         if agent.name in agents[:i]:

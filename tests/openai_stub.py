@@ -6,6 +6,7 @@ loopback port, with failure modes a test sets per node.
         node.mode = Slow(first_s=0.2)         # or Normal(), Fail(503), FailMidStream(2), Hang()
         ...
         node.requests[-1].json["model"]       # every request received: headers + JSON body
+        node.inflight, node.peak_inflight     # requests being answered now, and at most
 
 Replies are ``"stub:" + the last user message``, one content delta per word (or
 ``node.reply(body)`` if set). Streaming follows OpenAI: a role delta, content deltas, a
@@ -136,11 +137,14 @@ class StubNode:
         self.send_done = send_done
         self.ignore_stream = ignore_stream
         self.requests: list[RecordedRequest] = []
+        # Requests whose handler is running, and the most there ever were at once.
+        self.inflight = 0
+        self.peak_inflight = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/chat/completions", self._counted_chat)
         app.router.add_get("/v1/models", self._models)
         self.app = app
 
@@ -175,6 +179,14 @@ class StubNode:
     async def _models(self, request: web.Request) -> web.Response:
         body = {"object": "list", "data": [{"id": "stub", "object": "model", "owned_by": "stub"}]}
         return web.json_response(body)
+
+    async def _counted_chat(self, request: web.Request) -> web.StreamResponse:
+        self.inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
+        try:
+            return await self._chat(request)
+        finally:
+            self.inflight -= 1
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

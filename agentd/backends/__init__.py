@@ -5,6 +5,9 @@ over their nodes.
     await backends.start()
     async for chunk in backends.get("echo").stream(request, session_id=sid, deadline=d):
         ...
+    # A job's model call uses only the capacity interactive calls leave it.
+    pool = backends.get(agent.backend)
+    chunks = pool.stream(request, deadline=d, request_class=agent.background_class)
     await backends.close()
 """
 
@@ -18,7 +21,7 @@ from ..config import BackendConfig
 from ..errors import NotFound
 from .echo import EchoNode
 from .openai import OpenAIClient
-from .pool import Pool
+from .pool import BACKGROUND, INTERACTIVE, Pool
 from .types import (
     ChatRequest,
     Chunk,
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
     from ..metrics import BackendMetrics
 
 __all__ = (
+    "BACKGROUND",
+    "INTERACTIVE",
     "Backends",
     "ChatRequest",
     "Chunk",

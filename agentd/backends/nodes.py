@@ -103,7 +103,16 @@ class Breaker:
 class Node:
     """A transport plus the pool's view of it."""
 
-    __slots__ = ("breaker", "ewma", "inflight", "metrics", "name", "stamp", "transport")
+    __slots__ = (
+        "background",
+        "breaker",
+        "ewma",
+        "inflight",
+        "metrics",
+        "name",
+        "stamp",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -116,7 +125,8 @@ class Node:
         self.name = transport.name
         self.breaker = breaker
         self.metrics = metrics
-        self.inflight = 0
+        self.inflight = 0  # this worker's calls on the node, of every class
+        self.background = 0  # those of them not interactive
         self.ewma = 0.0
         self.stamp = now
 
@@ -149,5 +159,6 @@ class Node:
             "node": self.name,
             "breaker": STATE_NAMES[self.breaker.state],
             "inflight": self.inflight,
+            "inflight_background": self.background,
             "ttft_ewma_s": round(self.latency(now), 6),
         }

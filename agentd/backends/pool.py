@@ -1,16 +1,25 @@
 """A backend's pool of nodes: picks a node per call, retries before the first chunk,
-keeps each node's breaker and latency estimate, and counts calls in metrics."""
+keeps each node's breaker and latency estimate, and counts calls in metrics.
+
+Every call has a request class: ``"interactive"`` (people waiting) or any other name
+(background jobs, agent-declared classes). With ``max_inflight`` set, a node takes at
+most that many calls of this worker at once, and non-interactive calls at most their
+``background_share`` of it; a call that finds no node with room waits in line
+(interactive calls first) until a call ends or its deadline passes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..config import BackendConfig
 from ..errors import BadRequest, Overloaded, UpstreamTimeout
-from .balance import make_policy
+from .balance import Policy, make_policy
 from .nodes import CLOSED, OPEN, STATE_NAMES, Breaker, Node
 from .types import (
     ChatRequest,
@@ -24,12 +33,25 @@ from .types import (
 if TYPE_CHECKING:
     from ..metrics import BackendMetrics
 
-__all__ = ("MAX_ATTEMPTS", "Pool")
+__all__ = ("BACKGROUND", "INTERACTIVE", "MAX_ATTEMPTS", "Pool", "background_limit")
 
 log = logging.getLogger(__name__)
 
 # Nodes one call may try (each at most once) while nothing has reached the caller.
 MAX_ATTEMPTS = 3
+
+# Request classes: interactive calls (chat, WebSocket, foreground responses) and the
+# default class of background jobs. Every class but INTERACTIVE is background work.
+INTERACTIVE = "interactive"
+BACKGROUND = "background"
+
+
+def background_limit(max_inflight: int, share: float) -> int:
+    """Calls of background classes one node may hold: ``floor(max_inflight x share)``,
+    at least 1 when the share is above 0 (a small node still serves jobs)."""
+    # The epsilon keeps products such as 100 x 0.29 = 28.999... from losing a slot.
+    limit = math.floor(max_inflight * share + 1e-9)
+    return max(limit, 1) if share > 0 else 0
 
 
 class Lifecycle(Protocol):
@@ -38,8 +60,29 @@ class Lifecycle(Protocol):
     async def close(self) -> None: ...
 
 
+class _Waiter:
+    """A call waiting for room; ``future`` gets ``(node, probe)`` with the node already
+    taken for it, or ``None`` when no healthy node is left (it then decides again)."""
+
+    __slots__ = ("background", "future", "policy", "session_id", "tried")
+
+    def __init__(
+        self,
+        future: asyncio.Future[tuple[Node, bool] | None],
+        session_id: str | None,
+        tried: list[Node],
+        background: bool,
+        policy: Policy,
+    ) -> None:
+        self.future = future
+        self.session_id = session_id
+        self.tried = tried
+        self.background = background
+        self.policy = policy
+
+
 class Pool:
-    """The nodes of one backend and the policy that spreads calls over them."""
+    """The nodes of one backend and the policies that spread calls over them."""
 
     def __init__(
         self,
@@ -63,6 +106,15 @@ class Pool:
         )
         self._single = self.nodes[0] if len(self.nodes) == 1 else None
         self._policy = make_policy(config.policy, self.nodes)
+        # A class of its own policy gets its own instance: round-robin turns and the like
+        # are counted per class.
+        self._policies = {
+            name: make_policy(policy, self.nodes) for name, policy in config.policies.items()
+        }
+        self._limit = config.max_inflight  # 0: no admission control at all
+        self._background_limit = background_limit(config.max_inflight, config.background_share)
+        self._waiting_interactive: deque[_Waiter] = deque()
+        self._waiting_background: deque[_Waiter] = deque()
         self._client = client
 
     async def start(self) -> None:
@@ -74,12 +126,20 @@ class Pool:
             await self._client.close()
 
     async def complete(
-        self, request: ChatRequest, session_id: str | None = None, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        session_id: str | None = None,
+        deadline: float | None = None,
+        *,
+        request_class: str = INTERACTIVE,
     ) -> Completion:
         """The whole reply, by draining :meth:`stream`."""
         parts: list[str] = []
         last: Chunk | None = None
-        async for chunk in self.stream(request, session_id=session_id, deadline=deadline):
+        chunks = self.stream(
+            request, session_id=session_id, deadline=deadline, request_class=request_class
+        )
+        async for chunk in chunks:
             if chunk.text:
                 parts.append(chunk.text)
             last = chunk
@@ -87,36 +147,47 @@ class Pool:
         return Completion("".join(parts), last.finish_reason or "stop", last.usage or {}, last.node)
 
     async def stream(
-        self, request: ChatRequest, session_id: str | None = None, deadline: float | None = None
+        self,
+        request: ChatRequest,
+        session_id: str | None = None,
+        deadline: float | None = None,
+        *,
+        request_class: str = INTERACTIVE,
     ) -> AsyncIterator[Chunk]:
-        """Stream a reply from one node chosen by the policy.
+        """Stream a reply from one node chosen by the policy of ``request_class``.
 
         ``deadline`` is a ``loop.time()`` (capped at ``timeout_s`` from now); past it the
-        call raises :class:`UpstreamTimeout`. A retryable failure before the first chunk
-        is retried on another node; after it, the error reaches the caller, never a
-        second answer. Close the iterator (``contextlib.aclosing``) if you stop early.
+        call raises :class:`UpstreamTimeout`, also while it waits for a node with room.
+        A retryable failure before the first chunk is retried on another node; after it,
+        the error reaches the caller, never a second answer. Close the iterator
+        (``contextlib.aclosing``) if you stop early: that frees its place on the node.
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
         limit = now + self.config.timeout_s
         if deadline is None or deadline > limit:
             deadline = limit
+        background = request_class != INTERACTIVE
+        policy = self._policies.get(request_class, self._policy)
         tried: list[Node] = []
         last_error: Exception | None = None
         while True:
             if now >= deadline:
                 raise UpstreamTimeout(f"backend {self.name}: the deadline passed")
-            node = self._pick(session_id, tried, now)
-            if node is None:
+            node, full = self._pick(session_id, tried, background, policy, now)
+            if node is not None:
+                probe = self._take(node, background, now)
+            elif full:
+                taken = await self._wait(session_id, tried, background, policy, deadline)
+                now = loop.time()
+                if taken is None:
+                    continue  # the healthy nodes went away meanwhile: decide again
+                node, probe = taken
+            else:
                 if last_error is not None:
                     raise last_error
                 raise self._overloaded(now)
             tried.append(node)
-            before = node.breaker.state
-            probe = node.breaker.acquire(now)
-            if node.breaker.state != before:
-                self._breaker_moved(node, before)
-            node.inflight += 1
             started = now
             first = False
             outcome = "error"
@@ -149,10 +220,13 @@ class Pool:
                 )
                 last_error = exc
             finally:
-                node.inflight -= 1
+                # Bookkeeping first, with no await before it: a cancellation arriving
+                # while the transport closes must not leave the place or a probe taken.
+                self._release(node, background)
+                self._settle(node, probe, outcome, first, started, loop.time())
+                self._serve_waiting()
                 if outcome != "ok":
                     await chunks.aclose()
-                self._settle(node, probe, outcome, first, started, loop.time())
             now = loop.time()
 
     def status(self) -> list[dict[str, object]]:
@@ -160,23 +234,156 @@ class Pool:
         now = asyncio.get_running_loop().time()
         return [node.status(now) for node in self.nodes]
 
+    def waiting(self) -> dict[str, int]:
+        """Calls waiting for a node with room (only with ``max_inflight``), by kind."""
+        return {
+            INTERACTIVE: len(self._waiting_interactive),
+            BACKGROUND: len(self._waiting_background),
+        }
+
     # -- internals ----------------------------------------------------------------------
 
-    def _pick(self, session_id: str | None, tried: list[Node], now: float) -> Node | None:
+    def _pick(
+        self,
+        session_id: str | None,
+        tried: list[Node],
+        background: bool,
+        policy: Policy,
+        now: float,
+    ) -> tuple[Node | None, bool]:
         """A node for the next attempt: a node due for its probe first (so a recovered
-        node comes back at once), else the policy's choice among healthy untried nodes."""
+        node comes back at once), else the policy's choice among healthy untried nodes
+        with room for the call. ``(None, True)``: such nodes exist but all are full."""
+        limit = self._limit
         single = self._single
         if single is not None:
-            return None if tried or not single.breaker.ready(now) else single
+            if tried or not single.breaker.ready(now):
+                return None, False
+            if limit and not self._has_room(single, background):
+                return None, True
+            return single, False
         candidates = []
+        full = False
         for node in self.nodes:
-            if node.breaker.ready(now) and node not in tried:
-                if node.breaker.state != CLOSED:
-                    return node
-                candidates.append(node)
+            if node in tried or not node.breaker.ready(now):
+                continue
+            if limit and not self._has_room(node, background):
+                full = True
+                continue
+            if node.breaker.state != CLOSED:
+                return node, False
+            candidates.append(node)
         if not candidates:
-            return None
-        return self._policy.pick(candidates, session_id, now)
+            return None, full
+        return policy.pick(candidates, session_id, now), False
+
+    def _has_room(self, node: Node, background: bool) -> bool:
+        if node.inflight >= self._limit:
+            return False
+        return not background or node.background < self._background_limit
+
+    def _take(self, node: Node, background: bool, now: float) -> bool:
+        """Count a call on ``node``; True if it is the breaker's probe."""
+        before = node.breaker.state
+        probe = node.breaker.acquire(now)
+        if node.breaker.state != before:
+            self._breaker_moved(node, before)
+        node.inflight += 1
+        if background:
+            node.background += 1
+        return probe
+
+    def _release(self, node: Node, background: bool) -> None:
+        node.inflight -= 1
+        if background:
+            node.background -= 1
+
+    async def _wait(
+        self,
+        session_id: str | None,
+        tried: list[Node],
+        background: bool,
+        policy: Policy,
+        deadline: float,
+    ) -> tuple[Node, bool] | None:
+        """Wait in line until :meth:`_serve_waiting` hands this call a node (taken for
+        it), or ``None`` if no healthy node is left; :class:`UpstreamTimeout` at the
+        deadline. Cancelled, it leaves its place in line, or gives back the node."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), session_id, tried, background, policy)
+        future = waiter.future
+        (self._waiting_background if background else self._waiting_interactive).append(waiter)
+        try:
+            while not future.done():
+                now = loop.time()
+                if now >= deadline:
+                    break
+                # Room appears when a call ends (which serves the line) or when an open
+                # breaker's cool-down ends (which nothing signals: look again then).
+                wake = min(deadline, self._next_reopen(now))
+                await asyncio.wait((future,), timeout=wake - now)
+                if not future.done():
+                    self._serve_waiting()
+        except BaseException:
+            self._forget(waiter)
+            raise
+        if future.done() and loop.time() < deadline:
+            return future.result()
+        self._forget(waiter)
+        raise UpstreamTimeout(
+            f"backend {self.name}: the deadline passed while every node was full "
+            f"(max_inflight {self._limit})"
+        )
+
+    def _forget(self, waiter: _Waiter) -> None:
+        """Take a call that stops waiting out of line, or give back what it was handed."""
+        future = waiter.future
+        if not future.done():
+            future.cancel()
+            queue = self._waiting_background if waiter.background else self._waiting_interactive
+            queue.remove(waiter)
+            return
+        taken = future.result()
+        if taken is not None:
+            node, probe = taken
+            self._release(node, waiter.background)
+            node.breaker.released(probe)
+            self._serve_waiting()
+
+    def _serve_waiting(self) -> None:
+        """Hand nodes with room to waiting calls: interactive ones first, each line in
+        order (a waiter may skip ahead only of one that already tried the free node)."""
+        if not self._waiting_interactive and not self._waiting_background:
+            return
+        now = asyncio.get_running_loop().time()
+        for queue in (self._waiting_interactive, self._waiting_background):
+            i = 0
+            while i < len(queue):
+                waiter = queue[i]
+                node, full = self._pick(
+                    waiter.session_id, waiter.tried, waiter.background, waiter.policy, now
+                )
+                if node is None and full:
+                    if not waiter.tried:
+                        # No node has room for this line: none for those behind either,
+                        # and if no interactive call fits, no background call does.
+                        if queue is self._waiting_interactive:
+                            return
+                        break
+                    i += 1
+                    continue
+                del queue[i]
+                taken = None if node is None else (node, self._take(node, waiter.background, now))
+                waiter.future.set_result(taken)
+
+    def _next_reopen(self, now: float) -> float:
+        """When the next open breaker lets a probe through (``inf`` if none will)."""
+        due = math.inf
+        for node in self.nodes:
+            breaker = node.breaker
+            if breaker.state == OPEN and now < breaker.reopen_at < due:
+                due = breaker.reopen_at
+        return due
 
     def _settle(
         self, node: Node, probe: bool, outcome: str, first: bool, started: float, now: float
