@@ -140,8 +140,11 @@ def agentd(
     redis_url: str | None = None,
     upstream_url: str | None = None,
     name: str = "agentd",
+    extra_config: str = "",
+    args: tuple[str, ...] = (),
 ) -> contextlib.AbstractContextManager[Target]:
-    """``agentd serve`` with the echo agent (or an ``openai`` backend at ``upstream_url``)."""
+    """``agentd serve`` with the echo agent (or an ``openai`` backend at ``upstream_url``);
+    ``extra_config`` is appended to its TOML and ``args`` to its command line."""
     port = free_port()
     config = AGENTD_CONFIG.format(
         workers=workers,
@@ -150,9 +153,9 @@ def agentd(
         urls=f'["{upstream_url}"]' if upstream_url else "[]",
     )
     path = workdir / f"agentd-{port}.toml"
-    path.write_text(config)
+    path.write_text(config + extra_config)
     command = [sys.executable, "-m", "agentd", "serve", "-c", str(path)]
-    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), *args]
     env = {"PYTHONPATH": str(agentd_root())}
     return _start(name, command, cpus, workdir, port, "/readyz", "ready: serving with", env=env)
 

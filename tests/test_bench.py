@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,41 @@ def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> 
     assert {r["baseline"] for r in hello["ratios"]} == {"aiohttp"}
     assert "http-hello" in (out / "report.md").read_text()
     assert "elapsed" in done.stderr  # the progress line
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_bench_tiny_jobs_run_drains_every_job_and_reports_its_ratios(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "jobs", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results, load_schema()) == []
+    (jobs,) = results["scenarios"]
+    assert jobs["name"] == "jobs" and jobs["status"] == "ok", jobs.get("reason")
+    drains = [run for run in jobs["runs"] if run["label"].startswith("drain")]
+    assert [run["target"] for run in drains] == ["agentd-1w", "agentd-2w"]
+    for run in drains:
+        assert run["requests"] == 200 and run["error_count"] == 0  # every job completed
+        assert run["rps"] > 0 and run["latency_ms"]["p50"] is not None
+        assert "bench.scenarios.jobs submit" in run["command"]
+    chats = {run["label"]: run for run in jobs["runs"] if "chat" in run["label"]}
+    assert set(chats) == {"chat, no jobs", "chat + job backlog"}
+    assert all(run["requests"] > 0 and run["error_count"] == 0 for run in chats.values())
+    assert jobs["figures"]["backlog"]["queued_when_chat_began"] > 0
+    assert {(r["metric"], r["baseline"]) for r in jobs["ratios"]} >= {
+        ("jobs_per_s", "agentd-1w"),
+        ("enqueue_start_p50", "agentd-1w"),
+        ("enqueue_start_p99", "agentd-1w"),
+        ("rps", "no backlog"),
+        ("p99", "no backlog"),
+    }
+    summary = [row for row in results["summary"] if row["scenario"] == "jobs"]
+    assert {b for row in summary for b in row["ratios"]} == {"agentd-1w", "no backlog"}
+    assert "chat with job backlog" in (out / "report.md").read_text()

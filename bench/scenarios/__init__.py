@@ -5,6 +5,7 @@ from __future__ import annotations
 from .capacity import ADDED_LATENCY, OPEN_LOOP, SOAK, WORKERS_SCALING
 from .common import Scenario
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
+from .jobs import JOBS
 from .store import STORE_OPS
 from .ws import WS_IDLE, WS_TURNS
 
@@ -24,6 +25,7 @@ SCENARIOS: dict[str, Scenario] = {
         OPEN_LOOP,
         ADDED_LATENCY,
         STORE_OPS,
+        JOBS,
         SOAK,
     )
 }
