@@ -117,6 +117,16 @@ async def test_record_attempts_are_fenced(store: Store) -> None:
     assert [orjson.loads(e) for e in await jobs.events("resp_x", 1)] == [{"n": 2}, {"n": 3}]
 
 
+async def test_record_created_with_its_first_events(store: Store) -> None:
+    jobs = store.jobs
+    await jobs.create("r", {"status": b"queued", "req": b"{}"}, 60, [(0, b"[0]"), (1, b"[1]")])
+    assert await jobs.events("r", -1) == [b"[0]", b"[1]"]
+    start = await jobs.start("r", 3, "worker-1")
+    assert (start.verdict, start.attempt, start.seq) == ("run", 1, 2)
+    assert start.record["req"] == b"{}" and start.record["by"] == b"worker-1"
+    assert start.record["status"] == b"in_progress"
+
+
 async def test_record_attempts_run_out(store: Store) -> None:
     jobs = store.jobs
     await jobs.create("r", {"status": b"queued"}, 60)

@@ -208,10 +208,7 @@ class JobRunner:
             await self._report(rid)
             await self.jobs.ack(delivery)
             return
-        record = await self.jobs.read(rid)
-        if record is None:
-            await self.jobs.ack(delivery)
-            return
+        record = start.record
         view = view_of(rid, record)
         if start.verdict in ("cancel", "exhausted"):
             if start.verdict == "cancel":
@@ -238,8 +235,8 @@ class JobRunner:
         events = ResponseEvents(running, seq)
         writer = _EventWriter(self.jobs, rid, attempt)
         try:
+            # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
             writer.add(events.started())
-            await writer.flush()
             previous = await self.responses.stored_turn(running) if attempt > 1 else None
             if previous is not None:
                 # An earlier attempt stored the turn, then stopped before the record.
@@ -254,7 +251,6 @@ class JobRunner:
                 reply_seq: int | None = previous["seq"]
             else:
                 final, reply_seq = await self._run_turn(running, events, writer)
-            await writer.flush()
         except _FencedOut:
             log.info("job %s attempt %d was fenced out by a newer one", rid, attempt)
             return
@@ -263,7 +259,8 @@ class JobRunner:
                 await writer.flush()
             await self._failed(delivery, running, attempt, events, exc)
             return
-        await self._finish(rid, attempt, final, reply_seq, events.closing(final))
+        # The events not yet written go with the result, in one step.
+        await self._finish(rid, attempt, final, reply_seq, events.closing(final), writer.take())
         await self._report(rid)
         await self.jobs.ack(delivery)
 
@@ -285,12 +282,17 @@ class JobRunner:
             self.responses.run_turn(view, deadline=deadline, interrupt=interrupt, on_delta=on_delta)
         )
         try:
+            checked = loop.time()
             while True:
-                finished, _ = await asyncio.wait({work}, timeout=CANCEL_POLL_S)
+                wait = FLUSH_INTERVAL_S if writer.pending else CANCEL_POLL_S
+                finished, _ = await asyncio.wait({work}, timeout=wait)
                 if finished:
                     return work.result()
-                if await self.jobs.cancel_asked(view.id):
-                    break
+                await writer.flush()  # what a slow model has said so far
+                if loop.time() - checked >= CANCEL_POLL_S:
+                    checked = loop.time()
+                    if await self.jobs.cancel_asked(view.id):
+                        break
             interrupt.asked = True  # ends at the next chunk, stored as cancelled
             finished, _ = await asyncio.wait({work}, timeout=CANCEL_GRACE_S)
             if finished:
@@ -344,8 +346,9 @@ class JobRunner:
         final: ResponseView,
         reply_seq: int | None,
         closing: list[dict[str, Any]],
+        before: list[tuple[int, bytes]] | None = None,
     ) -> None:
-        payloads = [(e["sequence_number"], orjson.dumps(e)) for e in closing]
+        payloads = [*(before or ()), *((e["sequence_number"], orjson.dumps(e)) for e in closing)]
         if not await self.jobs.finish(rid, attempt, result_fields(final, reply_seq), payloads):
             log.info("job %s attempt %d was fenced out; its result is dropped", rid, attempt)
 
@@ -386,6 +389,8 @@ class _EventWriter:
         self.jobs, self.rid, self.attempt = jobs, rid, attempt
         self.pending: list[tuple[int, bytes]] = []
         self.last = time.monotonic()
+        # One write at a time, in order: the store refuses an event id below the last.
+        self._lock = asyncio.Lock()
 
     def add(self, events: list[dict[str, Any]]) -> None:
         self.pending += [(e["sequence_number"], orjson.dumps(e)) for e in events]
@@ -393,10 +398,16 @@ class _EventWriter:
     def due(self) -> bool:
         return len(self.pending) >= FLUSH_EVENTS or time.monotonic() - self.last >= FLUSH_INTERVAL_S
 
-    async def flush(self) -> None:
-        self.last = time.monotonic()
-        if not self.pending:
-            return
+    def take(self) -> list[tuple[int, bytes]]:
+        """The events not written yet (the caller writes them)."""
         batch, self.pending = self.pending, []
-        if not await self.jobs.emit(self.rid, self.attempt, batch):
-            raise _FencedOut
+        return batch
+
+    async def flush(self) -> None:
+        async with self._lock:
+            self.last = time.monotonic()
+            if not self.pending:
+                return
+            batch, self.pending = self.pending, []
+            if not await self.jobs.emit(self.rid, self.attempt, batch):
+                raise _FencedOut

@@ -165,11 +165,12 @@ class Responses:
             "part": partition.encode(),
             "bg": b"1" if req.background else b"0",
         }
-        await self.jobs.create(view.id, fields, self._ttl)
+        # A background response's event stream opens at once: response.created, .queued.
+        opening = ResponseEvents(view).created() if req.background else []
+        await self.jobs.create(
+            view.id, fields, self._ttl, [(e["sequence_number"], _b(e)) for e in opening]
+        )
         if req.background:
-            # response.created and response.queued open its event stream at once.
-            created = ResponseEvents(view).created()
-            await self.jobs.emit(view.id, 0, [(e["sequence_number"], _b(e)) for e in created])
             shard = random.randrange(self._shards[partition])
             limit = -(-self.config.jobs.max_queued // self._shards[partition])
             if not await self.jobs.enqueue(partition, shard, view.id, limit):

@@ -24,7 +24,7 @@ import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rexc
@@ -70,6 +70,7 @@ class Start:
     attempt: int = 0
     seq: int = 0
     status: str = ""
+    record: dict[str, bytes] = field(default_factory=dict)  # as it was when started
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,14 @@ class Jobs(abc.ABC):
     # -- records ----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def create(self, rid: str, fields: Mapping[str, bytes], ttl_s: int) -> None: ...
+    async def create(
+        self,
+        rid: str,
+        fields: Mapping[str, bytes],
+        ttl_s: int,
+        events: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
+        """Store a new record with its first events (sequence numbers from 0)."""
 
     @abc.abstractmethod
     async def read(self, rid: str) -> dict[str, bytes] | None: ...
@@ -304,9 +312,16 @@ class RedisJobs(Jobs):
 
     # -- records ----------------------------------------------------------------------
 
-    async def create(self, rid: str, fields: Mapping[str, bytes], ttl_s: int) -> None:
+    async def create(
+        self,
+        rid: str,
+        fields: Mapping[str, bytes],
+        ttl_s: int,
+        events: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         keys = list(K.record_keys(rid))
-        await self.shards.eval(K.RECORD_CREATE, keys, [ttl_s, *_fields_flat(fields)])
+        args = [ttl_s, self.shards.publish_command, len(fields), *_fields_flat(fields)]
+        await self.shards.eval(K.RECORD_CREATE, keys, [*args, *_events_flat(events)])
 
     async def read(self, rid: str) -> dict[str, bytes] | None:
         key = K.record_keys(rid)[0]
@@ -322,7 +337,9 @@ class RedisJobs(Jobs):
             return Start("gone")
         if verdict == "done":
             return Start("done", status=reply[1].decode())
-        return Start(verdict, int(reply[1]), int(reply[2]))
+        flat = reply[3]
+        record = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+        return Start(verdict, int(reply[1]), int(reply[2]), record=record)
 
     async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:
         keys = list(K.record_keys(rid))
@@ -522,11 +539,18 @@ class MemoryJobs(Jobs):
         for rid in [r for r, rec in self._records.items() if rec.expires <= now]:
             del self._records[rid]
 
-    async def create(self, rid: str, fields: Mapping[str, bytes], ttl_s: int) -> None:
+    async def create(
+        self,
+        rid: str,
+        fields: Mapping[str, bytes],
+        ttl_s: int,
+        events: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         self.sweep()
         self._records[rid] = _Record(
             {"seq": b"0", "att": b"0", **fields}, [], time.monotonic() + ttl_s
         )
+        self._write(rid, 0, {}, events, closing=False)
 
     async def read(self, rid: str) -> dict[str, bytes] | None:
         record = self._record(rid)
@@ -542,16 +566,16 @@ class MemoryJobs(Jobs):
             return Start("done", status=status)
         attempt, seq = int(f.get("att", b"0")), int(f.get("seq", b"0"))
         if "cx" in f:
-            return Start("cancel", attempt, seq)
+            return Start("cancel", attempt, seq, record=dict(f))
         if attempt + 1 > max_attempts:
-            return Start("exhausted", attempt, seq)
+            return Start("exhausted", attempt, seq, record=dict(f))
         f.update(
             status=b"in_progress",
             att=b"%d" % (attempt + 1),
             started=b"%f" % time.time(),
             by=consumer.encode(),
         )
-        return Start("run", attempt + 1, seq)
+        return Start("run", attempt + 1, seq, record=dict(f))
 
     async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:
         record = self._record(rid)

@@ -471,19 +471,42 @@ TERMINAL_LUA = """
 local terminal = {completed = true, failed = true, cancelled = true, incomplete = true}
 """
 
-# KEYS: record, events, channel. ARGV: ttl s, field/value pairs.
+# Appends the (seq, event) pairs of ARGV from index `first` to the events stream (ids
+# 0-(seq+1)), publishes each, notes the next seq and gives the stream the record's TTL.
+# ARGV[2] is the publish command.
+_RECORD_EVENTS_LUA = """
+local next = nil
+for i = first, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], '0-' .. string.format('%d', seq + 1), 'e', ARGV[i + 1])
+  redis.call(ARGV[2], KEYS[3], ARGV[i + 1])
+  next = seq + 1
+end
+if next then
+  redis.call('HSET', KEYS[1], 'seq', next)
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+"""
+
+# KEYS: record, events, channel. ARGV: ttl s, publish command, field count N, N
+# field/value pairs, then the first (seq, event) pairs.
 RECORD_CREATE = Script(
     "record_create",
     """
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 2))
+local n = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 4, 3 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-""",
+local first = 4 + 2 * n
+"""
+    + _RECORD_EVENTS_LUA
+    + "return 1\n",
 )
 
 # KEYS: record, events, channel. ARGV: max attempts, now, consumer.
-# Returns {verdict, attempt, seq} (see store.jobs.Start), or {'done', status}.
+# Returns {verdict, attempt, seq, the record (flat)} (see store.jobs.Start), or
+# {'done', status}.
 RECORD_START = Script(
     "record_start",
     TERMINAL_LUA
@@ -492,11 +515,13 @@ local f = redis.call('HMGET', KEYS[1], 'status', 'att', 'seq', 'cx')
 if not f[1] then return {'gone'} end
 if terminal[f[1]] then return {'done', f[1]} end
 local att = tonumber(f[2])
-if f[4] then return {'cancel', att, f[3]} end
-if att + 1 > tonumber(ARGV[1]) then return {'exhausted', att, f[3]} end
+if f[4] then return {'cancel', att, f[3], redis.call('HGETALL', KEYS[1])} end
+if att + 1 > tonumber(ARGV[1]) then
+  return {'exhausted', att, f[3], redis.call('HGETALL', KEYS[1])}
+end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2],
   'by', ARGV[3])
-return {'run', att + 1, f[3]}
+return {'run', att + 1, f[3], redis.call('HGETALL', KEYS[1])}
 """,
 )
 
@@ -523,20 +548,10 @@ if f[1] ~= ARGV[1] then return 0 end
 if ARGV[3] == '1' and terminal[f[2]] then return 0 end
 local n = tonumber(ARGV[4])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n)) end
-local next = nil
-for i = 5 + 2 * n, #ARGV, 2 do
-  local seq = tonumber(ARGV[i])
-  redis.call('XADD', KEYS[2], '0-' .. string.format('%d', seq + 1), 'e', ARGV[i + 1])
-  redis.call(ARGV[2], KEYS[3], ARGV[i + 1])
-  next = seq + 1
-end
-if next then
-  redis.call('HSET', KEYS[1], 'seq', next)
-  local ttl = redis.call('TTL', KEYS[1])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
-end
-return 1
-""",
+local first = 5 + 2 * n
+"""
+    + _RECORD_EVENTS_LUA
+    + "return 1\n",
 )
 
 # KEYS: record, events, channel. Marks cancel asked unless ended; returns the status.
