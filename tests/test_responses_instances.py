@@ -14,8 +14,9 @@ import openai
 import pytest
 import redis
 
+from .openai_stub import Fail, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
-from .test_responses import client, history, wait_status
+from .test_responses import client, history, stub_config, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -179,23 +180,9 @@ queue_shards = 2
 async def test_dead_letter_after_max_attempts(
     agentd_instance: Start, redis_standalone: RedisServer
 ) -> None:
-    from .openai_stub import Fail, StubNode
-
     node = await StubNode(Fail(503)).start()
     try:
-        config = (
-            _config([redis_standalone.url], extra="max_attempts = 2")
-            + f"""
-[[backends]]
-name = "up"
-type = "openai"
-urls = ["{node.url}"]
-breaker_failures = 1000
-[[agents]]
-name = "helper"
-backend = "up"
-"""
-        )
+        config = _config([redis_standalone.url], extra="max_attempts = 2") + stub_config(node)
         proc = agentd_instance(config)
         sdk = client(proc)
         job = await sdk.responses.create(model="helper", input="doomed", background=True)
