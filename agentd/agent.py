@@ -8,7 +8,8 @@ event. Turns of one session therefore run one at a time across every instance
 touches no store at all.
 
 The HTTP and WebSocket layers iterate :meth:`Agents.run` and translate what it yields:
-``str`` deltas while the model streams, then one :class:`TurnDone`.
+``str`` deltas while the model streams, then one :class:`TurnDone`; a caller that does
+not stream awaits :meth:`Agents.complete` for the :class:`TurnDone` alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fastpath
-from .backends import Backends, ChatRequest, Chunk
+from .backends import Backends, ChatRequest, Chunk, Pool
 from .cache import ResponseCache, Served, cacheable
 from .config import AgentConfig, Config
 from .errors import BadRequest, Conflict, NotFound, Overloaded, UpstreamTimeout
@@ -68,8 +69,19 @@ class Timings:
         return {k: getattr(self, k) for k in self.__slots__}
 
     def header(self, parse: float = 0.0) -> str:
-        parts = {"parse": parse, **self.stages()}
-        return ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in parts.items())
+        """The ``Server-Timing`` value: parse, then every stage, in milliseconds."""
+        # One %-format (the same text as each value formatted with :.2f): it runs on
+        # every reply.
+        return _SERVER_TIMING % (
+            parse * 1000,
+            self.session * 1000,
+            self.upstream_ttft * 1000,
+            self.upstream * 1000,
+            self.persist * 1000,
+        )
+
+
+_SERVER_TIMING = ", ".join(f"{k};dur=%.2f" for k in ("parse", *Timings.__slots__))
 
 
 @dataclass(slots=True)
@@ -94,10 +106,29 @@ def _upstream_message(message: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in message.items() if k not in _STORE_FIELDS}
 
 
-async def _replay(hit: Served) -> AsyncIterator[str | Served]:
-    for chunk in hit.reply.chunks:
-        yield chunk
-    yield hit
+def _stages_run(timings: Timings, session: bool, replied: bool) -> dict[str, float]:
+    """The stages a turn went through, for /metrics: a stateless turn has no session or
+    persist stage, a reply without text no first token."""
+    stages = {"upstream": timings.upstream}
+    if replied:
+        stages["upstream_ttft"] = timings.upstream_ttft
+    if session:
+        stages["session"] = timings.session
+        stages["persist"] = timings.persist
+    return stages
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A turn's model call before it runs: the request, its pool and its cache key (None
+    when the reply is not cached)."""
+
+    agent: AgentConfig
+    request: ChatRequest
+    pool: Pool
+    key: bytes | None
+    # Set when L1 was already asked and missed: the turn asks the levels below.
+    l1_missed: bool = False
 
 
 def new_turn_id() -> str:
@@ -154,39 +185,56 @@ class Agents:
         if self._inflight >= self._max_inflight:
             raise Overloaded(f"this worker runs {self._inflight} turns, its maximum", retry_after=1)
 
-    async def run(
+    def run(
         self, req: TurnRequest, *, deadline: float, interrupt: Interrupt | None = None
     ) -> AsyncIterator[str | TurnDone]:
         """Run one turn: yields text deltas, then a :class:`TurnDone`. Setting
-        ``interrupt.asked`` ends it at its next chunk, as a cancelled turn."""
+        ``interrupt.asked`` ends it at its next chunk, as a cancelled turn.
+
+        Nothing runs (and nothing is refused) before the first item is asked for."""
+        # The turn's own generator, not one wrapping it: each layer of async generator
+        # costs every item a resume, and every turn the event loop's generator hooks.
+        return self._turn(req, deadline, interrupt or Interrupt(), None)
+
+    async def complete(
+        self, req: TurnRequest, *, deadline: float, interrupt: Interrupt | None = None
+    ) -> TurnDone:
+        """Run one turn to its end: the :class:`TurnDone` that :meth:`run` ends with,
+        for a caller that does not stream. Same errors, metrics and storing as ``run``."""
+        agent = self._admit_turn(req)
+        plan = None
+        if req.session_id is None:
+            plan = self._plan(agent, req, ())
+            if plan.key is not None and self.cache is not None:
+                # A stateless L1 hit, the hottest turn there is, is answered here: no
+                # generator, no await (so no in-flight count either: nothing can see it).
+                served = self.cache.lookup_l1(plan.key)
+                if served is not None:
+                    req.cache = served.level
+                    return self._replayed(plan, served, interrupt or Interrupt())
+                plan.l1_missed = True
+        events = self._turn(req, deadline, interrupt or Interrupt(), plan)
+        async with contextlib.aclosing(events):
+            async for item in events:
+                if isinstance(item, TurnDone):
+                    return item
+        raise AssertionError("a turn ends with a TurnDone")  # pragma: no cover
+
+    def _admit_turn(self, req: TurnRequest) -> AgentConfig:
         agent = self.get(req.agent)
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         self.admit()
-        self._inflight += 1
-        try:
-            async for item in self._run(agent, req, deadline, interrupt or Interrupt()):
-                yield item
-        finally:
-            self._inflight -= 1
+        return agent
 
-    async def _run(
-        self, agent: AgentConfig, req: TurnRequest, deadline: float, interrupt: Interrupt
-    ) -> AsyncIterator[str | TurnDone]:
-        timings = Timings()
-        loop = asyncio.get_running_loop()
-        lease: TurnLease | None = None
-        history: list[dict[str, Any]] = []
-        if req.session_id is not None:
-            started = loop.time()
-            lease = await self._take_session(req.session_id, agent.history, deadline)
-            history = lease.history
-            timings.session = loop.time() - started
-
+    def _plan(
+        self, agent: AgentConfig, req: TurnRequest, history: Sequence[Mapping[str, Any]]
+    ) -> _Plan:
         upstream: list[dict[str, Any]] = []
         if agent.system_prompt:
             upstream.append({"role": "system", "content": agent.system_prompt})
-        upstream.extend(_upstream_message(m) for m in history)
+        if history:
+            upstream.extend(_upstream_message(m) for m in history)
         upstream.extend(req.messages)
         request = ChatRequest(
             model=agent.model or agent.name,
@@ -194,79 +242,161 @@ class Agents:
             params={**agent.params, **req.params},
         )
         pool = self.backends.get(agent.backend)
-
-        def call_model() -> AsyncIterator[Chunk]:
-            return pool.stream(request, session_id=req.session_id, deadline=deadline)
-
-        source: AsyncIterator[Any]
-        req.cache = "bypass"
+        key = None
         if self.cache is not None and cacheable(agent.cache, request.params):
-            key = fastpath.cache_key(agent.name, request.model, request.messages, request.params)
-            hit = await self.cache.lookup(key, agent.cache)
-            if hit is not None:
-                req.cache = hit.level
-                source = _replay(hit)
-            else:
-                req.cache = "miss"
-                source = self.cache.serve(key, agent.cache, call_model, deadline)
-        else:
-            source = call_model()
+            key = fastpath.cache_key(agent.name, request.model, upstream, request.params)
+        return _Plan(agent, request, pool, key)
+
+    def _replayed(self, plan: _Plan, served: Served, interrupt: Interrupt) -> TurnDone:
+        """A stateless turn answered from the cache, as :meth:`_turn` would replay it."""
+        loop = asyncio.get_running_loop()
+        timings = Timings()
         parts: list[str] = []
-        finish, usage, node, cancelled = "stop", {}, "", False
-        renewer = None
-        if lease is not None:
-            renewer = asyncio.create_task(
-                self._keep_lease(req.session_id, lease.token, interrupt)  # type: ignore[arg-type]
-            )
+        reply = served.reply
+        finish, usage, node, cancelled = reply.finish_reason, reply.usage, reply.node, False
         started = loop.time()
-        try:
-            async with contextlib.aclosing(source):
-                async for item in source:
-                    if isinstance(item, Served):
-                        finish, usage = item.reply.finish_reason, item.reply.usage
-                        node = item.reply.node
-                        continue
-                    text = item if isinstance(item, str) else item.text
-                    if text:
-                        if not parts:
-                            timings.upstream_ttft = loop.time() - started
-                        parts.append(text)
-                        yield text
-                    if not isinstance(item, str):
-                        finish = item.finish_reason or finish
-                        usage = item.usage or usage
-                        node = item.node or node
-                    # Checked between chunks (no task per chunk on this hot loop): a turn
-                    # asked to stop ends at its next chunk, or at its deadline if the
-                    # model is silent.
-                    if interrupt.asked:
-                        cancelled, finish = True, "cancelled"
-                        break
-        except BaseException:
-            if lease is not None:
-                await self._let_go(req.session_id, lease.token)  # type: ignore[arg-type]
-            raise
-        finally:
-            if renewer is not None:
-                renewer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await renewer
+        for text in reply.chunks:
+            if text:
+                if not parts:
+                    timings.upstream_ttft = loop.time() - started
+                parts.append(text)
+            if interrupt.asked:
+                finish, usage, node, cancelled = "cancelled", {}, "", True
+                break
         timings.upstream = loop.time() - started
         text = "".join(parts)
+        return self._done(plan, text, finish, usage, node, [], timings, cancelled, False)
 
-        stored: list[dict[str, Any]] = []
-        if lease is not None:
-            req.turn_id = req.turn_id or new_turn_id()
-            reply: dict[str, Any] = {"role": "assistant", "content": text, "turn": req.turn_id}
-            if cancelled:
-                reply["status"] = "cancelled"
-            new = [{**m, "turn": req.turn_id} for m in req.messages if m.get("role") != "system"]
-            started = loop.time()
-            stored = await self.store.end_turn(req.session_id, lease.token, [*new, reply])  # type: ignore[arg-type]
-            timings.persist = loop.time() - started
+    def _done(
+        self,
+        plan: _Plan,
+        text: str,
+        finish: str,
+        usage: dict[str, Any],
+        node: str,
+        stored: list[dict[str, Any]],
+        timings: Timings,
+        cancelled: bool,
+        session: bool,
+    ) -> TurnDone:
         if self.metrics is not None:
-            self.metrics.observe_turn(timings.stages())
-        yield TurnDone(text, finish, usage, node, request.model, stored, timings, cancelled)
+            self.metrics.observe_turn(_stages_run(timings, session, bool(text)))
+        return TurnDone(text, finish, usage, node, plan.request.model, stored, timings, cancelled)
+
+    async def _turn(
+        self, req: TurnRequest, deadline: float, interrupt: Interrupt, plan: _Plan | None
+    ) -> AsyncIterator[str | TurnDone]:
+        """The turn behind :meth:`run`; ``plan`` is given by :meth:`complete`, which
+        already checked and planned a stateless turn (and asked L1)."""
+        agent = plan.agent if plan is not None else self._admit_turn(req)
+        self._inflight += 1
+        try:
+            timings = Timings()
+            loop = asyncio.get_running_loop()
+            lease: TurnLease | None = None
+            if req.session_id is not None:
+                started = loop.time()
+                lease = await self._take_session(req.session_id, agent.history, deadline)
+                timings.session = loop.time() - started
+                plan = self._plan(agent, req, lease.history)
+            elif plan is None:
+                plan = self._plan(agent, req, ())
+            request, pool, key = plan.request, plan.pool, plan.key
+
+            def call_model() -> AsyncIterator[Chunk]:
+                return pool.stream(request, session_id=req.session_id, deadline=deadline)
+
+            source: AsyncIterator[Any] | None = None
+            served: Served | None = None
+            req.cache = "bypass"
+            cache = self.cache
+            if key is not None and cache is not None:
+                if not plan.l1_missed:
+                    served = cache.lookup_l1(key)
+                if served is None:
+                    served = await cache.lookup_below(key, agent.cache)
+                if served is not None:
+                    req.cache = served.level
+                else:
+                    req.cache = "miss"
+                    source = cache.serve(key, agent.cache, call_model, deadline)
+            else:
+                source = call_model()
+            parts: list[str] = []
+            finish, usage, node, cancelled = "stop", {}, "", False
+            renewer = None
+            if lease is not None:
+                renewer = asyncio.create_task(
+                    self._keep_lease(req.session_id, lease.token, interrupt)  # type: ignore[arg-type]
+                )
+            started = loop.time()
+            try:
+                if served is not None:
+                    # A cached reply is replayed here, chunk by chunk as it was streamed.
+                    for text in served.reply.chunks:
+                        if text:
+                            if not parts:
+                                timings.upstream_ttft = loop.time() - started
+                            parts.append(text)
+                            yield text
+                        if interrupt.asked:
+                            cancelled, finish = True, "cancelled"
+                            break
+                    else:
+                        reply = served.reply
+                        finish, usage, node = reply.finish_reason, reply.usage, reply.node
+                else:
+                    assert source is not None
+                    async with contextlib.aclosing(source):
+                        async for item in source:
+                            if isinstance(item, Served):
+                                finish, usage = item.reply.finish_reason, item.reply.usage
+                                node = item.reply.node
+                                continue
+                            text = item if isinstance(item, str) else item.text
+                            if text:
+                                if not parts:
+                                    timings.upstream_ttft = loop.time() - started
+                                parts.append(text)
+                                yield text
+                            if not isinstance(item, str):
+                                finish = item.finish_reason or finish
+                                usage = item.usage or usage
+                                node = item.node or node
+                            # Checked between chunks (no task per chunk on this hot loop):
+                            # a turn asked to stop ends at its next chunk, or at its
+                            # deadline if the model is silent.
+                            if interrupt.asked:
+                                cancelled, finish = True, "cancelled"
+                                break
+            except BaseException:
+                if lease is not None:
+                    await self._let_go(req.session_id, lease.token)  # type: ignore[arg-type]
+                raise
+            finally:
+                if renewer is not None:
+                    renewer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await renewer
+            timings.upstream = loop.time() - started
+            text = "".join(parts)
+
+            stored: list[dict[str, Any]] = []
+            if lease is not None:
+                turn = req.turn_id = req.turn_id or new_turn_id()
+                said: dict[str, Any] = {"role": "assistant", "content": text, "turn": turn}
+                if cancelled:
+                    said["status"] = "cancelled"
+                new = [{**m, "turn": turn} for m in req.messages if m.get("role") != "system"]
+                sid: str = req.session_id  # type: ignore[assignment]
+                started = loop.time()
+                stored = await self.store.end_turn(sid, lease.token, [*new, said])
+                timings.persist = loop.time() - started
+            yield self._done(
+                plan, text, finish, usage, node, stored, timings, cancelled, lease is not None
+            )
+        finally:
+            self._inflight -= 1
 
     async def _take_session(self, sid: str, last: int, deadline: float) -> TurnLease:
         """Take the session's turn lease, as ``[sessions] concurrent_turns`` says."""

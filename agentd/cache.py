@@ -194,10 +194,21 @@ class ResponseCache:
 
     async def lookup(self, key: bytes, policy: AgentCacheConfig) -> Served | None:
         """L1 → L2 → L3; a hit below fills the levels above. Store trouble is a miss."""
-        reply = self.l1.get(key, time.monotonic())
-        if reply is not None:
+        served = self.lookup_l1(key)
+        if served is not None:
+            return served
+        return await self.lookup_below(key, policy)
+
+    def lookup_l1(self, key: bytes) -> Served | None:
+        """L1 alone, without suspending: a hit (counted), or None (nothing counted: ask
+        :meth:`lookup_below` next)."""
+        served = self.l1.get(key, time.monotonic())
+        if served is not None:
             self._count("hit-l1")
-            return Served(reply, "hit-l1")
+        return served  # type: ignore[return-value]
+
+    async def lookup_below(self, key: bytes, policy: AgentCacheConfig) -> Served | None:
+        """L2 → L3, after an L1 miss; a hit fills the levels above. Store trouble is a miss."""
         hexkey = key.hex()
         data = None
         level = "hit-l2"
@@ -219,8 +230,9 @@ class ResponseCache:
     def _fill_l1(
         self, key: bytes, reply: CachedReply, nbytes: int, policy: AgentCacheConfig
     ) -> None:
-        # L1 holds decoded replies: a hit costs no parsing.
-        self.l1.put(key, reply, nbytes, time.monotonic() + policy.ttl_s)
+        # L1 holds the hit as it is served (frozen, so shared): a hit costs no parsing and
+        # no allocation.
+        self.l1.put(key, Served(reply, "hit-l1"), nbytes, time.monotonic() + policy.ttl_s)
 
     async def save(self, key: bytes, reply: CachedReply, policy: AgentCacheConfig) -> None:
         data = reply.encode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client import multiprocess as _mp
@@ -37,6 +38,24 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+# prometheus-client asks for the process id on every update of a value, to notice a fork
+# (a system call each time, several per request): this one is remembered, and renewed in
+# the child of every os.fork().
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
+
+
+def _process_id() -> int:
+    return _pid
+
+
 def enable_multiprocess() -> str:
     """Create a fresh metrics directory and switch prometheus-client to it.
 
@@ -44,7 +63,7 @@ def enable_multiprocess() -> str:
     """
     directory = tempfile.mkdtemp(prefix="agentd-metrics-")
     os.environ[ENV] = directory
-    values.ValueClass = values.MultiProcessValue()
+    values.ValueClass = values.MultiProcessValue(_process_id)
     return directory
 
 
@@ -131,7 +150,9 @@ class Metrics:
         }
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
 
-    def observe_turn(self, stages: dict[str, float]) -> None:
+    def observe_turn(self, stages: Mapping[str, float]) -> None:
+        """Observe the stages a turn went through, and only those: a stage it skipped
+        (the session of a stateless turn) is no sample, rather than a zero."""
         for stage, seconds in stages.items():
             self._stages[stage].observe(seconds)
 

@@ -15,9 +15,10 @@ import redis
 from aiohttp.test_utils import TestServer
 
 from agentd.backends import Chunk
-from agentd.cache import ResponseCache
+from agentd.cache import CachedReply, ResponseCache, Served
 from agentd.config import from_dict
 from agentd.errors import UpstreamError
+from agentd.metrics import Metrics
 from agentd.server.app import create_app
 from agentd.server.keys import CACHE
 from agentd.store import open_store
@@ -264,3 +265,37 @@ async def test_l3_survives_a_restart_and_a_damaged_file_is_rebuilt(
             assert (await ask(http, third.url))[1] == "hit-l3"  # the new file works
         assert any("damaged" in r.getMessage() for r in caplog.records)
     assert len(node.requests) == 2
+
+
+async def test_l1_is_asked_once_per_lookup_and_holds_the_hit_as_served(tmp_path: Path) -> None:
+    config = from_dict({"cache": {"disk_path": str(tmp_path / "l3.sqlite")}})
+    store = open_store(config)
+    await store.start()
+    metrics = Metrics()
+    cache = ResponseCache(config.cache, store.blobs, metrics)
+    await cache.start()
+    policy = config.agents[0].cache
+    key = b"k" * 16
+    try:
+        assert cache.lookup_l1(key) is None
+        assert await cache.lookup(key, policy) is None
+        assert cache.l1.misses == 2  # one L1 look each, nothing counted as a hit
+        reply = CachedReply(["took ", "over"], "stop", {"total_tokens": 2}, "n")
+        await cache.save(key, reply, policy)
+        hit = cache.lookup_l1(key)
+        assert hit == Served(reply, "hit-l1")
+        assert cache.lookup_l1(key) is hit  # no copy per hit
+        assert await cache.lookup(key, policy) is hit
+        cache.l1.clear()
+        assert cache.lookup_l1(key) is None
+        below = await cache.lookup_below(key, policy)  # memory mode: no L2, so L3
+        assert below == Served(reply, "hit-l3")
+        refilled = cache.lookup_l1(key)
+        assert refilled is not None and refilled.reply == reply
+    finally:
+        await cache.close()
+        await store.close()
+    text = metrics.render().decode()
+    assert 'agentd_cache_lookups_total{result="hit-l1"} 4.0' in text
+    assert 'agentd_cache_lookups_total{result="hit-l3"} 1.0' in text
+    assert 'result="miss"' not in text  # a miss is counted when the reply is produced

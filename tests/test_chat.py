@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -10,9 +12,14 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agentd.agent import Agents, Interrupt, Timings, TurnDone, TurnRequest
 from agentd.config import from_dict
+from agentd.errors import NotFound, Overloaded
 from agentd.server.app import create_app
+from agentd.server.keys import AGENTS
 
 Factory = Callable[..., Any]
 
@@ -248,6 +255,182 @@ async def test_interrupt_policy_stores_the_partial_reply_as_cancelled(serve: Fac
     assert history[1]["status"] == "cancelled"
     assert long_text.startswith(history[1]["content"]) and history[1]["content"] != long_text
     assert history[3]["content"] == "short"
+
+
+async def test_a_cached_completion_answers_as_the_first_did(serve: Factory) -> None:
+    url = await serve(cache={"disk_path": ""})
+    replies = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            status, headers, body = await post(
+                http, url + "/v1/chat/completions", chat_body("one two three", temperature=0)
+            )
+            assert status == 200
+            replies.append((headers["X-Cache"], headers["Server-Timing"], body))
+    assert [cache for cache, _, _ in replies] == ["miss", "hit-l1", "hit-l1"]
+    stages = r"parse;dur=\d+\.\d\d, session;dur=0\.00, upstream_ttft;dur=\d+\.\d\d, "
+    stages += r"upstream;dur=\d+\.\d\d, persist;dur=0\.00"
+    assert all(re.fullmatch(stages, timing) for _, timing, _ in replies)
+    first, *hits = [body for _, _, body in replies]
+    assert first["id"] != hits[0]["id"] != hits[1]["id"]
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", hits[0]["id"])
+    for hit in hits:
+        assert {k: v for k, v in hit.items() if k not in ("id", "created")} == {
+            k: v for k, v in first.items() if k not in ("id", "created")
+        }
+
+
+async def test_metrics_observe_only_the_stages_a_turn_went_through(serve: Factory) -> None:
+    url = await serve(cache={"disk_path": ""})
+    async with aiohttp.ClientSession() as http:
+        for body in (chat_body(), chat_body(temperature=0), chat_body(temperature=0)):
+            assert (await post(http, url + "/v1/chat/completions", body))[0] == 200
+        sid = await _new_session(http, url)
+        body = chat_body("stored", session_id=sid)
+        assert (await post(http, url + "/v1/chat/completions", body))[0] == 200
+        async with http.get(url + "/metrics") as r:
+            text = await r.text()
+    # Four turns (one of them a cache hit), one with a session.
+    for stage, count in (("upstream", 4), ("upstream_ttft", 4), ("session", 1), ("persist", 1)):
+        assert f'agentd_turn_stage_seconds_count{{stage="{stage}"}} {count}.0' in text
+
+
+@given(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=4, max_size=4),
+)
+def test_server_timing_formats_each_stage_in_milliseconds(
+    parse: float, stages: list[float]
+) -> None:
+    timings = Timings(*stages)
+    every = {"parse": parse, **timings.stages()}
+    expected = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in every.items())
+    assert timings.header(parse) == expected
+
+
+# -- one turn, streamed (Agents.run) or not (Agents.complete) -----------------------------
+
+
+@pytest.fixture
+async def agents() -> AsyncIterator[Factory]:
+    """Start an app (memory store, no disk cache) with config overrides; returns its Agents."""
+    servers: list[TestServer] = []
+
+    async def start(**raw: Any) -> Agents:
+        raw.setdefault("cache", {"disk_path": ""})
+        server = TestServer(create_app(from_dict(raw)), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return server.app[AGENTS]
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def turn_request(
+    content: str = "one two three",
+    session_id: str | None = None,
+    agent: str = "echo",
+    **params: Any,
+) -> TurnRequest:
+    return TurnRequest(agent, [{"role": "user", "content": content}], session_id, params)
+
+
+def deadline() -> float:
+    return asyncio.get_running_loop().time() + 10
+
+
+async def streamed(
+    agents: Agents, req: TurnRequest, interrupt: Interrupt | None = None
+) -> tuple[list[str], TurnDone]:
+    deltas: list[str] = []
+    events = agents.run(req, deadline=deadline(), interrupt=interrupt)
+    async with contextlib.aclosing(events):
+        async for item in events:
+            if isinstance(item, TurnDone):
+                return deltas, item
+            deltas.append(item)
+    raise AssertionError("the turn ended without a TurnDone")
+
+
+def outcome(req: TurnRequest, done: TurnDone) -> tuple[Any, ...]:
+    """What a caller sees of a finished turn, but for its timings."""
+    stored = [(m["seq"], m["role"], m["content"], m.get("status")) for m in done.stored]
+    return (req.cache, done.text, done.finish_reason, done.usage, done.node, done.model,
+            stored, done.cancelled)  # fmt: skip
+
+
+def asked(interrupt: bool) -> Interrupt | None:
+    if not interrupt:
+        return None
+    stop = Interrupt()
+    stop.asked = True
+    return stop
+
+
+async def test_complete_ends_every_kind_of_turn_as_run_does(agents: Factory) -> None:
+    # The same script on two identical apps: one streams every turn, one completes it.
+    by_run, by_complete = await agents(), await agents()
+    sids = [(await a.store.create_session()).id for a in (by_run, by_complete)]
+    script: list[tuple[str, bool, dict[str, Any], bool]] = [
+        ("one two three", False, {}, False),  # not cacheable: bypass
+        ("one two three", False, {"temperature": 0}, False),  # miss
+        ("one two three", False, {"temperature": 0}, False),  # hit-l1
+        ("one two three", True, {"temperature": 0}, False),  # a hit, stored in the session
+        ("four five", True, {"temperature": 0}, False),  # a miss with history
+        ("one two three", False, {"temperature": 0}, True),  # a hit asked to stop
+        ("six seven eight", False, {"temperature": 0}, True),  # a miss asked to stop
+        ("nine ten", True, {}, True),  # a session turn asked to stop
+    ]
+    for content, session, params, stop in script:
+        req = turn_request(content, sids[0] if session else None, **params)
+        deltas, done = await streamed(by_run, req, asked(stop))
+        assert "".join(deltas) == done.text
+        seen = outcome(req, done)
+        req = turn_request(content, sids[1] if session else None, **params)
+        done = await by_complete.complete(req, deadline=deadline(), interrupt=asked(stop))
+        assert outcome(req, done) == seen, (content, session, params, stop)
+        if stop:
+            assert done.cancelled and done.finish_reason == "cancelled"
+            assert done.text == content.split()[0] + " "  # ended at its first chunk
+    assert _cache_counts(by_run) == _cache_counts(by_complete)
+    assert _stage_counts(by_run) == _stage_counts(by_complete)
+    assert by_run.inflight == by_complete.inflight == 0
+
+
+def _cache_counts(agents: Agents) -> list[str]:
+    assert agents.metrics is not None
+    text = agents.metrics.render().decode()
+    return sorted(re.findall(r"agentd_cache_lookups_total\{.*", text))
+
+
+def _stage_counts(agents: Agents) -> list[str]:
+    assert agents.metrics is not None
+    text = agents.metrics.render().decode()
+    return sorted(re.findall(r"agentd_turn_stage_seconds_count\{.*", text))
+
+
+async def test_run_refuses_when_iterated_and_complete_when_awaited(agents: Factory) -> None:
+    slow = await agents(server={"max_inflight_turns": 1}, **echo(latency_ms=300))
+    unknown = turn_request(agent="nobody")
+    events = slow.run(unknown, deadline=deadline())  # nothing runs yet
+    with pytest.raises(NotFound):
+        await anext(events)
+    with pytest.raises(NotFound):
+        await slow.complete(unknown, deadline=deadline())
+    await slow.complete(turn_request(temperature=0), deadline=deadline())  # now cached
+    busy = asyncio.create_task(slow.complete(turn_request(), deadline=deadline()))
+    await asyncio.sleep(0.1)
+    # A full worker refuses even a turn its L1 would answer, as run() does.
+    with pytest.raises(Overloaded):
+        await slow.complete(turn_request(temperature=0), deadline=deadline())
+    with pytest.raises(Overloaded):
+        await streamed(slow, turn_request(temperature=0))
+    await busy
+    req = turn_request(temperature=0)
+    assert (await slow.complete(req, deadline=deadline())).text == "one two three"
+    assert req.cache == "hit-l1" and slow.inflight == 0
 
 
 # -- WebSocket ---------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import time
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -32,7 +32,9 @@ __all__ = ("setup",)
 
 
 def _completion_id() -> str:
-    return "chatcmpl-" + secrets.token_hex(12)
+    # A label, not a secret: the random module (reseeded in every forked worker) gives
+    # the same 24 hex digits as secrets.token_hex(12) at half the cost.
+    return f"chatcmpl-{getrandbits(96):024x}"
 
 
 def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[str, str]:
@@ -63,15 +65,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     agents = request.app[AGENTS]
     agents.get(turn.agent)  # an unknown model is a 404 before anything runs
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
-    events = agents.run(turn, deadline=deadline)
     if stream:
+        events = agents.run(turn, deadline=deadline)
         return await _stream(request, events, turn, include_usage, parse_s)
-    done: TurnDone | None = None
-    async with contextlib.aclosing(events):
-        async for item in events:
-            if isinstance(item, TurnDone):
-                done = item
-    assert done is not None
+    done = await agents.complete(turn, deadline=deadline)
     body = {
         "id": _completion_id(),
         "object": "chat.completion",
