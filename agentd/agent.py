@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import fastpath
-from .backends import Backends, ChatRequest, Chunk, Pool
+from .backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from .cache import ResponseCache, Served, cacheable
 from .config import AgentConfig, Config
 from .errors import BadRequest, Conflict, NotFound, Overloaded, UpstreamTimeout
@@ -54,6 +54,9 @@ class TurnRequest:
     # Stored on the turn's messages, so a connection can tell its own turns' events.
     # ("" = drawn when the turn is stored: stateless turns never pay for one).
     turn_id: str = ""
+    # The model call's class (the backend's capacity and policy per class): only
+    # interactive turns count toward the worker's and the partition's turn limits.
+    request_class: str = INTERACTIVE
 
 
 @dataclass(slots=True)
@@ -164,6 +167,12 @@ class Agents:
         self._agents = {a.name: a for a in config.agents}
         self._inflight = 0
         self._max_inflight = config.server.max_inflight_turns
+        # Interactive turns per partition, for the partitions that cap them.
+        self._partition_of = {a.name: config.partition_of(a.name) for a in config.agents}
+        self._partition_max = {
+            p.name: p.max_inflight_turns for p in config.all_partitions() if p.max_inflight_turns
+        }
+        self._partition_inflight = dict.fromkeys(self._partition_max, 0)
         self._lease_s = config.sessions.turn_lease
         self._policy = config.sessions.concurrent_turns
 
@@ -180,10 +189,25 @@ class Agents:
     def inflight(self) -> int:
         return self._inflight
 
-    def admit(self) -> None:
-        """Refuse at once when this worker already runs its maximum of turns."""
+    def admit(self, agent: str | None = None) -> None:
+        """Refuse at once when this worker already runs its maximum of interactive turns,
+        or of the agent's partition's."""
         if self._inflight >= self._max_inflight:
             raise Overloaded(f"this worker runs {self._inflight} turns, its maximum", retry_after=1)
+        partition = self._partition_of.get(agent or "")
+        if partition in self._partition_max:
+            running = self._partition_inflight[partition]
+            if running >= self._partition_max[partition]:
+                raise Overloaded(
+                    f"this worker runs {running} turns of partition {partition!r}, its maximum",
+                    retry_after=1,
+                )
+
+    def _count(self, req: TurnRequest, step: int) -> None:
+        self._inflight += step
+        partition = self._partition_of[req.agent]
+        if partition in self._partition_inflight:
+            self._partition_inflight[partition] += step
 
     def run(
         self, req: TurnRequest, *, deadline: float, interrupt: Interrupt | None = None
@@ -224,7 +248,8 @@ class Agents:
         agent = self.get(req.agent)
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
-        self.admit()
+        if req.request_class == INTERACTIVE:
+            self.admit(agent.name)
         return agent
 
     def _plan(
@@ -289,7 +314,9 @@ class Agents:
         """The turn behind :meth:`run`; ``plan`` is given by :meth:`complete`, which
         already checked and planned a stateless turn (and asked L1)."""
         agent = plan.agent if plan is not None else self._admit_turn(req)
-        self._inflight += 1
+        counted = req.request_class == INTERACTIVE
+        if counted:
+            self._count(req, 1)
         try:
             timings = Timings()
             loop = asyncio.get_running_loop()
@@ -304,7 +331,12 @@ class Agents:
             request, pool, key = plan.request, plan.pool, plan.key
 
             def call_model() -> AsyncIterator[Chunk]:
-                return pool.stream(request, session_id=req.session_id, deadline=deadline)
+                return pool.stream(
+                    request,
+                    session_id=req.session_id,
+                    deadline=deadline,
+                    request_class=req.request_class,
+                )
 
             source: AsyncIterator[Any] | None = None
             served: Served | None = None
@@ -396,7 +428,8 @@ class Agents:
                 plan, text, finish, usage, node, stored, timings, cancelled, lease is not None
             )
         finally:
-            self._inflight -= 1
+            if counted:
+                self._count(req, -1)
 
     async def _take_session(self, sid: str, last: int, deadline: float) -> TurnLease:
         """Take the session's turn lease, as ``[sessions] concurrent_turns`` says."""

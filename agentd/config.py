@@ -311,6 +311,9 @@ class PartitionConfig:
     concurrency: int = opt(32, min=1, max=100_000)
     # Streams (on different hash slots) that hold the partition's queue.
     queue_shards: int = opt(4, min=1, max=1024)
+    # Interactive turns of its agents one worker runs at once (0 = only the worker's
+    # server.max_inflight_turns): one partition's surge cannot take every worker.
+    max_inflight_turns: int = opt(0, min=0, max=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -348,7 +351,7 @@ class Config:
         """Every partition, ``default`` included (from ``[jobs]`` unless defined)."""
         if any(p.name == "default" for p in self.partitions):
             return self.partitions
-        default = PartitionConfig("default", (), self.jobs.concurrency, self.jobs.queue_shards)
+        default = PartitionConfig("default", (), self.jobs.concurrency, self.jobs.queue_shards, 0)
         return (*self.partitions, default)
 
     def partition_of(self, agent: str) -> str:

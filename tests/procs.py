@@ -252,3 +252,13 @@ class RedisClusterProcs:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+
+def metric(proc: AgentdProcess, sample: str) -> float | None:
+    """One sample's value from the instance's /metrics (None when absent)."""
+    with urllib.request.urlopen(proc.url + "/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            if name == sample:
+                return float(value)
+    return None

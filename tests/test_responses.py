@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from .openai_stub import Fail, Slow, StubNode
-from .procs import AgentdProcess
+from .procs import AgentdProcess, metric
 
 Start = Callable[..., AgentdProcess]
 
@@ -85,6 +85,9 @@ async def test_background_runs_on_the_queue(agentd_instance: Start) -> None:
     assert done.status == "completed"
     assert done.output_text == "hello there"
     assert done.usage is not None and done.usage.output_tokens > 0
+    assert metric(proc, 'agentd_jobs_start_delay_seconds_count{partition="default"}') == 1.0
+    finished = 'agentd_jobs_finished_total{partition="default",status="completed"}'
+    assert metric(proc, finished) == 1.0
     sid = done.model_extra["session_id"]
     messages = await history(proc, sid)
     assert [(m["role"], m["content"], m["turn"]) for m in messages] == [
@@ -290,3 +293,74 @@ def test_sdk_sync_client_works_too(agentd_instance: Start) -> None:
     sdk = openai.OpenAI(base_url=proc.url + "/v1", api_key="unused")
     response = sdk.responses.create(model="echo", input="sync")
     assert response.output_text == "sync"
+
+
+async def test_interactive_calls_pass_a_flood_of_jobs(
+    agentd_instance: Start, stub: StubNode
+) -> None:
+    stub.mode = Slow(first_s=0.4)
+    stub.reply = lambda body: "reply to " + body["messages"][-1]["content"]
+    proc = agentd_instance(
+        stub_config(stub).replace(
+            "breaker_failures = 1000", "breaker_failures = 1000\nmax_inflight = 2"
+        )
+    )
+    sdk = client(proc)
+    jobs = [
+        await sdk.responses.create(model="helper", input=f"job {i}", background=True)
+        for i in range(8)
+    ]
+    await wait_status(sdk, jobs[0].id, ("in_progress",))
+    # Background work may hold half the node (1 call); a person's chat gets the other.
+    chat = await sdk.chat.completions.create(
+        model="helper", messages=[{"role": "user", "content": "a person"}]
+    )
+    assert chat.choices[0].message.content == "reply to a person"
+    jobs_seen = sum(1 for r in stub.requests if r.json["messages"][-1]["content"].startswith("job"))
+    assert jobs_seen < len(jobs)  # the chat did not wait behind the backlog
+    for job in jobs:
+        assert (await wait_status(sdk, job.id)).status == "completed"
+    assert stub.peak_inflight == 2  # one job and the chat, never two jobs
+
+
+async def test_a_partition_caps_its_interactive_turns(agentd_instance: Start) -> None:
+    config = (
+        SLOW_ECHO
+        + """
+[[agents]]
+name = "capped"
+backend = "echo"
+[[agents]]
+name = "free"
+backend = "echo"
+[[partitions]]
+name = "small"
+agents = ["capped"]
+max_inflight_turns = 1
+"""
+    )
+    proc = agentd_instance(config)
+    sdk = client(proc)
+    slow = asyncio.create_task(
+        sdk.chat.completions.create(
+            model="capped", messages=[{"role": "user", "content": "w " * 40}]
+        )
+    )
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 30
+    refused = None
+    while refused is None:
+        try:
+            await sdk.with_options(max_retries=0).chat.completions.create(
+                model="capped", messages=[{"role": "user", "content": "second"}]
+            )
+        except openai.InternalServerError as exc:
+            refused = exc
+        assert loop.time() < until and not slow.done()
+        await asyncio.sleep(0.05)
+    assert refused.status_code == 503 and refused.code == "overloaded"
+    other = await sdk.chat.completions.create(
+        model="free", messages=[{"role": "user", "content": "not capped"}]
+    )
+    assert other.choices[0].message.content == "not capped"
+    await slow

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from .openai_stub import Fail, StubNode
-from .procs import AgentdProcess, RedisClusterProcs, RedisServer
+from .procs import AgentdProcess, RedisClusterProcs, RedisServer, metric
 from .test_responses import client, history, stub_config, wait_status
 
 pytestmark = pytest.mark.slow
@@ -173,8 +173,15 @@ queue_shards = 2
     assert (await sdk.responses.retrieve(b_job.id)).status == "queued"
     r = redis.Redis.from_url(redis_standalone.url)
     assert sum(r.xlen(f"agentd:q:{{b:{i}}}") for i in range(2)) == 1
-    agentd_instance(config, "--partitions", "b")
+    assert metric(only_a, 'agentd_jobs_queued{partition="b"}') == 1.0
+    assert metric(only_a, 'agentd_jobs_queued{partition="a"}') == 0.0
+    assert metric(only_a, 'agentd_jobs_oldest_queued_seconds{partition="b"}') >= 1.0
+    only_b = agentd_instance(config, "--partitions", "b")
     assert (await wait_status(sdk, b_job.id)).output_text == "for b"
+    assert metric(only_a, 'agentd_jobs_queued{partition="b"}') == 0.0
+    finished = 'agentd_jobs_finished_total{partition="b",status="completed"}'
+    assert metric(only_b, finished) == 1.0
+    assert metric(only_a, finished) is None  # only the instance that ran it counts it
 
 
 async def test_dead_letter_after_max_attempts(

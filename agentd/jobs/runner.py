@@ -25,6 +25,7 @@ import orjson
 from ..agent import Interrupt
 from ..config import Config
 from ..errors import AgentdError, Internal
+from ..metrics import JobMetrics
 from ..store.jobs import Delivery, Jobs
 from .objects import ResponseEvents, ResponseView, error_dict
 from .service import Responses, result_fields, view_of
@@ -71,10 +72,17 @@ class _Partition:
 class JobRunner:
     """Consumes the job queues of the partitions this instance serves."""
 
-    def __init__(self, config: Config, responses: Responses, jobs: Jobs) -> None:
+    def __init__(
+        self,
+        config: Config,
+        responses: Responses,
+        jobs: Jobs,
+        metrics: JobMetrics | None = None,
+    ) -> None:
         self.config = config
         self.responses = responses
         self.jobs = jobs
+        self.metrics = metrics
         self.consumer = consumer_name()
         served = set(config.server.partitions)
         self.partitions = [
@@ -95,6 +103,18 @@ class JobRunner:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    async def report(self) -> None:
+        """Publish every partition's queue figures (called when /metrics is scraped)."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        for part in self.config.all_partitions():
+            depth = await self.jobs.depth(part.name, part.queue_shards)
+            m.queued.labels(part.name).set(depth.waiting)
+            m.running.labels(part.name).set(depth.running)
+            m.oldest.labels(part.name).set(depth.oldest_s)
+            m.dead.labels(part.name).set(depth.dead)
 
     async def start(self) -> None:
         for part in self.partitions:
@@ -227,6 +247,9 @@ class JobRunner:
             else:
                 await self.jobs.ack(delivery)
             return
+        if self.metrics is not None:
+            delay = max(0.0, time.time() - delivery.enqueued_at)
+            self.metrics.start_delay.labels(delivery.partition).observe(delay)
         await self._run(delivery, view, start.attempt, start.seq)
 
     async def _run(self, delivery: Delivery, view: ResponseView, attempt: int, seq: int) -> None:
@@ -333,6 +356,8 @@ class JobRunner:
                 await self.jobs.bury(delivery, _dumps_error(error))
             return
         log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)
+        if self.metrics is not None:
+            self.metrics.retries.labels(delivery.partition).inc()
         if not await self.jobs.update(rid, attempt, {"lasterr": orjson.dumps(error)}):
             return  # fenced out: a newer attempt owns the job
         delay = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
@@ -351,6 +376,9 @@ class JobRunner:
         payloads = [*(before or ()), *((e["sequence_number"], orjson.dumps(e)) for e in closing)]
         if not await self.jobs.finish(rid, attempt, result_fields(final, reply_seq), payloads):
             log.info("job %s attempt %d was fenced out; its result is dropped", rid, attempt)
+        elif self.metrics is not None:
+            partition = self.config.partition_of(final.request.agent)
+            self.metrics.finished.labels(partition, final.status).inc()
 
     # -- webhooks ---------------------------------------------------------------------
 

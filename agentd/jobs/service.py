@@ -271,6 +271,8 @@ class Responses:
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
+        if req.background:
+            turn.request_class = self.agents.get(req.agent).background_class
         return turn
 
     async def stored_turn(self, view: ResponseView) -> dict[str, Any] | None:

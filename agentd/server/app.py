@@ -19,7 +19,7 @@ from ..cache import ResponseCache
 from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
-from ..metrics import BackendMetrics, Metrics
+from ..metrics import BackendMetrics, JobMetrics, Metrics
 from ..store import open_store
 from . import cache_admin, chat, events, ops, responses, sessions, state, ws
 from .keys import (
@@ -88,7 +88,7 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
     app[RESPONSES] = responses_api = Responses(config, store, agents)
-    app[RUNNER] = JobRunner(config, responses_api, store.jobs)
+    app[RUNNER] = JobRunner(config, responses_api, store.jobs, JobMetrics(metrics))
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_parts)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import platform
 
 from aiohttp import web
 
 from .. import __version__, fastpath
+from ..errors import AgentdError
 from ..metrics import CONTENT_TYPE
 from .http import json_response
-from .keys import CACHE, CONFIG, METRICS, STATE
+from .keys import CACHE, CONFIG, METRICS, RUNNER, STATE
 
 __all__ = ("event_loop_name", "setup")
+
+log = logging.getLogger(__name__)
 
 
 def event_loop_name() -> str:
@@ -38,6 +42,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     request.app[CACHE].report_sizes()
+    try:
+        await request.app[RUNNER].report()
+    except AgentdError as exc:
+        log.warning("job queue figures left out of /metrics: %s", exc.message)
     body = await asyncio.get_running_loop().run_in_executor(None, request.app[METRICS].render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

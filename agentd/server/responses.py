@@ -31,7 +31,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     responses = request.app[RESPONSES]
     if not req.background:
         # Admission before anything is stored, as for chat turns.
-        responses.agents.admit()
+        responses.agents.admit(req.agent)
     view = await responses.create(req)
     if req.background:
         if req.stream:
