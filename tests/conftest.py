@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -9,6 +10,7 @@ import redis
 from agentd.config import Config, from_dict
 from agentd.store import Store, open_store
 
+from .openai_stub import StartStub, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
 
 PROBE = 'plugins = ["tests.plugins.probe:setup"]'
@@ -126,3 +128,19 @@ async def store(store_config: Config) -> AsyncIterator[Store]:
     await instance.start()
     yield instance
     await instance.close()
+
+
+@pytest.fixture
+async def stub() -> AsyncIterator[StartStub]:
+    """Start OpenAI-compatible stub upstreams on free loopback ports; all are closed after
+    the test."""
+    started: list[StubNode] = []
+
+    async def start(mode: Any = None, **options: Any) -> StubNode:
+        node = await StubNode(mode, **options).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        await node.close()

@@ -21,7 +21,7 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = (
     "Normal",
     "RecordedRequest",
     "Slow",
+    "StartStub",
     "StubNode",
     "stub_usage",
 )
@@ -323,3 +324,7 @@ class StubNode:
         if request.transport is not None:
             request.transport.abort()
         return response
+
+
+# The ``stub`` fixture (tests/conftest.py): start(mode=None, **options) -> a started node.
+StartStub = Callable[..., Awaitable["StubNode"]]

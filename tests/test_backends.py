@@ -22,9 +22,8 @@ from agentd.config import BackendConfig, from_dict
 from agentd.errors import BadRequest, NotFound, Overloaded, UpstreamError, UpstreamTimeout
 from agentd.metrics import BackendMetrics
 
-from .openai_stub import Fail, FailMidStream, Hang, Normal, Slow, StubNode, stub_usage
+from .openai_stub import Fail, FailMidStream, Hang, Normal, Slow, StartStub, StubNode, stub_usage
 
-StartStub = Callable[..., Awaitable[StubNode]]
 MakePool = Callable[..., Awaitable[Pool]]
 
 
@@ -40,21 +39,6 @@ async def collect(pool: Pool, request: ChatRequest, **kwargs: Any) -> list[Chunk
 
 def now() -> float:
     return asyncio.get_running_loop().time()
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[StartStub]:
-    """Start stub upstream nodes on free loopback ports; all are closed after the test."""
-    started: list[StubNode] = []
-
-    async def start(mode: Any = None, **options: Any) -> StubNode:
-        node = await StubNode(mode, **options).start()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        await node.close()
 
 
 @pytest.fixture

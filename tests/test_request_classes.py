@@ -17,9 +17,8 @@ from agentd.backends.pool import background_limit
 from agentd.config import ConfigError, dump_toml, from_dict
 from agentd.errors import UpstreamError, UpstreamTimeout
 
-from .openai_stub import Fail, FailMidStream, Hang, Slow, StubNode
+from .openai_stub import Fail, FailMidStream, Hang, Slow, StartStub, StubNode
 
-StartStub = Callable[..., Awaitable[StubNode]]
 MakePool = Callable[..., Awaitable[Pool]]
 
 
@@ -54,20 +53,6 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@pytest.fixture
-async def stub() -> AsyncIterator[StartStub]:
-    started: list[StubNode] = []
-
-    async def start(mode: Any = None, **options: Any) -> StubNode:
-        node = await StubNode(mode, **options).start()
-        started.append(node)
-        return node
-
-    yield start
-    for node in started:
-        await node.close()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ official ``openai`` SDK; upstream is the echo backend or an OpenAI-compatible st
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from .openai_stub import Fail, Slow, StubNode
+from .openai_stub import Fail, Slow, StartStub, StubNode
 from .procs import AgentdProcess, metric
 
 Start = Callable[..., AgentdProcess]
@@ -54,10 +54,8 @@ async def history(proc: AgentdProcess, sid: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def stub() -> AsyncIterator[StubNode]:
-    node = await StubNode().start()
-    yield node
-    await node.close()
+async def upstream(stub: StartStub) -> StubNode:
+    return await stub()
 
 
 def stub_config(node: StubNode, extra: str = "") -> str:
@@ -126,31 +124,31 @@ async def test_foreground_plain_and_streamed(agentd_instance: Start) -> None:
 
 
 async def test_previous_response_id_continues_and_branches(
-    agentd_instance: Start, stub: StubNode
+    agentd_instance: Start, upstream: StubNode
 ) -> None:
-    stub.reply = lambda body: "reply to " + body["messages"][-1]["content"]
-    proc = agentd_instance(stub_config(stub))
+    upstream.reply = lambda body: "reply to " + body["messages"][-1]["content"]
+    proc = agentd_instance(stub_config(upstream))
     sdk = client(proc)
     first = await sdk.responses.create(model="helper", input="first", instructions="be brief")
     second = await sdk.responses.create(
         model="helper", input="second", previous_response_id=first.id
     )
     assert second.output_text == "reply to second"
-    sent = [(m["role"], m["content"]) for m in stub.requests[-1].json["messages"]]
+    sent = [(m["role"], m["content"]) for m in upstream.requests[-1].json["messages"]]
     # Instructions apply to their own turn only, as OpenAI's do.
     assert sent == [
         ("user", "first"),
         ("assistant", "reply to first"),
         ("user", "second"),
     ]
-    assert stub.requests[0].json["messages"][0] == {"role": "system", "content": "be brief"}
+    assert upstream.requests[0].json["messages"][0] == {"role": "system", "content": "be brief"}
     # Continuing from `first` again branches: the new turn does not see `second`.
     branch = await sdk.responses.create(
         model="helper", input="other", previous_response_id=first.id, background=True
     )
     branch = await wait_status(sdk, branch.id)
     assert branch.output_text == "reply to other"
-    sent = [(m["role"], m["content"]) for m in stub.requests[-1].json["messages"]]
+    sent = [(m["role"], m["content"]) for m in upstream.requests[-1].json["messages"]]
     assert sent == [("user", "first"), ("assistant", "reply to first"), ("user", "other")]
     assert branch.model_extra["session_id"] != second.model_extra["session_id"]
     # And the original line still continues where it was.
@@ -158,7 +156,7 @@ async def test_previous_response_id_continues_and_branches(
         model="helper", input="third", previous_response_id=second.id
     )
     assert third.model_extra["session_id"] == second.model_extra["session_id"]
-    assert [m["content"] for m in stub.requests[-1].json["messages"]][-3:] == [
+    assert [m["content"] for m in upstream.requests[-1].json["messages"]][-3:] == [
         "second",
         "reply to second",
         "third",
@@ -194,9 +192,11 @@ async def test_cancel_a_running_job_keeps_its_partial_output(agentd_instance: St
     assert events[-1].response.status == "cancelled"
 
 
-async def test_cancel_a_queued_job_before_it_runs(agentd_instance: Start, stub: StubNode) -> None:
-    stub.mode = Slow(first_s=1.5)
-    proc = agentd_instance(stub_config(stub, "[jobs]\nconcurrency = 1\nqueue_shards = 1\n"))
+async def test_cancel_a_queued_job_before_it_runs(
+    agentd_instance: Start, upstream: StubNode
+) -> None:
+    upstream.mode = Slow(first_s=1.5)
+    proc = agentd_instance(stub_config(upstream, "[jobs]\nconcurrency = 1\nqueue_shards = 1\n"))
     sdk = client(proc)
     busy = await sdk.responses.create(model="helper", input="busy", background=True)
     waiting = await sdk.responses.create(model="helper", input="waiting", background=True)
@@ -204,7 +204,7 @@ async def test_cancel_a_queued_job_before_it_runs(agentd_instance: Start, stub: 
     assert cancelled.status == "cancelled" and cancelled.output_text == ""
     assert (await wait_status(sdk, busy.id)).status == "completed"
     await asyncio.sleep(0.3)  # the cancelled job is taken from the queue and dropped
-    assert [r.json["messages"][-1]["content"] for r in stub.requests] == ["busy"]
+    assert [r.json["messages"][-1]["content"] for r in upstream.requests] == ["busy"]
     assert (await sdk.responses.retrieve(waiting.id)).status == "cancelled"
 
 
@@ -245,16 +245,16 @@ async def test_errors_in_openai_shape(agentd_instance: Start) -> None:
 
 
 async def test_failing_backend_fails_after_max_attempts(
-    agentd_instance: Start, stub: StubNode
+    agentd_instance: Start, upstream: StubNode
 ) -> None:
-    stub.mode = Fail(500)
-    proc = agentd_instance(stub_config(stub, "[jobs]\nmax_attempts = 2\n"))
+    upstream.mode = Fail(500)
+    proc = agentd_instance(stub_config(upstream, "[jobs]\nmax_attempts = 2\n"))
     sdk = client(proc)
     job = await sdk.responses.create(model="helper", input="doomed", background=True)
     done = await wait_status(sdk, job.id)
     assert done.status == "failed"
     assert done.error is not None and done.error.message
-    assert len(stub.requests) >= 2  # retried (the pool may retry within an attempt too)
+    assert len(upstream.requests) >= 2  # retried (the pool may retry within an attempt too)
 
 
 async def test_webhook_is_signed_the_way_the_sdk_verifies(agentd_instance: Start) -> None:
@@ -296,12 +296,12 @@ def test_sdk_sync_client_works_too(agentd_instance: Start) -> None:
 
 
 async def test_interactive_calls_pass_a_flood_of_jobs(
-    agentd_instance: Start, stub: StubNode
+    agentd_instance: Start, upstream: StubNode
 ) -> None:
-    stub.mode = Slow(first_s=0.4)
-    stub.reply = lambda body: "reply to " + body["messages"][-1]["content"]
+    upstream.mode = Slow(first_s=0.4)
+    upstream.reply = lambda body: "reply to " + body["messages"][-1]["content"]
     proc = agentd_instance(
-        stub_config(stub).replace(
+        stub_config(upstream).replace(
             "breaker_failures = 1000", "breaker_failures = 1000\nmax_inflight = 2"
         )
     )
@@ -316,11 +316,13 @@ async def test_interactive_calls_pass_a_flood_of_jobs(
         model="helper", messages=[{"role": "user", "content": "a person"}]
     )
     assert chat.choices[0].message.content == "reply to a person"
-    jobs_seen = sum(1 for r in stub.requests if r.json["messages"][-1]["content"].startswith("job"))
+    jobs_seen = sum(
+        1 for r in upstream.requests if r.json["messages"][-1]["content"].startswith("job")
+    )
     assert jobs_seen < len(jobs)  # the chat did not wait behind the backlog
     for job in jobs:
         assert (await wait_status(sdk, job.id)).status == "completed"
-    assert stub.peak_inflight == 2  # one job and the chat, never two jobs
+    assert upstream.peak_inflight == 2  # one job and the chat, never two jobs
 
 
 async def test_a_partition_caps_its_interactive_turns(agentd_instance: Start) -> None:

@@ -22,8 +22,9 @@ from typing import Any
 
 import orjson
 
+from ..client_json import loads_json
 from ..errors import BadRequest
-from ..fastpath import CHAT_PARAMS, MAX_DEPTH, MAX_MESSAGES
+from ..fastpath import CHAT_PARAMS, MAX_MESSAGES
 
 __all__ = (
     "IGNORED_FIELDS",
@@ -193,22 +194,6 @@ def _check(value: Any, kinds: _Kinds, param: str) -> Any:
     return value
 
 
-def _loads(raw: bytes) -> Any:
-    # The same reading as the HTTP layer's loads_json (which jobs may not import: the
-    # server depends on jobs), with the depth limit owned by the fast path.
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    try:
-        orjson.dumps([[[value]]])  # a depth check at C speed, room left for the envelope
-    except orjson.JSONEncodeError:
-        raise BadRequest(
-            f"the body nests deeper than {MAX_DEPTH} levels", code="invalid_json"
-        ) from None
-    return value
-
-
 def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     """Parse and validate a ``POST /v1/responses`` body; :class:`BadRequest` if bad.
 
@@ -221,7 +206,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     body wins over ``header_session`` (the ``X-Session-Id`` header), even when null,
     as in the chat API.
     """
-    body = _loads(raw)
+    body = loads_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object", code="invalid_request")
     for key in body:

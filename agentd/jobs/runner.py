@@ -93,7 +93,6 @@ class JobRunner:
         self._lease = config.jobs.lease_s
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[asyncio.Task[None], Delivery] = {}
-        self._stopping = False
         secret_text = os.environ.get(config.jobs.webhook_secret_env, "")
         self._hooks: WebhookSender | None = None
         if secret_text:
@@ -125,7 +124,6 @@ class JobRunner:
     async def close(self, grace: float) -> None:
         """Stop taking jobs; let running ones finish for up to ``grace`` seconds, then
         hand the rest back to the queue for another consumer."""
-        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

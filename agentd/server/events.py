@@ -14,8 +14,6 @@ custom event (``typing``, ``tool_progress``, ...) to every watcher; it is not st
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from typing import Any
 
@@ -24,12 +22,11 @@ from aiohttp import web
 
 from ..errors import BadRequest
 from ..store import Event
-from .http import json_object, json_response, read_json, start_sse
+from .http import json_object, json_response, pump_sse, read_json, start_sse
 from .keys import STATE, STORE
 
 __all__ = ("setup",)
 
-HEARTBEAT_S = 15.0
 EVENT_NAME_RE = re.compile(r"[a-z][a-z0-9_.]{0,63}")
 RESERVED = frozenset({"messages", "deleted"})
 
@@ -61,37 +58,15 @@ async def watch(request: web.Request) -> web.StreamResponse:
     await store.get_session(sid)  # 404 as JSON before the stream starts
     # Subscribed before the response starts: a store failure is still a JSON 503.
     events = await store.open_watch(sid, after)
-    next_event = asyncio.ensure_future(anext(events))
     try:
         response = await start_sse(request)
         await response.write(b": watching " + sid.encode() + b"\n\n")
-        closing = asyncio.ensure_future(request.app[STATE].closing.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {next_event, closing}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if closing in done:
-                    break
-                if next_event not in done:
-                    await response.write(b": ping\n\n")
-                    continue
-                try:
-                    event = next_event.result()
-                except StopAsyncIteration:
-                    break
-                await response.write(sse_frame(event))
-                if event.kind == "deleted":
-                    break
-                next_event = asyncio.ensure_future(anext(events))
-        finally:
-            closing.cancel()
-        return response
-    finally:
-        next_event.cancel()
-        with contextlib.suppress(BaseException):
-            await next_event
+    except BaseException:
         await events.aclose()
+        raise
+    closing = request.app[STATE].closing
+    await pump_sse(response, events, sse_frame, closing, lambda e: e.kind == "deleted")
+    return response
 
 
 async def publish(request: web.Request) -> web.Response:

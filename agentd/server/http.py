@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
+from ..client_json import loads_json
 from ..errors import AgentdError, BadRequest, NotFound, PayloadTooLarge
 from ..fastpath import MAX_DEPTH
 
@@ -18,12 +22,17 @@ __all__ = (
     "json_object",
     "json_response",
     "loads_json",
+    "pump_sse",
     "query_int",
     "read_json",
     "start_sse",
 )
 
+# An idle event stream gets a comment line this often (proxies close silent ones).
+HEARTBEAT_S = 15.0
+
 JSON = "application/json"
+T = TypeVar("T")
 
 
 def json_response(
@@ -47,6 +56,44 @@ async def start_sse(
     )
     await response.prepare(request)
     return response
+
+
+async def pump_sse(
+    response: web.StreamResponse,
+    events: AsyncIterator[T],
+    frame: Callable[[T], bytes],
+    closing: asyncio.Event,
+    last: Callable[[T], bool] | None = None,
+) -> None:
+    """Write ``frame(event)`` for each event as it comes, and a comment line when the
+    stream is idle, until the events end, an event is ``last``, or ``closing`` is set
+    (the worker drains: the client resumes elsewhere). Closes the iterator."""
+    next_event: asyncio.Future[T] = asyncio.ensure_future(anext(events))
+    drain = asyncio.ensure_future(closing.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait(
+                {next_event, drain}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if drain in done:
+                return
+            if next_event not in done:
+                await response.write(b": ping\n\n")
+                continue
+            try:
+                event = next_event.result()
+            except StopAsyncIteration:
+                return
+            await response.write(frame(event))
+            if last is not None and last(event):
+                return
+            next_event = asyncio.ensure_future(anext(events))
+    finally:
+        drain.cancel()
+        next_event.cancel()
+        with contextlib.suppress(BaseException):
+            await next_event
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 def error_response(exc: AgentdError) -> web.Response:
@@ -78,22 +125,6 @@ def from_http_exception(exc: web.HTTPException) -> AgentdError:
 
 
 _DIGITS = re.compile(r"[0-9]{1,16}")
-
-
-def loads_json(data: bytes | str, what: str = "the body") -> Any:
-    """Parse client JSON: 400 ``invalid_json`` if it is not JSON or nests deeper than
-    ``MAX_DEPTH`` (the limit, and why, are with the chat parser in the fast path)."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"{what} is not valid JSON: {exc}", code="invalid_json") from None
-    try:
-        orjson.dumps([[[value]]])  # a depth check at C speed, room left for the envelope
-    except orjson.JSONEncodeError:
-        raise BadRequest(
-            f"{what} nests deeper than {MAX_DEPTH} levels", code="invalid_json"
-        ) from None
-    return value
 
 
 async def read_json(request: web.Request) -> Any:

@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-from typing import Any
 
 from aiohttp import web
 
@@ -17,13 +15,10 @@ from ..jobs.objects import ResponseEvents, ResponseView, error_dict, response_ob
 from ..jobs.request import parse_create
 from ..jobs.service import Responses
 from ..store.base import MAX_SEQ
-from .http import json_response, query_int, start_sse
+from .http import json_response, pump_sse, query_int, start_sse
 from .keys import CONFIG, RESPONSES, STATE
 
 __all__ = ("setup",)
-
-# An idle event stream gets a comment line this often (proxies close silent ones).
-HEARTBEAT_S = 15.0
 
 
 async def create(request: web.Request) -> web.StreamResponse:
@@ -81,36 +76,15 @@ async def _follow(
 ) -> web.StreamResponse:
     """The stored then live events of a background response (which exists), until its
     end."""
-    events = responses.follow(rid, after)
-    next_event: asyncio.Future[Any] = asyncio.ensure_future(anext(events))
-    try:
-        response = await start_sse(request)
-        closing = asyncio.ensure_future(request.app[STATE].closing.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait(
-                    {next_event, closing}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
-                )
-                if closing in done:
-                    break
-                if next_event not in done:
-                    await response.write(b": ping\n\n")
-                    continue
-                try:
-                    event_type, raw = next_event.result()
-                except StopAsyncIteration:
-                    break
-                await response.write(f"event: {event_type}\ndata: ".encode() + raw + b"\n\n")
-                next_event = asyncio.ensure_future(anext(events))
-        finally:
-            closing.cancel()
-        await response.write_eof()
-        return response
-    finally:
-        next_event.cancel()
-        with contextlib.suppress(BaseException):
-            await next_event
-        await events.aclose()
+    response = await start_sse(request)
+    await pump_sse(
+        response,
+        responses.follow(rid, after),
+        lambda e: b"event: " + e[0].encode() + b"\ndata: " + e[1] + b"\n\n",
+        request.app[STATE].closing,
+    )
+    await response.write_eof()
+    return response
 
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
