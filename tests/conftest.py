@@ -16,6 +16,13 @@ from .procs import AgentdProcess, RedisClusterProcs, RedisServer
 PROBE = 'plugins = ["tests.plugins.probe:setup"]'
 
 
+@pytest.fixture(autouse=True)
+def _own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own directory: relative paths of the defaults (the L3 cache
+    file) never carry state from one test, or one run, to the next."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def agentd_instance(tmp_path: Path) -> Iterator[Callable[..., AgentdProcess]]:
     """Start ``agentd serve`` subprocesses; each is stopped at the end of the test.
