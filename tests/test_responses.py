@@ -94,6 +94,27 @@ async def test_background_runs_on_the_queue(agentd_instance: Start) -> None:
     ]
 
 
+async def test_a_job_reaches_the_watchers_of_its_session(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(proc.url + "/v1/sessions", json={}) as r:
+            sid = orjson.loads(await r.read())["id"]
+        async with http.get(f"{proc.url}/v1/sessions/{sid}/events") as watch:
+            job = await sdk.responses.create(
+                model="echo", input="pushed", background=True, extra_body={"session_id": sid}
+            )
+            async for line in watch.content:
+                if line.startswith(b"data: "):
+                    event = orjson.loads(line[6:])
+                    break
+    assert [(m["role"], m["content"], m["turn"]) for m in event["messages"]] == [
+        ("user", "pushed", job.id),
+        ("assistant", "pushed", job.id),
+    ]
+    assert (await sdk.responses.retrieve(job.id)).model_extra["session_id"] == sid
+
+
 async def test_foreground_plain_and_streamed(agentd_instance: Start) -> None:
     proc = agentd_instance()
     sdk = client(proc)
