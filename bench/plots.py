@@ -12,6 +12,7 @@ COLORS = {
     "agentd": "#d62728",
     "nginx": "#2ca02c",
     "aiohttp": "#1f77b4",
+    "aiohttp-2p": "#aec7e8",
     "fastapi": "#9467bd",
     "upstream": "#7f7f7f",
     "agentd-1w": "#ff7f0e",

@@ -16,14 +16,15 @@ HOW_TO_READ = (
     "this machine with the same load. For req/s and max rate, above 1 means agentd does "
     "more; for CPU s/1k req, p99 and KiB/connection, below 1 means agentd costs less. "
     "nginx is the native ceiling, aiohttp the framework ceiling (no work behind the "
-    'handler), FastAPI what a user would otherwise write. "other CPU" is the most CPU '
+    "handler; aiohttp-2p the same with 2 processes, for agentd's 2 workers), FastAPI what a "
+    'user would otherwise write. "other CPU" is the most CPU '
     "that other processes on the machine used during the runs behind a row (in CPUs); "
     "above 0.2 the row is marked noisy: prefer CPU s/1k req there, or run again. "
     '"errors" counts failed requests (non-2xx, socket errors, timeouts) in the runs '
     "behind a row: a ratio with errors is no result (see the scenario's table)."
 )
 NOISY = 0.2  # other processes used more than this many CPUs: the figure is suspect
-BASELINE_ORDER = ("nginx", "aiohttp", "fastapi", "upstream", "agentd-1w", "single")
+BASELINE_ORDER = ("nginx", "aiohttp", "aiohttp-2p", "fastapi", "upstream", "agentd-1w", "single")
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -196,11 +196,17 @@ def nginx(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[T
     return _start("nginx", command, cpus, workdir, port, "/healthz")
 
 
-def aiohttp_baseline(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[Target]:
-    """A bare aiohttp handler returning a fixed body: the framework ceiling."""
+def aiohttp_baseline(
+    workdir: Path, cpus: list[int], processes: int = 1, name: str = "aiohttp"
+) -> contextlib.AbstractContextManager[Target]:
+    """A bare aiohttp handler returning a fixed body: the framework ceiling. With
+    ``processes`` > 1, that many processes share the port (a ``SO_REUSEPORT`` socket each,
+    as agentd's workers do)."""
     port = free_port()
     command = [sys.executable, "-m", f"{BASELINES}.aiohttp_app", "--port", str(port)]
-    return _start("aiohttp", command, cpus, workdir, port, "/healthz")
+    if processes > 1:
+        command += ["--processes", str(processes)]
+    return _start(name, command, cpus, workdir, port, "/healthz")
 
 
 def fastapi_baseline(

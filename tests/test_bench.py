@@ -283,3 +283,45 @@ def test_bench_tiny_jobs_run_drains_every_job_and_reports_its_ratios(tmp_path: P
     summary = [row for row in results["summary"] if row["scenario"] == "jobs"]
     assert {b for row in summary for b in row["ratios"]} == {"agentd-1w", "no backlog"}
     assert "chat with job backlog" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_bench_tiny_chat_hit_measures_one_and_two_workers_against_aiohttp(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "http-chat-hit", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results, load_schema()) == []
+    (hit,) = results["scenarios"]
+    assert hit["name"] == "http-chat-hit" and hit["status"] == "ok", hit.get("reason")
+    assert [run["target"] for run in hit["runs"]] == [
+        "agentd",
+        "aiohttp",
+        "agentd-2w",
+        "aiohttp-2p",
+    ]
+    for run in hit["runs"]:
+        assert run["requests"] > 0 and run["error_count"] == 0
+    assert "--workers 2" in hit["server_commands"]["agentd-2w"]
+    assert "--processes 2" in hit["server_commands"]["aiohttp-2p"]
+    # Both worker counts answered from the cache (each worker warmed: the last is an L1 hit).
+    assert hit["cache"] == "hit-l1" and hit["cache_agentd-2w"] == "hit-l1"
+    assert set(hit["figures"]["x_cache"]) == {"agentd", "agentd-2w"}
+    pairs = {(r["target"], r["baseline"], r["metric"]) for r in hit["ratios"]}
+    for target, baseline in (
+        ("agentd", "aiohttp"),
+        ("agentd-2w", "aiohttp-2p"),
+        ("agentd-2w", "agentd-1w"),
+    ):
+        for metric in ("rps", "server_cpu_s_per_1k", "p99"):
+            assert (target, baseline, metric) in pairs
+    summary = [row for row in results["summary"] if row["scenario"] == "http-chat-hit"]
+    assert {b for row in summary for b in row["ratios"]} == {"aiohttp", "aiohttp-2p", "agentd-1w"}
+    assert "÷ aiohttp-2p" in (out / "report.md").read_text()

@@ -1,15 +1,26 @@
-"""The framework ceiling: bare aiohttp handlers with fixed bodies, one uvloop process.
+"""The framework ceiling: bare aiohttp handlers with fixed bodies, uvloop processes.
 
 Same wire shapes as agentd's replies (a chat completion, an SSE stream of the same
 number of chunks, WebSocket ``ready``/``delta``/``done`` frames) and no work behind
 them, so the gap to agentd is what agentd does beyond the framework.
 
-    python -m bench.baselines.aiohttp_app --port PORT
+    python -m bench.baselines.aiohttp_app --port PORT [--processes N]
+
+With ``--processes N`` (N > 1) the parent binds N ``SO_REUSEPORT`` sockets on the port,
+as agentd's supervisor does for its workers, forks N processes that each serve the same
+app on one of them (the kernel spreads new connections over the sockets), and only
+waits: SIGTERM to it stops them all. One process (the default) is ``web.run_app`` alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+import traceback
 
 import orjson
 import uvloop
@@ -107,17 +118,80 @@ def make_app() -> web.Application:
     return app
 
 
+BACKLOG = 2048
+
+
+def _listener(port: int) -> socket.socket:
+    """One of the ``SO_REUSEPORT`` sockets on ``port``, bound and listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(BACKLOG)
+    return sock
+
+
+def _processes(port: int, count: int) -> int:
+    """Fork ``count`` servers, one per ``SO_REUSEPORT`` socket; wait for them; their exit."""
+    socks = [_listener(port) for _ in range(count)]
+    children: list[int] = []
+    for mine in socks:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for other in socks:
+                    if other is not mine:
+                        other.close()
+                web.run_app(
+                    make_app(),
+                    sock=mine,
+                    access_log=None,
+                    print=None,
+                    loop=uvloop.new_event_loop(),
+                )
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    alive = set(children)
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    status = 0
+    while alive:
+        pid, code = os.wait()
+        alive.discard(pid)
+        if code and not status:  # one died: stop the others too
+            status = os.waitstatus_to_exitcode(code) or 1
+            stop(signal.SIGTERM, None)
+    return status
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes sharing the port (default 1)"
+    )
     args = parser.parse_args()
+    if args.processes > 1:
+        sys.exit(_processes(args.port, args.processes))
     web.run_app(
         make_app(),
         host="127.0.0.1",
         port=args.port,
         access_log=None,
         print=None,
-        backlog=2048,
+        backlog=BACKLOG,
         loop=uvloop.new_event_loop(),
     )
 

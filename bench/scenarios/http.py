@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -138,18 +139,153 @@ HTTP_HELLO = Scenario(
 # -- http-chat-hit ----------------------------------------------------------------------
 
 
-def _cache_state(url: str) -> str:
-    """agentd's ``X-Cache`` on the second identical request ("absent" with no cache)."""
-    headers: dict[str, str] = {}
-    for _ in range(2):
-        request = urllib.request.Request(
-            url + "/v1/chat/completions",
-            data=HIT_CHAT.encode(),
-            headers={"Content-Type": "application/json"},
+def _x_cache(url: str) -> str:
+    """agentd's ``X-Cache`` on one chat request ("absent" without a cache). urllib sends
+    ``Connection: close``, so every call is a fresh connection: a new source port, which
+    the kernel's ``SO_REUSEPORT`` hash may hand to any worker."""
+    request = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=HIT_CHAT.encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.headers.get("X-Cache", "absent")
+
+
+def _warm_cache(url: str, workers: int, limit: int = 64) -> tuple[list[str], int]:
+    """Send the request on fresh connections until every worker has answered it once and
+    the last answer is an L1 hit; the ``X-Cache`` states seen, and the workers warmed.
+
+    A worker's first answer is never an L1 hit: a ``miss`` (it computes the reply and
+    stores it in its L1, in Redis and in the on-disk L3), ``hit-l2`` (from Redis) or
+    ``hit-l3`` (from the disk cache, which agentd keeps under its working directory, the
+    run's, so an earlier agentd of this run may have filled it); each fills the worker's
+    L1, and every later answer is ``hit-l1``. So the answers other than ``hit-l1`` count
+    the workers that hold the reply in their L1. With one worker this is the old "send it
+    twice" (``miss``, ``hit-l1``)."""
+    states: list[str] = []
+    while len(states) < limit:
+        states.append(_x_cache(url))
+        firsts = sum(state != "hit-l1" for state in states)
+        if len(states) < 2:
+            continue
+        if states[-1] == "hit-l1" and firsts >= workers:
+            break
+        if states[-1] not in ("miss", "hit-l1", "hit-l2", "hit-l3") or firsts > workers:
+            break  # no cache (absent, bypass) or one that does not keep it: nothing to warm
+    return states, min(workers, sum(state != "hit-l1" for state in states))
+
+
+def _cache_note(bench: Bench, served: Served, workers: int) -> str:
+    """Warm agentd's cache, record what ``X-Cache`` said, and the note saying it."""
+    states, warmed = _warm_cache(served.target.url(), workers)
+    name = served.target.name
+    state = states[-1]
+    bench.record["cache" if workers == 1 else f"cache_{name}"] = state
+    bench.record["figures"].setdefault("x_cache", {})[name] = " > ".join(states)
+    if workers == 1:
+        if state.startswith("hit"):
+            return CACHE_NOTES["hit"].format(state=state)
+        default = f"agentd's X-Cache on the repeated request is {state!r}: not a hit."
+        return CACHE_NOTES.get(state, default)
+    seen = f"X-Cache on {len(states)} fresh connections: {', '.join(states)}"
+    if state == "hit-l1" and warmed >= workers:
+        return (
+            f"{name}: {seen}. A worker's first answer is never hit-l1 (it is a miss, hit-l2 "
+            "from Redis or hit-l3 from the disk cache, and fills the worker's L1) and every "
+            f"later one is, so {warmed} answers other than hit-l1 mean all {workers} workers "
+            "held the reply in their own L1 before the load began: its figure is L1 hits "
+            "in every worker."
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            headers = dict(response.headers)
-    return headers.get("X-Cache", "absent")
+    if state == "hit-l1":
+        return (
+            f"{name}: {seen}; only {warmed} of {workers} workers answered before the load "
+            "(the kernel's SO_REUSEPORT hash); the load's warm-up reaches the others, whose "
+            "first answer comes from Redis (L2) and later ones from their L1."
+        )
+    return f"{name}: {seen}: not a cache hit."
+
+
+def _redis_commands(port: int) -> int | None:
+    """redis-server's ``total_commands_processed`` (this INFO included), or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"INFO stats\r\n")
+            data = b""
+            while b"total_commands_processed:" not in data or not data.endswith(b"\r\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return None
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("total_commands_processed:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+def _chat_hit_workers(bench: Bench, aiohttp: bool) -> None:
+    """The 2-worker pair at the main concurrency: agentd with 2 workers (Redis mode) and
+    the aiohttp baseline with 2 processes, both on the first 2 CPUs; then the ratios
+    agentd-2w / aiohttp-2p and agentd-2w / agentd-1w."""
+    s = bench.settings
+    notes = bench.record["notes"]
+    if not have("redis-server"):
+        notes.append(
+            "2-worker pair skipped: more than one agentd worker needs Redis, and "
+            "redis-server is missing."
+        )
+        return
+    cpus2, c = s.all_cpus[:2], s.main_concurrency
+    where = f"on CPUs {cpus2}" if cpus2 else "unpinned (one CPU)"
+    notes.append(
+        f"The 2-worker pair, at {c} connections only: agentd with 2 workers (agentd-2w, Redis "
+        "mode, which more than one worker needs; Redis on CPU "
+        f"{s.server_cpus or '-'}, its CPU counted in agentd-2w's) and the bare aiohttp "
+        "baseline with 2 processes (aiohttp-2p: one SO_REUSEPORT socket per process on the "
+        f"same port, as agentd's workers have), both {where}, pinned like workers-scaling; "
+        f"the load generator stays on CPUs {s.load_cpus}, so on a 2-core machine it shares "
+        "a core with the second worker or process: their req/s and p99 are a floor, and CPU "
+        "per request is the figure to read. agentd-1w in the ratios is the 1-worker agentd "
+        "run above, without Redis (a hit is an L1 hit in either mode; Redis mode's own cost, "
+        "redis-server's CPU included, is in agentd-2w's figures only)."
+    )
+    with targets.redis(bench.workdir, s.server_cpus) as redis:
+        cm = targets.agentd(bench.workdir, cpus2, workers=2, redis_url=redis.url, name="agentd-2w")
+        with bench.serve(cm, workers=2, extra_pids=[redis.proc.pid]) as served:
+            notes.append(_cache_note(bench, served, workers=2))
+            before = _redis_commands(redis.port)
+            run = bench.http(
+                served, "/v1/chat/completions", method="POST", body=HIT_CHAT, concurrency=c
+            )
+            after = _redis_commands(redis.port)
+    if before is not None and after is not None:
+        # Less this harness's own two INFO commands.
+        commands = max(0, after - before - 1)
+        bench.record["figures"]["redis_during_agentd_2w_load"] = {
+            "commands": commands,
+            "requests_in_window": run.get("requests"),
+        }
+        touched = commands > 0.01 * (run.get("requests") or 0)
+        notes.append(
+            f"Redis processed {commands:,} commands while agentd-2w was under load (warm-up "
+            f"and window, {run.get('requests') or 0:,} requests in the window): "
+            + (
+                "the hits did reach Redis (L2), not only each worker's L1."
+                if touched
+                else "the hits did not touch Redis (L1 hits in each worker)."
+            )
+        )
+    if aiohttp:
+        cm = targets.aiohttp_baseline(bench.workdir, cpus2, processes=2, name="aiohttp-2p")
+        with bench.serve(cm, workers=2) as served:
+            bench.http(served, "/v1/chat/completions", method="POST", body=HIT_CHAT, concurrency=c)
+        compare(bench, agentd="agentd-2w", baselines=("aiohttp-2p",))
+    first = len(bench.record["ratios"])
+    compare(bench, agentd="agentd-2w", baselines=("agentd",))
+    for r in bench.record["ratios"][first:]:
+        r["baseline"] = "agentd-1w"  # the column workers-scaling fills too
 
 
 def run_chat_hit(bench: Bench) -> None:
@@ -157,26 +293,23 @@ def run_chat_hit(bench: Bench) -> None:
 
     def measure(name: str, served: Served) -> None:
         if name == "agentd":
-            state = bench.record["cache"] = _cache_state(served.target.url())
-            if state.startswith("hit"):
-                note = CACHE_NOTES["hit"].format(state=state)
-            else:
-                default = f"agentd's X-Cache on the repeated request is {state!r}: not a hit."
-                note = CACHE_NOTES.get(state, default)
-            bench.record["notes"].append(note)
+            bench.record["notes"].append(_cache_note(bench, served, workers=1))
         for c in bench.settings.concurrencies:
             bench.http(served, "/v1/chat/completions", method="POST", body=HIT_CHAT, concurrency=c)
 
     _each(bench, names, measure)
     compare(bench, baselines=tuple(n for n in names if n != "agentd"))
+    _chat_hit_workers(bench, aiohttp="aiohttp" in names)
 
 
 HTTP_CHAT_HIT = Scenario(
     "http-chat-hit",
     "POST /v1/chat/completions, the same request every time (echo agent, no session, "
-    "temperature 0): the cached turn; the note says whether agentd's cache answered",
+    "temperature 0): the cached turn, agentd with 1 worker at each concurrency and with 2 "
+    "workers (Redis mode) at the main one, against the bare aiohttp handler with 1 and 2 "
+    "processes; the notes say whether agentd's cache answered",
     run_chat_hit,
-    lambda s: _secs(s, 3 * len(s.concurrencies), 3),
+    lambda s: _secs(s, 3 * len(s.concurrencies) + 2, 3 + 2) + 1.0,
 )
 
 # -- http-chat-miss ---------------------------------------------------------------------
