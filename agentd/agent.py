@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,6 +175,9 @@ class Agents:
             p.name: p.max_inflight_turns for p in config.all_partitions() if p.max_inflight_turns
         }
         self._partition_inflight = dict.fromkeys(self._partition_max, 0)
+        # When an interactive turn last began or ended (time.monotonic()): a worker
+        # answering many short turns is busy with people although few run at any instant.
+        self.last_interactive = -math.inf
         self._lease_s = config.sessions.turn_lease
         self._policy = config.sessions.concurrent_turns
 
@@ -205,6 +210,7 @@ class Agents:
 
     def _count(self, req: TurnRequest, step: int) -> None:
         self._inflight += step
+        self.last_interactive = time.monotonic()
         partition = self._partition_of[req.agent]
         if partition in self._partition_inflight:
             self._partition_inflight[partition] += step
@@ -250,6 +256,7 @@ class Agents:
             raise BadRequest("messages must not be empty", code="invalid_request")
         if req.request_class == INTERACTIVE:
             self.admit(agent.name)
+            self.last_interactive = time.monotonic()
         return agent
 
     def _plan(

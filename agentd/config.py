@@ -294,6 +294,9 @@ class JobsConfig:
     # The default partition's jobs run at once per worker, and its streams.
     concurrency: int = opt(32, min=1, max=100_000)
     queue_shards: int = opt(4, min=1, max=1024)
+    # While a worker serves interactive turns, a partition starts new jobs only while
+    # fewer than this share of its concurrency run (at least one): people first.
+    busy_share: float = opt(0.125, min=0.0, max=1.0)
     # Where response.completed / failed / cancelled events go ("" = nowhere); an
     # agent's own webhook_url overrides it. The signing secret is read from the
     # environment variable named here (Standard Webhooks "whsec_..." format).

@@ -387,3 +387,36 @@ max_inflight_turns = 1
     )
     assert other.choices[0].message.content == "not capped"
     await slow
+
+
+async def test_jobs_start_slower_while_people_chat(agentd_instance: Start) -> None:
+    proc = agentd_instance(SLOW_ECHO + "[jobs]\nconcurrency = 8\nbusy_share = 0.125\n")
+    sdk = client(proc)
+    chat = asyncio.create_task(
+        sdk.chat.completions.create(
+            model="echo",
+            messages=[{"role": "user", "content": "w " * 50}],  # about 2.5 s
+        )
+    )
+    loop = asyncio.get_running_loop()
+    await asyncio.sleep(0.3)  # the chat turn runs (it cannot be seen from outside)
+    jobs = [
+        await sdk.responses.create(model="echo", input="j " * 30, background=True) for _ in range(6)
+    ]
+
+    async def states() -> list[str]:
+        return [(await sdk.responses.retrieve(j.id)).status for j in jobs]
+
+    during, after = 0, 0
+    until = loop.time() + 60
+    while not chat.done():
+        sample = (await states()).count("in_progress")
+        if not chat.done():  # the whole sample was taken while the person's turn ran
+            during = max(during, sample)
+        assert loop.time() < until
+    await chat
+    while (now := await states()).count("completed") < len(jobs):
+        after = max(after, now.count("in_progress"))
+        assert loop.time() < until
+    assert during == 1  # one job at a time beside the person's turn
+    assert after > 1  # then the partition's whole concurrency

@@ -46,6 +46,10 @@ CANCEL_GRACE_S = 0.5
 # Jobs taken per read, and how long a read waits for one.
 TAKE_MAX = 16
 TAKE_BLOCK_S = 1.0
+# A worker counts as serving people while an interactive turn runs or began this
+# recently; a partition at its busy limit looks again this often.
+BUSY_WINDOW_S = 0.25
+BUSY_POLL_S = 0.05
 # A failed attempt waits this long (doubling per attempt, capped) before its retry.
 RETRY_BACKOFF_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
@@ -62,10 +66,14 @@ def _permanent(exc: AgentdError) -> bool:
 
 
 class _Partition:
-    def __init__(self, name: str, concurrency: int, shards: int) -> None:
+    def __init__(self, name: str, concurrency: int, shards: int, busy_share: float) -> None:
         self.name = name
         self.shards = shards
-        self.free = concurrency
+        self.concurrency = concurrency
+        self.free = concurrency  # places for jobs taken from the queue
+        self.active = 0  # taken jobs whose attempt has begun
+        # Jobs it may run while the worker also serves interactive turns.
+        self.busy_limit = max(1, int(concurrency * busy_share))
         self.freed = asyncio.Event()
 
 
@@ -86,7 +94,7 @@ class JobRunner:
         self.consumer = consumer_name()
         served = set(config.server.partitions)
         self.partitions = [
-            _Partition(p.name, p.concurrency, p.queue_shards)
+            _Partition(p.name, p.concurrency, p.queue_shards, config.jobs.busy_share)
             for p in config.all_partitions()
             if not served or p.name in served
         ]
@@ -141,14 +149,35 @@ class JobRunner:
 
     # -- taking jobs ------------------------------------------------------------------
 
+    def _busy(self) -> bool:
+        """Whether this worker serves people now: an interactive turn runs or just began."""
+        agents = self.responses.agents
+        return agents.inflight > 0 or time.monotonic() - agents.last_interactive < BUSY_WINDOW_S
+
+    def _room(self, part: _Partition) -> int:
+        """Jobs the partition may take now: its free places, and while this worker
+        serves people, no more than its busy limit held (the event loop shares the CPU
+        between ready tasks: fewer jobs leave more of it to people)."""
+        if not self._busy():
+            return part.free
+        return min(part.free, part.busy_limit - (part.concurrency - part.free))
+
+    async def _admitted(self, part: _Partition) -> None:
+        """Wait until the job may begin: the readers of several streams may together take
+        more than the busy limit, and the extra ones wait here (still held)."""
+        while self._busy() and part.active >= part.busy_limit:  # noqa: ASYNC110 - a poll:
+            await asyncio.sleep(BUSY_POLL_S)  # "busy" ends by time, with no event to wait on
+
     async def _read(self, part: _Partition, shard: int) -> None:
         while True:
-            while part.free <= 0:
+            while (room := self._room(part)) <= 0:
                 part.freed.clear()
-                await part.freed.wait()
+                # A job ending frees a place; interactive turns ending widen the limit.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(part.freed.wait(), BUSY_POLL_S)
             try:
                 taken = await self.jobs.take(
-                    part.name, shard, self.consumer, min(part.free, TAKE_MAX), TAKE_BLOCK_S
+                    part.name, shard, self.consumer, min(room, TAKE_MAX), TAKE_BLOCK_S
                 )
             except AgentdError as exc:
                 log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
@@ -161,11 +190,12 @@ class JobRunner:
         while True:
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
-                if part.free <= 0:
+                room = self._room(part)
+                if room <= 0:
                     break
                 try:
                     taken = await self.jobs.reclaim(
-                        part.name, shard, self.consumer, self._lease, part.free
+                        part.name, shard, self.consumer, self._lease, room
                     )
                 except AgentdError as exc:
                     log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
@@ -176,7 +206,7 @@ class JobRunner:
 
     def _spawn(self, part: _Partition, delivery: Delivery) -> None:
         part.free -= 1
-        task = asyncio.create_task(self._hold(delivery))
+        task = asyncio.create_task(self._hold(part, delivery))
         self._running[task] = delivery
 
         def done(t: asyncio.Task[None]) -> None:
@@ -188,9 +218,9 @@ class JobRunner:
 
     # -- holding and running one job --------------------------------------------------
 
-    async def _hold(self, delivery: Delivery) -> None:
+    async def _hold(self, part: _Partition, delivery: Delivery) -> None:
         """Run the job while renewing its delivery; a lost delivery stops the run."""
-        work = asyncio.create_task(self._attempt(delivery))
+        work = asyncio.create_task(self._admit_and_attempt(part, delivery))
         try:
             while True:
                 finished, _ = await asyncio.wait({work}, timeout=self._lease / 3)
@@ -215,6 +245,14 @@ class JobRunner:
             return await self.jobs.renew(delivery, self.consumer)
         except AgentdError:
             return True  # the store is away: keep going, the write fences will tell
+
+    async def _admit_and_attempt(self, part: _Partition, delivery: Delivery) -> None:
+        await self._admitted(part)
+        part.active += 1
+        try:
+            await self._attempt(delivery)
+        finally:
+            part.active -= 1
 
     async def _attempt(self, delivery: Delivery) -> None:
         rid = delivery.job_id
