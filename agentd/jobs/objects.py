@@ -21,6 +21,7 @@ from ..errors import AgentdError
 from .request import CreateRequest
 
 __all__ = (
+    "TERMINAL_EVENTS",
     "ResponseEvents",
     "ResponseView",
     "error_dict",
@@ -188,7 +189,7 @@ def response_object(view: ResponseView) -> dict[str, Any]:
 
 # -- streaming events -------------------------------------------------------------------
 
-_TERMINAL_EVENTS = {
+_TERMINAL_EVENT_OF = {
     "completed": "response.completed",
     "failed": "response.failed",
     "incomplete": "response.incomplete",
@@ -197,6 +198,8 @@ _TERMINAL_EVENTS = {
     # "status": "cancelled".
     "cancelled": "response.incomplete",
 }
+# The event types that end a stream.
+TERMINAL_EVENTS = frozenset(_TERMINAL_EVENT_OF.values())
 
 
 class ResponseEvents:
@@ -279,7 +282,7 @@ class ResponseEvents:
         status: ``response.completed``, ``response.failed``, or
         ``response.incomplete`` (also for ``cancelled``, OpenAI having no such event).
         """
-        kind = _TERMINAL_EVENTS.get(view.status)
+        kind = _TERMINAL_EVENT_OF.get(view.status)
         if kind is None:
             raise ValueError(f"closing() needs a final status, not {view.status!r}")
         events = []

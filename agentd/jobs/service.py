@@ -27,22 +27,15 @@ from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
 from ..store.base import Store
 from ..store.jobs import DELETED, TERMINAL
-from .objects import ResponseEvents, ResponseView, error_dict, new_response_id
+from .objects import TERMINAL_EVENTS, ResponseEvents, ResponseView, error_dict, new_response_id
 from .request import CreateRequest
 
-__all__ = ("TERMINAL_EVENTS", "Responses", "result_fields", "view_of")
+__all__ = ("Responses", "result_fields", "view_of")
 
 log = logging.getLogger(__name__)
 
-TERMINAL_EVENTS = frozenset(
-    {"response.completed", "response.failed", "response.incomplete", "response.cancelled"}
-)
 # Session messages searched for a turn an earlier attempt already stored.
 ATTEMPT_LOOKBACK = 200
-
-
-def _b(value: Any) -> bytes:
-    return orjson.dumps(value)
 
 
 def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
@@ -77,9 +70,9 @@ def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]
     if view.output_text is not None:
         fields["text"] = view.output_text.encode()
     if view.usage is not None:
-        fields["usage"] = _b(view.usage)
+        fields["usage"] = orjson.dumps(view.usage)
     if view.error is not None:
-        fields["error"] = _b(view.error)
+        fields["error"] = orjson.dumps(view.error)
     if view.incomplete_reason:
         fields["inc"] = view.incomplete_reason.encode()
     if reply_seq is not None:
@@ -168,7 +161,7 @@ class Responses:
         # A background response's event stream opens at once: response.created, .queued.
         opening = ResponseEvents(view).created() if req.background else []
         await self.jobs.create(
-            view.id, fields, self._ttl, [(e["sequence_number"], _b(e)) for e in opening]
+            view.id, fields, self._ttl, [(e["sequence_number"], orjson.dumps(e)) for e in opening]
         )
         if req.background:
             shard = random.randrange(self._shards[partition])
@@ -255,7 +248,7 @@ class Responses:
                     rid,
                     attempt,
                     result_fields(ended, None),
-                    [(e["sequence_number"], _b(e)) for e in closing],
+                    [(e["sequence_number"], orjson.dumps(e)) for e in closing],
                 )
         return await self.get(rid)
 
