@@ -189,6 +189,15 @@ def test_harmless_values_of_restricted_fields_are_accepted() -> None:
         parse({"model": "helper", "input": "hi", **body})
 
 
+def test_store_false_is_a_stateless_turn() -> None:
+    request = parse({"model": "helper", "input": "hi", "store": False})
+    assert request.store is False
+    assert parse({"model": "helper", "input": "hi"}).store is True
+    assert CreateRequest.from_json(request.to_json()).store is False
+    view = ResponseView("resp_1", 0.0, "completed", request, output_text="ok")
+    assert Response.model_validate(response_object(view)).store is False
+
+
 def test_background_stream_metadata_and_previous_response() -> None:
     request = parse(
         {
@@ -298,7 +307,12 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str, str | None]] = [
     ("tool_choice required", {"tool_choice": "required"}, "unsupported_value", "tool_choice"),
     ("tool_choice a function", {"tool_choice": {"type": "function", "name": "f"}},
      "unsupported_value", "tool_choice"),
-    ("store false", {"store": False}, "unsupported_value", "store"),
+    ("store false in the background", {"store": False, "background": True},
+     "unsupported_value", "store"),
+    ("store false continuing", {"store": False, "previous_response_id": "resp_1"},
+     "unsupported_value", "store"),
+    ("store false in a session", {"store": False, "session_id": "s1"},
+     "unsupported_value", "store"),
     ("store a string", {"store": "no"}, "invalid_type", "store"),
     ("json schema output", {"text": {"format": {"type": "json_schema", "name": "x",
                                                 "schema": {}}}},

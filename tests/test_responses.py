@@ -144,6 +144,30 @@ async def test_foreground_plain_and_streamed(agentd_instance: Start) -> None:
     assert text == "four five six" == events[-1].response.output_text
 
 
+async def test_store_false_runs_a_stateless_turn(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    # As clients that keep the conversation themselves send it: the whole of it, each time.
+    conversation = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "again"},
+    ]
+    plain = await sdk.responses.create(model="echo", input=conversation, store=False)
+    assert (plain.output_text, plain.store) == ("again", False)
+    assert plain.model_extra["session_id"] is None
+    with pytest.raises(openai.NotFoundError):
+        await sdk.responses.retrieve(plain.id)  # nothing was stored
+    events = [e async for e in await sdk.responses.create(
+        model="echo", input="streamed too", store=False, stream=True
+    )]  # fmt: skip
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "streamed too"
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk.responses.create(model="echo", input="x", store=False, background=True)
+    assert e.value.code == "unsupported_value"
+
+
 async def test_previous_response_id_continues_and_branches(
     agentd_instance: Start, upstream: StubNode
 ) -> None:

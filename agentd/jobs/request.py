@@ -65,8 +65,6 @@ RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
     {
         "tools": "null or []: agentd runs no tools",
         "tool_choice": 'null, "auto" or "none": there are no tools to require',
-        "store": "null or true: agentd always stores the response (GET, background, "
-        "previous_response_id need it)",
         "text": 'format null or {"type": "text"}: no structured output; verbosity ignored',
     }
 )
@@ -104,6 +102,7 @@ _OWN_FIELDS = frozenset(
         "metadata",
         "background",
         "stream",
+        "store",
         "session_id",
     }
 )
@@ -134,6 +133,8 @@ class CreateRequest:
     background: bool = False
     stream: bool = False
     params: dict[str, Any] = field(default_factory=dict)  # chat-completions names
+    # False: run as a stateless turn; no record, no session (GET answers 404).
+    store: bool = True
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -243,6 +244,18 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     metadata = _parse_metadata(body.get("metadata"))
     background = bool(_check(body.get("background"), (bool,), "background"))
     stream = bool(_check(body.get("stream"), (bool,), "stream"))
+    store = _check(body.get("store"), (bool,), "store") is not False
+    if not store and background:
+        raise _bad(
+            "a background response is stored: store must be true", "unsupported_value", "store"
+        )
+    if not store and (previous is not None or session_id is not None):
+        raise _bad(
+            "a response that is not stored joins no conversation: send the whole "
+            "conversation as input, or store it",
+            "unsupported_value",
+            "store",
+        )
 
     params: dict[str, Any] = {}
     for key, value in body.items():
@@ -255,7 +268,16 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     _check_ranges(params)
     _check_restricted(body)
     return CreateRequest(
-        agent, messages, instructions, previous, session_id, metadata, background, stream, params
+        agent,
+        messages,
+        instructions,
+        previous,
+        session_id,
+        metadata,
+        background,
+        stream,
+        params,
+        store,
     )
 
 
@@ -390,8 +412,6 @@ def _check_restricted(body: dict[str, Any]) -> None:
             "unsupported_value",
             "tool_choice",
         )
-    if _check(body.get("store"), (bool,), "store") is False:
-        raise _bad("store must be true: agentd stores every response", "unsupported_value", "store")
     text = _check(body.get("text"), (dict,), "text")
     if text is None:
         return

@@ -139,16 +139,18 @@ class Responses:
         return fork.id
 
     async def create(self, req: CreateRequest) -> ResponseView:
-        """Store a new response (queued when ``background``, else in progress)."""
+        """Store a new response (queued when ``background``, else in progress); one with
+        ``store: false`` is not stored and runs as a stateless turn."""
         self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
-        sid = await self._session_for(req)
         view = ResponseView(
             id=new_response_id(),
             created_at=time.time(),
             status="queued" if req.background else "in_progress",
             request=req,
-            session_id=sid,
         )
+        if not req.store:
+            return view
+        sid = view.session_id = await self._session_for(req)
         partition = self.config.partition_of(req.agent)
         fields = {
             "status": view.status.encode(),
@@ -315,6 +317,9 @@ class Responses:
         self, view: ResponseView, *, deadline: float, on_delta: Any = None
     ) -> ResponseView:
         """A foreground response: run it in the request and store the result."""
+        if not view.request.store:
+            final, _ = await self.run_turn(view, deadline=deadline, on_delta=on_delta)
+            return final
         try:
             final, reply_seq = await self.run_turn(view, deadline=deadline, on_delta=on_delta)
         except AgentdError as exc:
