@@ -225,6 +225,21 @@ class BackendMetrics:
             registry=reg,
         )
 
+        self.inflight = Gauge(
+            "agentd_upstream_inflight",
+            "Model calls in flight per node by kind (interactive, background), live workers",
+            [*labels, "kind"],
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.waiting = Gauge(
+            "agentd_upstream_waiting",
+            "Model calls waiting for a node with room (max_inflight) by kind, live workers",
+            ["backend", "kind"],
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+
     def node(self, backend: str, node: str) -> NodeMetrics:
         """The metric children of one node (resolve once, use per call)."""
         return NodeMetrics(self, backend, node)

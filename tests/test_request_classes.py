@@ -14,8 +14,9 @@ import pytest
 
 from agentd.backends import Backends, ChatRequest, Pool
 from agentd.backends.pool import background_limit
-from agentd.config import ConfigError, dump_toml, from_dict
+from agentd.config import BackendConfig, ConfigError, dump_toml, from_dict
 from agentd.errors import UpstreamError, UpstreamTimeout
+from agentd.metrics import BackendMetrics
 
 from .openai_stub import Fail, FailMidStream, Hang, Slow, StartStub, StubNode
 
@@ -446,3 +447,34 @@ def test_invalid_request_class_settings_name_their_key(raw: dict, message: str) 
     with pytest.raises(ConfigError) as info:
         from_dict(raw)
     assert any(e.startswith(message) for e in info.value.errors), info.value.errors
+
+
+async def test_load_by_kind_is_reported_to_metrics(stub: StartStub) -> None:
+    node = await stub(Hang())
+    metrics = BackendMetrics()
+    config = BackendConfig(
+        name="up", type="openai", urls=(node.url,), max_inflight=4, background_share=0.5
+    )
+    async with Backends([config], metrics, environ={}) as backends:
+        pool = backends.get("up")
+        calls = [
+            asyncio.create_task(pool.complete(ask(f"bg-{i}"), request_class="background"))
+            for i in range(5)
+        ]
+        calls.append(asyncio.create_task(pool.complete(ask("hello"))))
+        await until(lambda: node.inflight == 3, "1 interactive and 2 background calls running")
+        backends.report_load()
+        registry = metrics._registry
+        assert registry is not None
+
+        def sample(name: str, **labels: str) -> float | None:
+            return registry.get_sample_value(name, {"backend": "up", **labels})
+
+        assert sample("agentd_upstream_inflight", node=node.url, kind="interactive") == 1
+        assert sample("agentd_upstream_inflight", node=node.url, kind="background") == 2
+        assert sample("agentd_upstream_waiting", kind="background") == 3
+        assert sample("agentd_upstream_waiting", kind="interactive") == 0
+        await cancel_all(calls)
+        backends.report_load()
+        assert sample("agentd_upstream_inflight", node=node.url, kind="background") == 0
+        assert sample("agentd_upstream_waiting", kind="background") == 0

@@ -79,6 +79,21 @@ class Backends:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._pools = {config.name: build_pool(config, metrics, environ) for config in configs}
+        self._metrics = metrics
+
+    def report_load(self) -> None:
+        """Publish each node's calls in flight and each pool's waiting calls, by kind
+        (called when /metrics is scraped)."""
+        m = self._metrics
+        if m is None:
+            return
+        for pool in self._pools.values():
+            for node in pool.nodes:
+                interactive = node.inflight - node.background
+                m.inflight.labels(pool.name, node.name, INTERACTIVE).set(interactive)
+                m.inflight.labels(pool.name, node.name, BACKGROUND).set(node.background)
+            for kind, count in pool.waiting().items():
+                m.waiting.labels(pool.name, kind).set(count)
 
     async def start(self) -> None:
         for pool in self._pools.values():

@@ -12,7 +12,7 @@ from .. import __version__, fastpath
 from ..errors import AgentdError
 from ..metrics import CONTENT_TYPE
 from .http import json_response
-from .keys import CACHE, CONFIG, METRICS, RUNNER, STATE
+from .keys import BACKENDS, CACHE, CONFIG, METRICS, RUNNER, STATE
 
 __all__ = ("event_loop_name", "setup")
 
@@ -42,6 +42,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     request.app[CACHE].report_sizes()
+    request.app[BACKENDS].report_load()
     try:
         await request.app[RUNNER].report()
     except AgentdError as exc:
