@@ -183,6 +183,11 @@ class JobRunner:
                 log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
                 await asyncio.sleep(1.0)
                 continue
+            except Exception:
+                # A reader must outlive any surprise: its stream has no other reader here.
+                log.exception("job queue %s/%d: reading failed", part.name, shard)
+                await asyncio.sleep(1.0)
+                continue
             for delivery in taken:
                 self._spawn(part, delivery)
 
@@ -199,6 +204,9 @@ class JobRunner:
                     )
                 except AgentdError as exc:
                     log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                    continue
+                except Exception:
+                    log.exception("job queue %s/%d: reclaiming failed", part.name, shard)
                     continue
                 for delivery in taken:
                     log.info("took over job %s (its worker stopped renewing it)", delivery.job_id)
