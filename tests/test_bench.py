@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,19 +223,26 @@ def test_schema_validator_reports_violations() -> None:
 # -- smoke: the real command, tiny -------------------------------------------------------
 
 
-def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def run_tiny(scenario: str, out: Path, timeout: float) -> tuple[Any, str]:
+    """``python -m bench SCENARIO --tiny``: its results (checked against the schema) and
+    its stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "http-hello", "--tiny", "--out", str(out)],
+        [sys.executable, "-m", "bench", scenario, "--tiny", "--out", str(out)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((out / "results.json").read_text())
     assert validate(results, load_schema()) == []
+    return results, done.stderr
+
+
+def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    results, stderr = run_tiny("http-hello", out, 120)
     assert results["mode"] == "tiny"
     (hello,) = results["scenarios"]
     assert hello["name"] == "http-hello" and hello["status"] == "ok"
@@ -244,23 +252,13 @@ def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> 
         assert run["server_cpu_s_per_1k"] is not None and run["server_peak_rss_mb"] > 0
     assert {r["baseline"] for r in hello["ratios"]} == {"aiohttp"}
     assert "http-hello" in (out / "report.md").read_text()
-    assert "elapsed" in done.stderr  # the progress line
+    assert "elapsed" in stderr  # the progress line
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_bench_tiny_jobs_run_drains_every_job_and_reports_its_ratios(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "jobs", "--tiny", "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert validate(results, load_schema()) == []
+    results, _ = run_tiny("jobs", out, 180)
     (jobs,) = results["scenarios"]
     assert jobs["name"] == "jobs" and jobs["status"] == "ok", jobs.get("reason")
     drains = [run for run in jobs["runs"] if run["label"].startswith("drain")]
@@ -288,17 +286,7 @@ def test_bench_tiny_jobs_run_drains_every_job_and_reports_its_ratios(tmp_path: P
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
 def test_bench_tiny_chat_hit_measures_one_and_two_workers_against_aiohttp(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "http-chat-hit", "--tiny", "--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads((out / "results.json").read_text())
-    assert validate(results, load_schema()) == []
+    results, _ = run_tiny("http-chat-hit", out, 120)
     (hit,) = results["scenarios"]
     assert hit["name"] == "http-chat-hit" and hit["status"] == "ok", hit.get("reason")
     assert [run["target"] for run in hit["runs"]] == [
