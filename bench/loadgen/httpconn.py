@@ -89,8 +89,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if parsed is not None:
             status, consumed = parsed
+            self.answered(self._buf, consumed)
             del self._buf[:consumed]
             waiter.set_result(status)
+
+    def answered(self, buf: bytearray, size: int) -> None:
+        """A whole response arrived: the first ``size`` bytes of ``buf`` (a subclass that
+        needs the bytes copies them here)."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

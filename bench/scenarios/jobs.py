@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import targets
-from ..loadgen.httpconn import HttpConnection, encode_request, parse_response
+from ..loadgen.httpconn import HttpConnection, encode_request
 from ..measure import MAX_ATTEMPTS, NOISY, SATURATED, Bench, Served
 from ..procstat import cpu_seconds, machine_cpu, wait_quiet
 from ..settings import Settings
@@ -85,21 +85,8 @@ class _BodyConnection(HttpConnection):
 
     last = b""
 
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        try:
-            parsed = parse_response(self._buf)
-        except ValueError as exc:
-            waiter.set_exception(exc)
-            return
-        if parsed is not None:
-            status, consumed = parsed
-            self.last = bytes(self._buf[:consumed])
-            del self._buf[:consumed]
-            waiter.set_result(status)
+    def answered(self, buf: bytearray, size: int) -> None:
+        self.last = bytes(buf[:size])
 
 
 async def _submit(host: str, port: int, count: int, connections: int) -> dict[str, Any]:
