@@ -289,8 +289,10 @@ class JobsConfig:
     max_queued: int = opt(100_000, min=1, max=1_000_000_000)
     # Seconds a background turn may run (the model, the session, storing).
     timeout_s: float = opt(3600.0, min=0.1, max=7 * 86400.0)
-    # Seconds a response (its object and events) is kept after it is created.
+    # Seconds a response's object is kept after it is created, and its events (for
+    # resuming a stream) after the last one (at most result_ttl_s).
     result_ttl_s: int = opt(7 * 24 * 3600, min=1, max=10 * 365 * 24 * 3600)
+    events_ttl_s: int = opt(24 * 3600, min=1, max=10 * 365 * 24 * 3600)
     # The default partition's jobs run at once per worker, and its streams.
     concurrency: int = opt(32, min=1, max=100_000)
     queue_shards: int = opt(4, min=1, max=1024)

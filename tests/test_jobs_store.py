@@ -168,3 +168,14 @@ async def test_live_events_and_delete(store: Store) -> None:
     assert await jobs.read("live") is None
     assert await jobs.events("live", -1) == []
     assert not await jobs.delete("live")
+
+
+async def test_events_expire_before_the_record(store: Store) -> None:
+    jobs = store.jobs
+    jobs.events_ttl_s = 1  # type: ignore[attr-defined]
+    await jobs.create("short", {"status": b"queued"}, 60, [(0, b"[0]")])
+    assert await jobs.events("short", -1) == [b"[0]"]
+    await asyncio.sleep(2.1)
+    assert await jobs.events("short", -1) == []
+    record = await jobs.read("short")
+    assert record is not None and record["seq"] == b"1"

@@ -115,6 +115,18 @@ async def test_a_job_reaches_the_watchers_of_its_session(agentd_instance: Start)
     assert (await sdk.responses.retrieve(job.id)).model_extra["session_id"] == sid
 
 
+async def test_an_old_stream_is_its_final_event(agentd_instance: Start) -> None:
+    proc = agentd_instance("[jobs]\nevents_ttl_s = 1\n")
+    sdk = client(proc)
+    job = await sdk.responses.create(model="echo", input="long ago", background=True)
+    done = await wait_status(sdk, job.id)
+    await asyncio.sleep(2.1)  # its events expire; the response stays
+    events = [e async for e in await sdk.responses.retrieve(job.id, stream=True)]
+    assert [e.type for e in events] == ["response.completed"]
+    assert events[0].response.output_text == "long ago" == done.output_text
+    assert events[0].sequence_number > 0  # after the numbers the expired events had
+
+
 async def test_foreground_plain_and_streamed(agentd_instance: Start) -> None:
     proc = agentd_instance()
     sdk = client(proc)

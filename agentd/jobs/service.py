@@ -187,7 +187,8 @@ class Responses:
 
     async def follow(self, rid: str, after: int = -1) -> AsyncIterator[tuple[str, bytes]]:
         """The response's events (type, JSON) after sequence number ``after``, stored
-        then live, until its terminal event (each event exactly once, in order)."""
+        then live, until its terminal event (each event exactly once, in order). Once
+        its events have expired, an ended response's stream is its terminal event alone."""
         feed = await self.jobs.subscribe(rid)
         last = after
         try:
@@ -201,11 +202,17 @@ class Responses:
                 record = await self.jobs.read(rid)
                 if record is None:
                     return
-                if (
-                    record.get("status", b"").decode() in TERMINAL
-                    and int(record.get("seq", b"0")) <= last + 1
-                ):
-                    return  # ended without events (cancelled while queued)
+                if record.get("status", b"").decode() in TERMINAL:
+                    seq = int(record.get("seq", b"0"))
+                    if seq <= last + 1:
+                        return  # nothing after `after`
+                    if await self.jobs.events(rid, last):
+                        continue  # written since the read above
+                    # Its events expired ([jobs] events_ttl_s): end with its final state.
+                    view = view_of(rid, record)
+                    (event,) = ResponseEvents(view, seq - 1).closing(view)
+                    yield event["type"], orjson.dumps(event)
+                    return
                 # Live: until a gap (missed message or reconnect) sends us back to the store.
                 while True:
                     try:

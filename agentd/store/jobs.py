@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -194,10 +195,11 @@ def _events_flat(events: Sequence[tuple[int, bytes]]) -> list[Any]:
 
 
 class RedisJobs(Jobs):
-    def __init__(self, shards: Shards, hub: EventHub, waits: Shards) -> None:
+    def __init__(self, shards: Shards, hub: EventHub, waits: Shards, events_ttl_s: int) -> None:
         self.shards = shards
         self.hub = hub
         self.waits = waits  # for blocking reads only
+        self.events_ttl_s = events_ttl_s
 
     # -- queue ------------------------------------------------------------------------
 
@@ -320,7 +322,8 @@ class RedisJobs(Jobs):
         events: Sequence[tuple[int, bytes]] = (),
     ) -> None:
         keys = list(K.record_keys(rid))
-        args = [ttl_s, self.shards.publish_command, len(fields), *_fields_flat(fields)]
+        args = [ttl_s, self.shards.publish_command, self.events_ttl_s, len(fields)]
+        args += _fields_flat(fields)
         await self.shards.eval(K.RECORD_CREATE, keys, [*args, *_events_flat(events)])
 
     async def read(self, rid: str) -> dict[str, bytes] | None:
@@ -361,6 +364,7 @@ class RedisJobs(Jobs):
         args = [
             attempt,
             self.shards.publish_command,
+            self.events_ttl_s,
             1 if closing else 0,
             len(fields),
             *_fields_flat(fields),
@@ -425,12 +429,14 @@ class _Record:
     fields: dict[str, bytes]
     events: list[bytes]
     expires: float
+    events_expire: float = math.inf
 
 
 class MemoryJobs(Jobs):
     """Standalone mode's queue and records: one process, the same semantics."""
 
-    def __init__(self) -> None:
+    def __init__(self, events_ttl_s: int) -> None:
+        self.events_ttl_s = events_ttl_s
         self._streams: dict[tuple[str, int], _Stream] = {}
         self._dead: dict[str, list[tuple[str, bytes]]] = {}
         self._records: dict[str, _Record] = {}
@@ -611,6 +617,8 @@ class MemoryJobs(Jobs):
         if closing and record.fields.get("status", b"").decode() in TERMINAL:
             return False
         record.fields.update(fields)
+        if events:
+            record.events_expire = time.monotonic() + self.events_ttl_s
         for seq, payload in events:
             record.events.append(payload)
             record.fields["seq"] = b"%d" % (seq + 1)
@@ -640,7 +648,9 @@ class MemoryJobs(Jobs):
 
     async def events(self, rid: str, after: int) -> list[bytes]:
         record = self._record(rid)
-        return [] if record is None else record.events[after + 1 :]
+        if record is None or record.events_expire <= time.monotonic():
+            return []
+        return record.events[after + 1 :]
 
     async def subscribe(self, rid: str) -> Subscription:
         feed = _Feed(self, rid)

@@ -472,8 +472,8 @@ local terminal = {completed = true, failed = true, cancelled = true, incomplete 
 """
 
 # Appends the (seq, event) pairs of ARGV from index `first` to the events stream (ids
-# 0-(seq+1)), publishes each, notes the next seq and gives the stream the record's TTL.
-# ARGV[2] is the publish command.
+# 0-(seq+1)), publishes each, notes the next seq and gives the stream a TTL: ARGV[3]
+# seconds, or the record's if that is shorter. ARGV[2] is the publish command.
 _RECORD_EVENTS_LUA = """
 local next = nil
 for i = first, #ARGV, 2 do
@@ -485,20 +485,20 @@ end
 if next then
   redis.call('HSET', KEYS[1], 'seq', next)
   local ttl = redis.call('TTL', KEYS[1])
-  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], math.min(ttl, tonumber(ARGV[3]))) end
 end
 """
 
-# KEYS: record, events, channel. ARGV: ttl s, publish command, field count N, N
-# field/value pairs, then the first (seq, event) pairs.
+# KEYS: record, events, channel. ARGV: ttl s, publish command, events ttl s, field count
+# N, N field/value pairs, then the first (seq, event) pairs.
 RECORD_CREATE = Script(
     "record_create",
     """
 redis.call('DEL', KEYS[1], KEYS[2])
-local n = tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 4, 3 + 2 * n))
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 5, 4 + 2 * n))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-local first = 4 + 2 * n
+local first = 5 + 2 * n
 """
     + _RECORD_EVENTS_LUA
     + "return 1\n",
@@ -535,20 +535,20 @@ return 1
 """,
 )
 
-# KEYS: record, events, channel. ARGV: attempt, publish command, closing (1: refuse if
-# the record already ended), field count N, N field/value pairs, then (seq, event)
-# pairs. Fenced by attempt; the events get stream ids 0-(seq+1), the same TTL as the
-# record, and go out on the channel.
+# KEYS: record, events, channel. ARGV: attempt, publish command, events ttl s, closing
+# (1: refuse if the record already ended), field count N, N field/value pairs, then
+# (seq, event) pairs. Fenced by attempt; the events get stream ids 0-(seq+1) and go out
+# on the channel.
 RECORD_WRITE = Script(
     "record_write",
     TERMINAL_LUA
     + """
 local f = redis.call('HMGET', KEYS[1], 'att', 'status')
 if f[1] ~= ARGV[1] then return 0 end
-if ARGV[3] == '1' and terminal[f[2]] then return 0 end
-local n = tonumber(ARGV[4])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 5, 4 + 2 * n)) end
-local first = 5 + 2 * n
+if ARGV[4] == '1' and terminal[f[2]] then return 0 end
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
+local first = 6 + 2 * n
 """
     + _RECORD_EVENTS_LUA
     + "return 1\n",

@@ -63,7 +63,7 @@ class MemoryStore(Store):
         self._watchers: dict[str, set[_MemorySubscription]] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
-        self.jobs = MemoryJobs()
+        self.jobs = MemoryJobs(config.jobs.events_ttl_s)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
