@@ -106,6 +106,30 @@ async def test_kill_9_the_worker_running_a_job(
     assert messages[1]["content"] == words
 
 
+async def test_a_draining_worker_hands_its_job_back(
+    agentd_instance: Start, redis_standalone: RedisServer
+) -> None:
+    # A long lease: the job must come back through the hand-over, not a reclaim.
+    config = (
+        _config([redis_standalone.url])
+        .replace("lease_s = 1.0", "lease_s = 60.0")
+        .replace("shutdown_timeout = 2.0", "shutdown_timeout = 0.5")
+    )
+    a = agentd_instance(config)
+    words = " ".join(f"w{i}" for i in range(120))  # about 3 s at 40 tokens/s
+    job = await client(a).responses.create(model="echo", input=words, background=True)
+    await wait_status(client(a), job.id, ("in_progress",))
+    b = agentd_instance(config)  # started once a holds the job
+    a.send(signal.SIGTERM)
+    assert a.wait_exit() == 0
+    done = await wait_status(client(b), job.id, limit=40)
+    assert done.status == "completed" and done.output_text == words
+    assert _runner_pid(redis_standalone.url, job.id) in b.worker_pids()
+    assert "took over job" not in b.log()  # handed back at once, not reclaimed
+    messages = await history(b, done.model_extra["session_id"])
+    assert [(m["role"], m["turn"]) for m in messages] == [("user", job.id), ("assistant", job.id)]
+
+
 async def test_many_jobs_over_two_instances_while_workers_die(
     agentd_instance: Start, redis_standalone: RedisServer
 ) -> None:
