@@ -61,8 +61,9 @@ def consumer_name() -> str:
 
 
 def _permanent(exc: AgentdError) -> bool:
-    """Errors no retry can fix: the request itself is wrong (4xx but 408/429)."""
-    return exc.status < 500 and exc.status not in (408, 429)
+    """Errors no retry can fix: the request itself is wrong (a 4xx, but a timeout, a
+    busy session (409 with ``concurrent_turns = "reject"``) or a rate limit)."""
+    return exc.status < 500 and exc.status not in (408, 409, 429)
 
 
 class _Partition:
