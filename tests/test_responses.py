@@ -225,6 +225,9 @@ async def test_cancel_a_running_job_keeps_its_partial_output(agentd_instance: St
     sdk = client(proc)
     words = " ".join(f"w{i}" for i in range(200))  # about 10 s at 20 tokens/s
     job = await sdk.responses.create(model="echo", input=words, background=True)
+    with pytest.raises(openai.ConflictError) as e:
+        await sdk.responses.create(model="echo", input="next", previous_response_id=job.id)
+    assert e.value.code == "previous_response_running"
     stream = await sdk.responses.retrieve(job.id, stream=True)
     seen = []
     async for event in stream:
@@ -311,6 +314,9 @@ async def test_failing_backend_fails_after_max_attempts(
     done = await wait_status(sdk, job.id)
     assert done.status == "failed"
     assert done.error is not None and done.error.message
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk.responses.create(model="helper", input="on", previous_response_id=job.id)
+    assert e.value.code == "previous_response_unusable"
     assert len(upstream.requests) >= 2  # retried (the pool may retry within an attempt too)
 
 

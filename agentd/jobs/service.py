@@ -114,9 +114,14 @@ class Responses:
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
         status = record.get("status", b"").decode()
         sid, rseq = record.get("sid", b"").decode(), record.get("rseq")
-        if status not in TERMINAL or rseq is None or not sid:
+        if status not in TERMINAL:
             raise Conflict(
                 f"response {prev!r} has not finished ({status})", code="previous_response_running"
+            )
+        if rseq is None or not sid:
+            raise BadRequest(
+                f"response {prev!r} ended {status} with no reply stored: continue from another one",
+                code="previous_response_unusable",
             )
         if req.session_id is not None and req.session_id != sid:
             raise BadRequest(
