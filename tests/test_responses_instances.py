@@ -112,17 +112,18 @@ async def test_a_draining_worker_hands_its_job_back(
     # A long lease: the job must come back through the hand-over, not a reclaim.
     config = (
         _config([redis_standalone.url])
-        .replace("lease_s = 1.0", "lease_s = 60.0")
+        .replace("lease_s = 1.0", "lease_s = 120.0")
         .replace("shutdown_timeout = 2.0", "shutdown_timeout = 0.5")
     )
     a = agentd_instance(config)
-    words = " ".join(f"w{i}" for i in range(120))  # about 3 s at 40 tokens/s
+    # About 12 s at 40 tokens/s: a cannot finish it while b starts and a drains.
+    words = " ".join(f"w{i}" for i in range(480))
     job = await client(a).responses.create(model="echo", input=words, background=True)
     await wait_status(client(a), job.id, ("in_progress",))
     b = agentd_instance(config)  # started once a holds the job
     a.send(signal.SIGTERM)
     assert a.wait_exit() == 0
-    done = await wait_status(client(b), job.id, limit=40)
+    done = await wait_status(client(b), job.id, limit=90)  # a reclaim would take 120 s
     assert done.status == "completed" and done.output_text == words
     assert _runner_pid(redis_standalone.url, job.id) in b.worker_pids()
     assert "took over job" not in b.log()  # handed back at once, not reclaimed
