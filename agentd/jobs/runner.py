@@ -284,13 +284,9 @@ class JobRunner:
                     "message": "the job's worker stopped",
                 }
                 final = dataclasses.replace(view, status="failed", error=error)
-            events = ResponseEvents(final, start.seq)
-            await self._finish(rid, start.attempt, final, None, events.closing(final))
-            await self._report(rid)
-            if start.verdict == "exhausted":
-                await self.jobs.bury(delivery, _dumps_error(final.error))
-            else:
-                await self.jobs.ack(delivery)
+            closing = ResponseEvents(final, start.seq).closing(final)
+            dead = start.verdict == "exhausted"
+            await self._conclude(delivery, start.attempt, final, closing, dead=dead)
             return
         if self.metrics is not None:
             delay = max(0.0, time.time() - delivery.enqueued_at)
@@ -328,9 +324,8 @@ class JobRunner:
             await self._failed(delivery, running, attempt, events, exc)
             return
         # The events not yet written go with the result, in one step.
-        await self._finish(rid, attempt, final, reply_seq, events.closing(final), writer.take())
-        await self._report(rid)
-        await self.jobs.ack(delivery)
+        closing = events.closing(final)
+        await self._conclude(delivery, attempt, final, closing, reply_seq, writer.take())
 
     async def _run_turn(
         self, view: ResponseView, events: ResponseEvents, writer: _EventWriter
@@ -393,12 +388,8 @@ class JobRunner:
         rid = view.id
         if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
             final = dataclasses.replace(view, status="failed", error=error)
-            await self._finish(rid, attempt, final, None, events.closing(final))
-            await self._report(rid)
-            if _permanent(exc):
-                await self.jobs.ack(delivery)
-            else:
-                await self.jobs.bury(delivery, _dumps_error(error))
+            closing = events.closing(final)
+            await self._conclude(delivery, attempt, final, closing, dead=not _permanent(exc))
             return
         log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)
         if self.metrics is not None:
@@ -409,21 +400,34 @@ class JobRunner:
         await asyncio.sleep(delay * (0.5 + random.random() / 2))
         await self.jobs.retry(delivery)
 
-    async def _finish(
+    async def _conclude(
         self,
-        rid: str,
+        delivery: Delivery,
         attempt: int,
         final: ResponseView,
-        reply_seq: int | None,
         closing: list[dict[str, Any]],
+        reply_seq: int | None = None,
         before: list[tuple[int, bytes]] | None = None,
+        *,
+        dead: bool = False,
     ) -> None:
+        """Store the result with the closing events (after ``before``, the events not
+        yet written), send the webhook, then acknowledge the job, or move it to the dead
+        letters. An attempt fenced out by a newer one stops at the first step: the
+        delivery is the newer attempt's now, and only it may acknowledge it."""
+        rid = final.id
         payloads = [*(before or ()), *((e["sequence_number"], orjson.dumps(e)) for e in closing)]
         if not await self.jobs.finish(rid, attempt, result_fields(final, reply_seq), payloads):
             log.info("job %s attempt %d was fenced out; its result is dropped", rid, attempt)
-        elif self.metrics is not None:
+            return
+        if self.metrics is not None:
             partition = self.config.partition_of(final.request.agent)
             self.metrics.finished.labels(partition, final.status).inc()
+        await self._report(rid)
+        if dead:
+            await self.jobs.bury(delivery, _dumps_error(final.error))
+        else:
+            await self.jobs.ack(delivery)
 
     # -- webhooks ---------------------------------------------------------------------
 
