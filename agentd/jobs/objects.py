@@ -227,10 +227,9 @@ class ResponseEvents:
         self.next_seq += 1
         return event
 
-    def _part(self, kind: str, text: str) -> dict[str, Any]:
-        return self._event(
-            kind, item_id=self._item_id, output_index=0, content_index=0, part=_text_part(text)
-        )
+    def _content(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """An event about the output message's one text part."""
+        return self._event(kind, item_id=self._item_id, output_index=0, content_index=0, **fields)
 
     def created(self) -> list[dict[str, Any]]:
         """``response.created`` with the response as the view says (queued or in
@@ -252,7 +251,7 @@ class ResponseEvents:
                 output_index=0,
                 item=_message_item(view.id, "", "in_progress"),
             ),
-            self._part("response.content_part.added", ""),
+            self._content("response.content_part.added", part=_text_part("")),
         ]
 
     def opening(self) -> list[dict[str, Any]]:
@@ -264,14 +263,7 @@ class ResponseEvents:
         if not self.item_open:
             raise RuntimeError("delta() before started(): the output message is not open")
         self._texts.append(text)
-        return self._event(
-            "response.output_text.delta",
-            item_id=self._item_id,
-            output_index=0,
-            content_index=0,
-            delta=text,
-            logprobs=[],
-        )
+        return self._content("response.output_text.delta", delta=text, logprobs=[])
 
     def closing(self, view: ResponseView) -> list[dict[str, Any]]:
         """The events that end the stream, ``view`` being the response's final state.
@@ -290,15 +282,8 @@ class ResponseEvents:
             text = view.output_text if view.output_text is not None else "".join(self._texts)
             view = dataclasses.replace(view, output_text=text)
             events += [
-                self._event(
-                    "response.output_text.done",
-                    item_id=self._item_id,
-                    output_index=0,
-                    content_index=0,
-                    text=text,
-                    logprobs=[],
-                ),
-                self._part("response.content_part.done", text),
+                self._content("response.output_text.done", text=text, logprobs=[]),
+                self._content("response.content_part.done", part=_text_part(text)),
                 self._event(
                     "response.output_item.done",
                     output_index=0,
