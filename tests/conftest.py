@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 import redis
 
-from agentd.config import Config, from_dict
+from agentd.backends import Backends, Pool
+from agentd.config import BackendConfig, Config, from_dict
+from agentd.metrics import BackendMetrics
 from agentd.store import Store, open_store
 
-from .openai_stub import StartStub, StubNode
+from .openai_stub import MakePool, StartStub, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
 
 PROBE = 'plugins = ["tests.plugins.probe:setup"]'
@@ -151,3 +153,26 @@ async def stub() -> AsyncIterator[StartStub]:
     yield start
     for node in started:
         await node.close()
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[MakePool]:
+    """An ``openai`` pool over the given stub nodes (or URLs), started; closed after."""
+    opened: list[Backends] = []
+
+    async def make(
+        *nodes: StubNode | str,
+        metrics: BackendMetrics | None = None,
+        environ: dict[str, str] | None = None,
+        **options: Any,
+    ) -> Pool:
+        urls = tuple(n if isinstance(n, str) else n.url for n in nodes)
+        config = BackendConfig(name="up", type="openai", urls=urls, **options)
+        backends = Backends([config], metrics, environ=environ or {})
+        await backends.start()
+        opened.append(backends)
+        return backends.get("up")
+
+    yield make
+    for backends in opened:
+        await backends.close()

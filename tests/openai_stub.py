@@ -23,15 +23,19 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from agentd.backends import Pool
 
 __all__ = (
     "Fail",
     "FailMidStream",
     "Hang",
+    "MakePool",
     "Mode",
     "Normal",
     "RecordedRequest",
@@ -328,3 +332,6 @@ class StubNode:
 
 # The ``stub`` fixture (tests/conftest.py): start(mode=None, **options) -> a started node.
 StartStub = Callable[..., Awaitable["StubNode"]]
+# The ``make_pool`` fixture (tests/conftest.py): make(*nodes, metrics=None, environ=None,
+# **BackendConfig options) -> a started pool named "up" over the nodes (or URLs).
+MakePool = Callable[..., Awaitable["Pool"]]

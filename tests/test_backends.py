@@ -8,7 +8,6 @@ import contextlib
 import math
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -22,9 +21,7 @@ from agentd.config import BackendConfig, from_dict
 from agentd.errors import BadRequest, NotFound, Overloaded, UpstreamError, UpstreamTimeout
 from agentd.metrics import BackendMetrics
 
-from .openai_stub import Fail, FailMidStream, Hang, Normal, Slow, StartStub, StubNode, stub_usage
-
-MakePool = Callable[..., Awaitable[Pool]]
+from .openai_stub import Fail, FailMidStream, Hang, MakePool, Normal, Slow, StartStub, stub_usage
 
 
 def ask(text: str = "hello world", **params: Any) -> ChatRequest:
@@ -39,29 +36,6 @@ async def collect(pool: Pool, request: ChatRequest, **kwargs: Any) -> list[Chunk
 
 def now() -> float:
     return asyncio.get_running_loop().time()
-
-
-@pytest.fixture
-async def make_pool() -> AsyncIterator[MakePool]:
-    """An ``openai`` pool over the given stub nodes (or URLs), started; closed after."""
-    opened: list[Backends] = []
-
-    async def make(
-        *nodes: StubNode | str,
-        metrics: BackendMetrics | None = None,
-        environ: dict[str, str] | None = None,
-        **options: Any,
-    ) -> Pool:
-        urls = tuple(n if isinstance(n, str) else n.url for n in nodes)
-        config = BackendConfig(name="up", type="openai", urls=urls, **options)
-        backends = Backends([config], metrics, environ=environ or {})
-        await backends.start()
-        opened.append(backends)
-        return backends.get("up")
-
-    yield make
-    for backends in opened:
-        await backends.close()
 
 
 def closed_port_url() -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,9 +18,7 @@ from agentd.config import BackendConfig, ConfigError, dump_toml, from_dict
 from agentd.errors import UpstreamError, UpstreamTimeout
 from agentd.metrics import BackendMetrics
 
-from .openai_stub import Fail, FailMidStream, Hang, Slow, StartStub, StubNode
-
-MakePool = Callable[..., Awaitable[Pool]]
+from .openai_stub import Fail, FailMidStream, Hang, MakePool, Slow, StartStub, StubNode
 
 
 def ask(text: str) -> ChatRequest:
@@ -54,24 +52,6 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-@pytest.fixture
-async def make_pool() -> AsyncIterator[MakePool]:
-    opened: list[Backends] = []
-
-    async def make(*nodes: StubNode, **options: Any) -> Pool:
-        urls = tuple(n.url for n in nodes)
-        raw = {"name": "up", "type": "openai", "urls": list(urls), **options}
-        config = from_dict({"backends": [raw], "agents": [{"backend": "up"}]}).backends[0]
-        backends = Backends([config], environ={})
-        await backends.start()
-        opened.append(backends)
-        return backends.get("up")
-
-    yield make
-    for backends in opened:
-        await backends.close()
 
 
 # -- the background share ----------------------------------------------------------------
