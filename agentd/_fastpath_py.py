@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import BadRequest
+from .schema import MESSAGE_FIELDS, ROLES
 
 __all__ = (
     "CACHE_KEY_MAX_DEPTH",
@@ -92,8 +93,9 @@ CHAT_PARAMS: MappingProxyType[str, tuple[type, ...]] = MappingProxyType(
 )
 # Accepted and not forwarded: they are about the response, which agentd makes.
 CHAT_LOCAL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "session_id", "n"})
-CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
-CHAT_MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
+# The message schema is the store's too: one table each, in agentd.schema.
+CHAT_ROLES = ROLES
+CHAT_MESSAGE_FIELDS = MESSAGE_FIELDS
 MAX_MESSAGES = 1000
 
 # orjson decodes 1024 levels of nesting but encodes only 254. A body is accepted only if

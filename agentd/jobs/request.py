@@ -25,6 +25,7 @@ import orjson
 from ..client_json import loads_json
 from ..errors import BadRequest
 from ..fastpath import CHAT_PARAMS, MAX_MESSAGES
+from ..schema import INPUT_ROLES
 
 __all__ = (
     "IGNORED_FIELDS",
@@ -107,7 +108,6 @@ _OWN_FIELDS = frozenset(
     }
 )
 
-_ROLES = ("user", "assistant", "system", "developer")
 _TEXT_PARTS = frozenset({"input_text", "output_text"})
 # Fields an input message may carry: those the SDK writes when a client sends back a
 # previous response's output items (id, status, phase) are accepted and ignored.
@@ -310,8 +310,10 @@ def _parse_item(item: Any, where: str) -> dict[str, Any]:
     role = item.get("role")
     if role is None:
         raise _bad(f"{where}.role is required", "missing_required_parameter", f"{where}.role")
-    if not isinstance(role, str) or role not in _ROLES:
-        raise _bad(f"{where}.role must be one of {list(_ROLES)}", "invalid_value", f"{where}.role")
+    if not isinstance(role, str) or role not in INPUT_ROLES:
+        raise _bad(
+            f"{where}.role must be one of {list(INPUT_ROLES)}", "invalid_value", f"{where}.role"
+        )
     for key in item:
         if key not in _ITEM_FIELDS:
             raise _bad(

@@ -14,7 +14,7 @@ from ..errors import AgentdError, BadRequest
 from ..jobs.objects import ResponseEvents, ResponseView, error_dict, response_object, sse_frame
 from ..jobs.request import parse_create
 from ..jobs.service import Responses
-from ..store.base import MAX_SEQ
+from ..schema import MAX_SEQ
 from .http import json_response, pump_sse, query_int, start_sse
 from .keys import CONFIG, RESPONSES, STATE
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..store.base import MAX_SEQ, validate_name
+from ..schema import MAX_SEQ, validate_name
 from .http import json_object, json_response, query_int, read_json
 from .keys import STORE
 

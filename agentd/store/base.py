@@ -13,7 +13,6 @@ import abc
 import asyncio
 import logging
 import math
-import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -24,15 +23,19 @@ import orjson
 
 from ..config import Config
 from ..errors import BadRequest, Conflict, NotFound, PayloadTooLarge
+from ..schema import (
+    ROLES,
+    STORED_MESSAGE_FIELDS,
+    new_session_id,
+    validate_name,
+    validate_session_id,
+)
 
 if TYPE_CHECKING:
     from .blobs import Blobs
     from .jobs import Jobs
 
 __all__ = (
-    "MAX_SEQ",
-    "MESSAGE_FIELDS",
-    "ROLES",
     "Event",
     "SessionInfo",
     "StateConflict",
@@ -41,56 +44,12 @@ __all__ = (
     "Subscription",
     "TurnLease",
     "merge_patch",
-    "new_session_id",
-    "validate_name",
-    "validate_session_id",
 )
 
 log = logging.getLogger(__name__)
 
-# A session id travels in URLs and Redis keys: a safe charset, never a brace (braces
-# would change the key's hash tag), bounded length.
-SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-# Shared-state namespaces and keys: path segments of the same charset.
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
-
-ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
-# Fields a stored message may carry, besides the ``seq`` and ``created_at`` the store adds.
-# ``turn`` is the id of the turn that added the message (agentd sets it).
-MESSAGE_FIELDS = frozenset(
-    {"role", "content", "name", "tool_call_id", "tool_calls", "status", "turn"}
-)
-
-# The largest seq accepted in a range: Redis's Lua numbers are doubles, exact to 2**53.
-MAX_SEQ = 2**53 - 1
-
 # A read-modify-write of shared state retries on a concurrent write this many times.
 MAX_CAS_ATTEMPTS = 64
-
-
-def new_session_id() -> str:
-    """A server-chosen session id: ``s_`` and 128 random bits, URL-safe."""
-    return "s_" + secrets.token_urlsafe(16)
-
-
-def validate_session_id(session_id: str) -> str:
-    if not isinstance(session_id, str) or not SESSION_ID_RE.fullmatch(session_id):
-        raise BadRequest(
-            "session id must be 1-128 characters of A-Z a-z 0-9 . _ : - "
-            "(starting with a letter or digit)",
-            code="invalid_session_id",
-        )
-    return session_id
-
-
-def validate_name(kind: str, name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise BadRequest(
-            f"{kind} must be 1-200 characters of A-Z a-z 0-9 . _ : - "
-            "(starting with a letter or digit)",
-            code=f"invalid_{kind}",
-        )
-    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +262,7 @@ class Store(abc.ABC):
         role = message.get("role")
         if role not in ROLES:
             raise BadRequest(f"message role must be one of {sorted(ROLES)}", code="invalid_message")
-        unknown = set(message) - MESSAGE_FIELDS
+        unknown = set(message) - STORED_MESSAGE_FIELDS
         if unknown:
             raise BadRequest(f"unknown message field(s): {sorted(unknown)}", code="invalid_message")
         doc = {k: v for k, v in message.items() if v is not None}
