@@ -223,7 +223,9 @@ async def test_a_follower_takes_over_from_a_leader_that_died(
         # A leader that took the lock and died: no stream, no release.
         assert await store.blobs.lead(key.hex(), "ghost", 0.5)
         loop = asyncio.get_running_loop()
-        items = [i async for i in cache.serve(key, policy, produce, loop.time() + 20)]
+        source, level = await cache.get(key, policy, produce, loop.time() + 20)
+        assert level == "miss" and not isinstance(source, CachedReply)
+        items = [i async for i in source]
         assert items[:-1] == ["took ", "over"] and items[-1].level == "miss"
         assert calls == 1
         # A leader that dies after a follower already passed text on: the follower fails
@@ -233,7 +235,9 @@ async def test_a_follower_takes_over_from_a_leader_that_died(
         await store.blobs.emit(key2.hex(), {"t": b"partial "}, 5)
         got: list[Any] = []
         with pytest.raises(UpstreamError):
-            async for item in cache.serve(key2, policy, produce, loop.time() + 20):
+            source, _ = await cache.get(key2, policy, produce, loop.time() + 20)
+            assert not isinstance(source, CachedReply)
+            async for item in source:
                 got.append(item)
         assert got == ["partial "] and calls == 1
     finally:
@@ -257,7 +261,7 @@ async def test_l3_survives_a_restart_and_a_damaged_file_is_rebuilt(
         (tmp_path / "l3.sqlite").write_bytes(b"this is not a database" * 100)
         for suffix in ("-wal", "-shm"):
             (tmp_path / f"l3.sqlite{suffix}").unlink(missing_ok=True)
-        caplog.set_level(logging.ERROR, logger="agentd.cache_disk")
+        caplog.set_level(logging.ERROR, logger="agentd.cache.disk")
         third = await serve(raw)
         async with aiohttp.ClientSession() as http:
             assert (await ask(http, third.url))[:2] == (200, "miss")
@@ -276,22 +280,28 @@ async def test_l1_is_asked_once_per_lookup_and_holds_the_hit_as_served(tmp_path:
     await cache.start()
     policy = config.agents[0].cache
     key = b"k" * 16
+
+    async def produce() -> AsyncIterator[Chunk]:
+        raise AssertionError("nothing is produced: the stream is never read")
+        yield
+
+    deadline = asyncio.get_running_loop().time() + 20
     try:
-        assert cache.lookup_l1(key) is None
-        assert await cache.lookup(key, policy) is None
+        assert await cache.tiers.lookup(key, policy) is None
+        source, level = await cache.get(key, policy, produce, deadline)
+        assert level == "miss" and not isinstance(source, CachedReply)
         assert cache.l1.misses == 2  # one L1 look each, nothing counted as a hit
         reply = CachedReply(["took ", "over"], "stop", {"total_tokens": 2}, "n")
-        await cache.save(key, reply, policy)
-        hit = cache.lookup_l1(key)
+        await cache.tiers.save(key, reply, policy)
+        hit = await cache.tiers.lookup(key, policy)
         assert hit == Served(reply, "hit-l1")
-        assert cache.lookup_l1(key) is hit  # no copy per hit
-        assert await cache.lookup(key, policy) is hit
+        assert await cache.tiers.lookup(key, policy) is hit  # no copy per hit
+        assert await cache.get(key, policy, produce, deadline) == (hit.reply, "hit-l1")
         cache.l1.clear()
-        assert cache.lookup_l1(key) is None
-        below = await cache.lookup_below(key, policy)  # memory mode: no L2, so L3
+        below = await cache.tiers.lookup(key, policy)  # memory mode: no L2, so L3
         assert below == Served(reply, "hit-l3")
-        refilled = cache.lookup_l1(key)
-        assert refilled is not None and refilled.reply == reply
+        refilled = await cache.tiers.lookup(key, policy)
+        assert refilled is not None and refilled.level == "hit-l1" and refilled.reply == reply
     finally:
         await cache.close()
         await store.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -15,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentd.agent import Agents, Interrupt, Timings, TurnDone, TurnRequest
+from agentd.agent import Agents, Interrupt, Listener, Timings, TurnRequest, TurnResult
 from agentd.config import from_dict
 from agentd.errors import NotFound, Overloaded
 from agentd.server.app import create_app
@@ -308,7 +307,7 @@ def test_server_timing_formats_each_stage_in_milliseconds(
     assert timings.header(parse) == expected
 
 
-# -- one turn, streamed (Agents.run) or not (Agents.complete) -----------------------------
+# -- one turn, streamed to a listener or not -------------------------------------------
 
 
 @pytest.fixture
@@ -341,23 +340,33 @@ def deadline() -> float:
     return asyncio.get_running_loop().time() + 10
 
 
+class Recorder(Listener):
+    """Hears a turn: where its reply came from, then its deltas."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def source(self, cache: str) -> None:
+        self.heard.append(f"source:{cache}")
+
+    async def delta(self, text: str) -> None:
+        self.heard.append(text)
+
+
 async def streamed(
     agents: Agents, req: TurnRequest, interrupt: Interrupt | None = None
-) -> tuple[list[str], TurnDone]:
-    deltas: list[str] = []
-    events = agents.run(req, deadline=deadline(), interrupt=interrupt)
-    async with contextlib.aclosing(events):
-        async for item in events:
-            if isinstance(item, TurnDone):
-                return deltas, item
-            deltas.append(item)
-    raise AssertionError("the turn ended without a TurnDone")
+) -> tuple[list[str], TurnResult]:
+    recorder = Recorder()
+    done = await agents.run(req, deadline=deadline(), interrupt=interrupt, listener=recorder)
+    source, *deltas = recorder.heard
+    assert source == f"source:{done.cache}"  # once, before any delta
+    return deltas, done
 
 
-def outcome(req: TurnRequest, done: TurnDone) -> tuple[Any, ...]:
+def outcome(done: TurnResult) -> tuple[Any, ...]:
     """What a caller sees of a finished turn, but for its timings."""
     stored = [(m["seq"], m["role"], m["content"], m.get("status")) for m in done.stored]
-    return (req.cache, done.text, done.finish_reason, done.usage, done.node, done.model,
+    return (done.cache, done.text, done.finish_reason, done.usage, done.node, done.model,
             stored, done.cancelled)  # fmt: skip
 
 
@@ -369,8 +378,9 @@ def asked(interrupt: bool) -> Interrupt | None:
     return stop
 
 
-async def test_complete_ends_every_kind_of_turn_as_run_does(agents: Factory) -> None:
-    # The same script on two identical apps: one streams every turn, one completes it.
+async def test_a_turn_heard_by_a_listener_ends_as_one_that_is_not(agents: Factory) -> None:
+    # The same script on two identical apps: one streams every turn to a listener, the
+    # other only awaits its result.
     by_run, by_complete = await agents(), await agents()
     sids = [(await a.store.create_session()).id for a in (by_run, by_complete)]
     script: list[tuple[str, bool, dict[str, Any], bool]] = [
@@ -387,16 +397,16 @@ async def test_complete_ends_every_kind_of_turn_as_run_does(agents: Factory) -> 
         req = turn_request(content, sids[0] if session else None, **params)
         deltas, done = await streamed(by_run, req, asked(stop))
         assert "".join(deltas) == done.text
-        seen = outcome(req, done)
+        seen = outcome(done)
         req = turn_request(content, sids[1] if session else None, **params)
-        done = await by_complete.complete(req, deadline=deadline(), interrupt=asked(stop))
-        assert outcome(req, done) == seen, (content, session, params, stop)
+        done = await by_complete.run(req, deadline=deadline(), interrupt=asked(stop))
+        assert outcome(done) == seen, (content, session, params, stop)
         if stop:
             assert done.cancelled and done.finish_reason == "cancelled"
             assert done.text == content.split()[0] + " "  # ended at its first chunk
     assert _cache_counts(by_run) == _cache_counts(by_complete)
     assert _stage_counts(by_run) == _stage_counts(by_complete)
-    assert by_run.inflight == by_complete.inflight == 0
+    assert by_run.admission.inflight == by_complete.admission.inflight == 0
 
 
 def _cache_counts(agents: Agents) -> list[str]:
@@ -411,26 +421,27 @@ def _stage_counts(agents: Agents) -> list[str]:
     return sorted(re.findall(r"agentd_turn_stage_seconds_count\{.*", text))
 
 
-async def test_run_refuses_when_iterated_and_complete_when_awaited(agents: Factory) -> None:
+async def test_a_turn_is_refused_before_it_runs_streamed_or_not(agents: Factory) -> None:
     slow = await agents(server={"max_inflight_turns": 1}, **echo(latency_ms=300))
     unknown = turn_request(agent="nobody")
-    events = slow.run(unknown, deadline=deadline())  # nothing runs yet
     with pytest.raises(NotFound):
-        await anext(events)
+        await streamed(slow, unknown)
     with pytest.raises(NotFound):
-        await slow.complete(unknown, deadline=deadline())
-    await slow.complete(turn_request(temperature=0), deadline=deadline())  # now cached
-    busy = asyncio.create_task(slow.complete(turn_request(), deadline=deadline()))
-    await asyncio.sleep(0.1)
-    # A full worker refuses even a turn its L1 would answer, as run() does.
+        await slow.run(unknown, deadline=deadline())
+    await slow.run(turn_request(temperature=0), deadline=deadline())  # now cached
+    busy = asyncio.create_task(slow.run(turn_request(), deadline=deadline()))
+    async with asyncio.timeout(10):
+        while slow.admission.inflight == 0:  # noqa: ASYNC110 - the busy turn is admitted
+            await asyncio.sleep(0.005)
+    # A full worker refuses even a turn its L1 would answer, streamed or not.
     with pytest.raises(Overloaded):
-        await slow.complete(turn_request(temperature=0), deadline=deadline())
+        await slow.run(turn_request(temperature=0), deadline=deadline())
     with pytest.raises(Overloaded):
         await streamed(slow, turn_request(temperature=0))
     await busy
-    req = turn_request(temperature=0)
-    assert (await slow.complete(req, deadline=deadline())).text == "one two three"
-    assert req.cache == "hit-l1" and slow.inflight == 0
+    done = await slow.run(turn_request(temperature=0), deadline=deadline())
+    assert done.text == "one two three"
+    assert done.cache == "hit-l1" and slow.admission.inflight == 0
 
 
 # -- WebSocket ---------------------------------------------------------------------------

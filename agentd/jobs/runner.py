@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from ..agent import Interrupt
+from ..agent import Interrupt, PeopleSignal
 from ..config import Config
 from ..errors import AgentdError, Internal
 from ..metrics import JobMetrics
@@ -86,10 +86,12 @@ class JobRunner:
         config: Config,
         responses: Responses,
         jobs: Jobs,
+        people: PeopleSignal,
         metrics: JobMetrics | None = None,
     ) -> None:
         self.config = config
         self.responses = responses
+        self._people = people
         self.jobs = jobs
         self.metrics = metrics
         self.consumer = consumer_name()
@@ -152,8 +154,7 @@ class JobRunner:
 
     def _busy(self) -> bool:
         """Whether this worker serves people now: an interactive turn runs or just began."""
-        agents = self.responses.agents
-        return agents.inflight > 0 or time.monotonic() - agents.last_interactive < BUSY_WINDOW_S
+        return self._people.serving_people(BUSY_WINDOW_S)
 
     def _room(self, part: _Partition) -> int:
         """Jobs the partition may take now: its free places, and while this worker

@@ -17,12 +17,12 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from ..agent import Agents, Interrupt, TurnDone, TurnRequest
+from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
 from ..store.base import Store
@@ -80,12 +80,22 @@ def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]
     return fields
 
 
-def _status_of(done: TurnDone) -> tuple[str, str | None]:
+def _status_of(done: TurnResult) -> tuple[str, str | None]:
     if done.cancelled:
         return "cancelled", None
     if done.finish_reason == "length":
         return "incomplete", "max_output_tokens"
     return "completed", None
+
+
+class _Deltas(Listener):
+    __slots__ = ("on_delta",)
+
+    def __init__(self, on_delta: Callable[[str], Awaitable[None]]) -> None:
+        self.on_delta = on_delta
+
+    async def delta(self, text: str) -> None:
+        await self.on_delta(text)
 
 
 class Responses:
@@ -298,22 +308,14 @@ class Responses:
         *,
         deadline: float,
         interrupt: Interrupt | None = None,
-        on_delta: Any = None,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> tuple[ResponseView, int | None]:
         """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
         final view and the stored reply's seq."""
-        parts: list[str] = []
-        done: TurnDone | None = None
-        events = self.agents.run(self.turn_request(view), deadline=deadline, interrupt=interrupt)
-        async with contextlib.aclosing(events):
-            async for item in events:
-                if isinstance(item, TurnDone):
-                    done = item
-                else:
-                    parts.append(item)
-                    if on_delta is not None:
-                        await on_delta(item)
-        assert done is not None
+        listener = _Deltas(on_delta) if on_delta is not None else None
+        done = await self.agents.run(
+            self.turn_request(view), deadline=deadline, interrupt=interrupt, listener=listener
+        )
         status, reason = _status_of(done)
         final = dataclasses.replace(
             view,
@@ -326,7 +328,11 @@ class Responses:
         return final, done.seq
 
     async def run_now(
-        self, view: ResponseView, *, deadline: float, on_delta: Any = None
+        self,
+        view: ResponseView,
+        *,
+        deadline: float,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> ResponseView:
         """A foreground response: run it in the request and store the result."""
         if not view.request.store:

@@ -88,7 +88,9 @@ def create_app(config: Config, info: WorkerInfo | None = None) -> web.Applicatio
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
     app[RESPONSES] = responses_api = Responses(config, store, agents)
-    app[RUNNER] = JobRunner(config, responses_api, store.jobs, JobMetrics(metrics))
+    app[RUNNER] = JobRunner(
+        config, responses_api, store.jobs, agents.admission, JobMetrics(metrics)
+    )
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_cleanup.append(_close_parts)

@@ -14,7 +14,6 @@ Every response carries ``X-Session-Id`` (when there is one) and ``Server-Timing`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from random import getrandbits
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..agent import TurnDone, TurnRequest
+from ..agent import Agents, Listener, TurnRequest, TurnResult
 from ..errors import AgentdError
 from ..fastpath import parse_chat
 from .http import json_response, start_sse
@@ -37,8 +36,10 @@ def _completion_id() -> str:
     return f"chatcmpl-{getrandbits(96):024x}"
 
 
-def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[str, str]:
-    headers = {"X-Cache": turn.cache}
+def _headers(
+    turn: TurnRequest, cache: str, done: TurnResult | None, parse_s: float
+) -> dict[str, str]:
+    headers = {"X-Cache": cache}
     session_id = turn.session_id
     if session_id is not None:
         headers["X-Session-Id"] = session_id
@@ -47,7 +48,7 @@ def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[s
     return headers
 
 
-def _usage(done: TurnDone) -> dict[str, Any]:
+def _usage(done: TurnResult) -> dict[str, Any]:
     usage = dict(done.usage)
     usage.setdefault("prompt_tokens", 0)
     usage.setdefault("completion_tokens", 0)
@@ -60,16 +61,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
     turn = TurnRequest(body.model, body.messages, body.session_id, body.params)
-    stream, include_usage = body.stream, body.include_usage
     parse_s = time.perf_counter() - started
-    agents = request.app[AGENTS]
-    agents.get(turn.agent)  # an unknown model is a 404 before anything runs
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
-    if stream:
-        events = agents.run(turn, deadline=deadline)
-        return await _stream(request, events, turn, include_usage, parse_s)
-    done = await agents.complete(turn, deadline=deadline)
-    body = {
+    agents = request.app[AGENTS]
+    if body.stream:
+        return await _ChunkStream(request, turn, body.include_usage, parse_s).run(agents, deadline)
+    done = await agents.run(turn, deadline=deadline)
+    reply = {
         "id": _completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
@@ -84,58 +82,73 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         "usage": _usage(done),
     }
     if done.seq is not None:
-        body["session_id"] = turn.session_id
-        body["seq"] = done.seq
-    return json_response(body, headers=_headers(turn, done, parse_s))
+        reply["session_id"] = turn.session_id
+        reply["seq"] = done.seq
+    return json_response(reply, headers=_headers(turn, done.cache, done, parse_s))
 
 
-async def _stream(
-    request: web.Request, events: Any, turn: TurnRequest, include_usage: bool, parse_s: float
-) -> web.StreamResponse:
-    """SSE in OpenAI's chunk format. Nothing is sent before the first event, so a turn
-    that fails before it starts (unknown session, busy, upstream down) is a JSON error."""
-    async with contextlib.aclosing(events):
-        return await _write_stream(request, events, turn, include_usage, parse_s)
+class _ChunkStream(Listener):
+    """A streamed turn as SSE in OpenAI's chunk format. Nothing is sent before the first
+    delta, so a turn that fails before it starts (unknown session, busy, upstream down)
+    is a JSON error."""
 
+    __slots__ = ("cache", "cid", "created", "include_usage", "parse_s", "request", "response",
+                 "turn")  # fmt: skip
 
-async def _write_stream(
-    request: web.Request, iterator: Any, turn: TurnRequest, include_usage: bool, parse_s: float
-) -> web.StreamResponse:
-    cid, created = _completion_id(), int(time.time())
+    def __init__(
+        self, request: web.Request, turn: TurnRequest, include_usage: bool, parse_s: float
+    ) -> None:
+        self.request, self.turn = request, turn
+        self.include_usage, self.parse_s = include_usage, parse_s
+        self.cid, self.created = _completion_id(), int(time.time())
+        self.cache = "bypass"
+        self.response: web.StreamResponse | None = None
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         doc = {
-            "id": cid,
+            "id": self.cid,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": turn.agent,
+            "created": self.created,
+            "model": self.turn.agent,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             **extra,
         }
         return b"data: " + orjson.dumps(doc) + b"\n\n"
 
-    first = await anext(iterator)
-    response = await start_sse(request, _headers(turn, None, parse_s))
-    await response.write(chunk({"role": "assistant", "content": ""}))
-    item = first
-    try:
-        while True:
-            if isinstance(item, TurnDone):
-                extra = {"session_id": turn.session_id, "seq": item.seq} if item.stored else {}
-                await response.write(chunk({}, item.finish_reason, **extra))
-                if include_usage:
-                    doc = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                           "model": turn.agent, "choices": [], "usage": _usage(item)}  # fmt: skip
-                    await response.write(b"data: " + orjson.dumps(doc) + b"\n\n")
-                break
-            await response.write(chunk({"content": item}))
-            item = await anext(iterator)
-    except AgentdError as exc:
-        # Headers are gone: report in the stream, as OpenAI does, then end it.
-        await response.write(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
-    await response.write(b"data: [DONE]\n\n")
-    await response.write_eof()
-    return response
+    async def _begin(self) -> web.StreamResponse:
+        if self.response is None:
+            headers = _headers(self.turn, self.cache, None, self.parse_s)
+            self.response = await start_sse(self.request, headers)
+            await self.response.write(self._chunk({"role": "assistant", "content": ""}))
+        return self.response
+
+    def source(self, cache: str) -> None:
+        self.cache = cache
+
+    async def delta(self, text: str) -> None:
+        await (await self._begin()).write(self._chunk({"content": text}))
+
+    async def run(self, agents: Agents, deadline: float) -> web.StreamResponse:
+        turn = self.turn
+        try:
+            done = await agents.run(turn, deadline=deadline, listener=self)
+        except AgentdError as exc:
+            if self.response is None:
+                raise
+            # Headers are gone: report in the stream, as OpenAI does, then end it.
+            await self.response.write(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
+        else:
+            response = await self._begin()
+            extra = {"session_id": turn.session_id, "seq": done.seq} if done.stored else {}
+            await response.write(self._chunk({}, done.finish_reason, **extra))
+            if self.include_usage:
+                doc = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created,
+                       "model": turn.agent, "choices": [], "usage": _usage(done)}  # fmt: skip
+                await response.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+        response = await self._begin()
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -26,7 +26,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     responses = request.app[RESPONSES]
     if not req.background:
         # Admission before anything is stored, as for chat turns.
-        responses.agents.admit(req.agent)
+        responses.agents.admission.check(req.agent)
     view = await responses.create(req)
     if req.background:
         if req.stream:

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..agent import Agents, TurnDone, TurnRequest, new_turn_id
+from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..store import Event, Store
 from .http import loads_json
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 CLOSE_TRY_AGAIN = 1013  # the client read too slowly: resume with hello {after}
 
 
-def _done_frame(frame_id: Any, done: TurnDone) -> dict[str, Any]:
+def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
     return {
         "type": "done",
         "id": frame_id,
@@ -39,6 +39,18 @@ def _done_frame(frame_id: Any, done: TurnDone) -> dict[str, Any]:
         "usage": done.usage,
         "finish_reason": done.finish_reason,
     }
+
+
+class _DeltaFrames(Listener):
+    """A turn's deltas, as frames to the connection that asked for it."""
+
+    __slots__ = ("conn", "frame_id")
+
+    def __init__(self, conn: _Connection, frame_id: Any) -> None:
+        self.conn, self.frame_id = conn, frame_id
+
+    async def delta(self, text: str) -> None:
+        self.conn.send({"type": "delta", "id": self.frame_id, "content": text})
 
 
 class _Connection:
@@ -170,14 +182,11 @@ class _Connection:
 
     async def run_turn(self, frame_id: Any, turn: TurnRequest) -> None:
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
-        events = self.agents.run(turn, deadline=deadline)
         try:
-            async with contextlib.aclosing(events):
-                async for item in events:
-                    if isinstance(item, TurnDone):
-                        self.send(_done_frame(frame_id, item))
-                    else:
-                        self.send({"type": "delta", "id": frame_id, "content": item})
+            done = await self.agents.run(
+                turn, deadline=deadline, listener=_DeltaFrames(self, frame_id)
+            )
+            self.send(_done_frame(frame_id, done))
         except asyncio.CancelledError:
             self.send({"type": "cancelled", "id": frame_id})
         except AgentdError as exc:

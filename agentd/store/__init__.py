@@ -8,9 +8,17 @@
 from __future__ import annotations
 
 from ..config import Config
-from .base import Event, SessionInfo, StateConflict, StateDoc, Store
+from .base import Event, SessionInfo, StateConflict, StateDoc, Store, TurnLease
 
-__all__ = ("Event", "SessionInfo", "StateConflict", "StateDoc", "Store", "open_store")
+__all__ = (
+    "Event",
+    "SessionInfo",
+    "StateConflict",
+    "StateDoc",
+    "Store",
+    "TurnLease",
+    "open_store",
+)
 
 
 def open_store(config: Config) -> Store:

@@ -1,0 +1,133 @@
+"""A session's turn lease, held by the turn that runs on it.
+
+Turns of one session run one at a time across every instance: a turn takes the
+session's lease (and reads its history) in one store round trip, renews it every third
+of ``[sessions] turn_lease`` while the model answers, and stores its messages while
+releasing it in a second round trip. ``[sessions] concurrent_turns`` says what a second
+turn gets meanwhile: it waits, is refused (409 ``session_busy``), or asks the running
+one to stop and then waits.
+
+Every way out of :meth:`Leases.hold` that did not store the turn lets the lease go at
+once, so a session is never locked by a turn that is no longer running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from ..config import SessionsConfig
+from ..errors import Conflict, UpstreamTimeout
+from ..store import Store, TurnLease
+
+__all__ = ("Held", "Interrupt", "Leases")
+
+log = logging.getLogger(__name__)
+
+# How long a turn waiting for its session sleeps between tries (grows to the max).
+_WAIT_MIN, _WAIT_MAX = 0.005, 0.1
+
+
+class Interrupt:
+    """Asks a running turn to stop at its next chunk: set by the lease keeper when another
+    turn of the session asks, or by whoever started the turn (a cancelled job)."""
+
+    __slots__ = ("asked",)
+
+    def __init__(self) -> None:
+        self.asked = False
+
+
+class Held:
+    """A lease while its turn runs: the history it read, and the one way to store the
+    turn (which releases the lease in the same step)."""
+
+    __slots__ = ("_keeper", "_store", "lease", "session_id", "stored")
+
+    def __init__(
+        self, store: Store, session_id: str, lease: TurnLease, keeper: asyncio.Task[None]
+    ) -> None:
+        self._store = store
+        self._keeper = keeper
+        self.session_id = session_id
+        self.lease = lease
+        self.stored = False
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.lease.history
+
+    async def stop_renewing(self) -> None:
+        self._keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._keeper
+
+    async def store(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Append the turn's messages and release the lease, in one round trip."""
+        await self.stop_renewing()
+        stored = await self._store.end_turn(self.session_id, self.lease.token, messages)
+        self.stored = True
+        return stored
+
+
+class Leases:
+    def __init__(self, store: Store, config: SessionsConfig) -> None:
+        self._store = store
+        self._lease_s = config.turn_lease
+        self._policy = config.concurrent_turns
+
+    @contextlib.asynccontextmanager
+    async def hold(
+        self, session_id: str, last: int, deadline: float, interrupt: Interrupt
+    ) -> AsyncIterator[Held]:
+        """Take the session's lease with its last ``last`` messages, keep it while the
+        block runs (``interrupt.asked`` is set when another turn asks this one to stop),
+        and let it go unless the block stored the turn."""
+        lease = await self._take(session_id, last, deadline)
+        keeper = asyncio.create_task(self._keep(session_id, lease.token, interrupt))
+        held = Held(self._store, session_id, lease, keeper)
+        try:
+            yield held
+        finally:
+            await held.stop_renewing()
+            if not held.stored:
+                # The turn failed, was cancelled, or its messages were refused: free the
+                # session now rather than when the lease runs out.
+                with contextlib.suppress(Exception):
+                    await self._store.end_turn(session_id, lease.token, [])
+
+    async def _take(self, sid: str, last: int, deadline: float) -> TurnLease:
+        loop = asyncio.get_running_loop()
+        wait = _WAIT_MIN
+        asked = False
+        while True:
+            lease = await self._store.begin_turn(sid, last, self._lease_s)
+            if lease is not None:
+                return lease
+            if self._policy == "reject":
+                raise Conflict("another turn of this session is running", code="session_busy")
+            if self._policy == "interrupt" and not asked:
+                asked = await self._store.interrupt_turn(sid)
+            if loop.time() + wait > deadline:
+                raise UpstreamTimeout(
+                    "timed out waiting for the session's running turn", code="session_busy"
+                )
+            await asyncio.sleep(wait * (0.5 + random.random()))
+            wait = min(_WAIT_MAX, wait * 2)
+
+    async def _keep(self, sid: str, token: int, interrupt: Interrupt) -> None:
+        """Renew the lease while the turn runs; note when another turn asks it to stop."""
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            state = await self._store.renew_turn(sid, token, self._lease_s)
+            if state == "interrupted":
+                interrupt.asked = True
+                return
+            if state == "lost":
+                # Finish the reply anyway: storing it is then refused (turn_lost).
+                log.warning("turn on session %s lost its lease (stalled?)", sid)
+                return

@@ -1,0 +1,245 @@
+"""One turn of an agent, whatever the wire format:
+
+    admit → (session: take the lease, read the history) → plan the model call →
+    reply (from the cache, or the model through the cache) → (store the turn) → result
+
+A turn with a session holds the session's lease (:mod:`.lease`) from its first store
+round trip, which also reads the history, to its second, which appends the new messages
+and the reply and publishes the session's event. A turn without a session touches no
+store at all, and an L1 cache hit (:mod:`agentd.cache`) returns without suspending.
+
+Callers that stream pass a :class:`~.types.Listener`; the others await the
+:class:`~.types.TurnResult` alone. Both take the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .. import fastpath
+from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
+from ..cache import CachedReply, ResponseCache, Served, cacheable
+from ..config import AgentConfig, Config
+from ..errors import BadRequest
+from ..metrics import Metrics
+from ..store import Store
+from .admission import Admission
+from .lease import Held, Interrupt, Leases
+from .registry import Registry
+from .types import Listener, Timings, TurnRequest, TurnResult, new_turn_id
+
+__all__ = ("Agents",)
+
+# Fields of a stored message that are ours, not the model's.
+_STORE_FIELDS = ("seq", "created_at", "status", "turn")
+_QUIET = Listener()
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A turn's model call before it runs: the request, its pool and its cache key (None
+    when the reply is not cached)."""
+
+    request: ChatRequest
+    pool: Pool
+    key: bytes | None
+
+
+class _Reply:
+    """A reply as it arrives, from the model or replayed from the cache."""
+
+    __slots__ = ("cancelled", "finish", "node", "parts", "usage")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.finish, self.usage, self.node = "stop", {}, ""
+        self.cancelled = False
+
+    def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
+        self.finish = finish or self.finish
+        self.usage = usage or self.usage
+        self.node = node or self.node
+
+    def cancel(self) -> None:
+        self.cancelled, self.finish = True, "cancelled"
+
+
+class Agents:
+    """The configured agents, and the running of their turns."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        backends: Backends,
+        metrics: Metrics | None = None,
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.backends = backends
+        self.metrics = metrics
+        self.cache = cache
+        self.registry = Registry(config.agents)
+        self.admission = Admission(config)
+        self.leases = Leases(store, config.sessions)
+
+    def get(self, name: str) -> AgentConfig:
+        return self.registry.get(name)
+
+    def all(self) -> list[AgentConfig]:
+        return self.registry.all()
+
+    async def run(
+        self,
+        req: TurnRequest,
+        *,
+        deadline: float,
+        interrupt: Interrupt | None = None,
+        listener: Listener | None = None,
+    ) -> TurnResult:
+        """Run one turn to its end. ``listener`` hears the reply as it streams; setting
+        ``interrupt.asked`` ends the turn at its next chunk, as a cancelled one."""
+        agent = self.registry.get(req.agent)
+        if not req.messages:
+            raise BadRequest("messages must not be empty", code="invalid_request")
+        interrupt = interrupt or Interrupt()
+        listener = listener or _QUIET
+        interactive = req.request_class == INTERACTIVE
+        if interactive:
+            self.admission.check(agent.name)
+            self.admission.enter(agent.name)
+        try:
+            if req.session_id is None:
+                plan = self._plan(agent, req, ())
+                return await self._reply(agent, req, plan, None, Timings(), deadline,
+                                         interrupt, listener)  # fmt: skip
+            loop = asyncio.get_running_loop()
+            timings = Timings()
+            started = loop.time()
+            async with self.leases.hold(req.session_id, agent.history, deadline, interrupt) as held:
+                timings.session = loop.time() - started
+                plan = self._plan(agent, req, held.history)
+                return await self._reply(agent, req, plan, held, timings, deadline,
+                                         interrupt, listener)  # fmt: skip
+        finally:
+            if interactive:
+                self.admission.leave(agent.name)
+
+    def _plan(
+        self, agent: AgentConfig, req: TurnRequest, history: Sequence[Mapping[str, Any]]
+    ) -> _Plan:
+        upstream: list[dict[str, Any]] = []
+        if agent.system_prompt:
+            upstream.append({"role": "system", "content": agent.system_prompt})
+        if history:
+            upstream.extend({k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history)
+        upstream.extend(req.messages)
+        request = ChatRequest(
+            model=agent.model or agent.name,
+            messages=upstream,
+            params={**agent.params, **req.params},
+        )
+        key = None
+        if self.cache is not None and cacheable(agent.cache, request.params):
+            key = fastpath.cache_key(agent.name, request.model, upstream, request.params)
+        return _Plan(request, self.backends.get(agent.backend), key)
+
+    async def _reply(
+        self,
+        agent: AgentConfig,
+        req: TurnRequest,
+        plan: _Plan,
+        held: Held | None,
+        timings: Timings,
+        deadline: float,
+        interrupt: Interrupt,
+        listener: Listener,
+    ) -> TurnResult:
+        """Get the reply (cached, or from the model through the cache), pass it on as it
+        comes, store the turn if it has a session, and sum it up."""
+
+        def call_model() -> AsyncIterator[Chunk]:
+            return plan.pool.stream(
+                plan.request,
+                session_id=req.session_id,
+                deadline=deadline,
+                request_class=req.request_class,
+            )
+
+        source: CachedReply | AsyncIterator[Any]
+        if plan.key is None or self.cache is None:
+            source, level = call_model(), "bypass"
+        else:
+            source, level = await self.cache.get(plan.key, agent.cache, call_model, deadline)
+        listener.source(level)
+        reply = _Reply()
+        loop = asyncio.get_running_loop()
+        started = first = loop.time()
+        # Interrupts are checked between chunks (no task per chunk on this hot loop): a
+        # turn asked to stop ends at its next chunk, or at its deadline if nothing comes.
+        if isinstance(source, CachedReply):
+            for text in source.chunks:
+                if text:
+                    if not reply.parts:
+                        first = loop.time()
+                    reply.parts.append(text)
+                    await listener.delta(text)
+                if interrupt.asked:
+                    reply.cancel()
+                    break
+            else:
+                reply.end(source.finish_reason, source.usage, source.node)
+        else:
+            async with contextlib.aclosing(source):
+                async for item in source:
+                    if isinstance(item, Served):  # the end of a stream through the cache
+                        reply.end(item.reply.finish_reason, item.reply.usage, item.reply.node)
+                        continue
+                    text = item if isinstance(item, str) else item.text
+                    if text:
+                        if not reply.parts:
+                            first = loop.time()
+                        reply.parts.append(text)
+                        await listener.delta(text)
+                    if not isinstance(item, str):
+                        reply.end(item.finish_reason, item.usage, item.node)
+                    if interrupt.asked:
+                        reply.cancel()
+                        break
+        timings.upstream = loop.time() - started
+        if reply.parts:
+            timings.upstream_ttft = first - started
+        text = "".join(reply.parts)
+
+        stored: list[dict[str, Any]] = []
+        turn_id = ""
+        if held is not None:
+            turn_id = req.turn_id or new_turn_id()
+            said: dict[str, Any] = {"role": "assistant", "content": text, "turn": turn_id}
+            if reply.cancelled:
+                said["status"] = "cancelled"
+            new = [{**m, "turn": turn_id} for m in req.messages if m.get("role") != "system"]
+            started = loop.time()
+            stored = await held.store([*new, said])
+            timings.persist = loop.time() - started
+        if self.metrics is not None:
+            self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
+        return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
+                          stored, timings, level, turn_id, reply.cancelled)  # fmt: skip
+
+
+def _stages_run(timings: Timings, session: bool, replied: bool) -> dict[str, float]:
+    """The stages a turn went through, for /metrics: a stateless turn has no session or
+    persist stage, a reply without text no first token."""
+    stages = {"upstream": timings.upstream}
+    if replied:
+        stages["upstream_ttft"] = timings.upstream_ttft
+    if session:
+        stages["session"] = timings.session
+        stages["persist"] = timings.persist
+    return stages

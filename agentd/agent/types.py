@@ -1,0 +1,99 @@
+"""What goes into a turn and what comes out of it."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backends import INTERACTIVE
+
+__all__ = ("Listener", "Timings", "TurnRequest", "TurnResult", "new_turn_id")
+
+
+def new_turn_id() -> str:
+    return "t_" + secrets.token_urlsafe(9)
+
+
+@dataclass(slots=True)
+class TurnRequest:
+    agent: str
+    messages: list[dict[str, Any]]
+    session_id: str | None = None
+    # Client generation parameters; they override the agent's own.
+    params: dict[str, Any] = field(default_factory=dict)
+    # Stored on the turn's messages, so a connection can tell its own turns' events
+    # ("": one is drawn if the turn is stored; stateless turns never pay for one).
+    turn_id: str = ""
+    # The model call's class (the backend's capacity and policy per class): only
+    # interactive turns count toward the worker's and the partition's turn limits.
+    request_class: str = INTERACTIVE
+
+
+@dataclass(slots=True)
+class Timings:
+    """Where a turn's time went, in seconds (for Server-Timing and /metrics)."""
+
+    session: float = 0.0
+    upstream_ttft: float = 0.0
+    upstream: float = 0.0
+    persist: float = 0.0
+
+    def stages(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def header(self, parse: float = 0.0) -> str:
+        """The ``Server-Timing`` value: parse, then every stage, in milliseconds."""
+        # One %-format (the same text as each value formatted with :.2f): it runs on
+        # every reply.
+        return _SERVER_TIMING % (
+            parse * 1000,
+            self.session * 1000,
+            self.upstream_ttft * 1000,
+            self.upstream * 1000,
+            self.persist * 1000,
+        )
+
+
+_SERVER_TIMING = ", ".join(f"{k};dur=%.2f" for k in ("parse", *Timings.__slots__))
+
+
+@dataclass(slots=True)
+class TurnResult:
+    """The end of a turn: what was said, where the reply came from, and what was stored
+    (nothing without a session)."""
+
+    text: str
+    finish_reason: str
+    usage: dict[str, Any]
+    node: str
+    model: str
+    stored: list[dict[str, Any]]
+    timings: Timings
+    # hit-l1 | hit-l2 | hit-l3 | miss (a model call made it, through the cache) | bypass
+    cache: str
+    # The id stored on the turn's messages ("" for a turn without a session).
+    turn_id: str = ""
+    cancelled: bool = False
+
+    @property
+    def seq(self) -> int | None:
+        return self.stored[-1]["seq"] if self.stored else None
+
+
+class Listener:
+    """Hears a turn as it runs, for a caller that streams it; this base hears nothing.
+
+    ``source`` comes once, before any delta: where the reply comes from (a cache level,
+    ``miss`` or ``bypass``), for headers sent with the first delta. A delta is a piece of
+    the reply's text; a turn that fails before its first delta has told its listener
+    nothing it must take back.
+    """
+
+    __slots__ = ()
+
+    def source(self, cache: str) -> None:
+        """Where the reply comes from (the value of ``TurnResult.cache``)."""
+
+    async def delta(self, text: str) -> None:
+        """A piece of the reply's text."""

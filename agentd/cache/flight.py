@@ -1,0 +1,189 @@
+"""Single-flight: identical requests in flight at once cost one model call.
+
+It works at two scales. In a worker, the first request for a key starts one producing
+task and every request for that key — the first included — follows it, so a client that
+goes away does not break the others. Across workers and instances, the producing task
+first takes a short lock in Redis (``[cache] flight_lease``, renewed while it runs); the
+loser tails the winner's chunks from a short-lived Redis stream as they are generated.
+If the winner dies, its lock expires and a follower that has not yet passed any text to
+its client takes over; one that has fails like a broken upstream stream (never
+duplicated or mixed output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..config import AgentCacheConfig, CacheConfig
+from ..errors import AgentdError, UpstreamError, UpstreamTimeout
+from .reply import CachedReply, Served
+from .tiers import Tiers
+
+__all__ = ("Flights", "Produce")
+
+# How long a follower waits for the next chunk before it checks the leader is alive.
+TAIL_BLOCK_S = 1.0
+
+Produce = Callable[[], AsyncIterator[Any]]
+
+
+@dataclass
+class _Flight:
+    """One key's production in this worker, which every requester of the key follows."""
+
+    chunks: list[str] = field(default_factory=list)
+    reply: CachedReply | None = None
+    level: str = "miss"
+    error: BaseException | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def follow(self) -> AsyncIterator[str | Served]:
+        seen = 0
+        while True:
+            while seen < len(self.chunks):
+                seen += 1
+                yield self.chunks[seen - 1]
+            if self.error is not None:
+                raise self.error
+            if self.reply is not None:
+                yield Served(self.reply, self.level)
+                return
+            await self.changed.wait()
+
+
+class Flights:
+    def __init__(self, config: CacheConfig, tiers: Tiers) -> None:
+        self._ttl = config.flight_lease
+        self._tiers = tiers
+        self._blobs = tiers.blobs
+        self._flights: dict[bytes, _Flight] = {}
+
+    async def serve(
+        self, key: bytes, policy: AgentCacheConfig, produce: Produce, deadline: float
+    ) -> AsyncIterator[str | Served]:
+        """After a miss: the reply's text chunks as they are produced (by this worker, or
+        by whichever process leads the key's flight), then a :class:`Served`."""
+        flight = self._flights.get(key)
+        if flight is None:
+            self._tiers.count("miss")
+            flight = self._flights[key] = _Flight()
+            flight.task = asyncio.create_task(self._fly(key, flight, policy, produce, deadline))
+        else:
+            self._tiers.count("coalesced")
+        async for item in flight.follow():
+            yield item
+
+    async def _fly(
+        self,
+        key: bytes,
+        flight: _Flight,
+        policy: AgentCacheConfig,
+        produce: Produce,
+        deadline: float,
+    ) -> None:
+        hexkey, owner, leading = key.hex(), secrets.token_hex(8), False
+        try:
+            while not await self._lead(hexkey, owner):
+                # Another process produces this reply: follow its stream.
+                if await self._tail(hexkey, flight, owner, deadline):
+                    return
+                # Its leader is gone and we passed no text on yet: take over.
+            leading = True
+            try:
+                again = await self._tiers.lookup(key, policy)  # it may have just finished
+                if again is not None:
+                    flight.chunks.extend(again.reply.chunks)
+                    flight.reply, flight.level = again.reply, again.level
+                    return
+                await self._produce(key, flight, owner, policy, produce)
+            finally:
+                with contextlib.suppress(AgentdError):
+                    await self._blobs.release(hexkey, owner)
+        except BaseException as exc:
+            flight.error = exc if isinstance(exc, Exception) else UpstreamError("cancelled")
+            if leading and self._blobs.shared:
+                with contextlib.suppress(AgentdError):
+                    await self._blobs.emit(hexkey, {"err": str(exc).encode()}, self._ttl)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            flight.notify()
+            self._flights.pop(key, None)
+
+    async def _lead(self, hexkey: str, owner: str) -> bool:
+        try:
+            return await self._blobs.lead(hexkey, owner, self._ttl)
+        except AgentdError:
+            return True  # the shared level is down: compute here rather than fail
+
+    async def _produce(
+        self, key: bytes, flight: _Flight, owner: str, policy: AgentCacheConfig, produce: Produce
+    ) -> None:
+        hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
+        renew_at = time.monotonic() + self._ttl / 3
+        finish, usage, node = "stop", {}, ""
+        async with contextlib.aclosing(produce()) as stream:
+            async for chunk in stream:
+                if chunk.text:
+                    flight.chunks.append(chunk.text)
+                    flight.notify()
+                    if shared:
+                        with contextlib.suppress(AgentdError):
+                            await blobs.emit(hexkey, {"t": chunk.text.encode()}, self._ttl)
+                finish = chunk.finish_reason or finish
+                usage = chunk.usage or usage
+                node = chunk.node or node
+                if shared and time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + self._ttl / 3
+                    with contextlib.suppress(AgentdError):
+                        await blobs.renew(hexkey, owner, self._ttl)
+        reply = CachedReply(list(flight.chunks), finish, usage, node)
+        await self._tiers.save(key, reply, policy)
+        if shared:
+            meta = orjson.dumps({"f": finish, "u": usage, "n": node})
+            with contextlib.suppress(AgentdError):
+                await blobs.emit(hexkey, {"end": meta}, self._ttl)
+        flight.reply = reply
+
+    async def _tail(self, hexkey: str, flight: _Flight, owner: str, deadline: float) -> bool:
+        """Relay another process's flight; True when it completed, False when its leader
+        vanished before we passed any text on (the caller takes over)."""
+        after = b"0"
+        loop = asyncio.get_running_loop()
+        while True:
+            if loop.time() > deadline:
+                raise UpstreamTimeout("timed out following an identical request")
+            entries = await self._blobs.tail(hexkey, after, TAIL_BLOCK_S)
+            for entry_id, fields in entries:
+                after = entry_id
+                if b"t" in fields:
+                    flight.chunks.append(fields[b"t"].decode())
+                    flight.notify()
+                elif b"end" in fields:
+                    meta = orjson.loads(fields[b"end"])
+                    flight.reply = CachedReply(list(flight.chunks), meta["f"], meta["u"], meta["n"])
+                    return True
+                elif b"err" in fields:
+                    raise UpstreamError(fields[b"err"].decode() or "the shared call failed")
+            if entries:
+                continue
+            if await self._blobs.lead(hexkey, owner, self._ttl):
+                # The lock was free: its holder is gone.
+                if flight.chunks:
+                    await self._blobs.release(hexkey, owner)
+                    raise UpstreamError("the call serving this identical request stopped")
+                await self._blobs.release(hexkey, owner)
+                return False
