@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .. import metrics as metrics_mod
 from ..config import Config, ConfigError
 from ..log import setup_logging
-from ..server import WorkerInfo
+from ..runtime import WorkerInfo
 from . import worker as worker_mod
 from .notify import Notifier
 from .sockets import Listeners

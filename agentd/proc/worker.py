@@ -23,8 +23,8 @@ from aiohttp import web
 
 from ..config import Config
 from ..log import setup_logging
-from ..server import WorkerInfo, create_app
-from ..server.keys import STATE
+from ..runtime import WorkerInfo, WorkerState
+from ..server import create_app
 
 __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
 
@@ -106,7 +106,8 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     os.set_blocking(pipe_w, False)
 
-    app = create_app(config, info)
+    state = WorkerState(info=info, workers=config.server.workers)
+    app = create_app(config, state)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -130,7 +131,7 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     beat = asyncio.create_task(_heartbeat(pipe_w, stop))
     await stop.wait()
     log.info("worker %d draining", info.id)
-    app[STATE].draining = True
+    state.draining = True
     # Stop accepting: this closes the worker's copies of the listening sockets only,
     # so connections still queued there go to the slot's next worker.
     for site in sites:

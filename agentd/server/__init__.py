@@ -1,6 +1,6 @@
 """The HTTP surface: the aiohttp application, its middlewares and routes."""
 
 from .app import create_app
-from .keys import WorkerInfo, tracked_websocket
+from .keys import tracked_websocket
 
-__all__ = ("WorkerInfo", "create_app", "tracked_websocket")
+__all__ = ("create_app", "tracked_websocket")

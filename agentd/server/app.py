@@ -20,6 +20,7 @@ from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
 from ..metrics import BackendMetrics, JobMetrics, Metrics
+from ..runtime import WorkerState
 from ..store import open_store
 from . import cache_admin, chat, events, ops, responses, sessions, state, ws
 from .keys import (
@@ -32,8 +33,6 @@ from .keys import (
     RUNNER,
     STATE,
     STORE,
-    WorkerInfo,
-    WorkerState,
 )
 from .middleware import observe
 
@@ -77,12 +76,13 @@ async def _close_parts(app: web.Application) -> None:
     await app[STORE].close()
 
 
-def create_app(config: Config, info: WorkerInfo | None = None) -> web.Application:
-    """Build a worker's application from a validated config."""
+def create_app(config: Config, worker: WorkerState | None = None) -> web.Application:
+    """Build a worker's application from a validated config; ``worker`` is the worker's
+    run-time state, kept by whoever runs the worker (a fresh one if not given)."""
     app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[observe])
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
-    app[STATE] = WorkerState(info=info or WorkerInfo(), workers=config.server.workers)
+    app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)

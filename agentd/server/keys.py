@@ -1,13 +1,9 @@
-"""What a worker's application carries: its config, metrics and run-time state, as app keys."""
+"""What a worker's application carries: its config, parts and run-time state, as app keys."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -18,6 +14,7 @@ from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
 from ..metrics import Metrics
+from ..runtime import WorkerState
 from ..store import Store
 
 __all__ = (
@@ -29,36 +26,7 @@ __all__ = (
     "RUNNER",
     "STATE",
     "STORE",
-    "ReadinessCheck",
-    "WorkerInfo",
-    "WorkerState",
 )
-
-ReadinessCheck = Callable[[], Awaitable[str | None]]
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """Who serves: the worker's slot id, its generation (bumped per reload) and pid."""
-
-    id: int = 0
-    generation: int = 0
-    pid: int = field(default_factory=os.getpid)
-
-
-@dataclass
-class WorkerState:
-    """What a worker knows about itself at run time."""
-
-    info: WorkerInfo
-    workers: int
-    draining: bool = False
-    # Set when the worker starts draining: long-lived responses (SSE) end on it.
-    closing: asyncio.Event = field(default_factory=asyncio.Event)
-    # Each returns None when its dependency is fine, or why it is not (for /readyz).
-    readiness: list[ReadinessCheck] = field(default_factory=list)
-    websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
-
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)

@@ -1,0 +1,42 @@
+"""What a worker process knows about itself at run time: set by ``proc``, which starts
+and drains the worker, and read by ``server``, which answers /readyz and /v1/info."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ("ReadinessCheck", "WorkerInfo", "WorkerState")
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who serves: the worker's slot id, its generation (bumped per reload) and pid."""
+
+    id: int = 0
+    generation: int = 0
+    pid: int = field(default_factory=os.getpid)
+
+
+@dataclass
+class WorkerState:
+    """A worker's run-time state."""
+
+    info: WorkerInfo = field(default_factory=WorkerInfo)
+    workers: int = 1
+    # Set when the worker starts draining: /readyz fails from then on.
+    draining: bool = False
+    # Set when the worker's application shuts down: long-lived responses (SSE) end on it.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # Each returns None when its dependency is fine, or why it is not (for /readyz).
+    readiness: list[ReadinessCheck] = field(default_factory=list)
+    websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
