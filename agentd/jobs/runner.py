@@ -55,6 +55,19 @@ RETRY_BACKOFF_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
 
 
+# How long closing waits for the queue readers to stop.
+READER_STOP_S = 2.0
+
+
+def _end_if_cancelled() -> None:
+    """End a reader loop whose cancellation was swallowed: Python 3.11's asyncio.wait_for
+    (inside redis-py's blocking reads) can drop a cancel that lands as the read returns,
+    and the loop would then run on; the task still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def consumer_name() -> str:
     """This process's name in the consumer groups: unique per host and process."""
     return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
@@ -137,7 +150,10 @@ class JobRunner:
         hand the rest back to the queue for another consumer."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            # Bounded: a reader blocked on a store that does not answer must not hold
+            # up the drain.
+            await asyncio.wait(self._tasks, timeout=READER_STOP_S)
         if self._running:
             await asyncio.wait(list(self._running), timeout=grace)
         left = dict(self._running)
@@ -172,6 +188,7 @@ class JobRunner:
 
     async def _read(self, part: _Partition, shard: int) -> None:
         while True:
+            _end_if_cancelled()
             while (room := self._room(part)) <= 0:
                 part.freed.clear()
                 # A job ending frees a place; interactive turns ending widen the limit.
@@ -195,6 +212,7 @@ class JobRunner:
 
     async def _reclaim(self, part: _Partition) -> None:
         while True:
+            _end_if_cancelled()
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
                 room = self._room(part)

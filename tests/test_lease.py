@@ -1,0 +1,101 @@
+"""A turn's hold on its session (agentd/agent/lease.py), on every store topology: every
+way out of a turn that did not store it lets the session go at once."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from agentd.agent import Agents, Interrupt, Listener, TurnRequest
+from agentd.config import Config, from_dict
+from agentd.errors import Conflict, PayloadTooLarge
+from agentd.server.app import create_app
+from agentd.server.keys import AGENTS
+
+
+@pytest.fixture
+async def agents(store_config: Config) -> AsyncIterator[Agents]:
+    """Agents on each store topology; a second turn of a busy session is refused (409),
+    so a lease left behind shows at once rather than after it expires."""
+    raw = from_dict({"cache": {"disk_path": ""}})
+    config = dataclasses.replace(
+        store_config,
+        cache=raw.cache,
+        sessions=dataclasses.replace(
+            store_config.sessions, concurrent_turns="reject", max_message_bytes=1024
+        ),
+    )
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    yield server.app[AGENTS]
+    await server.close()
+
+
+def deadline() -> float:
+    return asyncio.get_running_loop().time() + 10
+
+
+def say(sid: str, content: str) -> TurnRequest:
+    return TurnRequest("echo", [{"role": "user", "content": content}], sid)
+
+
+async def test_a_turn_whose_messages_are_refused_lets_the_session_go(agents: Agents) -> None:
+    sid = (await agents.store.create_session()).id
+    with pytest.raises(PayloadTooLarge):
+        await agents.run(say(sid, "x" * 2000), deadline=deadline())
+    done = await agents.run(say(sid, "next"), deadline=deadline())  # not session_busy
+    assert done.text == "next" and [m["content"] for m in done.stored] == ["next", "next"]
+
+
+async def test_a_turn_that_fails_midway_lets_the_session_go(agents: Agents) -> None:
+    sid = (await agents.store.create_session()).id
+
+    class Gone(Listener):
+        async def delta(self, text: str) -> None:
+            raise ConnectionResetError("the client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await agents.run(say(sid, "one two"), deadline=deadline(), listener=Gone())
+    assert await agents.store.history(sid) == []  # nothing stored
+    assert (await agents.run(say(sid, "again"), deadline=deadline())).text == "again"
+
+
+async def test_a_cancelled_turn_lets_the_session_go(agents: Agents) -> None:
+    sid = (await agents.store.create_session()).id
+    started = asyncio.Event()
+
+    class Waits(Listener):
+        async def delta(self, text: str) -> None:
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+
+    turn = asyncio.create_task(
+        agents.run(say(sid, "one two"), deadline=deadline(), listener=Waits())
+    )
+    await asyncio.wait_for(started.wait(), 10)
+    with pytest.raises(Conflict):  # it holds the session while it runs
+        await agents.run(say(sid, "busy"), deadline=deadline())
+    turn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await turn
+    assert (await agents.run(say(sid, "free"), deadline=deadline())).text == "free"
+    assert agents.admission.inflight == 0
+
+
+async def test_an_interrupted_turn_is_stored_as_cancelled(agents: Agents) -> None:
+    sid = (await agents.store.create_session()).id
+    stop = Interrupt()
+
+    class Stops(Listener):
+        async def delta(self, text: str) -> None:
+            stop.asked = True
+
+    done = await agents.run(say(sid, "one two three"), deadline=deadline(),
+                            interrupt=stop, listener=Stops())  # fmt: skip
+    assert done.cancelled and done.text == "one "
+    assert [m.get("status") for m in done.stored] == [None, "cancelled"]
+    assert (await agents.run(say(sid, "next"), deadline=deadline())).seq == 4
