@@ -6,8 +6,7 @@ import asyncio
 
 import orjson
 
-from agentd.store.base import Store
-from agentd.store.jobs import Delivery
+from agentd.store import Delivery, Store
 
 LONG = 60.0
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from agentd.config import Config, from_dict
 from agentd.errors import AgentdError, BadRequest, Conflict, NotFound, PayloadTooLarge
 from agentd.store import Event, StateConflict, StateDoc, Store, open_store
-from agentd.store.base import merge_patch
+from agentd.store.state import merge_patch
 
 E = TypeVar("E", bound=AgentdError)
 
