@@ -15,8 +15,9 @@ from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
-from agentd.store.keys import APPEND, HISTORY, session_keys, state_key
-from agentd.store.shards import Shards
+from agentd.store.keys import session_keys, state_key
+from agentd.store.redis.shards import Shards
+from agentd.store.scripts import APPEND, HISTORY
 
 from .procs import RedisClusterProcs, RedisServer
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from ..config import AgentCacheConfig, CacheConfig
 from ..metrics import Metrics
-from ..store.blobs import Blobs
+from ..store import Blobs
 from .flight import Flights, Produce
 from .reply import CachedReply, Served, cacheable
 from .tiers import Tiers

@@ -19,7 +19,7 @@ from .. import fastpath
 from ..config import AgentCacheConfig, CacheConfig
 from ..errors import AgentdError
 from ..metrics import Metrics
-from ..store.blobs import Blobs
+from ..store import Blobs
 from .disk import DiskCache
 from .reply import CachedReply, Served
 

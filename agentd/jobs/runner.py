@@ -26,7 +26,7 @@ from ..agent import Interrupt, PeopleSignal
 from ..config import Config
 from ..errors import AgentdError, Internal
 from ..metrics import JobMetrics
-from ..store.jobs import Delivery, Jobs
+from ..store import Delivery, Jobs
 from .objects import ResponseEvents, ResponseView, error_dict
 from .service import Responses, result_fields, view_of
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event

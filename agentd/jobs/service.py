@@ -25,8 +25,7 @@ import orjson
 from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
-from ..store.base import Store
-from ..store.jobs import DELETED, TERMINAL
+from ..store import DELETED, TERMINAL, Store
 from .objects import TERMINAL_EVENTS, ResponseEvents, ResponseView, error_dict, new_response_id
 from .request import CreateRequest
 

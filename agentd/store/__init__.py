@@ -1,21 +1,49 @@
-"""All of agentd's state: sessions, history, events and shared state documents.
+"""All of agentd's state: sessions, history, events, shared state documents, the
+response cache's shared tier, the job queue and the response records.
 
 ``open_store(config)`` returns the memory store in standalone mode and the Redis store
 (one server, client-side shards, or a Redis Cluster) otherwise; both implement
-:class:`~agentd.store.base.Store`.
+:class:`~agentd.store.api.Store`. The layers above import the store from here only.
 """
 
 from __future__ import annotations
 
 from ..config import Config
-from .base import Event, SessionInfo, StateConflict, StateDoc, Store, TurnLease
+from .api import (
+    DELETED,
+    TERMINAL,
+    Blobs,
+    Delivery,
+    Event,
+    Jobs,
+    Queue,
+    QueueDepth,
+    Records,
+    SessionInfo,
+    Start,
+    StateConflict,
+    StateDoc,
+    Store,
+    Subscription,
+    TurnLease,
+)
 
 __all__ = (
+    "DELETED",
+    "TERMINAL",
+    "Blobs",
+    "Delivery",
     "Event",
+    "Jobs",
+    "Queue",
+    "QueueDepth",
+    "Records",
     "SessionInfo",
+    "Start",
     "StateConflict",
     "StateDoc",
     "Store",
+    "Subscription",
     "TurnLease",
     "open_store",
 )

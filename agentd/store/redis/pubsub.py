@@ -6,7 +6,7 @@ cluster the node owning the channel's slot (sharded pub/sub, ``SSUBSCRIBE``) —
 :class:`_Endpoint`: one connection, one reader task, fanning messages out to local feeds.
 
 When that connection drops, the endpoint reconnects with backoff, subscribes again, and
-then hands every feed a ``None`` (see :class:`~agentd.store.base.Subscription`): the
+then hands every feed a ``None`` (see :class:`~agentd.store.api.Subscription`): the
 watcher reads what it missed from history by sequence number, so no message is lost.
 """
 
@@ -21,8 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
-from ..errors import StoreUnavailable
-from .base import Subscription
+from ...errors import StoreUnavailable
+from ..api import Subscription
 from .shards import UNAVAILABLE_ERRORS, Shards
 
 __all__ = ("EventHub",)

@@ -27,10 +27,10 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..config import RedisConfig
-from ..errors import Overloaded, StoreUnavailable
-from ..fastpath import SLOT_COUNT, key_slot
-from .keys import Script
+from ...config import RedisConfig
+from ...errors import Overloaded, StoreUnavailable
+from ...fastpath import SLOT_COUNT, key_slot
+from ..scripts import Script
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 

@@ -12,12 +12,16 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..config import Config
-from .base import Store, Subscription
+from ...config import Config
+from ..api import Jobs, Subscription
+from ..base import BaseStore
+from ..codec import SESSION_DELETED
 from .blobs import MemoryBlobs
-from .jobs import MemoryJobs
+from .feeds import Channels
+from .queue import MemoryQueue
+from .records import MemoryRecords
 
-__all__ = ("MemoryStore",)
+__all__ = ("MemoryJobs", "MemoryStore")
 
 SWEEP_INTERVAL = 60.0
 
@@ -39,28 +43,23 @@ class _Session:
         return self.lease[0]
 
 
-class _MemorySubscription(Subscription):
-    def __init__(self, store: MemoryStore, sid: str) -> None:
-        super().__init__()
-        self._store = store
-        self._sid = sid
+class MemoryJobs(MemoryQueue, MemoryRecords, Jobs):
+    """Standalone mode's queue and records: one process, the same semantics."""
 
-    async def close(self) -> None:
-        watchers = self._store._watchers.get(self._sid)
-        if watchers is not None:
-            watchers.discard(self)
-            if not watchers:
-                del self._store._watchers[self._sid]
+    def __init__(self, events_ttl_s: int) -> None:
+        MemoryQueue.__init__(self)
+        MemoryRecords.__init__(self, events_ttl_s)
 
 
-class MemoryStore(Store):
+class MemoryStore(BaseStore):
     mode = "standalone"
+    jobs: MemoryJobs
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._sessions: dict[str, _Session] = {}
         self._state: dict[str, tuple[bytes, int]] = {}
-        self._watchers: dict[str, set[_MemorySubscription]] = {}
+        self._channels = Channels()
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
@@ -93,10 +92,6 @@ class MemoryStore(Store):
         sess.expires = now + self.ttl
         return sess
 
-    def _fan_out(self, sid: str, event: bytes) -> None:
-        for sub in self._watchers.get(sid, ()):
-            sub.deliver(event)
-
     # -- sessions and history -------------------------------------------------------
 
     async def _create(self, sid: str, meta: dict[str, str]) -> bool:
@@ -113,7 +108,7 @@ class MemoryStore(Store):
         if self._live(sid) is None:
             return False
         del self._sessions[sid]
-        self._fan_out(sid, b'{"kind":"deleted","data":{}}')
+        self._channels.send(sid, SESSION_DELETED)
         return True
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
@@ -135,7 +130,7 @@ class MemoryStore(Store):
             stored.append(b'{"seq":%d,%s' % (sess.seq, payload[1:]))
         while len(sess.messages) > self.max_messages:
             sess.messages.popleft()
-        self._fan_out(sid, b'{"kind":"messages","messages":[' + b",".join(stored) + b"]}")
+        self._channels.send(sid, b'{"kind":"messages","messages":[' + b",".join(stored) + b"]}")
         return first
 
     async def _history(
@@ -204,12 +199,10 @@ class MemoryStore(Store):
     # -- events ---------------------------------------------------------------------
 
     async def _subscribe(self, sid: str) -> Subscription:
-        sub = _MemorySubscription(self, sid)
-        self._watchers.setdefault(sid, set()).add(sub)
-        return sub
+        return self._channels.subscribe(sid)
 
     async def _publish(self, sid: str, event: bytes) -> None:
-        self._fan_out(sid, event)
+        self._channels.send(sid, event)
 
     # -- shared state ---------------------------------------------------------------
 

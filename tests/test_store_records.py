@@ -1,4 +1,4 @@
-"""The job queue and response records, on every store topology (real Redis servers)."""
+"""Response records (:class:`agentd.store.Records`), on every store topology."""
 
 from __future__ import annotations
 
@@ -6,92 +6,9 @@ import asyncio
 
 import orjson
 
-from agentd.store.base import Store
-from agentd.store.jobs import Delivery
+from agentd.store import Store
 
-LONG = 60.0
-
-
-async def _take_all(store: Store, partition: str, shards: int, consumer: str) -> list[Delivery]:
-    out: list[Delivery] = []
-    for shard in range(shards):
-        out += await store.jobs.take(partition, shard, consumer, 100, 0.05)
-    return out
-
-
-async def test_enqueue_take_ack(store: Store) -> None:
-    jobs = store.jobs
-    for i in range(6):
-        assert await jobs.enqueue("p", i % 3, f"resp_{i}", 100)
-    taken = await _take_all(store, "p", 3, "c1")
-    assert sorted(d.job_id for d in taken) == [f"resp_{i}" for i in range(6)]
-    # Delivered once: nothing new for another consumer.
-    assert await _take_all(store, "p", 3, "c2") == []
-    depth = await jobs.depth("p", 3)
-    assert (depth.waiting, depth.running) == (0, 6)
-    for d in taken:
-        await jobs.ack(d)
-    depth = await jobs.depth("p", 3)
-    assert (depth.waiting, depth.running, depth.dead) == (0, 0, 0)
-
-
-async def test_limit_and_depth(store: Store) -> None:
-    jobs = store.jobs
-    assert await jobs.enqueue("p", 0, "a", 2)
-    assert await jobs.enqueue("p", 0, "b", 2)
-    assert not await jobs.enqueue("p", 0, "c", 2)  # full
-    depth = await jobs.depth("p", 1)
-    assert depth.waiting == 2 and depth.oldest_s >= 0
-    [first] = await jobs.take("p", 0, "c1", 1, 0.05)
-    assert first.job_id == "a"  # FIFO
-    depth = await jobs.depth("p", 1)
-    assert (depth.waiting, depth.running) == (1, 1)
-    # A running job still counts toward the limit until acknowledged.
-    assert not await jobs.enqueue("p", 0, "c", 2)
-    await jobs.ack(first)
-    assert await jobs.enqueue("p", 0, "c", 2)
-
-
-async def test_take_waits_for_a_job(store: Store) -> None:
-    jobs = store.jobs
-    await jobs.take("p", 0, "c1", 1, 0.01)  # the group exists from here on
-    reader = asyncio.create_task(jobs.take("p", 0, "c1", 1, 1.0))
-    await asyncio.sleep(0.05)
-    assert await jobs.enqueue("p", 0, "late", 10)
-    got = await reader
-    # A blocked read sees the job at once (or the next read does, on a timeout).
-    if not got:
-        got = await jobs.take("p", 0, "c1", 1, 0.05)
-    assert [d.job_id for d in got] == ["late"]
-
-
-async def test_reclaim_only_after_the_lease(store: Store) -> None:
-    jobs = store.jobs
-    await jobs.enqueue("p", 0, "j", 10)
-    [d] = await jobs.take("p", 0, "dead-worker", 1, 0.05)
-    assert await jobs.reclaim("p", 0, "c2", LONG, 10) == []
-    await asyncio.sleep(0.15)
-    [again] = await jobs.reclaim("p", 0, "c2", 0.1, 10)
-    assert (again.job_id, again.entry) == ("j", d.entry)
-    # The old holder lost it: its renewal fails and cannot take it back.
-    assert not await jobs.renew(d, "dead-worker")
-    assert await jobs.renew(again, "c2")
-    assert await jobs.reclaim("p", 0, "c3", 0.1, 10) == []  # just renewed
-    await jobs.ack(again)
-    assert (await jobs.depth("p", 1)).running == 0
-
-
-async def test_retry_and_bury(store: Store) -> None:
-    jobs = store.jobs
-    await jobs.enqueue("p", 0, "j", 10)
-    [d] = await jobs.take("p", 0, "c1", 1, 0.05)
-    await jobs.retry(d)
-    await jobs.retry(d)  # a second retry of the same delivery adds nothing
-    [d2] = await jobs.take("p", 0, "c1", 10, 0.05)
-    assert d2.job_id == "j" and d2.entry != d.entry
-    await jobs.bury(d2, b"upstream failed")
-    depth = await jobs.depth("p", 1)
-    assert (depth.waiting, depth.running, depth.dead) == (0, 0, 1)
+from .store_helpers import poll_until
 
 
 async def test_record_attempts_are_fenced(store: Store) -> None:
@@ -175,7 +92,10 @@ async def test_events_expire_before_the_record(store: Store) -> None:
     jobs.events_ttl_s = 1  # type: ignore[attr-defined]
     await jobs.create("short", {"status": b"queued"}, 60, [(0, b"[0]")])
     assert await jobs.events("short", -1) == [b"[0]"]
-    await asyncio.sleep(2.1)
-    assert await jobs.events("short", -1) == []
+    await poll_until(lambda: _no_events(store, "short"), what="the events to expire")
     record = await jobs.read("short")
     assert record is not None and record["seq"] == b"1"
+
+
+async def _no_events(store: Store, rid: str) -> bool:
+    return await store.jobs.events(rid, -1) == []

@@ -1,0 +1,491 @@
+"""The store's interfaces: what the layers above agentd's state may call, and nothing more.
+
+- :class:`Store`: sessions, their history and events, turn leases, shared state documents;
+- :class:`Blobs`: the response cache's shared tier and single-flights (``Store.blobs``);
+- :class:`Queue` and :class:`Records`: the job queue and the response records of
+  background responses, together as :class:`Jobs` (``Store.jobs``);
+- :class:`Subscription`: one watcher's feed of a channel;
+
+and the data they exchange. This module imports no implementation: the memory
+(:mod:`.memory`) and Redis (:mod:`.redis`) stores implement it and pass the same tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import Config
+from ..errors import Conflict
+
+__all__ = (
+    "DEAD_MAXLEN",
+    "DELETED",
+    "TERMINAL",
+    "Blobs",
+    "Delivery",
+    "Entry",
+    "Event",
+    "Jobs",
+    "Queue",
+    "QueueDepth",
+    "Records",
+    "SessionInfo",
+    "Start",
+    "StateConflict",
+    "StateDoc",
+    "Store",
+    "Subscription",
+    "TurnLease",
+)
+
+# -- sessions, turns, events, shared state ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    created_at: float
+    tenant: str | None = None
+    agent: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    last_seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "session",
+            "created_at": self.created_at,
+            "tenant": self.tenant,
+            "agent": self.agent,
+            "metadata": self.metadata,
+            "last_seq": self.last_seq,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLease:
+    """A session's turn lease: its fencing token, and what the turn read when taking it."""
+
+    session: SessionInfo
+    token: int
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StateDoc:
+    value: Any
+    version: int
+
+
+class StateConflict(Conflict):
+    """A compare-and-set found another version; carries the current document."""
+
+    status = 412
+    code = "version_conflict"
+
+    def __init__(self, current: StateDoc | None) -> None:
+        detail = {
+            "current": None
+            if current is None
+            else {"value": current.value, "version": current.version}
+        }
+        super().__init__("the document has another version", detail=detail)
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a session, as every watcher receives it.
+
+    ``messages`` events carry the appended messages (each with its ``seq``); other kinds
+    (``deleted``, or any a caller publishes) carry ``data``.
+    """
+
+    session_id: str
+    kind: str
+    messages: tuple[dict[str, Any], ...] = ()
+    data: dict[str, Any] | None = None
+
+
+# A watcher that falls this far behind loses its backlog and catches up from history.
+MAX_BACKLOG = 1000
+
+
+class Subscription(abc.ABC):
+    """One watcher's feed of a channel's raw events, queued until read.
+
+    An implementation calls :meth:`deliver` for each event and :meth:`reset` when events
+    may have been lost; a watcher too far behind is reset too, so memory stays bounded.
+    """
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._overflowed = False
+
+    def deliver(self, event: bytes) -> None:
+        if self._queue.qsize() >= MAX_BACKLOG:
+            self.reset()
+            return
+        self._queue.put_nowait(event)
+
+    def reset(self) -> None:
+        if not self._overflowed:
+            self._overflowed = True
+            self._queue.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        """The next raw event, or None when the feed was interrupted and re-established
+        (events may have been missed: the watcher catches up from history)."""
+        item = await self._queue.get()
+        if item is None:
+            self._overflowed = False
+        return item
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop receiving."""
+
+
+class Store(abc.ABC):
+    """Sessions, their history and events, turn leases, and shared state documents."""
+
+    mode: str = "abstract"
+    config: Config
+    # The response cache's shared part (L2, single-flight).
+    blobs: Blobs
+    # The job queue and response records of background responses.
+    jobs: Jobs
+
+    # -- life cycle ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect (Redis) or prepare; called once per worker before serving."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections and stop background tasks."""
+
+    @abc.abstractmethod
+    async def readiness(self) -> str | None:
+        """``None`` when every part of the store is reachable, else why not."""
+
+    # -- sessions and history --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        tenant: str | None = None,
+        agent: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SessionInfo:
+        """Create a session; a client-chosen id that exists is a ``Conflict``."""
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """The session's metadata (refreshing its TTL); ``NotFound`` if absent."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def append(
+        self, session_id: str, messages: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Append messages, refresh the TTL and publish one ``messages`` event, atomically.
+
+        Returns the stored messages with their ``seq`` and ``created_at``.
+        """
+
+    @abc.abstractmethod
+    async def history(
+        self, session_id: str, *, limit: int | None = None, after: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Messages oldest first: those after ``after`` (a seq), at most ``limit`` of them;
+        with no ``after``, the last ``limit``."""
+
+    @abc.abstractmethod
+    async def load(self, session_id: str, last: int) -> tuple[SessionInfo, list[dict[str, Any]]]:
+        """What a turn needs, in one round trip: metadata and the last ``last`` messages."""
+
+    # -- turn leases -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def begin_turn(self, session_id: str, last: int, lease_s: float) -> TurnLease | None:
+        """Take the session's turn lease and read what the turn needs, in one step.
+
+        Returns None while another turn holds the lease; ``NotFound`` if no session.
+        """
+
+    @abc.abstractmethod
+    async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
+        """Extend the lease: ``held``, ``interrupted`` (held, but another turn asked it
+        to stop) or ``lost`` (expired and maybe taken by another turn)."""
+
+    @abc.abstractmethod
+    async def interrupt_turn(self, session_id: str) -> bool:
+        """Ask the running turn of the session, if any, to stop (it sees it on renewal)."""
+
+    @abc.abstractmethod
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Append the turn's messages (none: just let go) and release the lease, in one
+        step, only while ``token`` still holds it; else ``Conflict`` ``turn_lost``."""
+
+    # -- events ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish(self, session_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        """Send an event to every watcher of the session, on any instance."""
+
+    @abc.abstractmethod
+    def watch(self, session_id: str, after: int | None = None) -> AsyncIterator[Event]:
+        """Events of a session, live. With ``after``, first every stored message after
+        that seq; ``messages`` events then continue with no gap and no duplicate, also
+        across a lost subscription (missed messages are read back from history)."""
+
+    @abc.abstractmethod
+    async def open_watch(self, session_id: str, after: int | None = None) -> AsyncGenerator[Event]:
+        """Like :meth:`watch`, but subscribed by the time it returns, so that a caller can
+        report a failure to subscribe before it starts streaming."""
+
+    # -- shared state ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def state_get(self, namespace: str, key: str) -> StateDoc: ...
+
+    @abc.abstractmethod
+    async def state_put(
+        self, namespace: str, key: str, value: Any, *, expected_version: int | None = None
+    ) -> StateDoc:
+        """Write a document. With ``expected_version`` it is a compare-and-set (0 means
+        "must not exist"); a mismatch raises :class:`StateConflict` with the current one."""
+
+    @abc.abstractmethod
+    async def state_delete(
+        self, namespace: str, key: str, *, expected_version: int | None = None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def state_patch(self, namespace: str, key: str, patch: Any) -> StateDoc:
+        """Apply an RFC 7386 merge patch atomically (the document need not exist)."""
+
+    @abc.abstractmethod
+    async def state_increment(
+        self, namespace: str, key: str, path: Sequence[str], by: int | float
+    ) -> StateDoc:
+        """Add ``by`` to the number at ``path`` (created as 0, with its parents)."""
+
+
+# -- the response cache's shared tier ---------------------------------------------------
+
+# A single-flight stream entry: (id, fields).
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class Blobs(abc.ABC):
+    """What the response cache shares between processes."""
+
+    shared: bool = True
+
+    @abc.abstractmethod
+    async def get(self, hexkey: str) -> bytes | None: ...
+
+    @abc.abstractmethod
+    async def put(self, hexkey: str, data: bytes, ttl_s: float) -> None: ...
+
+    @abc.abstractmethod
+    async def clear(self) -> int:
+        """Delete every entry, bump the epoch and tell every worker; return how many."""
+
+    @abc.abstractmethod
+    async def epoch(self) -> int: ...
+
+    @abc.abstractmethod
+    async def invalidations(self) -> Subscription | None:
+        """A feed of cache clears (None where there is one worker only)."""
+
+    @abc.abstractmethod
+    async def lead(self, hexkey: str, owner: str, ttl_s: float) -> bool:
+        """Become the key's single-flight leader unless a live one exists."""
+
+    @abc.abstractmethod
+    async def renew(self, hexkey: str, owner: str, ttl_s: float) -> bool: ...
+
+    @abc.abstractmethod
+    async def release(self, hexkey: str, owner: str) -> None: ...
+
+    @abc.abstractmethod
+    async def emit(self, hexkey: str, fields: dict[str, bytes], ttl_s: float) -> None:
+        """Append to the flight's stream (read by followers in other processes)."""
+
+    @abc.abstractmethod
+    async def tail(self, hexkey: str, after: bytes, block_s: float) -> list[Entry]:
+        """Flight stream entries after ``after`` (``b"0"``: from the start), waiting up
+        to ``block_s`` for the first one."""
+
+
+# -- the job queue ----------------------------------------------------------------------
+
+
+# Dead letters kept per partition (older ones are trimmed).
+DEAD_MAXLEN = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One delivery of a job to this consumer."""
+
+    partition: str
+    shard: int
+    entry: str  # the queue entry's id
+    job_id: str
+    enqueued_at: float  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    waiting: int
+    running: int
+    oldest_s: float  # age of the oldest waiting job, 0 when none waits
+    dead: int
+
+
+class Queue(abc.ABC):
+    """Each partition's jobs, spread over ``queue_shards`` streams, delivered at least once.
+
+    A job is delivered to one consumer and stays pending until acknowledged; a consumer
+    keeps it by renewing it, and a job not renewed for the lease is reclaimed by another.
+    """
+
+    @abc.abstractmethod
+    async def enqueue(self, partition: str, shard: int, job_id: str, limit: int) -> bool:
+        """Queue a job on one of the partition's streams; False when that stream
+        already holds ``limit`` jobs."""
+
+    @abc.abstractmethod
+    async def take(
+        self, partition: str, shard: int, consumer: str, count: int, block_s: float
+    ) -> list[Delivery]:
+        """New jobs for ``consumer``, waiting up to ``block_s`` for the first one."""
+
+    @abc.abstractmethod
+    async def reclaim(
+        self, partition: str, shard: int, consumer: str, idle_s: float, count: int
+    ) -> list[Delivery]:
+        """Jobs whose holder has not renewed them for ``idle_s``, now ``consumer``'s."""
+
+    @abc.abstractmethod
+    async def renew(self, delivery: Delivery, consumer: str) -> bool:
+        """Keep holding a job; False when another consumer took it over."""
+
+    @abc.abstractmethod
+    async def ack(self, delivery: Delivery) -> None:
+        """Done with the job: it leaves the queue."""
+
+    @abc.abstractmethod
+    async def retry(self, delivery: Delivery) -> None:
+        """Put the job back at the end of its stream (a new delivery) and ack this one."""
+
+    @abc.abstractmethod
+    async def bury(self, delivery: Delivery, reason: bytes) -> None:
+        """Move the job to the partition's dead-letter stream (with why) and ack it."""
+
+    @abc.abstractmethod
+    async def depth(self, partition: str, shards: int) -> QueueDepth: ...
+
+
+# -- response records -------------------------------------------------------------------
+
+TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
+# What a record's feed carries when the record is deleted (watchers stop).
+DELETED = b"deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What :meth:`Records.start` found: ``run`` (attempt ``attempt`` is yours), ``cancel``
+    (asked before it ran), ``exhausted`` (out of attempts), ``done`` (already ended:
+    ``status``), ``gone`` (no such record)."""
+
+    verdict: str
+    attempt: int = 0
+    seq: int = 0
+    status: str = ""
+    record: dict[str, bytes] = field(default_factory=dict)  # as it was when started
+
+
+class Records(abc.ABC):
+    """A background response's state and numbered events.
+
+    Every write made while running is fenced by the attempt number :meth:`start` hands
+    out, so a holder that wakes up after its job was reclaimed cannot overwrite the newer
+    attempt's events or result.
+    """
+
+    @abc.abstractmethod
+    async def create(
+        self,
+        rid: str,
+        fields: Mapping[str, bytes],
+        ttl_s: int,
+        events: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
+        """Store a new record with its first events (sequence numbers from 0)."""
+
+    @abc.abstractmethod
+    async def read(self, rid: str) -> dict[str, bytes] | None: ...
+
+    @abc.abstractmethod
+    async def start(self, rid: str, max_attempts: int, consumer: str) -> Start:
+        """Begin the job's next attempt (see :class:`Start`); the record notes which
+        consumer runs it (``by``)."""
+
+    @abc.abstractmethod
+    async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:
+        """Set fields while ``attempt`` is the record's latest; False otherwise."""
+
+    @abc.abstractmethod
+    async def emit(self, rid: str, attempt: int, events: Sequence[tuple[int, bytes]]) -> bool:
+        """Append (sequence number, event JSON) pairs and publish them, fenced by attempt."""
+
+    @abc.abstractmethod
+    async def finish(
+        self,
+        rid: str,
+        attempt: int,
+        fields: Mapping[str, bytes],
+        events: Sequence[tuple[int, bytes]],
+    ) -> bool:
+        """Set the final fields and emit the closing events in one step, fenced by
+        attempt; False when fenced out or the record already ended."""
+
+    @abc.abstractmethod
+    async def cancel_asked(self, rid: str) -> bool:
+        """Whether the response was asked to stop (or is gone): a cheap check."""
+
+    @abc.abstractmethod
+    async def cancel(self, rid: str) -> str | None:
+        """Ask the job to stop (or never start); the record's status, None if absent."""
+
+    @abc.abstractmethod
+    async def delete(self, rid: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def events(self, rid: str, after: int) -> list[bytes]:
+        """Stored events with a sequence number above ``after`` (-1: all)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, rid: str) -> Subscription:
+        """Live events of the record (raw event JSON; :data:`DELETED` when deleted)."""
+
+
+class Jobs(Queue, Records, abc.ABC):
+    """The queue and the records, as the job runner and the Responses API use them."""

@@ -1,0 +1,500 @@
+"""Every Lua script agentd runs on Redis: each step of a session, a turn, a shared-state
+document, a single-flight, the job queue and a response record is one script (one round
+trip, atomic on the keys' shard). The keys they get are formatted in :mod:`.keys`."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from .codec import SESSION_DELETED
+from .keys import JOB_GROUP
+
+__all__ = (
+    "ACK_JOB",
+    "APPEND",
+    "BEGIN_TURN",
+    "CREATE",
+    "DELETE",
+    "EMIT",
+    "END_TURN",
+    "ENQUEUE",
+    "GET_META",
+    "HISTORY",
+    "INTERRUPT_TURN",
+    "LEAD",
+    "LOAD",
+    "PUBLISH",
+    "QUEUE_DEPTH",
+    "RECORD_CANCEL",
+    "RECORD_CREATE",
+    "RECORD_DELETE",
+    "RECORD_START",
+    "RECORD_UPDATE",
+    "RECORD_WRITE",
+    "RELEASE_LOCK",
+    "RENEW_JOB",
+    "RENEW_LOCK",
+    "RENEW_TURN",
+    "RETRY_JOB",
+    "STATE_REMOVE",
+    "STATE_WRITE",
+    "Script",
+)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script and its SHA1, for EVALSHA with an EVAL fallback on NOSCRIPT.
+
+    ``$GROUP`` (the queue's consumer group) and ``$DELETED`` (a session's deleted event)
+    in the text are filled in from their one definition.
+    """
+
+    name: str
+    text: str
+
+    def __post_init__(self) -> None:
+        text = self.text.replace("$GROUP", JOB_GROUP).replace("$DELETED", SESSION_DELETED.decode())
+        object.__setattr__(self, "text", text)
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.text.encode()).hexdigest()
+
+
+# KEYS: meta, log. ARGV: ttl, then field/value pairs of the meta hash.
+CREATE = Script(
+    "create",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'seq', 0, unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: meta, log. ARGV: ttl. Returns the meta hash (flat) or nil.
+GET_META = Script(
+    "get_meta",
+    """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return meta
+""",
+)
+
+# KEYS: meta, log, channel, turn. ARGV: publish command (PUBLISH or SPUBLISH).
+DELETE = Script(
+    "delete",
+    """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[4])
+redis.call(ARGV[1], KEYS[3], '$DELETED')
+return 1
+""",
+)
+
+
+# KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
+# Returns the first new seq, or nil when the session does not exist. The event carries
+# the messages with their seq, spliced into each payload (a JSON object) as text.
+def _append_lua(first_payload: int) -> str:
+    """Lua that appends ARGV[first_payload..] (ARGV[1] ttl, ARGV[2] max messages, ARGV[3]
+    publish command), trims, refreshes the TTL, publishes and returns the first seq."""
+    return f"""
+local n = #ARGV - {first_payload - 1}
+if n == 0 then return 0 end
+local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
+local first = last - n + 1
+local parts = {{}}
+for i = 1, n do
+  local seq = string.format('%d', first + i - 1)
+  local payload = ARGV[{first_payload - 1} + i]
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'm', payload)
+  parts[i] = '{{"seq":' .. seq .. ',' .. string.sub(payload, 2)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local event = '{{"kind":"messages","messages":[' .. table.concat(parts, ',') .. ']}}'
+redis.call(ARGV[3], KEYS[3], event)
+return first
+"""
+
+
+# KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
+# Returns the first new seq, or nil when the session does not exist. The event carries
+# the messages with their seq, spliced into each payload (a JSON object) as text.
+APPEND = Script(
+    "append",
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n" + _append_lua(4),
+)
+
+# KEYS: meta, log. ARGV: ttl, after ('' = the last LIMIT), limit ('' = all).
+# Returns stream entries oldest first, or nil when the session does not exist.
+HISTORY = Script(
+    "history",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+-- XRANGE answers COUNT 0 with a null reply, not an empty one.
+if ARGV[3] ~= '' and tonumber(ARGV[3]) == 0 then return {} end
+local rows
+if ARGV[2] ~= '' then
+  local start = string.format('%d', tonumber(ARGV[2]) + 1) .. '-0'
+  if ARGV[3] ~= '' then
+    rows = redis.call('XRANGE', KEYS[2], start, '+', 'COUNT', ARGV[3])
+  else
+    rows = redis.call('XRANGE', KEYS[2], start, '+')
+  end
+  return rows
+end
+if ARGV[3] == '' then return redis.call('XRANGE', KEYS[2], '-', '+') end
+rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+local out = {}
+for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+return out
+""",
+)
+
+# KEYS: meta, log. ARGV: ttl, last. Returns {meta (flat), entries oldest first} or nil.
+LOAD = Script(
+    "load",
+    """
+local meta = redis.call('HGETALL', KEYS[1])
+if #meta == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local out = {}
+if tonumber(ARGV[2]) > 0 then
+  local rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+end
+return {meta, out}
+""",
+)
+
+# KEYS: channel. ARGV: publish command, payload.
+PUBLISH = Script("publish", "return redis.call(ARGV[1], KEYS[1], ARGV[2])")
+
+# KEYS: doc. ARGV: document JSON, expected version ('' = unconditional, '0' = absent).
+# Returns {1, new version} or {0, current version, current JSON or nil}.
+STATE_WRITE = Script(
+    "state_write",
+    """
+local ver = tonumber(redis.call('HGET', KEYS[1], 'ver') or '0')
+if ARGV[2] ~= '' and tonumber(ARGV[2]) ~= ver then
+  return {0, ver, redis.call('HGET', KEYS[1], 'v')}
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'ver', ver + 1)
+return {1, ver + 1}
+""",
+)
+
+# KEYS: doc. ARGV: expected version ('' = any). Same reply shape as STATE_WRITE.
+STATE_REMOVE = Script(
+    "state_remove",
+    """
+local ver = redis.call('HGET', KEYS[1], 'ver')
+if not ver then return {0, 0} end
+ver = tonumber(ver)
+if ARGV[1] ~= '' and tonumber(ARGV[1]) ~= ver then
+  return {0, ver, redis.call('HGET', KEYS[1], 'v')}
+end
+redis.call('DEL', KEYS[1])
+return {1, ver}
+""",
+)
+
+# Turns on one session run one at a time, in every instance: a turn takes the session's
+# lease with a fresh fencing token and reads what it needs in the same step, and its
+# messages are appended only while it still holds that token, in the same step that
+# releases the lease. So a session's history alternates cleanly, and a turn whose lease
+# expired (a stalled worker) cannot append over a newer one.
+
+# KEYS: meta, log, turn. ARGV: ttl, last, lease ms.
+# Returns {token, meta (flat), entries oldest first}; token 0 = busy; nil = no session.
+BEGIN_TURN = Script(
+    "begin_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local token = 0
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  token = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  redis.call('HSET', KEYS[3], 'token', token)
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+local meta = redis.call('HGETALL', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local out = {}
+if token ~= 0 and tonumber(ARGV[2]) > 0 then
+  local rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
+end
+return {token, meta, out}
+""",
+)
+
+# KEYS: turn. ARGV: token, lease ms. Returns 1 held, 2 held but interrupt asked, 0 lost.
+RENEW_TURN = Script(
+    "renew_turn",
+    """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'interrupt') == 1 then return 2 end
+return 1
+""",
+)
+
+# KEYS: turn. Returns 1 if a turn was running (and is now asked to stop), else 0.
+INTERRUPT_TURN = Script(
+    "interrupt_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'interrupt', 1)
+return 1
+""",
+)
+
+# KEYS: meta, log, channel, turn. ARGV: ttl, max messages, publish command, token,
+# payloads... (none: just release). Appends only while the token holds the lease, then
+# releases it. Returns the first new seq (0 when there was nothing to append), -1 when
+# the lease was lost, nil when the session does not exist.
+END_TURN = Script(
+    "end_turn",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[4], 'token') ~= ARGV[4] then return -1 end
+redis.call('DEL', KEYS[4])
+"""
+    + _append_lua(5),
+)
+
+# KEYS: lock. ARGV: owner, ttl ms. Renews only the owner's lock: 1, else 0.
+RENEW_LOCK = Script(
+    "renew_lock",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+""",
+)
+
+# KEYS: lock. ARGV: owner. Deletes only the owner's lock.
+RELEASE_LOCK = Script(
+    "release_lock",
+    """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+""",
+)
+
+# KEYS: flight stream. ARGV: ttl ms, then field/value pairs. Appends and keeps it short-lived.
+EMIT = Script(
+    "emit",
+    """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return id
+""",
+)
+
+# KEYS: lock, flight stream. ARGV: owner, ttl ms. Takes the single-flight lock unless
+# held, and then empties the stream a previous flight of the same key may have left.
+LEAD = Script(
+    "lead",
+    """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+""",
+)
+
+
+# -- the job queue ----------------------------------------------------------------------
+# The group is created from id 0 with the stream, so no job queued before a consumer
+# first read is skipped.
+
+# KEYS: stream. ARGV: limit, job id. Returns the entry id, or nil when full.
+ENQUEUE = Script(
+    "enqueue",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], '$GROUP', '0', 'MKSTREAM')
+end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+""",
+)
+
+# KEYS: stream. ARGV: consumer, entry. Resets the entry's idle time only while this
+# consumer holds it (a plain XCLAIM would take it back from whoever reclaimed it).
+RENEW_JOB = Script(
+    "renew_job",
+    """
+local p = redis.call('XPENDING', KEYS[1], '$GROUP', ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[1] then return 0 end
+redis.call('XCLAIM', KEYS[1], '$GROUP', ARGV[1], 0, ARGV[2], 'JUSTID')
+return 1
+""",
+)
+
+# KEYS: stream. ARGV: entry.
+ACK_JOB = Script(
+    "ack_job",
+    """
+redis.call('XACK', KEYS[1], '$GROUP', ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
+# KEYS: stream. ARGV: entry, job id. A new delivery at the end, in the same step as the
+# ack of this one (only if this one was still pending: never two live entries).
+RETRY_JOB = Script(
+    "retry_job",
+    """
+if redis.call('XACK', KEYS[1], '$GROUP', ARGV[1]) == 0 then return false end
+redis.call('XDEL', KEYS[1], ARGV[1])
+return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+""",
+)
+
+# KEYS: stream. Returns {length, pending, id of the oldest undelivered entry or ''}.
+QUEUE_DEPTH = Script(
+    "queue_depth",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
+local len = redis.call('XLEN', KEYS[1])
+local summary = redis.call('XPENDING', KEYS[1], '$GROUP')
+local first = ''
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if ok then
+  for _, g in ipairs(groups) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == '$GROUP' then
+      local rows = redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+', 'COUNT', 1)
+      if #rows > 0 then first = rows[1][1] end
+    end
+  end
+end
+return {len, summary[1], first}
+""",
+)
+
+# -- response records -------------------------------------------------------------------
+TERMINAL_LUA = """
+local terminal = {completed = true, failed = true, cancelled = true, incomplete = true}
+"""
+
+# Appends the (seq, event) pairs of ARGV from index `first` to the events stream (ids
+# 0-(seq+1)), publishes each, notes the next seq and gives the stream a TTL: ARGV[3]
+# seconds, or the record's if that is shorter. ARGV[2] is the publish command.
+_RECORD_EVENTS_LUA = """
+local next = nil
+for i = first, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], '0-' .. string.format('%d', seq + 1), 'e', ARGV[i + 1])
+  redis.call(ARGV[2], KEYS[3], ARGV[i + 1])
+  next = seq + 1
+end
+if next then
+  redis.call('HSET', KEYS[1], 'seq', next)
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], math.min(ttl, tonumber(ARGV[3]))) end
+end
+"""
+
+# KEYS: record, events, channel. ARGV: ttl s, publish command, events ttl s, field count
+# N, N field/value pairs, then the first (seq, event) pairs.
+RECORD_CREATE = Script(
+    "record_create",
+    """
+redis.call('DEL', KEYS[1], KEYS[2])
+local n = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'seq', 0, 'att', 0, unpack(ARGV, 5, 4 + 2 * n))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local first = 5 + 2 * n
+"""
+    + _RECORD_EVENTS_LUA
+    + "return 1\n",
+)
+
+# KEYS: record, events, channel. ARGV: max attempts, now, consumer.
+# Returns {verdict, attempt, seq, the record (flat)} (see store.jobs.Start), or
+# {'done', status}.
+RECORD_START = Script(
+    "record_start",
+    TERMINAL_LUA
+    + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'att', 'seq', 'cx')
+if not f[1] then return {'gone'} end
+if terminal[f[1]] then return {'done', f[1]} end
+local att = tonumber(f[2])
+if f[4] then return {'cancel', att, f[3], redis.call('HGETALL', KEYS[1])} end
+if att + 1 > tonumber(ARGV[1]) then
+  return {'exhausted', att, f[3], redis.call('HGETALL', KEYS[1])}
+end
+redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2],
+  'by', ARGV[3])
+return {'run', att + 1, f[3], redis.call('HGETALL', KEYS[1])}
+""",
+)
+
+# KEYS: record, events, channel. ARGV: attempt, field/value pairs. Fenced by attempt.
+RECORD_UPDATE = Script(
+    "record_update",
+    """
+if redis.call('HGET', KEYS[1], 'att') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+""",
+)
+
+# KEYS: record, events, channel. ARGV: attempt, publish command, events ttl s, closing
+# (1: refuse if the record already ended), field count N, N field/value pairs, then
+# (seq, event) pairs. Fenced by attempt; the events get stream ids 0-(seq+1) and go out
+# on the channel.
+RECORD_WRITE = Script(
+    "record_write",
+    TERMINAL_LUA
+    + """
+local f = redis.call('HMGET', KEYS[1], 'att', 'status')
+if f[1] ~= ARGV[1] then return 0 end
+if ARGV[4] == '1' and terminal[f[2]] then return 0 end
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
+local first = 6 + 2 * n
+"""
+    + _RECORD_EVENTS_LUA
+    + "return 1\n",
+)
+
+# KEYS: record, events, channel. Marks cancel asked unless ended; returns the status.
+RECORD_CANCEL = Script(
+    "record_cancel",
+    TERMINAL_LUA
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if not terminal[status] then redis.call('HSET', KEYS[1], 'cx', 1) end
+return status
+""",
+)
+
+# KEYS: record, events, channel. ARGV: publish command, the deleted marker.
+RECORD_DELETE = Script(
+    "record_delete",
+    """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call(ARGV[1], KEYS[3], ARGV[2])
+return 1
+""",
+)

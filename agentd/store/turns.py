@@ -1,0 +1,70 @@
+"""Turn leases, as every implementation does them: one turn at a time per session, in
+every instance, fenced by a token so that a stalled turn cannot append over a newer one."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import Conflict
+from ..schema import validate_session_id
+from .api import TurnLease
+from .codec import decode_message, ms, no_session, session_info
+from .sessions import SessionStore
+
+__all__ = ("TurnStore",)
+
+
+class TurnStore(SessionStore):
+    """:class:`Store`'s turn leases over the primitives below."""
+
+    async def begin_turn(self, session_id: str, last: int, lease_s: float) -> TurnLease | None:
+        sid = validate_session_id(session_id)
+        found = await self._begin_turn(sid, last, ms(lease_s))
+        if found is None:
+            raise no_session(sid)
+        token, meta, rows = found
+        if token == 0:
+            return None
+        info = session_info(sid, meta)
+        return TurnLease(info, token, [decode_message(seq, p) for seq, p in rows])
+
+    async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
+        code = await self._renew_turn(validate_session_id(session_id), token, ms(lease_s))
+        return ("lost", "held", "interrupted")[code]
+
+    async def interrupt_turn(self, session_id: str) -> bool:
+        return await self._interrupt_turn(validate_session_id(session_id))
+
+    async def end_turn(
+        self, session_id: str, token: int, messages: Sequence[Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        sid = validate_session_id(session_id)
+        payloads = self._encode_messages(messages)
+        first = await self._end_turn(sid, token, payloads)
+        if first is None:
+            raise no_session(sid)
+        if first < 0:
+            raise Conflict("the turn lost its session lease to another turn", code="turn_lost")
+        return [decode_message(first + i, p) for i, p in enumerate(payloads)]
+
+    # -- primitives, each atomic in every implementation -----------------------------
+
+    @abc.abstractmethod
+    async def _begin_turn(
+        self, sid: str, last: int, lease_ms: int
+    ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
+        """(token or 0 if busy, meta, last ``last`` entries if taken), or None if no session."""
+
+    @abc.abstractmethod
+    async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
+        """1 held, 2 held with an interrupt asked, 0 lost."""
+
+    @abc.abstractmethod
+    async def _interrupt_turn(self, sid: str) -> bool:
+        """Flag the current lease, if any."""
+
+    @abc.abstractmethod
+    async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
+        """Fenced append + release: first seq (0 if nothing), -1 if lost, None if no session."""

@@ -1,0 +1,94 @@
+"""Session events, as every implementation does them: publishing, and watching live with
+a catch-up from history, so a watcher sees every message once, in order, with no gap."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+
+from ..schema import validate_session_id
+from .api import Event, Subscription
+from .codec import decode_message, dumps, no_session
+from .sessions import SessionStore
+
+__all__ = ("WatchStore",)
+
+
+class WatchStore(SessionStore):
+    """:class:`Store`'s events over a subscription primitive and the session's history."""
+
+    async def publish(self, session_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        sid = validate_session_id(session_id)
+        await self._publish(sid, dumps({"kind": kind, "data": dict(data)}))
+
+    async def watch(self, session_id: str, after: int | None = None) -> AsyncIterator[Event]:
+        events = await self.open_watch(session_id, after)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    async def open_watch(self, session_id: str, after: int | None = None) -> AsyncGenerator[Event]:
+        sid = validate_session_id(session_id)
+        # Subscribe before reading history, so nothing falls between the two.
+        sub = await self._subscribe(sid)
+        return self._follow(sid, sub, after)
+
+    async def _follow(
+        self, sid: str, sub: Subscription, after: int | None
+    ) -> AsyncGenerator[Event]:
+        try:
+            last = after
+            if after is not None:
+                caught_up = await self._catch_up(sid, after)
+                if caught_up is not None:
+                    last = caught_up[-1]["seq"]
+                    yield Event(sid, "messages", tuple(caught_up))
+            while True:
+                raw = await sub.get()
+                if raw is None:  # the subscription was re-established: events may be lost
+                    if last is not None:
+                        missed = await self._catch_up(sid, last)
+                        if missed is not None:
+                            last = missed[-1]["seq"]
+                            yield Event(sid, "messages", tuple(missed))
+                    continue
+                doc = orjson.loads(raw)
+                kind = doc.get("kind")
+                if kind != "messages":
+                    yield Event(sid, kind, data=doc.get("data"))
+                    if kind == "deleted":
+                        return
+                    continue
+                messages = doc["messages"]
+                if last is not None and messages[0]["seq"] > last + 1:
+                    # A gap: fill it (and more) from history.
+                    missed = await self._catch_up(sid, last)
+                    messages = missed or []
+                elif last is not None:
+                    messages = [m for m in messages if m["seq"] > last]
+                if messages:
+                    last = messages[-1]["seq"]
+                    yield Event(sid, "messages", tuple(messages))
+        finally:
+            await sub.close()
+
+    async def _catch_up(self, sid: str, after: int) -> list[dict[str, Any]] | None:
+        rows = await self._history(sid, after, None)
+        if rows is None:
+            raise no_session(sid)
+        return [decode_message(seq, p) for seq, p in rows] or None
+
+    # -- primitives ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _subscribe(self, sid: str) -> Subscription:
+        """Start receiving the session's channel (returns once subscribed)."""
+
+    @abc.abstractmethod
+    async def _publish(self, sid: str, event: bytes) -> None:
+        """Publish an encoded event (``{"kind", "data"}``) on the session's channel."""
