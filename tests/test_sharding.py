@@ -35,7 +35,7 @@ def test_slots_split_into_contiguous_stable_ranges() -> None:
     assert [owners.count(i) for i in range(3)] == [5462, 5461, 5461]
     # The documented boundaries: shard i starts at ceil(i * 16384 / N).
     assert owners.index(1) == 5462 and owners.index(2) == 10923
-    for key in ("a", "{s_1}:meta", "agentd:st:{ns/k}"):
+    for key in ("a", "{s_1}:meta", state_key("ns/k")):
         assert shards.shard_of(key) == key_slot(key) * 3 // 16384
 
 
