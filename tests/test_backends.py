@@ -469,7 +469,7 @@ async def test_bounded_load_moves_a_hot_sessions_overflow(
     # next node on the ring takes the overflow.
     assert 2 <= served[home] < 6, served
     assert len(served) >= 2
-    assert max(served, key=lambda n: served[n]) == home or served[home] == max(served.values())
+    assert served[home] == max(served.values()), served  # no node takes more than home
 
 
 # -- the pool: breakers ---------------------------------------------------------------------
