@@ -14,14 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from .waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parent.parent
 START_LIMIT = 60.0
@@ -50,18 +50,6 @@ def free_cluster_port() -> int:
         if _is_free(port) and _is_free(port + 10000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
-
-
-def wait_until(predicate: Callable[[], Any], limit: float = START_LIMIT, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``limit`` s."""
-    deadline = time.monotonic() + limit
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what or predicate}")
-        time.sleep(0.05)
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
@@ -130,7 +118,7 @@ class AgentdProcess:
             except OSError:
                 return False
 
-        wait_until(ready, limit, "agentd to be ready")
+        wait_until_sync(ready, limit, "agentd to be ready")
 
     def info(self) -> dict[str, Any]:
         status, body = self.get("/v1/info")
@@ -183,7 +171,7 @@ class RedisServer:
     def start(self) -> None:
         """Start (again, after :meth:`stop`) on the same port and directory."""
         self.proc = subprocess.Popen(self._args, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_until(self._pong, what=f"redis-server on {self.port}")
+        wait_until_sync(self._pong, START_LIMIT, f"redis-server on {self.port}")
 
     def _pong(self) -> bool:
         if self.proc.poll() is not None:
@@ -229,7 +217,7 @@ class RedisClusterProcs:
             capture_output=True,
             timeout=60,
         )
-        wait_until(self._ok, what="the cluster to report cluster_state:ok")
+        wait_until_sync(self._ok, START_LIMIT, "the cluster to report cluster_state:ok")
 
     def _ok(self) -> bool:
         for node in self.nodes:

@@ -141,7 +141,7 @@ async def test_ttl_and_size_limits_apply(serve: Factory, tmp_path: Path) -> None
         async with aiohttp.ClientSession() as http:
             assert (await ask(http, url))[1] == "miss"
             assert (await ask(http, url))[1] == "hit-l1"
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # a pause, not a wait: the 0.3 s TTL runs out
             assert (await ask(http, url))[1] == "miss"  # expired in L1 and L3
     async with StubNode() as node:
         url = (await serve(agent_config(node.url, tmp_path / "b", None, max_bytes=10))).url

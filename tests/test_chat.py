@@ -20,6 +20,8 @@ from agentd.errors import NotFound, Overloaded
 from agentd.server.app import create_app
 from agentd.server.keys import AGENTS
 
+from .waiting import wait_until
+
 Factory = Callable[..., Any]
 
 
@@ -50,6 +52,26 @@ async def post(http: aiohttp.ClientSession, url: str, body: Any, **kw: Any) -> t
 
 def chat_body(content: str = "hello there", **extra: Any) -> dict[str, Any]:
     return {"model": "echo", "messages": [{"role": "user", "content": content}], **extra}
+
+
+# The echo backend's interactive calls in flight, as /metrics reads them at each scrape.
+AT_THE_MODEL = 'agentd_upstream_inflight{backend="echo",kind="interactive",node="echo"} '
+
+
+async def at_the_model(http: aiohttp.ClientSession, url: str) -> int:
+    """How many turns are calling the model now: such a turn holds its place in the
+    worker and its session's lease."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith(AT_THE_MODEL):
+            return int(float(line[len(AT_THE_MODEL) :]))
+    return 0
+
+
+async def turn_running(http: aiohttp.ClientSession, url: str) -> None:
+    """Wait until a turn of the app at ``url`` is calling the model."""
+    await wait_until(lambda: at_the_model(http, url), what="the first turn to call the model")
 
 
 async def sse(resp: aiohttp.ClientResponse) -> list[Any]:
@@ -185,10 +207,10 @@ async def test_models_lists_the_agents(serve: Factory) -> None:
 
 
 async def test_a_full_worker_refuses_at_once_with_retry_after(serve: Factory) -> None:
-    url = await serve(server={"max_inflight_turns": 1}, **echo(latency_ms=400))
+    url = await serve(server={"max_inflight_turns": 1}, **echo(latency_ms=1000))
     async with aiohttp.ClientSession() as http:
         slow = asyncio.create_task(post(http, url + "/v1/chat/completions", chat_body()))
-        await asyncio.sleep(0.1)
+        await turn_running(http, url)
         status, headers, body = await post(http, url + "/v1/chat/completions", chat_body())
         assert status == 503 and body["error"]["code"] == "overloaded"
         assert int(headers["Retry-After"]) >= 1
@@ -216,13 +238,13 @@ async def test_concurrent_turns_on_a_session_alternate(serve: Factory) -> None:
 
 
 async def test_reject_policy_answers_session_busy(serve: Factory) -> None:
-    url = await serve(sessions={"concurrent_turns": "reject"}, **echo(latency_ms=300))
+    url = await serve(sessions={"concurrent_turns": "reject"}, **echo(latency_ms=1000))
     async with aiohttp.ClientSession() as http:
         sid = await _new_session(http, url)
         first = asyncio.create_task(
             post(http, url + "/v1/chat/completions", chat_body("a", session_id=sid))
         )
-        await asyncio.sleep(0.1)
+        await turn_running(http, url)
         status, _, body = await post(
             http, url + "/v1/chat/completions", chat_body("b", session_id=sid)
         )
@@ -241,7 +263,7 @@ async def test_interrupt_policy_stores_the_partial_reply_as_cancelled(serve: Fac
         first = asyncio.create_task(
             post(http, url + "/v1/chat/completions", chat_body(long_text, session_id=sid))
         )
-        await asyncio.sleep(0.3)
+        await turn_running(http, url)
         status, _, second = await post(
             http, url + "/v1/chat/completions", chat_body("short", session_id=sid)
         )
@@ -430,9 +452,7 @@ async def test_a_turn_is_refused_before_it_runs_streamed_or_not(agents: Factory)
         await slow.run(unknown, deadline=deadline())
     await slow.run(turn_request(temperature=0), deadline=deadline())  # now cached
     busy = asyncio.create_task(slow.run(turn_request(), deadline=deadline()))
-    async with asyncio.timeout(10):
-        while slow.admission.inflight == 0:  # noqa: ASYNC110 - the busy turn is admitted
-            await asyncio.sleep(0.005)
+    await wait_until(lambda: slow.admission.inflight == 1, what="the busy turn to be admitted")
     # A full worker refuses even a turn its L1 would answer, streamed or not.
     with pytest.raises(Overloaded):
         await slow.run(turn_request(temperature=0), deadline=deadline())

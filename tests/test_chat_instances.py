@@ -122,8 +122,7 @@ async def test_websocket_clients_on_two_instances_share_a_session_and_resume_els
         await wb.close()
         # ... a adds a turn meanwhile, and b comes back on the other instance.
         await wa.send_json({"type": "message", "id": 2, "content": "while b was away"})
-        await _frames_until(wa, "done")
-        await asyncio.sleep(0.1)
+        await _frames_until(wa, "done")  # a's turn waited for b's: both are stored
         wb = await http.ws_connect(a.url + "/v1/ws")
         await wb.send_json({"type": "hello", "session_id": sid, "after": 4})
         await _frames_until(wb, "ready")

@@ -15,6 +15,7 @@ from agentd.fastpath import key_slot
 from agentd.store.keys import session_keys
 
 from .procs import AgentdProcess, RedisServer, fresh_connections
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -139,16 +140,16 @@ async def test_a_dead_shard_gives_503_for_its_sessions_only_until_it_returns(
                 assert "shard 2" in str(await _json(r))
 
             servers[2].start()
-            deadline = asyncio.get_running_loop().time() + 30
-            ok = 0
-            while ok < 4:  # every worker serves the shard again, data intact
-                assert asyncio.get_running_loop().time() < deadline, "shard never came back"
+
+            async def served() -> bool:
                 async with http.get(f"{proc.url}/v1/sessions/{sids[2]}/messages") as r:
-                    if r.status == 200:
-                        assert (await _json(r))["data"][0]["content"] == sids[2]
-                        ok += 1
-                    else:
-                        await asyncio.sleep(0.1)
+                    if r.status != 200:
+                        return False
+                    assert (await _json(r))["data"][0]["content"] == sids[2]
+                    return True
+
+            for _ in range(4):  # every worker serves the shard again, data intact
+                await wait_until(served, what="the shard to serve again", poll_s=0.1)
             async with http.get(proc.url + "/readyz") as r:
                 assert r.status == 200
     finally:

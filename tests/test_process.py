@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 
 from .conftest import PROBE
-from .procs import AgentdProcess, RedisServer, http_get, http_json, wait_until
+from .procs import AgentdProcess, RedisServer, http_get, http_json
+from .waiting import wait_until_sync
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +49,7 @@ def _pids_answering(proc: AgentdProcess, want: int, limit: float = 30.0) -> set[
         seen.add(proc.info()["worker"]["pid"])
         return len(seen) >= want
 
-    wait_until(enough, limit, f"{want} distinct workers to answer")
+    wait_until_sync(enough, limit, f"{want} distinct workers to answer")
     return seen
 
 
@@ -130,17 +131,20 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_answering(
     victim = sorted(_pids_answering(proc, 2))[0]
     os.kill(victim, signal.SIGKILL)
     failures = 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def replaced() -> bool:
+        """Ask the port once (counting failures); whether the victim has a successor."""
+        nonlocal failures
         try:
             status, _ = proc.get("/healthz", timeout=5)
             failures += status != 200
         except OSError:
             failures += 1
         pids = proc.worker_pids()
-        if victim not in pids and len(pids) == 2:
-            break
-    assert victim not in proc.worker_pids() and len(proc.worker_pids()) == 2
+        return victim not in pids and len(pids) == 2
+
+    # The port is asked without pause while the worker is replaced.
+    wait_until_sync(replaced, 30, "the killed worker to be replaced", poll_s=0)
     assert failures <= 1  # only a request already accepted by the victim can fail
     new = _pids_answering(proc, 2)
     assert victim not in new
@@ -155,8 +159,8 @@ def test_a_stuck_worker_is_killed_and_replaced(agentd_instance: Start, cfg: str)
     proc = agentd_instance(cfg)
     victim = sorted(proc.worker_pids())[0]
     os.kill(victim, signal.SIGSTOP)  # its event loop no longer turns: no heartbeats
-    wait_until(lambda: victim not in proc.worker_pids() and len(proc.worker_pids()) == 2,
-               30, "the stuck worker to be replaced")  # fmt: skip
+    wait_until_sync(lambda: victim not in proc.worker_pids() and len(proc.worker_pids()) == 2,
+                    30, "the stuck worker to be replaced")  # fmt: skip
     assert "unresponsive" in proc.log()
     assert proc.get("/healthz")[0] == 200
 
@@ -172,7 +176,9 @@ def test_sigterm_lets_an_in_flight_request_finish_then_exits_0(
 
     thread = threading.Thread(target=slow)
     thread.start()
-    wait_until(lambda: proc.get("/test/in-flight")[1]["in_flight"] == 1, 10, "the slow request")
+    wait_until_sync(
+        lambda: proc.get("/test/in-flight")[1]["in_flight"] == 1, 10, "the slow request"
+    )
     proc.send(signal.SIGTERM)
     assert proc.wait_exit(30) == 0
     thread.join(10)
@@ -216,14 +222,14 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
     for t in clients:
         t.start()
     try:
-        wait_until(lambda: len(results) > 50, 30, "traffic to flow")
+        wait_until_sync(lambda: len(results) > 50, 30, "traffic to flow")
         for generation, workers in ((2, 1), (3, 2), (4, 2)):
             proc.config_path.write_text(cfg.replace("workers = 2", f"workers = {workers}"))
             proc.send(signal.SIGHUP)
             done = f"reload complete: generation {generation} serving"
-            wait_until(lambda d=done: d in proc.log(), 30, done)
+            wait_until_sync(lambda d=done: d in proc.log(), 30, done)
             mark = len(results)
-            wait_until(lambda m=mark: len(results) > m + 50, 30, "traffic after the reload")
+            wait_until_sync(lambda m=mark: len(results) > m + 50, 30, "traffic after the reload")
     finally:
         stop.set()
         for t in clients:
@@ -233,7 +239,7 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
     assert {g for _, g in results} >= {1, 2, 3, 4}
     info = proc.info()
     assert info["workers"] == 2 and info["worker"]["generation"] == 4
-    wait_until(lambda: len(proc.worker_pids()) == 2, 30, "old workers to exit")
+    wait_until_sync(lambda: len(proc.worker_pids()) == 2, 30, "old workers to exit")
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_workers(
@@ -243,7 +249,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_workers(
     old = proc.worker_pids()
     proc.config_path.write_text(cfg.replace("workers = 2", "workers = 0"))
     proc.send(signal.SIGHUP)
-    wait_until(lambda: "reload refused" in proc.log(), 30, "the refusal to be logged")
+    wait_until_sync(lambda: "reload refused" in proc.log(), 30, "the refusal to be logged")
     assert "server.workers: must be >= 1, got 0" in proc.log()
     assert proc.get("/healthz")[0] == 200
     assert proc.worker_pids() == old and proc.info()["worker"]["generation"] == 1
@@ -257,9 +263,9 @@ def test_a_reload_whose_workers_cannot_start_is_rolled_back(
     broken = cfg.replace("probe:setup", "probe:broken")
     proc.config_path.write_text(broken)
     proc.send(signal.SIGHUP)
-    wait_until(lambda: "reload failed" in proc.log(), 30, "the failed reload to be logged")
+    wait_until_sync(lambda: "reload failed" in proc.log(), 30, "the failed reload to be logged")
     assert "this plugin refuses to load" in proc.log()
-    wait_until(lambda: proc.worker_pids() == old, 30, "only the old workers to remain")
+    wait_until_sync(lambda: proc.worker_pids() == old, 30, "only the old workers to remain")
     assert proc.info()["worker"]["generation"] == 1
     assert proc.get("/test/slow?seconds=0")[0] == 200
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tomllib
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from agentd.errors import UpstreamError, UpstreamTimeout
 from agentd.metrics import BackendMetrics
 
 from .openai_stub import Fail, FailMidStream, Hang, MakePool, Slow, StartStub, StubNode
+from .waiting import wait_until
 
 
 def ask(text: str) -> ChatRequest:
@@ -37,15 +37,6 @@ def counts(pool: Pool) -> list[tuple[object, object]]:
 
 def now() -> float:
     return asyncio.get_running_loop().time()
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Let the loop run until ``condition`` holds (the bound only stops a broken test)."""
-    for _ in range(5000):
-        if condition():
-            return
-        await asyncio.sleep(0.002)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
@@ -91,14 +82,14 @@ async def test_an_interactive_call_is_admitted_while_background_calls_wait(
         asyncio.create_task(pool.complete(ask(f"bg-{i}"), request_class="background"))
         for i in range(20)
     ]
-    await until(
+    await wait_until(
         lambda: pool.waiting()["background"] == 18 and node.inflight == 2,
-        "2 background calls running, 18 waiting",
+        what="2 background calls running, 18 waiting",
     )
     assert len(node.requests) == 2
 
     chat = asyncio.create_task(pool.complete(ask("hello")))
-    await until(lambda: len(node.requests) == 3, "the stub sees the interactive call")
+    await wait_until(lambda: len(node.requests) == 3, what="the stub sees the interactive call")
     assert seen(node)[2] == "hello"
     assert pool.waiting() == {"interactive": 0, "background": 18}
     assert counts(pool) == [(3, 2)]
@@ -141,14 +132,14 @@ async def test_a_waiter_gets_the_place_a_call_frees(stub: StartStub, make_pool: 
     node = await stub(Hang())
     pool = await make_pool(node, max_inflight=2)
     calls = [asyncio.create_task(pool.complete(ask(f"c{i}"))) for i in range(4)]
-    await until(
+    await wait_until(
         lambda: pool.waiting()["interactive"] == 2 and node.inflight == 2,
-        "two calls running, two waiting",
+        what="two calls running, two waiting",
     )
     assert seen(node) == ["c0", "c1"]
 
     calls[0].cancel()
-    await until(lambda: len(node.requests) == 3, "the first waiter is served")
+    await wait_until(lambda: len(node.requests) == 3, what="the first waiter is served")
     assert seen(node)[2] == "c2"  # in the order they came
     assert pool.waiting()["interactive"] == 1
     assert counts(pool) == [(2, 0)]
@@ -164,17 +155,17 @@ async def test_interactive_waiters_go_before_background_waiters(
     node = await stub(Hang())
     pool = await make_pool(node, max_inflight=2, background_share=1.0)
     first = [asyncio.create_task(pool.complete(ask(f"c{i}"))) for i in range(2)]
-    await until(lambda: node.inflight == 2, "the node is full")
+    await wait_until(lambda: node.inflight == 2, what="the node is full")
     job = asyncio.create_task(pool.complete(ask("job"), request_class="background"))
-    await until(lambda: pool.waiting()["background"] == 1, "the job waits")
+    await wait_until(lambda: pool.waiting()["background"] == 1, what="the job waits")
     chat = asyncio.create_task(pool.complete(ask("chat")))
-    await until(lambda: pool.waiting()["interactive"] == 1, "the chat waits")
+    await wait_until(lambda: pool.waiting()["interactive"] == 1, what="the chat waits")
 
     first[0].cancel()
-    await until(lambda: len(node.requests) == 3, "one waiter is served")
+    await wait_until(lambda: len(node.requests) == 3, what="one waiter is served")
     assert seen(node)[2] == "chat"
     first[1].cancel()
-    await until(lambda: len(node.requests) == 4, "the other waiter is served")
+    await wait_until(lambda: len(node.requests) == 4, what="the other waiter is served")
     assert seen(node)[3] == "job"
 
     await cancel_all([*first, job, chat])
@@ -187,13 +178,13 @@ async def test_a_full_node_is_passed_over_for_one_with_room(
     a, b = await stub(Hang()), await stub(Hang())
     pool = await make_pool(a, b, max_inflight=1, policy="round_robin")
     calls = [asyncio.create_task(pool.complete(ask(f"c{i}"))) for i in range(2)]
-    await until(lambda: len(a.requests) + len(b.requests) == 2, "both calls sent")
+    await wait_until(lambda: len(a.requests) + len(b.requests) == 2, what="both calls sent")
     assert (seen(a), seen(b)) == (["c0"], ["c1"])
     third = asyncio.create_task(pool.complete(ask("c2")))
-    await until(lambda: pool.waiting()["interactive"] == 1, "the third call waits")
+    await wait_until(lambda: pool.waiting()["interactive"] == 1, what="the third call waits")
 
     calls[1].cancel()  # b has room again; round robin would have said a
-    await until(lambda: len(b.requests) == 2, "the waiter goes to b")
+    await wait_until(lambda: len(b.requests) == 2, what="the waiter goes to b")
     assert seen(b)[1] == "c2"
     await cancel_all([*calls, third])
     assert counts(pool) == [(0, 0), (0, 0)]
@@ -206,7 +197,7 @@ async def test_a_waiter_whose_deadline_passes_gets_upstream_timeout(
     node = await stub(Hang())
     pool = await make_pool(node, max_inflight=1)
     holder = asyncio.create_task(pool.complete(ask("holder")))
-    await until(lambda: node.inflight == 1, "the node is full")
+    await wait_until(lambda: node.inflight == 1, what="the node is full")
     with pytest.raises(UpstreamTimeout) as info:
         await pool.complete(ask("late"), deadline=now() + 0.2, request_class=request_class)
     assert (info.value.code, info.value.status) == ("upstream_timeout", 504)
@@ -225,9 +216,9 @@ async def test_cancelling_a_waiting_call_leaves_no_count_behind(
     node = await stub(Hang())
     pool = await make_pool(node, max_inflight=1)
     holder = asyncio.create_task(pool.complete(ask("holder"), request_class="background"))
-    await until(lambda: node.inflight == 1, "the node is full")
+    await wait_until(lambda: node.inflight == 1, what="the node is full")
     waiter = asyncio.create_task(pool.complete(ask("waiter"), request_class="background"))
-    await until(lambda: pool.waiting()["background"] == 1, "the call waits")
+    await wait_until(lambda: pool.waiting()["background"] == 1, what="the call waits")
 
     await cancel_all([waiter])
     assert pool.waiting() == {"interactive": 0, "background": 0}
@@ -243,9 +234,9 @@ async def test_a_place_handed_to_a_call_being_cancelled_is_given_back(
     node = await stub(Hang())
     pool = await make_pool(node, max_inflight=1)
     holder = asyncio.create_task(pool.complete(ask("holder")))
-    await until(lambda: node.inflight == 1, "the node is full")
+    await wait_until(lambda: node.inflight == 1, what="the node is full")
     waiter = asyncio.create_task(pool.complete(ask("waiter"), request_class="background"))
-    await until(lambda: pool.waiting()["background"] == 1, "the call waits")
+    await wait_until(lambda: pool.waiting()["background"] == 1, what="the call waits")
 
     # The holder's end hands its place to the waiter before the waiter's own
     # cancellation runs: the waiter must give it back.
@@ -266,7 +257,7 @@ async def test_a_waiter_takes_a_node_whose_breaker_cool_down_ends(
     )
     # Fails on a (whose breaker opens), is retried on b and hangs there.
     holder = asyncio.create_task(pool.complete(ask("holder")))
-    await until(lambda: b.inflight == 1, "b is full")
+    await wait_until(lambda: b.inflight == 1, what="b is full")
     assert pool.status()[0]["breaker"] == "open"
     a.mode = Slow(first_s=0.0)
     # No call ends; the waiter is served when a's breaker lets a probe through.
@@ -321,7 +312,7 @@ async def test_an_early_close_serves_the_next_waiter(stub: StartStub, make_pool:
     async with contextlib.aclosing(pool.stream(ask("a b c d"))) as stream:
         async for _ in stream:
             waiter = asyncio.create_task(pool.complete(ask("next"), request_class="background"))
-            await until(lambda: pool.waiting()["background"] == 1, "the call waits")
+            await wait_until(lambda: pool.waiting()["background"] == 1, what="the call waits")
             break
     node.mode = Slow(first_s=0.0)
     assert (await waiter).text == "stub:next"
@@ -442,7 +433,9 @@ async def test_load_by_kind_is_reported_to_metrics(stub: StartStub) -> None:
             for i in range(5)
         ]
         calls.append(asyncio.create_task(pool.complete(ask("hello"))))
-        await until(lambda: node.inflight == 3, "1 interactive and 2 background calls running")
+        await wait_until(
+            lambda: node.inflight == 3, what="1 interactive and 2 background calls running"
+        )
         backends.report_load()
         registry = metrics._registry
         assert registry is not None

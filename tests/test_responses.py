@@ -15,8 +15,12 @@ from aiohttp import web
 
 from .openai_stub import Fail, Slow, StartStub, StubNode
 from .procs import AgentdProcess, metric
+from .waiting import wait_until
 
 Start = Callable[..., AgentdProcess]
+
+# The echo backend's interactive calls in flight (a turn calling the model).
+AT_THE_MODEL = 'agentd_upstream_inflight{backend="echo",kind="interactive",node="echo"}'
 
 SLOW_ECHO = """
 [[backends]]
@@ -31,19 +35,28 @@ def client(proc: AgentdProcess) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=proc.url + "/v1", api_key="unused", max_retries=3)
 
 
+FINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
+
+
 async def wait_status(
     sdk: openai.AsyncOpenAI, rid: str, done: tuple[str, ...] = ("completed",), limit: float = 30
 ) -> Any:
     """Poll until the response reaches one of ``done`` (or any final state)."""
-    final = {"completed", "failed", "cancelled", "incomplete"}
-    loop = asyncio.get_running_loop()
-    until = loop.time() + limit
-    while True:
+
+    async def reached() -> Any:
         response = await sdk.responses.retrieve(rid)
-        if response.status in done or response.status in final:
-            return response
-        assert loop.time() < until, f"{rid} still {response.status}"
-        await asyncio.sleep(0.05)
+        return response if response.status in done or response.status in FINAL else None
+
+    return await wait_until(reached, limit, f"{rid} to reach {done}", poll_s=0.05)
+
+
+async def metric_is(proc: AgentdProcess, sample: str, value: float) -> None:
+    """Wait until the instance's /metrics shows ``sample`` at ``value``."""
+
+    async def shown() -> bool:
+        return await asyncio.to_thread(metric, proc, sample) == value
+
+    await wait_until(shown, what=f"{sample} = {value}", poll_s=0.05)
 
 
 async def history(proc: AgentdProcess, sid: str) -> list[dict[str, Any]]:
@@ -120,7 +133,7 @@ async def test_an_old_stream_is_its_final_event(agentd_instance: Start) -> None:
     sdk = client(proc)
     job = await sdk.responses.create(model="echo", input="long ago", background=True)
     done = await wait_status(sdk, job.id)
-    await asyncio.sleep(2.1)  # its events expire; the response stays
+    await asyncio.sleep(2.1)  # a pause, not a wait: its events' 1 s TTL runs out
     events = [e async for e in await sdk.responses.retrieve(job.id, stream=True)]
     assert [e.type for e in events] == ["response.completed"]
     assert events[0].response.output_text == "long ago" == done.output_text
@@ -263,7 +276,10 @@ async def test_cancel_a_queued_job_before_it_runs(
     cancelled = await sdk.responses.cancel(waiting.id)
     assert cancelled.status == "cancelled" and cancelled.output_text == ""
     assert (await wait_status(sdk, busy.id)).status == "completed"
-    await asyncio.sleep(0.3)  # the cancelled job is taken from the queue and dropped
+    # The cancelled job is taken from the queue and dropped: had it run, the stub would
+    # have seen it before it left the queue.
+    await metric_is(proc, 'agentd_jobs_queued{partition="default"}', 0.0)
+    await metric_is(proc, 'agentd_jobs_running{partition="default"}', 0.0)
     assert [r.json["messages"][-1]["content"] for r in upstream.requests] == ["busy"]
     assert (await sdk.responses.retrieve(waiting.id)).status == "cancelled"
 
@@ -411,18 +427,18 @@ max_inflight_turns = 1
             model="capped", messages=[{"role": "user", "content": "w " * 40}]
         )
     )
-    loop = asyncio.get_running_loop()
-    until = loop.time() + 30
-    refused = None
-    while refused is None:
+
+    async def second() -> openai.InternalServerError | None:
         try:
             await sdk.with_options(max_retries=0).chat.completions.create(
                 model="capped", messages=[{"role": "user", "content": "second"}]
             )
         except openai.InternalServerError as exc:
-            refused = exc
-        assert loop.time() < until and not slow.done()
-        await asyncio.sleep(0.05)
+            return exc
+        assert not slow.done(), "the slow turn ended before a second one was refused"
+        return None
+
+    refused = await wait_until(second, what="a second turn to be refused", poll_s=0.05)
     assert refused.status_code == 503 and refused.code == "overloaded"
     other = await sdk.chat.completions.create(
         model="free", messages=[{"role": "user", "content": "not capped"}]
@@ -441,7 +457,7 @@ async def test_jobs_start_slower_while_people_chat(agentd_instance: Start) -> No
         )
     )
     loop = asyncio.get_running_loop()
-    await asyncio.sleep(0.3)  # the chat turn runs (it cannot be seen from outside)
+    await metric_is(proc, AT_THE_MODEL, 1.0)  # the chat turn runs
     jobs = [
         await sdk.responses.create(model="echo", input="j " * 30, background=True) for _ in range(6)
     ]

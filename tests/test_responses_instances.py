@@ -14,9 +14,13 @@ import openai
 import pytest
 import redis
 
+from agentd.config import from_dict
+from agentd.store.keys import dead_key, queue_key, record_keys
+
 from .openai_stub import Fail, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer, metric
 from .test_responses import client, history, stub_config, wait_status
+from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +75,16 @@ async def test_a_dropped_stream_resumes_on_another_instance(
 
 
 def _runner_pid(redis_url: str, rid: str) -> int | None:
-    r = redis.Redis.from_url(redis_url)
-    by = r.hget(f"agentd:r:{{{rid}}}", "by")
+    """The pid of the worker running (or that ran) the job, from its record."""
+    with redis.Redis.from_url(redis_url) as r:
+        by = r.hget(record_keys(rid)[0], "by")
     return None if by is None else int(by.split(b":")[1])
+
+
+def _queued(redis_url: str, partition: str, shards: int) -> int:
+    """Entries in the partition's queue streams: jobs waiting or running."""
+    with redis.Redis.from_url(redis_url) as r:
+        return sum(r.xlen(queue_key(partition, shard)) for shard in range(shards))
 
 
 async def test_kill_9_the_worker_running_a_job(
@@ -85,13 +96,9 @@ async def test_kill_9_the_worker_running_a_job(
     words = " ".join(f"w{i}" for i in range(80))  # about 2 s at 40 tokens/s
     job = await sdk.responses.create(model="echo", input=words, background=True)
     await wait_status(sdk, job.id, ("in_progress",))
-    loop = asyncio.get_running_loop()
-    until = loop.time() + 30
-    pid = None
-    while pid is None:
-        pid = _runner_pid(redis_standalone.url, job.id)
-        assert loop.time() < until
-        await asyncio.sleep(0.02)
+    pid = await wait_until(
+        lambda: _runner_pid(redis_standalone.url, job.id), what="the job's worker to be noted"
+    )
     assert pid in a.worker_pids() | b.worker_pids()
     os.kill(pid, signal.SIGKILL)
     done = await wait_status(sdk, job.id, limit=60)
@@ -151,7 +158,7 @@ async def test_many_jobs_over_two_instances_while_workers_die(
     )
     ids = [r.id for r in created]
     for _ in range(4):
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # a pause, not a wait: the kills are spread while jobs run
         victims = list(a.worker_pids() | b.worker_pids())
         os.kill(random.choice(victims), signal.SIGKILL)
 
@@ -165,13 +172,14 @@ async def test_many_jobs_over_two_instances_while_workers_die(
     for rid, result in random.sample(list(zip(ids, results, strict=True)), 100):
         turns = [m["turn"] for m in await history(a, result.model_extra["session_id"])]
         assert turns == [rid, rid]
-    r = redis.Redis.from_url(redis_standalone.url)
-    assert sum(r.xlen(f"agentd:q:{{default:{i}}}") for i in range(4)) == 0  # all acknowledged
+    shards = from_dict({}).jobs.queue_shards  # the default partition's
+    assert _queued(redis_standalone.url, "default", shards) == 0  # all acknowledged
 
 
 async def test_partitions_are_consumed_only_where_assigned(
     agentd_instance: Start, redis_standalone: RedisServer
 ) -> None:
+    pause_s = 1.0
     parts = """
 [[agents]]
 name = "a-agent"
@@ -194,13 +202,15 @@ queue_shards = 2
     a_job = await sdk.responses.create(model="a-agent", input="for a", background=True)
     b_job = await sdk.responses.create(model="b-agent", input="for b", background=True)
     assert (await wait_status(sdk, a_job.id)).output_text == "for a"
-    await asyncio.sleep(1.0)
+    # A negative check, so a pause and not a wait: no event shows that only_a leaves b's
+    # queue alone, only b's job still waiting a while later (a's, queued after it, is done).
+    await asyncio.sleep(pause_s)
     assert (await sdk.responses.retrieve(b_job.id)).status == "queued"
-    r = redis.Redis.from_url(redis_standalone.url)
-    assert sum(r.xlen(f"agentd:q:{{b:{i}}}") for i in range(2)) == 1
+    assert _queued(redis_standalone.url, "b", 2) == 1
     assert metric(only_a, 'agentd_jobs_queued{partition="b"}') == 1.0
     assert metric(only_a, 'agentd_jobs_queued{partition="a"}') == 0.0
-    assert metric(only_a, 'agentd_jobs_oldest_queued_seconds{partition="b"}') >= 1.0
+    # It was queued before the pause began.
+    assert metric(only_a, 'agentd_jobs_oldest_queued_seconds{partition="b"}') >= pause_s
     only_b = agentd_instance(config, "--partitions", "b")
     assert (await wait_status(sdk, b_job.id)).output_text == "for b"
     assert metric(only_a, 'agentd_jobs_queued{partition="b"}') == 0.0
@@ -220,8 +230,8 @@ async def test_dead_letter_after_max_attempts(
         job = await sdk.responses.create(model="helper", input="doomed", background=True)
         done = await wait_status(sdk, job.id)
         assert done.status == "failed" and done.error is not None
-        r = redis.Redis.from_url(redis_standalone.url)
-        [(_, fields)] = r.xrange("agentd:q:{default}:dead")
+        with redis.Redis.from_url(redis_standalone.url) as r:
+            [(_, fields)] = r.xrange(dead_key("default"))
         assert fields[b"id"] == job.id.encode()
     finally:
         await node.close()

@@ -9,6 +9,8 @@ import pytest
 from agentd.errors import Conflict, NotFound
 from agentd.store import Store
 
+from .waiting import wait_until
+
 USER = {"role": "user", "content": "q"}
 REPLY = {"role": "assistant", "content": "a"}
 
@@ -31,7 +33,7 @@ async def test_an_expired_lease_fences_out_its_late_append(store: Store) -> None
     sid = (await store.create_session()).id
     old = await store.begin_turn(sid, 0, lease_s=0.05)
     assert old is not None
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # a pause, not a wait: the 50 ms lease runs out unrenewed
     assert await store.renew_turn(sid, old.token, 5) == "lost"
     new = await store.begin_turn(sid, 0, lease_s=5)
     assert new is not None
@@ -59,9 +61,10 @@ async def test_concurrent_turns_alternate_cleanly(store: Store) -> None:
     sid = (await store.create_session()).id
 
     async def turn(i: int) -> None:
-        while (lease := await store.begin_turn(sid, 4, lease_s=5)) is None:  # noqa: ASYNC110
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0)  # others try meanwhile
+        lease = await wait_until(
+            lambda: store.begin_turn(sid, 4, lease_s=5), what=f"turn {i} to take the lease"
+        )
+        await asyncio.sleep(0)  # let the others try while this turn holds the lease
         pair = [{"role": "user", "content": str(i)}, {"role": "assistant", "content": str(i)}]
         await store.end_turn(sid, lease.token, pair)
 

@@ -69,14 +69,6 @@ BACKLOG_MARGIN = 1.5  # the backlog holds this many times what the chat window d
 RETRIES = 3
 
 
-def _queue_keys() -> list[str]:
-    return [f"agentd:q:{{{PARTITION}:{shard}}}" for shard in range(QUEUE_SHARDS)]
-
-
-def _record_key(rid: str) -> str:
-    return f"agentd:r:{{{rid}}}"
-
-
 # -- the submitter (its own process, pinned to the load CPUs) -----------------------------
 
 
@@ -167,23 +159,29 @@ def _submit_main(argv: list[str]) -> None:
 
 
 # -- reading the queue and the records -----------------------------------------------------
+# Keys come from agentd's own helpers, imported where used: the submitter, whose CPU
+# time is measured, never needs them.
 
 
 def _depth(client: Any) -> int:
     """Jobs waiting or running: acknowledged entries leave the streams."""
+    from agentd.store.keys import queue_key
+
     pipe = client.pipeline(transaction=False)
-    for key in _queue_keys():
-        pipe.xlen(key)
+    for shard in range(QUEUE_SHARDS):
+        pipe.xlen(queue_key(PARTITION, shard))
     return sum(int(n) for n in pipe.execute())
 
 
 def _records(client: Any, ids: list[str]) -> list[tuple[str, float, float, float]]:
     """(status, created, started, done) of each job, read in a few pipelines."""
+    from agentd.store.keys import record_keys
+
     out = []
     for start in range(0, len(ids), 1000):
         pipe = client.pipeline(transaction=False)
         for rid in ids[start : start + 1000]:
-            pipe.hmget(_record_key(rid), "status", "created", "started", "done")
+            pipe.hmget(record_keys(rid)[0], "status", "created", "started", "done")
         for status, created, started, done in pipe.execute():
             out.append(
                 (
