@@ -16,25 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from random import getrandbits
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from ..agent import TurnDone, TurnRequest
 from ..errors import AgentdError
 from ..fastpath import parse_chat
+from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
 __all__ = ("setup",)
-
-
-def _completion_id() -> str:
-    # A label, not a secret: the random module (reseeded in every forked worker) gives
-    # the same 24 hex digits as secrets.token_hex(12) at half the cost.
-    return f"chatcmpl-{getrandbits(96):024x}"
 
 
 def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[str, str]:
@@ -45,14 +38,6 @@ def _headers(turn: TurnRequest, done: TurnDone | None, parse_s: float) -> dict[s
     if done is not None:
         headers["Server-Timing"] = done.timings.header(parse_s)
     return headers
-
-
-def _usage(done: TurnDone) -> dict[str, Any]:
-    usage = dict(done.usage)
-    usage.setdefault("prompt_tokens", 0)
-    usage.setdefault("completion_tokens", 0)
-    usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
-    return usage
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -69,23 +54,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         events = agents.run(turn, deadline=deadline)
         return await _stream(request, events, turn, include_usage, parse_s)
     done = await agents.complete(turn, deadline=deadline)
-    body = {
-        "id": _completion_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": turn.agent,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": done.text},
-                "finish_reason": done.finish_reason,
-            }
-        ],
-        "usage": _usage(done),
-    }
-    if done.seq is not None:
-        body["session_id"] = turn.session_id
-        body["seq"] = done.seq
+    body = completion(
+        completion_id(),
+        int(time.time()),
+        turn.agent,
+        done.text,
+        done.finish_reason,
+        done.usage,
+        turn.session_id,
+        done.seq,
+    )
     return json_response(body, headers=_headers(turn, done, parse_s))
 
 
@@ -101,39 +79,24 @@ async def _stream(
 async def _write_stream(
     request: web.Request, iterator: Any, turn: TurnRequest, include_usage: bool, parse_s: float
 ) -> web.StreamResponse:
-    cid, created = _completion_id(), int(time.time())
-
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        doc = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": turn.agent,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return b"data: " + orjson.dumps(doc) + b"\n\n"
-
+    chunks = Chunks(completion_id(), int(time.time()), turn.agent)
     first = await anext(iterator)
     response = await start_sse(request, _headers(turn, None, parse_s))
-    await response.write(chunk({"role": "assistant", "content": ""}))
+    await response.write(chunks.role())
     item = first
     try:
         while True:
             if isinstance(item, TurnDone):
-                extra = {"session_id": turn.session_id, "seq": item.seq} if item.stored else {}
-                await response.write(chunk({}, item.finish_reason, **extra))
+                await response.write(chunks.finish(item.finish_reason, turn.session_id, item.seq))
                 if include_usage:
-                    doc = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                           "model": turn.agent, "choices": [], "usage": _usage(item)}  # fmt: skip
-                    await response.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+                    await response.write(chunks.usage(item.usage))
                 break
-            await response.write(chunk({"content": item}))
+            await response.write(chunks.content(item))
             item = await anext(iterator)
     except AgentdError as exc:
         # Headers are gone: report in the stream, as OpenAI does, then end it.
-        await response.write(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
-    await response.write(b"data: [DONE]\n\n")
+        await response.write(error_frame(exc))
+    await response.write(DONE)
     await response.write_eof()
     return response
 
