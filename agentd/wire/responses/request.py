@@ -99,6 +99,15 @@ def _name(key: str) -> str:
     return key if len(key) <= 64 else key[:64] + "..."
 
 
+def _refuse_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """``unknown_parameter`` for the first field of ``value`` not in ``allowed``."""
+    for key in value:
+        if key not in allowed:
+            name = _name(key)
+            message = f"unknown parameter {name!r} in {where}"
+            raise _bad(message, "unknown_parameter", f"{where}.{name}")
+
+
 def _type_name(kinds: Kinds) -> str:
     names = {
         int: "an integer",
@@ -240,13 +249,7 @@ def _parse_item(item: Any, where: str) -> dict[str, Any]:
         raise _bad(
             f"{where}.role must be one of {list(INPUT_ROLES)}", "invalid_value", f"{where}.role"
         )
-    for key in item:
-        if key not in ITEM_FIELDS:
-            raise _bad(
-                f"unknown parameter {_name(key)!r} in {where}",
-                "unknown_parameter",
-                f"{where}.{_name(key)}",
-            )
+    _refuse_unknown(item, ITEM_FIELDS, where)
     content = item.get("content")
     if content is None:
         raise _bad(f"{where}.content is required", "missing_required_parameter", f"{where}.content")
@@ -280,13 +283,7 @@ def _join_parts(parts: list[Any], where: str) -> str:
                 "unsupported_input",
                 f"{at}.type",
             )
-        for key in part:
-            if key not in PART_FIELDS:
-                raise _bad(
-                    f"unknown parameter {_name(key)!r} in {at}",
-                    "unknown_parameter",
-                    f"{at}.{_name(key)}",
-                )
+        _refuse_unknown(part, PART_FIELDS, at)
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{at}.text must be a string", "invalid_type", f"{at}.text")
@@ -343,10 +340,7 @@ def _check_restricted(body: dict[str, Any]) -> None:
     text = _check(body.get("text"), (dict,), "text")
     if text is None:
         return
-    for key in text:
-        if key not in TEXT_FIELDS:
-            key = _name(key)
-            raise _bad(f"unknown parameter {key!r} in text", "unknown_parameter", f"text.{key}")
+    _refuse_unknown(text, TEXT_FIELDS, "text")
     _check(text.get("verbosity"), (str,), "text.verbosity")
     fmt = _check(text.get("format"), (dict,), "text.format")
     if fmt is not None and fmt.get("type") != "text":
