@@ -1,7 +1,8 @@
 """OpenAI's Responses API: ``POST /v1/responses`` (now, streamed, or in the background),
 ``GET /v1/responses/{id}`` (also its event stream, resumed by sequence number), ``POST
 /v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}``. The logic is in
-:mod:`agentd.jobs.service`; this module speaks HTTP."""
+:mod:`agentd.jobs.service`, the wire format in :mod:`agentd.wire.responses`; this
+module speaks HTTP."""
 
 from __future__ import annotations
 
