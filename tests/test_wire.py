@@ -15,7 +15,15 @@ from agentd.server.events import session_frame
 from agentd.server.http import PING
 from agentd.store import Event
 from agentd.wire import sse
-from agentd.wire.chat import DONE, Chunks, completion, completion_id, error_frame, full_usage
+from agentd.wire.chat import (
+    DONE,
+    Chunks,
+    completion,
+    completion_id,
+    error_frame,
+    full_usage,
+    model_object,
+)
 from agentd.wire.responses import event_frame
 
 WIRE = Path(__file__).parent.parent / "agentd" / "wire"
@@ -115,6 +123,12 @@ def test_a_stream_is_framed_chunk_by_chunk() -> None:
 def test_an_error_in_a_stream_is_its_error_body() -> None:
     assert error_frame(Overloaded("busy")) == (
         b'data: {"error":{"message":"busy","type":"server_error","code":"overloaded"}}\n\n'
+    )
+
+
+def test_an_agent_is_a_model_object() -> None:
+    assert orjson.dumps(model_object("echo")) == (
+        b'{"id":"echo","object":"model","created":0,"owned_by":"agentd"}'
     )
 
 

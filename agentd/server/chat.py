@@ -23,7 +23,7 @@ from aiohttp import web
 from ..agent import TurnDone, TurnRequest
 from ..errors import AgentdError
 from ..fastpath import parse_chat
-from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame
+from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
@@ -103,13 +103,12 @@ async def _write_stream(
 
 async def list_models(request: web.Request) -> web.Response:
     agents = request.app[AGENTS].all()
-    data = [{"id": a.name, "object": "model", "created": 0, "owned_by": "agentd"} for a in agents]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [model_object(a.name) for a in agents]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     agent = request.app[AGENTS].get(request.match_info["name"])
-    return json_response({"id": agent.name, "object": "model", "created": 0, "owned_by": "agentd"})
+    return json_response(model_object(agent.name))
 
 
 def setup(app: web.Application) -> None:

@@ -1,6 +1,7 @@
-"""OpenAI's chat completion (``chat.completion``) and its streamed chunks
-(``chat.completion.chunk``), as agentd sends them: pure functions of plain values (the
-handler passes the id, the time and what the turn said), no I/O.
+"""OpenAI's chat completion (``chat.completion``), its streamed chunks
+(``chat.completion.chunk``) and the model objects of ``/v1/models``, as agentd sends
+them: pure functions of plain values (the handler passes the id, the time and what the
+turn said), no I/O.
 
 A stream is a role chunk, content chunks, a finish chunk (with agentd's ``session_id``
 and ``seq`` when the turn was stored), a usage chunk when the client asked for one,
@@ -19,7 +20,15 @@ import orjson
 from ..errors import AgentdError
 from . import sse
 
-__all__ = ("DONE", "Chunks", "completion", "completion_id", "error_frame", "full_usage")
+__all__ = (
+    "DONE",
+    "Chunks",
+    "completion",
+    "completion_id",
+    "error_frame",
+    "full_usage",
+    "model_object",
+)
 
 # The frame that ends every chat stream.
 DONE = sse.frame(b"[DONE]")
@@ -118,3 +127,8 @@ class Chunks:
 def error_frame(exc: AgentdError) -> bytes:
     """An error after the stream began: its error body as a data frame."""
     return sse.frame(orjson.dumps(exc.to_dict()))
+
+
+def model_object(name: str) -> dict[str, Any]:
+    """An agent as an OpenAI model object (``GET /v1/models``): the model is the agent."""
+    return {"id": name, "object": "model", "created": 0, "owned_by": "agentd"}
