@@ -1,4 +1,4 @@
-"""The Responses API's shapes (agentd/jobs/request.py and objects.py): the create
+"""The Responses API's shapes (agentd/wire/responses/): the create
 request's parsing and rejections, the response object and the streaming events, each
 checked against the official SDK's models and, end to end, against the SDK's own client."""
 
@@ -21,16 +21,18 @@ from openai.types.responses import Response, ResponseStreamEvent
 
 from agentd.errors import BadRequest
 from agentd.fastpath import MAX_DEPTH, MAX_MESSAGES
-from agentd.jobs.objects import (
+from agentd.wire.errors import error_dict
+from agentd.wire.responses import (
+    MAX_CONTENT_PARTS,
+    CreateRequest,
     ResponseEvents,
     ResponseView,
-    error_dict,
+    event_frame,
     message_item_id,
     new_response_id,
+    parse_create,
     response_object,
-    sse_frame,
 )
-from agentd.jobs.request import MAX_CONTENT_PARTS, CreateRequest, parse_create
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")
@@ -761,7 +763,7 @@ def test_misuse_is_refused() -> None:
 
 def test_sse_frames_are_framed_as_openai_frames_them() -> None:
     event = ResponseEvents(view("in_progress", None)).opening()[0]
-    frame = sse_frame(event)
+    frame = event_frame(event)
     head, data, tail = frame.split(b"\n", 2)
     assert head == b"event: response.created"
     assert data.startswith(b"data: ") and orjson.loads(data[6:]) == event
@@ -794,7 +796,7 @@ async def fake_route() -> AsyncIterator[Callable[[list[str]], Awaitable[str]]]:
             reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await reply.prepare(http)
             for event in body:
-                await reply.write(sse_frame(event))
+                await reply.write(event_frame(event))
             await reply.write_eof()
             return reply
 

@@ -27,7 +27,8 @@ from ..config import Config
 from ..errors import AgentdError, Internal
 from ..metrics import JobMetrics
 from ..store import Delivery, Jobs
-from .objects import ResponseEvents, ResponseView, error_dict
+from ..wire.errors import error_dict
+from ..wire.responses import ResponseEvents, ResponseView
 from .service import Responses, result_fields, view_of
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
 

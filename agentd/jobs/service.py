@@ -26,8 +26,14 @@ from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
 from ..store import DELETED, TERMINAL, Store
-from .objects import TERMINAL_EVENTS, ResponseEvents, ResponseView, error_dict, new_response_id
-from .request import CreateRequest
+from ..wire.errors import error_dict
+from ..wire.responses import (
+    TERMINAL_EVENTS,
+    CreateRequest,
+    ResponseEvents,
+    ResponseView,
+    new_response_id,
+)
 
 __all__ = ("Responses", "result_fields", "view_of")
 

@@ -15,25 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from random import getrandbits
-from typing import Any
 
-import orjson
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult
 from ..errors import AgentdError
 from ..fastpath import parse_chat
+from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
 __all__ = ("setup",)
-
-
-def _completion_id() -> str:
-    # A label, not a secret: the random module (reseeded in every forked worker) gives
-    # the same 24 hex digits as secrets.token_hex(12) at half the cost.
-    return f"chatcmpl-{getrandbits(96):024x}"
 
 
 def _headers(
@@ -48,14 +40,6 @@ def _headers(
     return headers
 
 
-def _usage(done: TurnResult) -> dict[str, Any]:
-    usage = dict(done.usage)
-    usage.setdefault("prompt_tokens", 0)
-    usage.setdefault("completion_tokens", 0)
-    usage.setdefault("total_tokens", usage["prompt_tokens"] + usage["completion_tokens"])
-    return usage
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
@@ -67,23 +51,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if body.stream:
         return await _ChunkStream(request, turn, body.include_usage, parse_s).run(agents, deadline)
     done = await agents.run(turn, deadline=deadline)
-    reply = {
-        "id": _completion_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": turn.agent,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": done.text},
-                "finish_reason": done.finish_reason,
-            }
-        ],
-        "usage": _usage(done),
-    }
-    if done.seq is not None:
-        reply["session_id"] = turn.session_id
-        reply["seq"] = done.seq
+    reply = completion(
+        completion_id(),
+        int(time.time()),
+        turn.agent,
+        done.text,
+        done.finish_reason,
+        done.usage,
+        turn.session_id,
+        done.seq,
+    )
     return json_response(reply, headers=_headers(turn, done.cache, done, parse_s))
 
 
@@ -92,74 +69,59 @@ class _ChunkStream(Listener):
     delta, so a turn that fails before it starts (unknown session, busy, upstream down)
     is a JSON error."""
 
-    __slots__ = ("cache", "cid", "created", "include_usage", "parse_s", "request", "response",
-                 "turn")  # fmt: skip
+    __slots__ = ("cache", "chunks", "include_usage", "parse_s", "request", "response", "turn")
 
     def __init__(
         self, request: web.Request, turn: TurnRequest, include_usage: bool, parse_s: float
     ) -> None:
         self.request, self.turn = request, turn
         self.include_usage, self.parse_s = include_usage, parse_s
-        self.cid, self.created = _completion_id(), int(time.time())
+        self.chunks = Chunks(completion_id(), int(time.time()), turn.agent)
         self.cache = "bypass"
         self.response: web.StreamResponse | None = None
-
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        doc = {
-            "id": self.cid,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.turn.agent,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return b"data: " + orjson.dumps(doc) + b"\n\n"
 
     async def _begin(self) -> web.StreamResponse:
         if self.response is None:
             headers = _headers(self.turn, self.cache, None, self.parse_s)
             self.response = await start_sse(self.request, headers)
-            await self.response.write(self._chunk({"role": "assistant", "content": ""}))
+            await self.response.write(self.chunks.role())
         return self.response
 
     def source(self, cache: str) -> None:
         self.cache = cache
 
     async def delta(self, text: str) -> None:
-        await (await self._begin()).write(self._chunk({"content": text}))
+        await (await self._begin()).write(self.chunks.content(text))
 
     async def run(self, agents: Agents, deadline: float) -> web.StreamResponse:
-        turn = self.turn
         try:
-            done = await agents.run(turn, deadline=deadline, listener=self)
+            done = await agents.run(self.turn, deadline=deadline, listener=self)
         except AgentdError as exc:
             if self.response is None:
                 raise
             # Headers are gone: report in the stream, as OpenAI does, then end it.
-            await self.response.write(b"data: " + orjson.dumps(exc.to_dict()) + b"\n\n")
+            await self.response.write(error_frame(exc))
         else:
             response = await self._begin()
-            extra = {"session_id": turn.session_id, "seq": done.seq} if done.stored else {}
-            await response.write(self._chunk({}, done.finish_reason, **extra))
+            await response.write(
+                self.chunks.finish(done.finish_reason, self.turn.session_id, done.seq)
+            )
             if self.include_usage:
-                doc = {"id": self.cid, "object": "chat.completion.chunk", "created": self.created,
-                       "model": turn.agent, "choices": [], "usage": _usage(done)}  # fmt: skip
-                await response.write(b"data: " + orjson.dumps(doc) + b"\n\n")
+                await response.write(self.chunks.usage(done.usage))
         response = await self._begin()
-        await response.write(b"data: [DONE]\n\n")
+        await response.write(DONE)
         await response.write_eof()
         return response
 
 
 async def list_models(request: web.Request) -> web.Response:
     agents = request.app[AGENTS].all()
-    data = [{"id": a.name, "object": "model", "created": 0, "owned_by": "agentd"} for a in agents]
-    return json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": [model_object(a.name) for a in agents]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     agent = request.app[AGENTS].get(request.match_info["name"])
-    return json_response({"id": agent.name, "object": "model", "created": 0, "owned_by": "agentd"})
+    return json_response(model_object(agent.name))
 
 
 def setup(app: web.Application) -> None:

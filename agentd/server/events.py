@@ -15,13 +15,13 @@ custom event (``typing``, ``tool_progress``, ...) to every watcher; it is not st
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..errors import BadRequest
 from ..store import Event
+from ..wire import sse
 from .http import json_object, json_response, pump_sse, read_json, start_sse
 from .keys import STATE, STORE
 
@@ -40,15 +40,12 @@ def _after(request: web.Request) -> int | None:
     return int(raw)
 
 
-def sse_frame(event: Event) -> bytes:
+def session_frame(event: Event) -> bytes:
     """One SSE frame; a ``messages`` frame's id is its last seq, for Last-Event-ID."""
     if event.kind == "messages":
-        body: dict[str, Any] = {"session_id": event.session_id, "messages": event.messages}
-        head = b"id: %d\nevent: messages\n" % event.messages[-1]["seq"]
-    else:
-        body = {"session_id": event.session_id, "data": event.data}
-        head = b"event: " + event.kind.encode() + b"\n"
-    return head + b"data: " + orjson.dumps(body) + b"\n\n"
+        messages = orjson.dumps({"session_id": event.session_id, "messages": event.messages})
+        return sse.frame(messages, "messages", event.messages[-1]["seq"])
+    return sse.frame(orjson.dumps({"session_id": event.session_id, "data": event.data}), event.kind)
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -60,12 +57,12 @@ async def watch(request: web.Request) -> web.StreamResponse:
     events = await store.open_watch(sid, after)
     try:
         response = await start_sse(request)
-        await response.write(b": watching " + sid.encode() + b"\n\n")
+        await response.write(sse.comment(b"watching " + sid.encode()))
     except BaseException:
         await events.aclose()
         raise
     closing = request.app[STATE].closing
-    await pump_sse(response, events, sse_frame, closing, lambda e: e.kind == "deleted")
+    await pump_sse(response, events, session_frame, closing, lambda e: e.kind == "deleted")
     return response
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from ..client_json import loads_json
 from ..errors import AgentdError, BadRequest, NotFound, PayloadTooLarge
 from ..fastpath import MAX_DEPTH
+from ..wire import sse
 
 __all__ = (
     "MAX_DEPTH",
@@ -30,6 +31,7 @@ __all__ = (
 
 # An idle event stream gets a comment line this often (proxies close silent ones).
 HEARTBEAT_S = 15.0
+PING = sse.comment(b"ping")
 
 JSON = "application/json"
 T = TypeVar("T")
@@ -78,7 +80,7 @@ async def pump_sse(
             if drain in done:
                 return
             if next_event not in done:
-                await response.write(b": ping\n\n")
+                await response.write(PING)
                 continue
             try:
                 event = next_event.result()

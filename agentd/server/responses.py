@@ -1,7 +1,8 @@
 """OpenAI's Responses API: ``POST /v1/responses`` (now, streamed, or in the background),
 ``GET /v1/responses/{id}`` (also its event stream, resumed by sequence number), ``POST
 /v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}``. The logic is in
-:mod:`agentd.jobs.service`; this module speaks HTTP."""
+:mod:`agentd.jobs.service`, the wire format in :mod:`agentd.wire.responses`; this
+module speaks HTTP."""
 
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import dataclasses
 from aiohttp import web
 
 from ..errors import AgentdError, BadRequest
-from ..jobs.objects import ResponseEvents, ResponseView, error_dict, response_object, sse_frame
-from ..jobs.request import parse_create
 from ..jobs.service import Responses
 from ..schema import MAX_SEQ
+from ..wire import sse
+from ..wire.errors import error_dict
+from ..wire.responses import (
+    ResponseEvents,
+    ResponseView,
+    event_frame,
+    parse_create,
+    response_object,
+)
 from .http import json_response, pump_sse, query_int, start_sse
 from .keys import CONFIG, RESPONSES, STATE
 
@@ -52,11 +60,11 @@ async def _stream_now(
         if stream is None:
             stream = await start_sse(request)
             for event in events.opening():
-                await stream.write(sse_frame(event))
+                await stream.write(event_frame(event))
         return stream
 
     async def on_delta(text: str) -> None:
-        await (await begin()).write(sse_frame(events.delta(text)))
+        await (await begin()).write(event_frame(events.delta(text)))
 
     try:
         final = await responses.run_now(view, deadline=deadline, on_delta=on_delta)
@@ -66,7 +74,7 @@ async def _stream_now(
         final = dataclasses.replace(view, status="failed", error=error_dict(exc))
     response = await begin()
     for event in events.closing(final):
-        await response.write(sse_frame(event))
+        await response.write(event_frame(event))
     await response.write_eof()
     return response
 
@@ -80,7 +88,7 @@ async def _follow(
     await pump_sse(
         response,
         responses.follow(rid, after),
-        lambda e: b"event: " + e[0].encode() + b"\ndata: " + e[1] + b"\n\n",
+        lambda e: sse.frame(e[1], e[0]),
         request.app[STATE].closing,
     )
     await response.write_eof()

@@ -8,7 +8,7 @@ Pure: no I/O.
 Error codes: ``invalid_json`` (not JSON, or nested deeper than ``MAX_DEPTH``),
 ``invalid_request`` (not an object), ``missing_required_parameter``, ``invalid_type``,
 ``invalid_value``, ``invalid_session_id`` (as the chat API), ``unknown_parameter`` (a
-field no table below lists), ``unsupported_parameter`` (a Responses field agentd
+field no table of :mod:`.fields` lists), ``unsupported_parameter`` (a Responses field agentd
 rejects), ``unsupported_value`` (a value agentd cannot honour) and ``unsupported_input``
 (an input item or part that is not text).
 """
@@ -17,107 +17,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 import orjson
 
-from ..client_json import loads_json
-from ..errors import BadRequest
-from ..fastpath import CHAT_PARAMS, MAX_MESSAGES
-from ..schema import INPUT_ROLES
-
-__all__ = (
-    "IGNORED_FIELDS",
-    "MAX_CONTENT_PARTS",
-    "PARAM_FIELDS",
-    "REJECTED_FIELDS",
-    "RESTRICTED_FIELDS",
-    "CreateRequest",
-    "parse_create",
+from ...client_json import loads_json
+from ...errors import BadRequest
+from ...fastpath import MAX_MESSAGES
+from ...schema import INPUT_ROLES
+from .fields import (
+    IGNORED_FIELDS,
+    ITEM_FIELDS,
+    MAX_CONTENT_PARTS,
+    MAX_ID_CHARS,
+    MAX_METADATA,
+    MAX_METADATA_KEY,
+    MAX_METADATA_VALUE,
+    OWN_FIELDS,
+    PARAM_FIELDS,
+    PART_FIELDS,
+    REJECTED_FIELDS,
+    RESTRICTED_FIELDS,
+    TEXT_FIELDS,
+    TEXT_PARTS,
+    Kinds,
 )
 
-# -- what parse_create does with each top-level field -----------------------------------
-#
-# A field in no table is a 400 ``unknown_parameter``, as the chat API refuses unknown
-# fields: a typo must not pass silently. ``model``, ``input``, ``instructions``,
-# ``previous_response_id``, ``metadata``, ``background``, ``stream`` and ``session_id``
-# (agentd's extension) have their own fields in CreateRequest.
-
-_Kinds = tuple[type, ...]
-
-# Generation parameters: Responses name -> (chat-completions name, accepted JSON types).
-# The last five are agentd extensions: chat-completions parameters the chat API forwards.
-PARAM_FIELDS: MappingProxyType[str, tuple[str, _Kinds]] = MappingProxyType(
-    {
-        "temperature": ("temperature", (int, float)),
-        "top_p": ("top_p", (int, float)),
-        "max_output_tokens": ("max_tokens", (int,)),
-        "user": ("user", (str,)),
-        **{
-            name: (name, CHAT_PARAMS[name])
-            for name in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias")
-        },
-    }
-)
-# Accepted only with the values that ask for nothing agentd lacks; any other value is
-# ``unsupported_value``, because ignoring it would change what the reply means.
-RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
-    {
-        "tools": "null or []: agentd runs no tools",
-        "tool_choice": 'null, "auto" or "none": there are no tools to require',
-        "text": 'format null or {"type": "text"}: no structured output; verbosity ignored',
-    }
-)
-# Accepted (type-checked) and ignored: hints whose absence cannot change what the reply
-# says, only how it is produced or what extras come with it.
-IGNORED_FIELDS: MappingProxyType[str, _Kinds] = MappingProxyType(
-    {
-        "include": (list,),
-        "truncation": (str,),
-        "reasoning": (dict,),
-        "parallel_tool_calls": (bool,),
-        "max_tool_calls": (int,),
-        "top_logprobs": (int,),
-        "service_tier": (str,),
-        "safety_identifier": (str,),
-        "prompt_cache_key": (str,),
-        "prompt_cache_retention": (str,),
-        "prompt_cache_options": (dict,),
-        "stream_options": (dict,),
-        "background_options": (dict,),
-        "image": (dict,),
-    }
-)
-# Rejected whatever their value (``unsupported_parameter``): not implemented, and each
-# would change what the model sees or what may be returned.
-REJECTED_FIELDS = frozenset(
-    {"conversation", "prompt", "moderation", "context_management", "access_programs"}
-)
-_OWN_FIELDS = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "previous_response_id",
-        "metadata",
-        "background",
-        "stream",
-        "store",
-        "session_id",
-    }
-)
-
-_TEXT_PARTS = frozenset({"input_text", "output_text"})
-# Fields an input message may carry: those the SDK writes when a client sends back a
-# previous response's output items (id, status, phase) are accepted and ignored.
-_ITEM_FIELDS = frozenset({"type", "role", "content", "id", "status", "phase"})
-_PART_FIELDS = frozenset({"type", "text", "annotations", "logprobs", "prompt_cache_breakpoint"})
-_TEXT_FIELDS = frozenset({"format", "verbosity"})
-MAX_CONTENT_PARTS = MAX_MESSAGES
-_MAX_ID_CHARS = 256
-# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
-_MAX_METADATA, _MAX_METADATA_KEY, _MAX_METADATA_VALUE = 16, 64, 512
+__all__ = ("CreateRequest", "parse_create")
 
 
 @dataclass(slots=True)
@@ -173,7 +99,16 @@ def _name(key: str) -> str:
     return key if len(key) <= 64 else key[:64] + "..."
 
 
-def _type_name(kinds: _Kinds) -> str:
+def _refuse_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
+    """``unknown_parameter`` for the first field of ``value`` not in ``allowed``."""
+    for key in value:
+        if key not in allowed:
+            name = _name(key)
+            message = f"unknown parameter {name!r} in {where}"
+            raise _bad(message, "unknown_parameter", f"{where}.{name}")
+
+
+def _type_name(kinds: Kinds) -> str:
     names = {
         int: "an integer",
         float: "a number",
@@ -185,7 +120,7 @@ def _type_name(kinds: _Kinds) -> str:
     return " or ".join(names[k] for k in kinds if not (k is int and float in kinds))
 
 
-def _check(value: Any, kinds: _Kinds, param: str) -> Any:
+def _check(value: Any, kinds: Kinds, param: str) -> Any:
     """``value`` if it is null or its JSON type is one of ``kinds``; else ``invalid_type``."""
     if value is None:
         return None
@@ -202,7 +137,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     user, assistant, system or developer; ``content`` a string or a list of
     ``input_text``/``output_text`` parts, joined with newlines); any other item or part
     (images, files, tool calls and outputs, unknown types) is ``unsupported_input``.
-    Top-level fields are handled as the module's tables say: used, restricted to
+    Top-level fields are handled as the tables of :mod:`.fields` say: used, restricted to
     harmless values, ignored, rejected, or unknown (rejected). ``session_id`` in the
     body wins over ``header_session`` (the ``X-Session-Id`` header), even when null,
     as in the chat API.
@@ -214,7 +149,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         if key in REJECTED_FIELDS:
             raise _bad(f"{key} is not supported by agentd", "unsupported_parameter", key)
         if not (
-            key in _OWN_FIELDS
+            key in OWN_FIELDS
             or key in PARAM_FIELDS
             or key in RESTRICTED_FIELDS
             or key in IGNORED_FIELDS
@@ -230,9 +165,9 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
 
     instructions = _check(body.get("instructions"), (str,), "instructions")
     previous = _check(body.get("previous_response_id"), (str,), "previous_response_id")
-    if previous is not None and not 0 < len(previous) <= _MAX_ID_CHARS:
+    if previous is not None and not 0 < len(previous) <= MAX_ID_CHARS:
         raise _bad(
-            f"previous_response_id must have 1 to {_MAX_ID_CHARS} characters",
+            f"previous_response_id must have 1 to {MAX_ID_CHARS} characters",
             "invalid_value",
             "previous_response_id",
         )
@@ -314,13 +249,7 @@ def _parse_item(item: Any, where: str) -> dict[str, Any]:
         raise _bad(
             f"{where}.role must be one of {list(INPUT_ROLES)}", "invalid_value", f"{where}.role"
         )
-    for key in item:
-        if key not in _ITEM_FIELDS:
-            raise _bad(
-                f"unknown parameter {_name(key)!r} in {where}",
-                "unknown_parameter",
-                f"{where}.{_name(key)}",
-            )
+    _refuse_unknown(item, ITEM_FIELDS, where)
     content = item.get("content")
     if content is None:
         raise _bad(f"{where}.content is required", "missing_required_parameter", f"{where}.content")
@@ -348,19 +277,13 @@ def _join_parts(parts: list[Any], where: str) -> str:
             raise _bad(f"{at}.type is required", "missing_required_parameter", f"{at}.type")
         if not isinstance(kind, str):
             raise _bad(f"{at}.type must be a string", "invalid_type", f"{at}.type")
-        if kind not in _TEXT_PARTS:
+        if kind not in TEXT_PARTS:
             raise _bad(
                 f"{at} is a {kind[:64]!r} part: agentd takes only input_text and output_text",
                 "unsupported_input",
                 f"{at}.type",
             )
-        for key in part:
-            if key not in _PART_FIELDS:
-                raise _bad(
-                    f"unknown parameter {_name(key)!r} in {at}",
-                    "unknown_parameter",
-                    f"{at}.{_name(key)}",
-                )
+        _refuse_unknown(part, PART_FIELDS, at)
         text = part.get("text")
         if not isinstance(text, str):
             raise _bad(f"{at}.text must be a string", "invalid_type", f"{at}.text")
@@ -371,20 +294,20 @@ def _join_parts(parts: list[Any], where: str) -> str:
 def _parse_metadata(value: Any) -> dict[str, str]:
     if _check(value, (dict,), "metadata") is None:
         return {}
-    if len(value) > _MAX_METADATA:
-        raise _bad(f"metadata holds at most {_MAX_METADATA} pairs", "invalid_value", "metadata")
+    if len(value) > MAX_METADATA:
+        raise _bad(f"metadata holds at most {MAX_METADATA} pairs", "invalid_value", "metadata")
     for key, item in value.items():
-        if len(key) > _MAX_METADATA_KEY:
+        if len(key) > MAX_METADATA_KEY:
             raise _bad(
-                f"metadata keys have at most {_MAX_METADATA_KEY} characters",
+                f"metadata keys have at most {MAX_METADATA_KEY} characters",
                 "invalid_value",
                 "metadata",
             )
         if not isinstance(item, str):
             raise _bad("metadata values must be strings", "invalid_type", f"metadata.{key}")
-        if len(item) > _MAX_METADATA_VALUE:
+        if len(item) > MAX_METADATA_VALUE:
             raise _bad(
-                f"metadata values have at most {_MAX_METADATA_VALUE} characters",
+                f"metadata values have at most {MAX_METADATA_VALUE} characters",
                 "invalid_value",
                 f"metadata.{key}",
             )
@@ -417,10 +340,7 @@ def _check_restricted(body: dict[str, Any]) -> None:
     text = _check(body.get("text"), (dict,), "text")
     if text is None:
         return
-    for key in text:
-        if key not in _TEXT_FIELDS:
-            key = _name(key)
-            raise _bad(f"unknown parameter {key!r} in text", "unknown_parameter", f"text.{key}")
+    _refuse_unknown(text, TEXT_FIELDS, "text")
     _check(text.get("verbosity"), (str,), "text.verbosity")
     fmt = _check(text.get("format"), (dict,), "text.format")
     if fmt is not None and fmt.get("type") != "text":
@@ -429,6 +349,3 @@ def _check_restricted(body: dict[str, Any]) -> None:
             "unsupported_value",
             "text.format.type",
         )
-
-
-# -- ids ------------------------------------------------------------------------------

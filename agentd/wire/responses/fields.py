@@ -1,0 +1,109 @@
+"""What ``parse_create`` does with each field of a Responses create request: the
+top-level fields it uses, restricts, ignores or rejects, the fields an input item and a
+content part may carry, and OpenAI's limits. Data only."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from ...fastpath import CHAT_PARAMS, MAX_MESSAGES
+
+__all__ = (
+    "IGNORED_FIELDS",
+    "ITEM_FIELDS",
+    "MAX_CONTENT_PARTS",
+    "MAX_ID_CHARS",
+    "MAX_METADATA",
+    "MAX_METADATA_KEY",
+    "MAX_METADATA_VALUE",
+    "OWN_FIELDS",
+    "PARAM_FIELDS",
+    "PART_FIELDS",
+    "REJECTED_FIELDS",
+    "RESTRICTED_FIELDS",
+    "TEXT_FIELDS",
+    "TEXT_PARTS",
+    "Kinds",
+)
+
+# -- what parse_create does with each top-level field -----------------------------------
+#
+# A field in no table is a 400 ``unknown_parameter``, as the chat API refuses unknown
+# fields: a typo must not pass silently. ``model``, ``input``, ``instructions``,
+# ``previous_response_id``, ``metadata``, ``background``, ``stream`` and ``session_id``
+# (agentd's extension) have their own fields in CreateRequest.
+
+Kinds = tuple[type, ...]
+
+# Generation parameters: Responses name -> (chat-completions name, accepted JSON types).
+# The last five are agentd extensions: chat-completions parameters the chat API forwards.
+PARAM_FIELDS: MappingProxyType[str, tuple[str, Kinds]] = MappingProxyType(
+    {
+        "temperature": ("temperature", (int, float)),
+        "top_p": ("top_p", (int, float)),
+        "max_output_tokens": ("max_tokens", (int,)),
+        "user": ("user", (str,)),
+        **{
+            name: (name, CHAT_PARAMS[name])
+            for name in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias")
+        },
+    }
+)
+# Accepted only with the values that ask for nothing agentd lacks; any other value is
+# ``unsupported_value``, because ignoring it would change what the reply means.
+RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        "tools": "null or []: agentd runs no tools",
+        "tool_choice": 'null, "auto" or "none": there are no tools to require',
+        "text": 'format null or {"type": "text"}: no structured output; verbosity ignored',
+    }
+)
+# Accepted (type-checked) and ignored: hints whose absence cannot change what the reply
+# says, only how it is produced or what extras come with it.
+IGNORED_FIELDS: MappingProxyType[str, Kinds] = MappingProxyType(
+    {
+        "include": (list,),
+        "truncation": (str,),
+        "reasoning": (dict,),
+        "parallel_tool_calls": (bool,),
+        "max_tool_calls": (int,),
+        "top_logprobs": (int,),
+        "service_tier": (str,),
+        "safety_identifier": (str,),
+        "prompt_cache_key": (str,),
+        "prompt_cache_retention": (str,),
+        "prompt_cache_options": (dict,),
+        "stream_options": (dict,),
+        "background_options": (dict,),
+        "image": (dict,),
+    }
+)
+# Rejected whatever their value (``unsupported_parameter``): not implemented, and each
+# would change what the model sees or what may be returned.
+REJECTED_FIELDS = frozenset(
+    {"conversation", "prompt", "moderation", "context_management", "access_programs"}
+)
+OWN_FIELDS = frozenset(
+    {
+        "model",
+        "input",
+        "instructions",
+        "previous_response_id",
+        "metadata",
+        "background",
+        "stream",
+        "store",
+        "session_id",
+    }
+)
+
+TEXT_PARTS = frozenset({"input_text", "output_text"})
+# Fields an input message may carry: those the SDK writes when a client sends back a
+# previous response's output items (id, status, phase) are accepted and ignored.
+ITEM_FIELDS = frozenset({"type", "role", "content", "id", "status", "phase"})
+PART_FIELDS = frozenset({"type", "text", "annotations", "logprobs", "prompt_cache_breakpoint"})
+TEXT_FIELDS = frozenset({"format", "verbosity"})
+MAX_CONTENT_PARTS = MAX_MESSAGES
+MAX_ID_CHARS = 256
+# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
+MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
