@@ -192,3 +192,12 @@ def test_bench_reaches_the_store_through_its_public_modules_and_key_formats() ->
         if target.startswith(STORE) and target not in allowed
     ]
     assert wrong == []
+
+
+def test_proc_uses_server_only_through_create_app() -> None:
+    names = set()
+    for path in sorted((ROOT / "proc").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("server"):
+                names.update(alias.name for alias in node.names)
+    assert names == {"create_app"}

@@ -2,7 +2,7 @@
 and the running of one response's turn, which both the request path (``background:
 false``) and the job runner (``background: true``) use.
 
-Every response is stored as a record (:mod:`agentd.store.jobs`) and its turn in a
+Every response is stored as a record (the store's ``Records``) and its turn in a
 session, so ``previous_response_id`` can continue it from any instance and WebSocket
 clients on the session see it. The record is the source of truth for the response's
 status; the session append is made first, so a client that sees ``completed`` can

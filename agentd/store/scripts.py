@@ -427,7 +427,7 @@ local first = 5 + 2 * n
 )
 
 # KEYS: record, events, channel. ARGV: max attempts, now, consumer.
-# Returns {verdict, attempt, seq, the record (flat)} (see store.jobs.Start), or
+# Returns {verdict, attempt, seq, the record (flat)} (see store.api.Start), or
 # {'done', status}.
 RECORD_START = Script(
     "record_start",
