@@ -244,9 +244,16 @@ class RedisClusterProcs:
 
 def metric(proc: AgentdProcess, sample: str) -> float | None:
     """One sample's value from the instance's /metrics (None when absent)."""
+    return metrics(proc, sample)[0]
+
+
+def metrics(proc: AgentdProcess, *samples: str) -> list[float | None]:
+    """Samples' values from one scrape of the instance's /metrics (None when absent):
+    one moment's figures, consistent with each other."""
+    found: dict[str, float] = {}
     with urllib.request.urlopen(proc.url + "/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
             name, _, value = line.rpartition(" ")
-            if name == sample:
-                return float(value)
-    return None
+            if name in samples:
+                found[name] = float(value)
+    return [found.get(sample) for sample in samples]

@@ -14,13 +14,14 @@ import pytest
 from aiohttp import web
 
 from .openai_stub import Fail, Slow, StartStub, StubNode
-from .procs import AgentdProcess, metric
+from .procs import AgentdProcess, metric, metrics
 from .waiting import wait_until
 
 Start = Callable[..., AgentdProcess]
 
 # The echo backend's interactive calls in flight (a turn calling the model).
 AT_THE_MODEL = 'agentd_upstream_inflight{backend="echo",kind="interactive",node="echo"}'
+JOBS_AT_THE_MODEL = 'agentd_upstream_inflight{backend="echo",kind="background",node="echo"}'
 
 SLOW_ECHO = """
 [[backends]]
@@ -462,19 +463,25 @@ async def test_jobs_start_slower_while_people_chat(agentd_instance: Start) -> No
         await sdk.responses.create(model="echo", input="j " * 30, background=True) for _ in range(6)
     ]
 
-    async def states() -> list[str]:
-        return [(await sdk.responses.retrieve(j.id)).status for j in jobs]
+    async def at_the_model() -> tuple[float, float]:
+        """Model calls in flight, the person's and the jobs', at one moment."""
+        people, background = await asyncio.to_thread(metrics, proc, AT_THE_MODEL, JOBS_AT_THE_MODEL)
+        return people or 0.0, background or 0.0
 
-    during, after = 0, 0
+    async def completed() -> bool:
+        replies = [await sdk.responses.retrieve(j.id) for j in jobs]
+        return all(r.status == "completed" for r in replies)
+
+    during, after = 0.0, 0.0
     until = loop.time() + 60
     while not chat.done():
-        sample = (await states()).count("in_progress")
-        if not chat.done():  # the whole sample was taken while the person's turn ran
-            during = max(during, sample)
+        people, running = await at_the_model()
+        if people:  # the sample was taken while the person's turn ran
+            during = max(during, running)
         assert loop.time() < until
     await chat
-    while (now := await states()).count("completed") < len(jobs):
-        after = max(after, now.count("in_progress"))
+    while not await completed():
+        after = max(after, (await at_the_model())[1])
         assert loop.time() < until
     assert during == 1  # one job at a time beside the person's turn
     assert after > 1  # then the partition's whole concurrency
