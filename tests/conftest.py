@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 
 from agentd.backends import Backends, Pool
 from agentd.config import BackendConfig, Config, from_dict
 from agentd.metrics import BackendMetrics
+from agentd.server.app import create_app
 from agentd.store import Store, open_store
 
 from .openai_stub import MakePool, StartStub, StubNode
@@ -176,3 +178,19 @@ async def make_pool() -> AsyncIterator[MakePool]:
     yield make
     for backends in opened:
         await backends.close()
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    """Start an app (memory store) with config overrides; returns its base URL."""
+    servers: list[TestServer] = []
+
+    async def start(**raw: Any) -> str:
+        server = TestServer(create_app(from_dict(raw)), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/")
+
+    yield start
+    for server in servers:
+        await server.close()
