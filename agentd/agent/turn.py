@@ -36,7 +36,6 @@ __all__ = ("Agents",)
 
 # Fields of a stored message that are ours, not the model's.
 _STORE_FIELDS = ("seq", "created_at", "status", "turn")
-_QUIET = Listener()
 
 
 @dataclass(slots=True)
@@ -108,7 +107,6 @@ class Agents:
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         interrupt = interrupt or Interrupt()
-        listener = listener or _QUIET
         interactive = req.request_class == INTERACTIVE
         if interactive:
             self.admission.check(agent.name)
@@ -158,7 +156,7 @@ class Agents:
         timings: Timings,
         deadline: float,
         interrupt: Interrupt,
-        listener: Listener,
+        listener: Listener | None,
     ) -> TurnResult:
         """Get the reply (cached, or from the model through the cache), pass it on as it
         comes, store the turn if it has a session, and sum it up."""
@@ -176,7 +174,8 @@ class Agents:
             source, level = call_model(), "bypass"
         else:
             source, level = await self.cache.get(plan.key, agent.cache, call_model, deadline)
-        listener.source(level)
+        if listener is not None:
+            listener.source(level)
         reply = _Reply()
         loop = asyncio.get_running_loop()
         started = first = loop.time()
@@ -188,7 +187,8 @@ class Agents:
                     if not reply.parts:
                         first = loop.time()
                     reply.parts.append(text)
-                    await listener.delta(text)
+                    if listener is not None:
+                        await listener.delta(text)
                 if interrupt.asked:
                     reply.cancel()
                     break
@@ -205,7 +205,8 @@ class Agents:
                         if not reply.parts:
                             first = loop.time()
                         reply.parts.append(text)
-                        await listener.delta(text)
+                        if listener is not None:
+                            await listener.delta(text)
                     if not isinstance(item, str):
                         reply.end(item.finish_reason, item.usage, item.node)
                     if interrupt.asked:
