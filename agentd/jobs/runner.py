@@ -29,6 +29,7 @@ from ..metrics import JobMetrics
 from ..store import Delivery, Jobs
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
+from .partitions import Partition
 from .service import Responses, result_fields, view_of
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
 
@@ -47,10 +48,6 @@ CANCEL_GRACE_S = 0.5
 # Jobs taken per read, and how long a read waits for one.
 TAKE_MAX = 16
 TAKE_BLOCK_S = 1.0
-# A worker counts as serving people while an interactive turn runs or began this
-# recently; a partition at its busy limit looks again this often.
-BUSY_WINDOW_S = 0.25
-BUSY_POLL_S = 0.05
 # A failed attempt waits this long (doubling per attempt, capped) before its retry.
 RETRY_BACKOFF_S = 0.5
 RETRY_BACKOFF_MAX_S = 30.0
@@ -80,18 +77,6 @@ def _permanent(exc: AgentdError) -> bool:
     return exc.status < 500 and exc.status not in (408, 409, 429)
 
 
-class _Partition:
-    def __init__(self, name: str, concurrency: int, shards: int, busy_share: float) -> None:
-        self.name = name
-        self.shards = shards
-        self.concurrency = concurrency
-        self.free = concurrency  # places for jobs taken from the queue
-        self.active = 0  # taken jobs whose attempt has begun
-        # Jobs it may run while the worker also serves interactive turns.
-        self.busy_limit = max(1, int(concurrency * busy_share))
-        self.freed = asyncio.Event()
-
-
 class JobRunner:
     """Consumes the job queues of the partitions this instance serves."""
 
@@ -105,13 +90,12 @@ class JobRunner:
     ) -> None:
         self.config = config
         self.responses = responses
-        self._people = people
         self.jobs = jobs
         self.metrics = metrics
         self.consumer = consumer_name()
         served = set(config.server.partitions)
         self.partitions = [
-            _Partition(p.name, p.concurrency, p.queue_shards, config.jobs.busy_share)
+            Partition(p.name, p.concurrency, p.queue_shards, config.jobs.busy_share, people)
             for p in config.all_partitions()
             if not served or p.name in served
         ]
@@ -169,32 +153,10 @@ class JobRunner:
 
     # -- taking jobs ------------------------------------------------------------------
 
-    def _busy(self) -> bool:
-        """Whether this worker serves people now: an interactive turn runs or just began."""
-        return self._people.serving_people(BUSY_WINDOW_S)
-
-    def _room(self, part: _Partition) -> int:
-        """Jobs the partition may take now: its free places, and while this worker
-        serves people, no more than its busy limit held (the event loop shares the CPU
-        between ready tasks: fewer jobs leave more of it to people)."""
-        if not self._busy():
-            return part.free
-        return min(part.free, part.busy_limit - (part.concurrency - part.free))
-
-    async def _admitted(self, part: _Partition) -> None:
-        """Wait until the job may begin: the readers of several streams may together take
-        more than the busy limit, and the extra ones wait here (still held)."""
-        while self._busy() and part.active >= part.busy_limit:  # noqa: ASYNC110 - a poll:
-            await asyncio.sleep(BUSY_POLL_S)  # "busy" ends by time, with no event to wait on
-
-    async def _read(self, part: _Partition, shard: int) -> None:
+    async def _read(self, part: Partition, shard: int) -> None:
         while True:
             _end_if_cancelled()
-            while (room := self._room(part)) <= 0:
-                part.freed.clear()
-                # A job ending frees a place; interactive turns ending widen the limit.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(part.freed.wait(), BUSY_POLL_S)
+            room = await part.wait_for_room()
             try:
                 taken = await self.jobs.take(
                     part.name, shard, self.consumer, min(room, TAKE_MAX), TAKE_BLOCK_S
@@ -211,12 +173,12 @@ class JobRunner:
             for delivery in taken:
                 self._spawn(part, delivery)
 
-    async def _reclaim(self, part: _Partition) -> None:
+    async def _reclaim(self, part: Partition) -> None:
         while True:
             _end_if_cancelled()
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
-                room = self._room(part)
+                room = part.room()
                 if room <= 0:
                     break
                 try:
@@ -233,21 +195,20 @@ class JobRunner:
                     log.info("took over job %s (its worker stopped renewing it)", delivery.job_id)
                     self._spawn(part, delivery)
 
-    def _spawn(self, part: _Partition, delivery: Delivery) -> None:
-        part.free -= 1
+    def _spawn(self, part: Partition, delivery: Delivery) -> None:
+        part.occupy()
         task = asyncio.create_task(self._hold(part, delivery))
         self._running[task] = delivery
 
         def done(t: asyncio.Task[None]) -> None:
             self._running.pop(t, None)
-            part.free += 1
-            part.freed.set()
+            part.release()
 
         task.add_done_callback(done)
 
     # -- holding and running one job --------------------------------------------------
 
-    async def _hold(self, part: _Partition, delivery: Delivery) -> None:
+    async def _hold(self, part: Partition, delivery: Delivery) -> None:
         """Run the job while renewing its delivery; a lost delivery stops the run."""
         work = asyncio.create_task(self._admit_and_attempt(part, delivery))
         try:
@@ -275,13 +236,9 @@ class JobRunner:
         except AgentdError:
             return True  # the store is away: keep going, the write fences will tell
 
-    async def _admit_and_attempt(self, part: _Partition, delivery: Delivery) -> None:
-        await self._admitted(part)
-        part.active += 1
-        try:
+    async def _admit_and_attempt(self, part: Partition, delivery: Delivery) -> None:
+        async with part.admitted():
             await self._attempt(delivery)
-        finally:
-            part.active -= 1
 
     async def _attempt(self, delivery: Delivery) -> None:
         rid = delivery.job_id
