@@ -1,61 +1,37 @@
 """The job consumer every worker process runs: it reads the queues of the partitions its
-instance serves, runs each job's turn, stores the result, then acknowledges the job.
+instance serves and holds each job it takes while an attempt runs it (attempt.py).
 
 A job is held by renewing its delivery every third of ``[jobs] lease_s``; a worker that
 dies stops renewing and another consumer reclaims the job after the lease. Each
 delivery begins a new attempt on the record, and every write of the attempt is fenced
-by it. A failing attempt is retried (after a backoff) until ``[jobs] max_attempts``,
-then the job is failed and moved to the dead-letter stream.
+by it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import random
 import socket
-import time
-from typing import Any
 
-import orjson
-
-from ..agent import Interrupt, PeopleSignal
+from ..agent import PeopleSignal
 from ..config import Config
-from ..errors import AgentdError, Internal
+from ..errors import AgentdError
 from ..metrics import JobMetrics
 from ..store import Delivery, Jobs
-from ..wire.errors import error_dict
-from ..wire.responses import ResponseEvents, ResponseView
-from .service import Responses, result_fields, view_of
-from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
+from .attempt import Attempts
+from .partitions import Partition
+from .service import Responses
 
 __all__ = ("JobRunner", "consumer_name")
 
 log = logging.getLogger(__name__)
 
-# Streamed deltas are written to the store in batches: at most this often, or when
-# this many events wait.
-FLUSH_INTERVAL_S = 0.05
-FLUSH_EVENTS = 64
-# A running job looks for a cancel request this often; after one, the model may stay
-# silent this long before the job is stopped where it is.
-CANCEL_POLL_S = 0.5
-CANCEL_GRACE_S = 0.5
 # Jobs taken per read, and how long a read waits for one.
 TAKE_MAX = 16
 TAKE_BLOCK_S = 1.0
-# A worker counts as serving people while an interactive turn runs or began this
-# recently; a partition at its busy limit looks again this often.
-BUSY_WINDOW_S = 0.25
-BUSY_POLL_S = 0.05
-# A failed attempt waits this long (doubling per attempt, capped) before its retry.
-RETRY_BACKOFF_S = 0.5
-RETRY_BACKOFF_MAX_S = 30.0
-
-
 # How long closing waits for the queue readers to stop.
 READER_STOP_S = 2.0
 
@@ -74,24 +50,6 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{random.getrandbits(32):08x}"
 
 
-def _permanent(exc: AgentdError) -> bool:
-    """Errors no retry can fix: the request itself is wrong (a 4xx, but a timeout, a
-    busy session (409 with ``concurrent_turns = "reject"``) or a rate limit)."""
-    return exc.status < 500 and exc.status not in (408, 409, 429)
-
-
-class _Partition:
-    def __init__(self, name: str, concurrency: int, shards: int, busy_share: float) -> None:
-        self.name = name
-        self.shards = shards
-        self.concurrency = concurrency
-        self.free = concurrency  # places for jobs taken from the queue
-        self.active = 0  # taken jobs whose attempt has begun
-        # Jobs it may run while the worker also serves interactive turns.
-        self.busy_limit = max(1, int(concurrency * busy_share))
-        self.freed = asyncio.Event()
-
-
 class JobRunner:
     """Consumes the job queues of the partitions this instance serves."""
 
@@ -104,25 +62,19 @@ class JobRunner:
         metrics: JobMetrics | None = None,
     ) -> None:
         self.config = config
-        self.responses = responses
-        self._people = people
         self.jobs = jobs
         self.metrics = metrics
         self.consumer = consumer_name()
         served = set(config.server.partitions)
         self.partitions = [
-            _Partition(p.name, p.concurrency, p.queue_shards, config.jobs.busy_share)
+            Partition(p.name, p.concurrency, p.queue_shards, config.jobs.busy_share, people)
             for p in config.all_partitions()
             if not served or p.name in served
         ]
         self._lease = config.jobs.lease_s
         self._tasks: list[asyncio.Task[None]] = []
         self._running: dict[asyncio.Task[None], Delivery] = {}
-        secret_text = os.environ.get(config.jobs.webhook_secret_env, "")
-        self._hooks: WebhookSender | None = None
-        if secret_text:
-            self._hooks = WebhookSender(decode_secret(secret_text))
-        self._hook_urls = {a.name: a.webhook_url or config.jobs.webhook_url for a in config.agents}
+        self._attempts = Attempts(config, responses, jobs, self.consumer, metrics)
 
     @property
     def running(self) -> int:
@@ -164,37 +116,14 @@ class JobRunner:
         for delivery in left.values():
             with contextlib.suppress(Exception):
                 await self.jobs.retry(delivery)
-        if self._hooks is not None:
-            await self._hooks.close()
+        await self._attempts.close()
 
     # -- taking jobs ------------------------------------------------------------------
 
-    def _busy(self) -> bool:
-        """Whether this worker serves people now: an interactive turn runs or just began."""
-        return self._people.serving_people(BUSY_WINDOW_S)
-
-    def _room(self, part: _Partition) -> int:
-        """Jobs the partition may take now: its free places, and while this worker
-        serves people, no more than its busy limit held (the event loop shares the CPU
-        between ready tasks: fewer jobs leave more of it to people)."""
-        if not self._busy():
-            return part.free
-        return min(part.free, part.busy_limit - (part.concurrency - part.free))
-
-    async def _admitted(self, part: _Partition) -> None:
-        """Wait until the job may begin: the readers of several streams may together take
-        more than the busy limit, and the extra ones wait here (still held)."""
-        while self._busy() and part.active >= part.busy_limit:  # noqa: ASYNC110 - a poll:
-            await asyncio.sleep(BUSY_POLL_S)  # "busy" ends by time, with no event to wait on
-
-    async def _read(self, part: _Partition, shard: int) -> None:
+    async def _read(self, part: Partition, shard: int) -> None:
         while True:
             _end_if_cancelled()
-            while (room := self._room(part)) <= 0:
-                part.freed.clear()
-                # A job ending frees a place; interactive turns ending widen the limit.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(part.freed.wait(), BUSY_POLL_S)
+            room = await part.wait_for_room()
             try:
                 taken = await self.jobs.take(
                     part.name, shard, self.consumer, min(room, TAKE_MAX), TAKE_BLOCK_S
@@ -211,12 +140,12 @@ class JobRunner:
             for delivery in taken:
                 self._spawn(part, delivery)
 
-    async def _reclaim(self, part: _Partition) -> None:
+    async def _reclaim(self, part: Partition) -> None:
         while True:
             _end_if_cancelled()
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
-                room = self._room(part)
+                room = part.room()
                 if room <= 0:
                     break
                 try:
@@ -233,21 +162,20 @@ class JobRunner:
                     log.info("took over job %s (its worker stopped renewing it)", delivery.job_id)
                     self._spawn(part, delivery)
 
-    def _spawn(self, part: _Partition, delivery: Delivery) -> None:
-        part.free -= 1
+    def _spawn(self, part: Partition, delivery: Delivery) -> None:
+        part.occupy()
         task = asyncio.create_task(self._hold(part, delivery))
         self._running[task] = delivery
 
         def done(t: asyncio.Task[None]) -> None:
             self._running.pop(t, None)
-            part.free += 1
-            part.freed.set()
+            part.release()
 
         task.add_done_callback(done)
 
-    # -- holding and running one job --------------------------------------------------
+    # -- holding one job --------------------------------------------------------------
 
-    async def _hold(self, part: _Partition, delivery: Delivery) -> None:
+    async def _hold(self, part: Partition, delivery: Delivery) -> None:
         """Run the job while renewing its delivery; a lost delivery stops the run."""
         work = asyncio.create_task(self._admit_and_attempt(part, delivery))
         try:
@@ -275,236 +203,6 @@ class JobRunner:
         except AgentdError:
             return True  # the store is away: keep going, the write fences will tell
 
-    async def _admit_and_attempt(self, part: _Partition, delivery: Delivery) -> None:
-        await self._admitted(part)
-        part.active += 1
-        try:
-            await self._attempt(delivery)
-        finally:
-            part.active -= 1
-
-    async def _attempt(self, delivery: Delivery) -> None:
-        rid = delivery.job_id
-        start = await self.jobs.start(rid, self.config.jobs.max_attempts, self.consumer)
-        if start.verdict == "gone":
-            await self.jobs.ack(delivery)
-            return
-        if start.verdict == "done":
-            await self._report(rid)
-            await self.jobs.ack(delivery)
-            return
-        record = start.record
-        view = view_of(rid, record)
-        if start.verdict in ("cancel", "exhausted"):
-            if start.verdict == "cancel":
-                final = dataclasses.replace(view, status="cancelled")
-            else:
-                error = orjson.loads(record.get("lasterr", b"null")) or {
-                    "code": "job_failed",
-                    "message": "the job's worker stopped",
-                }
-                final = dataclasses.replace(view, status="failed", error=error)
-            closing = ResponseEvents(final, start.seq).closing(final)
-            dead = start.verdict == "exhausted"
-            await self._conclude(delivery, start.attempt, final, closing, dead=dead)
-            return
-        if self.metrics is not None:
-            delay = max(0.0, time.time() - delivery.enqueued_at)
-            self.metrics.start_delay.labels(delivery.partition).observe(delay)
-        await self._run(delivery, view, start.attempt, start.seq)
-
-    async def _run(self, delivery: Delivery, view: ResponseView, attempt: int, seq: int) -> None:
-        rid = view.id
-        running = dataclasses.replace(view, status="in_progress")
-        events = ResponseEvents(running, seq)
-        writer = _EventWriter(self.jobs, rid, attempt)
-        try:
-            # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
-            writer.add(events.started())
-            previous = await self.responses.stored_turn(running) if attempt > 1 else None
-            if previous is not None:
-                # An earlier attempt stored the turn, then stopped before the record.
-                final = dataclasses.replace(
-                    running,
-                    status="cancelled" if previous.get("status") == "cancelled" else "completed",
-                    output_text=previous.get("content") or "",
-                    completed_at=time.time(),
-                )
-                if final.output_text:
-                    writer.add([events.delta(final.output_text)])
-                reply_seq: int | None = previous["seq"]
-            else:
-                final, reply_seq = await self._run_turn(running, events, writer)
-        except _FencedOut:
-            log.info("job %s attempt %d was fenced out by a newer one", rid, attempt)
-            return
-        except AgentdError as exc:
-            with contextlib.suppress(_FencedOut, AgentdError):
-                await writer.flush()
-            await self._failed(delivery, running, attempt, events, exc)
-            return
-        # The events not yet written go with the result, in one step.
-        closing = events.closing(final)
-        await self._conclude(delivery, attempt, final, closing, reply_seq, writer.take())
-
-    async def _run_turn(
-        self, view: ResponseView, events: ResponseEvents, writer: _EventWriter
-    ) -> tuple[ResponseView, int | None]:
-        interrupt = Interrupt()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.jobs.timeout_s
-        parts: list[str] = []
-
-        async def on_delta(text: str) -> None:
-            parts.append(text)
-            writer.add([events.delta(text)])
-            if writer.due():
-                await writer.flush()
-
-        work = asyncio.create_task(
-            self.responses.run_turn(view, deadline=deadline, interrupt=interrupt, on_delta=on_delta)
-        )
-        try:
-            checked = loop.time()
-            while True:
-                wait = FLUSH_INTERVAL_S if writer.pending else CANCEL_POLL_S
-                finished, _ = await asyncio.wait({work}, timeout=wait)
-                if finished:
-                    return work.result()
-                await writer.flush()  # what a slow model has said so far
-                if loop.time() - checked >= CANCEL_POLL_S:
-                    checked = loop.time()
-                    if await self.jobs.cancel_asked(view.id):
-                        break
-            interrupt.asked = True  # ends at the next chunk, stored as cancelled
-            finished, _ = await asyncio.wait({work}, timeout=CANCEL_GRACE_S)
-            if finished:
-                return work.result()
-            work.cancel()  # the model is silent: stop here, keep what came
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
-            text = "".join(parts)
-            return (
-                dataclasses.replace(
-                    view, status="cancelled", output_text=text, completed_at=time.time()
-                ),
-                None,
-            )
-        finally:
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await work
-
-    async def _failed(
-        self,
-        delivery: Delivery,
-        view: ResponseView,
-        attempt: int,
-        events: ResponseEvents,
-        exc: AgentdError,
-    ) -> None:
-        error = error_dict(exc)
-        rid = view.id
-        if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
-            final = dataclasses.replace(view, status="failed", error=error)
-            closing = events.closing(final)
-            await self._conclude(delivery, attempt, final, closing, dead=not _permanent(exc))
-            return
-        log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)
-        if self.metrics is not None:
-            self.metrics.retries.labels(delivery.partition).inc()
-        if not await self.jobs.update(rid, attempt, {"lasterr": orjson.dumps(error)}):
-            return  # fenced out: a newer attempt owns the job
-        delay = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
-        await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        await self.jobs.retry(delivery)
-
-    async def _conclude(
-        self,
-        delivery: Delivery,
-        attempt: int,
-        final: ResponseView,
-        closing: list[dict[str, Any]],
-        reply_seq: int | None = None,
-        before: list[tuple[int, bytes]] | None = None,
-        *,
-        dead: bool = False,
-    ) -> None:
-        """Store the result with the closing events (after ``before``, the events not
-        yet written), send the webhook, then acknowledge the job, or move it to the dead
-        letters. An attempt fenced out by a newer one stops at the first step: the
-        delivery is the newer attempt's now, and only it may acknowledge it."""
-        rid = final.id
-        payloads = [*(before or ()), *((e["sequence_number"], orjson.dumps(e)) for e in closing)]
-        if not await self.jobs.finish(rid, attempt, result_fields(final, reply_seq), payloads):
-            log.info("job %s attempt %d was fenced out; its result is dropped", rid, attempt)
-            return
-        if self.metrics is not None:
-            partition = self.config.partition_of(final.request.agent)
-            self.metrics.finished.labels(partition, final.status).inc()
-        await self._report(rid)
-        if dead:
-            await self.jobs.bury(delivery, _dumps_error(final.error))
-        else:
-            await self.jobs.ack(delivery)
-
-    # -- webhooks ---------------------------------------------------------------------
-
-    async def _report(self, rid: str) -> None:
-        """Send the ended response's webhook unless it was sent; the job is acknowledged
-        after this, so a worker that dies before it leaves the job to be reclaimed and
-        the webhook sent again (at least once; the webhook-id stays the same)."""
-        if self._hooks is None:
-            return
-        record = await self.jobs.read(rid)
-        if record is None or record.get("hook") == b"sent":
-            return
-        view = view_of(rid, record)
-        url = self._hook_urls.get(view.request.agent) or self.config.jobs.webhook_url
-        if not url:
-            return
-        kind = f"response.{view.status}"
-        event_id = event_id_for(rid, kind)
-        event = webhook_event(kind, rid, int(view.completed_at or time.time()), event_id=event_id)
-        if await self._hooks.deliver(url, event, event_id=event_id):
-            await self.jobs.update(rid, int(record.get("att", b"0")), {"hook": b"sent"})
-
-
-def _dumps_error(error: dict[str, Any] | None) -> bytes:
-    return orjson.dumps(error or Internal("failed").to_dict()["error"])
-
-
-class _FencedOut(Exception):
-    """A newer attempt owns the job: this one stops without writing anything more."""
-
-
-class _EventWriter:
-    """Batches an attempt's events into few store writes (fenced by the attempt)."""
-
-    def __init__(self, jobs: Jobs, rid: str, attempt: int) -> None:
-        self.jobs, self.rid, self.attempt = jobs, rid, attempt
-        self.pending: list[tuple[int, bytes]] = []
-        self.last = time.monotonic()
-        # One write at a time, in order: the store refuses an event id below the last.
-        self._lock = asyncio.Lock()
-
-    def add(self, events: list[dict[str, Any]]) -> None:
-        self.pending += [(e["sequence_number"], orjson.dumps(e)) for e in events]
-
-    def due(self) -> bool:
-        return len(self.pending) >= FLUSH_EVENTS or time.monotonic() - self.last >= FLUSH_INTERVAL_S
-
-    def take(self) -> list[tuple[int, bytes]]:
-        """The events not written yet (the caller writes them)."""
-        batch, self.pending = self.pending, []
-        return batch
-
-    async def flush(self) -> None:
-        async with self._lock:
-            self.last = time.monotonic()
-            if not self.pending:
-                return
-            batch, self.pending = self.pending, []
-            if not await self.jobs.emit(self.rid, self.attempt, batch):
-                raise _FencedOut
+    async def _admit_and_attempt(self, part: Partition, delivery: Delivery) -> None:
+        async with part.admitted():
+            await self._attempts.run(delivery)
