@@ -17,8 +17,9 @@ BENCH = ROOT.parent / "bench"
 
 # What each part may import, besides itself. A part is a top-level module or package of
 # agentd; "fastpath" covers fastpath.py and its two implementations.
-BASE = {"errors", "schema", "config", "fastpath", "metrics", "runtime", "log", "version"}
+BASE = {"aio", "errors", "schema", "config", "fastpath", "metrics", "runtime", "log", "version"}
 ALLOWED: dict[str, set[str]] = {
+    "aio": set(),
     "errors": set(),
     "runtime": set(),
     "version": set(),
@@ -28,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "metrics": set(),
     "fastpath": {"errors", "schema"},
     "client_json": {"errors", "fastpath"},
-    "store": {"errors", "schema", "config", "fastpath"},
+    "store": {"aio", "errors", "schema", "config", "fastpath"},
     "backends": {"errors", "config", "metrics"},
     "cache": {"errors", "config", "fastpath", "metrics", "store"},
     "wire": {"errors", "schema", "config", "fastpath", "client_json"},

@@ -3,15 +3,23 @@ frames, limits."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.test_utils import TestServer
+
+from agentd.config import from_dict
+from agentd.server.app import create_app
+from agentd.server.keys import STATE
 
 from .chat_helpers import (
     Factory,
     echo,
 )
+from .procs import RedisServer
+from .waiting import wait_until
 
 # -- WebSocket ---------------------------------------------------------------------------
 
@@ -122,3 +130,27 @@ async def test_websocket_limits_turns_per_connection_and_cancels(serve: Factory)
         await ws.send_json({"type": "message", "id": "c", "content": "z"})
         done, _ = await until(ws, "done")
         assert done["id"] == "c" and done["seq"] == 2  # the cancelled turn stored nothing
+
+
+async def test_connections_closed_right_after_hello_leave_no_handler_behind(
+    redis_standalone: RedisServer,
+) -> None:
+    # A hello with "after" reads the history through Redis; a close landing meanwhile
+    # used to be dropped inside redis-py (Python 3.11's wait_for), leaving the watcher,
+    # and so the handler, waiting for events forever.
+    raw = {"redis": {"urls": [redis_standalone.url]}, "cache": {"disk_path": ""}}
+    app = create_app(from_dict(raw))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(60):
+                ws = await http.ws_connect(server.make_url("/v1/ws"))
+                await ws.send_str('{"type": "hello", "after": 0}')
+                if i % 3:  # close at different points of the hello
+                    await asyncio.sleep(0.001 * (i % 7))
+                await ws.close()
+        open_ = app[STATE].websockets
+        await wait_until(lambda: not open_, what="every WebSocket handler to end")
+    finally:
+        await asyncio.wait_for(server.close(), 30)

@@ -17,6 +17,7 @@ import random
 import socket
 
 from ..agent import PeopleSignal
+from ..aio import end_if_cancelled
 from ..config import Config
 from ..errors import AgentdError
 from ..metrics import JobMetrics
@@ -34,15 +35,6 @@ TAKE_MAX = 16
 TAKE_BLOCK_S = 1.0
 # How long closing waits for the queue readers to stop.
 READER_STOP_S = 2.0
-
-
-def _end_if_cancelled() -> None:
-    """End a reader loop whose cancellation was swallowed: Python 3.11's asyncio.wait_for
-    (inside redis-py's blocking reads) can drop a cancel that lands as the read returns,
-    and the loop would then run on; the task still counts the request."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def consumer_name() -> str:
@@ -122,7 +114,7 @@ class JobRunner:
 
     async def _read(self, part: Partition, shard: int) -> None:
         while True:
-            _end_if_cancelled()
+            end_if_cancelled()
             room = await part.wait_for_room()
             try:
                 taken = await self.jobs.take(
@@ -142,7 +134,7 @@ class JobRunner:
 
     async def _reclaim(self, part: Partition) -> None:
         while True:
-            _end_if_cancelled()
+            end_if_cancelled()
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
                 room = part.room()

@@ -27,6 +27,8 @@ __all__ = ("setup",)
 
 log = logging.getLogger(__name__)
 
+# How long closing a connection waits for its session watcher to stop.
+WATCHER_STOP_S = 2.0
 CLOSE_TRY_AGAIN = 1013  # the client read too slowly: resume with hello {after}
 
 
@@ -204,8 +206,8 @@ class _Connection:
         self.closing = True
         if self.watcher is not None:
             self.watcher.cancel()
-            with contextlib.suppress(BaseException):
-                await self.watcher
+            # Bounded: closing never waits on a watcher that does not end.
+            await asyncio.wait({self.watcher}, timeout=WATCHER_STOP_S)
         if self.turns:
             await asyncio.wait(list(self.turns.values()), timeout=self.turn_timeout)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from ..aio import end_if_cancelled
 from ..schema import validate_session_id
 from .api import Event, Subscription
 from .codec import decode_message, dumps, no_session
@@ -49,6 +50,9 @@ class WatchStore(SessionStore):
                     last = caught_up[-1]["seq"]
                     yield Event(sid, "messages", tuple(caught_up))
             while True:
+                # A cancel dropped while catching up (see end_if_cancelled) must not
+                # leave the watcher waiting for events forever.
+                end_if_cancelled()
                 raw = await sub.get()
                 if raw is None:  # the subscription was re-established: events may be lost
                     if last is not None:
