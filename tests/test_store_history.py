@@ -139,6 +139,8 @@ INVALID_MESSAGES: list[Any] = [
     {"role": "robot", "content": "hi"},
     {"content": "no role"},
     {"role": None, "content": "null role"},
+    {"role": [], "content": "list role"},  # unhashable: once a 500
+    {"role": {"a": 1}, "content": "object role"},
     {"role": "user", "content": "x", "extra": 1},
     {"role": "user", "content": "x", "seq": 5},
     "just a string",

@@ -98,7 +98,12 @@ async def test_websocket_hostile_frames_get_errors_and_the_right_close_codes(
                 (ws.send_json({"type": "message", "id": 1, "content": 3}), "invalid_frame"),
                 (ws.send_json({"type": "hello", "session_id": "missing"}), "session_not_found"),
                 (ws.send_json({"type": "hello", "agent": "nobody"}), "model_not_found"),
-            ]:
+                # Unhashable values where a name or an id belongs.
+                (ws.send_json({"type": "hello", "agent": {}}), "invalid_frame"),
+                (ws.send_json({"type": "cancel", "id": [1]}), "invalid_frame"),
+                (ws.send_json({"type": "message", "id": {"a": 1}, "content": "x"}),
+                 "invalid_frame"),
+            ]:  # fmt: skip
                 await send
                 frame = await receive(ws)
                 assert (frame["type"], frame["code"]) == ("error", code)

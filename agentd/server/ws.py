@@ -43,6 +43,16 @@ def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
     }
 
 
+def _turn_id(frame: dict[str, Any]) -> str | int:
+    """The ``id`` a message or cancel frame names its turn by: a string or an integer."""
+    frame_id = frame.get("id")
+    if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool):
+        raise BadRequest(
+            f"a {frame.get('type')} frame needs an id (string or integer)", code="invalid_frame"
+        )
+    return frame_id
+
+
 class _DeltaFrames(Listener):
     """A turn's deltas, as frames to the connection that asked for it."""
 
@@ -111,7 +121,7 @@ class _Connection:
         elif kind == "message":
             await self.message(frame)
         elif kind == "cancel":
-            task = self.turns.get(frame.get("id"))  # type: ignore[arg-type]
+            task = self.turns.get(_turn_id(frame))
             if task is not None:
                 task.cancel()
         else:
@@ -122,6 +132,8 @@ class _Connection:
             raise BadRequest("hello was already sent on this connection", code="invalid_frame")
         agent = frame.get("agent")
         if agent is not None:
+            if not isinstance(agent, str):
+                raise BadRequest("agent must be a string", code="invalid_frame")
             self.agents.get(agent)  # 404-style error frame for an unknown agent
             self.agent = agent
         after = frame.get("after")
@@ -159,9 +171,7 @@ class _Connection:
             self.send({"type": "event", "seq": message["seq"], "message": message})
 
     async def message(self, frame: dict[str, Any]) -> None:
-        frame_id = frame.get("id")
-        if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool):
-            raise BadRequest("a message needs an id (string or integer)", code="invalid_frame")
+        frame_id = _turn_id(frame)
         if frame_id in self.turns:
             raise BadRequest(f"a turn with id {frame_id!r} is running", code="duplicate_id")
         if len(self.turns) >= self.max_turns:

@@ -48,7 +48,7 @@ def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
     if not isinstance(message, Mapping):
         raise BadRequest("a message must be an object", code="invalid_message")
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
         raise BadRequest(f"message role must be one of {sorted(ROLES)}", code="invalid_message")
     unknown = set(message) - STORED_MESSAGE_FIELDS
     if unknown:
