@@ -280,6 +280,29 @@ async def test_bad_limit_or_after_is_400(client: TestClient, query: str) -> None
     await error(await client.get(f"/v1/sessions/{sid}/messages?{query}"), 400, "invalid_range")
 
 
+@pytest.mark.parametrize(
+    "query, header",
+    [
+        ("after=%C2%B2", None),  # a superscript two: isdigit() says yes, int() says no
+        ("after=%D9%A1", None),  # an Arabic-Indic one
+        ("after=" + "9" * 5000, None),  # past Python's int-digits limit
+        ("after=9223372036854775808", None),  # 2**63: Redis refuses it as a stream id
+        ("after=9007199254740992", None),
+        ("after=-1", None),
+        ("", "\u00b2"),
+        ("", "9" * 5000),
+        ("", "9223372036854775808"),
+    ],
+)
+async def test_a_bad_after_on_the_event_stream_is_400(
+    client: TestClient, query: str, header: str | None
+) -> None:
+    sid = await session_with(client, 1)
+    headers = {} if header is None else {"Last-Event-ID": header}
+    resp = await client.get(f"/v1/sessions/{sid}/events?{query}", headers=headers)
+    await error(resp, 400, "invalid_range")
+
+
 async def test_limit_1000_and_the_largest_after_are_accepted(client: TestClient) -> None:
     sid = await session_with(client, 2)
     assert await page(client, sid, "?limit=1000") == ([1, 2], False)

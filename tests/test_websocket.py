@@ -100,6 +100,7 @@ async def test_websocket_hostile_frames_get_errors_and_the_right_close_codes(
                 (ws.send_json({"type": "hello", "agent": "nobody"}), "model_not_found"),
                 # Unhashable values where a name or an id belongs.
                 (ws.send_json({"type": "hello", "agent": {}}), "invalid_frame"),
+                (ws.send_json({"type": "hello", "after": 2**63}), "invalid_range"),
                 (ws.send_json({"type": "cancel", "id": [1]}), "invalid_frame"),
                 (ws.send_json({"type": "message", "id": {"a": 1}, "content": "x"}),
                  "invalid_frame"),

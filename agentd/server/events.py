@@ -20,9 +20,10 @@ import orjson
 from aiohttp import web
 
 from ..errors import BadRequest
+from ..schema import MAX_SEQ
 from ..store import Event
 from ..wire import sse
-from .http import json_object, json_response, pump_sse, read_json, start_sse
+from .http import json_object, json_response, parse_int, pump_sse, read_json, start_sse
 from .keys import STATE, STORE
 
 __all__ = ("setup",)
@@ -32,12 +33,13 @@ RESERVED = frozenset({"messages", "deleted"})
 
 
 def _after(request: web.Request) -> int | None:
-    raw = request.query.get("after", request.headers.get("Last-Event-ID"))
+    """The seq to resume after: the ``after`` query parameter, else ``Last-Event-ID``."""
+    name, raw = "after", request.query.get("after")
+    if raw is None:
+        name, raw = "Last-Event-ID", request.headers.get("Last-Event-ID")
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise BadRequest("after / Last-Event-ID must be a sequence number", code="invalid_range")
-    return int(raw)
+    return parse_int(raw, name, MAX_SEQ)
 
 
 def session_frame(event: Event) -> bytes:

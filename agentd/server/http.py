@@ -150,8 +150,12 @@ def query_int(request: web.Request, name: str, maximum: int) -> int | None:
     """A non-negative integer query parameter (ASCII digits only), None if absent; else
     400 ``invalid_range``."""
     text = request.query.get(name)
-    if text is None:
-        return None
+    return None if text is None else parse_int(text, name, maximum)
+
+
+def parse_int(text: str, name: str, maximum: int) -> int:
+    """A non-negative integer written in ASCII digits, at most ``maximum``; else 400
+    ``invalid_range`` (``int()`` alone takes other scripts' digits, and huge numbers)."""
     if not _DIGITS.fullmatch(text) or int(text) > maximum:
         raise BadRequest(
             f"{name} must be an integer from 0 to {maximum}, got {text[:40]!r}",

@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
+from ..schema import MAX_SEQ
 from ..store import Event, Store
 from .http import loads_json
 from .keys import AGENTS, CONFIG, STORE, tracked_websocket
@@ -138,9 +139,10 @@ class _Connection:
             self.agent = agent
         after = frame.get("after")
         if after is not None and (
-            not isinstance(after, int) or isinstance(after, bool) or after < 0
+            not isinstance(after, int) or isinstance(after, bool) or not 0 <= after <= MAX_SEQ
         ):
-            raise BadRequest("after must be a sequence number", code="invalid_range")
+            raise BadRequest(f"after must be a sequence number (0 to {MAX_SEQ})",
+                             code="invalid_range")  # fmt: skip
         sid = frame.get("session_id")
         if sid is None:
             info = await self.store.create_session(agent=self.agent)
