@@ -130,12 +130,18 @@ async def test_websocket_limits_turns_per_connection_and_cancels(serve: Factory)
         assert (await receive(ws))["type"] == "ready"
         await ws.send_json({"type": "message", "id": "b", "content": "y"})
         frame = await receive(ws)
-        assert (frame["type"], frame["code"]) == ("error", "too_many_turns")
+        assert (frame["type"], frame["code"], frame["id"]) == ("error", "too_many_turns", "b")
+        await ws.send_json({"type": "message", "id": "a", "content": "again"})
+        frame = await receive(ws)
+        assert (frame["type"], frame["code"], frame["id"]) == ("error", "duplicate_id", "a")
         await ws.send_json({"type": "cancel", "id": "a"})
         assert (await receive(ws)) == {"type": "cancelled", "id": "a"}
         await ws.send_json({"type": "message", "id": "c", "content": "z"})
         done, _ = await until(ws, "done")
         assert done["id"] == "c" and done["seq"] == 2  # the cancelled turn stored nothing
+        await ws.send_json({"type": "message", "id": "d", "content": 3})
+        frame = await receive(ws)
+        assert (frame["type"], frame["code"], frame["id"]) == ("error", "invalid_frame", "d")
 
 
 async def test_connections_closed_right_after_hello_leave_no_handler_behind(

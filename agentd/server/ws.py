@@ -120,7 +120,11 @@ class _Connection:
         elif kind == "hello":
             await self.hello(frame)
         elif kind == "message":
-            await self.message(frame)
+            try:
+                await self.message(frame)
+            except AgentdError as exc:
+                # Name the refused frame's id, so the client knows which turn it was.
+                self.error(exc, frame.get("id"))
         elif kind == "cancel":
             task = self.turns.get(_turn_id(frame))
             if task is not None:
