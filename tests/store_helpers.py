@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import pytest
@@ -16,7 +15,6 @@ from agentd.errors import AgentdError
 from agentd.store import Event, Store, open_store
 
 E = TypeVar("E", bound=AgentdError)
-T = TypeVar("T")
 
 # Seconds to wait for one event: a bug fails the test instead of hanging it.
 TIMEOUT = 10.0
@@ -97,16 +95,3 @@ async def assert_nothing_pending(store: Store, sid: str, gen: AsyncIterator[Even
     """No further event is queued for the watcher: a marker published now comes next."""
     await store.publish(sid, "marker", {"n": 1})
     assert await next_event(gen) == Event(sid, "marker", data={"n": 1})
-
-
-async def poll_until(check: Callable[[], Awaitable[T]], limit: float = LONG, what: str = "") -> T:
-    """Await ``check()`` until it returns something truthy, and return that; fail after
-    ``limit`` seconds."""
-    deadline = time.monotonic() + limit
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit}s waiting for {what or check}")
-        await asyncio.sleep(0.02)

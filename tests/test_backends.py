@@ -22,6 +22,7 @@ from agentd.errors import BadRequest, NotFound, Overloaded, UpstreamError, Upstr
 from agentd.metrics import BackendMetrics
 
 from .openai_stub import Fail, FailMidStream, Hang, MakePool, Normal, Slow, StartStub, stub_usage
+from .waiting import wait_until
 
 
 def ask(text: str = "hello world", **params: Any) -> ChatRequest:
@@ -51,6 +52,13 @@ def closed_port_url() -> str:
 
 
 # -- the OpenAI wire format -------------------------------------------------------------
+
+
+async def cooled_down(pool: Pool) -> None:
+    """Wait until the node's open breaker lets a probe through (its cool-down is over)."""
+    breaker = pool.nodes[0].breaker
+    loop = asyncio.get_running_loop()
+    await wait_until(lambda: breaker.ready(loop.time()), what="the breaker's cool-down to end")
 
 
 async def test_stream_yields_deltas_then_one_final_chunk_with_upstream_usage(
@@ -491,7 +499,7 @@ async def test_breaker_opens_after_failures_and_recovers_after_cooldown(
     assert pool.status()[0]["breaker"] == "open"
 
     node.mode = Normal()
-    await asyncio.sleep(0.3)  # a pause, not a wait: the 0.2 s cool-down runs out
+    await cooled_down(pool)
     assert (await pool.complete(ask("back"))).text == "stub:back"
     assert pool.status()[0]["breaker"] == "closed"
     await pool.complete(ask())
@@ -504,7 +512,7 @@ async def test_a_failed_probe_opens_the_breaker_again(stub: StartStub, make_pool
     for _ in range(2):
         with pytest.raises(UpstreamError):
             await pool.complete(ask())
-    await asyncio.sleep(0.3)  # a pause, not a wait: the 0.2 s cool-down runs out
+    await cooled_down(pool)
     with pytest.raises(UpstreamError):
         await pool.complete(ask())  # the probe
     with pytest.raises(Overloaded):
@@ -520,7 +528,7 @@ async def test_half_open_lets_exactly_one_probe_through(
     with pytest.raises(UpstreamError):
         await pool.complete(ask())
     node.mode = Slow(first_s=0.3)
-    await asyncio.sleep(0.3)  # a pause, not a wait: the 0.2 s cool-down runs out
+    await cooled_down(pool)
     results = await asyncio.gather(
         *(pool.complete(ask()) for _ in range(3)), return_exceptions=True
     )

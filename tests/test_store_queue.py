@@ -7,7 +7,8 @@ import time
 
 from agentd.store import Delivery, Store
 
-from .store_helpers import LONG, poll_until
+from .store_helpers import LONG
+from .waiting import wait_until
 
 # A lease short enough to wait out in a test, long enough that two consecutive calls
 # never take it on a slow machine.
@@ -63,7 +64,7 @@ async def test_depth_tells_the_age_of_the_oldest_waiting_job(store: Store) -> No
     depth = await jobs.depth("p", 2)
     assert 0 <= depth.oldest_s <= time.time() - before_a + ID_SLACK_S
     # The age grows while the job waits.
-    await poll_until(lambda: _oldest_at_least(store, 0.2), what="an age of 0.2 s")
+    await wait_until(lambda: _oldest_at_least(store, 0.2), limit=LONG, what="an age of 0.2 s")
     before_b = time.time()
     assert await jobs.enqueue("p", 1, "b", 10)
     # Once "a" runs, the oldest waiting job is "b", younger by at least 0.2 s.
@@ -101,8 +102,8 @@ async def test_reclaim_only_after_the_lease(store: Store) -> None:
     await jobs.enqueue("p", 0, "j", 10)
     [d] = await jobs.take("p", 0, "dead-worker", 1, 0.05)
     assert await jobs.reclaim("p", 0, "c2", LONG, 10) == []
-    [again] = await poll_until(
-        lambda: jobs.reclaim("p", 0, "c2", LEASE_S, 10), what="the lease to run out"
+    [again] = await wait_until(
+        lambda: jobs.reclaim("p", 0, "c2", LEASE_S, 10), LONG, "the lease to run out"
     )
     assert (again.job_id, again.entry) == ("j", d.entry)
     # The old holder lost it: its renewal fails and cannot take it back.

@@ -8,7 +8,8 @@ import orjson
 
 from agentd.store import Store
 
-from .store_helpers import poll_until
+from .store_helpers import LONG
+from .waiting import wait_until
 
 
 async def test_record_attempts_are_fenced(store: Store) -> None:
@@ -92,7 +93,7 @@ async def test_events_expire_before_the_record(store: Store) -> None:
     jobs.events_ttl_s = 1  # type: ignore[attr-defined]
     await jobs.create("short", {"status": b"queued"}, 60, [(0, b"[0]")])
     assert await jobs.events("short", -1) == [b"[0]"]
-    await poll_until(lambda: _no_events(store, "short"), what="the events to expire")
+    await wait_until(lambda: _no_events(store, "short"), limit=LONG, what="the events to expire")
     record = await jobs.read("short")
     assert record is not None and record["seq"] == b"1"
 
