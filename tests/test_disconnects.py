@@ -24,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from agentd.config import from_dict
 from agentd.log import MalformedRequests
 from agentd.server.app import create_app
+from agentd.server.http import HEARTBEAT_S
 from agentd.server.keys import METRICS
 
 from .procs import AgentdProcess, http_get, metric
@@ -151,18 +152,17 @@ def test_a_stream_whose_reader_left_counts_499_and_frees_the_session(
     # As before: a foreground response whose stream was cut off is not kept.
     assert proc.get(f"/v1/responses/{rid[1].decode()}")[0] == 404
 
-    # An event stream whose reader left: noticed at the next write (an event here).
+    # An idle event stream whose reader left: noticed within a few seconds (well before
+    # its next comment line), so its watcher does not outlive the client.
     events = f"/v1/sessions/{sid}/events"
     with _connect(proc) as sock:
         sock.sendall(f"GET {events} HTTP/1.1\r\nHost: agentd\r\n\r\n".encode())
         _read_until(sock, b"watching")
-
-    def noticed() -> bool:
-        status, _ = _call(proc, events, {"type": "typing", "data": {}})
-        assert status == 202
-        return _counted(proc, "/v1/sessions/{id}/events", "GET", 499) == 1
-
-    wait_until_sync(noticed, what="the event stream to count a 499")
+    wait_until_sync(
+        lambda: _counted(proc, "/v1/sessions/{id}/events", "GET", 499) == 1,
+        HEARTBEAT_S / 2,
+        "the event stream to notice its reader left",
+    )
     assert _counted(proc, route, "POST", 500) == 0
     assert _counted(proc, "/v1/responses", "POST", 500) == 0
     _assert_no_error_logged(proc)

@@ -16,7 +16,7 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.typedefs import Handler
 
 from ..errors import AgentdError, Internal
-from .http import error_response, from_http_exception
+from .http import client_gone, error_response, from_http_exception
 from .keys import METRICS
 
 __all__ = ("CLIENT_CLOSED", "STOPPED", "observe")
@@ -32,12 +32,6 @@ STOPPED = 503
 # ClientConnectionResetError is a ConnectionResetError; a body cut off mid-way is a
 # ConnectionResetError or, from the parser, a payload error.
 _GONE_ERRORS = (ConnectionError, PayloadEncodingError, ClientPayloadError)
-
-
-def client_gone(request: web.Request) -> bool:
-    """Whether the client's connection is closed (or closing)."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 @web.middleware
