@@ -107,6 +107,14 @@ async def _watchers(store: Store, sid: str) -> int:
     return local + remote
 
 
+async def _pubsub_connections(store: Store) -> int:
+    """Pub/sub connections the Redis server has (0 on the in-memory store)."""
+    if getattr(store, "shards", None) is None:
+        return 0
+    client = store.shards.clients[0]  # type: ignore[attr-defined]
+    return len(await client.client_list(_type="pubsub"))
+
+
 async def _no_watchers(store: Store, sid: str) -> None:
     async def none() -> bool:
         return await _watchers(store, sid) == 0
@@ -190,9 +198,13 @@ async def test_a_watcher_cancelled_anywhere_lets_its_subscription_go(server: Tes
                 assert event.kind == "messages"
                 return  # the catch-up arrived: done
 
+    connections = await _pubsub_connections(store)
+
     async def check() -> None:
         await _no_watchers(store, sid)
         await _no_new_tasks(before)
+        # Watchers share the worker's pub/sub connection: none is opened per watcher.
+        assert await _pubsub_connections(store) <= max(connections, 1)
 
     assert await _cancel_at_every_point(watch, check) > 0
 
@@ -202,6 +214,7 @@ async def test_an_event_stream_cancelled_anywhere_lets_its_watcher_go(server: Te
     sid = (await store.create_session()).id
     await store.append(sid, [{"role": "user", "content": "caught up on"}])
     url = server.make_url(f"/v1/sessions/{sid}/events?after=0")
+    before = _tasks()
 
     async with aiohttp.ClientSession() as http:
 
@@ -214,6 +227,7 @@ async def test_an_event_stream_cancelled_anywhere_lets_its_watcher_go(server: Te
 
         async def check() -> None:
             await _no_watchers(store, sid)
+            await _no_new_tasks(before)
 
         assert await _cancel_at_every_point(stream, check) > 0
 
@@ -225,6 +239,7 @@ async def test_a_websocket_closed_anywhere_leaves_no_handler(server: TestServer)
     await store.append(sid, [{"role": "user", "content": "caught up on"}])
     gauge = app[METRICS].websockets
     open_before = gauge._value.get()
+    before = _tasks()
 
     async with aiohttp.ClientSession() as http:
 
@@ -242,6 +257,7 @@ async def test_a_websocket_closed_anywhere_leaves_no_handler(server: TestServer)
             await wait_until(lambda: not app[STATE].websockets, RELEASE_LIMIT, "handlers")
             assert gauge._value.get() == open_before
             await _no_watchers(store, sid)
+            await _no_new_tasks(before)
             await _lease_free(store, sid)
             assert app[AGENTS].admission.inflight == 0
 

@@ -264,10 +264,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 else:  # close, closing, closed or error (aiohttp sets the close code)
                     break
         finally:
-            await conn.close()
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            try:
+                await conn.close()
+            finally:  # even when the handler is cancelled while closing (a drain)
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
     return ws
 
 
