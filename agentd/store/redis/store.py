@@ -7,21 +7,33 @@ Works the same on one Redis, on client-side shards and on a Redis Cluster (see
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from ...config import Config
+from ...errors import AgentdError
+from ...fastpath import key_slot
 from .. import keys as K
 from .. import scripts as L
 from ..api import Jobs, Subscription
 from ..base import BaseStore
+from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
 from .shards import Shards
 
-__all__ = ("RedisJobs", "RedisStore")
+__all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore")
+
+log = logging.getLogger(__name__)
+
+# A Redis Cluster's session index is split into this many keys (spread over the slots,
+# so over the masters); a listing reads them all, in parallel.
+CLUSTER_INDEX_BUCKETS = 16
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
@@ -56,6 +68,61 @@ class RedisStore(BaseStore):
         )
         self.waits = Shards(dataclasses.replace(config.redis, pool_size=max(1, streams)))
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        self.clustered = self.shards.cluster is not None
+        self.index_keys = self._index_keys()
+
+    def _index_keys(self) -> list[str]:
+        """The session index keys: one per shard, named so each lands on its shard (one
+        Redis, client-side shards), or the cluster's buckets."""
+        if self.clustered:
+            return [K.session_index(f"b{b}") for b in range(CLUSTER_INDEX_BUCKETS)]
+        found: dict[int, str] = {}
+        tag = 0
+        while len(found) < len(self.shards.clients):
+            key = K.session_index(str(tag))
+            found.setdefault(self.shards.shard_of(key), key)
+            tag += 1
+        return [found[i] for i in range(len(found))]
+
+    def _index_of(self, sid: str) -> str:
+        """The index key of the session: on its shard, or its cluster bucket."""
+        meta = K.session_keys(sid)[0]
+        if self.clustered:
+            return self.index_keys[key_slot(meta) % CLUSTER_INDEX_BUCKETS]
+        return self.index_keys[self.shards.shard_of(meta)]
+
+    def _own_index(self, sid: str) -> list[str]:
+        """The index key as the session's scripts' last key, where the script may write
+        it (not in a cluster: another slot)."""
+        return [] if self.clustered else [self._index_of(sid)]
+
+    async def _beside(self, main: Awaitable[Any], index: Awaitable[Any] | None) -> Any:
+        """Run a session script and, in a cluster, its index write at the same time (one
+        round trip of latency, not atomic: a failed index write is logged, the listing
+        meets a session it lacks again at its next write, and drops entries of sessions
+        that are gone)."""
+        if index is None:
+            return await main
+        result, indexed = await asyncio.gather(main, index, return_exceptions=True)
+        if isinstance(indexed, AgentdError):
+            log.warning("session index not updated: %s", indexed.message)
+        elif isinstance(indexed, BaseException):
+            raise indexed
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _index_add(self, sid: str, score: int) -> Awaitable[Any] | None:
+        if not self.clustered:
+            return None
+        key = self._index_of(sid)
+        return self.shards.call(key, lambda c: c.zadd(key, {sid: score}))
+
+    def _index_remove(self, sid: str) -> Awaitable[Any] | None:
+        if not self.clustered:
+            return None
+        key = self._index_of(sid)
+        return self.shards.call(key, lambda c: c.zrem(key, sid))
 
     async def start(self) -> None:
         await self.shards.start()
@@ -74,8 +141,13 @@ class RedisStore(BaseStore):
 
     async def _create(self, sid: str, meta: dict[str, str]) -> bool:
         flat = [x for kv in meta.items() for x in kv]
-        created = await self.shards.eval(L.CREATE, list(K.session_keys(sid)), [self.ttl, *flat])
-        return bool(created)
+        keys = [*K.session_keys(sid), *self._own_index(sid)]
+        score = activity_ms()
+        created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
+        if created:
+            # In a cluster, after the create (which may find the id taken).
+            await self._beside(asyncio.sleep(0), self._index_add(sid, score))
+        return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
         flat = await self.shards.eval(L.GET_META, list(K.session_keys(sid)), [self.ttl])
@@ -83,19 +155,105 @@ class RedisStore(BaseStore):
 
     async def _delete(self, sid: str) -> bool:
         keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
-        return bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command]))
+        keys += self._own_index(sid)
+        main = self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid])
+        return bool(await self._beside(main, self._index_remove(sid)))
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
-        keys = [*K.session_keys(sid), K.session_channel(sid)]
-        args = [self.ttl, self.max_messages, self.shards.publish_command, *payloads]
-        return await self.shards.eval(L.APPEND, keys, args)
+        keys = [*K.session_keys(sid), K.session_channel(sid), *self._own_index(sid)]
+        score = activity_ms()
+        args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
+        main = self.shards.eval(L.APPEND, keys, args)
+        return await self._beside(main, self._index_add(sid, score))
 
     async def _history(
-        self, sid: str, after: int | None, limit: int | None
+        self, sid: str, after: int | None, limit: int | None, before: int | None = None
     ) -> list[tuple[int, bytes]] | None:
-        args = [self.ttl, "" if after is None else after, "" if limit is None else limit]
+        args = [
+            self.ttl,
+            "" if after is None else after,
+            "" if limit is None else limit,
+            "" if before is None else before,
+        ]
         rows = await self.shards.eval(L.HISTORY, list(K.session_keys(sid)), args)
         return None if rows is None else _entries(rows)
+
+    async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
+        meta_key = K.session_keys(sid)[0]
+        flat = await self.shards.eval(L.UPDATE_META, [meta_key], [self.ttl, metadata])
+        return None if flat is None else _pairs(flat)
+
+    async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
+        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        args = [self.ttl, seq, self.shards.publish_command, event]
+        found = await self.shards.eval(L.DELETE_MESSAGE, keys, args)
+        return None if found is None else bool(found)
+
+    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        if self.clustered:
+            return await self._list_clustered(cursor, limit)
+        top, after = ("+inf", "") if cursor is None else (str(cursor[0]), cursor[1])
+        args = [top, after, limit, K.SESSION_META_PREFIX, K.SESSION_META_SUFFIX]
+        # Every shard's newest, in parallel: one round trip of latency for the page.
+        pages = await asyncio.gather(
+            *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self.index_keys)
+        )
+        rows = [
+            (int(float(flat[i + 1])), flat[i].decode(), _pairs(flat[i + 2]))
+            for flat in pages
+            for i in range(0, len(flat), 3)
+        ]
+        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        return rows[:limit]
+
+    async def _list_clustered(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        """The cluster's listing: its index buckets (in parallel), then the metas of the
+        candidates (in parallel): two round trips of latency a page, more when expired
+        entries fill it (they are removed as met)."""
+        rows: list[IndexRow] = []
+        window = limit + 16
+        while len(rows) < limit:
+            top = "+inf" if cursor is None else cursor[0]
+            fetched = await asyncio.gather(
+                *(
+                    self.shards.call(
+                        key,
+                        lambda c, key=key, top=top: c.zrevrangebyscore(
+                            key, top, "-inf", start=0, num=window, withscores=True
+                        ),
+                    )
+                    for key in self.index_keys
+                )
+            )
+            candidates: list[tuple[int, str]] = []
+            frontier: tuple[int, str] | None = None  # below it, a full bucket may hold more
+            for entries in fetched:
+                listed = [(int(score), member.decode()) for member, score in entries]
+                if len(listed) == window:
+                    frontier = max(frontier or listed[-1], listed[-1])
+                candidates += [e for e in listed if cursor is None or e < cursor]
+            candidates = sorted(
+                (e for e in candidates if frontier is None or e >= frontier), reverse=True
+            )
+            if not candidates:
+                return rows
+            need = limit - len(rows)
+            metas = await asyncio.gather(*(self._meta_of(sid) for _, sid in candidates[:need]))
+            for (score, sid), meta in zip(candidates, metas, strict=False):
+                cursor = (score, sid)
+                if meta:
+                    rows.append((score, sid, meta))
+                else:
+                    key = self._index_of(sid)
+                    await self.shards.call(key, lambda c, key=key, sid=sid: c.zrem(key, sid))
+            if frontier is None and len(candidates) <= need:
+                return rows  # every entry after the cursor was seen
+        return rows
+
+    async def _meta_of(self, sid: str) -> dict[str, str]:
+        key = K.session_keys(sid)[0]
+        flat = await self.shards.call(key, lambda c: c.hgetall(key))
+        return {k.decode(): v.decode() for k, v in flat.items()}
 
     async def _load(
         self, sid: str, last: int
@@ -124,8 +282,11 @@ class RedisStore(BaseStore):
 
     async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
         keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
-        args = [self.ttl, self.max_messages, self.shards.publish_command, token, *payloads]
-        return await self.shards.eval(L.END_TURN, keys, args)
+        keys += self._own_index(sid)
+        score = activity_ms()
+        args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
+        main = self.shards.eval(L.END_TURN, keys, [*args, *payloads])
+        return await self._beside(main, self._index_add(sid, score) if payloads else None)
 
     # -- events ---------------------------------------------------------------------
 
