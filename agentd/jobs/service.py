@@ -124,9 +124,16 @@ class Responses:
         not its latest turn), the given one, or a new one."""
         prev = req.previous_response_id
         if prev is None:
-            if req.session_id is not None:
+            if req.session_id is None:
+                return (await self.store.create_session(agent=req.agent)).id
+            try:
                 return (await self.store.get_session(req.session_id)).id
-            return (await self.store.create_session(agent=req.agent)).id
+            except NotFound:
+                if req.conversation is None:
+                    raise
+                raise NotFound(
+                    f"no conversation {req.conversation!r}", code="conversation_not_found"
+                ) from None
         record = await self.jobs.read(prev)
         if record is None:
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
