@@ -98,19 +98,23 @@ class RedisStore(BaseStore):
 
     async def _beside(self, main: Awaitable[Any], index: Awaitable[Any] | None) -> Any:
         """Run a session script and, in a cluster, its index write at the same time (one
-        round trip of latency, not atomic: a failed index write is logged, the listing
-        meets a session it lacks again at its next write, and drops entries of sessions
-        that are gone)."""
+        round trip of latency, not atomic)."""
         if index is None:
             return await main
-        result, indexed = await asyncio.gather(main, index, return_exceptions=True)
-        if isinstance(indexed, AgentdError):
-            log.warning("session index not updated: %s", indexed.message)
-        elif isinstance(indexed, BaseException):
-            raise indexed
-        if isinstance(result, BaseException):
-            raise result
+        result, _ = await asyncio.gather(main, self._quietly(index))
         return result
+
+    @staticmethod
+    async def _quietly(index: Awaitable[Any] | None) -> None:
+        """An index write whose failure is logged, not raised: the session was written,
+        the listing meets it again at its next write and drops entries of sessions that
+        are gone."""
+        if index is None:
+            return
+        try:
+            await index
+        except AgentdError as exc:
+            log.warning("session index not updated: %s", exc.message)
 
     def _index_add(self, sid: str, score: int) -> Awaitable[Any] | None:
         if not self.clustered:
@@ -146,7 +150,7 @@ class RedisStore(BaseStore):
         created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
         if created:
             # In a cluster, after the create (which may find the id taken).
-            await self._beside(asyncio.sleep(0), self._index_add(sid, score))
+            await self._quietly(self._index_add(sid, score))
         return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
