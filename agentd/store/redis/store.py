@@ -211,23 +211,23 @@ class RedisStore(BaseStore):
         return rows[:limit]
 
     async def _list_clustered(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
-        """The cluster's listing: its index buckets (in parallel), then the metas of the
-        candidates (in parallel): two round trips of latency a page, more when expired
-        entries fill it (they are removed as met)."""
+        """The cluster's listing: its index buckets, then the metas of the candidates,
+        each step one pipeline (its commands grouped per node, the nodes in parallel):
+        two round trips of latency a page, more when expired entries fill it (they are
+        removed as met)."""
         rows: list[IndexRow] = []
         window = limit + 16
         while len(rows) < limit:
             top = "+inf" if cursor is None else cursor[0]
-            fetched = await asyncio.gather(
-                *(
-                    self.shards.call(
-                        key,
-                        lambda c, key=key, top=top: c.zrevrangebyscore(
-                            key, top, "-inf", start=0, num=window, withscores=True
-                        ),
+            fetched = await self._batch(
+                [
+                    (
+                        "zrevrangebyscore",
+                        (key, top, "-inf"),
+                        {"start": 0, "num": window, "withscores": True},
                     )
                     for key in self.index_keys
-                )
+                ]
             )
             candidates: list[tuple[int, str]] = []
             frontier: tuple[int, str] | None = None  # below it, a full bucket may hold more
@@ -242,22 +242,35 @@ class RedisStore(BaseStore):
             if not candidates:
                 return rows
             need = limit - len(rows)
-            metas = await asyncio.gather(*(self._meta_of(sid) for _, sid in candidates[:need]))
+            metas = await self._batch(
+                [("hgetall", (K.session_keys(sid)[0],), {}) for _, sid in candidates[:need]]
+            )
+            gone = []
             for (score, sid), meta in zip(candidates, metas, strict=False):
                 cursor = (score, sid)
                 if meta:
-                    rows.append((score, sid, meta))
+                    rows.append((score, sid, {k.decode(): v.decode() for k, v in meta.items()}))
                 else:
-                    key = self._index_of(sid)
-                    await self.shards.call(key, lambda c, key=key, sid=sid: c.zrem(key, sid))
+                    gone.append(("zrem", (self._index_of(sid), sid), {}))
+            if gone:
+                await self._batch(gone)
             if frontier is None and len(candidates) <= need:
                 return rows  # every entry after the cursor was seen
         return rows
 
-    async def _meta_of(self, sid: str) -> dict[str, str]:
-        key = K.session_keys(sid)[0]
-        flat = await self.shards.call(key, lambda c: c.hgetall(key))
-        return {k.decode(): v.decode() for k, v in flat.items()}
+    async def _batch(
+        self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Any]:
+        """Commands on keys of any slots as one cluster pipeline: one connection and one
+        round trip per node, the nodes in parallel."""
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline()
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            return list(await pipe.execute())
+
+        return await self.shards.call(commands[0][1][0], run)
 
     async def _load(
         self, sid: str, last: int
