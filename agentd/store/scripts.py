@@ -68,7 +68,8 @@ class Script:
 
 # A session's index entry (see keys.session_index) is written in the same script as the
 # session where the index key may be (KEYS[n] given: one Redis, client-side shards); in a
-# Redis Cluster it is another slot, so the store writes it beside the script instead.
+# Redis Cluster it is another slot, so the store writes it behind the script instead
+# (agentd/store/redis/index.py).
 
 # KEYS: meta, log, [index]. ARGV: ttl, activity score (ms), session id, then field/value
 # pairs of the meta hash.

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
-from collections.abc import Awaitable
 from typing import Any
 
 from ...config import Config
-from ...errors import AgentdError
 from ...fastpath import key_slot
 from .. import keys as K
 from .. import scripts as L
@@ -22,14 +19,13 @@ from ..api import Jobs, Subscription
 from ..base import BaseStore
 from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
+from .index import IndexWrites
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
 from .shards import Shards
 
 __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore")
-
-log = logging.getLogger(__name__)
 
 # A Redis Cluster's session index is split into this many keys (spread over the slots,
 # so over the masters); a listing reads them all, in parallel.
@@ -70,6 +66,7 @@ class RedisStore(BaseStore):
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
         self.clustered = self.shards.cluster is not None
         self.index_keys = self._index_keys()
+        self.index_writes = IndexWrites(self.shards)
 
     def _index_keys(self) -> list[str]:
         """The session index keys: one per shard, named so each lands on its shard (one
@@ -96,43 +93,17 @@ class RedisStore(BaseStore):
         it (not in a cluster: another slot)."""
         return [] if self.clustered else [self._index_of(sid)]
 
-    async def _beside(self, main: Awaitable[Any], index: Awaitable[Any] | None) -> Any:
-        """Run a session script and, in a cluster, its index write at the same time (one
-        round trip of latency, not atomic)."""
-        if index is None:
-            return await main
-        result, _ = await asyncio.gather(main, self._quietly(index))
-        return result
-
-    @staticmethod
-    async def _quietly(index: Awaitable[Any] | None) -> None:
-        """An index write whose failure is logged, not raised: the session was written,
-        the listing meets it again at its next write and drops entries of sessions that
-        are gone."""
-        if index is None:
-            return
-        try:
-            await index
-        except AgentdError as exc:
-            log.warning("session index not updated: %s", exc.message)
-
-    def _index_add(self, sid: str, score: int) -> Awaitable[Any] | None:
-        if not self.clustered:
-            return None
-        key = self._index_of(sid)
-        return self.shards.call(key, lambda c: c.zadd(key, {sid: score}))
-
-    def _index_remove(self, sid: str) -> Awaitable[Any] | None:
-        if not self.clustered:
-            return None
-        key = self._index_of(sid)
-        return self.shards.call(key, lambda c: c.zrem(key, sid))
+    def _index_add(self, sid: str, score: int) -> None:
+        """In a cluster, index a session that was written (see :mod:`.index`)."""
+        if self.clustered:
+            self.index_writes.add(self._index_of(sid), sid, score)
 
     async def start(self) -> None:
         await self.shards.start()
         await self.waits.start()
 
     async def close(self) -> None:
+        await self.index_writes.close()
         await self.hub.close()
         await self.shards.close()
         await self.waits.close()
@@ -149,8 +120,7 @@ class RedisStore(BaseStore):
         score = activity_ms()
         created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
         if created:
-            # In a cluster, after the create (which may find the id taken).
-            await self._quietly(self._index_add(sid, score))
+            self._index_add(sid, score)
         return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
@@ -160,15 +130,19 @@ class RedisStore(BaseStore):
     async def _delete(self, sid: str) -> bool:
         keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
         keys += self._own_index(sid)
-        main = self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid])
-        return bool(await self._beside(main, self._index_remove(sid)))
+        found = bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid]))
+        if self.clustered:
+            self.index_writes.remove(self._index_of(sid), sid)
+        return found
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
         keys = [*K.session_keys(sid), K.session_channel(sid), *self._own_index(sid)]
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
-        main = self.shards.eval(L.APPEND, keys, args)
-        return await self._beside(main, self._index_add(sid, score))
+        first = await self.shards.eval(L.APPEND, keys, args)
+        if first is not None:
+            self._index_add(sid, score)
+        return first
 
     async def _history(
         self, sid: str, after: int | None, limit: int | None, before: int | None = None
@@ -215,6 +189,7 @@ class RedisStore(BaseStore):
         each step one pipeline (its commands grouped per node, the nodes in parallel):
         two round trips of latency a page, more when expired entries fill it (they are
         removed as met)."""
+        await self.index_writes.flush()  # this worker's own writes first
         rows: list[IndexRow] = []
         window = limit + 16
         while len(rows) < limit:
@@ -302,8 +277,10 @@ class RedisStore(BaseStore):
         keys += self._own_index(sid)
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
-        main = self.shards.eval(L.END_TURN, keys, [*args, *payloads])
-        return await self._beside(main, self._index_add(sid, score) if payloads else None)
+        first = await self.shards.eval(L.END_TURN, keys, [*args, *payloads])
+        if payloads and first is not None and first > 0:
+            self._index_add(sid, score)
+        return first
 
     # -- events ---------------------------------------------------------------------
 
