@@ -12,6 +12,7 @@ import secrets
 from .errors import BadRequest
 
 __all__ = (
+    "CONVERSATION_PREFIX",
     "INPUT_ROLES",
     "MAX_SEQ",
     "MESSAGE_FIELDS",
@@ -19,7 +20,9 @@ __all__ = (
     "ROLES",
     "SESSION_ID_RE",
     "STORED_MESSAGE_FIELDS",
+    "conversation_id",
     "new_session_id",
+    "session_of_conversation",
     "validate_name",
     "validate_session_id",
 )
@@ -42,6 +45,24 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 
 # The largest seq accepted in a range: Redis's Lua numbers are doubles, exact to 2**53.
 MAX_SEQ = 2**53 - 1
+
+
+# A session seen through OpenAI's Conversations API: its id with this prefix. Every
+# session id is a valid tail, so the mapping is one-to-one both ways.
+CONVERSATION_PREFIX = "conv_"
+
+
+def conversation_id(session_id: str) -> str:
+    """The conversation id of a session."""
+    return CONVERSATION_PREFIX + session_id
+
+
+def session_of_conversation(conversation: str) -> str | None:
+    """The session id behind a conversation id, None if it is not one."""
+    if not isinstance(conversation, str) or not conversation.startswith(CONVERSATION_PREFIX):
+        return None
+    sid = conversation[len(CONVERSATION_PREFIX) :]
+    return sid if SESSION_ID_RE.fullmatch(sid) else None
 
 
 def new_session_id() -> str:

@@ -250,10 +250,12 @@ async def test_cancel_a_running_job_keeps_its_partial_output(agentd_instance: St
             break
     await stream.close()
     cancelled = await sdk.responses.cancel(job.id)
+    # As OpenAI's: the answer is the stopped response, not a snapshot still running.
+    assert cancelled.status == "cancelled" and cancelled.id == job.id
     again = await sdk.responses.cancel(job.id)  # idempotent
-    done = await wait_status(sdk, job.id, limit=5)
-    assert done.status == "cancelled"
-    assert again.status in ("in_progress", "cancelled") and cancelled.id == job.id
+    assert again.status == "cancelled" and again.output_text == cancelled.output_text
+    done = await sdk.responses.retrieve(job.id)
+    assert done.status == "cancelled" and done.output_text == cancelled.output_text
     partial = done.output_text
     assert partial and words.startswith(partial) and partial != words
     # The stored turn is marked cancelled with the same partial text.
@@ -264,6 +266,17 @@ async def test_cancel_a_running_job_keeps_its_partial_output(agentd_instance: St
     events = [e async for e in await sdk.responses.retrieve(job.id, stream=True)]
     assert events[-1].type == "response.incomplete"
     assert events[-1].response.status == "cancelled"
+
+
+async def test_cancelling_an_ended_response_is_refused(agentd_instance: Start) -> None:
+    proc = agentd_instance()
+    sdk = client(proc)
+    job = await sdk.responses.create(model="echo", input="quick", background=True)
+    assert (await wait_status(sdk, job.id)).status == "completed"
+    with pytest.raises(openai.BadRequestError) as e:
+        await sdk.responses.cancel(job.id)
+    assert e.value.code == "response_not_cancellable"
+    assert (await sdk.responses.retrieve(job.id)).status == "completed"
 
 
 async def test_cancel_a_queued_job_before_it_runs(

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # Session messages searched for a turn an earlier attempt already stored.
 ATTEMPT_LOOKBACK = 200
+# How long a cancel waits for a running job to stop (it looks twice a second, then
+# gives a silent model half a second more) before answering with the record as it is.
+CANCEL_WAIT_S = 5.0
 
 
 def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
@@ -121,9 +124,16 @@ class Responses:
         not its latest turn), the given one, or a new one."""
         prev = req.previous_response_id
         if prev is None:
-            if req.session_id is not None:
+            if req.session_id is None:
+                return (await self.store.create_session(agent=req.agent)).id
+            try:
                 return (await self.store.get_session(req.session_id)).id
-            return (await self.store.create_session(agent=req.agent)).id
+            except NotFound:
+                if req.conversation is None:
+                    raise
+                raise NotFound(
+                    f"no conversation {req.conversation!r}", code="conversation_not_found"
+                ) from None
         record = await self.jobs.read(prev)
         if record is None:
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
@@ -259,12 +269,21 @@ class Responses:
     # -- cancel and delete ------------------------------------------------------------
 
     async def cancel(self, rid: str) -> ResponseView:
-        """Stop a background response: a queued one never runs, a running one stops at
-        its next chunk (within about a second) keeping its partial output. Idempotent."""
+        """Stop a background response and return it ``cancelled``, as OpenAI does: a
+        queued one never runs; a running one stops at its next chunk (within about a
+        second) keeping its partial output, and the answer waits, up to
+        ``CANCEL_WAIT_S``, for it to end. Cancelling a cancelled one returns it again;
+        one that ended otherwise is ``response_not_cancellable``."""
         view = await self.get(rid)
         if not view.request.background:
             raise BadRequest("only background responses can be cancelled", code="not_background")
         status = await self.jobs.cancel(rid)
+        if status is None:
+            raise NotFound(f"no response {rid!r}", code="response_not_found")
+        if status in TERMINAL:
+            if status == "cancelled":
+                return await self.get(rid)
+            raise BadRequest(f"cannot cancel a {status} response", code="response_not_cancellable")
         if status == "queued":
             # Nobody runs it yet: end it here unless a consumer starts it first.
             record = await self.jobs.read(rid)
@@ -279,6 +298,22 @@ class Responses:
                     result_fields(ended, None),
                     [(e["sequence_number"], orjson.dumps(e)) for e in closing],
                 )
+        return await self._ended(rid, CANCEL_WAIT_S)
+
+    async def _ended(self, rid: str, limit_s: float) -> ResponseView:
+        """The response once it has ended, or as it is after ``limit_s`` (a job whose
+        worker died ends when another consumer takes it over, ``[jobs] lease_s`` later)."""
+        record = await self.jobs.read(rid)
+        if record is not None and record.get("status", b"").decode() not in TERMINAL:
+            after = int(record.get("seq", b"0")) - 1  # the last event written
+
+            async def until_terminal() -> None:
+                async with contextlib.aclosing(self.follow(rid, after)) as events:
+                    async for _ in events:
+                        pass  # follow ends with the terminal event
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until_terminal(), limit_s)
         return await self.get(rid)
 
     async def delete(self, rid: str) -> None:

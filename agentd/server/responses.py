@@ -1,6 +1,7 @@
 """OpenAI's Responses API: ``POST /v1/responses`` (now, streamed, or in the background),
-``GET /v1/responses/{id}`` (also its event stream, resumed by sequence number), ``POST
-/v1/responses/{id}/cancel`` and ``DELETE /v1/responses/{id}``. The logic is in
+``GET /v1/responses/{id}`` (also its event stream, resumed by sequence number), ``GET
+/v1/responses/{id}/input_items``, ``POST /v1/responses/{id}/cancel`` and ``DELETE
+/v1/responses/{id}``. The logic is in
 :mod:`agentd.jobs.service`, the wire format in :mod:`agentd.wire.responses`; this
 module speaks HTTP."""
 
@@ -15,14 +16,17 @@ from ..errors import AgentdError, BadRequest
 from ..jobs.service import Responses
 from ..schema import MAX_SEQ
 from ..wire import sse
+from ..wire.conversations import item_list
 from ..wire.errors import error_dict
 from ..wire.responses import (
     ResponseEvents,
     ResponseView,
     event_frame,
+    input_items,
     parse_create,
     response_object,
 )
+from .conversations import ItemPage
 from .http import json_response, pump_sse, query_int, start_sse
 from .keys import CONFIG, RESPONSES, STATE
 
@@ -110,6 +114,26 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     return json_response(response_object(await responses.get(rid)))
 
 
+async def list_input_items(request: web.Request) -> web.Response:
+    """The response's input items, as OpenAI's ``ResponseItemList`` (``after`` an item
+    id, ``limit``, ``order``; ``include`` is accepted and has nothing to add)."""
+    page = ItemPage(request)
+    view = await request.app[RESPONSES].get(request.match_info["id"])
+    items = input_items(view.id, view.request.messages)
+    if not page.ascending:
+        items.reverse()
+    if page.after is not None:
+        ids = [item["id"] for item in items]
+        if page.after not in ids:
+            raise BadRequest(
+                "after must be an item id of this response",
+                code="invalid_value",
+                detail={"param": "after"},
+            )
+        items = items[ids.index(page.after) + 1 :]
+    return json_response(item_list(items[: page.limit], len(items) > page.limit))
+
+
 async def cancel(request: web.Request) -> web.Response:
     view = await request.app[RESPONSES].cancel(request.match_info["id"])
     return json_response(response_object(view))
@@ -124,5 +148,6 @@ async def delete(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{id}", retrieve)
+    app.router.add_get("/v1/responses/{id}/input_items", list_input_items)
     app.router.add_post("/v1/responses/{id}/cancel", cancel)
     app.router.add_delete("/v1/responses/{id}", delete)

@@ -11,6 +11,10 @@ page holds — older ones before the page without ``after``, newer ones after it
 ``after``. To read a whole history, start at ``after=0`` and continue with
 ``after=<last seq>`` while ``has_more``.
 
+``GET /v1/sessions?limit=N&after=CURSOR`` lists live sessions, the most recently written
+to first (created, appended to, a turn stored), ``limit`` (default 100, at most 1000) a
+page; ``next_after`` (null on the last page) is the cursor of the next page.
+
 ``POST /v1/sessions/{id}/messages`` with ``{"messages": [...]}`` appends messages (as
 an agent or a tool posting into a shared session does) and publishes them to every
 watcher; it answers 201 with the stored messages and their ``seq``.
@@ -55,6 +59,22 @@ async def create_session(request: web.Request) -> web.Response:
     )
 
 
+async def list_sessions(request: web.Request) -> web.Response:
+    limit = query_int(request, "limit", MAX_LIMIT)
+    page = await request.app[STORE].list_sessions(
+        limit=DEFAULT_LIMIT if limit is None else limit,
+        after=request.query.get("after"),
+    )
+    return json_response(
+        {
+            "object": "list",
+            "data": [s.to_dict() for s in page.sessions],
+            "has_more": page.next_after is not None,
+            "next_after": page.next_after,
+        }
+    )
+
+
 async def get_session(request: web.Request) -> web.Response:
     info = await request.app[STORE].get_session(request.match_info["id"])
     return json_response(info.to_dict())
@@ -91,6 +111,7 @@ async def append_messages(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/sessions", create_session)
+    app.router.add_get("/v1/sessions", list_sessions)
     app.router.add_get("/v1/sessions/{id}", get_session)
     app.router.add_delete("/v1/sessions/{id}", delete_session)
     app.router.add_get("/v1/sessions/{id}/messages", list_messages)

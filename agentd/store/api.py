@@ -34,6 +34,7 @@ __all__ = (
     "QueueDepth",
     "Records",
     "SessionInfo",
+    "SessionPage",
     "Start",
     "StateConflict",
     "StateDoc",
@@ -64,6 +65,15 @@ class SessionInfo:
             "metadata": self.metadata,
             "last_seq": self.last_seq,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPage:
+    """A page of sessions, newest activity first; ``next_after`` continues after it
+    (None when this is the last page)."""
+
+    sessions: list[SessionInfo]
+    next_after: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +205,21 @@ class Store(abc.ABC):
     async def delete_session(self, session_id: str) -> None: ...
 
     @abc.abstractmethod
+    async def update_session(self, session_id: str, *, metadata: Mapping[str, Any]) -> SessionInfo:
+        """Replace the session's metadata; ``NotFound`` if absent."""
+
+    @abc.abstractmethod
+    async def list_sessions(self, *, limit: int, after: str | None = None) -> SessionPage:
+        """Live sessions, the most recently written to first (created or appended to),
+        ``limit`` at most; ``after`` is a previous page's ``next_after``. One round trip
+        per page on one Redis or client-side shards (see docs/state.md)."""
+
+    @abc.abstractmethod
+    async def delete_message(self, session_id: str, seq: int) -> bool:
+        """Delete one message of the history (publishing ``message_deleted``); False when
+        there is no such message, ``NotFound`` when no session."""
+
+    @abc.abstractmethod
     async def append(
         self, session_id: str, messages: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
@@ -205,10 +230,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def history(
-        self, session_id: str, *, limit: int | None = None, after: int | None = None
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Messages oldest first: those after ``after`` (a seq), at most ``limit`` of them;
-        with no ``after``, the last ``limit``."""
+        with no ``after``, the last ``limit`` (of those before ``before``, a seq, if given;
+        ``after`` and ``before`` do not go together)."""
 
     @abc.abstractmethod
     async def load(self, session_id: str, last: int) -> tuple[SessionInfo, list[dict[str, Any]]]:

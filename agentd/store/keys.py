@@ -13,6 +13,11 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:s:{SID}:turn`` (hash, with a TTL): the running turn's lease, ``token`` (its
   fencing token, from the meta hash's ``fence`` counter) and ``interrupt`` when asked to stop.
 - ``agentd:s:{SID}:ev`` (channel): the session's events (sharded pub/sub in a cluster).
+- ``agentd:sx:{TAG}`` (sorted set): an index of sessions, member the session id, score
+  its last activity (unix ms). One per shard on one Redis or client-side shards (``TAG``
+  chosen so the key lands on that shard, beside the sessions it indexes), a fixed number
+  of buckets in a Redis Cluster (``TAG`` = ``b`` and the bucket number); see
+  docs/state.md.
 - ``agentd:c:{HASH}`` (string, TTL): a cached response (the cache's L2);
   ``agentd:c:{HASH}:lock`` (string, short TTL) the single-flight leader's lease, and
   ``agentd:c:{HASH}:flight`` (stream, short TTL) the chunks it streams to followers.
@@ -37,12 +42,15 @@ __all__ = (
     "CACHE_PATTERN",
     "JOB_GROUP",
     "PREFIX",
+    "SESSION_META_PREFIX",
+    "SESSION_META_SUFFIX",
     "cache_key",
     "dead_key",
     "flight_keys",
     "queue_key",
     "record_keys",
     "session_channel",
+    "session_index",
     "session_keys",
     "state_key",
     "turn_key",
@@ -55,6 +63,16 @@ PREFIX = "agentd:"
 def session_keys(sid: str) -> tuple[str, str]:
     """The session's (meta, log) keys."""
     return f"{PREFIX}s:{{{sid}}}:meta", f"{PREFIX}s:{{{sid}}}:log"
+
+
+# A session's meta key is SESSION_META_PREFIX + SID + SESSION_META_SUFFIX (for scripts
+# that read the metas an index names).
+SESSION_META_PREFIX, SESSION_META_SUFFIX = f"{PREFIX}s:{{", "}:meta"
+
+
+def session_index(tag: str) -> str:
+    """An index of sessions by last activity (see the module docstring)."""
+    return f"{PREFIX}sx:{{{tag}}}"
 
 
 def turn_key(sid: str) -> str:

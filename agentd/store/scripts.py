@@ -16,6 +16,7 @@ __all__ = (
     "BEGIN_TURN",
     "CREATE",
     "DELETE",
+    "DELETE_MESSAGE",
     "EMIT",
     "END_TURN",
     "ENQUEUE",
@@ -23,6 +24,7 @@ __all__ = (
     "HISTORY",
     "INTERRUPT_TURN",
     "LEAD",
+    "LIST_SESSIONS",
     "LOAD",
     "PUBLISH",
     "QUEUE_DEPTH",
@@ -39,6 +41,7 @@ __all__ = (
     "RETRY_JOB",
     "STATE_REMOVE",
     "STATE_WRITE",
+    "UPDATE_META",
     "Script",
 )
 
@@ -63,15 +66,85 @@ class Script:
         return hashlib.sha1(self.text.encode()).hexdigest()
 
 
-# KEYS: meta, log. ARGV: ttl, then field/value pairs of the meta hash.
+# A session's index entry (see keys.session_index) is written in the same script as the
+# session where the index key may be (KEYS[n] given: one Redis, client-side shards); in a
+# Redis Cluster it is another slot, so the store writes it behind the script instead
+# (agentd/store/redis/index.py).
+
+# KEYS: meta, log, [index]. ARGV: ttl, activity score (ms), session id, then field/value
+# pairs of the meta hash.
 CREATE = Script(
     "create",
     """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'seq', 0, unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], 'seq', 0, unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if KEYS[3] then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
 return 1
+""",
+)
+
+# KEYS: meta. ARGV: ttl, metadata JSON. Replaces the metadata; returns the meta hash
+# (flat) or nil.
+UPDATE_META = Script(
+    "update_meta",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'metadata', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+""",
+)
+
+# KEYS: meta, log, channel. ARGV: ttl, seq, publish command, event. Deletes one message;
+# returns 1, 0 when there is no such message, nil when there is no session.
+DELETE_MESSAGE = Script(
+    "delete_message",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+if redis.call('XDEL', KEYS[2], string.format('%d', tonumber(ARGV[2])) .. '-0') == 0 then
+  return 0
+end
+redis.call(ARGV[3], KEYS[3], ARGV[4])
+return 1
+""",
+)
+
+# KEYS: index. ARGV: max score ('+inf', or the cursor's), the cursor's session id ('':
+# none), limit, meta key prefix, meta key suffix. The newest ``limit`` sessions of this
+# shard's index after the cursor: {id, score, meta (flat), ...}. Entries whose session is
+# gone (expired) are removed as they are met. The metas are read by key name, which one
+# Redis and client-side shards allow (a Redis Cluster does not: see RedisStore).
+LIST_SESSIONS = Script(
+    "list_sessions",
+    """
+local limit = tonumber(ARGV[3])
+local out, gone = {}, {}
+local offset, batch = 0, limit + 16
+while #out < limit * 3 do
+  local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES',
+    'LIMIT', offset, batch)
+  if #rows == 0 then break end
+  for i = 1, #rows, 2 do
+    local sid, score = rows[i], rows[i + 1]
+    if not (ARGV[2] ~= '' and tonumber(score) == tonumber(ARGV[1]) and sid >= ARGV[2]) then
+      local meta = redis.call('HGETALL', ARGV[4] .. sid .. ARGV[5])
+      if #meta == 0 then
+        gone[#gone + 1] = sid
+      else
+        out[#out + 1] = sid
+        out[#out + 1] = score
+        out[#out + 1] = meta
+        if #out >= limit * 3 then break end
+      end
+    end
+  end
+  offset = offset + #rows / 2
+end
+if #gone > 0 then redis.call('ZREM', KEYS[1], unpack(gone)) end
+return out
 """,
 )
 
@@ -87,10 +160,12 @@ return meta
 """,
 )
 
-# KEYS: meta, log, channel, turn. ARGV: publish command (PUBLISH or SPUBLISH).
+# KEYS: meta, log, channel, turn, [index]. ARGV: publish command (PUBLISH or SPUBLISH),
+# session id.
 DELETE = Script(
     "delete",
     """
+if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[2]) end
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[4])
 redis.call(ARGV[1], KEYS[3], '$DELETED')
@@ -102,12 +177,17 @@ return 1
 # KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
 # Returns the first new seq, or nil when the session does not exist. The event carries
 # the messages with their seq, spliced into each payload (a JSON object) as text.
-def _append_lua(first_payload: int) -> str:
+def _append_lua(first_payload: int, index_key: int) -> str:
     """Lua that appends ARGV[first_payload..] (ARGV[1] ttl, ARGV[2] max messages, ARGV[3]
-    publish command), trims, refreshes the TTL, publishes and returns the first seq."""
+    publish command; the two ARGV before the payloads: the activity score and the session
+    id for the index at KEYS[index_key], when given), trims, refreshes the TTL, publishes
+    and returns the first seq."""
     return f"""
 local n = #ARGV - {first_payload - 1}
 if n == 0 then return 0 end
+if KEYS[{index_key}] then
+  redis.call('ZADD', KEYS[{index_key}], ARGV[{first_payload - 2}], ARGV[{first_payload - 1}])
+end
 local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
 local first = last - n + 1
 local parts = {{}}
@@ -125,16 +205,18 @@ return first
 """
 
 
-# KEYS: meta, log, channel. ARGV: ttl, max messages, publish command, payloads...
-# Returns the first new seq, or nil when the session does not exist. The event carries
-# the messages with their seq, spliced into each payload (a JSON object) as text.
+# KEYS: meta, log, channel, [index]. ARGV: ttl, max messages, publish command, activity
+# score, session id, payloads... Returns the first new seq, or nil when the session does
+# not exist. The event carries the messages with their seq, spliced into each payload (a
+# JSON object) as text.
 APPEND = Script(
     "append",
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n" + _append_lua(4),
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return false end\n" + _append_lua(6, 4),
 )
 
-# KEYS: meta, log. ARGV: ttl, after ('' = the last LIMIT), limit ('' = all).
-# Returns stream entries oldest first, or nil when the session does not exist.
+# KEYS: meta, log. ARGV: ttl, after ('' = the last LIMIT), limit ('' = all), before
+# ('' = none: else the last LIMIT below that seq). Returns stream entries oldest first,
+# or nil when the session does not exist.
 HISTORY = Script(
     "history",
     """
@@ -143,6 +225,11 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 -- XRANGE answers COUNT 0 with a null reply, not an empty one.
 if ARGV[3] ~= '' and tonumber(ARGV[3]) == 0 then return {} end
+local top = '+'
+if ARGV[4] ~= '' then
+  if tonumber(ARGV[4]) <= 1 then return {} end
+  top = string.format('%d', tonumber(ARGV[4]) - 1) .. '-0'
+end
 local rows
 if ARGV[2] ~= '' then
   local start = string.format('%d', tonumber(ARGV[2]) + 1) .. '-0'
@@ -153,8 +240,8 @@ if ARGV[2] ~= '' then
   end
   return rows
 end
-if ARGV[3] == '' then return redis.call('XRANGE', KEYS[2], '-', '+') end
-rows = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+if ARGV[3] == '' then return redis.call('XRANGE', KEYS[2], '-', top) end
+rows = redis.call('XREVRANGE', KEYS[2], top, '-', 'COUNT', ARGV[3])
 local out = {}
 for i = #rows, 1, -1 do out[#out + 1] = rows[i] end
 return out
@@ -261,10 +348,11 @@ return 1
 """,
 )
 
-# KEYS: meta, log, channel, turn. ARGV: ttl, max messages, publish command, token,
-# payloads... (none: just release). Appends only while the token holds the lease, then
-# releases it. Returns the first new seq (0 when there was nothing to append), -1 when
-# the lease was lost, nil when the session does not exist.
+# KEYS: meta, log, channel, turn, [index]. ARGV: ttl, max messages, publish command,
+# token, activity score, session id, payloads... (none: just release). Appends only
+# while the token holds the lease, then releases it. Returns the first new seq (0 when
+# there was nothing to append), -1 when the lease was lost, nil when the session does
+# not exist.
 END_TURN = Script(
     "end_turn",
     """
@@ -272,7 +360,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HGET', KEYS[4], 'token') ~= ARGV[4] then return -1 end
 redis.call('DEL', KEYS[4])
 """
-    + _append_lua(5),
+    + _append_lua(7, 5),
 )
 
 # KEYS: lock. ARGV: owner, ttl ms. Renews only the owner's lock: 1, else 0.

@@ -9,11 +9,43 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import BadRequest, Conflict
-from ..schema import new_session_id, validate_session_id
-from .api import SessionInfo, Store
-from .codec import decode_message, encode_message, meta_fields, no_session, session_info
+from ..schema import MAX_SEQ, new_session_id, validate_session_id
+from .api import SessionInfo, SessionPage, Store
+from .codec import (
+    decode_message,
+    dumps,
+    encode_message,
+    meta_fields,
+    no_session,
+    session_info,
+)
 
-__all__ = ("SessionStore",)
+# An index row: (activity score in unix ms, session id, its meta fields).
+IndexRow = tuple[int, str, dict[str, str]]
+
+# Sessions one page of a listing may hold.
+MAX_PAGE = 1000
+
+
+def activity_ms() -> int:
+    """A session's activity score: now, in unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+def _cursor(after: str) -> tuple[int, str]:
+    """A listing's ``after`` (``SCORE:ID``) as (score, session id)."""
+    score, _, sid = after.partition(":")
+    if not score.isascii() or not score.isdigit() or len(score) > 16 or not sid:
+        raise BadRequest("after is not a cursor this listing returned", code="invalid_cursor")
+    try:
+        return int(score), validate_session_id(sid)
+    except BadRequest:
+        raise BadRequest(
+            "after is not a cursor this listing returned", code="invalid_cursor"
+        ) from None
+
+
+__all__ = ("MAX_PAGE", "IndexRow", "SessionStore", "activity_ms")
 
 
 class SessionStore(Store):
@@ -55,6 +87,33 @@ class SessionStore(Store):
         if not await self._delete(sid):
             raise no_session(sid)
 
+    async def update_session(self, session_id: str, *, metadata: Mapping[str, Any]) -> SessionInfo:
+        sid = validate_session_id(session_id)
+        meta = await self._update_meta(sid, dumps(dict(metadata)).decode())
+        if meta is None:
+            raise no_session(sid)
+        return session_info(sid, meta)
+
+    async def list_sessions(self, *, limit: int, after: str | None = None) -> SessionPage:
+        if not 1 <= limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be from 1 to {MAX_PAGE}", code="invalid_range")
+        cursor = None if after is None else _cursor(after)
+        rows = await self._list_sessions(cursor, limit + 1)
+        page = [session_info(sid, meta) for _, sid, meta in rows[:limit]]
+        more = len(rows) > limit
+        next_after = f"{rows[limit - 1][0]}:{rows[limit - 1][1]}" if more else None
+        return SessionPage(page, next_after)
+
+    async def delete_message(self, session_id: str, seq: int) -> bool:
+        sid = validate_session_id(session_id)
+        if not 0 < seq <= MAX_SEQ:
+            return False
+        event = dumps({"kind": "message_deleted", "data": {"seq": seq}})
+        found = await self._delete_message(sid, seq, event)
+        if found is None:
+            raise no_session(sid)
+        return found
+
     def _encode_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
         now = time.time()
         return [encode_message(m, now, self.max_message_bytes) for m in messages]
@@ -72,12 +131,19 @@ class SessionStore(Store):
         return [decode_message(first + i, p) for i, p in enumerate(payloads)]
 
     async def history(
-        self, session_id: str, *, limit: int | None = None, after: int | None = None
+        self,
+        session_id: str,
+        *,
+        limit: int | None = None,
+        after: int | None = None,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         sid = validate_session_id(session_id)
-        if (limit is not None and limit < 0) or (after is not None and after < 0):
-            raise BadRequest("limit and after must be >= 0", code="invalid_range")
-        rows = await self._history(sid, after, limit)
+        if any(v is not None and v < 0 for v in (limit, after, before)):
+            raise BadRequest("limit, after and before must be >= 0", code="invalid_range")
+        if after is not None and before is not None:
+            raise BadRequest("after and before do not go together", code="invalid_range")
+        rows = await self._history(sid, after, limit, before)
         if rows is None:
             raise no_session(sid)
         return [decode_message(seq, payload) for seq, payload in rows]
@@ -111,9 +177,23 @@ class SessionStore(Store):
 
     @abc.abstractmethod
     async def _history(
-        self, sid: str, after: int | None, limit: int | None
+        self, sid: str, after: int | None, limit: int | None, before: int | None = None
     ) -> list[tuple[int, bytes]] | None:
         """(seq, payload) oldest first, as :meth:`history` describes; None if no session."""
+
+    @abc.abstractmethod
+    async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
+        """Replace the metadata JSON, refreshing the TTL; the meta fields, None if absent."""
+
+    @abc.abstractmethod
+    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        """Up to ``limit`` live sessions after ``cursor`` (score, id), by score then id,
+        both descending; index entries of sessions that are gone are dropped."""
+
+    @abc.abstractmethod
+    async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
+        """Delete message ``seq`` and publish ``event``; False if no such message, None
+        if no session."""
 
     @abc.abstractmethod
     async def _load(

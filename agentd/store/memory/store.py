@@ -7,6 +7,7 @@ as a Lua script is in Redis. TTLs are enforced lazily on access and by a periodi
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from ...config import Config
 from ..api import Jobs, Subscription
 from ..base import BaseStore
 from ..codec import SESSION_DELETED
+from ..sessions import IndexRow, activity_ms
 from .blobs import MemoryBlobs
 from .feeds import Channels
 from .queue import MemoryQueue
@@ -58,6 +60,10 @@ class MemoryStore(BaseStore):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self._sessions: dict[str, _Session] = {}
+        # The listing's index: (activity ms, id) ascending, and each session's entry.
+        # A written session moves to the end, so the list's tail is what changes.
+        self._index: list[tuple[int, str]] = []
+        self._activity: dict[str, int] = {}
         self._state: dict[str, tuple[bytes, int]] = {}
         self._channels = Channels()
         self._sweeper: asyncio.Task[None] | None = None
@@ -78,8 +84,27 @@ class MemoryStore(BaseStore):
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
             for sid in [s for s, sess in self._sessions.items() if sess.expires <= now]:
-                del self._sessions[sid]
+                self._drop(sid)
             self.jobs.sweep()
+
+    def _drop(self, sid: str) -> None:
+        """Forget a session and its index entry."""
+        self._sessions.pop(sid, None)
+        score = self._activity.pop(sid, None)
+        if score is not None:
+            i = bisect.bisect_left(self._index, (score, sid))
+            if i < len(self._index) and self._index[i] == (score, sid):
+                del self._index[i]
+
+    def _touch(self, sid: str) -> None:
+        """Note a write to the session: it moves to the head of the listing."""
+        old = self._activity.get(sid)
+        if old is not None:
+            i = bisect.bisect_left(self._index, (old, sid))
+            if i < len(self._index) and self._index[i] == (old, sid):
+                del self._index[i]
+        score = self._activity[sid] = activity_ms()
+        bisect.insort(self._index, (score, sid))
 
     def _live(self, sid: str) -> _Session | None:
         sess = self._sessions.get(sid)
@@ -87,7 +112,7 @@ class MemoryStore(BaseStore):
             return None
         now = time.monotonic()
         if sess.expires <= now:
-            del self._sessions[sid]
+            self._drop(sid)
             return None
         sess.expires = now + self.ttl
         return sess
@@ -98,6 +123,7 @@ class MemoryStore(BaseStore):
         if self._live(sid) is not None:
             return False
         self._sessions[sid] = _Session(dict(meta), time.monotonic() + self.ttl)
+        self._touch(sid)
         return True
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
@@ -107,9 +133,48 @@ class MemoryStore(BaseStore):
     async def _delete(self, sid: str) -> bool:
         if self._live(sid) is None:
             return False
-        del self._sessions[sid]
+        self._drop(sid)
         self._channels.send(sid, SESSION_DELETED)
         return True
+
+    async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        sess.meta["metadata"] = metadata
+        return {**sess.meta, "seq": str(sess.seq)}
+
+    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        end = len(self._index) if cursor is None else bisect.bisect_left(self._index, cursor)
+        now = time.monotonic()
+        rows: list[IndexRow] = []
+        gone: list[str] = []
+        for score, sid in reversed(self._index[max(0, end - limit * 4) : end]):
+            sess = self._sessions.get(sid)
+            if sess is None or sess.expires <= now:
+                gone.append(sid)
+                continue
+            rows.append((score, sid, {**sess.meta, "seq": str(sess.seq)}))
+            if len(rows) == limit:
+                break
+        for sid in gone:
+            self._drop(sid)
+        if len(rows) < limit and gone and end > limit * 4:
+            # Expired entries filled the window: look further back (they are gone now).
+            last = (rows[-1][0], rows[-1][1]) if rows else cursor
+            rows += await self._list_sessions(last, limit - len(rows))
+        return rows
+
+    async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
+        sess = self._live(sid)
+        if sess is None:
+            return None
+        for i, (row_seq, _) in enumerate(sess.messages):
+            if row_seq == seq:
+                del sess.messages[i]
+                self._channels.send(sid, event)
+                return True
+        return False
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
         sess = self._live(sid)
@@ -130,17 +195,18 @@ class MemoryStore(BaseStore):
             stored.append(b'{"seq":%d,%s' % (sess.seq, payload[1:]))
         while len(sess.messages) > self.max_messages:
             sess.messages.popleft()
+        self._touch(sid)
         self._channels.send(sid, b'{"kind":"messages","messages":[' + b",".join(stored) + b"]}")
         return first
 
     async def _history(
-        self, sid: str, after: int | None, limit: int | None
+        self, sid: str, after: int | None, limit: int | None, before: int | None = None
     ) -> list[tuple[int, bytes]] | None:
         sess = self._live(sid)
         if sess is None:
             return None
         if after is None:
-            rows = list(sess.messages)
+            rows = [r for r in sess.messages if before is None or r[0] < before]
             return rows if limit is None else rows[max(0, len(rows) - limit) :] if limit else []
         rows = [row for row in sess.messages if row[0] > after]
         return rows if limit is None else rows[:limit]

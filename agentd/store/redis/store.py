@@ -12,17 +12,24 @@ import dataclasses
 from typing import Any
 
 from ...config import Config
+from ...fastpath import key_slot
 from .. import keys as K
 from .. import scripts as L
 from ..api import Jobs, Subscription
 from ..base import BaseStore
+from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
+from .index import IndexWrites
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
 from .shards import Shards
 
-__all__ = ("RedisJobs", "RedisStore")
+__all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore")
+
+# A Redis Cluster's session index is split into this many keys (spread over the slots,
+# so over the masters); a listing reads them all, in parallel.
+CLUSTER_INDEX_BUCKETS = 16
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
@@ -59,12 +66,46 @@ class RedisStore(BaseStore):
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
         # Releases of leases granted to cancelled callers (kept so they are not collected).
         self._releasing: set[asyncio.Task[Any]] = set()
+        self.clustered = self.shards.cluster is not None
+        self.index_keys = self._index_keys()
+        self.index_writes = IndexWrites(self.shards)
+
+    def _index_keys(self) -> list[str]:
+        """The session index keys: one per shard, named so each lands on its shard (one
+        Redis, client-side shards), or the cluster's buckets."""
+        if self.clustered:
+            return [K.session_index(f"b{b}") for b in range(CLUSTER_INDEX_BUCKETS)]
+        found: dict[int, str] = {}
+        tag = 0
+        while len(found) < len(self.shards.clients):
+            key = K.session_index(str(tag))
+            found.setdefault(self.shards.shard_of(key), key)
+            tag += 1
+        return [found[i] for i in range(len(found))]
+
+    def _index_of(self, sid: str) -> str:
+        """The index key of the session: on its shard, or its cluster bucket."""
+        meta = K.session_keys(sid)[0]
+        if self.clustered:
+            return self.index_keys[key_slot(meta) % CLUSTER_INDEX_BUCKETS]
+        return self.index_keys[self.shards.shard_of(meta)]
+
+    def _own_index(self, sid: str) -> list[str]:
+        """The index key as the session's scripts' last key, where the script may write
+        it (not in a cluster: another slot)."""
+        return [] if self.clustered else [self._index_of(sid)]
+
+    def _index_add(self, sid: str, score: int) -> None:
+        """In a cluster, index a session that was written (see :mod:`.index`)."""
+        if self.clustered:
+            self.index_writes.add(self._index_of(sid), sid, score)
 
     async def start(self) -> None:
         await self.shards.start()
         await self.waits.start()
 
     async def close(self) -> None:
+        await self.index_writes.close()
         await self.hub.close()
         await self.shards.close()
         await self.waits.close()
@@ -77,8 +118,12 @@ class RedisStore(BaseStore):
 
     async def _create(self, sid: str, meta: dict[str, str]) -> bool:
         flat = [x for kv in meta.items() for x in kv]
-        created = await self.shards.eval(L.CREATE, list(K.session_keys(sid)), [self.ttl, *flat])
-        return bool(created)
+        keys = [*K.session_keys(sid), *self._own_index(sid)]
+        score = activity_ms()
+        created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
+        if created:
+            self._index_add(sid, score)
+        return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
         flat = await self.shards.eval(L.GET_META, list(K.session_keys(sid)), [self.ttl])
@@ -86,19 +131,123 @@ class RedisStore(BaseStore):
 
     async def _delete(self, sid: str) -> bool:
         keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
-        return bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command]))
+        keys += self._own_index(sid)
+        found = bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid]))
+        if self.clustered:
+            self.index_writes.remove(self._index_of(sid), sid)
+        return found
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
-        keys = [*K.session_keys(sid), K.session_channel(sid)]
-        args = [self.ttl, self.max_messages, self.shards.publish_command, *payloads]
-        return await self.shards.eval(L.APPEND, keys, args)
+        keys = [*K.session_keys(sid), K.session_channel(sid), *self._own_index(sid)]
+        score = activity_ms()
+        args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
+        first = await self.shards.eval(L.APPEND, keys, args)
+        if first is not None:
+            self._index_add(sid, score)
+        return first
 
     async def _history(
-        self, sid: str, after: int | None, limit: int | None
+        self, sid: str, after: int | None, limit: int | None, before: int | None = None
     ) -> list[tuple[int, bytes]] | None:
-        args = [self.ttl, "" if after is None else after, "" if limit is None else limit]
+        args = [
+            self.ttl,
+            "" if after is None else after,
+            "" if limit is None else limit,
+            "" if before is None else before,
+        ]
         rows = await self.shards.eval(L.HISTORY, list(K.session_keys(sid)), args)
         return None if rows is None else _entries(rows)
+
+    async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
+        meta_key = K.session_keys(sid)[0]
+        flat = await self.shards.eval(L.UPDATE_META, [meta_key], [self.ttl, metadata])
+        return None if flat is None else _pairs(flat)
+
+    async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
+        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        args = [self.ttl, seq, self.shards.publish_command, event]
+        found = await self.shards.eval(L.DELETE_MESSAGE, keys, args)
+        return None if found is None else bool(found)
+
+    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        if self.clustered:
+            return await self._list_clustered(cursor, limit)
+        top, after = ("+inf", "") if cursor is None else (str(cursor[0]), cursor[1])
+        args = [top, after, limit, K.SESSION_META_PREFIX, K.SESSION_META_SUFFIX]
+        # Every shard's newest, in parallel: one round trip of latency for the page.
+        pages = await asyncio.gather(
+            *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self.index_keys)
+        )
+        rows = [
+            (int(float(flat[i + 1])), flat[i].decode(), _pairs(flat[i + 2]))
+            for flat in pages
+            for i in range(0, len(flat), 3)
+        ]
+        rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
+        return rows[:limit]
+
+    async def _list_clustered(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+        """The cluster's listing: its index buckets, then the metas of the candidates,
+        each step one pipeline (its commands grouped per node, the nodes in parallel):
+        two round trips of latency a page, more when expired entries fill it (they are
+        removed as met)."""
+        await self.index_writes.flush()  # this worker's own writes first
+        rows: list[IndexRow] = []
+        window = limit + 16
+        while len(rows) < limit:
+            top = "+inf" if cursor is None else cursor[0]
+            fetched = await self._batch(
+                [
+                    (
+                        "zrevrangebyscore",
+                        (key, top, "-inf"),
+                        {"start": 0, "num": window, "withscores": True},
+                    )
+                    for key in self.index_keys
+                ]
+            )
+            candidates: list[tuple[int, str]] = []
+            frontier: tuple[int, str] | None = None  # below it, a full bucket may hold more
+            for entries in fetched:
+                listed = [(int(score), member.decode()) for member, score in entries]
+                if len(listed) == window:
+                    frontier = max(frontier or listed[-1], listed[-1])
+                candidates += [e for e in listed if cursor is None or e < cursor]
+            candidates = sorted(
+                (e for e in candidates if frontier is None or e >= frontier), reverse=True
+            )
+            if not candidates:
+                return rows
+            need = limit - len(rows)
+            metas = await self._batch(
+                [("hgetall", (K.session_keys(sid)[0],), {}) for _, sid in candidates[:need]]
+            )
+            gone = []
+            for (score, sid), meta in zip(candidates, metas, strict=False):
+                cursor = (score, sid)
+                if meta:
+                    rows.append((score, sid, {k.decode(): v.decode() for k, v in meta.items()}))
+                else:
+                    gone.append(("zrem", (self._index_of(sid), sid), {}))
+            if gone:
+                await self._batch(gone)
+            if frontier is None and len(candidates) <= need:
+                return rows  # every entry after the cursor was seen
+        return rows
+
+    async def _batch(
+        self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Any]:
+        """Commands on keys of any slots as one cluster pipeline: one connection and one
+        round trip per node, the nodes in parallel."""
+
+        async def run(client: Any) -> list[Any]:
+            pipe = client.pipeline()
+            for name, args, kwargs in commands:
+                getattr(pipe, name)(*args, **kwargs)
+            return list(await pipe.execute())
+
+        return await self.shards.call(commands[0][1][0], run)
 
     async def _load(
         self, sid: str, last: int
@@ -145,8 +294,13 @@ class RedisStore(BaseStore):
 
     async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
         keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
-        args = [self.ttl, self.max_messages, self.shards.publish_command, token, *payloads]
-        return await self.shards.eval(L.END_TURN, keys, args)
+        keys += self._own_index(sid)
+        score = activity_ms()
+        args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
+        first = await self.shards.eval(L.END_TURN, keys, [*args, *payloads])
+        if payloads and first is not None and first > 0:
+            self._index_add(sid, score)
+        return first
 
     # -- events ---------------------------------------------------------------------
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from .events import TERMINAL_EVENTS, ResponseEvents, event_frame
 from .fields import MAX_CONTENT_PARTS
-from .objects import ResponseView, message_item_id, new_response_id, response_object
+from .objects import (
+    ResponseView,
+    input_items,
+    message_item_id,
+    new_response_id,
+    response_object,
+)
 from .request import CreateRequest, parse_create
 
 __all__ = (
@@ -16,6 +22,7 @@ __all__ = (
     "ResponseEvents",
     "ResponseView",
     "event_frame",
+    "input_items",
     "message_item_id",
     "new_response_id",
     "parse_create",

@@ -80,9 +80,7 @@ IGNORED_FIELDS: MappingProxyType[str, Kinds] = MappingProxyType(
 )
 # Rejected whatever their value (``unsupported_parameter``): not implemented, and each
 # would change what the model sees or what may be returned.
-REJECTED_FIELDS = frozenset(
-    {"conversation", "prompt", "moderation", "context_management", "access_programs"}
-)
+REJECTED_FIELDS = frozenset({"prompt", "moderation", "context_management", "access_programs"})
 OWN_FIELDS = frozenset(
     {
         "model",
@@ -94,6 +92,7 @@ OWN_FIELDS = frozenset(
         "stream",
         "store",
         "session_id",
+        "conversation",  # a conversation id, or {"id": ...}: the session it names
     }
 )
 

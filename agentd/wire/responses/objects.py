@@ -19,6 +19,7 @@ from .request import CreateRequest
 
 __all__ = (
     "ResponseView",
+    "input_items",
     "item_status",
     "message_item",
     "message_item_id",
@@ -84,6 +85,39 @@ def message_item(response_id: str, text: str, status: str) -> dict[str, Any]:
         "role": "assistant",
         "content": [text_part(text)],
     }
+
+
+def input_items(response_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The response's input as OpenAI lists it (``GET /v1/responses/{id}/input_items``),
+    oldest first: one item per input message, its id derived from the response id and
+    its place (so every instance renders the same). An assistant message is an output
+    message item, the others input message items."""
+    items = []
+    for i, message in enumerate(messages):
+        digest = hashlib.sha256(b"agentd.input_item\x00%s\x00%d" % (response_id.encode(), i))
+        item_id = "msg_" + digest.hexdigest()[:48]
+        text = message.get("content") or ""
+        if message.get("role") == "assistant":
+            items.append(
+                {
+                    "type": "message",
+                    "id": item_id,
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [text_part(text)],
+                }
+            )
+        else:
+            items.append(
+                {
+                    "type": "message",
+                    "id": item_id,
+                    "status": "completed",
+                    "role": message.get("role"),
+                    "content": [{"type": "input_text", "text": text}],
+                }
+            )
+    return items
 
 
 def text_part(text: str) -> dict[str, Any]:
@@ -161,5 +195,7 @@ def response_object(view: ResponseView) -> dict[str, Any]:
         "truncation": "disabled",
         "usage": _usage(view.usage),
         "user": params.get("user"),
+        # Set when the request named a conversation, as OpenAI's.
+        "conversation": None if request.conversation is None else {"id": request.conversation},
         "session_id": view.session_id if view.session_id is not None else request.session_id,
     }

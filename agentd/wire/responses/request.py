@@ -24,7 +24,7 @@ import orjson
 from ...client_json import loads_json
 from ...errors import BadRequest
 from ...fastpath import MAX_MESSAGES
-from ...schema import INPUT_ROLES
+from ...schema import INPUT_ROLES, session_of_conversation
 from .fields import (
     IGNORED_FIELDS,
     ITEM_FIELDS,
@@ -43,7 +43,7 @@ from .fields import (
     Kinds,
 )
 
-__all__ = ("CreateRequest", "parse_create")
+__all__ = ("CreateRequest", "parse_create", "parse_input_items", "parse_metadata")
 
 
 @dataclass(slots=True)
@@ -61,6 +61,8 @@ class CreateRequest:
     params: dict[str, Any] = field(default_factory=dict)  # chat-completions names
     # False: run as a stateless turn; no record, no session (GET answers 404).
     store: bool = True
+    # The conversation named by the request (its session is ``session_id``).
+    conversation: str | None = None
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -176,6 +178,22 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         raise BadRequest(
             "session_id must be a string", code="invalid_session_id", detail={"param": "session_id"}
         )
+    conversation = _parse_conversation(body.get("conversation"))
+    if conversation is not None:
+        if previous is not None:
+            raise _bad(
+                "conversation and previous_response_id do not go together",
+                "invalid_request",
+                "conversation",
+            )
+        sid = session_of_conversation(conversation)
+        if session_id is not None and session_id != sid:
+            raise BadRequest(
+                "session_id and conversation name different sessions",
+                code="conflicting_session",
+                detail={"param": "conversation"},
+            )
+        session_id = sid
     metadata = _parse_metadata(body.get("metadata"))
     background = bool(_check(body.get("background"), (bool,), "background"))
     stream = bool(_check(body.get("stream"), (bool,), "stream"))
@@ -213,7 +231,39 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         stream,
         params,
         store,
+        conversation,
     )
+
+
+def _parse_conversation(value: Any) -> str | None:
+    """A conversation id, given as itself or as ``{"id": ...}``."""
+    if isinstance(value, dict):
+        _refuse_unknown(value, frozenset({"id"}), "conversation")
+        value = value.get("id")
+        if value is None:
+            raise _bad("conversation.id is required", "missing_required_parameter", "conversation")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _bad("conversation must be a string or an object", "invalid_type", "conversation")
+    if session_of_conversation(value) is None:
+        raise _bad(
+            "conversation must be a conversation id (conv_...)", "invalid_value", "conversation"
+        )
+    return value
+
+
+def parse_input_items(value: Any, param: str) -> list[dict[str, Any]]:
+    """Input items as ``input`` takes them in a list (text messages), as chat messages;
+    errors name ``param[i]``."""
+    if not isinstance(value, list):
+        raise _bad(f"{param} must be an array of items", "invalid_type", param)
+    return [_parse_item(item, f"{param}[{i}]") for i, item in enumerate(value)]
+
+
+def parse_metadata(value: Any) -> dict[str, str]:
+    """OpenAI's metadata (16 string pairs at most), as the create request checks it."""
+    return _parse_metadata(value)
 
 
 def _parse_input(value: Any) -> list[dict[str, Any]]:
