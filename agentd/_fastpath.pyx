@@ -26,6 +26,7 @@ import orjson
 from agentd import _fastpath_py
 from agentd._fastpath_py import (
     CACHE_KEY_MAX_DEPTH,
+    CHAT_IGNORED_FIELDS,
     CHAT_LOCAL_FIELDS,
     CHAT_MESSAGE_FIELDS,
     CHAT_PARAMS,
@@ -35,10 +36,12 @@ from agentd._fastpath_py import (
     ChatBody,
 )
 from agentd._fastpath_py import _item_key
-from agentd.errors import BadRequest
+from agentd.errors import BadRequest, invalid_type, param_error, unknown_parameter
+from agentd.schema import check_metadata
 
 __all__ = (
     "CACHE_KEY_MAX_DEPTH",
+    "CHAT_IGNORED_FIELDS",
     "CHAT_LOCAL_FIELDS",
     "CHAT_MESSAGE_FIELDS",
     "CHAT_PARAMS",
@@ -194,7 +197,10 @@ cdef enum:
     F_STREAM_OPTIONS = 4
     F_SESSION_ID = 5
     F_N = 6
-    PARAM = 1 << 16
+    F_STORE = 7
+    F_METADATA = 8
+    PARAM = 1 << 16  # forwarded: PARAM + mask
+    IGNORED = 1 << 17  # type-checked and dropped: IGNORED + mask
     # ...and of a message's.
     M_ROLE = 1
     M_CONTENT = 2
@@ -247,18 +253,20 @@ cdef inline int _find(const _Names* table, PyObject* s) noexcept:
 
 cdef void _fill_tables() except *:
     local = {"model": F_MODEL, "messages": F_MESSAGES, "stream": F_STREAM,
-             "stream_options": F_STREAM_OPTIONS, "session_id": F_SESSION_ID, "n": F_N}
+             "stream_options": F_STREAM_OPTIONS, "session_id": F_SESSION_ID, "n": F_N,
+             "store": F_STORE, "metadata": F_METADATA}
     for name in sorted(CHAT_LOCAL_FIELDS):
         _add(&_BODY, name, local.get(name, OTHER_LOCAL))
-    for name, kinds in CHAT_PARAMS.items():
-        if name in CHAT_LOCAL_FIELDS:
-            continue
-        mask = K_BOOL if bool in kinds else 0
-        for bit, sample in ((K_NONE, None), (K_INT, 0), (K_FLOAT, 0.0), (K_STR, ""),
-                            (K_LIST, []), (K_DICT, {})):
-            if isinstance(sample, kinds):
-                mask |= bit
-        _add(&_BODY, name, PARAM + mask)
+    for base, table in ((PARAM, CHAT_PARAMS), (IGNORED, CHAT_IGNORED_FIELDS)):
+        for name, kinds in table.items():
+            if name in CHAT_LOCAL_FIELDS:
+                continue
+            mask = K_BOOL if bool in kinds else 0
+            for bit, sample in ((K_NONE, None), (K_INT, 0), (K_FLOAT, 0.0), (K_STR, ""),
+                                (K_LIST, []), (K_DICT, {})):
+                if isinstance(sample, kinds):
+                    mask |= bit
+            _add(&_BODY, name, base + mask)
     for name in sorted(CHAT_MESSAGE_FIELDS):
         _add(&_MESSAGE, name, M_ROLE if name == "role" else M_CONTENT if name == "content"
              else M_OTHER)
@@ -367,9 +375,8 @@ cdef int _check_messages(PyObject* messages) except -1:
         if role == NULL or not PyUnicode_Check(role) or _find(&_ROLE, role) == ABSENT:
             raise _bad_role(i)
         if unknown:
-            fields = sorted((<dict>message).keys() - CHAT_MESSAGE_FIELDS)
-            raise BadRequest(f"messages[{i}] has unsupported field(s) {fields}",
-                             code="invalid_request")
+            raise unknown_parameter(min((<dict>message).keys() - CHAT_MESSAGE_FIELDS),
+                                    f"messages[{i}]")
         if too_deep:
             raise _too_deep()
         if content != NULL and content != Py_None and not PyUnicode_Check(content):
@@ -396,6 +403,8 @@ cdef object _validate(dict body, object header_session):
     cdef PyObject* options = NULL
     cdef PyObject* session = NULL
     cdef PyObject* n = NULL
+    cdef PyObject* store = NULL
+    cdef PyObject* metadata = NULL
     cdef PyObject* bad_param = NULL  # the first unsupported or ill-typed parameter
     cdef bint unsupported = False
     cdef Py_ssize_t pos = 0
@@ -413,8 +422,12 @@ cdef object _validate(dict body, object header_session):
             continue
         if _deeper(item, _MAX_DEPTH - 1):
             raise _too_deep()
-        if tag >= PARAM:
-            if bad_param == NULL:
+        if tag >= IGNORED:
+            # null is absent; the first ill-typed field is kept for the end.
+            if bad_param == NULL and item != Py_None and not (tag - IGNORED) & _kind(item):
+                bad_param = key
+        elif tag >= PARAM:
+            if bad_param == NULL and item != Py_None:
                 if (tag - PARAM) & _kind(item):
                     PyDict_SetItem(<PyObject*>params, key, item)
                 else:
@@ -429,6 +442,10 @@ cdef object _validate(dict body, object header_session):
             session = item
         elif tag == F_N:
             n = item
+        elif tag == F_STORE:
+            store = item
+        elif tag == F_METADATA:
+            metadata = item
         elif tag == ABSENT and bad_param == NULL:
             bad_param = key
             unsupported = True
@@ -440,10 +457,10 @@ cdef object _validate(dict body, object header_session):
             f"messages must be a list of 1 to {MAX_MESSAGES} messages", code="invalid_request"
         )
     _check_messages(messages)
-    if stream != NULL and not PyBool_Check(stream):
-        raise BadRequest("stream must be a boolean", code="invalid_request")
-    if n != NULL and <object>n != 1:
-        raise BadRequest("n must be 1: agentd returns one choice", code="invalid_request")
+    if stream != NULL and stream != Py_None and not PyBool_Check(stream):
+        raise invalid_type("stream", (bool,))
+    if n != NULL and n != Py_None and <object>n != 1:
+        raise param_error("n must be 1: agentd returns one choice", "unsupported_value", "n")
     # `body.get("stream_options") or {}`, then `.get("include_usage") is True`: only a
     # dict can say yes, and an empty one says no.
     include_usage = (options != NULL and PyDict_Check(options)
@@ -451,14 +468,19 @@ cdef object _validate(dict body, object header_session):
     session_id = header_session if session == NULL else <object>session
     if session_id is not None and not isinstance(session_id, str):
         raise BadRequest("session_id must be a string", code="invalid_session_id")
+    if store != NULL and store != Py_None and not PyBool_Check(store):
+        raise invalid_type("store", (bool,))
+    checked_metadata = None if metadata == NULL else check_metadata(<object>metadata)
     if bad_param != NULL:
         if unsupported:
-            raise BadRequest(f"unsupported field {<object>bad_param!r}", code="invalid_request")
-        raise BadRequest(f"{<object>bad_param} has the wrong type", code="invalid_request")
+            raise unknown_parameter(<object>bad_param)
+        name = <object>bad_param
+        raise invalid_type(name, CHAT_PARAMS.get(name) or CHAT_IGNORED_FIELDS[name])
     # ChatBody is a NamedTuple: made as tuple.__new__ makes it, without the Python-level
     # __new__ (the same object, at well under half the cost).
     return _new_tuple(ChatBody, (<object>model, <object>messages, session_id, params,
-                                 stream == Py_True, include_usage))
+                                 stream == Py_True, include_usage, store != Py_False,
+                                 checked_metadata))
 
 
 def parse_chat(body, header_session):
@@ -466,8 +488,10 @@ def parse_chat(body, header_session):
 
     ``body`` is the raw request body (bytes, bytearray, memoryview or str, else
     TypeError). Invalid JSON, or JSON nesting deeper than ``MAX_DEPTH`` levels, is
-    ``invalid_json``; the rest is checked against the ``CHAT_*`` tables. A ``session_id``
-    in the body wins over ``header_session`` (the ``X-Session-Id`` header), even when null.
+    ``invalid_json``; the rest is checked against the ``CHAT_*`` tables: a field in none
+    of them is ``unknown_parameter``, one of the wrong JSON type ``invalid_type`` (both
+    name it in the error's ``param``), and null counts as absent. A ``session_id`` in the
+    body wins over ``header_session`` (the ``X-Session-Id`` header), even when null.
     """
     if not isinstance(body, (bytes, bytearray, memoryview, str)):
         raise TypeError(f"body must be bytes, not {type(body).__name__}")

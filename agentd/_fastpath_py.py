@@ -19,11 +19,12 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .errors import BadRequest
-from .schema import MESSAGE_FIELDS, ROLES
+from .errors import BadRequest, invalid_type, param_error, unknown_parameter
+from .schema import MESSAGE_FIELDS, ROLES, check_metadata
 
 __all__ = (
     "CACHE_KEY_MAX_DEPTH",
+    "CHAT_IGNORED_FIELDS",
     "CHAT_LOCAL_FIELDS",
     "CHAT_MESSAGE_FIELDS",
     "CHAT_PARAMS",
@@ -72,7 +73,12 @@ def key_slot(key: str | bytes) -> int:
 
 # -- the chat body ---------------------------------------------------------------------
 
-# Generation parameters passed upstream as given (after a type check).
+# What parse_chat does with each field of OpenAI's chat completions request (the
+# installed SDK's CompletionCreateParams; tests/test_conformance.py checks that every one
+# of its fields is in a table). null is absent, for every field but session_id.
+#
+# Generation parameters, passed upstream as given (after a type check): they may change
+# the reply, so they are part of the cache key.
 CHAT_PARAMS: MappingProxyType[str, tuple[type, ...]] = MappingProxyType(
     {
         "temperature": (int, float),
@@ -89,10 +95,31 @@ CHAT_PARAMS: MappingProxyType[str, tuple[type, ...]] = MappingProxyType(
         "tools": (list,),
         "tool_choice": (str, dict),
         "parallel_tool_calls": (bool,),
+        "functions": (list,),
+        "function_call": (str, dict),
+        "reasoning_effort": (str,),
+        "verbosity": (str,),
+        "service_tier": (str,),
+        "prediction": (dict,),
+        "web_search_options": (dict,),
+        "moderation": (dict,),
+        "prompt_cache_key": (str,),
+        "prompt_cache_retention": (str,),
+        "prompt_cache_options": (dict,),
+        "safety_identifier": (str,),
     }
 )
-# Accepted and not forwarded: they are about the response, which agentd makes.
-CHAT_LOCAL_FIELDS = frozenset({"model", "messages", "stream", "stream_options", "session_id", "n"})
+# Accepted (type-checked) and not forwarded: they ask for parts of a reply agentd does not
+# relay (log probabilities, audio), and leave its text as it is.
+CHAT_IGNORED_FIELDS: MappingProxyType[str, tuple[type, ...]] = MappingProxyType(
+    {"logprobs": (bool,), "top_logprobs": (int,), "modalities": (list,), "audio": (dict,)}
+)
+# Applied by agentd itself, not forwarded: about the response, which agentd makes
+# (stream, stream_options, n), the session (session_id, store) and the stored turn
+# (metadata).
+CHAT_LOCAL_FIELDS = frozenset(
+    {"model", "messages", "stream", "stream_options", "session_id", "n", "store", "metadata"}
+)
 # The message schema is the store's too: one table each, in agentd.schema.
 CHAT_ROLES = ROLES
 CHAT_MESSAGE_FIELDS = MESSAGE_FIELDS
@@ -118,6 +145,10 @@ class ChatBody(NamedTuple):
     params: dict[str, Any]
     stream: bool
     include_usage: bool
+    # False: the turn reads its session's history but is not appended to it.
+    store: bool = True
+    # Kept on the stored reply.
+    metadata: dict[str, str] | None = None
 
 
 def parse_chat(body: bytes, header_session: str | None) -> ChatBody:
@@ -125,8 +156,10 @@ def parse_chat(body: bytes, header_session: str | None) -> ChatBody:
 
     ``body`` is the raw request body (bytes, bytearray, memoryview or str, else
     TypeError). Invalid JSON, or JSON nesting deeper than ``MAX_DEPTH`` levels, is
-    ``invalid_json``; the rest is checked against the ``CHAT_*`` tables. A ``session_id``
-    in the body wins over ``header_session`` (the ``X-Session-Id`` header), even when null.
+    ``invalid_json``; the rest is checked against the ``CHAT_*`` tables: a field in none
+    of them is ``unknown_parameter``, one of the wrong JSON type ``invalid_type`` (both
+    name it in the error's ``param``), and null counts as absent. A ``session_id`` in the
+    body wins over ``header_session`` (the ``X-Session-Id`` header), even when null.
     """
     if not issubclass(type(body), _JSON_INPUT):
         raise TypeError(f"body must be bytes, not {type(body).__name__}")
@@ -158,34 +191,47 @@ def parse_chat(body: bytes, header_session: str | None) -> ChatBody:
         if not isinstance(role, str) or role not in CHAT_ROLES:
             raise _bad_role(i)
         if unknown := message.keys() - CHAT_MESSAGE_FIELDS:
-            raise BadRequest(f"messages[{i}] has unsupported field(s) {sorted(unknown)}",
-                             code="invalid_request")  # fmt: skip
+            raise unknown_parameter(min(unknown), f"messages[{i}]")
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise BadRequest(f"messages[{i}].content must be a string or a list of parts",
                              code="invalid_request")  # fmt: skip
-    stream = value.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest("stream must be a boolean", code="invalid_request")
-    if value.get("n", 1) != 1:
-        raise BadRequest("n must be 1: agentd returns one choice", code="invalid_request")
+    stream = value.get("stream")
+    if stream is None:
+        stream = False
+    elif not isinstance(stream, bool):
+        raise invalid_type("stream", (bool,))
+    n = value.get("n")
+    if n is not None and n != 1:
+        raise param_error("n must be 1: agentd returns one choice", "unsupported_value", "n")
     options = value.get("stream_options") or {}
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
     session_id = value.get("session_id", header_session)
     # Type-based like the compiled module: header_session is the caller's object.
     if session_id is not None and not issubclass(type(session_id), str):
         raise BadRequest("session_id must be a string", code="invalid_session_id")
+    store = value.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise invalid_type("store", (bool,))
+    metadata = check_metadata(value.get("metadata"))
     params: dict[str, Any] = {}
     for key, item in value.items():
         if key in CHAT_LOCAL_FIELDS:
             continue
         kinds = CHAT_PARAMS.get(key)
         if kinds is None:
-            raise BadRequest(f"unsupported field {key!r}", code="invalid_request")
+            kinds = CHAT_IGNORED_FIELDS.get(key)
+            if kinds is None:
+                raise unknown_parameter(key)
+        if item is None:
+            continue
         if (isinstance(item, bool) and bool not in kinds) or not isinstance(item, kinds):
-            raise BadRequest(f"{key} has the wrong type", code="invalid_request")
-        params[key] = item
-    return ChatBody(model, messages, session_id, params, stream, include_usage)
+            raise invalid_type(key, kinds)
+        if key in CHAT_PARAMS:
+            params[key] = item
+    return ChatBody(
+        model, messages, session_id, params, stream, include_usage, store is not False, metadata
+    )
 
 
 def _bad_role(i: int) -> BadRequest:

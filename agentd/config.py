@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import tomllib
 import types
 import typing
@@ -253,6 +254,9 @@ class AgentConfig:
     # its interactive calls are always "interactive".
     request_class: str = opt("", check=_check_request_class)
     cache: AgentCacheConfig = field(default_factory=AgentCacheConfig)
+    # The ``created`` of its model object (Unix seconds); 0: when the config was written
+    # (the config file's modification time), the same on every worker and instance.
+    created: int = opt(0, min=0, max=2**40)
 
     @property
     def background_class(self) -> str:
@@ -342,6 +346,9 @@ class Config:
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
     partitions: tuple[PartitionConfig, ...] = opt(())
     source: str | None = field(default=None, metadata={"internal": True})
+    # When the config was written (the file's modification time), else loaded: Unix
+    # seconds, the default ``created`` of the agents' model objects.
+    written_at: int = field(default=0, compare=False, metadata={"internal": True})
 
     @property
     def mode(self) -> str:
@@ -558,15 +565,20 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     return config
 
 
-def from_dict(raw: dict[str, Any], *, source: str | None = None) -> Config:
-    """Validate a parsed config document; raise :class:`ConfigError` with every problem."""
+def from_dict(
+    raw: dict[str, Any], *, source: str | None = None, written_at: int | None = None
+) -> Config:
+    """Validate a parsed config document; raise :class:`ConfigError` with every problem.
+    ``written_at`` (Unix seconds) defaults to now."""
     errors: list[str] = []
     config = _section("", Config, raw, errors)
     if not errors:
         config = _cross_checks(raw, config, errors)
     if errors:
         raise ConfigError(errors)
-    return dataclasses.replace(config, source=source)
+    if written_at is None:
+        written_at = int(time.time())
+    return dataclasses.replace(config, source=source, written_at=written_at)
 
 
 def load(
@@ -579,12 +591,14 @@ def load(
     apply environment then ``overrides`` (command-line flags), and validate."""
     raw: dict[str, Any] = {}
     source: str | None = None
+    written_at: int | None = None
     if path is None and Path(DEFAULT_FILE).is_file():
         path = DEFAULT_FILE
     if path is not None:
         source = str(Path(path).resolve())
         try:
             with open(path, "rb") as fh:
+                written_at = int(os.fstat(fh.fileno()).st_mtime)
                 raw = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
@@ -596,7 +610,7 @@ def load(
             target = raw.setdefault(section, {})
             if isinstance(target, dict):
                 target.update(values)
-    return from_dict(raw, source=source)
+    return from_dict(raw, source=source, written_at=written_at)
 
 
 # -- output -------------------------------------------------------------------------

@@ -23,6 +23,9 @@ __all__ = (
     "UpstreamError",
     "UpstreamRejected",
     "UpstreamTimeout",
+    "invalid_type",
+    "param_error",
+    "unknown_parameter",
 )
 
 
@@ -113,3 +116,43 @@ class UpstreamAuth(UpstreamError):
 
 class UpstreamTimeout(AgentdError):
     status, type, code = 504, "server_error", "upstream_timeout"
+
+
+# -- request field errors, one shape for the chat and the Responses API ------------------
+
+_KIND_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "a boolean",
+    list: "an array",
+    dict: "an object",
+}
+
+
+def param_error(message: str, code: str, param: str | None) -> BadRequest:
+    """A 400 about one request field: ``param`` names it in the body
+    (``{"error": {"message", "type", "code", "param"}}``), as OpenAI's errors do."""
+    return BadRequest(message, code=code, detail={"param": param})
+
+
+def _field_name(key: str) -> str:
+    # A client's field name as echoed in an error: bounded, whatever the client sent.
+    return key if len(key) <= 64 else key[:64] + "..."
+
+
+def unknown_parameter(key: str, where: str | None = None) -> BadRequest:
+    """The error for a field no table lists (``where``: the object holding it, e.g.
+    ``messages[0]``): code ``unknown_parameter``, ``param`` its path."""
+    name = _field_name(key)
+    if where is None:
+        return param_error(f"unknown parameter {name!r}", "unknown_parameter", name)
+    return param_error(
+        f"unknown parameter {name!r} in {where}", "unknown_parameter", f"{where}.{name}"
+    )
+
+
+def invalid_type(param: str, kinds: tuple[type, ...]) -> BadRequest:
+    """The error for a field whose JSON type is not one of ``kinds``: ``invalid_type``."""
+    names = " or ".join(_KIND_NAMES[k] for k in kinds if not (k is int and float in kinds))
+    return param_error(f"{param} must be {names}", "invalid_type", param)

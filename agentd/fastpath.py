@@ -34,6 +34,7 @@ _impl, IMPLEMENTATION = _load()
 
 # The tables and ChatBody are the twin's own objects in both implementations.
 CACHE_KEY_MAX_DEPTH = _fastpath_py.CACHE_KEY_MAX_DEPTH
+CHAT_IGNORED_FIELDS = _fastpath_py.CHAT_IGNORED_FIELDS
 CHAT_LOCAL_FIELDS = _fastpath_py.CHAT_LOCAL_FIELDS
 CHAT_MESSAGE_FIELDS = _fastpath_py.CHAT_MESSAGE_FIELDS
 CHAT_PARAMS = _fastpath_py.CHAT_PARAMS
@@ -50,6 +51,7 @@ LRUCache = _impl.LRUCache
 
 __all__ = (
     "CACHE_KEY_MAX_DEPTH",
+    "CHAT_IGNORED_FIELDS",
     "CHAT_LOCAL_FIELDS",
     "CHAT_MESSAGE_FIELDS",
     "CHAT_PARAMS",

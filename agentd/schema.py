@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import re
 import secrets
+from typing import Any
 
-from .errors import BadRequest
+from .errors import BadRequest, invalid_type, param_error
 
 __all__ = (
     "CONVERSATION_PREFIX",
     "INPUT_ROLES",
+    "MAX_METADATA",
+    "MAX_METADATA_KEY",
+    "MAX_METADATA_VALUE",
     "MAX_SEQ",
     "MESSAGE_FIELDS",
     "NAME_RE",
     "ROLES",
     "SESSION_ID_RE",
     "STORED_MESSAGE_FIELDS",
+    "check_metadata",
     "conversation_id",
     "new_session_id",
     "session_of_conversation",
@@ -31,11 +36,16 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 # The roles of a Responses API input message, in the order its errors list them: ROLES
 # less ``tool`` (a tool's output is an item of its own type there).
 INPUT_ROLES = ("user", "assistant", "system", "developer")
-# Fields a client may send on a message.
-MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_call_id", "tool_calls"})
+# Fields a client may send on a message: every field of OpenAI's chat message types (an
+# assistant message sent back as the SDK returned it carries refusal, audio and
+# function_call, often null).
+MESSAGE_FIELDS = frozenset(
+    {"role", "content", "name", "tool_call_id", "tool_calls", "refusal", "audio", "function_call"}
+)
 # Fields a stored message may carry, besides the ``seq`` and ``created_at`` the store adds:
-# ``status`` marks a cancelled reply, ``turn`` is the id of the turn that added it.
-STORED_MESSAGE_FIELDS = MESSAGE_FIELDS | {"status", "turn"}
+# ``status`` marks a cancelled reply, ``turn`` is the id of the turn that added it,
+# ``metadata`` the chat request's metadata (on the stored reply).
+STORED_MESSAGE_FIELDS = MESSAGE_FIELDS | {"status", "turn", "metadata"}
 
 # A session id travels in URLs and Redis keys: a safe charset, never a brace (braces
 # would change the key's hash tag), bounded length.
@@ -88,3 +98,36 @@ def validate_name(kind: str, name: str) -> str:
             code=f"invalid_{kind}",
         )
     return name
+
+
+# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
+MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+
+
+def check_metadata(value: Any) -> dict[str, str] | None:
+    """``value`` if it is null or valid OpenAI metadata (string values, OpenAI's limits);
+    else a 400 naming ``metadata`` (``invalid_type`` or ``invalid_value``)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid_type("metadata", (dict,))
+    if len(value) > MAX_METADATA:
+        raise param_error(
+            f"metadata holds at most {MAX_METADATA} pairs", "invalid_value", "metadata"
+        )
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise param_error(
+                f"metadata keys have at most {MAX_METADATA_KEY} characters",
+                "invalid_value",
+                "metadata",
+            )
+        if not isinstance(item, str):
+            raise param_error("metadata values must be strings", "invalid_type", f"metadata.{key}")
+        if len(item) > MAX_METADATA_VALUE:
+            raise param_error(
+                f"metadata values have at most {MAX_METADATA_VALUE} characters",
+                "invalid_value",
+                f"metadata.{key}",
+            )
+    return value

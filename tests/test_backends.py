@@ -386,6 +386,29 @@ async def test_echo_without_a_user_message_replies_empty() -> None:
     assert completion.usage["completion_tokens"] == 0
 
 
+@pytest.mark.parametrize("paced", [False, True], ids=["full-speed", "paced"])
+@pytest.mark.parametrize(
+    ("params", "texts", "finish"),
+    [
+        ({"max_tokens": 2}, ["one ", "two "], "length"),
+        ({"max_completion_tokens": 1}, ["one "], "length"),
+        ({"max_tokens": 3, "max_completion_tokens": 2}, ["one ", "two "], "length"),
+        ({"max_tokens": 0}, [""], "length"),
+        ({"max_tokens": 3}, ["one ", "two ", "three"], "stop"),  # it fits: not cut
+        ({"max_tokens": 9}, ["one ", "two ", "three"], "stop"),
+    ],
+)
+async def test_echo_stops_at_the_token_limit(
+    params: dict[str, int], texts: list[str], finish: str, paced: bool
+) -> None:
+    pool = echo_pool(tokens_per_s=1000.0) if paced else echo_pool()
+    chunks = await collect(pool, ask("one two three", **params))
+    assert [c.text for c in chunks] == texts
+    assert chunks[-1].finish_reason == finish
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage["completion_tokens"] == len([t for t in texts if t])
+
+
 async def test_echo_at_full_speed_never_yields_to_the_loop() -> None:
     ran: list[bool] = []
     asyncio.get_running_loop().call_soon(ran.append, True)

@@ -195,3 +195,13 @@ def test_defaults_when_no_file_exists(tmp_path: Path) -> None:
     config = load(None, environ={})
     assert isinstance(config, Config)
     assert config.source is None or Path(config.source).name == "config.toml"
+
+
+def test_a_config_file_is_dated_by_its_modification_time(tmp_path: Path) -> None:
+    path = tmp_path / "agentd.toml"
+    path.write_text('[[agents]]\nname = "echo"\n')
+    os.utime(path, (1_600_000_000, 1_600_000_000))
+    assert load(path, environ={}).written_at == 1_600_000_000
+    # Not part of what the config says: the same settings compare equal.
+    same = from_dict({"agents": [{"name": "echo"}]}, source=str(path.resolve()), written_at=1)
+    assert load(path, environ={}) == same

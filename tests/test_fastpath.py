@@ -38,7 +38,7 @@ def outcome(fn: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
     try:
         return ("ok", fn(*args))
     except BadRequest as exc:
-        return ("bad", exc.code, exc.message, exc.status)
+        return ("bad", exc.code, exc.message, exc.status, exc.detail)
     except Exception as exc:
         return ("raised", type(exc), str(exc))
 
@@ -72,8 +72,8 @@ def test_the_compiled_one_is_active_unless_disabled() -> None:
 
 
 def test_the_tables_exist_once() -> None:
-    for name in ("CHAT_PARAMS", "CHAT_ROLES", "CHAT_MESSAGE_FIELDS", "CHAT_LOCAL_FIELDS",
-                 "ChatBody"):  # fmt: skip
+    for name in ("CHAT_PARAMS", "CHAT_IGNORED_FIELDS", "CHAT_ROLES", "CHAT_MESSAGE_FIELDS",
+                 "CHAT_LOCAL_FIELDS", "ChatBody"):  # fmt: skip
         assert getattr(COMPILED, name) is getattr(_fastpath_py, name)
     assert fastpath.MAX_DEPTH == 251 and fastpath.MAX_MESSAGES == 1000
     with pytest.raises(TypeError):
@@ -428,6 +428,24 @@ def test_parse_chat_session_and_options(
     assert (parsed.session_id, parsed.include_usage) == (session_id, include_usage)
 
 
+def test_parse_chat_store_metadata_and_ignored_fields(impl: ModuleType) -> None:
+    body = chat(store=False, metadata={"k": "v"}, logprobs=True, top_logprobs=2,
+                modalities=["text"], audio={"voice": "x"}, reasoning_effort="low",
+                seed=3)  # fmt: skip
+    parsed = impl.parse_chat(body, None)
+    # Ignored fields are not passed on; store and metadata are agentd's, not the model's.
+    assert parsed.params == {"reasoning_effort": "low", "seed": 3}
+    assert (parsed.store, parsed.metadata) == (False, {"k": "v"})
+    assert impl.parse_chat(chat(), None)[6:] == (True, None)
+
+
+def test_parse_chat_null_is_absent(impl: ModuleType) -> None:
+    names = [*fastpath.CHAT_PARAMS, *fastpath.CHAT_IGNORED_FIELDS, "stream", "n", "store",
+             "metadata", "stream_options"]  # fmt: skip
+    parsed = impl.parse_chat(chat(**dict.fromkeys(names)), None)
+    assert parsed == impl.parse_chat(chat(), None)
+
+
 ROLES = "['assistant', 'developer', 'system', 'tool', 'user']"
 
 
@@ -454,26 +472,36 @@ ROLES = "['assistant', 'developer', 'system', 'tool', 'user']"
         (chat(messages=[{"role": {}}]), "invalid_request", "messages[0] must be"),
         (chat(messages=[{"role": None}]), "invalid_request", "messages[0] must be"),
         (chat(messages=[{"content": "x"}]), "invalid_request", "messages[0] must be"),
-        (chat(messages=[{"role": "user", "z": 1, "a": 2}]), "invalid_request",
-         "messages[0] has unsupported field(s) ['a', 'z']"),
+        (chat(messages=[{"role": "user", "z": 1, "a": 2}]), "unknown_parameter",
+         "unknown parameter 'a' in messages[0]"),
         (chat(messages=[{"role": "user", "content": 1}]), "invalid_request",
          "messages[0].content must be a string or a list of parts"),
         (chat(messages=[{"role": "user", "content": {}}]), "invalid_request", ".content must be"),
-        (chat(stream="yes"), "invalid_request", "stream must be a boolean"),
-        (chat(stream=None), "invalid_request", "stream must be a boolean"),
-        (chat(n=2), "invalid_request", "n must be 1: agentd returns one choice"),
-        (chat(n="1"), "invalid_request", "n must be 1"),
-        (chat(n=None), "invalid_request", "n must be 1"),
+        (chat(stream="yes"), "invalid_type", "stream must be a boolean"),
+        (chat(stream=0), "invalid_type", "stream must be a boolean"),
+        (chat(n=2), "unsupported_value", "n must be 1: agentd returns one choice"),
+        (chat(n="1"), "unsupported_value", "n must be 1"),
+        (chat(store="no"), "invalid_type", "store must be a boolean"),
+        (chat(metadata=[]), "invalid_type", "metadata must be an object"),
+        (chat(metadata={"k": 1}), "invalid_type", "metadata values must be strings"),
+        (chat(metadata={str(i): "" for i in range(17)}), "invalid_value", "at most 16 pairs"),
+        (chat(metadata={"k" * 65: ""}), "invalid_value", "keys have at most 64"),
+        (chat(metadata={"k": "v" * 513}), "invalid_value", "values have at most 512"),
         (chat(session_id=5), "invalid_session_id", "session_id must be a string"),
         (chat(session_id=[]), "invalid_session_id", "session_id must be a string"),
-        (chat(foo=1), "invalid_request", "unsupported field 'foo'"),
-        (chat(**{"é\n": 1}), "invalid_request", "unsupported field 'é\\n'"),
-        (chat(temperature="0"), "invalid_request", "temperature has the wrong type"),
-        (chat(temperature=True), "invalid_request", "temperature has the wrong type"),
-        (chat(max_tokens=1.5), "invalid_request", "max_tokens has the wrong type"),
-        (chat(max_tokens=False), "invalid_request", "max_tokens has the wrong type"),
-        (chat(stop=None), "invalid_request", "stop has the wrong type"),
-        (chat(parallel_tool_calls=1), "invalid_request", "parallel_tool_calls has the wrong type"),
+        (chat(foo=1), "unknown_parameter", "unknown parameter 'foo'"),
+        (chat(foo=None), "unknown_parameter", "unknown parameter 'foo'"),
+        (chat(**{"é\n": 1}), "unknown_parameter", "unknown parameter 'é\\n'"),
+        (chat(**{"x" * 100: 1}), "unknown_parameter", f"unknown parameter '{'x' * 64}...'"),
+        (chat(temperature="0"), "invalid_type", "temperature must be a number"),
+        (chat(temperature=True), "invalid_type", "temperature must be a number"),
+        (chat(max_tokens=1.5), "invalid_type", "max_tokens must be an integer"),
+        (chat(max_tokens=False), "invalid_type", "max_tokens must be an integer"),
+        (chat(stop=1), "invalid_type", "stop must be a string or an array"),
+        (chat(parallel_tool_calls=1), "invalid_type", "parallel_tool_calls must be a boolean"),
+        (chat(logprobs="yes"), "invalid_type", "logprobs must be a boolean"),
+        (chat(top_logprobs=1.5, foo=1), "invalid_type", "top_logprobs must be an integer"),
+        (chat(foo=1, top_logprobs=1.5), "unknown_parameter", "unknown parameter 'foo'"),
     ],
 )  # fmt: skip
 def test_parse_chat_refusals(impl: ModuleType, body: bytes, code: str, message: str) -> None:
@@ -481,6 +509,8 @@ def test_parse_chat_refusals(impl: ModuleType, body: bytes, code: str, message: 
         impl.parse_chat(body, None)
     assert (info.value.code, info.value.status) == (code, 400)
     assert message in info.value.message
+    if code in ("unknown_parameter", "invalid_type", "invalid_value", "unsupported_value"):
+        assert info.value.detail["param"]  # the field, named as OpenAI names it
     agree("parse_chat", body, None)
 
 
@@ -599,9 +629,16 @@ chat_bodies = st.fixed_dictionaries(
         ),
         "session_id": rarely(maybe(st.text(max_size=8) | st.none())),
         "unknown": rarely(json_values),
+        "store": rarely(maybe(st.booleans() | st.none())),
+        "metadata": rarely(
+            maybe(st.dictionaries(st.text(max_size=70), st.text(max_size=3), max_size=17))
+        ),
         **{
-            name: rarely(maybe(st.one_of(*[OF_TYPE[kind] for kind in kinds])))
-            for name, kinds in fastpath.CHAT_PARAMS.items()
+            name: rarely(maybe(st.one_of(st.none(), *[OF_TYPE[kind] for kind in kinds])))
+            for name, kinds in (
+                *fastpath.CHAT_PARAMS.items(),
+                *fastpath.CHAT_IGNORED_FIELDS.items(),
+            )
         },
     }
 ).map(lambda body: orjson.dumps(present(body)))

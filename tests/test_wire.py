@@ -126,6 +126,6 @@ def test_an_error_in_a_stream_is_its_error_body() -> None:
 
 
 def test_an_agent_is_a_model_object() -> None:
-    assert orjson.dumps(model_object("echo")) == (
-        b'{"id":"echo","object":"model","created":0,"owned_by":"agentd"}'
+    assert orjson.dumps(model_object("echo", 1_700_000_000)) == (
+        b'{"id":"echo","object":"model","created":1700000000,"owned_by":"agentd"}'
     )

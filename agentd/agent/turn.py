@@ -35,7 +35,7 @@ from .types import Listener, Timings, TurnRequest, TurnResult, new_turn_id
 __all__ = ("Agents",)
 
 # Fields of a stored message that are ours, not the model's.
-_STORE_FIELDS = ("seq", "created_at", "status", "turn")
+_STORE_FIELDS = ("seq", "created_at", "status", "turn", "metadata")
 
 
 @dataclass(slots=True)
@@ -222,11 +222,13 @@ class Agents:
 
         stored: list[dict[str, Any]] = []
         turn_id = ""
-        if held is not None:
+        if held is not None and req.store:
             turn_id = req.turn_id or new_turn_id()
             said: dict[str, Any] = {"role": "assistant", "content": text, "turn": turn_id}
             if reply.cancelled:
                 said["status"] = "cancelled"
+            if req.metadata:
+                said["metadata"] = req.metadata
             new = [{**m, "turn": turn_id} for m in req.messages if m.get("role") != "system"]
             started = loop.time()
             stored = await held.store([*new, said])

@@ -28,6 +28,11 @@ class TurnRequest:
     # The model call's class (the backend's capacity and policy per class): only
     # interactive turns count toward the worker's and the partition's turn limits.
     request_class: str = INTERACTIVE
+    # False: the turn reads its session's history but is not appended to it (chat's
+    # ``store``); nothing is stored, so the result has no seq.
+    store: bool = True
+    # The chat request's ``metadata``, kept on the stored reply.
+    metadata: dict[str, str] | None = None
 
 
 @dataclass(slots=True)

@@ -6,13 +6,19 @@ regex split in C, no sleeping and no await at all when ``latency_ms`` and
 
 Usage accounting: ``prompt_tokens`` is the characters of all messages' text / 4
 (rounded up), ``completion_tokens`` the number of chunks streamed (about one per word).
+
+A token of the echo is one of those chunks (a word with the whitespace around it): with
+``max_tokens`` or ``max_completion_tokens`` (the Responses API's ``max_output_tokens``
+arrives as ``max_tokens``) it stops after that many, with ``finish_reason`` ``length``,
+so limits can be tested with no model.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from ..config import BackendConfig
 from ..errors import UpstreamTimeout
@@ -25,7 +31,7 @@ from .types import (
     usage_dict,
 )
 
-__all__ = ("ECHO_NODE", "EchoNode", "split_words")
+__all__ = ("ECHO_NODE", "EchoNode", "output_limit", "split_words")
 
 ECHO_NODE = "echo"
 
@@ -42,6 +48,17 @@ def split_words(text: str) -> list[str]:
     return parts
 
 
+def output_limit(params: Mapping[str, Any]) -> int | None:
+    """The most tokens the reply may have: the smaller of ``max_tokens`` and
+    ``max_completion_tokens`` when either is set (never below 0), else None."""
+    limits = [
+        value
+        for value in (params.get("max_tokens"), params.get("max_completion_tokens"))
+        if isinstance(value, int) and not isinstance(value, bool)
+    ]
+    return max(min(limits), 0) if limits else None
+
+
 class EchoNode:
     """The single virtual node of an ``echo`` backend."""
 
@@ -55,6 +72,10 @@ class EchoNode:
         """Stream the echo; paced by absolute times, so slow consumers do not slow it down
         further, and sleeping past ``deadline`` raises :class:`UpstreamTimeout` instead."""
         parts = split_words(last_user_text(request.messages))
+        finish = "stop"
+        limit = output_limit(request.params) if request.params else None
+        if limit is not None and len(parts) > limit:
+            parts, finish = parts[:limit], "length"
         prompt = estimate_tokens(message_chars(request.messages))
         usage = usage_dict(prompt, len(parts))
         name = ECHO_NODE
@@ -63,7 +84,7 @@ class EchoNode:
             last = len(parts) - 1
             for i in range(last):
                 yield Chunk(parts[i], None, None, name)
-            yield Chunk(parts[last] if parts else "", "stop", usage, name)
+            yield Chunk(parts[last] if parts else "", finish, usage, name)
             return
         loop = asyncio.get_running_loop()
         due = loop.time() + self.latency
@@ -79,4 +100,4 @@ class EchoNode:
             if i < last:
                 yield Chunk(parts[i], None, None, name)
             else:
-                yield Chunk(parts[last] if parts else "", "stop", usage, name)
+                yield Chunk(parts[last] if parts else "", finish, usage, name)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult
+from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
@@ -44,7 +46,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
-    turn = TurnRequest(body.model, body.messages, body.session_id, body.params)
+    turn = TurnRequest(
+        body.model,
+        body.messages,
+        body.session_id,
+        body.params,
+        store=body.store,
+        metadata=body.metadata,
+    )
     parse_s = time.perf_counter() - started
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
     agents = request.app[AGENTS]
@@ -114,14 +123,21 @@ class _ChunkStream(Listener):
         return response
 
 
+def _model(config: Config, agent: AgentConfig) -> dict[str, Any]:
+    # An agent is as old as its own `created`, else as the config that defines it: the
+    # file's modification time, the same on every worker (and every instance that
+    # deploys the same file), and changed only when the file is.
+    return model_object(agent.name, agent.created or config.written_at)
+
+
 async def list_models(request: web.Request) -> web.Response:
-    agents = request.app[AGENTS].all()
-    return json_response({"object": "list", "data": [model_object(a.name) for a in agents]})
+    config, agents = request.app[CONFIG], request.app[AGENTS].all()
+    return json_response({"object": "list", "data": [_model(config, a) for a in agents]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     agent = request.app[AGENTS].get(request.match_info["name"])
-    return json_response(model_object(agent.name))
+    return json_response(_model(request.app[CONFIG], agent))
 
 
 def setup(app: web.Application) -> None:

@@ -129,6 +129,7 @@ def error_frame(exc: AgentdError) -> bytes:
     return sse.frame(orjson.dumps(exc.to_dict()))
 
 
-def model_object(name: str) -> dict[str, Any]:
-    """An agent as an OpenAI model object (``GET /v1/models``): the model is the agent."""
-    return {"id": name, "object": "model", "created": 0, "owned_by": "agentd"}
+def model_object(name: str, created: int) -> dict[str, Any]:
+    """An agent as an OpenAI model object (``GET /v1/models``): the model is the agent,
+    ``created`` when it was defined (Unix seconds)."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "agentd"}

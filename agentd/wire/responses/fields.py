@@ -7,6 +7,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ...fastpath import CHAT_PARAMS, MAX_MESSAGES
+from ...schema import MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE
 
 __all__ = (
     "IGNORED_FIELDS",
@@ -104,5 +105,3 @@ PART_FIELDS = frozenset({"type", "text", "annotations", "logprobs", "prompt_cach
 TEXT_FIELDS = frozenset({"format", "verbosity"})
 MAX_CONTENT_PARTS = MAX_MESSAGES
 MAX_ID_CHARS = 256
-# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
-MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512

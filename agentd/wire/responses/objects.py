@@ -186,7 +186,6 @@ def response_object(view: ResponseView) -> dict[str, Any]:
         "parallel_tool_calls": True,
         "previous_response_id": request.previous_response_id,
         "reasoning": None,
-        "store": request.store,
         "temperature": params.get("temperature"),
         "text": {"format": {"type": "text"}},
         "tool_choice": "auto",

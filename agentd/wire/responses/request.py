@@ -22,17 +22,14 @@ from typing import Any
 import orjson
 
 from ...client_json import loads_json
-from ...errors import BadRequest
+from ...errors import BadRequest, invalid_type, param_error, unknown_parameter
 from ...fastpath import MAX_MESSAGES
-from ...schema import INPUT_ROLES, session_of_conversation
+from ...schema import INPUT_ROLES, check_metadata, session_of_conversation
 from .fields import (
     IGNORED_FIELDS,
     ITEM_FIELDS,
     MAX_CONTENT_PARTS,
     MAX_ID_CHARS,
-    MAX_METADATA,
-    MAX_METADATA_KEY,
-    MAX_METADATA_VALUE,
     OWN_FIELDS,
     PARAM_FIELDS,
     PART_FIELDS,
@@ -91,35 +88,14 @@ class CreateRequest:
             raise ValueError(f"not a stored CreateRequest: {exc}") from None
 
 
-def _bad(message: str, code: str, param: str | None) -> BadRequest:
-    # ``param`` joins the error body ({"error": {"message", "type", "code", "param"}}).
-    return BadRequest(message, code=code, detail={"param": param})
-
-
-def _name(key: str) -> str:
-    # A client's field name as echoed in an error: bounded, whatever the client sent.
-    return key if len(key) <= 64 else key[:64] + "..."
+_bad = param_error
 
 
 def _refuse_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) -> None:
     """``unknown_parameter`` for the first field of ``value`` not in ``allowed``."""
     for key in value:
         if key not in allowed:
-            name = _name(key)
-            message = f"unknown parameter {name!r} in {where}"
-            raise _bad(message, "unknown_parameter", f"{where}.{name}")
-
-
-def _type_name(kinds: Kinds) -> str:
-    names = {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        bool: "a boolean",
-        list: "an array",
-        dict: "an object",
-    }
-    return " or ".join(names[k] for k in kinds if not (k is int and float in kinds))
+            raise unknown_parameter(key, where)
 
 
 def _check(value: Any, kinds: Kinds, param: str) -> Any:
@@ -128,7 +104,7 @@ def _check(value: Any, kinds: Kinds, param: str) -> Any:
         return None
     # bool is an int in Python, never in JSON.
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise _bad(f"{param} must be {_type_name(kinds)}", "invalid_type", param)
+        raise invalid_type(param, kinds)
     return value
 
 
@@ -156,7 +132,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
             or key in RESTRICTED_FIELDS
             or key in IGNORED_FIELDS
         ):
-            raise _bad(f"unknown parameter {_name(key)!r}", "unknown_parameter", _name(key))
+            raise unknown_parameter(key)
 
     agent = body.get("model")
     if agent is None:
@@ -194,7 +170,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
                 detail={"param": "conversation"},
             )
         session_id = sid
-    metadata = _parse_metadata(body.get("metadata"))
+    metadata = parse_metadata(body.get("metadata"))
     background = bool(_check(body.get("background"), (bool,), "background"))
     stream = bool(_check(body.get("stream"), (bool,), "stream"))
     store = _check(body.get("store"), (bool,), "store") is not False
@@ -263,7 +239,7 @@ def parse_input_items(value: Any, param: str) -> list[dict[str, Any]]:
 
 def parse_metadata(value: Any) -> dict[str, str]:
     """OpenAI's metadata (16 string pairs at most), as the create request checks it."""
-    return _parse_metadata(value)
+    return check_metadata(value) or {}
 
 
 def _parse_input(value: Any) -> list[dict[str, Any]]:
@@ -339,29 +315,6 @@ def _join_parts(parts: list[Any], where: str) -> str:
             raise _bad(f"{at}.text must be a string", "invalid_type", f"{at}.text")
         texts.append(text)
     return "\n".join(texts)
-
-
-def _parse_metadata(value: Any) -> dict[str, str]:
-    if _check(value, (dict,), "metadata") is None:
-        return {}
-    if len(value) > MAX_METADATA:
-        raise _bad(f"metadata holds at most {MAX_METADATA} pairs", "invalid_value", "metadata")
-    for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise _bad(
-                f"metadata keys have at most {MAX_METADATA_KEY} characters",
-                "invalid_value",
-                "metadata",
-            )
-        if not isinstance(item, str):
-            raise _bad("metadata values must be strings", "invalid_type", f"metadata.{key}")
-        if len(item) > MAX_METADATA_VALUE:
-            raise _bad(
-                f"metadata values have at most {MAX_METADATA_VALUE} characters",
-                "invalid_value",
-                f"metadata.{key}",
-            )
-    return value
 
 
 def _check_ranges(params: dict[str, Any]) -> None:
