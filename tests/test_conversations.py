@@ -130,10 +130,8 @@ async def test_responses_run_in_a_conversation(sdk: openai.AsyncOpenAI) -> None:
         model="echo", input="first words", conversation=conv.id
     )
     body = orjson.loads(raw.content)
-    # agentd's session_id extension and the store flag are the response object's own
-    # matter (not the SDK's Response type's); the rest is checked strictly.
+    # agentd's session_id extension is not the SDK's; the rest is checked strictly.
     assert body.pop("session_id") == conv.id.removeprefix("conv_")
-    body.pop("store")
     first = strictly(Response, body)
     assert first.conversation is not None and first.conversation.id == conv.id
     assert first.output_text == "first words"
