@@ -213,7 +213,19 @@ class Pool:
                 outcome = "cancelled"
                 raise
             except Exception as exc:
-                if first or not is_retryable(exc) or len(tried) >= MAX_ATTEMPTS:
+                if first or not is_retryable(exc):
+                    raise
+                if len(tried) >= MAX_ATTEMPTS:
+                    log.warning(
+                        "backend %s: node %s failed (%s); giving up after %d nodes",
+                        self.name, node.name, exc, len(tried),
+                    )  # fmt: skip
+                    raise
+                if not self._another(tried, loop.time()):
+                    log.warning(
+                        "backend %s: node %s failed (%s); no other node to try",
+                        self.name, node.name, exc,
+                    )  # fmt: skip
                     raise
                 log.warning(
                     "backend %s: node %s failed (%s); trying another", self.name, node.name, exc
@@ -276,6 +288,11 @@ class Pool:
         if not candidates:
             return None, full
         return policy.pick(candidates, session_id, now), False
+
+    def _another(self, tried: list[Node], now: float) -> bool:
+        """Whether a node not tried yet may take a call now or once it has room (its
+        breaker lets calls or a probe through)."""
+        return any(node not in tried and node.breaker.ready(now) for node in self.nodes)
 
     def _has_room(self, node: Node, background: bool) -> bool:
         if node.inflight >= self._limit:
