@@ -8,6 +8,10 @@ over their nodes.
     # A job's model call uses only the capacity interactive calls leave it.
     pool = backends.get(agent.backend)
     chunks = pool.stream(request, deadline=d, request_class=agent.background_class)
+    # The pass-through endpoints, on the same nodes, breakers and limits.
+    vectors = (await pool.embed(EmbeddingRequest("text-embed", ["a", "b"]), d)).vectors
+    async for piece in pool.complete_text(TextRequest("instruct", "Once", stream=True), d):
+        ...
     await backends.close()
 """
 

@@ -1,6 +1,10 @@
 """A backend's pool of nodes: picks a node per call, retries before the first chunk,
 keeps each node's breaker and latency estimate, and counts calls in metrics.
 
+Chat streams, embeddings and legacy completions take the same path (:meth:`Pool._relay`);
+a reply that comes whole is a stream of one item, so "before the first chunk" means
+"before the whole reply" for it.
+
 Every call has a request class: ``"interactive"`` (people waiting) or any other name
 (background jobs, agent-declared classes). With ``max_inflight`` set, a node takes at
 most that many calls of this worker at once, and non-interactive calls at most their
