@@ -193,6 +193,15 @@ def _check_name(value: str) -> str | None:
     return None
 
 
+PASSTHROUGH_ENDPOINTS = ("embeddings", "completions")
+
+
+def _check_endpoint(value: str) -> str | None:
+    if value not in PASSTHROUGH_ENDPOINTS:
+        return f"must be one of {', '.join(PASSTHROUGH_ENDPOINTS)}; got {value!r}"
+    return None
+
+
 def _check_request_class(value: str) -> str | None:
     return _check_name(value) if value else None
 
@@ -224,6 +233,8 @@ class BackendConfig:
     # echo only: time to first token, and streaming speed (0 = all at once).
     latency_ms: float = opt(0.0, min=0.0, max=600000.0)
     tokens_per_s: float = opt(0.0, min=0.0, max=1e9)
+    # The OpenAI endpoints besides chat that the nodes serve (passed through to them).
+    endpoints: tuple[str, ...] = opt(PASSTHROUGH_ENDPOINTS, check=_check_endpoint)
 
 
 @dataclass(frozen=True)

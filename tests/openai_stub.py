@@ -13,13 +13,19 @@ Replies are ``"stub:" + the last user message``, one content delta per word (or
 finish chunk, a usage chunk when ``stream_options.include_usage`` (and ``send_usage``),
 then ``data: [DONE]``. The stub's usage counts words, not characters, so a test can tell
 it from a client's own estimate.
+
+``/v1/embeddings`` answers :func:`stub_vector` per input item (base64 when asked), and
+``/v1/completions`` ``"stub:" + prompt`` per prompt (word by word when streamed); both
+obey the modes and record their requests too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import re
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -43,6 +49,7 @@ __all__ = (
     "StartStub",
     "StubNode",
     "stub_usage",
+    "stub_vector",
 )
 
 
@@ -117,6 +124,12 @@ def stub_usage(messages: list[dict[str, Any]], completion_tokens: int) -> dict[s
     }
 
 
+def stub_vector(item: Any) -> list[float]:
+    """The stub's embedding of one input item: its length, then two constants (exact in
+    float32, so base64 round trips compare equal)."""
+    return [float(len(item)), 0.5, -0.25]
+
+
 def _error_body(message: str, type_: str, code: str | None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "code": code}})
 
@@ -150,6 +163,8 @@ class StubNode:
         self._closing = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._counted_chat)
+        app.router.add_post("/v1/embeddings", self._counted(self._embeddings))
+        app.router.add_post("/v1/completions", self._counted(self._completions))
         app.router.add_get("/v1/models", self._models)
         self.app = app
 
@@ -327,6 +342,128 @@ class StubNode:
         # truncated payload, as when an upstream process dies.
         if request.transport is not None:
             request.transport.abort()
+        return response
+
+    # -- the pass-through endpoints ---------------------------------------------------
+
+    def _counted(
+        self, handler: Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Record the request, count it in flight, and answer the modes every endpoint
+        shares (auth, Fail, Hang, Slow's first wait) before ``handler(request, body)``."""
+
+        async def counted(request: web.Request) -> web.StreamResponse:
+            self.inflight += 1
+            self.peak_inflight = max(self.peak_inflight, self.inflight)
+            try:
+                raw = await request.read()
+                try:
+                    body = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    body = None
+                self.requests.append(
+                    RecordedRequest(request.method, request.path, dict(request.headers), body)
+                )
+                mode = self.mode
+                if self.api_key is not None and request.headers.get("Authorization") != (
+                    f"Bearer {self.api_key}"
+                ):
+                    return self._error(401, "Incorrect API key", "invalid_request_error", None)
+                if isinstance(mode, Fail):
+                    return self._error(mode.status, mode.message, mode.type, mode.code)
+                if isinstance(mode, Hang):
+                    await self._closing.wait()
+                    if request.transport is not None:
+                        request.transport.close()
+                    return web.Response(status=500)
+                return await handler(request, body)
+            finally:
+                self.inflight -= 1
+
+        return counted
+
+    async def _embeddings(self, request: web.Request, body: Any) -> web.StreamResponse:
+        if not isinstance(body, dict) or "input" not in body:
+            return self._error(400, "'input' is a required property", "invalid_request_error", None)
+        if isinstance(self.mode, Slow):
+            await asyncio.sleep(self.mode.first_s)
+        if isinstance(self.mode, FailMidStream):
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)
+        value = body["input"]
+        items = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+        data = []
+        for i, item in enumerate(items):
+            vector: Any = stub_vector(item)
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        words = sum(len(str(item).split()) for item in items)
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", ""),
+            "usage": {"prompt_tokens": words, "total_tokens": words},
+        }
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    async def _completions(self, request: web.Request, body: Any) -> web.StreamResponse:
+        if not isinstance(body, dict) or "prompt" not in body:
+            return self._error(400, "'prompt' is required", "invalid_request_error", None)
+        prompt = body["prompt"]
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        limit = body.get("max_tokens")
+        replies = []
+        for text in prompts:
+            words = _WORD.findall("stub:" + str(text))
+            finish = "stop"
+            if isinstance(limit, int) and 0 < limit < len(words):
+                words, finish = words[:limit], "length"
+            replies.append((words, finish))
+        used = sum(len(words) for words, _ in replies)
+        prompt_words = sum(len(str(text).split()) for text in prompts)
+        usage = {
+            "prompt_tokens": prompt_words,
+            "completion_tokens": used,
+            "total_tokens": prompt_words + used,
+        }
+        base = {
+            "id": f"cmpl-stub-{next(_ids)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+        }
+        if not body.get("stream") or self.ignore_stream:
+            if isinstance(self.mode, Slow):
+                await asyncio.sleep(self.mode.first_s)
+            choices = [
+                {"index": i, "text": "".join(words), "finish_reason": finish, "logprobs": None}
+                for i, (words, finish) in enumerate(replies)
+            ]
+            reply = {**base, "choices": choices, "usage": usage}
+            return web.Response(body=orjson.dumps(reply), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        sent = 0
+        for i, (words, finish) in enumerate(replies):
+            for w, word in enumerate(words):
+                if isinstance(self.mode, FailMidStream) and sent == self.mode.after:
+                    return await self._cut(request, response, self.mode)
+                if isinstance(self.mode, Slow):
+                    await asyncio.sleep(self.mode.first_s if sent == 0 else self.mode.between_s)
+                reason = finish if w == len(words) - 1 else None
+                choice = {"index": i, "text": word, "finish_reason": reason, "logprobs": None}
+                await response.write(
+                    b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+                )
+                sent += 1
+        if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
+            last = {**base, "choices": [], "usage": usage}
+            await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        if self.send_done:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
         return response
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import socket
 from collections import Counter
@@ -617,6 +618,44 @@ async def test_closing_a_stream_early_releases_the_node(
     labels = {"backend": "up", "node": node.url, "outcome": "cancelled"}
     assert metrics._registry is not None
     assert metrics._registry.get_sample_value("agentd_upstream_calls_total", labels) == 1
+
+
+def retry_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "agentd.backends.pool"]
+
+
+async def test_a_single_node_failure_says_there_is_no_other_node(
+    stub: StartStub, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = await stub(Fail(503))
+    pool = await make_pool(node)
+    with (
+        caplog.at_level(logging.WARNING, logger="agentd.backends.pool"),
+        pytest.raises(UpstreamError),
+    ):
+        await pool.complete(ask())
+    [line] = retry_lines(caplog)
+    assert line.endswith("; no other node to try")
+    assert f"node {node.url} failed" in line
+
+
+async def test_a_failure_with_another_node_says_it_tries_another(
+    stub: StartStub, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, good = await stub(Fail(503)), await stub()
+    pool = await make_pool(broken, good, policy="round_robin", breaker_failures=1)
+    with caplog.at_level(logging.WARNING, logger="agentd.backends.pool"):
+        assert (await pool.complete(ask("x"))).text == "stub:x"
+        # The first node's breaker is open now: when the second fails, nothing is left.
+        good.mode = Fail(503)
+        with pytest.raises(UpstreamError):
+            await pool.complete(ask())
+    lines = [line for line in retry_lines(caplog) if "failed" in line]
+    assert [line.rpartition("; ")[2] for line in lines] == [
+        "trying another",
+        "no other node to try",
+    ]
+    assert (len(broken.requests), len(good.requests)) == (1, 2)
 
 
 # -- metrics ---------------------------------------------------------------------------------

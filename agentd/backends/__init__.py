@@ -8,6 +8,10 @@ over their nodes.
     # A job's model call uses only the capacity interactive calls leave it.
     pool = backends.get(agent.backend)
     chunks = pool.stream(request, deadline=d, request_class=agent.background_class)
+    # The pass-through endpoints, on the same nodes, breakers and limits.
+    vectors = (await pool.embed(EmbeddingRequest("text-embed", ["a", "b"]), d)).vectors
+    async for piece in pool.complete_text(TextRequest("instruct", "Once", stream=True), d):
+        ...
     await backends.close()
 """
 
@@ -19,13 +23,18 @@ from typing import TYPE_CHECKING
 
 from ..config import BackendConfig
 from ..errors import NotFound
-from .echo import EchoNode
-from .openai import OpenAIClient
+from .echo_endpoints import EchoEndpoints
+from .openai_endpoints import OpenAIEndpointsClient
 from .pool import BACKGROUND, INTERACTIVE, Pool
 from .types import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
+    TextChoice,
+    TextChunk,
+    TextRequest,
     Transport,
     UpstreamAuth,
     UpstreamRejected,
@@ -42,7 +51,12 @@ __all__ = (
     "ChatRequest",
     "Chunk",
     "Completion",
+    "EmbeddingRequest",
+    "Embeddings",
     "Pool",
+    "TextChoice",
+    "TextChunk",
+    "TextRequest",
     "Transport",
     "UpstreamAuth",
     "UpstreamRejected",
@@ -58,9 +72,9 @@ def build_pool(
 ) -> Pool:
     """The pool for one ``[[backends]]`` entry (not started yet)."""
     if config.type == "echo":
-        return Pool(config, [EchoNode(config)], metrics)
+        return Pool(config, [EchoEndpoints(config)], metrics)
     if config.type == "openai":
-        client = OpenAIClient(config, environ)
+        client = OpenAIEndpointsClient(config, environ)
         return Pool(config, client.nodes, metrics, client=client)
     raise ValueError(f"backend {config.name!r}: unknown type {config.type!r}")
 

@@ -1,6 +1,10 @@
 """A backend's pool of nodes: picks a node per call, retries before the first chunk,
 keeps each node's breaker and latency estimate, and counts calls in metrics.
 
+Chat streams, embeddings and legacy completions take the same path (:meth:`Pool._relay`);
+a reply that comes whole is a stream of one item, so "before the first chunk" means
+"before the whole reply" for it.
+
 Every call has a request class: ``"interactive"`` (people waiting) or any other name
 (background jobs, agent-declared classes). With ``max_inflight`` set, a node takes at
 most that many calls of this worker at once, and non-interactive calls at most their
@@ -11,20 +15,25 @@ most that many calls of this worker at once, and non-interactive calls at most t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..config import BackendConfig
-from ..errors import BadRequest, Overloaded, UpstreamTimeout
+from ..errors import BadRequest, Overloaded, UpstreamError, UpstreamTimeout
 from .balance import Policy, make_policy
 from .nodes import CLOSED, OPEN, STATE_NAMES, Breaker, Node
 from .types import (
     ChatRequest,
     Chunk,
     Completion,
+    EmbeddingRequest,
+    Embeddings,
+    TextChunk,
+    TextRequest,
     Transport,
     UpstreamAuth,
     is_retryable,
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 __all__ = ("BACKGROUND", "INTERACTIVE", "MAX_ATTEMPTS", "Pool", "background_limit")
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Nodes one call may try (each at most once) while nothing has reached the caller.
 MAX_ATTEMPTS = 3
@@ -146,7 +157,7 @@ class Pool:
         assert last is not None  # a stream always ends with a finishing chunk
         return Completion("".join(parts), last.finish_reason or "stop", last.usage or {}, last.node)
 
-    async def stream(
+    def stream(
         self,
         request: ChatRequest,
         session_id: str | None = None,
@@ -162,6 +173,65 @@ class Pool:
         the error reaches the caller, never a second answer. Close the iterator
         (``contextlib.aclosing``) if you stop early: that frees its place on the node.
         """
+        return self._relay(
+            lambda transport, until: transport.stream(request, until),
+            session_id,
+            deadline,
+            request_class,
+        )
+
+    async def embed(
+        self,
+        request: EmbeddingRequest,
+        deadline: float | None = None,
+        *,
+        request_class: str = INTERACTIVE,
+    ) -> Embeddings:
+        """The embeddings of ``request.input`` (400 ``unsupported_endpoint`` when this
+        backend does not serve embeddings). Nothing reaches the caller before the whole
+        reply, so any retryable failure is retried on another node."""
+        self._serves("embeddings")
+        calls = self._relay(
+            lambda transport, until: transport.embed(request, until),
+            None,
+            deadline,
+            request_class,
+        )
+        reply: Embeddings | None = None
+        async with contextlib.aclosing(calls):
+            async for item in calls:
+                reply = item  # drained to its end: the call ends "ok", not cancelled
+        if reply is None:
+            raise UpstreamError(f"backend {self.name}: no embeddings in the reply")
+        return reply
+
+    def complete_text(
+        self,
+        request: TextRequest,
+        deadline: float | None = None,
+        *,
+        request_class: str = INTERACTIVE,
+    ) -> AsyncIterator[TextChunk]:
+        """A legacy completion (streamed, or one chunk holding the whole reply), retried on
+        another node while nothing has reached the caller, as :meth:`stream`."""
+        self._serves("completions")
+        return self._relay(
+            lambda transport, until: transport.complete_text(request, until),
+            None,
+            deadline,
+            request_class,
+        )
+
+    async def _relay(
+        self,
+        call: Callable[[Transport, float], AsyncIterator[T]],
+        session_id: str | None,
+        deadline: float | None,
+        request_class: str,
+    ) -> AsyncIterator[T]:
+        """Run ``call(transport, deadline)`` on a node chosen by the policy of
+        ``request_class`` and pass on what it yields (see :meth:`stream`): the one path of
+        every model call, whatever its endpoint."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         limit = now + self.config.timeout_s
@@ -191,16 +261,16 @@ class Pool:
             started = now
             first = False
             outcome = "error"
-            chunks = node.transport.stream(request, deadline)
+            items = call(node.transport, deadline)
             try:
-                async for chunk in chunks:
+                async for item in items:
                     if not first:
                         first = True
                         at = loop.time()
                         node.observe(at - started, at)
                         if node.metrics is not None:
                             node.metrics.first_token.observe(at - started)
-                    yield chunk
+                    yield item
                 outcome = "ok"
                 return
             except UpstreamTimeout:
@@ -213,7 +283,19 @@ class Pool:
                 outcome = "cancelled"
                 raise
             except Exception as exc:
-                if first or not is_retryable(exc) or len(tried) >= MAX_ATTEMPTS:
+                if first or not is_retryable(exc):
+                    raise
+                if len(tried) >= MAX_ATTEMPTS:
+                    log.warning(
+                        "backend %s: node %s failed (%s); giving up after %d nodes",
+                        self.name, node.name, exc, len(tried),
+                    )  # fmt: skip
+                    raise
+                if not self._another(tried, loop.time()):
+                    log.warning(
+                        "backend %s: node %s failed (%s); no other node to try",
+                        self.name, node.name, exc,
+                    )  # fmt: skip
                     raise
                 log.warning(
                     "backend %s: node %s failed (%s); trying another", self.name, node.name, exc
@@ -226,7 +308,7 @@ class Pool:
                 self._settle(node, probe, outcome, first, started, loop.time())
                 self._serve_waiting()
                 if outcome != "ok":
-                    await chunks.aclose()
+                    await items.aclose()
             now = loop.time()
 
     def status(self) -> list[dict[str, object]]:
@@ -276,6 +358,20 @@ class Pool:
         if not candidates:
             return None, full
         return policy.pick(candidates, session_id, now), False
+
+    def _another(self, tried: list[Node], now: float) -> bool:
+        """Whether a node not tried yet may take a call now or once it has room (its
+        breaker lets calls or a probe through)."""
+        return any(node not in tried and node.breaker.ready(now) for node in self.nodes)
+
+    def _serves(self, endpoint: str) -> None:
+        """Refuse a call to an endpoint this backend's nodes do not have (``endpoints``)."""
+        if endpoint not in self.config.endpoints:
+            raise BadRequest(
+                f"backend {self.name!r} does not serve /v1/{endpoint} (its endpoints: "
+                f"{', '.join(self.config.endpoints) or 'chat only'})",
+                code="unsupported_endpoint",
+            )
 
     def _has_room(self, node: Node, background: bool) -> bool:
         if node.inflight >= self._limit:

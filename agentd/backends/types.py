@@ -13,10 +13,16 @@ __all__ = (
     "ChatRequest",
     "Chunk",
     "Completion",
+    "EmbeddingRequest",
+    "Embeddings",
+    "TextChoice",
+    "TextChunk",
+    "TextRequest",
     "Transport",
     "UpstreamAuth",
     "UpstreamRejected",
     "estimate_tokens",
+    "input_items",
     "is_retryable",
     "last_user_text",
     "message_chars",
@@ -60,13 +66,92 @@ class Completion:
     node: str
 
 
+# -- the pass-through endpoints (/v1/embeddings, /v1/completions) --------------------
+
+# A prompt or an embedding input as OpenAI takes it: a string, strings, or token ids.
+TextInput = str | list[str] | list[int] | list[list[int]]
+
+
+def input_items(value: TextInput | None) -> list[str | list[int]]:
+    """The items of an input or prompt: a string or a list of token ids is one item, a
+    list of strings or of token lists is one item each (null: one empty prompt)."""
+    if value is None:
+        return [""]
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(v, int) for v in value):
+        return [value]  # type: ignore[list-item]
+    return list(value)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """One embeddings call: the upstream model, the input (one item or a list), and the
+    other fields (``dimensions``, ``encoding_format``, ``user``) as given."""
+
+    model: str
+    input: TextInput
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """An embeddings reply: one vector per input item, in order. A vector is floats, or
+    a string when the node sent it base64-encoded (little-endian float32)."""
+
+    vectors: list[list[float] | str]
+    usage: dict[str, int]
+    node: str
+
+
+@dataclass(slots=True)
+class TextRequest:
+    """One legacy completions call: the upstream model, the prompt, the other fields
+    (``max_tokens``, ``n``, ``logprobs``...) as given, and whether to stream."""
+
+    model: str
+    prompt: TextInput
+    params: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+
+
+@dataclass(slots=True)
+class TextChoice:
+    """A piece of one choice's text (all of it, unstreamed); ``finish_reason`` is set on
+    its last piece. ``logprobs`` is the node's, passed on as sent."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class TextChunk:
+    """What a legacy completion yields: pieces of choices, and ``usage`` on the last
+    chunk when the node sent it (a streamed reply's usage chunk has no choices)."""
+
+    choices: list[TextChoice]
+    usage: dict[str, int] | None
+    node: str
+
+
 class Transport(Protocol):
-    """One model node. ``stream`` must respect ``deadline`` (``loop.time()`` based) and
-    raise :class:`UpstreamTimeout` past it; it raises agentd errors only."""
+    """One model node. Its calls must respect ``deadline`` (``loop.time()`` based) and
+    raise :class:`UpstreamTimeout` past it; they raise agentd errors only.
+
+    Every call is a stream: a reply that comes whole (embeddings, an unstreamed
+    completion) is a stream of one item, so the pool retries, breaks and counts all
+    calls the same way.
+    """
 
     name: str
 
     def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]: ...
+
+    def embed(self, request: EmbeddingRequest, deadline: float) -> AsyncIterator[Embeddings]: ...
+
+    def complete_text(self, request: TextRequest, deadline: float) -> AsyncIterator[TextChunk]: ...
 
 
 def is_retryable(exc: BaseException) -> bool:

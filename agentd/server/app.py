@@ -22,7 +22,18 @@ from ..jobs.service import Responses
 from ..metrics import BackendMetrics, JobMetrics, Metrics
 from ..runtime import WorkerState
 from ..store import open_store
-from . import cache_admin, chat, conversations, events, ops, responses, sessions, state, ws
+from . import (
+    cache_admin,
+    chat,
+    conversations,
+    events,
+    ops,
+    passthrough,
+    responses,
+    sessions,
+    state,
+    ws,
+)
 from .keys import (
     AGENTS,
     BACKENDS,
@@ -103,6 +114,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     sessions.setup(app)
     conversations.setup(app)
     state.setup(app)
+    passthrough.setup(app)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)
     return app
