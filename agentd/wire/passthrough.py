@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..client_json import loads_json
-from ..errors import BadRequest
+from ..errors import BadRequest, unknown_parameter
+from ..errors import param_error as _bad
 from .responses.fields import Kinds
-from .responses.request import _bad, _check, _name
+from .responses.request import check_type
 
 __all__ = (
     "COMPLETION_FIELDS",
@@ -95,7 +96,7 @@ def _agent(body: dict[str, Any]) -> str:
     agent = body.get("model")
     if agent is None:
         raise _bad("model is required: the name of an agent", "missing_required_parameter", "model")
-    if not _check(agent, (str,), "model"):
+    if not check_type(agent, (str,), "model"):
         raise _bad("model must name an agent", "invalid_value", "model")
     return agent
 
@@ -108,8 +109,8 @@ def _params(body: dict[str, Any], fields: dict[str, Kinds], own: tuple[str, ...]
             continue
         kinds = fields.get(key)
         if kinds is None:
-            raise _bad(f"unknown parameter {_name(key)!r}", "unknown_parameter", _name(key))
-        if _check(value, kinds, key) is not None:
+            raise unknown_parameter(key)
+        if check_type(value, kinds, key) is not None:
             params[key] = value
     return params
 

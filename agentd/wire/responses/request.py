@@ -40,7 +40,7 @@ from .fields import (
     Kinds,
 )
 
-__all__ = ("CreateRequest", "parse_create", "parse_input_items", "parse_metadata")
+__all__ = ("CreateRequest", "check_type", "parse_create", "parse_input_items", "parse_metadata")
 
 
 @dataclass(slots=True)
@@ -98,7 +98,7 @@ def _refuse_unknown(value: dict[str, Any], allowed: frozenset[str], where: str) 
             raise unknown_parameter(key, where)
 
 
-def _check(value: Any, kinds: Kinds, param: str) -> Any:
+def check_type(value: Any, kinds: Kinds, param: str) -> Any:
     """``value`` if it is null or its JSON type is one of ``kinds``; else ``invalid_type``."""
     if value is None:
         return None
@@ -137,12 +137,12 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     agent = body.get("model")
     if agent is None:
         raise _bad("model is required: the name of an agent", "missing_required_parameter", "model")
-    if not _check(agent, (str,), "model"):
+    if not check_type(agent, (str,), "model"):
         raise _bad("model must name an agent", "invalid_value", "model")
     messages = _parse_input(body.get("input"))
 
-    instructions = _check(body.get("instructions"), (str,), "instructions")
-    previous = _check(body.get("previous_response_id"), (str,), "previous_response_id")
+    instructions = check_type(body.get("instructions"), (str,), "instructions")
+    previous = check_type(body.get("previous_response_id"), (str,), "previous_response_id")
     if previous is not None and not 0 < len(previous) <= MAX_ID_CHARS:
         raise _bad(
             f"previous_response_id must have 1 to {MAX_ID_CHARS} characters",
@@ -171,9 +171,9 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
             )
         session_id = sid
     metadata = parse_metadata(body.get("metadata"))
-    background = bool(_check(body.get("background"), (bool,), "background"))
-    stream = bool(_check(body.get("stream"), (bool,), "stream"))
-    store = _check(body.get("store"), (bool,), "store") is not False
+    background = bool(check_type(body.get("background"), (bool,), "background"))
+    stream = bool(check_type(body.get("stream"), (bool,), "stream"))
+    store = check_type(body.get("store"), (bool,), "store") is not False
     if not store and background:
         raise _bad(
             "a background response is stored: store must be true", "unsupported_value", "store"
@@ -190,10 +190,10 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
     for key, value in body.items():
         if key in PARAM_FIELDS:
             name, kinds = PARAM_FIELDS[key]
-            if _check(value, kinds, key) is not None:
+            if check_type(value, kinds, key) is not None:
                 params[name] = value
         elif key in IGNORED_FIELDS:
-            _check(value, IGNORED_FIELDS[key], key)
+            check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
     _check_restricted(body)
     return CreateRequest(
@@ -331,21 +331,21 @@ def _check_ranges(params: dict[str, Any]) -> None:
 
 
 def _check_restricted(body: dict[str, Any]) -> None:
-    if _check(body.get("tools"), (list,), "tools"):
+    if check_type(body.get("tools"), (list,), "tools"):
         raise _bad("tools are not supported: agentd runs no tools", "unsupported_value", "tools")
-    choice = _check(body.get("tool_choice"), (str, dict), "tool_choice")
+    choice = check_type(body.get("tool_choice"), (str, dict), "tool_choice")
     if choice is not None and choice not in ("auto", "none"):
         raise _bad(
             'tool_choice must be "auto" or "none": there are no tools',
             "unsupported_value",
             "tool_choice",
         )
-    text = _check(body.get("text"), (dict,), "text")
+    text = check_type(body.get("text"), (dict,), "text")
     if text is None:
         return
     _refuse_unknown(text, TEXT_FIELDS, "text")
-    _check(text.get("verbosity"), (str,), "text.verbosity")
-    fmt = _check(text.get("format"), (dict,), "text.format")
+    check_type(text.get("verbosity"), (str,), "text.verbosity")
+    fmt = check_type(text.get("format"), (dict,), "text.format")
     if fmt is not None and fmt.get("type") != "text":
         raise _bad(
             'text.format must be {"type": "text"}: agentd has no structured output',
