@@ -141,6 +141,32 @@ async def test_a_turn_heard_by_a_listener_ends_as_one_that_is_not(agents: Factor
     assert by_run.admission.inflight == by_complete.admission.inflight == 0
 
 
+async def test_a_turn_id_is_stored_once_however_many_run_it(agents: Factory) -> None:
+    # Two attempts of one background job (one reclaimed while the other still ran) run
+    # the same turn id at once: the lease orders them, and the second finds the first's
+    # reply in the history it read under the lease instead of storing the turn again.
+    slow = await agents(**echo(latency_ms=200))
+    sid = (await slow.store.create_session()).id
+
+    async def attempt() -> tuple[TurnResult, list[str]]:
+        req = turn_request("once only", sid)
+        req.turn_id = "resp_same"
+        listener = Recorder()
+        done = await slow.run(req, deadline=deadline(), listener=listener)
+        return done, listener.heard
+
+    (first, heard1), (second, heard2) = await asyncio.gather(attempt(), attempt())
+    history = await slow.store.history(sid)
+    assert [(m["role"], m["content"], m["turn"]) for m in history] == [
+        ("user", "once only", "resp_same"),
+        ("assistant", "once only", "resp_same"),
+    ]
+    assert first.text == second.text == "once only"
+    assert first.seq == second.seq == history[-1]["seq"]
+    assert ["source:bypass", "once only"] in (heard1, heard2)  # the second: told again whole
+    assert slow.admission.inflight == 0
+
+
 def _cache_counts(agents: Agents) -> list[str]:
     assert agents.metrics is not None
     text = agents.metrics.render().decode()

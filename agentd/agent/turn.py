@@ -121,6 +121,9 @@ class Agents:
             started = loop.time()
             async with self.leases.hold(req.session_id, agent.history, deadline, interrupt) as held:
                 timings.session = loop.time() - started
+                earlier = _stored_reply(req.turn_id, held.history)
+                if earlier is not None:
+                    return await _told_again(earlier, agent, req, timings, listener)
                 plan = self._plan(agent, req, held.history)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener)  # fmt: skip
@@ -237,6 +240,34 @@ class Agents:
             self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
         return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
                           stored, timings, level, turn_id, reply.cancelled)  # fmt: skip
+
+
+def _stored_reply(turn_id: str | None, history: Sequence[Mapping[str, Any]]) -> Any:
+    """The reply a turn with this id already stored, if the history read under the lease
+    holds it: a retried job's attempt overtaken by an earlier one that finished."""
+    if turn_id:
+        for message in reversed(history):
+            if message.get("turn") == turn_id and message.get("role") == "assistant":
+                return message
+    return None
+
+
+async def _told_again(
+    said: Mapping[str, Any],
+    agent: AgentConfig,
+    req: TurnRequest,
+    timings: Timings,
+    listener: Listener | None,
+) -> TurnResult:
+    """The result of a turn stored before: its reply, told again, and nothing stored."""
+    text = said.get("content") or ""
+    if listener is not None:
+        listener.source("bypass")
+        if text:
+            await listener.delta(text)
+    cancelled = said.get("status") == "cancelled"
+    return TurnResult(text, "stop", {}, "", agent.model or agent.name, [dict(said)], timings,
+                      "bypass", req.turn_id or "", cancelled)  # fmt: skip
 
 
 def _stages_run(timings: Timings, session: bool, replied: bool) -> dict[str, float]:
