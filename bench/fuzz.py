@@ -7,8 +7,8 @@ an input is one request, one raw connection or one frame), and prints the counts
 outcome, the violations (5xx, error bodies without a stable code, WebSockets that died),
 worker restarts, leaked WebSocket handlers and locked sessions. Exits 1 if any.
 
-Input ``i`` of a run is drawn from ``Random(f"{seed}:{i}")``: ``--only I`` sends just
-that one again, and prints it.
+Input ``i`` of a run is drawn from ``Random(f"{seed}:{i}")``: ``--only I`` prints it
+again (the response ids it may name are the server's, so they are placeholders there).
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ import orjson
 
 from tests.procs import AgentdProcess, RedisServer
 
-from .fuzzgen import ENDPOINTS, FRAME_KINDS, Context, http_input, raw_input, ws_input
+from .fuzzconn import FRAME_KINDS, raw_input, ws_input
+from .fuzzgen import (
+    ENDPOINTS,
+    Context,
+    HttpInput,
+    Input,
+    RawInput,
+    WsInput,
+    http_input,
+)
 from .fuzzsend import (
     Result,
     locked_sessions,
@@ -51,7 +60,7 @@ GAUGE = "agentd_websocket_connections"
 ROUTES = sorted(ENDPOINTS)
 
 
-def draw(seed: int, index: int, ctx: Context) -> object:
+def draw(seed: int, index: int, ctx: Context) -> Input:
     """Input ``index`` of the run: 75% HTTP requests, 10% raw HTTP, 15% WebSockets."""
     rnd = random.Random(f"{seed}:{index}")
     pick = rnd.random()
@@ -62,34 +71,33 @@ def draw(seed: int, index: int, ctx: Context) -> object:
     return ws_input(rnd, rnd.choice(FRAME_KINDS), ctx)
 
 
-async def send(http: aiohttp.ClientSession, base: str, port: int, inp: object) -> Result:
-    if hasattr(inp, "route"):
-        return await send_http(http, base, inp)  # type: ignore[arg-type]
-    if hasattr(inp, "pieces"):
-        return await send_raw("127.0.0.1", port, inp)  # type: ignore[arg-type]
-    return await send_ws(http, base, inp)  # type: ignore[arg-type]
+async def send(http: aiohttp.ClientSession, base: str, port: int, inp: Input) -> Result:
+    if isinstance(inp, HttpInput):
+        return await send_http(http, base, inp)
+    if isinstance(inp, RawInput):
+        return await send_raw("127.0.0.1", port, inp)
+    return await send_ws(http, base, inp)
 
 
-def weight(inp: object) -> int:
+def weight(inp: Input) -> int:
     """How many inputs this is: a WebSocket connection counts its frames."""
-    frames = getattr(inp, "frames", None)
-    return 1 if frames is None else len(frames)
+    return len(inp.frames) if isinstance(inp, WsInput) else 1
 
 
 async def prepare(http: aiohttp.ClientSession, base: str) -> Context:
-    """Sessions and responses for the inputs to name (a background one, finished; a
-    foreground one; one on a session)."""
-    sessions = []
-    for i in range(SESSIONS):
-        async with http.post(base + "/v1/sessions", json={"id": f"fz-keep-{i}"}) as r:
-            assert r.status in (201, 409), await r.text()
-            sessions.append(f"fz-keep-{i}")
+    """Sessions and responses for the inputs to name: a background response, a
+    foreground one, and a background one on a session."""
+    sessions = [f"fz-keep-{i}" for i in range(SESSIONS)]
+    for sid in sessions:
+        async with http.post(base + "/v1/sessions", json={"id": sid}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"creating session {sid}: {r.status} {await r.text()}")
     responses = []
     for extra in ({"background": True}, {}, {"background": True, "session_id": sessions[0]}):
-        async with http.post(
-            base + "/v1/responses", json={"model": "echo", "input": "hi", **extra}
-        ) as r:
-            assert r.status == 200, await r.text()
+        body = {"model": "echo", "input": "hi", **extra}
+        async with http.post(base + "/v1/responses", json=body) as r:
+            if r.status != 200:
+                raise RuntimeError(f"creating a response: {r.status} {await r.text()}")
             responses.append(orjson.loads(await r.read())["id"])
     return Context(tuple(sessions), tuple(responses))
 
@@ -237,7 +245,8 @@ async def _report(
     print(f"locked sessions: {len(locked)} {locked or ''}")
     if turn_keys is not None:
         print(f"turn leases left in redis: {turn_keys}")
-    failed = client_5xx or tally.violations or restarts or replaced or leaked > 0 or locked
+    failed = client_5xx or tally.violations or tally.errors or restarts or replaced
+    failed = failed or leaked > 0 or bool(locked)
     failed = failed or bool(turn_keys) or proc.proc.poll() is not None
     print("FAILED" if failed else "OK")
     return 1 if failed else 0

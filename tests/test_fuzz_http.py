@@ -14,9 +14,10 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
-from bench.fuzzgen import ENDPOINTS, http_input, raw_input
+from bench.fuzzconn import raw_input
+from bench.fuzzgen import ENDPOINTS, http_input
 
 from .fuzz_strategies import FUZZ, Fuzzed, check, draws, fuzzed_server
 
@@ -39,7 +40,7 @@ def test_every_request_is_answered_with_a_stable_code(
     check(fuzzed, http_input(rnd, route, fuzzed.ctx))
 
 
-@FUZZ.__class__(FUZZ, max_examples=30)
+@settings(FUZZ, max_examples=30)
 @given(rnd=draws)
 def test_malformed_http_never_gets_a_server_error(fuzzed: Fuzzed, rnd: random.Random) -> None:
     check(fuzzed, raw_input(rnd, fuzzed.ctx))

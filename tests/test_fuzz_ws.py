@@ -15,9 +15,9 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
-from bench.fuzzgen import FRAME_KINDS, ws_input
+from bench.fuzzconn import FRAME_KINDS, ws_input
 
 from .fuzz_strategies import FUZZ, Fuzzed, check, draws, fuzzed_server
 
@@ -32,7 +32,7 @@ def fuzzed(
 
 
 @pytest.mark.parametrize("kind", FRAME_KINDS)
-@FUZZ.__class__(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=15)
 @given(rnd=draws)
 def test_every_frame_gets_an_answer_and_the_connection_lives_on(
     fuzzed: Fuzzed, kind: str, rnd: random.Random
