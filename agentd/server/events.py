@@ -64,7 +64,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
         await events.aclose()
         raise
     closing = request.app[STATE].closing
-    await pump_sse(response, events, session_frame, closing, lambda e: e.kind == "deleted")
+    await pump_sse(request, response, events, session_frame, closing, lambda e: e.kind == "deleted")
     return response
 
 

@@ -18,6 +18,7 @@ from ..wire import sse
 
 __all__ = (
     "MAX_DEPTH",
+    "client_gone",
     "error_response",
     "from_http_exception",
     "json_object",
@@ -31,6 +32,10 @@ __all__ = (
 
 # An idle event stream gets a comment line this often (proxies close silent ones).
 HEARTBEAT_S = 15.0
+# How often an idle event stream looks whether its client is still connected: aiohttp
+# does not cancel a handler whose client left, and an idle stream writes nothing that
+# would fail, so its watcher would outlive the client until the next comment line.
+CLIENT_CHECK_S = 1.0
 PING = sse.comment(b"ping")
 
 JSON = "application/json"
@@ -60,7 +65,14 @@ async def start_sse(
     return response
 
 
+def client_gone(request: web.BaseRequest) -> bool:
+    """Whether the client's connection is closed (or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def pump_sse(
+    request: web.Request,
     response: web.StreamResponse,
     events: AsyncIterator[T],
     frame: Callable[[T], bytes],
@@ -70,24 +82,32 @@ async def pump_sse(
     """Write ``frame(event)`` for each event as it comes, and a comment line when the
     stream is idle, until the events end, an event is ``last``, ``closing`` is set (the
     worker drains: the client resumes elsewhere) or the events fail (an ``error`` event
-    with the error body ends the stream). Closes the iterator."""
+    with the error body ends the stream). Closes the iterator. A client that left ends
+    it with ConnectionResetError, as a write would."""
     next_event: asyncio.Future[T] = asyncio.ensure_future(anext(events))
     drain = asyncio.ensure_future(closing.wait())
+    loop = asyncio.get_running_loop()
+    ping_at = loop.time() + HEARTBEAT_S
     try:
         while True:
             done, _ = await asyncio.wait(
-                {next_event, drain}, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED
+                {next_event, drain}, timeout=CLIENT_CHECK_S, return_when=asyncio.FIRST_COMPLETED
             )
             if drain in done:
                 return
             if next_event not in done:
-                await response.write(PING)
+                if client_gone(request):
+                    raise ConnectionResetError("the client closed the event stream")
+                if loop.time() >= ping_at:
+                    await response.write(PING)
+                    ping_at = loop.time() + HEARTBEAT_S
                 continue
             try:
                 event = next_event.result()
             except StopAsyncIteration:
                 return
             await response.write(frame(event))
+            ping_at = loop.time() + HEARTBEAT_S
             if last is not None and last(event):
                 return
             next_event = asyncio.ensure_future(anext(events))

@@ -1,20 +1,37 @@
-"""The middleware every request passes: error mapping and request metrics, in one frame."""
+"""The middleware every request passes: error mapping and request metrics, in one frame.
+
+A request whose client went away before it was answered (a body cut short, a stream
+whose reader closed) is no server error: it is counted with status 499, as nginx does,
+and logged at debug.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.typedefs import Handler
 
 from ..errors import AgentdError, Internal
-from .http import error_response, from_http_exception
+from .http import client_gone, error_response, from_http_exception
 from .keys import METRICS
 
-__all__ = ("observe",)
+__all__ = ("CLIENT_CLOSED", "STOPPED", "observe")
 
 log = logging.getLogger(__name__)
+
+# The status counted for a request whose client closed its connection first (nginx's).
+CLIENT_CLOSED = 499
+# The status counted for a request cancelled while its client still waited (the worker's
+# drain ran out of time).
+STOPPED = 503
+# What a read or a write raises once the client's connection is gone: aiohttp's own
+# ClientConnectionResetError is a ConnectionResetError; a body cut off mid-way is a
+# ConnectionResetError or, from the parser, a payload error.
+_GONE_ERRORS = (ConnectionError, PayloadEncodingError, ClientPayloadError)
 
 
 @web.middleware
@@ -28,12 +45,26 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         response = error_response(from_http_exception(exc))
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = error_response(Internal("internal server error"))
+    except asyncio.CancelledError:
+        # Counted, then passed on: a cancelled handler must end.
+        _count(request, CLIENT_CLOSED if client_gone(request) else STOPPED, start)
+        raise
+    except Exception as exc:
+        if isinstance(exc, _GONE_ERRORS) and client_gone(request):
+            log.debug("client went away during %s %s: %r", request.method, request.path, exc)
+            response = web.Response(status=CLIENT_CLOSED)
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(Internal("internal server error"))
+    if not response.prepared and client_gone(request):
+        # Answered after the client left (a turn it did not wait for): nobody reads it.
+        log.debug("client went away before %s %s was answered", request.method, request.path)
+        response = web.Response(status=CLIENT_CLOSED)
+    _count(request, response.status, start)
+    return response
+
+
+def _count(request: web.Request, status: int, start: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[METRICS].observe_request(
-        route, request.method, response.status, time.perf_counter() - start
-    )
-    return response
+    request.app[METRICS].observe_request(route, request.method, status, time.perf_counter() - start)

@@ -86,6 +86,7 @@ async def _follow(
     end."""
     response = await start_sse(request)
     await pump_sse(
+        request,
         response,
         responses.follow(rid, after),
         lambda e: sse.frame(e[1], e[0]),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -80,6 +81,7 @@ class _Connection:
         self.turns: dict[str, asyncio.Task[None]] = {}
         self.own_turns: set[str] = set()
         self.watcher: asyncio.Task[None] | None = None
+        self.releasing: set[asyncio.Task[None]] = set()
         self.closing = False
         self.closer: asyncio.Future[bool] | None = None
 
@@ -156,6 +158,14 @@ class _Connection:
         self.session_id = info.id
         self.send({"type": "ready", "session_id": info.id, "seq": info.last_seq})
         self.watcher = asyncio.create_task(self.follow(events))
+        self.watcher.add_done_callback(lambda _: self.release(events))
+
+    def release(self, events: AsyncGenerator[Event]) -> None:
+        """Close a watcher's events (again: closing twice does nothing). ``follow``
+        closes them, but a watcher cancelled before its first step never runs it."""
+        task = asyncio.ensure_future(events.aclose())
+        self.releasing.add(task)
+        task.add_done_callback(self.releasing.discard)
 
     async def follow(self, events: Any) -> None:
         """Forward the session's events; a connection's own turns arrive as done frames."""
@@ -254,10 +264,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 else:  # close, closing, closed or error (aiohttp sets the close code)
                     break
         finally:
-            await conn.close()
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            try:
+                await conn.close()
+            finally:  # even when the handler is cancelled while closing (a drain)
+                writer.cancel()
+                with contextlib.suppress(BaseException):
+                    await writer
     return ws
 
 

@@ -18,6 +18,28 @@ from .sessions import SessionStore
 __all__ = ("WatchStore",)
 
 
+class _Watch(AsyncGenerator[Event]):
+    """A watch's events, and its subscription: closing it ends the subscription even if
+    the events were never read (closing an async generator that never started runs none
+    of its code, its ``finally`` included)."""
+
+    def __init__(self, events: AsyncGenerator[Event], sub: Subscription) -> None:
+        self._events = events
+        self._sub = sub
+
+    async def asend(self, value: None) -> Event:
+        return await self._events.asend(value)
+
+    async def athrow(self, *args: Any) -> Event:
+        return await self._events.athrow(*args)
+
+    async def aclose(self) -> None:
+        try:
+            await self._events.aclose()
+        finally:
+            await self._sub.close()  # a second close does nothing
+
+
 class WatchStore(SessionStore):
     """:class:`Store`'s events over a subscription primitive and the session's history."""
 
@@ -37,7 +59,7 @@ class WatchStore(SessionStore):
         sid = validate_session_id(session_id)
         # Subscribe before reading history, so nothing falls between the two.
         sub = await self._subscribe(sid)
-        return self._follow(sid, sub, after)
+        return _Watch(self._follow(sid, sub, after), sub)
 
     async def _follow(
         self, sid: str, sub: Subscription, after: int | None

@@ -39,7 +39,8 @@ class _Feed(Subscription):
         self.channel = channel
 
     async def close(self) -> None:
-        await self._hub.release(self)
+        # Shielded: a watcher cancelled while it closes still unsubscribes.
+        await asyncio.shield(self._hub.release_soon(self))
 
 
 class _Endpoint:
@@ -172,6 +173,7 @@ class EventHub:
         self._shards = shards
         self._endpoints: dict[str, _Endpoint] = {}
         self._where: dict[bytes, _Endpoint] = {}
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def _endpoint_for(self, channel: str) -> _Endpoint:
         shards = self._shards
@@ -203,15 +205,28 @@ class EventHub:
     async def subscribe(self, channel: str) -> Subscription:
         endpoint = self._endpoint_for(channel)
         feed = _Feed(self, channel.encode())
-        await endpoint.add(feed)
         self._where[feed.channel] = endpoint
+        try:
+            await endpoint.add(feed)
+        except BaseException:
+            # Cancelled (or failed) with the SUBSCRIBE perhaps sent: take it back.
+            self.release_soon(feed)
+            raise
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # A cancellation that arrived while subscribing was absorbed on the way (a
             # subscribe racing its confirmation): honour it, or the caller cannot stop.
-            await self.release(feed)
+            await feed.close()
             raise asyncio.CancelledError
         return feed
+
+    def release_soon(self, feed: _Feed) -> asyncio.Task[None]:
+        """Release ``feed`` in a task of its own, which a cancellation of the caller
+        does not stop half-way."""
+        task = asyncio.ensure_future(self.release(feed))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return task
 
     async def release(self, feed: _Feed) -> None:
         endpoint = self._where.get(feed.channel)

@@ -7,6 +7,7 @@ Works the same on one Redis, on client-side shards and on a Redis Cluster (see
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -56,6 +57,8 @@ class RedisStore(BaseStore):
         )
         self.waits = Shards(dataclasses.replace(config.redis, pool_size=max(1, streams)))
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        # Releases of leases granted to cancelled callers (kept so they are not collected).
+        self._releasing: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.shards.start()
@@ -111,10 +114,28 @@ class RedisStore(BaseStore):
         self, sid: str, last: int, lease_ms: int
     ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
         keys = [*K.session_keys(sid), K.turn_key(sid)]
-        found = await self.shards.eval(L.BEGIN_TURN, keys, [self.ttl, last, lease_ms])
+        # Shielded: a caller cancelled while Redis grants the lease (the reply on its
+        # way back) would leave the session held by nobody until the lease runs out.
+        args = [self.ttl, last, lease_ms]
+        call = asyncio.ensure_future(self.shards.eval(L.BEGIN_TURN, keys, args))
+        try:
+            found = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: self._let_go_orphan(sid, done))
+            raise
         if found is None:
             return None
         return int(found[0]), _pairs(found[1]), _entries(found[2])
+
+    def _let_go_orphan(self, sid: str, call: asyncio.Future[Any]) -> None:
+        """Release a lease granted to a caller that was cancelled meanwhile."""
+        if call.cancelled() or call.exception() is not None:
+            return
+        found = call.result()
+        if found is not None and int(found[0]):
+            release = asyncio.ensure_future(self._end_turn(sid, int(found[0]), []))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
         return int(await self.shards.eval(L.RENEW_TURN, [K.turn_key(sid)], [token, lease_ms]))
