@@ -220,7 +220,9 @@ async def _report(
     replaced = sorted(pids - proc.worker_pids())
     turn_keys = _turn_keys(redis) if redis else None
     requests = "agentd_http_requests_total{"
-    server_5xx = sum(v for k, v in after.items() if k.startswith(requests) and 'status="5' in k)
+    counted = {k: v for k, v in after.items() if k.startswith(requests)}
+    server_5xx = sum(v for k, v in counted.items() if 'status="5' in k)
+    gone = sum(v for k, v in counted.items() if 'status="499"' in k)
     store = f"redis ({workers} workers)" if redis else "memory (1 worker)"
     print(f"command: {shlex.join(['python', '-m', 'bench.fuzz', *sys.argv[1:]])}")
     print(f"store: {store}; seed {args.seed}; {tally.inputs} inputs in {elapsed:.1f} s "
@@ -230,7 +232,8 @@ async def _report(
         print(f"  {count:>8}  {label}")
     client_5xx = sum(c for k, c in tally.labels.items() if k.split()[:2][-1].startswith("5"))
     print(f"5xx answers seen by clients: {client_5xx}")
-    print(f"5xx counted by the server's metrics (client disconnects included): {server_5xx:.0f}")
+    print(f"5xx counted by the server's metrics: {server_5xx:.0f}")
+    print(f"clients that left before their answer (499 in the metrics): {gone:.0f}")
     print(f"violations: {len(tally.violations)}")
     kinds = collections.Counter(v.split(": ")[1] for v in tally.violations)
     for kind, count in kinds.most_common():
@@ -245,7 +248,7 @@ async def _report(
     print(f"locked sessions: {len(locked)} {locked or ''}")
     if turn_keys is not None:
         print(f"turn leases left in redis: {turn_keys}")
-    failed = client_5xx or tally.violations or tally.errors or restarts or replaced
+    failed = client_5xx or server_5xx or tally.violations or tally.errors or restarts or replaced
     failed = failed or leaked > 0 or bool(locked)
     failed = failed or bool(turn_keys) or proc.proc.poll() is not None
     print("FAILED" if failed else "OK")

@@ -70,7 +70,8 @@ def fuzzed_server(store: str, workdir: Path) -> Iterator[Fuzzed]:
     """Start agentd (one worker in memory, two on a Redis of its own) for a module's
     examples; afterwards, check that they left nothing behind: no WebSocket handler (the
     gauge is back at its baseline), no session locked (a new turn on every session the
-    inputs named is served), no turn lease in Redis, the same workers (none restarted)."""
+    inputs named is served), no turn lease in Redis, the same workers (none restarted),
+    no 5xx in the server's own count."""
     redis = RedisServer(workdir) if store == "redis" else None
     config = server_config(2 if redis else 1, redis.url if redis else None)
     proc = AgentdProcess(workdir, config, [], {})
@@ -89,6 +90,9 @@ def fuzzed_server(store: str, workdir: Path) -> Iterator[Fuzzed]:
         assert proc.worker_pids() == pids, "a worker was replaced"
         restarts = "agentd_worker_restarts_total"
         assert total(after, restarts) == total(before, restarts)
+        # Also no 5xx that no client saw (inside a stream nobody read to its end).
+        errors = {k: v for k, v in after.items() if k.startswith("agentd_http_requests_total{")}
+        assert not [k for k in errors if 'status="5' in k], errors
         if redis is not None:
             with redis_py.Redis(port=redis.port) as client:
                 assert list(client.scan_iter("agentd:s:*:turn")) == []
