@@ -318,3 +318,32 @@ def test_bench_tiny_chat_hit_measures_one_and_two_workers_against_aiohttp(tmp_pa
     summary = [row for row in results["summary"] if row["scenario"] == "http-chat-hit"]
     assert {b for row in summary for b in row["ratios"]} == {"aiohttp", "aiohttp-2p", "agentd-1w"}
     assert "÷ aiohttp-2p" in (out / "report.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_bench_fuzz_small_run_reports_outcomes_and_finds_nothing_left() -> None:
+    command = [sys.executable, "-m", "bench.fuzz", "--inputs", "400", "--redis", "--seed", "3"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "store: redis (2 workers); seed 3;" in out
+    for kind in ("http 200", "http 400 invalid_json", "raw 400", "ws pong", "ws error"):
+        assert f"  {kind}" in out, out
+    for line in ("5xx answers seen by clients: 0", "5xx counted by the server's metrics: 0",
+                 "violations: 0", "worker restarts: 0",
+                 "leaked websocket handlers (gauge above baseline): 0", "locked sessions: 0",
+                 "turn leases left in redis: 0"):  # fmt: skip
+        assert line in out, out
+    assert out.rstrip().splitlines()[-1] == "OK"
+
+
+def test_bench_fuzz_input_is_drawn_again_from_its_seed_and_index() -> None:
+    command = [sys.executable, "-m", "bench.fuzz", "--seed", "3", "--only", "17"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first, again = (
+        subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        for _ in range(2)
+    )
+    assert first.returncode == 0 and first.stdout == again.stdout
+    assert first.stdout.startswith(("HttpInput(", "RawInput(", "WsInput("))

@@ -155,3 +155,29 @@ async def test_a_dead_shard_gives_503_for_its_sessions_only_until_it_returns(
     finally:
         for s in servers:
             s.close()
+
+
+async def test_an_error_inside_a_started_event_stream_is_its_last_event(
+    agentd_instance: Start, tmp_path: Path
+) -> None:
+    """The stream's 200 is sent: a failure after that (here, reading what it missed
+    while Redis was away) ends the stream with an ``error`` event, where it used to
+    leave the stream open and silent, or write a second HTTP response inside it."""
+    server = RedisServer(tmp_path)  # in memory only: restarted, it has lost the session
+    try:
+        proc = agentd_instance(_config([server.url], workers=1))
+        async with fresh_connections() as http:
+            async with http.post(proc.url + "/v1/sessions", json={"id": "gone"}) as r:
+                assert r.status == 201
+            url = f"{proc.url}/v1/sessions/gone/events?after=0"
+            async with http.get(url, timeout=aiohttp.ClientTimeout(total=60)) as stream:
+                assert stream.status == 200
+                await stream.content.readline()  # the opening comment: the stream runs
+                server.stop()
+                server.start()
+                events = [e async for e in _sse_events(stream)]
+    finally:
+        server.close()
+    # Refused by the shard while it is marked down, or found gone once it serves again.
+    assert events == [("error", None, events[0][2])]
+    assert events[0][2]["error"]["code"] in ("store_unavailable", "session_not_found")

@@ -80,9 +80,10 @@ async def pump_sse(
     last: Callable[[T], bool] | None = None,
 ) -> None:
     """Write ``frame(event)`` for each event as it comes, and a comment line when the
-    stream is idle, until the events end, an event is ``last``, or ``closing`` is set
-    (the worker drains: the client resumes elsewhere). Closes the iterator. A client
-    that left ends it with ConnectionResetError, as a write would."""
+    stream is idle, until the events end, an event is ``last``, ``closing`` is set (the
+    worker drains: the client resumes elsewhere) or the events fail (an ``error`` event
+    with the error body ends the stream). Closes the iterator. A client that left ends
+    it with ConnectionResetError, as a write would."""
     next_event: asyncio.Future[T] = asyncio.ensure_future(anext(events))
     drain = asyncio.ensure_future(closing.wait())
     loop = asyncio.get_running_loop()
@@ -110,6 +111,10 @@ async def pump_sse(
             if last is not None and last(event):
                 return
             next_event = asyncio.ensure_future(anext(events))
+    except AgentdError as exc:
+        # The stream's status is sent: the error is its last event (an error response
+        # here would be written inside the started body, or nowhere).
+        await response.write(sse.frame(orjson.dumps(exc.to_dict()), "error"))
     finally:
         drain.cancel()
         next_event.cancel()
