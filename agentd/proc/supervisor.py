@@ -31,7 +31,7 @@ from ..log import setup_logging
 from ..runtime import WorkerInfo
 from . import worker as worker_mod
 from .notify import Notifier
-from .sockets import Listeners
+from .sockets import BindError, Listeners
 
 __all__ = ("Supervisor",)
 
@@ -102,7 +102,11 @@ class Supervisor:
         self._metrics = metrics_mod.SupervisorMetrics()
         self._install_signals()
         try:
-            self.start()
+            try:
+                self.start()
+            except BindError as exc:
+                log.error("%s", exc)
+                return 1
             return self._loop()
         finally:
             self.listeners.close()
