@@ -651,6 +651,9 @@ def load(
             target = raw.setdefault(section, {})
             if isinstance(target, dict):
                 target.update(values)
+            elif layer is from_env:  # not applied: the file's section is not a table
+                for key in values:
+                    origins.pop(f"{section}.{key}", None)
     for section, values in (overrides or {}).items():  # a flag wins over the variable
         for key in values:
             origins.pop(f"{section}.{key}", None)

@@ -101,6 +101,11 @@ def test_a_flag_that_replaces_a_variable_is_not_blamed_on_it(tmp_path: Path) -> 
     assert info.value.errors == ["server.workers: must be >= 1, got 0"]
 
 
+def test_a_variable_that_could_not_apply_is_not_blamed(tmp_path: Path) -> None:
+    errors = _errors("server = 3\n", tmp_path, {"AGENTD_SERVER__WORKERS": "2"})
+    assert errors == ["server: expected table, got integer 3"]
+
+
 def test_check_config_prints_every_error_with_its_variable(tmp_path: Path) -> None:
     path = tmp_path / "agentd.toml"
     path.write_text(BAD_URL_AND_BAD_REFERENCE)
