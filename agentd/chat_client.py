@@ -200,6 +200,9 @@ class ChatClient:
 
     async def read_input(self, reader: asyncio.StreamReader) -> None:
         """Send each line as a message, one turn at a time, until end of input."""
+        # The first prompt comes with the session: read nothing before it is shown.
+        # (Later, end of input quits even while reconnecting.)
+        await self.connected.wait()
         while line := await reader.readline():
             text = line.decode().rstrip("\n")
             if self.echo_input:
