@@ -25,8 +25,11 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# The compiled fast path, rebuilt in place whenever the .pyx changes.
+# The compiled fast path, rebuilt in place whenever the .pyx changes. A C compiler is
+# installed when it can be (as root with apt-get); without one the build says so and
+# agentd runs on the pure-Python twin, so neither `make run` nor `make test` fails.
 ext $(EXT): agentd/_fastpath.pyx $(STAMP)
+	scripts/ensure-system-deps --optional cc
 	$(PY) setup.py --quiet build_ext --inplace
 
 system-deps:

@@ -416,8 +416,14 @@ def _field_value(
     path: str, f: dataclasses.Field[Any], tp: Any, value: Any, errors: list[str]
 ) -> Any:
     meta = f.metadata
-    if meta.get("auto") is not None and value == "auto":
-        return meta["auto"]()
+    if meta.get("auto") is not None:
+        if value == "auto":
+            return meta["auto"]()
+        if type(value) is not tp and not (tp is float and type(value) is int):
+            kind = _TYPE_NAMES[tp]
+            article = "an" if kind[0] in "aeiou" else "a"
+            errors.append(f'{path}: expected {article} {kind} or "auto", got {_describe(value)}')
+            return None
     origin = typing.get_origin(tp)
     if origin is dict:
         # A free-form table of scalars (model parameters): passed through as given.
@@ -498,9 +504,16 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-    """``AGENTD_SECTION__KEY=value`` → ``{section: {key: value}}``; values parse as TOML."""
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``AGENTD_SECTION__KEY=value`` → ``{section: {key: value}}``; values parse as TOML.
+
+    Also returns where each key came from (``"section.key"`` → variable name), so an
+    error in it can name the variable to fix rather than a key no file contains.
+    """
     out: dict[str, dict[str, Any]] = {}
+    origins: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
@@ -510,17 +523,53 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         except tomllib.TOMLDecodeError:
             value = text  # a bare word: take it as a string
         out.setdefault(section.lower(), {})[key.lower()] = value
-    return out
+        origins[f"{section.lower()}.{key.lower()}"] = name
+    return out, origins
+
+
+def _error_path(error: str) -> str:
+    return error.partition(": ")[0]
+
+
+def _name_variables(errors: list[str], origins: Mapping[str, str]) -> list[str]:
+    """Add the environment variable to each error about a key that came from one."""
+    named = []
+    for error in errors:
+        path = _error_path(error)
+        for key, variable in origins.items():
+            # The key itself, an item of it, or its section (an unknown section).
+            if path == key or path.startswith((key + ".", key + "[")) or key.startswith(path + "."):
+                error += f" (from environment variable {variable})"
+                break
+        named.append(error)
+    return named
 
 
 def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Config:
-    """Rules that involve more than one key."""
+    """Rules that involve more than one key.
+
+    They run even when single keys are wrong, so that every problem is reported at
+    once; a rule that reads a key with an error of its own is skipped (a wrong key keeps
+    its default, and a rule about the default would report a problem that is not there).
+    """
+    failed = [_error_path(e) for e in errors]
+
+    def bad(*prefixes: str) -> bool:
+        return any(p == x or p.startswith((x + ".", x + "[")) for p in failed for x in prefixes)
+
+    def names_bad(table: str) -> bool:
+        """A table's array, one of its items, or an item's name is wrong."""
+        return any(
+            p == table or (p.startswith(table + "[") and p.split("]", 1)[1] in ("", ".name"))
+            for p in failed
+        )
+
     backends = [b.name for b in config.backends]
     for i, name in enumerate(backends):
         if name in backends[:i]:
             errors.append(f"backends[{i}].name: {name!r} is defined twice")
     for i, b in enumerate(config.backends):
-        if b.type == "openai" and not b.urls:
+        if b.type == "openai" and not b.urls and not bad(f"backends[{i}].urls"):
             errors.append(f"backends[{i}].urls: an openai backend needs at least one URL")
         for request_class, policy in b.policies.items():
             if msg := _check_name(request_class):
@@ -534,7 +583,11 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     for i, agent in enumerate(config.agents):
         if agent.name in agents[:i]:
             errors.append(f"agents[{i}].name: {agent.name!r} is defined twice")
-        if agent.backend not in backends:
+        if (
+            agent.backend not in backends
+            and not names_bad("backends")
+            and not bad(f"agents[{i}].backend")
+        ):
             errors.append(
                 f"agents[{i}].backend: no backend named {agent.backend!r} "
                 f"(defined: {', '.join(backends) or 'none'})"
@@ -546,6 +599,8 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
             errors.append(f"partitions[{i}].name: {p.name!r} is defined twice")
         for agent in p.agents:
             if agent not in agents:
+                if names_bad("agents") or bad(f"partitions[{i}].agents"):
+                    continue
                 errors.append(f"partitions[{i}].agents: no agent named {agent!r}")
             elif agent in owner:
                 errors.append(
@@ -554,20 +609,21 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
             owner.setdefault(agent, p.name)
     known = {*partitions, "default"}
     for name in config.server.partitions:
-        if name not in known:
+        if name not in known and not names_bad("partitions") and not bad("server.partitions"):
             errors.append(
                 f"server.partitions: no partition named {name!r} "
                 f"(defined: {', '.join(sorted(known))})"
             )
-    if config.redis.cluster and not config.redis.urls:
+    if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     if config.mode == "standalone":
-        if raw.get("server", {}).get("workers", "auto") == "auto":
+        server = raw.get("server")
+        if not isinstance(server, dict) or server.get("workers", "auto") == "auto":
             # Memory is per process: standalone state lives in exactly one worker.
             config = dataclasses.replace(
                 config, server=dataclasses.replace(config.server, workers=1)
             )
-        elif config.server.workers > 1:
+        elif not bad("server.workers", "server") and config.server.workers > 1:
             errors.append(
                 f"server.workers: standalone mode (no redis.urls) keeps all state in one "
                 f"process's memory, so it runs one worker; got {config.server.workers}. "
@@ -583,8 +639,7 @@ def from_dict(
     ``written_at`` (Unix seconds) defaults to now."""
     errors: list[str] = []
     config = _section("", Config, raw, errors)
-    if not errors:
-        config = _cross_checks(raw, config, errors)
+    config = _cross_checks(raw, config, errors)
     if errors:
         raise ConfigError(errors)
     if written_at is None:
@@ -615,13 +670,22 @@ def load(
             raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
-    layers = [_env_overrides(os.environ if environ is None else environ), overrides or {}]
-    for layer in layers:
+    from_env, origins = _env_overrides(os.environ if environ is None else environ)
+    for layer in (from_env, overrides or {}):
         for section, values in layer.items():
             target = raw.setdefault(section, {})
             if isinstance(target, dict):
                 target.update(values)
-    return from_dict(raw, source=source, written_at=written_at)
+            elif layer is from_env:  # not applied: the file's section is not a table
+                for key in values:
+                    origins.pop(f"{section}.{key}", None)
+    for section, values in (overrides or {}).items():  # a flag wins over the variable
+        for key in values:
+            origins.pop(f"{section}.{key}", None)
+    try:
+        return from_dict(raw, source=source, written_at=written_at)
+    except ConfigError as exc:
+        raise ConfigError(_name_variables(exc.errors, origins)) from None
 
 
 # -- output -------------------------------------------------------------------------

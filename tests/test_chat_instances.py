@@ -154,4 +154,11 @@ def test_the_terminal_client_streams_replies(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("[session s_")
-    assert lines[1:] == ["first line", "second line"]
+    # stdin is not a terminal: each line is shown after the prompt it answers.
+    assert lines[1:] == [
+        "you> first line",
+        "assistant> first line",
+        "you> second line",
+        "assistant> second line",
+        "you> ",
+    ]

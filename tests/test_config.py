@@ -79,8 +79,14 @@ def test_flags_override_the_environment(tmp_path: Path) -> None:
     ("raw", "message"),
     [
         ({"server": {"workers": 0}}, "server.workers: must be >= 1, got 0"),
-        ({"server": {"workers": "many"}}, "server.workers: expected integer, got string 'many'"),
-        ({"server": {"workers": True}}, "server.workers: expected integer, got boolean True"),
+        (
+            {"server": {"workers": "many"}},
+            "server.workers: expected an integer or \"auto\", got string 'many'",
+        ),
+        (
+            {"server": {"workers": True}},
+            'server.workers: expected an integer or "auto", got boolean True',
+        ),
         ({"server": {"bind": "localhost"}}, "server.bind: must be HOST:PORT"),
         ({"server": {"bind": "::1:80"}}, "server.bind: an IPv6 host must be in brackets"),
         ({"server": {"bind": "h:70000"}}, "server.bind: port must be 0..65535"),

@@ -19,7 +19,7 @@ import socket
 from ..agent import PeopleSignal
 from ..aio import end_if_cancelled
 from ..config import Config
-from ..errors import AgentdError
+from ..errors import AgentdError, StoreUnavailable
 from ..metrics import JobMetrics
 from ..store import Delivery, Jobs
 from .attempt import Attempts
@@ -121,7 +121,9 @@ class JobRunner:
                     part.name, shard, self.consumer, min(room, TAKE_MAX), TAKE_BLOCK_S
                 )
             except AgentdError as exc:
-                log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                # An unreachable shard is logged once per outage by the store.
+                if not isinstance(exc, StoreUnavailable):
+                    log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
                 await asyncio.sleep(1.0)
                 continue
             except Exception:
@@ -145,7 +147,8 @@ class JobRunner:
                         part.name, shard, self.consumer, self._lease, room
                     )
                 except AgentdError as exc:
-                    log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                    if not isinstance(exc, StoreUnavailable):  # logged by the store
+                        log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
                     continue
                 except Exception:
                     log.exception("job queue %s/%d: reclaiming failed", part.name, shard)

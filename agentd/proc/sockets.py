@@ -5,24 +5,74 @@ it closes it. The supervisor therefore binds once and keeps its copies open; wor
 inherit them across ``fork`` and only accept. With ``SO_REUSEPORT`` each worker slot gets
 a socket of its own (the kernel spreads new connections evenly over them); without it
 all slots share one socket.
+
+``SO_REUSEPORT`` lets any process of the same user join a port, so before its first
+bind the supervisor checks that nobody listens there yet: a plain bind (no
+``SO_REUSEPORT``) fails on any listening socket, with or without the option. A reload
+is a signal to the same supervisor, which keeps its sockets, so it never checks again.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 
 from ..config import parse_bind
 
-__all__ = ("Listeners", "reuse_port_supported")
+__all__ = ("AddressInUse", "BindError", "Listeners", "reuse_port_supported")
+
+
+class BindError(Exception):
+    """The instance cannot listen on its address; the message says where and why."""
+
+
+class AddressInUse(BindError):
+    """Another process already listens on the address."""
 
 
 def reuse_port_supported() -> bool:
     return hasattr(socket, "SO_REUSEPORT")
 
 
-def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host or '*'}:{port}"
+
+
+def _address(host: str, port: int) -> tuple[int, int, int, tuple[object, ...]]:
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, addr = infos[0]
+    return family, kind, proto, addr
+
+
+def _refuse(host: str, port: int, exc: OSError) -> BindError:
+    where = _where(host, port)
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUse(
+            f"cannot listen on {where}: address already in use (another process listens "
+            "there; stop it or choose another server.bind)"
+        )
+    return BindError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def _check_free(host: str, port: int) -> None:
+    """Fail if any socket listens on the address, whatever its options.
+
+    SO_REUSEADDR is set so that connections of a previous run still in TIME_WAIT do
+    not count; it never lets a bind share a listening socket's address.
+    """
+    family, kind, proto, addr = _address(host, port)
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            raise _refuse(host, port, exc) from None
+
+
+def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket:
+    family, kind, proto, addr = _address(host, port)
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -33,6 +83,9 @@ def _bind(host: str, port: int, backlog: int, reuse_port: bool) -> socket.socket
         sock.bind(addr)
         sock.listen(backlog)
         sock.set_inheritable(True)
+    except OSError as exc:
+        sock.close()
+        raise _refuse(host, port, exc) from None
     except BaseException:
         sock.close()
         raise
@@ -65,6 +118,9 @@ class Listeners:
     def ensure(self, slots: int) -> None:
         """Have a socket for each of ``slots`` slots (one in all without SO_REUSEPORT)."""
         want = slots if self.reuse_port else 1
+        if not self._socks and self.port != 0:
+            # Port 0 asks the kernel for a free port: nobody can be there yet.
+            _check_free(self.host, self.port)
         while len(self._socks) < want:
             # Port 0 means "any free port": later sockets join the first one's port.
             port = self.address[1] if self._socks else self.port

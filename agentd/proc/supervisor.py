@@ -30,8 +30,9 @@ from ..config import Config, ConfigError
 from ..log import setup_logging
 from ..runtime import WorkerInfo
 from . import worker as worker_mod
+from .banner import describe
 from .notify import Notifier
-from .sockets import Listeners
+from .sockets import BindError, Listeners
 
 __all__ = ("Supervisor",)
 
@@ -102,7 +103,11 @@ class Supervisor:
         self._metrics = metrics_mod.SupervisorMetrics()
         self._install_signals()
         try:
-            self.start()
+            try:
+                self.start()
+            except BindError as exc:
+                log.error("%s", exc)
+                return 1
             return self._loop()
         finally:
             self.listeners.close()
@@ -120,6 +125,8 @@ class Supervisor:
             self.config.mode,
             "SO_REUSEPORT socket per worker" if self.listeners.reuse_port else "one shared socket",
         )
+        for line in describe(self.config, host, port):
+            log.info("%s", line)
         if self.config.mode == "standalone":
             log.warning(
                 "standalone mode: sessions and state live in the worker's memory and are "

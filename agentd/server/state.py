@@ -3,6 +3,13 @@
 Every response that carries a document is ``{"value": ..., "version": N}`` with the
 header ``ETag: "N"``. Writes take HTTP preconditions:
 
+* ``PUT``'s body is the document itself, any JSON value. A body that is exactly what
+  ``GET`` answers, ``{"value": ..., "version": N}``, is refused (400 ``state_envelope``):
+  stored as is it would nest the document one level deeper on every round trip. A
+  client that keeps the envelope sends it with
+  ``Content-Type: application/vnd.agentd.state+json``: the body is then
+  ``{"value": ...}``, stored as the value, with an optional ``"version": N`` that means
+  ``If-Match: "N"``. This is also how a document of that very shape is stored.
 * ``PUT`` with ``If-Match: "N"`` (or a bare ``N``) is a compare-and-set on version N;
   with ``If-None-Match: *`` it creates the document only if absent; with neither, the
   last writer wins. It answers 201 when it created the document (version 1), else 200.
@@ -37,6 +44,9 @@ from .keys import STORE
 __all__ = ("setup",)
 
 MERGE_PATCH = "application/merge-patch+json"
+# PUT's body as {"value": ..., "version"?: N}, the shape GET answers.
+ENVELOPE = "application/vnd.agentd.state+json"
+_ENVELOPE_FIELDS = frozenset({"value", "version"})
 # A version in If-Match: quoted (an ETag as we send it) or bare, 1 to 2**63 - 1.
 _IF_MATCH = re.compile(r'"([0-9]{1,19})"|([0-9]{1,19})')
 _MAX_VERSION = 2**63 - 1
@@ -98,8 +108,49 @@ async def put_state(request: web.Request) -> web.Response:
             raise BadRequest("If-None-Match must be *", code="invalid_precondition")
         expected = 0  # the store's "must not exist"
     value = await read_json(request)
+    if request.content_type == ENVELOPE:
+        value, expected = _unwrap(value, expected)
+    elif _looks_like_get(value):
+        raise BadRequest(
+            "PUT takes the document itself as its body, and this body is what GET answers "
+            '({"value", "version"}): send its "value" as the body (with If-Match: "N" to '
+            f"write only over version N), or send it as is with Content-Type: {ENVELOPE}",
+            code="state_envelope",
+        )
     doc = await request.app[STORE].state_put(*_name(request), value, expected_version=expected)
     return _doc_response(doc, status=201 if doc.version == 1 else 200)
+
+
+def _looks_like_get(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and value.keys() == _ENVELOPE_FIELDS
+        and type(value["version"]) is int
+    )
+
+
+def _unwrap(body: Any, expected: int | None) -> tuple[Any, int | None]:
+    """The value and expected version of an envelope body (``ENVELOPE``)."""
+    body = json_object(body, _ENVELOPE_FIELDS)
+    if "value" not in body:
+        raise BadRequest(
+            f'a {ENVELOPE} body is {{"value": ..., "version"?: N}}; "value" is missing',
+            code="invalid_request",
+        )
+    if "version" not in body:
+        return body["value"], expected
+    version = body["version"]
+    if type(version) is not int or not 1 <= version <= _MAX_VERSION:
+        raise BadRequest(
+            '"version" must be an integer from 1 to 2**63-1 (the version the value replaces)',
+            code="invalid_request",
+        )
+    if expected is not None and expected != version:
+        raise BadRequest(
+            '"version" and the precondition header disagree; send one of them',
+            code="invalid_precondition",
+        )
+    return body["value"], version
 
 
 async def patch_state(request: web.Request) -> web.Response:

@@ -23,6 +23,7 @@ from redis import exceptions as rexc
 
 from ...errors import StoreUnavailable
 from ..api import Subscription
+from .outage import Outage
 from .shards import UNAVAILABLE_ERRORS, Shards
 
 __all__ = ("EventHub",)
@@ -47,8 +48,9 @@ class _Endpoint:
     """One pub/sub connection to one Redis server and the channels watched through it."""
 
     def __init__(self, name: str, connect: Callable[[], aioredis.client.PubSub], sharded: bool,
-                 timeout: float) -> None:  # fmt: skip
+                 timeout: float, outage: Outage) -> None:  # fmt: skip
         self.name = name
+        self._outage = outage  # the server's, shared with every other caller of it
         self._connect = connect
         self._sharded = sharded
         self._timeout = timeout
@@ -129,7 +131,7 @@ class _Endpoint:
             except asyncio.CancelledError:
                 raise
             except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
-                log.warning("pub/sub connection to %s lost: %s; reconnecting", self.name, exc)
+                log.info("pub/sub connection to %s lost: %s; reconnecting", self.name, exc)
                 await self._reconnect(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
 
@@ -146,9 +148,12 @@ class _Endpoint:
             try:
                 self._pubsub = self._connect()
                 await self._subscribe(*self.feeds)
-            except (*UNAVAILABLE_ERRORS, rexc.RedisError):
+            except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+                self._outage.failed(exc)
                 delay = min(MAX_BACKOFF, delay * 2)
                 continue
+            # Not a sign of recovery: a subscription is sent without waiting for its
+            # confirmation, and a frozen server's kernel still accepts the connection.
             log.info("pub/sub connection to %s re-established", self.name)
             for feeds in self.feeds.values():
                 for feed in feeds:
@@ -183,7 +188,9 @@ class EventHub:
             name = shards.describe(index)
             client = shards.clients[index]
             if name not in self._endpoints:
-                self._endpoints[name] = _Endpoint(name, client.pubsub, False, timeout)
+                self._endpoints[name] = _Endpoint(
+                    name, client.pubsub, False, timeout, shards.shard_outages[index]
+                )
             return self._endpoints[name]
         try:
             node = shards.cluster.get_node_from_key(channel)
@@ -199,7 +206,9 @@ class EventHub:
                 socket_connect_timeout=shards.config.connect_timeout,
                 socket_timeout=shards.config.timeout,
             )
-            self._endpoints[name] = _Endpoint(name, client.pubsub, True, timeout)
+            self._endpoints[name] = _Endpoint(
+                name, client.pubsub, True, timeout, shards.outage(name)
+            )
         return self._endpoints[name]
 
     async def subscribe(self, channel: str) -> Subscription:

@@ -58,16 +58,14 @@ class RedisQueue(Queue):
         self, partition: str, shard: int, consumer: str, count: int, block_s: float
     ) -> list[Delivery]:
         stream = K.queue_key(partition, shard)
-        # XREADGROUP BLOCK may outlast the socket timeout: bound the block below it.
+        # XREADGROUP BLOCK may outlast the socket timeout: bound the block below it, so
+        # that a timeout means the server did not answer (a frozen shard), not an idle one.
         block = ms(min(block_s, self.shards.config.timeout * 0.8))
 
         async def read(client: Any) -> Any:
-            try:
-                return await client.xreadgroup(
-                    K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
-                )
-            except rexc.TimeoutError:
-                return None
+            return await client.xreadgroup(
+                K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
+            )
 
         try:
             reply = await self.waits.call(stream, read)

@@ -9,12 +9,14 @@ gives it, so data can move between the two layouts.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
-seconds, on a shard that was just found unreachable.
+seconds, on a shard that was just found unreachable. Each shard (or the cluster) has one
+:class:`~.outage.Outage`, which logs a failure once per outage and its end once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +33,7 @@ from ...config import RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
+from .outage import Outage
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 
@@ -72,12 +75,15 @@ def _pool_exhausted(exc: BaseException) -> bool:
 class Shards:
     """The Redis servers of one instance's config, and the routing of keys to them."""
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, outages_of: Shards | None = None) -> None:
+        """``outages_of``: another ``Shards`` over the same servers, whose outage trackers
+        these share (so that one outage is logged once, whoever meets it)."""
         self.config = config
         self.cluster: RedisCluster | None = None
         self.clients: list[aioredis.Redis] = []
         self.urls = list(config.urls)
         self._down_until: list[float] = []
+        self._outages: dict[str, Outage] = {} if outages_of is None else outages_of._outages
         if config.cluster:
             nodes = []
             for url in config.urls:
@@ -99,6 +105,8 @@ class Shards:
                 for url in config.urls
             ]
             self._down_until = [0.0] * len(self.clients)
+        self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
+        self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
 
     async def start(self) -> None:
@@ -115,6 +123,13 @@ class Shards:
         for client in self.clients:
             await client.aclose()
 
+    def outage(self, name: str) -> Outage:
+        """The one outage tracker of the server called ``name`` (made on first use)."""
+        tracker = self._outages.get(name)
+        if tracker is None:
+            tracker = self._outages[name] = Outage(name)
+        return tracker
+
     def shard_of(self, key: str) -> int:
         """The index of the shard owning ``key`` (single and sharded modes)."""
         return key_slot(key) * len(self.clients) // SLOT_COUNT
@@ -125,16 +140,23 @@ class Shards:
     async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
         if self.cluster is not None:
+            outage = self.cluster_outage
             try:
-                return await fn(self.cluster)
+                result = await fn(self.cluster)
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+                outage.failed(exc)
                 raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+            if outage.since is not None:
+                outage.recovered()
+            return result
         index = self.shard_of(key)
+        outage = self.shard_outages[index]
         now = time.monotonic()
         if self._down_until[index] > now:
+            outage.failed("failing fast")
             raise StoreUnavailable(f"{self.describe(index)} is unreachable")
         try:
-            return await fn(self.clients[index])
+            result = await fn(self.clients[index])
         except UNAVAILABLE_ERRORS as exc:
             if _pool_exhausted(exc):
                 # The shard is fine; this worker has every connection to it in use.
@@ -143,8 +165,15 @@ class Shards:
                     retry_after=1,
                 ) from exc
             self._down_until[index] = now + self.config.down_retry
-            log.warning("%s unreachable: %s", self.describe(index), exc)
+            outage.failed(exc)
+            # The idle connections went down with this one: without this, each would fail
+            # one call after the shard is back (and start a new outage in the log).
+            with contextlib.suppress(Exception):
+                await self.clients[index].connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
+        if outage.since is not None:
+            outage.recovered()
+        return result
 
     async def eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
@@ -163,10 +192,13 @@ class Shards:
         timeout = self.config.timeout
 
         async def ping(target: Any, name: str) -> str | None:
+            outage = self.outage(name)
             try:
                 await asyncio.wait_for(target.ping(), timeout)
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
+                outage.failed(exc)
                 return f"{name} unreachable: {exc or type(exc).__name__}"
+            outage.recovered()
             return None
 
         if self.cluster is not None:

@@ -62,7 +62,9 @@ class RedisStore(BaseStore):
         streams = sum(
             p.queue_shards for p in config.all_partitions() if not served or p.name in served
         )
-        self.waits = Shards(dataclasses.replace(config.redis, pool_size=max(1, streams)))
+        self.waits = Shards(
+            dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
+        )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
         # Releases of leases granted to cancelled callers (kept so they are not collected).
         self._releasing: set[asyncio.Task[Any]] = set()

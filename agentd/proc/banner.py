@@ -1,0 +1,71 @@
+"""What an instance serves, said at start-up: one log line per part.
+
+An operator reading the log of a fresh start should see, without opening the config,
+which agents answer, on which backends (and how many nodes each), which store holds
+the state, which job partitions this instance works for, and where to point a client.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from ..config import Config
+
+__all__ = ("describe",)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (a Redis URL may carry one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
+
+
+def _store(config: Config) -> str:
+    urls = ", ".join(_redact(u) for u in config.redis.urls)
+    if config.mode == "standalone":
+        return "in this worker's memory (standalone: lost at restart or reload)"
+    if config.mode == "cluster":
+        return f"Redis Cluster, seed {_count(len(config.redis.urls), 'node')}: {urls}"
+    if config.mode == "sharded":
+        return f"sharded by hash slot over {_count(len(config.redis.urls), 'Redis server')}: {urls}"
+    return f"one Redis: {urls}"
+
+
+def _partitions(config: Config) -> str:
+    listed = {a for p in config.partitions for a in p.agents}
+    unlisted = [a.name for a in config.agents if a.name not in listed]
+    parts = []
+    for p in config.all_partitions():
+        agents = [*p.agents, *unlisted] if p.name == "default" else list(p.agents)
+        parts.append(f"{p.name} ({', '.join(agents) or 'no agents'})")
+    runs = ", ".join(config.server.partitions) or "all"
+    return f"{'; '.join(parts)}; this instance runs the background jobs of: {runs}"
+
+
+def describe(config: Config, host: str, port: int) -> list[str]:
+    """The start-up lines, in the order they are logged."""
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}"
+    agents = ", ".join(f"{a.name} (backend {a.backend})" for a in config.agents)
+    backends = ", ".join(
+        f"{b.name} ({b.type}, {_count(len(b.urls) if b.urls else 1, 'node')})"
+        for b in config.backends
+    )
+    return [
+        f"agents: {agents}",
+        f"backends: {backends}",
+        f"store: {_store(config)}",
+        f"partitions: {_partitions(config)}",
+        f"api: {base}/v1 (OpenAI base_url), WebSocket {base.replace('http', 'ws', 1)}/v1/ws, "
+        f"health {base}/readyz",
+    ]
