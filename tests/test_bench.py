@@ -381,7 +381,7 @@ def test_bench_short_soak_runs_the_mixed_load_and_reports_growth_and_losses(
     (soak,) = results["scenarios"]
     assert soak["name"] == "soak" and soak["status"] == "ok", soak.get("reason")
     probe, run = soak["runs"]
-    assert probe["label"].startswith("capacity probe") and probe["rps"] > 0
+    assert probe["label"].startswith("fill, capacity probe") and probe["rps"] > 0
     assert run["rate"] == 50 and run["requests"] > 0 and run["error_count"] == 0
     assert "--workers 2" in soak["server_commands"]["agentd-2w"]
     figs = soak["figures"]
@@ -403,6 +403,9 @@ def test_bench_short_soak_runs_the_mixed_load_and_reports_growth_and_losses(
     assert losses["verified"] == losses["acknowledged_turns"] > 0
     assert losses["lost"] == losses["ws_unanswered"] == losses["background_not_terminal"] == 0
     assert figs["errors_by_kind"] == {}
+    # Redis by key family at the window's start and end: the soak's sessions are all there.
+    assert figs["redis_keys_start"]["agentd:s:{}:log"] >= 70
+    assert figs["redis_mb_end"]["agentd:s:{}:log"] > 0
     rows = {row["figure"]: row for row in results["summary"] if row["scenario"] == "soak"}
     assert rows["acknowledged work lost"]["value"] == 0
     assert rows["agentd workers RSS growth"]["value"] is not None

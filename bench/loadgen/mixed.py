@@ -19,6 +19,10 @@ for ``--warmup`` + ``--duration`` seconds, at once:
   runs keeps up with the trimming of ``sessions.max_messages``; a stretch that was trimmed
   before it was read is counted apart (``unverified``), never as checked.
 
+With ``--fill TURNS`` it only runs that many chat turns on every session, closed loop
+over ``--connections`` connections, and reports their rate (the soak's capacity probe,
+which also fills the histories before the soak).
+
 After the load it reads every history once more, waits (up to ``--settle`` s) for every
 background response to reach a terminal status, and writes the figures as JSON to
 ``--out``. It prints ``measure-start`` / ``measure-end`` around the measured window (the
@@ -166,27 +170,32 @@ class Mix:
 
     # -- chat turns, open loop -------------------------------------------------------------
 
-    def chat_request(self, n: int) -> tuple[str, str, bytes]:
-        """Turn ``n``: its session, its own content, and the request's bytes."""
-        sid = self.spec.sessions[n % len(self.spec.sessions)]
+    def chat_request(self, n: int, sid: str = "") -> tuple[str, str, bytes]:
+        """Turn ``n``: its session (``sid``, or the next in turn), its own content, and
+        the request's bytes."""
+        sid = sid or self.spec.sessions[n % len(self.spec.sessions)]
         content = f"soak {n}"
         message = {"role": "user", "content": content}
         body = orjson.dumps({"model": "echo", "messages": [message], "session_id": sid})
         path = "/v1/chat/completions"
         return sid, content, encode_request("POST", self.spec.hostport, path, body)
 
-    async def probe(self, seconds: float) -> dict[str, Any]:
-        """Closed loop: ``connections`` connections sending the same chat turns back to
-        back for ``seconds``; the turns/s they got (the capacity the rate is a share of)."""
+    async def fill(self, turns: int) -> dict[str, Any]:
+        """Closed loop: ``turns`` chat turns on every session (``sessions`` and
+        ``ws_sessions``), ``connections`` of them back to back. Their rate is the
+        capacity the soak's rate is a share of; the histories they leave are full of
+        turns shaped like the soak's own, so its memory starts at its steady state."""
         spec, kind = self.spec, _Kind()
+        every = spec.sessions + spec.ws_sessions
+        total = turns * len(every)
         numbers = itertools.count()
-        deadline = time.perf_counter() + seconds
 
         async def one() -> None:
             conn = await _connect(spec)
             try:
-                while (sent := time.perf_counter()) < deadline:
-                    payload = self.chat_request(next(numbers))[2]
+                while (n := next(numbers)) < total:
+                    payload = self.chat_request(n, every[n % len(every)])[2]
+                    sent = time.perf_counter()
                     try:
                         status = await asyncio.wait_for(conn.request(payload), REQUEST_LIMIT)
                     except (OSError, ValueError, TimeoutError) as exc:
@@ -201,12 +210,14 @@ class Mix:
             finally:
                 conn.close()
 
-        cpu0 = cpu_now()
-        await asyncio.gather(*(one() for _ in range(spec.connections)))
-        out = kind.summary(seconds)
+        cpu0, t0 = cpu_now(), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(min(spec.connections, total))))
+        elapsed = time.perf_counter() - t0
+        out = kind.summary(elapsed)
         return {
             "requests": out["measured"],
             "rps": out["per_s"],
+            "duration_s": round(elapsed, 3),
             "latency_ms": out["latency_ms"],
             "errors": out["errors"],
             "cpu_s": round(cpu_now() - cpu0, 3),
@@ -537,10 +548,10 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def run_mix(spec: MixSpec, probe: float = 0.0) -> dict[str, Any]:
-    """The soak, or with ``probe`` > 0 only the closed-loop capacity probe."""
+async def run_mix(spec: MixSpec, fill: int = 0) -> dict[str, Any]:
+    """The soak, or with ``fill`` > 0 only filling the sessions (closed loop)."""
     mix = Mix(spec)
-    return await (mix.probe(probe) if probe > 0 else mix.run())
+    return await (mix.fill(fill) if fill > 0 else mix.run())
 
 
 def _loopback(host: str) -> str:
@@ -569,11 +580,11 @@ def parse_args(argv: Iterable[str] | None = None) -> tuple[MixSpec, Path | None,
     parser.add_argument("--check-every", type=float, default=5.0, help="history read period")
     parser.add_argument("--settle", type=float, default=60.0)
     parser.add_argument(
-        "--probe",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="only measure capacity: --connections connections back to back this long",
+        "--fill",
+        type=int,
+        default=0,
+        metavar="TURNS",
+        help="only run this many turns on every session, --connections at a time (closed loop)",
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(None if argv is None else list(argv))
@@ -596,17 +607,17 @@ def parse_args(argv: Iterable[str] | None = None) -> tuple[MixSpec, Path | None,
         check_every=args.check_every,
         settle=args.settle,
     )
-    return spec, args.out, args.probe
+    return spec, args.out, args.fill
 
 
 def main(argv: Iterable[str] | None = None) -> None:
-    spec, out, probe = parse_args(argv)
+    spec, out, fill = parse_args(argv)
     try:
         import uvloop
 
-        result = uvloop.run(run_mix(spec, probe))
+        result = uvloop.run(run_mix(spec, fill))
     except ImportError:  # pragma: no cover - uvloop is an agentd dependency
-        result = asyncio.run(run_mix(spec, probe))
+        result = asyncio.run(run_mix(spec, fill))
     text = json.dumps(result, indent=1)
     if out is None:
         print(text, flush=True)

@@ -9,18 +9,19 @@ against the last, errors by kind, and what was lost: acknowledged turns missing 
 their session's history, WebSocket turns without a reply, background responses that
 never reached a terminal status.
 
-The chat rate is ``--soak-rate`` turns/s, or half of the capacity that a closed-loop
-probe of the same turns measures first (on sessions of its own).
+The chat rate is ``--soak-rate`` turns/s, or half of the capacity that the same turns
+reach in closed loop while they fill every session's history first (to
+``sessions.max_messages``, so the soak starts with Redis at its steady state).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ RATE_SHARE = 0.5  # of the probed capacity, when --soak-rate is not given
 SETTLE_S = 60.0  # the longest the driver waits for background responses to end
 DRIVER = "bench.loadgen.mixed"
 MAX_MESSAGES = 1000  # agentd's default [sessions] max_messages (the config sets none)
-PREFILL_BATCH = 100  # messages per POST /v1/sessions/{id}/messages (its limit)
+TINY_FILL = 5  # turns a session before a tiny soak (a smoke run: its histories stay short)
 
 
 def _windows(seconds: float) -> tuple[float, float, float, float]:
@@ -65,27 +66,6 @@ def _driver(bench: Bench, url: str, sessions: list[str], *args: str) -> list[str
     path = _ids_file(bench, "sessions", sessions)
     cmd = [sys.executable, "-m", DRIVER, "--url", url, "--sessions", path, *args]
     return pinned(cmd, bench.settings.load_cpus)
-
-
-def _prefill(url: str, sessions: list[str], count: int) -> None:
-    """Fill each session's history up to ``count`` messages (``sessions.max_messages``),
-    so Redis holds its steady state from the start and the soak's growth is not the
-    histories filling up."""
-    for sid in sessions:
-        for start in range(0, count, PREFILL_BATCH):
-            n = min(PREFILL_BATCH, count - start)
-            messages = [
-                {"role": "user" if i % 2 == 0 else "assistant", "content": f"prefill {start + i}"}
-                for i in range(n)
-            ]
-            request = urllib.request.Request(
-                f"{url}/v1/sessions/{sid}/messages",
-                data=json.dumps({"messages": messages}).encode(),
-                method="POST",
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=30) as response:
-                response.read()
 
 
 def _drive(
@@ -141,12 +121,14 @@ def _run_record(
     return bench._server_side(served, run, cmd, cpu, t0, t1)
 
 
-def _probe(bench: Bench, served: Served) -> dict[str, Any]:
-    s = bench.settings
-    sessions = create_sessions(served.target.url(), SESSIONS)
+def _fill(bench: Bench, served: Served, sessions: list[str], ws_sessions: list[str]) -> Any:
+    """Chat turns on every session, closed loop, until each history is full (tiny runs:
+    a few): the capacity probe, and the soak's memory at its steady state from the start."""
+    turns = MAX_MESSAGES // 2 if bench.settings.mode != "tiny" else TINY_FILL
     cmd = _driver(
         bench, served.target.url(), sessions,
-        "--probe", f"{s.duration:g}", "--connections", str(PROBE_CONNECTIONS),
+        "--ws-sessions", _ids_file(bench, "ws-sessions", ws_sessions),
+        "--fill", str(turns), "--connections", str(PROBE_CONNECTIONS),
         "--rate", "1", "--duration", "1",
     )  # fmt: skip
     result, cpu, t0, t1, box0, box1 = _drive(bench, served, cmd)
@@ -160,7 +142,7 @@ def _probe(bench: Bench, served: Served) -> dict[str, Any]:
         "concurrency": PROBE_CONNECTIONS,
         "path": "/v1/chat/completions",
         "method": "POST",
-        "label": "capacity probe (session turns)",
+        "label": f"fill, capacity probe ({turns} turns a session)",
     }
     run = _run_record(bench, served, cmd, run, (cpu, t0, t1, box0, box1), result["cpu_s"])
     return bench._finish(run)
@@ -183,6 +165,35 @@ def _redis_memory(url: str) -> Any:
         return {"redis used_memory": int(client.info("memory")["used_memory"]) / 2**20}
 
     return client, used
+
+
+def _key_families(client: Any) -> dict[str, tuple[int, int]]:
+    """Redis's keys by family (the hash tag in braces elided): (keys, bytes), bytes from
+    ``MEMORY USAGE`` (sampled for big streams, so approximate)."""
+    keys = list(client.scan_iter(count=1000))
+    out: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(keys), 1000):
+        batch = keys[start : start + 1000]
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.memory_usage(key)
+        for key, usage in zip(batch, pipe.execute(), strict=True):
+            family = re.sub(r"\{[^}]*\}", "{}", key.decode(errors="replace"))
+            count, size = out.get(family, (0, 0))
+            out[family] = (count + 1, size + int(usage or 0))
+    return out
+
+
+def _families_figures(
+    start: dict[str, tuple[int, int]], end: dict[str, tuple[int, int]]
+) -> dict[str, Any]:
+    names = sorted(set(start) | set(end))
+    return {
+        "redis_keys_start": {n: start.get(n, (0, 0))[0] for n in names},
+        "redis_keys_end": {n: end.get(n, (0, 0))[0] for n in names},
+        "redis_mb_start": {n: round(start.get(n, (0, 0))[1] / 2**20, 3) for n in names},
+        "redis_mb_end": {n: round(end.get(n, (0, 0))[1] / 2**20, 3) for n in names},
+    }
 
 
 def _errors(result: dict[str, Any]) -> dict[str, int]:
@@ -265,15 +276,14 @@ def run_soak(bench: Bench) -> None:
     with targets.redis(bench.workdir, s.server_cpus) as redis:
         cm = targets.agentd(bench.workdir, cpus2, workers=2, redis_url=redis.url, name="agentd-2w")
         with bench.serve(cm, workers=2, extra_pids=[redis.proc.pid]) as served:
-            probe = _probe(bench, served)
+            url = served.target.url()
+            sessions = create_sessions(url, SESSIONS)
+            ws_sessions = create_sessions(url, WS_CONNECTIONS)
+            probe = _fill(bench, served, sessions, ws_sessions)
             if s.soak_rate > 0:
                 rate, source = s.soak_rate, "--soak-rate"
             else:
                 rate, source = round(probe["rps"] * RATE_SHARE, 1), f"{RATE_SHARE:g} x capacity"
-            url = served.target.url()
-            sessions = create_sessions(url, SESSIONS)
-            ws_sessions = create_sessions(url, WS_CONNECTIONS)
-            _prefill(url, sessions + ws_sessions, MAX_MESSAGES)
             cmd = _driver(
                 bench, url, sessions,
                 "--ws-sessions", _ids_file(bench, "ws-sessions", ws_sessions),
@@ -284,9 +294,19 @@ def run_soak(bench: Bench) -> None:
             )  # fmt: skip
             client, used = _redis_memory(redis.url)
             rss = ProcessRss(lambda: _labels(served, redis.proc.pid), sample, used)
+            families: list[dict[str, tuple[int, int]]] = []
+
+            def started() -> None:
+                rss.start()
+                families.append(_key_families(client))
+
+            def ended() -> None:
+                rss.stop()
+                families.append(_key_families(client))
+
             try:
                 result, cpu, t0, t1, box0, box1 = _drive(
-                    bench, served, cmd, on_start=rss.start, on_end=rss.stop
+                    bench, served, cmd, on_start=started, on_end=ended
                 )
             finally:
                 rss.stop()
@@ -312,18 +332,21 @@ def run_soak(bench: Bench) -> None:
     extra = {"rate_source": source, "capacity_rps": probe["rps"],
              "share_of_capacity": ratio(rate, probe["rps"])}  # fmt: skip
     bench.record["figures"] = _figures(s, result, rss, extra)
+    if len(families) == 2:
+        bench.record["figures"].update(_families_figures(*families))
     bench.record["rss_by_process"] = _series(rss, bench.origin)
     bench.record["lost_examples"] = result["history"]["lost_examples"]
     notes.append(
         f"Mixed load for {s.soak_minutes:g} min after a {warmup:g} s warm-up, against agentd "
         f"with 2 workers on CPUs {cpus2} and Redis on CPU {s.server_cpus}, the driver on CPUs "
-        f"{s.load_cpus}: chat turns at {rate:g}/s ({source}; the closed-loop probe of the same "
-        f"turns at {PROBE_CONNECTIONS} connections reached {probe['rps']:g}/s) rotated over "
+        f"{s.load_cpus}: chat turns at {rate:g}/s ({source}; the same turns in closed loop at "
+        f"{PROBE_CONNECTIONS} connections, filling the sessions first, reached "
+        f"{probe['rps']:g}/s) rotated over "
         f"{SESSIONS} sessions, {WS_CONNECTIONS} WebSockets each doing {WS_TURNS_PER_S:g} "
         f"turns/s on a session of its own, {BACKGROUND_PER_S:g} background response/s. Every "
-        f"session's history was filled to max_messages ({MAX_MESSAGES}) first, so the "
-        "histories' share of Redis is at its steady state from the start. Chat latency is "
-        "counted from each turn's intended send time."
+        f"session's history was first filled with turns to max_messages ({MAX_MESSAGES}; "
+        f"tiny runs: {TINY_FILL} turns), so the histories' share of Redis is at its steady "
+        "state from the start. Chat latency is counted from each turn's intended send time."
     )
     notes.append(
         "RSS growth: the mean of the first tenth of the samples in the window against the "
@@ -334,6 +357,13 @@ def run_soak(bench: Bench) -> None:
         "turn's own content at seq - 1 and the reply at seq; 'unverified_trimmed' counts "
         "turns trimmed (sessions.max_messages) before they were read, never checked ones. "
         "Every accepted background response is read until its status is terminal."
+    )
+    notes.append(
+        "Redis by key family (hash tags elided; MEMORY USAGE, approximate for streams) at "
+        "the window's start and end: a background response keeps its record (agentd:r:{}) "
+        "for [jobs] result_ttl_s (7 days), its events (agentd:r:{}:ev) for events_ttl_s (a "
+        "day) and a session of its own, so those families grow by design during a soak; the "
+        "soak's own sessions (their logs trimmed to max_messages) should not."
     )
     losses = bench.record["figures"]["losses"]
     if losses["lost"] or losses["ws_unanswered"] or losses["background_not_terminal"]:
