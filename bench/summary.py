@@ -80,7 +80,9 @@ def summary_rows(records: list[dict[str, Any]], main_concurrency: int) -> list[d
 
 
 def _soak_rows(figs: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The soak's headline: memory growth of the workers and of Redis, and losses."""
+    """The soak's headline: memory growth of the workers and of Redis, and what was lost
+    (acknowledged turns missing from their history) or never answered (WebSocket turns
+    with neither a reply nor an error, background responses never finished)."""
     other = max((r.get("other_cpu_util") or 0.0 for r in runs if r.get("rate")), default=None)
     drift = {"p99 last/first window": (figs.get("chat") or {}).get("p99_drift")}
     rows = []
@@ -105,7 +107,7 @@ def _soak_rows(figs: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[st
     rows.append(
         {
             "scenario": "soak",
-            "figure": "acknowledged work lost",
+            "figure": "work lost or unanswered",
             "metric": "lost",
             "value": lost,
             "unit": "turns/responses",

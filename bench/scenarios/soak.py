@@ -208,6 +208,9 @@ def _figures(
     s: Settings, result: dict[str, Any], rss: ProcessRss, extra: dict[str, Any]
 ) -> dict[str, Any]:
     chat, ws, bg, hist = result["chat"], result["ws"], result["background"], result["history"]
+    # A WebSocket turn refused with an error frame got its answer; one with neither a
+    # done nor an error frame (timed out, connection ended) did not.
+    refused = sum(n for kind, n in ws["errors"].items() if kind.startswith("error "))
     window = _windows(s.soak_minutes * 60.0)[1]
     # Whole windows inside the schedule only: a last partial one holds the drain.
     wins = [w for w in chat.get("windows") or [] if w["t"] + window <= result["duration_s"] + 1e-9]
@@ -237,14 +240,15 @@ def _figures(
                  "p99_last_window_ms": wins[-1]["p99"] if wins else None,
                  "p99_drift": ratio(wins[-1]["p99"], wins[0]["p99"]) if wins else None,
                  "window_s": window, "errors": chat["error_count"]},
-        "ws": {"turns_sent": ws["sent"], "replied": ws["acknowledged"],
+        "ws": {"turns_sent": ws["sent"], "replied": ws["acknowledged"], "refused": refused,
                "p99_ms": ws["latency_ms"]["p99"], "errors": ws["error_count"]},
         "background": {"submitted": bg["sent"], "accepted": bg["accepted"],
                        **{f"status {k}": v for k, v in bg["by_status"].items()},
                        "not_terminal": bg["not_terminal"], "errors": bg["error_count"]},
         "losses": {"acknowledged_turns": hist["acknowledged"], "verified": hist["verified"],
                    "lost": hist["lost"], "unverified_trimmed": hist["unverified"],
-                   "ws_unanswered": ws["sent"] - ws["acknowledged"],
+                   "ws_refused": refused,
+                   "ws_unanswered": ws["sent"] - ws["acknowledged"] - refused,
                    "background_not_terminal": bg["not_terminal"]},
         "errors_by_kind": _errors(result),
     }  # fmt: skip
