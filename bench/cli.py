@@ -42,7 +42,6 @@ NEEDS_CEILING = {
     "workers-scaling",
     "open-loop",
     "added-latency",
-    "soak",
 }
 
 
@@ -68,7 +67,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="MINUTES",
-        help="add the soak scenario, this many minutes long",
+        help="add the soak scenario, this many minutes long (a fraction for seconds: 0.1 is 6 s)",
+    )
+    parser.add_argument(
+        "--soak-rate",
+        type=float,
+        default=0.0,
+        metavar="TURNS_PER_S",
+        help="the soak's chat turns/s (default: half of the capacity it probes first)",
     )
     parser.add_argument(
         "--p99-bound",
@@ -114,6 +120,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {names}")
     if args.soak < 0 or args.soak > 24 * 60:
         parser.error("--soak must be between 0 and 1440 minutes")
+    if args.soak_rate < 0 or args.soak_rate > 1_000_000:
+        parser.error("--soak-rate must be between 0 and 1,000,000 turns/s")
     return args
 
 
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     if generator == "wrk" and not have("wrk"):
         generator = "python"
         notes.append("wrk is missing: closed-loop HTTP load uses the Python generator")
-    settings = settings_for(mode, args.soak, args.p99_bound, generator)
+    settings = settings_for(mode, args.soak, args.p99_bound, generator, args.soak_rate)
     chosen = args.scenarios or [n for n, s in SCENARIOS.items() if s.default]
     if args.soak and "soak" not in chosen:
         chosen.append("soak")

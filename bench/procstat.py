@@ -6,6 +6,7 @@ core slows the server down but does not make each request cost more CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = (
+    "ProcessRss",
     "RssSampler",
     "children",
     "cpu_seconds",
@@ -140,3 +142,53 @@ class RssSampler:
     def series(self, origin: float) -> list[list[float]]:
         """Samples as ``[seconds since origin, MiB]`` pairs, for the RSS plot."""
         return [[round(t - origin, 2), round(rss / 2**20, 2)] for t, rss in list(self.samples)]
+
+
+class ProcessRss:
+    """Samples the RSS of each process of a changing, labelled set (``labels`` is called
+    at each sample: e.g. the supervisor, each worker by pid, redis-server), and any extra
+    readings (``extra``, e.g. Redis's own ``used_memory``), ``interval`` apart."""
+
+    def __init__(
+        self,
+        labels: Callable[[], dict[str, int]],
+        interval: float,
+        extra: Callable[[], dict[str, float]] | None = None,
+    ) -> None:
+        self._labels = labels
+        self._extra = extra
+        self.interval = interval
+        self.samples: dict[str, list[tuple[float, float]]] = {}  # label -> (time, MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-rss", daemon=True)
+
+    def start(self) -> ProcessRss:
+        if not self._stop.is_set():
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        readings = {label: rss_bytes([pid]) / 2**20 for label, pid in self._labels().items()}
+        if self._extra is not None:
+            # A failed reading is a missing sample, not a failed run.
+            with contextlib.suppress(Exception):
+                readings.update(self._extra())
+        for label, mib in readings.items():
+            if mib > 0:
+                self.samples.setdefault(label, []).append((now, mib))
+
+    def stop(self) -> None:
+        """Stop sampling, with a last reading at the end of the window (once; safe to
+        call again, or before ``start``)."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+            self.sample()

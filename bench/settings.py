@@ -42,6 +42,7 @@ class Settings:
     open_duration: float  # one open-loop trial
     p99_bound_ms: float = 10.0
     soak_minutes: float = 0.0
+    soak_rate: float = 0.0  # chat turns/s in the soak; 0: half of the probed capacity
     generator: str = "wrk"  # wrk | python (HTTP closed loop)
     noise_retries: int = 0  # measurements repeated because other processes used the CPUs
     server_cpus: list[int] = field(default_factory=list)
@@ -62,11 +63,16 @@ def _idle_limit() -> int:
 
 
 def settings_for(
-    mode: str, soak_minutes: float = 0.0, p99_bound_ms: float = 10.0, generator: str = "wrk"
+    mode: str,
+    soak_minutes: float = 0.0,
+    p99_bound_ms: float = 10.0,
+    generator: str = "wrk",
+    soak_rate: float = 0.0,
 ) -> Settings:
     server, load, text = cpu_layout()
     common = dict(
         soak_minutes=soak_minutes,
+        soak_rate=soak_rate,
         p99_bound_ms=p99_bound_ms,
         server_cpus=server,
         load_cpus=load or [],

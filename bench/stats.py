@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 __all__ = (
     "PERCENTILES",
     "RateSearch",
+    "growth",
     "latencies_from_schedule",
     "percentile",
     "ratio",
@@ -106,6 +107,28 @@ def windows(
             }
         )
     return out
+
+
+def growth(samples: Sequence[tuple[float, float]]) -> dict[str, float | int | None]:
+    """Memory growth over a soak from ``(seconds, MiB)`` samples: the mean of the first
+    tenth of the samples against the mean of the last tenth, per minute between the
+    middles of the two tenths, and in percent of the first. A tenth is at least one
+    sample; fewer than two samples give no growth."""
+    n = len(samples)
+    if n == 0:
+        return {"samples": 0, "start_mb": None, "end_mb": None, "mb_per_min": None, "pct": None}
+    tenth = max(1, n // 10)
+    first, last = samples[:tenth], samples[-tenth:]
+    start = sum(v for _, v in first) / tenth
+    end = sum(v for _, v in last) / tenth
+    minutes = (sum(t for t, _ in last) - sum(t for t, _ in first)) / tenth / 60.0
+    return {
+        "samples": n,
+        "start_mb": round(start, 2),
+        "end_mb": round(end, 2),
+        "mb_per_min": round((end - start) / minutes, 4) if n > 1 and minutes > 0 else None,
+        "pct": round((end - start) / start * 100.0, 2) if n > 1 and start > 0 else None,
+    }
 
 
 class RateSearch:

@@ -75,16 +75,44 @@ def summary_rows(records: list[dict[str, Any]], main_concurrency: int) -> list[d
                     }
                 )
         if record["name"] == "soak" and record.get("status") == "ok":
-            figs = record["figures"]
-            rows.append(
-                {
-                    "scenario": "soak",
-                    "figure": "agentd RSS growth",
-                    "metric": "rss_growth",
-                    "value": figs.get("rss_growth_mb_per_min"),
-                    "unit": "MiB/min",
-                    "higher_is_better": False,
-                    "ratios": {"p99 last/first window": figs.get("p99_drift")},
-                }
-            )
+            rows += _soak_rows(record["figures"], record.get("runs", []))
+    return rows
+
+
+def _soak_rows(figs: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The soak's headline: memory growth of the workers and of Redis, and what was lost
+    (acknowledged turns missing from their history) or never answered (WebSocket turns
+    with neither a reply nor an error, background responses never finished)."""
+    other = max((r.get("other_cpu_util") or 0.0 for r in runs if r.get("rate")), default=None)
+    drift = {"p99 last/first window": (figs.get("chat") or {}).get("p99_drift")}
+    rows = []
+    for key, figure, ratios in (
+        ("rss_workers", "agentd workers RSS growth", drift),
+        ("rss_redis", "redis-server RSS growth", {}),
+    ):
+        rows.append(
+            {
+                "scenario": "soak",
+                "figure": figure,
+                "metric": key,
+                "value": (figs.get(key) or {}).get("mb_per_min"),
+                "unit": "MiB/min",
+                "higher_is_better": False,
+                "ratios": ratios,
+                "other_cpu": other,
+            }
+        )
+    losses = figs.get("losses") or {}
+    lost = sum(losses.get(k) or 0 for k in ("lost", "ws_unanswered", "background_not_terminal"))
+    rows.append(
+        {
+            "scenario": "soak",
+            "figure": "work lost or unanswered",
+            "metric": "lost",
+            "value": lost,
+            "unit": "turns/responses",
+            "higher_is_better": False,
+            "ratios": {},
+        }
+    )
     return rows

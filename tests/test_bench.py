@@ -23,9 +23,11 @@ import pytest
 from bench.loadgen.common import Spec
 from bench.loadgen.http import run_http
 from bench.loadgen.httpconn import encode_request, parse_response
+from bench.loadgen.mixed import Mix, MixSpec, _Ack, _History
 from bench.schema import load_schema, validate
 from bench.stats import (
     RateSearch,
+    growth,
     latencies_from_schedule,
     percentile,
     ratio,
@@ -117,6 +119,47 @@ def test_windows_give_rate_and_p99_per_window() -> None:
     out = windows(ends, lats, 1.0)
     assert [w["requests"] for w in out] == [2, 3]
     assert out[1]["p99"] == 30.0
+
+
+def test_growth_compares_the_first_tenth_with_the_last_per_minute() -> None:
+    # 20 samples a minute apart: 100 MiB for the first 10 minutes, then 110 MiB.
+    samples = [(60.0 * i, 100.0 if i < 10 else 110.0) for i in range(20)]
+    out = growth(samples)
+    assert out["samples"] == 20 and out["start_mb"] == 100.0 and out["end_mb"] == 110.0
+    # The tenths' middles are 0.5 and 18.5 minutes: 10 MiB over 18 minutes.
+    assert out["mb_per_min"] == round(10.0 / 18.0, 4)
+    assert out["pct"] == 10.0
+    assert growth([(0.0, 5.0)])["mb_per_min"] is None
+    assert growth([])["start_mb"] is None
+
+
+def test_soak_history_check_tells_verified_lost_and_trimmed_turns_apart() -> None:
+    mix = Mix(MixSpec(host="127.0.0.1", port=1, sessions=("s",), rate=1.0, duration=1.0))
+    hist = _History(last_read=12)
+    hist.seen = {
+        3: ("user", "soak 1", 0.0),
+        4: ("assistant", "soak 1", 0.0),
+        5: ("user", "someone else", 0.0),
+        6: ("assistant", "x", 0.0),
+        11: ("user", "soak 9", 0.0),
+        12: ("assistant", "soak 9", 0.0),
+    }
+    hist.gaps = [(7, 10)]  # trimmed before the reader got there
+    hist.pending = [
+        _Ack(4, "soak 1"),  # stored as acknowledged
+        _Ack(6, "soak 2"),  # its seq holds another turn: lost
+        _Ack(8, "soak 3"),  # inside the trimmed stretch: not checked, not lost
+        _Ack(12, "soak 9"),
+        _Ack(12, "soak 9"),  # the same seq acknowledged twice: the second is lost
+        _Ack(20, "soak 4"),  # not read yet: still waiting
+    ]
+    mix._check(hist, now=1.0)
+    assert mix.verify["verified"] == 2
+    assert mix.verify["lost"] == 2 and mix.verify["unverified"] == 1
+    assert [a.seq for a in hist.pending] == [20]
+    assert {e["content"] for e in mix.lost_examples} == {"soak 2", "soak 9"}
+    mix._check(hist, now=1000.0)  # read messages no turn claimed are forgotten in time
+    assert not hist.seen
 
 
 def test_rate_search_finds_the_highest_rate_under_the_bound_in_bounded_steps() -> None:
@@ -347,3 +390,54 @@ def test_bench_fuzz_input_is_drawn_again_from_its_seed_and_index() -> None:
     )
     assert first.returncode == 0 and first.stdout == again.stdout
     assert first.stdout.startswith(("HttpInput(", "RawInput(", "WsInput("))
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_bench_short_soak_runs_the_mixed_load_and_reports_growth_and_losses(
+    tmp_path: Path,
+) -> None:
+    """``--soak 0.1`` (6 s) at a light fixed rate: the whole soak end to end."""
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "soak", "--tiny", "--soak", "0.1", "--soak-rate", "50",
+         "--out", str(out)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert validate(results, load_schema()) == []
+    (soak,) = results["scenarios"]
+    assert soak["name"] == "soak" and soak["status"] == "ok", soak.get("reason")
+    probe, run = soak["runs"]
+    assert probe["label"].startswith("fill, capacity probe") and probe["rps"] > 0
+    assert run["rate"] == 50 and run["requests"] > 0 and run["error_count"] == 0
+    assert "--workers 2" in soak["server_commands"]["agentd-2w"]
+    figs = soak["figures"]
+    assert figs["load"]["rate_source"] == "--soak-rate" and figs["load"]["sessions"] == 50
+    assert figs["worker_processes_seen"] == 2 and figs["worker_restarts"] == 0
+    for key in ("rss_workers", "rss_supervisor", "rss_redis", "redis_used_memory"):
+        assert figs[key]["samples"] > 1 and figs[key]["start_mb"] > 0, key
+        assert figs[key]["mb_per_min"] is not None, key
+    assert len([k for k in figs if k.startswith("rss_worker_")]) == 2
+    assert {"supervisor", "redis-server"} <= set(soak["rss_by_process"])
+    chat, ws, background = figs["chat"], figs["ws"], figs["background"]
+    assert chat["turns"] > 0 and chat["p99_first_window_ms"] is not None
+    assert chat["p99_drift"] is not None
+    assert ws["turns_sent"] > 0 and ws["replied"] == ws["turns_sent"]
+    assert background["accepted"] > 0 and background["status completed"] == background["accepted"]
+    losses = figs["losses"]
+    # Every acknowledged turn (chat and WebSocket) was found in its session's history.
+    assert losses["acknowledged_turns"] == chat["turns_acknowledged"] + ws["replied"]
+    assert losses["verified"] == losses["acknowledged_turns"] > 0
+    assert losses["lost"] == losses["ws_unanswered"] == losses["background_not_terminal"] == 0
+    assert losses["ws_refused"] == 0
+    assert figs["errors_by_kind"] == {}
+    # Redis by key family at the window's start and end: the soak's sessions are all there.
+    assert figs["redis_keys_start"]["agentd:s:{}:log"] >= 70
+    assert figs["redis_mb_end"]["agentd:s:{}:log"] > 0
+    rows = {row["figure"]: row for row in results["summary"] if row["scenario"] == "soak"}
+    assert rows["work lost or unanswered"]["value"] == 0
+    assert rows["agentd workers RSS growth"]["value"] is not None
+    assert "redis-server RSS growth" in rows
+    assert "work lost or unanswered" in (out / "report.md").read_text()

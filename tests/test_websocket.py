@@ -4,6 +4,7 @@ frames, limits."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 import aiohttp
@@ -11,6 +12,7 @@ import orjson
 from aiohttp.test_utils import TestServer
 
 from agentd.config import from_dict
+from agentd.server import ws as ws_module
 from agentd.server.app import create_app
 from agentd.server.keys import STATE
 
@@ -166,3 +168,37 @@ async def test_connections_closed_right_after_hello_leave_no_handler_behind(
         await wait_until(lambda: not open_, what="every WebSocket handler to end")
     finally:
         await asyncio.wait_for(server.close(), 30)
+
+
+async def test_a_long_lived_connection_keeps_no_state_per_finished_turn(serve: Factory) -> None:
+    # Found by the soak (bench soak): each turn's id stayed in the connection's set of
+    # its own turns for as long as the connection lived, so a WebSocket doing turns
+    # for hours grew without bound.
+    url = await serve(**echo(latency_ms=200))
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
+        await ws.send_json({"type": "hello"})
+        ready = await receive(ws)
+        (conn,) = [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, ws_module._Connection) and o.session_id == ready["session_id"]
+        ]
+        frames = []
+        for i in range(8):
+            await ws.send_json({"type": "message", "id": i, "content": f"turn {i}"})
+            done, before = await until(ws, "done")
+            assert done["id"] == i and done["seq"] == 2 * (i + 1)
+            frames += before
+        await ws.send_json({"type": "message", "id": "x", "content": "cancel me"})
+        await ws.send_json({"type": "ping"})  # answered once the turn is under way
+        _, before = await until(ws, "pong")
+        frames += before
+        await ws.send_json({"type": "cancel", "id": "x"})
+        cancelled, before = await until(ws, "cancelled")
+        assert cancelled["id"] == "x"
+        frames += before
+        await wait_until(lambda: not conn.own_turns, what="no turn id left on the connection")
+        # Its own turns still never come back to it as events.
+        await ws.send_json({"type": "ping"})
+        _, before = await until(ws, "pong")
+        assert not [f for f in [*frames, *before] if f["type"] == "event"]

@@ -181,10 +181,15 @@ class _Connection:
         if event.kind != "messages":
             self.send({"type": "event", "event": event.kind, "data": event.data})
             return
+        mine = set()
         for message in event.messages:
-            if message.get("turn") in self.own_turns:
+            if (turn := message.get("turn")) in self.own_turns:
+                mine.add(turn)
                 continue
             self.send({"type": "event", "seq": message["seq"], "message": message})
+        # A turn stores its messages in one append, so one event: its id is done with
+        # (kept, a long-lived connection would hold one id per turn it ever ran).
+        self.own_turns -= mine
 
     async def message(self, frame: dict[str, Any]) -> None:
         frame_id = _turn_id(frame)
@@ -210,10 +215,12 @@ class _Connection:
 
     async def run_turn(self, frame_id: Any, turn: TurnRequest) -> None:
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        stored = False
         try:
             done = await self.agents.run(
                 turn, deadline=deadline, listener=_DeltaFrames(self, frame_id)
             )
+            stored = bool(done.stored)
             self.send(_done_frame(frame_id, done))
         except asyncio.CancelledError:
             self.send({"type": "cancelled", "id": frame_id})
@@ -225,6 +232,8 @@ class _Connection:
                        "message": "internal server error"})  # fmt: skip
         finally:
             self.turns.pop(frame_id, None)
+            if not stored:  # no event will name it
+                self.own_turns.discard(turn.turn_id)
 
     async def close(self) -> None:
         """Stop watching; let running turns finish and be stored (within the turn

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from .capacity import ADDED_LATENCY, OPEN_LOOP, SOAK, WORKERS_SCALING
+from .capacity import ADDED_LATENCY, OPEN_LOOP, WORKERS_SCALING
 from .common import Scenario
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
 from .jobs import JOBS
+from .soak import SOAK
 from .store import STORE_OPS
 from .ws import WS_IDLE, WS_TURNS
 

@@ -1,4 +1,5 @@
-"""Capacity scenarios: workers scaling, open-loop max rate, added latency, soak."""
+"""Capacity scenarios: workers scaling, open-loop max rate, added latency (the soak is
+in ``soak.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from ..stats import RateSearch, ratio
 from .common import CHAT, STREAM_CHAT, Scenario, compare, have
 from .common import run_seconds as _secs
 
-__all__ = ("ADDED_LATENCY", "OPEN_LOOP", "SOAK", "WORKERS_SCALING")
+__all__ = ("ADDED_LATENCY", "OPEN_LOOP", "WORKERS_SCALING")
 
 # -- workers-scaling --------------------------------------------------------------------
 
@@ -202,68 +203,4 @@ ADDED_LATENCY = Scenario(
     "upstream directly",
     run_added_latency,
     lambda s: _secs(s, 2, 2),
-)
-
-# -- soak -------------------------------------------------------------------------------
-
-
-def run_soak(bench: Bench) -> None:
-    s = bench.settings
-    seconds = s.soak_minutes * 60.0
-    if seconds <= 0:
-        bench.record["status"] = "skipped"
-        bench.record["reason"] = "not asked for (--soak MINUTES)"
-        return
-    with bench.serve(targets.agentd(bench.workdir, s.server_cpus)) as served:
-        probe = bench.http(
-            served,
-            "/v1/chat/completions",
-            method="POST",
-            body=CHAT,
-            concurrency=s.main_concurrency,
-            generator="python",
-            label="capacity probe",
-        )
-        rate = round(probe["rps"] * 0.5, 1)
-        window = max(5.0, min(60.0, seconds / 20))
-        run = bench.http(
-            served,
-            "/v1/chat/completions",
-            method="POST",
-            body=CHAT,
-            rate=rate,
-            concurrency=256,
-            generator="python",
-            seconds=seconds,
-            window=window,
-            label="soak",
-        )
-        run["limited_by"] = "offered rate (open loop)"
-    series = bench.record["rss_series"]["agentd"]
-    inside = [mb for t, mb in series if run["t_start"] <= t <= run["t_end"]]
-    tenth = max(1, len(inside) // 10)
-    start_mb = sum(inside[:tenth]) / tenth if inside else None
-    end_mb = sum(inside[-tenth:]) / tenth if inside else None
-    # Whole windows inside the schedule only: the last one also holds the drain.
-    wins = [w for w in run.get("windows") or [] if w["t"] + window <= seconds + 1e-9]
-    bench.record["figures"] = {
-        "rate": rate,
-        "minutes": s.soak_minutes,
-        "rss_start_mb": round(start_mb, 2) if start_mb else None,
-        "rss_end_mb": round(end_mb, 2) if end_mb else None,
-        "rss_growth_mb_per_min": round((end_mb - start_mb) / s.soak_minutes, 3)
-        if start_mb and end_mb
-        else None,
-        "p99_first_window_ms": wins[0]["p99"] if wins else None,
-        "p99_last_window_ms": wins[-1]["p99"] if wins else None,
-        "p99_drift": ratio(wins[-1]["p99"], wins[0]["p99"]) if wins else None,
-    }
-
-
-SOAK = Scenario(
-    "soak",
-    "constant open-loop load at half of capacity for --soak MINUTES: RSS growth, p99 drift",
-    run_soak,
-    lambda s: s.soak_minutes * 60.0 + _secs(s, 1, 1),
-    default=False,
 )
