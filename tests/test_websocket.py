@@ -146,6 +146,26 @@ async def test_websocket_limits_turns_per_connection_and_cancels(serve: Factory)
         assert (frame["type"], frame["code"], frame["id"]) == ("error", "invalid_frame", "d")
 
 
+async def test_a_cancel_right_behind_its_message_ends_the_turn(serve: Factory) -> None:
+    # Both frames in one write: the server reads the cancel before the turn's task first
+    # runs. Such a turn used to stay registered: no "cancelled" frame, its id refused as
+    # duplicate_id and its place held, until the connection could run no turn at all.
+    url = await serve(websocket={"max_inflight_turns": 2}, **echo(latency_ms=200))
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
+        await ws.send_json({"type": "hello"})
+        assert (await receive(ws))["type"] == "ready"
+        for i in range(10):
+            await ws.send_str(orjson.dumps({"type": "message", "id": i, "content": "x"}).decode())
+            await ws.send_str(orjson.dumps({"type": "cancel", "id": i}).decode())
+            frame = await receive(ws)
+            while frame["type"] == "delta":
+                frame = await receive(ws)
+            assert (frame["type"], frame["id"]) == ("cancelled", i), frame
+        await ws.send_json({"type": "message", "id": "after", "content": "still here"})
+        done, _ = await until(ws, "done")
+        assert done["id"] == "after"
+
+
 async def test_connections_closed_right_after_hello_leave_no_handler_behind(
     redis_standalone: RedisServer,
 ) -> None:

@@ -211,9 +211,22 @@ class _Connection:
             agent, [{"role": "user", "content": content}], self.session_id, turn_id=new_turn_id()
         )
         self.own_turns.add(turn.turn_id)
-        self.turns[frame_id] = asyncio.create_task(self.run_turn(frame_id, turn))
+        task = asyncio.create_task(self.run_turn(frame_id, turn))
+        self.turns[frame_id] = task
+        task.add_done_callback(lambda _: self.turn_ended(frame_id, turn.turn_id, task))
 
-    async def run_turn(self, frame_id: Any, turn: TurnRequest) -> None:
+    def turn_ended(self, frame_id: Any, turn_id: str, task: asyncio.Task[bool]) -> None:
+        """Forget a turn. Its task may never have run: a cancel read right behind its
+        message lands before the first step, and then ``run_turn`` says nothing."""
+        if self.turns.get(frame_id) is task:
+            del self.turns[frame_id]
+        if task.cancelled():
+            self.send({"type": "cancelled", "id": frame_id})
+        if task.cancelled() or not task.result():  # no event will name it
+            self.own_turns.discard(turn_id)
+
+    async def run_turn(self, frame_id: Any, turn: TurnRequest) -> bool:
+        """Run a turn, telling the client how it ends; whether it stored anything."""
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
         stored = False
         try:
@@ -230,10 +243,7 @@ class _Connection:
             log.exception("turn %r failed", frame_id)
             self.send({"type": "error", "id": frame_id, "code": "internal_error",
                        "message": "internal server error"})  # fmt: skip
-        finally:
-            self.turns.pop(frame_id, None)
-            if not stored:  # no event will name it
-                self.own_turns.discard(turn.turn_id)
+        return stored
 
     async def close(self) -> None:
         """Stop watching; let running turns finish and be stored (within the turn
