@@ -8,31 +8,49 @@ is recorded on the way in, and every body and every streamed event is then check
 an exchange no rule covers.
 
 To cover a new endpoint: add its rule to ``RULES`` and a ``@case`` that calls it.
-agentd's documented extensions (``EXTENSIONS``) are taken out before the check.
+agentd's documented extensions (``EXTENSIONS``) are taken out before the check. A
+``/v1/`` route the app registers with neither a rule nor a place in ``AGENTD_ONLY``
+fails ``test_every_v1_route_has_a_rule_or_is_agentd_only``.
+
+The two servers (and the stub) are started once for the module and shared by the cases,
+each of which makes its own objects; starting a server per case was most of the time.
 """
 
 from __future__ import annotations
 
+import base64
+import inspect
 import re
+import struct
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import aiohttp
 import httpx2 as httpx
 import openai
 import orjson
 import pytest
-from openai.types import Model
+import pytest_asyncio
+from openai.types import Completion, CompletionChoice, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.conversations import (
+    Conversation,
+    ConversationDeletedResource,
+    ConversationItem,
+    ConversationItemList,
+)
+from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
 from openai.types.shared import ErrorObject
 
 from agentd import fastpath
+from agentd.config import from_dict
+from agentd.server.app import create_app
 
-from .openai_stub import StartStub
+from .openai_stub import Slow, StubNode
 from .procs import AgentdProcess
 from .sdk_strict import strictly
 from .waiting import wait_until
@@ -59,13 +77,84 @@ def model_list(body: dict[str, Any]) -> None:
         strictly(Model, item)
 
 
+def embeddings(body: dict[str, Any]) -> None:
+    """``POST /v1/embeddings``: the SDK asks for base64 unless told otherwise and decodes
+    the vectors itself before its type sees them, so a string must be whole little-endian
+    float32 values, then checked as the floats the SDK makes of it."""
+    for item in body.get("data", ()):
+        if isinstance(item, dict) and isinstance(item.get("embedding"), str):
+            data = base64.b64decode(item["embedding"], validate=True)
+            assert data and len(data) % 4 == 0, f"{len(data)} bytes are no float32 vector"
+            item["embedding"] = list(struct.unpack(f"<{len(data) // 4}f", data))
+    strictly(CreateEmbeddingResponse, body)
+
+
+class StreamedChoice(CompletionChoice):
+    # The SDK says a streamed completion's chunks share the completion's shape, but
+    # OpenAI (and agentd) send finish_reason null until a choice's last piece, and the SDK
+    # parses stream chunks without validating them. Only that one field is relaxed, and
+    # only for stream events (as in tests/test_completions.py).
+    finish_reason: Literal["stop", "length", "content_filter"] | None  # type: ignore[assignment]
+
+
+class StreamedCompletion(Completion):
+    choices: list[StreamedChoice]  # type: ignore[assignment]
+
+
+def response_deleted(body: dict[str, Any]) -> None:
+    """``DELETE /v1/responses/{id}``: the SDK declares no type (``responses.delete``
+    returns None, whatever the body); OpenAI's reference gives this shape, the one of
+    every other deleted resource."""
+    assert set(body) == {"id", "object", "deleted"}, body
+    assert isinstance(body["id"], str) and body["id"].startswith("resp_"), body
+    assert body["object"] == "response.deleted" and body["deleted"] is True, body
+
+
+ID = r"[^/]+"  # one path segment: an id
 RULES = (
     Rule("POST", r"/v1/chat/completions", ChatCompletion, ChatCompletionChunk),
     Rule("GET", r"/v1/models", model_list),
-    Rule("GET", r"/v1/models/[^/]+", Model),
+    Rule("GET", rf"/v1/models/{ID}", Model),
     Rule("POST", r"/v1/responses", Response, ResponseStreamEvent),
-    Rule("GET", r"/v1/responses/[^/]+", Response, ResponseStreamEvent),
+    Rule("GET", rf"/v1/responses/{ID}", Response, ResponseStreamEvent),
+    Rule("DELETE", rf"/v1/responses/{ID}", response_deleted),
+    Rule("POST", rf"/v1/responses/{ID}/cancel", Response),
+    Rule("GET", rf"/v1/responses/{ID}/input_items", ResponseItemList),
+    Rule("POST", r"/v1/conversations", Conversation),
+    Rule("GET", rf"/v1/conversations/{ID}", Conversation),
+    Rule("POST", rf"/v1/conversations/{ID}", Conversation),
+    Rule("DELETE", rf"/v1/conversations/{ID}", ConversationDeletedResource),
+    Rule("GET", rf"/v1/conversations/{ID}/items", ConversationItemList),
+    Rule("POST", rf"/v1/conversations/{ID}/items", ConversationItemList),
+    Rule("GET", rf"/v1/conversations/{ID}/items/{ID}", ConversationItem),
+    Rule("DELETE", rf"/v1/conversations/{ID}/items/{ID}", Conversation),  # as OpenAI's
+    Rule("POST", r"/v1/embeddings", embeddings),
+    Rule("POST", r"/v1/completions", Completion, StreamedCompletion),
 )
+
+# The /v1/ routes that are agentd's own, with no method in the SDK (docs/protocol.md):
+# they need no rule. Any other /v1/ route the app registers must have one.
+AGENTD_ONLY = {
+    ("GET", "/v1/info"),  # the instance's agents, backends and topology
+    # sessions: agentd's own view of a conversation, with its messages
+    ("POST", "/v1/sessions"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+    ("DELETE", "/v1/sessions/{id}"),
+    ("GET", "/v1/sessions/{id}/messages"),
+    ("POST", "/v1/sessions/{id}/messages"),
+    # a session's live events (SSE) and publishing to them
+    ("GET", "/v1/sessions/{id}/events"),
+    ("POST", "/v1/sessions/{id}/events"),
+    # shared state between agents
+    ("GET", "/v1/state/{namespace}/{key}"),
+    ("PUT", "/v1/state/{namespace}/{key}"),
+    ("PATCH", "/v1/state/{namespace}/{key}"),
+    ("DELETE", "/v1/state/{namespace}/{key}"),
+    ("POST", "/v1/state/{namespace}/{key}/increment"),
+    ("GET", "/v1/ws"),  # the WebSocket protocol
+    ("DELETE", "/v1/cache"),  # response cache admin
+}
 
 # agentd's own fields, documented in docs/protocol.md: where a chat turn was stored
 # (session_id, seq), a response's session, agentd's own error code beside OpenAI's.
@@ -86,15 +175,19 @@ def _without_extensions(kind: Any, doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+# The unions' reprs are pages long.
+NAMES = {id(ResponseStreamEvent): "ResponseStreamEvent", id(ConversationItem): "ConversationItem"}
+
+
 def conform(kind: Any, doc: Any) -> None:
     """Check one body or event against ``kind`` (an SDK type, or a checking function)."""
-    if not isinstance(kind, type) and callable(kind) and kind is not ResponseStreamEvent:
+    if inspect.isfunction(kind):  # a checking function, not a type or a union of types
         kind(doc)
         return
     try:
         strictly(kind, _without_extensions(kind, doc))
     except AssertionError as exc:  # the event union's repr is pages long
-        name = "ResponseStreamEvent" if kind is ResponseStreamEvent else kind.__name__
+        name = NAMES.get(id(kind)) or kind.__name__
         raise AssertionError(str(exc).replace(repr(kind), name)) from None
 
 
@@ -221,33 +314,92 @@ class Target:
             return orjson.loads(await r.read())["id"]
 
 
+# Agent "slow" answers about 20 words a second, so a background response of it is still
+# running when a case cancels it.
+ECHO = """
+[[backends]]
+name = "echo"
+type = "echo"
+
+[[backends]]
+name = "slow"
+type = "echo"
+tokens_per_s = 20.0
+
+[[agents]]
+name = "echo"
+backend = "echo"
+
+[[agents]]
+name = "slow"
+backend = "slow"
+"""
+
 UPSTREAM = """
 [[backends]]
 name = "up"
 type = "openai"
 urls = ["{url}"]
 
+[[backends]]
+name = "slow"
+type = "openai"
+urls = ["{slow}"]
+
 [[agents]]
 name = "echo"
 backend = "up"
+
+[[agents]]
+name = "slow"
+backend = "slow"
 """
 
+SHARED = pytest.mark.asyncio(loop_scope="module")
 
-@pytest.fixture(params=["echo", "upstream"])
-async def target(
-    request: pytest.FixtureRequest, agentd_instance: Callable[..., AgentdProcess], stub: StartStub
-) -> AsyncIterator[Target]:
+
+@dataclass
+class Server:
+    proc: AgentdProcess
+    upstream: bool
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["echo", "upstream"])
+async def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Server]:
+    """agentd on the echo backend, or on the stub upstream: one of each for the module."""
     upstream = request.param == "upstream"
-    config = UPSTREAM.format(url=(await stub()).url) if upstream else ""
-    proc = agentd_instance(config)
+    nodes: list[StubNode] = []
+    try:
+        if upstream:
+            nodes.append(await StubNode().start())
+            nodes.append(await StubNode(Slow(first_s=0.05, between_s=0.05)).start())
+            config = UPSTREAM.format(url=nodes[0].url, slow=nodes[1].url)
+        else:
+            config = ECHO
+        workdir: Path = tmp_path_factory.mktemp(f"conformance-{request.param}")
+        proc = AgentdProcess(workdir, config, [], {})
+        try:
+            proc.wait_ready()
+            yield Server(proc, upstream)
+        finally:
+            proc.stop()
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def target(server: Server) -> AsyncIterator[Target]:
     recorder = Recorder()
     sdk = openai.AsyncOpenAI(
-        base_url=proc.url + "/v1",
+        base_url=server.proc.url + "/v1",
         api_key="x",
         max_retries=0,
         http_client=httpx.AsyncClient(transport=recorder, timeout=30),
     )
-    yield Target(proc, sdk, recorder, upstream)
+    yield Target(server.proc, sdk, recorder, server.upstream)
     await sdk.close()
 
 
@@ -387,7 +539,7 @@ async def chat_unknown_field(t: Target) -> None:
 @case
 async def models(t: Target) -> None:
     listed = await t.sdk.models.list()
-    assert [m.id for m in listed.data] == ["echo"]
+    assert [m.id for m in listed.data] == ["echo", "slow"]
     model = await t.sdk.models.retrieve("echo")
     assert model.created > 0
 
@@ -452,6 +604,182 @@ async def responses_unknown_field(t: Target) -> None:
     assert info.value.code == "unknown_parameter" and info.value.param == "tempreature"
 
 
+@case
+async def responses_cancel(t: Target) -> None:
+    words = " ".join(f"w{i}" for i in range(200))  # about 10 s at 20 words a second
+    job = await t.sdk.responses.create(model="slow", input=words, background=True)
+
+    async def running() -> bool:
+        return (await t.sdk.responses.retrieve(job.id)).status == "in_progress"
+
+    await wait_until(running, 30, f"{job.id} to run", poll_s=0.05)
+    cancelled = await t.sdk.responses.cancel(job.id)
+    # As OpenAI's: the answer is the stopped response, not a snapshot still running.
+    assert cancelled.status == "cancelled" and cancelled.id == job.id
+    # Its stream, played again, ends with the response cancelled.
+    events = [e async for e in await t.sdk.responses.retrieve(job.id, stream=True)]
+    assert events[-1].response.status == "cancelled"  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError):  # only a background response can be
+        await t.sdk.responses.cancel((await t.sdk.responses.create(model="echo", input="done")).id)
+
+
+@case
+async def responses_delete(t: Target) -> None:
+    response = await t.sdk.responses.create(model="echo", input="hello there")
+    assert await t.sdk.responses.delete(response.id) is None  # the SDK keeps no body
+    with pytest.raises(openai.NotFoundError):
+        await t.sdk.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        await t.sdk.responses.delete(response.id)
+
+
+@case
+async def responses_input_items(t: Target) -> None:
+    response = await t.sdk.responses.create(
+        model="echo",
+        input=[
+            {"role": "user", "content": "one"},
+            {"role": "assistant", "content": "two"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "3"}]},
+        ],
+    )
+    listed = await t.sdk.responses.input_items.list(response.id)
+    assert [item.type for item in listed.data] == ["message"] * 3
+    first = await t.sdk.responses.input_items.list(response.id, order="asc", limit=1)
+    assert first.has_more and first.data[0].role == "user"  # type: ignore[union-attr]
+    rest = await t.sdk.responses.input_items.list(
+        response.id,
+        order="asc",
+        after=first.data[0].id,  # type: ignore[union-attr]
+    )
+    assert len(rest.data) == 2 and not rest.has_more
+
+
+@case
+async def conversations_create(t: Target) -> None:
+    conv = await t.sdk.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "hi"}], metadata={"a": "b"}
+    )
+    assert conv.id.startswith("conv_") and conv.metadata == {"a": "b"}
+    assert (await t.sdk.conversations.create()).id != conv.id
+
+
+@case
+async def conversations_retrieve(t: Target) -> None:
+    conv = await t.sdk.conversations.create()
+    got = await t.sdk.conversations.retrieve(conv.id)
+    assert (got.id, got.created_at) == (conv.id, conv.created_at)
+    with pytest.raises(openai.NotFoundError):
+        await t.sdk.conversations.retrieve("conv_missing")
+
+
+@case
+async def conversations_update(t: Target) -> None:
+    conv = await t.sdk.conversations.create(metadata={"a": "b"})
+    updated = await t.sdk.conversations.update(conv.id, metadata={"a": "c"})
+    assert updated.metadata == {"a": "c"}
+
+
+@case
+async def conversations_delete(t: Target) -> None:
+    conv = await t.sdk.conversations.create()
+    deleted = await t.sdk.conversations.delete(conv.id)
+    assert deleted.deleted and deleted.id == conv.id
+    with pytest.raises(openai.NotFoundError):
+        await t.sdk.conversations.retrieve(conv.id)
+
+
+@case
+async def conversation_items_create(t: Target) -> None:
+    conv = await t.sdk.conversations.create()
+    added = await t.sdk.conversations.items.create(
+        conv.id,
+        items=[
+            {"type": "message", "role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "output_text", "text": "hello"}]},
+        ],
+    )
+    assert [item.role for item in added.data] == ["user", "assistant"]  # type: ignore[union-attr]
+
+
+@case
+async def conversation_items_list(t: Target) -> None:
+    conv = await t.sdk.conversations.create(
+        items=[{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}]
+    )
+    listed = await t.sdk.conversations.items.list(conv.id)
+    assert len(listed.data) == 2 and not listed.has_more
+    page = await t.sdk.conversations.items.list(conv.id, order="asc", limit=1)
+    assert page.has_more and page.data[0].id == listed.data[-1].id  # type: ignore[union-attr]
+
+
+@case
+async def conversation_items_retrieve(t: Target) -> None:
+    conv = await t.sdk.conversations.create(items=[{"role": "user", "content": "hi"}])
+    [item] = (await t.sdk.conversations.items.list(conv.id)).data
+    got = await t.sdk.conversations.items.retrieve(item.id, conversation_id=conv.id)  # type: ignore[union-attr]
+    assert got == item
+    with pytest.raises(openai.NotFoundError):
+        await t.sdk.conversations.items.retrieve("msg_999", conversation_id=conv.id)
+
+
+@case
+async def conversation_items_delete(t: Target) -> None:
+    conv = await t.sdk.conversations.create(
+        items=[{"role": "user", "content": "one"}, {"role": "user", "content": "two"}]
+    )
+    newest = (await t.sdk.conversations.items.list(conv.id)).data[0]
+    after = await t.sdk.conversations.items.delete(newest.id, conversation_id=conv.id)  # type: ignore[union-attr]
+    assert after.id == conv.id
+    assert len((await t.sdk.conversations.items.list(conv.id)).data) == 1
+
+
+@case
+async def responses_in_a_conversation(t: Target) -> None:
+    conv = await t.sdk.conversations.create(items=[{"role": "user", "content": "first"}])
+    response = await t.sdk.responses.create(model="echo", input="second", conversation=conv.id)
+    assert response.conversation is not None and response.conversation.id == conv.id
+    stream = await t.sdk.responses.create(
+        model="echo", input="third", conversation=conv.id, stream=True
+    )
+    assert [e async for e in stream][-1].type == "response.completed"
+    items = await t.sdk.conversations.items.list(conv.id, order="asc")
+    assert len(items.data) == 5  # first, second and its reply, third and its reply
+
+
+@case
+async def embeddings_float_and_base64(t: Target) -> None:
+    floats = await t.sdk.embeddings.create(
+        model="echo", input="hello there", encoding_format="float"
+    )
+    # Without a format, the SDK asks for base64 and decodes it itself.
+    packed = await t.sdk.embeddings.create(model="echo", input=["hello there", "other"])
+    assert [round(x, 5) for x in packed.data[0].embedding] == [
+        round(x, 5) for x in floats.data[0].embedding
+    ]
+    assert [item.index for item in packed.data] == [0, 1]
+
+
+@case
+async def completions(t: Target) -> None:
+    body = await t.sdk.completions.create(model="echo", prompt="say this back", max_tokens=16)
+    assert body.choices[0].text and body.choices[0].finish_reason in ("stop", "length")
+
+
+@case
+async def completions_stream(t: Target) -> None:
+    stream = await t.sdk.completions.create(
+        model="echo",
+        prompt="one two three",
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    assert "".join(c.choices[0].text for c in chunks if c.choices).endswith("one two three")
+
+
+@SHARED
 @pytest.mark.parametrize("name", list(CASES))
 async def test_every_answer_conforms_to_the_sdk(target: Target, name: str) -> None:
     await CASES[name](target)
@@ -459,6 +787,45 @@ async def test_every_answer_conforms_to_the_sdk(target: Target, name: str) -> No
     assert exchanges, "the case made no request"
     for exchange in exchanges:
         check_exchange(exchange)
+
+
+# -- every route has its rule -----------------------------------------------------------
+
+
+def v1_routes() -> set[tuple[str, str]]:
+    """The (method, path template) of every ``/v1/`` route the app registers (HEAD is
+    aiohttp's own twin of each GET)."""
+    app = create_app(from_dict({}))
+    return {
+        (route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith("/v1/")
+        and route.method != "HEAD"
+    }
+
+
+def sample(template: str) -> str:
+    """A path of the route ``template``: a value for each ``{name}``."""
+    return re.sub(r"\{[^}/]+\}", "x_1", template)
+
+
+def rules_of(method: str, template: str) -> list[Rule]:
+    return [r for r in RULES if r.method == method and re.fullmatch(r.path, sample(template))]
+
+
+async def test_every_v1_route_has_a_rule_or_is_agentd_only() -> None:
+    routes = v1_routes()
+    missing = sorted(r for r in routes - AGENTD_ONLY if not rules_of(*r))
+    assert not missing, (
+        f"/v1/ routes with no conformance rule: {missing}; add a Rule and a @case for "
+        "each, or (if the SDK has no method for it) an entry in AGENTD_ONLY"
+    )
+    assert AGENTD_ONLY <= routes, f"AGENTD_ONLY names no route: {AGENTD_ONLY - routes}"
+    assert not [r for r in AGENTD_ONLY if rules_of(*r)], "a route both ruled and agentd-only"
+    used = {id(rule) for route in routes for rule in rules_of(*route)}
+    unused = [(r.method, r.path) for r in RULES if id(r) not in used]
+    assert not unused, f"rules of no route agentd serves: {unused}"
 
 
 # -- the request side --------------------------------------------------------------------
