@@ -270,6 +270,11 @@ class AgentConfig:
     created: int = opt(0, min=0, max=2**40)
 
     @property
+    def upstream_model(self) -> str:
+        """The model name its calls send upstream."""
+        return self.model or self.name
+
+    @property
     def background_class(self) -> str:
         """The request class its background (job) model calls carry."""
         return self.request_class or "background"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from agentd.backends import Backends, ChatRequest, Chunk, Pool, UpstreamAuth, UpstreamRejected
 from agentd.backends.echo import split_words
-from agentd.backends.openai import EventSplitter, _event_data
+from agentd.backends.openai import EventSplitter, event_data
 from agentd.config import BackendConfig, from_dict
 from agentd.errors import BadRequest, NotFound, Overloaded, UpstreamError, UpstreamTimeout
 from agentd.metrics import BackendMetrics
@@ -205,14 +205,14 @@ def test_sse_events_survive_any_line_ending_and_any_split(
     for piece in pieces:
         if piece:
             events = splitter.feed(piece)
-            seen += [data for event in events if (data := _event_data(event)) is not None]
+            seen += [data for event in events if (data := event_data(event)) is not None]
     assert seen == payloads
     assert splitter.rest == b""
 
 
 def test_multi_line_data_events_join_with_newlines() -> None:
-    assert _event_data(b'event: x\ndata: {"a":\ndata:1}\nid: 3') == b'{"a":\n1}'
-    assert _event_data(b": comment only") is None
+    assert event_data(b'event: x\ndata: {"a":\ndata:1}\nid: 3') == b'{"a":\n1}'
+    assert event_data(b": comment only") is None
 
 
 # -- error mapping ------------------------------------------------------------------------

@@ -141,7 +141,7 @@ class Agents:
             upstream.extend({k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history)
         upstream.extend(req.messages)
         request = ChatRequest(
-            model=agent.model or agent.name,
+            model=agent.upstream_model,
             messages=upstream,
             params={**agent.params, **req.params},
         )
@@ -266,7 +266,7 @@ async def _told_again(
         if text:
             await listener.delta(text)
     cancelled = said.get("status") == "cancelled"
-    return TurnResult(text, "stop", {}, "", agent.model or agent.name, [dict(said)], timings,
+    return TurnResult(text, "stop", {}, "", agent.upstream_model, [dict(said)], timings,
                       "bypass", req.turn_id or "", cancelled)  # fmt: skip
 
 

@@ -13,9 +13,10 @@ one token per delta).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -34,12 +35,22 @@ from .types import (
     usage_dict,
 )
 
-__all__ = ("EventSplitter", "OpenAIClient", "OpenAINode", "error_for_status")
+__all__ = (
+    "DONE",
+    "EventSplitter",
+    "OpenAIClient",
+    "OpenAINode",
+    "error_for_status",
+    "error_from",
+    "event_data",
+    "stream_error",
+    "upstream_errors",
+)
 
 log = logging.getLogger(__name__)
 
 _ERROR_BODY_LIMIT = 64 * 1024
-_DONE = b"[DONE]"
+DONE = b"[DONE]"
 _DATA = b"data:"
 _JSON = "application/json"
 
@@ -127,39 +138,44 @@ class OpenAINode:
             sock_connect=min(self.client.config.connect_timeout_s, remaining),
             ceil_threshold=float("inf"),  # the deadline is exact, not rounded up a second
         )
-        try:
+        with upstream_errors(loop, deadline):
             async with session.post(self.endpoint, data=payload, timeout=timeout) as response:
                 if response.status != 200:
-                    raise await _error_from(response)
+                    raise await error_from(response)
                 if response.content_type == _JSON:
                     yield await _whole_reply(response, request, self.name)
                     return
                 async for chunk in _read_events(response, request, self.name):
                     yield chunk
-        except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
-                raise UpstreamError(
-                    "upstream unreachable: connect timed out", code="upstream_unreachable"
-                ) from None
-            raise UpstreamTimeout("the upstream did not answer within the deadline") from None
-        except aiohttp.ClientPayloadError:
+
+
+@contextlib.contextmanager
+def upstream_errors(loop: asyncio.AbstractEventLoop, deadline: float) -> Iterator[None]:
+    """aiohttp's and the JSON parser's errors in a call to a node, as agentd's."""
+    try:
+        yield
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
             raise UpstreamError(
-                "upstream closed the stream before the reply ended", code="upstream_incomplete"
+                "upstream unreachable: connect timed out", code="upstream_unreachable"
             ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(
-                f"upstream unreachable: {exc.os_error.strerror or exc.os_error}",
-                code="upstream_unreachable",
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(
-                f"upstream connection failed: {type(exc).__name__}", code="upstream_unreachable"
-            ) from None
-        except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError):
-            # Not JSON, or JSON of the wrong shape (a list where an object belongs...).
-            raise UpstreamError(
-                "upstream sent a malformed reply", code="upstream_protocol"
-            ) from None
+        raise UpstreamTimeout("the upstream did not answer within the deadline") from None
+    except aiohttp.ClientPayloadError:
+        raise UpstreamError(
+            "upstream closed the stream before the reply ended", code="upstream_incomplete"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            f"upstream unreachable: {exc.os_error.strerror or exc.os_error}",
+            code="upstream_unreachable",
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            f"upstream connection failed: {type(exc).__name__}", code="upstream_unreachable"
+        ) from None
+    except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
+        # Not JSON, or JSON of the wrong shape (a list where an object belongs...).
+        raise UpstreamError("upstream sent a malformed reply", code="upstream_protocol") from None
 
 
 def error_for_status(status: int, message: str) -> UpstreamError | UpstreamRejected:
@@ -176,7 +192,7 @@ def error_for_status(status: int, message: str) -> UpstreamError | UpstreamRejec
     return UpstreamError(f"upstream failed ({status}): {message}")
 
 
-async def _error_from(response: aiohttp.ClientResponse) -> UpstreamError | UpstreamRejected:
+async def error_from(response: aiohttp.ClientResponse) -> UpstreamError | UpstreamRejected:
     raw = await response.content.read(_ERROR_BODY_LIMIT)
     message = ""
     try:
@@ -205,7 +221,7 @@ async def _whole_reply(response: aiohttp.ClientResponse, request: ChatRequest, n
     return Chunk(text, choice.get("finish_reason") or "stop", usage, node)
 
 
-def _event_data(event: bytes) -> bytes | None:
+def event_data(event: bytes) -> bytes | None:
     """The ``data`` of one SSE event (its ``data:`` lines joined by newlines), or None."""
     if event.startswith(b"data: ") and b"\n" not in event:
         return event[6:]  # the common case: one line
@@ -263,7 +279,7 @@ class _Reply:
         obj = orjson.loads(payload)
         error = obj.get("error")
         if error:
-            raise _stream_error(error)
+            raise stream_error(error)
         usage = obj.get("usage")
         if usage:
             self.usage = usage
@@ -298,10 +314,10 @@ async def _read_events(
     splitter = EventSplitter()
     async for data in response.content.iter_any():
         for event in splitter.feed(data):
-            payload = _event_data(event)
+            payload = event_data(event)
             if payload is None:
                 continue  # a comment (keep-alive) or an event without data
-            if payload == _DONE:
+            if payload == DONE:
                 yield reply.final()
                 return
             text = reply.take(payload)
@@ -309,12 +325,12 @@ async def _read_events(
                 yield Chunk(text, None, None, node)
     # The body ended without [DONE] and its blank line: accept it if the reply finished.
     last = splitter.rest.strip()
-    payload = _event_data(last) if last else None
-    if payload is not None and payload != _DONE:
+    payload = event_data(last) if last else None
+    if payload is not None and payload != DONE:
         text = reply.take(payload)
         if text:
             yield Chunk(text, None, None, node)
-    if payload == _DONE or reply.finish is not None:
+    if payload == DONE or reply.finish is not None:
         yield reply.final()
         return
     raise UpstreamError(
@@ -322,7 +338,7 @@ async def _read_events(
     )
 
 
-def _stream_error(error: Any) -> UpstreamError | UpstreamRejected:
+def stream_error(error: Any) -> UpstreamError | UpstreamRejected:
     """An error object sent inside the stream (vLLM and others do this)."""
     if isinstance(error, dict):
         message = str(error.get("message") or "error in stream")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -25,13 +25,14 @@ import orjson
 from ..config import BackendConfig
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from .openai import (
-    _DONE,
+    DONE,
     EventSplitter,
     OpenAIClient,
     OpenAINode,
-    _error_from,
-    _event_data,
-    _stream_error,
+    error_from,
+    event_data,
+    stream_error,
+    upstream_errors,
 )
 from .types import (
     EmbeddingRequest,
@@ -119,42 +120,14 @@ class OpenAIEndpointsNode(OpenAINode):
             sock_connect=min(self.client.config.connect_timeout_s, remaining),
             ceil_threshold=float("inf"),
         )
-        with _upstream_errors(loop, deadline):
+        with upstream_errors(loop, deadline):
             headers = {"Accept": accept}
             async with session.post(
                 url, data=payload, timeout=timeout, headers=headers
             ) as response:
                 if response.status != 200:
-                    raise await _error_from(response)
+                    raise await error_from(response)
                 yield response
-
-
-@contextlib.contextmanager
-def _upstream_errors(loop: asyncio.AbstractEventLoop, deadline: float) -> Iterator[None]:
-    """aiohttp's and the JSON parser's errors as agentd's (the chat stream's mapping)."""
-    try:
-        yield
-    except TimeoutError as exc:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
-            raise UpstreamError(
-                "upstream unreachable: connect timed out", code="upstream_unreachable"
-            ) from None
-        raise UpstreamTimeout("the upstream did not answer within the deadline") from None
-    except aiohttp.ClientPayloadError:
-        raise UpstreamError(
-            "upstream closed the stream before the reply ended", code="upstream_incomplete"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
-            f"upstream unreachable: {exc.os_error.strerror or exc.os_error}",
-            code="upstream_unreachable",
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            f"upstream connection failed: {type(exc).__name__}", code="upstream_unreachable"
-        ) from None
-    except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
-        raise UpstreamError("upstream sent a malformed reply", code="upstream_protocol") from None
 
 
 def _malformed(what: str) -> UpstreamError:
@@ -228,7 +201,7 @@ async def _text_events(
         obj = orjson.loads(payload)
         error = obj.get("error")
         if error:
-            raise _stream_error(error)
+            raise stream_error(error)
         if isinstance(obj.get("usage"), dict):
             usage = obj["usage"]
         choices = _choices(obj.get("choices"))
@@ -243,22 +216,22 @@ async def _text_events(
 
     async for data in response.content.iter_any():
         for event in splitter.feed(data):
-            payload = _event_data(event)
+            payload = event_data(event)
             if payload is None:
                 continue
-            if payload == _DONE:
+            if payload == DONE:
                 yield last()
                 return
             chunk = take(payload)
             if chunk is not None:
                 yield chunk
     rest = splitter.rest.strip()
-    payload = _event_data(rest) if rest else None
-    if payload is not None and payload != _DONE:
+    payload = event_data(rest) if rest else None
+    if payload is not None and payload != DONE:
         chunk = take(payload)
         if chunk is not None:
             yield chunk
-    if payload == _DONE or finished:
+    if payload == DONE or finished:
         yield last()
         return
     raise UpstreamError(

@@ -55,7 +55,7 @@ async def embeddings(request: web.Request) -> web.Response:
     agents = request.app[AGENTS]
     agent = agents.get(body.agent)
     pool = request.app[BACKENDS].get(agent.backend)
-    call = EmbeddingRequest(agent.model or agent.name, body.input, body.params)
+    call = EmbeddingRequest(agent.upstream_model, body.input, body.params)
     with _admitted(agents, agent):
         reply = await pool.embed(call, _deadline(request))
     return json_response(embeddings_object(agent.name, reply.vectors, reply.usage, body.encoding))
@@ -66,7 +66,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     agents = request.app[AGENTS]
     agent = agents.get(body.agent)
     pool = request.app[BACKENDS].get(agent.backend)
-    call = TextRequest(agent.model or agent.name, body.prompt, body.params, body.stream)
+    call = TextRequest(agent.upstream_model, body.prompt, body.params, body.stream)
     cid, created = completion_id(), int(time.time())
     with _admitted(agents, agent):
         chunks = pool.complete_text(call, _deadline(request))
