@@ -73,7 +73,11 @@ class OpenAIClient:
                     config.name,
                     config.api_key_env,
                 )
-        self.nodes = tuple(OpenAINode(self, url) for url in config.urls)
+        self.nodes = tuple(self.node(url) for url in config.urls)
+
+    def node(self, url: str) -> OpenAINode:
+        """One of its nodes (a subclass makes its own kind)."""
+        return OpenAINode(self, url)
 
     async def start(self) -> None:
         if self.session is not None:
@@ -113,13 +117,6 @@ class OpenAINode:
 
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         """POST the request with ``stream: true`` and yield its content as chunks."""
-        session = self.client.session
-        if session is None:
-            raise RuntimeError(f"backend {self.client.config.name!r} is not started")
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise UpstreamTimeout("the deadline passed before the upstream call")
         body = {
             **request.params,
             "model": request.model,
@@ -127,6 +124,26 @@ class OpenAINode:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        async with self.post(self.endpoint, body, deadline) as response:
+            if response.content_type == _JSON:
+                yield await _whole_reply(response, request, self.name)
+                return
+            async for chunk in _read_events(response, request, self.name):
+                yield chunk
+
+    @contextlib.asynccontextmanager
+    async def post(
+        self, url: str, body: dict[str, Any], deadline: float, accept: str | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The upstream's 200 response to ``body``; its errors, and those of reading it
+        inside the block, as agentd's upstream errors."""
+        session = self.client.session
+        if session is None:
+            raise RuntimeError(f"backend {self.client.config.name!r} is not started")
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamTimeout("the deadline passed before the upstream call")
         try:
             payload = orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -138,15 +155,14 @@ class OpenAINode:
             sock_connect=min(self.client.config.connect_timeout_s, remaining),
             ceil_threshold=float("inf"),  # the deadline is exact, not rounded up a second
         )
+        headers = {"Accept": accept} if accept else None
         with upstream_errors(loop, deadline):
-            async with session.post(self.endpoint, data=payload, timeout=timeout) as response:
+            async with session.post(
+                url, data=payload, timeout=timeout, headers=headers
+            ) as response:
                 if response.status != 200:
                     raise await error_from(response)
-                if response.content_type == _JSON:
-                    yield await _whole_reply(response, request, self.name)
-                    return
-                async for chunk in _read_events(response, request, self.name):
-                    yield chunk
+                yield response
 
 
 @contextlib.contextmanager

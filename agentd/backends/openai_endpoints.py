@@ -14,25 +14,20 @@ completions, one token per text piece.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
-from ..config import BackendConfig
-from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..errors import UpstreamError
 from .openai import (
     DONE,
     EventSplitter,
     OpenAIClient,
     OpenAINode,
-    error_from,
     event_data,
     stream_error,
-    upstream_errors,
 )
 from .types import (
     EmbeddingRequest,
@@ -54,9 +49,8 @@ _SSE = "text/event-stream"
 class OpenAIEndpointsClient(OpenAIClient):
     """The shared session of an ``openai`` backend whose nodes serve every endpoint."""
 
-    def __init__(self, config: BackendConfig, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__(config, environ)
-        self.nodes = tuple(OpenAIEndpointsNode(self, url) for url in config.urls)
+    def node(self, url: str) -> OpenAIEndpointsNode:
+        return OpenAIEndpointsNode(self, url)
 
 
 class OpenAIEndpointsNode(OpenAINode):
@@ -71,7 +65,7 @@ class OpenAIEndpointsNode(OpenAINode):
     async def embed(self, request: EmbeddingRequest, deadline: float) -> AsyncIterator[Embeddings]:
         """POST the embeddings request; one item: the whole reply."""
         body = {**request.params, "model": request.model, "input": request.input}
-        async with self._post(self.embeddings_url, body, deadline, _JSON) as response:
+        async with self.post(self.embeddings_url, body, deadline, _JSON) as response:
             reply = orjson.loads(await response.read())
             embeddings = _embeddings(reply, request, self.name)
         yield embeddings
@@ -89,45 +83,12 @@ class OpenAIEndpointsNode(OpenAINode):
         if request.stream:
             body["stream_options"] = {"include_usage": True}
         accept = _SSE if request.stream else _JSON
-        async with self._post(self.completions_url, body, deadline, accept) as response:
+        async with self.post(self.completions_url, body, deadline, accept) as response:
             if response.content_type == _JSON:  # unstreamed, or a server that ignores stream
                 yield _text_chunk(orjson.loads(await response.read()), request, self.name)
                 return
             async for chunk in _text_events(response, request, self.name):
                 yield chunk
-
-    @contextlib.asynccontextmanager
-    async def _post(
-        self, url: str, body: dict[str, Any], deadline: float, accept: str
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """The upstream's 200 response to ``body``; its errors, and those of reading it
-        inside the block, as agentd's upstream errors."""
-        session = self.client.session
-        if session is None:
-            raise RuntimeError(f"backend {self.client.config.name!r} is not started")
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise UpstreamTimeout("the deadline passed before the upstream call")
-        try:
-            payload = orjson.dumps(body)
-        except orjson.JSONEncodeError as exc:
-            raise BadRequest(
-                f"the request cannot be sent as JSON: {exc}", code="invalid_params"
-            ) from None
-        timeout = aiohttp.ClientTimeout(
-            total=remaining,
-            sock_connect=min(self.client.config.connect_timeout_s, remaining),
-            ceil_threshold=float("inf"),
-        )
-        with upstream_errors(loop, deadline):
-            headers = {"Accept": accept}
-            async with session.post(
-                url, data=payload, timeout=timeout, headers=headers
-            ) as response:
-                if response.status != 200:
-                    raise await error_from(response)
-                yield response
 
 
 def _malformed(what: str) -> UpstreamError:
