@@ -130,7 +130,10 @@ async def test_a_draining_worker_hands_its_job_back(
     b = agentd_instance(config)  # started once a holds the job
     a.send(signal.SIGTERM)
     assert a.wait_exit() == 0
-    done = await wait_status(client(b), job.id, limit=90)  # a reclaim would take 120 s
+    try:
+        done = await wait_status(client(b), job.id, limit=90)  # a reclaim would take 120 s
+    except AssertionError as exc:  # say where the job went: one such failure seen under load
+        raise AssertionError(f"{exc}\n--- a's log\n{a.log()}\n--- b's log\n{b.log()}") from None
     assert done.status == "completed" and done.output_text == words
     assert _runner_pid(redis_standalone.url, job.id) in b.worker_pids()
     assert "took over job" not in b.log()  # handed back at once, not reclaimed

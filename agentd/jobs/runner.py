@@ -106,8 +106,10 @@ class JobRunner:
             task.cancel()
         await asyncio.gather(*left, return_exceptions=True)
         for delivery in left.values():
-            with contextlib.suppress(Exception):
+            try:
                 await self.jobs.retry(delivery)
+            except Exception as exc:  # it comes back by reclaim, [jobs] lease_s later
+                log.warning("job %s not handed back (%s): left to a reclaim", delivery.job_id, exc)
         await self._attempts.close()
 
     # -- taking jobs ------------------------------------------------------------------
