@@ -144,14 +144,16 @@ def test_generation_params_take_their_chat_names() -> None:
             "presence_penalty": 0.5,
             "frequency_penalty": -0.5,
             "logit_bias": {"50256": -100},
-            # ignored hints never reach the params
-            "reasoning": {"effort": "low"},
-            "include": ["message.output_text.logprobs"],
-            "truncation": "auto",
-            "parallel_tool_calls": False,
             "service_tier": "auto",
             "prompt_cache_key": "k",
             "safety_identifier": "s",
+            # nested: forwarded under the chat API's names
+            "reasoning": {"effort": "low", "summary": "auto"},
+            "text": {"verbosity": "high"},
+            # ignored hints never reach the params
+            "include": ["message.output_text.logprobs"],
+            "truncation": "auto",
+            "parallel_tool_calls": False,
             "top_logprobs": 2,
             "stream_options": {"include_obfuscation": False},
         }
@@ -166,7 +168,17 @@ def test_generation_params_take_their_chat_names() -> None:
         "presence_penalty": 0.5,
         "frequency_penalty": -0.5,
         "logit_bias": {"50256": -100},
+        "service_tier": "auto",
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+        "reasoning_effort": "low",
+        "verbosity": "high",
     }
+
+
+def test_a_reasoning_effort_of_the_wrong_type_is_named() -> None:
+    error = rejected(orjson.dumps({"model": "m", "input": "hi", "reasoning": {"effort": 1}}))
+    assert (error.code, error.detail) == ("invalid_type", {"param": "reasoning.effort"})
 
 
 def test_null_params_are_left_out() -> None:
@@ -185,7 +197,7 @@ def test_harmless_values_of_restricted_fields_are_accepted() -> None:
             "text": {"format": {"type": "text"}, "verbosity": "low"},
         }
     )
-    assert request.params == {}
+    assert request.params == {"verbosity": "low"}  # forwarded as the chat API's verbosity
     for body in ({"tools": None, "tool_choice": "auto", "store": None, "text": None},
                  {"text": {"format": None}}):  # fmt: skip
         parse({"model": "helper", "input": "hi", **body})

@@ -37,7 +37,9 @@ __all__ = (
 Kinds = tuple[type, ...]
 
 # Generation parameters: Responses name -> (chat-completions name, accepted JSON types).
-# The last five are agentd extensions: chat-completions parameters the chat API forwards.
+# From "stop" to "logit_bias": agentd extensions, chat-completions parameters the chat
+# API forwards. ``reasoning.effort`` and ``text.verbosity`` are forwarded too, as the chat
+# API's ``reasoning_effort`` and ``verbosity`` (``parse_create``).
 PARAM_FIELDS: MappingProxyType[str, tuple[str, Kinds]] = MappingProxyType(
     {
         "temperature": ("temperature", (int, float)),
@@ -46,7 +48,18 @@ PARAM_FIELDS: MappingProxyType[str, tuple[str, Kinds]] = MappingProxyType(
         "user": ("user", (str,)),
         **{
             name: (name, CHAT_PARAMS[name])
-            for name in ("stop", "seed", "presence_penalty", "frequency_penalty", "logit_bias")
+            for name in (
+                "stop",
+                "seed",
+                "presence_penalty",
+                "frequency_penalty",
+                "logit_bias",
+                "service_tier",
+                "safety_identifier",
+                "prompt_cache_key",
+                "prompt_cache_retention",
+                "prompt_cache_options",
+            )
         },
     }
 )
@@ -56,7 +69,7 @@ RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
     {
         "tools": "null or []: agentd runs no tools",
         "tool_choice": 'null, "auto" or "none": there are no tools to require',
-        "text": 'format null or {"type": "text"}: no structured output; verbosity ignored',
+        "text": 'format null or {"type": "text"}: no structured output',
     }
 )
 # Accepted (type-checked) and ignored: hints whose absence cannot change what the reply
@@ -65,15 +78,9 @@ IGNORED_FIELDS: MappingProxyType[str, Kinds] = MappingProxyType(
     {
         "include": (list,),
         "truncation": (str,),
-        "reasoning": (dict,),
         "parallel_tool_calls": (bool,),
         "max_tool_calls": (int,),
         "top_logprobs": (int,),
-        "service_tier": (str,),
-        "safety_identifier": (str,),
-        "prompt_cache_key": (str,),
-        "prompt_cache_retention": (str,),
-        "prompt_cache_options": (dict,),
         "stream_options": (dict,),
         "background_options": (dict,),
         "image": (dict,),
@@ -94,6 +101,7 @@ OWN_FIELDS = frozenset(
         "store",
         "session_id",
         "conversation",  # a conversation id, or {"id": ...}: the session it names
+        "reasoning",  # its effort is forwarded as reasoning_effort
     }
 )
 

@@ -196,6 +196,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
     _check_restricted(body)
+    _forward_nested(body, params)
     return CreateRequest(
         agent,
         messages,
@@ -328,6 +329,20 @@ def _check_ranges(params: dict[str, Any]) -> None:
         if value is not None and (value < low or (high is not None and value > high)):
             limits = f"from {low} to {high}" if high is not None else f"at least {low}"
             raise _bad(f"{field_name} must be {limits}", "invalid_value", field_name)
+
+
+def _forward_nested(body: dict[str, Any], params: dict[str, Any]) -> None:
+    """``reasoning.effort`` and ``text.verbosity`` go upstream as the chat API's
+    ``reasoning_effort`` and ``verbosity``; the rest of ``reasoning`` (a summary) asks
+    for what agentd does not relay."""
+    reasoning = check_type(body.get("reasoning"), (dict,), "reasoning")
+    if reasoning is not None:
+        effort = check_type(reasoning.get("effort"), (str,), "reasoning.effort")
+        if effort is not None:
+            params["reasoning_effort"] = effort
+    text = body.get("text")  # checked by _check_restricted
+    if text is not None and text.get("verbosity") is not None:
+        params["verbosity"] = text["verbosity"]
 
 
 def _check_restricted(body: dict[str, Any]) -> None:
