@@ -162,7 +162,7 @@ class StubNode:
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._counted_chat)
+        app.router.add_post("/v1/chat/completions", self._counted(self._chat))
         app.router.add_post("/v1/embeddings", self._counted(self._embeddings))
         app.router.add_post("/v1/completions", self._counted(self._completions))
         app.router.add_get("/v1/models", self._models)
@@ -200,41 +200,12 @@ class StubNode:
         body = {"object": "list", "data": [{"id": "stub", "object": "model", "owned_by": "stub"}]}
         return web.json_response(body)
 
-    async def _counted_chat(self, request: web.Request) -> web.StreamResponse:
-        self.inflight += 1
-        self.peak_inflight = max(self.peak_inflight, self.inflight)
-        try:
-            return await self._chat(request)
-        finally:
-            self.inflight -= 1
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        self.requests.append(
-            RecordedRequest(request.method, request.path, dict(request.headers), body)
-        )
-        mode = self.mode
-        if self.api_key is not None and request.headers.get("Authorization") != (
-            f"Bearer {self.api_key}"
-        ):
-            return self._error(
-                401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key"
-            )
+    async def _chat(self, request: web.Request, body: Any) -> web.StreamResponse:
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return self._error(
                 400, "'messages' is a required property", "invalid_request_error", None
             )
-        if isinstance(mode, Fail):
-            return self._error(mode.status, mode.message, mode.type, mode.code)
-        if isinstance(mode, Hang):
-            await self._closing.wait()
-            if request.transport is not None:
-                request.transport.close()
-            return web.Response(status=500)
+        mode = self.mode
         words = self._words(body)
         if body.get("stream") and not self.ignore_stream:
             return await self._stream(request, body, words, mode)
@@ -344,7 +315,7 @@ class StubNode:
             request.transport.abort()
         return response
 
-    # -- the pass-through endpoints ---------------------------------------------------
+    # -- what every endpoint shares, and the pass-through endpoints ------------------
 
     def _counted(
         self, handler: Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
@@ -368,7 +339,12 @@ class StubNode:
                 if self.api_key is not None and request.headers.get("Authorization") != (
                     f"Bearer {self.api_key}"
                 ):
-                    return self._error(401, "Incorrect API key", "invalid_request_error", None)
+                    return self._error(
+                        401,
+                        "Incorrect API key provided",
+                        "invalid_request_error",
+                        "invalid_api_key",
+                    )
                 if isinstance(mode, Fail):
                     return self._error(mode.status, mode.message, mode.type, mode.code)
                 if isinstance(mode, Hang):
