@@ -150,7 +150,7 @@ async def test_a_turn_id_is_stored_once_however_many_run_it(agents: Factory) -> 
 
     async def attempt() -> tuple[TurnResult, list[str]]:
         req = turn_request("once only", sid)
-        req.turn_id = "resp_same"
+        req.turn_id, req.may_repeat = "resp_same", True
         listener = Recorder()
         done = await slow.run(req, deadline=deadline(), listener=listener)
         return done, listener.heard

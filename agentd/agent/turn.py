@@ -121,8 +121,7 @@ class Agents:
             started = loop.time()
             async with self.leases.hold(req.session_id, agent.history, deadline, interrupt) as held:
                 timings.session = loop.time() - started
-                earlier = _stored_reply(req.turn_id, held.history)
-                if earlier is not None:
+                if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
                 plan = self._plan(agent, req, held.history)
                 return await self._reply(agent, req, plan, held, timings, deadline,
@@ -242,13 +241,12 @@ class Agents:
                           stored, timings, level, turn_id, reply.cancelled)  # fmt: skip
 
 
-def _stored_reply(turn_id: str | None, history: Sequence[Mapping[str, Any]]) -> Any:
+def _stored_reply(turn_id: str, history: Sequence[Mapping[str, Any]]) -> Any:
     """The reply a turn with this id already stored, if the history read under the lease
     holds it: a retried job's attempt overtaken by an earlier one that finished."""
-    if turn_id:
-        for message in reversed(history):
-            if message.get("turn") == turn_id and message.get("role") == "assistant":
-                return message
+    for message in reversed(history):
+        if message.get("turn") == turn_id and message.get("role") == "assistant":
+            return message
     return None
 
 

@@ -33,6 +33,9 @@ class TurnRequest:
     store: bool = True
     # The chat request's ``metadata``, kept on the stored reply.
     metadata: dict[str, str] | None = None
+    # True: ``turn_id`` may already be stored by an earlier run of this very request (a
+    # job's retried attempt); the turn then tells that reply again instead of running.
+    may_repeat: bool = False
 
 
 @dataclass(slots=True)

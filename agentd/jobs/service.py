@@ -328,6 +328,7 @@ class Responses:
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
+        turn.may_repeat = True
         if req.background:
             turn.request_class = self.agents.get(req.agent).background_class
         return turn
