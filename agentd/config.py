@@ -10,7 +10,9 @@ prefixed with the key path (``server.workers: must be >= 1, got 0``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import time
 import tomllib
 import types
@@ -21,21 +23,28 @@ from pathlib import Path
 from typing import Any
 
 __all__ = (
+    "SCOPES",
+    "TENANT_RE",
     "AgentCacheConfig",
     "AgentConfig",
+    "AuthConfig",
     "BackendConfig",
     "CacheConfig",
     "Config",
     "ConfigError",
     "JobsConfig",
+    "LimitsConfig",
     "LogConfig",
     "PartitionConfig",
     "RedisConfig",
     "ServerConfig",
     "SessionsConfig",
     "StateConfig",
+    "TenantConfig",
+    "TokensConfig",
     "WebSocketConfig",
     "dump_toml",
+    "is_loopback",
     "load",
     "parse_bind",
 )
@@ -265,6 +274,9 @@ class AgentConfig:
     # its interactive calls are always "interactive".
     request_class: str = opt("", check=_check_request_class)
     cache: AgentCacheConfig = field(default_factory=AgentCacheConfig)
+    # Share cached replies between tenants (off: each tenant has its own, since a shared
+    # cache answers one tenant with another's reply to the same prompt).
+    shared_cache: bool = opt(False)
     # The ``created`` of its model object (Unix seconds); 0: when the config was written
     # (the config file's modification time), the same on every worker and instance.
     created: int = opt(0, min=0, max=2**40)
@@ -341,6 +353,85 @@ class PartitionConfig:
     max_inflight_turns: int = opt(0, min=0, max=1_000_000)
 
 
+TENANT_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+SCOPES = ("chat", "responses", "sessions", "state", "admin")
+TOKEN_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+
+def _check_tenant(value: str) -> str | None:
+    if not TENANT_RE.fullmatch(value):
+        return f"must be 1-64 of a-z, 0-9, _ and -, starting with a letter or digit; got {value!r}"
+    return None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Rate limits and quotas (0 = no limit), per key or per tenant."""
+
+    requests_per_minute: int = opt(0, min=0, max=10**9)
+    # Prompt + completion tokens, from the upstream's usage (or an estimate).
+    tokens_per_minute: int = opt(0, min=0, max=10**12)
+    max_concurrent_turns: int = opt(0, min=0, max=10**6)
+    tokens_per_day: int = opt(0, min=0, max=10**15)
+    tokens_per_month: int = opt(0, min=0, max=10**15)
+
+
+@dataclass(frozen=True)
+class TenantConfig:
+    """One tenant's own limits (every other tenant has ``[auth.tenant_limits]``)."""
+
+    name: str = opt("", check=_check_tenant)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+@dataclass(frozen=True)
+class TokensConfig:
+    """Connection tokens (JWTs) minted by the operator's own backend for end users."""
+
+    # "" = connection tokens are not accepted.
+    algorithm: str = opt("", choices=("", *TOKEN_ALGORITHMS))
+    # HS256: the shared secret is read from this environment variable.
+    secret_env: str = opt("AGENTD_TOKEN_SECRET")
+    # RS256 / ES256: the PEM file of the public key.
+    public_key_file: str = opt("")
+    # When set, a token's ``iss`` / ``aud`` must match.
+    issuer: str = opt("")
+    audience: str = opt("")
+    # Clock skew tolerated on ``exp`` and ``nbf``, in seconds.
+    leeway_s: float = opt(30.0, min=0.0, max=3600.0)
+    # A WebSocket whose token expired is closed this long after, unless refreshed.
+    ws_grace_s: float = opt(30.0, min=0.0, max=3600.0)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may call agentd: see docs/auth.md."""
+
+    # none: anyone who reaches the port; keys: API keys and connection tokens.
+    mode: str = opt("none", choices=("none", "keys"))
+    # Run with mode = "none" on an address other than loopback (refused otherwise).
+    allow_open: bool = opt(False)
+    # The environment variable holding the operator's admin key (never written to disk).
+    admin_key_env: str = opt("AGENTD_ADMIN_KEY")
+    # Seconds a worker trusts a key record it read; revocations are pushed sooner.
+    key_cache_s: float = opt(2.0, min=0.0, max=3600.0)
+    # Seconds an unknown key is remembered as unknown (bounds look-ups under a flood).
+    negative_cache_s: float = opt(1.0, min=0.0, max=60.0)
+    # What a request gets when the shard holding its limits is down: refused (closed,
+    # 503) or admitted unlimited (open).
+    limits_unavailable: str = opt("closed", choices=("closed", "open"))
+    # Limits every tenant has unless ``[[auth.tenants]]`` names it.
+    tenant_limits: LimitsConfig = field(default_factory=LimitsConfig)
+    tenants: tuple[TenantConfig, ...] = opt(())
+    tokens: TokensConfig = field(default_factory=TokensConfig)
+
+    def limits_of(self, tenant: str) -> LimitsConfig:
+        for t in self.tenants:
+            if t.name == tenant:
+                return t.limits
+        return self.tenant_limits
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
@@ -358,6 +449,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
     partitions: tuple[PartitionConfig, ...] = opt(())
@@ -619,6 +711,7 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
                 f"server.partitions: no partition named {name!r} "
                 f"(defined: {', '.join(sorted(known))})"
             )
+    _check_auth(config, bad, errors)
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     if config.mode == "standalone":
@@ -635,6 +728,42 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
                 f"Configure [redis] urls to run more"
             )
     return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind host only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_auth(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:
+    auth = config.auth
+    if (
+        auth.mode == "none"
+        and not auth.allow_open
+        and not bad("server.bind", "auth")
+        and not is_loopback(parse_bind(config.server.bind)[0])
+    ):
+        errors.append(
+            f'auth.mode: "none" lets anyone who reaches {config.server.bind} read and write '
+            f'every session; set auth.mode = "keys", bind a loopback address, or set '
+            f"auth.allow_open = true to run open on purpose"
+        )
+    names = [t.name for t in auth.tenants]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            errors.append(f"auth.tenants[{i}].name: {name!r} is defined twice")
+    tokens = auth.tokens
+    needs_key = tokens.algorithm in ("RS256", "ES256") and not tokens.public_key_file
+    if needs_key and not bad("auth.tokens"):
+        errors.append(
+            f"auth.tokens.public_key_file: {tokens.algorithm} tokens need the PEM file "
+            f"of the public key that verifies them"
+        )
 
 
 def from_dict(

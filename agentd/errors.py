@@ -12,12 +12,15 @@ __all__ = (
     "AgentdError",
     "BadRequest",
     "Conflict",
+    "Forbidden",
     "Internal",
     "NotFound",
     "Overloaded",
     "PayloadTooLarge",
+    "QuotaExceeded",
     "RateLimited",
     "StoreUnavailable",
+    "Unauthorized",
     "Unavailable",
     "UpstreamAuth",
     "UpstreamError",
@@ -66,6 +69,18 @@ class BadRequest(AgentdError):
     status, type, code = 400, "invalid_request_error", "invalid_request"
 
 
+class Unauthorized(AgentdError):
+    """No credential, or one that is unknown, revoked, expired or forged (OpenAI's 401)."""
+
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class Forbidden(AgentdError):
+    """A valid credential without the scope or agent the request needs."""
+
+    status, type, code = 403, "invalid_request_error", "permission_denied"
+
+
 class NotFound(AgentdError):
     status, type, code = 404, "invalid_request_error", "not_found"
 
@@ -80,6 +95,12 @@ class PayloadTooLarge(AgentdError):
 
 class RateLimited(AgentdError):
     status, type, code = 429, "rate_limit_error", "rate_limited"
+
+
+class QuotaExceeded(RateLimited):
+    """A token budget (per day or month) is spent: retrying soon cannot help."""
+
+    type = code = "insufficient_quota"
 
 
 class Internal(AgentdError):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import metrics as metrics_mod
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, is_loopback
 from ..log import setup_logging
 from ..runtime import WorkerInfo
 from . import worker as worker_mod
@@ -131,6 +131,14 @@ class Supervisor:
             log.warning(
                 "standalone mode: sessions and state live in the worker's memory and are "
                 "lost when the worker restarts or reloads; configure [redis] urls to keep them"
+            )
+        if self.config.auth.mode == "none":
+            log.warning(
+                'auth: OPEN (auth.mode = "none"): anyone who reaches %s:%d can read and '
+                "write every session, document and response%s",
+                host,
+                port,
+                "" if is_loopback(host) else " (auth.allow_open = true: on purpose)",
             )
         self._start_generation()
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..agent import Agents
+from ..auth import Auth
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
@@ -34,8 +35,10 @@ from . import (
     state,
     ws,
 )
+from .auth import authenticate
 from .keys import (
     AGENTS,
+    AUTH,
     BACKENDS,
     CACHE,
     CONFIG,
@@ -76,6 +79,7 @@ async def _start_parts(app: web.Application) -> None:
     store = app[STORE]
     await store.start()
     app[STATE].readiness.append(store.readiness)
+    await app[AUTH].start()
     await app[BACKENDS].start()
     await app[CACHE].start()
     await app[RUNNER].start()
@@ -84,17 +88,21 @@ async def _start_parts(app: web.Application) -> None:
 async def _close_parts(app: web.Application) -> None:
     await app[CACHE].close()
     await app[BACKENDS].close()
+    await app[AUTH].close()
     await app[STORE].close()
 
 
 def create_app(config: Config, worker: WorkerState | None = None) -> web.Application:
     """Build a worker's application from a validated config; ``worker`` is the worker's
     run-time state, kept by whoever runs the worker (a fresh one if not given)."""
-    app = web.Application(client_max_size=config.server.max_request_bytes, middlewares=[observe])
+    app = web.Application(
+        client_max_size=config.server.max_request_bytes, middlewares=[observe, authenticate]
+    )
     app[CONFIG] = config
     app[METRICS] = metrics = Metrics()
     app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
+    app[AUTH] = Auth(config)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)

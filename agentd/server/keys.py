@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from ..agent import Agents
+from ..auth import Auth
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
@@ -19,6 +20,7 @@ from ..store import Store
 
 __all__ = (
     "AGENTS",
+    "AUTH",
     "BACKENDS",
     "CONFIG",
     "METRICS",
@@ -34,6 +36,7 @@ STATE = web.AppKey("state", WorkerState)
 STORE = web.AppKey("store", Store)
 BACKENDS = web.AppKey("backends", Backends)
 AGENTS = web.AppKey("agents", Agents)
+AUTH = web.AppKey("auth", Auth)
 CACHE = web.AppKey("cache", ResponseCache)
 RESPONSES = web.AppKey("responses", Responses)
 RUNNER = web.AppKey("runner", JobRunner)

@@ -1,0 +1,60 @@
+"""The authenticator a worker asks who is calling: API keys, connection tokens, or nobody
+(``auth.mode = "none"``)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+
+from ..config import Config
+from ..errors import Unauthorized
+from .identity import ALL_SCOPES, OPEN, Identity
+
+__all__ = ("ADMIN", "Auth", "looks_like_token")
+
+log = logging.getLogger(__name__)
+
+# The operator's admin key (from the environment) acts in the unnamed tenant, the one
+# auth.mode = "none" uses, with every scope.
+ADMIN = Identity(tenant="", scopes=ALL_SCOPES, kind="admin", key_id="admin")
+
+
+def looks_like_token(credential: str) -> bool:
+    """A JWT is three base64url parts joined by dots; an API key has none."""
+    return credential.count(".") == 2
+
+
+class Auth:
+    """Turns a request's credential into an :class:`Identity`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config.auth
+        self.enabled = self.config.mode != "none"
+        admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
+        self._admin = admin.encode()
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        if not self._admin:
+            log.warning(
+                "auth: no admin key in $%s: keys can be created by no one",
+                self.config.admin_key_env,
+            )
+
+    async def close(self) -> None:
+        return None
+
+    async def identify(self, credential: str | None) -> Identity:
+        """The caller's identity; ``Unauthorized`` for a missing or bad credential."""
+        if not self.enabled:
+            return OPEN
+        if not credential:
+            raise Unauthorized(
+                "no API key given: send it as 'Authorization: Bearer KEY'",
+                code="missing_api_key",
+            )
+        if self._admin and hmac.compare_digest(credential.encode(), self._admin):
+            return ADMIN
+        raise Unauthorized("the API key is not valid")

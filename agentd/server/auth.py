@@ -1,0 +1,71 @@
+"""Authentication at the door: every ``/v1`` request gets its caller's identity (or a
+401) and is checked against the scope its path needs (or a 403) before any handler runs.
+
+Health checks and ``/metrics`` are open, as load balancers and Prometheus call them
+without keys (bind the metrics port to a private network; docs/auth.md).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth import OPEN, Identity
+from .keys import AUTH
+
+__all__ = ("IDENTITY", "authenticate", "credential_of", "identity_of", "scope_for")
+
+IDENTITY = web.RequestKey("identity", Identity)
+
+# Path prefix → the scope it needs ("": any valid credential), longest first.
+_SCOPES: tuple[tuple[str, str], ...] = (
+    ("/v1/chat/", "chat"),
+    ("/v1/completions", "chat"),
+    ("/v1/embeddings", "chat"),
+    ("/v1/models", "chat"),
+    ("/v1/ws", "chat"),
+    ("/v1/responses", "responses"),
+    ("/v1/conversations", "responses"),
+    ("/v1/sessions", "sessions"),
+    ("/v1/state/", "state"),
+    ("/v1/admin/", "admin"),
+    ("/v1/cache", "admin"),
+    ("/v1/", ""),
+)
+
+
+def scope_for(path: str) -> str | None:
+    """The scope a path needs; None for the open paths outside ``/v1``."""
+    for prefix, scope in _SCOPES:
+        if path.startswith(prefix):
+            return scope
+    return None
+
+
+def credential_of(request: web.BaseRequest) -> str | None:
+    """The API key or connection token the request carries (``Authorization: Bearer``)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def identity_of(request: web.BaseRequest) -> Identity:
+    """The identity :func:`authenticate` found (open where the path needs none)."""
+    identity: Identity = request.get(IDENTITY, OPEN)
+    return identity
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    auth = request.app[AUTH]
+    if not auth.enabled:
+        return await handler(request)  # every caller is OPEN: nothing to look up
+    scope = scope_for(request.path)
+    if scope is not None:
+        identity = await auth.identify(credential_of(request))
+        if scope:
+            identity.require(scope)
+        request[IDENTITY] = identity
+    return await handler(request)
