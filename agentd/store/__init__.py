@@ -28,6 +28,7 @@ from .api import (
     Subscription,
     TurnLease,
 )
+from .codec import no_session
 
 __all__ = (
     "DELETED",
@@ -47,6 +48,7 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "no_session",
     "open_store",
 )
 
