@@ -391,3 +391,26 @@ async def test_a_flood_of_invalid_keys_is_not_a_flood_of_lookups(
         assert _hgetalls(redis_standalone) - before <= 1 + budget * (1 + elapsed)
         # A key this worker holds is served all along.
         assert (await api.chat(made["key"]))[0] == 200
+
+
+async def test_without_the_change_feed_a_revoke_is_seen_within_the_key_cache_ttl() -> None:
+    config = from_dict({"auth": {"mode": "keys", "key_cache_s": 0.3}})
+    store = open_store(config)
+    await store.start()
+    cache = KeyCache(store.keyring, config.auth)  # not following changes: the TTL alone
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    key = f"sk-agentd-{key_id}-{secret}"
+    try:
+        await store.keyring.create(_record(key_id, secret))
+        assert (await cache.identify(key)).key_id == key_id
+        await store.keyring.delete(key_id)
+        assert await _identifies(cache, key) is not None  # cached: no round trip
+        started = time.monotonic()
+        await wait_until(lambda: _identifies_not(cache, key), what="the revoke")
+        assert time.monotonic() - started < 0.3 + 1.0
+    finally:
+        await store.close()
+
+
+async def _identifies_not(cache: KeyCache, key: str) -> bool:
+    return await _identifies(cache, key) is None

@@ -57,6 +57,8 @@ KEY_PREFIX = "sk-agentd-"
 KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _KEY_RE = re.compile(r"sk-agentd-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
 
+_LIMIT_NAMES = frozenset(LimitsConfig.__dataclass_fields__)
+
 # Unknown ids one worker remembers; past it the oldest are forgotten first.
 MAX_NEGATIVE = 10_000
 # Records one worker keeps; past it the least recently used are dropped.
@@ -92,7 +94,9 @@ def identity_of_record(record: KeyRecord) -> Identity:
         kind="key",
         key_id=record.id,
         agents=None if record.agents is None else frozenset(record.agents),
-        limits=LimitsConfig(**record.limits) if record.limits else None,
+        limits=LimitsConfig(**{k: v for k, v in record.limits.items() if k in _LIMIT_NAMES})
+        if record.limits
+        else None,
         expires_at=record.expires_at,
     )
 
