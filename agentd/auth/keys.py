@@ -184,12 +184,12 @@ class KeyCache:
             hash_secret(secret).encode(), entry.secret_hash
         ):
             raise Unauthorized("the API key is not valid")
-        # Only the key's holder learns why a valid key is refused.
+        # Only the key's holder learns (from the message) why a valid key is refused.
         if entry.disabled:
-            raise Unauthorized("this API key is disabled", code="api_key_disabled")
+            raise Unauthorized("this API key is disabled")
         expires_at = entry.identity.expires_at
         if expires_at is not None and time.time() >= expires_at:
-            raise Unauthorized("this API key has expired", code="api_key_expired")
+            raise Unauthorized("this API key has expired")
         return entry.identity
 
     async def _entry(self, key_id: str) -> _Entry | None:
