@@ -415,3 +415,24 @@ async def test_without_the_change_feed_a_revoke_is_seen_within_the_key_cache_ttl
 
 async def _identifies_not(cache: KeyCache, key: str) -> bool:
     return await _identifies(cache, key) is None
+
+
+async def test_requests_with_the_same_uncached_key_share_one_lookup() -> None:
+    config = from_dict({"auth": {"mode": "keys", "negative_cache_s": 0.0}})
+    store = open_store(config)
+    await store.start()
+    cache = KeyCache(store.keyring, config.auth)
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    try:
+        await store.keyring.create(_record(key_id, secret))
+        found = await asyncio.gather(
+            *(cache.identify(f"sk-agentd-{key_id}-{secret}") for _ in range(50))
+        )
+        assert {i.key_id for i in found} == {key_id} and cache.lookups == 1
+        unknown = f"sk-agentd-{secrets.token_hex(8)}-{secret}"
+        refused = await asyncio.gather(
+            *(cache.identify(unknown) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, Unauthorized) for r in refused) and cache.lookups == 2
+    finally:
+        await store.close()

@@ -214,18 +214,18 @@ class KeyCache:
                 code="auth_overloaded",
                 retry_after=1,
             )
-        flight = self._flights[key_id] = asyncio.get_running_loop().create_future()
-        try:
-            found = await self._read(key_id)
-        except BaseException as exc:
-            flight.set_exception(exc)
-            flight.exception()  # retrieved: waiters get it, nobody else must
-            raise
-        else:
-            flight.set_result(found)
-        finally:
+        # The look-up is a task of its own, shared by every request for the id meanwhile:
+        # a requester that goes away neither cancels it for the others nor loses its
+        # answer for the cache.
+        flight = self._flights[key_id] = asyncio.ensure_future(self._read(key_id))
+        flight.add_done_callback(lambda done: self._landed(key_id, done))
+        return await asyncio.shield(flight)
+
+    def _landed(self, key_id: str, flight: asyncio.Future[_Entry | None]) -> None:
+        if self._flights.get(key_id) is flight:
             del self._flights[key_id]
-        return found
+        if not flight.cancelled():
+            flight.exception()  # retrieved: whoever awaited it got it, nobody else must
 
     async def _read(self, key_id: str) -> _Entry | None:
         generation = self._generation
