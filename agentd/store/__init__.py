@@ -11,11 +11,15 @@ from __future__ import annotations
 from ..config import Config
 from .api import (
     DELETED,
+    KEY_UPDATABLE,
     TERMINAL,
     Blobs,
     Delivery,
     Event,
     Jobs,
+    KeyPage,
+    KeyRecord,
+    Keyring,
     Queue,
     QueueDepth,
     Records,
@@ -28,10 +32,10 @@ from .api import (
     Subscription,
     TurnLease,
 )
-from .keyring import KeyPage, KeyRecord, Keyring
 
 __all__ = (
     "DELETED",
+    "KEY_UPDATABLE",
     "TERMINAL",
     "Blobs",
     "Delivery",
