@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -81,6 +81,10 @@ def _pairs(flat: list[bytes]) -> dict[str, bytes]:
     return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
 
+def _page_of(index: str, low: str, count: int) -> Callable[[Any], Awaitable[list[bytes]]]:
+    return lambda client: client.zrangebylex(index, low, "+", 0, count)
+
+
 class RedisKeyring(Keyring):
     def __init__(self, shards: Shards, hub: EventHub) -> None:
         self.shards = shards
@@ -126,9 +130,7 @@ class RedisKeyring(Keyring):
             # One more than the page holds, to know whether another page follows.
             want = limit + 1 - len(found)
             low = "-" if cursor is None else f"({cursor}"
-            ids = await self.shards.call(
-                index, lambda c, low=low, want=want: c.zrangebylex(index, low, "+", 0, want)
-            )
+            ids: list[bytes] = await self.shards.call(index, _page_of(index, low, want))
             records = await asyncio.gather(*(self.get(i.decode()) for i in ids))
             for record in records:
                 # Skip ids whose record is gone (a revoke between its two writes) or is
