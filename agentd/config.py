@@ -132,6 +132,9 @@ class ServerConfig:
     backlog: int = opt(2048, min=1, max=65535)
     reuse_port: bool = opt(True)
     shutdown_timeout: float = opt(30.0, min=0.0, max=3600.0)
+    # Seconds an instance told to stop keeps serving with /readyz failing, so load
+    # balancers take it out of rotation before it drains.
+    drain_delay_s: float = opt(0.0, min=0.0, max=3600.0)
     max_request_bytes: int = opt(4 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
     keepalive_timeout: float = opt(75.0, min=0.0, max=3600.0)
     heartbeat_timeout: float = opt(30.0, min=1.0, max=3600.0)

@@ -33,7 +33,7 @@ class WorkerState:
 
     info: WorkerInfo = field(default_factory=WorkerInfo)
     workers: int = 1
-    # Set when the worker starts draining: /readyz fails from then on.
+    # Set when the worker drains or its instance is leaving: /readyz fails from then on.
     draining: bool = False
     # Set when the worker's application shuts down: long-lived responses (SSE) end on it.
     closing: asyncio.Event = field(default_factory=asyncio.Event)

@@ -85,6 +85,8 @@ class Supervisor:
         self.notifier = Notifier()
         self._stopping = False
         self._stop_deadline = 0.0
+        # When a stop that waits server.drain_delay_s (readiness failing) starts draining.
+        self._leave_until: float | None = None
         # Set while a generation is starting: what to go back to if it cannot start.
         self._previous: tuple[Config, int] | None = None
         self._announced = 0  # the generation last reported ready
@@ -179,12 +181,27 @@ class Supervisor:
         log.info("reloading: starting generation %d", self.generation + 1)
         self._start_generation()
 
+    def leave(self, now: float) -> bool:
+        """Begin a stop with ``server.drain_delay_s``: every worker fails /readyz but keeps
+        serving until the delay ends, so load balancers stop sending before the drain.
+        Return whether the delay runs (false when none is configured or it already ran)."""
+        delay = self.config.server.drain_delay_s
+        if delay <= 0 or self._stopping or self._leave_until is not None:
+            return False
+        self._leave_until = now + delay
+        self.notifier.stopping()
+        log.info("stopping: /readyz fails from now on; draining in %.1fs", delay)
+        for w in self.workers.values():
+            self._tell_leaving(w)
+        return True
+
     def stop(self, *, force: bool = False) -> None:
         """Drain every worker (or kill them at once with ``force``), then exit."""
         now = time.monotonic()
         if not self._stopping:
             self._stopping = True
-            self.notifier.stopping()
+            if self._leave_until is None:
+                self.notifier.stopping()
             log.info("stopping: draining %d worker(s)", len(self.workers))
             self._stop_deadline = now + self.config.server.shutdown_timeout + KILL_GRACE
             for w in self.workers.values():
@@ -355,6 +372,12 @@ class Supervisor:
     def _status(self) -> str:
         return f"serving with {self.config.server.workers} worker(s), generation {self.generation}"
 
+    def _tell_leaving(self, w: Worker) -> None:
+        # Only a ready worker has its SIGUSR1 handler; one that becomes ready later is
+        # told then (``_read_worker``).
+        if w.ready_at is not None and not w.draining:
+            self._kill(w, signal.SIGUSR1)
+
     def _drain(self, w: Worker, now: float) -> None:
         if not w.draining:
             w.kill_at = now + self.config.server.shutdown_timeout + KILL_GRACE
@@ -377,6 +400,8 @@ class Supervisor:
         for sig in HANDLED_SIGNALS:
             # The handler only has to exist: the wakeup fd carries the signal number.
             signal.signal(sig, lambda signum, frame: None)
+        # Workers inherit this until they handle it: SIGUSR1 ("fail /readyz") is never fatal.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
     def _read_signals(self) -> list[int]:
         try:
@@ -400,15 +425,19 @@ class Supervisor:
         if worker_mod.READY in data and w.ready_at is None:
             w.ready_at = now
             log.debug("worker %d (pid %d) ready", w.slot, w.pid)
+            if self._leave_until is not None:
+                self._tell_leaving(w)
 
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            if self._stopping:
+            if self._stopping or self._leave_until is not None:
                 return
             log.info("SIGHUP: reloading configuration")
             self.reload()
         elif signum in (signal.SIGTERM, signal.SIGINT):
-            self.stop(force=self._stopping and signum == signal.SIGINT)
+            # The first one waits drain_delay_s if set; another one drains at once.
+            if not self.leave(time.monotonic()):
+                self.stop(force=self._stopping and signum == signal.SIGINT)
         elif signum == signal.SIGQUIT:
             self.stop(force=True)
 
@@ -416,6 +445,8 @@ class Supervisor:
         timeout = 1.0
         if self._restart_at:
             timeout = min(timeout, max(0.0, min(self._restart_at.values()) - now))
+        if self._leave_until is not None and not self._stopping:
+            timeout = min(timeout, max(0.0, self._leave_until - now))
         watchdog = self.notifier.watchdog_due(now)
         if watchdog is not None:
             timeout = min(timeout, watchdog)
@@ -439,6 +470,8 @@ class Supervisor:
                     self._read_worker(w, now)
             self.reap_workers()
             self.manage_workers()
+            if self._leave_until is not None and not self._stopping and now >= self._leave_until:
+                self.stop()
             if self._stopping:
                 if not self.workers:
                     log.info("all workers stopped; bye")

@@ -3,9 +3,10 @@
 A worker only knows how to serve and how to drain. It talks to the supervisor through
 one pipe: ``READY`` once it accepts, then a ``HEARTBEAT`` byte every second while its
 event loop turns (a stuck loop stops the heartbeats and the supervisor replaces it).
-SIGTERM makes it drain: stop accepting, close WebSockets with 1001, finish in-flight
-requests within ``server.shutdown_timeout``, exit 0. If the supervisor disappears, the
-pipe breaks and the worker drains too.
+SIGUSR1 tells it the instance is leaving (``server.drain_delay_s``): /readyz fails from
+then on while it keeps serving. SIGTERM makes it drain: stop accepting, close WebSockets
+with 1001, finish in-flight requests within ``server.shutdown_timeout``, exit 0. If the
+supervisor disappears, the pipe breaks and the worker drains too.
 """
 
 from __future__ import annotations
@@ -100,6 +101,13 @@ async def _let_fresh_connections_speak(runner: web.AppRunner, limit: float = 1.0
         await asyncio.sleep(0.005)
 
 
+def _leaving(state: WorkerState) -> None:
+    """The instance is leaving: fail /readyz so load balancers stop sending, keep serving."""
+    if not state.draining:
+        log.info("worker %d: instance leaving, /readyz fails from now on", state.info.id)
+        state.draining = True
+
+
 async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, pipe_w: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -107,6 +115,8 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     os.set_blocking(pipe_w, False)
 
     state = WorkerState(info=info, workers=config.server.workers)
+    # Installed before READY: the supervisor only signals ready workers.
+    loop.add_signal_handler(signal.SIGUSR1, _leaving, state)
     app = create_app(config, state)
     runner = web.AppRunner(
         app,

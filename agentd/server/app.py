@@ -70,7 +70,10 @@ async def _begin_drain(app: web.Application) -> None:
     if sockets:
         log.info("closing %d websocket(s) with 1001", len(sockets))
         await asyncio.gather(
-            *(ws.close(code=1001, message=b"server shutting down") for ws in sockets),
+            *(
+                ws.close(code=1001, message=b"server draining: reconnect and resume")
+                for ws in sockets
+            ),
             return_exceptions=True,
         )
     await runner
