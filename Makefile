@@ -32,8 +32,9 @@ ext $(EXT): agentd/_fastpath.pyx $(STAMP)
 	scripts/ensure-system-deps --optional cc
 	$(PY) setup.py --quiet build_ext --inplace
 
+# redis-server for the store tests; systemd-analyze, promtool and kubectl check deploy/.
 system-deps:
-	scripts/ensure-system-deps redis-server redis-cli
+	scripts/ensure-system-deps redis-server redis-cli systemd-analyze promtool kubectl
 
 clean:
 	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so
