@@ -10,14 +10,22 @@ import os
 from ..config import Config
 from ..errors import Unauthorized
 from .identity import ALL_SCOPES, OPEN, Identity
+from .tokens import TokenVerifier
 
-__all__ = ("ADMIN", "Auth", "looks_like_token")
+__all__ = ("ADMIN", "Auth", "check_credentials", "looks_like_token")
 
 log = logging.getLogger(__name__)
 
 # The operator's admin key (from the environment) acts in the unnamed tenant, the one
 # auth.mode = "none" uses, with every scope.
 ADMIN = Identity(tenant="", scopes=ALL_SCOPES, kind="admin", key_id="admin")
+
+
+def check_credentials(config: Config) -> None:
+    """``ConfigError`` for credential material no worker could start with (the connection
+    tokens' secret or key), read as a worker will, so it is reported before any starts."""
+    if config.auth.mode != "none":
+        TokenVerifier.from_config(config.auth.tokens)
 
 
 def looks_like_token(credential: str) -> bool:
@@ -33,6 +41,8 @@ class Auth:
         self.enabled = self.config.mode != "none"
         admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
         self._admin = admin.encode()
+        # Connection tokens (JWTs); ConfigError when their key is missing or unusable.
+        self.tokens = TokenVerifier.from_config(self.config.tokens) if self.enabled else None
 
     async def start(self) -> None:
         if not self.enabled:
@@ -57,4 +67,6 @@ class Auth:
             )
         if self._admin and hmac.compare_digest(credential.encode(), self._admin):
             return ADMIN
+        if self.tokens is not None and looks_like_token(credential):
+            return self.tokens.verify(credential)
         raise Unauthorized("the API key is not valid")

@@ -13,9 +13,22 @@ from aiohttp.typedefs import Handler
 from ..auth import OPEN, Identity
 from .keys import AUTH
 
-__all__ = ("IDENTITY", "authenticate", "credential_of", "identity_of", "scope_for")
+__all__ = (
+    "IDENTITY",
+    "WS_PATH",
+    "WS_PROTOCOL",
+    "authenticate",
+    "credential_of",
+    "identity_of",
+    "scope_for",
+)
 
 IDENTITY = web.RequestKey("identity", Identity)
+
+WS_PATH = "/v1/ws"
+# The WebSocket subprotocol agentd answers, and the prefix of the one carrying a credential.
+WS_PROTOCOL = "agentd.v1"
+BEARER_PROTOCOL = "bearer."
 
 # Path prefix → the scope it needs ("": any valid credential), longest first.
 _SCOPES: tuple[tuple[str, str], ...] = (
@@ -43,11 +56,26 @@ def scope_for(path: str) -> str | None:
 
 
 def credential_of(request: web.BaseRequest) -> str | None:
-    """The API key or connection token the request carries (``Authorization: Bearer``)."""
+    """The API key or connection token the request carries: ``Authorization: Bearer``,
+    or, on the ``/v1/ws`` upgrade only, a ``bearer.<token>`` WebSocket subprotocol."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if request.path == WS_PATH and request.headers.get("Upgrade", "").lower() == "websocket":
+        return _subprotocol_credential(request)
+    return None
+
+
+def _subprotocol_credential(request: web.BaseRequest) -> str | None:
+    """Browsers cannot set headers on a WebSocket, but they can offer subprotocols:
+    ``new WebSocket(url, ["agentd.v1", "bearer." + token])``. Unlike a query string,
+    the offer is not written to access logs. The server answers ``agentd.v1``."""
+    for header in request.headers.getall("Sec-WebSocket-Protocol", ()):
+        for offer in header.split(","):
+            offer = offer.strip()
+            if offer.startswith(BEARER_PROTOCOL) and len(offer) > len(BEARER_PROTOCOL):
+                return offer[len(BEARER_PROTOCOL) :]
     return None
 
 
