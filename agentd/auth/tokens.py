@@ -166,8 +166,8 @@ def _secret(env: str) -> bytes:
     if len(secret) < MIN_SECRET_BYTES:
         raise ConfigError(
             [
-                f"auth.tokens.secret_env: the secret in ${env} is {len(secret)} bytes; "
-                f"HS256 needs at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+                f"auth.tokens.secret_env: ${env} holds {len(secret)} bytes; HS256 needs "
+                f"a random secret of at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
             ]
         )
     if b"-----BEGIN" in secret:  # a PEM key as an HMAC secret: the confusion attack's setup
