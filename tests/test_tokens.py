@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -610,3 +611,31 @@ async def test_agentd_serve_accepts_tokens_over_http_and_websocket(
             code, frames = await closed(ws)
         assert code == 4001 and [f["type"] for f in frames] == ["auth_expired"]
     await wait_until(lambda: "credential expired" in proc.log(), what="the close to be logged")
+
+
+async def test_a_reload_reads_the_public_key_again_and_refuses_an_unusable_one(
+    agentd_instance: Callable[..., AgentdProcess], tmp_path: Path
+) -> None:
+    for name in ("old", "new"):
+        (tmp_path / name).mkdir()
+    old, new = Signer("ES256", tmp_path / "old"), Signer("ES256", tmp_path / "new")
+    key_file = tmp_path / "agentd.pem"
+    key_file.write_bytes(old.public_pem)
+    tokens = f'algorithm = "ES256"\npublic_key_file = "{key_file}"\n'
+    proc = agentd_instance(f'[auth]\nmode = "keys"\n[auth.tokens]\n{tokens}')
+
+    async def status(http: aiohttp.ClientSession, signer: Signer) -> int:
+        url = proc.url + "/v1/chat/completions"
+        return (await post(http, url, chat_body(), headers=bearer(signer.token())))[0]
+
+    async with aiohttp.ClientSession() as http:
+        assert (await status(http, old), await status(http, new)) == (200, 401)
+        key_file.write_bytes(new.public_pem)
+        proc.send(signal.SIGHUP)
+        await wait_until(lambda: "reload complete" in proc.log(), what="the reload")
+        assert (await status(http, old), await status(http, new)) == (401, 200)
+        key_file.write_bytes(b"not a key")
+        proc.send(signal.SIGHUP)
+        await wait_until(lambda: "reload refused" in proc.log(), what="the refused reload")
+        assert "auth.tokens.public_key_file:" in proc.log()
+        assert await status(http, new) == 200

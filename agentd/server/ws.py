@@ -19,7 +19,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
-from ..errors import AgentdError, BadRequest, Forbidden
+from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ
 from ..store import Event, Store
 from .auth import WS_PATH, WS_PROTOCOL
@@ -162,8 +162,7 @@ class _Connection:
         sid = frame.get("session_id")
         identity = self.credential.identity
         if sid is None:
-            if identity.sessions is not None:
-                raise Forbidden("this token may use only the sessions it names")
+            identity.check_new_session()
             info = await self.store.create_session(agent=self.agent)
         else:
             identity.check_session(sid)
@@ -282,9 +281,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     conn = _Connection(request, ws)
     writer = asyncio.create_task(conn.write_forever())
-    conn.credential.start()
     with tracked_websocket(request.app, ws):
         try:
+            conn.credential.start()
             while True:
                 try:
                     msg = await ws.receive(timeout=config.idle_timeout)
