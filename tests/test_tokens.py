@@ -639,3 +639,21 @@ async def test_a_reload_reads_the_public_key_again_and_refuses_an_unusable_one(
         await wait_until(lambda: "reload refused" in proc.log(), what="the refused reload")
         assert "auth.tokens.public_key_file:" in proc.log()
         assert await status(http, new) == 200
+
+
+async def test_a_verified_token_is_refused_once_it_expires(signer: Signer) -> None:
+    """Verified tokens are remembered per worker; never past their exp."""
+    verifier = TokenVerifier.from_config(from_dict(signer.config(leeway_s=0.0)).auth.tokens)
+    assert verifier is not None
+    token = short_lived(signer, 0.5)
+    assert verifier.verify(token) is verifier.verify(token)  # the second from memory
+
+    def expired() -> bool:
+        try:
+            verifier.verify(token)
+        except Unauthorized as exc:
+            assert exc.code == "token_expired"
+            return True
+        return False
+
+    await wait_until(expired, what="the token to expire")
