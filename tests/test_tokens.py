@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -657,3 +658,27 @@ async def test_a_verified_token_is_refused_once_it_expires(signer: Signer) -> No
         return False
 
     await wait_until(expired, what="the token to expire")
+
+
+async def test_a_token_offered_without_agentd_v1_is_400_and_never_logged(
+    serve: Factory, signer: Signer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp logs an offer it cannot answer, whole: it must never get to see this one."""
+    url = await serve(**signer.config())
+    token = signer.token()
+    caplog.set_level(logging.DEBUG)
+    async with aiohttp.ClientSession() as http:
+        for protocols in (("bearer." + token,), ("graphql-ws", "bearer." + token)):
+            async with http.get(
+                url + "/v1/ws",
+                headers={
+                    "Connection": "Upgrade",
+                    "Upgrade": "websocket",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": b64(b"0123456789abcdef") + "==",
+                    "Sec-WebSocket-Protocol": ", ".join(protocols),
+                },
+            ) as r:
+                body = await r.json()
+                assert r.status == 400 and body["error"]["code"] == "invalid_subprotocol", body
+    assert token not in caplog.text

@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..auth import OPEN, Identity
+from ..errors import BadRequest
 from .keys import AUTH
 
 __all__ = (
@@ -18,6 +19,7 @@ __all__ = (
     "WS_PATH",
     "WS_PROTOCOL",
     "authenticate",
+    "check_ws_offer",
     "credential_of",
     "identity_of",
     "scope_for",
@@ -71,12 +73,29 @@ def _subprotocol_credential(request: web.BaseRequest) -> str | None:
     """Browsers cannot set headers on a WebSocket, but they can offer subprotocols:
     ``new WebSocket(url, ["agentd.v1", "bearer." + token])``. Unlike a query string,
     the offer is not written to access logs. The server answers ``agentd.v1``."""
-    for header in request.headers.getall("Sec-WebSocket-Protocol", ()):
-        for offer in header.split(","):
-            offer = offer.strip()
-            if offer.startswith(BEARER_PROTOCOL) and len(offer) > len(BEARER_PROTOCOL):
-                return offer[len(BEARER_PROTOCOL) :]
+    for offer in _offers(request):
+        if offer.startswith(BEARER_PROTOCOL) and len(offer) > len(BEARER_PROTOCOL):
+            return offer[len(BEARER_PROTOCOL) :]
     return None
+
+
+def _offers(request: web.BaseRequest) -> list[str]:
+    """The subprotocols a WebSocket upgrade offers, read as aiohttp reads them (the first
+    header)."""
+    header = request.headers.get("Sec-WebSocket-Protocol", "")
+    return [offer.strip() for offer in header.split(",")]
+
+
+def check_ws_offer(request: web.BaseRequest) -> None:
+    """A credential offered as a subprotocol must come with ``agentd.v1``: a browser
+    drops a connection whose server answers none of its offers, and aiohttp logs such an
+    offer whole, credential included."""
+    offers = _offers(request)
+    if WS_PROTOCOL not in offers and any(o.startswith(BEARER_PROTOCOL) for o in offers):
+        raise BadRequest(
+            f"offer the {WS_PROTOCOL!r} subprotocol beside 'bearer.<token>'",
+            code="invalid_subprotocol",
+        )
 
 
 def identity_of(request: web.BaseRequest) -> Identity:

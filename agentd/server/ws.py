@@ -22,7 +22,7 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ
 from ..store import Event, Store
-from .auth import WS_PATH, WS_PROTOCOL
+from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
 from .keys import AGENTS, CONFIG, STORE, tracked_websocket
 from .ws_auth import CredentialWatch
@@ -272,6 +272,7 @@ class _Connection:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG].websocket
+    check_ws_offer(request)
     ws = web.WebSocketResponse(
         heartbeat=config.heartbeat,
         max_msg_size=config.max_frame_bytes,
