@@ -9,7 +9,9 @@ import os
 
 from ..config import Config
 from ..errors import Unauthorized
+from ..store import Store
 from .identity import ALL_SCOPES, OPEN, Identity
+from .keys import KeyCache
 from .tokens import TokenVerifier
 
 __all__ = ("ADMIN", "Auth", "check_credentials", "looks_like_token")
@@ -36,17 +38,20 @@ def looks_like_token(credential: str) -> bool:
 class Auth:
     """Turns a request's credential into an :class:`Identity`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config.auth
         self.enabled = self.config.mode != "none"
         admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
         self._admin = admin.encode()
+        # API key records, cached per worker (see .keys).
+        self.keys = KeyCache(store.keyring, self.config)
         # Connection tokens (JWTs); ConfigError when their key is missing or unusable.
         self.tokens = TokenVerifier.from_config(self.config.tokens) if self.enabled else None
 
     async def start(self) -> None:
         if not self.enabled:
             return
+        await self.keys.start()
         if not self._admin:
             log.warning(
                 "auth: no admin key in $%s: keys can be created by no one",
@@ -54,7 +59,7 @@ class Auth:
             )
 
     async def close(self) -> None:
-        return None
+        await self.keys.close()
 
     async def identify(self, credential: str | None) -> Identity:
         """The caller's identity; ``Unauthorized`` for a missing or bad credential."""
@@ -69,4 +74,4 @@ class Auth:
             return ADMIN
         if self.tokens is not None and looks_like_token(credential):
             return self.tokens.verify(credential)
-        raise Unauthorized("the API key is not valid")
+        return await self.keys.identify(credential)

@@ -24,6 +24,7 @@ from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
+from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
@@ -46,6 +47,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
+    identity_of(request).check_agent(body.model)
     turn = TurnRequest(
         body.model,
         body.messages,

@@ -1,5 +1,5 @@
 """All of agentd's state: sessions, history, events, shared state documents, the
-response cache's shared tier, the job queue and the response records.
+response cache's shared tier, the job queue, the response records and API key records.
 
 ``open_store(config)`` returns the memory store in standalone mode and the Redis store
 (one server, client-side shards, or a Redis Cluster) otherwise; both implement
@@ -11,11 +11,15 @@ from __future__ import annotations
 from ..config import Config
 from .api import (
     DELETED,
+    KEY_UPDATABLE,
     TERMINAL,
     Blobs,
     Delivery,
     Event,
     Jobs,
+    KeyPage,
+    KeyRecord,
+    Keyring,
     Queue,
     QueueDepth,
     Records,
@@ -28,14 +32,19 @@ from .api import (
     Subscription,
     TurnLease,
 )
+from .codec import no_session
 
 __all__ = (
     "DELETED",
+    "KEY_UPDATABLE",
     "TERMINAL",
     "Blobs",
     "Delivery",
     "Event",
     "Jobs",
+    "KeyPage",
+    "KeyRecord",
+    "Keyring",
     "Queue",
     "QueueDepth",
     "Records",
@@ -47,6 +56,7 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "no_session",
     "open_store",
 )
 

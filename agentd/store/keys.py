@@ -32,6 +32,15 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
   events live.
+- ``agentd:k:{ID}`` (hash): an API key's record (:class:`.api.KeyRecord`): ``tenant``,
+  ``name``, ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
+  (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
+  ``agentd:kt:{TENANT}`` (sorted set, every score 0, so in id order): the ids of a
+  tenant's keys; ``agentd:ka`` (the same): every key id. The indexes live on other
+  slots than the records, so they are written first and cleaned last: an index may name
+  a key that is gone (readers skip it), a record is never missing from its indexes.
+  ``agentd:keys:changed`` (channel): the id of every key created, updated or revoked, so
+  every worker drops its cached record at once.
 """
 
 from __future__ import annotations
@@ -41,18 +50,22 @@ __all__ = (
     "CACHE_EPOCH",
     "CACHE_PATTERN",
     "JOB_GROUP",
+    "KEYS_ALL",
+    "KEYS_CHANNEL",
     "PREFIX",
     "SESSION_META_PREFIX",
     "SESSION_META_SUFFIX",
     "cache_key",
     "dead_key",
     "flight_keys",
+    "key_record",
     "queue_key",
     "record_keys",
     "session_channel",
     "session_index",
     "session_keys",
     "state_key",
+    "tenant_keys",
     "turn_key",
 )
 
@@ -119,3 +132,19 @@ def record_keys(rid: str) -> tuple[str, str, str]:
 
 def state_key(name: str) -> str:
     return f"{PREFIX}st:{{{name}}}"
+
+
+# -- API keys --------------------------------------------------------------------------
+
+KEYS_ALL = f"{PREFIX}ka"
+KEYS_CHANNEL = f"{PREFIX}keys:changed"
+
+
+def key_record(key_id: str) -> str:
+    """An API key's record, tagged by its id (records spread over the shards)."""
+    return f"{PREFIX}k:{{{key_id}}}"
+
+
+def tenant_keys(tenant: str) -> str:
+    """The index of a tenant's key ids (``""``, the operator's tenant, hashes as a whole)."""
+    return f"{PREFIX}kt:{{{tenant}}}"
