@@ -684,3 +684,27 @@ async def test_a_token_offered_without_agentd_v1_is_400_and_never_logged(
                 body = await r.json()
                 assert r.status == 400 and body["error"]["code"] == "invalid_subprotocol", body
     assert token not in caplog.text
+
+
+async def test_a_websocket_on_an_api_key_that_expires_is_closed_the_same_way(
+    serve: Factory, signer: Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = "sk-admin-" + "a" * 40
+    monkeypatch.setenv("AGENTD_ADMIN_KEY", admin)
+    url = await serve(**signer.config(ws_grace_s=GRACE_S))
+    async with aiohttp.ClientSession() as http:
+        keys = []
+        for expires_at in (time.time() + 1.0, None):
+            body = {"tenant": "acme", "expires_at": expires_at}
+            status, _, made = await post(http, url + "/v1/admin/keys", body, headers=bearer(admin))
+            assert status == 201, made
+            keys.append(made["key"])
+        expiring, lasting = keys
+        async with http.ws_connect(url + "/v1/ws", headers=bearer(expiring)) as ws:
+            code, frames = await closed(ws)
+        assert code == 4001 and [f["type"] for f in frames] == ["auth_expired"]
+        # A token of the key's tenant is still another credential: no swapping one in.
+        async with http.ws_connect(url + "/v1/ws", headers=bearer(lasting)) as ws:
+            await ws.send_json({"type": "auth", "token": signer.token(tenant="acme")})
+            code, _ = await closed(ws)
+        assert code == 4003
