@@ -87,10 +87,14 @@ def _load_or_report(args: argparse.Namespace) -> Config | None:
     try:
         return load(args.config, overrides=_flag_overrides(args))
     except ConfigError as exc:
-        print("agentd: invalid configuration:", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
+        _report(exc)
         return None
+
+
+def _report(exc: ConfigError) -> None:
+    print("agentd: invalid configuration:", file=sys.stderr)
+    for error in exc.errors:
+        print(f"  {error}", file=sys.stderr)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -103,7 +107,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     setup_logging(config.log.level, config.log.format, "main")
     # A reload re-reads the same file with the same flags on top.
-    return Supervisor(config, lambda: load(args.config, overrides=_flag_overrides(args))).run()
+    supervisor = Supervisor(config, lambda: load(args.config, overrides=_flag_overrides(args)))
+    try:
+        return supervisor.run()
+    except ConfigError as exc:  # what only starting can find (a token key it cannot read)
+        _report(exc)
+        return EXIT_CONFIG
 
 
 def _check_config(args: argparse.Namespace) -> int:

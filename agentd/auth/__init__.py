@@ -2,6 +2,15 @@
 
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KEY_ID_RE, new_key
-from .service import ADMIN, Auth
+from .service import ADMIN, Auth, check_credentials
 
-__all__ = ("ADMIN", "ALL_SCOPES", "KEY_ID_RE", "OPEN", "Auth", "Identity", "new_key")
+__all__ = (
+    "ADMIN",
+    "ALL_SCOPES",
+    "KEY_ID_RE",
+    "OPEN",
+    "Auth",
+    "Identity",
+    "check_credentials",
+    "new_key",
+)

@@ -53,6 +53,12 @@ class Identity:
         if self.sessions is not None and session_id not in self.sessions:
             raise no_session(session_id)
 
+    def check_new_session(self) -> None:
+        """A credential narrowed to some sessions (a connection token's ``sessions``)
+        may not create others."""
+        if self.sessions is not None:
+            raise Forbidden("this credential may use only the sessions it names")
+
     @property
     def who(self) -> str:
         """Who it is, for logs: never a secret."""

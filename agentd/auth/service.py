@@ -12,14 +12,22 @@ from ..errors import Unauthorized
 from ..store import Store
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KeyCache
+from .tokens import TokenVerifier
 
-__all__ = ("ADMIN", "Auth", "looks_like_token")
+__all__ = ("ADMIN", "Auth", "check_credentials", "looks_like_token")
 
 log = logging.getLogger(__name__)
 
 # The operator's admin key (from the environment) acts in the unnamed tenant, the one
 # auth.mode = "none" uses, with every scope.
 ADMIN = Identity(tenant="", scopes=ALL_SCOPES, kind="admin", key_id="admin")
+
+
+def check_credentials(config: Config) -> None:
+    """``ConfigError`` for credential material no worker could start with (the connection
+    tokens' secret or key), read as a worker will, so it is reported before any starts."""
+    if config.auth.mode != "none":
+        TokenVerifier.from_config(config.auth.tokens)
 
 
 def looks_like_token(credential: str) -> bool:
@@ -37,6 +45,8 @@ class Auth:
         self._admin = admin.encode()
         # API key records, cached per worker (see .keys).
         self.keys = KeyCache(store.keyring, self.config)
+        # Connection tokens (JWTs); ConfigError when their key is missing or unusable.
+        self.tokens = TokenVerifier.from_config(self.config.tokens) if self.enabled else None
 
     async def start(self) -> None:
         if not self.enabled:
@@ -62,4 +72,6 @@ class Auth:
             )
         if self._admin and hmac.compare_digest(credential.encode(), self._admin):
             return ADMIN
+        if self.tokens is not None and looks_like_token(credential):
+            return self.tokens.verify(credential)
         return await self.keys.identify(credential)

@@ -29,6 +29,7 @@ from .. import metrics as metrics_mod
 from ..config import Config, ConfigError, is_loopback
 from ..log import setup_logging
 from ..runtime import WorkerInfo
+from ..server import check_startup
 from . import worker as worker_mod
 from .banner import describe
 from .notify import Notifier
@@ -117,6 +118,9 @@ class Supervisor:
             metrics_mod.remove_directory(self._metrics_dir)
 
     def start(self) -> None:
+        """Bind and start the first workers; ``ConfigError`` (before binding) for a
+        configuration no worker could start with."""
+        check_startup(self.config)
         self.listeners.ensure(self.config.server.workers)
         host, port = self.listeners.address
         log.info(
@@ -148,6 +152,7 @@ class Supervisor:
         """Re-read the config and replace every worker, losing no connection."""
         try:
             new = self._load_config()
+            check_startup(new)
         except ConfigError as exc:
             log.error("reload refused, old workers keep serving: %s", "; ".join(exc.errors))
             self._count_reload("refused")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..agent import Agents
-from ..auth import Auth
+from ..auth import Auth, check_credentials
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
@@ -51,7 +51,7 @@ from .keys import (
 )
 from .middleware import observe
 
-__all__ = ("create_app",)
+__all__ = ("check_startup", "create_app")
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,12 @@ async def _close_parts(app: web.Application) -> None:
     await app[BACKENDS].close()
     await app[AUTH].close()
     await app[STORE].close()
+
+
+def check_startup(config: Config) -> None:
+    """``ConfigError`` for what would make every worker fail to start, found before any
+    is forked or a reload replaces them: today, the credentials' key material."""
+    check_credentials(config)
 
 
 def create_app(config: Config, worker: WorkerState | None = None) -> web.Application:

@@ -22,8 +22,10 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ
 from ..store import Event, Store
+from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
 from .keys import AGENTS, CONFIG, STORE, tracked_websocket
+from .ws_auth import CredentialWatch
 
 __all__ = ("setup",)
 
@@ -84,6 +86,8 @@ class _Connection:
         self.releasing: set[asyncio.Task[None]] = set()
         self.closing = False
         self.closer: asyncio.Future[bool] | None = None
+        # The connection's credential: its expiry, and refreshes by an auth frame.
+        self.credential = CredentialWatch(request, self.send, self.close_with)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -95,10 +99,14 @@ class _Connection:
             self.queue.put_nowait(orjson.dumps(frame))
         except asyncio.QueueFull:
             log.info("websocket client too slow; closing with 1013")
-            self.closing = True
-            self.closer = asyncio.ensure_future(
-                self.ws.close(code=CLOSE_TRY_AGAIN, message=b"too slow")
-            )
+            self.close_with(CLOSE_TRY_AGAIN, b"too slow")
+
+    def close_with(self, code: int, reason: bytes) -> None:
+        """Close from outside the handler's read loop: its ``receive`` then ends."""
+        if self.closing:
+            return
+        self.closing = True
+        self.closer = asyncio.ensure_future(self.ws.close(code=code, message=reason))
 
     def error(self, exc: AgentdError, frame_id: Any = None) -> None:
         frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
@@ -131,6 +139,8 @@ class _Connection:
             task = self.turns.get(_turn_id(frame))
             if task is not None:
                 task.cancel()
+        elif kind == "auth":
+            await self.credential.refresh(frame, self.session_id)
         else:
             raise BadRequest(f"unknown frame type {kind!r}", code="unknown_type")
 
@@ -150,9 +160,12 @@ class _Connection:
             raise BadRequest(f"after must be a sequence number (0 to {MAX_SEQ})",
                              code="invalid_range")  # fmt: skip
         sid = frame.get("session_id")
+        identity = self.credential.identity
         if sid is None:
+            identity.check_new_session()
             info = await self.store.create_session(agent=self.agent)
         else:
+            identity.check_session(sid)
             info = await self.store.get_session(sid)
         events = await self.store.open_watch(info.id, after)
         self.session_id = info.id
@@ -259,14 +272,19 @@ class _Connection:
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     config = request.app[CONFIG].websocket
+    check_ws_offer(request)
     ws = web.WebSocketResponse(
-        heartbeat=config.heartbeat, max_msg_size=config.max_frame_bytes, compress=False
+        heartbeat=config.heartbeat,
+        max_msg_size=config.max_frame_bytes,
+        compress=False,
+        protocols=(WS_PROTOCOL,),
     )
     await ws.prepare(request)
     conn = _Connection(request, ws)
     writer = asyncio.create_task(conn.write_forever())
     with tracked_websocket(request.app, ws):
         try:
+            conn.credential.start()
             while True:
                 try:
                     msg = await ws.receive(timeout=config.idle_timeout)
@@ -283,6 +301,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 else:  # close, closing, closed or error (aiohttp sets the close code)
                     break
         finally:
+            conn.credential.stop()
             try:
                 await conn.close()
             finally:  # even when the handler is cancelled while closing (a drain)
@@ -293,4 +312,4 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/ws", websocket)
+    app.router.add_get(WS_PATH, websocket)
