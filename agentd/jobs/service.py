@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import random
@@ -25,7 +26,7 @@ import orjson
 from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
-from ..store import DELETED, TERMINAL, Store
+from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
     TERMINAL_EVENTS,
@@ -35,7 +36,7 @@ from ..wire.responses import (
     new_response_id,
 )
 
-__all__ = ("Responses", "result_fields", "view_of")
+__all__ = ("Responses", "no_conversation", "result_fields", "view_of")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
         session_id=text("sid"),
         completed_at=float(done) if done else None,
     )
+
+
+def no_conversation(conversation: str) -> NotFound:
+    return NotFound(f"no conversation {conversation!r}", code="conversation_not_found")
 
 
 def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]:
@@ -114,8 +119,19 @@ class Responses:
         self.store = store
         self.jobs = store.jobs
         self.agents = agents
+        self.tenant = store.tenant
         self._ttl = config.jobs.result_ttl_s
         self._shards = {p.name: p.queue_shards for p in config.all_partitions()}
+
+    def for_tenant(self, tenant: str) -> Responses:
+        """The same operations on ``tenant``'s responses, sessions and records."""
+        if tenant == self.tenant:
+            return self
+        view = copy.copy(self)
+        view.store = self.store.for_tenant(tenant)
+        view.jobs = view.store.jobs
+        view.tenant = tenant
+        return view
 
     # -- create -----------------------------------------------------------------------
 
@@ -131,9 +147,7 @@ class Responses:
             except NotFound:
                 if req.conversation is None:
                     raise
-                raise NotFound(
-                    f"no conversation {req.conversation!r}", code="conversation_not_found"
-                ) from None
+                raise no_conversation(req.conversation) from None
         record = await self.jobs.read(prev)
         if record is None:
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
@@ -198,7 +212,8 @@ class Responses:
         if req.background:
             shard = random.randrange(self._shards[partition])
             limit = -(-self.config.jobs.max_queued // self._shards[partition])
-            if not await self.jobs.enqueue(partition, shard, view.id, limit):
+            job = job_id(self.tenant, view.id)
+            if not await self.jobs.enqueue(partition, shard, job, limit):
                 await self.jobs.delete(view.id)
                 raise RateLimited(
                     f"partition {partition!r} has {self.config.jobs.max_queued} jobs queued",
@@ -328,6 +343,7 @@ class Responses:
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
+        turn.tenant = self.tenant
         turn.may_repeat = True
         if req.background:
             turn.request_class = self.agents.get(req.agent).background_class

@@ -24,6 +24,7 @@ from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
+from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
@@ -46,6 +47,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
+    identity = identity_of(request)
+    identity.check_agent(body.model)
+    if body.session_id is not None:
+        identity.check_session(body.session_id)
     turn = TurnRequest(
         body.model,
         body.messages,
@@ -53,6 +58,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body.params,
         store=body.store,
         metadata=body.metadata,
+        tenant=identity.tenant,
     )
     parse_s = time.perf_counter() - started
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout

@@ -23,8 +23,10 @@ from ..errors import BadRequest
 from ..schema import MAX_SEQ
 from ..store import Event
 from ..wire import sse
+from .auth import identity_of
 from .http import json_object, json_response, parse_int, pump_sse, read_json, start_sse
-from .keys import STATE, STORE
+from .keys import STATE
+from .tenancy import store_of
 
 __all__ = ("setup",)
 
@@ -52,8 +54,9 @@ def session_frame(event: Event) -> bytes:
 
 async def watch(request: web.Request) -> web.StreamResponse:
     sid = request.match_info["id"]
+    identity_of(request).check_session(sid)
     after = _after(request)
-    store = request.app[STORE]
+    store = store_of(request)
     await store.get_session(sid)  # 404 as JSON before the stream starts
     # Subscribed before the response starts: a store failure is still a JSON 503.
     events = await store.open_watch(sid, after)
@@ -70,6 +73,7 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 async def publish(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
+    identity_of(request).check_session(sid)
     body = json_object(await read_json(request), frozenset({"type", "data"}))
     kind, data = body.get("type"), body.get("data", {})
     if not isinstance(kind, str) or not EVENT_NAME_RE.fullmatch(kind) or kind in RESERVED:
@@ -79,7 +83,7 @@ async def publish(request: web.Request) -> web.Response:
         )
     if not isinstance(data, dict):
         raise BadRequest("data must be an object", code="invalid_event")
-    store = request.app[STORE]
+    store = store_of(request)
     await store.get_session(sid)
     await store.publish(sid, kind, data)
     return json_response({"published": True}, status=202)

@@ -20,10 +20,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
-from ..schema import MAX_SEQ
+from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store
+from .auth import identity_of
 from .http import loads_json
-from .keys import AGENTS, CONFIG, STORE, tracked_websocket
+from .keys import AGENTS, CONFIG, tracked_websocket
+from .tenancy import store_of
 
 __all__ = ("setup",)
 
@@ -71,7 +73,8 @@ class _Connection:
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         config = request.app[CONFIG]
         self.ws = ws
-        self.store: Store = request.app[STORE]
+        self.identity = identity_of(request)
+        self.store: Store = store_of(request)  # the caller's tenant's sessions only
         self.agents: Agents = request.app[AGENTS]
         self.turn_timeout = config.server.turn_timeout
         self.max_turns = config.websocket.max_inflight_turns
@@ -142,6 +145,7 @@ class _Connection:
             if not isinstance(agent, str):
                 raise BadRequest("agent must be a string", code="invalid_frame")
             self.agents.get(agent)  # 404-style error frame for an unknown agent
+            self.identity.check_agent(agent)
             self.agent = agent
         after = frame.get("after")
         if after is not None and (
@@ -153,6 +157,7 @@ class _Connection:
         if sid is None:
             info = await self.store.create_session(agent=self.agent)
         else:
+            self.identity.check_session(validate_session_id(sid))
             info = await self.store.get_session(sid)
         events = await self.store.open_watch(info.id, after)
         self.session_id = info.id
@@ -205,10 +210,15 @@ class _Connection:
         if not isinstance(agent, str):
             raise BadRequest("agent must be a string", code="invalid_frame")
         self.agents.get(agent)
+        self.identity.check_agent(agent)
         if self.session_id is None:
             await self.hello({"agent": agent})
         turn = TurnRequest(
-            agent, [{"role": "user", "content": content}], self.session_id, turn_id=new_turn_id()
+            agent,
+            [{"role": "user", "content": content}],
+            self.session_id,
+            turn_id=new_turn_id(),
+            tenant=self.identity.tenant,
         )
         self.own_turns.add(turn.turn_id)
         task = asyncio.create_task(self.run_turn(frame_id, turn))

@@ -28,6 +28,7 @@ from .api import (
     Subscription,
     TurnLease,
 )
+from .keys import job_id, job_of
 
 __all__ = (
     "DELETED",
@@ -47,6 +48,8 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "job_id",
+    "job_of",
     "open_store",
 )
 
