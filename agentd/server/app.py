@@ -24,6 +24,7 @@ from ..metrics import BackendMetrics, JobMetrics, Metrics
 from ..runtime import WorkerState
 from ..store import open_store
 from . import (
+    admin,
     cache_admin,
     chat,
     conversations,
@@ -102,7 +103,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[METRICS] = metrics = Metrics()
     app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
-    app[AUTH] = Auth(config)
+    app[AUTH] = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
@@ -117,6 +118,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     chat.setup(app)
     responses.setup(app)
     cache_admin.setup(app)
+    admin.setup(app)
     ws.setup(app)
     events.setup(app)
     sessions.setup(app)

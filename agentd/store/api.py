@@ -16,10 +16,13 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import Conflict
+
+if TYPE_CHECKING:
+    from .keyring import Keyring
 
 __all__ = (
     "DEAD_MAXLEN",
@@ -171,6 +174,8 @@ class Store(abc.ABC):
     blobs: Blobs
     # The job queue and response records of background responses.
     jobs: Jobs
+    # API key records (agentd.store.keyring).
+    keyring: Keyring
 
     # -- life cycle ------------------------------------------------------------------
 

@@ -40,6 +40,14 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
   events live.
+- ``agentd:k:{ID}`` (hash): an API key's record (:mod:`.keyring`): ``tenant``, ``name``,
+  ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
+  (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
+  ``agentd:kt:{TENANT}`` (set): the ids of a tenant's keys; ``agentd:ka`` (set): every
+  key id. The indexes live on other slots than the records, so they are written first
+  and cleaned last: an index may name a key that is gone (readers skip it), a record is
+  never missing from its indexes. ``agentd:keys:changed`` (channel): the id of every key
+  created, updated or revoked, so every worker drops its cached record at once.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ __all__ = (
     "CACHE_EPOCH",
     "CACHE_PATTERN",
     "JOB_GROUP",
+    "KEYS_ALL",
+    "KEYS_CHANNEL",
     "PREFIX",
     "SESSION_META_PREFIX",
     "SESSION_META_SUFFIX",
@@ -57,6 +67,7 @@ __all__ = (
     "flight_keys",
     "job_id",
     "job_of",
+    "key_record",
     "queue_key",
     "record_keys",
     "session_channel",
@@ -64,6 +75,7 @@ __all__ = (
     "session_keys",
     "session_meta_prefix",
     "state_key",
+    "tenant_keys",
     "tenant_prefix",
     "turn_key",
 )
@@ -153,3 +165,19 @@ def job_of(job: str) -> tuple[str, str]:
     """(tenant, response id) of a queued job's id (see :func:`job_id`)."""
     tenant, _, rid = job.rpartition("/")
     return tenant, rid
+
+
+# -- API keys --------------------------------------------------------------------------
+
+KEYS_ALL = f"{PREFIX}ka"
+KEYS_CHANNEL = f"{PREFIX}keys:changed"
+
+
+def key_record(key_id: str) -> str:
+    """An API key's record, tagged by its id (records spread over the shards)."""
+    return f"{PREFIX}k:{{{key_id}}}"
+
+
+def tenant_keys(tenant: str) -> str:
+    """The set of a tenant's key ids (``""``, the operator's tenant, hashes as a whole)."""
+    return f"{PREFIX}kt:{{{tenant}}}"

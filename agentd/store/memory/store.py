@@ -20,6 +20,7 @@ from ..codec import SESSION_DELETED
 from ..sessions import IndexRow, activity_ms
 from .blobs import MemoryBlobs
 from .feeds import Channels
+from .keyring import MemoryKeyring
 from .queue import MemoryQueue
 from .records import MemoryRecords
 
@@ -78,6 +79,7 @@ class MemoryStore(BaseStore):
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
+        self.keyring = MemoryKeyring(self._channels)
 
     def _bind(self, space: _Space) -> None:
         self._sessions = space.sessions

@@ -21,6 +21,7 @@ from ..base import BaseStore
 from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
 from .index import IndexWrites
+from .keyring import RedisKeyring
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
@@ -73,6 +74,7 @@ class RedisStore(BaseStore):
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        self.keyring = RedisKeyring(self.shards, self.hub)
         # Every key starts with the tenant's prefix (see keys.tenant_prefix).
         self.prefix = K.PREFIX
         # Releases of leases granted to cancelled callers (kept so they are not collected).
