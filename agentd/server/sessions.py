@@ -69,10 +69,11 @@ async def list_sessions(request: web.Request) -> web.Response:
         limit=DEFAULT_LIMIT if limit is None else limit,
         after=request.query.get("after"),
     )
+    allowed = identity_of(request).sessions  # a token narrowed to sessions sees those only
     return json_response(
         {
             "object": "list",
-            "data": [s.to_dict() for s in page.sessions],
+            "data": [s.to_dict() for s in page.sessions if allowed is None or s.id in allowed],
             "has_more": page.next_after is not None,
             "next_after": page.next_after,
         }
