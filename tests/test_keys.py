@@ -174,7 +174,8 @@ async def test_disabled_and_expired_keys_are_refused(api: Api) -> None:
     made = await api.create()
     assert (await api.call("PATCH", f"{KEYS}/{made['id']}", {"disabled": True}))[0] == 200
     status, body = await api.chat(made["key"])
-    assert status == 401 and body["error"]["code"] == "api_key_disabled"
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert "disabled" in body["error"]["message"]
     assert (await api.call("PATCH", f"{KEYS}/{made['id']}", {"disabled": False}))[0] == 200
     assert (await api.chat(made["key"]))[0] == 200
 
@@ -183,7 +184,7 @@ async def test_disabled_and_expired_keys_are_refused(api: Api) -> None:
 
     async def expired() -> bool:
         status, body = await api.chat(soon["key"])
-        return status == 401 and body["error"]["code"] == "api_key_expired"
+        return status == 401 and "expired" in body["error"]["message"]
 
     await wait_until(expired, what="the key to expire")
 
@@ -391,3 +392,47 @@ async def test_a_flood_of_invalid_keys_is_not_a_flood_of_lookups(
         assert _hgetalls(redis_standalone) - before <= 1 + budget * (1 + elapsed)
         # A key this worker holds is served all along.
         assert (await api.chat(made["key"]))[0] == 200
+
+
+async def test_without_the_change_feed_a_revoke_is_seen_within_the_key_cache_ttl() -> None:
+    config = from_dict({"auth": {"mode": "keys", "key_cache_s": 0.3}})
+    store = open_store(config)
+    await store.start()
+    cache = KeyCache(store.keyring, config.auth)  # not following changes: the TTL alone
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    key = f"sk-agentd-{key_id}-{secret}"
+    try:
+        await store.keyring.create(_record(key_id, secret))
+        assert (await cache.identify(key)).key_id == key_id
+        await store.keyring.delete(key_id)
+        assert await _identifies(cache, key) is not None  # cached: no round trip
+        started = time.monotonic()
+        await wait_until(lambda: _identifies_not(cache, key), what="the revoke")
+        assert time.monotonic() - started < 0.3 + 1.0
+    finally:
+        await store.close()
+
+
+async def _identifies_not(cache: KeyCache, key: str) -> bool:
+    return await _identifies(cache, key) is None
+
+
+async def test_requests_with_the_same_uncached_key_share_one_lookup() -> None:
+    config = from_dict({"auth": {"mode": "keys", "negative_cache_s": 0.0}})
+    store = open_store(config)
+    await store.start()
+    cache = KeyCache(store.keyring, config.auth)
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    try:
+        await store.keyring.create(_record(key_id, secret))
+        found = await asyncio.gather(
+            *(cache.identify(f"sk-agentd-{key_id}-{secret}") for _ in range(50))
+        )
+        assert {i.key_id for i in found} == {key_id} and cache.lookups == 1
+        unknown = f"sk-agentd-{secrets.token_hex(8)}-{secret}"
+        refused = await asyncio.gather(
+            *(cache.identify(unknown) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, Unauthorized) for r in refused) and cache.lookups == 2
+    finally:
+        await store.close()
