@@ -120,18 +120,25 @@ class Responses:
         self.jobs = store.jobs
         self.agents = agents
         self.tenant = store.tenant
+        # A credential narrowed to these sessions sees only their responses (None: all).
+        self.sessions: frozenset[str] | None = None
         self._ttl = config.jobs.result_ttl_s
         self._shards = {p.name: p.queue_shards for p in config.all_partitions()}
 
-    def for_tenant(self, tenant: str) -> Responses:
-        """The same operations on ``tenant``'s responses, sessions and records."""
-        if tenant == self.tenant:
+    def for_tenant(self, tenant: str, sessions: frozenset[str] | None = None) -> Responses:
+        """The same operations on ``tenant``'s responses, sessions and records; with
+        ``sessions``, on the responses of those sessions only (the others are missing)."""
+        if tenant == self.tenant and sessions == self.sessions:
             return self
         view = copy.copy(self)
         view.store = self.store.for_tenant(tenant)
         view.jobs = view.store.jobs
         view.tenant = tenant
+        view.sessions = sessions
         return view
+
+    def _visible(self, record: dict[str, bytes]) -> bool:
+        return self.sessions is None or record.get("sid", b"").decode() in self.sessions
 
     # -- create -----------------------------------------------------------------------
 
@@ -149,7 +156,7 @@ class Responses:
                     raise
                 raise no_conversation(req.conversation) from None
         record = await self.jobs.read(prev)
-        if record is None:
+        if record is None or not self._visible(record):
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
         status = record.get("status", b"").decode()
         sid, rseq = record.get("sid", b"").decode(), record.get("rseq")
@@ -226,7 +233,7 @@ class Responses:
 
     async def get(self, rid: str) -> ResponseView:
         record = await self.jobs.read(rid)
-        if record is None or "req" not in record:
+        if record is None or "req" not in record or not self._visible(record):
             raise NotFound(f"no response {rid!r}", code="response_not_found")
         return view_of(rid, record)
 
@@ -332,6 +339,8 @@ class Responses:
         return await self.get(rid)
 
     async def delete(self, rid: str) -> None:
+        if self.sessions is not None:
+            await self.get(rid)  # one of the sessions' responses, or missing
         await self.jobs.cancel(rid)
         if not await self.jobs.delete(rid):
             raise NotFound(f"no response {rid!r}", code="response_not_found")

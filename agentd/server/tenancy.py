@@ -20,5 +20,7 @@ def store_of(request: web.BaseRequest) -> Store:
 
 
 def responses_of(request: web.BaseRequest) -> Responses:
-    """The Responses API over the caller's tenant's responses and sessions."""
-    return request.app[RESPONSES].for_tenant(identity_of(request).tenant)
+    """The Responses API over the caller's tenant's responses and sessions (those of
+    its sessions only, for a credential narrowed to some)."""
+    identity = identity_of(request)
+    return request.app[RESPONSES].for_tenant(identity.tenant, identity.sessions)
