@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 import pytest
 import redis
+from aiohttp import web
 
 from .procs import AgentdProcess, RedisServer
 from .waiting import wait_until
@@ -317,3 +318,42 @@ async def test_the_response_cache_is_per_tenant_unless_the_agent_shares_it(api: 
     assert (await level(globex, "echo")).startswith("hit")
     assert await level(acme, "shared") == "miss"
     assert (await level(globex, "shared")).startswith("hit")
+
+
+async def test_a_tenants_background_job_runs_and_reports_in_its_tenant(
+    agentd_instance: Start, redis_standalone: RedisServer
+) -> None:
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await received.put(await request.read())
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        config = (
+            _config(redis_standalone) + f'[jobs]\nwebhook_url = "http://127.0.0.1:{port}/hook"\n'
+        )
+        env = {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_WEBHOOK_SECRET": "whsec_c2VjcmV0"}
+        server = await asyncio.to_thread(agentd_instance, config, env=env)
+        async with aiohttp.ClientSession() as http:
+            api = Api(http, server.url, redis_standalone)
+            acme = await api.new_key("acme")
+            body = {"model": "echo", "input": "acme's private words", "background": True}
+            rid = (await api.ok("POST", "/v1/responses", acme, body))["id"]
+            event = orjson.loads(await asyncio.wait_for(received.get(), TIMEOUT))
+            # The event names the response and carries nothing of its content.
+            assert (event["type"], event["data"]) == ("response.completed", {"id": rid})
+            assert b"private" not in orjson.dumps(event)
+            assert (await api.ok("GET", f"/v1/responses/{rid}", acme))["status"] == "completed"
+            # The job ran and reported in acme's record (the webhook marked as sent there).
+            with redis.Redis(port=redis_standalone.port) as plain:
+                assert plain.hget(f"agentd:t:acme:r:{{{rid}}}", "hook") == b"sent"
+                assert not plain.exists(f"agentd:r:{{{rid}}}")
+    finally:
+        await runner.cleanup()
