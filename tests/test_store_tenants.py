@@ -280,3 +280,18 @@ async def test_a_view_shares_its_stores_connections(redis_store: Store) -> None:
     assert acme.hub is redis_store.hub  # type: ignore[attr-defined]
     assert acme.index_writes is redis_store.index_writes  # type: ignore[attr-defined]
     assert acme.jobs is not redis_store.jobs
+
+
+async def test_views_beyond_the_bound_are_made_again_and_find_their_data(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agentd.store.base.MAX_VIEWS", 2)
+    tenants = [f"t{i}" for i in range(5)]
+    for tenant in tenants:
+        await store.for_tenant(tenant).create_session("kept", metadata={"by": tenant})
+        await store.for_tenant(tenant).state_put(NS, "doc", tenant)
+    assert len(store._views) == 2  # type: ignore[attr-defined]
+    for tenant in tenants:
+        view = store.for_tenant(tenant)
+        assert (await view.get_session("kept")).metadata == {"by": tenant}
+        assert (await view.state_get(NS, "doc")).value == tenant
