@@ -11,11 +11,15 @@ from __future__ import annotations
 from ..config import Config
 from .api import (
     DELETED,
+    KEY_UPDATABLE,
     TERMINAL,
     Blobs,
     Delivery,
     Event,
     Jobs,
+    KeyPage,
+    KeyRecord,
+    Keyring,
     Queue,
     QueueDepth,
     Records,
@@ -28,11 +32,11 @@ from .api import (
     Subscription,
     TurnLease,
 )
-from .keyring import KeyPage, KeyRecord, Keyring
 from .keys import job_id, job_of
 
 __all__ = (
     "DELETED",
+    "KEY_UPDATABLE",
     "TERMINAL",
     "Blobs",
     "Delivery",

@@ -40,8 +40,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
   events live.
-- ``agentd:k:{ID}`` (hash): an API key's record (:mod:`.keyring`): ``tenant``, ``name``,
-  ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
+- ``agentd:k:{ID}`` (hash): an API key's record (:class:`.api.KeyRecord`): ``tenant``,
+  ``name``, ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
   (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
   ``agentd:kt:{TENANT}`` (sorted set, every score 0, so in id order): the ids of a
   tenant's keys; ``agentd:ka`` (the same): every key id. The indexes live on other
