@@ -33,8 +33,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (channel) tells every worker to drop its L1.
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
 - ``agentd:q:{PARTITION:N}`` (stream, consumer group ``agentd``): shard N of a job
-  partition's queue, one entry per delivery, field ``id`` = the response id; acknowledged
-  entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
+  partition's queue, one entry per delivery, field ``id`` = the job id (:func:`job_id`);
+  acknowledged entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
 - ``agentd:r:{RID}`` (hash, TTL): a response: ``status``, ``att`` (the attempt that may
   write), ``seq`` (the next event's sequence number), ``cx`` (cancel asked), ``req``
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
