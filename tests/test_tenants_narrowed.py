@@ -6,7 +6,7 @@ it may not use is 403 wherever a request names one."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -41,9 +41,6 @@ async def _as_identity(request: web.Request, handler: Handler) -> web.StreamResp
             agents=None if agents is None else frozenset(agents),
         )
     return await handler(request)
-
-
-Call = Callable[..., Any]
 
 
 @pytest.fixture
@@ -87,14 +84,13 @@ async def test_a_session_outside_a_narrowed_identity_answers_as_a_missing_one(ur
             assert status in (200, 201), found
             return found
 
+        user = [{"role": "user", "content": "x"}]
         for sid in ("mine", "other"):
             await ok(acme, "POST", "/v1/sessions", {"id": sid})
-            await ok(acme, "POST", f"/v1/sessions/{sid}/messages",
-                     {"messages": [{"role": "user", "content": sid}]})  # fmt: skip
+            await ok(acme, "POST", f"/v1/sessions/{sid}/messages", {"messages": user})
         conv = conversation_id("other")
-        rid = (await ok(acme, "POST", "/v1/responses",
-                        {"model": "echo", "input": "x", "session_id": "other"}))["id"]  # fmt: skip
-        user = [{"role": "user", "content": "x"}]
+        in_other = {"model": "echo", "input": "x", "session_id": "other"}
+        rid = (await ok(acme, "POST", "/v1/responses", in_other))["id"]
         probes: list[tuple[str, str, Any]] = [
             ("GET", "/v1/sessions/other", None),
             ("GET", "/v1/sessions/other/messages", None),
@@ -158,9 +154,8 @@ async def test_an_agent_outside_a_narrowed_identity_is_forbidden(url: str) -> No
         ):
             status, found = await _call(http, url, narrowed, "POST", path, body)
             assert (status, found["error"]["code"]) == (403, "permission_denied"), path
-        for frame in ({"agent": "other"},):
-            refused = await _hello(http, url, narrowed, frame)
-            assert (refused["type"], refused["code"]) == ("error", "permission_denied")
-        status, _ = await _call(http, url, narrowed, "POST", "/v1/chat/completions",
-                                {"model": "echo", "messages": user})  # fmt: skip
+        refused = await _hello(http, url, narrowed, {"agent": "other"})
+        assert (refused["type"], refused["code"]) == ("error", "permission_denied")
+        allowed = {"model": "echo", "messages": user}
+        status, _ = await _call(http, url, narrowed, "POST", "/v1/chat/completions", allowed)
         assert status == 200
