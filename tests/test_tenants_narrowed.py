@@ -117,12 +117,32 @@ async def test_a_session_outside_a_narrowed_identity_answers_as_a_missing_one(ur
                 {"model": "echo", "input": "x", "previous_response_id": rid},
             ),
         ]
-        for method, path, body in probes:
+        # With bad input too, the answer is the missing session's (the same error first).
+        bad_input: list[tuple[str, str, Any]] = [
+            ("GET", "/v1/sessions/other/events?after=x", None),
+            ("POST", "/v1/sessions/other/events", {"type": "Not A Name"}),
+            ("GET", "/v1/sessions/-other", None),
+            ("POST", "/v1/sessions", {"id": "other", "metadata": "not an object"}),
+            ("GET", f"/v1/conversations/{conv}/items?after=bogus", None),
+            ("GET", f"/v1/conversations/{conv}/items/bogus", None),
+            (
+                "POST",
+                "/v1/chat/completions",
+                {"model": "nope", "messages": user, "session_id": "other"},
+            ),
+            (
+                "POST",
+                "/v1/chat/completions",
+                {"model": "echo", "messages": user, "session_id": "-other"},
+            ),
+            ("POST", "/v1/responses", {"model": "nope", "input": "x", "session_id": "other"}),
+        ]
+        for method, path, body in [*probes, *bad_input]:
             refused = await _call(http, url, narrowed, method, path, body)
             # initech has no such session: that is what "missing" answers.
             missing = await _call(http, url, initech, method, path, body)
-            assert refused[0] == 404, (method, path, refused)
             assert refused == missing, (method, path)
+            assert refused[0] in ((400, 404) if (method, path, body) in bad_input else (404,))
         # Nor may it make a session of that id (initech may: it has none).
         refused = await _call(http, url, narrowed, "POST", "/v1/sessions", {"id": "other"})
         assert refused[0] == 404 and refused[1]["error"]["code"] == "session_not_found"

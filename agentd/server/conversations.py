@@ -150,6 +150,7 @@ async def _page(store: Store, sid: str, page: ItemPage) -> tuple[list[dict[str, 
 
 async def list_items(request: web.Request) -> web.Response:
     page = ItemPage(request)
+    _after_seq(page)  # a bad cursor is a 400 before the conversation is looked up
     rows, more = await _in(request, _page(store_of(request), _session(request), page))
     return json_response(item_list([message_item(m) for m in rows], more))
 
@@ -172,7 +173,7 @@ def _no_item(request: web.Request) -> NotFound:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    sid, seq = _session(request), _item_seq(request)
+    seq, sid = _item_seq(request), _session(request)
     rows = await _in(request, store_of(request).history(sid, limit=1, after=seq - 1))
     if not rows or rows[0]["seq"] != seq:
         raise _no_item(request)
@@ -180,7 +181,7 @@ async def get_item(request: web.Request) -> web.Response:
 
 
 async def delete_item(request: web.Request) -> web.Response:
-    sid, seq = _session(request), _item_seq(request)
+    seq, sid = _item_seq(request), _session(request)
     store = store_of(request)
     if not await _in(request, store.delete_message(sid, seq)):
         raise _no_item(request)

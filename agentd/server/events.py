@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..schema import MAX_SEQ
+from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event
 from ..wire import sse
 from .auth import identity_of
@@ -54,8 +54,8 @@ def session_frame(event: Event) -> bytes:
 
 async def watch(request: web.Request) -> web.StreamResponse:
     sid = request.match_info["id"]
-    identity_of(request).check_session(sid)
     after = _after(request)
+    identity_of(request).check_session(validate_session_id(sid))
     store = store_of(request)
     await store.get_session(sid)  # 404 as JSON before the stream starts
     # Subscribed before the response starts: a store failure is still a JSON 503.
@@ -73,7 +73,6 @@ async def watch(request: web.Request) -> web.StreamResponse:
 
 async def publish(request: web.Request) -> web.Response:
     sid = request.match_info["id"]
-    identity_of(request).check_session(sid)
     body = json_object(await read_json(request), frozenset({"type", "data"}))
     kind, data = body.get("type"), body.get("data", {})
     if not isinstance(kind, str) or not EVENT_NAME_RE.fullmatch(kind) or kind in RESERVED:
@@ -83,6 +82,7 @@ async def publish(request: web.Request) -> web.Response:
         )
     if not isinstance(data, dict):
         raise BadRequest("data must be an object", code="invalid_event")
+    identity_of(request).check_session(validate_session_id(sid))
     store = store_of(request)
     await store.get_session(sid)
     await store.publish(sid, kind, data)

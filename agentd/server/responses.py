@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..errors import AgentdError, BadRequest, NotFound
 from ..jobs.service import Responses, no_conversation
-from ..schema import MAX_SEQ
+from ..schema import MAX_SEQ, validate_session_id
 from ..wire import sse
 from ..wire.conversations import item_list
 from ..wire.errors import error_dict
@@ -39,14 +39,15 @@ async def create(request: web.Request) -> web.StreamResponse:
     req = parse_create(await request.read(), request.headers.get("X-Session-Id"))
     identity = identity_of(request)
     identity.check_agent(req.agent)
+    responses = responses_of(request)
     if req.session_id is not None:
+        responses.agents.get(req.agent)  # an unknown model first, as for a missing session
         try:
-            identity.check_session(req.session_id)
+            identity.check_session(validate_session_id(req.session_id))
         except NotFound:
             if req.conversation is None:
                 raise
             raise no_conversation(req.conversation) from None  # as a missing one answers
-    responses = responses_of(request)
     if not req.background:
         # Admission before anything is stored, as for chat turns.
         responses.agents.admission.check(req.agent)

@@ -47,11 +47,11 @@ async def create_session(request: web.Request) -> web.Response:
     if agent is not None:
         validate_name("agent", agent)
         identity_of(request).check_agent(agent)
-    if body.get("id") is not None:
-        identity_of(request).check_session(validate_session_id(body["id"]))
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("metadata must be a JSON object", code="invalid_request")
+    if body.get("id") is not None:
+        identity_of(request).check_session(validate_session_id(body["id"]))
     # The session is the caller's tenant's (the view records it in SessionInfo.tenant).
     info = await store_of(request).create_session(
         body.get("id"),
@@ -82,7 +82,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 def _sid(request: web.Request) -> str:
     """The path's session id, if the caller may use it (else 404, as for no session)."""
-    sid = request.match_info["id"]
+    sid = validate_session_id(request.match_info["id"])
     identity_of(request).check_session(sid)
     return sid
 
