@@ -198,8 +198,9 @@ async def test_another_tenants_objects_answer_exactly_as_missing_ones(api: Api) 
 
     probes = _probes(sid, bg, fg, conv, item)
     crossed = [await api.call(m, p, globex, b, headers=h) for m, p, b, h in probes]
-    hello = {"session_id": sid}
+    hello, resume = {"session_id": sid}, {"session_id": sid, "after": 1}
     crossed_ws = await api.hello(globex, hello)
+    assert await api.hello(globex, resume) == crossed_ws
 
     # Not one succeeded, and each is a 404 (never a 403).
     succeeded = [(p, r) for p, r in zip(probes, crossed, strict=True) if r[0] != 404]
@@ -213,6 +214,7 @@ async def test_another_tenants_objects_answer_exactly_as_missing_ones(api: Api) 
     assert (await api.ok("GET", f"/v1/responses/{fg}", acme))["status"] == "completed"
     assert (await api.ok("GET", f"/v1/conversations/{conv}/items", acme))["data"][0]["id"] == item
     assert (await api.hello(acme, hello))["type"] == "ready"
+    assert (await api.hello(acme, resume))["type"] == "ready"
     listed = await api.ok("GET", "/v1/sessions?limit=1000", globex)
     assert listed["data"] == []
     mine = (await api.ok("GET", "/v1/sessions?limit=1000", acme))["data"]
@@ -233,8 +235,9 @@ async def test_another_tenants_objects_answer_exactly_as_missing_ones(api: Api) 
     missing = [await api.call(m, p, globex, b, headers=h) for m, p, b, h in probes]
     for probe, was, now in zip(probes, crossed, missing, strict=True):
         assert was == now, probe
-    assert await api.hello(globex, hello) == crossed_ws
-    assert await api.hello(acme, hello) == crossed_ws
+    for frame in (hello, resume):
+        assert await api.hello(globex, frame) == crossed_ws
+        assert await api.hello(acme, frame) == crossed_ws
 
 
 async def test_the_same_ids_live_apart_in_each_tenant(api: Api) -> None:
