@@ -75,21 +75,21 @@ class Held:
 
 
 class Leases:
-    def __init__(self, store: Store, config: SessionsConfig) -> None:
-        self._store = store
+    def __init__(self, config: SessionsConfig) -> None:
         self._lease_s = config.turn_lease
         self._policy = config.concurrent_turns
 
     @contextlib.asynccontextmanager
     async def hold(
-        self, session_id: str, last: int, deadline: float, interrupt: Interrupt
+        self, store: Store, session_id: str, last: int, deadline: float, interrupt: Interrupt
     ) -> AsyncIterator[Held]:
-        """Take the session's lease with its last ``last`` messages, keep it while the
-        block runs (``interrupt.asked`` is set when another turn asks this one to stop),
-        and let it go unless the block stored the turn."""
-        lease = await self._take(session_id, last, deadline)
-        keeper = asyncio.create_task(self._keep(session_id, lease.token, interrupt))
-        held = Held(self._store, session_id, lease, keeper)
+        """Take the session's lease in ``store`` (the turn's tenant's) with its last
+        ``last`` messages, keep it while the block runs (``interrupt.asked`` is set when
+        another turn asks this one to stop), and let it go unless the block stored the
+        turn."""
+        lease = await self._take(store, session_id, last, deadline)
+        keeper = asyncio.create_task(self._keep(store, session_id, lease.token, interrupt))
+        held = Held(store, session_id, lease, keeper)
         try:
             yield held
         finally:
@@ -98,20 +98,20 @@ class Leases:
                 # The turn failed, was cancelled, or its messages were refused: free the
                 # session now rather than when the lease runs out.
                 with contextlib.suppress(Exception):
-                    await self._store.end_turn(session_id, lease.token, [])
+                    await store.end_turn(session_id, lease.token, [])
 
-    async def _take(self, sid: str, last: int, deadline: float) -> TurnLease:
+    async def _take(self, store: Store, sid: str, last: int, deadline: float) -> TurnLease:
         loop = asyncio.get_running_loop()
         wait = _WAIT_MIN
         asked = False
         while True:
-            lease = await self._store.begin_turn(sid, last, self._lease_s)
+            lease = await store.begin_turn(sid, last, self._lease_s)
             if lease is not None:
                 return lease
             if self._policy == "reject":
                 raise Conflict("another turn of this session is running", code="session_busy")
             if self._policy == "interrupt" and not asked:
-                asked = await self._store.interrupt_turn(sid)
+                asked = await store.interrupt_turn(sid)
             if loop.time() + wait > deadline:
                 raise UpstreamTimeout(
                     "timed out waiting for the session's running turn", code="session_busy"
@@ -119,11 +119,11 @@ class Leases:
             await asyncio.sleep(wait * (0.5 + random.random()))
             wait = min(_WAIT_MAX, wait * 2)
 
-    async def _keep(self, sid: str, token: int, interrupt: Interrupt) -> None:
+    async def _keep(self, store: Store, sid: str, token: int, interrupt: Interrupt) -> None:
         """Renew the lease while the turn runs; note when another turn asks it to stop."""
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            state = await self._store.renew_turn(sid, token, self._lease_s)
+            state = await store.renew_turn(sid, token, self._lease_s)
             if state == "interrupted":
                 interrupt.asked = True
                 return

@@ -85,7 +85,7 @@ class Agents:
         self.cache = cache
         self.registry = Registry(config.agents)
         self.admission = Admission(config)
-        self.leases = Leases(store, config.sessions)
+        self.leases = Leases(config.sessions)
 
     def get(self, name: str) -> AgentConfig:
         return self.registry.get(name)
@@ -119,7 +119,9 @@ class Agents:
             loop = asyncio.get_running_loop()
             timings = Timings()
             started = loop.time()
-            async with self.leases.hold(req.session_id, agent.history, deadline, interrupt) as held:
+            store = self.store.for_tenant(req.tenant)
+            hold = self.leases.hold(store, req.session_id, agent.history, deadline, interrupt)
+            async with hold as held:
                 timings.session = loop.time() - started
                 if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
@@ -146,7 +148,8 @@ class Agents:
         )
         key = None
         if self.cache is not None and cacheable(agent.cache, request.params):
-            key = fastpath.cache_key(agent.name, request.model, upstream, request.params)
+            key = fastpath.cache_key(_cache_scope(agent, req.tenant), request.model,
+                                     upstream, request.params)  # fmt: skip
         return _Plan(request, self.backends.get(agent.backend), key)
 
     async def _reply(
@@ -239,6 +242,13 @@ class Agents:
             self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
         return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
                           stored, timings, level, turn_id, reply.cancelled)  # fmt: skip
+
+
+def _cache_scope(agent: AgentConfig, tenant: str) -> str:
+    """Whose cached replies a turn may be served: its tenant's own (a cache shared by
+    tenants would tell one tenant's prompts to another through its hits), or every
+    tenant's when the agent says ``shared_cache``. Tenant and agent names have no ``/``."""
+    return agent.name if agent.shared_cache or not tenant else f"{tenant}/{agent.name}"
 
 
 def _stored_reply(turn_id: str, history: Sequence[Mapping[str, Any]]) -> Any:

@@ -36,6 +36,9 @@ class TurnRequest:
     # True: ``turn_id`` may already be stored by an earlier run of this very request (a
     # job's retried attempt); the turn then tells that reply again instead of running.
     may_repeat: bool = False
+    # The caller's tenant: the session is the tenant's, and so is the cached reply
+    # unless the agent shares its cache (``shared_cache``).
+    tenant: str = ""
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import os
@@ -25,7 +26,7 @@ from ..agent import Interrupt
 from ..config import Config
 from ..errors import AgentdError, Internal
 from ..metrics import JobMetrics
-from ..store import Delivery, Jobs
+from ..store import Delivery, Jobs, job_of
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
 from .service import Responses, result_fields, view_of
@@ -80,9 +81,23 @@ class Attempts:
         if self._hooks is not None:
             await self._hooks.close()
 
+    def for_tenant(self, tenant: str) -> Attempts:
+        """Attempts on ``tenant``'s jobs: its records, sessions and turns (the queue and
+        the webhook sender are the same)."""
+        if not tenant:
+            return self
+        view = copy.copy(self)
+        view.responses = self.responses.for_tenant(tenant)
+        view.jobs = view.responses.jobs
+        return view
+
     async def run(self, delivery: Delivery) -> None:
-        """Begin a new attempt on the job's record and carry it to its end."""
-        rid = delivery.job_id
+        """Begin a new attempt on the job's record, in the tenant its id names, and
+        carry it to its end."""
+        tenant, rid = job_of(delivery.job_id)
+        await self.for_tenant(tenant)._begin(delivery, rid)
+
+    async def _begin(self, delivery: Delivery, rid: str) -> None:
         start = await self.jobs.start(rid, self.config.jobs.max_attempts, self.consumer)
         if start.verdict == "gone":
             await self.jobs.ack(delivery)

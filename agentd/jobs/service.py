@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import logging
 import random
@@ -25,7 +26,7 @@ import orjson
 from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
-from ..store import DELETED, TERMINAL, Store
+from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
     TERMINAL_EVENTS,
@@ -35,7 +36,7 @@ from ..wire.responses import (
     new_response_id,
 )
 
-__all__ = ("Responses", "result_fields", "view_of")
+__all__ = ("Responses", "no_conversation", "result_fields", "view_of")
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
         session_id=text("sid"),
         completed_at=float(done) if done else None,
     )
+
+
+def no_conversation(conversation: str) -> NotFound:
+    return NotFound(f"no conversation {conversation!r}", code="conversation_not_found")
 
 
 def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]:
@@ -114,8 +119,26 @@ class Responses:
         self.store = store
         self.jobs = store.jobs
         self.agents = agents
+        self.tenant = store.tenant
+        # A credential narrowed to these sessions sees only their responses (None: all).
+        self.sessions: frozenset[str] | None = None
         self._ttl = config.jobs.result_ttl_s
         self._shards = {p.name: p.queue_shards for p in config.all_partitions()}
+
+    def for_tenant(self, tenant: str, sessions: frozenset[str] | None = None) -> Responses:
+        """The same operations on ``tenant``'s responses, sessions and records; with
+        ``sessions``, on the responses of those sessions only (the others are missing)."""
+        if tenant == self.tenant and sessions == self.sessions:
+            return self
+        view = copy.copy(self)
+        view.store = self.store.for_tenant(tenant)
+        view.jobs = view.store.jobs
+        view.tenant = tenant
+        view.sessions = sessions
+        return view
+
+    def _visible(self, record: dict[str, bytes]) -> bool:
+        return self.sessions is None or record.get("sid", b"").decode() in self.sessions
 
     # -- create -----------------------------------------------------------------------
 
@@ -131,11 +154,9 @@ class Responses:
             except NotFound:
                 if req.conversation is None:
                     raise
-                raise NotFound(
-                    f"no conversation {req.conversation!r}", code="conversation_not_found"
-                ) from None
+                raise no_conversation(req.conversation) from None
         record = await self.jobs.read(prev)
-        if record is None:
+        if record is None or not self._visible(record):
             raise NotFound(f"no response {prev!r}", code="previous_response_not_found")
         status = record.get("status", b"").decode()
         sid, rseq = record.get("sid", b"").decode(), record.get("rseq")
@@ -198,7 +219,8 @@ class Responses:
         if req.background:
             shard = random.randrange(self._shards[partition])
             limit = -(-self.config.jobs.max_queued // self._shards[partition])
-            if not await self.jobs.enqueue(partition, shard, view.id, limit):
+            job = job_id(self.tenant, view.id)
+            if not await self.jobs.enqueue(partition, shard, job, limit):
                 await self.jobs.delete(view.id)
                 raise RateLimited(
                     f"partition {partition!r} has {self.config.jobs.max_queued} jobs queued",
@@ -211,7 +233,7 @@ class Responses:
 
     async def get(self, rid: str) -> ResponseView:
         record = await self.jobs.read(rid)
-        if record is None or "req" not in record:
+        if record is None or "req" not in record or not self._visible(record):
             raise NotFound(f"no response {rid!r}", code="response_not_found")
         return view_of(rid, record)
 
@@ -317,6 +339,8 @@ class Responses:
         return await self.get(rid)
 
     async def delete(self, rid: str) -> None:
+        if self.sessions is not None:
+            await self.get(rid)  # one of the sessions' responses, or missing
         await self.jobs.cancel(rid)
         if not await self.jobs.delete(rid):
             raise NotFound(f"no response {rid!r}", code="response_not_found")
@@ -328,6 +352,7 @@ class Responses:
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
+        turn.tenant = self.tenant
         turn.may_repeat = True
         if req.background:
             turn.request_class = self.agents.get(req.agent).background_class

@@ -23,6 +23,7 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult
 from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
+from ..schema import validate_session_id
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
 from .auth import identity_of
 from .http import json_response, start_sse
@@ -47,7 +48,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
-    identity_of(request).check_agent(body.model)
+    identity = identity_of(request)
+    identity.check_agent(body.model)
+    agents = request.app[AGENTS]
+    if body.session_id is not None:
+        agents.get(body.model)  # an unknown model first, as for a missing session
+        identity.check_session(validate_session_id(body.session_id))
     turn = TurnRequest(
         body.model,
         body.messages,
@@ -55,10 +61,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body.params,
         store=body.store,
         metadata=body.metadata,
+        tenant=identity.tenant,
     )
     parse_s = time.perf_counter() - started
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
-    agents = request.app[AGENTS]
     if body.stream:
         return await _ChunkStream(request, turn, body.include_usage, parse_s).run(agents, deadline)
     done = await agents.run(turn, deadline=deadline)

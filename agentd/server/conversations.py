@@ -29,8 +29,9 @@ from ..wire.conversations import (
     parse_update_body,
     seq_of_item,
 )
+from .auth import identity_of
 from .http import json_response, parse_int
-from .keys import STORE
+from .tenancy import store_of
 
 __all__ = ("ItemPage", "setup")
 
@@ -67,6 +68,10 @@ def _session(request: web.Request) -> str:
     sid = session_of_conversation(conversation)
     if sid is None:
         raise _no_conversation(conversation)
+    try:
+        identity_of(request).check_session(sid)
+    except NotFound:
+        raise _no_conversation(conversation) from None  # as a missing one answers
     return sid
 
 
@@ -91,7 +96,7 @@ def _object(info: SessionInfo) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     messages, metadata = parse_create_body(await request.read())
-    store = request.app[STORE]
+    store = store_of(request)
     info = await store.create_session(metadata=metadata)
     if messages:
         try:
@@ -104,17 +109,17 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    return _object(await _in(request, request.app[STORE].get_session(_session(request))))
+    return _object(await _in(request, store_of(request).get_session(_session(request))))
 
 
 async def update(request: web.Request) -> web.Response:
     metadata = parse_update_body(await request.read())
-    store = request.app[STORE]
+    store = store_of(request)
     return _object(await _in(request, store.update_session(_session(request), metadata=metadata)))
 
 
 async def delete(request: web.Request) -> web.Response:
-    await _in(request, request.app[STORE].delete_session(_session(request)))
+    await _in(request, store_of(request).delete_session(_session(request)))
     return json_response(deleted_object(request.match_info["id"]))
 
 
@@ -145,13 +150,14 @@ async def _page(store: Store, sid: str, page: ItemPage) -> tuple[list[dict[str, 
 
 async def list_items(request: web.Request) -> web.Response:
     page = ItemPage(request)
-    rows, more = await _in(request, _page(request.app[STORE], _session(request), page))
+    _after_seq(page)  # a bad cursor is a 400 before the conversation is looked up
+    rows, more = await _in(request, _page(store_of(request), _session(request), page))
     return json_response(item_list([message_item(m) for m in rows], more))
 
 
 async def add_items(request: web.Request) -> web.Response:
     messages = parse_items_body(await request.read())
-    stored = await _in(request, request.app[STORE].append(_session(request), messages))
+    stored = await _in(request, store_of(request).append(_session(request), messages))
     return json_response(item_list([message_item(m) for m in stored], False))
 
 
@@ -167,16 +173,16 @@ def _no_item(request: web.Request) -> NotFound:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    sid, seq = _session(request), _item_seq(request)
-    rows = await _in(request, request.app[STORE].history(sid, limit=1, after=seq - 1))
+    seq, sid = _item_seq(request), _session(request)
+    rows = await _in(request, store_of(request).history(sid, limit=1, after=seq - 1))
     if not rows or rows[0]["seq"] != seq:
         raise _no_item(request)
     return json_response(message_item(rows[0]))
 
 
 async def delete_item(request: web.Request) -> web.Response:
-    sid, seq = _session(request), _item_seq(request)
-    store = request.app[STORE]
+    seq, sid = _item_seq(request), _session(request)
+    store = store_of(request)
     if not await _in(request, store.delete_message(sid, seq)):
         raise _no_item(request)
     # OpenAI answers with the conversation.

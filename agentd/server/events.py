@@ -20,11 +20,13 @@ import orjson
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..schema import MAX_SEQ
+from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event
 from ..wire import sse
+from .auth import identity_of
 from .http import json_object, json_response, parse_int, pump_sse, read_json, start_sse
-from .keys import STATE, STORE
+from .keys import STATE
+from .tenancy import store_of
 
 __all__ = ("setup",)
 
@@ -53,7 +55,8 @@ def session_frame(event: Event) -> bytes:
 async def watch(request: web.Request) -> web.StreamResponse:
     sid = request.match_info["id"]
     after = _after(request)
-    store = request.app[STORE]
+    identity_of(request).check_session(validate_session_id(sid))
+    store = store_of(request)
     await store.get_session(sid)  # 404 as JSON before the stream starts
     # Subscribed before the response starts: a store failure is still a JSON 503.
     events = await store.open_watch(sid, after)
@@ -79,7 +82,8 @@ async def publish(request: web.Request) -> web.Response:
         )
     if not isinstance(data, dict):
         raise BadRequest("data must be an object", code="invalid_event")
-    store = request.app[STORE]
+    identity_of(request).check_session(validate_session_id(sid))
+    store = store_of(request)
     await store.get_session(sid)
     await store.publish(sid, kind, data)
     return json_response({"published": True}, status=202)

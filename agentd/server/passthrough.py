@@ -29,6 +29,7 @@ from ..wire.chat import DONE, error_frame
 from ..wire.embeddings import embeddings_object
 from ..wire.passthrough import TextBody, parse_completions, parse_embeddings
 from ..wire.text_completions import TextChunks, completion_id, text_completion
+from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, BACKENDS, CONFIG
 
@@ -52,6 +53,7 @@ def _deadline(request: web.Request) -> float:
 
 async def embeddings(request: web.Request) -> web.Response:
     body = parse_embeddings(await request.read())
+    identity_of(request).check_agent(body.agent)
     agents = request.app[AGENTS]
     agent = agents.get(body.agent)
     pool = request.app[BACKENDS].get(agent.backend)
@@ -63,6 +65,7 @@ async def embeddings(request: web.Request) -> web.Response:
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = parse_completions(await request.read())
+    identity_of(request).check_agent(body.agent)
     agents = request.app[AGENTS]
     agent = agents.get(body.agent)
     pool = request.app[BACKENDS].get(agent.backend)

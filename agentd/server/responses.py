@@ -12,9 +12,9 @@ import dataclasses
 
 from aiohttp import web
 
-from ..errors import AgentdError, BadRequest
-from ..jobs.service import Responses
-from ..schema import MAX_SEQ
+from ..errors import AgentdError, BadRequest, NotFound
+from ..jobs.service import Responses, no_conversation
+from ..schema import MAX_SEQ, validate_session_id
 from ..wire import sse
 from ..wire.conversations import item_list
 from ..wire.errors import error_dict
@@ -26,16 +26,28 @@ from ..wire.responses import (
     parse_create,
     response_object,
 )
+from .auth import identity_of
 from .conversations import ItemPage
 from .http import json_response, pump_sse, query_int, start_sse
-from .keys import CONFIG, RESPONSES, STATE
+from .keys import CONFIG, STATE
+from .tenancy import responses_of
 
 __all__ = ("setup",)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     req = parse_create(await request.read(), request.headers.get("X-Session-Id"))
-    responses = request.app[RESPONSES]
+    identity = identity_of(request)
+    identity.check_agent(req.agent)
+    responses = responses_of(request)
+    if req.session_id is not None:
+        responses.agents.get(req.agent)  # an unknown model first, as for a missing session
+        try:
+            identity.check_session(validate_session_id(req.session_id))
+        except NotFound:
+            if req.conversation is None:
+                raise
+            raise no_conversation(req.conversation) from None  # as a missing one answers
     if not req.background:
         # Admission before anything is stored, as for chat turns.
         responses.agents.admission.check(req.agent)
@@ -102,7 +114,7 @@ async def _follow(
 
 async def retrieve(request: web.Request) -> web.StreamResponse:
     rid = request.match_info["id"]
-    responses = request.app[RESPONSES]
+    responses = responses_of(request)
     if request.query.get("stream") in ("true", "1"):
         view = await responses.get(rid)
         if not view.request.background:
@@ -118,7 +130,7 @@ async def list_input_items(request: web.Request) -> web.Response:
     """The response's input items, as OpenAI's ``ResponseItemList`` (``after`` an item
     id, ``limit``, ``order``; ``include`` is accepted and has nothing to add)."""
     page = ItemPage(request)
-    view = await request.app[RESPONSES].get(request.match_info["id"])
+    view = await responses_of(request).get(request.match_info["id"])
     items = input_items(view.id, view.request.messages)
     if not page.ascending:
         items.reverse()
@@ -135,13 +147,13 @@ async def list_input_items(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    view = await request.app[RESPONSES].cancel(request.match_info["id"])
+    view = await responses_of(request).cancel(request.match_info["id"])
     return json_response(response_object(view))
 
 
 async def delete(request: web.Request) -> web.Response:
     rid = request.match_info["id"]
-    await request.app[RESPONSES].delete(rid)
+    await responses_of(request).delete(rid)
     return json_response({"id": rid, "object": "response.deleted", "deleted": True})
 
 

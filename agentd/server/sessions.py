@@ -25,9 +25,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import BadRequest
-from ..schema import MAX_SEQ, validate_name
+from ..schema import MAX_SEQ, validate_name, validate_session_id
+from .auth import identity_of
 from .http import json_object, json_response, query_int, read_json
-from .keys import STORE
+from .tenancy import store_of
 
 __all__ = ("setup",)
 
@@ -45,12 +46,15 @@ async def create_session(request: web.Request) -> web.Response:
     agent = body.get("agent")
     if agent is not None:
         validate_name("agent", agent)
+        identity_of(request).check_agent(agent)
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRequest("metadata must be a JSON object", code="invalid_request")
-    info = await request.app[STORE].create_session(
+    if body.get("id") is not None:
+        identity_of(request).check_session(validate_session_id(body["id"]))
+    # The session is the caller's tenant's (the view records it in SessionInfo.tenant).
+    info = await store_of(request).create_session(
         body.get("id"),
-        tenant=None,  # auth comes later: the authenticated caller's tenant goes here
         agent=agent,
         metadata=metadata,
     )
@@ -61,27 +65,35 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", MAX_LIMIT)
-    page = await request.app[STORE].list_sessions(
+    page = await store_of(request).list_sessions(
         limit=DEFAULT_LIMIT if limit is None else limit,
         after=request.query.get("after"),
     )
+    allowed = identity_of(request).sessions  # a token narrowed to sessions sees those only
     return json_response(
         {
             "object": "list",
-            "data": [s.to_dict() for s in page.sessions],
+            "data": [s.to_dict() for s in page.sessions if allowed is None or s.id in allowed],
             "has_more": page.next_after is not None,
             "next_after": page.next_after,
         }
     )
 
 
+def _sid(request: web.Request) -> str:
+    """The path's session id, if the caller may use it (else 404, as for no session)."""
+    sid = validate_session_id(request.match_info["id"])
+    identity_of(request).check_session(sid)
+    return sid
+
+
 async def get_session(request: web.Request) -> web.Response:
-    info = await request.app[STORE].get_session(request.match_info["id"])
+    info = await store_of(request).get_session(_sid(request))
     return json_response(info.to_dict())
 
 
 async def delete_session(request: web.Request) -> web.Response:
-    await request.app[STORE].delete_session(request.match_info["id"])
+    await store_of(request).delete_session(_sid(request))
     return web.Response(status=204)
 
 
@@ -90,7 +102,7 @@ async def list_messages(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", MAX_LIMIT)
     limit = DEFAULT_LIMIT if limit is None else limit
     after = query_int(request, "after", MAX_SEQ)
-    rows = await request.app[STORE].history(request.match_info["id"], limit=limit + 1, after=after)
+    rows = await store_of(request).history(_sid(request), limit=limit + 1, after=after)
     has_more = len(rows) > limit
     if has_more:
         # One row too many: past the page's end with ``after``, before its start without.
@@ -105,7 +117,7 @@ async def append_messages(request: web.Request) -> web.Response:
         raise BadRequest(
             f"messages must be a list of 1 to {MAX_APPEND} messages", code="invalid_message"
         )
-    stored = await request.app[STORE].append(request.match_info["id"], messages)
+    stored = await store_of(request).append(_sid(request), messages)
     return json_response({"object": "list", "data": stored}, status=201)
 
 

@@ -39,7 +39,7 @@ from aiohttp import web
 from ..errors import AgentdError, BadRequest
 from ..store import StateDoc
 from .http import MAX_DEPTH, json_object, json_response, read_json
-from .keys import STORE
+from .tenancy import store_of
 
 __all__ = ("setup",)
 
@@ -92,7 +92,7 @@ def _refuse(request: web.Request, *headers: str) -> None:
 
 
 async def get_state(request: web.Request) -> web.Response:
-    return _doc_response(await request.app[STORE].state_get(*_name(request)))
+    return _doc_response(await store_of(request).state_get(*_name(request)))
 
 
 async def put_state(request: web.Request) -> web.Response:
@@ -117,7 +117,7 @@ async def put_state(request: web.Request) -> web.Response:
             f"write only over version N), or send it as is with Content-Type: {ENVELOPE}",
             code="state_envelope",
         )
-    doc = await request.app[STORE].state_put(*_name(request), value, expected_version=expected)
+    doc = await store_of(request).state_put(*_name(request), value, expected_version=expected)
     return _doc_response(doc, status=201 if doc.version == 1 else 200)
 
 
@@ -163,7 +163,7 @@ async def patch_state(request: web.Request) -> web.Response:
         )
     _refuse(request, "If-Match", "If-None-Match")
     patch = await read_json(request)
-    return _doc_response(await request.app[STORE].state_patch(*_name(request), patch))
+    return _doc_response(await store_of(request).state_patch(*_name(request), patch))
 
 
 async def increment_state(request: web.Request) -> web.Response:
@@ -176,14 +176,14 @@ async def increment_state(request: web.Request) -> web.Response:
         raise BadRequest(
             f"path must be a list of at most {MAX_DEPTH} field names", code="invalid_path"
         )
-    doc = await request.app[STORE].state_increment(*_name(request), path, body.get("by", 1))
+    doc = await store_of(request).state_increment(*_name(request), path, body.get("by", 1))
     return _doc_response(doc)
 
 
 async def delete_state(request: web.Request) -> web.Response:
     _refuse(request, "If-None-Match")
     expected = _if_match(request)
-    await request.app[STORE].state_delete(*_name(request), expected_version=expected)
+    await store_of(request).state_delete(*_name(request), expected_version=expected)
     return web.Response(status=204)
 
 

@@ -20,11 +20,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
-from ..schema import MAX_SEQ
+from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
-from .keys import AGENTS, CONFIG, STORE, tracked_websocket
+from .keys import AGENTS, CONFIG, tracked_websocket
+from .tenancy import store_of
 from .ws_auth import CredentialWatch
 
 __all__ = ("setup",)
@@ -73,7 +74,7 @@ class _Connection:
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         config = request.app[CONFIG]
         self.ws = ws
-        self.store: Store = request.app[STORE]
+        self.store: Store = store_of(request)  # the caller's tenant's sessions only
         self.agents: Agents = request.app[AGENTS]
         self.turn_timeout = config.server.turn_timeout
         self.max_turns = config.websocket.max_inflight_turns
@@ -152,6 +153,7 @@ class _Connection:
             if not isinstance(agent, str):
                 raise BadRequest("agent must be a string", code="invalid_frame")
             self.agents.get(agent)  # 404-style error frame for an unknown agent
+            self.credential.identity.check_agent(agent)
             self.agent = agent
         after = frame.get("after")
         if after is not None and (
@@ -165,7 +167,7 @@ class _Connection:
             identity.check_new_session()
             info = await self.store.create_session(agent=self.agent)
         else:
-            identity.check_session(sid)
+            identity.check_session(validate_session_id(sid))
             info = await self.store.get_session(sid)
         events = await self.store.open_watch(info.id, after)
         self.session_id = info.id
@@ -218,10 +220,15 @@ class _Connection:
         if not isinstance(agent, str):
             raise BadRequest("agent must be a string", code="invalid_frame")
         self.agents.get(agent)
+        self.credential.identity.check_agent(agent)
         if self.session_id is None:
             await self.hello({"agent": agent})
         turn = TurnRequest(
-            agent, [{"role": "user", "content": content}], self.session_id, turn_id=new_turn_id()
+            agent,
+            [{"role": "user", "content": content}],
+            self.session_id,
+            turn_id=new_turn_id(),
+            tenant=self.credential.identity.tenant,
         )
         self.own_turns.add(turn.turn_id)
         task = asyncio.create_task(self.run_turn(frame_id, turn))

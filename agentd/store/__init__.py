@@ -33,6 +33,7 @@ from .api import (
     TurnLease,
 )
 from .codec import no_session
+from .keys import job_id, job_of
 
 __all__ = (
     "DELETED",
@@ -56,6 +57,8 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "job_id",
+    "job_of",
     "no_session",
     "open_store",
 )

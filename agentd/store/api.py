@@ -171,6 +171,8 @@ class Store(abc.ABC):
 
     mode: str = "abstract"
     config: Config
+    # The tenant whose objects this store reads and writes ("": the unnamed tenant).
+    tenant: str = ""
     # The response cache's shared part (L2, single-flight).
     blobs: Blobs
     # The job queue and response records of background responses.
@@ -192,6 +194,13 @@ class Store(abc.ABC):
     async def readiness(self) -> str | None:
         """``None`` when every part of the store is reachable, else why not."""
 
+    @abc.abstractmethod
+    def for_tenant(self, tenant: str) -> Store:
+        """The same store seen by ``tenant``: its sessions, events, turn leases, shared
+        state and response records, and none of any other tenant's (the job queue and
+        the cache's shared tier are the same for all). Cheap: a view over the same
+        connections, made once per tenant per worker; never started or closed itself."""
+
     # -- sessions and history --------------------------------------------------------
 
     @abc.abstractmethod
@@ -203,7 +212,8 @@ class Store(abc.ABC):
         agent: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> SessionInfo:
-        """Create a session; a client-chosen id that exists is a ``Conflict``."""
+        """Create a session; a client-chosen id that exists is a ``Conflict``. Its
+        ``tenant`` is the store's own unless given."""
 
     @abc.abstractmethod
     async def get_session(self, session_id: str) -> SessionInfo:

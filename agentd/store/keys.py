@@ -1,6 +1,14 @@
 """Every Redis key and channel agentd uses, in one place (the Lua scripts that use them
 are in :mod:`.scripts`).
 
+Every key of a tenant's objects starts with the tenant's prefix (:func:`tenant_prefix`):
+``agentd:`` for the unnamed tenant ``""`` (the keys below as written), ``agentd:t:NAME:``
+for tenant ``NAME`` (``agentd:t:acme:s:{SID}:meta``). The prefix stays outside the hash
+tag, so a session keeps its slot and every operation on it stays one round trip. The
+cache entries, the cache epoch and the job queue streams are not a tenant's: they keep
+the plain prefix (a cache entry's hash already covers its tenant unless the agent shares
+its cache; a queued job's id names its tenant, ``acme/resp_…``).
+
 Each key of a session carries the session id as its hash tag (``{...}``), so one
 session lives on one shard and one Redis Cluster slot: its multi-key scripts are atomic
 and never answer CROSSSLOT. A shared-state document is tagged with its own
@@ -25,8 +33,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (channel) tells every worker to drop its L1.
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
 - ``agentd:q:{PARTITION:N}`` (stream, consumer group ``agentd``): shard N of a job
-  partition's queue, one entry per delivery, field ``id`` = the response id; acknowledged
-  entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
+  partition's queue, one entry per delivery, field ``id`` = the job id (:func:`job_id`);
+  acknowledged entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
 - ``agentd:r:{RID}`` (hash, TTL): a response: ``status``, ``att`` (the attempt that may
   write), ``seq`` (the next event's sequence number), ``cx`` (cancel asked), ``req``
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
@@ -58,14 +66,18 @@ __all__ = (
     "cache_key",
     "dead_key",
     "flight_keys",
+    "job_id",
+    "job_of",
     "key_record",
     "queue_key",
     "record_keys",
     "session_channel",
     "session_index",
     "session_keys",
+    "session_meta_prefix",
     "state_key",
     "tenant_keys",
+    "tenant_prefix",
     "turn_key",
 )
 
@@ -73,28 +85,38 @@ __all__ = (
 PREFIX = "agentd:"
 
 
-def session_keys(sid: str) -> tuple[str, str]:
+def tenant_prefix(tenant: str) -> str:
+    """The prefix of every key of ``tenant``'s objects (``""``: today's plain prefix).
+    Tenant names are checked by the config (``TENANT_RE``): no ``{``, ``}`` or ``:``."""
+    return f"{PREFIX}t:{tenant}:" if tenant else PREFIX
+
+
+def session_keys(sid: str, prefix: str = PREFIX) -> tuple[str, str]:
     """The session's (meta, log) keys."""
-    return f"{PREFIX}s:{{{sid}}}:meta", f"{PREFIX}s:{{{sid}}}:log"
+    return f"{prefix}s:{{{sid}}}:meta", f"{prefix}s:{{{sid}}}:log"
 
 
-# A session's meta key is SESSION_META_PREFIX + SID + SESSION_META_SUFFIX (for scripts
-# that read the metas an index names).
+# A session's meta key is the meta prefix + SID + SESSION_META_SUFFIX (for scripts that
+# read the metas an index names).
 SESSION_META_PREFIX, SESSION_META_SUFFIX = f"{PREFIX}s:{{", "}:meta"
 
 
-def session_index(tag: str) -> str:
+def session_meta_prefix(prefix: str = PREFIX) -> str:
+    return f"{prefix}s:{{"
+
+
+def session_index(tag: str, prefix: str = PREFIX) -> str:
     """An index of sessions by last activity (see the module docstring)."""
-    return f"{PREFIX}sx:{{{tag}}}"
+    return f"{prefix}sx:{{{tag}}}"
 
 
-def turn_key(sid: str) -> str:
+def turn_key(sid: str, prefix: str = PREFIX) -> str:
     """The session's turn lease: held by the turn that runs now (see scripts.BEGIN_TURN)."""
-    return f"{PREFIX}s:{{{sid}}}:turn"
+    return f"{prefix}s:{{{sid}}}:turn"
 
 
-def session_channel(sid: str) -> str:
-    return f"{PREFIX}s:{{{sid}}}:ev"
+def session_channel(sid: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}s:{{{sid}}}:ev"
 
 
 def cache_key(hexkey: str) -> str:
@@ -125,13 +147,25 @@ def dead_key(partition: str) -> str:
     return f"{PREFIX}q:{{{partition}}}:dead"
 
 
-def record_keys(rid: str) -> tuple[str, str, str]:
+def record_keys(rid: str, prefix: str = PREFIX) -> tuple[str, str, str]:
     """A response's (record, events stream, events channel): one slot."""
-    return f"{PREFIX}r:{{{rid}}}", f"{PREFIX}r:{{{rid}}}:ev", f"{PREFIX}r:{{{rid}}}:ch"
+    return f"{prefix}r:{{{rid}}}", f"{prefix}r:{{{rid}}}:ev", f"{prefix}r:{{{rid}}}:ch"
 
 
-def state_key(name: str) -> str:
-    return f"{PREFIX}st:{{{name}}}"
+def state_key(name: str, prefix: str = PREFIX) -> str:
+    return f"{prefix}st:{{{name}}}"
+
+
+def job_id(tenant: str, rid: str) -> str:
+    """The id a response's job carries through the (global) queue: the response id,
+    after its tenant and a ``/`` for a named tenant (tenant names have no ``/``)."""
+    return f"{tenant}/{rid}" if tenant else rid
+
+
+def job_of(job: str) -> tuple[str, str]:
+    """(tenant, response id) of a queued job's id (see :func:`job_id`)."""
+    tenant, _, rid = job.rpartition("/")
+    return tenant, rid
 
 
 # -- API keys --------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class SessionStore(Store):
         info = SessionInfo(
             id=sid,
             created_at=time.time(),
-            tenant=tenant,
+            tenant=(self.tenant or None) if tenant is None else tenant,
             agent=agent,
             metadata=dict(metadata or {}),
         )

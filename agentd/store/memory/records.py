@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from ..api import DELETED, TERMINAL, Records, Start, Subscription
 from .feeds import Channels
@@ -25,8 +27,15 @@ class _Record:
 class MemoryRecords(Records):
     def __init__(self, events_ttl_s: int) -> None:
         self.events_ttl_s = events_ttl_s
-        self._records: dict[str, _Record] = {}
-        self._channels = Channels()
+        # Each tenant's records and their channels; this object sees tenant "".
+        self._spaces: dict[str, tuple[dict[str, _Record], Channels]] = {"": ({}, Channels())}
+        self._records, self._channels = self._spaces[""]
+
+    def scoped(self, tenant: str) -> Self:
+        """The same object (and queue, for a subclass) seeing ``tenant``'s records."""
+        view = copy.copy(self)
+        view._records, view._channels = self._spaces.setdefault(tenant, ({}, Channels()))
+        return view
 
     def _record(self, rid: str) -> _Record | None:
         record = self._records.get(rid)
@@ -36,10 +45,11 @@ class MemoryRecords(Records):
         return record
 
     def sweep(self) -> None:
-        """Drop expired records (called now and then by the owner)."""
+        """Drop every tenant's expired records (called now and then by the owner)."""
         now = time.monotonic()
-        for rid in [r for r, rec in self._records.items() if rec.expires <= now]:
-            del self._records[rid]
+        for records, _ in self._spaces.values():
+            for rid in [r for r, rec in records.items() if rec.expires <= now]:
+                del records[rid]
 
     async def create(
         self,

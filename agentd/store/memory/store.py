@@ -46,6 +46,19 @@ class _Session:
         return self.lease[0]
 
 
+@dataclass
+class _Space:
+    """One tenant's sessions, listing index, shared state and channels."""
+
+    sessions: dict[str, _Session] = field(default_factory=dict)
+    # The listing's index: (activity ms, id) ascending, and each session's entry.
+    # A written session moves to the end, so the list's tail is what changes.
+    index: list[tuple[int, str]] = field(default_factory=list)
+    activity: dict[str, int] = field(default_factory=dict)
+    state: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    channels: Channels = field(default_factory=Channels)
+
+
 class MemoryJobs(MemoryQueue, MemoryRecords, Jobs):
     """Standalone mode's queue and records: one process, the same semantics."""
 
@@ -60,17 +73,24 @@ class MemoryStore(BaseStore):
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
-        self._sessions: dict[str, _Session] = {}
-        # The listing's index: (activity ms, id) ascending, and each session's entry.
-        # A written session moves to the end, so the list's tail is what changes.
-        self._index: list[tuple[int, str]] = []
-        self._activity: dict[str, int] = {}
-        self._state: dict[str, tuple[bytes, int]] = {}
-        self._channels = Channels()
+        # Each tenant's objects; this object sees tenant "", its views their own.
+        self._spaces: dict[str, _Space] = {}
+        self._bind(self._spaces.setdefault("", _Space()))
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
         self.keyring = MemoryKeyring(self._channels)
+
+    def _bind(self, space: _Space) -> None:
+        self._sessions = space.sessions
+        self._index = space.index
+        self._activity = space.activity
+        self._state = space.state
+        self._channels = space.channels
+
+    def _scope(self, tenant: str) -> None:
+        self._bind(self._spaces.setdefault(tenant, _Space()))
+        self.jobs = self.jobs.scoped(tenant)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())
@@ -85,8 +105,11 @@ class MemoryStore(BaseStore):
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             now = time.monotonic()
-            for sid in [s for s, sess in self._sessions.items() if sess.expires <= now]:
-                self._drop(sid)
+            for tenant, space in list(self._spaces.items()):
+                view = self.for_tenant(tenant)
+                assert isinstance(view, MemoryStore)
+                for sid in [s for s, sess in space.sessions.items() if sess.expires <= now]:
+                    view._drop(sid)
             self.jobs.sweep()
 
     def _drop(self, sid: str) -> None:

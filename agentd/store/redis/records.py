@@ -30,6 +30,8 @@ class RedisRecords(Records):
         self.shards = shards
         self.hub = hub
         self.events_ttl_s = events_ttl_s
+        # The tenant's key prefix (see keys.tenant_prefix).
+        self.prefix = K.PREFIX
 
     async def create(
         self,
@@ -38,18 +40,18 @@ class RedisRecords(Records):
         ttl_s: int,
         events: Sequence[tuple[int, bytes]] = (),
     ) -> None:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         args = [ttl_s, self.shards.publish_command, self.events_ttl_s, len(fields)]
         args += _fields_flat(fields)
         await self.shards.eval(L.RECORD_CREATE, keys, [*args, *_events_flat(events)])
 
     async def read(self, rid: str) -> dict[str, bytes] | None:
-        key = K.record_keys(rid)[0]
+        key = K.record_keys(rid, self.prefix)[0]
         found = await self.shards.call(key, lambda c: c.hgetall(key))
         return {k.decode(): v for k, v in found.items()} if found else None
 
     async def start(self, rid: str, max_attempts: int, consumer: str) -> Start:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         args = [max_attempts, time.time(), consumer]
         reply = await self.shards.eval(L.RECORD_START, keys, args)
         verdict = reply[0].decode()
@@ -62,7 +64,7 @@ class RedisRecords(Records):
         return Start(verdict, int(reply[1]), int(reply[2]), record=record)
 
     async def update(self, rid: str, attempt: int, fields: Mapping[str, bytes]) -> bool:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         return bool(await self.shards.eval(L.RECORD_UPDATE, keys, [attempt, *_fields_flat(fields)]))
 
     async def emit(self, rid: str, attempt: int, events: Sequence[tuple[int, bytes]]) -> bool:
@@ -77,7 +79,7 @@ class RedisRecords(Records):
         *,
         closing: bool = True,
     ) -> bool:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         args = [
             attempt,
             self.shards.publish_command,
@@ -90,26 +92,26 @@ class RedisRecords(Records):
         return bool(await self.shards.eval(L.RECORD_WRITE, keys, args))
 
     async def cancel_asked(self, rid: str) -> bool:
-        key = K.record_keys(rid)[0]
+        key = K.record_keys(rid, self.prefix)[0]
         found = await self.shards.call(key, lambda c: c.hmget(key, "cx", "att"))
         return found[0] is not None or found[1] is None
 
     async def cancel(self, rid: str) -> str | None:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         status = await self.shards.eval(L.RECORD_CANCEL, keys, [])
         return status.decode() if status else None
 
     async def delete(self, rid: str) -> bool:
-        keys = list(K.record_keys(rid))
+        keys = list(K.record_keys(rid, self.prefix))
         return bool(
             await self.shards.eval(L.RECORD_DELETE, keys, [self.shards.publish_command, DELETED])
         )
 
     async def events(self, rid: str, after: int) -> list[bytes]:
-        stream = K.record_keys(rid)[1]
+        stream = K.record_keys(rid, self.prefix)[1]
         start = f"(0-{after + 1}" if after >= 0 else "-"
         rows = await self.shards.call(stream, lambda c: c.xrange(stream, start, "+"))
         return [fields[b"e"] for _, fields in rows]
 
     async def subscribe(self, rid: str) -> Subscription:
-        return await self.hub.subscribe(K.record_keys(rid)[2])
+        return await self.hub.subscribe(K.record_keys(rid, self.prefix)[2])

@@ -8,6 +8,7 @@ Works the same on one Redis, on client-side shards and on a Redis Cluster (see
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 from typing import Any
 
@@ -49,6 +50,12 @@ class RedisJobs(RedisQueue, RedisRecords, Jobs):
         RedisQueue.__init__(self, shards, waits)
         RedisRecords.__init__(self, shards, hub, events_ttl_s)
 
+    def scoped(self, prefix: str) -> RedisJobs:
+        """The same queue, with the records of the tenant whose keys start with ``prefix``."""
+        view = copy.copy(self)
+        view.prefix = prefix
+        return view
+
 
 class RedisStore(BaseStore):
     def __init__(self, config: Config) -> None:
@@ -68,28 +75,44 @@ class RedisStore(BaseStore):
         )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
         self.keyring = RedisKeyring(self.shards, self.hub)
+        # Every key starts with the tenant's prefix (see keys.tenant_prefix).
+        self.prefix = K.PREFIX
         # Releases of leases granted to cancelled callers (kept so they are not collected).
         self._releasing: set[asyncio.Task[Any]] = set()
         self.clustered = self.shards.cluster is not None
         self.index_keys = self._index_keys()
         self.index_writes = IndexWrites(self.shards)
 
+    def _scope(self, tenant: str) -> None:
+        self.prefix = K.tenant_prefix(tenant)
+        self.index_keys = self._index_keys()
+        self.jobs = self.jobs.scoped(self.prefix)
+
+    def _session(self, sid: str) -> tuple[str, str]:
+        return K.session_keys(sid, self.prefix)
+
+    def _channel(self, sid: str) -> str:
+        return K.session_channel(sid, self.prefix)
+
+    def _turn(self, sid: str) -> str:
+        return K.turn_key(sid, self.prefix)
+
     def _index_keys(self) -> list[str]:
         """The session index keys: one per shard, named so each lands on its shard (one
         Redis, client-side shards), or the cluster's buckets."""
         if self.clustered:
-            return [K.session_index(f"b{b}") for b in range(CLUSTER_INDEX_BUCKETS)]
+            return [K.session_index(f"b{b}", self.prefix) for b in range(CLUSTER_INDEX_BUCKETS)]
         found: dict[int, str] = {}
         tag = 0
         while len(found) < len(self.shards.clients):
-            key = K.session_index(str(tag))
+            key = K.session_index(str(tag), self.prefix)
             found.setdefault(self.shards.shard_of(key), key)
             tag += 1
         return [found[i] for i in range(len(found))]
 
     def _index_of(self, sid: str) -> str:
         """The index key of the session: on its shard, or its cluster bucket."""
-        meta = K.session_keys(sid)[0]
+        meta = self._session(sid)[0]
         if self.clustered:
             return self.index_keys[key_slot(meta) % CLUSTER_INDEX_BUCKETS]
         return self.index_keys[self.shards.shard_of(meta)]
@@ -122,7 +145,7 @@ class RedisStore(BaseStore):
 
     async def _create(self, sid: str, meta: dict[str, str]) -> bool:
         flat = [x for kv in meta.items() for x in kv]
-        keys = [*K.session_keys(sid), *self._own_index(sid)]
+        keys = [*self._session(sid), *self._own_index(sid)]
         score = activity_ms()
         created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
         if created:
@@ -130,11 +153,11 @@ class RedisStore(BaseStore):
         return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
-        flat = await self.shards.eval(L.GET_META, list(K.session_keys(sid)), [self.ttl])
+        flat = await self.shards.eval(L.GET_META, list(self._session(sid)), [self.ttl])
         return None if flat is None else _pairs(flat)
 
     async def _delete(self, sid: str) -> bool:
-        keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
+        keys = [*self._session(sid), self._channel(sid), self._turn(sid)]
         keys += self._own_index(sid)
         found = bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid]))
         if self.clustered:
@@ -142,7 +165,7 @@ class RedisStore(BaseStore):
         return found
 
     async def _append(self, sid: str, payloads: list[bytes]) -> int | None:
-        keys = [*K.session_keys(sid), K.session_channel(sid), *self._own_index(sid)]
+        keys = [*self._session(sid), self._channel(sid), *self._own_index(sid)]
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
         first = await self.shards.eval(L.APPEND, keys, args)
@@ -159,16 +182,16 @@ class RedisStore(BaseStore):
             "" if limit is None else limit,
             "" if before is None else before,
         ]
-        rows = await self.shards.eval(L.HISTORY, list(K.session_keys(sid)), args)
+        rows = await self.shards.eval(L.HISTORY, list(self._session(sid)), args)
         return None if rows is None else _entries(rows)
 
     async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
-        meta_key = K.session_keys(sid)[0]
+        meta_key = self._session(sid)[0]
         flat = await self.shards.eval(L.UPDATE_META, [meta_key], [self.ttl, metadata])
         return None if flat is None else _pairs(flat)
 
     async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
-        keys = [*K.session_keys(sid), K.session_channel(sid)]
+        keys = [*self._session(sid), self._channel(sid)]
         args = [self.ttl, seq, self.shards.publish_command, event]
         found = await self.shards.eval(L.DELETE_MESSAGE, keys, args)
         return None if found is None else bool(found)
@@ -177,7 +200,8 @@ class RedisStore(BaseStore):
         if self.clustered:
             return await self._list_clustered(cursor, limit)
         top, after = ("+inf", "") if cursor is None else (str(cursor[0]), cursor[1])
-        args = [top, after, limit, K.SESSION_META_PREFIX, K.SESSION_META_SUFFIX]
+        meta_prefix = K.session_meta_prefix(self.prefix)
+        args = [top, after, limit, meta_prefix, K.SESSION_META_SUFFIX]
         # Every shard's newest, in parallel: one round trip of latency for the page.
         pages = await asyncio.gather(
             *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self.index_keys)
@@ -224,7 +248,7 @@ class RedisStore(BaseStore):
                 return rows
             need = limit - len(rows)
             metas = await self._batch(
-                [("hgetall", (K.session_keys(sid)[0],), {}) for _, sid in candidates[:need]]
+                [("hgetall", (self._session(sid)[0],), {}) for _, sid in candidates[:need]]
             )
             gone = []
             for (score, sid), meta in zip(candidates, metas, strict=False):
@@ -256,7 +280,7 @@ class RedisStore(BaseStore):
     async def _load(
         self, sid: str, last: int
     ) -> tuple[dict[str, str], list[tuple[int, bytes]]] | None:
-        found = await self.shards.eval(L.LOAD, list(K.session_keys(sid)), [self.ttl, last])
+        found = await self.shards.eval(L.LOAD, list(self._session(sid)), [self.ttl, last])
         if found is None:
             return None
         return _pairs(found[0]), _entries(found[1])
@@ -266,7 +290,7 @@ class RedisStore(BaseStore):
     async def _begin_turn(
         self, sid: str, last: int, lease_ms: int
     ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
-        keys = [*K.session_keys(sid), K.turn_key(sid)]
+        keys = [*self._session(sid), self._turn(sid)]
         # Shielded: a caller cancelled while Redis grants the lease (the reply on its
         # way back) would leave the session held by nobody until the lease runs out.
         args = [self.ttl, last, lease_ms]
@@ -291,13 +315,13 @@ class RedisStore(BaseStore):
             release.add_done_callback(self._releasing.discard)
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
-        return int(await self.shards.eval(L.RENEW_TURN, [K.turn_key(sid)], [token, lease_ms]))
+        return int(await self.shards.eval(L.RENEW_TURN, [self._turn(sid)], [token, lease_ms]))
 
     async def _interrupt_turn(self, sid: str) -> bool:
-        return bool(await self.shards.eval(L.INTERRUPT_TURN, [K.turn_key(sid)], []))
+        return bool(await self.shards.eval(L.INTERRUPT_TURN, [self._turn(sid)], []))
 
     async def _end_turn(self, sid: str, token: int, payloads: list[bytes]) -> int | None:
-        keys = [*K.session_keys(sid), K.session_channel(sid), K.turn_key(sid)]
+        keys = [*self._session(sid), self._channel(sid), self._turn(sid)]
         keys += self._own_index(sid)
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
@@ -309,16 +333,16 @@ class RedisStore(BaseStore):
     # -- events ---------------------------------------------------------------------
 
     async def _subscribe(self, sid: str) -> Subscription:
-        return await self.hub.subscribe(K.session_channel(sid))
+        return await self.hub.subscribe(self._channel(sid))
 
     async def _publish(self, sid: str, event: bytes) -> None:
-        channel = K.session_channel(sid)
+        channel = self._channel(sid)
         await self.shards.eval(L.PUBLISH, [channel], [self.shards.publish_command, event])
 
     # -- shared state ---------------------------------------------------------------
 
     async def _state_read(self, name: str) -> tuple[bytes, int] | None:
-        key = K.state_key(name)
+        key = K.state_key(name, self.prefix)
         value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
         return None if value is None else (value, int(version))
 
@@ -326,12 +350,12 @@ class RedisStore(BaseStore):
         self, name: str, data: bytes, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
         args = [data, "" if expected is None else expected]
-        reply = await self.shards.eval(L.STATE_WRITE, [K.state_key(name)], args)
+        reply = await self.shards.eval(L.STATE_WRITE, [K.state_key(name, self.prefix)], args)
         return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
 
     async def _state_remove(
         self, name: str, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
         args = ["" if expected is None else expected]
-        reply = await self.shards.eval(L.STATE_REMOVE, [K.state_key(name)], args)
+        reply = await self.shards.eval(L.STATE_REMOVE, [K.state_key(name, self.prefix)], args)
         return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
