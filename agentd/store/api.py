@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import Conflict
+from .limits import Limits
 
 __all__ = (
     "DEAD_MAXLEN",
@@ -169,6 +170,8 @@ class Store(abc.ABC):
     blobs: Blobs
     # The job queue and response records of background responses.
     jobs: Jobs
+    # Rate limits, quotas and usage counters (agentd.store.limits).
+    limits: Limits
 
     # -- life cycle ------------------------------------------------------------------
 

@@ -32,6 +32,17 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
   events live.
+- ``agentd:l:{TENANT}:SCOPE`` (hash, TTL): one scope's limits (``SCOPE`` = ``t``, the
+  tenant, or ``k:KEYID``, one of its API keys): ``tl``/``tt`` (the token bucket's level
+  and when it was computed, ms), ``dd``/``dt`` (the UTC day and its tokens), ``md``/``mt``
+  (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rq`` (sorted set, TTL) the
+  requests admitted in the last minute (score: ms); ``agentd:l:{TENANT}:SCOPE:cc``
+  (sorted set, TTL) the turn slots held (member the ticket, score its lease's end, ms).
+  Every scope of a tenant shares the tenant's hash tag: a request's key and tenant
+  limits are checked in one script. See docs/auth-limits.md.
+- ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
+  (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
+  per key as ``KEY/FIELD``), written by the same script as the request's charge.
 """
 
 from __future__ import annotations
@@ -41,12 +52,15 @@ __all__ = (
     "CACHE_EPOCH",
     "CACHE_PATTERN",
     "JOB_GROUP",
+    "LIMIT_PREFIX",
     "PREFIX",
     "SESSION_META_PREFIX",
     "SESSION_META_SUFFIX",
+    "USAGE_PATTERN",
     "cache_key",
     "dead_key",
     "flight_keys",
+    "limit_keys",
     "queue_key",
     "record_keys",
     "session_channel",
@@ -54,6 +68,7 @@ __all__ = (
     "session_keys",
     "state_key",
     "turn_key",
+    "usage_key",
 )
 
 
@@ -119,3 +134,21 @@ def record_keys(rid: str) -> tuple[str, str, str]:
 
 def state_key(name: str) -> str:
     return f"{PREFIX}st:{{{name}}}"
+
+
+LIMIT_PREFIX = f"{PREFIX}l:"
+
+
+def limit_keys(tenant: str, scope: str) -> tuple[str, str, str]:
+    """A limit scope's (state hash, requests log, turn slots): the tenant's slot."""
+    base = f"{LIMIT_PREFIX}{{{tenant}}}:{scope}"
+    return base, base + ":rq", base + ":cc"
+
+
+def usage_key(tenant: str, day: str) -> str:
+    """The tenant's usage of one UTC day (``YYYYMMDD``): the tenant's slot."""
+    return f"{LIMIT_PREFIX}{{{tenant}}}:u:{day}"
+
+
+# Every usage record, for the admin's view across tenants (SCAN).
+USAGE_PATTERN = f"{LIMIT_PREFIX}{{*}}:u:*"

@@ -20,6 +20,7 @@ from ..base import BaseStore
 from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
 from .index import IndexWrites
+from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
@@ -66,6 +67,7 @@ class RedisStore(BaseStore):
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        self.limits = RedisLimits(self.shards)
         # Releases of leases granted to cancelled callers (kept so they are not collected).
         self._releasing: set[asyncio.Task[Any]] = set()
         self.clustered = self.shards.cluster is not None
