@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..auth.identity import Identity
 from ..backends import INTERACTIVE
 
 __all__ = ("Listener", "Timings", "TurnRequest", "TurnResult", "new_turn_id")
@@ -36,6 +38,8 @@ class TurnRequest:
     # True: ``turn_id`` may already be stored by an earlier run of this very request (a
     # job's retried attempt); the turn then tells that reply again instead of running.
     may_repeat: bool = False
+    # Who asks: their rate limits and quotas apply, their usage is counted (None: no one's).
+    identity: Identity | None = None
 
 
 @dataclass(slots=True)
@@ -83,6 +87,8 @@ class TurnResult:
     # The id stored on the turn's messages ("" for a turn without a session).
     turn_id: str = ""
     cancelled: bool = False
+    # OpenAI's x-ratelimit-* headers of the caller's limits (empty when none apply).
+    ratelimit: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def seq(self) -> int | None:
@@ -105,3 +111,6 @@ class Listener:
 
     async def delta(self, text: str) -> None:
         """A piece of the reply's text."""
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        """The caller's x-ratelimit-* headers, once admitted (before any delta)."""

@@ -15,12 +15,13 @@ from aiohttp import web
 
 from ..agent import Agents
 from ..auth import Auth
+from ..auth.limits import Limiter
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
-from ..metrics import BackendMetrics, JobMetrics, Metrics
+from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics
 from ..runtime import WorkerState
 from ..store import open_store
 from . import (
@@ -89,6 +90,9 @@ async def _close_parts(app: web.Application) -> None:
     await app[CACHE].close()
     await app[BACKENDS].close()
     await app[AUTH].close()
+    limiter = app[AGENTS].limiter
+    if limiter is not None:
+        await limiter.close()
     await app[STORE].close()
 
 
@@ -105,7 +109,9 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[AUTH] = Auth(config)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
-    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
+    named = tuple(t.name for t in config.auth.tenants)
+    limiter = Limiter(config, store.limits, TenantMetrics(metrics, named))
+    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter)
     app[RESPONSES] = responses_api = Responses(config, store, agents)
     app[RUNNER] = JobRunner(
         config, responses_api, store.jobs, agents.admission, JobMetrics(metrics)
