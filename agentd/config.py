@@ -417,6 +417,9 @@ class AuthConfig:
     key_cache_s: float = opt(2.0, min=0.0, max=3600.0)
     # Seconds an unknown key is remembered as unknown (bounds look-ups under a flood).
     negative_cache_s: float = opt(1.0, min=0.0, max=60.0)
+    # Store look-ups per second a worker makes for key ids it has never seen (0 =
+    # unbounded); past it such keys get 503 and a retry.
+    key_lookups_per_s: float = opt(200.0, min=0.0, max=1e6)
     # What a request gets when the shard holding its limits is down: refused (closed,
     # 503) or admitted unlimited (open).
     limits_unavailable: str = opt("closed", choices=("closed", "open"))

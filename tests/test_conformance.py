@@ -154,6 +154,12 @@ AGENTD_ONLY = {
     ("POST", "/v1/state/{namespace}/{key}/increment"),
     ("GET", "/v1/ws"),  # the WebSocket protocol
     ("DELETE", "/v1/cache"),  # response cache admin
+    # API keys admin (docs/auth.md)
+    ("POST", "/v1/admin/keys"),
+    ("GET", "/v1/admin/keys"),
+    ("GET", "/v1/admin/keys/{id}"),
+    ("PATCH", "/v1/admin/keys/{id}"),
+    ("DELETE", "/v1/admin/keys/{id}"),
 }
 
 # agentd's own fields, documented in docs/protocol.md: where a chat turn was stored

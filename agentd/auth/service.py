@@ -9,7 +9,9 @@ import os
 
 from ..config import Config
 from ..errors import Unauthorized
+from ..store import Store
 from .identity import ALL_SCOPES, OPEN, Identity
+from .keys import KeyCache
 
 __all__ = ("ADMIN", "Auth", "looks_like_token")
 
@@ -28,15 +30,18 @@ def looks_like_token(credential: str) -> bool:
 class Auth:
     """Turns a request's credential into an :class:`Identity`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config.auth
         self.enabled = self.config.mode != "none"
         admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
         self._admin = admin.encode()
+        # API key records, cached per worker (see .keys).
+        self.keys = KeyCache(store.keyring, self.config)
 
     async def start(self) -> None:
         if not self.enabled:
             return
+        await self.keys.start()
         if not self._admin:
             log.warning(
                 "auth: no admin key in $%s: keys can be created by no one",
@@ -44,7 +49,7 @@ class Auth:
             )
 
     async def close(self) -> None:
-        return None
+        await self.keys.close()
 
     async def identify(self, credential: str | None) -> Identity:
         """The caller's identity; ``Unauthorized`` for a missing or bad credential."""
@@ -57,4 +62,4 @@ class Auth:
             )
         if self._admin and hmac.compare_digest(credential.encode(), self._admin):
             return ADMIN
-        raise Unauthorized("the API key is not valid")
+        return await self.keys.identify(credential)

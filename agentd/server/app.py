@@ -25,6 +25,7 @@ from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics
 from ..runtime import WorkerState
 from ..store import open_store
 from . import (
+    admin,
     cache_admin,
     chat,
     conversations,
@@ -106,7 +107,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[METRICS] = metrics = Metrics()
     app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
-    app[AUTH] = Auth(config)
+    app[AUTH] = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     named = tuple(t.name for t in config.auth.tenants)
@@ -123,6 +124,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     chat.setup(app)
     responses.setup(app)
     cache_admin.setup(app)
+    admin.setup(app)
     ws.setup(app)
     events.setup(app)
     sessions.setup(app)

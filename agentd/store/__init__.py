@@ -1,5 +1,5 @@
 """All of agentd's state: sessions, history, events, shared state documents, the
-response cache's shared tier, the job queue and the response records.
+response cache's shared tier, the job queue, the response records and API key records.
 
 ``open_store(config)`` returns the memory store in standalone mode and the Redis store
 (one server, client-side shards, or a Redis Cluster) otherwise; both implement
@@ -28,6 +28,7 @@ from .api import (
     Subscription,
     TurnLease,
 )
+from .keyring import KeyPage, KeyRecord, Keyring
 
 __all__ = (
     "DELETED",
@@ -36,6 +37,9 @@ __all__ = (
     "Delivery",
     "Event",
     "Jobs",
+    "KeyPage",
+    "KeyRecord",
+    "Keyring",
     "Queue",
     "QueueDepth",
     "Records",

@@ -16,11 +16,14 @@ import abc
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import Conflict
 from .limits import Limits
+
+if TYPE_CHECKING:
+    from .keyring import Keyring
 
 __all__ = (
     "DEAD_MAXLEN",
@@ -172,6 +175,8 @@ class Store(abc.ABC):
     jobs: Jobs
     # Rate limits, quotas and usage counters (agentd.store.limits).
     limits: Limits
+    # API key records (agentd.store.keyring).
+    keyring: Keyring
 
     # -- life cycle ------------------------------------------------------------------
 

@@ -43,6 +43,14 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
   (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
   per key as ``KEY/FIELD``), written by the same script as the request's charge.
+- ``agentd:k:{ID}`` (hash): an API key's record (:mod:`.keyring`): ``tenant``, ``name``,
+  ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
+  (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
+  ``agentd:kt:{TENANT}`` (set): the ids of a tenant's keys; ``agentd:ka`` (set): every
+  key id. The indexes live on other slots than the records, so they are written first
+  and cleaned last: an index may name a key that is gone (readers skip it), a record is
+  never missing from its indexes. ``agentd:keys:changed`` (channel): the id of every key
+  created, updated or revoked, so every worker drops its cached record at once.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ __all__ = (
     "CACHE_EPOCH",
     "CACHE_PATTERN",
     "JOB_GROUP",
+    "KEYS_ALL",
+    "KEYS_CHANNEL",
     "LIMIT_PREFIX",
     "PREFIX",
     "SESSION_META_PREFIX",
@@ -60,6 +70,7 @@ __all__ = (
     "cache_key",
     "dead_key",
     "flight_keys",
+    "key_record",
     "limit_keys",
     "queue_key",
     "record_keys",
@@ -67,6 +78,7 @@ __all__ = (
     "session_index",
     "session_keys",
     "state_key",
+    "tenant_keys",
     "turn_key",
     "usage_key",
 )
@@ -152,3 +164,19 @@ def usage_key(tenant: str, day: str) -> str:
 
 # Every usage record, for the admin's view across tenants (SCAN).
 USAGE_PATTERN = f"{LIMIT_PREFIX}{{*}}:u:*"
+
+
+# -- API keys --------------------------------------------------------------------------
+
+KEYS_ALL = f"{PREFIX}ka"
+KEYS_CHANNEL = f"{PREFIX}keys:changed"
+
+
+def key_record(key_id: str) -> str:
+    """An API key's record, tagged by its id (records spread over the shards)."""
+    return f"{PREFIX}k:{{{key_id}}}"
+
+
+def tenant_keys(tenant: str) -> str:
+    """The set of a tenant's key ids (``""``, the operator's tenant, hashes as a whole)."""
+    return f"{PREFIX}kt:{{{tenant}}}"

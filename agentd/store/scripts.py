@@ -1,6 +1,7 @@
 """Every Lua script agentd runs on Redis: each step of a session, a turn, a shared-state
-document, a single-flight, the job queue and a response record is one script (one round
-trip, atomic on the keys' shard). The keys they get are formatted in :mod:`.keys`."""
+document, a single-flight, the job queue, a response record and an API key record is one
+script (one round trip, atomic on the keys' shard). The keys they get are formatted in
+:mod:`.keys`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ __all__ = (
     "GET_META",
     "HISTORY",
     "INTERRUPT_TURN",
+    "KEY_CREATE",
+    "KEY_DELETE",
+    "KEY_UPDATE",
     "LEAD",
     "LIST_SESSIONS",
     "LOAD",
@@ -584,5 +588,38 @@ if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call(ARGV[1], KEYS[3], ARGV[2])
 return 1
+""",
+)
+
+# -- API key records (KEYS: the record; see keys.key_record) ----------------------------
+
+# ARGV: the record's fields, flat. Returns 1, or 0 (nothing written) if the id is taken.
+KEY_CREATE = Script(
+    "key_create",
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+""",
+)
+
+# ARGV: the changed fields, flat. Returns the whole new record, or nil if there is none.
+KEY_UPDATE = Script(
+    "key_update",
+    """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end
+return redis.call('HGETALL', KEYS[1])
+""",
+)
+
+# Returns the removed record, or nil if there was none.
+KEY_DELETE = Script(
+    "key_delete",
+    """
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return false end
+redis.call('DEL', KEYS[1])
+return record
 """,
 )

@@ -20,6 +20,7 @@ from ..codec import SESSION_DELETED
 from ..sessions import IndexRow, activity_ms
 from .blobs import MemoryBlobs
 from .feeds import Channels
+from .keyring import MemoryKeyring
 from .limits import MemoryLimits
 from .queue import MemoryQueue
 from .records import MemoryRecords
@@ -71,6 +72,7 @@ class MemoryStore(BaseStore):
         self.blobs = MemoryBlobs()
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
         self.limits = MemoryLimits()
+        self.keyring = MemoryKeyring(self._channels)
 
     async def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep_forever())

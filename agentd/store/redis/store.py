@@ -20,6 +20,7 @@ from ..base import BaseStore
 from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
 from .index import IndexWrites
+from .keyring import RedisKeyring
 from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
@@ -68,6 +69,7 @@ class RedisStore(BaseStore):
         )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
         self.limits = RedisLimits(self.shards)
+        self.keyring = RedisKeyring(self.shards, self.hub)
         # Releases of leases granted to cancelled callers (kept so they are not collected).
         self._releasing: set[asyncio.Task[Any]] = set()
         self.clustered = self.shards.cluster is not None

@@ -1,0 +1,270 @@
+"""API keys: their format, how they are stored and checked, and each worker's cache of
+key records.
+
+A key is ``sk-agentd-<id>-<secret>``: ``id`` is 16 hex digits (64 random bits, safe to
+log and show), ``secret`` 43 base64url characters (256 random bits from ``secrets``).
+The id names the record, so checking a key is one look-up by id, never a scan. The
+record holds SHA-256 of the secret, never the key: a plain hash is enough because the
+secret is 256 random bits (nothing to guess, so no need for a slow, salted password
+hash, which would cost milliseconds per uncached request); the comparison is
+constant-time (``hmac.compare_digest``).
+
+Each worker caches the records it read (``auth.key_cache_s``) and forgets one as soon
+as the store's change feed names it, which every worker of every instance follows: a
+revoke or an update is seen everywhere as fast as pub/sub carries it, and within
+``key_cache_s`` (2 s by default) even if the feed is down. An unknown id is remembered
+(``auth.negative_cache_s``, at most :data:`MAX_NEGATIVE` ids per worker), so repeating a
+wrong key costs one look-up per that time; a key created later is found once that entry
+ends, and at once on the worker that created it and on every worker the change feed
+reaches. Look-ups of ids this worker does not hold at all are budgeted
+(``auth.key_lookups_per_s`` per worker): a flood of made-up ids gets 503 (retry) past it
+instead of turning into a flood of store look-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections import OrderedDict
+from typing import NamedTuple
+
+from ..config import AuthConfig, LimitsConfig
+from ..errors import AgentdError, Overloaded, Unauthorized
+from ..store import KeyRecord, Keyring
+from .identity import Identity
+
+__all__ = (
+    "KEY_ID_RE",
+    "KEY_PREFIX",
+    "MAX_NEGATIVE",
+    "KeyCache",
+    "NewKey",
+    "hash_secret",
+    "identity_of_record",
+    "new_key",
+    "parse_key",
+)
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-agentd-"
+KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
+_KEY_RE = re.compile(r"sk-agentd-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
+
+# Unknown ids one worker remembers; past it the oldest are forgotten first.
+MAX_NEGATIVE = 10_000
+# Records one worker keeps; past it the least recently used are dropped.
+MAX_RECORDS = 100_000
+
+
+class NewKey(NamedTuple):
+    key: str  # shown once, to whoever created it
+    id: str
+    secret_hash: str
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> NewKey:
+    key_id = secrets.token_hex(8)
+    secret = secrets.token_urlsafe(32)  # 256 bits, 43 characters
+    return NewKey(f"{KEY_PREFIX}{key_id}-{secret}", key_id, hash_secret(secret))
+
+
+def parse_key(credential: str) -> tuple[str, str] | None:
+    """``(id, secret)`` of a well-formed key, else None."""
+    match = _KEY_RE.fullmatch(credential)
+    return (match[1], match[2]) if match else None
+
+
+def identity_of_record(record: KeyRecord) -> Identity:
+    return Identity(
+        tenant=record.tenant,
+        scopes=frozenset(record.scopes),
+        kind="key",
+        key_id=record.id,
+        agents=None if record.agents is None else frozenset(record.agents),
+        limits=LimitsConfig(**record.limits) if record.limits else None,
+        expires_at=record.expires_at,
+    )
+
+
+class _Entry(NamedTuple):
+    identity: Identity
+    secret_hash: bytes
+    disabled: bool
+    fresh_until: float  # monotonic
+
+
+class KeyCache:
+    """One worker's key records: credential → identity, with the store consulted at most
+    once per id per ``key_cache_s``."""
+
+    def __init__(self, keyring: Keyring, config: AuthConfig) -> None:
+        self.keyring = keyring
+        self.ttl_s = config.key_cache_s
+        self.negative_s = config.negative_cache_s
+        self._records: OrderedDict[str, _Entry] = OrderedDict()
+        self._negative: OrderedDict[str, float] = OrderedDict()  # id → until (monotonic)
+        self._flights: dict[str, asyncio.Future[_Entry | None]] = {}
+        # Bumped by every forget: a look-up that began before it does not cache its
+        # (possibly stale) answer.
+        self._generation = 0
+        self._budget = _Bucket(config.key_lookups_per_s)
+        self._follower: asyncio.Task[None] | None = None
+        # Store look-ups made (for tests and metrics).
+        self.lookups = 0
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._follower = asyncio.create_task(self._follow_changes(), name="key changes")
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._follower, 1.0)
+
+    async def _follow_changes(self) -> None:
+        while True:
+            try:
+                feed = await self.keyring.changes()
+            except AgentdError as exc:
+                log.warning("auth: cannot follow key changes (%s); retrying", exc)
+                self.forget_all()
+                await asyncio.sleep(max(self.ttl_s, 0.5))
+                continue
+            # Subscribed: what changed before may have been missed.
+            self.forget_all()
+            try:
+                while True:
+                    changed = await feed.get()
+                    if changed is None:
+                        self.forget_all()
+                    else:
+                        self.forget(changed.decode())
+            finally:
+                await feed.close()
+
+    # -- invalidation ------------------------------------------------------------------
+
+    def forget(self, key_id: str) -> None:
+        """Drop what this worker knows of ``key_id`` (changed, revoked or created)."""
+        self._generation += 1
+        self._records.pop(key_id, None)
+        self._negative.pop(key_id, None)
+
+    def forget_all(self) -> None:
+        self._generation += 1
+        self._records.clear()
+        self._negative.clear()
+
+    # -- look-up -----------------------------------------------------------------------
+
+    async def identify(self, credential: str) -> Identity:
+        parsed = parse_key(credential)
+        if parsed is None:
+            raise Unauthorized("the API key is not valid")
+        key_id, secret = parsed
+        entry = await self._entry(key_id)
+        if entry is None or not hmac.compare_digest(
+            hash_secret(secret).encode(), entry.secret_hash
+        ):
+            raise Unauthorized("the API key is not valid")
+        # Only the key's holder learns why a valid key is refused.
+        if entry.disabled:
+            raise Unauthorized("this API key is disabled", code="api_key_disabled")
+        expires_at = entry.identity.expires_at
+        if expires_at is not None and time.time() >= expires_at:
+            raise Unauthorized("this API key has expired", code="api_key_expired")
+        return entry.identity
+
+    async def _entry(self, key_id: str) -> _Entry | None:
+        now = time.monotonic()
+        entry = self._records.get(key_id)
+        if entry is not None and entry.fresh_until > now:
+            self._records.move_to_end(key_id)
+            return entry
+        until = self._negative.get(key_id)
+        if until is not None:
+            if until > now:
+                return None
+            del self._negative[key_id]
+        flight = self._flights.get(key_id)
+        if flight is not None:
+            return await asyncio.shield(flight)
+        # A record this worker holds (gone stale) is refreshed freely; an id it has
+        # never seen spends the budget that bounds a flood of made-up ids.
+        if entry is None and not self._budget.take(now):
+            raise Overloaded(
+                "too many unknown API keys at once; retry shortly",
+                code="auth_overloaded",
+                retry_after=1,
+            )
+        flight = self._flights[key_id] = asyncio.get_running_loop().create_future()
+        try:
+            found = await self._read(key_id)
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved: waiters get it, nobody else must
+            raise
+        else:
+            flight.set_result(found)
+        finally:
+            del self._flights[key_id]
+        return found
+
+    async def _read(self, key_id: str) -> _Entry | None:
+        generation = self._generation
+        self.lookups += 1
+        record = await self.keyring.get(key_id)
+        now = time.monotonic()
+        cacheable = generation == self._generation
+        if record is None:
+            if cacheable:
+                self._records.pop(key_id, None)
+            if cacheable and self.negative_s > 0:
+                self._negative[key_id] = now + self.negative_s
+                while len(self._negative) > MAX_NEGATIVE:
+                    self._negative.popitem(last=False)
+            return None
+        entry = _Entry(
+            identity_of_record(record),
+            record.secret_hash.encode(),
+            record.disabled,
+            now + self.ttl_s,
+        )
+        if cacheable:
+            self._records[key_id] = entry
+            self._records.move_to_end(key_id)
+            while len(self._records) > MAX_RECORDS:
+                self._records.popitem(last=False)
+        return entry
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, bursts of ``rate``; 0 = unbounded."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False

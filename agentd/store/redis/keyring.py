@@ -1,0 +1,112 @@
+"""API key records in Redis: one hash per key (tagged by its id, so records spread over
+the shards), a set of ids per tenant and one of every id, and a channel of changes.
+
+The indexes are on other slots than the records, so no script can write both: they are
+written before a record is created and cleaned after it is deleted, and readers skip an
+id whose record is gone (see :mod:`agentd.store.keys`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ...errors import StoreUnavailable
+from .. import keys as K
+from .. import scripts as L
+from ..api import Subscription
+from ..keyring import KeyPage, KeyRecord, Keyring, decode_record, encode_fields, encode_record
+from .pubsub import EventHub
+from .shards import Shards
+
+__all__ = ("RedisKeyring",)
+
+log = logging.getLogger(__name__)
+
+# Records read at once while listing.
+_READ_BATCH = 100
+
+
+def _flat(fields: Mapping[str, bytes]) -> list[Any]:
+    return [x for kv in fields.items() for x in kv]
+
+
+def _pairs(flat: list[bytes]) -> dict[str, bytes]:
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class RedisKeyring(Keyring):
+    def __init__(self, shards: Shards, hub: EventHub) -> None:
+        self.shards = shards
+        self.hub = hub
+
+    async def _changed(self, key_id: str) -> None:
+        """Tell every worker; if the channel's shard is down, their caches expire the
+        record within auth.key_cache_s anyway (the write itself is done)."""
+        try:
+            await self.shards.eval(
+                L.PUBLISH, [K.KEYS_CHANNEL], [self.shards.publish_command, key_id.encode()]
+            )
+        except StoreUnavailable as exc:
+            log.warning("key %s changed but the change could not be published: %s", key_id, exc)
+
+    async def _index(self, command: str, tenant: str, key_id: str) -> None:
+        async def one(key: str) -> None:
+            await self.shards.call(key, lambda c: c.execute_command(command, key, key_id))
+
+        await asyncio.gather(one(K.KEYS_ALL), one(K.tenant_keys(tenant)))
+
+    async def create(self, record: KeyRecord) -> bool:
+        await self._index("SADD", record.tenant, record.id)
+        key = K.key_record(record.id)
+        created = await self.shards.eval(L.KEY_CREATE, [key], _flat(encode_record(record)))
+        if created:
+            await self._changed(record.id)
+        return bool(created)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        key = K.key_record(key_id)
+        found = await self.shards.call(key, lambda c: c.hgetall(key))
+        return decode_record(key_id, {k.decode(): v for k, v in found.items()}) if found else None
+
+    async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:
+        index = K.KEYS_ALL if tenant is None else K.tenant_keys(tenant)
+        members = await self.shards.call(index, lambda c: c.smembers(index))
+        ids = sorted(m.decode() for m in members)
+        if after is not None:
+            ids = [i for i in ids if i > after]
+        found: list[KeyRecord] = []
+        for start in range(0, len(ids), _READ_BATCH):
+            batch = ids[start : start + _READ_BATCH]
+            records = await asyncio.gather(*(self.get(i) for i in batch))
+            for record in records:
+                # Skip ids whose record is gone (a revoke between its two writes) or is
+                # another tenant's (an index written for an id that was taken).
+                if record is None or (tenant is not None and record.tenant != tenant):
+                    continue
+                if len(found) == limit:
+                    return KeyPage(found, found[-1].id)
+                found.append(record)
+        return KeyPage(found, None)
+
+    async def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        key = K.key_record(key_id)
+        flat = await self.shards.eval(L.KEY_UPDATE, [key], _flat(encode_fields(changes)))
+        if not flat:
+            return None
+        await self._changed(key_id)
+        return decode_record(key_id, _pairs(flat))
+
+    async def delete(self, key_id: str) -> KeyRecord | None:
+        flat = await self.shards.eval(L.KEY_DELETE, [K.key_record(key_id)], [])
+        if not flat:
+            return None
+        record = decode_record(key_id, _pairs(flat))
+        await self._changed(key_id)
+        await self._index("SREM", record.tenant, key_id)
+        return record
+
+    async def changes(self) -> Subscription:
+        return await self.hub.subscribe(K.KEYS_CHANNEL)
