@@ -35,6 +35,7 @@ from . import (
     responses,
     sessions,
     state,
+    usage,
     ws,
 )
 from .auth import authenticate
@@ -131,6 +132,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     conversations.setup(app)
     state.setup(app)
     passthrough.setup(app)
+    usage.setup(app)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)
     return app
