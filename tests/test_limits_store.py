@@ -159,3 +159,11 @@ async def test_usage_is_counted_per_tenant_and_key(store: Store) -> None:
     assert keys["key2"]["requests"] == 1
     assert await store.limits.tenants([DAY_1]) == ["acme"]
     assert await store.limits.tenants(["20261128", DAY_1]) == ["acme", "bravo"]
+
+
+async def test_a_settle_may_log_a_request_admit_never_saw(store: Store) -> None:
+    # A background job's: it counts toward the requests per minute when it runs.
+    scoped = rules(tenant=LimitsConfig(requests_per_minute=2))
+    await store.limits.settle("acme", "", scoped, ticket(), Charge(), DAY_1, MONTH_1, True)
+    await store.limits.settle("acme", "", scoped, ticket(), Charge(), DAY_1, MONTH_1, False)
+    assert [(await admit(store, scoped)).refused for _ in range(2)] == ["", REQUESTS]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..config import SCOPES, LimitsConfig
 from ..errors import Forbidden
-from ..store.codec import no_session
+from ..store import no_session
 
 __all__ = ("ALL_SCOPES", "OPEN", "Identity")
 

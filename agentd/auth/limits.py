@@ -24,7 +24,7 @@ from typing import Any
 from ..config import Config, LimitsConfig
 from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
 from ..metrics import TenantMetrics
-from ..store.limits import DAY, MONTH, Charge, Limits, Rule, Verdict
+from ..store import DAY, MONTH, Charge, Limits, Rule, Verdict
 from .identity import Identity
 
 __all__ = ("RENEW_S", "SLOT_LEASE_MS", "Limiter", "Ticket", "charge_of", "ratelimit_headers")
@@ -286,8 +286,10 @@ class Limiter:
         key = identity.key_id if identity.kind == "key" else identity.kind
         day, month, _, _ = _utc_day_month()
         try:
+            # A ticket that was not checked (a background job's) is logged as a request now.
+            unchecked = ticket._admission is None
             await self.limits.settle(
-                identity.tenant, key, ticket.rules, ticket.id, charge, day, month
+                identity.tenant, key, ticket.rules, ticket.id, charge, day, month, unchecked
             )
         except AgentdError as exc:
             # The slot ends with its lease; the charge and usage of this request are lost.

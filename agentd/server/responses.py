@@ -26,6 +26,7 @@ from ..wire.responses import (
     parse_create,
     response_object,
 )
+from .auth import identity_of
 from .conversations import ItemPage
 from .http import json_response, pump_sse, query_int, start_sse
 from .keys import CONFIG, RESPONSES, STATE
@@ -39,14 +40,15 @@ async def create(request: web.Request) -> web.StreamResponse:
     if not req.background:
         # Admission before anything is stored, as for chat turns.
         responses.agents.admission.check(req.agent)
-    view = await responses.create(req)
+    identity = identity_of(request)
+    view = await responses.create(req, payer=identity)
     if req.background:
         if req.stream:
             return await _follow(request, responses, view.id, -1)
         return json_response(response_object(view))
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
     if not req.stream:
-        final = await responses.run_now(view, deadline=deadline)
+        final = await responses.run_now(view, deadline=deadline, identity=identity)
         return json_response(response_object(final))
     return await _stream_now(request, responses, view, deadline)
 
@@ -71,7 +73,9 @@ async def _stream_now(
         await (await begin()).write(event_frame(events.delta(text)))
 
     try:
-        final = await responses.run_now(view, deadline=deadline, on_delta=on_delta)
+        final = await responses.run_now(
+            view, deadline=deadline, on_delta=on_delta, identity=identity_of(request)
+        )
     except AgentdError as exc:
         if stream is None:
             raise

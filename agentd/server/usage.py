@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ..config import TENANT_RE
 from ..errors import BadRequest
-from ..store.limits import USAGE_FIELDS, Limits, usage_of
+from ..store import USAGE_FIELDS, Limits, usage_of
 from .auth import identity_of
 from .http import json_response, query_int
 from .keys import STORE

@@ -22,6 +22,7 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ
 from ..store import Event, Store
+from .auth import identity_of
 from .http import loads_json
 from .keys import AGENTS, CONFIG, STORE, tracked_websocket
 
@@ -73,6 +74,8 @@ class _Connection:
         self.ws = ws
         self.store: Store = request.app[STORE]
         self.agents: Agents = request.app[AGENTS]
+        # Whose limits the connection's turns count against.
+        self.identity = identity_of(request)
         self.turn_timeout = config.server.turn_timeout
         self.max_turns = config.websocket.max_inflight_turns
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(config.websocket.send_queue)
@@ -104,6 +107,8 @@ class _Connection:
         frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
         if frame_id is not None:
             frame["id"] = frame_id
+        if exc.retry_after is not None:  # a 429: when to try again, in seconds
+            frame["retry_after"] = exc.retry_after
         self.send(frame)
 
     async def write_forever(self) -> None:
@@ -208,7 +213,11 @@ class _Connection:
         if self.session_id is None:
             await self.hello({"agent": agent})
         turn = TurnRequest(
-            agent, [{"role": "user", "content": content}], self.session_id, turn_id=new_turn_id()
+            agent,
+            [{"role": "user", "content": content}],
+            self.session_id,
+            turn_id=new_turn_id(),
+            identity=self.identity,
         )
         self.own_turns.add(turn.turn_id)
         task = asyncio.create_task(self.run_turn(frame_id, turn))

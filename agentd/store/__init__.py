@@ -28,21 +28,29 @@ from .api import (
     Subscription,
     TurnLease,
 )
+from .codec import no_session
 from .keyring import KeyPage, KeyRecord, Keyring
+from .limits import DAY, MONTH, USAGE_FIELDS, Charge, Limits, Rule, Verdict, Window, usage_of
 
 __all__ = (
+    "DAY",
     "DELETED",
+    "MONTH",
     "TERMINAL",
+    "USAGE_FIELDS",
     "Blobs",
+    "Charge",
     "Delivery",
     "Event",
     "Jobs",
     "KeyPage",
     "KeyRecord",
     "Keyring",
+    "Limits",
     "Queue",
     "QueueDepth",
     "Records",
+    "Rule",
     "SessionInfo",
     "SessionPage",
     "Start",
@@ -51,7 +59,11 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "Verdict",
+    "Window",
+    "no_session",
     "open_store",
+    "usage_of",
 )
 
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import Conflict
-from .limits import Limits
 
 if TYPE_CHECKING:
     from .keyring import Keyring
@@ -173,8 +172,6 @@ class Store(abc.ABC):
     blobs: Blobs
     # The job queue and response records of background responses.
     jobs: Jobs
-    # Rate limits, quotas and usage counters (agentd.store.limits).
-    limits: Limits
     # API key records (agentd.store.keyring).
     keyring: Keyring
 

@@ -5,6 +5,7 @@ memory (:mod:`.memory`) and Redis (:mod:`.redis`) stores implement atomically.""
 from __future__ import annotations
 
 from ..config import Config
+from .limits import Limits
 from .state import StateStore
 from .turns import TurnStore
 from .watch import WatchStore
@@ -14,6 +15,10 @@ __all__ = ("BaseStore",)
 
 class BaseStore(WatchStore, TurnStore, StateStore):
     """A :class:`~agentd.store.api.Store` once the primitives are implemented."""
+
+    # Rate limits, quotas and usage counters (the contract is agentd.store.limits, kept
+    # out of the interfaces module, which imports nothing of the store).
+    limits: Limits
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -126,10 +126,13 @@ class Limits(abc.ABC):
         charge: Charge,
         day: str,
         month: str,
+        log_request: bool = False,
     ) -> None:
         """The end of a request, in one call: charge its tokens to every rule's bucket and
         day and month counters, release the slots ``ticket`` holds, and add it to the
-        tenant's and the key's (``key``) usage of ``day``."""
+        tenant's and the key's (``key``) usage of ``day``. ``log_request``: also count it
+        in the requests per minute (a request :meth:`admit` never saw: a background
+        job's, admitted when it was queued)."""
 
     @abc.abstractmethod
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -145,11 +145,14 @@ class MemoryLimits(Limits):
         charge: Charge,
         day: str,
         month: str,
+        log_request: bool = False,
     ) -> None:
         now = _now_ms()
         for rule in rules:
             s, lim = self._scope(tenant, rule.scope), rule.limits
             s.slots.pop(ticket, None)
+            if log_request and lim.requests_per_minute:
+                s.admitted.append(now)
             if not charge.tokens:
                 continue
             if lim.tokens_per_minute:

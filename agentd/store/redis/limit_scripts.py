@@ -120,10 +120,12 @@ return 1
 """,
 )
 
-# KEYS: per scope (state hash, slots), then the usage record. ARGV: ticket, day, month,
-# scope count, tokens charged, prompt tokens, completion tokens, cache hit (0/1), key
-# ("" for none), usage TTL s, state TTL ms, then per scope: tokens/min. Releases the
-# ticket's slots, charges the tokens, and counts the request in the day's usage.
+# KEYS: per scope (state hash, requests log, slots), then the usage record. ARGV: ticket,
+# day, month, scope count, tokens charged, prompt tokens, completion tokens, cache hit
+# (0/1), key ("" for none), usage TTL s, state TTL ms, log the request (0/1: a request
+# not admitted by ADMIT, a background job's), then per scope: requests/min, tokens/min.
+# Releases the ticket's slots, charges the tokens, and counts the request in the day's
+# usage.
 SETTLE = Script(
     "settle",
     _NOW
@@ -132,10 +134,14 @@ local ticket, day, month, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local tokens = tonumber(ARGV[5])
 local W = 60000
 for i = 1, n do
-  local h, c = KEYS[2 * i - 1], KEYS[2 * i]
+  local h, r, c = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   redis.call('ZREM', c, ticket)
+  if ARGV[12] == '1' and tonumber(ARGV[11 + 2 * i]) > 0 then
+    redis.call('ZADD', r, now, ticket)
+    redis.call('PEXPIRE', r, W)
+  end
   if tokens > 0 then
-    local tpm = tonumber(ARGV[11 + i])
+    local tpm = tonumber(ARGV[12 + 2 * i])
     if tpm > 0 then
       local st = redis.call('HMGET', h, 'tl', 'tt')
       local level = tpm
@@ -156,7 +162,7 @@ for i = 1, n do
     redis.call('PEXPIRE', h, ARGV[11])
   end
 end
-local u = KEYS[2 * n + 1]
+local u = KEYS[3 * n + 1]
 local key = ARGV[9]
 local names = {'requests', 'prompt_tokens', 'completion_tokens', 'cache_hits'}
 local counts = {1, tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}

@@ -78,11 +78,11 @@ class RedisLimits(Limits):
         charge: Charge,
         day: str,
         month: str,
+        log_request: bool = False,
     ) -> None:
         keys: list[str] = []
         for rule in rules:
-            state, _, slots = K.limit_keys(tenant, rule.scope)
-            keys += [state, slots]
+            keys += K.limit_keys(tenant, rule.scope)
         keys.append(K.usage_key(tenant, day))
         args: list[Any] = [
             ticket,
@@ -96,8 +96,10 @@ class RedisLimits(Limits):
             key,
             USAGE_TTL_S,
             STATE_TTL_MS,
-            *(r.limits.tokens_per_minute for r in rules),
+            int(log_request),
         ]
+        for rule in rules:
+            args += [rule.limits.requests_per_minute, rule.limits.tokens_per_minute]
         await self.shards.eval(L.SETTLE, keys, args)
 
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:
