@@ -1,4 +1,5 @@
-"""The ``agentd`` command: ``serve``, ``check-config`` and ``--version``."""
+"""The ``agentd`` command: ``serve``, ``chat``, ``keys``, ``check-config`` and
+``--version``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__, fastpath
+from . import __version__, fastpath, keys_client
 from .config import Config, ConfigError, dump_toml, load, parse_bind
 
 __all__ = ("main",)
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--url", default="http://127.0.0.1:8080", help="server URL")
     chat.add_argument("--agent", help="agent name (default: the server's first agent)")
     chat.add_argument("--session", help="resume this session id")
+
+    keys_client.add_parser(sub)
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
@@ -116,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "keys":
+        return keys_client.run_keys(args)
     if args.command == "chat":
         import asyncio
 

@@ -94,6 +94,7 @@ class Bench:
         seconds: float | None = None,
         window: float = 0.0,
         label: str = "",
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Load ``path`` on ``served``: wrk (closed loop) or the Python generator."""
         gen = generator or self.settings.generator
@@ -102,7 +103,7 @@ class Bench:
         if gen == "wrk" and rate == 0:
             script = self.outdir / "scripts" / f"{self._slug(served, path, label)}.lua"
             script.parent.mkdir(exist_ok=True)
-            script.write_text(lua_script(method, body, sessions))
+            script.write_text(lua_script(method, body, sessions, headers))
             warm = pinned(
                 wrk_command(
                     url, script, concurrency, self.settings.warmup, len(self.settings.load_cpus)
@@ -139,6 +140,8 @@ class Bench:
             ]
             if body is not None:
                 cmd += ["--body", body]
+            for name, value in (headers or {}).items():
+                cmd += ["--header", f"{name}: {value}"]
             if rate > 0:
                 cmd += ["--rate", f"{rate:g}"]
             if window > 0:

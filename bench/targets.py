@@ -71,11 +71,9 @@ def agentd_root() -> Path:
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra or {})}
-    for key in list(env):
-        if key.startswith("AGENTD_"):
-            del env[key]  # the benchmark's config is the whole config
-    return env
+    # The benchmark's config is the whole config: no AGENTD_ variable of the caller's.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTD_")}
+    return {**env, "PYTHONPATH": str(ROOT), **(extra or {})}
 
 
 @contextlib.contextmanager
@@ -142,9 +140,11 @@ def agentd(
     name: str = "agentd",
     extra_config: str = "",
     args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Target]:
     """``agentd serve`` with the echo agent (or an ``openai`` backend at ``upstream_url``);
-    ``extra_config`` is appended to its TOML and ``args`` to its command line."""
+    ``extra_config`` is appended to its TOML, ``args`` to its command line and ``env``
+    to its environment."""
     port = free_port()
     config = AGENTD_CONFIG.format(
         workers=workers,
@@ -156,7 +156,7 @@ def agentd(
     path.write_text(config + extra_config)
     command = [sys.executable, "-m", "agentd", "serve", "-c", str(path)]
     command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), *args]
-    env = {"PYTHONPATH": str(agentd_root())}
+    env = {"PYTHONPATH": str(agentd_root()), **(env or {})}
     return _start(name, command, cpus, workdir, port, "/readyz", "ready: serving with", env=env)
 
 

@@ -38,11 +38,17 @@ def _lua_string(text: str) -> str:
 
 
 def lua_script(
-    method: str = "GET", body: str | None = None, sessions: list[str] | None = None
+    method: str = "GET",
+    body: str | None = None,
+    sessions: list[str] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> str:
-    """The Lua for one run: method and body, and with ``sessions`` a ``session_id``
-    rotated per request (``body`` then holds ``%s`` where the id goes)."""
+    """The Lua for one run: method, headers and body, and with ``sessions`` a
+    ``session_id`` rotated per request (``body`` then holds ``%s`` where the id goes)."""
     lines = [f'wrk.method = "{method}"']
+    lines += [
+        f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in (headers or {}).items()
+    ]
     if body is not None:
         lines.append('wrk.headers["Content-Type"] = "application/json"')
         if sessions:

@@ -39,7 +39,8 @@ ALLOWED: dict[str, set[str]] = {
     "server": BASE | {"store", "cache", "backends", "agent", "jobs", "wire", "client_json", "auth"},
     "proc": BASE | {"server"},
     "chat_client": BASE | {"client_json"},
-    "cli": BASE | {"proc", "chat_client"},
+    "keys_client": {"config"},
+    "cli": BASE | {"proc", "chat_client", "keys_client"},
     "__main__": {"cli"},
 }
 # Parts whose internals stay theirs: others import the package itself (its __init__),

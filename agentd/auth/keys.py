@@ -57,6 +57,8 @@ KEY_PREFIX = "sk-agentd-"
 KEY_ID_RE = re.compile(r"[0-9a-f]{16}")
 _KEY_RE = re.compile(r"sk-agentd-([0-9a-f]{16})-([A-Za-z0-9_-]{43})")
 
+_LIMIT_NAMES = frozenset(LimitsConfig.__dataclass_fields__)
+
 # Unknown ids one worker remembers; past it the oldest are forgotten first.
 MAX_NEGATIVE = 10_000
 # Records one worker keeps; past it the least recently used are dropped.
@@ -92,7 +94,9 @@ def identity_of_record(record: KeyRecord) -> Identity:
         kind="key",
         key_id=record.id,
         agents=None if record.agents is None else frozenset(record.agents),
-        limits=LimitsConfig(**record.limits) if record.limits else None,
+        limits=LimitsConfig(**{k: v for k, v in record.limits.items() if k in _LIMIT_NAMES})
+        if record.limits
+        else None,
         expires_at=record.expires_at,
     )
 
@@ -180,12 +184,12 @@ class KeyCache:
             hash_secret(secret).encode(), entry.secret_hash
         ):
             raise Unauthorized("the API key is not valid")
-        # Only the key's holder learns why a valid key is refused.
+        # Only the key's holder learns (from the message) why a valid key is refused.
         if entry.disabled:
-            raise Unauthorized("this API key is disabled", code="api_key_disabled")
+            raise Unauthorized("this API key is disabled")
         expires_at = entry.identity.expires_at
         if expires_at is not None and time.time() >= expires_at:
-            raise Unauthorized("this API key has expired", code="api_key_expired")
+            raise Unauthorized("this API key has expired")
         return entry.identity
 
     async def _entry(self, key_id: str) -> _Entry | None:
@@ -210,18 +214,18 @@ class KeyCache:
                 code="auth_overloaded",
                 retry_after=1,
             )
-        flight = self._flights[key_id] = asyncio.get_running_loop().create_future()
-        try:
-            found = await self._read(key_id)
-        except BaseException as exc:
-            flight.set_exception(exc)
-            flight.exception()  # retrieved: waiters get it, nobody else must
-            raise
-        else:
-            flight.set_result(found)
-        finally:
+        # The look-up is a task of its own, shared by every request for the id meanwhile:
+        # a requester that goes away neither cancels it for the others nor loses its
+        # answer for the cache.
+        flight = self._flights[key_id] = asyncio.ensure_future(self._read(key_id))
+        flight.add_done_callback(lambda done: self._landed(key_id, done))
+        return await asyncio.shield(flight)
+
+    def _landed(self, key_id: str, flight: asyncio.Future[_Entry | None]) -> None:
+        if self._flights.get(key_id) is flight:
             del self._flights[key_id]
-        return found
+        if not flight.cancelled():
+            flight.exception()  # retrieved: whoever awaited it got it, nobody else must
 
     async def _read(self, key_id: str) -> _Entry | None:
         generation = self._generation

@@ -55,6 +55,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
     body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
+    identity_of(request).check_agent(body.model)
     turn = TurnRequest(
         body.model,
         body.messages,

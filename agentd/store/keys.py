@@ -46,11 +46,12 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:k:{ID}`` (hash): an API key's record (:mod:`.keyring`): ``tenant``, ``name``,
   ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
   (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
-  ``agentd:kt:{TENANT}`` (set): the ids of a tenant's keys; ``agentd:ka`` (set): every
-  key id. The indexes live on other slots than the records, so they are written first
-  and cleaned last: an index may name a key that is gone (readers skip it), a record is
-  never missing from its indexes. ``agentd:keys:changed`` (channel): the id of every key
-  created, updated or revoked, so every worker drops its cached record at once.
+  ``agentd:kt:{TENANT}`` (sorted set, every score 0, so in id order): the ids of a
+  tenant's keys; ``agentd:ka`` (the same): every key id. The indexes live on other
+  slots than the records, so they are written first and cleaned last: an index may name
+  a key that is gone (readers skip it), a record is never missing from its indexes.
+  ``agentd:keys:changed`` (channel): the id of every key created, updated or revoked, so
+  every worker drops its cached record at once.
 """
 
 from __future__ import annotations
@@ -178,5 +179,5 @@ def key_record(key_id: str) -> str:
 
 
 def tenant_keys(tenant: str) -> str:
-    """The set of a tenant's key ids (``""``, the operator's tenant, hashes as a whole)."""
+    """The index of a tenant's key ids (``""``, the operator's tenant, hashes as a whole)."""
     return f"{PREFIX}kt:{{{tenant}}}"

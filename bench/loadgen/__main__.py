@@ -151,6 +151,13 @@ def run(spec: Spec, stdin_release: bool = True) -> dict[str, Any]:
     return summary
 
 
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--header must be 'NAME: VALUE', got {text!r}")
+    return name.strip(), value.strip()
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("mode", choices=["http", "ws-turns", "ws-idle"])
@@ -166,6 +173,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
     parser.add_argument("--sources", default="127.0.0.1", help="comma-separated addresses")
     parser.add_argument("--hold", type=float, default=600.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--header", action="append", default=[], help="NAME: VALUE, sent with every request"
+    )
     args = parser.parse_args(argv)
     url = urlsplit(args.url)
     host = _loopback(url.hostname or "127.0.0.1")
@@ -185,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
         window=args.window,
         sources=sources,
         hold=min(args.hold, 3600.0),
+        headers=dict(_header(h) for h in args.header),
     )
     return spec, args.out
 

@@ -124,7 +124,7 @@ async def run_http(spec: Spec, index: int, ready: Callable[[], object]) -> Recor
     """Warm up, call ``ready`` (the cross-process barrier), then measure; one process."""
     conns_n = max(1, share(spec.connections, spec.procs, index))
     host = f"{spec.host}:{spec.port}"
-    payload = encode_request(spec.method, host, spec.path, spec.body)
+    payload = encode_request(spec.method, host, spec.path, spec.body, headers=spec.headers)
     rec = Recorder()
     loop = asyncio.get_running_loop()
     if spec.rate > 0:

@@ -18,10 +18,16 @@ _CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.IGNORECASE)
 
 
 def encode_request(
-    method: str, host: str, path: str, body: bytes | None = None, content_type: str = ""
+    method: str,
+    host: str,
+    path: str,
+    body: bytes | None = None,
+    content_type: str = "",
+    headers: dict[str, str] | None = None,
 ) -> bytes:
     """The bytes of one request, sent unchanged for every repetition."""
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     if body is not None:
         lines.append(f"Content-Type: {content_type or 'application/json'}")
         lines.append(f"Content-Length: {len(body)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .auth import HTTP_CHAT_AUTH
 from .capacity import ADDED_LATENCY, OPEN_LOOP, WORKERS_SCALING
 from .common import Scenario
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
@@ -19,6 +20,7 @@ SCENARIOS: dict[str, Scenario] = {
         HTTP_HELLO,
         HTTP_CHAT_HIT,
         HTTP_CHAT_MISS,
+        HTTP_CHAT_AUTH,
         HTTP_STREAM,
         WS_TURNS,
         WS_IDLE,

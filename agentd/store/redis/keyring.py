@@ -1,5 +1,6 @@
 """API key records in Redis: one hash per key (tagged by its id, so records spread over
-the shards), a set of ids per tenant and one of every id, and a channel of changes.
+the shards), an index of ids per tenant and one of every id (sorted sets of score 0,
+paged in id order with ZRANGEBYLEX), and a channel of changes.
 
 The indexes are on other slots than the records, so no script can write both: they are
 written before a record is created and cleaned after it is deleted, and readers skip an
@@ -25,9 +26,6 @@ __all__ = ("RedisKeyring",)
 
 log = logging.getLogger(__name__)
 
-# Records read at once while listing.
-_READ_BATCH = 100
-
 
 def _flat(fields: Mapping[str, bytes]) -> list[Any]:
     return [x for kv in fields.items() for x in kv]
@@ -52,14 +50,17 @@ class RedisKeyring(Keyring):
         except StoreUnavailable as exc:
             log.warning("key %s changed but the change could not be published: %s", key_id, exc)
 
-    async def _index(self, command: str, tenant: str, key_id: str) -> None:
+    async def _index(self, tenant: str, key_id: str, *, add: bool) -> None:
         async def one(key: str) -> None:
-            await self.shards.call(key, lambda c: c.execute_command(command, key, key_id))
+            if add:
+                await self.shards.call(key, lambda c: c.zadd(key, {key_id: 0}))
+            else:
+                await self.shards.call(key, lambda c: c.zrem(key, key_id))
 
         await asyncio.gather(one(K.KEYS_ALL), one(K.tenant_keys(tenant)))
 
     async def create(self, record: KeyRecord) -> bool:
-        await self._index("SADD", record.tenant, record.id)
+        await self._index(record.tenant, record.id, add=True)
         key = K.key_record(record.id)
         created = await self.shards.eval(L.KEY_CREATE, [key], _flat(encode_record(record)))
         if created:
@@ -73,14 +74,16 @@ class RedisKeyring(Keyring):
 
     async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:
         index = K.KEYS_ALL if tenant is None else K.tenant_keys(tenant)
-        members = await self.shards.call(index, lambda c: c.smembers(index))
-        ids = sorted(m.decode() for m in members)
-        if after is not None:
-            ids = [i for i in ids if i > after]
         found: list[KeyRecord] = []
-        for start in range(0, len(ids), _READ_BATCH):
-            batch = ids[start : start + _READ_BATCH]
-            records = await asyncio.gather(*(self.get(i) for i in batch))
+        cursor = after
+        while True:
+            # One more than the page holds, to know whether another page follows.
+            want = limit + 1 - len(found)
+            low = "-" if cursor is None else f"({cursor}"
+            ids = await self.shards.call(
+                index, lambda c, low=low, want=want: c.zrangebylex(index, low, "+", 0, want)
+            )
+            records = await asyncio.gather(*(self.get(i.decode()) for i in ids))
             for record in records:
                 # Skip ids whose record is gone (a revoke between its two writes) or is
                 # another tenant's (an index written for an id that was taken).
@@ -89,7 +92,9 @@ class RedisKeyring(Keyring):
                 if len(found) == limit:
                     return KeyPage(found, found[-1].id)
                 found.append(record)
-        return KeyPage(found, None)
+            if len(ids) < want:
+                return KeyPage(found, None)
+            cursor = ids[-1].decode()
 
     async def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
         key = K.key_record(key_id)
@@ -105,7 +110,7 @@ class RedisKeyring(Keyring):
             return None
         record = decode_record(key_id, _pairs(flat))
         await self._changed(key_id)
-        await self._index("SREM", record.tenant, key_id)
+        await self._index(record.tenant, key_id, add=False)
         return record
 
     async def changes(self) -> Subscription:
