@@ -361,3 +361,94 @@ async def test_usage_by_day_and_key(keyed: Start) -> None:
                 assert (await r.json())["error"]["code"] == "invalid_range"
         async with http.get(f"{base}/v1/admin/usage?tenant=A!", headers=bearer(ADMIN_KEY)) as r:
             assert r.status == 400
+
+
+@pytest.mark.parametrize("policy", ["closed", "open"])
+async def test_limits_unavailable_over_http(policy: str, keyed: Start, tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    try:
+        base = await keyed(
+            redis={"urls": [server.url]},
+            # The key's record stays cached: only the limits need Redis.
+            auth={"limits_unavailable": policy, "key_cache_s": 3600},
+        )
+        async with aiohttp.ClientSession() as http:
+            key, _ = await new_key(http, base, requests_per_minute=100)
+            assert (await chat(http, base, key))[0] == 200
+            server.stop()
+            status, headers, body = await chat(http, base, key)
+            if policy == "closed":
+                assert status == 503 and body["error"]["code"] == "store_unavailable"
+            else:
+                assert status == 200 and "x-ratelimit-limit-requests" not in headers
+    finally:
+        server.close()
+
+
+async def _frame(ws: aiohttp.ClientWebSocketResponse, *types: str) -> dict[str, Any]:
+    """The next frame of one of ``types`` (deltas and events are passed over)."""
+    while True:
+        frame: dict[str, Any] = await asyncio.wait_for(ws.receive_json(), 10)
+        if frame["type"] in types:
+            return frame
+
+
+async def test_websocket_turns_count_against_the_limits(keyed: Start) -> None:
+    base = await keyed()
+    async with aiohttp.ClientSession() as http:
+        key, _ = await new_key(http, base, requests_per_minute=2)
+        async with http.ws_connect(f"{base}/v1/ws", headers=bearer(key)) as ws:
+            for n in range(3):
+                await ws.send_json({"type": "message", "id": f"m{n}", "content": "hi there"})
+                frame = await _frame(ws, "done", "error")
+                if n < 2:
+                    assert frame["type"] == "done", frame
+                else:
+                    assert frame["type"] == "error" and frame["id"] == "m2"
+                    assert frame["code"] == "rate_limit_exceeded"
+                    assert 1 <= frame["retry_after"] <= 60
+
+
+async def test_responses_count_against_the_limits_and_background_ones_are_charged(
+    keyed: Start,
+) -> None:
+    base = await keyed()
+    async with aiohttp.ClientSession() as http:
+        key, key_id = await new_key(http, base, requests_per_minute=1)
+        body = {"model": "echo", "input": "hello there"}
+        url = f"{base}/v1/responses"
+        async with http.post(url, json=body, headers=bearer(key)) as r:
+            assert r.status == 200, await r.text()
+        async with http.post(url, json=body, headers=bearer(key)) as r:
+            assert r.status == 429
+            assert (await r.json())["error"]["code"] == "rate_limit_exceeded"
+        # A background response is not refused when it is queued; it is charged when it
+        # runs, to its key's usage and its tenant's limits.
+        async with http.post(url, json={**body, "background": True}, headers=bearer(key)) as r:
+            assert r.status == 200, await r.text()
+
+        async def charged() -> Any:
+            async with http.get(f"{base}/v1/usage", headers=bearer(key)) as r:
+                usage = await r.json()
+            return usage if usage["totals"]["requests"] == 2 else None
+
+        usage = await wait_until(charged, what="the background response to be charged")
+        assert usage["days"][0]["keys"][key_id]["requests"] == 2
+
+
+async def test_completions_and_embeddings_count_against_the_limits(keyed: Start) -> None:
+    base = await keyed()
+    async with aiohttp.ClientSession() as http:
+        key, _ = await new_key(http, base, requests_per_minute=2)
+        calls = [
+            ("/v1/completions", {"model": "echo", "prompt": "hello there"}),
+            ("/v1/embeddings", {"model": "echo", "input": "hello there"}),
+            ("/v1/completions", {"model": "echo", "prompt": "hello there"}),
+        ]
+        statuses = []
+        for path, body in calls:
+            async with http.post(base + path, json=body, headers=bearer(key)) as r:
+                statuses.append(r.status)
+                if r.status == 200:
+                    assert r.headers["x-ratelimit-limit-requests"] == "2"
+        assert statuses == [200, 200, 429]
