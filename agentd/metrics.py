@@ -19,6 +19,7 @@ from prometheus_client import multiprocess as _mp
 
 __all__ = (
     "CONTENT_TYPE",
+    "TENANT_LABELS",
     "BackendMetrics",
     "JobMetrics",
     "Metrics",

@@ -16,6 +16,7 @@ from agentd.auth import ADMIN, OPEN, Identity
 from agentd.auth.limits import Limiter
 from agentd.config import LimitsConfig, from_dict
 from agentd.errors import QuotaExceeded, RateLimited, StoreUnavailable
+from agentd.metrics import TENANT_LABELS, Metrics, TenantMetrics
 from agentd.store import Store, open_store
 
 from .procs import RedisServer
@@ -258,6 +259,10 @@ async def test_over_the_limit_is_429_with_retry_after(keyed: Start) -> None:
         # Another tenant is not affected.
         other, _ = await new_key(http, base, tenant="other")
         assert (await chat(http, base, other))[0] == 200
+        async with http.get(f"{base}/metrics") as r:
+            text = await r.text()
+        assert 'agentd_tenant_requests_total{outcome="admitted",tenant="acme"} 3.0' in text
+        assert 'agentd_tenant_requests_total{outcome="rate_limited",tenant="acme"} 3.0' in text
 
 
 async def test_tokens_per_minute_are_charged_from_the_usage(keyed: Start) -> None:
@@ -452,3 +457,12 @@ async def test_completions_and_embeddings_count_against_the_limits(keyed: Start)
                 if r.status == 200:
                     assert r.headers["x-ratelimit-limit-requests"] == "2"
         assert statuses == [200, 200, 429]
+
+
+def test_tenant_labels_are_bounded() -> None:
+    metrics = TenantMetrics(Metrics(), named=("vip",))
+    labels = [metrics.label(f"t{i}") for i in range(TENANT_LABELS + 10)]
+    assert labels[:TENANT_LABELS] == [f"t{i}" for i in range(TENANT_LABELS)]
+    assert set(labels[TENANT_LABELS:]) == {"other"}
+    assert metrics.label("t0") == "t0"  # a tenant keeps the label it got
+    assert metrics.label("vip") == "vip"  # tenants named in the config always have theirs
