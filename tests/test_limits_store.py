@@ -167,3 +167,19 @@ async def test_a_settle_may_log_a_request_admit_never_saw(store: Store) -> None:
     await store.limits.settle("acme", "", scoped, ticket(), Charge(), DAY_1, MONTH_1, True)
     await store.limits.settle("acme", "", scoped, ticket(), Charge(), DAY_1, MONTH_1, False)
     assert [(await admit(store, scoped)).refused for _ in range(2)] == ["", REQUESTS]
+
+
+async def test_the_memory_sweep_forgets_old_usage_and_idle_scopes() -> None:
+    from agentd.store.memory.limits import MemoryLimits
+
+    limits = MemoryLimits()
+    quota = rules(key=LimitsConfig(tokens_per_month=100))
+    await limits.settle("acme", "k", quota, ticket(), Charge(50, 25, 25), "20250101", "202501")
+    await limits.settle("acme", "k", quota, ticket(), Charge(100, 50, 50), DAY_1, MONTH_1)
+    limits.sweep(DAY_1)
+    assert list(await limits.usage("acme", ["20250101", DAY_1])) == [DAY_1]
+    # This month's charges are kept: the budget is spent.
+    assert (await limits.admit("acme", quota, ticket(), 1, DAY_1, MONTH_1)).refused == MONTH
+    limits.sweep("20261201")
+    assert not (await limits.admit("acme", quota, ticket(), 1, "20261201", "202612")).refused
+    assert await limits.usage("acme", [DAY_1]) != {}

@@ -198,6 +198,7 @@ class Limiter:
         self, config: Config, limits: Limits, metrics: TenantMetrics | None = None
     ) -> None:
         self.auth = config.auth
+        self._tenants = {t.name: t.limits for t in config.auth.tenants}
         self.limits = limits
         self.metrics = metrics
         self.fail_open = config.auth.limits_unavailable == "open"
@@ -211,7 +212,7 @@ class Limiter:
         if identity.kind == "key" and identity.key_id and _limited(identity.limits):
             assert identity.limits is not None
             found.append(Rule("k:" + identity.key_id, identity.limits))
-        tenant = self.auth.limits_of(identity.tenant)
+        tenant = self._tenants.get(identity.tenant, self.auth.tenant_limits)
         if _limited(tenant):
             found.append(Rule("t", tenant))
         return found

@@ -5,6 +5,7 @@ Each method runs without awaiting, so on one event loop it is atomic, as a scrip
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -29,6 +30,15 @@ __all__ = ("MemoryLimits",)
 
 # A refused turn slot is worth retrying after this long (slots end when turns do).
 SLOT_RETRY_MS = 1000
+
+
+# Days a usage record is kept (as agentd.store.redis.limits.USAGE_TTL_S).
+USAGE_DAYS = 400
+
+
+def _days_before(day: str, n: int) -> str:
+    then = datetime.datetime.strptime(day, "%Y%m%d") - datetime.timedelta(days=n)
+    return then.strftime("%Y%m%d")
 
 
 def _now_ms() -> int:
@@ -170,6 +180,19 @@ class MemoryLimits(Limits):
             record[name] = record.get(name, 0) + n
             if key:
                 record[f"{key}/{name}"] = record.get(f"{key}/{name}", 0) + n
+
+    def sweep(self, today: str) -> None:
+        """Forget usage records older than Redis keeps them, and the scopes charged in
+        no earlier part of this month that hold nothing now (what a fresh one holds)."""
+        oldest = _days_before(today, USAGE_DAYS)
+        for found in [k for k in self._usage if k[1] < oldest]:
+            del self._usage[found]
+        now = _now_ms()
+        for name, s in list(self._scopes.items()):
+            while s.admitted and s.admitted[0] <= now - WINDOW_MS:
+                s.admitted.popleft()
+            if not s.admitted and not s.live_slots(now) and s.month < today[:6]:
+                del self._scopes[name]
 
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:
         return {d: dict(self._usage[(tenant, d)]) for d in days if (tenant, d) in self._usage}

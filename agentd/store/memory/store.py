@@ -90,6 +90,7 @@ class MemoryStore(BaseStore):
             for sid in [s for s, sess in self._sessions.items() if sess.expires <= now]:
                 self._drop(sid)
             self.jobs.sweep()
+            self.limits.sweep(time.strftime("%Y%m%d", time.gmtime()))
 
     def _drop(self, sid: str) -> None:
         """Forget a session and its index entry."""
