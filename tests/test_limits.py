@@ -309,14 +309,15 @@ async def test_turn_slots_are_released_on_success_error_and_cancel(keyed: Start)
             missing = {**user(), "session_id": "no-such-session"}
             assert (await chat(http, base, key, missing))[0] == 404
         assert (await chat(http, base, key))[0] == 200
-        # Cancel: a slow turn holds the slot until its client goes away.
+        # Cancel: a slow turn holds the slot until its client goes away. Probe only once
+        # it is admitted (a probe first would take the slot).
+        admitted = await _admitted(http, base)
         slow = asyncio.ensure_future(chat(http, base, key, {**user(), "model": "slow"}))
-
-        async def held() -> bool:
-            status, _, body = await chat(http, base, key)
-            return status == 429 and "turns at once" in body["error"]["message"]
-
-        await wait_until(held, what="the slow turn to hold the slot")
+        await wait_until(
+            lambda: _admitted(http, base, admitted + 1), what="the slow turn to be admitted"
+        )
+        status, _, body = await chat(http, base, key)
+        assert status == 429 and "turns at once" in body["error"]["message"]
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow
@@ -325,6 +326,16 @@ async def test_turn_slots_are_released_on_success_error_and_cancel(keyed: Start)
             return (await chat(http, base, key))[0] == 200
 
         await wait_until(free, what="the cancelled turn's slot to be released")
+
+
+async def _admitted(http: aiohttp.ClientSession, base: str, expect: float | None = None) -> Any:
+    """acme's admitted requests in /metrics; with ``expect``: whether it is that."""
+    async with http.get(f"{base}/metrics") as r:
+        text = await r.text()
+    sample = 'agentd_tenant_requests_total{outcome="admitted",tenant="acme"} '
+    lines = [line for line in text.splitlines() if line.startswith(sample)]
+    value = float(lines[0][len(sample) :]) if lines else 0.0
+    return value if expect is None else value == expect
 
 
 async def test_usage_by_day_and_key(keyed: Start) -> None:

@@ -18,7 +18,7 @@ import redis
 from agentd.auth.limits import SLOT_LEASE_MS
 
 from .chat_helpers import chat_body
-from .procs import AgentdProcess, RedisServer, fresh_connections
+from .procs import AgentdProcess, RedisServer, fresh_connections, metric
 from .waiting import wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,7 @@ Start = Callable[..., AgentdProcess]
 
 ADMIN_KEY = "sk-admin-" + "c" * 40
 ENV = {"AGENTD_ADMIN_KEY": ADMIN_KEY}
+ADMITTED = 'agentd_tenant_requests_total{outcome="admitted",tenant="acme"}'
 
 
 def _config(redis_server: RedisServer, workers: int = 2) -> str:
@@ -97,11 +98,9 @@ async def test_a_killed_workers_turn_slot_comes_back_within_its_lease(
     key = await _new_key(holder.url, max_concurrent_turns=1)
     async with aiohttp.ClientSession() as http:
         slow = asyncio.ensure_future(_chat(http, holder.url, key, model="slow"))
-
-        async def refused() -> bool:
-            return await _chat(http, prober.url, key) == 429
-
-        await wait_until(refused, what="the slow turn to hold the key's one slot")
+        # Probe only once the slow turn holds the slot (a probe first would take it).
+        await wait_until(lambda: metric(holder, ADMITTED) == 1, what="the slow turn to be admitted")
+        assert await _chat(http, prober.url, key) == 429
         [worker] = holder.worker_pids()
         os.kill(worker, signal.SIGKILL)
         with pytest.raises(aiohttp.ClientError):
