@@ -1,11 +1,10 @@
-"""API key records (:class:`agentd.store.keyring.Keyring`), on every store topology."""
+"""API key records (:class:`agentd.store.Keyring`), on every store topology."""
 
 from __future__ import annotations
 
 import asyncio
 
-from agentd.store import Store
-from agentd.store.keyring import KeyRecord
+from agentd.store import KeyRecord, Store
 
 from .store_helpers import TIMEOUT
 

@@ -27,7 +27,7 @@ from aiohttp import web
 from ..auth import KEY_ID_RE, new_key
 from ..config import SCOPES, TENANT_RE, Config, LimitsConfig
 from ..errors import AgentdError, NotFound, invalid_type, param_error, unknown_parameter
-from ..store import KeyRecord
+from ..store import KEY_UPDATABLE, KeyRecord
 from .auth import identity_of
 from .http import json_response, query_int, read_json
 from .keys import AUTH, CONFIG, STORE
@@ -42,7 +42,7 @@ MAX_NAME = 200
 # A new key's scopes unless given: everything but administration.
 DEFAULT_SCOPES = tuple(s for s in SCOPES if s != "admin")
 _CREATE_FIELDS = frozenset({"tenant", "name", "scopes", "agents", "limits", "expires_at"})
-_UPDATE_FIELDS = frozenset({"name", "scopes", "agents", "limits", "disabled", "expires_at"})
+_UPDATE_FIELDS = KEY_UPDATABLE
 _LIMITS = {f.name: f for f in dataclasses.fields(LimitsConfig)}
 
 

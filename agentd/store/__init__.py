@@ -11,11 +11,15 @@ from __future__ import annotations
 from ..config import Config
 from .api import (
     DELETED,
+    KEY_UPDATABLE,
     TERMINAL,
     Blobs,
     Delivery,
     Event,
     Jobs,
+    KeyPage,
+    KeyRecord,
+    Keyring,
     Queue,
     QueueDepth,
     Records,
@@ -29,12 +33,12 @@ from .api import (
     TurnLease,
 )
 from .codec import no_session
-from .keyring import KeyPage, KeyRecord, Keyring
 from .limits import DAY, MONTH, USAGE_FIELDS, Charge, Limits, Rule, Verdict, Window, usage_of
 
 __all__ = (
     "DAY",
     "DELETED",
+    "KEY_UPDATABLE",
     "MONTH",
     "TERMINAL",
     "USAGE_FIELDS",

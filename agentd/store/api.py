@@ -4,6 +4,7 @@
 - :class:`Blobs`: the response cache's shared tier and single-flights (``Store.blobs``);
 - :class:`Queue` and :class:`Records`: the job queue and the response records of
   background responses, together as :class:`Jobs` (``Store.jobs``);
+- :class:`Keyring`: API key records and the feed of their changes (``Store.keyring``);
 - :class:`Subscription`: one watcher's feed of a channel;
 
 and the data they exchange. This module imports no implementation: the memory
@@ -14,25 +15,27 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Config
 from ..errors import Conflict
 
-if TYPE_CHECKING:
-    from .keyring import Keyring
-
 __all__ = (
     "DEAD_MAXLEN",
     "DELETED",
+    "KEY_UPDATABLE",
     "TERMINAL",
     "Blobs",
     "Delivery",
     "Entry",
     "Event",
     "Jobs",
+    "KeyPage",
+    "KeyRecord",
+    "Keyring",
     "Queue",
     "QueueDepth",
     "Records",
@@ -172,7 +175,7 @@ class Store(abc.ABC):
     blobs: Blobs
     # The job queue and response records of background responses.
     jobs: Jobs
-    # API key records (agentd.store.keyring).
+    # API key records.
     keyring: Keyring
 
     # -- life cycle ------------------------------------------------------------------
@@ -525,3 +528,84 @@ class Records(abc.ABC):
 
 class Jobs(Queue, Records, abc.ABC):
     """The queue and the records, as the job runner and the Responses API use them."""
+
+
+# -- API keys ----------------------------------------------------------------------------
+
+# The fields of a key record that may change after creation (never its tenant or hash).
+KEY_UPDATABLE = frozenset({"name", "scopes", "agents", "limits", "disabled", "expires_at"})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """One API key, as stored."""
+
+    id: str
+    tenant: str
+    # SHA-256 of the key's secret part, hex.
+    secret_hash: str
+    name: str = ""
+    scopes: tuple[str, ...] = ()
+    # None: every agent.
+    agents: tuple[str, ...] | None = None
+    # The key's own limits: LimitsConfig field → value (absent: not limited by the key).
+    limits: Mapping[str, int] = field(default_factory=dict)
+    created_at: float = 0.0
+    # Unix seconds; None: never.
+    expires_at: float | None = None
+    disabled: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as the admin API shows it (never the hash)."""
+        return {
+            "id": self.id,
+            "object": "api_key",
+            "tenant": self.tenant,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "agents": None if self.agents is None else list(self.agents),
+            "limits": dict(self.limits),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "disabled": self.disabled,
+        }
+
+    def changed(self, changes: Mapping[str, Any]) -> KeyRecord:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPage:
+    """A page of keys in id order; ``next_after`` continues after it (None: last page)."""
+
+    keys: list[KeyRecord]
+    next_after: str | None
+
+
+class Keyring(abc.ABC):
+    """API key records, their per-tenant index, and a feed of which ones changed."""
+
+    @abc.abstractmethod
+    async def create(self, record: KeyRecord) -> bool:
+        """Store a new record; False (nothing written) if its id is taken."""
+
+    @abc.abstractmethod
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+
+    @abc.abstractmethod
+    async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:
+        """A tenant's keys (``None``: every tenant's), in id order, after ``after``."""
+
+    @abc.abstractmethod
+    async def update(self, key_id: str, changes: Mapping[str, Any]) -> KeyRecord | None:
+        """Change ``changes`` (names in :data:`KEY_UPDATABLE`) of an existing record at once;
+        the new record, or None if there is none."""
+
+    @abc.abstractmethod
+    async def delete(self, key_id: str) -> KeyRecord | None:
+        """Revoke: remove the record; the removed record, or None if there was none."""
+
+    @abc.abstractmethod
+    async def changes(self) -> Subscription:
+        """A feed of the ids (bytes) of keys created, updated or revoked by any worker of
+        any instance; ``None`` on it when changes may have been missed."""

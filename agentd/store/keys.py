@@ -43,8 +43,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
   (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
   per key as ``KEY/FIELD``), written by the same script as the request's charge.
-- ``agentd:k:{ID}`` (hash): an API key's record (:mod:`.keyring`): ``tenant``, ``name``,
-  ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
+- ``agentd:k:{ID}`` (hash): an API key's record (:class:`.api.KeyRecord`): ``tenant``,
+  ``name``, ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
   (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
   ``agentd:kt:{TENANT}`` (sorted set, every score 0, so in id order): the ids of a
   tenant's keys; ``agentd:ka`` (the same): every key id. The indexes live on other

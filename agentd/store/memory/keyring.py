@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import keys as K
-from ..api import Subscription
-from ..keyring import KeyPage, KeyRecord, Keyring
+from ..api import KeyPage, KeyRecord, Keyring, Subscription
 from .feeds import Channels
 
 __all__ = ("MemoryKeyring",)

@@ -10,15 +10,17 @@ id whose record is gone (see :mod:`agentd.store.keys`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+import orjson
 
 from ...errors import StoreUnavailable
 from .. import keys as K
 from .. import scripts as L
-from ..api import Subscription
-from ..keyring import KeyPage, KeyRecord, Keyring, decode_record, encode_fields, encode_record
+from ..api import KeyPage, KeyRecord, Keyring, Subscription
 from .pubsub import EventHub
 from .shards import Shards
 
@@ -27,12 +29,60 @@ __all__ = ("RedisKeyring",)
 log = logging.getLogger(__name__)
 
 
+def _encode(name: str, value: Any) -> bytes:
+    if name in ("scopes", "agents", "limits"):
+        if name == "limits":
+            value = dict(value)
+        return orjson.dumps(value)
+    if name == "disabled":
+        return b"1" if value else b"0"
+    if name == "expires_at":
+        return b"" if value is None else repr(float(value)).encode()
+    if name == "created_at":
+        return repr(float(value)).encode()
+    return str(value).encode()
+
+
+_FIELD_NAMES = {"secret_hash": "hash"}
+
+
+def encode_fields(values: Mapping[str, Any]) -> dict[str, bytes]:
+    """Record fields (KeyRecord names) → the stored hash's fields."""
+    return {_FIELD_NAMES.get(k, k): _encode(k, v) for k, v in values.items() if k != "id"}
+
+
+def encode_record(record: KeyRecord) -> dict[str, bytes]:
+    return encode_fields({f.name: getattr(record, f.name) for f in dataclasses.fields(record)})
+
+
+def decode_record(key_id: str, stored: Mapping[str, bytes]) -> KeyRecord:
+    """The stored hash's fields → the record."""
+    agents = orjson.loads(stored.get("agents", b"null"))
+    expires = stored.get("expires_at", b"")
+    return KeyRecord(
+        id=key_id,
+        tenant=stored.get("tenant", b"").decode(),
+        secret_hash=stored.get("hash", b"").decode(),
+        name=stored.get("name", b"").decode(),
+        scopes=tuple(orjson.loads(stored.get("scopes", b"[]"))),
+        agents=None if agents is None else tuple(agents),
+        limits=orjson.loads(stored.get("limits", b"{}")),
+        created_at=float(stored.get("created_at", b"0")),
+        expires_at=float(expires) if expires else None,
+        disabled=stored.get("disabled", b"0") == b"1",
+    )
+
+
 def _flat(fields: Mapping[str, bytes]) -> list[Any]:
     return [x for kv in fields.items() for x in kv]
 
 
 def _pairs(flat: list[bytes]) -> dict[str, bytes]:
     return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _page_of(index: str, low: str, count: int) -> Callable[[Any], Awaitable[list[bytes]]]:
+    return lambda client: client.zrangebylex(index, low, "+", 0, count)
 
 
 class RedisKeyring(Keyring):
@@ -80,9 +130,7 @@ class RedisKeyring(Keyring):
             # One more than the page holds, to know whether another page follows.
             want = limit + 1 - len(found)
             low = "-" if cursor is None else f"({cursor}"
-            ids = await self.shards.call(
-                index, lambda c, low=low, want=want: c.zrangebylex(index, low, "+", 0, want)
-            )
+            ids: list[bytes] = await self.shards.call(index, _page_of(index, low, want))
             records = await asyncio.gather(*(self.get(i.decode()) for i in ids))
             for record in records:
                 # Skip ids whose record is gone (a revoke between its two writes) or is
