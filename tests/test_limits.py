@@ -430,11 +430,19 @@ async def test_responses_count_against_the_limits_and_background_ones_are_charge
 ) -> None:
     base = await keyed()
     async with aiohttp.ClientSession() as http:
-        key, key_id = await new_key(http, base, requests_per_minute=1)
+        streamed, _ = await new_key(http, base, tenant="other", requests_per_minute=5)
         body = {"model": "echo", "input": "hello there"}
+        stream = {**body, "stream": True}
+        async with http.post(f"{base}/v1/responses", json=stream, headers=bearer(streamed)) as r:
+            assert r.status == 200
+            assert r.headers["x-ratelimit-remaining-requests"] == "4"
+            await r.read()
+        key, key_id = await new_key(http, base, requests_per_minute=1)
         url = f"{base}/v1/responses"
         async with http.post(url, json=body, headers=bearer(key)) as r:
             assert r.status == 200, await r.text()
+            assert r.headers["x-ratelimit-limit-requests"] == "1"
+            assert r.headers["x-ratelimit-remaining-requests"] == "0"
         async with http.post(url, json=body, headers=bearer(key)) as r:
             assert r.status == 429
             assert (await r.json())["error"]["code"] == "rate_limit_exceeded"

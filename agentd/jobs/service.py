@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -108,13 +109,22 @@ def _status_of(done: TurnResult) -> tuple[str, str | None]:
 
 
 class _Deltas(Listener):
-    __slots__ = ("on_delta",)
+    __slots__ = ("on_delta", "on_limits")
 
-    def __init__(self, on_delta: Callable[[str], Awaitable[None]]) -> None:
-        self.on_delta = on_delta
+    def __init__(
+        self,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> None:
+        self.on_delta, self.on_limits = on_delta, on_limits
 
     async def delta(self, text: str) -> None:
-        await self.on_delta(text)
+        if self.on_delta is not None:
+            await self.on_delta(text)
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        if self.on_limits is not None:
+            self.on_limits(headers)
 
 
 class Responses:
@@ -366,10 +376,14 @@ class Responses:
         interrupt: Interrupt | None = None,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         identity: Identity | None = None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> tuple[ResponseView, int | None]:
         """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
-        final view and the stored reply's seq. ``identity``: whose limits apply."""
-        listener = _Deltas(on_delta) if on_delta is not None else None
+        final view and the stored reply's seq. ``identity``: whose limits apply;
+        ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted."""
+        listener = None
+        if on_delta is not None or on_limits is not None:
+            listener = _Deltas(on_delta, on_limits)
         turn = self.turn_request(view, identity)
         done = await self.agents.run(
             turn, deadline=deadline, interrupt=interrupt, listener=listener
@@ -392,17 +406,19 @@ class Responses:
         deadline: float,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         identity: Identity | None = None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> ResponseView:
         """A foreground response: run it in the request (within ``identity``'s limits)
         and store the result."""
-        run = self.run_turn
+        run = functools.partial(
+            self.run_turn, deadline=deadline, on_delta=on_delta, identity=identity,
+            on_limits=on_limits,
+        )  # fmt: skip
         if not view.request.store:
-            final, _ = await run(view, deadline=deadline, on_delta=on_delta, identity=identity)
+            final, _ = await run(view)
             return final
         try:
-            final, reply_seq = await run(
-                view, deadline=deadline, on_delta=on_delta, identity=identity
-            )
+            final, reply_seq = await run(view)
         except AgentdError as exc:
             failed = dataclasses.replace(view, status="failed", error=error_dict(exc))
             with contextlib.suppress(AgentdError):

@@ -48,8 +48,11 @@ async def create(request: web.Request) -> web.StreamResponse:
         return json_response(response_object(view))
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
     if not req.stream:
-        final = await responses.run_now(view, deadline=deadline, identity=identity)
-        return json_response(response_object(final))
+        headers: dict[str, str] = {}
+        final = await responses.run_now(
+            view, deadline=deadline, identity=identity, on_limits=headers.update
+        )
+        return json_response(response_object(final), headers=headers)
     return await _stream_now(request, responses, view, deadline)
 
 
@@ -60,11 +63,12 @@ async def _stream_now(
     delta, so a turn that fails before it starts is a JSON error."""
     events = ResponseEvents(view)
     stream: web.StreamResponse | None = None
+    headers: dict[str, str] = {}  # the caller's x-ratelimit-*, known before any delta
 
     async def begin() -> web.StreamResponse:
         nonlocal stream
         if stream is None:
-            stream = await start_sse(request)
+            stream = await start_sse(request, headers)
             for event in events.opening():
                 await stream.write(event_frame(event))
         return stream
@@ -74,7 +78,11 @@ async def _stream_now(
 
     try:
         final = await responses.run_now(
-            view, deadline=deadline, on_delta=on_delta, identity=identity_of(request)
+            view,
+            deadline=deadline,
+            on_delta=on_delta,
+            identity=identity_of(request),
+            on_limits=headers.update,
         )
     except AgentdError as exc:
         if stream is None:
