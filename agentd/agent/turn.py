@@ -35,7 +35,7 @@ from ..store import Store
 from .admission import Admission
 from .lease import Held, Interrupt, Leases
 from .registry import Registry
-from .types import Listener, Timings, TurnRequest, TurnResult, new_turn_id
+from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
 __all__ = ("Agents",)
 
@@ -237,7 +237,7 @@ class Agents:
         if reply.parts:
             timings.upstream_ttft = first - started
         text = "".join(reply.parts)
-        ratelimit: Mapping[str, str] = {}
+        ratelimit = NO_HEADERS
         if ticket is not None:
             prompt_chars = sum(_chars(m) for m in plan.request.messages)
             ticket.settle(reply.usage, level, prompt_chars, len(text))

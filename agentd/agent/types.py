@@ -5,12 +5,17 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..auth.identity import Identity
 from ..backends import INTERACTIVE
 
 __all__ = ("Listener", "Timings", "TurnRequest", "TurnResult", "new_turn_id")
+
+
+# No headers: one shared empty mapping (a turn without limits allocates none).
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def new_turn_id() -> str:
