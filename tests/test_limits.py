@@ -485,3 +485,23 @@ def test_tenant_labels_are_bounded() -> None:
     assert set(labels[TENANT_LABELS:]) == {"other"}
     assert metrics.label("t0") == "t0"  # a tenant keeps the label it got
     assert metrics.label("vip") == "vip"  # tenants named in the config always have theirs
+
+
+async def test_a_running_turn_renews_its_slot(
+    memory_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agentd.auth.limits as limits_module
+
+    monkeypatch.setattr(limits_module, "SLOT_LEASE_MS", 300)
+    monkeypatch.setattr(limits_module, "RENEW_S", 0.1)
+    limiter = Limiter(from_dict({}), memory_store.limits)
+    identity = key_identity(max_concurrent_turns=1)
+    running = limiter.begin(identity)
+    assert running is not None
+    await running.admitted()
+    # Past three leases: only the renewals keep the slot taken.
+    await asyncio.sleep(1.0)
+    assert not await _admit(limiter, identity)
+    running.settle(ran=False)
+    await limiter.close()
+    assert await _admit(limiter, identity)
