@@ -160,6 +160,9 @@ AGENTD_ONLY = {
     ("GET", "/v1/admin/keys/{id}"),
     ("PATCH", "/v1/admin/keys/{id}"),
     ("DELETE", "/v1/admin/keys/{id}"),
+    # usage (docs/auth.md)
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/admin/usage"),
 }
 
 # agentd's own fields, documented in docs/protocol.md: where a chat turn was stored

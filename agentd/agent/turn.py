@@ -1,12 +1,16 @@
 """One turn of an agent, whatever the wire format:
 
-    admit → (session: take the lease, read the history) → plan the model call →
-    reply (from the cache, or the model through the cache) → (store the turn) → result
+    admit → (session: take the lease, read the history) → (limits) → plan the model
+    call → reply (from the cache, or the model through the cache) → (store the turn) → result
 
 A turn with a session holds the session's lease (:mod:`.lease`) from its first store
 round trip, which also reads the history, to its second, which appends the new messages
 and the reply and publishes the session's event. A turn without a session touches no
 store at all, and an L1 cache hit (:mod:`agentd.cache`) returns without suspending.
+
+A turn whose request names an identity with limits starts their check (one store call,
+:mod:`agentd.auth.limits`) before the session's first round trip and waits for it after,
+so the two overlap; the check's ticket is settled on every path.
 
 Callers that stream pass a :class:`~.types.Listener`; the others await the
 :class:`~.types.TurnResult` alone. Both take the same path.
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import fastpath
+from ..auth import Limiter, Ticket
 from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from ..cache import CachedReply, ResponseCache, Served, cacheable
 from ..config import AgentConfig, Config
@@ -30,7 +35,7 @@ from ..store import Store
 from .admission import Admission
 from .lease import Held, Interrupt, Leases
 from .registry import Registry
-from .types import Listener, Timings, TurnRequest, TurnResult, new_turn_id
+from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
 __all__ = ("Agents",)
 
@@ -77,12 +82,14 @@ class Agents:
         backends: Backends,
         metrics: Metrics | None = None,
         cache: ResponseCache | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.backends = backends
         self.metrics = metrics
         self.cache = cache
+        self.limiter = limiter
         self.registry = Registry(config.agents)
         self.admission = Admission(config)
         self.leases = Leases(config.sessions)
@@ -111,11 +118,16 @@ class Agents:
         if interactive:
             self.admission.check(agent.name)
             self.admission.enter(agent.name)
+        ticket = None
+        if self.limiter is not None and req.identity is not None:
+            # Background turns were admitted when queued: only charged.
+            ticket = self.limiter.begin(req.identity, check=interactive)
         try:
             if req.session_id is None:
+                await _admitted(ticket, listener)
                 plan = self._plan(agent, req, ())
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
-                                         interrupt, listener)  # fmt: skip
+                                         interrupt, listener, ticket)  # fmt: skip
             loop = asyncio.get_running_loop()
             timings = Timings()
             started = loop.time()
@@ -123,12 +135,15 @@ class Agents:
             hold = self.leases.hold(store, req.session_id, agent.history, deadline, interrupt)
             async with hold as held:
                 timings.session = loop.time() - started
+                await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
                 plan = self._plan(agent, req, held.history)
                 return await self._reply(agent, req, plan, held, timings, deadline,
-                                         interrupt, listener)  # fmt: skip
+                                         interrupt, listener, ticket)  # fmt: skip
         finally:
+            if ticket is not None:
+                ticket.settle(ran=False)  # a no-op once the reply settled it
             if interactive:
                 self.admission.leave(agent.name)
 
@@ -162,6 +177,7 @@ class Agents:
         deadline: float,
         interrupt: Interrupt,
         listener: Listener | None,
+        ticket: Ticket | None = None,
     ) -> TurnResult:
         """Get the reply (cached, or from the model through the cache), pass it on as it
         comes, store the turn if it has a session, and sum it up."""
@@ -224,6 +240,11 @@ class Agents:
         if reply.parts:
             timings.upstream_ttft = first - started
         text = "".join(reply.parts)
+        ratelimit = NO_HEADERS
+        if ticket is not None:
+            prompt_chars = sum(_chars(m) for m in plan.request.messages)
+            ticket.settle(reply.usage, level, prompt_chars, len(text))
+            ratelimit = ticket.headers
 
         stored: list[dict[str, Any]] = []
         turn_id = ""
@@ -241,7 +262,27 @@ class Agents:
         if self.metrics is not None:
             self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
         return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
-                          stored, timings, level, turn_id, reply.cancelled)  # fmt: skip
+                          stored, timings, level, turn_id, reply.cancelled,
+                          ratelimit)  # fmt: skip
+
+
+async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
+    """Wait for the caller's limits to admit the turn, and tell the listener the headers."""
+    if ticket is None:
+        return
+    headers = await ticket.admitted()
+    if listener is not None and headers:
+        listener.limits(headers)
+
+
+def _chars(message: Mapping[str, Any]) -> int:
+    """A message's length in characters, for a token estimate when usage is missing."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return 0
 
 
 def _cache_scope(agent: AgentConfig, tenant: str) -> str:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from ..auth import Identity
 from ..backends import INTERACTIVE
 
 __all__ = ("Listener", "Timings", "TurnRequest", "TurnResult", "new_turn_id")
+
+
+# No headers: one shared empty mapping (a turn without limits allocates none).
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def new_turn_id() -> str:
@@ -39,6 +46,8 @@ class TurnRequest:
     # The caller's tenant: the session is the tenant's, and so is the cached reply
     # unless the agent shares its cache (``shared_cache``).
     tenant: str = ""
+    # Who asks: their rate limits and quotas apply, their usage is counted (None: no one's).
+    identity: Identity | None = None
 
 
 @dataclass(slots=True)
@@ -86,6 +95,8 @@ class TurnResult:
     # The id stored on the turn's messages ("" for a turn without a session).
     turn_id: str = ""
     cancelled: bool = False
+    # OpenAI's x-ratelimit-* headers of the caller's limits (empty when none apply).
+    ratelimit: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def seq(self) -> int | None:
@@ -108,3 +119,6 @@ class Listener:
 
     async def delta(self, text: str) -> None:
         """A piece of the reply's text."""
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        """The caller's x-ratelimit-* headers, once admitted (before any delta)."""

@@ -2,6 +2,7 @@
 
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KEY_ID_RE, new_key
+from .limits import Limiter, Ticket
 from .service import ADMIN, Auth, check_credentials
 
 __all__ = (
@@ -11,6 +12,8 @@ __all__ = (
     "OPEN",
     "Auth",
     "Identity",
+    "Limiter",
+    "Ticket",
     "check_credentials",
     "new_key",
 )

@@ -23,13 +23,14 @@ from typing import Any
 import orjson
 
 from ..agent import Interrupt
+from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, Internal
 from ..metrics import JobMetrics
 from ..store import Delivery, Jobs, job_of
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
-from .service import Responses, result_fields, view_of
+from .service import Responses, payer_of, result_fields, view_of
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
 
 __all__ = ("Attempts",)
@@ -124,9 +125,16 @@ class Attempts:
         if self.metrics is not None:
             delay = max(0.0, time.time() - delivery.enqueued_at)
             self.metrics.start_delay.labels(delivery.partition).observe(delay)
-        await self._run(delivery, view, start.attempt, start.seq)
+        await self._run(delivery, view, start.attempt, start.seq, payer_of(record))
 
-    async def _run(self, delivery: Delivery, view: ResponseView, attempt: int, seq: int) -> None:
+    async def _run(
+        self,
+        delivery: Delivery,
+        view: ResponseView,
+        attempt: int,
+        seq: int,
+        payer: Identity | None = None,
+    ) -> None:
         rid = view.id
         running = dataclasses.replace(view, status="in_progress")
         events = ResponseEvents(running, seq)
@@ -147,7 +155,7 @@ class Attempts:
                     writer.add([events.delta(final.output_text)])
                 reply_seq: int | None = previous["seq"]
             else:
-                final, reply_seq = await self._run_turn(running, events, writer)
+                final, reply_seq = await self._run_turn(running, events, writer, payer)
         except _FencedOut:
             log.info("job %s attempt %d was fenced out by a newer one", rid, attempt)
             return
@@ -161,7 +169,11 @@ class Attempts:
         await self._conclude(delivery, attempt, final, closing, reply_seq, writer.take())
 
     async def _run_turn(
-        self, view: ResponseView, events: ResponseEvents, writer: _EventWriter
+        self,
+        view: ResponseView,
+        events: ResponseEvents,
+        writer: _EventWriter,
+        payer: Identity | None = None,
     ) -> tuple[ResponseView, int | None]:
         interrupt = Interrupt()
         loop = asyncio.get_running_loop()
@@ -175,7 +187,9 @@ class Attempts:
                 await writer.flush()
 
         work = asyncio.create_task(
-            self.responses.run_turn(view, deadline=deadline, interrupt=interrupt, on_delta=on_delta)
+            self.responses.run_turn(
+                view, deadline=deadline, interrupt=interrupt, on_delta=on_delta, identity=payer
+            )
         )
         try:
             checked = loop.time()

@@ -15,15 +15,17 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
 
 from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
+from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
 from ..store import DELETED, TERMINAL, Store, job_id
@@ -36,7 +38,7 @@ from ..wire.responses import (
     new_response_id,
 )
 
-__all__ = ("Responses", "no_conversation", "result_fields", "view_of")
+__all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,16 @@ def no_conversation(conversation: str) -> NotFound:
     return NotFound(f"no conversation {conversation!r}", code="conversation_not_found")
 
 
+def payer_of(record: dict[str, bytes]) -> Identity | None:
+    """Who a background response is charged to when it runs (its ``payer`` field: the
+    tenant, the credential's kind and key id); None for no one."""
+    raw = record.get("payer")
+    if not raw:
+        return None
+    tenant, kind, key_id = raw.decode().split("\n", 2)
+    return Identity(tenant=tenant, scopes=frozenset(), kind=kind, key_id=key_id)
+
+
 def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]:
     fields = {"status": view.status.encode(), "done": b"%f" % time.time()}
     if view.output_text is not None:
@@ -102,13 +114,22 @@ def _status_of(done: TurnResult) -> tuple[str, str | None]:
 
 
 class _Deltas(Listener):
-    __slots__ = ("on_delta",)
+    __slots__ = ("on_delta", "on_limits")
 
-    def __init__(self, on_delta: Callable[[str], Awaitable[None]]) -> None:
-        self.on_delta = on_delta
+    def __init__(
+        self,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> None:
+        self.on_delta, self.on_limits = on_delta, on_limits
 
     async def delta(self, text: str) -> None:
-        await self.on_delta(text)
+        if self.on_delta is not None:
+            await self.on_delta(text)
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        if self.on_limits is not None:
+            self.on_limits(headers)
 
 
 class Responses:
@@ -189,9 +210,10 @@ class Responses:
             await self.store.append(fork.id, kept)
         return fork.id
 
-    async def create(self, req: CreateRequest) -> ResponseView:
+    async def create(self, req: CreateRequest, payer: Identity | None = None) -> ResponseView:
         """Store a new response (queued when ``background``, else in progress); one with
-        ``store: false`` is not stored and runs as a stateless turn."""
+        ``store: false`` is not stored and runs as a stateless turn. A background one is
+        charged to ``payer``'s tenant when it runs."""
         self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
         view = ResponseView(
             id=new_response_id(),
@@ -211,6 +233,8 @@ class Responses:
             "part": partition.encode(),
             "bg": b"1" if req.background else b"0",
         }
+        if req.background and payer is not None and payer.tenant:
+            fields["payer"] = f"{payer.tenant}\n{payer.kind}\n{payer.key_id}".encode()
         # A background response's event stream opens at once: response.created, .queued.
         opening = ResponseEvents(view).created() if req.background else []
         await self.jobs.create(
@@ -347,9 +371,10 @@ class Responses:
 
     # -- running ----------------------------------------------------------------------
 
-    def turn_request(self, view: ResponseView) -> TurnRequest:
+    def turn_request(self, view: ResponseView, identity: Identity | None = None) -> TurnRequest:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
+        turn.identity = identity
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
         turn.tenant = self.tenant
@@ -375,12 +400,18 @@ class Responses:
         deadline: float,
         interrupt: Interrupt | None = None,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
+        identity: Identity | None = None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> tuple[ResponseView, int | None]:
         """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
-        final view and the stored reply's seq."""
-        listener = _Deltas(on_delta) if on_delta is not None else None
+        final view and the stored reply's seq. ``identity``: whose limits apply;
+        ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted."""
+        listener = None
+        if on_delta is not None or on_limits is not None:
+            listener = _Deltas(on_delta, on_limits)
+        turn = self.turn_request(view, identity)
         done = await self.agents.run(
-            self.turn_request(view), deadline=deadline, interrupt=interrupt, listener=listener
+            turn, deadline=deadline, interrupt=interrupt, listener=listener
         )
         status, reason = _status_of(done)
         final = dataclasses.replace(
@@ -399,13 +430,20 @@ class Responses:
         *,
         deadline: float,
         on_delta: Callable[[str], Awaitable[None]] | None = None,
+        identity: Identity | None = None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> ResponseView:
-        """A foreground response: run it in the request and store the result."""
+        """A foreground response: run it in the request (within ``identity``'s limits)
+        and store the result."""
+        run = functools.partial(
+            self.run_turn, deadline=deadline, on_delta=on_delta, identity=identity,
+            on_limits=on_limits,
+        )  # fmt: skip
         if not view.request.store:
-            final, _ = await self.run_turn(view, deadline=deadline, on_delta=on_delta)
+            final, _ = await run(view)
             return final
         try:
-            final, reply_seq = await self.run_turn(view, deadline=deadline, on_delta=on_delta)
+            final, reply_seq = await run(view)
         except AgentdError as exc:
             failed = dataclasses.replace(view, status="failed", error=error_dict(exc))
             with contextlib.suppress(AgentdError):

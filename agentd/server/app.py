@@ -14,13 +14,13 @@ from collections.abc import Callable
 from aiohttp import web
 
 from ..agent import Agents
-from ..auth import Auth, check_credentials
+from ..auth import Auth, Limiter, check_credentials
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
-from ..metrics import BackendMetrics, JobMetrics, Metrics
+from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics
 from ..runtime import WorkerState
 from ..store import open_store
 from . import (
@@ -34,6 +34,7 @@ from . import (
     responses,
     sessions,
     state,
+    usage,
     ws,
 )
 from .auth import authenticate
@@ -93,6 +94,9 @@ async def _close_parts(app: web.Application) -> None:
     await app[CACHE].close()
     await app[BACKENDS].close()
     await app[AUTH].close()
+    limiter = app[AGENTS].limiter
+    if limiter is not None:
+        await limiter.close()
     await app[STORE].close()
 
 
@@ -115,7 +119,9 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[AUTH] = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
-    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache)
+    named = tuple(t.name for t in config.auth.tenants)
+    limiter = Limiter(config, store.limits, TenantMetrics(metrics, named))
+    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter)
     app[RESPONSES] = responses_api = Responses(config, store, agents)
     app[RUNNER] = JobRunner(
         config, responses_api, store.jobs, agents.admission, JobMetrics(metrics)
@@ -134,6 +140,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     conversations.setup(app)
     state.setup(app)
     passthrough.setup(app)
+    usage.setup(app)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -33,14 +34,21 @@ __all__ = ("setup",)
 
 
 def _headers(
-    turn: TurnRequest, cache: str, done: TurnResult | None, parse_s: float
+    turn: TurnRequest,
+    cache: str,
+    done: TurnResult | None,
+    parse_s: float,
+    ratelimit: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     headers = {"X-Cache": cache}
+    if ratelimit:
+        headers.update(ratelimit)
     session_id = turn.session_id
     if session_id is not None:
         headers["X-Session-Id"] = session_id
     if done is not None:
         headers["Server-Timing"] = done.timings.header(parse_s)
+        headers.update(done.ratelimit)
     return headers
 
 
@@ -62,6 +70,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         store=body.store,
         metadata=body.metadata,
         tenant=identity.tenant,
+        identity=identity,
     )
     parse_s = time.perf_counter() - started
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
@@ -86,7 +95,9 @@ class _ChunkStream(Listener):
     delta, so a turn that fails before it starts (unknown session, busy, upstream down)
     is a JSON error."""
 
-    __slots__ = ("cache", "chunks", "include_usage", "parse_s", "request", "response", "turn")
+    __slots__ = (
+        "cache", "chunks", "include_usage", "parse_s", "ratelimit", "request", "response", "turn",
+    )  # fmt: skip
 
     def __init__(
         self, request: web.Request, turn: TurnRequest, include_usage: bool, parse_s: float
@@ -95,17 +106,21 @@ class _ChunkStream(Listener):
         self.include_usage, self.parse_s = include_usage, parse_s
         self.chunks = Chunks(completion_id(), int(time.time()), turn.agent)
         self.cache = "bypass"
+        self.ratelimit: Mapping[str, str] = {}
         self.response: web.StreamResponse | None = None
 
     async def _begin(self) -> web.StreamResponse:
         if self.response is None:
-            headers = _headers(self.turn, self.cache, None, self.parse_s)
+            headers = _headers(self.turn, self.cache, None, self.parse_s, self.ratelimit)
             self.response = await start_sse(self.request, headers)
             await self.response.write(self.chunks.role())
         return self.response
 
     def source(self, cache: str) -> None:
         self.cache = cache
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        self.ratelimit = headers
 
     async def delta(self, text: str) -> None:
         await (await self._begin()).write(self.chunks.content(text))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiohttp import web
 
 from ..agent import Agents
+from ..auth import Ticket
 from ..backends import EmbeddingRequest, TextChoice, TextChunk, TextRequest
 from ..config import AgentConfig
 from ..errors import AgentdError
@@ -36,14 +37,24 @@ from .keys import AGENTS, BACKENDS, CONFIG
 __all__ = ("setup",)
 
 
-@contextlib.contextmanager
-def _admitted(agents: Agents, agent: AgentConfig) -> Iterator[None]:
-    """Count the call as an interactive turn of ``agent`` (503 over the caps)."""
+@contextlib.asynccontextmanager
+async def _admitted(
+    request: web.Request, agents: Agents, agent: AgentConfig
+) -> AsyncIterator[Ticket | None]:
+    """Count the call as an interactive turn of ``agent`` (503 over the caps) and as a
+    request of its caller (429 over their limits); the ticket is settled on every path
+    (with the call's usage by whoever has it first)."""
     agents.admission.check(agent.name)
     agents.admission.enter(agent.name)
+    limiter = agents.limiter
+    ticket = None if limiter is None else limiter.begin(identity_of(request))
     try:
-        yield
+        if ticket is not None:
+            await ticket.admitted()
+        yield ticket
     finally:
+        if ticket is not None:
+            ticket.settle(ran=False)
         agents.admission.leave(agent.name)
 
 
@@ -58,9 +69,12 @@ async def embeddings(request: web.Request) -> web.Response:
     agent = agents.get(body.agent)
     pool = request.app[BACKENDS].get(agent.backend)
     call = EmbeddingRequest(agent.upstream_model, body.input, body.params)
-    with _admitted(agents, agent):
+    async with _admitted(request, agents, agent) as ticket:
         reply = await pool.embed(call, _deadline(request))
-    return json_response(embeddings_object(agent.name, reply.vectors, reply.usage, body.encoding))
+        headers = _settled(ticket, reply.usage)
+    return json_response(
+        embeddings_object(agent.name, reply.vectors, reply.usage, body.encoding), headers=headers
+    )
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -71,20 +85,32 @@ async def completions(request: web.Request) -> web.StreamResponse:
     pool = request.app[BACKENDS].get(agent.backend)
     call = TextRequest(agent.upstream_model, body.prompt, body.params, body.stream)
     cid, created = completion_id(), int(time.time())
-    with _admitted(agents, agent):
+    async with _admitted(request, agents, agent) as ticket:
         chunks = pool.complete_text(call, _deadline(request))
         async with contextlib.aclosing(chunks):
             if body.stream:
-                return await _stream(request, body, chunks, TextChunks(cid, created, agent.name))
+                frames = TextChunks(cid, created, agent.name)
+                return await _stream(request, body, chunks, frames, ticket)
             choices: dict[int, TextChoice] = {}
             usage: dict[str, int] = {}
             async for chunk in chunks:
                 for piece in chunk.choices:
                     _merge(choices, piece)
                 usage = chunk.usage or usage
+        headers = _settled(ticket, usage)
     for choice in choices.values():
         choice.finish_reason = choice.finish_reason or "stop"
-    return json_response(text_completion(cid, created, agent.name, choices.values(), usage))
+    reply = text_completion(cid, created, agent.name, choices.values(), usage)
+    return json_response(reply, headers=headers)
+
+
+def _settled(ticket: Ticket | None, usage: Mapping[str, Any] | None) -> dict[str, str]:
+    """Charge the call's usage (tokens it does not report are not charged); the
+    caller's x-ratelimit-* headers."""
+    if ticket is None:
+        return {}
+    ticket.settle(usage, "miss")
+    return dict(ticket.headers)
 
 
 def _merge(choices: dict[int, TextChoice], piece: TextChoice) -> None:
@@ -118,6 +144,7 @@ async def _stream(
     body: TextBody,
     chunks: AsyncIterator[TextChunk],
     frames: TextChunks,
+    ticket: Ticket | None,
 ) -> web.StreamResponse:
     """Relay the chunks as SSE. Nothing is sent before the first chunk, so a call that
     fails before it (no healthy node, a refused request) is a JSON error."""
@@ -126,7 +153,7 @@ async def _stream(
     try:
         async for chunk in chunks:
             if response is None:
-                response = await start_sse(request)
+                response = await start_sse(request, dict(ticket.headers) if ticket else None)
             if chunk.choices:
                 await response.write(frames.choices(chunk.choices))
             usage = chunk.usage or usage
@@ -135,8 +162,9 @@ async def _stream(
             raise
         await response.write(error_frame(exc))  # headers are gone: report in the stream
     else:
+        _settled(ticket, usage)
         if response is None:
-            response = await start_sse(request)
+            response = await start_sse(request, dict(ticket.headers) if ticket else None)
         if body.include_usage:
             await response.write(frames.usage(usage))
     await response.write(DONE)

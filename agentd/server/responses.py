@@ -51,15 +51,19 @@ async def create(request: web.Request) -> web.StreamResponse:
     if not req.background:
         # Admission before anything is stored, as for chat turns.
         responses.agents.admission.check(req.agent)
-    view = await responses.create(req)
+    identity = identity_of(request)
+    view = await responses.create(req, payer=identity)
     if req.background:
         if req.stream:
             return await _follow(request, responses, view.id, -1)
         return json_response(response_object(view))
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
     if not req.stream:
-        final = await responses.run_now(view, deadline=deadline)
-        return json_response(response_object(final))
+        headers: dict[str, str] = {}
+        final = await responses.run_now(
+            view, deadline=deadline, identity=identity, on_limits=headers.update
+        )
+        return json_response(response_object(final), headers=headers)
     return await _stream_now(request, responses, view, deadline)
 
 
@@ -70,11 +74,12 @@ async def _stream_now(
     delta, so a turn that fails before it starts is a JSON error."""
     events = ResponseEvents(view)
     stream: web.StreamResponse | None = None
+    headers: dict[str, str] = {}  # the caller's x-ratelimit-*, known before any delta
 
     async def begin() -> web.StreamResponse:
         nonlocal stream
         if stream is None:
-            stream = await start_sse(request)
+            stream = await start_sse(request, headers)
             for event in events.opening():
                 await stream.write(event_frame(event))
         return stream
@@ -83,7 +88,13 @@ async def _stream_now(
         await (await begin()).write(event_frame(events.delta(text)))
 
     try:
-        final = await responses.run_now(view, deadline=deadline, on_delta=on_delta)
+        final = await responses.run_now(
+            view,
+            deadline=deadline,
+            on_delta=on_delta,
+            identity=identity_of(request),
+            on_limits=headers.update,
+        )
     except AgentdError as exc:
         if stream is None:
             raise

@@ -113,6 +113,8 @@ class _Connection:
         frame: dict[str, Any] = {"type": "error", "code": exc.code, "message": exc.message}
         if frame_id is not None:
             frame["id"] = frame_id
+        if exc.retry_after is not None:  # a 429: when to try again, in seconds
+            frame["retry_after"] = exc.retry_after
         self.send(frame)
 
     async def write_forever(self) -> None:
@@ -229,6 +231,7 @@ class _Connection:
             self.session_id,
             turn_id=new_turn_id(),
             tenant=self.credential.identity.tenant,
+            identity=self.credential.identity,
         )
         self.own_turns.add(turn.turn_id)
         task = asyncio.create_task(self.run_turn(frame_id, turn))

@@ -34,21 +34,28 @@ from .api import (
 )
 from .codec import no_session
 from .keys import job_id, job_of
+from .limits import DAY, MONTH, USAGE_FIELDS, Charge, Limits, Rule, Verdict, Window, usage_of
 
 __all__ = (
+    "DAY",
     "DELETED",
     "KEY_UPDATABLE",
+    "MONTH",
     "TERMINAL",
+    "USAGE_FIELDS",
     "Blobs",
+    "Charge",
     "Delivery",
     "Event",
     "Jobs",
     "KeyPage",
     "KeyRecord",
     "Keyring",
+    "Limits",
     "Queue",
     "QueueDepth",
     "Records",
+    "Rule",
     "SessionInfo",
     "SessionPage",
     "Start",
@@ -57,10 +64,13 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "Verdict",
+    "Window",
     "job_id",
     "job_of",
     "no_session",
     "open_store",
+    "usage_of",
 )
 
 

@@ -10,6 +10,7 @@ import copy
 from collections import OrderedDict
 
 from ..config import TENANT_RE, Config
+from .limits import Limits
 from .state import StateStore
 from .turns import TurnStore
 from .watch import WatchStore
@@ -22,6 +23,10 @@ MAX_VIEWS = 1024
 
 class BaseStore(WatchStore, TurnStore, StateStore):
     """A :class:`~agentd.store.api.Store` once the primitives are implemented."""
+
+    # Rate limits, quotas and usage counters (the contract is agentd.store.limits, kept
+    # out of the interfaces module, which imports nothing of the store).
+    limits: Limits
 
     def __init__(self, config: Config) -> None:
         self.config = config

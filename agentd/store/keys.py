@@ -40,6 +40,17 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
   events live.
+- ``agentd:l:{TENANT}:SCOPE`` (hash, TTL): one scope's limits (``SCOPE`` = ``t``, the
+  tenant, or ``k:KEYID``, one of its API keys): ``tl``/``tt`` (the token bucket's level
+  and when it was computed, ms), ``dd``/``dt`` (the UTC day and its tokens), ``md``/``mt``
+  (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rq`` (sorted set, TTL) the
+  requests admitted in the last minute (score: ms); ``agentd:l:{TENANT}:SCOPE:cc``
+  (sorted set, TTL) the turn slots held (member the ticket, score its lease's end, ms).
+  Every scope of a tenant shares the tenant's hash tag: a request's key and tenant
+  limits are checked in one script. See docs/auth-limits.md.
+- ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
+  (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
+  per key as ``KEY/FIELD``), written by the same script as the request's charge.
 - ``agentd:k:{ID}`` (hash): an API key's record (:class:`.api.KeyRecord`): ``tenant``,
   ``name``, ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
   (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
@@ -60,15 +71,18 @@ __all__ = (
     "JOB_GROUP",
     "KEYS_ALL",
     "KEYS_CHANNEL",
+    "LIMIT_PREFIX",
     "PREFIX",
     "SESSION_META_PREFIX",
     "SESSION_META_SUFFIX",
+    "USAGE_PATTERN",
     "cache_key",
     "dead_key",
     "flight_keys",
     "job_id",
     "job_of",
     "key_record",
+    "limit_keys",
     "queue_key",
     "record_keys",
     "session_channel",
@@ -79,6 +93,7 @@ __all__ = (
     "tenant_keys",
     "tenant_prefix",
     "turn_key",
+    "usage_key",
 )
 
 
@@ -166,6 +181,24 @@ def job_of(job: str) -> tuple[str, str]:
     """(tenant, response id) of a queued job's id (see :func:`job_id`)."""
     tenant, _, rid = job.rpartition("/")
     return tenant, rid
+
+
+LIMIT_PREFIX = f"{PREFIX}l:"
+
+
+def limit_keys(tenant: str, scope: str) -> tuple[str, str, str]:
+    """A limit scope's (state hash, requests log, turn slots): the tenant's slot."""
+    base = f"{LIMIT_PREFIX}{{{tenant}}}:{scope}"
+    return base, base + ":rq", base + ":cc"
+
+
+def usage_key(tenant: str, day: str) -> str:
+    """The tenant's usage of one UTC day (``YYYYMMDD``): the tenant's slot."""
+    return f"{LIMIT_PREFIX}{{{tenant}}}:u:{day}"
+
+
+# Every usage record, for the admin's view across tenants (SCAN).
+USAGE_PATTERN = f"{LIMIT_PREFIX}{{*}}:u:*"
 
 
 # -- API keys --------------------------------------------------------------------------

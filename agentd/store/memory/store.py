@@ -21,6 +21,7 @@ from ..sessions import IndexRow, activity_ms
 from .blobs import MemoryBlobs
 from .feeds import Channels
 from .keyring import MemoryKeyring
+from .limits import MemoryLimits
 from .queue import MemoryQueue
 from .records import MemoryRecords
 
@@ -79,6 +80,7 @@ class MemoryStore(BaseStore):
         self._sweeper: asyncio.Task[None] | None = None
         self.blobs = MemoryBlobs()
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
+        self.limits = MemoryLimits()
         self.keyring = MemoryKeyring(self._channels)
 
     def _bind(self, space: _Space) -> None:
@@ -111,6 +113,7 @@ class MemoryStore(BaseStore):
                 for sid in [s for s, sess in space.sessions.items() if sess.expires <= now]:
                     view._drop(sid)
             self.jobs.sweep()
+            self.limits.sweep(time.strftime("%Y%m%d", time.gmtime()))
 
     def _drop(self, sid: str) -> None:
         """Forget a session and its index entry."""

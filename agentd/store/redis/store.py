@@ -22,6 +22,7 @@ from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
 from .index import IndexWrites
 from .keyring import RedisKeyring
+from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
@@ -74,6 +75,7 @@ class RedisStore(BaseStore):
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        self.limits = RedisLimits(self.shards)
         self.keyring = RedisKeyring(self.shards, self.hub)
         # Every key starts with the tenant's prefix (see keys.tenant_prefix).
         self.prefix = K.PREFIX
