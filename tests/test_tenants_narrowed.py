@@ -179,3 +179,38 @@ async def test_an_agent_outside_a_narrowed_identity_is_forbidden(url: str) -> No
         allowed = {"model": "echo", "messages": user}
         status, _ = await _call(http, url, narrowed, "POST", "/v1/chat/completions", allowed)
         assert status == 200
+
+
+async def test_an_identity_narrowed_to_sessions_starts_no_other_session(url: str) -> None:
+    narrowed = _as("acme", sessions=["mine"])
+    async with aiohttp.ClientSession() as http:
+        refused = [
+            await _call(http, url, narrowed, "POST", "/v1/sessions", {}),
+            await _call(http, url, narrowed, "POST", "/v1/conversations", {}),
+            await _call(
+                http, url, narrowed, "POST", "/v1/responses", {"model": "echo", "input": "hi"}
+            ),
+        ]
+        for status, body in refused:
+            assert (status, body["error"]["code"]) == (403, "permission_denied"), body
+        status, body = await _call(http, url, narrowed, "POST", "/v1/sessions", {"id": "mine"})
+        assert status == 201 and body["id"] == "mine"
+        body = {"model": "echo", "input": "hi", "session_id": "mine"}
+        status, body = await _call(http, url, narrowed, "POST", "/v1/responses", body)
+        assert status == 200 and body["status"] == "completed", body
+        # Nothing was created by the refused calls: the tenant holds the one session.
+        status, page = await _call(http, url, _as("acme"), "GET", "/v1/sessions", None)
+        assert [s["id"] for s in page["data"]] == ["mine"]
+
+
+async def test_models_lists_only_the_agents_an_identity_may_use(url: str) -> None:
+    narrowed = _as("acme", agents=["other"])
+    async with aiohttp.ClientSession() as http:
+        status, page = await _call(http, url, narrowed, "GET", "/v1/models", None)
+        assert status == 200 and [m["id"] for m in page["data"]] == ["other"]
+        status, page = await _call(http, url, _as("acme"), "GET", "/v1/models", None)
+        assert [m["id"] for m in page["data"]] == ["echo", "other"]
+        status, body = await _call(http, url, narrowed, "GET", "/v1/models/echo", None)
+        assert (status, body["error"]["code"]) == (403, "permission_denied")
+        status, body = await _call(http, url, narrowed, "GET", "/v1/models/other", None)
+        assert status == 200 and body["id"] == "other"

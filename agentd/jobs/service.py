@@ -27,7 +27,7 @@ import orjson
 from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
-from ..errors import AgentdError, BadRequest, Conflict, NotFound, RateLimited
+from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
 from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
@@ -169,7 +169,7 @@ class Responses:
         prev = req.previous_response_id
         if prev is None:
             if req.session_id is None:
-                return (await self.store.create_session(agent=req.agent)).id
+                return await self._new_session(req.agent)
             try:
                 return (await self.store.get_session(req.session_id)).id
             except NotFound:
@@ -205,10 +205,16 @@ class Responses:
             for m in await self.store.history(sid, after=0)
             if m["seq"] <= reply_seq
         ]
-        fork = await self.store.create_session(agent=req.agent, metadata={"forked_from": prev})
+        fork = await self._new_session(req.agent, {"forked_from": prev})
         if kept:
-            await self.store.append(fork.id, kept)
-        return fork.id
+            await self.store.append(fork, kept)
+        return fork
+
+    async def _new_session(self, agent: str, metadata: dict[str, str] | None = None) -> str:
+        if self.sessions is not None:
+            # A credential narrowed to some sessions may not start others.
+            raise Forbidden("this credential may use only the sessions it names")
+        return (await self.store.create_session(agent=agent, metadata=metadata)).id
 
     async def create(self, req: CreateRequest, payer: Identity | None = None) -> ResponseView:
         """Store a new response (queued when ``background``, else in progress); one with

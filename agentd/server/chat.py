@@ -154,12 +154,15 @@ def _model(config: Config, agent: AgentConfig) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    config, agents = request.app[CONFIG], request.app[AGENTS].all()
+    """The agents the caller may use."""
+    config, allowed = request.app[CONFIG], identity_of(request).agents
+    agents = [a for a in request.app[AGENTS].all() if allowed is None or a.name in allowed]
     return json_response({"object": "list", "data": [_model(config, a) for a in agents]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     agent = request.app[AGENTS].get(request.match_info["name"])
+    identity_of(request).check_agent(agent.name)
     return json_response(_model(request.app[CONFIG], agent))
 
 

@@ -96,6 +96,7 @@ def _object(info: SessionInfo) -> web.Response:
 
 async def create(request: web.Request) -> web.Response:
     messages, metadata = parse_create_body(await request.read())
+    identity_of(request).check_new_session()
     store = store_of(request)
     info = await store.create_session(metadata=metadata)
     if messages:

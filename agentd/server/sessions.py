@@ -52,6 +52,8 @@ async def create_session(request: web.Request) -> web.Response:
         raise BadRequest("metadata must be a JSON object", code="invalid_request")
     if body.get("id") is not None:
         identity_of(request).check_session(validate_session_id(body["id"]))
+    else:
+        identity_of(request).check_new_session()
     # The session is the caller's tenant's (the view records it in SessionInfo.tenant).
     info = await store_of(request).create_session(
         body.get("id"),
