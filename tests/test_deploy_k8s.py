@@ -278,7 +278,7 @@ def test_a_real_agentd_on_the_dev_config_exports_what_keda_reads(
         "AGENTD_REDIS__CLUSTER": "false",
         "AGENTD_CACHE__DISK_PATH": "cache/responses.sqlite",
         "AGENTD_ADMIN_KEY": "test-admin-key",
-        "AGENTD_TOKEN_SECRET": "test-token-secret",
+        "AGENTD_TOKEN_SECRET": "test-token-secret-" + "0" * 32,
     }
     proc = agentd_instance(named(docs, "ConfigMap", cm_name)["data"]["config.toml"], env=env)
     status, _, body = http_get(proc.url + "/metrics")

@@ -27,7 +27,7 @@ Start = Callable[..., AgentdProcess]
 
 ADMIN_KEY = "sk-admin-" + "b" * 40
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-# The bound docs/auth-keys.md promises for a revoke or an update to reach every worker.
+# The bound docs/auth.md promises for a revoke or an update to reach every worker.
 BOUND_S = 2.0
 # Requests per check, over fresh connections: enough to reach each of the two workers.
 SPREAD = 16

@@ -6,7 +6,7 @@ cancel): its tokens charged, its turn slot released, its usage counted.
 Identities of kind ``open`` (``auth.mode = "none"``) and ``admin`` (the operator's key)
 are not limited and cost nothing. A caller with no limit at all costs no call before
 its turn, only the settle that counts its usage, after the reply. See
-docs/auth-limits.md.
+docs/auth.md.
 """
 
 from __future__ import annotations

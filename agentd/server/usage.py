@@ -7,7 +7,7 @@
 
 ``days`` counts back from today (UTC, today included): 1 to :data:`MAX_DAYS`, default
 :data:`DEFAULT_DAYS`. The counters are written by the limiter's settle of each request
-(:mod:`agentd.auth.limits`); see docs/auth-limits.md.
+(:mod:`agentd.auth.limits`); see docs/auth.md.
 """
 
 from __future__ import annotations

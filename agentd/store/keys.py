@@ -47,7 +47,7 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   requests admitted in the last minute (score: ms); ``agentd:l:{TENANT}:SCOPE:cc``
   (sorted set, TTL) the turn slots held (member the ticket, score its lease's end, ms).
   Every scope of a tenant shares the tenant's hash tag: a request's key and tenant
-  limits are checked in one script. See docs/auth-limits.md.
+  limits are checked in one script. See docs/auth.md.
 - ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
   (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
   per key as ``KEY/FIELD``), written by the same script as the request's charge.

@@ -5,7 +5,7 @@ the key (``"k:KEYID"``). Every scope of one tenant lives under the tenant's hash
 (:func:`agentd.store.keys.limit_keys`), so checking all of them is one atomic call (one
 Lua script, one round trip) on one shard, on one Redis, client-side shards or a Redis
 Cluster alike. The memory (:mod:`.memory.limits`) and Redis (:mod:`.redis.limits`)
-implementations keep the same state with the same algorithms (docs/auth-limits.md):
+implementations keep the same state with the same algorithms (docs/auth.md):
 
 - requests per minute: a sliding log of the last 60 s of admitted requests (at most N in
   any 60 s window; a burst of N when the window is empty);
