@@ -47,7 +47,7 @@ def lua_script(
     ``session_id`` rotated per request (``body`` then holds ``%s`` where the id goes)."""
     lines = [f'wrk.method = "{method}"']
     lines += [
-        f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in (headers or {}).items()
+        f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in (headers or {}).items()
     ]
     if body is not None:
         lines.append('wrk.headers["Content-Type"] = "application/json"')

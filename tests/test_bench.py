@@ -236,6 +236,9 @@ def test_wrk_script_and_summary() -> None:
     assert 'local sessions = {"a", "b"}' in script and "request = function()" in script
     assert "wrk.body" not in script
     assert 'wrk.body = [[{"x":1}]]' in lua_script("POST", '{"x":1}')
+    # A long string right inside an index needs a space: "[[[" would not parse.
+    keyed = lua_script("GET", headers={"Authorization": "Bearer k"})
+    assert "wrk.headers[ [[Authorization]] ] = [[Bearer k]]" in keyed
     out = parse_output(
         "Running 1s test\nBENCH-JSON "
         '{"duration_us":2000000,"requests":1000,"bytes":1,"errors":{"connect":0,"read":0,'
