@@ -35,6 +35,7 @@ __all__ = (
     "JobsConfig",
     "LimitsConfig",
     "LogConfig",
+    "McpServerConfig",
     "PartitionConfig",
     "RedisConfig",
     "ServerConfig",
@@ -42,6 +43,8 @@ __all__ = (
     "StateConfig",
     "TenantConfig",
     "TokensConfig",
+    "ToolLimits",
+    "ToolsConfig",
     "WebSocketConfig",
     "dump_toml",
     "is_loopback",
@@ -260,6 +263,17 @@ class AgentCacheConfig:
 
 
 @dataclass(frozen=True)
+class ToolLimits:
+    """An agent's own tool loop limits, ``[agents.tool_limits]``: 0 = the ``[tools]``
+    value (see there what each means)."""
+
+    max_steps: int = opt(0, min=0, max=1000)
+    tool_timeout_s: float = opt(0.0, min=0.0, max=3600.0)
+    max_tool_output_bytes: int = opt(0, min=0, max=64 * 1024 * 1024)
+    max_turn_s: float = opt(0.0, min=0.0, max=86400.0)
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """An agent: what clients name as the OpenAI ``model``."""
 
@@ -283,6 +297,10 @@ class AgentConfig:
     # The ``created`` of its model object (Unix seconds); 0: when the config was written
     # (the config file's modification time), the same on every worker and instance.
     created: int = opt(0, min=0, max=2**40)
+    # Its MCP tools: "label" (all of a server's tools) or "label:tool" (one of them).
+    tools: tuple[str, ...] = opt(())
+    # Its own tool loop limits (0 = the [tools] value).
+    tool_limits: ToolLimits = field(default_factory=ToolLimits)
 
     @property
     def upstream_model(self) -> str:
@@ -438,6 +456,119 @@ class AuthConfig:
         return self.tenant_limits
 
 
+# -- tools: MCP servers and the agent loop's limits (docs/tools.md) -----------------
+
+LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A header or environment value of this form names a variable of agentd's environment
+# (read when the connection opens): secrets stay out of the file.
+ENV_REF = "env:"
+
+
+def _check_label(value: str) -> str | None:
+    if not LABEL_RE.fullmatch(value):
+        return f"must be 1-64 letters, digits, '_' or '-', got {value!r}"
+    return None
+
+
+def _check_mcp_url(value: str) -> str | None:
+    return _check_http_url(value) if value else None
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    """An MCP tool server: streamable HTTP (``url``) or a local process on stdio
+    (``command``), used by the agents that name its label."""
+
+    label: str = opt("", check=_check_label)
+    url: str = opt("", check=_check_mcp_url)
+    # HTTP headers sent with every request; a value "env:NAME" is read from $NAME.
+    headers: dict[str, str] = field(default_factory=dict, metadata={})
+    command: str = opt("")
+    args: tuple[str, ...] = opt(())
+    # Environment of the process (besides PATH, HOME, ...); "env:NAME" is read from $NAME.
+    env: dict[str, str] = field(default_factory=dict, metadata={})
+    # One call's deadline and the largest result kept, whatever the agent's limits.
+    timeout_s: float = opt(60.0, min=0.001, max=3600.0)
+    max_output_bytes: int = opt(1024 * 1024, min=1, max=64 * 1024 * 1024)
+
+    @property
+    def transport(self) -> str:
+        return "http" if self.url else "stdio"
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """Tool limits every agent has, and the tool servers requests may name."""
+
+    # URL prefixes a Responses API request may name as an MCP tool's server_url
+    # (empty: none, only the configured labels).
+    allowed_server_urls: tuple[str, ...] = opt((), check=_check_http_url)
+    # Model calls in one turn (each may ask for tools).
+    max_steps: int = opt(8, min=1, max=1000)
+    # One tool call's deadline, in seconds (also bounded by its server's timeout_s).
+    tool_timeout_s: float = opt(30.0, min=0.001, max=3600.0)
+    # The largest tool result the model sees, in bytes (also bounded by its server's).
+    max_tool_output_bytes: int = opt(65536, min=1, max=64 * 1024 * 1024)
+    # The whole turn's deadline, model and tool calls included, in seconds.
+    max_turn_s: float = opt(300.0, min=0.001, max=86400.0)
+
+    def limits_for(self, agent: AgentConfig) -> ToolLimits:
+        """The agent's limits: its own where set, else these (all non-zero)."""
+        own, base = agent.tool_limits, self
+        return ToolLimits(
+            max_steps=own.max_steps or base.max_steps,
+            tool_timeout_s=own.tool_timeout_s or base.tool_timeout_s,
+            max_tool_output_bytes=own.max_tool_output_bytes or base.max_tool_output_bytes,
+            max_turn_s=own.max_turn_s or base.max_turn_s,
+        )
+
+    def allows_url(self, url: str) -> bool:
+        """Whether ``url`` is under one of the allowed prefixes, at a path boundary
+        (``https://tools.example`` does not allow ``https://tools.example.evil``)."""
+        for prefix in self.allowed_server_urls:
+            if url == prefix:
+                return True
+            if url.startswith(prefix) and (prefix.endswith("/") or url[len(prefix)] in "/?#"):
+                return True
+        return False
+
+
+def _check_tools(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:
+    labels: list[str] = []
+    for i, server in enumerate(config.mcp_servers):
+        where = f"mcp_servers[{i}]"
+        if server.label in labels:
+            errors.append(f"{where}.label: {server.label!r} is defined twice")
+        labels.append(server.label)
+        if bool(server.url) == bool(server.command) and not bad(f"{where}.url"):
+            errors.append(
+                f"{where}: set either url (streamable HTTP) or command (stdio), "
+                f"{'not both' if server.url else 'one of them'}"
+            )
+        if server.command and server.headers:
+            errors.append(f"{where}.headers: only for a url (streamable HTTP) server")
+        if server.url and (server.args or server.env):
+            errors.append(f"{where}: args and env are only for a command (stdio) server")
+        for table in ("headers", "env"):
+            for key, value in getattr(server, table).items():
+                if not isinstance(value, str):
+                    errors.append(f"{where}.{table}.{key}: expected a string, got {value!r}")
+                elif value.startswith(ENV_REF) and not value[len(ENV_REF) :]:
+                    errors.append(f"{where}.{table}.{key}: 'env:' needs a variable name")
+    if bad("mcp_servers"):
+        return
+    for i, agent in enumerate(config.agents):
+        for j, ref in enumerate(agent.tools):
+            label, _, tool = ref.partition(":")
+            if label not in labels:
+                errors.append(
+                    f"agents[{i}].tools[{j}]: no MCP server labelled {label!r} "
+                    f"(declared: {', '.join(labels) or 'none'})"
+                )
+            elif ":" in ref and not tool:
+                errors.append(f"agents[{i}].tools[{j}]: {ref!r} names no tool after ':'")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     level: str = opt("info", choices=("debug", "info", "warning", "error"))
@@ -459,6 +590,8 @@ class Config:
     backends: tuple[BackendConfig, ...] = opt((BackendConfig(),))
     agents: tuple[AgentConfig, ...] = opt((AgentConfig(),))
     partitions: tuple[PartitionConfig, ...] = opt(())
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    mcp_servers: tuple[McpServerConfig, ...] = opt(())
     source: str | None = field(default=None, metadata={"internal": True})
     # When the config was written (the file's modification time), else loaded: Unix
     # seconds, the default ``created`` of the agents' model objects.
@@ -718,6 +851,7 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
                 f"(defined: {', '.join(sorted(known))})"
             )
     _check_auth(config, bad, errors)
+    _check_tools(config, bad, errors)
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     if config.mode == "standalone":

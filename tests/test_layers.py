@@ -32,11 +32,13 @@ ALLOWED: dict[str, set[str]] = {
     "store": {"aio", "errors", "schema", "config", "fastpath"},
     "backends": {"errors", "config", "metrics"},
     "cache": {"errors", "config", "fastpath", "metrics", "store"},
+    "tools": {"errors", "config", "metrics", "version"},
     "wire": {"errors", "schema", "config", "fastpath", "client_json"},
     "auth": BASE | {"store"},
-    "agent": BASE | {"store", "cache", "backends", "auth"},
+    "agent": BASE | {"store", "cache", "backends", "auth", "tools"},
     "jobs": BASE | {"store", "agent", "auth", "wire", "client_json"},
-    "server": BASE | {"store", "cache", "backends", "auth", "agent", "jobs", "wire", "client_json"},
+    "server": BASE
+    | {"store", "cache", "backends", "auth", "agent", "tools", "jobs", "wire", "client_json"},
     "proc": BASE | {"server"},
     "chat_client": BASE | {"client_json"},
     "keys_client": {"config"},
@@ -50,6 +52,7 @@ PUBLIC = {
     "cache": {"agentd.cache"},
     "backends": {"agentd.backends"},
     "auth": {"agentd.auth"},
+    "tools": {"agentd.tools"},
     "agent": {"agentd.agent"},
     "wire": None,  # the wire formats are all public
     "jobs": None,

@@ -20,9 +20,10 @@ from ..cache import ResponseCache
 from ..config import Config
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
-from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics
+from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics, ToolMetrics
 from ..runtime import WorkerState
 from ..store import open_store
+from ..tools import ToolPool, Tools
 from . import (
     admin,
     cache_admin,
@@ -49,6 +50,7 @@ from .keys import (
     RUNNER,
     STATE,
     STORE,
+    TOOLS,
 )
 from .middleware import observe
 
@@ -87,10 +89,13 @@ async def _start_parts(app: web.Application) -> None:
     await app[AUTH].start()
     await app[BACKENDS].start()
     await app[CACHE].start()
+    await app[TOOLS].pool.start()
     await app[RUNNER].start()
 
 
 async def _close_parts(app: web.Application) -> None:
+    # Stdio tool servers are this worker's children: stopped with it.
+    await app[TOOLS].pool.close()
     await app[CACHE].close()
     await app[BACKENDS].close()
     await app[AUTH].close()
@@ -119,6 +124,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[AUTH] = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
+    app[TOOLS] = Tools(config, ToolPool(config.mcp_servers, ToolMetrics(metrics)))
     named = tuple(t.name for t in config.auth.tenants)
     limiter = Limiter(config, store.limits, TenantMetrics(metrics, named))
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter)

@@ -17,6 +17,7 @@ from ..jobs.service import Responses
 from ..metrics import Metrics
 from ..runtime import WorkerState
 from ..store import Store
+from ..tools import Tools
 
 __all__ = (
     "AGENTS",
@@ -28,6 +29,7 @@ __all__ = (
     "RUNNER",
     "STATE",
     "STORE",
+    "TOOLS",
 )
 
 CONFIG = web.AppKey("config", Config)
@@ -40,6 +42,8 @@ AUTH = web.AppKey("auth", Auth)
 CACHE = web.AppKey("cache", ResponseCache)
 RESPONSES = web.AppKey("responses", Responses)
 RUNNER = web.AppKey("runner", JobRunner)
+# The agents' MCP tools: the worker's pool of tool server connections (docs/tools.md).
+TOOLS = web.AppKey("tools", Tools)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,25 @@
+"""Tools for agents: MCP tool servers (streamable HTTP and stdio) as a per-worker pool
+of long-lived client sessions, and what an agent's loop needs of them (docs/tools.md).
+
+This part knows nothing of sessions or HTTP requests: the agent layer asks it which
+tools an agent has (in OpenAI's function-tool shape) and calls them; every failure of a
+call is a :class:`ToolResult` with ``is_error`` set, never an exception.
+"""
+
+from __future__ import annotations
+
+from .connection import ToolServerError
+from .pool import ToolPool
+from .result import OUTCOMES, ToolResult
+from .service import FunctionTool, Tools, ToolSet, function_name
+
+__all__ = (
+    "OUTCOMES",
+    "FunctionTool",
+    "ToolPool",
+    "ToolResult",
+    "ToolServerError",
+    "ToolSet",
+    "Tools",
+    "function_name",
+)

@@ -1,0 +1,98 @@
+"""A worker's MCP client sessions: one connection per configured server, opened on
+first use and kept for the worker's life (see :mod:`agentd.tools.connection`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import mcp.types as types
+
+from ..config import ENV_REF, McpServerConfig
+from ..metrics import ToolMetrics
+from .connection import Connection
+from .result import ToolResult, failure
+
+__all__ = ("ToolPool",)
+
+log = logging.getLogger(__name__)
+
+
+class ToolPool:
+    """The worker's tool servers by label: ``list_tools`` and ``call``."""
+
+    def __init__(self, servers: tuple[McpServerConfig, ...], metrics: ToolMetrics | None) -> None:
+        self._servers = {s.label: s for s in servers}
+        self._connections = {s.label: Connection(s) for s in servers}
+        self._metrics = metrics
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._servers)
+
+    def server(self, label: str) -> McpServerConfig | None:
+        return self._servers.get(label)
+
+    async def start(self, environ: Mapping[str, str] | None = None) -> None:
+        """Nothing connects before it is used; say now what would keep a server from it."""
+        environ = os.environ if environ is None else environ
+        for server in self._servers.values():
+            for table in ("headers", "env"):
+                for key, value in getattr(server, table).items():
+                    name = value[len(ENV_REF) :] if value.startswith(ENV_REF) else None
+                    if name is not None and name not in environ:
+                        log.warning(
+                            "tool server %r: %s %r names $%s, which is not set: its calls "
+                            "will fail until it is",
+                            server.label,
+                            table,
+                            key,
+                            name,
+                        )
+
+    async def list_tools(
+        self, label: str, timeout_s: float | None = None
+    ) -> tuple[types.Tool, ...]:
+        """A server's tools (cached until it says they changed); :class:`ToolServerError`
+        when it cannot say, ``KeyError`` for a label not configured."""
+        connection = self._connections[label]
+        return await connection.list_tools(timeout_s or connection.server.timeout_s)
+
+    async def call(
+        self,
+        label: str,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        max_output_bytes: int | None = None,
+    ) -> ToolResult:
+        """Call a tool; the server's own ``timeout_s`` and ``max_output_bytes`` bound
+        those given. Never raises but for the caller's cancellation, which cancels the
+        call on the server too."""
+        connection = self._connections.get(label)
+        if connection is None:
+            return failure(f"no tool server labelled {label!r}", "unavailable")
+        server = connection.server
+        timeout = min(timeout_s or server.timeout_s, server.timeout_s)
+        max_bytes = min(max_output_bytes or server.max_output_bytes, server.max_output_bytes)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcome = "cancelled"
+        try:
+            result = await connection.call(tool, arguments or {}, timeout, max_bytes)
+            outcome = result.outcome
+            return result
+        finally:
+            if self._metrics is not None:
+                self._metrics.call(label, tool, outcome, loop.time() - started)
+
+    def in_flight(self) -> int:
+        """Calls running now, over all servers."""
+        return sum(len(c.calls) for c in self._connections.values())
+
+    async def close(self) -> None:
+        """Close every connection (and stop every stdio server's process)."""
+        await asyncio.gather(*(c.close() for c in self._connections.values()))

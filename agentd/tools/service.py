@@ -1,0 +1,185 @@
+"""What the agent layer uses: an agent's tools in OpenAI's function-tool shape, and
+calling one by the name the model was given.
+
+Names: a tool keeps its own name, unless two of the agent's servers have a tool of that
+name; then each of those is named ``LABEL__TOOL``. Characters OpenAI does not allow in a
+function name (outside ``A-Za-z0-9_-``) become ``_``, and a name longer than 64 is cut
+and ends with a hash of the whole, so every name is valid and distinct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..config import AgentConfig, Config, ToolLimits
+from .connection import ToolServerError
+from .pool import ToolPool
+from .result import ToolResult, failure
+
+__all__ = ("FunctionTool", "ToolSet", "Tools", "function_name")
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 64
+_NOT_ALLOWED = re.compile(r"[^A-Za-z0-9_-]")
+EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def function_name(*parts: str) -> str:
+    """A valid OpenAI function name for a tool: parts joined by ``__``, cleaned, bounded."""
+    whole = "__".join(parts)
+    name = _NOT_ALLOWED.sub("_", whole)
+    if len(name) > NAME_MAX:
+        name = f"{name[: NAME_MAX - 9]}_{hashlib.sha1(whole.encode()).hexdigest()[:8]}"
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    """One MCP tool offered to the model: its function name and schema, and where it
+    lives (``label``, ``tool``)."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    label: str
+    tool: str
+
+    def chat(self) -> dict[str, Any]:
+        """Chat completions' ``tools`` item."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+    def responses(self) -> dict[str, Any]:
+        """The Responses API's ``tools`` item."""
+        return {
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+        }
+
+
+@dataclass(frozen=True)
+class ToolSet:
+    """An agent's tools for one turn, and the servers that could not list theirs."""
+
+    functions: tuple[FunctionTool, ...] = ()
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+
+    def find(self, name: str) -> FunctionTool | None:
+        for f in self.functions:
+            if f.name == name:
+                return f
+        return None
+
+    def chat(self) -> list[dict[str, Any]]:
+        return [f.chat() for f in self.functions]
+
+
+class Tools:
+    """The agents' MCP tools over the worker's :class:`ToolPool`."""
+
+    def __init__(self, config: Config, pool: ToolPool) -> None:
+        self._config = config
+        self._agents = {a.name: a for a in config.agents}
+        self.pool = pool
+
+    def limits(self, agent: str | AgentConfig) -> ToolLimits:
+        return self._config.tools.limits_for(self._agent(agent))
+
+    def allows_server_url(self, url: str) -> bool:
+        """Whether a request may name ``url`` as an MCP server (``[tools]
+        allowed_server_urls``)."""
+        return self._config.tools.allows_url(url)
+
+    def _agent(self, agent: str | AgentConfig) -> AgentConfig:
+        return self._agents[agent] if isinstance(agent, str) else agent
+
+    async def for_agent(self, agent: str | AgentConfig) -> ToolSet:
+        """The agent's tools now (from the cached lists); a server that cannot list its
+        tools is left out and named in ``unavailable``."""
+        config = self._agent(agent)
+        if not config.tools:
+            return ToolSet()
+        wanted: dict[str, set[str] | None] = {}  # label -> tools (None: all of them)
+        for ref in config.tools:
+            label, _, tool = ref.partition(":")
+            if not tool:
+                wanted[label] = None
+            elif wanted.get(label, set()) is not None:
+                wanted.setdefault(label, set()).add(tool)  # type: ignore[union-attr]
+        timeout = self.limits(config).tool_timeout_s
+        found: list[tuple[str, Any]] = []
+        unavailable: dict[str, str] = {}
+        for label, only in wanted.items():
+            try:
+                listed = await self.pool.list_tools(label, timeout)
+            except ToolServerError as exc:
+                log.warning("agent %r: %s", config.name, exc)
+                unavailable[label] = str(exc)
+                continue
+            found.extend((label, t) for t in listed if only is None or t.name in only)
+        counts: dict[str, int] = {}
+        for _, t in found:
+            counts[t.name] = counts.get(t.name, 0) + 1
+        functions: list[FunctionTool] = []
+        taken: set[str] = set()
+        for label, t in found:
+            name = function_name(t.name) if counts[t.name] == 1 else function_name(label, t.name)
+            if name in taken:  # two names that differ only in cleaned characters
+                name = function_name(f"{name}_{hashlib.sha1(t.name.encode()).hexdigest()[:6]}")
+            taken.add(name)
+            functions.append(
+                FunctionTool(
+                    name=name,
+                    description=t.description or t.title or "",
+                    parameters=dict(t.input_schema) or EMPTY_SCHEMA,
+                    label=label,
+                    tool=t.name,
+                )
+            )
+        return ToolSet(tuple(functions), unavailable)
+
+    async def call(
+        self,
+        agent: str | AgentConfig,
+        tools: ToolSet,
+        name: str,
+        arguments: str | Mapping[str, Any] | None,
+    ) -> ToolResult:
+        """Call the tool the model named, with the arguments it wrote (a JSON object,
+        as text or parsed), within the agent's limits. Never raises but for the caller's
+        cancellation: a bad name or bad arguments are error results too."""
+        target = tools.find(name)
+        if target is None:
+            known = ", ".join(f.name for f in tools.functions) or "none"
+            return failure(f"there is no tool named {name!r} (tools: {known})", "error")
+        if isinstance(arguments, str):
+            try:
+                arguments = orjson.loads(arguments) if arguments.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                return failure(f"the arguments of {name!r} are not valid JSON: {exc}", "error")
+        if arguments is not None and not isinstance(arguments, Mapping):
+            return failure(f"the arguments of {name!r} must be a JSON object", "error")
+        limits = self.limits(agent)
+        return await self.pool.call(
+            target.label,
+            target.tool,
+            dict(arguments or {}),
+            timeout_s=limits.tool_timeout_s,
+            max_output_bytes=limits.max_tool_output_bytes,
+        )
