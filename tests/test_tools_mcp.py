@@ -498,3 +498,26 @@ def test_allowed_server_urls_match_at_a_boundary() -> None:
     assert tools.allows_url("http://10.0.0.5/mcp/a")
     assert not tools.allows_url("http://10.0.0.5/mcpx")
     assert not from_dict({}).tools.allows_url("https://tools.example")
+
+
+async def test_a_stdio_command_that_cannot_start_is_unavailable(pools: list) -> None:
+    config = McpServerConfig(label="nothing", command="/nonexistent/tool-server", timeout_s=10)
+    pool, _ = open_pool(pools, config)
+    result = await pool.call("nothing", "echo", {"text": "x"})
+    assert result.is_error and result.outcome == "unavailable"
+    assert "cannot connect to tool server 'nothing'" in result.text
+
+
+async def test_stdio_env_values_are_read_from_the_environment(
+    tmp_path: Path, pools: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TOOLBOX_DIR", str(tmp_path))
+    config = McpServerConfig(
+        label="local",
+        command=sys.executable,
+        args=(TOOLBOX, "stdio"),
+        env={"TOOLBOX_STATE": "env:TOOLBOX_DIR"},
+    )
+    pool, _ = open_pool(pools, config)
+    assert (await pool.call("local", "echo", {"text": "x"})).text == "x"
+    assert (tmp_path / "pid").exists()  # the server found its directory in TOOLBOX_STATE

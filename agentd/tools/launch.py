@@ -28,7 +28,10 @@ def main(argv: list[str]) -> None:
     # The parent may have died before the request was made: then nobody would kill us.
     if os.getppid() != parent:
         sys.exit(1)
-    os.execvp(command[0], command)
+    try:
+        os.execvp(command[0], command)
+    except OSError as exc:
+        sys.exit(f"agentd: cannot start the tool server {command[0]!r}: {exc.strerror}")
 
 
 if __name__ == "__main__":
