@@ -521,3 +521,29 @@ async def test_stdio_env_values_are_read_from_the_environment(
     pool, _ = open_pool(pools, config)
     assert (await pool.call("local", "echo", {"text": "x"})).text == "x"
     assert (tmp_path / "pid").exists()  # the server found its directory in TOOLBOX_STATE
+
+
+async def test_a_server_named_by_url_must_be_allowed_and_reads_no_secret(
+    shared_http: HttpToolbox, pools: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = f"http://127.0.0.1:{shared_http.port}"
+    config = from_dict({"tools": {"allowed_server_urls": [f"{base}/mcp"]}})
+    pool, metrics = open_pool(pools)
+    tools = Tools(config, pool)
+    assert tools.server_url("echo", f"http://127.0.0.1:{shared_http.port}0/mcp") is None
+    assert tools.server_url("echo", "http://169.254.169.254/latest") is None
+
+    label = tools.server_url("echo", shared_http.url, {"Authorization": "Bearer s3cret"})
+    assert label is not None
+    assert "echo" in {t.name for t in await pool.list_tools(label)}
+    assert (await pool.call(label, "echo", {"text": "by url"})).text == "by url"
+    same = tools.server_url("echo", shared_http.url, {"Authorization": "Bearer s3cret"})
+    assert same == label  # one connection for the same URL and headers
+    assert count(metrics, "server_url", "echo", "ok") == 1
+
+    # A request's "env:NAME" is sent as written: agentd's environment stays its own.
+    monkeypatch.setenv("TOOLBOX_AUTH", "Bearer s3cret")
+    sneaky = tools.server_url("echo", shared_http.url, {"Authorization": "env:TOOLBOX_AUTH"})
+    assert sneaky is not None and sneaky != label
+    refused = await pool.call(sneaky, "echo", {"text": "x"}, timeout_s=5)
+    assert refused.is_error and refused.outcome == "unavailable"

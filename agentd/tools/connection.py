@@ -85,8 +85,11 @@ def describe(exc: BaseException) -> str:
 class Connection:
     """The worker's connection to one configured MCP server."""
 
-    def __init__(self, server: McpServerConfig) -> None:
+    def __init__(self, server: McpServerConfig, literal: bool = False) -> None:
+        """``literal``: header values are sent as written, ``env:NAME`` included (a
+        server a request named must not read agentd's environment)."""
         self.server = server
+        self._literal = literal
         self.label = server.label
         self._live: _Live | None = None
         self._connecting: asyncio.Future[_Live] | None = None
@@ -99,6 +102,10 @@ class Connection:
         self._generation = 0
         self._listing = asyncio.Lock()
         self.calls: set[asyncio.Task[Any]] = set()
+
+    @property
+    def idle(self) -> bool:
+        return not self.calls
 
     @property
     def where(self) -> str:
@@ -149,7 +156,7 @@ class Connection:
         """The connection's task: open, serve until lost or closed, then close."""
         live = _Live()
         try:
-            async with open_transport(self.server) as (read, write):
+            async with open_transport(self.server, literal=self._literal) as (read, write):
                 relay_in, relay_out = anyio.create_memory_object_stream[Any](0)
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._relay, read, relay_in, live)

@@ -4,8 +4,10 @@ first use and kept for the worker's life (see :mod:`agentd.tools.connection`).""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,12 @@ __all__ = ("ToolPool",)
 
 log = logging.getLogger(__name__)
 
+# Servers named by URL in requests that a worker keeps connected at once; past it, the
+# least recently used idle one is closed.
+URL_SERVERS_MAX = 32
+# The metrics' server label of every server named by URL (their URLs are not bounded).
+URL_SERVER = "server_url"
+
 
 class ToolPool:
     """The worker's tool servers by label: ``list_tools`` and ``call``."""
@@ -28,6 +36,8 @@ class ToolPool:
         self._servers = {s.label: s for s in servers}
         self._connections = {s.label: Connection(s) for s in servers}
         self._metrics = metrics
+        self._by_url: OrderedDict[str, Connection] = OrderedDict()
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -58,8 +68,41 @@ class ToolPool:
     ) -> tuple[types.Tool, ...]:
         """A server's tools (cached until it says they changed); :class:`ToolServerError`
         when it cannot say, ``KeyError`` for a label not configured."""
-        connection = self._connections[label]
+        connection = self._connections.get(label) or self._by_url[label]
         return await connection.list_tools(timeout_s or connection.server.timeout_s)
+
+    def url_server(
+        self, url: str, headers: Mapping[str, str], timeout_s: float, max_output_bytes: int
+    ) -> str:
+        """The label of a connection to a server a request named by URL (whether the URL
+        is allowed is the caller's rule). Requests naming the same URL and headers share
+        it; header values are sent as given (``env:`` is not read: a request must not
+        reach agentd's environment)."""
+        key = hashlib.sha256(
+            repr((url, sorted(headers.items()), timeout_s, max_output_bytes)).encode()
+        ).hexdigest()[:24]
+        label = f"url-{key}"
+        connection = self._by_url.get(label)
+        if connection is not None:
+            self._by_url.move_to_end(label)
+            return label
+        server = McpServerConfig(
+            label=label,
+            url=url,
+            headers=dict(headers),
+            timeout_s=timeout_s,
+            max_output_bytes=max_output_bytes,
+        )
+        self._by_url[label] = Connection(server, literal=True)
+        for old_label, old in list(self._by_url.items()):
+            if len(self._by_url) <= URL_SERVERS_MAX:
+                break
+            if old.idle and old_label != label:
+                del self._by_url[old_label]
+                task = asyncio.ensure_future(old.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        return label
 
     async def call(
         self,
@@ -72,9 +115,10 @@ class ToolPool:
         """Call a tool; the server's own ``timeout_s`` and ``max_output_bytes`` bound
         those given. Never raises but for the caller's cancellation, which cancels the
         call on the server too."""
-        connection = self._connections.get(label)
+        connection = self._connections.get(label) or self._by_url.get(label)
         if connection is None:
             return failure(f"no tool server labelled {label!r}", "unavailable")
+        metric_label = label if label in self._connections else URL_SERVER
         server = connection.server
         timeout = min(timeout_s or server.timeout_s, server.timeout_s)
         max_bytes = min(max_output_bytes or server.max_output_bytes, server.max_output_bytes)
@@ -87,12 +131,14 @@ class ToolPool:
             return result
         finally:
             if self._metrics is not None:
-                self._metrics.call(label, tool, outcome, loop.time() - started)
+                self._metrics.call(metric_label, tool, outcome, loop.time() - started)
 
     def in_flight(self) -> int:
         """Calls running now, over all servers."""
-        return sum(len(c.calls) for c in self._connections.values())
+        everyone = (*self._connections.values(), *self._by_url.values())
+        return sum(len(c.calls) for c in everyone)
 
     async def close(self) -> None:
         """Close every connection (and stop every stdio server's process)."""
-        await asyncio.gather(*(c.close() for c in self._connections.values()))
+        everyone = (*self._connections.values(), *self._by_url.values())
+        await asyncio.gather(*(c.close() for c in everyone), *self._closing)

@@ -106,6 +106,18 @@ class Tools:
         allowed_server_urls``)."""
         return self._config.tools.allows_url(url)
 
+    def server_url(
+        self, agent: str | AgentConfig, url: str, headers: Mapping[str, str] | None = None
+    ) -> str | None:
+        """The pool label for a server a request names by URL, within the agent's limits;
+        ``None`` when ``[tools] allowed_server_urls`` does not allow it."""
+        if not self.allows_server_url(url):
+            return None
+        limits = self.limits(agent)
+        return self.pool.url_server(
+            url, headers or {}, limits.tool_timeout_s, limits.max_tool_output_bytes
+        )
+
     def _agent(self, agent: str | AgentConfig) -> AgentConfig:
         return self._agents[agent] if isinstance(agent, str) else agent
 

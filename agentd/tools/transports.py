@@ -50,13 +50,14 @@ def resolve(values: Mapping[str, str], what: str, environ: Mapping[str, str]) ->
 
 @contextlib.asynccontextmanager
 async def open_transport(
-    server: McpServerConfig, environ: Mapping[str, str] | None = None
+    server: McpServerConfig, environ: Mapping[str, str] | None = None, literal: bool = False
 ) -> AsyncIterator[tuple[Any, Any]]:
     """The read and write streams of one connection to ``server``; closing the context
-    ends the connection (and a stdio server's process)."""
+    ends the connection (and a stdio server's process). ``literal``: header values are
+    sent as written, without reading ``env:NAME``."""
     environ = os.environ if environ is None else environ
     if server.url:
-        headers = resolve(server.headers, "header", environ)
+        headers = dict(server.headers) if literal else resolve(server.headers, "header", environ)
         timeout = httpx2.Timeout(CONNECT_TIMEOUT_S, read=None)
         async with (
             httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
