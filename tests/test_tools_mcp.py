@@ -20,6 +20,7 @@ from agentd.metrics import ToolMetrics
 from agentd.server.app import create_app
 from agentd.server.keys import TOOLS
 from agentd.tools import ToolPool, Tools, ToolServerError, function_name
+from agentd.tools.result import truncate
 
 from .mcp_servers.procs import TOOLBOX, HttpToolbox, alive, stdio_server
 from .procs import ROOT, free_port
@@ -547,3 +548,13 @@ async def test_a_server_named_by_url_must_be_allowed_and_reads_no_secret(
     assert sneaky is not None and sneaky != label
     refused = await pool.call(sneaky, "echo", {"text": "x"}, timeout_s=5)
     assert refused.is_error and refused.outcome == "unavailable"
+
+
+def test_truncation_stays_within_the_bound_and_whole_characters() -> None:
+    text = "é" * 1000  # two bytes each
+    for bound in (5, 64, 101, 1999, 2000):
+        cut, truncated = truncate(text, bound)
+        assert len(cut.encode()) <= bound
+        assert truncated == (bound < 2000)
+        assert cut.strip("é").startswith("\n[truncated") or cut.strip("é") == ""
+    assert truncate("short", 100) == ("short", False)

@@ -67,11 +67,11 @@ def truncate(text: str, max_bytes: int) -> tuple[str, bool]:
     if len(data) <= max_bytes:
         return text, False
     note_len = len(TRUNCATED.format(total=len(data), kept=max_bytes).encode())
-    keep = max(0, max_bytes - note_len)
+    if max_bytes <= note_len:  # no room to say it: the flag alone does
+        return data[:max_bytes].decode(errors="ignore"), True
     # errors="ignore" drops a character split by the cut.
-    kept = data[:keep].decode(errors="ignore")
-    note = TRUNCATED.format(total=len(data), kept=len(kept.encode()))
-    return (kept + note if keep else kept), True
+    kept = data[: max_bytes - note_len].decode(errors="ignore")
+    return kept + TRUNCATED.format(total=len(data), kept=len(kept.encode())), True
 
 
 def from_mcp(result: types.CallToolResult, max_bytes: int) -> ToolResult:
