@@ -439,3 +439,34 @@ async def test_requests_with_the_same_uncached_key_share_one_lookup() -> None:
         assert all(isinstance(r, Unauthorized) for r in refused) and cache.lookups == 2
     finally:
         await store.close()
+
+
+async def test_a_websocket_closes_when_its_key_is_disabled_or_revoked(api: Api) -> None:
+    """An open connection does not outlive its key: a disable or a revoke closes it with
+    4003; a change to another key, or one that keeps this key valid, does not."""
+    kept, disabled, revoked = await api.create(), await api.create(), await api.create()
+
+    async def connect(made: dict[str, Any]) -> aiohttp.ClientWebSocketResponse:
+        ws = await api.http.ws_connect(api.url + "/v1/ws", headers=bearer(made["key"]))
+        await ws.send_str(orjson.dumps({"type": "hello"}).decode())
+        assert orjson.loads((await ws.receive(timeout=30)).data)["type"] == "ready"
+        return ws
+
+    sockets = [await connect(made) for made in (kept, disabled, revoked)]
+    patch = {"name": "renamed"}
+    assert (await api.call("PATCH", f"{KEYS}/{kept['id']}", patch))[0] == 200
+    assert (await api.call("PATCH", f"{KEYS}/{disabled['id']}", {"disabled": True}))[0] == 200
+    assert (await api.call("DELETE", f"{KEYS}/{revoked['id']}"))[0] == 200
+    for ws in sockets[1:]:
+        closing = await ws.receive(timeout=30)
+        assert closing.type == aiohttp.WSMsgType.CLOSE, closing
+        assert (closing.data, closing.extra) == (4003, "credential revoked")
+    # The renamed key's connection still serves a turn.
+    ws = sockets[0]
+    await ws.send_str(orjson.dumps({"type": "message", "id": 1, "content": "still here"}).decode())
+    frames = []
+    while not frames or frames[-1]["type"] not in ("done", "error"):
+        frames.append(orjson.loads((await ws.receive(timeout=30)).data))
+    assert frames[-1]["type"] == "done", frames
+    for ws in sockets:
+        await ws.close()

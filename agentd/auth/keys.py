@@ -32,6 +32,7 @@ import re
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 from ..config import AuthConfig, LimitsConfig
@@ -124,6 +125,8 @@ class KeyCache:
         self._generation = 0
         self._budget = _Bucket(config.key_lookups_per_s)
         self._follower: asyncio.Task[None] | None = None
+        # Who wants to hear that a key changed (open WebSockets authenticated by it).
+        self._watchers: dict[str, set[Callable[[], None]]] = {}
         # Store look-ups made (for tests and metrics).
         self.lookups = 0
 
@@ -166,11 +169,29 @@ class KeyCache:
         self._generation += 1
         self._records.pop(key_id, None)
         self._negative.pop(key_id, None)
+        for callback in list(self._watchers.get(key_id, ())):
+            callback()
 
     def forget_all(self) -> None:
         self._generation += 1
         self._records.clear()
         self._negative.clear()
+        for callbacks in list(self._watchers.values()):
+            for callback in list(callbacks):
+                callback()
+
+    def watch(self, key_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` whenever ``key_id`` may have changed; returns the unwatch."""
+        self._watchers.setdefault(key_id, set()).add(callback)
+
+        def unwatch() -> None:
+            callbacks = self._watchers.get(key_id)
+            if callbacks is not None:
+                callbacks.discard(callback)
+                if not callbacks:
+                    del self._watchers[key_id]
+
+        return unwatch
 
     # -- look-up -----------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """A WebSocket's credential over the connection's life: a connection token (or any
 credential with an expiry) ends, so the connection is warned when it does and closed
 ``auth.tokens.ws_grace_s`` later, unless the client sends a fresh token in-band
-(``{"type": "auth", "token"}``, docs/protocol.md).
+(``{"type": "auth", "token"}``, docs/protocol.md). An API key can be revoked, disabled
+or narrowed while a connection it opened lives: every change to the key is looked at
+again, and a key that no longer holds closes the connection.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from ..auth import Identity
 from ..errors import AgentdError, BadRequest
-from .auth import IDENTITY, identity_of
+from .auth import IDENTITY, credential_of, identity_of
 from .keys import AUTH, CONFIG
 
 __all__ = ("CLOSE_TOKEN_EXPIRED", "CLOSE_TOKEN_REFUSED", "CredentialWatch")
@@ -25,7 +27,8 @@ log = logging.getLogger(__name__)
 
 # 4000 + the HTTP status, as the application range of close codes (RFC 6455 §7.4.2) allows.
 CLOSE_TOKEN_EXPIRED = 4001  # expired and not refreshed within the grace
-CLOSE_TOKEN_REFUSED = 4003  # a refresh for another identity, or one not covering the connection
+# A refresh for another identity or not covering the connection, or a revoked key.
+CLOSE_TOKEN_REFUSED = 4003
 
 Send = Callable[[dict[str, Any]], None]
 Close = Callable[[int, bytes], None]
@@ -39,6 +42,10 @@ class CredentialWatch:
         self.send, self.close = send, close
         self.grace_s = request.app[CONFIG].auth.tokens.ws_grace_s
         self.timer: asyncio.Task[None] | None = None
+        # The credential in force, and the watch on its key record (API keys only).
+        self.credential = credential_of(request)
+        self.unwatch: Callable[[], None] | None = None
+        self.recheck: asyncio.Task[None] | None = None
 
     @property
     def identity(self) -> Identity:
@@ -47,14 +54,50 @@ class CredentialWatch:
     def start(self) -> None:
         """Start the timer for the current credential (none for one that never expires)."""
         self.stop()
-        expires_at = self.identity.expires_at
-        if expires_at is not None:
-            self.timer = asyncio.create_task(self._expire(expires_at))
+        identity = self.identity
+        self._arm(identity.expires_at)
+        if identity.kind == "key":
+            keys = self.request.app[AUTH].keys
+            self.unwatch = keys.watch(identity.key_id, self._key_changed)
 
     def stop(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
+        if self.recheck is not None:
+            self.recheck.cancel()
+            self.recheck = None
+
+    def _key_changed(self) -> None:
+        if self.recheck is None or self.recheck.done():
+            self.recheck = asyncio.create_task(self._check_key())
+
+    async def _check_key(self) -> None:
+        """The key changed: read it again; revoked, disabled or without the ``chat``
+        scope closes the connection, any other change is in force from now on."""
+        try:
+            new = await self.request.app[AUTH].identify(self.credential)
+            new.require("chat")
+        except AgentdError as exc:
+            if exc.status not in (401, 403):
+                return  # the store cannot tell now: the key's cache bound still holds
+            log.info("websocket of %s closed: its key no longer holds", self.identity.who)
+            self.recheck = None  # this task: not to be cancelled by stop()
+            self.stop()
+            self.close(CLOSE_TOKEN_REFUSED, b"credential revoked")
+            return
+        old, self.request[IDENTITY] = self.identity, new
+        if new.expires_at != old.expires_at:
+            self._arm(new.expires_at)
+
+    def _arm(self, expires_at: float | None) -> None:
+        """(Re)start the expiry timer; none for a credential that never expires."""
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = None if expires_at is None else asyncio.create_task(self._expire(expires_at))
 
     async def _expire(self, expires_at: float) -> None:
         await asyncio.sleep(max(0.0, expires_at - time.time()))
@@ -88,6 +131,7 @@ class CredentialWatch:
             self._refuse(b"token does not cover this connection")
             return
         self.request[IDENTITY] = new
+        self.credential = token
         self.start()
         self.send({"type": "auth_ok", "expires_at": new.expires_at})
 
