@@ -5,6 +5,7 @@ streamable HTTP and stdio, well-behaved and not."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -289,10 +290,11 @@ async def test_a_closed_pool_leaves_no_process_or_task(tmp_path: Path) -> None:
 
 
 def test_a_killed_worker_takes_its_stdio_servers_with_it(tmp_path: Path) -> None:
-    """SIGKILL runs no cleanup: the kernel stops the server (PR_SET_PDEATHSIG)."""
+    """SIGKILL runs no cleanup: the kernel stops the server (PR_SET_PDEATHSIG). The
+    stand-in worker runs uvloop, as workers do."""
     script = textwrap.dedent(
         f"""
-        import asyncio, sys
+        import asyncio, sys, uvloop
         sys.path.insert(0, {str(ROOT)!r})
         from agentd.tools import ToolPool
         from tests.mcp_servers.procs import stdio_server
@@ -303,18 +305,24 @@ def test_a_killed_worker_takes_its_stdio_servers_with_it(tmp_path: Path) -> None
             print((await pool.call("local", "echo", {{"text": "ready"}})).text, flush=True)
             await asyncio.sleep(3600)
 
-        asyncio.run(main())
+        uvloop.run(main())
         """
     )
     worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    server_pid = 0
     try:
         assert worker.stdout is not None and worker.stdout.readline().strip() == b"ready"
         server_pid = int((tmp_path / "pid").read_text())
         assert alive(server_pid)
+        # Stopped, the server cannot exit on its own when its stdin closes: only the
+        # kernel's signal can end it.
+        os.kill(server_pid, signal.SIGSTOP)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
         wait_until_sync(lambda: not alive(server_pid), what="the orphan to be killed")
     finally:
+        if server_pid and alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
         worker.kill()
         worker.wait()
 
