@@ -566,3 +566,18 @@ def test_truncation_stays_within_the_bound_and_whole_characters() -> None:
         assert truncated == (bound < 2000)
         assert cut.strip("é").startswith("\n[truncated") or cut.strip("é") == ""
     assert truncate("short", 100) == ("short", False)
+
+
+async def test_a_servers_own_timeout_bounds_a_longer_one(
+    shared_http: HttpToolbox, pools: list
+) -> None:
+    pool, _ = open_pool(
+        pools,
+        shared_http.config("quick", timeout_s=0.3),
+        shared_http.config("small", max_output_bytes=500),
+    )
+    await pool.list_tools("quick", timeout_s=20)  # connected first
+    slow = await pool.call("quick", "hang", timeout_s=30)
+    assert slow.outcome == "timeout" and "within 0.3 s" in slow.text
+    big = await pool.call("small", "huge", {"size": 5000}, max_output_bytes=10**6)
+    assert big.truncated and len(big.text.encode()) <= 500
