@@ -9,6 +9,7 @@ and ends with a hash of the whole, so every name is valid and distinct.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -137,13 +138,17 @@ class Tools:
         timeout = self.limits(config).tool_timeout_s
         found: list[tuple[str, Any]] = []
         unavailable: dict[str, str] = {}
-        for label, only in wanted.items():
-            try:
-                listed = await self.pool.list_tools(label, timeout)
-            except ToolServerError as exc:
-                log.warning("agent %r: %s", config.name, exc)
-                unavailable[label] = str(exc)
+        # Listed at once: a cold start waits for the slowest server, not for their sum.
+        listings = await asyncio.gather(
+            *(self.pool.list_tools(label, timeout) for label in wanted), return_exceptions=True
+        )
+        for (label, only), listed in zip(wanted.items(), listings, strict=True):
+            if isinstance(listed, ToolServerError):
+                log.warning("agent %r: %s", config.name, listed)
+                unavailable[label] = str(listed)
                 continue
+            if isinstance(listed, BaseException):
+                raise listed
             found.extend((label, t) for t in listed if only is None or t.name in only)
         counts: dict[str, int] = {}
         for _, t in found:
