@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -310,11 +311,11 @@ def kill(proc: AgentdProcess) -> None:
 KILL_GRACE_S = 0.5
 # A session whose turn died with its instance answers again within this (the lease).
 USABLE_AGAIN_S = 3.0
-FIGURES = Path(__file__).resolve().parent / ".lb-figures"
+FIGURES = Path(tempfile.gettempdir()) / "agentd-lb-figures"
 
 
 def record(balancer: str, scenario: str, figures: dict[str, Any]) -> None:
-    """Keep the figures of the last run (tests/.lb-figures/, not in git) for the docs."""
+    """Keep the figures of the last run (in the temporary directory) for the docs."""
     FIGURES.mkdir(exist_ok=True)
     (FIGURES / f"{balancer}-{scenario}.json").write_bytes(orjson.dumps(figures))
 
