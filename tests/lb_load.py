@@ -125,6 +125,7 @@ class Load:
             except (AssertionError, aiohttp.ClientError) as exc:
                 if time.monotonic() - since > 30:
                     raise AssertionError(f"session {sid} still refuses turns: {exc}") from None
+                await asyncio.sleep(0.05)  # the balancer answered at once: not too hot a loop
                 continue
             return time.monotonic() - since
 
@@ -241,12 +242,11 @@ class Load:
                                 Outcome("ws", pending[1], time.monotonic(), False, repr(done))
                             )
                         pending = None
-            except (ConnectionLost, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            except (ConnectionLost, aiohttp.ClientError, OSError, TimeoutError):
                 if pending is not None:
                     me.dropped.append(pending)
                 if me.sid:
                     me.reconnects += 1
-                del exc
                 # Some instance is always up: retry the balancer at once (a short pause
                 # spares the CPU while it answers 502 for a moment).
                 await asyncio.sleep(0.05)
