@@ -1,6 +1,7 @@
 """agentd behind a real nginx running deploy/nginx/agentd.conf (only the addresses
 filled in), in front of three real instances on one Redis, under a mixed load: kill -9
-of one instance, SIGTERM of one, a rolling restart of all three (tests/lb.py)."""
+of one instance, SIGTERM of one, a rolling restart of all three
+(tests/lb_scenarios.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from . import lb
+from . import lb, lb_scenarios
 from .procs import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -37,14 +38,14 @@ def test_the_shipped_config_is_valid_for_nginx(tmp_path: Path) -> None:
 async def test_kill_9_of_one_instance_behind_nginx(
     tmp_path: Path, redis_standalone: RedisServer
 ) -> None:
-    await lb.kill_9_one_instance(lb.Nginx, tmp_path, redis_standalone.url)
+    await lb_scenarios.kill_9_one_instance(lb.Nginx, tmp_path, redis_standalone.url)
 
 
 async def test_sigterm_of_one_instance_behind_nginx(
     tmp_path: Path, redis_standalone: RedisServer
 ) -> None:
-    await lb.sigterm_one_instance(lb.Nginx, tmp_path, redis_standalone.url)
+    await lb_scenarios.sigterm_one_instance(lb.Nginx, tmp_path, redis_standalone.url)
 
 
 async def test_rolling_restart_behind_nginx(tmp_path: Path, redis_standalone: RedisServer) -> None:
-    await lb.rolling_restart(lb.Nginx, tmp_path, redis_standalone.url)
+    await lb_scenarios.rolling_restart(lb.Nginx, tmp_path, redis_standalone.url)
