@@ -16,7 +16,7 @@ import orjson
 
 from .lb import Balancer, Instances, behind, kill
 from .lb_load import Load, traffic
-from .procs import metric
+from .procs import AgentdProcess, metric
 from .waiting import wait_until
 
 # A request that failed must have been in flight at the kill, or sent in the moment
@@ -43,6 +43,17 @@ async def _job_runner(instances: Instances, load: Load) -> int:
     return int(found[0])
 
 
+async def _websocket_on(load: Load, proc: AgentdProcess) -> int:
+    """Open WebSocket clients until one is on ``proc`` (it must then come back through
+    the balancer); how many are."""
+    while not metric(proc, "agentd_websocket_connections") and len(load.ws) < 8:
+        load.add_ws_client()
+        await traffic(load, 5)
+    found = int(metric(proc, "agentd_websocket_connections") or 0)
+    assert found, "no WebSocket client landed on the instance"
+    return found
+
+
 async def kill_9_one_instance(kind: type[Balancer], workdir: Path, redis_url: str) -> None:
     """kill -9 of the instance running the background job, mid-load, with the session
     hash on: only requests in flight fail; nothing acknowledged is lost; WebSockets
@@ -54,11 +65,7 @@ async def kill_9_one_instance(kind: type[Balancer], workdir: Path, redis_url: st
             await load.start_job()
             victim = await _job_runner(instances, load)
             proc = instances.procs[victim]
-            # A WebSocket on the victim, so that one must come back through the balancer.
-            while metric(proc, "agentd_websocket_connections") == 0 and len(load.ws) < 8:
-                load.add_ws_client()
-                await traffic(load, 5)
-            ws_on_victim = metric(proc, "agentd_websocket_connections")
+            ws_on_victim = await _websocket_on(load, proc)
             # A long turn straight on the victim: its session's lease dies with it.
             doomed = await load.new_session()
             long_turn = asyncio.create_task(load.slow_turn(proc.url, doomed))
@@ -85,7 +92,7 @@ async def kill_9_one_instance(kind: type[Balancer], workdir: Path, redis_url: st
             just_after = [f for f in failures if f.started > killed_at]
             assert len(cut_off) <= in_flight
             # Every client that was on the victim came back through the balancer.
-            assert sum(c.reconnects for c in load.ws) >= (ws_on_victim or 0)
+            assert sum(c.reconnects for c in load.ws) >= ws_on_victim
             late = [f for f in just_after if f.started > killed_at + KILL_GRACE_S]
             assert late == [], f"requests sent well after the kill failed: {late}"
             recovery_s = max(usable_s, load.recovery_s(killed_at))
@@ -95,7 +102,7 @@ async def kill_9_one_instance(kind: type[Balancer], workdir: Path, redis_url: st
                 in_flight_at_kill=in_flight,
                 failed_in_flight=len(cut_off),
                 failed_sent_just_after=len(just_after),
-                ws_on_victim=int(ws_on_victim or 0),
+                ws_on_victim=ws_on_victim,
                 messages_verified=verified,
                 usable_again_s=round(recovery_s, 2),
                 job="finished elsewhere",
@@ -117,6 +124,7 @@ async def sigterm_one_instance(kind: type[Balancer], workdir: Path, redis_url: s
             await load.start_job()
             victim = await _job_runner(instances, load)
             proc = instances.procs[victim]
+            ws_on_victim = await _websocket_on(load, proc)
             proc.send(signal.SIGTERM)
             assert await asyncio.to_thread(proc.wait_exit) == 0
             await traffic(load, 30)
@@ -124,9 +132,12 @@ async def sigterm_one_instance(kind: type[Balancer], workdir: Path, redis_url: s
             assert job["status"] == "completed" and load.job_text(job) == load.job_words
             await load.finish()
             verified = await load.verify()
-            figures = load.report(f"{kind.name} SIGTERM", messages_verified=verified)
+            figures = load.report(
+                f"{kind.name} SIGTERM", ws_on_victim=ws_on_victim, messages_verified=verified
+            )
             record(kind.name, "sigterm", figures)
             assert load.failures() == []
+            assert sum(c.reconnects for c in load.ws) >= ws_on_victim
         except BaseException:
             print(instances.logs()[-20000:], balancer.log()[-10000:])
             raise
