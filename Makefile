@@ -32,9 +32,10 @@ ext $(EXT): agentd/_fastpath.pyx $(STAMP)
 	scripts/ensure-system-deps --optional cc
 	$(PY) setup.py --quiet build_ext --inplace
 
-# redis-server for the store tests; systemd-analyze, promtool and kubectl check deploy/.
+# redis-server for the store tests; systemd-analyze, promtool and kubectl check deploy/;
+# nginx and haproxy run in front of real instances (tests/test_lb_*.py).
 system-deps:
-	scripts/ensure-system-deps redis-server redis-cli systemd-analyze promtool kubectl
+	scripts/ensure-system-deps redis-server redis-cli systemd-analyze promtool kubectl nginx haproxy
 
 clean:
 	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so

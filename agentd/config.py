@@ -170,8 +170,9 @@ class SessionsConfig:
     # What a turn gets while another turn of the same session runs: wait for it
     # (enqueue), 409 session_busy (reject), or stop it and go next (interrupt).
     concurrent_turns: str = opt("enqueue", choices=("enqueue", "reject", "interrupt"))
-    # Seconds a turn's session lease lasts unless renewed (it is, every third of it).
-    turn_lease: float = opt(30.0, min=0.5, max=3600.0)
+    # Seconds a turn's session lease lasts unless renewed (it is, every third of it): a
+    # session whose turn died with its process is free again after at most this long.
+    turn_lease: float = opt(2.0, min=0.5, max=3600.0)
 
 
 @dataclass(frozen=True)

@@ -76,11 +76,20 @@ def fresh_connections() -> aiohttp.ClientSession:
 class AgentdProcess:
     """An ``agentd serve`` subprocess with its own config file and log."""
 
-    def __init__(self, workdir: Path, config: str, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str,
+        args: list[str],
+        env: dict[str, str],
+        port: int | None = None,
+    ) -> None:
+        """``port``: a given one (an instance started again where a balancer expects
+        it), else a free one."""
         self.workdir = workdir
         self.config_path = workdir / "agentd.toml"
         self.config_path.write_text(config)
-        self.port = free_port()
+        self.port = port or free_port()
         self.log_path = workdir / f"agentd-{self.port}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}

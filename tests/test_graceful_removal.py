@@ -154,3 +154,23 @@ async def test_the_drain_follows_the_delay_by_itself_then_exits_0(
     log = proc.log()
     leaving = log.index("/readyz fails from now on; draining in 3.0s")
     assert leaving < log.index("stopping: draining 2 worker(s)") < log.index("bye")
+
+
+async def test_while_leaving_every_answer_closes_its_connection(
+    agentd_instance: Start, redis_standalone: RedisServer
+) -> None:
+    """A balancer's pooled connections to a leaving instance end one by one, each after
+    an answer that says so, rather than being closed under a request when it drains."""
+    proc = agentd_instance(_config(redis_standalone, drain_delay_s=600.0))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(proc.url + "/healthz") as r:
+            assert r.status == 200 and r.headers.get("Connection", "").lower() != "close"
+        proc.send(signal.SIGTERM)
+        await wait_until(lambda: proc.log().count("instance leaving") == 2, what="workers")
+        for _ in range(4):  # whichever worker answers
+            status, _ = await _chat(http, proc.url)
+            async with http.get(proc.url + "/healthz") as r:
+                assert r.status == 200 and status == 200
+                assert r.headers["Connection"].lower() == "close"
+    proc.send(signal.SIGTERM)
+    assert await asyncio.to_thread(proc.wait_exit, 30) == 0

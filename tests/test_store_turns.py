@@ -34,14 +34,35 @@ async def test_an_expired_lease_fences_out_its_late_append(store: Store) -> None
     old = await store.begin_turn(sid, 0, lease_s=0.05)
     assert old is not None
     await asyncio.sleep(0.2)  # a pause, not a wait: the 50 ms lease runs out unrenewed
-    assert await store.renew_turn(sid, old.token, 5) == "lost"
     new = await store.begin_turn(sid, 0, lease_s=5)
     assert new is not None
+    assert await store.renew_turn(sid, old.token, 5) == "lost"
     with pytest.raises(Conflict) as lost:
         await store.end_turn(sid, old.token, [USER, REPLY])
     assert lost.value.code == "turn_lost"
     await store.end_turn(sid, new.token, [USER, REPLY])
     assert [m["seq"] for m in await store.history(sid)] == [1, 2]
+
+
+async def test_a_lease_that_ran_out_with_no_taker_is_renewed_again(store: Store) -> None:
+    sid = (await store.create_session()).id
+    stalled = await store.begin_turn(sid, 0, lease_s=0.05)
+    assert stalled is not None
+    await asyncio.sleep(0.2)  # a pause, not a wait: the holder stalls past its lease
+    assert await store.renew_turn(sid, stalled.token, 5) == "held"  # nobody took it
+    assert await store.begin_turn(sid, 0, lease_s=5) is None  # held again
+    await store.end_turn(sid, stalled.token, [USER, REPLY])
+    assert [m["seq"] for m in await store.history(sid)] == [1, 2]
+
+
+async def test_a_released_lease_is_not_taken_again_by_a_late_renewal(store: Store) -> None:
+    sid = (await store.create_session()).id
+    lease = await store.begin_turn(sid, 0, lease_s=5)
+    assert lease is not None
+    await store.end_turn(sid, lease.token, [])
+    # A renewal sent before the release but run after it (a keeper cancelled mid-call).
+    assert await store.renew_turn(sid, lease.token, 5) == "lost"
+    assert await store.begin_turn(sid, 0, lease_s=5) is not None
 
 
 async def test_interrupt_is_seen_by_the_running_turn_on_renewal(store: Store) -> None:

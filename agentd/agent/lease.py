@@ -3,9 +3,12 @@
 Turns of one session run one at a time across every instance: a turn takes the
 session's lease (and reads its history) in one store round trip, renews it every third
 of ``[sessions] turn_lease`` while the model answers, and stores its messages while
-releasing it in a second round trip. ``[sessions] concurrent_turns`` says what a second
-turn gets meanwhile: it waits, is refused (409 ``session_busy``), or asks the running
-one to stop and then waits.
+releasing it in a second round trip. The lease is short (2 s by default), so a session
+whose turn died with its process is free again within that time; a live turn that could
+not renew for a whole lease keeps it unless another turn took it meanwhile, and is
+stopped if one did (its messages would be refused: the lease is a fencing token).
+``[sessions] concurrent_turns`` says what a second turn gets meanwhile: it waits, is
+refused (409 ``session_busy``), or asks the running one to stop and then waits.
 
 Every way out of :meth:`Leases.hold` that did not store the turn lets the lease go at
 once, so a session is never locked by a turn that is no longer running.
@@ -120,14 +123,24 @@ class Leases:
             wait = min(_WAIT_MAX, wait * 2)
 
     async def _keep(self, store: Store, sid: str, token: int, interrupt: Interrupt) -> None:
-        """Renew the lease while the turn runs; note when another turn asks it to stop."""
+        """Renew the lease while the turn runs; stop the turn when another turn asks it
+        to, or took the session (this one stalled past its lease)."""
         while True:
             await asyncio.sleep(self._lease_s / 3)
-            state = await store.renew_turn(sid, token, self._lease_s)
+            try:
+                state = await store.renew_turn(sid, token, self._lease_s)
+            except Exception as exc:
+                # The store unreachable for a moment: try again at the next third. The
+                # lease runs out only if no renewal gets through for a whole lease, and
+                # even then the turn keeps it unless another turn took it meanwhile.
+                log.warning("renewing the turn lease of session %s failed: %r", sid, exc)
+                continue
             if state == "interrupted":
                 interrupt.asked = True
                 return
             if state == "lost":
-                # Finish the reply anyway: storing it is then refused (turn_lost).
-                log.warning("turn on session %s lost its lease (stalled?)", sid)
+                # Another turn runs now: stop at the next chunk (storing is refused anyway,
+                # turn_lost), so that two turns of the session never run on for long.
+                log.warning("turn on session %s lost its lease to another turn (stalled?)", sid)
+                interrupt.asked = True
                 return

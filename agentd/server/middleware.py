@@ -2,7 +2,8 @@
 
 A request whose client went away before it was answered (a body cut short, a stream
 whose reader closed) is no server error: it is counted with status 499, as nginx does,
-and logged at debug.
+and logged at debug. While the worker is leaving or draining, every answer closes its
+connection (``Connection: close``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from ..errors import AgentdError, Internal
 from .http import client_gone, error_response, from_http_exception
-from .keys import METRICS
+from .keys import METRICS, STATE
 
 __all__ = ("CLIENT_CLOSED", "STOPPED", "observe")
 
@@ -60,6 +61,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Answered after the client left (a turn it did not wait for): nobody reads it.
         log.debug("client went away before %s %s was answered", request.method, request.path)
         response = web.Response(status=CLIENT_CLOSED)
+    if not response.prepared and request.app[STATE].draining:
+        # Leaving or draining: the connection closes after this answer, and says so, so
+        # a balancer's pooled connections to this instance end one by one while it still
+        # serves, instead of being closed under a request sent at that very moment.
+        response.force_close()
     _count(request, response.status, start)
     return response
 

@@ -331,11 +331,18 @@ return {token, meta, out}
 """,
 )
 
-# KEYS: turn. ARGV: token, lease ms. Returns 1 held, 2 held but interrupt asked, 0 lost.
+# KEYS: turn, meta. ARGV: token, lease ms. Returns 1 held, 2 held but interrupt asked, 0
+# lost. A lease that ran out while no other turn took the session (the meta's fence still
+# at this token) is taken again: a holder that stalled past its lease loses the session
+# only to a turn that wanted it.
 RENEW_TURN = Script(
     "renew_turn",
     """
-if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local held = redis.call('HGET', KEYS[1], 'token')
+if held ~= ARGV[1] then
+  if held or redis.call('HGET', KEYS[2], 'fence') ~= ARGV[1] then return 0 end
+  redis.call('HSET', KEYS[1], 'token', ARGV[1])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 if redis.call('HEXISTS', KEYS[1], 'interrupt') == 1 then return 2 end
 return 1
@@ -356,13 +363,15 @@ return 1
 # token, activity score, session id, payloads... (none: just release). Appends only
 # while the token holds the lease, then releases it. Returns the first new seq (0 when
 # there was nothing to append), -1 when the lease was lost, nil when the session does
-# not exist.
+# not exist. The fence moves past the token, so a renewal of it arriving late (a keeper
+# cancelled mid-call) cannot take the released session again.
 END_TURN = Script(
     "end_turn",
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HGET', KEYS[4], 'token') ~= ARGV[4] then return -1 end
 redis.call('DEL', KEYS[4])
+redis.call('HINCRBY', KEYS[1], 'fence', 1)
 """
     + _append_lua(7, 5),
 )

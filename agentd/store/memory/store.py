@@ -266,10 +266,12 @@ class MemoryStore(BaseStore):
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
         sess = self._live(sid)
-        if sess is None or sess.lease_token() != token:
+        if sess is None:
             return 0
-        assert sess.lease is not None
-        interrupted = sess.lease[2]
+        held = sess.lease_token()
+        if held != token and (held or sess.fence != token):
+            return 0  # another turn took it (an expired lease nobody took is taken again)
+        interrupted = sess.lease is not None and sess.lease[2]
         sess.lease = (token, time.monotonic() + lease_ms / 1000, interrupted)
         return 2 if interrupted else 1
 
@@ -288,6 +290,7 @@ class MemoryStore(BaseStore):
         if sess.lease_token() != token:
             return -1
         sess.lease = None
+        sess.fence += 1  # as in Redis: a late renewal of this token cannot take it again
         return self._append_to(sid, sess, payloads)
 
     # -- events ---------------------------------------------------------------------

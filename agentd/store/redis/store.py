@@ -317,7 +317,8 @@ class RedisStore(BaseStore):
             release.add_done_callback(self._releasing.discard)
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
-        return int(await self.shards.eval(L.RENEW_TURN, [self._turn(sid)], [token, lease_ms]))
+        keys = [self._turn(sid), self._session(sid)[0]]
+        return int(await self.shards.eval(L.RENEW_TURN, keys, [token, lease_ms]))
 
     async def _interrupt_turn(self, sid: str) -> bool:
         return bool(await self.shards.eval(L.INTERRUPT_TURN, [self._turn(sid)], []))
