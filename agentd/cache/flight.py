@@ -8,6 +8,10 @@ loser tails the winner's chunks from a short-lived Redis stream as they are gene
 If the winner dies, its lock expires and a follower that has not yet passed any text to
 its client takes over; one that has fails like a broken upstream stream (never
 duplicated or mixed output).
+
+Text is followed chunk by chunk; a reply's tool calls come whole with its end (the
+:class:`Served`), so a client streaming a cached or shared reply gets each call as one
+piece.
 """
 
 from __future__ import annotations
@@ -134,7 +138,7 @@ class Flights:
     ) -> None:
         hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
         renew_at = time.monotonic() + self._ttl / 3
-        finish, usage, node = "stop", {}, ""
+        finish, usage, node, calls = "stop", {}, "", None
         async with contextlib.aclosing(produce()) as stream:
             async for chunk in stream:
                 if chunk.text:
@@ -146,14 +150,15 @@ class Flights:
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
                 node = chunk.node or node
+                calls = chunk.tool_calls or calls
                 if shared and time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + self._ttl / 3
                     with contextlib.suppress(AgentdError):
                         await blobs.renew(hexkey, owner, self._ttl)
-        reply = CachedReply(list(flight.chunks), finish, usage, node)
+        reply = CachedReply(list(flight.chunks), finish, usage, node, calls)
         await self._tiers.save(key, reply, policy)
         if shared:
-            meta = orjson.dumps({"f": finish, "u": usage, "n": node})
+            meta = orjson.dumps({"f": finish, "u": usage, "n": node, "tc": calls})
             with contextlib.suppress(AgentdError):
                 await blobs.emit(hexkey, {"end": meta}, self._ttl)
         flight.reply = reply
@@ -174,7 +179,8 @@ class Flights:
                     flight.notify()
                 elif b"end" in fields:
                     meta = orjson.loads(fields[b"end"])
-                    flight.reply = CachedReply(list(flight.chunks), meta["f"], meta["u"], meta["n"])
+                    flight.reply = CachedReply(list(flight.chunks), meta["f"], meta["u"],
+                                               meta["n"], meta.get("tc"))  # fmt: skip
                     return True
                 elif b"err" in fields:
                     raise UpstreamError(fields[b"err"].decode() or "the shared call failed")
