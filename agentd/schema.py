@@ -381,6 +381,13 @@ def check_tool_messages(
     ``tool_call_id``, a call of the assistant message it follows (or of ``pending``, the
     calls the history ends with) that no other answered; and every call is answered
     before any other message, and before the model is called again."""
+    if not pending:
+        # The common case, kept cheap: no message has a tool part.
+        for message in messages:
+            if "tool_calls" in message or "tool_call_id" in message or message["role"] == "tool":
+                break
+        else:
+            return
     open_calls: dict[str, str] = dict(pending) if pending else {}
     for i, message in enumerate(messages):
         role = message.get("role")

@@ -7,6 +7,7 @@ official SDK."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +22,7 @@ from agentd import _fastpath_py
 from agentd.backends import ChatRequest, ToolCallBuffer
 from agentd.backends.echo import ARGUMENT_PIECE, scripted_calls, tool_results_text
 
-from .chat_helpers import Factory, post, sse
+from .chat_helpers import Factory, echo, post, sse, turn_running
 from .openai_stub import MakePool, StartStub, StubNode
 from .sdk_strict import strictly
 from .test_websocket import receive, until
@@ -618,3 +619,51 @@ async def test_a_response_answered_with_tool_calls_fails_clearly(
         status, _, reply = await post(http, url + "/v1/responses", {"model": "echo", "input": ASK})
     assert status == 400, reply
     assert reply["error"]["code"] == "tool_calls_unsupported"
+
+
+async def test_tool_calls_come_back_from_redis_and_the_disk_cache(
+    serve: Factory, tmp_path: Any, redis_standalone: Any
+) -> None:
+    """Two instances over one Redis: the second answers from L2 what the first cached."""
+    config = {
+        "redis": {"urls": [redis_standalone.url]},
+        "cache": {"disk_path": str(tmp_path / "l3")},
+    }
+    first_url, second_url = await serve(**config), await serve(**config)
+    body = {"model": "echo", "messages": [{"role": "user", "content": ASK}], "temperature": 0,
+            "tools": [WEATHER]}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        _, headers, first = await post(http, first_url + CHAT, body)
+        assert headers["X-Cache"] == "miss"
+        _, headers, second = await post(http, second_url + CHAT, body)
+        assert headers["X-Cache"] == "hit-l2"
+    assert second["choices"] == first["choices"]
+    assert second["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == PARIS
+
+
+# -- interrupted ---------------------------------------------------------------------------
+
+
+async def test_an_interrupted_call_is_stored_without_calls(serve: Factory) -> None:
+    """A reply cut while its call streams asks for nothing: the next message needs no
+    tool result."""
+    url = await serve(
+        sessions={"concurrent_turns": "interrupt", "turn_lease": 0.6}, **echo(tokens_per_s=10)
+    )
+    ask = 'call get_weather {"city": "%s"}' % ("x" * 400)  # 50 pieces: 5 s at 10/s
+    async with aiohttp.ClientSession() as http:
+        sid = (await post(http, url + "/v1/sessions", {}))[2]["id"]
+        body = {"model": "echo", "tools": TOOLS, "session_id": sid,
+                "messages": [{"role": "user", "content": ask}]}  # fmt: skip
+        first = asyncio.create_task(post(http, url + CHAT, body))
+        await turn_running(http, url)
+        status, _, second = await post(http, url + CHAT, {**body, "messages": [USER]})
+        assert status == 200, second
+        assert second["choices"][0]["message"]["content"] == "hi"
+        status, _, cut = await first
+        assert status == 200 and cut["choices"][0]["finish_reason"] == "cancelled"
+        assert "tool_calls" not in cut["choices"][0]["message"]
+        async with http.get(f"{url}/v1/sessions/{sid}/messages") as r:
+            history = orjson.loads(await r.read())["data"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert history[1]["status"] == "cancelled" and "tool_calls" not in history[1]
