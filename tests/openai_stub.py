@@ -161,6 +161,7 @@ class StubNode:
         calls: Callable[[dict[str, Any]], list[tuple[str, str]] | None] | None = None,
         argument_piece: int = 3,
         interleave: bool = False,
+        calls_finish: str = "tool_calls",
     ) -> None:
         self.mode: Mode = mode or Normal()
         self.api_key = api_key
@@ -168,6 +169,8 @@ class StubNode:
         self.calls = calls
         self.argument_piece = argument_piece
         self.interleave = interleave
+        # The finish reason of a reply of calls (some servers say "stop").
+        self.calls_finish = calls_finish
         self.send_usage = send_usage
         # Quirks of some servers: no "data: [DONE]" at the end; a JSON reply to stream=true.
         self.send_done = send_done
@@ -280,7 +283,7 @@ class StubNode:
         usage = stub_usage(body["messages"], sum(len(p) for p in pieces))
         if not body.get("stream") or self.ignore_stream:
             message = {"role": "assistant", "content": None, "tool_calls": calls}
-            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            choice = {"index": 0, "message": message, "finish_reason": self.calls_finish}
             reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             return web.Response(body=orjson.dumps(reply), content_type="application/json")
         if self.interleave:
@@ -298,7 +301,7 @@ class StubNode:
         await send({"role": "assistant", "content": None})
         for piece in order:
             await send({"tool_calls": [piece]})
-        await send({}, "tool_calls")
+        await send({}, self.calls_finish)
         if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
             last = {**base, "choices": [], "usage": usage}
             await response.write(b"data: " + orjson.dumps(last) + b"\n\n")

@@ -148,6 +148,18 @@ async def test_a_streamed_tool_call_arrives_in_argument_pieces(upstream: Upstrea
     calls, pieces, finish = _assemble(chunks)
     assert finish == "tool_calls"
     assert list(calls) == [0]
+    # The SDK's own stream helper puts them together the same way.
+    client = upstream.client()
+    try:
+        async with client.chat.completions.stream(
+            model="echo", messages=[{"role": "user", "content": ASK}], tools=TOOLS
+        ) as helper:
+            whole = await helper.get_final_completion()
+    finally:
+        await client.close()
+    [call] = whole.choices[0].message.tool_calls or []
+    assert (call.function.name, call.function.arguments) == ("get_weather", PARIS)
+    assert whole.choices[0].finish_reason == "tool_calls"
     assert calls[0]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
     assert calls[0]["arguments"] == PARIS
     assert pieces > 1  # split across chunks, and reassembled
@@ -293,6 +305,32 @@ async def test_the_openai_backend_reassembles_the_calls(
     done = await pool.complete(request)
     assert done.finish_reason == "tool_calls" and done.text == ""
     assert [c["function"]["name"] for c in done.tool_calls or []] == ["get_weather", "get_time"]
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_calls_finishing_with_stop_finish_with_tool_calls(
+    stub: StartStub, make_pool: MakePool, streamed: bool
+) -> None:
+    pool = await make_pool(await stub(calls_finish="stop", ignore_stream=not streamed))
+    request = ChatRequest("m", [{"role": "user", "content": ASK}], {"tools": TOOLS})
+    done = await pool.complete(request)
+    assert done.finish_reason == "tool_calls" and done.tool_calls
+
+
+def test_the_buffer_follows_servers_that_number_every_call_zero() -> None:
+    buffer = ToolCallBuffer()
+    out = [
+        buffer.add({"index": 0, "id": "a", "function": {"name": "f", "arguments": "{"}}),
+        buffer.add({"index": 0, "function": {"arguments": "}"}}),
+        buffer.add({"index": 0, "id": "b", "function": {"name": "g", "arguments": "["}}),
+        buffer.add({"index": 0, "function": {"arguments": "]"}}),
+        buffer.add({"index": 0, "id": "b", "function": {"arguments": " "}}),  # id repeated
+    ]
+    assert [p["index"] for p in out] == [0, 0, 1, 1, 1]
+    assert [(c["id"], c["function"]["arguments"]) for c in buffer.calls()] == [
+        ("a", "{}"),
+        ("b", "[] "),
+    ]
 
 
 def test_the_buffer_renumbers_and_follows_servers_without_indexes() -> None:

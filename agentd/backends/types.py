@@ -87,8 +87,9 @@ class ToolCallBuffer:
     """Reassembles streamed pieces of tool calls into whole calls.
 
     Pieces are matched to calls by ``index`` (renumbered densely in order of first
-    appearance, whatever numbers the upstream used), or, from servers that send no
-    index, by ``id``, else to the latest call. :meth:`add` returns each piece normalized
+    appearance, whatever numbers the upstream used) unless they bring another call's
+    ``id`` (some servers number every call 0); from servers that send no index, by
+    ``id``, else to the latest call. :meth:`add` returns each piece normalized
     (dense index, the call's type on its first piece, no nulls), ready to pass on.
     """
 
@@ -111,6 +112,12 @@ class ToolCallBuffer:
         at = self._by_key.get(key)
         if at is None and key[1] is None and self._calls:
             at = len(self._calls) - 1  # neither index nor id: it continues the latest call
+        elif at is not None and call_id and call_id != self._calls[at]["id"]:
+            # Another id under a known index (servers that number every call 0): the call
+            # of that id, or a new one, which the index's next pieces then continue.
+            at = self._by_key.get(("id", call_id))
+            if at is not None:
+                self._by_key[key] = at
         function = piece.get("function") or {}
         if not isinstance(function, dict):
             raise TypeError("a tool call's function must be an object")
