@@ -246,8 +246,11 @@ class Agents:
                         if listener is not None:
                             await listener.delta(text)
                     if not isinstance(item, str):
-                        if item.tool_deltas is not None and listener is not None:
-                            await listener.tool_deltas(item.tool_deltas)
+                        if item.tool_deltas is not None:
+                            if not reply.parts and first == started:
+                                first = loop.time()  # a call's first piece is a first token
+                            if listener is not None:
+                                await listener.tool_deltas(item.tool_deltas)
                         reply.end(item.finish_reason, item.usage, item.node)
                         if item.tool_calls is not None:
                             reply.calls = item.tool_calls
@@ -255,14 +258,17 @@ class Agents:
                         reply.cancel()
                         break
         timings.upstream = loop.time() - started
-        if reply.parts:
+        calls = None if reply.cancelled else reply.calls  # a cut call is no call
+        if reply.parts or calls:
             timings.upstream_ttft = first - started
         text = "".join(reply.parts)
-        calls = None if reply.cancelled else reply.calls  # a cut call is no call
         ratelimit = NO_HEADERS
         if ticket is not None:
             prompt_chars = sum(_chars(m) for m in plan.request.messages)
-            ticket.settle(reply.usage, level, prompt_chars, len(text))
+            said_chars = len(text)
+            if calls:
+                said_chars += sum(len(c["function"]["arguments"]) for c in calls)
+            ticket.settle(reply.usage, level, prompt_chars, said_chars)
             ratelimit = ticket.headers
         if calls and not req.tool_calls:
             raise _unrelayed(calls)
@@ -285,7 +291,8 @@ class Agents:
             stored = await held.store([*new, said])
             timings.persist = loop.time() - started
         if self.metrics is not None:
-            self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
+            replied = bool(text or calls)
+            self.metrics.observe_turn(_stages_run(timings, held is not None, replied))
         return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
                           stored, timings, level, turn_id, reply.cancelled,
                           ratelimit, calls)  # fmt: skip
