@@ -26,6 +26,7 @@ from .chat_helpers import Factory, echo, post, sse, turn_running
 from .openai_stub import MakePool, StartStub, StubNode
 from .sdk_strict import strictly
 from .test_websocket import receive, until
+from .waiting import wait_until
 
 CHAT = "/v1/chat/completions"
 WEATHER = {
@@ -612,7 +613,7 @@ def test_the_cache_key_holds_the_tools_in_both_implementations() -> None:
 # -- the APIs that do not relay tool calls -------------------------------------------------
 
 
-async def _calling_upstream(serve: Factory, stub: StartStub) -> str:
+async def _calling_upstream(serve: Factory, stub: StartStub) -> tuple[str, StubNode]:
     """agentd over an upstream that answers "call ..." with a tool call even when the
     request names no tools (as a provider with tools of its own may)."""
 
@@ -621,16 +622,17 @@ async def _calling_upstream(serve: Factory, stub: StartStub) -> str:
         return [("get_weather", PARIS)] if str(last.get("content")).startswith("call") else None
 
     node = await stub(calls=calls)
-    return await serve(
+    url = await serve(
         backends=[{"name": "up", "type": "openai", "urls": [node.url]}],
         agents=[{"name": "echo", "backend": "up"}],
     )
+    return url, node
 
 
 async def test_a_websocket_turn_answered_with_tool_calls_ends_in_an_error(
     serve: Factory, stub: StartStub
 ) -> None:
-    url = await _calling_upstream(serve, stub)
+    url, _ = await _calling_upstream(serve, stub)
     async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
         await ws.send_json({"type": "hello"})
         ready = await receive(ws)
@@ -652,7 +654,7 @@ async def test_a_websocket_turn_answered_with_tool_calls_ends_in_an_error(
 async def test_a_response_answered_with_tool_calls_fails_clearly(
     serve: Factory, stub: StartStub
 ) -> None:
-    url = await _calling_upstream(serve, stub)
+    url, _ = await _calling_upstream(serve, stub)
     async with aiohttp.ClientSession() as http:
         status, _, reply = await post(http, url + "/v1/responses", {"model": "echo", "input": ASK})
     assert status == 400, reply
@@ -705,3 +707,23 @@ async def test_an_interrupted_call_is_stored_without_calls(serve: Factory) -> No
             history = orjson.loads(await r.read())["data"]
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
     assert history[1]["status"] == "cancelled" and "tool_calls" not in history[1]
+
+
+async def test_a_background_response_answered_with_tool_calls_fails_at_once(
+    serve: Factory, stub: StartStub
+) -> None:
+    url, node = await _calling_upstream(serve, stub)
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "echo", "input": ASK, "background": True}
+        status, _, queued = await post(http, url + "/v1/responses", body)
+        assert status == 200, queued
+
+        async def ended() -> Any:
+            async with http.get(f"{url}/v1/responses/{queued['id']}") as r:
+                response = orjson.loads(await r.read())
+            return response if response["status"] not in ("queued", "in_progress") else None
+
+        response = await wait_until(ended, what="the response to end")
+    assert response["status"] == "failed"
+    assert response["error"]["agentd_code"] == "tool_calls_unsupported", response["error"]
+    assert len(node.requests) == 1  # not retried: no attempt could end otherwise
