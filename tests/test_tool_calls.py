@@ -727,3 +727,54 @@ async def test_a_background_response_answered_with_tool_calls_fails_at_once(
     assert response["status"] == "failed"
     assert response["error"]["agentd_code"] == "tool_calls_unsupported", response["error"]
     assert len(node.requests) == 1  # not retried: no attempt could end otherwise
+
+
+async def _model_calls(http: aiohttp.ClientSession, url: str) -> int:
+    """The echo model calls an app made, from its /metrics."""
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("agentd_upstream_calls_total{")
+    )
+
+
+def _pieces(events: list[Any]) -> list[dict[str, Any]]:
+    return [p for e in events[:-1] for c in e["choices"] for p in c["delta"].get("tool_calls", ())]
+
+
+async def test_a_cached_call_streams_live_on_a_miss_also_to_another_instance(
+    serve: Factory, redis_standalone: Any
+) -> None:
+    """The request that makes a cacheable reply, and an identical one on another instance
+    following its flight through Redis, both see the arguments in pieces as they come."""
+    config = {"redis": {"urls": [redis_standalone.url]}, "cache": {"disk_path": ""},
+              **echo(tokens_per_s=20)}  # fmt: skip
+    first_url, second_url = await serve(**config), await serve(**config)
+    body = {"model": "echo", "messages": [{"role": "user", "content": ASK}], "temperature": 0,
+            "tools": [WEATHER], "stream": True}  # fmt: skip
+
+    async def stream(http: aiohttp.ClientSession, url: str) -> tuple[str, list[Any]]:
+        async with http.post(url + CHAT, json=body) as r:
+            return r.headers["X-Cache"], await sse(r)
+
+    async with aiohttp.ClientSession() as http:
+        leading = asyncio.create_task(stream(http, first_url))
+        await turn_running(http, first_url)
+        following = await stream(http, second_url)
+        led = await leading
+        hit = await stream(http, first_url)
+        calls = [await _model_calls(http, url) for url in (first_url, second_url)]
+    assert calls == [1, 0]  # the second followed the first's call
+    for level, events in (led, following):
+        assert level == "miss"
+        pieces = _pieces(events)
+        assert len(pieces) > 2
+        assert "".join(p["function"].get("arguments", "") for p in pieces) == PARIS
+        assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    assert _pieces(led[1]) == _pieces(following[1])
+    # The kept reply holds the call whole: a hit streams it in one piece.
+    assert hit[0] == "hit-l1"
+    [whole] = _pieces(hit[1])
+    assert whole["function"]["arguments"] == PARIS and whole["id"] == _pieces(led[1])[0]["id"]

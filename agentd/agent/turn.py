@@ -57,13 +57,14 @@ class _Plan:
 class _Reply:
     """A reply as it arrives, from the model or replayed from the cache."""
 
-    __slots__ = ("calls", "cancelled", "finish", "node", "parts", "usage")
+    __slots__ = ("calls", "cancelled", "finish", "node", "parts", "relayed", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.finish, self.usage, self.node = "stop", {}, ""
         self.cancelled = False
         self.calls: list[dict[str, Any]] | None = None
+        self.relayed = False  # tool call pieces reached the listener as they came
 
     def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
         self.finish = finish or self.finish
@@ -235,8 +236,22 @@ class Agents:
                 async for item in source:
                     if isinstance(item, Served):  # the end of a stream through the cache
                         reply.end(item.reply.finish_reason, item.reply.usage, item.reply.node)
-                        if item.reply.tool_calls is not None:
+                        if item.reply.tool_calls is None:
+                            continue
+                        if reply.relayed:
+                            reply.calls = item.reply.tool_calls
+                        else:  # a reply found whole when the flight began
                             await _replay_calls(reply, item.reply.tool_calls, listener)
+                        continue
+                    if isinstance(item, list):  # tool call pieces through the cache
+                        if not reply.parts and first == started:
+                            first = loop.time()
+                        reply.relayed = True
+                        if listener is not None:
+                            await listener.tool_deltas(item)
+                        if interrupt.asked:
+                            reply.cancel()
+                            break
                         continue
                     text = item if isinstance(item, str) else item.text
                     if text:
