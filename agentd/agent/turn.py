@@ -326,8 +326,8 @@ def _unrelayed(calls: Sequence[Mapping[str, Any]]) -> BadRequest:
     """A reply of tool calls to a caller that cannot relay them (WebSocket, Responses)."""
     names = ", ".join(sorted({str(c.get("function", {}).get("name")) for c in calls}))
     return BadRequest(
-        f"the model asked for tool calls ({names}), which this API does not relay: use "
-        "chat completions with tools, or an agent whose params give none",
+        f"the model asked for tool calls ({names}), which only chat completions relays to "
+        "its client: nothing of this turn was stored",
         code="tool_calls_unsupported",
     )
 
