@@ -321,7 +321,9 @@ def pending_calls(history: Sequence[Mapping[str, Any]]) -> dict[str, str]:
     for message in reversed(history):
         role = message.get("role")
         if role == "tool":
-            answered.add(message.get("tool_call_id"))
+            call_id = message.get("tool_call_id")
+            if isinstance(call_id, str):  # a message posted to the session may hold anything
+                answered.add(call_id)
             continue
         calls = message.get("tool_calls") if role == "assistant" else None
         pending = {}

@@ -778,3 +778,23 @@ async def test_a_cached_call_streams_live_on_a_miss_also_to_another_instance(
     assert hit[0] == "hit-l1"
     [whole] = _pieces(hit[1])
     assert whole["function"]["arguments"] == PARIS and whole["id"] == _pieces(led[1])[0]["id"]
+
+
+async def test_odd_tool_parts_posted_to_a_session_do_not_break_its_turns(serve: Factory) -> None:
+    """Messages posted through the sessions API are checked for their fields only: a turn
+    reads whatever tool parts they hold without failing."""
+    url = await serve()
+    async with aiohttp.ClientSession() as http:
+        sid = (await post(http, url + "/v1/sessions", {}))[2]["id"]
+        odd = [
+            {"role": "assistant", "content": "x", "tool_calls": "junk"},
+            {"role": "assistant", "content": None, "tool_calls": [7, {"id": 3}]},
+            {"role": "tool", "tool_call_id": [1], "content": "y"},
+        ]
+        status, _, posted = await post(http, f"{url}/v1/sessions/{sid}/messages", {"messages": odd})
+        assert status in (200, 201), posted
+        body = {"model": "echo", "session_id": sid, "tools": TOOLS,
+                "messages": [{"role": "user", "content": ASK}]}  # fmt: skip
+        status, _, reply = await post(http, url + CHAT, body)
+    assert status == 200, reply
+    assert reply["choices"][0]["finish_reason"] == "tool_calls"

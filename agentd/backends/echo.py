@@ -122,7 +122,8 @@ def tool_results_text(messages: Sequence[Message]) -> str:
         if message.get("role") == "tool":
             results.append(message)
             continue
-        for call in message.get("tool_calls") or ():
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
             if isinstance(call, dict) and isinstance(call.get("function"), dict):
                 names[str(call.get("id"))] = str(call["function"].get("name"))
         break
