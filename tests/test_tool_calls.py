@@ -16,11 +16,15 @@ import aiohttp
 import openai
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from agentd import _fastpath_py
 from agentd.backends import ChatRequest, ToolCallBuffer
 from agentd.backends.echo import ARGUMENT_PIECE, scripted_calls, tool_results_text
+from agentd.errors import BadRequest
+from agentd.schema import check_tool_messages, check_tool_params, pending_calls
 
 from .chat_helpers import Factory, echo, post, sse, turn_running
 from .openai_stub import MakePool, StartStub, StubNode
@@ -798,3 +802,40 @@ async def test_odd_tool_parts_posted_to_a_session_do_not_break_its_turns(serve: 
         status, _, reply = await post(http, url + CHAT, body)
     assert status == 200, reply
     assert reply["choices"][0]["finish_reason"] == "tool_calls"
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
+_WORDS = st.sampled_from(
+    ["id", "type", "function", "name", "arguments", "parameters", "strict", "description",
+     "mode", "tools", "allowed_tools", "x"]
+)  # fmt: skip
+_JSON = st.recursive(
+    _SCALARS | st.sampled_from(["function", "custom", "auto", "call_1", "f"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_WORDS, inner, max_size=4),
+    max_leaves=12,
+)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system"])},
+    optional={"content": _JSON, "tool_calls": _JSON, "tool_call_id": _JSON},
+)
+
+
+@given(
+    params=st.dictionaries(st.sampled_from(["tools", "tool_choice", "parallel_tool_calls"]),
+                           _JSON, max_size=3),
+    messages=st.lists(_MESSAGE, min_size=1, max_size=5),
+    history=st.lists(_MESSAGE, max_size=4),
+)  # fmt: skip
+def test_the_tool_checks_answer_any_input_with_a_400_or_nothing(
+    params: dict[str, Any], messages: list[dict[str, Any]], history: list[dict[str, Any]]
+) -> None:
+    for check in (
+        lambda: check_tool_params(params),
+        lambda: check_tool_messages(messages, pending_calls(history)),
+    ):
+        try:
+            check()
+        except BadRequest as exc:
+            assert exc.status == 400 and exc.code and exc.detail and exc.detail["param"]
