@@ -14,6 +14,16 @@ finish chunk, a usage chunk when ``stream_options.include_usage`` (and ``send_us
 then ``data: [DONE]``. The stub's usage counts words, not characters, so a test can tell
 it from a client's own estimate.
 
+Tool calls, as real providers send them: when the request has ``tools`` and its last
+message is a user message of ``call NAME ARGUMENTS`` lines (the echo backend's script),
+or ``node.calls(body)`` returns ``[(name, arguments), ...]``, the reply is those calls
+(ids ``call_stub_N``), ``finish_reason: "tool_calls"``. Unstreamed: ``message.tool_calls``
+with ``content: null``. Streamed: a role delta with ``content: null``, then per call a
+first piece (index, id, type, name, empty arguments) and the arguments in pieces of
+``argument_piece`` characters; with ``interleave`` the calls' pieces alternate, as some
+servers send parallel calls. After ``tool`` messages the reply is ``"stub:"`` and their
+contents joined by ``" | "``.
+
 ``/v1/embeddings`` answers :func:`stub_vector` per input item (base64 when asked), and
 ``/v1/completions`` ``"stub:" + prompt`` per prompt (word by word when streamed); both
 obey the modes and record their requests too.
@@ -103,7 +113,9 @@ class RecordedRequest:
 
 
 _WORD = re.compile(r"\s*\S+\s*")
+_CALL = re.compile(r"\s*call\s+(\S+)(?:\s+(.*?))?\s*")
 _ids = itertools.count(1)
+_call_ids = itertools.count(1)
 
 
 def _text(content: Any) -> str:
@@ -146,10 +158,19 @@ class StubNode:
         send_usage: bool = True,
         send_done: bool = True,
         ignore_stream: bool = False,
+        calls: Callable[[dict[str, Any]], list[tuple[str, str]] | None] | None = None,
+        argument_piece: int = 3,
+        interleave: bool = False,
+        calls_finish: str = "tool_calls",
     ) -> None:
         self.mode: Mode = mode or Normal()
         self.api_key = api_key
         self.reply = reply
+        self.calls = calls
+        self.argument_piece = argument_piece
+        self.interleave = interleave
+        # The finish reason of a reply of calls (some servers say "stop").
+        self.calls_finish = calls_finish
         self.send_usage = send_usage
         # Quirks of some servers: no "data: [DONE]" at the end; a JSON reply to stream=true.
         self.send_done = send_done
@@ -206,6 +227,9 @@ class StubNode:
                 400, "'messages' is a required property", "invalid_request_error", None
             )
         mode = self.mode
+        calls = self._calls(body)
+        if calls:
+            return await self._tool_calls(request, body, calls)
         words = self._words(body)
         if body.get("stream") and not self.ignore_stream:
             return await self._stream(request, body, words, mode)
@@ -218,10 +242,86 @@ class StubNode:
             content_type="application/json",
         )
 
+    def _calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The tool calls this request gets (whole, with fresh ids), [] for text."""
+        if self.calls is not None:
+            wanted = self.calls(body) or []
+        else:
+            wanted = []
+            messages = body["messages"]
+            last = messages[-1] if messages else {}
+            if body.get("tools") and isinstance(last, dict) and last.get("role") == "user":
+                lines = [line for line in _text(last.get("content")).splitlines() if line.strip()]
+                matches = [_CALL.fullmatch(line) for line in lines]
+                if matches and all(matches):
+                    wanted = [(m.group(1), m.group(2) or "{}") for m in matches if m]
+        return [
+            {"id": f"call_stub_{next(_call_ids)}", "type": "function",
+             "function": {"name": name, "arguments": arguments}}
+            for name, arguments in wanted
+        ]  # fmt: skip
+
+    async def _tool_calls(
+        self, request: web.Request, body: dict[str, Any], calls: list[dict[str, Any]]
+    ) -> web.StreamResponse:
+        base: dict[str, Any] = {
+            "id": f"chatcmpl-stub-{next(_ids)}",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+        }
+        pieces: list[list[dict[str, Any]]] = []
+        for i, call in enumerate(calls):
+            arguments = call["function"]["arguments"]
+            size = self.argument_piece
+            head = {"index": i, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+            rest = [
+                {"index": i, "function": {"arguments": arguments[at : at + size]}}
+                for at in range(0, len(arguments), size)
+            ]
+            pieces.append([head, *rest])
+        usage = stub_usage(body["messages"], sum(len(p) for p in pieces))
+        if not body.get("stream") or self.ignore_stream:
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice = {"index": 0, "message": message, "finish_reason": self.calls_finish}
+            reply = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+            return web.Response(body=orjson.dumps(reply), content_type="application/json")
+        if self.interleave:
+            order = [p for group in itertools.zip_longest(*pieces) for p in group if p is not None]
+        else:
+            order = [p for group in pieces for p in group]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        base["object"] = "chat.completion.chunk"
+
+        async def send(delta: dict[str, Any], reason: str | None = None) -> None:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+
+        await send({"role": "assistant", "content": None})
+        for piece in order:
+            await send({"tool_calls": [piece]})
+        await send({}, self.calls_finish)
+        if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
+            last = {**base, "choices": [], "usage": usage}
+            await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
+        if self.send_done:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     def _words(self, body: dict[str, Any]) -> tuple[list[str], str]:
         """The reply's content deltas and its finish reason (``length`` past max_tokens)."""
+        messages = body["messages"]
         if self.reply is not None:
             text = self.reply(body)
+        elif messages and isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+            results = []
+            for message in reversed(messages):
+                if not isinstance(message, dict) or message.get("role") != "tool":
+                    break
+                results.append(_text(message.get("content")))
+            text = "stub:" + " | ".join(reversed(results))
         else:
             last = ""
             for message in body["messages"]:

@@ -31,6 +31,8 @@ FORWARDED = {
     "logit_bias": {"50256": -100},
     "frequency_penalty": 0.5,
     "presence_penalty": 0.5,
+    "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+    "tool_choice": "auto",
     "parallel_tool_calls": False,
     "prediction": {"type": "content", "content": "x"},
     "web_search_options": {},

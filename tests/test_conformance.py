@@ -517,6 +517,33 @@ async def chat_completion_with_a_reply_sent_back(t: Target) -> None:
 
 
 @case
+async def chat_tool_call_round_trip(t: Target) -> None:
+    # The model asks for a tool (the echo's script, or the stub's), the client answers.
+    ask = say('call noop {"why": "conformance"}')
+    reply = await t.sdk.chat.completions.create(model="echo", messages=ask, tools=[TOOL])
+    assert reply.choices[0].finish_reason == "tool_calls"
+    [call] = reply.choices[0].message.tool_calls or []
+    stream = await t.sdk.chat.completions.create(
+        model="echo", messages=ask, tools=[TOOL], stream=True
+    )
+    assert [c async for c in stream]
+    result = {"role": "tool", "tool_call_id": call.id, "content": "done"}
+    final = await t.sdk.chat.completions.create(
+        model="echo", messages=[*ask, reply.choices[0].message, result], tools=[TOOL]
+    )
+    assert final.choices[0].message.content
+
+
+@case
+async def chat_tool_result_answering_no_call(t: Target) -> None:
+    result = {"role": "tool", "tool_call_id": "call_none", "content": "done"}
+    with pytest.raises(openai.BadRequestError) as info:
+        await t.sdk.chat.completions.create(model="echo", messages=[*say(), result])
+    assert info.value.code == "unknown_tool_call"
+    assert info.value.param == "messages[1].tool_call_id"
+
+
+@case
 async def chat_stream(t: Target) -> None:
     stream = await t.sdk.chat.completions.create(model="echo", messages=say(), stream=True)
     chunks = [c async for c in stream]

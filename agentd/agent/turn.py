@@ -26,11 +26,12 @@ from typing import Any
 
 from .. import fastpath
 from ..auth import Limiter, Ticket
-from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
+from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool, whole_deltas
 from ..cache import CachedReply, ResponseCache, Served, cacheable
 from ..config import AgentConfig, Config
 from ..errors import BadRequest
 from ..metrics import Metrics
+from ..schema import check_tool_messages, pending_calls
 from ..store import Store
 from .admission import Admission
 from .lease import Held, Interrupt, Leases
@@ -56,12 +57,14 @@ class _Plan:
 class _Reply:
     """A reply as it arrives, from the model or replayed from the cache."""
 
-    __slots__ = ("cancelled", "finish", "node", "parts", "usage")
+    __slots__ = ("calls", "cancelled", "finish", "node", "parts", "relayed", "usage")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.finish, self.usage, self.node = "stop", {}, ""
         self.cancelled = False
+        self.calls: list[dict[str, Any]] | None = None
+        self.relayed = False  # tool call pieces reached the listener as they came
 
     def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
         self.finish = finish or self.finish
@@ -150,11 +153,19 @@ class Agents:
     def _plan(
         self, agent: AgentConfig, req: TurnRequest, history: Sequence[Mapping[str, Any]]
     ) -> _Plan:
+        # The history window may begin with tool results whose call fell outside it: a
+        # model refuses a tool message that answers no call, so they stay out too.
+        start = 0
+        while start < len(history) and history[start].get("role") == "tool":
+            start += 1
+        check_tool_messages(req.messages, pending_calls(history) if history else None)
         upstream: list[dict[str, Any]] = []
         if agent.system_prompt:
             upstream.append({"role": "system", "content": agent.system_prompt})
-        if history:
-            upstream.extend({k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history)
+        if start < len(history):
+            upstream.extend(
+                {k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history[start:]
+            )
         upstream.extend(req.messages)
         request = ChatRequest(
             model=agent.upstream_model,
@@ -218,11 +229,29 @@ class Agents:
                     break
             else:
                 reply.end(source.finish_reason, source.usage, source.node)
+                if source.tool_calls is not None:
+                    await _replay_calls(reply, source.tool_calls, listener)
         else:
             async with contextlib.aclosing(source):
                 async for item in source:
                     if isinstance(item, Served):  # the end of a stream through the cache
                         reply.end(item.reply.finish_reason, item.reply.usage, item.reply.node)
+                        if item.reply.tool_calls is None:
+                            continue
+                        if reply.relayed:
+                            reply.calls = item.reply.tool_calls
+                        else:  # a reply found whole when the flight began
+                            await _replay_calls(reply, item.reply.tool_calls, listener)
+                        continue
+                    if isinstance(item, list):  # tool call pieces through the cache
+                        if not reply.parts and first == started:
+                            first = loop.time()
+                        reply.relayed = True
+                        if listener is not None:
+                            await listener.tool_deltas(item)
+                        if interrupt.asked:
+                            reply.cancel()
+                            break
                         continue
                     text = item if isinstance(item, str) else item.text
                     if text:
@@ -232,25 +261,42 @@ class Agents:
                         if listener is not None:
                             await listener.delta(text)
                     if not isinstance(item, str):
+                        if item.tool_deltas is not None:
+                            if not reply.parts and first == started:
+                                first = loop.time()  # a call's first piece is a first token
+                            if listener is not None:
+                                await listener.tool_deltas(item.tool_deltas)
                         reply.end(item.finish_reason, item.usage, item.node)
+                        if item.tool_calls is not None:
+                            reply.calls = item.tool_calls
                     if interrupt.asked:
                         reply.cancel()
                         break
         timings.upstream = loop.time() - started
-        if reply.parts:
+        calls = None if reply.cancelled else reply.calls  # a cut call is no call
+        if reply.parts or calls:
             timings.upstream_ttft = first - started
         text = "".join(reply.parts)
         ratelimit = NO_HEADERS
         if ticket is not None:
             prompt_chars = sum(_chars(m) for m in plan.request.messages)
-            ticket.settle(reply.usage, level, prompt_chars, len(text))
+            said_chars = len(text)
+            if calls:
+                said_chars += sum(len(c["function"]["arguments"]) for c in calls)
+            ticket.settle(reply.usage, level, prompt_chars, said_chars)
             ratelimit = ticket.headers
+        if calls and not req.tool_calls:
+            raise _unrelayed(calls)
 
         stored: list[dict[str, Any]] = []
         turn_id = ""
         if held is not None and req.store:
             turn_id = req.turn_id or new_turn_id()
             said: dict[str, Any] = {"role": "assistant", "content": text, "turn": turn_id}
+            if calls:
+                # OpenAI's shape: content null when the reply is only calls.
+                said["content"] = text or None
+                said["tool_calls"] = calls
             if reply.cancelled:
                 said["status"] = "cancelled"
             if req.metadata:
@@ -260,10 +306,30 @@ class Agents:
             stored = await held.store([*new, said])
             timings.persist = loop.time() - started
         if self.metrics is not None:
-            self.metrics.observe_turn(_stages_run(timings, held is not None, bool(text)))
+            replied = bool(text or calls)
+            self.metrics.observe_turn(_stages_run(timings, held is not None, replied))
         return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
                           stored, timings, level, turn_id, reply.cancelled,
-                          ratelimit)  # fmt: skip
+                          ratelimit, calls)  # fmt: skip
+
+
+async def _replay_calls(
+    reply: _Reply, calls: list[dict[str, Any]], listener: Listener | None
+) -> None:
+    """A cached or shared reply's tool calls: whole, one piece each to the listener."""
+    reply.calls = calls
+    if listener is not None:
+        await listener.tool_deltas(whole_deltas(calls))
+
+
+def _unrelayed(calls: Sequence[Mapping[str, Any]]) -> BadRequest:
+    """A reply of tool calls to a caller that cannot relay them (WebSocket, Responses)."""
+    names = ", ".join(sorted({str(c.get("function", {}).get("name")) for c in calls}))
+    return BadRequest(
+        f"the model asked for tool calls ({names}), which only chat completions relays to "
+        "its client: nothing of this turn was stored",
+        code="tool_calls_unsupported",
+    )
 
 
 async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
@@ -310,13 +376,19 @@ async def _told_again(
 ) -> TurnResult:
     """The result of a turn stored before: its reply, told again, and nothing stored."""
     text = said.get("content") or ""
+    calls = said.get("tool_calls")
+    if calls and not req.tool_calls:
+        raise _unrelayed(calls)
     if listener is not None:
         listener.source("bypass")
         if text:
             await listener.delta(text)
+        if calls:
+            await listener.tool_deltas(whole_deltas(calls))
     cancelled = said.get("status") == "cancelled"
-    return TurnResult(text, "stop", {}, "", agent.upstream_model, [dict(said)], timings,
-                      "bypass", req.turn_id or "", cancelled)  # fmt: skip
+    return TurnResult(text, "tool_calls" if calls else "stop", {}, "", agent.upstream_model,
+                      [dict(said)], timings, "bypass", req.turn_id or "", cancelled,
+                      tool_calls=calls)  # fmt: skip
 
 
 def _stages_run(timings: Timings, session: bool, replied: bool) -> dict[str, float]:

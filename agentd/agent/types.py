@@ -48,6 +48,10 @@ class TurnRequest:
     tenant: str = ""
     # Who asks: their rate limits and quotas apply, their usage is counted (None: no one's).
     identity: Identity | None = None
+    # True: the caller relays the model's tool calls to its client (chat completions).
+    # Otherwise a reply with tool calls fails the turn (400 ``tool_calls_unsupported``)
+    # and nothing is stored: no client could answer them.
+    tool_calls: bool = False
 
 
 @dataclass(slots=True)
@@ -97,6 +101,8 @@ class TurnResult:
     cancelled: bool = False
     # OpenAI's x-ratelimit-* headers of the caller's limits (empty when none apply).
     ratelimit: Mapping[str, str] = field(default_factory=dict)
+    # The tool calls the model asked for, whole, in OpenAI's shape (None: none).
+    tool_calls: list[dict[str, Any]] | None = None
 
     @property
     def seq(self) -> int | None:
@@ -108,8 +114,8 @@ class Listener:
 
     ``source`` comes once, before any delta: where the reply comes from (a cache level,
     ``miss`` or ``bypass``), for headers sent with the first delta. A delta is a piece of
-    the reply's text; a turn that fails before its first delta has told its listener
-    nothing it must take back.
+    the reply's text (or of its tool calls); a turn that fails before its first delta has
+    told its listener nothing it must take back.
     """
 
     __slots__ = ()
@@ -119,6 +125,11 @@ class Listener:
 
     async def delta(self, text: str) -> None:
         """A piece of the reply's text."""
+
+    async def tool_deltas(self, pieces: list[dict[str, Any]]) -> None:
+        """Pieces of the reply's tool calls, in OpenAI's streamed shape (``index``, and
+        on a call's first piece its ``id``, ``type`` and ``function.name``; then
+        ``function.arguments`` fragments)."""
 
     def limits(self, headers: Mapping[str, str]) -> None:
         """The caller's x-ratelimit-* headers, once admitted (before any delta)."""

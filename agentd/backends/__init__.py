@@ -35,10 +35,13 @@ from .types import (
     TextChoice,
     TextChunk,
     TextRequest,
+    ToolCall,
+    ToolCallBuffer,
     Transport,
     UpstreamAuth,
     UpstreamRejected,
     is_retryable,
+    whole_deltas,
 )
 
 if TYPE_CHECKING:
@@ -57,11 +60,14 @@ __all__ = (
     "TextChoice",
     "TextChunk",
     "TextRequest",
+    "ToolCall",
+    "ToolCallBuffer",
     "Transport",
     "UpstreamAuth",
     "UpstreamRejected",
     "build_pool",
     "is_retryable",
+    "whole_deltas",
 )
 
 

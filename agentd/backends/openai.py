@@ -6,8 +6,15 @@ timer per call that also bounds every read of the body, so chunks cost no timer 
 
 Usage accounting: the upstream ``usage`` is returned when sent (we ask for it with
 ``stream_options.include_usage``); otherwise ``prompt_tokens`` is the characters of all
-messages / 4 and ``completion_tokens`` the number of content deltas (servers send about
-one token per delta).
+messages / 4 and ``completion_tokens`` the number of content and tool call deltas
+(servers send about one token per delta).
+
+Tool calls: the request's ``tools``, ``tool_choice`` and ``parallel_tool_calls`` are
+among its params, sent as given. A streamed reply's ``delta.tool_calls`` pieces are
+passed on as they come (:class:`~.types.ToolCallBuffer` renumbers and reassembles them)
+and the last chunk carries the whole calls; an unstreamed reply's ``message.tool_calls``
+come as one piece per call. A reply with tool calls whose finish reason says ``stop``
+(some servers do) finishes with ``tool_calls``, as OpenAI's does.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from ..errors import BadRequest, UpstreamError, UpstreamTimeout
 from .types import (
     ChatRequest,
     Chunk,
+    ToolCallBuffer,
     UpstreamAuth,
     UpstreamRejected,
     estimate_tokens,
@@ -232,9 +240,24 @@ async def _whole_reply(response: aiohttp.ClientResponse, request: ChatRequest, n
     """A server that ignored ``stream: true`` and sent one ``chat.completion`` object."""
     reply = orjson.loads(await response.read())
     choice = (reply.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") or ""
-    usage = reply.get("usage") or _fallback_usage(request, 1 if text else 0)
-    return Chunk(text, choice.get("finish_reason") or "stop", usage, node)
+    message = choice.get("message") or {}
+    text = message.get("content") or ""
+    finish = choice.get("finish_reason") or "stop"
+    calls = message.get("tool_calls")
+    if not calls:
+        usage = reply.get("usage") or _fallback_usage(request, 1 if text else 0)
+        return Chunk(text, finish, usage, node)
+    if not isinstance(calls, list):
+        raise TypeError("tool_calls must be a list")
+    buffer = ToolCallBuffer()
+    deltas = [buffer.add({**call, "index": i}) for i, call in enumerate(calls)]
+    usage = reply.get("usage") or _fallback_usage(request, (1 if text else 0) + len(calls))
+    return Chunk(text, _called(finish), usage, node, deltas, buffer.calls())
+
+
+def _called(finish: str) -> str:
+    """The finish reason of a reply that made tool calls."""
+    return "tool_calls" if finish == "stop" else finish
 
 
 def event_data(event: bytes) -> bytes | None:
@@ -280,7 +303,7 @@ class EventSplitter:
 class _Reply:
     """What the stream has said so far beyond the text already passed on."""
 
-    __slots__ = ("deltas", "finish", "node", "request", "tail", "usage")
+    __slots__ = ("calls", "deltas", "finish", "node", "request", "tail", "usage")
 
     def __init__(self, request: ChatRequest, node: str) -> None:
         self.request = request
@@ -289,9 +312,10 @@ class _Reply:
         self.finish: str | None = None
         self.tail = ""  # text that came with or after the finish reason
         self.usage: dict[str, int] | None = None
+        self.calls: ToolCallBuffer | None = None  # made at the first tool call piece
 
-    def take(self, payload: bytes) -> str | None:
-        """Digest one ``chat.completion.chunk``; return the text to pass on now, if any."""
+    def take(self, payload: bytes) -> Chunk | None:
+        """Digest one ``chat.completion.chunk``; return what to pass on now, if anything."""
         obj = orjson.loads(payload)
         error = obj.get("error")
         if error:
@@ -304,21 +328,38 @@ class _Reply:
             return None  # the usage chunk has no choices
         choice = choices[0]
         delta = choice.get("delta")
-        text = delta.get("content") if delta else None
         reason = choice.get("finish_reason")
         if reason:
             self.finish = reason
+        if not delta:
+            return None
+        text = delta.get("content")
+        pieces = delta.get("tool_calls")
+        if pieces:
+            return self._calls(pieces, text)
         if not text:
             return None
         self.deltas += 1
         if self.finish is None:
-            return text
+            return Chunk(text, None, None, self.node)
         self.tail += text  # rides on the final chunk
         return None
 
+    def _calls(self, pieces: Any, text: str | None) -> Chunk:
+        if not isinstance(pieces, list):
+            raise TypeError("tool_calls must be a list")
+        if self.calls is None:
+            self.calls = ToolCallBuffer()
+        add = self.calls.add
+        self.deltas += len(pieces) + (1 if text else 0)
+        return Chunk(text or "", None, None, self.node, [add(piece) for piece in pieces])
+
     def final(self) -> Chunk:
         usage = self.usage or _fallback_usage(self.request, self.deltas)
-        return Chunk(self.tail, self.finish or "stop", usage, self.node)
+        finish = self.finish or "stop"
+        if self.calls:
+            return Chunk(self.tail, _called(finish), usage, self.node, None, self.calls.calls())
+        return Chunk(self.tail, finish, usage, self.node)
 
 
 async def _read_events(
@@ -336,16 +377,16 @@ async def _read_events(
             if payload == DONE:
                 yield reply.final()
                 return
-            text = reply.take(payload)
-            if text:
-                yield Chunk(text, None, None, node)
+            chunk = reply.take(payload)
+            if chunk is not None:
+                yield chunk
     # The body ended without [DONE] and its blank line: accept it if the reply finished.
     last = splitter.rest.strip()
     payload = event_data(last) if last else None
     if payload is not None and payload != DONE:
-        text = reply.take(payload)
-        if text:
-            yield Chunk(text, None, None, node)
+        chunk = reply.take(payload)
+        if chunk is not None:
+            yield chunk
     if payload == DONE or reply.finish is not None:
         yield reply.final()
         return

@@ -144,7 +144,8 @@ class Pool:
         *,
         request_class: str = INTERACTIVE,
     ) -> Completion:
-        """The whole reply, by draining :meth:`stream`."""
+        """The whole reply, by draining :meth:`stream` (its tool calls whole, from the
+        last chunk)."""
         parts: list[str] = []
         last: Chunk | None = None
         chunks = self.stream(
@@ -155,7 +156,8 @@ class Pool:
                 parts.append(chunk.text)
             last = chunk
         assert last is not None  # a stream always ends with a finishing chunk
-        return Completion("".join(parts), last.finish_reason or "stop", last.usage or {}, last.node)
+        return Completion("".join(parts), last.finish_reason or "stop", last.usage or {},
+                          last.node, last.tool_calls)  # fmt: skip
 
     def stream(
         self,

@@ -3,6 +3,7 @@ the transport interface each node implements, and the upstream error families.""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,6 +19,8 @@ __all__ = (
     "TextChoice",
     "TextChunk",
     "TextRequest",
+    "ToolCall",
+    "ToolCallBuffer",
     "Transport",
     "UpstreamAuth",
     "UpstreamRejected",
@@ -27,9 +30,14 @@ __all__ = (
     "last_user_text",
     "message_chars",
     "usage_dict",
+    "whole_deltas",
 )
 
 Message = dict[str, Any]
+# A whole tool call in OpenAI's shape: {"id", "type": "function", "function": {"name",
+# "arguments"}}; a piece of one as it streams: {"index", "id"?, "type"?, "function":
+# {"name"?, "arguments"?}} (the first piece of a call has its id, type and name).
+ToolCall = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -47,13 +55,18 @@ class Chunk:
     """A piece of a streamed reply, from ``node``.
 
     Every stream ends with exactly one chunk whose ``finish_reason`` is set; that last
-    chunk also carries ``usage`` and may carry text. Earlier chunks carry text only.
+    chunk also carries ``usage`` and may carry text. Earlier chunks carry text, or pieces
+    of tool calls (``tool_deltas``, as OpenAI streams them) as the model writes them.
+    The last chunk also holds the reply's whole ``tool_calls`` (None: it made none), so a
+    caller that does not stream needs no reassembly.
     """
 
     text: str
     finish_reason: str | None
     usage: dict[str, int] | None
     node: str
+    tool_deltas: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass(slots=True)
@@ -64,6 +77,92 @@ class Completion:
     finish_reason: str
     usage: dict[str, int]
     node: str
+    tool_calls: list[ToolCall] | None = None
+
+
+# -- tool calls -----------------------------------------------------------------------
+
+
+class ToolCallBuffer:
+    """Reassembles streamed pieces of tool calls into whole calls.
+
+    Pieces are matched to calls by ``index`` (renumbered densely in order of first
+    appearance, whatever numbers the upstream used) unless they bring another call's
+    ``id`` (some servers number every call 0); from servers that send no index, by
+    ``id``, else to the latest call. :meth:`add` returns each piece normalized
+    (dense index, the call's type on its first piece, no nulls), ready to pass on.
+    """
+
+    __slots__ = ("_by_key", "_calls")
+
+    def __init__(self) -> None:
+        self._calls: list[ToolCall] = []
+        self._by_key: dict[Any, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def add(self, piece: Any) -> ToolCall:
+        """Take one upstream piece; the piece to pass on. A piece that is not an object
+        is a malformed reply (TypeError, which the node reports as ``upstream_protocol``)."""
+        if not isinstance(piece, dict):
+            raise TypeError("a tool call piece must be an object")
+        index, call_id = piece.get("index"), piece.get("id")
+        key: Any = ("i", index) if isinstance(index, int) else ("id", call_id)
+        at = self._by_key.get(key)
+        if at is None and key[1] is None and self._calls:
+            at = len(self._calls) - 1  # neither index nor id: it continues the latest call
+        elif at is not None and call_id and call_id != self._calls[at]["id"]:
+            # Another id under a known index (servers that number every call 0): the call
+            # of that id, or a new one, which the index's next pieces then continue.
+            at = self._by_key.get(("id", call_id))
+            if at is not None:
+                self._by_key[key] = at
+        function = piece.get("function") or {}
+        if not isinstance(function, dict):
+            raise TypeError("a tool call's function must be an object")
+        name, fragment = function.get("name"), function.get("arguments")
+        out: ToolCall
+        if at is None:
+            at = len(self._calls)
+            self._by_key[key] = at
+            # A call needs an id a tool message can answer: an upstream that sent none
+            # gets one of ours.
+            if not isinstance(call_id, str) or not call_id:
+                call_id = "call_" + secrets.token_hex(12)
+            self._by_key.setdefault(("id", call_id), at)
+            call = {"id": call_id, "type": "function", "function": {"name": "", "arguments": ""}}
+            self._calls.append(call)
+            out = {"index": at, "id": call_id, "type": "function", "function": {}}
+        else:
+            call = self._calls[at]
+            out = {"index": at, "function": {}}
+        function_out = out["function"]
+        if isinstance(name, str) and name:
+            call["function"]["name"] += name
+            function_out["name"] = name
+        if isinstance(fragment, str):
+            call["function"]["arguments"] += fragment
+            function_out["arguments"] = fragment
+        return out
+
+    def calls(self) -> list[ToolCall]:
+        """The whole calls so far, in order."""
+        return self._calls
+
+
+def whole_deltas(calls: Sequence[ToolCall]) -> list[ToolCall]:
+    """Whole calls as the pieces of a stream, one per call (a replayed or unstreamed
+    reply's calls, passed on to a streaming client)."""
+    return [
+        {
+            "index": i,
+            "id": call["id"],
+            "type": call.get("type", "function"),
+            "function": dict(call["function"]),
+        }
+        for i, call in enumerate(calls)
+    ]
 
 
 # -- the pass-through endpoints (/v1/embeddings, /v1/completions) --------------------

@@ -9,6 +9,7 @@ levels (``tiers``) and the sharing of a production (``flight``) stay in here.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ..config import AgentCacheConfig, CacheConfig
 from ..metrics import Metrics
@@ -34,11 +35,11 @@ class ResponseCache:
 
     async def get(
         self, key: bytes, policy: AgentCacheConfig, produce: Produce, deadline: float
-    ) -> tuple[CachedReply | AsyncIterator[str | Served], str]:
+    ) -> tuple[CachedReply | AsyncIterator[str | list[dict[str, Any]] | Served], str]:
         """The reply for ``key`` and where it comes from: a cached :class:`CachedReply`
-        (``hit-l1``, ``hit-l2``, ``hit-l3``), or on a ``miss`` its text chunks as
-        ``produce()`` (shared by every identical request in flight) makes them, ending
-        with a :class:`Served`. An L1 hit returns without suspending."""
+        (``hit-l1``, ``hit-l2``, ``hit-l3``), or on a ``miss`` its text chunks (and lists
+        of tool call pieces) as ``produce()`` (shared by every identical request in
+        flight) makes them, ending with a :class:`Served`. An L1 hit returns without suspending."""
         served = await self.tiers.lookup(key, policy)
         if served is not None:
             return served.reply, served.level

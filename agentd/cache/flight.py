@@ -8,6 +8,9 @@ loser tails the winner's chunks from a short-lived Redis stream as they are gene
 If the winner dies, its lock expires and a follower that has not yet passed any text to
 its client takes over; one that has fails like a broken upstream stream (never
 duplicated or mixed output).
+
+A reply's tool call pieces are followed like its text (a list of pieces among the text
+chunks); the reply kept in the cache holds the text chunks and the calls whole.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ Produce = Callable[[], AsyncIterator[Any]]
 class _Flight:
     """One key's production in this worker, which every requester of the key follows."""
 
-    chunks: list[str] = field(default_factory=list)
+    # Text chunks, and lists of tool call pieces, in the order they came.
+    chunks: list[str | list[dict[str, Any]]] = field(default_factory=list)
     reply: CachedReply | None = None
     level: str = "miss"
     error: BaseException | None = None
@@ -50,7 +54,7 @@ class _Flight:
         self.changed.set()
         self.changed = asyncio.Event()
 
-    async def follow(self) -> AsyncIterator[str | Served]:
+    async def follow(self) -> AsyncIterator[str | list[dict[str, Any]] | Served]:
         seen = 0
         while True:
             while seen < len(self.chunks):
@@ -73,9 +77,10 @@ class Flights:
 
     async def serve(
         self, key: bytes, policy: AgentCacheConfig, produce: Produce, deadline: float
-    ) -> AsyncIterator[str | Served]:
-        """After a miss: the reply's text chunks as they are produced (by this worker, or
-        by whichever process leads the key's flight), then a :class:`Served`."""
+    ) -> AsyncIterator[str | list[dict[str, Any]] | Served]:
+        """After a miss: the reply's text chunks (and lists of tool call pieces) as they
+        are produced (by this worker, or by whichever process leads the key's flight),
+        then a :class:`Served`."""
         flight = self._flights.get(key)
         if flight is None:
             self._tiers.count("miss")
@@ -134,7 +139,7 @@ class Flights:
     ) -> None:
         hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
         renew_at = time.monotonic() + self._ttl / 3
-        finish, usage, node = "stop", {}, ""
+        finish, usage, node, calls = "stop", {}, "", None
         async with contextlib.aclosing(produce()) as stream:
             async for chunk in stream:
                 if chunk.text:
@@ -143,17 +148,25 @@ class Flights:
                     if shared:
                         with contextlib.suppress(AgentdError):
                             await blobs.emit(hexkey, {"t": chunk.text.encode()}, self._ttl)
+                if chunk.tool_deltas:
+                    flight.chunks.append(chunk.tool_deltas)
+                    flight.notify()
+                    if shared:
+                        pieces = orjson.dumps(chunk.tool_deltas)
+                        with contextlib.suppress(AgentdError):
+                            await blobs.emit(hexkey, {"p": pieces}, self._ttl)
                 finish = chunk.finish_reason or finish
                 usage = chunk.usage or usage
                 node = chunk.node or node
+                calls = chunk.tool_calls or calls
                 if shared and time.monotonic() >= renew_at:
                     renew_at = time.monotonic() + self._ttl / 3
                     with contextlib.suppress(AgentdError):
                         await blobs.renew(hexkey, owner, self._ttl)
-        reply = CachedReply(list(flight.chunks), finish, usage, node)
+        reply = CachedReply(_texts(flight.chunks), finish, usage, node, calls)
         await self._tiers.save(key, reply, policy)
         if shared:
-            meta = orjson.dumps({"f": finish, "u": usage, "n": node})
+            meta = orjson.dumps({"f": finish, "u": usage, "n": node, "tc": calls})
             with contextlib.suppress(AgentdError):
                 await blobs.emit(hexkey, {"end": meta}, self._ttl)
         flight.reply = reply
@@ -172,9 +185,13 @@ class Flights:
                 if b"t" in fields:
                     flight.chunks.append(fields[b"t"].decode())
                     flight.notify()
+                elif b"p" in fields:
+                    flight.chunks.append(orjson.loads(fields[b"p"]))
+                    flight.notify()
                 elif b"end" in fields:
                     meta = orjson.loads(fields[b"end"])
-                    flight.reply = CachedReply(list(flight.chunks), meta["f"], meta["u"], meta["n"])
+                    flight.reply = CachedReply(_texts(flight.chunks), meta["f"], meta["u"],
+                                               meta["n"], meta.get("tc"))  # fmt: skip
                     return True
                 elif b"err" in fields:
                     raise UpstreamError(fields[b"err"].decode() or "the shared call failed")
@@ -187,3 +204,8 @@ class Flights:
                     raise UpstreamError("the call serving this identical request stopped")
                 await self._blobs.release(hexkey, owner)
                 return False
+
+
+def _texts(chunks: list[str | list[dict[str, Any]]]) -> list[str]:
+    """The text chunks of a flight (what a cached reply keeps beside its whole calls)."""
+    return [chunk for chunk in chunks if isinstance(chunk, str)]

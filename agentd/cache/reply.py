@@ -15,22 +15,25 @@ __all__ = ("CachedReply", "Served", "cacheable")
 
 @dataclass(frozen=True, slots=True)
 class CachedReply:
-    """A whole reply as the model streamed it."""
+    """A whole reply as the model streamed it: its text chunks, then its tool calls
+    (whole; a replay streams each as one piece)."""
 
     chunks: list[str]
     finish_reason: str
     usage: dict[str, Any]
     node: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            {"c": self.chunks, "f": self.finish_reason, "u": self.usage, "n": self.node}
-        )
+        doc = {"c": self.chunks, "f": self.finish_reason, "u": self.usage, "n": self.node}
+        if self.tool_calls:
+            doc["tc"] = self.tool_calls
+        return orjson.dumps(doc)
 
     @classmethod
     def decode(cls, data: bytes) -> CachedReply:
         doc = orjson.loads(data)
-        return cls(doc["c"], doc["f"], doc["u"], doc.get("n", ""))
+        return cls(doc["c"], doc["f"], doc["u"], doc.get("n", ""), doc.get("tc"))
 
 
 @dataclass(frozen=True, slots=True)

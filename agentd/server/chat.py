@@ -7,6 +7,10 @@ messages, and the request's messages (all but system messages) and the reply are
 appended to the session. Without a session the turn is stateless. With a session, send
 only the new messages of the turn, not the whole conversation.
 
+Function tools are passed through: the request's ``tools`` go to the model, its
+``tool_calls`` come back (``finish_reason: "tool_calls"``), and the client's next
+request answers them with ``tool`` messages; with a session all of it is stored.
+
 Every response carries ``X-Session-Id`` (when there is one) and ``Server-Timing``
 (parse, session, upstream time to first token, upstream total, persist).
 """
@@ -24,7 +28,7 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult
 from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
-from ..schema import validate_session_id
+from ..schema import check_tool_params, validate_session_id
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
 from .auth import identity_of
 from .http import json_response, start_sse
@@ -59,6 +63,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     identity = identity_of(request)
     identity.check_agent(body.model)
     agents = request.app[AGENTS]
+    params = body.params
+    if params and ("tools" in params or "tool_choice" in params or "parallel_tool_calls" in params):
+        check_tool_params(params, agents.get(body.model).params.get("tools"))
     if body.session_id is not None:
         agents.get(body.model)  # an unknown model first, as for a missing session
         identity.check_session(validate_session_id(body.session_id))
@@ -71,6 +78,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         metadata=body.metadata,
         tenant=identity.tenant,
         identity=identity,
+        tool_calls=True,
     )
     parse_s = time.perf_counter() - started
     deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
@@ -86,6 +94,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         done.usage,
         turn.session_id,
         done.seq,
+        done.tool_calls,
     )
     return json_response(reply, headers=_headers(turn, done.cache, done, parse_s))
 
@@ -109,11 +118,11 @@ class _ChunkStream(Listener):
         self.ratelimit: Mapping[str, str] = {}
         self.response: web.StreamResponse | None = None
 
-    async def _begin(self) -> web.StreamResponse:
+    async def _begin(self, content: str | None = "") -> web.StreamResponse:
         if self.response is None:
             headers = _headers(self.turn, self.cache, None, self.parse_s, self.ratelimit)
             self.response = await start_sse(self.request, headers)
-            await self.response.write(self.chunks.role())
+            await self.response.write(self.chunks.role(content))
         return self.response
 
     def source(self, cache: str) -> None:
@@ -124,6 +133,9 @@ class _ChunkStream(Listener):
 
     async def delta(self, text: str) -> None:
         await (await self._begin()).write(self.chunks.content(text))
+
+    async def tool_deltas(self, pieces: list[dict[str, Any]]) -> None:
+        await (await self._begin(None)).write(self.chunks.tool_calls(pieces))
 
     async def run(self, agents: Agents, deadline: float) -> web.StreamResponse:
         try:

@@ -43,8 +43,9 @@ def dumps_limited(value: Any, limit: int, what: str, code: str) -> bytes:
 
 
 def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
-    """A message as stored: checked against the schema, ``created_at`` added, at most
-    ``limit`` bytes of JSON."""
+    """A message as stored: checked against the schema, nulls dropped (but the null
+    ``content`` of a message with ``tool_calls``), ``created_at`` added, at most ``limit``
+    bytes of JSON."""
     if not isinstance(message, Mapping):
         raise BadRequest("a message must be an object", code="invalid_message")
     role = message.get("role")
@@ -54,6 +55,8 @@ def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
     if unknown:
         raise BadRequest(f"unknown message field(s): {sorted(unknown)}", code="invalid_message")
     doc = {k: v for k, v in message.items() if v is not None}
+    if "tool_calls" in doc and "content" not in doc:
+        doc["content"] = None  # OpenAI's shape of a reply that is only tool calls
     doc["created_at"] = now
     return dumps_limited(doc, limit, "message", "message_too_large")
 

@@ -3,10 +3,10 @@
 them: pure functions of plain values (the handler passes the id, the time and what the
 turn said), no I/O.
 
-A stream is a role chunk, content chunks, a finish chunk (with agentd's ``session_id``
-and ``seq`` when the turn was stored), a usage chunk when the client asked for one,
-then ``data: [DONE]``; an error after the stream began is an error body in the stream,
-as OpenAI sends it.
+A stream is a role chunk, content chunks (and ``delta.tool_calls`` chunks when the
+model calls tools), a finish chunk (with agentd's ``session_id`` and ``seq`` when the
+turn was stored), a usage chunk when the client asked for one, then ``data: [DONE]``;
+an error after the stream began is an error body in the stream, as OpenAI sends it.
 """
 
 from __future__ import annotations
@@ -64,9 +64,16 @@ def completion(
     usage: Mapping[str, Any],
     session_id: str | None = None,
     seq: int | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The ``chat.completion`` object of a finished turn; ``seq`` (the stored reply's
-    sequence number, None when nothing was stored) adds ``session_id`` and ``seq``."""
+    sequence number, None when nothing was stored) adds ``session_id`` and ``seq``. A
+    reply with ``tool_calls`` has them in its message, whose content is null when the
+    model said nothing else."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["content"] = text or None
+        message["tool_calls"] = tool_calls
     return {
         "id": cid,
         "object": "chat.completion",
@@ -75,7 +82,7 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "finish_reason": finish_reason,
             }
         ],
@@ -106,13 +113,19 @@ class Chunks:
     def _delta(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         return self._frame([{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
 
-    def role(self) -> bytes:
-        """The first chunk: the assistant's role and empty content."""
-        return self._delta({"role": "assistant", "content": ""})
+    def role(self, content: str | None = "") -> bytes:
+        """The first chunk: the assistant's role and empty content (null when the reply
+        begins with tool calls, as OpenAI sends it)."""
+        return self._delta({"role": "assistant", "content": content})
 
     def content(self, text: str) -> bytes:
         """A piece of the reply's text."""
         return self._delta({"content": text})
+
+    def tool_calls(self, pieces: list[dict[str, Any]]) -> bytes:
+        """Pieces of the reply's tool calls (``index``; ``id``, ``type`` and
+        ``function.name`` on a call's first piece; ``function.arguments`` fragments)."""
+        return self._delta({"tool_calls": pieces})
 
     def finish(self, reason: str, session_id: str | None = None, seq: int | None = None) -> bytes:
         """The chunk with the finish reason (and where the turn was stored, as
