@@ -56,6 +56,8 @@ FLUSH_S = 0.05
 FLUSH_EVERY = 1000
 # Kinds of identity that no limit applies to.
 UNLIMITED_KINDS = frozenset({"open", "admin"})
+# Identities (and keys) whose rules (and usage field names) a worker remembers.
+MAX_KNOWN = 10_000
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
 
@@ -249,6 +251,8 @@ class Limiter:
         # What the next tick's call carries, per tenant.
         self._next: dict[str, _Next] = {}
         self._tick_due = False
+        # Tenants with an admission call on its way (at most one each).
+        self._asking: set[str] = set()
         # Charges and usage summed since the last write, per (tenant, day, month).
         self._sums: dict[tuple[str, str, str], Batch] = {}
         self._summed = 0
@@ -260,12 +264,25 @@ class Limiter:
         self._calls: set[asyncio.Task[None]] = set()
         self._day, self._month, self._day_ends = "", "", 0.0
         self._usage_names: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):x}"
 
     def rules(self, identity: Identity) -> list[Rule]:
-        """The scopes whose limits apply to ``identity``: its key's, then its tenant's."""
+        """The scopes whose limits apply to ``identity``: its key's, then its tenant's
+        (remembered per identity object: the key cache hands out the same one while it
+        holds the key's record)."""
+        known = self._rules.get(id(identity))
+        if known is not None and known[0] is identity:
+            return known[1]
+        found = self._find_rules(identity)
+        if len(self._rules) >= MAX_KNOWN:
+            self._rules.clear()
+        self._rules[id(identity)] = (identity, found)
+        return found
+
+    def _find_rules(self, identity: Identity) -> list[Rule]:
         found = []
         if identity.kind == "key" and identity.key_id and _limited(identity.limits):
             assert identity.limits is not None
@@ -295,18 +312,33 @@ class Limiter:
         found = self._next.get(tenant)
         if found is None:
             found = self._next[tenant] = _Next()
-            if not self._tick_due:
+            if not self._tick_due and tenant not in self._asking:
                 self._tick_due = True
                 asyncio.get_running_loop().call_soon(self._tick)
         return found
 
     def _tick(self) -> None:
-        """Send what this tick asked: one call per tenant."""
+        """Send what this tick asked: one call per tenant, unless one is on its way (what
+        was asked meanwhile goes as one call when it returns)."""
         self._tick_due = False
-        due, self._next = self._next, {}
+        waiting = {}
         day, month = self._today()
-        for tenant, part in due.items():
-            self._spawn(self._call(tenant, part.tickets, part.batch, day, month))
+        for tenant, part in self._next.items():
+            if tenant in self._asking:
+                waiting[tenant] = part
+            else:
+                self._asking.add(tenant)
+                self._spawn(self._ask_call(tenant, part, day, month))
+        self._next = waiting
+
+    async def _ask_call(self, tenant: str, part: _Next, day: str, month: str) -> None:
+        try:
+            await self._call(tenant, part.tickets, part.batch, day, month)
+        finally:
+            self._asking.discard(tenant)
+            if tenant in self._next and not self._tick_due:
+                self._tick_due = True
+                asyncio.get_running_loop().call_soon(self._tick)
 
     def _flush(self) -> None:
         """Write the summed charges and usage: one call per tenant and day."""
@@ -461,7 +493,7 @@ class Limiter:
         found = self._usage_names.get(key)
         if found is None:
             found = tuple((name, f"{key}/{name}") for name in USAGE_FIELDS)
-            if len(self._usage_names) < 10_000:
+            if len(self._usage_names) < MAX_KNOWN:
                 self._usage_names[key] = found
         return found
 
@@ -480,10 +512,13 @@ class Limiter:
         if self._renewer is not None:
             self._renewer.cancel()
         self._flush()
-        if self._next:
-            self._tick()
-        while self._calls:
-            await asyncio.gather(*self._calls, return_exceptions=True)
+        while self._next or self._calls:
+            if self._next and not self._tick_due:
+                self._tick()
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the tick already due
 
 
 def _limit_of(limits: LimitsConfig, refused: str) -> int:

@@ -13,9 +13,10 @@ __all__ = ("STEP",)
 # usage record.
 # ARGV: lease ms, day, month, scope count n, state TTL ms, usage TTL s; per scope (7):
 # requests/min, tokens/min, turns at once, tokens/day, tokens/month, tokens to charge,
-# requests to log unchecked; then the slots to free (count, then scope index and ticket
-# each), the slots to renew (the same), the usage counts (count, then field and count
-# each), and the asks (count, then each: ticket, rule count k, k scope indexes).
+# requests to log unchecked; then the slots to free ("INDEX TICKET INDEX TICKET ...",
+# one string: a batch is a handful of arguments, not a few per request), the slots to
+# renew (the same), the usage counts (count, then field and count each), and the asks
+# ("TICKET I,J TICKET I ...": each ask's ticket and its rules' scope indexes).
 # Writes the batch, then checks each ask in order as if alone; an ask that every rule
 # allows is logged and takes its slots. Returns per ask: refusal (0 admitted; 1 day,
 # 2 month, 3 turns, 4 requests, 5 tokens), the refusing rule's position in the ask,
@@ -133,15 +134,14 @@ end
 
 -- The batch: slots freed and renewed, tokens charged, requests logged, usage counted.
 for _, renew in ipairs({false, true}) do
-  local count = tonumber(ARGV[p])
   local by = {}
-  for j = 1, count do
-    local i = tonumber(ARGV[p + 2 * j - 1])
+  for i, ticket in string.gmatch(ARGV[p], '(%d+) (%S+)') do
+    i = tonumber(i)
     by[i] = by[i] or {}
     if renew then
       table.insert(by[i], now + lease)
     end
-    table.insert(by[i], ARGV[p + 2 * j])
+    table.insert(by[i], ticket)
   end
   for i, members in pairs(by) do
     for j = 1, #members, 1000 do
@@ -153,7 +153,7 @@ for _, renew in ipairs({false, true}) do
       end
     end
   end
-  p = p + 1 + 2 * count
+  p = p + 1
 end
 for i = 1, n do
   local s = sc[i]
@@ -188,14 +188,14 @@ p = p + 1 + 2 * count
 
 -- The asks, in order.
 local out = {}
-local asks = tonumber(ARGV[p])
-p = p + 1
-for _ = 1, asks do
-  local ticket, k = ARGV[p], tonumber(ARGV[p + 1])
+for ticket, list in string.gmatch(ARGV[p], '(%S+) ([%d,]+)') do
+  local ask = {}
+  for i in string.gmatch(list, '%d+') do
+    ask[#ask + 1] = sc[tonumber(i)]
+  end
   local why, by, wait = 0, 0, 0
   local rl, rr, rs, tl, tr, ts = -1, -1, -1, -1, -1, -1
-  for q = 1, k do
-    local s = sc[tonumber(ARGV[p + 1 + q])]
+  for q, s in ipairs(ask) do
     local w, wt = 0, 0
     if s.tpd > 0 or s.tpmo > 0 then
       state(s)
@@ -246,8 +246,7 @@ for _ = 1, asks do
     end
   end
   if why == 0 then
-    for q = 1, k do
-      local s = sc[tonumber(ARGV[p + 1 + q])]
+    for _, s in ipairs(ask) do
       if s.rpm > 0 then
         s.total, s.added = s.total + 1, s.added + 1
       end
@@ -262,7 +261,6 @@ for _ = 1, asks do
   for _, x in ipairs({why, by, wait, rl, rr, rs, tl, tr, ts}) do
     out[#out + 1] = x
   end
-  p = p + 2 + k
 end
 
 -- Write what changed.

@@ -56,15 +56,16 @@ class RedisLimits(Limits):
                 limits[found - 1] = lim
             return found
 
-        tail: list[Any] = [len(asks)]
-        for ask in asks:
-            tail += [ask.ticket, len(ask.rules)]
-            tail += [number(rule.scope, rule.limits) for rule in ask.rules]
-        slots: list[Any] = []
-        for pairs in (batch.released, batch.renewed):
-            slots.append(len(pairs))
-            for scope, ticket in pairs:
-                slots += [number(scope), ticket]
+        # An ask without rules has nothing to check: admitted here, not sent.
+        tail = " ".join(
+            f"{ask.ticket} {','.join(str(number(r.scope, r.limits)) for r in ask.rules)}"
+            for ask in asks
+            if ask.rules
+        )
+        slots = [
+            " ".join(f"{number(scope)} {ticket}" for scope, ticket in pairs)
+            for pairs in (batch.released, batch.renewed)
+        ]
         for scope in (*batch.charged, *batch.logged):
             number(scope)
         usage: list[Any] = [len(batch.usage)]
@@ -84,10 +85,15 @@ class RedisLimits(Limits):
                 batch.logged.get(scope, _NONE)[1],
             ]
         keys.append(K.usage_key(tenant, day))
-        out = await self.shards.eval(L.STEP, keys, args + slots + usage + tail)
+        out = await self.shards.eval(L.STEP, keys, [*args, *slots, *usage, tail])
         verdicts = []
-        for i, ask in enumerate(asks):
-            why, by, wait, rl, rr, rs, tl, tr, ts = (int(x) for x in out[9 * i : 9 * i + 9])
+        i = 0
+        for ask in asks:
+            if not ask.rules:
+                verdicts.append(Verdict())
+                continue
+            why, by, wait, rl, rr, rs, tl, tr, ts = (int(x) for x in out[i : i + 9])
+            i += 9
             verdicts.append(
                 Verdict(
                     REFUSALS[why],
