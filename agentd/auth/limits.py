@@ -56,7 +56,7 @@ FLUSH_S = 0.05
 FLUSH_EVERY = 1000
 # Kinds of identity that no limit applies to.
 UNLIMITED_KINDS = frozenset({"open", "admin"})
-# Identities (and keys) whose rules (and usage field names) a worker remembers.
+# Identities (and rules lists) whose rules (and slot scopes) a worker remembers.
 MAX_KNOWN = 10_000
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
@@ -233,6 +233,28 @@ class _Next:
         self.batch = Batch()
 
 
+class _Sums:
+    """One tenant's charges and usage of one day, summed since the last write."""
+
+    __slots__ = ("batch", "keys")
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        # Per key (its id, or the credential's kind): requests, prompt tokens, completion
+        # tokens, cache hits.
+        self.keys: dict[str, list[int]] = {}
+
+    def written(self) -> Batch:
+        """The batch to write: its charges and the usage counts, in total and per key."""
+        usage = self.batch.usage
+        for key, counts in self.keys.items():
+            for name, n in zip(USAGE_FIELDS, counts, strict=True):
+                if n:
+                    usage[name] = usage.get(name, 0) + n
+                    usage[f"{key}/{name}"] = n
+        return self.batch
+
+
 class Limiter:
     """A worker's limiter over the store's limits (``Store.limits``)."""
 
@@ -254,7 +276,7 @@ class Limiter:
         # Tenants with an admission call on its way (at most one each).
         self._asking: set[str] = set()
         # Charges and usage summed since the last write, per (tenant, day, month).
-        self._sums: dict[tuple[str, str, str], Batch] = {}
+        self._sums: dict[tuple[str, str, str], _Sums] = {}
         self._summed = 0
         self._timer: asyncio.TimerHandle | None = None
         # Admitted tickets holding turn slots, renewed together every RENEW_S.
@@ -263,8 +285,8 @@ class Limiter:
         # Calls on their way (kept so they are not collected before they end).
         self._calls: set[asyncio.Task[None]] = set()
         self._day, self._month, self._day_ends = "", "", 0.0
-        self._usage_names: dict[str, tuple[tuple[str, str], ...]] = {}
         self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
+        self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):x}"
@@ -347,8 +369,8 @@ class Limiter:
             self._timer = None
         self._summed = 0
         due, self._sums = self._sums, {}
-        for (tenant, day, month), batch in due.items():
-            self._spawn(self._call(tenant, [], batch, day, month))
+        for (tenant, day, month), sums in due.items():
+            self._spawn(self._call(tenant, [], sums.written(), day, month))
 
     def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(call)
@@ -372,21 +394,22 @@ class Limiter:
             for ticket in tickets:
                 ticket.answer(REFUSED, AgentdError("the rate limiter failed"))
             return
+        admitted = 0
         for ticket, verdict in zip(tickets, verdicts, strict=True):
-            self._answer(ticket, verdict)
+            admitted += self._answer(ticket, verdict)
+        if admitted and self.metrics is not None:
+            self.metrics.request(tenant, "admitted", admitted)
 
-    def _answer(self, ticket: Ticket, verdict: Verdict) -> None:
-        identity = ticket.identity
+    def _answer(self, ticket: Ticket, verdict: Verdict) -> bool:
+        """Tell ``ticket`` its verdict; whether it was admitted."""
         if verdict.refused:
             if self.metrics is not None:
                 outcome = "quota_exceeded" if verdict.refused in (DAY, MONTH) else "rate_limited"
-                self.metrics.request(identity.tenant, outcome)
+                self.metrics.request(ticket.identity.tenant, outcome)
             ticket.answer(REFUSED, self._refusal(ticket, verdict))
-            return
-        if self.metrics is not None:
-            self.metrics.request(identity.tenant, "admitted")
+            return False
         ticket.headers = ratelimit_headers(verdict)
-        slots = tuple(r.scope for r in ticket.rules if r.limits.max_concurrent_turns)
+        slots = self._slots_of(ticket.rules)
         if slots:
             ticket.slots = slots
             if not ticket._settled:
@@ -394,6 +417,18 @@ class Limiter:
                 if self._renewer is None:
                     self._renewer = asyncio.ensure_future(self._renew())
         ticket.answer(ADMITTED)
+        return True
+
+    def _slots_of(self, rules: list[Rule]) -> tuple[str, ...]:
+        """The scopes of ``rules`` that limit turns at once (remembered per rules list)."""
+        known = self._slot_scopes.get(id(rules))
+        if known is not None and known[0] is rules:
+            return known[1]
+        found = tuple(r.scope for r in rules if r.limits.max_concurrent_turns)
+        if len(self._slot_scopes) >= MAX_KNOWN:
+            self._slot_scopes.clear()
+        self._slot_scopes[id(rules)] = (rules, found)
+        return found
 
     def _unavailable(self, tickets: list[Ticket], exc: StoreUnavailable) -> None:
         if not tickets:
@@ -455,47 +490,43 @@ class Limiter:
             return  # refused, or never answered: nothing was taken or counted
         identity = ticket.identity
         tenant = identity.tenant
-        if self.metrics is not None:
+        if self.metrics is not None and charge.tokens:
             self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
         if ticket.slots:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
             released.extend((scope, ticket.id) for scope in ticket.slots)
         day, month = self._today()
-        batch = self._sums.get((tenant, day, month))
-        if batch is None:
-            batch = self._sums[(tenant, day, month)] = Batch()
-        usage = batch.usage
-        counts = (1, charge.prompt_tokens, charge.completion_tokens, int(charge.cache_hit))
-        for (total, own), n in zip(self._usage_fields(identity), counts, strict=True):
-            if n:
-                usage[total] = usage.get(total, 0) + n
-                usage[own] = usage.get(own, 0) + n
-        for rule in ticket.rules:
-            if charge.tokens:
-                entry = batch.charged.setdefault(rule.scope, [0, 0])
-                entry[0] = rule.limits.tokens_per_minute
-                entry[1] += charge.tokens
-            if not ticket.checked and rule.limits.requests_per_minute:
-                # A request admit never saw (a background job's) is logged now.
-                entry = batch.logged.setdefault(rule.scope, [0, 0])
-                entry[0] = rule.limits.requests_per_minute
-                entry[1] += 1
+        sums = self._sums.get((tenant, day, month))
+        if sums is None:
+            sums = self._sums[(tenant, day, month)] = _Sums()
+        key = identity.key_id if identity.kind == "key" else identity.kind
+        counts = sums.keys.get(key)
+        if counts is None:
+            counts = sums.keys[key] = [0, 0, 0, 0]
+        counts[0] += 1
+        if charge.tokens:
+            counts[1] += charge.prompt_tokens
+            counts[2] += charge.completion_tokens
+        elif charge.cache_hit:
+            counts[3] += 1
+        if charge.tokens or not ticket.checked:
+            batch = sums.batch
+            for rule in ticket.rules:
+                if charge.tokens:
+                    entry = batch.charged.setdefault(rule.scope, [0, 0])
+                    entry[0] = rule.limits.tokens_per_minute
+                    entry[1] += charge.tokens
+                if not ticket.checked and rule.limits.requests_per_minute:
+                    # A request admit never saw (a background job's) is logged now.
+                    entry = batch.logged.setdefault(rule.scope, [0, 0])
+                    entry[0] = rule.limits.requests_per_minute
+                    entry[1] += 1
         self._summed += 1
         if self._summed >= FLUSH_EVERY:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
-
-    def _usage_fields(self, identity: Identity) -> tuple[tuple[str, str], ...]:
-        """(tenant total, this key's) usage field names, per usage counter."""
-        key = identity.key_id if identity.kind == "key" else identity.kind
-        found = self._usage_names.get(key)
-        if found is None:
-            found = tuple((name, f"{key}/{name}") for name in USAGE_FIELDS)
-            if len(self._usage_names) < MAX_KNOWN:
-                self._usage_names[key] = found
-        return found
 
     def _today(self) -> tuple[str, str]:
         """The current UTC day and month, recomputed once a day."""
