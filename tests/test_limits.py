@@ -19,6 +19,7 @@ from agentd.config import LimitsConfig, from_dict
 from agentd.errors import QuotaExceeded, RateLimited, StoreUnavailable
 from agentd.metrics import TENANT_LABELS, Metrics, TenantMetrics
 from agentd.store import Store, open_store
+from agentd.store.keys import limit_keys
 
 from .procs import RedisServer
 from .waiting import wait_until
@@ -105,6 +106,47 @@ async def test_open_and_admin_identities_are_not_limited(redis_standalone: Redis
             assert command_calls(client) == before  # no Redis call at all
     finally:
         await store.close()
+
+
+async def test_the_admissions_of_one_tick_go_to_redis_as_one_call(
+    redis_standalone: RedisServer,
+) -> None:
+    config = from_dict({"redis": {"urls": [redis_standalone.url]}})
+    store = open_store(config)
+    await store.start()
+    client = redis.Redis(port=redis_standalone.port)
+    try:
+        limiter = Limiter(config, store.limits)
+        identity = key_identity(requests_per_minute=30, max_concurrent_turns=100)
+        assert await _admit(limiter, identity)  # loads the script
+        await limiter.close()
+        before = script_calls(client)
+        # Fifty requests begun in one tick: one call admits them in order.
+        tickets = [limiter.begin(identity) for _ in range(50)]
+        answers = await asyncio.gather(
+            *(t.admitted() for t in tickets if t is not None), return_exceptions=True
+        )
+        assert script_calls(client) - before == 1
+        admitted = [a for a in answers if not isinstance(a, BaseException)]
+        assert len(admitted) == 29  # the limit, less the first request's place
+        assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in admitted) == list(range(29))
+        assert all(isinstance(a, RateLimited) for a in answers if a not in admitted)
+        # Their slots are freed together, in the next call, and their usage written with
+        # the next flush of the sums.
+        for ticket in tickets:
+            assert ticket is not None
+            ticket.settle(ran=False)
+        await limiter.close()
+        assert script_calls(client) - before <= 3
+        assert client.zcard(limit_keys("acme", "k:key1")[2]) == 0
+    finally:
+        client.close()
+        await store.close()
+
+
+def script_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
 
 
 def command_calls(client: redis.Redis) -> int:
@@ -461,6 +503,37 @@ async def test_responses_count_against_the_limits_and_background_ones_are_charge
 
         usage = await wait_until(charged, what="the background response to be charged")
         assert usage["days"][0]["keys"][key_id]["requests"] == 2
+
+
+async def test_a_background_response_is_charged_to_its_keys_limits(keyed: Start) -> None:
+    base = await keyed()
+    async with aiohttp.ClientSession() as http:
+        key, _ = await new_key(http, base, requests_per_minute=2)
+        url = f"{base}/v1/responses"
+        body = {"model": "echo", "input": "hello there"}
+        async with http.post(url, json=body, headers=bearer(key)) as r:
+            assert r.status == 200
+        # Queued without a check; when it runs, it takes the key's second place.
+        async with http.post(url, json={**body, "background": True}, headers=bearer(key)) as r:
+            assert r.status == 200
+            rid = (await r.json())["id"]
+
+        async def done() -> bool:
+            async with http.get(f"{url}/{rid}", headers=bearer(key)) as r:
+                return (await r.json())["status"] == "completed"
+
+        await wait_until(done, what="the background response to run")
+
+        async def charged() -> bool:
+            async with http.get(f"{base}/v1/usage", headers=bearer(key)) as r:
+                return bool((await r.json())["totals"]["requests"] == 2)
+
+        # Charged a few ms after it ends, in the same write as its usage.
+        await wait_until(charged, what="the background response to be charged")
+        async with http.post(url, json=body, headers=bearer(key)) as r:
+            assert r.status == 429
+            error = (await r.json())["error"]
+        assert "this API key's requests per minute" in error["message"]
 
 
 async def test_completions_and_embeddings_count_against_the_limits(keyed: Start) -> None:

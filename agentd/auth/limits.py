@@ -17,6 +17,7 @@ its turn; its usage is counted with the others'. See docs/auth.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import itertools
 import logging
@@ -31,6 +32,7 @@ from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
 from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
 from .identity import Identity
+from .keys import KeyCache
 
 __all__ = (
     "FLUSH_EVERY",
@@ -259,9 +261,15 @@ class Limiter:
     """A worker's limiter over the store's limits (``Store.limits``)."""
 
     def __init__(
-        self, config: Config, limits: Limits, metrics: TenantMetrics | None = None
+        self,
+        config: Config,
+        limits: Limits,
+        metrics: TenantMetrics | None = None,
+        keys: KeyCache | None = None,
     ) -> None:
         self.auth = config.auth
+        # The key records, for the limits of a background job's key.
+        self.keys = keys
         self._tenants = {t.name: t.limits for t in config.auth.tenants}
         self.limits = limits
         self.metrics = metrics
@@ -313,6 +321,20 @@ class Limiter:
         if _limited(tenant):
             found.append(Rule("t", tenant))
         return found
+
+    async def payer(self, identity: Identity | None) -> Identity | None:
+        """A background job's payer (its tenant, kind and key id, stored with the job)
+        with its key's current limits, read through the key cache: a job is charged to
+        its key's limits as well as its tenant's. A key gone (revoked) or unreadable
+        leaves the tenant's alone."""
+        if identity is None or identity.kind != "key" or not identity.key_id or not self.keys:
+            return identity
+        try:
+            limits = await self.keys.limits_of(identity.key_id)
+        except AgentdError as exc:
+            log.debug("limits: the limits of key %s are unreadable: %s", identity.key_id, exc)
+            return identity
+        return identity if limits is None else dataclasses.replace(identity, limits=limits)
 
     def begin(self, identity: Identity | None, check: bool = True) -> Ticket | None:
         """Start the admission of a request by ``identity`` (None: no ticket, nothing to

@@ -116,11 +116,11 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[METRICS] = metrics = Metrics()
     app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
-    app[AUTH] = Auth(config, store)
+    app[AUTH] = auth = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)
     named = tuple(t.name for t in config.auth.tenants)
-    limiter = Limiter(config, store.limits, TenantMetrics(metrics, named))
+    limiter = Limiter(config, store.limits, TenantMetrics(metrics, named), auth.keys)
     app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter)
     app[RESPONSES] = responses_api = Responses(config, store, agents)
     app[RUNNER] = JobRunner(
