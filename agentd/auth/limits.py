@@ -94,14 +94,25 @@ def _duration(ms: int) -> str:
     return f"{minutes}m{seconds}" if minutes else seconds
 
 
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+           f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}  # fmt: skip
+
+
 def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the per-minute limits that apply."""
     headers: dict[str, str] = {}
-    for kind, window in (("requests", verdict.requests), ("tokens", verdict.tokens)):
+    for names, window in (
+        (_HEADER_NAMES["requests"], verdict.requests),
+        (_HEADER_NAMES["tokens"], verdict.tokens),
+    ):
         if window is not None:
-            headers[f"x-ratelimit-limit-{kind}"] = str(window.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = _duration(window.reset_ms)
+            limit, remaining, reset = names
+            headers[limit] = str(window.limit)
+            headers[remaining] = str(window.remaining)
+            headers[reset] = _duration(window.reset_ms)
     return headers
 
 
