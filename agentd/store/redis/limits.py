@@ -92,7 +92,8 @@ class RedisLimits(Limits):
             if not ask.rules:
                 verdicts.append(Verdict())
                 continue
-            why, by, wait, rl, rr, rs, tl, tr, ts = (int(x) for x in out[i : i + 9])
+            # Integer replies: ints already.
+            why, by, wait, rl, rr, rs, tl, tr, ts = out[i : i + 9]
             i += 9
             verdicts.append(
                 Verdict(
