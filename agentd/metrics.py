@@ -361,8 +361,8 @@ class TenantMetrics:
             return tenant
         return "other"
 
-    def request(self, tenant: str, outcome: str) -> None:
-        self.requests.labels(self.label(tenant), outcome).inc()
+    def request(self, tenant: str, outcome: str, n: int = 1) -> None:
+        self.requests.labels(self.label(tenant), outcome).inc(n)
 
     def charged(self, tenant: str, prompt: int, completion: int) -> None:
         label = self.label(tenant)

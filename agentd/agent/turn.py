@@ -279,7 +279,9 @@ class Agents:
         text = "".join(reply.parts)
         ratelimit = NO_HEADERS
         if ticket is not None:
-            prompt_chars = sum(_chars(m) for m in plan.request.messages)
+            # A cache hit is charged no tokens: no estimate to make.
+            hit = level.startswith("hit")
+            prompt_chars = 0 if hit else sum(_chars(m) for m in plan.request.messages)
             said_chars = len(text)
             if calls:
                 said_chars += sum(len(c["function"]["arguments"]) for c in calls)

@@ -213,6 +213,12 @@ class KeyCache:
             raise Unauthorized("this API key has expired")
         return entry.identity
 
+    async def limits_of(self, key_id: str) -> LimitsConfig | None:
+        """The current limits of the key ``key_id`` (None: none, or no such key), read
+        through the cache: what a background job of the key is charged to when it runs."""
+        entry = await self._entry(key_id)
+        return None if entry is None else entry.identity.limits
+
     async def _entry(self, key_id: str) -> _Entry | None:
         now = time.monotonic()
         entry = self._records.get(key_id)

@@ -1,33 +1,49 @@
 """The limiter the request path uses: a caller's key and tenant limits checked in one
 store call, started beside the session load (:meth:`Limiter.begin`), awaited before the
 model is called, and settled once on every path of the request (success, error,
-cancel): its tokens charged, its turn slot released, its usage counted.
+cancel): its turn slot released, its tokens charged, its usage counted.
+
+A worker coalesces this work. The admissions asked in one event-loop tick go to the
+store as one call per tenant (checked in order, atomically, as if one by one), with the
+turn slots released and renewed since the last call. Charges and usage are summed and
+written at most every :data:`FLUSH_S` (or every :data:`FLUSH_EVERY` settles), off every
+request's path. So a busy worker makes one round trip per tick, not two per request.
 
 Identities of kind ``open`` (``auth.mode = "none"``) and ``admin`` (the operator's key)
 are not limited and cost nothing. A caller with no limit at all costs no call before
-its turn, only the settle that counts its usage, after the reply. See
-docs/auth.md.
+its turn; its usage is counted with the others'. See docs/auth.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import datetime
+import itertools
 import logging
 import math
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from ..config import Config, LimitsConfig
 from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
 from ..metrics import TenantMetrics
-from ..store import DAY, MONTH, Charge, Limits, Rule, Verdict
+from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
 from .identity import Identity
+from .keys import KeyCache
 
-__all__ = ("RENEW_S", "SLOT_LEASE_MS", "Limiter", "Ticket", "charge_of", "ratelimit_headers")
+__all__ = (
+    "FLUSH_EVERY",
+    "FLUSH_S",
+    "RENEW_S",
+    "SLOT_LEASE_MS",
+    "Limiter",
+    "Ticket",
+    "charge_of",
+    "ratelimit_headers",
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +51,15 @@ log = logging.getLogger(__name__)
 # died is free again within SLOT_LEASE_MS.
 SLOT_LEASE_MS = 10_000
 RENEW_S = SLOT_LEASE_MS / 1000 / 3
+# Charges (token buckets, day and month budgets) and usage counters are summed per
+# worker and written this often, or sooner once this many requests have settled: the
+# most a bucket or a budget lags behind the requests that ended.
+FLUSH_S = 0.05
+FLUSH_EVERY = 1000
 # Kinds of identity that no limit applies to.
 UNLIMITED_KINDS = frozenset({"open", "admin"})
+# Identities (and rules lists) whose rules (and slot scopes) a worker remembers.
+MAX_KNOWN = 10_000
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
 
@@ -71,14 +94,25 @@ def _duration(ms: int) -> str:
     return f"{minutes}m{seconds}" if minutes else seconds
 
 
+_HEADER_NAMES = {
+    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
+           f"x-ratelimit-reset-{kind}")
+    for kind in ("requests", "tokens")
+}  # fmt: skip
+
+
 def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
     """OpenAI's ``x-ratelimit-*`` headers for the per-minute limits that apply."""
     headers: dict[str, str] = {}
-    for kind, window in (("requests", verdict.requests), ("tokens", verdict.tokens)):
+    for names, window in (
+        (_HEADER_NAMES["requests"], verdict.requests),
+        (_HEADER_NAMES["tokens"], verdict.tokens),
+    ):
         if window is not None:
-            headers[f"x-ratelimit-limit-{kind}"] = str(window.limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(window.remaining)
-            headers[f"x-ratelimit-reset-{kind}"] = _duration(window.reset_ms)
+            limit, remaining, reset = names
+            headers[limit] = str(window.limit)
+            headers[remaining] = str(window.remaining)
+            headers[reset] = _duration(window.reset_ms)
     return headers
 
 
@@ -99,6 +133,11 @@ def charge_of(
     return Charge(prompt + completion, prompt, completion)
 
 
+def _seconds_left() -> tuple[float, float]:
+    """Seconds until the current UTC day and month end."""
+    return _utc_day_month()[2:]
+
+
 def _utc_day_month() -> tuple[str, str, float, float]:
     """Today and this month (UTC) as ``YYYYMMDD`` and ``YYYYMM``, and the seconds until
     each ends."""
@@ -114,50 +153,56 @@ def _utc_day_month() -> tuple[str, str, float, float]:
     )
 
 
+# A ticket's admission: asked (no answer yet), admitted, or refused (nothing taken).
+PENDING, ADMITTED, REFUSED = 0, 1, 2
+NO_CHARGE = Charge()
+
+
 class Ticket:
     """One request's place in its limits, from admission to settle.
 
-    :meth:`admitted` waits for the admission (started when the ticket was made) and
-    gives the headers to send, or raises the refusal; :meth:`settle` ends the ticket on
-    every path, once, without waiting (it may run after the reply is sent).
+    :meth:`admitted` waits for the admission (asked when the ticket was made) and gives
+    the headers to send, or raises the refusal; :meth:`settle` ends the ticket on every
+    path, once, without waiting (it may run after the reply is sent).
     """
 
     __slots__ = (
-        "_admission", "_limiter", "_renewal", "_settled", "headers", "id", "identity", "rules",
+        "_charge", "_error", "_limiter", "_settled", "_state", "_waiter", "checked",
+        "headers", "id", "identity", "rules", "slots",
     )  # fmt: skip
 
     def __init__(
         self, limiter: Limiter, identity: Identity, rules: list[Rule], check: bool
     ) -> None:
         self._limiter, self.identity, self.rules = limiter, identity, rules
-        self.id = secrets.token_hex(8)
+        self.id = limiter.new_id()
+        self.checked = check
         self._settled = False
+        # A settle that waits for the admission's answer (it may have taken a slot).
+        self._charge: Charge | None = None
+        self._error: AgentdError | None = None
         # The x-ratelimit-* headers, once admitted.
         self.headers: Mapping[str, str] = {}
-        self._renewal: asyncio.Task[None] | None = None
-        self._admission: asyncio.Task[dict[str, str]] | None = (
-            asyncio.ensure_future(limiter._admit(self)) if check else None
-        )
+        # The scopes whose turn slots the ticket holds, once admitted.
+        self.slots: tuple[str, ...] = ()
+        self._waiter: asyncio.Future[None] | None = None
+        if check:
+            self._state = PENDING
+            self._waiter = limiter.ask(self)
+        else:
+            self._state = ADMITTED
 
     async def admitted(self) -> Mapping[str, str]:
         """The ``x-ratelimit-*`` headers; ``RateLimited``, ``QuotaExceeded`` or (fail
         closed) ``StoreUnavailable`` when the request may not run."""
-        if self._admission is None:
-            return {}
-        headers = self.headers = await asyncio.shield(self._admission)
-        if self._renewal is None and not self._settled and self._holds_slot():
-            self._renewal = asyncio.ensure_future(self._renew())
-        return headers
-
-    def _holds_slot(self) -> bool:
-        return any(r.limits.max_concurrent_turns for r in self.rules)
-
-    async def _renew(self) -> None:
-        limiter = self._limiter
-        while True:
-            await asyncio.sleep(RENEW_S)
-            with contextlib.suppress(AgentdError):
-                await limiter.limits.renew(self.identity.tenant, self.rules, self.id, SLOT_LEASE_MS)
+        if self._state == PENDING:
+            assert self._waiter is not None
+            # Cancelling the wait leaves the answer to the ticket (the waiter is the
+            # ticket's own: nobody else awaits it).
+            await self._waiter
+        if self._error is not None:
+            raise self._error
+        return self.headers
 
     def settle(
         self,
@@ -173,41 +218,112 @@ class Ticket:
         if self._settled:
             return
         self._settled = True
-        if self._renewal is not None:
-            self._renewal.cancel()
-        charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else Charge()
-        admission = self._admission
-        if admission is None or admission.done():
-            self._limiter._settle(self, charge)
+        charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else NO_CHARGE
+        if self._state == PENDING:
+            self._charge = charge
         else:
-            # Cancelled while the admission is on its way: settle once it has an answer
-            # (it may have taken a slot).
-            admission.add_done_callback(lambda _: self._limiter._settle(self, charge))
+            self._limiter.settled(self, charge)
 
-    def _admitted_ok(self) -> bool:
-        admission = self._admission
-        if admission is None:
-            return True
-        return admission.done() and not admission.cancelled() and admission.exception() is None
+    def answer(self, state: int, error: AgentdError | None = None) -> None:
+        """The admission's answer (the limiter's): settle now if the request already
+        ended."""
+        self._state, self._error = state, error
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._charge is not None:
+            self._limiter.settled(self, self._charge)
+
+
+class _Next:
+    """One tenant's part of the next call: the admissions asked and the slots to free
+    or renew."""
+
+    __slots__ = ("batch", "tickets")
+
+    def __init__(self) -> None:
+        self.tickets: list[Ticket] = []
+        self.batch = Batch()
+
+
+class _Sums:
+    """One tenant's charges and usage of one day, summed since the last write."""
+
+    __slots__ = ("batch", "keys")
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        # Per key (its id, or the credential's kind): requests, prompt tokens, completion
+        # tokens, cache hits.
+        self.keys: dict[str, list[int]] = {}
+
+    def written(self) -> Batch:
+        """The batch to write: its charges and the usage counts, in total and per key."""
+        usage = self.batch.usage
+        for key, counts in self.keys.items():
+            for name, n in zip(USAGE_FIELDS, counts, strict=True):
+                if n:
+                    usage[name] = usage.get(name, 0) + n
+                    usage[f"{key}/{name}"] = n
+        return self.batch
 
 
 class Limiter:
     """A worker's limiter over the store's limits (``Store.limits``)."""
 
     def __init__(
-        self, config: Config, limits: Limits, metrics: TenantMetrics | None = None
+        self,
+        config: Config,
+        limits: Limits,
+        metrics: TenantMetrics | None = None,
+        keys: KeyCache | None = None,
     ) -> None:
         self.auth = config.auth
+        # The key records, for the limits of a background job's key.
+        self.keys = keys
         self._tenants = {t.name: t.limits for t in config.auth.tenants}
         self.limits = limits
         self.metrics = metrics
         self.fail_open = config.auth.limits_unavailable == "open"
         self._open_logged = 0.0
-        # Settles on their way (kept so they are not collected before they end).
-        self._settling: set[asyncio.Task[None]] = set()
+        # Ticket ids: unique across workers and instances (the slots' members).
+        self._prefix = secrets.token_hex(6) + "."
+        self._ids = itertools.count()
+        # What the next tick's call carries, per tenant.
+        self._next: dict[str, _Next] = {}
+        self._tick_due = False
+        # Tenants with an admission call on its way (at most one each).
+        self._asking: set[str] = set()
+        # Charges and usage summed since the last write, per (tenant, day, month).
+        self._sums: dict[tuple[str, str, str], _Sums] = {}
+        self._summed = 0
+        self._timer: asyncio.TimerHandle | None = None
+        # Admitted tickets holding turn slots, renewed together every RENEW_S.
+        self._held: dict[str, Ticket] = {}
+        self._renewer: asyncio.Task[None] | None = None
+        # Calls on their way (kept so they are not collected before they end).
+        self._calls: set[asyncio.Task[None]] = set()
+        self._day, self._month, self._day_ends = "", "", 0.0
+        self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
+        self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
+
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids):x}"
 
     def rules(self, identity: Identity) -> list[Rule]:
-        """The scopes whose limits apply to ``identity``: its key's, then its tenant's."""
+        """The scopes whose limits apply to ``identity``: its key's, then its tenant's
+        (remembered per identity object: the key cache hands out the same one while it
+        holds the key's record)."""
+        known = self._rules.get(id(identity))
+        if known is not None and known[0] is identity:
+            return known[1]
+        found = self._find_rules(identity)
+        if len(self._rules) >= MAX_KNOWN:
+            self._rules.clear()
+        self._rules[id(identity)] = (identity, found)
+        return found
+
+    def _find_rules(self, identity: Identity) -> list[Rule]:
         found = []
         if identity.kind == "key" and identity.key_id and _limited(identity.limits):
             assert identity.limits is not None
@@ -216,6 +332,20 @@ class Limiter:
         if _limited(tenant):
             found.append(Rule("t", tenant))
         return found
+
+    async def payer(self, identity: Identity | None) -> Identity | None:
+        """A background job's payer (its tenant, kind and key id, stored with the job)
+        with its key's current limits, read through the key cache: a job is charged to
+        its key's limits as well as its tenant's. A key gone (revoked) or unreadable
+        leaves the tenant's alone."""
+        if identity is None or identity.kind != "key" or not identity.key_id or not self.keys:
+            return identity
+        try:
+            limits = await self.keys.limits_of(identity.key_id)
+        except AgentdError as exc:
+            log.debug("limits: the limits of key %s are unreadable: %s", identity.key_id, exc)
+            return identity
+        return identity if limits is None else dataclasses.replace(identity, limits=limits)
 
     def begin(self, identity: Identity | None, check: bool = True) -> Ticket | None:
         """Start the admission of a request by ``identity`` (None: no ticket, nothing to
@@ -226,80 +356,233 @@ class Limiter:
         rules = self.rules(identity)
         return Ticket(self, identity, rules, check and bool(rules))
 
-    async def _admit(self, ticket: Ticket) -> dict[str, str]:
-        identity = ticket.identity
-        day, month, day_left, month_left = _utc_day_month()
+    # -- the calls ---------------------------------------------------------------------
+
+    def ask(self, ticket: Ticket) -> asyncio.Future[None]:
+        """Put ``ticket``'s admission in the next tick's call; its answer's waiter."""
+        self._tenant_next(ticket.identity.tenant).tickets.append(ticket)
+        return asyncio.get_running_loop().create_future()
+
+    def _tenant_next(self, tenant: str) -> _Next:
+        found = self._next.get(tenant)
+        if found is None:
+            found = self._next[tenant] = _Next()
+            if not self._tick_due and tenant not in self._asking:
+                self._tick_due = True
+                asyncio.get_running_loop().call_soon(self._tick)
+        return found
+
+    def _tick(self) -> None:
+        """Send what this tick asked: one call per tenant, unless one is on its way (what
+        was asked meanwhile goes as one call when it returns)."""
+        self._tick_due = False
+        waiting = {}
+        day, month = self._today()
+        for tenant, part in self._next.items():
+            if tenant in self._asking:
+                waiting[tenant] = part
+            else:
+                self._asking.add(tenant)
+                self._spawn(self._ask_call(tenant, part, day, month))
+        self._next = waiting
+
+    async def _ask_call(self, tenant: str, part: _Next, day: str, month: str) -> None:
         try:
-            verdict = await self.limits.admit(
-                identity.tenant, ticket.rules, ticket.id, SLOT_LEASE_MS, day, month
-            )
-        except StoreUnavailable:
-            if not self.fail_open:
-                raise
-            now = time.monotonic()
-            if now - self._open_logged >= OPEN_LOG_EVERY_S:
-                self._open_logged = now
-                log.warning(
-                    "limits unavailable: admitting %s of tenant %r without limits "
-                    "(auth.limits_unavailable = open)",
-                    identity.who,
-                    identity.tenant,
-                )
-            return {}
-        if not verdict.refused:
+            await self._call(tenant, part.tickets, part.batch, day, month)
+        finally:
+            self._asking.discard(tenant)
+            if tenant in self._next and not self._tick_due:
+                self._tick_due = True
+                asyncio.get_running_loop().call_soon(self._tick)
+
+    def _flush(self) -> None:
+        """Write the summed charges and usage: one call per tenant and day."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._summed = 0
+        due, self._sums = self._sums, {}
+        for (tenant, day, month), sums in due.items():
+            self._spawn(self._call(tenant, [], sums.written(), day, month))
+
+    def _spawn(self, call: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(call)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(
+        self, tenant: str, tickets: list[Ticket], batch: Batch, day: str, month: str
+    ) -> None:
+        asks = [Ask(t.rules, t.id) for t in tickets]
+        try:
+            verdicts = await self.limits.step(tenant, asks, batch, SLOT_LEASE_MS, day, month)
+        except StoreUnavailable as exc:
+            # The batch is lost: its slots end with their leases; its charges and usage
+            # are not counted.
+            log.debug("limits: a step of tenant %r failed: %s", tenant, exc)
+            self._unavailable(tickets, exc)
+            return
+        except Exception:
+            log.exception("limits: a step of tenant %r failed", tenant)
+            for ticket in tickets:
+                ticket.answer(REFUSED, AgentdError("the rate limiter failed"))
+            return
+        admitted = 0
+        for ticket, verdict in zip(tickets, verdicts, strict=True):
+            admitted += self._answer(ticket, verdict)
+        if admitted and self.metrics is not None:
+            self.metrics.request(tenant, "admitted", admitted)
+
+    def _answer(self, ticket: Ticket, verdict: Verdict) -> bool:
+        """Tell ``ticket`` its verdict; whether it was admitted."""
+        if verdict.refused:
             if self.metrics is not None:
-                self.metrics.request(identity.tenant, "admitted")
-            return ratelimit_headers(verdict)
+                outcome = "quota_exceeded" if verdict.refused in (DAY, MONTH) else "rate_limited"
+                self.metrics.request(ticket.identity.tenant, outcome)
+            ticket.answer(REFUSED, self._refusal(ticket, verdict))
+            return False
+        ticket.headers = ratelimit_headers(verdict)
+        slots = self._slots_of(ticket.rules)
+        if slots:
+            ticket.slots = slots
+            if not ticket._settled:
+                self._held[ticket.id] = ticket
+                if self._renewer is None:
+                    self._renewer = asyncio.ensure_future(self._renew())
+        ticket.answer(ADMITTED)
+        return True
+
+    def _slots_of(self, rules: list[Rule]) -> tuple[str, ...]:
+        """The scopes of ``rules`` that limit turns at once (remembered per rules list)."""
+        known = self._slot_scopes.get(id(rules))
+        if known is not None and known[0] is rules:
+            return known[1]
+        found = tuple(r.scope for r in rules if r.limits.max_concurrent_turns)
+        if len(self._slot_scopes) >= MAX_KNOWN:
+            self._slot_scopes.clear()
+        self._slot_scopes[id(rules)] = (rules, found)
+        return found
+
+    def _unavailable(self, tickets: list[Ticket], exc: StoreUnavailable) -> None:
+        if not tickets:
+            return
+        if not self.fail_open:
+            for ticket in tickets:
+                ticket.answer(REFUSED, StoreUnavailable(exc.message, retry_after=exc.retry_after))
+            return
+        now = time.monotonic()
+        if now - self._open_logged >= OPEN_LOG_EVERY_S:
+            self._open_logged = now
+            first = tickets[0].identity
+            log.warning(
+                "limits unavailable: admitting %s of tenant %r without limits "
+                "(auth.limits_unavailable = open)",
+                first.who,
+                first.tenant,
+            )
+        for ticket in tickets:
+            ticket.answer(ADMITTED)  # without limits or headers, holding no slot
+
+    def _refusal(self, ticket: Ticket, verdict: Verdict) -> AgentdError:
         whose = "this API key's" if verdict.scope.startswith("k:") else "the tenant's"
         rule = next(r for r in ticket.rules if r.scope == verdict.scope)
         what = _WHAT[verdict.refused]
         limit = _limit_of(rule.limits, verdict.refused)
         if verdict.refused in (DAY, MONTH):
-            if self.metrics is not None:
-                self.metrics.request(identity.tenant, "quota_exceeded")
+            day_left, month_left = _seconds_left()
             ends = day_left if verdict.refused == DAY else month_left
-            raise QuotaExceeded(
+            return QuotaExceeded(
                 f"{whose} budget of {limit} {what} is spent; it renews at the start of the "
                 f"next UTC {'day' if verdict.refused == DAY else 'month'}",
                 retry_after=math.ceil(ends),
             )
-        if self.metrics is not None:
-            self.metrics.request(identity.tenant, "rate_limited")
         retry_s = max(1, math.ceil(verdict.retry_after_ms / 1000))
-        raise RateLimited(
+        return RateLimited(
             f"rate limit reached for {whose} {what} (limit {limit}); retry in {retry_s}s",
             code="rate_limit_exceeded",
             retry_after=retry_s,
         )
 
-    def _settle(self, ticket: Ticket, charge: Charge) -> None:
-        if not ticket._admitted_ok():
+    async def _renew(self) -> None:
+        """Extend every held slot's lease, every RENEW_S, while any is held."""
+        try:
+            while self._held:
+                await asyncio.sleep(RENEW_S)
+                for ticket in self._held.values():
+                    renewed = self._tenant_next(ticket.identity.tenant).batch.renewed
+                    renewed.extend((scope, ticket.id) for scope in ticket.slots)
+        finally:
+            self._renewer = None
+
+    # -- settling ----------------------------------------------------------------------
+
+    def settled(self, ticket: Ticket, charge: Charge) -> None:
+        """A ticket's request ended: free its slots in the next tick's call, and add its
+        charge and usage to the sums."""
+        if ticket._state != ADMITTED:
             return  # refused, or never answered: nothing was taken or counted
         identity = ticket.identity
-        if self.metrics is not None:
-            self.metrics.charged(identity.tenant, charge.prompt_tokens, charge.completion_tokens)
-        task = asyncio.ensure_future(self._settle_call(ticket, charge))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
-
-    async def _settle_call(self, ticket: Ticket, charge: Charge) -> None:
-        identity = ticket.identity
+        tenant = identity.tenant
+        if self.metrics is not None and charge.tokens:
+            self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
+        if ticket.slots:
+            self._held.pop(ticket.id, None)
+            released = self._tenant_next(tenant).batch.released
+            released.extend((scope, ticket.id) for scope in ticket.slots)
+        day, month = self._today()
+        sums = self._sums.get((tenant, day, month))
+        if sums is None:
+            sums = self._sums[(tenant, day, month)] = _Sums()
         key = identity.key_id if identity.kind == "key" else identity.kind
-        day, month, _, _ = _utc_day_month()
-        try:
-            # A ticket that was not checked (a background job's) is logged as a request now.
-            unchecked = ticket._admission is None
-            await self.limits.settle(
-                identity.tenant, key, ticket.rules, ticket.id, charge, day, month, unchecked
-            )
-        except AgentdError as exc:
-            # The slot ends with its lease; the charge and usage of this request are lost.
-            log.debug("limits: settle of %s failed: %s", identity.who, exc)
+        counts = sums.keys.get(key)
+        if counts is None:
+            counts = sums.keys[key] = [0, 0, 0, 0]
+        counts[0] += 1
+        if charge.tokens:
+            counts[1] += charge.prompt_tokens
+            counts[2] += charge.completion_tokens
+        elif charge.cache_hit:
+            counts[3] += 1
+        if charge.tokens or not ticket.checked:
+            batch = sums.batch
+            for rule in ticket.rules:
+                if charge.tokens:
+                    entry = batch.charged.setdefault(rule.scope, [0, 0])
+                    entry[0] = rule.limits.tokens_per_minute
+                    entry[1] += charge.tokens
+                if not ticket.checked and rule.limits.requests_per_minute:
+                    # A request admit never saw (a background job's) is logged now.
+                    entry = batch.logged.setdefault(rule.scope, [0, 0])
+                    entry[0] = rule.limits.requests_per_minute
+                    entry[1] += 1
+        self._summed += 1
+        if self._summed >= FLUSH_EVERY:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+    def _today(self) -> tuple[str, str]:
+        """The current UTC day and month, recomputed once a day."""
+        now = time.time()
+        if now >= self._day_ends:
+            today = datetime.datetime.fromtimestamp(now, datetime.UTC)
+            self._day, self._month = today.strftime("%Y%m%d"), today.strftime("%Y%m")
+            self._day_ends = (now // 86400 + 1) * 86400
+        return self._day, self._month
 
     async def close(self) -> None:
-        """Let the settles on their way end (a worker that drains)."""
-        if self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        """Write what is pending and let the calls on their way end (a worker that
+        drains)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+        self._flush()
+        while self._next or self._calls:
+            if self._next and not self._tick_due:
+                self._tick()
+            if self._calls:
+                await asyncio.gather(*self._calls, return_exceptions=True)
+            else:
+                await asyncio.sleep(0)  # the tick already due
 
 
 def _limit_of(limits: LimitsConfig, refused: str) -> int:

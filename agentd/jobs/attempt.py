@@ -125,7 +125,11 @@ class Attempts:
         if self.metrics is not None:
             delay = max(0.0, time.time() - delivery.enqueued_at)
             self.metrics.start_delay.labels(delivery.partition).observe(delay)
-        await self._run(delivery, view, start.attempt, start.seq, payer_of(record))
+        payer = payer_of(record)
+        limiter = self.responses.agents.limiter
+        if limiter is not None:
+            payer = await limiter.payer(payer)  # with its key's current limits
+        await self._run(delivery, view, start.attempt, start.seq, payer)
 
     async def _run(
         self,

@@ -82,7 +82,8 @@ def no_conversation(conversation: str) -> NotFound:
 
 def payer_of(record: dict[str, bytes]) -> Identity | None:
     """Who a background response is charged to when it runs (its ``payer`` field: the
-    tenant, the credential's kind and key id); None for no one."""
+    tenant, the credential's kind and key id; the key's limits are looked up when it
+    runs, :meth:`agentd.auth.Limiter.payer`); None for no one."""
     raw = record.get("payer")
     if not raw:
         return None
@@ -219,7 +220,7 @@ class Responses:
     async def create(self, req: CreateRequest, payer: Identity | None = None) -> ResponseView:
         """Store a new response (queued when ``background``, else in progress); one with
         ``store: false`` is not stored and runs as a stateless turn. A background one is
-        charged to ``payer``'s tenant when it runs."""
+        charged to ``payer``'s key and tenant when it runs."""
         self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
         view = ResponseView(
             id=new_response_id(),

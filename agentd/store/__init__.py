@@ -34,7 +34,19 @@ from .api import (
 )
 from .codec import no_session
 from .keys import job_id, job_of
-from .limits import DAY, MONTH, USAGE_FIELDS, Charge, Limits, Rule, Verdict, Window, usage_of
+from .limits import (
+    DAY,
+    MONTH,
+    USAGE_FIELDS,
+    Ask,
+    Batch,
+    Charge,
+    Limits,
+    Rule,
+    Verdict,
+    Window,
+    usage_of,
+)
 
 __all__ = (
     "DAY",
@@ -43,6 +55,8 @@ __all__ = (
     "MONTH",
     "TERMINAL",
     "USAGE_FIELDS",
+    "Ask",
+    "Batch",
     "Blobs",
     "Charge",
     "Delivery",

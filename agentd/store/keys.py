@@ -43,14 +43,16 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:l:{TENANT}:SCOPE`` (hash, TTL): one scope's limits (``SCOPE`` = ``t``, the
   tenant, or ``k:KEYID``, one of its API keys): ``tl``/``tt`` (the token bucket's level
   and when it was computed, ms), ``dd``/``dt`` (the UTC day and its tokens), ``md``/``mt``
-  (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rq`` (sorted set, TTL) the
-  requests admitted in the last minute (score: ms); ``agentd:l:{TENANT}:SCOPE:cc``
+  (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rl`` (hash, TTL) the
+  requests admitted in the last minute, counted per bucket of 100 ms (field: the
+  bucket's number, server ms // 100; ``o`` the oldest bucket that counts, ``s`` the sum),
+  at most 601 counts whatever the limit; ``agentd:l:{TENANT}:SCOPE:cc``
   (sorted set, TTL) the turn slots held (member the ticket, score its lease's end, ms).
   Every scope of a tenant shares the tenant's hash tag: a request's key and tenant
   limits are checked in one script. See docs/auth.md.
 - ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day
   (``requests``, ``prompt_tokens``, ``completion_tokens``, ``cache_hits``, and the same
-  per key as ``KEY/FIELD``), written by the same script as the request's charge.
+  per key as ``KEY/FIELD``), written by the limiter's script with its charges.
 - ``agentd:k:{ID}`` (hash): an API key's record (:class:`.api.KeyRecord`): ``tenant``,
   ``name``, ``hash`` (SHA-256 of the key's secret, hex), ``scopes`` / ``agents`` / ``limits``
   (JSON), ``created_at``, ``expires_at`` (``""``: never), ``disabled`` (``0``/``1``).
@@ -189,7 +191,7 @@ LIMIT_PREFIX = f"{PREFIX}l:"
 def limit_keys(tenant: str, scope: str) -> tuple[str, str, str]:
     """A limit scope's (state hash, requests log, turn slots): the tenant's slot."""
     base = f"{LIMIT_PREFIX}{{{tenant}}}:{scope}"
-    return base, base + ":rq", base + ":cc"
+    return base, base + ":rl", base + ":cc"
 
 
 def usage_key(tenant: str, day: str) -> str:

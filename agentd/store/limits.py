@@ -4,11 +4,17 @@ A caller's limits are checked in *scopes*: its tenant (``"t"``) and, for an API 
 the key (``"k:KEYID"``). Every scope of one tenant lives under the tenant's hash tag
 (:func:`agentd.store.keys.limit_keys`), so checking all of them is one atomic call (one
 Lua script, one round trip) on one shard, on one Redis, client-side shards or a Redis
-Cluster alike. The memory (:mod:`.memory.limits`) and Redis (:mod:`.redis.limits`)
-implementations keep the same state with the same algorithms (docs/auth.md):
+Cluster alike. One call (:meth:`Limits.step`) carries a worker's whole batch for a
+tenant: the admissions asked in one event-loop tick, and the releases, renewals, charges
+and usage gathered since the last call. The memory (:mod:`.memory.limits`) and Redis
+(:mod:`.redis.limits`) implementations keep the same state with the same algorithms
+(docs/auth.md):
 
-- requests per minute: a sliding log of the last 60 s of admitted requests (at most N in
-  any 60 s window; a burst of N when the window is empty);
+- requests per minute: a log of admitted requests counted in buckets of
+  :data:`BUCKET_MS`; a request is admitted while the buckets that may hold a request of
+  the last 60 s hold fewer than N (at most N in any 60 s window; a burst of N when the
+  window is empty; a place frees up to one bucket after 60 s), and the log never holds
+  more than :data:`BUCKETS` + 1 counters, whatever N;
 - tokens per minute: a bucket of N tokens refilled at N per minute, charged after the
   turn (it may go below zero); admission waits for it to be above zero;
 - turns at once: a set of slots, each a lease that its turn renews and releases, and
@@ -20,11 +26,13 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config import LimitsConfig
 
 __all__ = (
+    "BUCKETS",
+    "BUCKET_MS",
     "CONCURRENCY",
     "DAY",
     "MONTH",
@@ -33,6 +41,8 @@ __all__ = (
     "TOKENS",
     "USAGE_FIELDS",
     "WINDOW_MS",
+    "Ask",
+    "Batch",
     "Charge",
     "Limits",
     "Rule",
@@ -43,6 +53,12 @@ __all__ = (
 
 # The window of the per-minute limits.
 WINDOW_MS = 60_000
+# The requests log's granularity: a bucket of BUCKET_MS counts the requests admitted in
+# it; BUCKETS of them make the window. A check counts BUCKETS + 1 buckets (the current
+# one and every one that may hold a request of the last WINDOW_MS), so a place frees
+# between WINDOW_MS and WINDOW_MS + BUCKET_MS after its request.
+BUCKET_MS = 100
+BUCKETS = WINDOW_MS // BUCKET_MS
 
 # Why a request was refused (Verdict.refused), in the order they are checked.
 DAY, MONTH, CONCURRENCY, REQUESTS, TOKENS = "day", "month", "concurrency", "requests", "tokens"
@@ -94,45 +110,54 @@ class Charge:
     cache_hit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """One admission asked: the rules to check, and the ticket that holds the turn slots
+    it takes."""
+
+    rules: Sequence[Rule]
+    ticket: str
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a worker's ended and running requests leave to write for one tenant, summed
+    since its last call; written before the call's admissions are checked."""
+
+    # (scope, ticket): turn slots to free, and slots to extend by the lease.
+    released: list[tuple[str, str]] = field(default_factory=list)
+    renewed: list[tuple[str, str]] = field(default_factory=list)
+    # scope → [its tokens/min limit, tokens to charge] (to its bucket, day and month).
+    charged: dict[str, list[int]] = field(default_factory=dict)
+    # scope → [its requests/min limit, requests to log without a check: background
+    # jobs', admitted when they were queued].
+    logged: dict[str, list[int]] = field(default_factory=dict)
+    # The day's usage record: field → count (:data:`USAGE_FIELDS`, ``KEY/FIELD``).
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.released or self.renewed or self.charged or self.logged or self.usage)
+
+
 class Limits(abc.ABC):
     """Rate limits, quotas and usage counters, per tenant (``Store.limits``)."""
 
     @abc.abstractmethod
-    async def admit(
+    async def step(
         self,
         tenant: str,
-        rules: Sequence[Rule],
-        ticket: str,
+        asks: Sequence[Ask],
+        batch: Batch,
         lease_ms: int,
         day: str,
         month: str,
-    ) -> Verdict:
-        """Check every rule and, if all allow it, count the request and take a turn slot
-        held by ``ticket`` for ``lease_ms`` (where a rule limits turns at once); nothing
-        is written when one refuses. ``day`` (``YYYYMMDD``) and ``month`` (``YYYYMM``)
-        are the current UTC ones."""
-
-    @abc.abstractmethod
-    async def renew(self, tenant: str, rules: Sequence[Rule], ticket: str, lease_ms: int) -> None:
-        """Extend the turn slots ``ticket`` holds by ``lease_ms`` from now."""
-
-    @abc.abstractmethod
-    async def settle(
-        self,
-        tenant: str,
-        key: str,
-        rules: Sequence[Rule],
-        ticket: str,
-        charge: Charge,
-        day: str,
-        month: str,
-        log_request: bool = False,
-    ) -> None:
-        """The end of a request, in one call: charge its tokens to every rule's bucket and
-        day and month counters, release the slots ``ticket`` holds, and add it to the
-        tenant's and the key's (``key``) usage of ``day``. ``log_request``: also count it
-        in the requests per minute (a request :meth:`admit` never saw: a background
-        job's, admitted when it was queued)."""
+    ) -> list[Verdict]:
+        """One atomic step on the tenant's limits: write ``batch`` (free and extend its
+        slots, charge its tokens, log its requests, count its usage in ``day``'s record),
+        then check each ask in order; one that every rule allows is logged and takes a
+        turn slot held by its ticket for ``lease_ms`` (where a rule limits turns at
+        once), one that a rule refuses writes nothing. ``day`` (``YYYYMMDD``) and
+        ``month`` (``YYYYMM``) are the current UTC ones. One verdict per ask."""
 
     @abc.abstractmethod
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:

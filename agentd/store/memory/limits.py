@@ -12,16 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..limits import (
+    BUCKET_MS,
+    BUCKETS,
     CONCURRENCY,
     DAY,
     MONTH,
     REQUESTS,
     TOKENS,
-    USAGE_FIELDS,
     WINDOW_MS,
-    Charge,
+    Ask,
+    Batch,
     Limits,
-    Rule,
     Verdict,
     Window,
 )
@@ -45,9 +46,49 @@ def _now_ms() -> int:
     return int(time.monotonic() * 1000)
 
 
+class _Log:
+    """Requests admitted per bucket of BUCKET_MS: (bucket, count) oldest first, at most
+    BUCKETS + 1 of them, and their sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()
+        self.total = 0
+
+    def advance(self, now: int) -> int:
+        """Forget the buckets that can hold no request of the last window; the current
+        bucket's number."""
+        current = now // BUCKET_MS
+        while self.buckets and self.buckets[0][0] < current - BUCKETS:
+            self.total -= self.buckets.popleft()[1]
+        return current
+
+    def add(self, current: int, n: int) -> None:
+        if self.buckets and self.buckets[-1][0] == current:
+            self.buckets[-1][1] += n
+        else:
+            self.buckets.append([current, n])
+        self.total += n
+
+    def frees_in(self, limit: int, now: int) -> int:
+        """Milliseconds until fewer than ``limit`` are counted: enough of the oldest
+        buckets have left."""
+        leaving = 0
+        for bucket, count in self.buckets:
+            leaving += count
+            if self.total - leaving < limit:
+                return (bucket + BUCKETS + 1) * BUCKET_MS - now
+        return 0
+
+    def empties_in(self, now: int) -> int:
+        """Milliseconds until the newest request has left (the log is back to empty)."""
+        return (self.buckets[-1][0] + BUCKETS + 1) * BUCKET_MS - now if self.buckets else 0
+
+
 @dataclass
 class _Scope:
-    admitted: deque[int] = field(default_factory=deque)  # ms of each request in the window
+    admitted: _Log = field(default_factory=_Log)
     level: float | None = None  # the token bucket; None: full
     level_at: int = 0
     slots: dict[str, int] = field(default_factory=dict)  # ticket → lease end, ms
@@ -66,6 +107,17 @@ class _Scope:
             del self.slots[ticket]
         return len(self.slots)
 
+    def charge(self, per_minute: int, tokens: int, day: str, month: str, now: int) -> None:
+        if per_minute:
+            self.level = self.tokens_now(per_minute, now) - tokens
+            self.level_at = now
+        if self.day != day:
+            self.day, self.day_tokens = day, 0
+        if self.month != month:
+            self.month, self.month_tokens = month, 0
+        self.day_tokens += tokens
+        self.month_tokens += tokens
+
 
 class MemoryLimits(Limits):
     def __init__(self) -> None:
@@ -78,20 +130,46 @@ class MemoryLimits(Limits):
             found = self._scopes[(tenant, scope)] = _Scope()
         return found
 
-    async def admit(
+    async def step(
         self,
         tenant: str,
-        rules: Sequence[Rule],
-        ticket: str,
+        asks: Sequence[Ask],
+        batch: Batch,
         lease_ms: int,
         day: str,
         month: str,
-    ) -> Verdict:
+    ) -> list[Verdict]:
         now = _now_ms()
+        if batch:
+            self._write(tenant, batch, lease_ms, day, month, now)
+        return [self._admit(tenant, ask, lease_ms, day, month, now) for ask in asks]
+
+    def _write(
+        self, tenant: str, batch: Batch, lease_ms: int, day: str, month: str, now: int
+    ) -> None:
+        for scope, ticket in batch.released:
+            self._scope(tenant, scope).slots.pop(ticket, None)
+        for scope, ticket in batch.renewed:
+            s = self._scope(tenant, scope)
+            if ticket in s.slots:
+                s.slots[ticket] = now + lease_ms
+        for scope, (per_minute, tokens) in batch.charged.items():
+            self._scope(tenant, scope).charge(per_minute, tokens, day, month, now)
+        for scope, (_, n) in batch.logged.items():
+            log = self._scope(tenant, scope).admitted
+            log.add(log.advance(now), n)
+        if batch.usage:
+            record = self._usage.setdefault((tenant, day), {})
+            for name, n in batch.usage.items():
+                record[name] = record.get(name, 0) + n
+
+    def _admit(
+        self, tenant: str, ask: Ask, lease_ms: int, day: str, month: str, now: int
+    ) -> Verdict:
         refused, by, retry = "", "", 0
         requests: Window | None = None
         tokens: Window | None = None
-        for rule in rules:
+        for rule in ask.rules:
             s, lim = self._scope(tenant, rule.scope), rule.limits
             why, wait = "", 0
             if lim.tokens_per_day and s.day == day and s.day_tokens >= lim.tokens_per_day:
@@ -102,23 +180,19 @@ class MemoryLimits(Limits):
                 why = MONTH
             elif lim.max_concurrent_turns and s.live_slots(now) >= lim.max_concurrent_turns:
                 why, wait = CONCURRENCY, SLOT_RETRY_MS
-            if lim.requests_per_minute:
-                while s.admitted and s.admitted[0] <= now - WINDOW_MS:
-                    s.admitted.popleft()
-                used = len(s.admitted)
-                if used >= lim.requests_per_minute:
+            if per := lim.requests_per_minute:
+                log = s.admitted
+                current = log.advance(now)
+                if log.total >= per:
                     if not why:
-                        # The place frees when enough of the oldest leave the window.
-                        why = REQUESTS
-                        wait = s.admitted[used - lim.requests_per_minute] + WINDOW_MS - now
-                    window = Window(lim.requests_per_minute, 0, s.admitted[-1] + WINDOW_MS - now)
+                        why, wait = REQUESTS, log.frees_in(per, now)
+                    window = Window(per, 0, log.empties_in(now))
                 else:
-                    window = Window(lim.requests_per_minute, lim.requests_per_minute - used - 1,
-                                    WINDOW_MS)  # fmt: skip
+                    reset = (current + BUCKETS + 1) * BUCKET_MS - now
+                    window = Window(per, per - log.total - 1, reset)
                 if requests is None or window.remaining < requests.remaining:
                     requests = window
-            if lim.tokens_per_minute:
-                per = lim.tokens_per_minute
+            if per := lim.tokens_per_minute:
                 level = s.tokens_now(per, now)
                 if level <= 0 and not why:
                     why, wait = TOKENS, int(-level * WINDOW_MS / per) + 1
@@ -131,55 +205,13 @@ class MemoryLimits(Limits):
                 retry = max(retry, wait)
         if refused:
             return Verdict(refused, by, retry, requests, tokens)
-        for rule in rules:
+        for rule in ask.rules:
             s, lim = self._scope(tenant, rule.scope), rule.limits
             if lim.requests_per_minute:
-                s.admitted.append(now)
+                s.admitted.add(now // BUCKET_MS, 1)
             if lim.max_concurrent_turns:
-                s.slots[ticket] = now + lease_ms
+                s.slots[ask.ticket] = now + lease_ms
         return Verdict("", "", 0, requests, tokens)
-
-    async def renew(self, tenant: str, rules: Sequence[Rule], ticket: str, lease_ms: int) -> None:
-        now = _now_ms()
-        for rule in rules:
-            s = self._scopes.get((tenant, rule.scope))
-            if s is not None and ticket in s.slots:
-                s.slots[ticket] = now + lease_ms
-
-    async def settle(
-        self,
-        tenant: str,
-        key: str,
-        rules: Sequence[Rule],
-        ticket: str,
-        charge: Charge,
-        day: str,
-        month: str,
-        log_request: bool = False,
-    ) -> None:
-        now = _now_ms()
-        for rule in rules:
-            s, lim = self._scope(tenant, rule.scope), rule.limits
-            s.slots.pop(ticket, None)
-            if log_request and lim.requests_per_minute:
-                s.admitted.append(now)
-            if not charge.tokens:
-                continue
-            if lim.tokens_per_minute:
-                s.level = s.tokens_now(lim.tokens_per_minute, now) - charge.tokens
-                s.level_at = now
-            if s.day != day:
-                s.day, s.day_tokens = day, 0
-            if s.month != month:
-                s.month, s.month_tokens = month, 0
-            s.day_tokens += charge.tokens
-            s.month_tokens += charge.tokens
-        record = self._usage.setdefault((tenant, day), {})
-        counts = (1, charge.prompt_tokens, charge.completion_tokens, int(charge.cache_hit))
-        for name, n in zip(USAGE_FIELDS, counts, strict=True):
-            record[name] = record.get(name, 0) + n
-            if key:
-                record[f"{key}/{name}"] = record.get(f"{key}/{name}", 0) + n
 
     def sweep(self, today: str) -> None:
         """Forget usage records older than Redis keeps them, and the scopes charged in
@@ -189,9 +221,8 @@ class MemoryLimits(Limits):
             del self._usage[found]
         now = _now_ms()
         for name, s in list(self._scopes.items()):
-            while s.admitted and s.admitted[0] <= now - WINDOW_MS:
-                s.admitted.popleft()
-            if not s.admitted and not s.live_slots(now) and s.month < today[:6]:
+            s.admitted.advance(now)
+            if not s.admitted.total and not s.live_slots(now) and s.month < today[:6]:
                 del self._scopes[name]
 
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:

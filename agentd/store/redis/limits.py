@@ -1,14 +1,16 @@
 """The limiter's state in Redis: every scope of a tenant on the tenant's slot, each step
-one script (:mod:`.limit_scripts`), so one round trip whatever the number of scopes."""
+one script (:mod:`.limit_scripts`), so one round trip whatever the number of scopes and
+of requests in the batch."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from ...config import LimitsConfig
 from ...errors import StoreUnavailable
 from .. import keys as K
-from ..limits import REFUSALS, Charge, Limits, Rule, Verdict, Window
+from ..limits import REFUSALS, Ask, Batch, Limits, Verdict, Window
 from . import limit_scripts as L
 from .shards import UNAVAILABLE_ERRORS, Shards
 
@@ -19,88 +21,90 @@ USAGE_TTL_S = 400 * 86400
 # A scope's state (its bucket, day and month counters) outlives a month of silence.
 STATE_TTL_MS = 32 * 86400 * 1000
 
+NO_LIMITS = LimitsConfig()
+_NONE = (0, 0)
 
-def _tightest(current: Window | None, limit: int, remaining: int, reset: int) -> Window | None:
-    if limit < 0:
-        return current
-    if current is None or remaining < current.remaining:
-        return Window(limit, remaining, reset)
-    return current
+
+def _window(limit: int, remaining: int, reset: int) -> Window | None:
+    return None if limit < 0 else Window(limit, remaining, reset)
 
 
 class RedisLimits(Limits):
     def __init__(self, shards: Shards) -> None:
         self.shards = shards
 
-    async def admit(
+    async def step(
         self,
         tenant: str,
-        rules: Sequence[Rule],
-        ticket: str,
+        asks: Sequence[Ask],
+        batch: Batch,
         lease_ms: int,
         day: str,
         month: str,
-    ) -> Verdict:
+    ) -> list[Verdict]:
+        # Every scope the call touches, numbered from 1 in the script, with its limits
+        # (an ask's rules carry them; a scope only freed or renewed has none to check).
+        index: dict[str, int] = {}
+        limits: list[LimitsConfig] = []
+
+        def number(scope: str, lim: LimitsConfig = NO_LIMITS) -> int:
+            found = index.get(scope)
+            if found is None:
+                found = index[scope] = len(limits) + 1
+                limits.append(lim)
+            elif lim is not NO_LIMITS:
+                limits[found - 1] = lim
+            return found
+
+        # An ask without rules has nothing to check: admitted here, not sent.
+        tail = " ".join(
+            f"{ask.ticket} {','.join(str(number(r.scope, r.limits)) for r in ask.rules)}"
+            for ask in asks
+            if ask.rules
+        )
+        slots = [
+            " ".join(f"{number(scope)} {ticket}" for scope, ticket in pairs)
+            for pairs in (batch.released, batch.renewed)
+        ]
+        for scope in (*batch.charged, *batch.logged):
+            number(scope)
+        usage: list[Any] = [len(batch.usage)]
+        for name, n in batch.usage.items():
+            usage += [name, n]
         keys: list[str] = []
-        args: list[Any] = [ticket, lease_ms, day, month, len(rules)]
-        for rule in rules:
-            keys += K.limit_keys(tenant, rule.scope)
-            lim = rule.limits
+        args: list[Any] = [lease_ms, day, month, len(limits), STATE_TTL_MS, USAGE_TTL_S]
+        for scope, lim in zip(index, limits, strict=True):
+            keys += K.limit_keys(tenant, scope)
             args += [
-                lim.requests_per_minute,
-                lim.tokens_per_minute,
+                lim.requests_per_minute or batch.logged.get(scope, _NONE)[0],
+                lim.tokens_per_minute or batch.charged.get(scope, _NONE)[0],
                 lim.max_concurrent_turns,
                 lim.tokens_per_day,
                 lim.tokens_per_month,
+                batch.charged.get(scope, _NONE)[1],
+                batch.logged.get(scope, _NONE)[1],
             ]
-        out = [int(x) for x in await self.shards.eval(L.ADMIT, keys, args)]
-        requests: Window | None = None
-        tokens: Window | None = None
-        for i in range(len(rules)):
-            rl, rr, rs, tl, tr, ts = out[3 + 6 * i : 9 + 6 * i]
-            requests = _tightest(requests, rl, rr, rs)
-            tokens = _tightest(tokens, tl, tr, ts)
-        refused = REFUSALS[out[0]]
-        scope = rules[out[1] - 1].scope if refused else ""
-        return Verdict(refused, scope, out[2], requests, tokens)
-
-    async def renew(self, tenant: str, rules: Sequence[Rule], ticket: str, lease_ms: int) -> None:
-        keys = [K.limit_keys(tenant, r.scope)[2] for r in rules if r.limits.max_concurrent_turns]
-        if keys:
-            await self.shards.eval(L.RENEW_SLOTS, keys, [ticket, lease_ms])
-
-    async def settle(
-        self,
-        tenant: str,
-        key: str,
-        rules: Sequence[Rule],
-        ticket: str,
-        charge: Charge,
-        day: str,
-        month: str,
-        log_request: bool = False,
-    ) -> None:
-        keys: list[str] = []
-        for rule in rules:
-            keys += K.limit_keys(tenant, rule.scope)
         keys.append(K.usage_key(tenant, day))
-        args: list[Any] = [
-            ticket,
-            day,
-            month,
-            len(rules),
-            charge.tokens,
-            charge.prompt_tokens,
-            charge.completion_tokens,
-            int(charge.cache_hit),
-            key,
-            USAGE_TTL_S,
-            STATE_TTL_MS,
-            int(log_request),
-        ]
-        for rule in rules:
-            args += [rule.limits.requests_per_minute, rule.limits.tokens_per_minute]
-        await self.shards.eval(L.SETTLE, keys, args)
+        out = await self.shards.eval(L.STEP, keys, [*args, *slots, *usage, tail])
+        verdicts = []
+        i = 0
+        for ask in asks:
+            if not ask.rules:
+                verdicts.append(Verdict())
+                continue
+            # Integer replies: ints already.
+            why, by, wait, rl, rr, rs, tl, tr, ts = out[i : i + 9]
+            i += 9
+            verdicts.append(
+                Verdict(
+                    REFUSALS[why],
+                    ask.rules[by - 1].scope if why else "",
+                    wait,
+                    _window(rl, rr, rs),
+                    _window(tl, tr, ts),
+                )
+            )
+        return verdicts
 
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:
         if not days:
