@@ -122,6 +122,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=reg,
         )
+        self.websocket_overflows = Counter(
+            "agentd_websocket_send_overflows",
+            "WebSocket connections closed with 1013 because their send queue was full (a "
+            "client that reads more slowly than its frames come)",
+            registry=reg,
+        )
         self.turn_stages = Histogram(
             "agentd_turn_stage_seconds",
             "Time a chat turn spends per stage (the stages of its Server-Timing header)",

@@ -24,7 +24,7 @@ from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
-from .keys import AGENTS, CONFIG, tracked_websocket
+from .keys import AGENTS, CONFIG, METRICS, tracked_websocket
 from .tenancy import store_of
 from .ws_auth import CredentialWatch
 
@@ -76,6 +76,7 @@ class _Connection:
         self.ws = ws
         self.store: Store = store_of(request)  # the caller's tenant's sessions only
         self.agents: Agents = request.app[AGENTS]
+        self.overflows = request.app[METRICS].websocket_overflows
         self.turn_timeout = config.server.turn_timeout
         self.max_turns = config.websocket.max_inflight_turns
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(config.websocket.send_queue)
@@ -100,6 +101,7 @@ class _Connection:
             self.queue.put_nowait(orjson.dumps(frame))
         except asyncio.QueueFull:
             log.info("websocket client too slow; closing with 1013")
+            self.overflows.inc()
             self.close_with(CLOSE_TRY_AGAIN, b"too slow")
 
     def close_with(self, code: int, reason: bytes) -> None:

@@ -1,0 +1,67 @@
+"""A WebSocket client that stops reading: its send queue fills, it is closed with 1013
+(resume with hello after), the worker serves on, and the close is counted in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import socket
+import struct
+
+import aiohttp
+import orjson
+
+from .chat_helpers import Factory, chat_body, echo, post
+from .waiting import wait_until
+
+
+def _masked_text(payload: bytes) -> bytes:
+    """One client-to-server text frame (clients must mask, RFC 6455 §5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x81]) + (
+        bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
+    )
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _overflows(http: aiohttp.ClientSession, url: str) -> float:
+    async with http.get(url + "/metrics") as r:
+        text = await r.text()
+    found = re.search(r"^agentd_websocket_send_overflows_total (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_a_client_that_stops_reading_is_closed_with_1013_and_counted(
+    serve: Factory,
+) -> None:
+    url = await serve(**echo(tokens_per_s=0.0), websocket={"send_queue": 4})
+    host, port = url.removeprefix("http://").split(":")
+    # A tiny receive buffer, and a client that never reads: the server's writes back up.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    words = " ".join(f"w{i}" for i in range(20_000))  # 20,000 delta frames
+    for frame in ({"type": "hello"}, {"type": "message", "id": 1, "content": words}):
+        await loop.sock_sendall(sock, _masked_text(orjson.dumps(frame)))
+    async with aiohttp.ClientSession() as http:
+        try:
+            await wait_until(lambda: _overflows(http, url), what="a 1013 close counted", poll_s=0.1)
+        finally:
+            sock.close()
+        # The worker serves on.
+        status, _, body = await post(http, url + "/v1/chat/completions", chat_body())
+        assert status == 200, body
