@@ -55,8 +55,14 @@ class Load:
     running turns and resuming with ``hello {after}`` whenever their connection drops,
     and one background job: all through the balancer at ``url``, until :meth:`finish`."""
 
-    def __init__(self, url: str, chat_clients: int = 3, ws_clients: int = 3) -> None:
+    def __init__(
+        self, url: str, chat_clients: int = 3, ws_clients: int = 3, resend_unstored: bool = False
+    ) -> None:
         self.url = url
+        # A WebSocket turn cut off and never stored is sent again (as a client does after
+        # a drain's close) rather than counted as failed; ``resent`` counts them.
+        self.resend_unstored = resend_unstored
+        self.resent = 0
         self.outcomes: list[Outcome] = []
         self.acked: list[Acked] = []
         self.running = 0  # requests and turns in flight now
@@ -280,7 +286,7 @@ class Load:
             return frame
 
     async def _until_done(
-        self, ws: aiohttp.ClientWebSocketResponse, me: WsClient, turn: int
+        self, ws: aiohttp.ClientWebSocketResponse, me: WsClient, turn: int | str
     ) -> dict[str, Any]:
         while True:
             frame = await self._frame(ws, me)
@@ -298,10 +304,22 @@ class Load:
                 while max(me.seen, default=0) < last:
                     await self._frame(ws, me)
             for content, started in me.dropped:
-                if content not in me.replies:  # lost with its instance: a failed turn
+                if content in me.replies:
+                    continue
+                if not self.resend_unstored:  # lost with its instance: a failed turn
                     self.outcomes.append(
                         Outcome("ws", started, started, False, "cut off, never stored")
                     )
+                    continue
+                # A message that crossed the server's 1001 close was never received
+                # (docs/protocol.md): not stored, so a client sends it again.
+                self.resent += 1
+                async with self._http.ws_connect(self.url + "/v1/ws") as ws:
+                    await self._hello(ws, me)
+                    await ws.send_json({"type": "message", "id": "again", "content": content})
+                    done = await self._until_done(ws, me, "again")
+                ok = done.get("type") == "done"
+                self.outcomes.append(Outcome("ws", started, time.monotonic(), ok, repr(done)))
 
     # ---- the background job
 
@@ -371,6 +389,7 @@ class Load:
             "failed": len(self.failures()),
             **{k: self.count(k) for k in ("chat", "stream", "ws")},
             "ws_reconnects": sum(c.reconnects for c in self.ws),
+            "ws_resent": self.resent,
             **extra,
         }
         print(f"\n[{title}] " + " ".join(f"{k}={v}" for k, v in figures.items()))

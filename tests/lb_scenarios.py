@@ -118,7 +118,7 @@ async def kill_9_one_instance(kind: type[Balancer], workdir: Path, redis_url: st
 async def sigterm_one_instance(kind: type[Balancer], workdir: Path, redis_url: str) -> None:
     """SIGTERM of the instance running the job mid-load: not one request fails."""
     with behind(kind, workdir, redis_url) as (instances, balancer):
-        load = Load(balancer.url)
+        load = Load(balancer.url, resend_unstored=True)
         try:
             await traffic(load, 30)
             await load.start_job()
@@ -149,7 +149,7 @@ async def rolling_restart(kind: type[Balancer], workdir: Path, redis_url: str) -
     """Each instance in turn: SIGTERM, wait for it to exit, start it again, wait until
     it is ready (and, where the balancer says, back in rotation): not one request fails."""
     with behind(kind, workdir, redis_url) as (instances, balancer):
-        load = Load(balancer.url)
+        load = Load(balancer.url, resend_unstored=True)
         try:
             await traffic(load, 20)
             await load.start_job()

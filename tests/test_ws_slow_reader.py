@@ -21,9 +21,13 @@ def _masked_text(payload: bytes) -> bytes:
     """One client-to-server text frame (clients must mask, RFC 6455 §5.3)."""
     mask = os.urandom(4)
     n = len(payload)
-    head = bytes([0x81]) + (
-        bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n)
-    )
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        length = bytes([0x80 | 127]) + struct.pack("!Q", n)
+    head = bytes([0x81]) + length
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
