@@ -23,7 +23,7 @@ import redis
 
 from agentd.store.keys import record_keys, turn_key
 
-from .procs import ROOT, START_LIMIT, AgentdProcess, free_port
+from .procs import ROOT, START_LIMIT, AgentdProcess, free_port, terminate
 from .waiting import wait_until_sync
 
 DEPLOY = ROOT / "deploy"
@@ -124,13 +124,7 @@ class Balancer:
         return True
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._log.close()
 
 

@@ -302,13 +302,8 @@ class StubNode:
         for piece in order:
             await send({"tool_calls": [piece]})
         await send({}, self.calls_finish)
-        if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
-            last = {**base, "choices": [], "usage": usage}
-            await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
-        if self.send_done:
-            await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._end_stream(response, base, usage if include_usage else None)
 
     def _words(self, body: dict[str, Any]) -> tuple[list[str], str]:
         """The reply's content deltas and its finish reason (``length`` past max_tokens)."""
@@ -392,8 +387,14 @@ class StubNode:
         if isinstance(mode, FailMidStream) and mode.after >= len(parts):
             return await self._cut(request, response, mode)
         await send({}, finish)
-        if include_usage and self.send_usage:
-            usage = stub_usage(body["messages"], len(parts))
+        usage = stub_usage(body["messages"], len(parts)) if include_usage else None
+        return await self._end_stream(response, base, usage)
+
+    async def _end_stream(
+        self, response: web.StreamResponse, base: dict[str, Any], usage: dict[str, int] | None
+    ) -> web.StreamResponse:
+        """A stream's last chunks: the usage chunk (when asked for and sent) and [DONE]."""
+        if usage is not None and self.send_usage:
             last = {**base, "choices": [], "usage": usage}
             await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
         if self.send_done:
@@ -534,13 +535,8 @@ class StubNode:
                     b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
                 )
                 sent += 1
-        if (body.get("stream_options") or {}).get("include_usage") and self.send_usage:
-            last = {**base, "choices": [], "usage": usage}
-            await response.write(b"data: " + orjson.dumps(last) + b"\n\n")
-        if self.send_done:
-            await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return await self._end_stream(response, base, usage if include_usage else None)
 
 
 # The ``stub`` fixture (tests/conftest.py): start(mode=None, **options) -> a started node.
