@@ -45,8 +45,10 @@ async def _job_runner(instances: Instances, load: Load) -> int:
 
 async def _websocket_on(load: Load, proc: AgentdProcess) -> int:
     """Open WebSocket clients until one is on ``proc`` (it must then come back through
-    the balancer); how many are."""
-    while not metric(proc, "agentd_websocket_connections") and len(load.ws) < 8:
+    the balancer); how many are. HAProxy's leastconn sends a new connection to the
+    instance serving the fewest streams, and the job's runner may be serving more for a
+    while, so it can take a dozen clients before one lands there."""
+    while not metric(proc, "agentd_websocket_connections") and len(load.ws) < 24:
         load.add_ws_client()
         await traffic(load, 5)
     found = int(metric(proc, "agentd_websocket_connections") or 0)
