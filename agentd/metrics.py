@@ -36,6 +36,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Latency buckets from 0.5 ms: most agentd answers that do not call a model are sub-ms.
+# Model calls in one turn of the tool loop (bounded by [tools] max_steps).
+STEP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
@@ -128,6 +130,13 @@ class Metrics:
             "client that reads more slowly than its frames come)",
             registry=reg,
         )
+        self.turn_steps = Histogram(
+            "agentd_turn_steps",
+            "Model calls per turn of an agent with tools (its loop's steps), by agent",
+            ["agent"],
+            buckets=STEP_BUCKETS,
+            registry=reg,
+        )
         self.turn_stages = Histogram(
             "agentd_turn_stage_seconds",
             "Time a chat turn spends per stage (the stages of its Server-Timing header)",
@@ -156,7 +165,7 @@ class Metrics:
         )
         self._stages = {
             stage: self.turn_stages.labels(stage)
-            for stage in ("session", "upstream_ttft", "upstream", "persist")
+            for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
         }
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
 
@@ -165,6 +174,9 @@ class Metrics:
         (the session of a stateless turn) is no sample, rather than a zero."""
         for stage, seconds in stages.items():
             self._stages[stage].observe(seconds)
+
+    def observe_steps(self, agent: str, steps: int) -> None:
+        self.turn_steps.labels(agent).observe(steps)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

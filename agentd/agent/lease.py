@@ -36,13 +36,29 @@ _WAIT_MIN, _WAIT_MAX = 0.005, 0.1
 
 
 class Interrupt:
-    """Asks a running turn to stop at its next chunk: set by the lease keeper when another
-    turn of the session asks, or by whoever started the turn (a cancelled job)."""
+    """Asks a running turn to stop at its next chunk (or in its running tool calls): set
+    by the lease keeper when another turn of the session asks, or by whoever started the
+    turn (a cancelled job)."""
 
-    __slots__ = ("asked",)
+    __slots__ = ("_waiter", "asked")
 
     def __init__(self) -> None:
         self.asked = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def ask(self) -> None:
+        self.asked = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once the turn is asked to stop (made only by a turn that waits
+        on something other than its model's chunks: tool calls)."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            if self.asked:
+                self._waiter.set_result(None)
+        return self._waiter
 
 
 class Held:
@@ -136,11 +152,11 @@ class Leases:
                 log.warning("renewing the turn lease of session %s failed: %r", sid, exc)
                 continue
             if state == "interrupted":
-                interrupt.asked = True
+                interrupt.ask()
                 return
             if state == "lost":
                 # Another turn runs now: stop at the next chunk (storing is refused anyway,
                 # turn_lost), so that two turns of the session never run on for long.
                 log.warning("turn on session %s lost its lease to another turn (stalled?)", sid)
-                interrupt.asked = True
+                interrupt.ask()
                 return

@@ -33,8 +33,10 @@ from ..errors import BadRequest
 from ..metrics import Metrics
 from ..schema import check_tool_messages, pending_calls
 from ..store import Store
+from ..tools import Tools, ToolSet
 from .admission import Admission
 from .lease import Held, Interrupt, Leases
+from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
 from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
@@ -52,19 +54,26 @@ class _Plan:
     request: ChatRequest
     pool: Pool
     key: bytes | None
+    # The agent's tool loop (None: the agent has no tools, the turn is one model call).
+    loop: ToolLoop | None = None
 
 
 class _Reply:
     """A reply as it arrives, from the model or replayed from the cache."""
 
-    __slots__ = ("calls", "cancelled", "finish", "node", "parts", "relayed", "usage")
+    __slots__ = (
+        "calls", "cancelled", "finish", "level", "node", "parts", "prompt_chars", "relayed",
+        "usage",
+    )  # fmt: skip
 
-    def __init__(self) -> None:
+    def __init__(self, level: str) -> None:
         self.parts: list[str] = []
         self.finish, self.usage, self.node = "stop", {}, ""
         self.cancelled = False
         self.calls: list[dict[str, Any]] | None = None
         self.relayed = False  # tool call pieces reached the listener as they came
+        self.level = level  # where it came from: a cache level, miss or bypass
+        self.prompt_chars = 0  # the prompt's length, for a token estimate (with limits)
 
     def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
         self.finish = finish or self.finish
@@ -86,6 +95,7 @@ class Agents:
         metrics: Metrics | None = None,
         cache: ResponseCache | None = None,
         limiter: Limiter | None = None,
+        tools: Tools | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -93,6 +103,7 @@ class Agents:
         self.metrics = metrics
         self.cache = cache
         self.limiter = limiter
+        self.tools = tools
         self.registry = Registry(config.agents)
         self.admission = Admission(config)
         self.leases = Leases(config.sessions)
@@ -126,9 +137,14 @@ class Agents:
             # Background turns were admitted when queued: only charged.
             ticket = self.limiter.begin(req.identity, check=interactive)
         try:
+            toolset = None
+            if agent.tools and self.tools is not None:
+                toolset = await self.tools.for_agent(agent)
+                deadline = min(deadline, asyncio.get_running_loop().time()
+                               + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
                 await _admitted(ticket, listener)
-                plan = self._plan(agent, req, ())
+                plan = self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
             loop = asyncio.get_running_loop()
@@ -141,7 +157,7 @@ class Agents:
                 await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
-                plan = self._plan(agent, req, held.history)
+                plan = self._plan(agent, req, held.history, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
         finally:
@@ -151,7 +167,13 @@ class Agents:
                 self.admission.leave(agent.name)
 
     def _plan(
-        self, agent: AgentConfig, req: TurnRequest, history: Sequence[Mapping[str, Any]]
+        self,
+        agent: AgentConfig,
+        req: TurnRequest,
+        history: Sequence[Mapping[str, Any]],
+        toolset: ToolSet | None = None,
+        interrupt: Interrupt | None = None,
+        listener: Listener | None = None,
     ) -> _Plan:
         # The history window may begin with tool results whose call fell outside it: a
         # model refuses a tool message that answers no call, so they stay out too.
@@ -167,16 +189,36 @@ class Agents:
                 {k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history[start:]
             )
         upstream.extend(req.messages)
-        request = ChatRequest(
-            model=agent.upstream_model,
-            messages=upstream,
-            params={**agent.params, **req.params},
-        )
-        key = None
-        if self.cache is not None and cacheable(agent.cache, request.params):
-            key = fastpath.cache_key(_cache_scope(agent, req.tenant), request.model,
-                                     upstream, request.params)  # fmt: skip
-        return _Plan(request, self.backends.get(agent.backend), key)
+        params = {**agent.params, **req.params}
+        loop = None
+        if toolset is not None and toolset.functions and self.tools is not None:
+            # Calls of the client's own tools go back to it, where it can take them.
+            client_tools = frozenset(_names(params.get("tools")) if req.tool_calls else ())
+            params = merge_tools(params, toolset)
+            loop = ToolLoop(self.tools, agent, toolset, client_tools, interrupt or Interrupt(),
+                            listener)  # fmt: skip
+        request = ChatRequest(model=agent.upstream_model, messages=upstream, params=params)
+        return _Plan(request, self.backends.get(agent.backend), self._key(agent, req, request),
+                     loop)  # fmt: skip
+
+    def _key(self, agent: AgentConfig, req: TurnRequest, request: ChatRequest) -> bytes | None:
+        """The model call's cache key (None: its reply is not cached)."""
+        if self.cache is None or not cacheable(agent.cache, request.params):
+            return None
+        return fastpath.cache_key(_cache_scope(agent, req.tenant), request.model,
+                                  request.messages, request.params)  # fmt: skip
+
+    def _next_plan(
+        self, agent: AgentConfig, req: TurnRequest, plan: _Plan, added: list[dict[str, Any]],
+        last: bool,
+    ) -> _Plan:  # fmt: skip
+        """The loop's next model call: the conversation with the step's messages; the
+        request's tool_choice only ever on the first call, ``none`` on the last."""
+        params = {k: v for k, v in plan.request.params.items() if k != "tool_choice"}
+        if last:
+            params["tool_choice"] = "none"
+        request = ChatRequest(plan.request.model, [*plan.request.messages, *added], params)
+        return _Plan(request, plan.pool, self._key(agent, req, request), plan.loop)
 
     async def _reply(
         self,
@@ -190,8 +232,108 @@ class Agents:
         listener: Listener | None,
         ticket: Ticket | None = None,
     ) -> TurnResult:
-        """Get the reply (cached, or from the model through the cache), pass it on as it
-        comes, store the turn if it has a session, and sum it up."""
+        """Get the reply (cached, or from the model through the cache; with the agent's
+        tools, every step of its loop), pass it on as it comes, store the turn if it has
+        a session, and sum it up."""
+        tool_loop = plan.loop
+        if tool_loop is not None:
+            listener = tool_loop.listener
+        reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener, ticket)
+        replies = [reply]
+        in_step = False  # the turn ended with a step's calls (the client's, or interrupted)
+        if tool_loop is not None:
+            while tool_loop.ours(reply.calls) and not reply.cancelled:
+                if len(replies) >= tool_loop.max_steps:
+                    # Asked for tools on the call made with tool_choice "none".
+                    reply.calls, reply.finish = None, "length"
+                    break
+                await tool_loop.run_step("".join(reply.parts), reply.calls, deadline, timings)
+                if interrupt.asked or tool_loop.client_calls(reply.calls):
+                    in_step = True
+                    break
+                added = [m for step in tool_loop.steps for m in step.messages()]
+                last = len(replies) + 1 >= tool_loop.max_steps
+                plan = self._next_plan(agent, req, plan, added, last)
+                if isinstance(listener, ClientView):
+                    listener.next_step()
+                reply = await self._call(agent, req, plan, timings, deadline, interrupt,
+                                         listener, ticket)  # fmt: skip
+                replies.append(reply)
+            timings.add_loop(len(replies), tool_loop.runs)
+            if self.metrics is not None:
+                self.metrics.observe_steps(agent.name, len(replies))
+        cancelled = reply.cancelled or (in_step and interrupt.asked)
+        if in_step:
+            calls = None if cancelled else tool_loop.client_calls(reply.calls)  # type: ignore
+        else:
+            calls = None if reply.cancelled else reply.calls  # a cut call is no call
+        finish = "tool_calls" if calls else "cancelled" if cancelled else reply.finish
+        if len(replies) == 1:
+            text, usage = "".join(reply.parts), reply.usage
+        else:
+            text = STEP_SEPARATOR.join(t for r in replies if (t := "".join(r.parts)))
+            usage = _summed([r.usage for r in replies])
+        ratelimit = NO_HEADERS
+        if ticket is not None:
+            # A cache hit is charged no tokens: no estimate to make.
+            hit = all(r.level.startswith("hit") for r in replies)
+            prompt_chars = 0 if hit else sum(r.prompt_chars for r in replies)
+            said_chars = len(text)
+            for r in replies:
+                if r.calls:
+                    said_chars += sum(len(c["function"]["arguments"]) for c in r.calls)
+            ticket.settle(usage, replies[0].level if hit else "miss", prompt_chars, said_chars)
+            ratelimit = ticket.headers
+        if calls and not req.tool_calls:
+            raise _unrelayed(calls)
+
+        stored: list[dict[str, Any]] = []
+        turn_id = ""
+        if held is not None and req.store:
+            turn_id = req.turn_id or new_turn_id()
+            said: list[dict[str, Any]] = []
+            if tool_loop is not None:
+                said = [m for step in tool_loop.steps for m in step.messages()]
+            if not in_step:
+                final: dict[str, Any] = {"role": "assistant", "content": "".join(reply.parts)}
+                if calls:
+                    # OpenAI's shape: content null when the reply is only calls.
+                    final["content"] = final["content"] or None
+                    final["tool_calls"] = calls
+                said.append(final)
+            elif cancelled:  # stopped among its tool calls: the turn still ends in a reply
+                said.append({"role": "assistant", "content": ""})
+            if cancelled:
+                said[-1]["status"] = "cancelled"
+            if req.metadata:
+                said[-1]["metadata"] = req.metadata
+            new = [m for m in req.messages if m.get("role") != "system"]
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stored = await held.store([{**m, "turn": turn_id} for m in (*new, *said)])
+            timings.persist = loop.time() - started
+        if self.metrics is not None:
+            replied = bool(text or calls)
+            self.metrics.observe_turn(_stages_run(timings, held is not None, replied,
+                                                  tool_loop is not None))  # fmt: skip
+        return TurnResult(text, finish, usage, reply.node, plan.request.model,
+                          stored, timings, replies[0].level, turn_id, cancelled,
+                          ratelimit, calls, len(replies),
+                          tool_loop.runs if tool_loop is not None else [])  # fmt: skip
+
+    async def _call(
+        self,
+        agent: AgentConfig,
+        req: TurnRequest,
+        plan: _Plan,
+        timings: Timings,
+        deadline: float,
+        interrupt: Interrupt,
+        listener: Listener | None,
+        ticket: Ticket | None,
+    ) -> _Reply:
+        """One model call (cached, or from the model through the cache), passed on to
+        the listener as it comes."""
 
         def call_model() -> AsyncIterator[Chunk]:
             return plan.pool.stream(
@@ -208,7 +350,9 @@ class Agents:
             source, level = await self.cache.get(plan.key, agent.cache, call_model, deadline)
         if listener is not None:
             listener.source(level)
-        reply = _Reply()
+        reply = _Reply(level)
+        if ticket is not None and not level.startswith("hit"):
+            reply.prompt_chars = sum(_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
         started = first = loop.time()
         # Interrupts are checked between chunks (no task per chunk on this hot loop): a
@@ -272,47 +416,10 @@ class Agents:
                     if interrupt.asked:
                         reply.cancel()
                         break
-        timings.upstream = loop.time() - started
-        calls = None if reply.cancelled else reply.calls  # a cut call is no call
-        if reply.parts or calls:
+        timings.upstream += loop.time() - started
+        if not timings.upstream_ttft and (reply.parts or (reply.calls and not reply.cancelled)):
             timings.upstream_ttft = first - started
-        text = "".join(reply.parts)
-        ratelimit = NO_HEADERS
-        if ticket is not None:
-            # A cache hit is charged no tokens: no estimate to make.
-            hit = level.startswith("hit")
-            prompt_chars = 0 if hit else sum(_chars(m) for m in plan.request.messages)
-            said_chars = len(text)
-            if calls:
-                said_chars += sum(len(c["function"]["arguments"]) for c in calls)
-            ticket.settle(reply.usage, level, prompt_chars, said_chars)
-            ratelimit = ticket.headers
-        if calls and not req.tool_calls:
-            raise _unrelayed(calls)
-
-        stored: list[dict[str, Any]] = []
-        turn_id = ""
-        if held is not None and req.store:
-            turn_id = req.turn_id or new_turn_id()
-            said: dict[str, Any] = {"role": "assistant", "content": text, "turn": turn_id}
-            if calls:
-                # OpenAI's shape: content null when the reply is only calls.
-                said["content"] = text or None
-                said["tool_calls"] = calls
-            if reply.cancelled:
-                said["status"] = "cancelled"
-            if req.metadata:
-                said["metadata"] = req.metadata
-            new = [{**m, "turn": turn_id} for m in req.messages if m.get("role") != "system"]
-            started = loop.time()
-            stored = await held.store([*new, said])
-            timings.persist = loop.time() - started
-        if self.metrics is not None:
-            replied = bool(text or calls)
-            self.metrics.observe_turn(_stages_run(timings, held is not None, replied))
-        return TurnResult(text, reply.finish, reply.usage, reply.node, plan.request.model,
-                          stored, timings, level, turn_id, reply.cancelled,
-                          ratelimit, calls)  # fmt: skip
+        return reply
 
 
 async def _replay_calls(
@@ -393,13 +500,33 @@ async def _told_again(
                       tool_calls=calls)  # fmt: skip
 
 
-def _stages_run(timings: Timings, session: bool, replied: bool) -> dict[str, float]:
+def _stages_run(
+    timings: Timings, session: bool, replied: bool, tools: bool = False
+) -> dict[str, float]:
     """The stages a turn went through, for /metrics: a stateless turn has no session or
-    persist stage, a reply without text no first token."""
+    persist stage, a reply without text no first token, an agent without tools no tool
+    stage."""
     stages = {"upstream": timings.upstream}
     if replied:
         stages["upstream_ttft"] = timings.upstream_ttft
+    if tools:
+        stages["tools"] = timings.tools
     if session:
         stages["session"] = timings.session
         stages["persist"] = timings.persist
     return stages
+
+
+def _summed(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The usage of a turn's model calls together: their counts added up."""
+    total: dict[str, Any] = {}
+    for usage in usages:
+        for name, count in usage.items():
+            if isinstance(count, int) and not isinstance(count, bool):
+                total[name] = total.get(name, 0) + count
+    return total
+
+
+def _names(tools: Any) -> list[str]:
+    """The function names of a (checked) ``tools`` parameter."""
+    return [t["function"]["name"] for t in tools or () if t.get("type") == "function"]

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..auth import Identity
 from ..backends import INTERACTIVE
+from ..tools import ToolResult
 
-__all__ = ("Listener", "Timings", "TurnRequest", "TurnResult", "new_turn_id")
+__all__ = ("Listener", "Timings", "ToolRun", "TurnRequest", "TurnResult", "new_turn_id")
 
 
 # No headers: one shared empty mapping (a turn without limits allocates none).
@@ -54,6 +55,18 @@ class TurnRequest:
     tool_calls: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ToolRun:
+    """One server-side tool call of a turn: the call as the model wrote it (OpenAI's
+    shape), the server and tool that ran it, its result and how long it took (s)."""
+
+    call: Mapping[str, Any]
+    server: str
+    tool: str
+    result: ToolResult
+    seconds: float
+
+
 @dataclass(slots=True)
 class Timings:
     """Where a turn's time went, in seconds (for Server-Timing and /metrics)."""
@@ -62,24 +75,38 @@ class Timings:
     upstream_ttft: float = 0.0
     upstream: float = 0.0
     persist: float = 0.0
+    # The tool loop's steps (wall time of their tool calls; 0 without any), and its
+    # Server-Timing entries ("" for a turn without tools).
+    tools: float = 0.0
+    loop: str = ""
 
     def stages(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in _STAGES}
 
     def header(self, parse: float = 0.0) -> str:
         """The ``Server-Timing`` value: parse, then every stage, in milliseconds."""
         # One %-format (the same text as each value formatted with :.2f): it runs on
         # every reply.
-        return _SERVER_TIMING % (
+        value = _SERVER_TIMING % (
             parse * 1000,
             self.session * 1000,
             self.upstream_ttft * 1000,
             self.upstream * 1000,
             self.persist * 1000,
         )
+        return value + self.loop if self.loop else value
+
+    def add_loop(self, steps: int, runs: list[ToolRun]) -> None:
+        """The tool loop's entries: its tool time and model calls, then each tool call
+        (``tool;desc="SERVER/TOOL"``) in the order they were made."""
+        parts = [f", tools;dur={self.tools * 1000:.2f}, steps;desc={steps}"]
+        for run in runs:
+            parts.append(f', tool;desc="{run.server}/{run.tool}";dur={run.seconds * 1000:.2f}')
+        self.loop = "".join(parts)
 
 
-_SERVER_TIMING = ", ".join(f"{k};dur=%.2f" for k in ("parse", *Timings.__slots__))
+_STAGES = ("session", "upstream_ttft", "upstream", "persist")
+_SERVER_TIMING = ", ".join(f"{k};dur=%.2f" for k in ("parse", *_STAGES))
 
 
 @dataclass(slots=True)
@@ -103,6 +130,10 @@ class TurnResult:
     ratelimit: Mapping[str, str] = field(default_factory=dict)
     # The tool calls the model asked for, whole, in OpenAI's shape (None: none).
     tool_calls: list[dict[str, Any]] | None = None
+    # Model calls made (more than one when the agent's tool loop ran).
+    steps: int = 1
+    # The agent's tool calls the loop ran, in order.
+    tool_runs: list[ToolRun] = field(default_factory=list)
 
     @property
     def seq(self) -> int | None:
@@ -133,3 +164,11 @@ class Listener:
 
     def limits(self, headers: Mapping[str, str]) -> None:
         """The caller's x-ratelimit-* headers, once admitted (before any delta)."""
+
+    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
+        """A server-side tool call starts (the turn's loop runs it): the call in
+        OpenAI's shape (``id``, ``function.name``, ``function.arguments``) and the label
+        of the tool server it goes to."""
+
+    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+        """A server-side tool call ended with ``result`` (what the model will see)."""

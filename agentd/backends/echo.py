@@ -24,9 +24,12 @@ no model; docs/protocol.md, "The echo backend's tool calls"):
   ids, different conversations different ones. Streamed like a real provider's: a first
   piece with the id, type and name, then the arguments in pieces of at most
   :data:`ARGUMENT_PIECE` characters, one call after the other.
-- When the last message is a ``tool`` message, the reply is text built from the tool
-  results that end the conversation: one line ``NAME: CONTENT`` per result, NAME being
-  the name of the call it answers.
+- When the conversation ends with tool results whose every non-blank line reads
+  ``call NAME ARGUMENTS``, the reply is those calls: a tool can script the next step of
+  an agent's loop.
+- Otherwise, when the last message is a ``tool`` message, the reply is text built from
+  the tool results that end the conversation: one line ``NAME: CONTENT`` per result,
+  NAME being the name of the call it answers.
 - Otherwise the echo is as above. A scripted call counts its pieces as completion tokens
   and is never cut by the token limits.
 """
@@ -94,9 +97,18 @@ def scripted_calls(messages: Sequence[Message], params: Mapping[str, Any]) -> li
     if not messages or not params.get("tools") or params.get("tool_choice") == "none":
         return []
     last = messages[-1]
-    if last.get("role") != "user":
+    if last.get("role") == "user":
+        text = _text_of(last)
+    elif last.get("role") == "tool":  # results that read as calls script the next step
+        results = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            results.append(_text_of(message))
+        text = "\n".join(reversed(results))
+    else:
         return []
-    lines = [line for line in _text_of(last).splitlines() if line.strip()]
+    lines = [line for line in text.splitlines() if line.strip()]
     matches = [_CALL.fullmatch(line) for line in lines]
     if not matches or not all(matches):
         return []

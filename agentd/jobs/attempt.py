@@ -207,7 +207,7 @@ class Attempts:
                     checked = loop.time()
                     if await self.jobs.cancel_asked(view.id):
                         break
-            interrupt.asked = True  # ends at the next chunk, stored as cancelled
+            interrupt.ask()  # ends at the next chunk, stored as cancelled
             finished, _ = await asyncio.wait({work}, timeout=CANCEL_GRACE_S)
             if finished:
                 return work.result()

@@ -127,7 +127,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[TOOLS] = Tools(config, ToolPool(config.mcp_servers, ToolMetrics(metrics)))
     named = tuple(t.name for t in config.auth.tenants)
     limiter = Limiter(config, store.limits, TenantMetrics(metrics, named), auth.keys)
-    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter)
+    app[AGENTS] = agents = Agents(config, store, backends, metrics, cache, limiter, app[TOOLS])
     app[RESPONSES] = responses_api = Responses(config, store, agents)
     app[RUNNER] = JobRunner(
         config, responses_api, store.jobs, agents.admission, JobMetrics(metrics)

@@ -9,7 +9,9 @@ only the new messages of the turn, not the whole conversation.
 
 Function tools are passed through: the request's ``tools`` go to the model, its
 ``tool_calls`` come back (``finish_reason: "tool_calls"``), and the client's next
-request answers them with ``tool`` messages; with a session all of it is stored.
+request answers them with ``tool`` messages; with a session all of it is stored. An
+agent's own tools (MCP) run server-side in its loop (:mod:`agentd.agent.loop`); a
+streamed reply shows each of their calls as an extra chunk (docs/protocol.md).
 
 Every response carries ``X-Session-Id`` (when there is one) and ``Server-Timing``
 (parse, session, upstream time to first token, upstream total, persist).
@@ -29,7 +31,9 @@ from ..config import AgentConfig, Config
 from ..errors import AgentdError
 from ..fastpath import parse_chat
 from ..schema import check_tool_params, validate_session_id
+from ..tools import ToolResult
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
+from ..wire.tool_progress import call_ended, call_started
 from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
@@ -136,6 +140,13 @@ class _ChunkStream(Listener):
 
     async def tool_deltas(self, pieces: list[dict[str, Any]]) -> None:
         await (await self._begin(None)).write(self.chunks.tool_calls(pieces))
+
+    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
+        await (await self._begin()).write(self.chunks.progress(call_started(call, server)))
+
+    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+        doc = call_ended(call, result.outcome, result.is_error, result.text)
+        await (await self._begin()).write(self.chunks.progress(doc))
 
     async def run(self, agents: Agents, deadline: float) -> web.StreamResponse:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import orjson
@@ -22,6 +22,8 @@ from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store
+from ..tools import ToolResult
+from ..wire.tool_progress import call_ended, call_started
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
 from .keys import AGENTS, CONFIG, METRICS, tracked_websocket
@@ -68,6 +70,13 @@ class _DeltaFrames(Listener):
 
     async def delta(self, text: str) -> None:
         self.conn.send({"type": "delta", "id": self.frame_id, "content": text})
+
+    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
+        self.conn.send({**call_started(call, server), "id": self.frame_id})
+
+    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+        doc = call_ended(call, result.outcome, result.is_error, result.text)
+        self.conn.send({**doc, "id": self.frame_id})
 
 
 class _Connection:

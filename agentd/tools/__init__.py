@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .connection import ToolServerError
 from .pool import ToolPool
-from .result import OUTCOMES, ToolResult
+from .result import OUTCOMES, ToolResult, failure
 from .service import FunctionTool, Tools, ToolSet, function_name
 
 __all__ = (
@@ -21,5 +21,6 @@ __all__ = (
     "ToolServerError",
     "ToolSet",
     "Tools",
+    "failure",
     "function_name",
 )

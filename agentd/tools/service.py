@@ -177,9 +177,11 @@ class Tools:
         tools: ToolSet,
         name: str,
         arguments: str | Mapping[str, Any] | None,
+        deadline: float | None = None,
     ) -> ToolResult:
         """Call the tool the model named, with the arguments it wrote (a JSON object,
-        as text or parsed), within the agent's limits. Never raises but for the caller's
+        as text or parsed), within the agent's limits and before ``deadline`` (the
+        turn's, on the event loop's clock). Never raises but for the caller's
         cancellation: a bad name or bad arguments are error results too."""
         target = tools.find(name)
         if target is None:
@@ -193,10 +195,16 @@ class Tools:
         if arguments is not None and not isinstance(arguments, Mapping):
             return failure(f"the arguments of {name!r} must be a JSON object", "error")
         limits = self.limits(agent)
+        timeout = limits.tool_timeout_s
+        if deadline is not None:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return failure(f"no time was left in the turn to call {name!r}", "timeout")
+            timeout = min(timeout, left)
         return await self.pool.call(
             target.label,
             target.tool,
             dict(arguments or {}),
-            timeout_s=limits.tool_timeout_s,
+            timeout_s=timeout,
             max_output_bytes=limits.max_tool_output_bytes,
         )

@@ -127,6 +127,11 @@ class Chunks:
         ``function.name`` on a call's first piece; ``function.arguments`` fragments)."""
         return self._delta({"tool_calls": pieces})
 
+    def progress(self, doc: Mapping[str, Any]) -> bytes:
+        """A server-side tool call starting or ending (:mod:`.tool_progress`): an empty
+        delta that standard clients skip, and agentd's ``agentd`` field."""
+        return self._delta({}, agentd=doc)
+
     def finish(self, reason: str, session_id: str | None = None, seq: int | None = None) -> bytes:
         """The chunk with the finish reason (and where the turn was stored, as
         :func:`completion` says)."""

@@ -92,6 +92,21 @@ async def barrier(parties: int) -> str:
     return "all arrived"
 
 
+@server.tool()
+def again() -> str:
+    """Asks the echo model for another call of itself (a loop that never ends alone)."""
+    return "call again {}"
+
+
+@server.tool()
+def tally(name: str) -> str:
+    """Counts its calls per ``name`` in the state directory (side effects, counted)."""
+    path = STATE / f"tally-{name}"
+    with path.open("a") as f:
+        f.write("x")
+    return f"{name} {path.stat().st_size}"
+
+
 def extra() -> str:
     """A tool added at run time."""
     return "extra"
