@@ -398,7 +398,7 @@ TOOL_BUCKETS = (
 
 class ToolMetrics:
     """MCP tool calls of a worker: by server, tool and outcome (ok, error, timeout,
-    unavailable, failed, cancelled), and their latency by server. Tool names come from
+    unavailable, failed, cancelled), and their latency by server and tool. Tool names come from
     the configured servers' lists, so the series stay bounded."""
 
     def __init__(self, metrics: Metrics | None = None) -> None:
@@ -416,15 +416,15 @@ class ToolMetrics:
         )
         self.duration = Histogram(
             "agentd_tool_duration_seconds",
-            "Time from starting an MCP tool call to its result, by server",
-            ["server"],
+            "Time from starting an MCP tool call to its result, by server and tool",
+            ["server", "tool"],
             buckets=TOOL_BUCKETS,
             registry=reg,
         )
 
     def call(self, server: str, tool: str, outcome: str, seconds: float) -> None:
         self.calls.labels(server, tool, outcome).inc()
-        self.duration.labels(server).observe(seconds)
+        self.duration.labels(server, tool).observe(seconds)
 
     def render(self) -> bytes:
         """These metrics alone (tests); in a worker, ``Metrics.render`` shows them."""

@@ -9,7 +9,7 @@ import subprocess
 
 from prometheus_client.metrics import MetricWrapperBase
 
-from agentd.metrics import BackendMetrics, JobMetrics, Metrics, SupervisorMetrics
+from agentd.metrics import BackendMetrics, JobMetrics, Metrics, SupervisorMetrics, ToolMetrics
 
 from .procs import ROOT
 
@@ -53,7 +53,10 @@ def exported_series() -> set[str]:
     workers and the supervisor create, named the way the exposition format names the
     samples of each type (a counter ``x`` is ``x_total``, a histogram ``x_bucket`` ...)."""
     metrics = Metrics()
-    owners = (metrics, BackendMetrics(metrics), JobMetrics(metrics), SupervisorMetrics())
+    owners = (
+        metrics, BackendMetrics(metrics), JobMetrics(metrics), ToolMetrics(metrics),
+        SupervisorMetrics(),
+    )  # fmt: skip
     names: set[str] = set()
     for owner in owners:
         for value in vars(owner).values():
