@@ -32,7 +32,7 @@ def toolbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpToolbox]:
 
 def config(toolbox: HttpToolbox, state: Path, **tools: Any) -> dict[str, Any]:
     """Agent ``tooled`` with the HTTP toolbox ``web``; agent ``local`` with a stdio one
-    (its ``tally`` only)."""
+    (its ``tally`` and ``crash`` only)."""
     return {
         "mcp_servers": [
             {"label": "web", "url": toolbox.url},
@@ -46,7 +46,7 @@ def config(toolbox: HttpToolbox, state: Path, **tools: Any) -> dict[str, Any]:
         "agents": [
             {"name": "echo"},
             {"name": "tooled", "tools": ["web"]},
-            {"name": "local", "tools": ["local:tally"]},
+            {"name": "local", "tools": ["local:tally", "local:crash"]},
         ],
         "tools": {"tool_timeout_s": 10.0, **tools},
     }
@@ -250,6 +250,53 @@ async def test_a_client_tool_named_like_the_agents_is_refused(
     assert status == 400
     assert body["error"]["code"] == "tool_name_conflict"
     assert body["error"]["param"] == "tools[0].function.name"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_loop_over_a_provider_that_interleaves_parallel_calls(
+    serve: Any, stub: Any, toolbox: HttpToolbox, tmp_path: Path, stream: bool
+) -> None:
+    node = await stub(interleave=True, argument_piece=3)
+    raw = config(toolbox, tmp_path)
+    raw["backends"] = [{"name": "echo"}, {"name": "up", "type": "openai", "urls": [node.url]}]
+    raw["agents"][1]["backend"] = "up"
+    url = await serve(**raw)
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    messages: Any = [
+        {"role": "user", "content": 'call echo {"text": "one"}\ncall echo {"text": "two"}'}
+    ]
+    if stream:
+        chunks = await client.chat.completions.create(
+            model="tooled", messages=messages, stream=True
+        )
+        said = "".join([c.choices[0].delta.content or "" async for c in chunks if c.choices])
+    else:
+        reply = await client.chat.completions.create(model="tooled", messages=messages)
+        said = reply.choices[0].message.content or ""
+    await client.close()
+    assert said == "stub:one | two"
+    # The stub's second request held both calls and both results, in order.
+    last = node.requests[-1].json["messages"]
+    assert [m["role"] for m in last] == ["user", "assistant", "tool", "tool"]
+    assert [c["function"]["arguments"] for c in last[1]["tool_calls"]] == [
+        '{"text": "one"}', '{"text": "two"}'
+    ]  # fmt: skip
+
+
+async def test_a_tool_server_that_crashes_mid_call_is_a_result_and_comes_back(
+    serve: Any, toolbox: HttpToolbox, tmp_path: Path
+) -> None:
+    url = await serve(**config(toolbox, tmp_path))
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await chat(http, url, ask("call crash {}", model="local"))
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"].startswith(
+            "crash: the call of 'crash' failed"
+        )
+        # The stdio server is started again for the next call.
+        status, _, body = await chat(http, url, ask('call tally {"name": "back"}', model="local"))
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] == "tally: back 1"
 
 
 # -- the WebSocket and the Responses API ---------------------------------------------------
