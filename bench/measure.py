@@ -44,6 +44,12 @@ class Served:
         return self.target.pids() + self.extra_pids
 
 
+def _cpu(served: Served) -> tuple[float, float]:
+    """CPU seconds of all the served processes, and of its extra ones alone."""
+    extra = cpu_seconds(served.extra_pids) if served.extra_pids else 0.0
+    return cpu_seconds(served.target.pids()) + extra, extra
+
+
 @dataclass
 class Bench:
     """The run's context: settings, CPU layout, where files go, and the scenario record."""
@@ -95,8 +101,11 @@ class Bench:
         window: float = 0.0,
         label: str = "",
         headers: dict[str, str] | None = None,
+        name: str = "",
     ) -> dict[str, Any]:
-        """Load ``path`` on ``served``: wrk (closed loop) or the Python generator."""
+        """Load ``path`` on ``served``: wrk (closed loop) or the Python generator. ``name``
+        is the run's target in the results when not the server's own (one server measured
+        doing two kinds of work)."""
         gen = generator or self.settings.generator
         seconds = seconds or self.settings.duration
         url = served.target.url(path)
@@ -149,6 +158,8 @@ class Bench:
             full = pinned(cmd, self.settings.load_cpus)
             result = self._quietest(lambda: self._run_python(served, full))
         result.update(concurrency=concurrency, path=path, method=method, label=label)
+        if name:
+            result["target"] = name
         return self._finish(result)
 
     def ws_turns(self, served: Served, path: str, *, concurrency: int) -> dict[str, Any]:
@@ -172,6 +183,50 @@ class Bench:
         full = pinned(cmd, self.settings.load_cpus)
         result = self._quietest(lambda: self._run_python(served, full))
         result.update(concurrency=concurrency, path=path, method="WS", label="turns")
+        return self._finish(result)
+
+    def mcp_calls(
+        self,
+        served: Served,
+        path: str,
+        *,
+        tool: str,
+        arguments: dict[str, Any],
+        concurrency: int,
+        expect: str | None = None,
+        label: str = "",
+        name: str = "",
+    ) -> dict[str, Any]:
+        """``concurrency`` callers of ``tool`` on the MCP server ``served`` (streamable HTTP
+        at ``path``), back to back, with the ``mcp`` client SDK: one session per generator
+        process, shared by its callers."""
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            "mcp-calls",
+            "--url",
+            served.target.url(path),
+            "--tool",
+            tool,
+            "--body",
+            json.dumps(arguments),
+            "--connections",
+            str(concurrency),
+            "--duration",
+            f"{self.settings.duration:g}",
+            "--warmup",
+            f"{self.settings.warmup:g}",
+            "--procs",
+            str(len(self.settings.load_cpus)),
+        ]
+        if expect is not None:
+            cmd += ["--expect", expect]
+        full = pinned(cmd, self.settings.load_cpus)
+        result = self._quietest(lambda: self._run_python(served, full))
+        result.update(concurrency=concurrency, path=path, method="MCP", label=label)
+        if name:
+            result["target"] = name
         return self._finish(result)
 
     # -- internals ---------------------------------------------------------------------
@@ -200,19 +255,19 @@ class Bench:
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
 
     def _run_wrk(self, served: Served, cmd: list[str]) -> dict[str, Any]:
-        cpu0, t0, box0 = cpu_seconds(served.cpu_pids()), time.monotonic(), machine_cpu()
+        (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert proc.stdout is not None
         stdout = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         t1, box1 = time.monotonic(), machine_cpu()
-        cpu1 = cpu_seconds(served.cpu_pids())
+        cpu1, extra1 = _cpu(served)
         result = parse_output(stdout)
         gen_cpu = usage.ru_utime + usage.ru_stime
         result["generator_cpu_util"] = round(gen_cpu / max(t1 - t0, 1e-9), 3)
         self._noise(result, box0, box1, cpu1 - cpu0 + gen_cpu, t1 - t0)
-        return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1)
+        return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1, extra1 - extra0)
 
     def _run_python(self, served: Served, cmd: list[str]) -> dict[str, Any]:
         out = self.workdir / f"loadgen-{time.monotonic_ns()}.json"
@@ -223,14 +278,14 @@ class Bench:
             proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         assert proc.stdout is not None
         t0 = t1 = time.monotonic()
-        cpu0 = cpu1 = 0.0
+        cpu0 = cpu1 = extra0 = extra1 = 0.0
         box0 = box1 = (0.0, 0.0)
         for line in proc.stdout:
             if line.startswith("measure-start"):
-                cpu0, t0, box0 = cpu_seconds(served.cpu_pids()), time.monotonic(), machine_cpu()
+                (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
             elif line.startswith("measure-end"):
                 t1, box1 = time.monotonic(), machine_cpu()
-                cpu1 = cpu_seconds(served.cpu_pids())
+                cpu1, extra1 = _cpu(served)
         code = proc.wait(timeout=120)
         stderr = errors.read_text(errors="replace")
         errors.unlink()
@@ -240,7 +295,7 @@ class Bench:
         out.unlink()
         result["generator_cpu_util"] = result.pop("cpu_util", None)
         self._noise(result, box0, box1, cpu1 - cpu0 + result.get("cpu_s", 0.0), t1 - t0)
-        return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1)
+        return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1, extra1 - extra0)
 
     @staticmethod
     def _noise(
@@ -263,8 +318,15 @@ class Bench:
         cpu: float,
         t0: float,
         t1: float,
+        extra_cpu: float = 0.0,
     ) -> dict[str, Any]:
         requests = result.get("requests") or 0
+        if served.extra_pids:
+            # The part of server_cpu_s the extra processes (a Redis, a tool server) used.
+            result["extra_cpu_s"] = round(extra_cpu, 3)
+            result["extra_cpu_s_per_1k"] = (
+                round(extra_cpu / requests * 1000.0, 5) if requests else None
+            )
         wall = max(t1 - t0, 1e-9)
         result.update(
             target=served.target.name,

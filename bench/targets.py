@@ -22,7 +22,16 @@ from tests.procs import ROOT, RedisServer, free_port, http_get
 
 from .procstat import tree
 
-__all__ = ("Target", "agentd", "aiohttp_baseline", "fastapi_baseline", "nginx", "redis", "upstream")
+__all__ = (
+    "Target",
+    "agentd",
+    "aiohttp_baseline",
+    "fastapi_baseline",
+    "mcp_tools",
+    "nginx",
+    "redis",
+    "upstream",
+)
 
 START_LIMIT = 30.0
 BASELINES = "bench.baselines"
@@ -238,6 +247,14 @@ def upstream(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManage
     port = free_port()
     command = [sys.executable, "-m", f"{BASELINES}.upstream", "--port", str(port)]
     return _start("upstream", command, cpus, workdir, port, "/healthz")
+
+
+def mcp_tools(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[Target]:
+    """An MCP tool server (the ``mcp`` SDK's MCPServer, streamable HTTP at ``/mcp``) with
+    one tool, ``echo``."""
+    port = free_port()
+    command = [sys.executable, "-m", f"{BASELINES}.mcp_tools", "--port", str(port)]
+    return _start("mcp-tools", command, cpus, workdir, port, "/healthz")
 
 
 @contextlib.contextmanager

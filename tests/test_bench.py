@@ -23,6 +23,7 @@ import pytest
 from bench.loadgen.common import Spec
 from bench.loadgen.http import run_http
 from bench.loadgen.httpconn import encode_request, parse_response
+from bench.loadgen.mcp import run_mcp_calls
 from bench.loadgen.mixed import Mix, MixSpec, _Ack, _History
 from bench.schema import load_schema, validate
 from bench.stats import (
@@ -36,6 +37,7 @@ from bench.stats import (
     windows,
 )
 from bench.summary import flag_generator_limits
+from bench.targets import mcp_tools
 from bench.wrk import lua_script, parse_output
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,6 +233,21 @@ async def test_open_loop_generator_charges_a_stall_to_every_request_behind_it() 
         assert latency >= answered[i] - intended[i] - 1e-9, i
 
 
+async def test_mcp_call_generator_counts_only_the_answers_it_expects(tmp_path: Path) -> None:
+    """The direct MCP calls of ``tool-loop`` against the bench's real tool server: an
+    answer other than the expected text, or a tool error, is an error, not a call."""
+    with mcp_tools(tmp_path, []) as server:
+        spec = Spec(mode="mcp-calls", host="127.0.0.1", port=server.port, path="/mcp",
+                    connections=3, duration=0.3, warmup=0.0, tool="echo")  # fmt: skip
+        good = await run_mcp_calls(spec, 0, lambda: None, {"text": "hi"}, "hi")
+        wrong = await run_mcp_calls(spec, 0, lambda: None, {"text": "hi"}, "bye")
+        missing = Spec(**{**spec.__dict__, "tool": "nope"})
+        refused = await run_mcp_calls(missing, 0, lambda: None, {}, None)
+    assert len(good.latencies) > 0 and good.errors == {}
+    assert len(wrong.latencies) == 0 and wrong.errors.get("unexpected result", 0) > 0
+    assert len(refused.latencies) == 0 and sum(refused.errors.values()) > 0, refused.errors
+
+
 def test_wrk_script_and_summary() -> None:
     script = lua_script("POST", '{"session_id":"%s"}', sessions=["a", "b"])
     assert 'local sessions = {"a", "b"}' in script and "request = function()" in script
@@ -364,6 +381,52 @@ def test_bench_tiny_chat_hit_measures_one_and_two_workers_against_aiohttp(tmp_pa
     summary = [row for row in results["summary"] if row["scenario"] == "http-chat-hit"]
     assert {b for row in summary for b in row["ratios"]} == {"aiohttp", "aiohttp-2p", "agentd-1w"}
     assert "÷ aiohttp-2p" in (out / "report.md").read_text()
+
+
+def test_bench_tiny_tool_loop_measures_turns_with_a_tool_call_against_direct_calls(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results"
+    results, _ = run_tiny("tool-loop", out, 180)
+    (loop,) = results["scenarios"]
+    assert loop["name"] == "tool-loop" and loop["status"] == "ok", loop.get("reason")
+    runs = [(run["target"], run["label"], run["concurrency"]) for run in loop["runs"]]
+    assert runs == [
+        ("mcp-direct", "tool call", 1),
+        ("mcp-direct", "tool call", 4),
+        ("agentd", "tool turn", 1),
+        ("agentd", "tool turn", 4),
+        ("agentd-plain", "plain turn", 1),
+        ("agentd-plain", "plain turn", 4),
+    ]
+    for run in loop["runs"]:
+        assert run["requests"] > 0 and run["error_count"] == 0, run
+    direct = [run for run in loop["runs"] if run["target"] == "mcp-direct"]
+    assert all("bench.loadgen mcp-calls" in run["command"] for run in direct)
+    assert all("--tool echo" in run["command"] for run in direct)
+    turns = [run for run in loop["runs"] if run["target"] == "agentd"]
+    assert all('"model":"tooled"' in run["command"] for run in turns)
+    # agentd's CPU and the tool server's are told apart; the tool server did work.
+    assert all(0 < run["extra_cpu_s"] < run["server_cpu_s"] for run in turns)
+    figs = loop["figures"]
+    assert figs["turn_check"] == {"status": 200, "content": "echo: hello there", "steps": 2}
+    # One call per turn, all answered by the tool (warm-ups and the check included).
+    calls = figs["tool_calls_during_load"]
+    assert set(calls) == {"ok"} and calls["ok"] >= sum(run["requests"] for run in turns)
+    assert figs["added_agentd_cpu_ms_per_tool_call"] > 0
+    assert "added_p50_ms_per_tool_call_c1" in figs
+    pairs = {(r["baseline"], r["metric"], r["concurrency"]) for r in loop["ratios"]}
+    assert pairs == {
+        (baseline, metric, c)
+        for baseline in ("mcp-direct", "agentd-plain")
+        for metric in ("rps", "server_cpu_s_per_1k", "p99")
+        for c in (1, 4)
+    }
+    assert all(r["ratio"] is not None and r["errors"] == 0 for r in loop["ratios"])
+    summary = [row for row in results["summary"] if row["scenario"] == "tool-loop"]
+    assert {b for row in summary for b in row["ratios"]} == {"mcp-direct", "agentd-plain"}
+    assert "mcp-tools" in loop["server_commands"] and "agentd" in loop["server_commands"]
+    assert "÷ mcp-direct" in (out / "report.md").read_text()
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

@@ -1,8 +1,10 @@
 """The Python load generator: ``python -m bench.loadgen MODE --url URL [options]``.
 
-Modes: ``http`` (closed loop, or open loop with ``--rate``), ``ws-turns`` and
-``ws-idle``. It forks ``--procs`` processes, each with its own uvloop event loop and
-its share of the connections; they warm up, meet at a barrier, and measure together.
+Modes: ``http`` (closed loop, or open loop with ``--rate``), ``ws-turns``, ``ws-idle``
+and ``mcp-calls`` (``--tool`` of an MCP server at ``--url`` called back to back with the
+``mcp`` client SDK, ``--body`` its arguments). It forks ``--procs`` processes, each with
+its own uvloop event loop and its share of the connections; they warm up, meet at a
+barrier, and measure together.
 On stdout it prints ``measure-start`` and ``measure-end`` as the measured window
 opens and closes (the harness reads server CPU at those moments), ``open N`` for
 ws-idle once N connections are up (then waits for a line on stdin, or ``--hold`` s,
@@ -29,6 +31,7 @@ from urllib.parse import urlsplit
 from ..stats import summarize, windows
 from .common import Spec
 from .http import run_http
+from .mcp import run_mcp_calls
 from .ws import run_ws_idle, run_ws_turns
 
 BARRIER_LIMIT = 120.0
@@ -60,6 +63,9 @@ def _child(spec: Spec, index: int, barrier: Any, release: Any, out: Connection) 
             rec = runner(run_http(spec, index, barrier.wait))
         elif spec.mode == "ws-turns":
             rec = runner(run_ws_turns(spec, index, barrier.wait))
+        elif spec.mode == "mcp-calls":
+            arguments = json.loads(spec.body or b"{}")
+            rec = runner(run_mcp_calls(spec, index, barrier.wait, arguments, spec.expect))
         else:
 
             def opened(count: int) -> None:
@@ -160,7 +166,7 @@ def _header(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
-    parser.add_argument("mode", choices=["http", "ws-turns", "ws-idle"])
+    parser.add_argument("mode", choices=["http", "ws-turns", "ws-idle", "mcp-calls"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--method", default="GET")
     parser.add_argument("--body", default=None, help="request body (JSON text)")
@@ -176,7 +182,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
     parser.add_argument(
         "--header", action="append", default=[], help="NAME: VALUE, sent with every request"
     )
+    parser.add_argument("--tool", default="", help="mcp-calls: the tool to call")
+    parser.add_argument("--expect", default=None, help="mcp-calls: the text a call answers")
     args = parser.parse_args(argv)
+    if args.mode == "mcp-calls" and not args.tool:
+        parser.error("mcp-calls needs --tool")
     url = urlsplit(args.url)
     host = _loopback(url.hostname or "127.0.0.1")
     sources = tuple(_loopback(s.strip()) for s in args.sources.split(",") if s.strip())
@@ -196,6 +206,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Spec, Path | None]:
         sources=sources,
         hold=min(args.hold, 3600.0),
         headers=dict(_header(h) for h in args.header),
+        tool=args.tool,
+        expect=args.expect,
     )
     return spec, args.out
 

@@ -15,7 +15,7 @@ __all__ = ("Recorder", "Spec", "cpu_now", "share")
 class Spec:
     """One load run, as given on the command line (picklable, sent to every process)."""
 
-    mode: str  # http | ws-turns | ws-idle
+    mode: str  # http | ws-turns | ws-idle | mcp-calls
     host: str
     port: int
     path: str = "/"
@@ -31,6 +31,8 @@ class Spec:
     hold: float = 600.0  # ws-idle: the longest connections are held without "close"
     content: str = "hello there, how are you today?"  # ws-turns: the message sent
     headers: dict[str, str] = field(default_factory=dict)
+    tool: str = ""  # mcp-calls: the tool called (its arguments are ``body``, JSON)
+    expect: str | None = None  # mcp-calls: the text a call must answer
 
 
 def share(total: int | float, procs: int, index: int) -> int:

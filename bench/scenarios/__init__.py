@@ -9,6 +9,7 @@ from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREA
 from .jobs import JOBS
 from .soak import SOAK
 from .store import STORE_OPS
+from .tools import TOOL_LOOP
 from .ws import WS_IDLE, WS_TURNS
 
 __all__ = ("CEILING", "SCENARIOS", "Scenario")
@@ -27,6 +28,7 @@ SCENARIOS: dict[str, Scenario] = {
         WORKERS_SCALING,
         OPEN_LOOP,
         ADDED_LATENCY,
+        TOOL_LOOP,
         STORE_OPS,
         JOBS,
         SOAK,
