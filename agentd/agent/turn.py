@@ -251,7 +251,8 @@ class Agents:
                 if interrupt.asked or tool_loop.client_calls(reply.calls):
                     in_step = True
                     break
-                added = [m for step in tool_loop.steps for m in step.messages()]
+                # The last call's conversation holds the earlier steps: add this one's.
+                added = tool_loop.steps[-1].messages()
                 last = len(replies) + 1 >= tool_loop.max_steps
                 plan = self._next_plan(agent, req, plan, added, last)
                 if isinstance(listener, ClientView):
