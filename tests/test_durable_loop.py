@@ -8,9 +8,10 @@ which reads the tools' results as its next step's calls."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,16 @@ import openai
 import orjson
 import pytest
 import redis
+from aiohttp.test_utils import TestServer
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from agentd.store import Store
+from agentd.agent import Agents, Checkpoint, Listener, RecordedStep, TurnRequest, TurnResult
+from agentd.config import from_dict
+from agentd.jobs.steps import Streamed
+from agentd.server.app import create_app
+from agentd.server.keys import AGENTS
+from agentd.store import Store, open_store
 from agentd.store.keys import record_keys, steps_key
 
 from .chat_helpers import post
@@ -69,9 +76,6 @@ async def test_steps_are_recorded_in_order_fenced_and_dropped_at_the_end(store: 
 async def test_steps_live_in_the_records_slot_and_expire_with_it(
     redis_standalone: RedisServer,
 ) -> None:
-    from agentd.config import from_dict
-    from agentd.store import open_store
-
     assert key_slot(steps_key("resp_k").encode()) == key_slot(record_keys("resp_k")[0].encode())
     store = open_store(from_dict({"redis": {"urls": [redis_standalone.url]}}))
     await store.start()
@@ -86,7 +90,25 @@ async def test_steps_live_in_the_records_slot_and_expire_with_it(
         assert 0 < ttl <= r.ttl(record_keys("resp_t")[0])
 
 
-# -- a worker killed -9 mid-loop ---------------------------------------------------------
+def test_a_resumed_attempt_streams_only_the_text_beyond_what_was_streamed() -> None:
+    def event(kind: str, **fields: Any) -> bytes:
+        return orjson.dumps({"type": kind, **fields})
+
+    opening = [event("response.created"), event("response.in_progress")]
+    # A first attempt started over by a second one: only the second one's text counts.
+    events = [*opening, event("response.output_text.delta", delta="stale")]
+    events += [event("response.in_progress"), event("response.output_text.delta", delta="ab")]
+    events.append(event("response.output_text.delta", delta="cd"))
+    streamed = Streamed.of(events)
+    assert streamed.opened
+    assert [streamed.rest(p) for p in ("a", "bcd", "ef", "g")] == ["", "", "ef", "g"]
+    assert [Streamed.of(opening).rest(p) for p in ("x", "y")] == ["x", "y"]
+    # Nothing was opened (the stream holds its creation only): open it, stream it all.
+    untouched = Streamed.of(opening[:1])
+    assert not untouched.opened and untouched.rest("abc") == "abc"
+
+
+# -- loops over the toolbox: resumed in process, and after a worker is killed -9 ------
 
 
 @pytest.fixture
@@ -224,6 +246,85 @@ async def test_each_model_call_of_a_loop_sees_every_earlier_step_once(
     prompts = [sum(chars[:i]) for i, m in enumerate(stored) if m["role"] == "assistant"]
     assert len(prompts) == 4
     assert reply["usage"]["prompt_tokens"] == sum((c + 3) // 4 for c in prompts)
+
+
+class Steps(Checkpoint):
+    """A checkpoint the test holds: the steps it gives, and those the loop records."""
+
+    def __init__(self, given: list[RecordedStep] | None = None) -> None:
+        self.given = given or []
+        self.steps: list[RecordedStep] = []
+
+    def recorded(self) -> list[RecordedStep]:
+        return self.given
+
+    async def step(self, step: RecordedStep) -> None:
+        self.steps.append(step)
+
+
+class Heard(Listener):
+    def __init__(self) -> None:
+        self.deltas: list[str] = []
+
+    async def delta(self, text: str) -> None:
+        self.deltas.append(text)
+
+
+@pytest.fixture
+async def agents(toolbox: HttpToolbox) -> AsyncIterator[Agents]:
+    """The agents of an app (memory store) with ``looper``, whose tools are the toolbox's."""
+    config = {
+        "mcp_servers": [{"label": "web", "url": toolbox.url}],
+        "agents": [{"name": "looper", "tools": ["web"]}],
+        "cache": {"disk_path": ""},
+    }
+    server = TestServer(create_app(from_dict(config)), host="127.0.0.1")
+    await server.start_server()
+    yield server.app[AGENTS]
+    await server.close()
+
+
+async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
+    agents: Agents, toolbox: HttpToolbox
+) -> None:
+    (toolbox.state / "open-g").write_text("open")
+
+    async def turn(checkpoint: Steps) -> tuple[TurnResult, list[str]]:
+        req = TurnRequest("looper", [{"role": "user", "content": SCRIPT}], checkpoint=checkpoint)
+        heard = Heard()
+        deadline = asyncio.get_running_loop().time() + 30
+        return await agents.run(req, deadline=deadline, listener=heard), heard.deltas
+
+    first = Steps()
+    done, _ = await turn(first)
+    assert done.text == FINAL and done.steps == 4
+    # Every step whose calls all ended, with its model call's usage.
+    assert [len(s.results) for s in first.steps] == [2, 2, 2]
+    assert all(s.usage["prompt_tokens"] > 0 for s in first.steps)
+    before = _counts(toolbox)
+    # Given its first two steps (as if said with some text), a new run makes only the
+    # third and the answer, and tells the steps' text as the loop does (steps apart).
+    said = [dataclasses.replace(s, said={**s.said, "content": f"step {i}"})
+            for i, s in enumerate(first.steps[:2])]  # fmt: skip
+    again = Steps(said)
+    resumed, deltas = await turn(again)
+    counts = _counts(toolbox)
+    assert {k: counts[k] - before[k] for k in before} == {
+        "one": 0, "side": 0, "two": 0, "five": 0, "three": 1, "four": 1,
+    }  # fmt: skip
+    assert resumed.text == "step 0\n\nstep 1\n\n" + FINAL
+    assert "".join(deltas) == resumed.text and deltas[:4] == ["step 0", "\n\n", "step 1", "\n\n"]
+    assert resumed.steps == 4 and [r.tool for r in resumed.tool_runs] == ["chain", "chain"]
+    # It recorded the third step only (the same calls and results: the ids differ, the
+    # conversation having the steps' text).
+    [third] = again.steps
+
+    def made(step: RecordedStep) -> tuple[list[Any], list[Any]]:
+        return [c["function"] for c in step.said["tool_calls"]], [
+            r["content"] for r in step.results
+        ]
+
+    assert made(third) == made(first.steps[2])
 
 
 @pytest.mark.slow
