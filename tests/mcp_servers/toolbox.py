@@ -116,7 +116,8 @@ async def chain(name: str, then: str = "", gate: str = "") -> str:
     path = STATE / f"tally-{name}"
     with path.open("a") as f:
         f.write("x")
-    while gate and not (STATE / f"open-{gate}").exists():
+    # The gate is a file the test writes from another process: looked for, not awaited.
+    while gate and not (STATE / f"open-{gate}").exists():  # noqa: ASYNC110
         await anyio.sleep(0.02)
     return then or f"{name} done"
 
