@@ -6,14 +6,24 @@ from __future__ import annotations
 from .admission import Admission, PeopleSignal
 from .lease import Interrupt
 from .turn import Agents
-from .types import Listener, Timings, TurnRequest, TurnResult, new_turn_id
+from .types import (
+    Checkpoint,
+    Listener,
+    RecordedStep,
+    Timings,
+    TurnRequest,
+    TurnResult,
+    new_turn_id,
+)
 
 __all__ = (
     "Admission",
     "Agents",
+    "Checkpoint",
     "Interrupt",
     "Listener",
     "PeopleSignal",
+    "RecordedStep",
     "Timings",
     "TurnRequest",
     "TurnResult",

@@ -35,7 +35,7 @@ from ..config import AgentConfig
 from ..errors import param_error
 from ..tools import FunctionTool, ToolResult, Tools, ToolSet, failure
 from .lease import Interrupt
-from .types import Listener, Timings, ToolRun
+from .types import Checkpoint, Listener, RecordedStep, Timings, ToolRun
 
 __all__ = ("STEP_SEPARATOR", "ClientView", "Step", "ToolLoop", "merge_tools")
 
@@ -206,6 +206,30 @@ class ToolLoop:
                 await self.listener.tool_result(call, run.result)
         self.steps.append(step)
         return step
+
+    # -- durable loops: a checkpoint records each step; a later run goes on after them --
+
+    async def record(self, checkpoint: Checkpoint, usage: dict[str, Any]) -> None:
+        """Record the step just run (every call of it ended), with the usage of the model
+        call that asked for it."""
+        step = self.steps[-1]
+        await checkpoint.step(RecordedStep(step.said, step.results, usage))
+
+    async def resume(self, checkpoint: Checkpoint) -> list[RecordedStep]:
+        """Take the steps an earlier run of the turn recorded as made, up to the last
+        step that may ask for tools: their calls are not run again, their text is told
+        to the listener again (a caller that streamed it before skips it)."""
+        recorded = list(checkpoint.recorded()[: self.max_steps - 1])
+        for i, step in enumerate(recorded):
+            if self.listener is not None:
+                if i:
+                    self.listener.next_step()
+                if text := step.said.get("content"):
+                    await self.listener.delta(text)
+            self.steps.append(Step(step.said, step.results))
+        if recorded and self.listener is not None:
+            self.listener.next_step()
+        return recorded
 
     async def _run_one(self, call: Mapping[str, Any], deadline: float) -> ToolRun:
         name = _name(call)

@@ -83,6 +83,16 @@ class _Reply:
     def cancel(self) -> None:
         self.cancelled, self.finish = True, "cancelled"
 
+    @classmethod
+    def made(cls, said: Mapping[str, Any], usage: dict[str, Any]) -> _Reply:
+        """A reply an earlier run of the turn got (a recorded step of its loop)."""
+        reply = cls("bypass")
+        text = said.get("content") or ""
+        if text:
+            reply.parts.append(text)
+        reply.calls, reply.usage, reply.finish = said.get("tool_calls"), usage, "tool_calls"
+        return reply
+
 
 class Agents:
     """The configured agents, and the running of their turns."""
@@ -238,8 +248,17 @@ class Agents:
         tool_loop = plan.loop
         if tool_loop is not None:
             listener = tool_loop.listener
+        replies: list[_Reply] = []
+        if tool_loop is not None and req.checkpoint is not None:
+            # A job's later attempt: on after the steps an earlier one recorded.
+            for recorded in await tool_loop.resume(req.checkpoint):
+                replies.append(_Reply.made(recorded.said, recorded.usage))
+            if replies:
+                added = [m for step in tool_loop.steps for m in step.messages()]
+                last = len(replies) + 1 >= tool_loop.max_steps
+                plan = self._next_plan(agent, req, plan, added, last)
         reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener, ticket)
-        replies = [reply]
+        replies.append(reply)
         in_step = False  # the turn ended with a step's calls (the client's, or interrupted)
         if tool_loop is not None:
             while tool_loop.ours(reply.calls) and not reply.cancelled:
@@ -251,7 +270,10 @@ class Agents:
                 if interrupt.asked or tool_loop.client_calls(reply.calls):
                     in_step = True
                     break
-                added = [m for step in tool_loop.steps for m in step.messages()]
+                if req.checkpoint is not None:
+                    await tool_loop.record(req.checkpoint, reply.usage)
+                # The last call's conversation holds the earlier steps: add this one's.
+                added = tool_loop.steps[-1].messages()
                 last = len(replies) + 1 >= tool_loop.max_steps
                 plan = self._next_plan(agent, req, plan, added, last)
                 if isinstance(listener, ClientView):

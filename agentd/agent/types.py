@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import abc
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -12,7 +13,16 @@ from ..auth import Identity
 from ..backends import INTERACTIVE
 from ..tools import ToolResult
 
-__all__ = ("Listener", "Timings", "ToolRun", "TurnRequest", "TurnResult", "new_turn_id")
+__all__ = (
+    "Checkpoint",
+    "Listener",
+    "RecordedStep",
+    "Timings",
+    "ToolRun",
+    "TurnRequest",
+    "TurnResult",
+    "new_turn_id",
+)
 
 
 # No headers: one shared empty mapping (a turn without limits allocates none).
@@ -53,6 +63,37 @@ class TurnRequest:
     # Otherwise a reply with tool calls fails the turn (400 ``tool_calls_unsupported``)
     # and nothing is stored: no client could answer them.
     tool_calls: bool = False
+    # Where the agent's tool loop records its steps, and finds those an earlier run of
+    # this very turn recorded (a background response's attempts); None: none (interactive
+    # turns), a turn killed mid-loop starts over.
+    checkpoint: Checkpoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedStep:
+    """A completed step of a turn's tool loop: the assistant's message with its calls, a
+    result message per call the agent ran (OpenAI's shapes, as the session stores
+    them), and the usage of the model call that asked for them."""
+
+    said: dict[str, Any]
+    results: list[dict[str, Any]]
+    usage: dict[str, Any]
+
+
+class Checkpoint(abc.ABC):
+    """Where a turn's tool loop records every step it completes (one store round trip
+    each), so that a later run of the same turn goes on after the last one instead of
+    running their tool calls again. A step cut short (an interrupt) is not recorded."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    def recorded(self) -> Sequence[RecordedStep]:
+        """The steps an earlier run recorded, in order (empty: start from the first)."""
+
+    @abc.abstractmethod
+    async def step(self, step: RecordedStep) -> None:
+        """Record the next completed step."""
 
 
 @dataclass(frozen=True, slots=True)

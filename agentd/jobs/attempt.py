@@ -31,6 +31,7 @@ from ..store import Delivery, Jobs, job_of
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
 from .service import Responses, payer_of, result_fields, view_of
+from .steps import FencedOut, StepLog, Streamed
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
 
 __all__ = ("Attempts",)
@@ -144,8 +145,17 @@ class Attempts:
         events = ResponseEvents(running, seq)
         writer = _EventWriter(self.jobs, rid, attempt)
         try:
-            # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
-            writer.add(events.started())
+            steps = await StepLog.load(self.jobs, rid, attempt)
+            # A loop that goes on after recorded steps goes on with the stream an earlier
+            # attempt opened; any other attempt opens it again.
+            streamed = Streamed()
+            if steps.recorded():
+                streamed = Streamed.of(await self.jobs.events(rid, -1))
+            if streamed.opened:
+                events.item_open = True
+            else:
+                # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
+                writer.add(events.started())
             previous = await self.responses.stored_turn(running) if attempt > 1 else None
             if previous is not None:
                 # An earlier attempt stored the turn, then stopped before the record.
@@ -155,16 +165,18 @@ class Attempts:
                     output_text=previous.get("content") or "",
                     completed_at=time.time(),
                 )
-                if final.output_text:
-                    writer.add([events.delta(final.output_text)])
+                if rest := streamed.rest(final.output_text):
+                    writer.add([events.delta(rest)])
                 reply_seq: int | None = previous["seq"]
             else:
-                final, reply_seq = await self._run_turn(running, events, writer, payer)
-        except _FencedOut:
+                final, reply_seq = await self._run_turn(
+                    running, events, writer, payer, steps, streamed
+                )
+        except FencedOut:
             log.info("job %s attempt %d was fenced out by a newer one", rid, attempt)
             return
         except AgentdError as exc:
-            with contextlib.suppress(_FencedOut, AgentdError):
+            with contextlib.suppress(FencedOut, AgentdError):
                 await writer.flush()
             await self._failed(delivery, running, attempt, events, exc)
             return
@@ -178,21 +190,33 @@ class Attempts:
         events: ResponseEvents,
         writer: _EventWriter,
         payer: Identity | None = None,
+        steps: StepLog | None = None,
+        streamed: Streamed | None = None,
     ) -> tuple[ResponseView, int | None]:
+        """Run the turn (its loop's steps recorded in ``steps``), streaming its text but
+        what ``streamed`` says an earlier attempt streamed."""
         interrupt = Interrupt()
+        streamed = streamed or Streamed()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.jobs.timeout_s
         parts: list[str] = []
 
         async def on_delta(text: str) -> None:
             parts.append(text)
+            if not (text := streamed.rest(text)):
+                return
             writer.add([events.delta(text)])
             if writer.due():
                 await writer.flush()
 
         work = asyncio.create_task(
             self.responses.run_turn(
-                view, deadline=deadline, interrupt=interrupt, on_delta=on_delta, identity=payer
+                view,
+                deadline=deadline,
+                interrupt=interrupt,
+                on_delta=on_delta,
+                identity=payer,
+                checkpoint=steps,
             )
         )
         try:
@@ -306,10 +330,6 @@ def _dumps_error(error: dict[str, Any] | None) -> bytes:
     return orjson.dumps(error or Internal("failed").to_dict()["error"])
 
 
-class _FencedOut(Exception):
-    """A newer attempt owns the job: this one stops without writing anything more."""
-
-
 class _EventWriter:
     """Batches an attempt's events into few store writes (fenced by the attempt)."""
 
@@ -338,4 +358,4 @@ class _EventWriter:
                 return
             batch, self.pending = self.pending, []
             if not await self.jobs.emit(self.rid, self.attempt, batch):
-                raise _FencedOut
+                raise FencedOut

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
+from ..agent import Agents, Checkpoint, Interrupt, Listener, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
@@ -378,7 +378,12 @@ class Responses:
 
     # -- running ----------------------------------------------------------------------
 
-    def turn_request(self, view: ResponseView, identity: Identity | None = None) -> TurnRequest:
+    def turn_request(
+        self,
+        view: ResponseView,
+        identity: Identity | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> TurnRequest:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         turn.identity = identity
@@ -386,6 +391,7 @@ class Responses:
         turn.turn_id = view.id
         turn.tenant = self.tenant
         turn.may_repeat = True
+        turn.checkpoint = checkpoint
         if req.background:
             turn.request_class = self.agents.get(req.agent).background_class
         return turn
@@ -409,14 +415,16 @@ class Responses:
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         identity: Identity | None = None,
         on_limits: Callable[[Mapping[str, str]], None] | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> tuple[ResponseView, int | None]:
         """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
         final view and the stored reply's seq. ``identity``: whose limits apply;
-        ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted."""
+        ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted;
+        ``checkpoint`` (a job's) records the steps of the agent's tool loop."""
         listener = None
         if on_delta is not None or on_limits is not None:
             listener = _Deltas(on_delta, on_limits)
-        turn = self.turn_request(view, identity)
+        turn = self.turn_request(view, identity, checkpoint)
         done = await self.agents.run(
             turn, deadline=deadline, interrupt=interrupt, listener=listener
         )

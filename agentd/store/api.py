@@ -535,6 +535,17 @@ class Records(abc.ABC):
     async def subscribe(self, rid: str) -> Subscription:
         """Live events of the record (raw event JSON; :data:`DELETED` when deleted)."""
 
+    @abc.abstractmethod
+    async def record_step(self, rid: str, attempt: int, index: int, step: bytes) -> bool:
+        """Record step ``index`` (from 0) of the response's tool loop, fenced by attempt
+        (False when fenced out). Only the next step is appended: one written before is
+        kept as it is, and one after a missing step is left out. The steps expire with
+        the record and are dropped when it ends or is deleted."""
+
+    @abc.abstractmethod
+    async def steps(self, rid: str) -> list[bytes]:
+        """The steps recorded by :meth:`record_step`, in order (none: empty)."""
+
 
 class Jobs(Queue, Records, abc.ABC):
     """The queue and the records, as the job runner and the Responses API use them."""

@@ -39,7 +39,9 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   write), ``seq`` (the next event's sequence number), ``cx`` (cancel asked), ``req``
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
   events, id ``0-(N+1)`` for sequence number N; ``agentd:r:{RID}:ch`` (channel) the same
-  events live.
+  events live; ``agentd:r:{RID}:steps`` (list, expiring with the record) the steps its
+  agent's tool loop completed, one JSON document each, so that a later attempt goes on
+  after them (deleted when the response ends).
 - ``agentd:l:{TENANT}:SCOPE`` (hash, TTL): one scope's limits (``SCOPE`` = ``t``, the
   tenant, or ``k:KEYID``, one of its API keys): ``tl``/``tt`` (the token bucket's level
   and when it was computed, ms), ``dd``/``dt`` (the UTC day and its tokens), ``md``/``mt``
@@ -92,6 +94,7 @@ __all__ = (
     "session_keys",
     "session_meta_prefix",
     "state_key",
+    "steps_key",
     "tenant_keys",
     "tenant_prefix",
     "turn_key",
@@ -167,6 +170,11 @@ def dead_key(partition: str) -> str:
 def record_keys(rid: str, prefix: str = PREFIX) -> tuple[str, str, str]:
     """A response's (record, events stream, events channel): one slot."""
     return f"{prefix}r:{{{rid}}}", f"{prefix}r:{{{rid}}}:ev", f"{prefix}r:{{{rid}}}:ch"
+
+
+def steps_key(rid: str, prefix: str = PREFIX) -> str:
+    """A response's recorded tool loop steps: the record's slot."""
+    return f"{prefix}r:{{{rid}}}:steps"
 
 
 def state_key(name: str, prefix: str = PREFIX) -> str:

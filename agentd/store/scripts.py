@@ -36,6 +36,7 @@ __all__ = (
     "RECORD_CREATE",
     "RECORD_DELETE",
     "RECORD_START",
+    "RECORD_STEP",
     "RECORD_UPDATE",
     "RECORD_WRITE",
     "RELEASE_LOCK",
@@ -558,10 +559,10 @@ return 1
 """,
 )
 
-# KEYS: record, events, channel. ARGV: attempt, publish command, events ttl s, closing
-# (1: refuse if the record already ended), field count N, N field/value pairs, then
-# (seq, event) pairs. Fenced by attempt; the events get stream ids 0-(seq+1) and go out
-# on the channel.
+# KEYS: record, events, channel[, steps]. ARGV: attempt, publish command, events ttl s,
+# closing (1: refuse if the record already ended), field count N, N field/value pairs,
+# then (seq, event) pairs. Fenced by attempt; the events get stream ids 0-(seq+1) and go
+# out on the channel; closing drops the recorded steps (no attempt will resume).
 RECORD_WRITE = Script(
     "record_write",
     TERMINAL_LUA
@@ -569,12 +570,30 @@ RECORD_WRITE = Script(
 local f = redis.call('HMGET', KEYS[1], 'att', 'status')
 if f[1] ~= ARGV[1] then return 0 end
 if ARGV[4] == '1' and terminal[f[2]] then return 0 end
+if ARGV[4] == '1' and KEYS[4] then redis.call('DEL', KEYS[4]) end
 local n = tonumber(ARGV[5])
 if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + 2 * n)) end
 local first = 6 + 2 * n
 """
     + _RECORD_EVENTS_LUA
     + "return 1\n",
+)
+
+# KEYS: record, steps. ARGV: attempt, the step's index (from 0), the step's JSON. Fenced
+# by attempt: 0 when fenced out, else 1. The step is appended only as the next one (a
+# write sent again is not appended twice; one after a lost step neither, so the steps
+# stay a prefix of the turn's); the list expires with the record.
+RECORD_STEP = Script(
+    "record_step",
+    """
+if redis.call('HGET', KEYS[1], 'att') ~= ARGV[1] then return 0 end
+if redis.call('LLEN', KEYS[2]) == tonumber(ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[3])
+  local ttl = redis.call('TTL', KEYS[1])
+  if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+end
+return 1
+""",
 )
 
 # KEYS: record, events, channel. Marks cancel asked unless ended; returns the status.
@@ -589,12 +608,13 @@ return status
 """,
 )
 
-# KEYS: record, events, channel. ARGV: publish command, the deleted marker.
+# KEYS: record, events, channel[, steps]. ARGV: publish command, the deleted marker.
 RECORD_DELETE = Script(
     "record_delete",
     """
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
+if KEYS[4] then redis.call('DEL', KEYS[4]) end
 redis.call(ARGV[1], KEYS[3], ARGV[2])
 return 1
 """,

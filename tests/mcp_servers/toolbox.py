@@ -3,11 +3,12 @@
     python toolbox.py stdio
     python toolbox.py http PORT [TOKEN]
 
-Its tools behave well (echo, add, fail, huge, grow, barrier) or badly (hang, crash,
-malformed). ``TOOLBOX_STATE`` names a directory where it leaves traces the tests read:
-``pid`` when it starts, ``hang-started`` and ``cancelled`` when a call of ``hang``
-starts and is cancelled. Over HTTP a
-TOKEN makes every request need ``Authorization: Bearer TOKEN`` (401 otherwise).
+Its tools behave well (echo, add, fail, huge, grow, barrier, tally, chain) or badly
+(hang, crash, malformed). ``TOOLBOX_STATE`` names a directory where it leaves traces the
+tests read: ``pid`` when it starts, ``hang-started`` and ``cancelled`` when a call of
+``hang`` starts and is cancelled, ``tally-NAME`` (a character per call) for ``tally``
+and ``chain``; ``chain`` waits for the tests' ``open-GATE`` there. Over HTTP a TOKEN
+makes every request need ``Authorization: Bearer TOKEN`` (401 otherwise).
 """
 
 from __future__ import annotations
@@ -105,6 +106,20 @@ def tally(name: str) -> str:
     with path.open("a") as f:
         f.write("x")
     return f"{name} {path.stat().st_size}"
+
+
+@server.tool()
+async def chain(name: str, then: str = "", gate: str = "") -> str:
+    """Counts its calls per ``name`` (as ``tally`` does); with a ``gate``, answers only
+    once the file ``open-GATE`` is in the state directory. Answers ``then`` (call lines:
+    the echo model's next step) or ``NAME done``."""
+    path = STATE / f"tally-{name}"
+    with path.open("a") as f:
+        f.write("x")
+    # The gate is a file the test writes from another process: looked for, not awaited.
+    while gate and not (STATE / f"open-{gate}").exists():  # noqa: ASYNC110
+        await anyio.sleep(0.02)
+    return then or f"{name} done"
 
 
 def extra() -> str:

@@ -7,7 +7,7 @@ import copy
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Self
 
 from ..api import DELETED, TERMINAL, Records, Start, Subscription
@@ -22,6 +22,8 @@ class _Record:
     events: list[bytes]
     expires: float
     events_expire: float = math.inf
+    # The tool loop's recorded steps (Records.record_step).
+    steps: list[bytes] = field(default_factory=list)
 
 
 class MemoryRecords(Records):
@@ -122,6 +124,8 @@ class MemoryRecords(Records):
             return False
         if closing and record.fields.get("status", b"").decode() in TERMINAL:
             return False
+        if closing:
+            record.steps.clear()
         record.fields.update(fields)
         if events:
             record.events_expire = time.monotonic() + self.events_ttl_s
@@ -158,3 +162,15 @@ class MemoryRecords(Records):
 
     async def subscribe(self, rid: str) -> Subscription:
         return self._channels.subscribe(rid)
+
+    async def record_step(self, rid: str, attempt: int, index: int, step: bytes) -> bool:
+        record = self._record(rid)
+        if record is None or int(record.fields.get("att", b"0")) != attempt:
+            return False
+        if len(record.steps) == index:
+            record.steps.append(step)
+        return True
+
+    async def steps(self, rid: str) -> list[bytes]:
+        record = self._record(rid)
+        return [] if record is None else list(record.steps)

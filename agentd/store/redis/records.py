@@ -1,5 +1,6 @@
 """Response records in Redis: a response's state is one hash and its events one stream,
-both tagged with the response id (one slot), its live events one channel. Every write
+both tagged with the response id (one slot), as is the list of its tool loop's recorded
+steps; its live events are one channel. Every write
 made while running is one script, fenced by the record's attempt number."""
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class RedisRecords(Records):
         *,
         closing: bool = True,
     ) -> bool:
-        keys = list(K.record_keys(rid, self.prefix))
+        keys = [*K.record_keys(rid, self.prefix), K.steps_key(rid, self.prefix)]
         args = [
             attempt,
             self.shards.publish_command,
@@ -102,7 +103,7 @@ class RedisRecords(Records):
         return status.decode() if status else None
 
     async def delete(self, rid: str) -> bool:
-        keys = list(K.record_keys(rid, self.prefix))
+        keys = [*K.record_keys(rid, self.prefix), K.steps_key(rid, self.prefix)]
         return bool(
             await self.shards.eval(L.RECORD_DELETE, keys, [self.shards.publish_command, DELETED])
         )
@@ -115,3 +116,11 @@ class RedisRecords(Records):
 
     async def subscribe(self, rid: str) -> Subscription:
         return await self.hub.subscribe(K.record_keys(rid, self.prefix)[2])
+
+    async def record_step(self, rid: str, attempt: int, index: int, step: bytes) -> bool:
+        keys = [K.record_keys(rid, self.prefix)[0], K.steps_key(rid, self.prefix)]
+        return bool(await self.shards.eval(L.RECORD_STEP, keys, [attempt, index, step]))
+
+    async def steps(self, rid: str) -> list[bytes]:
+        key = K.steps_key(rid, self.prefix)
+        return list(await self.shards.call(key, lambda c: c.lrange(key, 0, -1)))
