@@ -53,6 +53,10 @@ class TurnRequest:
     # Otherwise a reply with tool calls fails the turn (400 ``tool_calls_unsupported``)
     # and nothing is stored: no client could answer them.
     tool_calls: bool = False
+    # How deep in agent calls (the built-in call_agent) the turn runs: 0 for a client's
+    # turn, 1 for a turn it called. A deeper turn is part of its caller's: admitted with
+    # it, so neither the worker's turn cap nor the caller's limits refuse it again.
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)
