@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,10 @@ from agentd.config import BUILTIN_TOOLS, ConfigError, from_dict
 from agentd.errors import UpstreamTimeout
 from agentd.server.app import create_app
 from agentd.server.keys import AGENTS
+from agentd.tools import ToolSpec
 
 from .chat_helpers import post
+from .mcp_servers.procs import HttpToolbox
 from .procs import RedisServer
 from .waiting import wait_until
 
@@ -284,6 +286,67 @@ async def test_a_called_turn_has_its_callers_request_class_and_admission(start: 
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
             assert agents.admission.inflight == 0
+
+
+async def test_a_background_response_calls_agents_from_the_job_queue(start: Start) -> None:
+    server = await start(
+        agents=[
+            {"name": "planner", "tools": ["agentd:call_agent"]},
+            {"name": "scribe", "tools": STATE},
+        ]
+    )
+    url = str(server.make_url("")).rstrip("/")
+    note = call("state_put", namespace="notes", key="bg", value="queued")
+    body = {"model": "planner", "input": call("call_agent", agent="scribe", input=note),
+            "background": True}  # fmt: skip
+    async with aiohttp.ClientSession() as http:
+        status, _, queued = await post(http, url + "/v1/responses", body)
+        assert status == 200, queued
+
+        async def ended() -> Any:
+            async with http.get(f"{url}/v1/responses/{queued['id']}") as r:
+                found = await r.json()
+            return found if found["status"] not in ("queued", "in_progress") else None
+
+        done = await wait_until(ended, 30, "the background response to end")
+    assert done["status"] == "completed", done
+    text = done["output"][0]["content"][0]["text"]
+    assert result_of(text, "call_agent", "state_put") == {"value": "queued", "version": 1}
+    doc = await server.app[AGENTS].store.state_get("notes", "bg")
+    assert doc.value == "queued"
+
+
+@pytest.fixture(scope="module")
+def toolbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpToolbox]:
+    server = HttpToolbox(tmp_path_factory.mktemp("builtins-toolbox"))
+    yield server
+    server.kill()
+
+
+async def test_builtins_and_a_servers_tools_of_one_name_are_told_apart(
+    start: Start, toolbox: HttpToolbox
+) -> None:
+    agents = await agents_of(
+        start,
+        mcp_servers=[{"label": "web", "url": toolbox.url}],
+        agents=[{"name": "both", "tools": ["web:echo", "web:add", "agentd"]}],
+    )
+    assert agents.tools is not None
+    clash = ToolSpec("echo", "agentd's echo", {"type": "object"})
+    tools = await agents.tools.for_agent("both", [*agents.builtin_specs, clash])
+    named = {f.name: (f.label, f.tool) for f in tools.functions}
+    assert named == {
+        **{tool: ("agentd", tool) for tool in BUILTIN_TOOLS},
+        "agentd__echo": ("agentd", "echo"),
+        "web__echo": ("web", "echo"),
+        "add": ("web", "add"),
+    }
+    # In a turn (no built-in echo there), the server's tool is called on its server, a
+    # built-in by agentd.
+    script = call("echo", text="hi") + "\n" + call("state_get", namespace="n", key="k")
+    done = await turn(agents, "both", script, who("t"))
+    assert done.text == 'echo: hi\nstate_get: {"value":null,"version":0}'
+    assert [r.server for r in done.tool_runs] == ["web", "agentd"]
 
 
 # -- shared state -----------------------------------------------------------------------
