@@ -432,6 +432,29 @@ async def test_a_merge_patch_changes_only_the_fields_it_names(start: Start) -> N
     assert "unknown arguments 'version'" in result_of(second, "state_patch")["error"]["message"]
 
 
+async def test_parallel_agents_patching_one_document_lose_no_update(start: Start) -> None:
+    agents = await agents_of(
+        start,
+        agents=[
+            {"name": "planner", "tools": ["agentd:call_agent"]},
+            {"name": "writer", "tools": ["agentd:state_patch"]},
+        ],
+    )
+    # Eight writers at once, each patching its own field of one document.
+    calls = []
+    for i in range(8):
+        patch = call("state_patch", namespace="docs", key="shared", patch={f"part{i}": i})
+        calls.append(call("call_agent", agent="writer", input=patch))
+    done = await turn(agents, "planner", "\n".join(calls), who("acme"))
+    assert [r.result.outcome for r in done.tool_runs] == ["ok"] * 8
+    versions = sorted(
+        result_of(line, "call_agent", "state_patch")["version"] for line in done.text.split("\n")
+    )
+    assert versions == list(range(1, 9))
+    doc = await _read(agents, "acme", "docs", "shared")
+    assert doc == {"value": {f"part{i}": i for i in range(8)}, "version": 8}
+
+
 async def test_a_tenants_agent_cannot_read_or_write_another_tenants_state(start: Start) -> None:
     agents = await agents_of(start, agents=[{"name": "w", "tools": ["agentd"]}])
     write = call("state_put", namespace="docs", key="secret", value="acme's")
