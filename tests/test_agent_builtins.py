@@ -512,8 +512,13 @@ async def test_the_worked_example_of_the_docs_runs_as_written(start: Start) -> N
             assert answer["choices"][0]["message"]["content"] == reply
             if "call_agent" in message:
                 assert 'tool;desc="agentd/call_agent"' in headers["Server-Timing"]
+        async with http.get(url + "/v1/state/docs/q3") as r:
+            served = await r.json()
         async with http.get(url + "/metrics") as r:
             metrics = await r.text()
+    # The document the last step read is the one the HTTP API serves.
+    assert served == result_of(steps[-1][1], "state_get")
+    assert served["version"] == 3 and all(served["value"].values())
     calls: dict[tuple[str, str], float] = {}
     for labels, count in re.findall(r"^agentd_tool_calls_total\{(.*)\} (\S+)$", metrics, re.M):
         label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
