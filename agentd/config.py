@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = (
+    "BUILTIN_LABEL",
+    "BUILTIN_TOOLS",
     "SCOPES",
     "TENANT_RE",
     "AgentCacheConfig",
@@ -298,7 +300,8 @@ class AgentConfig:
     # The ``created`` of its model object (Unix seconds); 0: when the config was written
     # (the config file's modification time), the same on every worker and instance.
     created: int = opt(0, min=0, max=2**40)
-    # Its MCP tools: "label" (all of a server's tools) or "label:tool" (one of them).
+    # Its tools: "label" (all of an MCP server's tools) or "label:tool" (one of them);
+    # the label "agentd" names agentd's own tools (BUILTIN_TOOLS).
     tools: tuple[str, ...] = opt(())
     # Its own tool loop limits (0 = the [tools] value).
     tool_limits: ToolLimits = field(default_factory=ToolLimits)
@@ -463,6 +466,10 @@ LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # A header or environment value of this form names a variable of agentd's environment
 # (read when the connection opens): secrets stay out of the file.
 ENV_REF = "env:"
+# The label of agentd's own tools (other agents, shared state), which no MCP server may
+# take: an agent names them as "agentd" (all) or "agentd:NAME", like a server's.
+BUILTIN_LABEL = "agentd"
+BUILTIN_TOOLS = ("call_agent", "state_get", "state_put", "state_patch")
 
 
 def _check_label(value: str) -> str | None:
@@ -512,6 +519,9 @@ class ToolsConfig:
     max_tool_output_bytes: int = opt(65536, min=1, max=64 * 1024 * 1024)
     # The whole turn's deadline, model and tool calls included, in seconds.
     max_turn_s: float = opt(300.0, min=0.001, max=86400.0)
+    # How deep agents may call agents (call_agent): a client's turn is at depth 0, the
+    # turn it calls at 1, and a call that would go deeper is an error result.
+    max_agent_depth: int = opt(3, min=1, max=32)
 
     def limits_for(self, agent: AgentConfig) -> ToolLimits:
         """The agent's limits: its own where set, else these (all non-zero)."""
@@ -538,7 +548,9 @@ def _check_tools(config: Config, bad: typing.Callable[..., bool], errors: list[s
     labels: list[str] = []
     for i, server in enumerate(config.mcp_servers):
         where = f"mcp_servers[{i}]"
-        if server.label in labels:
+        if server.label == BUILTIN_LABEL:
+            errors.append(f"{where}.label: {BUILTIN_LABEL!r} is reserved for agentd's own tools")
+        elif server.label in labels:
             errors.append(f"{where}.label: {server.label!r} is defined twice")
         labels.append(server.label)
         if bool(server.url) == bool(server.command) and not bad(f"{where}.url"):
@@ -561,7 +573,12 @@ def _check_tools(config: Config, bad: typing.Callable[..., bool], errors: list[s
     for i, agent in enumerate(config.agents):
         for j, ref in enumerate(agent.tools):
             label, _, tool = ref.partition(":")
-            if label not in labels:
+            if label == BUILTIN_LABEL and tool and tool not in BUILTIN_TOOLS:
+                errors.append(
+                    f"agents[{i}].tools[{j}]: agentd has no tool {tool!r} "
+                    f"(its tools: {', '.join(BUILTIN_TOOLS)})"
+                )
+            elif label != BUILTIN_LABEL and label not in labels:
                 errors.append(
                     f"agents[{i}].tools[{j}]: no MCP server labelled {label!r} "
                     f"(declared: {', '.join(labels) or 'none'})"

@@ -409,8 +409,8 @@ class ToolMetrics:
         self._registry = reg
         self.calls = Counter(
             "agentd_tool_calls",
-            "MCP tool calls by server, tool and outcome (ok, error, timeout, unavailable, "
-            "failed, cancelled)",
+            "Tool calls (MCP servers', and agentd's own as server \"agentd\") by server, "
+            "tool and outcome (ok, error, timeout, unavailable, failed, cancelled)",
             ["server", "tool", "outcome"],
             registry=reg,
         )

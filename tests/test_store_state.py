@@ -161,6 +161,45 @@ async def test_state_patch_bumps_version_each_time(store: Store) -> None:
     assert (await store.state_get(NS, "bump")).value == {"k1": 1, "k2": 2, "k3": 3}
 
 
+async def test_state_patch_with_expected_version_applies_to_that_version_only(
+    store: Store,
+) -> None:
+    await store.state_put(NS, "cas", {"a": 1, "b": []})
+    assert await store.state_patch(NS, "cas", {"a": 2}, expected_version=1) == StateDoc(
+        {"a": 2, "b": []}, 2
+    )
+    error = await fails(
+        store.state_patch(NS, "cas", {"a": 3}, expected_version=1),
+        StateConflict,
+        "version_conflict",
+    )
+    assert error.current == StateDoc({"a": 2, "b": []}, 2)
+    assert error.to_dict()["error"]["current"] == {"value": {"a": 2, "b": []}, "version": 2}
+    # 0: only a document that does not exist yet.
+    await fails(
+        store.state_patch(NS, "cas", {}, expected_version=0), StateConflict, "version_conflict"
+    )
+    assert await store.state_patch(NS, "new", {"x": 1}, expected_version=0) == StateDoc({"x": 1}, 1)
+    missing = await fails(
+        store.state_patch(NS, "ghost", {"x": 1}, expected_version=3),
+        StateConflict,
+        "version_conflict",
+    )
+    assert missing.current is None
+    await fails(store.state_get(NS, "ghost"), NotFound, "state_not_found")
+    assert await store.state_get(NS, "cas") == StateDoc({"a": 2, "b": []}, 2)
+
+
+async def test_concurrent_patches_over_one_version_let_exactly_one_through(store: Store) -> None:
+    await store.state_put(NS, "race", {})
+    patches = [store.state_patch(NS, "race", {f"k{i}": i}, expected_version=1) for i in range(16)]
+    outcomes = await asyncio.gather(*patches, return_exceptions=True)
+    won = [o for o in outcomes if isinstance(o, StateDoc)]
+    assert len(won) == 1 and won[0].version == 2
+    assert all(isinstance(o, StateConflict) for o in outcomes if o is not won[0])
+    assert await store.state_get(NS, "race") == won[0]
+
+
 KEYS = st.sampled_from(["a", "b", "c", "d"])
 SCALARS = (
     st.none()

@@ -31,9 +31,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import AgentConfig
+from ..config import BUILTIN_LABEL, AgentConfig
 from ..errors import param_error
 from ..tools import FunctionTool, ToolResult, Tools, ToolSet, failure
+from .builtins import Builtins
 from .lease import Interrupt
 from .types import Checkpoint, Listener, RecordedStep, Timings, ToolRun
 
@@ -145,8 +146,11 @@ class ToolLoop:
         client_tools: frozenset[str],
         interrupt: Interrupt,
         listener: Listener | None,
+        builtins: Builtins | None = None,
     ) -> None:
         self.tools, self.agent, self.toolset = tools, agent, toolset
+        # agentd's own tools (label "agentd") as this turn calls them.
+        self.builtins = builtins
         # The client's own function tools, whose calls go back to it (chat completions).
         self.client_tools = client_tools
         self.interrupt = interrupt
@@ -241,9 +245,18 @@ class ToolLoop:
         started = loop.time()
         function = call.get("function")
         arguments = function.get("arguments") if isinstance(function, Mapping) else None
-        result = await self.tools.call(self.agent, self.toolset, name, arguments, deadline)
+        result = await self._call(target, name, arguments, deadline)
         run = ToolRun(call, server, target.tool if target else name, result,
                       loop.time() - started)  # fmt: skip
         if self.listener is not None:
             await self.listener.tool_result(call, result)
         return run
+
+    async def _call(
+        self, target: FunctionTool | None, name: str, arguments: Any, deadline: float
+    ) -> ToolResult:
+        """A call of the agent's tool ``name``: agentd's own by their label, the rest
+        through its tool servers."""
+        if target is not None and target.label == BUILTIN_LABEL and self.builtins is not None:
+            return await self.builtins.call(target.tool, name, arguments, deadline)
+        return await self.tools.call(self.agent, self.toolset, name, arguments, deadline)

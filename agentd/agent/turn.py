@@ -35,6 +35,7 @@ from ..schema import check_tool_messages, pending_calls
 from ..store import Store
 from ..tools import Tools, ToolSet
 from .admission import Admission
+from .builtins import Builtins, builtin_specs
 from .lease import Held, Interrupt, Leases
 from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
@@ -117,6 +118,7 @@ class Agents:
         self.registry = Registry(config.agents)
         self.admission = Admission(config)
         self.leases = Leases(config.sessions)
+        self.builtin_specs = builtin_specs(config)
 
     def get(self, name: str) -> AgentConfig:
         return self.registry.get(name)
@@ -138,7 +140,7 @@ class Agents:
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         interrupt = interrupt or Interrupt()
-        interactive = req.request_class == INTERACTIVE
+        interactive = req.request_class == INTERACTIVE and not req.depth
         if interactive:
             self.admission.check(agent.name)
             self.admission.enter(agent.name)
@@ -149,7 +151,7 @@ class Agents:
         try:
             toolset = None
             if agent.tools and self.tools is not None:
-                toolset = await self.tools.for_agent(agent)
+                toolset = await self.tools.for_agent(agent, self.builtin_specs)
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
@@ -206,7 +208,7 @@ class Agents:
             client_tools = frozenset(_names(params.get("tools")) if req.tool_calls else ())
             params = merge_tools(params, toolset)
             loop = ToolLoop(self.tools, agent, toolset, client_tools, interrupt or Interrupt(),
-                            listener)  # fmt: skip
+                            listener, Builtins(self, agent, req))  # fmt: skip
         request = ChatRequest(model=agent.upstream_model, messages=upstream, params=params)
         return _Plan(request, self.backends.get(agent.backend), self._key(agent, req, request),
                      loop)  # fmt: skip

@@ -67,6 +67,10 @@ class TurnRequest:
     # this very turn recorded (a background response's attempts); None: none (interactive
     # turns), a turn killed mid-loop starts over.
     checkpoint: Checkpoint | None = None
+    # How deep in agent calls (the built-in call_agent) the turn runs: 0 for a client's
+    # turn, 1 for a turn it called. A deeper turn is part of its caller's: admitted with
+    # it, so neither the worker's turn cap nor the caller's limits refuse it again.
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -323,8 +323,11 @@ class Store(abc.ABC):
     ) -> None: ...
 
     @abc.abstractmethod
-    async def state_patch(self, namespace: str, key: str, patch: Any) -> StateDoc:
-        """Apply an RFC 7386 merge patch atomically (the document need not exist)."""
+    async def state_patch(
+        self, namespace: str, key: str, patch: Any, *, expected_version: int | None = None
+    ) -> StateDoc:
+        """Apply an RFC 7386 merge patch atomically (the document need not exist); with
+        ``expected_version``, only to that version (0: absent), else ``StateConflict``."""
 
     @abc.abstractmethod
     async def state_increment(

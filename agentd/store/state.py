@@ -119,9 +119,11 @@ class StateStore(Store):
             raise _not_found(namespace, key)
         raise StateConflict(StateDoc(orjson.loads(current), version))
 
-    async def state_patch(self, namespace: str, key: str, patch: Any) -> StateDoc:
+    async def state_patch(
+        self, namespace: str, key: str, patch: Any, *, expected_version: int | None = None
+    ) -> StateDoc:
         return await self._read_modify_write(
-            namespace, key, lambda value: merge_patch(value, patch)
+            namespace, key, lambda value: merge_patch(value, patch), expected_version
         )
 
     async def state_increment(
@@ -133,9 +135,15 @@ class StateStore(Store):
         )
 
     async def _read_modify_write(
-        self, namespace: str, key: str, change: Callable[[Any], Any]
+        self,
+        namespace: str,
+        key: str,
+        change: Callable[[Any], Any],
+        expected: int | None = None,
     ) -> StateDoc:
         """Compare-and-set loop: each write applies to exactly the version it read.
+        With ``expected``, one try: the change applies to that version or not at all
+        (``StateConflict`` with the document now).
 
         Done here rather than in Lua on purpose: Redis's Lua JSON library turns empty
         arrays into objects and rounds numbers to 14 digits, which would corrupt documents.
@@ -144,10 +152,18 @@ class StateStore(Store):
         for attempt in range(MAX_CAS_ATTEMPTS):
             found = await self._state_read(name)
             value, version = (None, 0) if found is None else (orjson.loads(found[0]), found[1])
+            if expected is not None and version != expected:
+                raise StateConflict(None if found is None else StateDoc(value, version))
             new = change(value)
-            ok, new_version, _ = await self._state_write(name, self._encode_value(new), version)
+            ok, new_version, current = await self._state_write(
+                name, self._encode_value(new), version
+            )
             if ok:
                 return StateDoc(new, new_version)
+            if expected is not None:  # written over since the read: that is a conflict too
+                raise StateConflict(
+                    None if current is None else StateDoc(orjson.loads(current), new_version)
+                )
             # Contention: back off a little, with jitter, so writers do not lock-step.
             await asyncio.sleep(secrets.randbelow(1000) / 1e6 * (attempt + 1))
         raise Conflict(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from .connection import ToolServerError
 from .pool import ToolPool
-from .result import OUTCOMES, ToolResult, failure
-from .service import FunctionTool, Tools, ToolSet, function_name
+from .result import OUTCOMES, ToolResult, failure, truncate
+from .service import FunctionTool, Tools, ToolSet, ToolSpec, arguments_of, function_name
 
 __all__ = (
     "OUTCOMES",
@@ -20,7 +20,10 @@ __all__ = (
     "ToolResult",
     "ToolServerError",
     "ToolSet",
+    "ToolSpec",
     "Tools",
+    "arguments_of",
     "failure",
     "function_name",
+    "truncate",
 )

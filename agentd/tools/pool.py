@@ -133,6 +133,12 @@ class ToolPool:
             if self._metrics is not None:
                 self._metrics.call(metric_label, tool, outcome, loop.time() - started)
 
+    def count(self, server: str, tool: str, outcome: str, seconds: float) -> None:
+        """Count a call that did not go through the pool (agentd's own tools, whose
+        ``server`` is their label) with the pool's own."""
+        if self._metrics is not None:
+            self._metrics.call(server, tool, outcome, seconds)
+
     def in_flight(self) -> int:
         """Calls running now, over all servers."""
         everyone = (*self._connections.values(), *self._by_url.values())

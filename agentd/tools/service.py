@@ -1,6 +1,10 @@
 """What the agent layer uses: an agent's tools in OpenAI's function-tool shape, and
 calling one by the name the model was given.
 
+Built-in tools (label ``agentd``, :data:`~agentd.config.BUILTIN_LABEL`) are served by
+the layer above, which gives their specs to :meth:`Tools.for_agent` and runs their calls
+itself: they are named like any server's tools, and never reach the pool.
+
 Names: a tool keeps its own name, unless two of the agent's servers have a tool of that
 name; then each of those is named ``LABEL__TOOL``. Characters OpenAI does not allow in a
 function name (outside ``A-Za-z0-9_-``) become ``_``, and a name longer than 64 is cut
@@ -13,18 +17,18 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from ..config import AgentConfig, Config, ToolLimits
+from ..config import BUILTIN_LABEL, AgentConfig, Config, ToolLimits
 from .connection import ToolServerError
 from .pool import ToolPool
 from .result import ToolResult, failure
 
-__all__ = ("FunctionTool", "ToolSet", "Tools", "function_name")
+__all__ = ("FunctionTool", "ToolSet", "ToolSpec", "Tools", "arguments_of", "function_name")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,32 @@ def function_name(*parts: str) -> str:
     if len(name) > NAME_MAX:
         name = f"{name[: NAME_MAX - 9]}_{hashlib.sha1(whole.encode()).hexdigest()[:8]}"
     return name
+
+
+def arguments_of(
+    name: str, arguments: str | Mapping[str, Any] | None
+) -> dict[str, Any] | ToolResult:
+    """The arguments the model wrote for tool ``name`` (a JSON object, as text or
+    parsed) as a dict, or the error result the model reads when they are not one."""
+    if isinstance(arguments, str):
+        try:
+            arguments = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            return failure(f"the arguments of {name!r} are not valid JSON: {exc}", "error")
+    if arguments is not None and not isinstance(arguments, Mapping):
+        return failure(f"the arguments of {name!r} must be a JSON object", "error")
+    return dict(arguments or {})
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool as its server lists it (the fields of MCP's ``Tool`` that name it): how a
+    built-in tool is given to :meth:`Tools.for_agent`."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+    title: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +152,12 @@ class Tools:
     def _agent(self, agent: str | AgentConfig) -> AgentConfig:
         return self._agents[agent] if isinstance(agent, str) else agent
 
-    async def for_agent(self, agent: str | AgentConfig) -> ToolSet:
-        """The agent's tools now (from the cached lists); a server that cannot list its
-        tools is left out and named in ``unavailable``."""
+    async def for_agent(
+        self, agent: str | AgentConfig, builtins: Sequence[ToolSpec] = ()
+    ) -> ToolSet:
+        """The agent's tools now (from the cached lists, and ``builtins`` for the label
+        ``agentd``); a server that cannot list its tools is left out and named in
+        ``unavailable``."""
         config = self._agent(agent)
         if not config.tools:
             return ToolSet()
@@ -137,6 +170,9 @@ class Tools:
                 wanted.setdefault(label, set()).add(tool)  # type: ignore[union-attr]
         timeout = self.limits(config).tool_timeout_s
         found: list[tuple[str, Any]] = []
+        if BUILTIN_LABEL in wanted:
+            only = wanted.pop(BUILTIN_LABEL)
+            found.extend((BUILTIN_LABEL, t) for t in builtins if only is None or t.name in only)
         unavailable: dict[str, str] = {}
         # Listed at once: a cold start waits for the slowest server, not for their sum.
         listings = await asyncio.gather(
@@ -187,13 +223,9 @@ class Tools:
         if target is None:
             known = ", ".join(f.name for f in tools.functions) or "none"
             return failure(f"there is no tool named {name!r} (tools: {known})", "error")
-        if isinstance(arguments, str):
-            try:
-                arguments = orjson.loads(arguments) if arguments.strip() else {}
-            except orjson.JSONDecodeError as exc:
-                return failure(f"the arguments of {name!r} are not valid JSON: {exc}", "error")
-        if arguments is not None and not isinstance(arguments, Mapping):
-            return failure(f"the arguments of {name!r} must be a JSON object", "error")
+        parsed = arguments_of(name, arguments)
+        if isinstance(parsed, ToolResult):
+            return parsed
         limits = self.limits(agent)
         timeout = limits.tool_timeout_s
         if deadline is not None:
@@ -204,7 +236,7 @@ class Tools:
         return await self.pool.call(
             target.label,
             target.tool,
-            dict(arguments or {}),
+            parsed,
             timeout_s=timeout,
             max_output_bytes=limits.max_tool_output_bytes,
         )
