@@ -569,15 +569,29 @@ async def test_patch_over_the_limits_is_413(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
-async def test_patch_and_increment_refuse_preconditions(client: TestClient, header: str) -> None:
+async def test_increment_refuses_preconditions(client: TestClient, header: str) -> None:
     value = '"1"' if header == "If-Match" else "*"
-    headers = {**MERGE, header: value}
-    await error(
-        await client.patch(DOC, json={"a": 1}, headers=headers), 400, "invalid_precondition"
-    )
     resp = await client.post(DOC + "/increment", json={"path": ["n"]}, headers={header: value})
     await error(resp, 400, "invalid_precondition")
     await error(await client.get(DOC), 404, "state_not_found")
+
+
+async def test_patch_with_if_match_applies_to_that_version_only(client: TestClient) -> None:
+    await error(
+        await client.patch(DOC, json={"a": 1}, headers={**MERGE, "If-None-Match": "*"}),
+        400,
+        "invalid_precondition",
+    )
+    await doc(await client.patch(DOC, json={"a": 1}, headers=MERGE), 200, {"a": 1}, 1)
+    resp = await client.patch(DOC, json={"b": 2}, headers={**MERGE, "If-Match": '"1"'})
+    await doc(resp, 200, {"a": 1, "b": 2}, 2)
+    stale = await error(
+        await client.patch(DOC, json={"c": 3}, headers={**MERGE, "If-Match": "1"}),
+        412,
+        "version_conflict",
+    )
+    assert stale["current"] == {"value": {"a": 1, "b": 2}, "version": 2}
+    await doc(await client.get(DOC), 200, {"a": 1, "b": 2}, 2)
 
 
 # -- state: increment -------------------------------------------------------------------

@@ -25,8 +25,9 @@ Extension: ``POST /v1/state/{namespace}/{key}/increment`` with ``{"path": ["a", 
 document, atomically; missing fields and the document itself start at 0 / ``{}``. It
 answers 200 with the new document. Counters need no read-modify-write round trips.
 
-PATCH and increment are atomic by themselves and refuse ``If-Match`` rather than
-silently ignore it.
+PATCH takes an optional ``If-Match``: the patch applies only to that version (412 with
+the current document otherwise, as for ``PUT``). Increment is atomic by itself and
+refuses ``If-Match`` rather than silently ignore it.
 """
 
 from __future__ import annotations
@@ -161,9 +162,11 @@ async def patch_state(request: web.Request) -> web.Response:
             code="unsupported_media_type",
             status=415,
         )
-    _refuse(request, "If-Match", "If-None-Match")
+    _refuse(request, "If-None-Match")
+    expected = _if_match(request)
     patch = await read_json(request)
-    return _doc_response(await store_of(request).state_patch(*_name(request), patch))
+    doc = await store_of(request).state_patch(*_name(request), patch, expected_version=expected)
+    return _doc_response(doc)
 
 
 async def increment_state(request: web.Request) -> web.Response:
