@@ -125,3 +125,37 @@ async def test_retry_and_bury(store: Store) -> None:
     await jobs.bury(d2, b"upstream failed")
     depth = await jobs.depth("p", 1)
     assert (depth.waiting, depth.running, depth.dead) == (0, 0, 1)
+
+
+async def test_reclaim_reaches_a_dead_workers_job_behind_many_running_ones(
+    store: Store,
+) -> None:
+    """Each reclaim looks further along the pending jobs than the last: a dead worker's
+    job queued behind many running ones (renewed by their live holder) is reclaimed even
+    while new jobs keep arriving, and a reclaim takes only as many as it may."""
+    jobs = store.jobs
+    ahead = 25  # running jobs queued before the dead worker's: over 10 per job reclaimed
+    for i in range(ahead):
+        await jobs.enqueue("p", 0, f"running-{i}", 1000)
+    await jobs.enqueue("p", 0, "orphan", 1000)
+    live = await jobs.take("p", 0, "live-worker", ahead, 0.05)
+    [orphan] = await jobs.take("p", 0, "dead-worker", 1, 0.05)
+    assert len(live) == ahead and orphan.job_id == "orphan"
+    arrived = 0
+
+    async def one_round() -> list[Delivery]:
+        """What the live worker and new arrivals do meanwhile, then one reclaim of one job."""
+        nonlocal arrived
+        for d in live:
+            assert await jobs.renew(d, "live-worker")
+        await jobs.enqueue("p", 0, f"new-{arrived}", 1000)
+        arrived += 1
+        live.extend(await jobs.take("p", 0, "live-worker", 1, 0.05))
+        return await jobs.reclaim("p", 0, "other-worker", LEASE_S, 1)
+
+    [again] = await wait_until(one_round, LONG, "the dead worker's job to be reclaimed")
+    assert (again.job_id, again.entry) == ("orphan", orphan.entry)
+    assert await jobs.renew(again, "other-worker")
+    assert len(live) == ahead + arrived  # every new job was taken, none reclaimed
+    for d in live:  # all still held by the live worker
+        assert await jobs.renew(d, "live-worker")
