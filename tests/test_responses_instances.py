@@ -179,46 +179,6 @@ async def test_many_jobs_over_two_instances_while_workers_die(
     assert _queued(redis_standalone.url, "default", shards) == 0  # all acknowledged
 
 
-async def test_a_dead_workers_job_is_taken_over_while_new_jobs_keep_every_place_busy(
-    agentd_instance: Start, redis_standalone: RedisServer
-) -> None:
-    spare = """
-[[agents]]
-name = "echo"
-backend = "echo"
-[[agents]]
-name = "spare-agent"
-backend = "echo"
-[[partitions]]
-name = "spare"
-agents = ["spare-agent"]
-"""
-    extra = "concurrency = 2\nqueue_shards = 1"
-    config = _config([redis_standalone.url], extra=extra) + spare
-    # Takes no default jobs: they wait until the runner below starts.
-    front = agentd_instance(config, "--partitions", "spare")
-    sdk = client(front)
-    orphan = await sdk.responses.create(model="echo", input="orphan", background=True)
-    words = " ".join(f"w{i}" for i in range(10))  # about 0.25 s each at 40 tokens/s
-    backlog = await asyncio.gather(
-        *(sdk.responses.create(model="echo", input=words, background=True) for _ in range(80))
-    )
-    # A worker took the first job, then died: it is pending, renewed by no one.
-    with redis.Redis.from_url(redis_standalone.url) as r:
-        stream = queue_key("default", 0)
-        [[_, [(_, fields)]]] = r.xreadgroup("agentd", "dead-worker", {stream: ">"}, count=1)
-    assert fields[b"id"].decode() == orphan.id
-    # Two places, both refilled from the backlog (about 10 s of it) as soon as freed.
-    runner = agentd_instance(config)
-    done = await wait_status(sdk, orphan.id, limit=60)
-    assert done.status == "completed" and done.output_text == "orphan"
-    assert f"took over job {orphan.id}" in runner.log()
-    # Taken over with the backlog still waiting, not after it.
-    statuses = [(await sdk.responses.retrieve(r.id)).status for r in backlog]
-    assert statuses.count("queued") >= len(backlog) // 2, statuses
-    await asyncio.gather(*(wait_status(sdk, r.id, limit=60) for r in backlog))
-
-
 async def test_partitions_are_consumed_only_where_assigned(
     agentd_instance: Start, redis_standalone: RedisServer
 ) -> None:

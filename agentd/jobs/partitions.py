@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from ..agent import PeopleSignal
 
@@ -37,8 +37,6 @@ class Partition:
         # Jobs it may run while the worker also serves interactive turns.
         self.busy_limit = max(1, int(concurrency * busy_share))
         self.freed = asyncio.Event()
-        # Reclaims waiting for a place: the next places freed are theirs, not the readers'.
-        self.wanted = 0
         self._people = people
 
     def busy(self) -> bool:
@@ -53,24 +51,8 @@ class Partition:
         return min(self.free, self.busy_limit - (self.concurrency - self.free))
 
     async def wait_for_room(self) -> int:
-        """Wait until the partition may take a new job (leaving a reclaim waiting for a
-        place the first one); return how many it may take."""
-        return await self._wait(lambda: self.room() - self.wanted)
-
-    @contextlib.asynccontextmanager
-    async def first_place(self) -> AsyncIterator[int]:
-        """Wait for room ahead of the readers, and keep it from them until the block has
-        taken what it reclaimed: a job whose worker died has waited longer than any new
-        one, and under a steady flow of new jobs the readers would take every place."""
-        self.wanted += 1
-        try:
-            yield await self._wait(self.room)
-        finally:
-            self.wanted -= 1
-            self.freed.set()  # what the block left is the readers' again
-
-    async def _wait(self, room_now: Callable[[], int]) -> int:
-        while (room := room_now()) <= 0:
+        """Wait until the partition may take a job; return how many it may take."""
+        while (room := self.room()) <= 0:
             self.freed.clear()
             # A job ending frees a place; interactive turns ending widen the limit.
             with contextlib.suppress(TimeoutError):

@@ -2,8 +2,7 @@
 instance serves and holds each job it takes while an attempt runs it (attempt.py).
 
 A job is held by renewing its delivery every third of ``[jobs] lease_s``; a worker that
-dies stops renewing and another consumer reclaims the job after the lease, ahead of
-new jobs for the next free place. Each
+dies stops renewing and another consumer reclaims the job after the lease. Each
 delivery begins a new attempt on the record, and every write of the attempt is fenced
 by it.
 """
@@ -142,24 +141,23 @@ class JobRunner:
             end_if_cancelled()
             await asyncio.sleep(self._lease / 2 * (0.75 + random.random() / 2))
             for shard in range(part.shards):
-                # With every place taken, the next one freed is kept for this look.
-                async with part.first_place() as room:
-                    try:
-                        taken = await self.jobs.reclaim(
-                            part.name, shard, self.consumer, self._lease, room
-                        )
-                    except AgentdError as exc:
-                        if not isinstance(exc, StoreUnavailable):  # logged by the store
-                            log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
-                        continue
-                    except Exception:
-                        log.exception("job queue %s/%d: reclaiming failed", part.name, shard)
-                        continue
-                    for delivery in taken:
-                        log.info(
-                            "took over job %s (its worker stopped renewing it)", delivery.job_id
-                        )
-                        self._spawn(part, delivery)
+                room = part.room()
+                if room <= 0:
+                    break
+                try:
+                    taken = await self.jobs.reclaim(
+                        part.name, shard, self.consumer, self._lease, room
+                    )
+                except AgentdError as exc:
+                    if not isinstance(exc, StoreUnavailable):  # logged by the store
+                        log.warning("job queue %s/%d: %s", part.name, shard, exc.message)
+                    continue
+                except Exception:
+                    log.exception("job queue %s/%d: reclaiming failed", part.name, shard)
+                    continue
+                for delivery in taken:
+                    log.info("took over job %s (its worker stopped renewing it)", delivery.job_id)
+                    self._spawn(part, delivery)
 
     def _spawn(self, part: Partition, delivery: Delivery) -> None:
         part.occupy()
