@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
 
 from agentd.agent import Agents, Interrupt, Listener, TurnRequest
+from agentd.agent.lease import Leases
 from agentd.config import Config, from_dict
 from agentd.errors import Conflict, PayloadTooLarge
 from agentd.server.app import create_app
 from agentd.server.keys import AGENTS
+from agentd.store import Store
+
+from .store_helpers import TIMEOUT, user
 
 
 @pytest.fixture
@@ -99,3 +104,49 @@ async def test_an_interrupted_turn_is_stored_as_cancelled(agents: Agents) -> Non
     assert done.cancelled and done.text == "one "
     assert [m.get("status") for m in done.stored] == [None, "cancelled"]
     assert (await agents.run(say(sid, "next"), deadline=deadline())).seq == 4
+
+
+class _DropsCancelInRenewal:
+    """The store, except that its first lease renewal holds its answer until a
+    cancellation lands, then drops the cancellation and returns the answer: what Python
+    3.11's ``asyncio.wait_for`` inside redis-py does when a cancel lands as the reply
+    arrives (by chance there, every time here)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.answered = asyncio.Event()
+        self.dropped = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
+        answer = await self._store.renew_turn(session_id, token, lease_s)
+        if self.answered.is_set():
+            return answer
+        self.answered.set()
+        try:
+            await asyncio.Event().wait()  # the answer is on its way until the cancel
+        except asyncio.CancelledError:
+            self.dropped = True
+        return answer
+
+
+async def test_a_turn_is_stored_when_its_lease_keepers_cancel_is_dropped(
+    store: Store, store_config: Config
+) -> None:
+    """A background job's turn used to hang here for good (its job renewed, never
+    finished): storing the turn stops the lease keeper first and waits for it."""
+    sid = (await store.create_session()).id
+    drops = _DropsCancelInRenewal(store)
+    leases = Leases(store_config.sessions)
+    async with leases.hold(cast(Store, drops), sid, 10, deadline(), Interrupt()) as held:
+        await asyncio.wait_for(drops.answered.wait(), TIMEOUT)  # a renewal is on its way
+        storing = asyncio.create_task(held.store([user("hi"), {"role": "assistant",
+                                                              "content": "hello"}]))  # fmt: skip
+        finished, _ = await asyncio.wait({storing}, timeout=TIMEOUT)
+        assert drops.dropped, "the cancel did not land during the renewal"
+        assert finished, "storing the turn waits on a lease keeper that never ends"
+    assert [m["content"] for m in await store.history(sid)] == ["hi", "hello"]
+    # The session is free: the next turn takes it at once.
+    assert await store.begin_turn(sid, 10, 2.0) is not None

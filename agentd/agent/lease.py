@@ -23,6 +23,7 @@ import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from ..aio import end_if_cancelled
 from ..config import SessionsConfig
 from ..errors import Conflict, UpstreamTimeout
 from ..store import Store, TurnLease
@@ -142,6 +143,9 @@ class Leases:
         """Renew the lease while the turn runs; stop the turn when another turn asks it
         to, or took the session (this one stalled past its lease)."""
         while True:
+            # Storing the turn cancels this and waits for it: a cancel dropped inside a
+            # renewal (see end_if_cancelled) would leave the turn waiting for good.
+            end_if_cancelled()
             await asyncio.sleep(self._lease_s / 3)
             try:
                 state = await store.renew_turn(sid, token, self._lease_s)

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from ..agent import Interrupt
+from ..aio import end_if_cancelled
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, Internal
@@ -222,6 +223,9 @@ class Attempts:
         try:
             checked = loop.time()
             while True:
+                # Stopped by its holder (taken over, closing), even if the cancel was
+                # dropped inside a store call (see end_if_cancelled).
+                end_if_cancelled()
                 wait = FLUSH_INTERVAL_S if writer.pending else CANCEL_POLL_S
                 finished, _ = await asyncio.wait({work}, timeout=wait)
                 if finished:

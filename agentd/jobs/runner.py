@@ -177,6 +177,9 @@ class JobRunner:
         work = asyncio.create_task(self._admit_and_attempt(part, delivery))
         try:
             while True:
+                # A cancel dropped inside a renewal (see end_if_cancelled) must still
+                # stop the job: closing waits for it.
+                end_if_cancelled()
                 finished, _ = await asyncio.wait({work}, timeout=self._lease / 3)
                 if finished:
                     break

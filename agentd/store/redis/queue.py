@@ -26,6 +26,8 @@ class RedisQueue(Queue):
     def __init__(self, shards: Shards, waits: Shards) -> None:
         self.shards = shards
         self.waits = waits  # for blocking reads only
+        # Where each stream's next reclaim goes on looking through its pending entries.
+        self._reclaim_from: dict[str, str] = {}
 
     async def enqueue(self, partition: str, shard: int, job_id: str, limit: int) -> bool:
         stream = K.queue_key(partition, shard)
@@ -83,10 +85,15 @@ class RedisQueue(Queue):
         self, partition: str, shard: int, consumer: str, idle_s: float, count: int
     ) -> list[Delivery]:
         stream = K.queue_key(partition, shard)
+        start = self._reclaim_from.get(stream, "0-0")
 
+        # XAUTOCLAIM looks at no more than 10 x COUNT pending entries per call. Always
+        # starting at the head, a reclaim taking few jobs would never reach a dead
+        # worker's job behind many running ones; going on from where the last one
+        # stopped (back to the head after the end) looks at every entry in turn.
         async def claim(client: Any) -> Any:
             return await client.xautoclaim(
-                stream, K.JOB_GROUP, consumer, ms(idle_s), "0-0", count=count
+                stream, K.JOB_GROUP, consumer, ms(idle_s), start, count=count
             )
 
         try:
@@ -96,6 +103,10 @@ class RedisQueue(Queue):
                 raise
             await self._ensure_group(stream)
             return []
+        # The reply is (next start, claimed entries[, ids of deleted entries that Redis 7
+        # dropped from the pending list: nothing to run]); 0-0 means the end was reached.
+        after = reply[0]
+        self._reclaim_from[stream] = after.decode() if isinstance(after, bytes) else str(after)
         return self._deliveries(partition, shard, reply[1])
 
     async def renew(self, delivery: Delivery, consumer: str) -> bool:
