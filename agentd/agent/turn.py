@@ -138,12 +138,13 @@ class Agents:
             ticket = self.limiter.begin(req.identity, check=interactive)
         try:
             toolset = None
-            if agent.tools and self.tools is not None:
-                toolset = await self.tools.for_agent(agent)
+            if (agent.tools or req.tool_servers) and self.tools is not None:
+                toolset = await self.tools.for_agent(agent, req.tool_servers)
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
                 await _admitted(ticket, listener)
+                await _listed(toolset, listener)
                 plan = self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -157,6 +158,7 @@ class Agents:
                 await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
+                await _listed(toolset, listener)
                 plan = self._plan(agent, req, held.history, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -448,6 +450,12 @@ async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
     headers = await ticket.admitted()
     if listener is not None and headers:
         listener.limits(headers)
+
+
+async def _listed(toolset: ToolSet | None, listener: Listener | None) -> None:
+    """Tell the listener the turn's tools, once admitted (nothing for a turn without)."""
+    if toolset is not None and listener is not None:
+        await listener.tools_listed(toolset)
 
 
 def _chars(message: Mapping[str, Any]) -> int:

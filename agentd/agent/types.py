@@ -10,7 +10,7 @@ from typing import Any
 
 from ..auth import Identity
 from ..backends import INTERACTIVE
-from ..tools import ToolResult
+from ..tools import ToolResult, ToolServer, ToolSet
 
 __all__ = ("Listener", "Timings", "ToolRun", "TurnRequest", "TurnResult", "new_turn_id")
 
@@ -53,6 +53,9 @@ class TurnRequest:
     # Otherwise a reply with tool calls fails the turn (400 ``tool_calls_unsupported``)
     # and nothing is stored: no client could answer them.
     tool_calls: bool = False
+    # Tool servers the request brings to this turn, next to the agent's own (the
+    # Responses API's ``mcp`` tools).
+    tool_servers: tuple[ToolServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,10 @@ class Listener:
 
     def limits(self, headers: Mapping[str, str]) -> None:
         """The caller's x-ratelimit-* headers, once admitted (before any delta)."""
+
+    async def tools_listed(self, tools: ToolSet) -> None:
+        """The turn's server-side tools, listed once it is admitted (before any model
+        call): only for a turn that has some."""
 
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         """A server-side tool call starts (the turn's loop runs it): the call in

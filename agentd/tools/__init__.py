@@ -11,13 +11,14 @@ from __future__ import annotations
 from .connection import ToolServerError
 from .pool import ToolPool
 from .result import OUTCOMES, ToolResult, failure
-from .service import FunctionTool, Tools, ToolSet, function_name
+from .service import FunctionTool, Tools, ToolServer, ToolSet, function_name
 
 __all__ = (
     "OUTCOMES",
     "FunctionTool",
     "ToolPool",
     "ToolResult",
+    "ToolServer",
     "ToolServerError",
     "ToolSet",
     "Tools",

@@ -24,7 +24,7 @@ from .connection import ToolServerError
 from .pool import ToolPool
 from .result import ToolResult, failure
 
-__all__ = ("FunctionTool", "ToolSet", "Tools", "function_name")
+__all__ = ("FunctionTool", "ToolServer", "ToolSet", "Tools", "function_name")
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ class FunctionTool:
             "description": self.description,
             "parameters": self.parameters,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolServer:
+    """A tool server a request brings to one turn, next to the agent's own: its pool
+    label (a configured label, or :meth:`Tools.server_url`'s), and the tools wanted of
+    it (None: all of them)."""
+
+    label: str
+    only: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -122,11 +132,14 @@ class Tools:
     def _agent(self, agent: str | AgentConfig) -> AgentConfig:
         return self._agents[agent] if isinstance(agent, str) else agent
 
-    async def for_agent(self, agent: str | AgentConfig) -> ToolSet:
-        """The agent's tools now (from the cached lists); a server that cannot list its
-        tools is left out and named in ``unavailable``."""
+    async def for_agent(
+        self, agent: str | AgentConfig, extra: tuple[ToolServer, ...] = ()
+    ) -> ToolSet:
+        """The agent's tools now (from the cached lists), with those of the ``extra``
+        servers a request brings; a server that cannot list its tools is left out and
+        named in ``unavailable``."""
         config = self._agent(agent)
-        if not config.tools:
+        if not config.tools and not extra:
             return ToolSet()
         wanted: dict[str, set[str] | None] = {}  # label -> tools (None: all of them)
         for ref in config.tools:
@@ -135,6 +148,11 @@ class Tools:
                 wanted[label] = None
             elif wanted.get(label, set()) is not None:
                 wanted.setdefault(label, set()).add(tool)  # type: ignore[union-attr]
+        for server in extra:  # a server both name has the tools of either
+            if server.only is None:
+                wanted[server.label] = None
+            elif wanted.get(server.label, set()) is not None:
+                wanted.setdefault(server.label, set()).update(server.only)  # type: ignore[union-attr]
         timeout = self.limits(config).tool_timeout_s
         found: list[tuple[str, Any]] = []
         unavailable: dict[str, str] = {}
