@@ -141,7 +141,7 @@ class Attempts:
     ) -> None:
         rid = view.id
         running = dataclasses.replace(view, status="in_progress")
-        events = ResponseEvents(running, seq)
+        events = self.responses.events_for(running, seq)
         writer = _EventWriter(self.jobs, rid, attempt)
         try:
             # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
@@ -156,7 +156,7 @@ class Attempts:
                     completed_at=time.time(),
                 )
                 if final.output_text:
-                    writer.add([events.delta(final.output_text)])
+                    writer.add(events.text(final.output_text))
                 reply_seq: int | None = previous["seq"]
             else:
                 final, reply_seq = await self._run_turn(running, events, writer, payer)
@@ -184,15 +184,20 @@ class Attempts:
         deadline = loop.time() + self.config.jobs.timeout_s
         parts: list[str] = []
 
-        async def on_delta(text: str) -> None:
-            parts.append(text)
-            writer.add([events.delta(text)])
+        async def on_events(batch: list[dict[str, Any]]) -> None:
+            parts.extend(e["delta"] for e in batch if e["type"] == "response.output_text.delta")
+            writer.add(batch)
             if writer.due():
                 await writer.flush()
 
         work = asyncio.create_task(
             self.responses.run_turn(
-                view, deadline=deadline, interrupt=interrupt, on_delta=on_delta, identity=payer
+                view,
+                deadline=deadline,
+                interrupt=interrupt,
+                events=events,
+                on_events=on_events,
+                identity=payer,
             )
         )
         try:

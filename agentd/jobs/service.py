@@ -19,12 +19,12 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
-from ..agent import Agents, Interrupt, Listener, TurnRequest, TurnResult
+from ..agent import Agents, Interrupt, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
@@ -37,6 +37,7 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
+from .mcp import OnEvents, Server, TurnItems, check, resolve
 
 __all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
 
@@ -73,6 +74,8 @@ def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
         incomplete_reason=text("inc"),
         session_id=text("sid"),
         completed_at=float(done) if done else None,
+        items=doc("items"),
+        message_at=int(record["mat"]) if "mat" in record else None,
     )
 
 
@@ -103,6 +106,10 @@ def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]
         fields["inc"] = view.incomplete_reason.encode()
     if reply_seq is not None:
         fields["rseq"] = b"%d" % reply_seq
+    if view.items is not None:
+        fields["items"] = orjson.dumps(view.items)
+    if view.message_at is not None:
+        fields["mat"] = b"%d" % view.message_at
     return fields
 
 
@@ -112,25 +119,6 @@ def _status_of(done: TurnResult) -> tuple[str, str | None]:
     if done.finish_reason == "length":
         return "incomplete", "max_output_tokens"
     return "completed", None
-
-
-class _Deltas(Listener):
-    __slots__ = ("on_delta", "on_limits")
-
-    def __init__(
-        self,
-        on_delta: Callable[[str], Awaitable[None]] | None,
-        on_limits: Callable[[Mapping[str, str]], None] | None = None,
-    ) -> None:
-        self.on_delta, self.on_limits = on_delta, on_limits
-
-    async def delta(self, text: str) -> None:
-        if self.on_delta is not None:
-            await self.on_delta(text)
-
-    def limits(self, headers: Mapping[str, str]) -> None:
-        if self.on_limits is not None:
-            self.on_limits(headers)
 
 
 class Responses:
@@ -222,6 +210,7 @@ class Responses:
         ``store: false`` is not stored and runs as a stateless turn. A background one is
         charged to ``payer``'s key and tenant when it runs."""
         self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
+        check(self.agents.tools, req.mcp_tools)  # a server it may not use, a 400 likewise
         view = ResponseView(
             id=new_response_id(),
             created_at=time.time(),
@@ -378,9 +367,26 @@ class Responses:
 
     # -- running ----------------------------------------------------------------------
 
-    def turn_request(self, view: ResponseView, identity: Identity | None = None) -> TurnRequest:
+    def runs_tools(self, req: CreateRequest) -> bool:
+        """Whether the response's turn may run server-side tools (its output then has
+        their items before the message)."""
+        if self.agents.tools is None:
+            return False
+        return bool(req.mcp_tools) or bool(self.agents.get(req.agent).tools)
+
+    def events_for(self, view: ResponseView, first_seq: int = 0) -> ResponseEvents:
+        """The builder of the response's streaming events, from ``first_seq``."""
+        return ResponseEvents(view, first_seq, tools=self.runs_tools(view.request))
+
+    def turn_request(
+        self,
+        view: ResponseView,
+        identity: Identity | None = None,
+        servers: list[Server] | None = None,
+    ) -> TurnRequest:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
+        turn.tool_servers = tuple(s.tool for s in servers or ())
         turn.identity = identity
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
@@ -406,17 +412,25 @@ class Responses:
         *,
         deadline: float,
         interrupt: Interrupt | None = None,
-        on_delta: Callable[[str], Awaitable[None]] | None = None,
+        events: ResponseEvents | None = None,
+        on_events: OnEvents | None = None,
         identity: Identity | None = None,
         on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> tuple[ResponseView, int | None]:
-        """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
-        final view and the stored reply's seq. ``identity``: whose limits apply;
+        """Run the response's turn; ``on_events(events)`` gets its streaming events
+        as they come (built by ``events``, :meth:`events_for` when not given). Returns
+        the final view and the stored reply's seq. ``identity``: whose limits apply;
         ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted."""
+        req = view.request
+        tools = self.runs_tools(req)
+        servers = []
+        if req.mcp_tools:
+            servers = resolve(self.agents.tools, self.agents.get(req.agent), req.mcp_tools)
         listener = None
-        if on_delta is not None or on_limits is not None:
-            listener = _Deltas(on_delta, on_limits)
-        turn = self.turn_request(view, identity)
+        if tools or on_events is not None or on_limits is not None:
+            events = events or self.events_for(view)
+            listener = TurnItems(view.id, events, servers, on_events, on_limits)
+        turn = self.turn_request(view, identity, servers)
         done = await self.agents.run(
             turn, deadline=deadline, interrupt=interrupt, listener=listener
         )
@@ -429,6 +443,8 @@ class Responses:
             incomplete_reason=reason,
             completed_at=time.time(),
         )
+        if tools and events is not None:
+            final.items, final.message_at = list(events.items), events.message_at
         return final, done.seq
 
     async def run_now(
@@ -436,15 +452,16 @@ class Responses:
         view: ResponseView,
         *,
         deadline: float,
-        on_delta: Callable[[str], Awaitable[None]] | None = None,
+        events: ResponseEvents | None = None,
+        on_events: OnEvents | None = None,
         identity: Identity | None = None,
         on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> ResponseView:
         """A foreground response: run it in the request (within ``identity``'s limits)
         and store the result."""
         run = functools.partial(
-            self.run_turn, deadline=deadline, on_delta=on_delta, identity=identity,
-            on_limits=on_limits,
+            self.run_turn, deadline=deadline, events=events, on_events=on_events,
+            identity=identity, on_limits=on_limits,
         )  # fmt: skip
         if not view.request.store:
             final, _ = await run(view)

@@ -39,6 +39,7 @@ from .fields import (
     TEXT_PARTS,
     Kinds,
 )
+from .mcp import parse_tools
 
 __all__ = ("CreateRequest", "check_type", "parse_create", "parse_input_items", "parse_metadata")
 
@@ -60,6 +61,8 @@ class CreateRequest:
     store: bool = True
     # The conversation named by the request (its session is ``session_id``).
     conversation: str | None = None
+    # The request's ``mcp`` tools, normalized (:mod:`.mcp`).
+    mcp_tools: list[dict[str, Any]] = field(default_factory=list)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -195,7 +198,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         elif key in IGNORED_FIELDS:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
-    _check_restricted(body)
+    mcp_tools = _check_restricted(body, params)
     _forward_nested(body, params)
     return CreateRequest(
         agent,
@@ -209,6 +212,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         params,
         store,
         conversation,
+        mcp_tools,
     )
 
 
@@ -345,19 +349,23 @@ def _forward_nested(body: dict[str, Any], params: dict[str, Any]) -> None:
         params["verbosity"] = text["verbosity"]
 
 
-def _check_restricted(body: dict[str, Any]) -> None:
-    if check_type(body.get("tools"), (list,), "tools"):
-        raise _bad("tools are not supported: agentd runs no tools", "unsupported_value", "tools")
+def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check the restricted fields; the request's mcp tools (``tool_choice`` goes to
+    ``params`` with them)."""
+    tools = parse_tools(check_type(body.get("tools"), (list,), "tools") or [])
     choice = check_type(body.get("tool_choice"), (str, dict), "tool_choice")
-    if choice is not None and choice not in ("auto", "none"):
+    allowed = ("auto", "none", "required") if tools else ("auto", "none")
+    if choice is not None and choice not in allowed:
         raise _bad(
-            'tool_choice must be "auto" or "none": there are no tools',
+            f"tool_choice must be one of {', '.join(allowed)}",
             "unsupported_value",
             "tool_choice",
         )
+    if choice is not None and tools:
+        params["tool_choice"] = choice
     text = check_type(body.get("text"), (dict,), "text")
     if text is None:
-        return
+        return tools
     _refuse_unknown(text, TEXT_FIELDS, "text")
     check_type(text.get("verbosity"), (str,), "text.verbosity")
     fmt = check_type(text.get("format"), (dict,), "text.format")
@@ -367,3 +375,4 @@ def _check_restricted(body: dict[str, Any]) -> None:
             "unsupported_value",
             "text.format.type",
         )
+    return tools

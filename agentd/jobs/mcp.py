@@ -1,0 +1,160 @@
+"""The ``mcp`` tools of a Responses request at run time: which tool servers they name
+(checked when the response is created, resolved to the worker's connections when it
+runs), and what a turn with server-side tools shows of them: its output items, as
+streaming events (:class:`TurnItems`).
+
+A tool names a configured server (``[[mcp_servers]]``) by ``server_label``, or a server
+by ``server_url``, which ``[tools] allowed_server_urls`` must allow. Refusals are 400s
+naming the field: ``unknown_server_label``, ``server_url_not_allowed``,
+``server_label_conflict`` (a ``server_url`` labelled like a configured server), and
+``mcp_unavailable`` (no tool layer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..agent import Listener
+from ..config import AgentConfig
+from ..errors import param_error
+from ..tools import ToolResult, Tools, ToolServer, ToolSet
+from ..wire.responses import ResponseEvents
+from ..wire.responses.items import call_item, list_tools_item, tool_error
+
+__all__ = ("Server", "TurnItems", "check", "resolve")
+
+OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    """A request's mcp tool on this worker: the turn's :class:`ToolServer` and the
+    label the request gave it."""
+
+    tool: ToolServer
+    server_label: str
+
+
+def _unusable(tools: Tools | None, specs: list[dict[str, Any]]) -> None:
+    if tools is None and specs:
+        raise param_error("this instance runs no tools", "mcp_unavailable", "tools")
+
+
+def check(tools: Tools | None, specs: list[dict[str, Any]]) -> None:
+    """Refuse a request whose mcp tools name a server it may not use (a 400 naming the
+    field), before anything is stored or queued."""
+    _unusable(tools, specs)
+    for i, spec in enumerate(specs):
+        _check_one(tools, spec, i)  # type: ignore[arg-type]
+
+
+def _check_one(tools: Tools, spec: Mapping[str, Any], i: int) -> None:
+    label, url = spec["server_label"], spec["server_url"]
+    configured = tools.pool.server(label) is not None
+    if url is None:
+        if not configured:
+            known = ", ".join(tools.pool.labels) or "none"
+            raise param_error(
+                f"tools[{i}].server_label {label!r} names no configured MCP server "
+                f"(configured: {known}); a server_url names another",
+                "unknown_server_label",
+                f"tools[{i}].server_label",
+            )
+        return
+    if configured:
+        raise param_error(
+            f"tools[{i}].server_label {label!r} is a configured server's: label the "
+            "server_url otherwise, or leave server_url out to use the configured one",
+            "server_label_conflict",
+            f"tools[{i}].server_label",
+        )
+    if not tools.allows_server_url(url):
+        raise param_error(
+            f"tools[{i}].server_url is not allowed on this instance: an operator allows "
+            "server URLs in [tools] allowed_server_urls",
+            "server_url_not_allowed",
+            f"tools[{i}].server_url",
+        )
+
+
+def resolve(tools: Tools | None, agent: AgentConfig, specs: list[dict[str, Any]]) -> list[Server]:
+    """The request's servers on this worker (a server_url gets a connection of the
+    worker's pool, with the agent's limits), checked again: the config may have been
+    reloaded since the response was queued."""
+    check(tools, specs)
+    servers = []
+    for spec in specs:
+        label = spec["server_label"]
+        if spec["server_url"] is not None:
+            label = tools.server_url(agent, spec["server_url"], spec["headers"]) or ""  # type: ignore[union-attr]
+        only = spec["allowed_tools"]
+        servers.append(Server(ToolServer(label, None if only is None else frozenset(only)),
+                              spec["server_label"]))  # fmt: skip
+    return servers
+
+
+class TurnItems(Listener):
+    """Hears a Responses turn with server-side tools and tells its events (from
+    ``events``) to ``on_events``: the text, an ``mcp_list_tools`` item per server the
+    request named, and an ``mcp_call`` item per call of any of the turn's MCP tools
+    (the agent's own too). ``events.items`` is the output so far."""
+
+    __slots__ = ("_named", "_toolset", "events", "on_events", "on_limits", "rid")
+
+    def __init__(
+        self,
+        rid: str,
+        events: ResponseEvents,
+        servers: list[Server],
+        on_events: OnEvents | None,
+        on_limits: Callable[[Mapping[str, str]], None] | None = None,
+    ) -> None:
+        self.rid, self.events = rid, events
+        self.on_events, self.on_limits = on_events, on_limits
+        # pool label -> the request's server_label (a configured server is its label)
+        self._named = {s.tool.label: s.server_label for s in servers}
+        self._toolset = ToolSet()
+
+    async def _tell(self, events: list[dict[str, Any]]) -> None:
+        if events and self.on_events is not None:
+            await self.on_events(events)
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        if self.on_limits is not None:
+            self.on_limits(headers)
+
+    async def delta(self, text: str) -> None:
+        await self._tell(self.events.text(text))
+
+    async def tools_listed(self, tools: ToolSet) -> None:
+        self._toolset = tools
+        for label, server_label in self._named.items():
+            error = tools.unavailable.get(label)
+            listed = [(f.tool, f.description, f.parameters) for f in tools.functions
+                      if f.label == label]  # fmt: skip
+            item = list_tools_item(self.rid, server_label, listed, error)
+            await self._tell(self.events.tool_item(item))
+
+    def _item(self, call: Mapping[str, Any], **fields: Any) -> dict[str, Any] | None:
+        function = call.get("function") or {}
+        target = self._toolset.find(str(function.get("name")))
+        if target is None:  # a tool the turn does not have: no server's call
+            return None
+        server_label = self._named.get(target.label, target.label)
+        return call_item(self.rid, str(call.get("id")), server_label, target.tool,
+                         str(function.get("arguments") or ""), **fields)  # fmt: skip
+
+    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
+        item = self._item(call)
+        if item is not None:
+            await self._tell(self.events.call_started(item))
+
+    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+        if result.is_error:
+            item = self._item(call, status="failed", error=tool_error(result.text, result.outcome))
+        else:
+            item = self._item(call, status="completed", output=result.text)
+        if item is not None:
+            await self._tell(self.events.call_ended(item))
