@@ -196,6 +196,7 @@ class Agents:
         if toolset is not None and toolset.functions and self.tools is not None:
             # Calls of the client's own tools go back to it, where it can take them.
             client_tools = frozenset(_names(params.get("tools")) if req.tool_calls else ())
+            client_tools |= toolset.held  # calls that wait for the client's approval
             params = merge_tools(params, toolset)
             loop = ToolLoop(self.tools, agent, toolset, client_tools, interrupt or Interrupt(),
                             listener)  # fmt: skip

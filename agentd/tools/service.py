@@ -77,11 +77,18 @@ class FunctionTool:
 @dataclass(frozen=True, slots=True)
 class ToolServer:
     """A tool server a request brings to one turn, next to the agent's own: its pool
-    label (a configured label, or :meth:`Tools.server_url`'s), and the tools wanted of
-    it (None: all of them)."""
+    label (a configured label, or :meth:`Tools.server_url`'s), the tools wanted of it
+    (None: all of them), and those whose calls wait for the client's approval: the
+    ``held`` ones (None: all) but the ``exempt`` ones."""
 
     label: str
     only: frozenset[str] | None = None
+    held: frozenset[str] | None = frozenset()
+    exempt: frozenset[str] = frozenset()
+
+    def waits(self, tool: str) -> bool:
+        """Whether a call of ``tool`` waits for the client's approval."""
+        return (self.held is None or tool in self.held) and tool not in self.exempt
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,9 @@ class ToolSet:
 
     functions: tuple[FunctionTool, ...] = ()
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    # The names of the functions whose calls wait for the client's approval: the loop
+    # does not run them, the turn ends with them (a request's servers only).
+    held: frozenset[str] = frozenset()
 
     def find(self, name: str) -> FunctionTool | None:
         for f in self.functions:
@@ -168,6 +178,10 @@ class Tools:
             if isinstance(listed, BaseException):
                 raise listed
             found.extend((label, t) for t in listed if only is None or t.name in only)
+        # The agent's own tools never wait: only those the turn has from the request.
+        own = {ref.partition(":")[0] for ref in config.tools}
+        waiting = {s.label: s for s in extra if s.label not in own and s.held != frozenset()}
+        held: set[str] = set()
         counts: dict[str, int] = {}
         for _, t in found:
             counts[t.name] = counts.get(t.name, 0) + 1
@@ -178,6 +192,8 @@ class Tools:
             if name in taken:  # two names that differ only in cleaned characters
                 name = function_name(f"{name}_{hashlib.sha1(t.name.encode()).hexdigest()[:6]}")
             taken.add(name)
+            if label in waiting and waiting[label].waits(t.name):
+                held.add(name)
             functions.append(
                 FunctionTool(
                     name=name,
@@ -187,7 +203,7 @@ class Tools:
                     tool=t.name,
                 )
             )
-        return ToolSet(tuple(functions), unavailable)
+        return ToolSet(tuple(functions), unavailable, frozenset(held))
 
     async def call(
         self,
