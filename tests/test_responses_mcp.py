@@ -264,6 +264,114 @@ async def test_a_background_response_runs_its_tools_and_replays_their_events(
     await client.close()
 
 
+# -- approvals --------------------------------------------------------------------------
+
+
+def tallied(toolbox: HttpToolbox, name: str) -> int:
+    path = toolbox.state / f"tally-{name}"
+    return len(path.read_text()) if path.exists() else 0
+
+
+async def test_a_call_waits_for_approval_by_default_and_runs_once_approved(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    web = {"type": "mcp", "server_label": "web"}  # require_approval left out: "always"
+    asked = await client.responses.create(
+        model="echo", input='call tally {"name": "approved"}', tools=[web]
+    )
+    assert asked.status == "completed"
+    assert kinds(asked.output) == ["mcp_list_tools", "mcp_approval_request"]
+    request = asked.output[1]
+    assert (request.server_label, request.name) == ("web", "tally")
+    assert request.arguments == '{"name": "approved"}'
+    assert asked.output_text == "" and tallied(toolbox, "approved") == 0
+    strict_response(asked.model_dump(mode="json", exclude_unset=True))
+
+    approval = {"type": "mcp_approval_response", "approval_request_id": request.id,
+                "approve": True}  # fmt: skip
+    done = await client.responses.create(
+        model="echo", input=[approval], tools=[web], previous_response_id=asked.id
+    )
+    assert done.status == "completed"
+    assert kinds(done.output) == ["mcp_call", "message"]
+    call = done.output[0]
+    assert call.approval_request_id == request.id and call.output == "approved 1"
+    assert done.output_text == "tally: approved 1"
+    assert tallied(toolbox, "approved") == 1
+
+    # The conversation goes on from there, as any other.
+    after = await client.responses.create(
+        model="echo", input="thanks", previous_response_id=done.id
+    )
+    assert after.output_text == "thanks"
+    await client.close()
+
+
+async def test_a_refused_call_is_a_result_the_model_reads(serve: Any, toolbox: HttpToolbox) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    web = {**WEB, "require_approval": {"never": {"tool_names": ["echo"]}}}
+    script = 'call echo {"text": "free"}\ncall tally {"name": "refused"}'
+    asked = await client.responses.create(model="echo", input=script, tools=[web])
+    # echo needs no approval and ran; tally waits.
+    assert kinds(asked.output) == ["mcp_list_tools", "mcp_call", "mcp_approval_request"]
+    assert asked.output[1].output == "free"
+    refusal = {"type": "mcp_approval_response", "approval_request_id": asked.output[2].id,
+               "approve": False, "reason": "not today"}  # fmt: skip
+    done = await client.responses.create(
+        model="echo", input=[refusal], tools=[web], previous_response_id=asked.id
+    )
+    assert kinds(done.output) == ["message"]
+    assert done.output_text == "echo: free\ntally: the user did not approve the call: not today"
+    assert tallied(toolbox, "refused") == 0
+    await client.close()
+
+
+async def test_approvals_stream_and_bad_answers_are_refused(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    web = {"type": "mcp", "server_label": "web", "require_approval": "always"}
+    stream = await client.responses.create(
+        model="echo", input='call echo {"text": "s"}', tools=[web], stream=True
+    )
+    events = [e.model_dump(mode="json", exclude_unset=True) async for e in stream]
+    check_stream(events)
+    final = events[-1]["response"]
+    assert [i["type"] for i in final["output"]] == ["mcp_list_tools", "mcp_approval_request"]
+    request_id = final["output"][1]["id"]
+
+    approve = {"type": "mcp_approval_response", "approval_request_id": request_id,
+               "approve": True}  # fmt: skip
+    for body, code, param in (
+        ({"input": [approve]}, "missing_required_parameter", "previous_response_id"),
+        ({"input": [{**approve, "approval_request_id": "mcpr_other"}],
+          "previous_response_id": final["id"]}, "unknown_approval_request", "input"),
+        ({"input": [approve, approve], "previous_response_id": final["id"]}, "invalid_value",
+         "input"),
+        ({"input": [{**approve, "approve": "yes"}], "previous_response_id": final["id"]},
+         "invalid_type", "input[0].approve"),
+        ({"input": [{**approve, "extra": 1}], "previous_response_id": final["id"]},
+         "unknown_parameter", "input[0].extra"),
+    ):  # fmt: skip
+        status, answer = await raw_create(url, {"model": "echo", "tools": [web], **body})
+        assert status == 400, (body, answer)
+        assert (answer["error"]["code"], answer["error"]["param"]) == (code, param)
+
+    stream = await client.responses.create(
+        model="echo", input=[approve], tools=[web], previous_response_id=final["id"], stream=True
+    )
+    events = [e.model_dump(mode="json", exclude_unset=True) async for e in stream]
+    check_stream(events)
+    types = [e["type"] for e in events]
+    assert "response.mcp_call.completed" in types
+    assert events[-1]["response"]["output"][-1]["content"][0]["text"] == "echo: s"
+    await client.close()
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 

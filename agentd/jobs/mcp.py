@@ -21,9 +21,16 @@ from ..config import AgentConfig
 from ..errors import param_error
 from ..tools import ToolResult, Tools, ToolServer, ToolSet
 from ..wire.responses import ResponseEvents
-from ..wire.responses.items import call_item, list_tools_item, tool_error
+from ..wire.responses.items import (
+    approval_id,
+    approval_request_item,
+    call_item,
+    list_tools_item,
+    tool_error,
+)
+from ..wire.responses.mcp import held
 
-__all__ = ("Server", "TurnItems", "check", "resolve")
+__all__ = ("Server", "TurnItems", "answer_approvals", "check", "resolve")
 
 OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -90,8 +97,9 @@ def resolve(tools: Tools | None, agent: AgentConfig, specs: list[dict[str, Any]]
         if spec["server_url"] is not None:
             label = tools.server_url(agent, spec["server_url"], spec["headers"]) or ""  # type: ignore[union-attr]
         only = spec["allowed_tools"]
-        servers.append(Server(ToolServer(label, None if only is None else frozenset(only)),
-                              spec["server_label"]))  # fmt: skip
+        waiting, exempt = held(spec)
+        tool = ToolServer(label, None if only is None else frozenset(only), waiting, exempt)
+        servers.append(Server(tool, spec["server_label"]))
     return servers
 
 
@@ -101,7 +109,7 @@ class TurnItems(Listener):
     request named, and an ``mcp_call`` item per call of any of the turn's MCP tools
     (the agent's own too). ``events.items`` is the output so far."""
 
-    __slots__ = ("_named", "_toolset", "events", "on_events", "on_limits", "rid")
+    __slots__ = ("_named", "_toolset", "events", "listed", "on_events", "on_limits", "rid")
 
     def __init__(
         self,
@@ -116,6 +124,9 @@ class TurnItems(Listener):
         # pool label -> the request's server_label (a configured server is its label)
         self._named = {s.tool.label: s.server_label for s in servers}
         self._toolset = ToolSet()
+        # False: the request's servers are not listed again (a turn that goes on after
+        # approvals: the response that asked for them listed them).
+        self.listed = True
 
     async def _tell(self, events: list[dict[str, Any]]) -> None:
         if events and self.on_events is not None:
@@ -128,8 +139,14 @@ class TurnItems(Listener):
     async def delta(self, text: str) -> None:
         await self._tell(self.events.text(text))
 
+    def use(self, tools: ToolSet) -> None:
+        """The tools the calls it hears of are made with (when it heard no listing)."""
+        self._toolset = tools
+
     async def tools_listed(self, tools: ToolSet) -> None:
         self._toolset = tools
+        if not self.listed:
+            return
         for label, server_label in self._named.items():
             error = tools.unavailable.get(label)
             listed = [(f.tool, f.description, f.parameters) for f in tools.functions
@@ -151,10 +168,68 @@ class TurnItems(Listener):
         if item is not None:
             await self._tell(self.events.call_started(item))
 
-    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+    async def tool_result(
+        self, call: Mapping[str, Any], result: ToolResult, approval: str | None = None
+    ) -> None:
+        """A call ended (``approval``: the approval request it ran after)."""
         if result.is_error:
-            item = self._item(call, status="failed", error=tool_error(result.text, result.outcome))
+            item = self._item(call, status="failed", error=tool_error(result.text, result.outcome),
+                              approval_request_id=approval)  # fmt: skip
         else:
-            item = self._item(call, status="completed", output=result.text)
+            item = self._item(call, status="completed", output=result.text,
+                              approval_request_id=approval)  # fmt: skip
         if item is not None:
             await self._tell(self.events.call_ended(item))
+
+    async def approval_requests(self, calls: list[dict[str, Any]]) -> None:
+        """The turn ended with calls that wait for the client's approval: an
+        ``mcp_approval_request`` each."""
+        for call in calls:
+            item = self._item(call)
+            if item is not None:
+                request = approval_request_item(self.rid, str(call.get("id")),
+                                                item["server_label"], item["name"],
+                                                item["arguments"])  # fmt: skip
+                await self._tell(self.events.tool_item(request))
+
+
+async def answer_approvals(
+    tools: Tools,
+    agent: AgentConfig,
+    toolset: ToolSet,
+    previous: str,
+    pending: list[dict[str, Any]],
+    approvals: list[dict[str, Any]],
+    items: TurnItems,
+    deadline: float,
+) -> list[dict[str, Any]]:
+    """The results of the calls a previous response ended with (``pending``, in
+    OpenAI's chat shape), as ``tool`` messages: each approved one run (its
+    ``mcp_call`` told to ``items``), each refused (or not answered) one a result that
+    says so, for the model to read. An approval that answers none of them is a 400."""
+    answers = {a["approval_request_id"]: a for a in approvals}
+    waiting = [approval_id(previous, str(call.get("id"))) for call in pending]
+    unknown = answers.keys() - set(waiting)
+    if unknown:  # refused before any call runs
+        raise param_error(
+            f"approval request {min(unknown)[:64]!r} is not one the previous response waits for",
+            "unknown_approval_request",
+            "input",
+        )
+    messages = []
+    for call, request_id in zip(pending, waiting, strict=True):
+        answer = answers.get(request_id)
+        if answer is not None and answer["approve"]:
+            await items.tool_call(call, "")
+            function = call.get("function") or {}
+            result = await tools.call(agent, toolset, str(function.get("name")),
+                                      function.get("arguments"), deadline)  # fmt: skip
+            await items.tool_result(call, result, request_id)
+            message = {"role": "tool", "tool_call_id": call.get("id"), "content": result.text}
+        else:
+            why = "the user did not approve the call"
+            if answer is not None and answer["reason"]:
+                why += f": {answer['reason']}"
+            message = {"role": "tool", "tool_call_id": call.get("id"), "content": why}
+        messages.append(message)
+    return messages

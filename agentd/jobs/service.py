@@ -28,6 +28,7 @@ from ..agent import Agents, Interrupt, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
+from ..schema import pending_calls
 from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
@@ -37,7 +38,7 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
-from .mcp import OnEvents, Server, TurnItems, check, resolve
+from .mcp import OnEvents, Server, TurnItems, answer_approvals, check, resolve
 
 __all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
 
@@ -369,10 +370,11 @@ class Responses:
 
     def runs_tools(self, req: CreateRequest) -> bool:
         """Whether the response's turn may run server-side tools (its output then has
-        their items before the message)."""
-        if self.agents.tools is None:
-            return False
-        return bool(req.mcp_tools) or bool(self.agents.get(req.agent).tools)
+        their items before the message): the request's, the agent's, or those it
+        approves."""
+        if req.mcp_tools or req.approvals:
+            return True
+        return self.agents.tools is not None and bool(self.agents.get(req.agent).tools)
 
     def events_for(self, view: ResponseView, first_seq: int = 0) -> ResponseEvents:
         """The builder of the response's streaming events, from ``first_seq``."""
@@ -387,6 +389,8 @@ class Responses:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         turn.tool_servers = tuple(s.tool for s in servers or ())
+        # Calls that wait for approval end the turn: they are the caller's to tell.
+        turn.tool_calls = any(s.tool.held != frozenset() for s in servers or ())
         turn.identity = identity
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
@@ -431,6 +435,10 @@ class Responses:
             events = events or self.events_for(view)
             listener = TurnItems(view.id, events, servers, on_events, on_limits)
         turn = self.turn_request(view, identity, servers)
+        if req.previous_response_id is not None and isinstance(listener, TurnItems):
+            # The calls the previous response waits for are answered first.
+            turn.messages[:0] = await self._answers(view, servers, listener, deadline)
+            listener.listed = not req.approvals
         done = await self.agents.run(
             turn, deadline=deadline, interrupt=interrupt, listener=listener
         )
@@ -443,9 +451,41 @@ class Responses:
             incomplete_reason=reason,
             completed_at=time.time(),
         )
+        if done.tool_calls and isinstance(listener, TurnItems):
+            # It ends waiting for the client's approval of these calls.
+            await listener.approval_requests(done.tool_calls)
+            final.output_text = done.text or None
         if tools and events is not None:
             final.items, final.message_at = list(events.items), events.message_at
         return final, done.seq
+
+    async def _answers(
+        self, view: ResponseView, servers: list[Server], items: TurnItems, deadline: float
+    ) -> list[dict[str, Any]]:
+        """The tool messages answering the calls the session's history ends with (those
+        of the previous response's approval requests), or [] when it ends with none."""
+        req = view.request
+        if view.session_id is None or req.previous_response_id is None:
+            return []
+        history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
+        pending = pending_calls(history)
+        if not pending:
+            if req.approvals:
+                raise BadRequest(
+                    f"response {req.previous_response_id!r} waits for no approval",
+                    code="unknown_approval_request",
+                    detail={"param": "input"},
+                )
+            return []
+        said = next(m for m in reversed(history) if m.get("tool_calls"))
+        calls = [c for c in said["tool_calls"] if c.get("id") in pending]
+        tools, agent = self.agents.tools, self.agents.get(req.agent)
+        if tools is None:
+            raise BadRequest("this instance runs no tools", code="mcp_unavailable")
+        toolset = await tools.for_agent(agent, tuple(s.tool for s in servers))
+        items.use(toolset)
+        return await answer_approvals(tools, agent, toolset, req.previous_response_id, calls,
+                                      req.approvals, items, deadline)  # fmt: skip
 
     async def run_now(
         self,

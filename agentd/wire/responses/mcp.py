@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from ...errors import param_error, unknown_parameter
 
-__all__ = ("MAX_MCP_TOOLS", "needs_approval", "parse_tools", "tools_shown")
+__all__ = ("MAX_MCP_TOOLS", "held", "parse_approval", "parse_tools", "tools_shown")
 
 MAX_MCP_TOOLS = 16
 MAX_LABEL = 64
@@ -303,16 +303,40 @@ def _approval(value: Any, param: str) -> Any:
     return normal
 
 
-def needs_approval(tool: dict[str, Any], name: str) -> bool:
-    """Whether a call of the MCP tool ``name`` of this normalized tool is approved
-    first: named under ``never``, no; named under ``always``, yes; named in neither,
-    yes unless the rule names the tools that need it (``always``)."""
+def held(tool: dict[str, Any]) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """The tools of a normalized tool whose calls are approved first, as ``(held,
+    exempt)``: those in ``held`` (None: every tool) but not in ``exempt``. Named under
+    ``never``: no; under ``always``: yes; in neither: yes, unless the rule names the
+    ones that need it (``always``)."""
     rule = tool["require_approval"]
     if isinstance(rule, str):
-        return rule == "always"
-    if name in rule.get("never", ()):
-        return False
-    return name in rule.get("always", ()) or "always" not in rule
+        return (None if rule == "always" else frozenset()), frozenset()
+    exempt = frozenset(rule.get("never", ()))
+    return (frozenset(rule["always"]) if "always" in rule else None), exempt
+
+
+_APPROVAL_FIELDS = frozenset({"type", "approval_request_id", "approve", "reason", "id"})
+
+
+def parse_approval(item: dict[str, Any], at: str) -> dict[str, Any]:
+    """An ``mcp_approval_response`` input item: ``{approval_request_id, approve,
+    reason}``."""
+    for key in item:
+        if key not in _APPROVAL_FIELDS:
+            raise unknown_parameter(key, at)
+    request_id = _string(item, "approval_request_id", at, MAX_URL)
+    if request_id is None:
+        raise param_error(f"{at}.approval_request_id is required", "missing_required_parameter",
+                          f"{at}.approval_request_id")  # fmt: skip
+    approve = item.get("approve")
+    if approve is None:
+        raise param_error(f"{at}.approve is required", "missing_required_parameter",
+                          f"{at}.approve")  # fmt: skip
+    if not isinstance(approve, bool):
+        raise param_error(f"{at}.approve must be a boolean", "invalid_type", f"{at}.approve")
+    _string(item, "id", at, MAX_URL)
+    reason = _string(item, "reason", at, MAX_DESCRIPTION)
+    return {"approval_request_id": request_id, "approve": approve, "reason": reason}
 
 
 def tools_shown(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from .fields import (
     TEXT_PARTS,
     Kinds,
 )
-from .mcp import parse_tools
+from .mcp import parse_approval, parse_tools
 
 __all__ = ("CreateRequest", "check_type", "parse_create", "parse_input_items", "parse_metadata")
 
@@ -63,6 +63,8 @@ class CreateRequest:
     conversation: str | None = None
     # The request's ``mcp`` tools, normalized (:mod:`.mcp`).
     mcp_tools: list[dict[str, Any]] = field(default_factory=list)
+    # The input's ``mcp_approval_response`` items: {approval_request_id, approve, reason}.
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -142,7 +144,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         raise _bad("model is required: the name of an agent", "missing_required_parameter", "model")
     if not check_type(agent, (str,), "model"):
         raise _bad("model must name an agent", "invalid_value", "model")
-    messages = _parse_input(body.get("input"))
+    messages, approvals = _parse_input(body.get("input"))
 
     instructions = check_type(body.get("instructions"), (str,), "instructions")
     previous = check_type(body.get("previous_response_id"), (str,), "previous_response_id")
@@ -150,6 +152,13 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         raise _bad(
             f"previous_response_id must have 1 to {MAX_ID_CHARS} characters",
             "invalid_value",
+            "previous_response_id",
+        )
+    if approvals and previous is None:
+        raise _bad(
+            "an mcp_approval_response answers a previous response's mcp_approval_request: "
+            "give its previous_response_id",
+            "missing_required_parameter",
             "previous_response_id",
         )
     session_id = body.get("session_id", header_session)
@@ -213,6 +222,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         store,
         conversation,
         mcp_tools,
+        approvals,
     )
 
 
@@ -247,18 +257,31 @@ def parse_metadata(value: Any) -> dict[str, str]:
     return check_metadata(value) or {}
 
 
-def _parse_input(value: Any) -> list[dict[str, Any]]:
+def _parse_input(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The input's messages, and its approval responses."""
     if value is None:
         raise _bad("input is required", "missing_required_parameter", "input")
     if isinstance(value, str):
         if not value:
             raise _bad("input must not be empty", "invalid_value", "input")
-        return [{"role": "user", "content": value}]
+        return [{"role": "user", "content": value}], []
     if not isinstance(value, list):
         raise _bad("input must be a string or an array of items", "invalid_type", "input")
     if not 1 <= len(value) <= MAX_MESSAGES:
         raise _bad(f"input must hold 1 to {MAX_MESSAGES} items", "invalid_value", "input")
-    return [_parse_item(item, f"input[{i}]") for i, item in enumerate(value)]
+    messages, approvals = [], []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and item.get("type") == "mcp_approval_response":
+            approvals.append(parse_approval(item, f"input[{i}]"))
+        else:
+            messages.append(_parse_item(item, f"input[{i}]"))
+    seen = set()
+    for approval in approvals:
+        if approval["approval_request_id"] in seen:
+            raise _bad(f"approval request {approval['approval_request_id']!r} is answered twice",
+                       "invalid_value", "input")  # fmt: skip
+        seen.add(approval["approval_request_id"])
+    return messages, approvals
 
 
 def _parse_item(item: Any, where: str) -> dict[str, Any]:
