@@ -372,6 +372,58 @@ async def test_approvals_stream_and_bad_answers_are_refused(
     await client.close()
 
 
+async def test_approvals_in_the_background_and_continuations_that_forget_the_tools(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    web = {"type": "mcp", "server_label": "web", "require_approval": "always"}
+
+    async def ended(rid: str) -> Any:
+        async def done() -> Any:
+            response = await client.responses.retrieve(rid)
+            return response if response.status not in ("queued", "in_progress") else None
+
+        return await wait_until(done, 30, "the background response to end")
+
+    job = await client.responses.create(
+        model="echo", input='call tally {"name": "queued"}', tools=[web], background=True
+    )
+    asked = await ended(job.id)
+    assert kinds(asked.output) == ["mcp_list_tools", "mcp_approval_request"]
+    approve = {"type": "mcp_approval_response", "approval_request_id": asked.output[1].id,
+               "approve": True}  # fmt: skip
+    # Without its tools, the calls could not run: refused before anything is stored.
+    status, answer = await raw_create(
+        url, {"model": "echo", "input": [approve], "previous_response_id": job.id}
+    )
+    assert status == 400 and answer["error"]["code"] == "mcp_tools_required", answer
+    assert answer["error"]["param"] == "tools"
+    assert tallied(toolbox, "queued") == 0
+
+    job = await client.responses.create(model="echo", input=[approve], tools=[web],
+                                        previous_response_id=job.id, background=True)  # fmt: skip
+    done = await ended(job.id)
+    assert kinds(done.output) == ["mcp_call", "message"]
+    assert done.output_text == "tally: queued 1" and tallied(toolbox, "queued") == 1
+    stream = await client.responses.retrieve(job.id, stream=True)
+    check_stream([e.model_dump(mode="json", exclude_unset=True) async for e in stream])
+    await client.close()
+
+
+async def test_a_response_that_is_not_stored_runs_only_calls_that_need_no_approval(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    body = {"model": "echo", "input": 'call echo {"text": "x"}', "store": False}
+    status, answer = await raw_create(url, {**body, "tools": [{**WEB, "require_approval": None}]})
+    assert status == 400 and answer["error"]["code"] == "unsupported_value", answer
+    assert answer["error"]["param"] == "tools[0].require_approval"
+    status, answer = await raw_create(url, {**body, "tools": [WEB]})
+    assert status == 200, answer
+    assert [i["type"] for i in answer["output"]] == ["mcp_list_tools", "mcp_call", "message"]
+
+
 # -- refusals ---------------------------------------------------------------------------
 
 

@@ -16,10 +16,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent import Listener
+from ..agent import Listener, ToolResult, Tools, ToolServer, ToolSet
 from ..config import AgentConfig
 from ..errors import param_error
-from ..tools import ToolResult, Tools, ToolServer, ToolSet
 from ..wire.responses import ResponseEvents
 from ..wire.responses.items import (
     approval_id,

@@ -175,6 +175,14 @@ class Responses:
             raise Conflict(
                 f"response {prev!r} has not finished ({status})", code="previous_response_running"
             )
+        if not req.mcp_tools and b'"mcp_approval_request"' in record.get("items", b""):
+            # Its calls are run or refused by this turn, with the request's tools.
+            raise BadRequest(
+                f"response {prev!r} waits for the approval of MCP calls: send its mcp tools "
+                "again, with an mcp_approval_response for each call to run",
+                code="mcp_tools_required",
+                detail={"param": "tools"},
+            )
         if rseq is None or not sid:
             raise BadRequest(
                 f"response {prev!r} ended {status} with no reply stored: continue from another one",

@@ -208,6 +208,14 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
     mcp_tools = _check_restricted(body, params)
+    for i, tool in enumerate(mcp_tools if not store else ()):
+        if tool["require_approval"] != "never":
+            raise _bad(
+                "a response that is not stored cannot be continued with approvals: "
+                'require_approval must be "never"',
+                "unsupported_value",
+                f"tools[{i}].require_approval",
+            )
     _forward_nested(body, params)
     return CreateRequest(
         agent,
