@@ -136,7 +136,11 @@ class TurnItems(Listener):
             self.on_limits(headers)
 
     async def delta(self, text: str) -> None:
-        await self._tell(self.events.text(text))
+        if self.on_events is not None:
+            await self.on_events(self.events.text(text))
+        elif self.events.message_at is None:
+            # Unstreamed: no events to build, only the message's place to note.
+            self.events.message_at = len(self.events.items)
 
     def use(self, tools: ToolSet) -> None:
         """The tools the calls it hears of are made with (when it heard no listing)."""
