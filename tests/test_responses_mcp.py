@@ -264,6 +264,35 @@ async def test_a_background_response_runs_its_tools_and_replays_their_events(
     await client.close()
 
 
+async def test_a_cancelled_background_response_ends_its_running_call(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox, tool_timeout_s=60.0))
+    client = sdk(url)
+    (toolbox.state / "hang-started").unlink(missing_ok=True)
+    job = await client.responses.create(
+        model="echo", input="call hang {}", tools=[WEB], background=True
+    )
+    await wait_until(lambda: (toolbox.state / "hang-started").exists(), 30, "the call to start")
+    cancelled = await client.responses.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    listed, call = cancelled.output[:2]
+    assert listed.type == "mcp_list_tools" and call.type == "mcp_call"
+    assert call.name == "hang" and call.status == "failed"
+    assert call.error.type == "mcp_protocol_error" and call.error.code == -32800
+    stored = await client.responses.retrieve(job.id)
+    assert (
+        stored.model_dump(exclude_unset=True)["output"]
+        == cancelled.model_dump(exclude_unset=True)["output"]
+    )
+    stream = await client.responses.retrieve(job.id, stream=True)
+    events = [e.model_dump(mode="json", exclude_unset=True) async for e in stream]
+    check_stream(events)
+    assert "response.mcp_call.failed" in [e["type"] for e in events]
+    assert events[-1]["type"] == "response.incomplete"
+    await client.close()
+
+
 # -- approvals --------------------------------------------------------------------------
 
 

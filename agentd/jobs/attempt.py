@@ -170,6 +170,7 @@ class Attempts:
             return
         # The events not yet written go with the result, in one step.
         closing = events.closing(final)
+        final = events.finished(final)  # a turn stopped where it was: its tools' items
         await self._conclude(delivery, attempt, final, closing, reply_seq, writer.take())
 
     async def _run_turn(
@@ -245,6 +246,7 @@ class Attempts:
         if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
             final = dataclasses.replace(view, status="failed", error=error)
             closing = events.closing(final)
+            final = events.finished(final)  # with its tools' items, as the stream ended
             await self._conclude(delivery, attempt, final, closing, dead=not _permanent(exc))
             return
         log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)

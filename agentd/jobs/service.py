@@ -518,6 +518,8 @@ class Responses:
             final, reply_seq = await run(view)
         except AgentdError as exc:
             failed = dataclasses.replace(view, status="failed", error=error_dict(exc))
+            if events is not None:  # streamed: stored as its stream ended
+                failed = events.finished(failed)
             with contextlib.suppress(AgentdError):
                 await self.jobs.finish(view.id, 0, result_fields(failed, None), [])
             raise

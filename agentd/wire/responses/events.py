@@ -186,6 +186,13 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
+    def finished(self, view: ResponseView) -> ResponseView:
+        """``view`` with the tool items so far, when it has none of its own (a response
+        that ended without its turn's result: failed, or stopped where it was)."""
+        if not self._tools or view.items is not None:
+            return view
+        return dataclasses.replace(view, items=list(self.items), message_at=self.message_at)
+
     def closing(self, view: ResponseView) -> list[dict[str, Any]]:
         """The events that end the stream, ``view`` being the response's final state.
 
@@ -202,12 +209,9 @@ class ResponseEvents:
         for item_id in list(self._calls):  # calls the turn stopped without an end
             place = self._calls[item_id]
             events += self.call_ended({**self.items[place], "status": "incomplete"})
-        if self._tools:
-            if not self.item_open and view.output_text is not None:
-                events += self._open_message("in_progress")
-            if view.items is None:
-                view = dataclasses.replace(view, items=list(self.items),
-                                           message_at=self.message_at)  # fmt: skip
+        if self._tools and not self.item_open and view.output_text is not None:
+            events += self._open_message("in_progress")
+        view = self.finished(view)
         if self.item_open:
             text = view.output_text if view.output_text is not None else "".join(self._texts)
             view = dataclasses.replace(view, output_text=text)
