@@ -142,6 +142,14 @@ async def test_a_server_url_the_operator_allows_is_used_under_the_requests_label
     assert response.output_text == "echo: far"
     # The request's headers are not shown back.
     assert response.tools[0].server_url == toolbox.url and response.tools[0].headers is None
+
+    # With the agent's own server, which has the same tools, each is named by its label.
+    both = await client.responses.create(
+        model="tooled", input='call remote__echo {"text": "r"}\ncall web__echo {"text": "w"}',
+        tools=[remote],
+    )  # fmt: skip
+    calls = [(i.server_label, i.name, i.output) for i in both.output if i.type == "mcp_call"]
+    assert calls == [("remote", "echo", "r"), ("web", "echo", "w")]
     await client.close()
 
 

@@ -97,7 +97,8 @@ def resolve(tools: Tools | None, agent: AgentConfig, specs: list[dict[str, Any]]
             label = tools.server_url(agent, spec["server_url"], spec["headers"]) or ""  # type: ignore[union-attr]
         only = spec["allowed_tools"]
         waiting, exempt = held(spec)
-        tool = ToolServer(label, None if only is None else frozenset(only), waiting, exempt)
+        tool = ToolServer(label, None if only is None else frozenset(only), waiting, exempt,
+                          spec["server_label"])  # fmt: skip
         servers.append(Server(tool, spec["server_label"]))
     return servers
 

@@ -85,6 +85,8 @@ class ToolServer:
     only: frozenset[str] | None = None
     held: frozenset[str] | None = frozenset()
     exempt: frozenset[str] = frozenset()
+    # What the request calls it, for the names of its tools ("": its label).
+    name: str = ""
 
     def waits(self, tool: str) -> bool:
         """Whether a call of ``tool`` waits for the client's approval."""
@@ -181,6 +183,7 @@ class Tools:
         # The agent's own tools never wait: only those the turn has from the request.
         own = {ref.partition(":")[0] for ref in config.tools}
         waiting = {s.label: s for s in extra if s.label not in own and s.held != frozenset()}
+        named = {s.label: s.name for s in extra if s.name}
         held: set[str] = set()
         counts: dict[str, int] = {}
         for _, t in found:
@@ -188,7 +191,8 @@ class Tools:
         functions: list[FunctionTool] = []
         taken: set[str] = set()
         for label, t in found:
-            name = function_name(t.name) if counts[t.name] == 1 else function_name(label, t.name)
+            prefix = named.get(label, label)
+            name = function_name(t.name) if counts[t.name] == 1 else function_name(prefix, t.name)
             if name in taken:  # two names that differ only in cleaned characters
                 name = function_name(f"{name}_{hashlib.sha1(t.name.encode()).hexdigest()[:6]}")
             taken.add(name)
