@@ -126,6 +126,20 @@ async def test_allowed_tools_narrow_the_server_and_failures_are_failed_calls(
     await client.close()
 
 
+async def test_tool_choice_none_offers_the_tools_but_calls_none(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    script = 'call add {"a": 1, "b": 2}'
+    response = await client.responses.create(
+        model="echo", input=script, tools=[WEB], tool_choice="none"
+    )
+    assert kinds(response.output) == ["mcp_list_tools", "message"]
+    assert response.output_text == script and response.tool_choice == "none"
+    await client.close()
+
+
 async def test_a_server_url_the_operator_allows_is_used_under_the_requests_label(
     serve: Any, toolbox: HttpToolbox
 ) -> None:
