@@ -283,6 +283,12 @@ async def test_a_background_response_runs_its_tools_and_replays_their_events(
         events[-1]["response"]["output"]
         == response.model_dump(mode="json", exclude_unset=True)["output"]
     )
+    # Resumed after the call began: the rest, numbered as before.
+    began = next(e for e in events if e["type"] == "response.mcp_call.in_progress")
+    after = began["sequence_number"]
+    stream = await client.responses.retrieve(job.id, stream=True, starting_after=after)
+    rest = [e.model_dump(mode="json", exclude_unset=True) async for e in stream]
+    assert rest == events[after + 1 :]
     await client.close()
 
 
