@@ -3,6 +3,9 @@ turns, the session lease a turn holds, and the turn itself (:mod:`.turn`)."""
 
 from __future__ import annotations
 
+# The tool types of its interface (TurnRequest.tool_servers, Listener, Agents.tools),
+# for the parts above it that know no tools of their own.
+from ..tools import ToolResult, Tools, ToolServer, ToolSet
 from .admission import Admission, PeopleSignal
 from .lease import Interrupt
 from .turn import Agents
@@ -25,6 +28,10 @@ __all__ = (
     "PeopleSignal",
     "RecordedStep",
     "Timings",
+    "ToolResult",
+    "ToolServer",
+    "ToolSet",
+    "Tools",
     "TurnRequest",
     "TurnResult",
     "new_turn_id",

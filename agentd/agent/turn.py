@@ -150,12 +150,13 @@ class Agents:
             ticket = self.limiter.begin(req.identity, check=interactive)
         try:
             toolset = None
-            if agent.tools and self.tools is not None:
-                toolset = await self.tools.for_agent(agent, self.builtin_specs)
+            if (agent.tools or req.tool_servers) and self.tools is not None:
+                toolset = await self.tools.for_agent(agent, self.builtin_specs, req.tool_servers)
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
                 await _admitted(ticket, listener)
+                await _listed(toolset, listener)
                 plan = self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -169,6 +170,7 @@ class Agents:
                 await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
                     return await _told_again(earlier, agent, req, timings, listener)
+                await _listed(toolset, listener)
                 plan = self._plan(agent, req, held.history, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -206,6 +208,7 @@ class Agents:
         if toolset is not None and toolset.functions and self.tools is not None:
             # Calls of the client's own tools go back to it, where it can take them.
             client_tools = frozenset(_names(params.get("tools")) if req.tool_calls else ())
+            client_tools |= toolset.held  # calls that wait for the client's approval
             params = merge_tools(params, toolset)
             loop = ToolLoop(self.tools, agent, toolset, client_tools, interrupt or Interrupt(),
                             listener, Builtins(self, agent, req))  # fmt: skip
@@ -472,6 +475,12 @@ async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
     headers = await ticket.admitted()
     if listener is not None and headers:
         listener.limits(headers)
+
+
+async def _listed(toolset: ToolSet | None, listener: Listener | None) -> None:
+    """Tell the listener the turn's tools, once admitted (nothing for a turn without)."""
+    if toolset is not None and listener is not None:
+        await listener.tools_listed(toolset)
 
 
 def _chars(message: Mapping[str, Any]) -> int:

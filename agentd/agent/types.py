@@ -11,7 +11,7 @@ from typing import Any
 
 from ..auth import Identity
 from ..backends import INTERACTIVE
-from ..tools import ToolResult
+from ..tools import ToolResult, ToolServer, ToolSet
 
 __all__ = (
     "Checkpoint",
@@ -71,6 +71,9 @@ class TurnRequest:
     # turn, 1 for a turn it called. A deeper turn is part of its caller's: admitted with
     # it, so neither the worker's turn cap nor the caller's limits refuse it again.
     depth: int = 0
+    # Tool servers the request brings to this turn, next to the agent's own (the
+    # Responses API's ``mcp`` tools).
+    tool_servers: tuple[ToolServer, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +212,10 @@ class Listener:
 
     def limits(self, headers: Mapping[str, str]) -> None:
         """The caller's x-ratelimit-* headers, once admitted (before any delta)."""
+
+    async def tools_listed(self, tools: ToolSet) -> None:
+        """The turn's server-side tools, listed once it is admitted (before any model
+        call): only for a turn that has some."""
 
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         """A server-side tool call starts (the turn's loop runs it): the call in

@@ -143,7 +143,7 @@ class Attempts:
     ) -> None:
         rid = view.id
         running = dataclasses.replace(view, status="in_progress")
-        events = ResponseEvents(running, seq)
+        events = self.responses.events_for(running, seq)
         writer = _EventWriter(self.jobs, rid, attempt)
         try:
             steps = await StepLog.load(self.jobs, rid, attempt)
@@ -167,7 +167,7 @@ class Attempts:
                     completed_at=time.time(),
                 )
                 if rest := streamed.rest(final.output_text):
-                    writer.add([events.delta(rest)])
+                    writer.add(events.text(rest))
                 reply_seq: int | None = previous["seq"]
             else:
                 final, reply_seq = await self._run_turn(
@@ -183,6 +183,7 @@ class Attempts:
             return
         # The events not yet written go with the result, in one step.
         closing = events.closing(final)
+        final = events.finished(final)  # a turn stopped where it was: its tools' items
         await self._conclude(delivery, attempt, final, closing, reply_seq, writer.take())
 
     async def _run_turn(
@@ -202,11 +203,12 @@ class Attempts:
         deadline = loop.time() + self.config.jobs.timeout_s
         parts: list[str] = []
 
-        async def on_delta(text: str) -> None:
+        def text_filter(text: str) -> str:
             parts.append(text)
-            if not (text := streamed.rest(text)):
-                return
-            writer.add([events.delta(text)])
+            return streamed.rest(text)
+
+        async def on_events(batch: list[dict[str, Any]]) -> None:
+            writer.add(batch)
             if writer.due():
                 await writer.flush()
 
@@ -215,9 +217,11 @@ class Attempts:
                 view,
                 deadline=deadline,
                 interrupt=interrupt,
-                on_delta=on_delta,
+                events=events,
+                on_events=on_events,
                 identity=payer,
                 checkpoint=steps,
+                text_filter=text_filter,
             )
         )
         try:
@@ -268,6 +272,7 @@ class Attempts:
         if _permanent(exc) or attempt >= self.config.jobs.max_attempts:
             final = dataclasses.replace(view, status="failed", error=error)
             closing = events.closing(final)
+            final = events.finished(final)  # with its tools' items, as the stream ended
             await self._conclude(delivery, attempt, final, closing, dead=not _permanent(exc))
             return
         log.warning("job %s attempt %d failed (%s): retrying", rid, attempt, exc.message)

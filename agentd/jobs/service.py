@@ -19,15 +19,16 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
-from ..agent import Agents, Checkpoint, Interrupt, Listener, TurnRequest, TurnResult
+from ..agent import Agents, Checkpoint, Interrupt, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
+from ..schema import pending_calls
 from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
@@ -37,6 +38,7 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
+from .mcp import OnEvents, Server, TurnItems, answer_approvals, check, resolve
 
 __all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
 
@@ -73,6 +75,8 @@ def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
         incomplete_reason=text("inc"),
         session_id=text("sid"),
         completed_at=float(done) if done else None,
+        items=doc("items"),
+        message_at=int(record["mat"]) if "mat" in record else None,
     )
 
 
@@ -103,6 +107,10 @@ def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]
         fields["inc"] = view.incomplete_reason.encode()
     if reply_seq is not None:
         fields["rseq"] = b"%d" % reply_seq
+    if view.items is not None:
+        fields["items"] = orjson.dumps(view.items)
+    if view.message_at is not None:
+        fields["mat"] = b"%d" % view.message_at
     return fields
 
 
@@ -112,25 +120,6 @@ def _status_of(done: TurnResult) -> tuple[str, str | None]:
     if done.finish_reason == "length":
         return "incomplete", "max_output_tokens"
     return "completed", None
-
-
-class _Deltas(Listener):
-    __slots__ = ("on_delta", "on_limits")
-
-    def __init__(
-        self,
-        on_delta: Callable[[str], Awaitable[None]] | None,
-        on_limits: Callable[[Mapping[str, str]], None] | None = None,
-    ) -> None:
-        self.on_delta, self.on_limits = on_delta, on_limits
-
-    async def delta(self, text: str) -> None:
-        if self.on_delta is not None:
-            await self.on_delta(text)
-
-    def limits(self, headers: Mapping[str, str]) -> None:
-        if self.on_limits is not None:
-            self.on_limits(headers)
 
 
 class Responses:
@@ -186,6 +175,14 @@ class Responses:
             raise Conflict(
                 f"response {prev!r} has not finished ({status})", code="previous_response_running"
             )
+        if not req.mcp_tools and b'"mcp_approval_request"' in record.get("items", b""):
+            # Its calls are run or refused by this turn, with the request's tools.
+            raise BadRequest(
+                f"response {prev!r} waits for the approval of MCP calls: send its mcp tools "
+                "again, with an mcp_approval_response for each call to run",
+                code="mcp_tools_required",
+                detail={"param": "tools"},
+            )
         if rseq is None or not sid:
             raise BadRequest(
                 f"response {prev!r} ended {status} with no reply stored: continue from another one",
@@ -222,6 +219,7 @@ class Responses:
         ``store: false`` is not stored and runs as a stateless turn. A background one is
         charged to ``payer``'s key and tenant when it runs."""
         self.agents.get(req.agent)  # an unknown model is a 404 before anything is stored
+        check(self.agents.tools, req.mcp_tools)  # a server it may not use, a 400 likewise
         view = ResponseView(
             id=new_response_id(),
             created_at=time.time(),
@@ -378,14 +376,30 @@ class Responses:
 
     # -- running ----------------------------------------------------------------------
 
+    def runs_tools(self, req: CreateRequest) -> bool:
+        """Whether the response's turn may run server-side tools (its output then has
+        their items before the message): the request's, the agent's, or those it
+        approves."""
+        if req.mcp_tools or req.approvals:
+            return True
+        return self.agents.tools is not None and bool(self.agents.get(req.agent).tools)
+
+    def events_for(self, view: ResponseView, first_seq: int = 0) -> ResponseEvents:
+        """The builder of the response's streaming events, from ``first_seq``."""
+        return ResponseEvents(view, first_seq, tools=self.runs_tools(view.request))
+
     def turn_request(
         self,
         view: ResponseView,
         identity: Identity | None = None,
         checkpoint: Checkpoint | None = None,
+        servers: list[Server] | None = None,
     ) -> TurnRequest:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
+        turn.tool_servers = tuple(s.tool for s in servers or ())
+        # Calls that wait for approval end the turn: they are the caller's to tell.
+        turn.tool_calls = any(s.tool.held != frozenset() for s in servers or ())
         turn.identity = identity
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
@@ -412,19 +426,34 @@ class Responses:
         *,
         deadline: float,
         interrupt: Interrupt | None = None,
-        on_delta: Callable[[str], Awaitable[None]] | None = None,
+        events: ResponseEvents | None = None,
+        on_events: OnEvents | None = None,
         identity: Identity | None = None,
         on_limits: Callable[[Mapping[str, str]], None] | None = None,
         checkpoint: Checkpoint | None = None,
+        text_filter: Callable[[str], str] | None = None,
     ) -> tuple[ResponseView, int | None]:
-        """Run the response's turn; ``on_delta(text)`` gets each delta. Returns the
-        final view and the stored reply's seq. ``identity``: whose limits apply;
+        """Run the response's turn; ``on_events(events)`` gets its streaming events
+        as they come (built by ``events``, :meth:`events_for` when not given). Returns
+        the final view and the stored reply's seq. ``identity``: whose limits apply;
         ``on_limits(headers)`` gets their x-ratelimit-* headers once admitted;
-        ``checkpoint`` (a job's) records the steps of the agent's tool loop."""
+        ``checkpoint`` (a job's) records the steps of the agent's tool loop, and
+        ``text_filter`` sees every piece of the text first and returns what of it to
+        stream (a resumed job's attempt skips what its stream already holds)."""
+        req = view.request
+        tools = self.runs_tools(req)
+        servers = []
+        if req.mcp_tools:
+            servers = resolve(self.agents.tools, self.agents.get(req.agent), req.mcp_tools)
         listener = None
-        if on_delta is not None or on_limits is not None:
-            listener = _Deltas(on_delta, on_limits)
-        turn = self.turn_request(view, identity, checkpoint)
+        if tools or on_events is not None or on_limits is not None:
+            events = events or self.events_for(view)
+            listener = TurnItems(view.id, events, servers, on_events, on_limits, text_filter)
+        turn = self.turn_request(view, identity, checkpoint, servers)
+        if req.previous_response_id is not None and isinstance(listener, TurnItems):
+            # The calls the previous response waits for are answered first.
+            turn.messages[:0] = await self._answers(view, servers, listener, deadline)
+            listener.listed = not req.approvals
         done = await self.agents.run(
             turn, deadline=deadline, interrupt=interrupt, listener=listener
         )
@@ -437,22 +466,57 @@ class Responses:
             incomplete_reason=reason,
             completed_at=time.time(),
         )
+        if done.tool_calls and isinstance(listener, TurnItems):
+            # It ends waiting for the client's approval of these calls.
+            await listener.approval_requests(done.tool_calls)
+            final.output_text = done.text or None
+        if tools and events is not None:
+            final.items, final.message_at = list(events.items), events.message_at
         return final, done.seq
+
+    async def _answers(
+        self, view: ResponseView, servers: list[Server], items: TurnItems, deadline: float
+    ) -> list[dict[str, Any]]:
+        """The tool messages answering the calls the session's history ends with (those
+        of the previous response's approval requests), or [] when it ends with none."""
+        req = view.request
+        if view.session_id is None or req.previous_response_id is None:
+            return []
+        history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
+        pending = pending_calls(history)
+        if not pending:
+            if req.approvals:
+                raise BadRequest(
+                    f"response {req.previous_response_id!r} waits for no approval",
+                    code="unknown_approval_request",
+                    detail={"param": "input"},
+                )
+            return []
+        said = next(m for m in reversed(history) if m.get("tool_calls"))
+        calls = [c for c in said["tool_calls"] if c.get("id") in pending]
+        tools, agent = self.agents.tools, self.agents.get(req.agent)
+        if tools is None:
+            raise BadRequest("this instance runs no tools", code="mcp_unavailable")
+        toolset = await tools.for_agent(agent, tuple(s.tool for s in servers))
+        items.use(toolset)
+        return await answer_approvals(tools, agent, toolset, req.previous_response_id, calls,
+                                      req.approvals, items, deadline)  # fmt: skip
 
     async def run_now(
         self,
         view: ResponseView,
         *,
         deadline: float,
-        on_delta: Callable[[str], Awaitable[None]] | None = None,
+        events: ResponseEvents | None = None,
+        on_events: OnEvents | None = None,
         identity: Identity | None = None,
         on_limits: Callable[[Mapping[str, str]], None] | None = None,
     ) -> ResponseView:
         """A foreground response: run it in the request (within ``identity``'s limits)
         and store the result."""
         run = functools.partial(
-            self.run_turn, deadline=deadline, on_delta=on_delta, identity=identity,
-            on_limits=on_limits,
+            self.run_turn, deadline=deadline, events=events, on_events=on_events,
+            identity=identity, on_limits=on_limits,
         )  # fmt: skip
         if not view.request.store:
             final, _ = await run(view)
@@ -461,6 +525,8 @@ class Responses:
             final, reply_seq = await run(view)
         except AgentdError as exc:
             failed = dataclasses.replace(view, status="failed", error=error_dict(exc))
+            if events is not None:  # streamed: stored as its stream ended
+                failed = events.finished(failed)
             with contextlib.suppress(AgentdError):
                 await self.jobs.finish(view.id, 0, result_fields(failed, None), [])
             raise

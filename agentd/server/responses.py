@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 from aiohttp import web
 
@@ -19,7 +20,6 @@ from ..wire import sse
 from ..wire.conversations import item_list
 from ..wire.errors import error_dict
 from ..wire.responses import (
-    ResponseEvents,
     ResponseView,
     event_frame,
     input_items,
@@ -70,9 +70,11 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def _stream_now(
     request: web.Request, responses: Responses, view: ResponseView, deadline: float
 ) -> web.StreamResponse:
-    """A foreground response as Responses SSE events. Nothing is sent before the first
-    delta, so a turn that fails before it starts is a JSON error."""
-    events = ResponseEvents(view)
+    """A foreground response as Responses SSE events. Nothing is sent before the turn's
+    first event (a delta, or a tool's item), so a turn that fails before it starts is a
+    JSON error."""
+    events = responses.events_for(view)
+    opening = events.opening()  # numbered first, sent with the first event
     stream: web.StreamResponse | None = None
     headers: dict[str, str] = {}  # the caller's x-ratelimit-*, known before any delta
 
@@ -80,18 +82,21 @@ async def _stream_now(
         nonlocal stream
         if stream is None:
             stream = await start_sse(request, headers)
-            for event in events.opening():
+            for event in opening:
                 await stream.write(event_frame(event))
         return stream
 
-    async def on_delta(text: str) -> None:
-        await (await begin()).write(event_frame(events.delta(text)))
+    async def on_events(batch: list[dict[str, Any]]) -> None:
+        response = await begin()
+        for event in batch:
+            await response.write(event_frame(event))
 
     try:
         final = await responses.run_now(
             view,
             deadline=deadline,
-            on_delta=on_delta,
+            events=events,
+            on_events=on_events,
             identity=identity_of(request),
             on_limits=headers.update,
         )

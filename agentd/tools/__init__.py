@@ -11,13 +11,22 @@ from __future__ import annotations
 from .connection import ToolServerError
 from .pool import ToolPool
 from .result import OUTCOMES, ToolResult, failure, truncate
-from .service import FunctionTool, Tools, ToolSet, ToolSpec, arguments_of, function_name
+from .service import (
+    FunctionTool,
+    Tools,
+    ToolServer,
+    ToolSet,
+    ToolSpec,
+    arguments_of,
+    function_name,
+)
 
 __all__ = (
     "OUTCOMES",
     "FunctionTool",
     "ToolPool",
     "ToolResult",
+    "ToolServer",
     "ToolServerError",
     "ToolSet",
     "ToolSpec",

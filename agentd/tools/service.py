@@ -28,7 +28,15 @@ from .connection import ToolServerError
 from .pool import ToolPool
 from .result import ToolResult, failure
 
-__all__ = ("FunctionTool", "ToolSet", "ToolSpec", "Tools", "arguments_of", "function_name")
+__all__ = (
+    "FunctionTool",
+    "ToolServer",
+    "ToolSet",
+    "ToolSpec",
+    "Tools",
+    "arguments_of",
+    "function_name",
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +112,34 @@ class FunctionTool:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ToolServer:
+    """A tool server a request brings to one turn, next to the agent's own: its pool
+    label (a configured label, or :meth:`Tools.server_url`'s), the tools wanted of it
+    (None: all of them), and those whose calls wait for the client's approval: the
+    ``held`` ones (None: all) but the ``exempt`` ones."""
+
+    label: str
+    only: frozenset[str] | None = None
+    held: frozenset[str] | None = frozenset()
+    exempt: frozenset[str] = frozenset()
+    # What the request calls it, for the names of its tools ("": its label).
+    name: str = ""
+
+    def waits(self, tool: str) -> bool:
+        """Whether a call of ``tool`` waits for the client's approval."""
+        return (self.held is None or tool in self.held) and tool not in self.exempt
+
+
 @dataclass(frozen=True)
 class ToolSet:
     """An agent's tools for one turn, and the servers that could not list theirs."""
 
     functions: tuple[FunctionTool, ...] = ()
     unavailable: Mapping[str, str] = field(default_factory=dict)
+    # The names of the functions whose calls wait for the client's approval: the loop
+    # does not run them, the turn ends with them (a request's servers only).
+    held: frozenset[str] = frozenset()
 
     def find(self, name: str) -> FunctionTool | None:
         for f in self.functions:
@@ -153,13 +183,16 @@ class Tools:
         return self._agents[agent] if isinstance(agent, str) else agent
 
     async def for_agent(
-        self, agent: str | AgentConfig, builtins: Sequence[ToolSpec] = ()
+        self,
+        agent: str | AgentConfig,
+        builtins: Sequence[ToolSpec] = (),
+        extra: tuple[ToolServer, ...] = (),
     ) -> ToolSet:
         """The agent's tools now (from the cached lists, and ``builtins`` for the label
-        ``agentd``); a server that cannot list its tools is left out and named in
-        ``unavailable``."""
+        ``agentd``), with those of the ``extra`` servers a request brings; a server that
+        cannot list its tools is left out and named in ``unavailable``."""
         config = self._agent(agent)
-        if not config.tools:
+        if not config.tools and not extra:
             return ToolSet()
         wanted: dict[str, set[str] | None] = {}  # label -> tools (None: all of them)
         for ref in config.tools:
@@ -168,6 +201,11 @@ class Tools:
                 wanted[label] = None
             elif wanted.get(label, set()) is not None:
                 wanted.setdefault(label, set()).add(tool)  # type: ignore[union-attr]
+        for server in extra:  # a server both name has the tools of either
+            if server.only is None:
+                wanted[server.label] = None
+            elif wanted.get(server.label, set()) is not None:
+                wanted.setdefault(server.label, set()).update(server.only)  # type: ignore[union-attr]
         timeout = self.limits(config).tool_timeout_s
         found: list[tuple[str, Any]] = []
         if BUILTIN_LABEL in wanted:
@@ -186,16 +224,24 @@ class Tools:
             if isinstance(listed, BaseException):
                 raise listed
             found.extend((label, t) for t in listed if only is None or t.name in only)
+        # The agent's own tools never wait: only those the turn has from the request.
+        own = {ref.partition(":")[0] for ref in config.tools}
+        waiting = {s.label: s for s in extra if s.label not in own and s.held != frozenset()}
+        named = {s.label: s.name for s in extra if s.name}
+        held: set[str] = set()
         counts: dict[str, int] = {}
         for _, t in found:
             counts[t.name] = counts.get(t.name, 0) + 1
         functions: list[FunctionTool] = []
         taken: set[str] = set()
         for label, t in found:
-            name = function_name(t.name) if counts[t.name] == 1 else function_name(label, t.name)
+            prefix = named.get(label, label)
+            name = function_name(t.name) if counts[t.name] == 1 else function_name(prefix, t.name)
             if name in taken:  # two names that differ only in cleaned characters
                 name = function_name(f"{name}_{hashlib.sha1(t.name.encode()).hexdigest()[:6]}")
             taken.add(name)
+            if label in waiting and waiting[label].waits(t.name):
+                held.add(name)
             functions.append(
                 FunctionTool(
                     name=name,
@@ -205,7 +251,7 @@ class Tools:
                     tool=t.name,
                 )
             )
-        return ToolSet(tuple(functions), unavailable)
+        return ToolSet(tuple(functions), unavailable, frozenset(held))
 
     async def call(
         self,

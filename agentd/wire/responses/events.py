@@ -44,16 +44,30 @@ class ResponseEvents:
     :meth:`opening` — then :meth:`delta` per piece of text, then :meth:`closing`.
     ``item_open`` says whether the output message was added (set it when resuming a
     stream on a new builder): only then does :meth:`closing` close it.
+
+    With ``tools`` (the turn may run server-side tools), the items of those tools come
+    first: :meth:`started` adds no message, :meth:`text` adds it with its first text
+    (or :meth:`closing` does, when there is text to close it with), after the items
+    added so far; :meth:`tool_item`, :meth:`call_started` and :meth:`call_ended` add
+    and end tool items. ``items`` and ``message_at`` are the output so far, as
+    :class:`ResponseView` holds it.
     """
 
-    __slots__ = ("_item_id", "_texts", "_view", "item_open", "next_seq")
+    __slots__ = (
+        "_calls", "_item_id", "_texts", "_tools", "_view", "item_open", "items", "message_at",
+        "next_seq",
+    )  # fmt: skip
 
-    def __init__(self, view: ResponseView, first_seq: int = 0) -> None:
+    def __init__(self, view: ResponseView, first_seq: int = 0, tools: bool = False) -> None:
         self._view = view
         self._item_id = message_item_id(view.id)
         self._texts: list[str] = []  # the deltas so far, for a view without output_text
         self.next_seq = first_seq  # the number the next event gets
         self.item_open = False
+        self._tools = tools
+        self.items: list[dict[str, Any]] = []  # tool items, in output order
+        self.message_at: int | None = None if tools else 0
+        self._calls: dict[str, int] = {}  # the item id of a call in progress -> its place
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self.next_seq, **fields}
@@ -62,7 +76,25 @@ class ResponseEvents:
 
     def _content(self, kind: str, **fields: Any) -> dict[str, Any]:
         """An event about the output message's one text part."""
-        return self._event(kind, item_id=self._item_id, output_index=0, content_index=0, **fields)
+        return self._event(kind, item_id=self._item_id, output_index=self.message_at or 0,
+                           content_index=0, **fields)  # fmt: skip
+
+    def _output_index(self, place: int) -> int:
+        """The output index of the tool item at ``place`` in ``items``."""
+        at = self.message_at
+        return place + 1 if at is not None and at <= place else place
+
+    def _open_message(self, status: str) -> list[dict[str, Any]]:
+        self.item_open = True
+        self.message_at = len(self.items)
+        return [
+            self._event(
+                "response.output_item.added",
+                output_index=self.message_at,
+                item=message_item(self._view.id, "", status),
+            ),
+            self._content("response.content_part.added", part=text_part("")),
+        ]
 
     def created(self) -> list[dict[str, Any]]:
         """``response.created`` with the response as the view says (queued or in
@@ -76,16 +108,10 @@ class ResponseEvents:
     def started(self) -> list[dict[str, Any]]:
         """``response.in_progress``, then the empty output message and text part."""
         view = dataclasses.replace(self._view, status="in_progress", output_text=None)
-        self.item_open = True
-        return [
-            self._event("response.in_progress", response=response_object(view)),
-            self._event(
-                "response.output_item.added",
-                output_index=0,
-                item=message_item(view.id, "", "in_progress"),
-            ),
-            self._content("response.content_part.added", part=text_part("")),
-        ]
+        events = [self._event("response.in_progress", response=response_object(view))]
+        if not self._tools:
+            events += self._open_message("in_progress")
+        return events
 
     def opening(self) -> list[dict[str, Any]]:
         """:meth:`created` then :meth:`started`: every event before the first delta."""
@@ -97,6 +123,75 @@ class ResponseEvents:
             raise RuntimeError("delta() before started(): the output message is not open")
         self._texts.append(text)
         return self._content("response.output_text.delta", delta=text, logprobs=[])
+
+    def text(self, text: str) -> list[dict[str, Any]]:
+        """A piece of the message's text: :meth:`delta`, after the message is added if
+        it is not yet (a turn with tools)."""
+        opened = [] if self.item_open else self._open_message("in_progress")
+        return [*opened, self.delta(text)]
+
+    def tool_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """An ``mcp_list_tools`` item, whole (``response.mcp_list_tools.failed`` when it
+        has an ``error``), or an ``mcp_approval_request``."""
+        index = self._output_index(len(self.items))
+        self.items.append(item)
+        events = []
+        if item["type"] == "mcp_list_tools":
+            events.append(
+                self._event(
+                    "response.output_item.added",
+                    output_index=index,
+                    item={**item, "tools": []},
+                )
+            )
+            ids = {"item_id": item["id"], "output_index": index}
+            ended = "failed" if item.get("error") else "completed"
+            events += [
+                self._event("response.mcp_list_tools.in_progress", **ids),
+                self._event(f"response.mcp_list_tools.{ended}", **ids),
+            ]
+        else:
+            events.append(self._event("response.output_item.added", output_index=index, item=item))
+        events.append(self._event("response.output_item.done", output_index=index, item=item))
+        return events
+
+    def call_started(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """An ``mcp_call`` begins (``item`` in progress, with its arguments): added, in
+        progress, and its arguments (whole, in one delta)."""
+        place = len(self.items)
+        index = self._output_index(place)
+        self.items.append(item)
+        self._calls[item["id"]] = place
+        ids = {"item_id": item["id"], "output_index": index}
+        arguments = item["arguments"]
+        return [
+            self._event("response.output_item.added", output_index=index,
+                        item={**item, "arguments": ""}),
+            self._event("response.mcp_call.in_progress", **ids),
+            self._event("response.mcp_call_arguments.delta", delta=arguments, **ids),
+            self._event("response.mcp_call_arguments.done", arguments=arguments, **ids),
+        ]  # fmt: skip
+
+    def call_ended(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """An ``mcp_call`` ended (``item`` completed or failed); nothing for a call
+        that was not started or has ended already."""
+        place = self._calls.pop(item["id"], None)
+        if place is None:
+            return []
+        self.items[place] = item
+        index = self._output_index(place)
+        ended = "completed" if item["status"] == "completed" else "failed"
+        return [
+            self._event(f"response.mcp_call.{ended}", item_id=item["id"], output_index=index),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]
+
+    def finished(self, view: ResponseView) -> ResponseView:
+        """``view`` with the tool items so far, when it has none of its own (a response
+        that ended without its turn's result: failed, or stopped where it was)."""
+        if not self._tools or view.items is not None:
+            return view
+        return dataclasses.replace(view, items=list(self.items), message_at=self.message_at)
 
     def closing(self, view: ResponseView) -> list[dict[str, Any]]:
         """The events that end the stream, ``view`` being the response's final state.
@@ -111,6 +206,12 @@ class ResponseEvents:
         if kind is None:
             raise ValueError(f"closing() needs a final status, not {view.status!r}")
         events = []
+        for item_id in list(self._calls):  # calls the turn stopped without an end
+            place = self._calls[item_id]
+            events += self.call_ended({**self.items[place], "status": "incomplete"})
+        if self._tools and not self.item_open and view.output_text is not None:
+            events += self._open_message("in_progress")
+        view = self.finished(view)
         if self.item_open:
             text = view.output_text if view.output_text is not None else "".join(self._texts)
             view = dataclasses.replace(view, output_text=text)
@@ -119,7 +220,7 @@ class ResponseEvents:
                 self._content("response.content_part.done", part=text_part(text)),
                 self._event(
                     "response.output_item.done",
-                    output_index=0,
+                    output_index=self.message_at or 0,
                     item=message_item(view.id, text, item_status(view.status)),
                 ),
             ]

@@ -67,8 +67,8 @@ PARAM_FIELDS: MappingProxyType[str, tuple[str, Kinds]] = MappingProxyType(
 # ``unsupported_value``, because ignoring it would change what the reply means.
 RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
     {
-        "tools": "null or []: agentd runs no tools",
-        "tool_choice": 'null, "auto" or "none": there are no tools to require',
+        "tools": "mcp tools only (.mcp): agentd runs no other kind",
+        "tool_choice": 'null, "auto", "none", or "required" with mcp tools',
         "text": 'format null or {"type": "text"}: no structured output',
     }
 )

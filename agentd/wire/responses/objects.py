@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import response_error
+from .mcp import tools_shown
 from .request import CreateRequest
 
 __all__ = (
@@ -58,6 +59,10 @@ class ResponseView:
     incomplete_reason: str | None = None  # "max_output_tokens" (or "length"), ...
     session_id: str | None = None  # the session the turn was stored in
     completed_at: float | None = None
+    # The output items of server-side tools (mcp_list_tools, mcp_call, ...) in order,
+    # and the message's place among them (None: after them all).
+    items: list[dict[str, Any]] | None = None
+    message_at: int | None = None
 
 
 # Chat finish reasons and Responses reasons, as the SDK's IncompleteDetails.reason.
@@ -153,17 +158,19 @@ def _usage(usage: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def response_object(view: ResponseView) -> dict[str, Any]:
     """OpenAI's response object for ``view``, plus agentd's ``session_id``.
 
-    ``output`` holds the one assistant message once ``view.output_text`` is not None;
-    its status follows the response's (completed; in_progress while queued or running;
-    incomplete otherwise). ``error.code`` is one of the SDK's codes, agentd's own code
-    is ``error.agentd_code``.
+    ``output`` holds the items of server-side tools (``view.items``) and the one
+    assistant message once ``view.output_text`` is not None (at ``view.message_at``,
+    else after them); its status follows the response's (completed; in_progress
+    while queued or running; incomplete otherwise). ``error.code`` is one of the
+    SDK's codes, agentd's own code is ``error.agentd_code``.
     """
     if view.status not in _STATUSES:
         raise ValueError(f"unknown response status {view.status!r}")
     request, params = view.request, view.request.params
-    output = []
+    output = list(view.items or ())
     if view.output_text is not None:
-        output.append(message_item(view.id, view.output_text, item_status(view.status)))
+        message = message_item(view.id, view.output_text, item_status(view.status))
+        output.insert(len(output) if view.message_at is None else view.message_at, message)
     incomplete = None
     if view.status == "incomplete":
         incomplete = {"reason": _INCOMPLETE_REASONS.get(view.incomplete_reason or "")}
@@ -188,8 +195,8 @@ def response_object(view: ResponseView) -> dict[str, Any]:
         "reasoning": None,
         "temperature": params.get("temperature"),
         "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "tool_choice": params.get("tool_choice", "auto"),
+        "tools": tools_shown(request.mcp_tools),
         "top_p": params.get("top_p"),
         "truncation": "disabled",
         "usage": _usage(view.usage),

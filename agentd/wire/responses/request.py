@@ -39,6 +39,7 @@ from .fields import (
     TEXT_PARTS,
     Kinds,
 )
+from .mcp import parse_approval, parse_tools
 
 __all__ = ("CreateRequest", "check_type", "parse_create", "parse_input_items", "parse_metadata")
 
@@ -60,6 +61,10 @@ class CreateRequest:
     store: bool = True
     # The conversation named by the request (its session is ``session_id``).
     conversation: str | None = None
+    # The request's ``mcp`` tools, normalized (:mod:`.mcp`).
+    mcp_tools: list[dict[str, Any]] = field(default_factory=list)
+    # The input's ``mcp_approval_response`` items: {approval_request_id, approve, reason}.
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -139,7 +144,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         raise _bad("model is required: the name of an agent", "missing_required_parameter", "model")
     if not check_type(agent, (str,), "model"):
         raise _bad("model must name an agent", "invalid_value", "model")
-    messages = _parse_input(body.get("input"))
+    messages, approvals = _parse_input(body.get("input"))
 
     instructions = check_type(body.get("instructions"), (str,), "instructions")
     previous = check_type(body.get("previous_response_id"), (str,), "previous_response_id")
@@ -147,6 +152,13 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         raise _bad(
             f"previous_response_id must have 1 to {MAX_ID_CHARS} characters",
             "invalid_value",
+            "previous_response_id",
+        )
+    if approvals and previous is None:
+        raise _bad(
+            "an mcp_approval_response answers a previous response's mcp_approval_request: "
+            "give its previous_response_id",
+            "missing_required_parameter",
             "previous_response_id",
         )
     session_id = body.get("session_id", header_session)
@@ -195,7 +207,15 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         elif key in IGNORED_FIELDS:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
-    _check_restricted(body)
+    mcp_tools = _check_restricted(body, params)
+    for i, tool in enumerate(mcp_tools if not store else ()):
+        if tool["require_approval"] != "never":
+            raise _bad(
+                "a response that is not stored cannot be continued with approvals: "
+                'require_approval must be "never"',
+                "unsupported_value",
+                f"tools[{i}].require_approval",
+            )
     _forward_nested(body, params)
     return CreateRequest(
         agent,
@@ -209,6 +229,8 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         params,
         store,
         conversation,
+        mcp_tools,
+        approvals,
     )
 
 
@@ -243,18 +265,31 @@ def parse_metadata(value: Any) -> dict[str, str]:
     return check_metadata(value) or {}
 
 
-def _parse_input(value: Any) -> list[dict[str, Any]]:
+def _parse_input(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The input's messages, and its approval responses."""
     if value is None:
         raise _bad("input is required", "missing_required_parameter", "input")
     if isinstance(value, str):
         if not value:
             raise _bad("input must not be empty", "invalid_value", "input")
-        return [{"role": "user", "content": value}]
+        return [{"role": "user", "content": value}], []
     if not isinstance(value, list):
         raise _bad("input must be a string or an array of items", "invalid_type", "input")
     if not 1 <= len(value) <= MAX_MESSAGES:
         raise _bad(f"input must hold 1 to {MAX_MESSAGES} items", "invalid_value", "input")
-    return [_parse_item(item, f"input[{i}]") for i, item in enumerate(value)]
+    messages, approvals = [], []
+    for i, item in enumerate(value):
+        if isinstance(item, dict) and item.get("type") == "mcp_approval_response":
+            approvals.append(parse_approval(item, f"input[{i}]"))
+        else:
+            messages.append(_parse_item(item, f"input[{i}]"))
+    seen = set()
+    for approval in approvals:
+        if approval["approval_request_id"] in seen:
+            raise _bad(f"approval request {approval['approval_request_id']!r} is answered twice",
+                       "invalid_value", "input")  # fmt: skip
+        seen.add(approval["approval_request_id"])
+    return messages, approvals
 
 
 def _parse_item(item: Any, where: str) -> dict[str, Any]:
@@ -345,19 +380,23 @@ def _forward_nested(body: dict[str, Any], params: dict[str, Any]) -> None:
         params["verbosity"] = text["verbosity"]
 
 
-def _check_restricted(body: dict[str, Any]) -> None:
-    if check_type(body.get("tools"), (list,), "tools"):
-        raise _bad("tools are not supported: agentd runs no tools", "unsupported_value", "tools")
+def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check the restricted fields; the request's mcp tools (``tool_choice`` goes to
+    ``params`` with them)."""
+    tools = parse_tools(check_type(body.get("tools"), (list,), "tools") or [])
     choice = check_type(body.get("tool_choice"), (str, dict), "tool_choice")
-    if choice is not None and choice not in ("auto", "none"):
+    allowed = ("auto", "none", "required") if tools else ("auto", "none")
+    if choice is not None and choice not in allowed:
         raise _bad(
-            'tool_choice must be "auto" or "none": there are no tools',
+            f"tool_choice must be one of {', '.join(allowed)}",
             "unsupported_value",
             "tool_choice",
         )
+    if choice is not None and tools:
+        params["tool_choice"] = choice
     text = check_type(body.get("text"), (dict,), "text")
     if text is None:
-        return
+        return tools
     _refuse_unknown(text, TEXT_FIELDS, "text")
     check_type(text.get("verbosity"), (str,), "text.verbosity")
     fmt = check_type(text.get("format"), (dict,), "text.format")
@@ -367,3 +406,4 @@ def _check_restricted(body: dict[str, Any]) -> None:
             "unsupported_value",
             "text.format.type",
         )
+    return tools
