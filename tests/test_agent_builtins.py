@@ -135,10 +135,10 @@ async def test_an_agent_gets_the_builtins_it_names_and_no_others(start: Start) -
         start, agents=[{"name": "all", "tools": ["agentd"]}, {"name": "some", "tools": STATE}]
     )
     assert agents.tools is not None
-    every = await agents.tools.for_agent("all", agents.builtin_specs)
+    every = await agents.tools.for_agent("all", builtins=agents.builtin_specs)
     assert [f.name for f in every.functions] == list(BUILTIN_TOOLS)
     assert {f.label for f in every.functions} == {"agentd"}
-    some = await agents.tools.for_agent("some", agents.builtin_specs)
+    some = await agents.tools.for_agent("some", builtins=agents.builtin_specs)
     assert [f.name for f in some.functions] == ["state_get", "state_put", "state_patch"]
     # An agent without the tool cannot call it: its model is told which it has.
     done = await turn(agents, "some", call("call_agent", agent="all", input="hi"), who("t"))
@@ -310,7 +310,10 @@ async def test_a_background_response_calls_agents_from_the_job_queue(start: Star
 
         done = await wait_until(ended, 30, "the background response to end")
     assert done["status"] == "completed", done
-    text = done["output"][0]["content"][0]["text"]
+    # The built-in call shows as an mcp_call item of the server "agentd", then the answer.
+    assert [item["type"] for item in done["output"]] == ["mcp_call", "message"]
+    assert done["output"][0]["server_label"] == "agentd"
+    text = done["output"][1]["content"][0]["text"]
     assert result_of(text, "call_agent", "state_put") == {"value": "queued", "version": 1}
     doc = await server.app[AGENTS].store.state_get("notes", "bg")
     assert doc.value == "queued"
@@ -333,7 +336,7 @@ async def test_builtins_and_a_servers_tools_of_one_name_are_told_apart(
     )
     assert agents.tools is not None
     clash = ToolSpec("echo", "agentd's echo", {"type": "object"})
-    tools = await agents.tools.for_agent("both", [*agents.builtin_specs, clash])
+    tools = await agents.tools.for_agent("both", builtins=[*agents.builtin_specs, clash])
     named = {f.name: (f.label, f.tool) for f in tools.functions}
     assert named == {
         **{tool: ("agentd", tool) for tool in BUILTIN_TOOLS},

@@ -151,7 +151,9 @@ class Agents:
         try:
             toolset = None
             if (agent.tools or req.tool_servers) and self.tools is not None:
-                toolset = await self.tools.for_agent(agent, self.builtin_specs, req.tool_servers)
+                toolset = await self.tools.for_agent(
+                    agent, builtins=self.builtin_specs, extra=req.tool_servers
+                )
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:

@@ -497,7 +497,9 @@ class Responses:
         tools, agent = self.agents.tools, self.agents.get(req.agent)
         if tools is None:
             raise BadRequest("this instance runs no tools", code="mcp_unavailable")
-        toolset = await tools.for_agent(agent, tuple(s.tool for s in servers))
+        toolset = await tools.for_agent(
+            agent, builtins=self.agents.builtin_specs, extra=tuple(s.tool for s in servers)
+        )
         items.use(toolset)
         return await answer_approvals(tools, agent, toolset, req.previous_response_id, calls,
                                       req.approvals, items, deadline)  # fmt: skip

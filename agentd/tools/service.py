@@ -185,6 +185,7 @@ class Tools:
     async def for_agent(
         self,
         agent: str | AgentConfig,
+        *,
         builtins: Sequence[ToolSpec] = (),
         extra: tuple[ToolServer, ...] = (),
     ) -> ToolSet:
