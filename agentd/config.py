@@ -810,9 +810,7 @@ def _name_variables(errors: list[str], origins: Mapping[str, str]) -> list[str]:
     return named
 
 
-def _check_waits(
-    redis: RedisConfig, bad: typing.Callable[..., bool], errors: list[str]
-) -> None:
+def _check_waits(redis: RedisConfig, bad: typing.Callable[..., bool], errors: list[str]) -> None:
     """The acknowledgement waits need Redis, and must end before the socket times out
     (else a replica's slowness would mark the master unreachable)."""
     waits = redis.wait_replicas > 0 or redis.wait_local_aof
