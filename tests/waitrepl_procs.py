@@ -22,12 +22,13 @@ __all__ = ("ReplicatedRedis",)
 class ReplicatedRedis:
     """A master and one replica, each a ``redis-server`` on a free loopback port."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
+        """``extra``: more redis-server arguments for both (``--appendonly yes``)."""
         # Diskless sync at once (the default waits 5 s for more replicas to join).
-        self.master = RedisServer(workdir, "--repl-diskless-sync-delay", "0")
+        self.master = RedisServer(workdir, "--repl-diskless-sync-delay", "0", *extra)
         self.replica = RedisServer(
             workdir, "--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-load",
-            "on-empty-db",
+            "on-empty-db", *extra,
         )  # fmt: skip
         self.paused = False
         wait_until_sync(self._linked, START_LIMIT, "the replica to be in sync with its master")

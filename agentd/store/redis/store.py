@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from ...config import Config
@@ -138,6 +139,9 @@ class RedisStore(BaseStore):
         await self.hub.close()
         await self.shards.close()
         await self.waits.close()
+
+    def count_waits(self, observe: Callable[[str], None]) -> None:
+        self.shards.acks.observe = observe
 
     async def readiness(self) -> str | None:
         reasons = await self.shards.unreachable()
