@@ -26,13 +26,9 @@ from redis import exceptions as rexc
 from ...config import RedisConfig
 from ...errors import StoreNotDurable
 
-__all__ = ("WAIT_OUTCOMES", "Acks", "send_with_wait")
+__all__ = ("Acks", "send_with_wait")
 
 log = logging.getLogger(__name__)
-
-# How a wait ended: enough confirmations, fewer in time, or the server refused the wait
-# itself (WAITAOF on Redis < 7.2, WAITAOF with numlocal on a master without AOF).
-WAIT_OUTCOMES = ("confirmed", "timed_out", "refused")
 
 # Redirections followed for one write while its slot moves, before giving up (503).
 MAX_REDIRECTS = 5
@@ -50,7 +46,9 @@ class Acks:
         self.aof = config.wait_aof
         self.local = 1 if config.wait_local_aof else 0
         self.enabled = self.replicas > 0 or self.local > 0
-        # Counts each wait's outcome (set by the worker to its metrics).
+        # Counts each wait's outcome (set by the worker to its metrics): confirmed,
+        # timed_out (fewer in time), refused (the server refused the wait itself: WAITAOF
+        # on Redis < 7.2, or with numlocal on a master without AOF).
         self.observe: Callable[[str], None] = _ignore
         self._logged: dict[str, tuple[float, int]] = {}
 
