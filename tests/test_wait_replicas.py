@@ -24,7 +24,7 @@ from agentd.store.keys import record_keys, session_keys, state_key
 
 from .chat_helpers import chat_body
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer, metric
-from .waitrepl_procs import ReplicatedRedis
+from .waitrepl_procs import ReplicatedCluster, ReplicatedRedis
 
 pytestmark = pytest.mark.slow
 
@@ -372,3 +372,39 @@ async def test_a_replica_behind_at_the_kill_loses_only_unacknowledged_turns(
             assert load.total >= 300 and missing > 0
     finally:
         redis_pair.close()
+
+
+async def test_in_a_cluster_with_replicas_an_acknowledged_write_is_on_the_replica(
+    tmp_path: Path,
+) -> None:
+    cluster = ReplicatedCluster(tmp_path / "cluster")
+    try:
+        raw = {"urls": cluster.urls, "cluster": True, "wait_replicas": 1}
+        store = open_store(from_dict({"redis": {**raw, "wait_timeout_ms": 1000}}))
+        await store.start()
+        try:
+            names = [f"doc{i}" for i in range(12)]
+            for name in names:
+                assert (await store.state_put("ns", name, {"name": name})).version == 1
+            # Right after the acknowledgements: each document is on some replica (each
+            # replica holds its own master's slots).
+            _, replicas = cluster.roles()
+            found = set()
+            for node in replicas:
+                with redis.Redis(port=node.port) as client:
+                    client.execute_command("READONLY")
+                    for name in names:
+                        try:
+                            if client.exists(state_key(f"ns/{name}")):
+                                found.add(name)
+                        except redis.exceptions.ResponseError:  # MOVED: another's slot
+                            continue
+            assert found == set(names)
+            # Each write sent its wait to its master (a master's first one twice: EVAL
+            # after NOSCRIPT).
+            masters, _ = cluster.roles()
+            assert len(names) <= sum(_waits(node) for node in masters) <= len(names) + 3
+        finally:
+            await store.close()
+    finally:
+        cluster.close()

@@ -1,4 +1,5 @@
-"""A Redis master with one replica (``--replicaof``), for durable acknowledgements.
+"""A Redis master with one replica (``--replicaof``), and a Redis Cluster whose masters
+have one replica each, for durable acknowledgements.
 
 The replica can be paused (SIGSTOP: it stops reading its replication stream, so the
 master's WAIT times out) and resumed; the master can be killed (-9) and the replica
@@ -8,7 +9,9 @@ promoted (``REPLICAOF NO ONE``), as an operator or a Sentinel would.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import redis
@@ -16,7 +19,7 @@ import redis
 from .procs import START_LIMIT, RedisServer
 from .waiting import wait_until_sync
 
-__all__ = ("ReplicatedRedis",)
+__all__ = ("ReplicatedCluster", "ReplicatedRedis")
 
 
 class ReplicatedRedis:
@@ -71,3 +74,59 @@ class ReplicatedRedis:
             self.resume_replica()
         self.replica.close()
         self.master.close()
+
+
+class ReplicatedCluster:
+    """A Redis Cluster of 3 masters, each with one replica (``--cluster-replicas 1``)."""
+
+    def __init__(self, workdir: Path, masters: int = 3) -> None:
+        self.nodes = [
+            RedisServer(workdir, "--repl-diskless-sync-delay", "0", cluster=True)
+            for _ in range(2 * masters)
+        ]
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed; run scripts/ensure-system-deps")
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "1", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_until_sync(self._linked, START_LIMIT, "every master to have its replica in sync")
+
+    def roles(self) -> tuple[list[RedisServer], list[RedisServer]]:
+        """(masters, replicas), as the nodes say now."""
+        masters, replicas = [], []
+        for node in self.nodes:
+            with redis.Redis(port=node.port) as client:
+                role = client.info("replication")["role"]
+            (masters if role == "master" else replicas).append(node)
+        return masters, replicas
+
+    def _linked(self) -> bool:
+        masters, replicas = self.roles()
+        if len(masters) != len(replicas):
+            return False
+        for node in masters:
+            with redis.Redis(port=node.port) as client:
+                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                    return False
+                replication = client.info("replication")
+                replica = replication.get("slave0") or {}
+                # Online, and it acknowledged the master's whole stream (its first
+                # acknowledgement after the sync can take a second).
+                if replica.get("state") != "online":
+                    return False
+                if replica.get("offset") != replication["master_repl_offset"]:
+                    return False
+        return True
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
