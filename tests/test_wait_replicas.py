@@ -19,6 +19,7 @@ import redis
 
 from agentd.config import ConfigError, from_dict
 from agentd.errors import StoreNotDurable
+from agentd.fastpath import key_slot
 from agentd.store import open_store
 from agentd.store.keys import record_keys, session_keys, state_key
 
@@ -408,3 +409,55 @@ async def test_in_a_cluster_with_replicas_an_acknowledged_write_is_on_the_replic
             await store.close()
     finally:
         cluster.close()
+
+
+def _node_id(node: RedisServer) -> str:
+    with redis.Redis(port=node.port) as client:
+        return client.execute_command("CLUSTER", "MYID").decode()
+
+
+async def test_in_a_cluster_a_write_whose_slot_moved_is_sent_with_its_wait_to_the_new_owner(
+    tmp_path: Path,
+) -> None:
+    cluster = ReplicatedCluster(tmp_path / "moved")
+    try:
+        raw = {"urls": cluster.urls, "cluster": True, "wait_replicas": 1}
+        store = open_store(from_dict({"redis": {**raw, "wait_timeout_ms": 1000}}))
+        await store.start()
+        try:
+            await store.state_put("ns", "first", 1)  # the client knows the slots now
+            key = state_key("ns/moving")
+            slot = key_slot(key)
+            masters, _ = cluster.roles()
+            owner = next(m for m in masters if _owns(m, slot))
+            target = next(m for m in masters if m is not owner)
+            # Hand the (empty) slot to another master behind the client's back.
+            for node in (target, owner, *(m for m in masters if m not in (owner, target))):
+                with redis.Redis(port=node.port) as client:
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", _node_id(target))
+            before, moved = _waits(target), _moved(owner)
+            # The pair goes to the old owner, gets MOVED, and goes again to the new one,
+            # whose replica confirms it.
+            assert (await store.state_put("ns", "moving", {"n": 1})).version == 1
+            with redis.Redis(port=target.port) as client:
+                assert client.hget(key, "ver") == b"1"
+            assert _waits(target) > before and _moved(owner) == moved + 1
+        finally:
+            await store.close()
+    finally:
+        cluster.close()
+
+
+def _moved(node: RedisServer) -> int:
+    """The MOVED redirections ``node`` answered."""
+    with redis.Redis(port=node.port) as client:
+        return int(client.info("errorstats").get("errorstat_MOVED", {}).get("count", 0))
+
+
+def _owns(node: RedisServer, slot: int) -> bool:
+    with redis.Redis(port=node.port) as client:
+        mine = _node_id(node)
+        for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end and master[2].decode() == mine:
+                return True
+    return False
