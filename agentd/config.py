@@ -162,6 +162,17 @@ class RedisConfig:
     timeout: float = opt(2.0, min=0.01, max=300.0)
     # Seconds a shard found unreachable is failed fast before agentd tries it again.
     down_retry: float = opt(1.0, min=0.0, max=60.0)
+    # Durable acknowledgements: a write agentd acknowledges (a turn, a state write, a
+    # job submission, a response record) is answered only after this many replicas
+    # confirmed it (WAIT, pipelined with the write); 0 = as soon as the master has it.
+    wait_replicas: int = opt(0, min=0, max=100)
+    # Milliseconds a write waits for those confirmations; fewer in time is 503
+    # store_not_durable (the write is applied on the master, not confirmed durable).
+    wait_timeout_ms: int = opt(500, min=1, max=300000)
+    # WAITAOF (Redis >= 7.2) instead of WAIT: the replicas confirm the write is fsynced
+    # to their append-only file, not only received; wait_local_aof: the master's own too.
+    wait_aof: bool = opt(False)
+    wait_local_aof: bool = opt(False)
 
 
 @dataclass(frozen=True)
@@ -799,6 +810,23 @@ def _name_variables(errors: list[str], origins: Mapping[str, str]) -> list[str]:
     return named
 
 
+def _check_waits(redis: RedisConfig, bad: typing.Callable[..., bool], errors: list[str]) -> None:
+    """The acknowledgement waits need Redis, and must end before the socket times out
+    (else a replica's slowness would mark the master unreachable)."""
+    waits = redis.wait_replicas > 0 or redis.wait_local_aof
+    if bad("redis") or not waits:
+        return
+    if not redis.urls:
+        errors.append("redis.wait_replicas: needs Redis (redis.urls); standalone has no replicas")
+    if redis.wait_timeout_ms >= redis.timeout * 1000:
+        errors.append(
+            f"redis.wait_timeout_ms: must be below redis.timeout ({redis.timeout * 1000:g} ms), "
+            f"got {redis.wait_timeout_ms}"
+        )
+    if redis.wait_local_aof and not redis.wait_aof:
+        errors.append("redis.wait_local_aof: needs redis.wait_aof = true (it is a WAITAOF)")
+
+
 def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Config:
     """Rules that involve more than one key.
 
@@ -872,6 +900,7 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     _check_tools(config, bad, errors)
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
+    _check_waits(config.redis, bad, errors)
     if config.mode == "standalone":
         server = raw.get("server")
         if not isinstance(server, dict) or server.get("workers", "auto") == "auto":

@@ -19,6 +19,7 @@ __all__ = (
     "PayloadTooLarge",
     "QuotaExceeded",
     "RateLimited",
+    "StoreNotDurable",
     "StoreUnavailable",
     "Unauthorized",
     "Unavailable",
@@ -121,6 +122,13 @@ class Overloaded(Unavailable):
 
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class StoreNotDurable(Unavailable):
+    """A write the Redis master applied but fewer replicas than ``redis.wait_replicas``
+    confirmed in time: it is not undone, and not acknowledged as durable either."""
+
+    code = "store_not_durable"
 
 
 class UpstreamRejected(BadRequest):

@@ -163,6 +163,13 @@ class Metrics:
             multiprocess_mode="livemax",
             registry=reg,
         )
+        self.store_waits = Counter(
+            "agentd_store_waits",
+            "Durable acknowledgements' waits for Redis replicas (redis.wait_replicas), by "
+            "outcome: confirmed, timed_out (answered 503 store_not_durable), refused",
+            ["outcome"],
+            registry=reg,
+        )
         self._stages = {
             stage: self.turn_stages.labels(stage)
             for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
@@ -174,6 +181,10 @@ class Metrics:
         (the session of a stateless turn) is no sample, rather than a zero."""
         for stage, seconds in stages.items():
             self._stages[stage].observe(seconds)
+
+    def observe_wait(self, outcome: str) -> None:
+        """Count one durable acknowledgement's wait by outcome."""
+        self.store_waits.labels(outcome).inc()
 
     def observe_steps(self, agent: str, steps: int) -> None:
         self.turn_steps.labels(agent).observe(steps)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -193,6 +193,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def readiness(self) -> str | None:
         """``None`` when every part of the store is reachable, else why not."""
+
+    def count_waits(self, observe: Callable[[str], None]) -> None:
+        """Have ``observe(outcome)`` called for each durable acknowledgement's wait
+        (``redis.wait_replicas``): ``confirmed``, ``timed_out`` or ``refused``. A store
+        without replicas has none."""
+        return
 
     @abc.abstractmethod
     def for_tenant(self, tenant: str) -> Store:

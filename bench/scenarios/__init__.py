@@ -5,6 +5,7 @@ from __future__ import annotations
 from .auth import HTTP_CHAT_AUTH
 from .capacity import ADDED_LATENCY, OPEN_LOOP, WORKERS_SCALING
 from .common import Scenario
+from .durable import HTTP_CHAT_DURABLE
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
 from .jobs import JOBS
 from .soak import SOAK
@@ -22,6 +23,7 @@ SCENARIOS: dict[str, Scenario] = {
         HTTP_CHAT_HIT,
         HTTP_CHAT_MISS,
         HTTP_CHAT_AUTH,
+        HTTP_CHAT_DURABLE,
         HTTP_STREAM,
         WS_TURNS,
         WS_IDLE,

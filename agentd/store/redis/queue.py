@@ -31,7 +31,7 @@ class RedisQueue(Queue):
 
     async def enqueue(self, partition: str, shard: int, job_id: str, limit: int) -> bool:
         stream = K.queue_key(partition, shard)
-        return bool(await self.shards.eval(L.ENQUEUE, [stream], [limit, job_id]))
+        return bool(await self.shards.eval(L.ENQUEUE, [stream], [limit, job_id], acked=True))
 
     def _deliveries(self, partition: str, shard: int, rows: Any) -> list[Delivery]:
         out = []

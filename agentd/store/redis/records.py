@@ -44,7 +44,7 @@ class RedisRecords(Records):
         keys = list(K.record_keys(rid, self.prefix))
         args = [ttl_s, self.shards.publish_command, self.events_ttl_s, len(fields)]
         args += _fields_flat(fields)
-        await self.shards.eval(L.RECORD_CREATE, keys, [*args, *_events_flat(events)])
+        await self.shards.eval(L.RECORD_CREATE, keys, [*args, *_events_flat(events)], acked=True)
 
     async def read(self, rid: str) -> dict[str, bytes] | None:
         key = K.record_keys(rid, self.prefix)[0]
@@ -90,7 +90,9 @@ class RedisRecords(Records):
             *_fields_flat(fields),
             *_events_flat(events),
         ]
-        return bool(await self.shards.eval(L.RECORD_WRITE, keys, args))
+        # The record's end is acknowledged (to its pollers, its webhook); events on the way
+        # are not waited for, each one.
+        return bool(await self.shards.eval(L.RECORD_WRITE, keys, args, acked=closing))
 
     async def cancel_asked(self, rid: str) -> bool:
         key = K.record_keys(rid, self.prefix)[0]
@@ -99,13 +101,15 @@ class RedisRecords(Records):
 
     async def cancel(self, rid: str) -> str | None:
         keys = list(K.record_keys(rid, self.prefix))
-        status = await self.shards.eval(L.RECORD_CANCEL, keys, [])
+        status = await self.shards.eval(L.RECORD_CANCEL, keys, [], acked=True)
         return status.decode() if status else None
 
     async def delete(self, rid: str) -> bool:
         keys = [*K.record_keys(rid, self.prefix), K.steps_key(rid, self.prefix)]
         return bool(
-            await self.shards.eval(L.RECORD_DELETE, keys, [self.shards.publish_command, DELETED])
+            await self.shards.eval(
+                L.RECORD_DELETE, keys, [self.shards.publish_command, DELETED], acked=True
+            )
         )
 
     async def events(self, rid: str, after: int) -> list[bytes]:

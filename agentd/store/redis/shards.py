@@ -33,6 +33,7 @@ from ...config import RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
+from .acks import Acks, send_with_wait
 from .outage import Outage
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -108,6 +109,7 @@ class Shards:
         self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
+        self.acks = Acks(config)
 
     async def start(self) -> None:
         if self.cluster is not None:
@@ -175,9 +177,14 @@ class Shards:
             outage.recovered()
         return result
 
-    async def eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+    async def eval(
+        self, script: Script, keys: list[str], args: list[Any], *, acked: bool = False
+    ) -> Any:
         """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
-        (after a restart or failover); EVAL caches it there again."""
+        (after a restart or failover); EVAL caches it there again. ``acked``: a write
+        agentd acknowledges, confirmed by replicas when ``redis.wait_replicas`` asks."""
+        if acked and self.acks.enabled:
+            return await self._eval_acked(script, keys, args)
 
         async def run(client: Any) -> Any:
             try:
@@ -186,6 +193,32 @@ class Shards:
                 return await client.eval(script.text, len(keys), *keys, *args)
 
         return await self.call(keys[0], run)
+
+    async def _eval_acked(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """The script and its wait in one round trip (see :mod:`.acks`)."""
+        wait = self.acks.command()
+        clustered = self.cluster is not None
+        server = "redis cluster" if clustered else self.describe(self.shard_of(keys[0]))
+
+        async def run(client: Any) -> Any:
+            call = ("EVALSHA", script.sha, len(keys), *keys, *args)
+            replies = await send_with_wait(client, keys[0], call, wait, clustered)
+            if isinstance(replies[0], rexc.NoScriptError):
+                call = ("EVAL", script.text, len(keys), *keys, *args)
+                replies = await send_with_wait(client, keys[0], call, wait, clustered)
+            for reply in replies:
+                if isinstance(reply, BaseException) and not (
+                    reply is replies[1] and isinstance(reply, rexc.ResponseError)
+                ):
+                    # The write failed (the wait's verdict does not matter), or the
+                    # connection did: the shard's unavailability, as for any call.
+                    raise reply
+            return replies
+
+        replies = await self.call(keys[0], run)
+        # Outside call(): a wait that timed out is an answer from a live master.
+        self.acks.check(replies[1], server)
+        return replies[0]
 
     async def unreachable(self) -> list[str]:
         """Which shards do not answer PING (for /readyz)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from ...config import Config
@@ -139,6 +140,9 @@ class RedisStore(BaseStore):
         await self.shards.close()
         await self.waits.close()
 
+    def count_waits(self, observe: Callable[[str], None]) -> None:
+        self.shards.acks.observe = observe
+
     async def readiness(self) -> str | None:
         reasons = await self.shards.unreachable()
         return "; ".join(reasons) if reasons else None
@@ -149,7 +153,9 @@ class RedisStore(BaseStore):
         flat = [x for kv in meta.items() for x in kv]
         keys = [*self._session(sid), *self._own_index(sid)]
         score = activity_ms()
-        created = bool(await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat]))
+        created = bool(
+            await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat], acked=True)
+        )
         if created:
             self._index_add(sid, score)
         return created
@@ -161,7 +167,9 @@ class RedisStore(BaseStore):
     async def _delete(self, sid: str) -> bool:
         keys = [*self._session(sid), self._channel(sid), self._turn(sid)]
         keys += self._own_index(sid)
-        found = bool(await self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid]))
+        found = bool(
+            await self.shards.eval(L.DELETE, keys, [self.shards.publish_command, sid], acked=True)
+        )
         if self.clustered:
             self.index_writes.remove(self._index_of(sid), sid)
         return found
@@ -170,7 +178,7 @@ class RedisStore(BaseStore):
         keys = [*self._session(sid), self._channel(sid), *self._own_index(sid)]
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
-        first = await self.shards.eval(L.APPEND, keys, args)
+        first = await self.shards.eval(L.APPEND, keys, args, acked=True)
         if first is not None:
             self._index_add(sid, score)
         return first
@@ -189,13 +197,14 @@ class RedisStore(BaseStore):
 
     async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
         meta_key = self._session(sid)[0]
-        flat = await self.shards.eval(L.UPDATE_META, [meta_key], [self.ttl, metadata])
+        args = [self.ttl, metadata]
+        flat = await self.shards.eval(L.UPDATE_META, [meta_key], args, acked=True)
         return None if flat is None else _pairs(flat)
 
     async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:
         keys = [*self._session(sid), self._channel(sid)]
         args = [self.ttl, seq, self.shards.publish_command, event]
-        found = await self.shards.eval(L.DELETE_MESSAGE, keys, args)
+        found = await self.shards.eval(L.DELETE_MESSAGE, keys, args, acked=True)
         return None if found is None else bool(found)
 
     async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
@@ -328,7 +337,8 @@ class RedisStore(BaseStore):
         keys += self._own_index(sid)
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
-        first = await self.shards.eval(L.END_TURN, keys, [*args, *payloads])
+        # A release alone (no messages) acknowledges nothing: no wait.
+        first = await self.shards.eval(L.END_TURN, keys, [*args, *payloads], acked=bool(payloads))
         if payloads and first is not None and first > 0:
             self._index_add(sid, score)
         return first
@@ -353,12 +363,14 @@ class RedisStore(BaseStore):
         self, name: str, data: bytes, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
         args = [data, "" if expected is None else expected]
-        reply = await self.shards.eval(L.STATE_WRITE, [K.state_key(name, self.prefix)], args)
+        key = K.state_key(name, self.prefix)
+        reply = await self.shards.eval(L.STATE_WRITE, [key], args, acked=True)
         return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
 
     async def _state_remove(
         self, name: str, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
         args = ["" if expected is None else expected]
-        reply = await self.shards.eval(L.STATE_REMOVE, [K.state_key(name, self.prefix)], args)
+        key = K.state_key(name, self.prefix)
+        reply = await self.shards.eval(L.STATE_REMOVE, [key], args, acked=True)
         return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
