@@ -387,3 +387,35 @@ async def test_hostile_function_tools_and_items_are_refused_with_stable_codes(
                                             "input": "and now?", "tools": [TIME]})  # fmt: skip
     assert status == 400 and answer["error"]["code"] == "tool_calls_unanswered", answer
     await client.close()
+
+
+async def test_approvals_and_outputs_answer_one_response_together(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    held = {**WEB, "require_approval": "always"}
+    script = 'call add {"a": 1, "b": 1}\ncall get_weather {"city": "Riga"}'
+    first = await client.responses.create(model="echo", input=script, tools=[held, WEATHER])
+    assert first.status == "completed", first.error
+    assert sorted(kinds(first.output)) == ["function_call", "mcp_approval_request",
+                                           "mcp_list_tools"]  # fmt: skip
+    call = next(i for i in first.output if i.type == "function_call")
+    asked = next(i for i in first.output if i.type == "mcp_approval_request")
+    approval = {"type": "mcp_approval_response", "approval_request_id": asked.id, "approve": True}
+    # Both answered in one request (the approval may come first).
+    second = await client.responses.create(
+        model="echo", previous_response_id=first.id, tools=[held, WEATHER],
+        input=[approval, output(call.call_id, "wind")],
+    )  # fmt: skip
+    assert second.status == "completed", second.error
+    assert kinds(second.output) == ["mcp_call", "message"]
+    ran = second.output[0]
+    assert ran.approval_request_id == asked.id and orjson.loads(ran.output) == {"sum": 2}
+    assert second.output_text == f"add: {ran.output}\nget_weather: wind"
+    # The approval alone leaves the client's call unanswered.
+    alone = {"model": "echo", "previous_response_id": first.id, "tools": [held, WEATHER],
+             "input": [approval]}  # fmt: skip
+    status, answer = await raw_create(url, alone)
+    assert status == 400 and answer["error"]["code"] == "tool_calls_unanswered", answer
+    await client.close()
