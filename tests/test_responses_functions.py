@@ -419,3 +419,26 @@ async def test_approvals_and_outputs_answer_one_response_together(
     status, answer = await raw_create(url, alone)
     assert status == 400 and answer["error"]["code"] == "tool_calls_unanswered", answer
     await client.close()
+
+
+async def test_a_conversation_is_continued_with_outputs_too(
+    serve: Any, toolbox: HttpToolbox
+) -> None:
+    url = await serve(**config(toolbox))
+    client = sdk(url)
+    conversation = await client.conversations.create()
+    first = await client.responses.create(
+        model="echo", conversation=conversation.id, input="call get_time {}", tools=[TIME]
+    )
+    (call,) = first.output
+    refused = {"model": "echo", "conversation": conversation.id,
+               "input": [output("call_other", "x")]}  # fmt: skip
+    status, answer = await raw_create(url, refused)
+    assert status == 400 and answer["error"]["code"] == "unknown_tool_call", answer
+    second = await client.responses.create(
+        model="echo", conversation=conversation.id, instructions="Answer briefly.",
+        input=[output(call.call_id, "teatime")],
+    )  # fmt: skip
+    assert second.status == "completed", second.error
+    assert second.output_text == "get_time: teatime"
+    await client.close()

@@ -470,8 +470,11 @@ class Responses:
             events = events or self.events_for(view)
             listener = TurnItems(view.id, events, servers, on_events, on_limits, text_filter)
         turn = self.turn_request(view, identity, checkpoint, servers)
-        if req.previous_response_id is not None and (listener is not None or _outputs(req)):
-            # The calls the previous response waits for are answered first.
+        outputs = bool(_outputs(req))
+        if (req.previous_response_id is not None and (listener is not None or outputs)) or (
+            outputs and req.session_id is not None
+        ):
+            # The calls the previous response (or the session) waits for are answered first.
             turn.messages[:0] = await self._answers(view, servers, listener, deadline)
             if listener is not None:
                 listener.listed = not req.approvals
@@ -506,10 +509,12 @@ class Responses:
         the input's ``function_call_output`` items do not answer (those of the previous
         response's approval requests), or [] when there are none. An output that answers
         no call it ends with is a 400 ``unknown_tool_call``, a function call left
-        unanswered ``tool_calls_unanswered``."""
+        unanswered ``tool_calls_unanswered``. Without ``previous_response_id`` (a
+        conversation or session continued) no approval is answered."""
         req = view.request
-        if view.session_id is None or req.previous_response_id is None:
+        if view.session_id is None:
             return []
+        previous = req.previous_response_id or "the conversation"
         history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
         pending = pending_calls(history)
         outputs = _outputs(req)
@@ -517,7 +522,7 @@ class Responses:
         if unknown:
             raise BadRequest(
                 f"function_call_output call_id {unknown[0][:64]!r} answers no function call "
-                f"of response {req.previous_response_id!r}",
+                f"of {previous!r}",
                 code="unknown_tool_call",
                 detail={"param": "input"},
             )
@@ -535,7 +540,7 @@ class Responses:
             return []  # all answered by the client
         tools, agent = self.agents.tools, self.agents.get(req.agent)
         toolset = None
-        if tools is not None and items is not None:
+        if tools is not None and items is not None and req.previous_response_id is not None:
             toolset = await tools.for_agent(
                 agent, builtins=self.agents.builtin_specs, extra=tuple(s.tool for s in servers)
             )
@@ -544,14 +549,14 @@ class Responses:
         if theirs:
             ids = ", ".join(str(c.get("id"))[:64] for c in theirs[:5])
             raise BadRequest(
-                f"no function_call_output for the function calls of response "
-                f"{req.previous_response_id!r} ({ids}): send one for each",
+                f"no function_call_output for the function calls of {previous!r} ({ids}): "
+                "send one for each",
                 code="tool_calls_unanswered",
                 detail={"param": "input"},
             )
         assert tools is not None and items is not None and toolset is not None
         items.use(toolset)
-        return await answer_approvals(tools, agent, toolset, req.previous_response_id, calls,
+        return await answer_approvals(tools, agent, toolset, previous, calls,
                                       req.approvals, items, deadline)  # fmt: skip
 
     async def run_now(

@@ -170,7 +170,6 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
             "invalid_value",
             "previous_response_id",
         )
-    _check_calls(messages, previous is not None)
     if approvals and previous is None:
         raise _bad(
             "an mcp_approval_response answers a previous response's mcp_approval_request: "
@@ -199,6 +198,8 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
                 detail={"param": "conversation"},
             )
         session_id = sid
+    # Outputs that begin the input may answer the calls a stored conversation ends with.
+    _check_calls(messages, previous is not None or session_id is not None)
     metadata = parse_metadata(body.get("metadata"))
     background = bool(check_type(body.get("background"), (bool,), "background"))
     stream = bool(check_type(body.get("stream"), (bool,), "stream"))
@@ -326,8 +327,8 @@ def _check_calls(messages: list[dict[str, Any]], continued: bool) -> None:
     """The input's function calls and outputs, checked as OpenAI checks them (then the
     ``_at`` marks, each message's place in ``input``, are dropped): a call id used once;
     each output answers a call of the input's before it, or (``continued``, the leading
-    outputs only) one the previous response ended with, checked when it runs; every call
-    answered before the next message."""
+    outputs only) one the previous response or the session ended with, checked when it
+    runs; every call answered before the next message."""
     open_calls: dict[str, int] = {}  # call id -> its input index
     seen: set[str] = set()
     leading = continued
