@@ -193,6 +193,11 @@ class TurnItems(Listener):
         if item is not None:
             await self._tell(self.events.call_ended(item))
 
+    def serves(self, call: Mapping[str, Any]) -> bool:
+        """Whether ``call`` is of one of the turn's server-side tools."""
+        function = call.get("function") or {}
+        return self._toolset.find(str(function.get("name"))) is not None
+
     async def function_calls(self, calls: list[dict[str, Any]]) -> None:
         """The turn ended with calls of the client's function tools: a
         ``function_call`` item each."""

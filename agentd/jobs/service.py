@@ -38,7 +38,6 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
-from ..wire.responses.functions import function_names
 from .mcp import OnEvents, Server, TurnItems, answer_approvals, check, resolve
 
 __all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
@@ -491,11 +490,12 @@ class Responses:
             completed_at=time.time(),
         )
         if done.tool_calls and listener is not None:
-            # It ends with the client's function calls to run, and calls that wait for
-            # its approval.
-            names = function_names(req.params)
-            await listener.function_calls([c for c in done.tool_calls if _name(c) in names])
-            await listener.approval_requests([c for c in done.tool_calls if _name(c) not in names])
+            # It ends with calls that wait for the client's approval (of the turn's MCP
+            # tools), and the client's function calls to run: any other call too (an
+            # upstream's own tool), which the client may answer with an error.
+            held = [c for c in done.tool_calls if listener.serves(c)]
+            await listener.function_calls([c for c in done.tool_calls if not listener.serves(c)])
+            await listener.approval_requests(held)
             final.output_text = done.text or None
         if tools and events is not None:
             final.items, final.message_at = list(events.items), events.message_at
