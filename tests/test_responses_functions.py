@@ -13,7 +13,7 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from openai.types.responses import ResponseInputItem
+from openai.types.responses import ResponseInputItem, ResponseItemList
 
 from .mcp_servers.procs import HttpToolbox
 from .sdk_strict import strictly
@@ -167,6 +167,21 @@ async def test_calls_sent_back_with_their_outputs_without_a_stored_response(
         ],
     )
     assert second.status == "completed" and second.output_text == "get_weather: hot"
+
+    # Stored, such an input is listed as it was sent.
+    third = await client.responses.create(
+        model="echo", tools=[WEATHER],
+        input=[{"role": "user", "content": "weather?"}, sent_back, output(call.call_id, "dry")],
+    )  # fmt: skip
+    assert third.output_text == "get_weather: dry"
+    listed = await get_json(f"{url}/v1/responses/{third.id}/input_items?order=asc")
+    items = strictly(ResponseItemList, listed).data
+    assert [i.type for i in items] == ["message", "function_call", "function_call_output"]
+    assert (items[1].call_id, items[1].name, items[1].arguments) == (
+        call.call_id, "get_weather", call.arguments
+    )  # fmt: skip
+    assert (items[2].call_id, items[2].output) == (call.call_id, "dry")
+    assert len({i.id for i in items}) == 3
     await client.close()
 
 
