@@ -514,7 +514,8 @@ class Responses:
         req = view.request
         if view.session_id is None:
             return []
-        previous = req.previous_response_id or "the conversation"
+        previous = req.previous_response_id or ""
+        of = f"response {previous!r}" if previous else "the conversation"
         history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
         pending = pending_calls(history)
         outputs = _outputs(req)
@@ -522,7 +523,7 @@ class Responses:
         if unknown:
             raise BadRequest(
                 f"function_call_output call_id {unknown[0][:64]!r} answers no function call "
-                f"of {previous!r}",
+                f"of {of}",
                 code="unknown_tool_call",
                 detail={"param": "input"},
             )
@@ -539,6 +540,8 @@ class Responses:
         if not calls:
             return []  # all answered by the client
         tools, agent = self.agents.tools, self.agents.get(req.agent)
+        if tools is None and req.approvals:
+            raise BadRequest("this instance runs no tools", code="mcp_unavailable")
         toolset = None
         if tools is not None and items is not None and req.previous_response_id is not None:
             toolset = await tools.for_agent(
@@ -549,7 +552,7 @@ class Responses:
         if theirs:
             ids = ", ".join(str(c.get("id"))[:64] for c in theirs[:5])
             raise BadRequest(
-                f"no function_call_output for the function calls of {previous!r} ({ids}): "
+                f"no function_call_output for the function calls of {of} ({ids}): "
                 "send one for each",
                 code="tool_calls_unanswered",
                 detail={"param": "input"},
