@@ -133,6 +133,8 @@ async def test_parallel_calls_are_answered_together_and_each_must_be(
     assert await refused(one) == ("tool_calls_unanswered", "input")
     extra = [*one, output(time.call_id, "9:00"), output("call_nobody", "x")]
     assert await refused(extra) == ("unknown_tool_call", "input")
+    twice = [*one, output(time.call_id, "9:00"), output(weather.call_id, "sun")]
+    assert await refused(twice) == ("unknown_tool_call", "input[2].call_id")
     # Answered, in any order: the model reads both results.
     second = await client.responses.create(
         model="echo",

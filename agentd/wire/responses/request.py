@@ -348,7 +348,7 @@ def _check_calls(messages: list[dict[str, Any]], continued: bool) -> None:
             call_id = message["tool_call_id"]
             if call_id in open_calls:
                 del open_calls[call_id]
-            elif not leading:
+            elif not leading or call_id in seen:
                 raise _bad(
                     f"input[{at}].call_id {call_id[:64]!r} answers no function call: an "
                     "output must answer a call of the input's before it, or one the previous "
@@ -356,6 +356,7 @@ def _check_calls(messages: list[dict[str, Any]], continued: bool) -> None:
                     "unknown_tool_call",
                     f"input[{at}].call_id",
                 )
+            seen.add(call_id)
         else:
             leading = False
             if open_calls:
