@@ -281,10 +281,10 @@ async def test_an_agent_with_its_own_tools_passes_the_clients_calls_through(
     )  # fmt: skip
     assert second.output_text.splitlines()[-1] == "get_time: noon"
     # A client tool named like one of the agent's: the model could not tell them apart.
-    status, answer = await raw_create(
-        url, {"model": "tooled", "input": "hi", "tools": [{"type": "function", "name": "add"}]}
-    )
+    tools = [WEB, TIME, {"type": "function", "name": "add"}]
+    status, answer = await raw_create(url, {"model": "tooled", "input": "hi", "tools": tools})
     assert status == 400 and answer["error"]["code"] == "tool_name_conflict", answer
+    assert answer["error"]["param"] == "tools[2].name", answer
     await client.close()
 
 

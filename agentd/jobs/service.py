@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -128,6 +129,19 @@ def _outputs(req: CreateRequest) -> list[str]:
             break
         ids.append(message["tool_call_id"])
     return ids
+
+
+def _in_request_terms(exc: BadRequest, req: CreateRequest) -> BadRequest:
+    """A refusal of one of the request's function tools, naming it as the request gave
+    it (``tools[i].name``) rather than as the model was given it."""
+    param = str((exc.detail or {}).get("param", ""))
+    match = re.fullmatch(r"tools\[(\d+)\]\.function\.name", param)
+    if match is None or int(match[1]) >= len(req.function_at):
+        return exc
+    i = req.function_at[int(match[1])]
+    message = exc.message.replace(f"tools[{match[1]}]", f"tools[{i}]", 1)
+    return BadRequest(message, code=exc.code, detail={**(exc.detail or {}),
+                                                      "param": f"tools[{i}].name"})  # fmt: skip
 
 
 def _status_of(done: TurnResult) -> tuple[str, str | None]:
@@ -477,9 +491,12 @@ class Responses:
             turn.messages[:0] = await self._answers(view, servers, listener, deadline)
             if listener is not None:
                 listener.listed = not req.approvals
-        done = await self.agents.run(
-            turn, deadline=deadline, interrupt=interrupt, listener=listener
-        )
+        try:
+            done = await self.agents.run(
+                turn, deadline=deadline, interrupt=interrupt, listener=listener
+            )
+        except BadRequest as exc:
+            raise _in_request_terms(exc, req) from None
         status, reason = _status_of(done)
         final = dataclasses.replace(
             view,

@@ -73,6 +73,8 @@ class CreateRequest:
     mcp_tools: list[dict[str, Any]] = field(default_factory=list)
     # The input's ``mcp_approval_response`` items: {approval_request_id, approve, reason}.
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    # Where each function tool of ``params["tools"]`` is in the request's ``tools``.
+    function_at: list[int] = field(default_factory=list)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
@@ -225,7 +227,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         elif key in IGNORED_FIELDS:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
-    mcp_tools = _check_restricted(body, params)
+    mcp_tools, function_at = _check_restricted(body, params)
     for i, tool in enumerate(mcp_tools if not store else ()):
         if tool["require_approval"] != "never":
             raise _bad(
@@ -249,6 +251,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         conversation,
         mcp_tools,
         approvals,
+        function_at,
     )
 
 
@@ -464,10 +467,12 @@ def _forward_nested(body: dict[str, Any], params: dict[str, Any]) -> None:
         params["verbosity"] = text["verbosity"]
 
 
-def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Check the restricted fields; the request's mcp tools. Its function tools go to
-    ``params`` in the chat shape, with ``tool_choice`` and ``parallel_tool_calls``
-    (``tool_choice`` with mcp tools too)."""
+def _check_restricted(
+    body: dict[str, Any], params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Check the restricted fields; the request's mcp tools, and where its function
+    tools are in ``tools``. The function tools go to ``params`` in the chat shape, with
+    ``tool_choice`` and ``parallel_tool_calls`` (``tool_choice`` with mcp tools too)."""
     listed = check_type(body.get("tools"), (list,), "tools") or []
     tools = parse_tools(listed)
     functions = [(i, parse_function(t, f"tools[{i}]")) for i, t in enumerate(listed)
@@ -485,8 +490,9 @@ def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict
         if tools or names:
             params["tool_choice"] = choice
     text = check_type(body.get("text"), (dict,), "text")
+    at = [i for i, _ in functions]
     if text is None:
-        return tools
+        return tools, at
     _refuse_unknown(text, TEXT_FIELDS, "text")
     check_type(text.get("verbosity"), (str,), "text.verbosity")
     fmt = check_type(text.get("format"), (dict,), "text.format")
@@ -496,4 +502,4 @@ def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict
             "unsupported_value",
             "text.format.type",
         )
-    return tools
+    return tools, at
