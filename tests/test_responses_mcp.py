@@ -510,7 +510,7 @@ HOSTILE: list[tuple[Any, str, str]] = [
     ("mcp", "invalid_type", "tools[0]"),
     ({"server_label": "web"}, "missing_required_parameter", "tools[0].type"),
     ({"type": 1}, "invalid_type", "tools[0].type"),
-    ({"type": "function", "name": "f"}, "unsupported_value", "tools[0].type"),
+    ({"type": "web_search"}, "unsupported_value", "tools[0].type"),
     ({"type": "mcp"}, "missing_required_parameter", "tools[0].server_label"),
     ({"type": "mcp", "server_label": 5}, "invalid_type", "tools[0].server_label"),
     ({"type": "mcp", "server_label": "a b"}, "invalid_value", "tools[0].server_label"),

@@ -14,8 +14,8 @@ turn's step limit:
 - an interrupt (another turn of the session, a cancelled job) stops the loop between
   steps and inside running calls, which are cancelled on their servers.
 
-A reply that also asks for the client's own function tools (chat completions only, the
-one API that relays calls) ends the loop: the agent's calls in it are run and stored,
+A reply that also asks for the client's own function tools (chat completions, and the
+Responses API's function tools) ends the loop: the agent's calls in it are run and stored,
 and the client gets its own calls to answer, as if the agent's were never there. A call
 of a tool that is neither the agent's nor the client's is an error result the model
 reads.

@@ -461,11 +461,12 @@ async def _replay_calls(
 
 
 def _unrelayed(calls: Sequence[Mapping[str, Any]]) -> BadRequest:
-    """A reply of tool calls to a caller that cannot relay them (WebSocket, Responses)."""
+    """A reply of tool calls to a caller that cannot relay them (the WebSocket; a
+    Responses turn without function tools)."""
     names = ", ".join(sorted({str(c.get("function", {}).get("name")) for c in calls}))
     return BadRequest(
-        f"the model asked for tool calls ({names}), which only chat completions relays to "
-        "its client: nothing of this turn was stored",
+        f"the model asked for tool calls ({names}) of tools the request did not give: "
+        "nothing of this turn was stored",
         code="tool_calls_unsupported",
     )
 

@@ -30,8 +30,11 @@ no model; docs/protocol.md, "The echo backend's tool calls"):
 - Otherwise, when the last message is a ``tool`` message, the reply is text built from
   the tool results that end the conversation: one line ``NAME: CONTENT`` per result,
   NAME being the name of the call it answers.
-- Otherwise the echo is as above. A scripted call counts its pieces as completion tokens
-  and is never cut by the token limits.
+- Otherwise the echo is as above.
+
+System and developer messages that end the conversation are skipped when looking at its
+end. A scripted call counts its pieces as completion tokens and is never cut by the
+token limits.
 """
 
 from __future__ import annotations
@@ -184,12 +187,17 @@ class EchoNode:
         """Stream the echo; paced by absolute times, so slow consumers do not slow it down
         further, and sleeping past ``deadline`` raises :class:`UpstreamTimeout` instead."""
         messages = request.messages
-        if request.params and (calls := scripted_calls(messages, request.params)):
+        # Instructions after the conversation (a Responses turn that answers tool calls
+        # with its instructions) are not what it ends with.
+        said = list(messages)
+        while said and said[-1].get("role") in ("system", "developer"):
+            said.pop()
+        if request.params and (calls := scripted_calls(said, request.params)):
             async for chunk in self._calls(request, calls, deadline):
                 yield chunk
             return
-        if messages and messages[-1].get("role") == "tool":
-            parts = split_words(tool_results_text(messages))
+        if said and said[-1].get("role") == "tool":
+            parts = split_words(tool_results_text(said))
         else:
             parts = split_words(last_user_text(messages))
         finish = "stop"

@@ -20,6 +20,7 @@ from ..agent import Listener, ToolResult, Tools, ToolServer, ToolSet
 from ..config import AgentConfig
 from ..errors import param_error
 from ..wire.responses import ResponseEvents
+from ..wire.responses.functions import function_call_item
 from ..wire.responses.items import (
     approval_id,
     approval_request_item,
@@ -104,10 +105,10 @@ def resolve(tools: Tools | None, agent: AgentConfig, specs: list[dict[str, Any]]
 
 
 class TurnItems(Listener):
-    """Hears a Responses turn with server-side tools and tells its events (from
-    ``events``) to ``on_events``: the text, an ``mcp_list_tools`` item per server the
-    request named, and an ``mcp_call`` item per call of any of the turn's MCP tools
-    (the agent's own too). ``events.items`` is the output so far."""
+    """Hears a Responses turn with tools and tells its events (from ``events``) to
+    ``on_events``: the text, an ``mcp_list_tools`` item per server the request named,
+    an ``mcp_call`` item per call of any of the turn's MCP tools (the agent's own too),
+    and the ``function_call`` items it ends with. ``events.items`` is the output so far."""
 
     __slots__ = (
         "_named", "_toolset", "events", "listed", "on_events", "on_limits", "rid", "text_filter",
@@ -192,9 +193,20 @@ class TurnItems(Listener):
         if item is not None:
             await self._tell(self.events.call_ended(item))
 
+    def serves(self, call: Mapping[str, Any]) -> bool:
+        """Whether ``call`` is of one of the turn's server-side tools."""
+        function = call.get("function") or {}
+        return self._toolset.find(str(function.get("name"))) is not None
+
+    async def function_calls(self, calls: list[dict[str, Any]]) -> None:
+        """The turn ended with calls of the client's function tools: a
+        ``function_call`` item each."""
+        for call in calls:
+            await self._tell(self.events.function_call(function_call_item(self.rid, call)))
+
     async def approval_requests(self, calls: list[dict[str, Any]]) -> None:
         """The turn ended with calls that wait for the client's approval: an
-        ``mcp_approval_request`` each."""
+        ``mcp_approval_request`` each (none for the calls of no server's tool)."""
         for call in calls:
             item = self._item(call)
             if item is not None:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -112,6 +113,35 @@ def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]
     if view.message_at is not None:
         fields["mat"] = b"%d" % view.message_at
     return fields
+
+
+def _name(call: Mapping[str, Any]) -> str:
+    function = call.get("function")
+    return str(function.get("name")) if isinstance(function, Mapping) else ""
+
+
+def _outputs(req: CreateRequest) -> list[str]:
+    """The call ids the input's leading ``function_call_output`` items answer (calls
+    the previous response ended with)."""
+    ids = []
+    for message in req.messages:
+        if message.get("role") != "tool":
+            break
+        ids.append(message["tool_call_id"])
+    return ids
+
+
+def _in_request_terms(exc: BadRequest, req: CreateRequest) -> BadRequest:
+    """A refusal of one of the request's function tools, naming it as the request gave
+    it (``tools[i].name``) rather than as the model was given it."""
+    param = str((exc.detail or {}).get("param", ""))
+    match = re.fullmatch(r"tools\[(\d+)\]\.function\.name", param)
+    if match is None or int(match[1]) >= len(req.function_at):
+        return exc
+    i = req.function_at[int(match[1])]
+    message = exc.message.replace(f"tools[{match[1]}]", f"tools[{i}]", 1)
+    return BadRequest(message, code=exc.code, detail={**(exc.detail or {}),
+                                                      "param": f"tools[{i}].name"})  # fmt: skip
 
 
 def _status_of(done: TurnResult) -> tuple[str, str | None]:
@@ -377,10 +407,10 @@ class Responses:
     # -- running ----------------------------------------------------------------------
 
     def runs_tools(self, req: CreateRequest) -> bool:
-        """Whether the response's turn may run server-side tools (its output then has
-        their items before the message): the request's, the agent's, or those it
-        approves."""
-        if req.mcp_tools or req.approvals:
+        """Whether the response's output may have tool items next to the message: of
+        server-side tools (the request's, the agent's, or those it approves) or of the
+        client's function tools."""
+        if req.mcp_tools or req.approvals or req.params.get("tools"):
             return True
         return self.agents.tools is not None and bool(self.agents.get(req.agent).tools)
 
@@ -398,8 +428,11 @@ class Responses:
         req = view.request
         turn = TurnRequest(req.agent, req.chat_messages(), view.session_id, dict(req.params))
         turn.tool_servers = tuple(s.tool for s in servers or ())
-        # Calls that wait for approval end the turn: they are the caller's to tell.
-        turn.tool_calls = any(s.tool.held != frozenset() for s in servers or ())
+        # Calls that wait for approval end the turn, as calls of the client's function
+        # tools do: they are the caller's to tell.
+        turn.tool_calls = bool(req.params.get("tools")) or any(
+            s.tool.held != frozenset() for s in servers or ()
+        )
         turn.identity = identity
         # The response id is the turn id: a later attempt finds a turn already stored.
         turn.turn_id = view.id
@@ -450,13 +483,20 @@ class Responses:
             events = events or self.events_for(view)
             listener = TurnItems(view.id, events, servers, on_events, on_limits, text_filter)
         turn = self.turn_request(view, identity, checkpoint, servers)
-        if req.previous_response_id is not None and isinstance(listener, TurnItems):
-            # The calls the previous response waits for are answered first.
+        outputs = bool(_outputs(req))
+        if (req.previous_response_id is not None and (listener is not None or outputs)) or (
+            outputs and req.session_id is not None
+        ):
+            # The calls the previous response (or the session) waits for are answered first.
             turn.messages[:0] = await self._answers(view, servers, listener, deadline)
-            listener.listed = not req.approvals
-        done = await self.agents.run(
-            turn, deadline=deadline, interrupt=interrupt, listener=listener
-        )
+            if listener is not None:
+                listener.listed = not req.approvals
+        try:
+            done = await self.agents.run(
+                turn, deadline=deadline, interrupt=interrupt, listener=listener
+            )
+        except BadRequest as exc:
+            raise _in_request_terms(exc, req) from None
         status, reason = _status_of(done)
         final = dataclasses.replace(
             view,
@@ -466,24 +506,44 @@ class Responses:
             incomplete_reason=reason,
             completed_at=time.time(),
         )
-        if done.tool_calls and isinstance(listener, TurnItems):
-            # It ends waiting for the client's approval of these calls.
-            await listener.approval_requests(done.tool_calls)
+        if done.tool_calls and listener is not None:
+            # It ends with calls that wait for the client's approval (of the turn's MCP
+            # tools), and the client's function calls to run: any other call too (an
+            # upstream's own tool), which the client may answer with an error.
+            held = [c for c in done.tool_calls if listener.serves(c)]
+            await listener.function_calls([c for c in done.tool_calls if not listener.serves(c)])
+            await listener.approval_requests(held)
             final.output_text = done.text or None
         if tools and events is not None:
             final.items, final.message_at = list(events.items), events.message_at
         return final, done.seq
 
     async def _answers(
-        self, view: ResponseView, servers: list[Server], items: TurnItems, deadline: float
-    ) -> list[dict[str, Any]]:
-        """The tool messages answering the calls the session's history ends with (those
-        of the previous response's approval requests), or [] when it ends with none."""
+        self, view: ResponseView, servers: list[Server], items: TurnItems | None,
+        deadline: float,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The tool messages answering the calls the session's history ends with that
+        the input's ``function_call_output`` items do not answer (those of the previous
+        response's approval requests), or [] when there are none. An output that answers
+        no call it ends with is a 400 ``unknown_tool_call``, a function call left
+        unanswered ``tool_calls_unanswered``. Without ``previous_response_id`` (a
+        conversation or session continued) no approval is answered."""
         req = view.request
-        if view.session_id is None or req.previous_response_id is None:
+        if view.session_id is None:
             return []
+        previous = req.previous_response_id or ""
+        of = f"response {previous!r}" if previous else "the conversation"
         history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
         pending = pending_calls(history)
+        outputs = _outputs(req)
+        unknown = [call_id for call_id in outputs if call_id not in pending]
+        if unknown:
+            raise BadRequest(
+                f"function_call_output call_id {unknown[0][:64]!r} answers no function call "
+                f"of {of}",
+                code="unknown_tool_call",
+                detail={"param": "input"},
+            )
         if not pending:
             if req.approvals:
                 raise BadRequest(
@@ -493,15 +553,30 @@ class Responses:
                 )
             return []
         said = next(m for m in reversed(history) if m.get("tool_calls"))
-        calls = [c for c in said["tool_calls"] if c.get("id") in pending]
+        calls = [c for c in said["tool_calls"] if c.get("id") in pending and c["id"] not in outputs]
+        if not calls:
+            return []  # all answered by the client
         tools, agent = self.agents.tools, self.agents.get(req.agent)
-        if tools is None:
+        if tools is None and req.approvals:
             raise BadRequest("this instance runs no tools", code="mcp_unavailable")
-        toolset = await tools.for_agent(
-            agent, builtins=self.agents.builtin_specs, extra=tuple(s.tool for s in servers)
-        )
+        toolset = None
+        if tools is not None and items is not None and req.previous_response_id is not None:
+            toolset = await tools.for_agent(
+                agent, builtins=self.agents.builtin_specs, extra=tuple(s.tool for s in servers)
+            )
+        # The client's function calls are not the server's to answer.
+        theirs = [c for c in calls if toolset is None or toolset.find(_name(c)) is None]
+        if theirs:
+            ids = ", ".join(str(c.get("id"))[:64] for c in theirs[:5])
+            raise BadRequest(
+                f"no function_call_output for the function calls of {of} ({ids}): "
+                "send one for each",
+                code="tool_calls_unanswered",
+                detail={"param": "input"},
+            )
+        assert tools is not None and items is not None and toolset is not None
         items.use(toolset)
-        return await answer_approvals(tools, agent, toolset, req.previous_response_id, calls,
+        return await answer_approvals(tools, agent, toolset, previous, calls,
                                       req.approvals, items, deadline)  # fmt: skip
 
     async def run_now(

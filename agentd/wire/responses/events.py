@@ -186,6 +186,21 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item),
         ]
 
+    def function_call(self, item: dict[str, Any]) -> list[dict[str, Any]]:
+        """A ``function_call`` item (the client's tool to run), whole: added with no
+        arguments, its arguments in one delta, done."""
+        index = self._output_index(len(self.items))
+        self.items.append(item)
+        ids = {"item_id": item["id"], "output_index": index}
+        arguments = item["arguments"]
+        return [
+            self._event("response.output_item.added", output_index=index,
+                        item={**item, "arguments": "", "status": "in_progress"}),
+            self._event("response.function_call_arguments.delta", delta=arguments, **ids),
+            self._event("response.function_call_arguments.done", arguments=arguments, **ids),
+            self._event("response.output_item.done", output_index=index, item=item),
+        ]  # fmt: skip
+
     def finished(self, view: ResponseView) -> ResponseView:
         """``view`` with the tool items so far, when it has none of its own (a response
         that ended without its turn's result: failed, or stopped where it was)."""

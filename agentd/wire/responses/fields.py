@@ -67,8 +67,8 @@ PARAM_FIELDS: MappingProxyType[str, tuple[str, Kinds]] = MappingProxyType(
 # ``unsupported_value``, because ignoring it would change what the reply means.
 RESTRICTED_FIELDS: MappingProxyType[str, str] = MappingProxyType(
     {
-        "tools": "mcp tools only (.mcp): agentd runs no other kind",
-        "tool_choice": 'null, "auto", "none", or "required" with mcp tools',
+        "tools": "mcp tools (.mcp) and function tools (.functions): no other kind",
+        "tool_choice": '"auto", "none", "required" (with tools) or a function tool',
         "text": 'format null or {"type": "text"}: no structured output',
     }
 )
@@ -78,7 +78,7 @@ IGNORED_FIELDS: MappingProxyType[str, Kinds] = MappingProxyType(
     {
         "include": (list,),
         "truncation": (str,),
-        "parallel_tool_calls": (bool,),
+        "parallel_tool_calls": (bool,),  # forwarded with function tools (.functions)
         "max_tool_calls": (int,),
         "top_logprobs": (int,),
         "stream_options": (dict,),

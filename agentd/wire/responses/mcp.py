@@ -68,16 +68,19 @@ _IGNORED = frozenset({"defer_loading", "allowed_callers"})
 
 
 def parse_tools(value: Any) -> list[dict[str, Any]]:
-    """The request's ``tools`` (a list, already known to be one) as normalized ``mcp``
-    tools; a tool of another type is ``unsupported_value``, one server label twice
-    ``invalid_value``."""
-    if len(value) > MAX_MCP_TOOLS:
+    """The request's ``mcp`` tools (``value``: ``tools``, a list already known to be
+    one) normalized; ``function`` tools are skipped (:mod:`.functions`), a tool of
+    another type is ``unsupported_value``, one server label twice ``invalid_value``."""
+    mine = [(i, item) for i, item in enumerate(value)
+            if not (isinstance(item, dict) and item.get("type") == "function")]  # fmt: skip
+    if len(mine) > MAX_MCP_TOOLS:
         raise param_error(
-            f"tools must hold at most {MAX_MCP_TOOLS} tools", "invalid_value", "tools"
+            f"tools must hold at most {MAX_MCP_TOOLS} mcp tools", "invalid_value", "tools"
         )
-    tools = [_parse_tool(item, f"tools[{i}]") for i, item in enumerate(value)]
+    indexed = [(i, _parse_tool(item, f"tools[{i}]")) for i, item in mine]
+    tools = [tool for _, tool in indexed]
     seen: set[str] = set()
-    for i, tool in enumerate(tools):
+    for i, tool in indexed:
         if tool["server_label"] in seen:
             raise param_error(
                 f"tools[{i}].server_label {tool['server_label']!r} is given twice",
@@ -111,7 +114,7 @@ def _parse_tool(item: Any, at: str) -> dict[str, Any]:
         raise param_error(f"{at}.type must be a string", "invalid_type", f"{at}.type")
     if kind != "mcp":
         raise param_error(
-            f"{at} is a {kind[:64]!r} tool: agentd runs only mcp tools",
+            f"{at} is a {kind[:64]!r} tool: agentd takes mcp and function tools only",
             "unsupported_value",
             f"{at}.type",
         )

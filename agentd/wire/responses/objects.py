@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import response_error
+from .functions import choice_shown, input_call_items
+from .functions import tools_shown as functions_shown
 from .mcp import tools_shown
 from .request import CreateRequest
 
@@ -102,7 +104,9 @@ def input_items(response_id: str, messages: list[dict[str, Any]]) -> list[dict[s
         digest = hashlib.sha256(b"agentd.input_item\x00%s\x00%d" % (response_id.encode(), i))
         item_id = "msg_" + digest.hexdigest()[:48]
         text = message.get("content") or ""
-        if message.get("role") == "assistant":
+        if message.get("role") == "tool" or message.get("tool_calls"):
+            items += input_call_items(item_id, message)  # function calls and outputs
+        elif message.get("role") == "assistant":
             items.append(
                 {
                     "type": "message",
@@ -190,13 +194,13 @@ def response_object(view: ResponseView) -> dict[str, Any]:
         "metadata": request.metadata,
         "model": request.agent,
         "output": output,
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": params.get("parallel_tool_calls", True),
         "previous_response_id": request.previous_response_id,
         "reasoning": None,
         "temperature": params.get("temperature"),
         "text": {"format": {"type": "text"}},
-        "tool_choice": params.get("tool_choice", "auto"),
-        "tools": tools_shown(request.mcp_tools),
+        "tool_choice": choice_shown(params.get("tool_choice")),
+        "tools": [*tools_shown(request.mcp_tools), *functions_shown(params)],
         "top_p": params.get("top_p"),
         "truncation": "disabled",
         "usage": _usage(view.usage),

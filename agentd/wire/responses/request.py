@@ -39,6 +39,14 @@ from .fields import (
     TEXT_PARTS,
     Kinds,
 )
+from .functions import (
+    check_functions,
+    function_names,
+    parse_call,
+    parse_choice,
+    parse_function,
+    parse_output,
+)
 from .mcp import parse_approval, parse_tools
 
 __all__ = ("CreateRequest", "check_type", "parse_create", "parse_input_items", "parse_metadata")
@@ -65,14 +73,22 @@ class CreateRequest:
     mcp_tools: list[dict[str, Any]] = field(default_factory=list)
     # The input's ``mcp_approval_response`` items: {approval_request_id, approve, reason}.
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    # Where each function tool of ``params["tools"]`` is in the request's ``tools``.
+    function_at: list[int] = field(default_factory=list)
 
     def chat_messages(self) -> list[dict[str, Any]]:
         """The turn's messages for the chat layer: ``instructions`` first, as a system
         message (agentd stores no system message, so they apply to this turn only, as
-        OpenAI's instructions do), then ``messages``."""
+        OpenAI's instructions do), then ``messages``. Tool results that begin the input
+        (``function_call_output`` items answering the previous response's calls) come
+        before the instructions: they close what the history ends with."""
         if not self.instructions:
             return list(self.messages)
-        return [{"role": "system", "content": self.instructions}, *self.messages]
+        lead = 0
+        while lead < len(self.messages) and self.messages[lead].get("role") == "tool":
+            lead += 1
+        system = {"role": "system", "content": self.instructions}
+        return [*self.messages[:lead], system, *self.messages[lead:]]
 
     def to_json(self) -> bytes:
         """The request as JSON, to store with a queued job."""
@@ -118,8 +134,10 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
 
     ``input`` is a string (one user message) or a list of message items (``role``
     user, assistant, system or developer; ``content`` a string or a list of
-    ``input_text``/``output_text`` parts, joined with newlines); any other item or part
-    (images, files, tool calls and outputs, unknown types) is ``unsupported_input``.
+    ``input_text``/``output_text`` parts, joined with newlines), ``function_call`` and
+    ``function_call_output`` items (an assistant's calls and ``tool`` messages) and
+    ``mcp_approval_response`` items; any other item or part (images, files, unknown
+    types) is ``unsupported_input``.
     Top-level fields are handled as the tables of :mod:`.fields` say: used, restricted to
     harmless values, ignored, rejected, or unknown (rejected). ``session_id`` in the
     body wins over ``header_session`` (the ``X-Session-Id`` header), even when null,
@@ -182,6 +200,8 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
                 detail={"param": "conversation"},
             )
         session_id = sid
+    # Outputs that begin the input may answer the calls a stored conversation ends with.
+    _check_calls(messages, previous is not None or session_id is not None)
     metadata = parse_metadata(body.get("metadata"))
     background = bool(check_type(body.get("background"), (bool,), "background"))
     stream = bool(check_type(body.get("stream"), (bool,), "stream"))
@@ -207,7 +227,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         elif key in IGNORED_FIELDS:
             check_type(value, IGNORED_FIELDS[key], key)
     _check_ranges(params)
-    mcp_tools = _check_restricted(body, params)
+    mcp_tools, function_at = _check_restricted(body, params)
     for i, tool in enumerate(mcp_tools if not store else ()):
         if tool["require_approval"] != "never":
             raise _bad(
@@ -231,6 +251,7 @@ def parse_create(raw: bytes, header_session: str | None) -> CreateRequest:
         conversation,
         mcp_tools,
         approvals,
+        function_at,
     )
 
 
@@ -277,12 +298,25 @@ def _parse_input(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
         raise _bad("input must be a string or an array of items", "invalid_type", "input")
     if not 1 <= len(value) <= MAX_MESSAGES:
         raise _bad(f"input must hold 1 to {MAX_MESSAGES} items", "invalid_value", "input")
-    messages, approvals = [], []
+    messages: list[dict[str, Any]] = []
+    approvals = []
     for i, item in enumerate(value):
-        if isinstance(item, dict) and item.get("type") == "mcp_approval_response":
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "mcp_approval_response":
             approvals.append(parse_approval(item, f"input[{i}]"))
+        elif kind == "function_call":
+            call = parse_call(item, f"input[{i}]")  # type: ignore[arg-type]
+            last = messages[-1] if messages else None
+            if last is not None and last.get("tool_calls") and last.get("_at") is not None:
+                last["tool_calls"].append(call)  # consecutive calls: one assistant message
+                last["_at"].append(i)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call],
+                                 "_at": [i]})  # fmt: skip
+        elif kind == "function_call_output":
+            messages.append({**parse_output(item, f"input[{i}]"), "_at": i})  # type: ignore[arg-type]
         else:
-            messages.append(_parse_item(item, f"input[{i}]"))
+            messages.append({**_parse_item(item, f"input[{i}]"), "_at": i})
     seen = set()
     for approval in approvals:
         if approval["approval_request_id"] in seen:
@@ -290,6 +324,58 @@ def _parse_input(value: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
                        "invalid_value", "input")  # fmt: skip
         seen.add(approval["approval_request_id"])
     return messages, approvals
+
+
+def _check_calls(messages: list[dict[str, Any]], continued: bool) -> None:
+    """The input's function calls and outputs, checked as OpenAI checks them (then the
+    ``_at`` marks, each message's place in ``input``, are dropped): a call id used once;
+    each output answers a call of the input's before it, or (``continued``, the leading
+    outputs only) one the previous response or the session ended with, checked when it
+    runs; every call answered before the next message."""
+    open_calls: dict[str, int] = {}  # call id -> its input index
+    seen: set[str] = set()
+    leading = continued
+    for message in messages:
+        at = message.pop("_at", 0)  # a string input has none
+        if message.get("tool_calls") is not None:
+            leading = False
+            if open_calls:
+                raise _unanswered(open_calls, at[0])
+            for call, i in zip(message["tool_calls"], at, strict=True):
+                if call["id"] in seen:
+                    raise _bad(f"input[{i}].call_id {call['id'][:64]!r} is another call's too",
+                               "invalid_value", f"input[{i}].call_id")  # fmt: skip
+                seen.add(call["id"])
+                open_calls[call["id"]] = i
+        elif message["role"] == "tool":
+            call_id = message["tool_call_id"]
+            if call_id in open_calls:
+                del open_calls[call_id]
+            elif not leading or call_id in seen:
+                raise _bad(
+                    f"input[{at}].call_id {call_id[:64]!r} answers no function call: an "
+                    "output must answer a call of the input's before it, or one the previous "
+                    "response ended with, once",
+                    "unknown_tool_call",
+                    f"input[{at}].call_id",
+                )
+            seen.add(call_id)
+        else:
+            leading = False
+            if open_calls:
+                raise _unanswered(open_calls, at)
+    if open_calls:
+        raise _unanswered(open_calls, None)
+
+
+def _unanswered(open_calls: dict[str, int], at: int | None) -> BadRequest:
+    ids = ", ".join(sorted(open_calls)[:5]) + (", ..." if len(open_calls) > 5 else "")
+    return _bad(
+        f"no function_call_output for the function calls ({ids}): each must be answered "
+        "before the next message",
+        "tool_calls_unanswered",
+        "input" if at is None else f"input[{at}]",
+    )
 
 
 def _parse_item(item: Any, where: str) -> dict[str, Any]:
@@ -300,7 +386,8 @@ def _parse_item(item: Any, where: str) -> dict[str, Any]:
         raise _bad(f"{where}.type must be a string", "invalid_type", f"{where}.type")
     if kind != "message":
         raise _bad(
-            f"{where} is a {kind[:64]!r} item: agentd takes only text messages",
+            f"{where} is a {kind[:64]!r} item: agentd takes text messages, function calls "
+            "and their outputs, and MCP approval responses",
             "unsupported_input",
             f"{where}.type",
         )
@@ -380,23 +467,32 @@ def _forward_nested(body: dict[str, Any], params: dict[str, Any]) -> None:
         params["verbosity"] = text["verbosity"]
 
 
-def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
-    """Check the restricted fields; the request's mcp tools (``tool_choice`` goes to
-    ``params`` with them)."""
-    tools = parse_tools(check_type(body.get("tools"), (list,), "tools") or [])
+def _check_restricted(
+    body: dict[str, Any], params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Check the restricted fields; the request's mcp tools, and where its function
+    tools are in ``tools``. The function tools go to ``params`` in the chat shape, with
+    ``tool_choice`` and ``parallel_tool_calls`` (``tool_choice`` with mcp tools too)."""
+    listed = check_type(body.get("tools"), (list,), "tools") or []
+    tools = parse_tools(listed)
+    functions = [(i, parse_function(t, f"tools[{i}]")) for i, t in enumerate(listed)
+                 if isinstance(t, dict) and t.get("type") == "function"]  # fmt: skip
+    check_functions(functions)
+    if functions:
+        params["tools"] = [tool for _, tool in functions]
+        parallel = body.get("parallel_tool_calls")  # type-checked as an ignored field
+        if parallel is not None:
+            params["parallel_tool_calls"] = parallel
+    names = function_names(params)
     choice = check_type(body.get("tool_choice"), (str, dict), "tool_choice")
-    allowed = ("auto", "none", "required") if tools else ("auto", "none")
-    if choice is not None and choice not in allowed:
-        raise _bad(
-            f"tool_choice must be one of {', '.join(allowed)}",
-            "unsupported_value",
-            "tool_choice",
-        )
-    if choice is not None and tools:
-        params["tool_choice"] = choice
+    if choice is not None:
+        choice = parse_choice(choice, names, bool(tools))
+        if tools or names:
+            params["tool_choice"] = choice
     text = check_type(body.get("text"), (dict,), "text")
+    at = [i for i, _ in functions]
     if text is None:
-        return tools
+        return tools, at
     _refuse_unknown(text, TEXT_FIELDS, "text")
     check_type(text.get("verbosity"), (str,), "text.verbosity")
     fmt = check_type(text.get("format"), (dict,), "text.format")
@@ -406,4 +502,4 @@ def _check_restricted(body: dict[str, Any], params: dict[str, Any]) -> list[dict
             "unsupported_value",
             "text.format.type",
         )
-    return tools
+    return tools, at
