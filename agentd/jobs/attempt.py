@@ -153,7 +153,7 @@ class Attempts:
             if steps.recorded():
                 streamed = Streamed.of(await self.jobs.events(rid, -1))
             if streamed.opened:
-                events.item_open = True
+                events.resume(streamed.events)  # its items, and what of them it told
             else:
                 # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
                 writer.add(events.started())

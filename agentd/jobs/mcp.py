@@ -12,7 +12,7 @@ naming the field: ``unknown_server_label``, ``server_url_not_allowed``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ from ..wire.responses.items import (
     approval_id,
     approval_request_item,
     call_item,
+    call_item_id,
     list_tools_item,
     tool_error,
 )
@@ -173,6 +174,12 @@ class TurnItems(Listener):
         server_label = self._named.get(target.label, target.label)
         return call_item(self.rid, str(call.get("id")), server_label, target.tool,
                          str(function.get("arguments") or ""), **fields)  # fmt: skip
+
+    async def tool_step(self, calls: Sequence[Mapping[str, Any]]) -> None:
+        """A step starts: the calls an earlier attempt left running end, unless they
+        are among this step's (a resumed response's first step goes on with them)."""
+        ids = [call_item_id(self.rid, str(call.get("id"))) for call in calls]
+        await self._tell(self.events.calls_starting(ids))
 
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         item = self._item(call)
