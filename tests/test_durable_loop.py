@@ -214,6 +214,22 @@ async def _run(
     return await wait_status(sdk, job.id, limit=60), seen
 
 
+def _output(response: Any) -> list[dict[str, Any]]:
+    """A response's output items without their ids (derived from the response id)."""
+    return [{k: v for k, v in item.model_dump().items() if k != "id"} for item in response.output]
+
+
+def _per_item(events: list[Any]) -> dict[int, list[str]]:
+    """The types of the events about each output item, by its output_index (two
+    concurrent calls may end in either order: what each item is told may not vary)."""
+    told: dict[int, list[str]] = {}
+    for event in events:
+        index = getattr(event, "output_index", None)
+        if index is not None:
+            told.setdefault(index, []).append(event.type)
+    return told
+
+
 def _shape(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The session's messages without what differs between two runs of one turn."""
     return [
@@ -388,6 +404,16 @@ async def test_a_worker_killed_mid_loop_is_resumed_after_its_last_step(
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert deltas == [e.delta for e in baseline_events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == FINAL
+    # Every tool item added once and ended once, the replayed steps' calls too: the
+    # output (as the stream ends and as stored) is the undisturbed run's.
+    assert _per_item(events) == _per_item(baseline_events)
+    assert [e.item.id for e in events if e.type == "response.output_item.added"] == [
+        item.id for item in done.output
+    ]
+    assert [i["name"] for i in _output(done) if i["type"] == "mcp_call"] == [
+        "chain", "chain"] * 3  # fmt: skip
+    assert _output(done) == _output(baseline)
+    assert _output(events[-1].response) == _output(done)
     # A late reader gets the same stream, and the steps are gone with the job.
     late = [e async for e in await client(procs[1]).responses.retrieve(done.id, stream=True)]
     assert [e.model_dump() for e in late] == [e.model_dump() for e in events]
