@@ -27,11 +27,14 @@ from redis.crc import key_slot
 
 from agentd.agent import Agents, Checkpoint, Listener, RecordedStep, TurnRequest, TurnResult
 from agentd.config import from_dict
+from agentd.jobs.mcp import recorded_ends
 from agentd.jobs.steps import Streamed
 from agentd.server.app import create_app
 from agentd.server.keys import AGENTS
 from agentd.store import Store, open_store
 from agentd.store.keys import record_keys, steps_key
+from agentd.wire.responses import ResponseEvents, ResponseView, parse_create
+from agentd.wire.responses.items import call_item
 
 from .chat_helpers import post
 from .mcp_servers.procs import HttpToolbox
@@ -106,6 +109,38 @@ def test_a_resumed_attempt_streams_only_the_text_beyond_what_was_streamed() -> N
     # Nothing was opened (the stream holds its creation only): open it, stream it all.
     untouched = Streamed.of(opening[:1])
     assert not untouched.opened and untouched.rest("abc") == "abc"
+
+
+def test_calls_a_stored_turn_ran_end_with_their_recorded_results() -> None:
+    # The earlier attempt stored its turn and stopped before its calls' ends reached
+    # the stream: the attempt that finds the turn ends them as the steps recorded them.
+    request = parse_create(orjson.dumps({"model": "looper", "input": "hi"}), None)
+    view = ResponseView("resp_r", 1.0, "in_progress", request)
+    first = ResponseEvents(view, 0, tools=True)
+    ok, bad = (call_item("resp_r", f"call_{n}", "web", "chain", "{}") for n in "ab")
+    written = first.opening() + first.call_started(ok) + first.call_started(bad)
+    said = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_{n}", "type": "function", "function": {"name": "web__chain",
+                                                              "arguments": "{}"}}
+        for n in "ab"]}  # fmt: skip
+    results = [
+        {"role": "tool", "tool_call_id": "call_a", "content": "fine"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "late", "status": "timeout"},
+    ]
+    resumed = ResponseEvents(view, len(written), tools=True)
+    resumed.resume(written[2:])
+    ends = recorded_ends(resumed, "resp_r", [RecordedStep(said, results, {})])
+    assert [e["type"] for e in ends] == [
+        "response.mcp_call.completed", "response.output_item.done",
+        "response.mcp_call.failed", "response.output_item.done",
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in ends] == list(range(len(written), len(written) + 4))
+    assert ends[1]["item"]["output"] == "fine"
+    assert ends[3]["item"]["error"]["code"] == -32001  # a timeout's
+    # Ended now: told again (a call the stream ended), nothing more.
+    assert recorded_ends(resumed, "resp_r", [RecordedStep(said, results, {})]) == []
+    final = resumed.closing(dataclasses.replace(view, status="completed", output_text="done"))
+    assert [i["status"] for i in final[-1]["response"]["output"][:2]] == ["completed", "failed"]
 
 
 # -- loops over the toolbox: resumed in process, and after a worker is killed -9 ------

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent import Listener, ToolResult, Tools, ToolServer, ToolSet
+from ..agent import Listener, RecordedStep, ToolResult, Tools, ToolServer, ToolSet
 from ..config import AgentConfig
 from ..errors import param_error
 from ..wire.responses import ResponseEvents
@@ -30,7 +30,7 @@ from ..wire.responses.items import (
 )
 from ..wire.responses.mcp import held
 
-__all__ = ("Server", "TurnItems", "answer_approvals", "check", "resolve")
+__all__ = ("Server", "TurnItems", "answer_approvals", "check", "recorded_ends", "resolve")
 
 OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -209,6 +209,27 @@ class TurnItems(Listener):
                                                 item["server_label"], item["name"],
                                                 item["arguments"])  # fmt: skip
                 await self._tell(self.events.tool_item(request))
+
+
+def recorded_ends(
+    events: ResponseEvents, rid: str, steps: Sequence[RecordedStep]
+) -> list[dict[str, Any]]:
+    """The ends of the recorded steps' calls that ``events`` (resumed) has in progress,
+    each with its recorded result: for an attempt that found the turn stored by an
+    earlier one, which stopped before these ends reached the stream."""
+    out = []
+    for step in steps:
+        for message in step.results:
+            item = events.open_call(call_item_id(rid, str(message.get("tool_call_id"))))
+            if item is None:
+                continue
+            text, outcome = str(message.get("content") or ""), message.get("status")
+            if outcome is None:
+                out += events.call_ended({**item, "status": "completed", "output": text})
+            else:
+                error = tool_error(text, str(outcome))
+                out += events.call_ended({**item, "status": "failed", "error": error})
+    return out
 
 
 async def answer_approvals(

@@ -230,6 +230,11 @@ class ResponseEvents:
             self._event("response.output_item.done", output_index=index, item=item),
         ]  # fmt: skip
 
+    def open_call(self, item_id: str) -> dict[str, Any] | None:
+        """The ``mcp_call`` item ``item_id`` while it is in progress (else None)."""
+        place = self._calls.get(item_id)
+        return None if place is None else self.items[place]
+
     def calls_starting(self, item_ids: Collection[str]) -> list[dict[str, Any]]:
         """A step of the loop starts the calls ``item_ids``: the calls an earlier
         attempt left in progress that are not among them end, failed (:data:`ABANDONED`).
