@@ -51,8 +51,8 @@ class ResponseEvents:
     ``response.queued`` while queued), :meth:`started` (``response.in_progress``,
     ``response.output_item.added``, ``response.content_part.added``) — together
     :meth:`opening` — then :meth:`delta` per piece of text, then :meth:`closing`.
-    ``item_open`` says whether the output message was added (set it when resuming a
-    stream on a new builder): only then does :meth:`closing` close it.
+    ``item_open`` says whether the output message was added (:meth:`resume` sets it
+    for a builder that goes on with a stream): only then does :meth:`closing` close it.
 
     With ``tools`` (the turn may run server-side tools), the items of those tools come
     first: :meth:`started` adds no message, :meth:`text` adds it with its first text
@@ -267,8 +267,9 @@ class ResponseEvents:
                                               "response.output_item.done"):  # fmt: skip
                 continue
             elif item["type"] == "message":
+                if kind == "response.output_item.added":
+                    self.message_at = len(self.items)  # after the items added before it
                 self.item_open = kind == "response.output_item.added"
-                self.message_at = len(self.items) if self.item_open else self.message_at
             else:
                 place = self._place(item)
                 self.items[place] = item
