@@ -316,9 +316,19 @@ class Steps(Checkpoint):
 class Heard(Listener):
     def __init__(self) -> None:
         self.deltas: list[str] = []
+        self.told: list[tuple[str, Any, Any]] = []  # ("step"|"call"|"result", ...)
 
     async def delta(self, text: str) -> None:
         self.deltas.append(text)
+
+    async def tool_step(self, calls: Any) -> None:
+        self.told.append(("step", [c["id"] for c in calls], None))
+
+    async def tool_call(self, call: Any, server: str) -> None:
+        self.told.append(("call", call["id"], server))
+
+    async def tool_result(self, call: Any, result: Any) -> None:
+        self.told.append(("result", call["id"], (result.text, result.is_error)))
 
 
 @pytest.fixture
@@ -340,11 +350,11 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
 ) -> None:
     (toolbox.state / "open-g").write_text("open")
 
-    async def turn(checkpoint: Steps) -> tuple[TurnResult, list[str]]:
+    async def turn(checkpoint: Steps) -> tuple[TurnResult, Heard]:
         req = TurnRequest("looper", [{"role": "user", "content": SCRIPT}], checkpoint=checkpoint)
         heard = Heard()
         deadline = asyncio.get_running_loop().time() + 30
-        return await agents.run(req, deadline=deadline, listener=heard), heard.deltas
+        return await agents.run(req, deadline=deadline, listener=heard), heard
 
     first = Steps()
     done, _ = await turn(first)
@@ -358,7 +368,8 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
     said = [dataclasses.replace(s, said={**s.said, "content": f"step {i}"})
             for i, s in enumerate(first.steps[:2])]  # fmt: skip
     again = Steps(said)
-    resumed, deltas = await turn(again)
+    resumed, heard = await turn(again)
+    deltas = heard.deltas
     counts = _counts(toolbox)
     assert {k: counts[k] - before[k] for k in before} == {
         "one": 0, "side": 0, "two": 0, "five": 0, "three": 1, "four": 1,
@@ -376,6 +387,19 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
         ]
 
     assert made(third) == made(first.steps[2])
+    # The listener is told the given steps' calls again, each with its recorded result
+    # (its server too), and a step start only for the step it runs.
+    replayed = []
+    for step in said:
+        ids = [c["id"] for c in step.said["tool_calls"]]
+        replayed += [("call", i, "web") for i in ids]
+        replayed += [("result", r["tool_call_id"], (r["content"], False)) for r in step.results]
+    assert heard.told[: len(replayed)] == replayed
+    ran = [c["id"] for c in third.said["tool_calls"]]
+    assert heard.told[len(replayed)] == ("step", ran, None)
+    assert sorted(t[:2] for t in heard.told[len(replayed) + 1 :]) == sorted(
+        [("call", i) for i in ran] + [("result", i) for i in ran]
+    )
 
 
 @pytest.mark.slow
