@@ -27,11 +27,14 @@ from redis.crc import key_slot
 
 from agentd.agent import Agents, Checkpoint, Listener, RecordedStep, TurnRequest, TurnResult
 from agentd.config import from_dict
+from agentd.jobs.mcp import recorded_ends
 from agentd.jobs.steps import Streamed
 from agentd.server.app import create_app
 from agentd.server.keys import AGENTS
 from agentd.store import Store, open_store
 from agentd.store.keys import record_keys, steps_key
+from agentd.wire.responses import ResponseEvents, ResponseView, parse_create
+from agentd.wire.responses.items import call_item
 
 from .chat_helpers import post
 from .mcp_servers.procs import HttpToolbox
@@ -106,6 +109,38 @@ def test_a_resumed_attempt_streams_only_the_text_beyond_what_was_streamed() -> N
     # Nothing was opened (the stream holds its creation only): open it, stream it all.
     untouched = Streamed.of(opening[:1])
     assert not untouched.opened and untouched.rest("abc") == "abc"
+
+
+def test_calls_a_stored_turn_ran_end_with_their_recorded_results() -> None:
+    # The earlier attempt stored its turn and stopped before its calls' ends reached
+    # the stream: the attempt that finds the turn ends them as the steps recorded them.
+    request = parse_create(orjson.dumps({"model": "looper", "input": "hi"}), None)
+    view = ResponseView("resp_r", 1.0, "in_progress", request)
+    first = ResponseEvents(view, 0, tools=True)
+    ok, bad = (call_item("resp_r", f"call_{n}", "web", "chain", "{}") for n in "ab")
+    written = first.opening() + first.call_started(ok) + first.call_started(bad)
+    said = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": f"call_{n}", "type": "function", "function": {"name": "web__chain",
+                                                              "arguments": "{}"}}
+        for n in "ab"]}  # fmt: skip
+    results = [
+        {"role": "tool", "tool_call_id": "call_a", "content": "fine"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "late", "status": "timeout"},
+    ]
+    resumed = ResponseEvents(view, len(written), tools=True)
+    resumed.resume(written[2:])
+    ends = recorded_ends(resumed, "resp_r", [RecordedStep(said, results, {})])
+    assert [e["type"] for e in ends] == [
+        "response.mcp_call.completed", "response.output_item.done",
+        "response.mcp_call.failed", "response.output_item.done",
+    ]  # fmt: skip
+    assert [e["sequence_number"] for e in ends] == list(range(len(written), len(written) + 4))
+    assert ends[1]["item"]["output"] == "fine"
+    assert ends[3]["item"]["error"]["code"] == -32001  # a timeout's
+    # Ended now: told again (a call the stream ended), nothing more.
+    assert recorded_ends(resumed, "resp_r", [RecordedStep(said, results, {})]) == []
+    final = resumed.closing(dataclasses.replace(view, status="completed", output_text="done"))
+    assert [i["status"] for i in final[-1]["response"]["output"][:2]] == ["completed", "failed"]
 
 
 # -- loops over the toolbox: resumed in process, and after a worker is killed -9 ------
@@ -214,6 +249,22 @@ async def _run(
     return await wait_status(sdk, job.id, limit=60), seen
 
 
+def _output(response: Any) -> list[dict[str, Any]]:
+    """A response's output items without their ids (derived from the response id)."""
+    return [{k: v for k, v in item.model_dump().items() if k != "id"} for item in response.output]
+
+
+def _per_item(events: list[Any]) -> dict[int, list[str]]:
+    """The types of the events about each output item, by its output_index (two
+    concurrent calls may end in either order: what each item is told may not vary)."""
+    told: dict[int, list[str]] = {}
+    for event in events:
+        index = getattr(event, "output_index", None)
+        if index is not None:
+            told.setdefault(index, []).append(event.type)
+    return told
+
+
 def _shape(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The session's messages without what differs between two runs of one turn."""
     return [
@@ -265,9 +316,19 @@ class Steps(Checkpoint):
 class Heard(Listener):
     def __init__(self) -> None:
         self.deltas: list[str] = []
+        self.told: list[tuple[str, Any, Any]] = []  # ("step"|"call"|"result", ...)
 
     async def delta(self, text: str) -> None:
         self.deltas.append(text)
+
+    async def tool_step(self, calls: Any) -> None:
+        self.told.append(("step", [c["id"] for c in calls], None))
+
+    async def tool_call(self, call: Any, server: str) -> None:
+        self.told.append(("call", call["id"], server))
+
+    async def tool_result(self, call: Any, result: Any) -> None:
+        self.told.append(("result", call["id"], (result.text, result.is_error)))
 
 
 @pytest.fixture
@@ -289,11 +350,11 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
 ) -> None:
     (toolbox.state / "open-g").write_text("open")
 
-    async def turn(checkpoint: Steps) -> tuple[TurnResult, list[str]]:
+    async def turn(checkpoint: Steps) -> tuple[TurnResult, Heard]:
         req = TurnRequest("looper", [{"role": "user", "content": SCRIPT}], checkpoint=checkpoint)
         heard = Heard()
         deadline = asyncio.get_running_loop().time() + 30
-        return await agents.run(req, deadline=deadline, listener=heard), heard.deltas
+        return await agents.run(req, deadline=deadline, listener=heard), heard
 
     first = Steps()
     done, _ = await turn(first)
@@ -307,7 +368,8 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
     said = [dataclasses.replace(s, said={**s.said, "content": f"step {i}"})
             for i, s in enumerate(first.steps[:2])]  # fmt: skip
     again = Steps(said)
-    resumed, deltas = await turn(again)
+    resumed, heard = await turn(again)
+    deltas = heard.deltas
     counts = _counts(toolbox)
     assert {k: counts[k] - before[k] for k in before} == {
         "one": 0, "side": 0, "two": 0, "five": 0, "three": 1, "four": 1,
@@ -325,6 +387,19 @@ async def test_a_loop_goes_on_after_the_steps_its_checkpoint_gives(
         ]
 
     assert made(third) == made(first.steps[2])
+    # The listener is told the given steps' calls again, each with its recorded result
+    # (its server too), and a step start only for the step it runs.
+    replayed = []
+    for step in said:
+        ids = [c["id"] for c in step.said["tool_calls"]]
+        replayed += [("call", i, "web") for i in ids]
+        replayed += [("result", r["tool_call_id"], (r["content"], False)) for r in step.results]
+    assert heard.told[: len(replayed)] == replayed
+    ran = [c["id"] for c in third.said["tool_calls"]]
+    assert heard.told[len(replayed)] == ("step", ran, None)
+    assert sorted(t[:2] for t in heard.told[len(replayed) + 1 :]) == sorted(
+        [("call", i) for i in ran] + [("result", i) for i in ran]
+    )
 
 
 @pytest.mark.slow
@@ -388,6 +463,16 @@ async def test_a_worker_killed_mid_loop_is_resumed_after_its_last_step(
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert deltas == [e.delta for e in baseline_events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == FINAL
+    # Every tool item added once and ended once, the replayed steps' calls too: the
+    # output (as the stream ends and as stored) is the undisturbed run's.
+    assert _per_item(events) == _per_item(baseline_events)
+    assert [e.item.id for e in events if e.type == "response.output_item.added"] == [
+        item.id for item in done.output
+    ]
+    assert [i["name"] for i in _output(done) if i["type"] == "mcp_call"] == [
+        "chain", "chain"] * 3  # fmt: skip
+    assert _output(done) == _output(baseline)
+    assert _output(events[-1].response) == _output(done)
     # A late reader gets the same stream, and the steps are gone with the job.
     late = [e async for e in await client(procs[1]).responses.retrieve(done.id, stream=True)]
     assert [e.model_dump() for e in late] == [e.model_dump() for e in events]

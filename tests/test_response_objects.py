@@ -33,6 +33,7 @@ from agentd.wire.responses import (
     parse_create,
     response_object,
 )
+from agentd.wire.responses.items import call_item, call_item_id, list_tools_item, tool_error
 
 EVENT = pydantic.TypeAdapter(ResponseStreamEvent)
 STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")
@@ -771,6 +772,109 @@ def test_a_resumed_builder_closes_the_item_it_is_told_is_open() -> None:
     assert [e["type"] for e in out][:2] == ["response.output_text.delta",
                                             "response.output_text.done"]  # fmt: skip
     assert validate_all(out)[1].text == "all of it, rest"
+
+
+Batches = list[list[dict[str, Any]]]
+
+
+def tool_turn(
+    events: ResponseEvents, text: Callable[[str], str] = str, replayed: int = 0
+) -> Batches:
+    """A turn with tools as a job tells its builder (each batch written at once): a
+    listing; a step of two calls (one fails); a step that says something and makes one
+    call; the answer. ``text`` gives what of a piece of text to stream; the first
+    ``replayed`` steps are told again as recorded ones are (no step start)."""
+    a, b, c = (call_item("resp_abc", f"call_{n}", "web", "fetch", f'{{"n":"{n}"}}') for n in "abc")
+    listed = list_tools_item("resp_abc", "web", [("fetch", "Fetches", {"type": "object"})])
+    batches = [events.tool_item(listed)]
+    if replayed < 1:
+        batches.append(events.calls_starting([a["id"], b["id"]]))
+    batches += [events.call_started(a), events.call_started(b)]
+    batches.append(events.call_ended({**b, "status": "completed", "output": "B"}))
+    failed = {**a, "status": "failed", "error": tool_error("x", "timeout")}
+    batches.append(events.call_ended(failed))
+    if said := text("Let me look."):
+        batches.append(events.text(said))
+    if replayed < 2:
+        batches.append(events.calls_starting([c["id"]]))
+    batches.append(events.call_started(c))
+    batches.append(events.call_ended({**c, "status": "completed", "output": "C"}))
+    if said := text("\n\nDone."):
+        batches.append(events.text(said))
+    return [b for b in batches if b]
+
+
+# The mcp_call items of tool_turn's steps.
+STEPS = [{call_item_id("resp_abc", "call_a"), call_item_id("resp_abc", "call_b")},
+         {call_item_id("resp_abc", "call_c")}]  # fmt: skip
+
+
+def test_a_stream_cut_after_any_write_goes_on_as_the_undisturbed_one() -> None:
+    # A later attempt's builder, given what an earlier one wrote, tells the whole turn
+    # again (steps replayed, the running one made again): the stream it continues is
+    # the undisturbed one, event for event, numbers and output included.
+    final = view("completed", "Let me look.\n\nDone.")
+    whole = ResponseEvents(view("in_progress", None), 0, tools=True)
+    batches = [whole.opening(), *tool_turn(whole)]
+    undisturbed = [e for batch in batches for e in batch]
+    undisturbed += whole.closing(final)
+    validate_all(undisturbed)
+    types = [e["type"] for e in undisturbed]
+    assert types.count("response.output_item.added") == types.count("response.output_item.done")
+    for cut in range(1, len(batches) + 1):
+        written = [orjson.loads(orjson.dumps(e)) for batch in batches[:cut] for e in batch]
+        resumed = ResponseEvents(view("in_progress", None), len(written), tools=True)
+        resumed.resume(written[2:])  # since response.in_progress
+        streamed = len("".join(e["delta"] for e in written if "delta" in e and "logprobs" in e))
+
+        def rest(piece: str) -> str:
+            nonlocal streamed
+            cut_at, streamed = min(streamed, len(piece)), max(0, streamed - len(piece))
+            return piece[cut_at:]
+
+        # The steps whose calls all ended in the stream were recorded: told again.
+        ended = {e["item"]["id"] for e in written if e["type"] == "response.output_item.done"}
+        replayed = sum(1 for step in STEPS if step <= ended)
+        went_on = [e for batch in tool_turn(resumed, rest, replayed) for e in batch]
+        went_on += resumed.closing(final)
+        assert written + went_on == undisturbed, cut
+        assert (resumed.items, resumed.message_at) == (whole.items, whole.message_at)
+
+
+def test_a_call_left_running_that_the_resumed_step_does_not_make_again_fails() -> None:
+    # The model, asked for the step again, makes another call (a new id): the stale
+    # call ends failed, saying why, before the new one is added; at the end, any other.
+    old, other = (call_item("resp_abc", f"call_{n}", "web", "fetch", "{}") for n in "xy")
+    first = ResponseEvents(view("in_progress", None), 0, tools=True)
+    written = first.opening() + first.call_started(old) + first.call_started(other)
+    resumed = ResponseEvents(view("in_progress", None), len(written), tools=True)
+    resumed.resume(written[2:])
+    new = call_item("resp_abc", "call_z", "web", "fetch", "{}")
+    out = resumed.calls_starting([new["id"], other["id"]]) + resumed.call_started(new)
+    assert [(e["type"], e.get("output_index")) for e in out] == [
+        ("response.mcp_call.failed", 0), ("response.output_item.done", 0),
+        ("response.output_item.added", 2), ("response.mcp_call.in_progress", 2),
+        ("response.mcp_call_arguments.delta", 2), ("response.mcp_call_arguments.done", 2),
+    ]  # fmt: skip
+    assert out[1]["item"]["status"] == "failed"
+    assert "did not make this call" in out[1]["item"]["error"]["message"]
+    # Only the first step may go on with them: ``other``, not made again, ends with it.
+    out += resumed.call_ended({**new, "status": "completed", "output": "ok"})
+    out += resumed.closing(view("completed", "fine"))
+    models = validate_all(written + out)
+    assert [e["sequence_number"] for e in written + out] == list(range(len(written + out)))
+    output = models[-1].response.output
+    assert [(i.id, i.status) for i in output[:3]] == [
+        (old["id"], "failed"), (other["id"], "incomplete"), (new["id"], "completed"),
+    ]  # fmt: skip
+    assert output[3].type == "message"
+    # A turn that ends without another step: its stale calls end failed too.
+    alone = ResponseEvents(view("in_progress", None), len(written), tools=True)
+    alone.resume(written[2:])
+    closing = alone.closing(view("completed", "fine"))
+    assert [e["type"] for e in closing[:4]] == ["response.mcp_call.failed",
+                                                "response.output_item.done"] * 2  # fmt: skip
+    assert {e["item"]["error"]["code"] for e in closing[1:4:2]} == {-32800}
 
 
 def test_misuse_is_refused() -> None:

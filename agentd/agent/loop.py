@@ -115,6 +115,9 @@ class ClientView(Listener):
         if out:
             await self._inner.tool_deltas(out)
 
+    async def tool_step(self, calls: Sequence[Mapping[str, Any]]) -> None:
+        await self._inner.tool_step(calls)
+
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         await self._inner.tool_call(call, server)
 
@@ -180,6 +183,8 @@ class ToolLoop:
         step = Step({"role": "assistant", "content": text or None, "tool_calls": list(calls)})
         loop = asyncio.get_running_loop()
         started = loop.time()
+        if mine and self.listener is not None:
+            await self.listener.tool_step(mine)
         tasks = [asyncio.ensure_future(self._run_one(c, deadline)) for c in mine]
         try:
             waiter = self.interrupt.waiter()
@@ -221,8 +226,9 @@ class ToolLoop:
 
     async def resume(self, checkpoint: Checkpoint) -> list[RecordedStep]:
         """Take the steps an earlier run of the turn recorded as made, up to the last
-        step that may ask for tools: their calls are not run again, their text is told
-        to the listener again (a caller that streamed it before skips it)."""
+        step that may ask for tools: their calls are not run again, their text and
+        their calls with the recorded results are told to the listener again (a caller
+        that streamed them before skips what it streamed)."""
         recorded = list(checkpoint.recorded()[: self.max_steps - 1])
         for i, step in enumerate(recorded):
             if self.listener is not None:
@@ -230,10 +236,25 @@ class ToolLoop:
                     self.listener.next_step()
                 if text := step.said.get("content"):
                     await self.listener.delta(text)
+                await self._retell(self.listener, step)
             self.steps.append(Step(step.said, step.results))
         if recorded and self.listener is not None:
             self.listener.next_step()
         return recorded
+
+    async def _retell(self, listener: Listener, step: RecordedStep) -> None:
+        """Tell ``listener`` a recorded step's calls, then their recorded results."""
+        calls = {c.get("id"): c for c in step.said.get("tool_calls") or ()}
+        ran = [(calls[m.get("tool_call_id")], m) for m in step.results
+               if m.get("tool_call_id") in calls]  # fmt: skip
+        for call, _ in ran:
+            target = self.toolset.find(_name(call))
+            await listener.tool_call(call, target.label if target is not None else "")
+        for call, message in ran:
+            outcome = message.get("status")  # only on an error's result
+            result = ToolResult(str(message.get("content") or ""), is_error=outcome is not None,
+                                outcome=outcome or "ok")  # fmt: skip
+            await listener.tool_result(call, result)
 
     async def _run_one(self, call: Mapping[str, Any], deadline: float) -> ToolRun:
         name = _name(call)

@@ -217,6 +217,11 @@ class Listener:
         """The turn's server-side tools, listed once it is admitted (before any model
         call): only for a turn that has some."""
 
+    async def tool_step(self, calls: Sequence[Mapping[str, Any]]) -> None:
+        """A step of the turn's loop starts these server-side calls (OpenAI's shape), told
+        before the :meth:`tool_call` of each; not told for the steps a resumed turn
+        goes on after (:class:`Checkpoint`), whose calls it tells again as they ran."""
+
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         """A server-side tool call starts (the turn's loop runs it): the call in
         OpenAI's shape (``id``, ``function.name``, ``function.arguments``) and the label

@@ -31,6 +31,7 @@ from ..metrics import JobMetrics
 from ..store import Delivery, Jobs, job_of
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
+from .mcp import recorded_ends
 from .service import Responses, payer_of, result_fields, view_of
 from .steps import FencedOut, StepLog, Streamed
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
@@ -153,7 +154,7 @@ class Attempts:
             if steps.recorded():
                 streamed = Streamed.of(await self.jobs.events(rid, -1))
             if streamed.opened:
-                events.item_open = True
+                events.resume(streamed.events)  # its items, and what of them it told
             else:
                 # Written with the first deltas, or after FLUSH_INTERVAL_S if none come.
                 writer.add(events.started())
@@ -166,6 +167,7 @@ class Attempts:
                     output_text=previous.get("content") or "",
                     completed_at=time.time(),
                 )
+                writer.add(recorded_ends(events, rid, steps.recorded()))
                 if rest := streamed.rest(final.output_text):
                     writer.add(events.text(rest))
                 reply_seq: int | None = previous["seq"]

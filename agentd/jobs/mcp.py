@@ -12,11 +12,11 @@ naming the field: ``unknown_server_label``, ``server_url_not_allowed``,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..agent import Listener, ToolResult, Tools, ToolServer, ToolSet
+from ..agent import Listener, RecordedStep, ToolResult, Tools, ToolServer, ToolSet
 from ..config import AgentConfig
 from ..errors import param_error
 from ..wire.responses import ResponseEvents
@@ -25,12 +25,13 @@ from ..wire.responses.items import (
     approval_id,
     approval_request_item,
     call_item,
+    call_item_id,
     list_tools_item,
     tool_error,
 )
 from ..wire.responses.mcp import held
 
-__all__ = ("Server", "TurnItems", "answer_approvals", "check", "resolve")
+__all__ = ("Server", "TurnItems", "answer_approvals", "check", "recorded_ends", "resolve")
 
 OnEvents = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
@@ -175,6 +176,12 @@ class TurnItems(Listener):
         return call_item(self.rid, str(call.get("id")), server_label, target.tool,
                          str(function.get("arguments") or ""), **fields)  # fmt: skip
 
+    async def tool_step(self, calls: Sequence[Mapping[str, Any]]) -> None:
+        """A step starts: the calls an earlier attempt left running end, unless they
+        are among this step's (a resumed response's first step goes on with them)."""
+        ids = [call_item_id(self.rid, str(call.get("id"))) for call in calls]
+        await self._tell(self.events.calls_starting(ids))
+
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         item = self._item(call)
         if item is not None:
@@ -214,6 +221,27 @@ class TurnItems(Listener):
                                                 item["server_label"], item["name"],
                                                 item["arguments"])  # fmt: skip
                 await self._tell(self.events.tool_item(request))
+
+
+def recorded_ends(
+    events: ResponseEvents, rid: str, steps: Sequence[RecordedStep]
+) -> list[dict[str, Any]]:
+    """The ends of the recorded steps' calls that ``events`` (resumed) has in progress,
+    each with its recorded result: for an attempt that found the turn stored by an
+    earlier one, which stopped before these ends reached the stream."""
+    out = []
+    for step in steps:
+        for message in step.results:
+            item = events.open_call(call_item_id(rid, str(message.get("tool_call_id"))))
+            if item is None:
+                continue
+            text, outcome = str(message.get("content") or ""), message.get("status")
+            if outcome is None:
+                out += events.call_ended({**item, "status": "completed", "output": text})
+            else:
+                error = tool_error(text, str(outcome))
+                out += events.call_ended({**item, "status": "failed", "error": error})
+    return out
 
 
 async def answer_approvals(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 
@@ -66,28 +67,34 @@ def _decoded(raw: bytes) -> RecordedStep:
 
 
 class Streamed:
-    """The text an earlier attempt streamed: a resumed attempt tells its turn's text from
-    the start again, and only what goes beyond it reaches the stream. ``opened``: the
-    earlier attempt opened the output message (``response.in_progress`` is written)."""
+    """What an earlier attempt streamed: a resumed attempt tells its turn's text from the
+    start again, and only what goes beyond it reaches the stream. ``opened``: the
+    earlier attempt opened the stream (``response.in_progress`` is written); ``events``:
+    the events written since, for the attempt's builder to go on from
+    (:meth:`~agentd.wire.responses.ResponseEvents.resume`)."""
 
-    __slots__ = ("_left", "opened")
+    __slots__ = ("_left", "events", "opened")
 
-    def __init__(self, opened: bool = False, text: str = "") -> None:
+    def __init__(
+        self, opened: bool = False, text: str = "", events: Sequence[dict[str, Any]] = ()
+    ) -> None:
         self.opened = opened
         self._left = len(text)  # characters of the turn's text already streamed
+        self.events = list(events)
 
     @classmethod
-    def of(cls, events: Sequence[bytes]) -> Streamed:
-        """What the stored events say: the deltas since the last ``response.in_progress``
-        (an attempt that started over opened the message again)."""
-        opened, parts = False, []
-        for raw in events:
-            event = orjson.loads(raw)
+    def of(cls, raw: Sequence[bytes]) -> Streamed:
+        """What the stored events say: those since the last ``response.in_progress``
+        (an attempt that started over opened the stream again)."""
+        opened, since = False, []
+        for data in raw:
+            event = orjson.loads(data)
             if event["type"] == "response.in_progress":
-                opened, parts = True, []
-            elif event["type"] == "response.output_text.delta":
-                parts.append(event["delta"])
-        return cls(opened, "".join(parts))
+                opened, since = True, []
+            else:
+                since.append(event)
+        deltas = [e["delta"] for e in since if e["type"] == "response.output_text.delta"]
+        return cls(opened, "".join(deltas), since)
 
     def rest(self, text: str) -> str:
         """The part of the next piece of the turn's text not streamed yet."""

@@ -6,11 +6,13 @@ official SDK's models (``openai.types.responses.ResponseStreamEvent``). Pure: no
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from .. import sse
+from .items import tool_error
 from .objects import (
     ResponseView,
     item_status,
@@ -33,6 +35,13 @@ _TERMINAL_EVENT_OF = {
 }
 # The event types that end a stream.
 TERMINAL_EVENTS = frozenset(_TERMINAL_EVENT_OF.values())
+# The error of a call an earlier attempt left running that the attempt going on with its
+# stream did not make again (a model that asked for other calls in that step).
+ABANDONED = tool_error(
+    "the worker running this call stopped before its result came, and the response went on "
+    "without it: the model, asked for this step again, did not make this call",
+    "cancelled",
+)
 
 
 class ResponseEvents:
@@ -42,8 +51,8 @@ class ResponseEvents:
     ``response.queued`` while queued), :meth:`started` (``response.in_progress``,
     ``response.output_item.added``, ``response.content_part.added``) — together
     :meth:`opening` — then :meth:`delta` per piece of text, then :meth:`closing`.
-    ``item_open`` says whether the output message was added (set it when resuming a
-    stream on a new builder): only then does :meth:`closing` close it.
+    ``item_open`` says whether the output message was added (:meth:`resume` sets it
+    for a builder that goes on with a stream): only then does :meth:`closing` close it.
 
     With ``tools`` (the turn may run server-side tools), the items of those tools come
     first: :meth:`started` adds no message, :meth:`text` adds it with its first text
@@ -51,11 +60,15 @@ class ResponseEvents:
     added so far; :meth:`tool_item`, :meth:`call_started` and :meth:`call_ended` add
     and end tool items. ``items`` and ``message_at`` are the output so far, as
     :class:`ResponseView` holds it.
+
+    A builder that goes on with a stream an earlier attempt wrote (:meth:`resume`)
+    builds no event that stream holds: told a tool item again, it builds only those of
+    its events the stream lacks, and none for an item the stream ended.
     """
 
     __slots__ = (
-        "_calls", "_item_id", "_texts", "_tools", "_view", "item_open", "items", "message_at",
-        "next_seq",
+        "_calls", "_item_id", "_places", "_stale", "_texts", "_tools", "_view", "_written",
+        "item_open", "items", "message_at", "next_seq",
     )  # fmt: skip
 
     def __init__(self, view: ResponseView, first_seq: int = 0, tools: bool = False) -> None:
@@ -68,11 +81,32 @@ class ResponseEvents:
         self.items: list[dict[str, Any]] = []  # tool items, in output order
         self.message_at: int | None = None if tools else 0
         self._calls: dict[str, int] = {}  # the item id of a call in progress -> its place
+        self._places: dict[str, int] = {}  # the item id of every tool item -> its place
+        # (type, item id) of the events about items an earlier attempt's stream holds.
+        self._written: set[tuple[str, str]] = set()
+        # The calls an earlier attempt left in progress, until this one makes them again.
+        self._stale: set[str] = set()
 
     def _event(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "sequence_number": self.next_seq, **fields}
         self.next_seq += 1
         return event
+
+    def _unwritten(self, kind: str, about: str, /, **fields: Any) -> list[dict[str, Any]]:
+        """The event about the item ``about`` (its id), unless the stream holds it
+        already (then none, and no number is taken)."""
+        if (kind, about) in self._written:
+            return []
+        return [self._event(kind, **fields)]
+
+    def _place(self, item: dict[str, Any]) -> int:
+        """The place of a tool item in ``items``: its own when it has one, else the
+        next (the item added there)."""
+        place = self._places.get(item["id"])
+        if place is None:
+            place = self._places[item["id"]] = len(self.items)
+            self.items.append(item)
+        return place
 
     def _content(self, kind: str, **fields: Any) -> dict[str, Any]:
         """An event about the output message's one text part."""
@@ -133,58 +167,117 @@ class ResponseEvents:
     def tool_item(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """An ``mcp_list_tools`` item, whole (``response.mcp_list_tools.failed`` when it
         has an ``error``), or an ``mcp_approval_request``."""
-        index = self._output_index(len(self.items))
-        self.items.append(item)
+        item_id = item["id"]
+        if ("response.output_item.done", item_id) in self._written:
+            return []  # the stream has it whole: kept as the stream told it
+        place = self._place(item)
+        self.items[place] = item
+        index = self._output_index(place)
+        ids = {"item_id": item_id, "output_index": index}
         events = []
         if item["type"] == "mcp_list_tools":
-            events.append(
-                self._event(
-                    "response.output_item.added",
-                    output_index=index,
-                    item={**item, "tools": []},
-                )
-            )
-            ids = {"item_id": item["id"], "output_index": index}
             ended = "failed" if item.get("error") else "completed"
             events += [
-                self._event("response.mcp_list_tools.in_progress", **ids),
-                self._event(f"response.mcp_list_tools.{ended}", **ids),
-            ]
+                *self._unwritten("response.output_item.added", item_id, output_index=index,
+                                 item={**item, "tools": []}),
+                *self._unwritten("response.mcp_list_tools.in_progress", item_id, **ids),
+                *self._unwritten(f"response.mcp_list_tools.{ended}", item_id, **ids),
+            ]  # fmt: skip
         else:
-            events.append(self._event("response.output_item.added", output_index=index, item=item))
+            events += self._unwritten("response.output_item.added", item_id, output_index=index,
+                                      item=item)  # fmt: skip
         events.append(self._event("response.output_item.done", output_index=index, item=item))
         return events
 
     def call_started(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """An ``mcp_call`` begins (``item`` in progress, with its arguments): added, in
-        progress, and its arguments (whole, in one delta)."""
-        place = len(self.items)
+        progress, and its arguments (whole, in one delta). A call the stream holds goes
+        on: nothing when it ended there, else only the events it lacks."""
+        item_id = item["id"]
+        if item_id in self._places and item_id not in self._calls:
+            return []  # ended in the stream already
+        place = self._place(item)
+        self.items[place] = item
+        self._calls[item_id] = place
+        self._stale.discard(item_id)
         index = self._output_index(place)
-        self.items.append(item)
-        self._calls[item["id"]] = place
-        ids = {"item_id": item["id"], "output_index": index}
+        ids = {"item_id": item_id, "output_index": index}
         arguments = item["arguments"]
         return [
-            self._event("response.output_item.added", output_index=index,
-                        item={**item, "arguments": ""}),
-            self._event("response.mcp_call.in_progress", **ids),
-            self._event("response.mcp_call_arguments.delta", delta=arguments, **ids),
-            self._event("response.mcp_call_arguments.done", arguments=arguments, **ids),
+            *self._unwritten("response.output_item.added", item_id, output_index=index,
+                             item={**item, "arguments": ""}),
+            *self._unwritten("response.mcp_call.in_progress", item_id, **ids),
+            *self._unwritten("response.mcp_call_arguments.delta", item_id, delta=arguments,
+                             **ids),
+            *self._unwritten("response.mcp_call_arguments.done", item_id, arguments=arguments,
+                             **ids),
         ]  # fmt: skip
 
     def call_ended(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """An ``mcp_call`` ended (``item`` completed or failed); nothing for a call
         that was not started or has ended already."""
-        place = self._calls.pop(item["id"], None)
+        item_id = item["id"]
+        place = self._calls.pop(item_id, None)
         if place is None:
             return []
+        self._stale.discard(item_id)
         self.items[place] = item
         index = self._output_index(place)
         ended = "completed" if item["status"] == "completed" else "failed"
         return [
-            self._event(f"response.mcp_call.{ended}", item_id=item["id"], output_index=index),
+            *self._unwritten(f"response.mcp_call.{ended}", item_id, item_id=item_id,
+                             output_index=index),
             self._event("response.output_item.done", output_index=index, item=item),
-        ]
+        ]  # fmt: skip
+
+    def open_call(self, item_id: str) -> dict[str, Any] | None:
+        """The ``mcp_call`` item ``item_id`` while it is in progress (else None)."""
+        place = self._calls.get(item_id)
+        return None if place is None else self.items[place]
+
+    def calls_starting(self, item_ids: Collection[str]) -> list[dict[str, Any]]:
+        """A step of the loop starts the calls ``item_ids``: the calls an earlier
+        attempt left in progress that are not among them end, failed (:data:`ABANDONED`).
+        Only the first step after :meth:`resume` can go on with such a call."""
+        events = []
+        for item_id in sorted(self._stale.difference(item_ids), key=self._places.__getitem__):
+            stale = self.items[self._places[item_id]]
+            events += self.call_ended({**stale, "status": "failed", "error": ABANDONED})
+        self._stale.clear()
+        return events
+
+    def resume(self, written: Iterable[Mapping[str, Any]]) -> None:
+        """Go on with the stream an earlier attempt wrote, ``written`` being its events
+        since its ``response.in_progress``: the output items it added keep their
+        places (an item's last form in the stream, a call's with its arguments), the
+        message stays open if it was added, and its deltas are the text so far. A call
+        it added but did not end goes on when this attempt starts it again (the same
+        item id); else :meth:`calls_starting` or :meth:`closing` ends it failed."""
+        for event in written:
+            kind, item = event["type"], event.get("item")
+            item_id = event.get("item_id") or (item or {}).get("id")
+            if item_id is not None:
+                self._written.add((kind, str(item_id)))
+            if kind == "response.output_text.delta":
+                self._texts.append(event["delta"])
+            elif kind == "response.mcp_call_arguments.done" and item_id in self._places:
+                place = self._places[item_id]
+                self.items[place] = {**self.items[place], "arguments": event["arguments"]}
+            elif item is None or kind not in ("response.output_item.added",
+                                              "response.output_item.done"):  # fmt: skip
+                continue
+            elif item["type"] == "message":
+                if kind == "response.output_item.added":
+                    self.message_at = len(self.items)  # after the items added before it
+                self.item_open = kind == "response.output_item.added"
+            else:
+                place = self._place(item)
+                self.items[place] = item
+                if item["type"] == "mcp_call" and kind == "response.output_item.added":
+                    self._calls[item["id"]] = place
+                else:
+                    self._calls.pop(item["id"], None)
+        self._stale = set(self._calls)
 
     def function_call(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         """A ``function_call`` item (the client's tool to run), whole: added with no
@@ -220,7 +313,7 @@ class ResponseEvents:
         kind = _TERMINAL_EVENT_OF.get(view.status)
         if kind is None:
             raise ValueError(f"closing() needs a final status, not {view.status!r}")
-        events = []
+        events = self.calls_starting(())  # calls an earlier attempt left, not made again
         for item_id in list(self._calls):  # calls the turn stopped without an end
             place = self._calls[item_id]
             events += self.call_ended({**self.items[place], "status": "incomplete"})
