@@ -253,44 +253,14 @@ class Agents:
         tools, every step of its loop), pass it on as it comes, store the turn if it has
         a session, and sum it up."""
         tool_loop = plan.loop
-        if tool_loop is not None:
-            listener = tool_loop.listener
-        replies: list[_Reply] = []
-        if tool_loop is not None and req.checkpoint is not None:
-            # A job's later attempt: on after the steps an earlier one recorded.
-            for recorded in await tool_loop.resume(req.checkpoint):
-                replies.append(_Reply.made(recorded.said, recorded.usage))
-            if replies:
-                added = [m for step in tool_loop.steps for m in step.messages()]
-                last = len(replies) + 1 >= tool_loop.max_steps
-                plan = self._next_plan(agent, req, plan, added, last)
-        reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener, ticket)
-        replies.append(reply)
-        in_step = False  # the turn ended with a step's calls (the client's, or interrupted)
-        if tool_loop is not None:
-            while tool_loop.ours(reply.calls) and not reply.cancelled:
-                if len(replies) >= tool_loop.max_steps:
-                    # Asked for tools on the call made with tool_choice "none".
-                    reply.calls, reply.finish = None, "length"
-                    break
-                await tool_loop.run_step("".join(reply.parts), reply.calls, deadline, timings)
-                if interrupt.asked or tool_loop.client_calls(reply.calls):
-                    in_step = True
-                    break
-                if req.checkpoint is not None:
-                    await tool_loop.record(req.checkpoint, reply.usage)
-                # The last call's conversation holds the earlier steps: add this one's.
-                added = tool_loop.steps[-1].messages()
-                last = len(replies) + 1 >= tool_loop.max_steps
-                plan = self._next_plan(agent, req, plan, added, last)
-                if isinstance(listener, ClientView):
-                    listener.next_step()
-                reply = await self._call(agent, req, plan, timings, deadline, interrupt,
-                                         listener, ticket)  # fmt: skip
-                replies.append(reply)
-            timings.add_loop(len(replies), tool_loop.runs)
-            if self.metrics is not None:
-                self.metrics.observe_steps(agent.name, len(replies))
+        if tool_loop is None:
+            reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener,
+                                     ticket)  # fmt: skip
+            replies, in_step = [reply], False
+        else:
+            replies, in_step, plan = await self._steps(agent, req, plan, tool_loop, timings,
+                                                       deadline, interrupt, ticket)  # fmt: skip
+            reply = replies[-1]
         cancelled = reply.cancelled or (in_step and interrupt.asked)
         if in_step:
             calls = None if cancelled else tool_loop.client_calls(reply.calls)  # type: ignore
@@ -320,20 +290,7 @@ class Agents:
         turn_id = ""
         if held is not None and req.store:
             turn_id = req.turn_id or new_turn_id()
-            said: list[dict[str, Any]] = []
-            if tool_loop is not None:
-                said = [m for step in tool_loop.steps for m in step.messages()]
-            if not in_step:
-                final: dict[str, Any] = {"role": "assistant", "content": "".join(reply.parts)}
-                if calls:
-                    # OpenAI's shape: content null when the reply is only calls.
-                    final["content"] = final["content"] or None
-                    final["tool_calls"] = calls
-                said.append(final)
-            elif cancelled:  # stopped among its tool calls: the turn still ends in a reply
-                said.append({"role": "assistant", "content": ""})
-            if cancelled:
-                said[-1]["status"] = "cancelled"
+            said = _said(reply, calls, cancelled, in_step, tool_loop)
             if req.metadata:
                 said[-1]["metadata"] = req.metadata
             new = [m for m in req.messages if m.get("role") != "system"]
@@ -349,6 +306,58 @@ class Agents:
                           stored, timings, replies[0].level, turn_id, cancelled,
                           ratelimit, calls, len(replies),
                           tool_loop.runs if tool_loop is not None else [])  # fmt: skip
+
+    async def _steps(
+        self,
+        agent: AgentConfig,
+        req: TurnRequest,
+        plan: _Plan,
+        tool_loop: ToolLoop,
+        timings: Timings,
+        deadline: float,
+        interrupt: Interrupt,
+        ticket: Ticket | None,
+    ) -> tuple[list[_Reply], bool, _Plan]:
+        """The model calls of a turn with the agent's tools, and the tool steps between
+        them (:mod:`.loop`): the replies, whether the turn ended with a step's calls (the
+        client's, or an interrupt among them), and the last call's plan."""
+        listener = tool_loop.listener
+        replies: list[_Reply] = []
+        if req.checkpoint is not None:
+            # A job's later attempt: on after the steps an earlier one recorded.
+            for recorded in await tool_loop.resume(req.checkpoint):
+                replies.append(_Reply.made(recorded.said, recorded.usage))
+            if replies:
+                added = [m for step in tool_loop.steps for m in step.messages()]
+                last = len(replies) + 1 >= tool_loop.max_steps
+                plan = self._next_plan(agent, req, plan, added, last)
+        reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener, ticket)
+        replies.append(reply)
+        in_step = False
+        while tool_loop.ours(reply.calls) and not reply.cancelled:
+            if len(replies) >= tool_loop.max_steps:
+                # Asked for tools on the call made with tool_choice "none".
+                reply.calls, reply.finish = None, "length"
+                break
+            await tool_loop.run_step("".join(reply.parts), reply.calls, deadline, timings)
+            if interrupt.asked or tool_loop.client_calls(reply.calls):
+                in_step = True
+                break
+            if req.checkpoint is not None:
+                await tool_loop.record(req.checkpoint, reply.usage)
+            # The last call's conversation holds the earlier steps: add this one's.
+            added = tool_loop.steps[-1].messages()
+            last = len(replies) + 1 >= tool_loop.max_steps
+            plan = self._next_plan(agent, req, plan, added, last)
+            if isinstance(listener, ClientView):
+                listener.next_step()
+            reply = await self._call(agent, req, plan, timings, deadline, interrupt, listener,
+                                     ticket)  # fmt: skip
+            replies.append(reply)
+        timings.add_loop(len(replies), tool_loop.runs)
+        if self.metrics is not None:
+            self.metrics.observe_steps(agent.name, len(replies))
+        return replies, in_step, plan
 
     async def _call(
         self,
@@ -449,6 +458,31 @@ class Agents:
         if not timings.upstream_ttft and (reply.parts or (reply.calls and not reply.cancelled)):
             timings.upstream_ttft = first - started
         return reply
+
+
+def _said(
+    reply: _Reply,
+    calls: list[dict[str, Any]] | None,
+    cancelled: bool,
+    in_step: bool,
+    tool_loop: ToolLoop | None,
+) -> list[dict[str, Any]]:
+    """What a turn stores after the request's messages: the loop's steps, then the final
+    reply (none when the turn ended with a step's calls for the client; an empty one,
+    cancelled, when it was interrupted among them, so the turn still ends in a reply)."""
+    said = [m for step in tool_loop.steps for m in step.messages()] if tool_loop else []
+    if not in_step:
+        final: dict[str, Any] = {"role": "assistant", "content": "".join(reply.parts)}
+        if calls:
+            # OpenAI's shape: content null when the reply is only calls.
+            final["content"] = final["content"] or None
+            final["tool_calls"] = calls
+        said.append(final)
+    elif cancelled:
+        said.append({"role": "assistant", "content": ""})
+    if cancelled:
+        said[-1]["status"] = "cancelled"
+    return said
 
 
 async def _replay_calls(
