@@ -48,8 +48,12 @@ class _Endpoint:
     """One pub/sub connection to one Redis server and the channels watched through it."""
 
     def __init__(self, name: str, connect: Callable[[], aioredis.client.PubSub], sharded: bool,
-                 timeout: float, outage: Outage) -> None:  # fmt: skip
+                 timeout: float, outage: Outage,
+                 master: Callable[[], tuple[str, int] | None] | None = None) -> None:  # fmt: skip
+        """``master``: where a Sentinel group's master is now, as this worker last found
+        it; a subscription held on another server is moved there."""
         self.name = name
+        self._master = master
         self._outage = outage  # the server's, shared with every other caller of it
         self._connect = connect
         self._sharded = sharded
@@ -128,12 +132,24 @@ class _Endpoint:
                 if message is not None:
                     self._dispatch(message)
                 backoff = 0.1
+                if self._on_old_master():
+                    log.info("pub/sub connection to %s is on a former master; moving", self.name)
+                    await self._reconnect(0.0)
             except asyncio.CancelledError:
                 raise
             except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
                 log.info("pub/sub connection to %s lost: %s; reconnecting", self.name, exc)
                 await self._reconnect(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
+
+    def _on_old_master(self) -> bool:
+        """Whether a failover moved the group's master away from this connection's server
+        (one that did not drop the connection: a demoted or cut-off master)."""
+        master = None if self._master is None else self._master()
+        connection = None if self._pubsub is None else self._pubsub.connection
+        if master is None or connection is None:
+            return False
+        return (connection.host, connection.port) != master
 
     async def _reconnect(self, delay: float) -> None:
         """Reconnect until subscribed again, then tell every feed it may have missed events."""
@@ -188,9 +204,11 @@ class EventHub:
             name = shards.describe(index)
             client = shards.clients[index]
             if name not in self._endpoints:
+                group = shards.groups[index]
                 self._endpoints[name] = _Endpoint(
-                    name, client.pubsub, False, timeout, shards.shard_outages[index]
-                )
+                    name, client.pubsub, False, timeout, shards.shard_outages[index],
+                    None if group is None else group.master,
+                )  # fmt: skip
             return self._endpoints[name]
         try:
             node = shards.cluster.get_node_from_key(channel)

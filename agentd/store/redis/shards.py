@@ -29,11 +29,12 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ...config import RedisConfig
+from ...config import SENTINEL_SCHEME, RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .outage import Outage
+from .sentinel import SentinelGroup
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 
@@ -81,9 +82,12 @@ class Shards:
         self.config = config
         self.cluster: RedisCluster | None = None
         self.clients: list[aioredis.Redis] = []
+        # Per shard, its Sentinel group when it is one (None: a plain redis:// server).
+        self.groups: list[SentinelGroup | None] = []
         self.urls = list(config.urls)
         self._down_until: list[float] = []
         self._outages: dict[str, Outage] = {} if outages_of is None else outages_of._outages
+        self._owns_outages = outages_of is None
         if config.cluster:
             nodes = []
             for url in config.urls:
@@ -96,14 +100,17 @@ class Shards:
             opts.pop("max_connections")
             # A blocking pool: a burst beyond pool_size waits (up to redis.timeout) for a
             # connection instead of failing at once.
-            self.clients = [
-                aioredis.Redis.from_pool(
-                    aioredis.BlockingConnectionPool.from_url(
-                        url, max_connections=config.pool_size, timeout=config.timeout, **opts
-                    )
+            for url in config.urls:
+                if url.startswith(SENTINEL_SCHEME):
+                    group = SentinelGroup(url, config, opts)
+                    self.groups.append(group)
+                    self.clients.append(group.client)
+                    continue
+                self.groups.append(None)
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    url, max_connections=config.pool_size, timeout=config.timeout, **opts
                 )
-                for url in config.urls
-            ]
+                self.clients.append(aioredis.Redis.from_pool(pool))
             self._down_until = [0.0] * len(self.clients)
         self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
         self.cluster_outage = self.outage("redis cluster")
@@ -116,12 +123,24 @@ class Shards:
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 # Serve anyway: requests fail with 503 until the cluster answers.
                 log.error("redis cluster not reachable at start: %s", exc)
+        for index, group in enumerate(self.groups):
+            if group is not None and self._owns_outages:  # once per worker, not per pool
+                await self._log_master(index, group)
+
+    async def _log_master(self, index: int, group: SentinelGroup) -> None:
+        try:
+            master = await group.discover()
+        except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            # Serve anyway: its calls fail with 503 until a sentinel names a master.
+            log.error("%s: no master known to its sentinels: %s", self.describe(index), exc)
+            return
+        log.info("%s: master %s", self.describe(index), master)
 
     async def close(self) -> None:
         if self.cluster is not None:
             await self.cluster.aclose()
-        for client in self.clients:
-            await client.aclose()
+        for client, group in zip(self.clients, self.groups, strict=True):
+            await (client.aclose() if group is None else group.close())
 
     def outage(self, name: str) -> Outage:
         """The one outage tracker of the server called ``name`` (made on first use)."""
@@ -135,7 +154,8 @@ class Shards:
         return key_slot(key) * len(self.clients) // SLOT_COUNT
 
     def describe(self, index: int) -> str:
-        return f"shard {index} ({self.urls[index]})"
+        group = self.groups[index] if self.groups else None
+        return f"shard {index} ({self.urls[index] if group is None else group.name})"
 
     async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
