@@ -29,14 +29,17 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """The master's connections: a burst beyond the pool waits for one (as on the other
     shards) instead of failing, and a change of master is logged once per worker."""
 
-    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+    def __init__(
+        self, service_name: str, sentinel_manager: Sentinel, announce: bool, **kwargs: Any
+    ) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)
+        self.announce = announce
         self.known_master: tuple[str, int] | None = None
 
     async def get_master_address(self) -> tuple[str, int]:
         address: tuple[str, int] = await super().get_master_address()
         if address != self.known_master:
-            if self.known_master is not None:
+            if self.known_master is not None and self.announce:
                 log.warning(
                     "sentinel group %s: master is now %s:%s (was %s:%s)",
                     self.service_name,
@@ -50,9 +53,12 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 class SentinelGroup:
     """One shard's Sentinel group: the sentinels, and a client of the current master."""
 
-    def __init__(self, url: str, config: RedisConfig, options: dict[str, Any]) -> None:
+    def __init__(
+        self, url: str, config: RedisConfig, options: dict[str, Any], announce: bool = True
+    ) -> None:
         """``options``: the connection options of every shard's client (timeouts, no
-        retries inside redis-py)."""
+        retries inside redis-py); ``announce``: whether this client logs a change of
+        master (one client per worker does)."""
         self.url: SentinelUrl = parse_sentinel_url(url)
         target = self.url
         sentinel_options = {
@@ -66,6 +72,7 @@ class SentinelGroup:
         self.client: aioredis.Redis = self.sentinel.master_for(
             target.group,
             connection_pool_class=_BlockingSentinelPool,
+            announce=announce,
             max_connections=config.pool_size,
             timeout=config.timeout,
             db=target.db,

@@ -5,7 +5,9 @@ URLs in contiguous ranges, in the order the URLs are listed: shard ``i`` owns th
 ``s`` with ``i = s * N // 16384`` (shard 0 from slot 0, shard 1 from slot
 ``ceil(16384 / N)``, ...). The mapping depends only on the URL list, so every instance
 given the same list agrees, across restarts, and a key's slot is the one Redis Cluster
-gives it, so data can move between the two layouts.
+gives it, so data can move between the two layouts. A shard may be a Sentinel group
+(``redis+sentinel://``, see :mod:`.sentinel`): the URL names the group, not its
+current master, so a failover changes no key's shard.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
@@ -87,7 +89,8 @@ class Shards:
         self.urls = list(config.urls)
         self._down_until: list[float] = []
         self._outages: dict[str, Outage] = {} if outages_of is None else outages_of._outages
-        self._owns_outages = outages_of is None
+        # The worker's main servers, not their twin for job waits: these log what both see.
+        self._main = outages_of is None
         if config.cluster:
             nodes = []
             for url in config.urls:
@@ -102,7 +105,7 @@ class Shards:
             # connection instead of failing at once.
             for url in config.urls:
                 if url.startswith(SENTINEL_SCHEME):
-                    group = SentinelGroup(url, config, opts)
+                    group = SentinelGroup(url, config, opts, announce=self._main)
                     self.groups.append(group)
                     self.clients.append(group.client)
                     continue
@@ -124,7 +127,7 @@ class Shards:
                 # Serve anyway: requests fail with 503 until the cluster answers.
                 log.error("redis cluster not reachable at start: %s", exc)
         for index, group in enumerate(self.groups):
-            if group is not None and self._owns_outages:  # once per worker, not per pool
+            if group is not None and self._main:
                 await self._log_master(index, group)
 
     async def _log_master(self, index: int, group: SentinelGroup) -> None:
