@@ -961,25 +961,7 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     _check_tools(config, bad, errors)
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
-    sentinel = [u for u in config.redis.urls if u.startswith(SENTINEL_SCHEME)]
-    if config.redis.cluster and sentinel and not bad("redis.urls", "redis"):
-        errors.append(
-            "redis.cluster: a Redis Cluster fails over by itself; its seed URLs are "
-            f"redis:// node addresses, not {SENTINEL_SCHEME} groups"
-        )
-    # Two shards on one group would be one server holding two shards' slots.
-    seen: set[tuple[str, frozenset[tuple[str, int]]]] = set()
-    for url in sentinel:
-        if _check_redis_url(url) or bad("redis.urls", "redis"):
-            continue
-        group = parse_sentinel_url(url)
-        key = (group.group, frozenset(group.sentinels))
-        if key in seen:
-            errors.append(
-                f"redis.urls: Sentinel group {group.group!r} at {group.addresses} is listed "
-                f"twice; each shard must be a group of its own"
-            )
-        seen.add(key)
+    _check_sentinels(config, bad, errors)
     if config.mode == "standalone":
         server = raw.get("server")
         if not isinstance(server, dict) or server.get("workers", "auto") == "auto":
@@ -1004,6 +986,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_sentinels(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:
+    """The rules between ``redis+sentinel://`` URLs and the rest of ``[redis]``."""
+    if bad("redis.urls", "redis"):
+        return  # the URLs have errors of their own
+    sentinel = [u for u in config.redis.urls if u.startswith(SENTINEL_SCHEME)]
+    if config.redis.cluster and sentinel:
+        errors.append(
+            "redis.cluster: a Redis Cluster fails over by itself; its seed URLs are "
+            f"redis:// node addresses, not {SENTINEL_SCHEME} groups"
+        )
+    # Two shards on one group would be one server holding two shards' slots.
+    seen: set[tuple[str, frozenset[tuple[str, int]]]] = set()
+    for url in sentinel:
+        group = parse_sentinel_url(url)
+        key = (group.group, frozenset(group.sentinels))
+        if key in seen:
+            errors.append(
+                f"redis.urls: Sentinel group {group.group!r} at {group.addresses} is listed "
+                f"twice; each shard must be a group of its own"
+            )
+        seen.add(key)
 
 
 def _check_auth(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:
