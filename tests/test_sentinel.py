@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from agentd.config import ConfigError, from_dict, parse_sentinel_url
 from agentd.fastpath import SLOT_COUNT, key_slot
 from agentd.store.keys import session_keys
 
-from .procs import AgentdProcess, fresh_connections
+from .procs import AgentdProcess, RedisServer, fresh_connections
 from .replication import ReplicaGroup, Sentinels
 from .waiting import wait_until
 
@@ -70,6 +71,8 @@ down_retry = 0.5
 turn_lease = 1.0
 [jobs]
 lease_s = 2.0
+# An attempt that meets the failover counts: enough of them to span its window.
+max_attempts = 6
 [[backends]]
 name = "echo"
 type = "echo"
@@ -113,7 +116,7 @@ def test_a_bad_sentinel_url_is_refused_with_what_is_wrong(
 
 
 def test_start_up_names_each_group_and_its_master(
-    agentd_instance: Start, sentinel_shards: SentinelShards
+    sentinel_shards: SentinelShards, agentd_instance: Start
 ) -> None:
     proc = agentd_instance(_config(sentinel_shards.urls))
     log = proc.log()
@@ -215,23 +218,59 @@ async def _job_status(http: aiohttp.ClientSession, url: str, job: str) -> str:
         return str(orjson.loads(await reply.read())["status"])
 
 
-async def _readyz(http: aiohttp.ClientSession, url: str, seen: list[tuple[float, int]]) -> None:
+async def _readyz(
+    http: aiohttp.ClientSession, url: str, seen: list[tuple[float, int, str]]
+) -> None:
+    """/readyz polled ten times a second: when it answered, its status and reasons."""
     while True:
         async with http.get(url + "/readyz") as reply:
-            seen.append((time.monotonic(), reply.status))
+            doc = orjson.loads(await reply.read())
+            seen.append((time.monotonic(), reply.status, "; ".join(doc.get("reasons", []))))
         await asyncio.sleep(0.1)
 
 
-async def test_a_master_killed_under_load_is_followed_without_restart(
-    agentd_instance: Start, sentinel_shards: SentinelShards
-) -> None:
-    instances = [agentd_instance(_config(sentinel_shards.urls)) for _ in range(2)]
+@dataclass
+class Outcome:
+    """What one failover under load did, for the assertions and the report."""
+
+    load: Load
+    killed_at: float
+    promoted_at: float
+    readyz: list[tuple[float, int, str]]
+    jobs: int
+    old: int
+    new: int
+
+    def report(self, what: str, victim: int) -> str:
+        failed = self.load.failed(victim)
+        window = (max(r[2] for r in failed) - self.killed_at) if failed else 0.0
+        down = [t - self.killed_at for t, status, _ in self.readyz if status != 200]
+        return (
+            f"\nsentinel failover ({what}): {len(self.load.sent)} chat requests sent, "
+            f"{len(self.load.failed())} failed (503 store_unavailable), "
+            f"{len(self.load.failed(1 - victim))} of them on the other shard; window "
+            f"{window:.2f}s from the fault to the last failure (promotion seen "
+            f"{self.promoted_at - self.killed_at:.2f}s after it); slowest failed request "
+            f"{max((r[2] - r[1] for r in failed), default=0.0):.2f}s; /readyz 503 in "
+            f"{len(down)} polls, from {min(down, default=0):.2f}s to "
+            f"{max(down, default=0):.2f}s; {self.jobs} jobs completed; "
+            f"master {self.old} -> {self.new}"
+        )
+
+
+async def _failover_under_load(
+    instances: list[AgentdProcess],
+    shards: SentinelShards,
+    victim: int,
+    fault: Callable[[ReplicaGroup, RedisServer], None],
+) -> Outcome:
+    """Chat turns on six sessions (three per shard) through both instances, a WebSocket
+    watcher on each, background jobs; ``fault`` hits the victim shard's master once every
+    watcher has seen a few messages. Returns once the victim's sessions take turns again
+    and every watcher, turn and job is accounted for."""
     urls = [p.url for p in instances]
-    workers = [p.worker_pids() for p in instances]
-    victim = 0  # the shard whose master is killed
     load = Load()
     async with fresh_connections() as http, aiohttp.ClientSession() as ws_http:
-        # Three sessions on each shard.
         sessions: dict[int, list[str]] = {0: [], 1: []}
         while min(len(s) for s in sessions.values()) < 3:
             async with http.post(urls[0] + "/v1/sessions", json={}) as r:
@@ -239,40 +278,37 @@ async def test_a_master_killed_under_load_is_followed_without_restart(
             if len(sessions[_shard_of(sid, 2)]) < 3:
                 sessions[_shard_of(sid, 2)].append(sid)
         seen: dict[str, list[int]] = {sid: [] for ids in sessions.values() for sid in ids}
-        tasks = [
+        watchers = [
             asyncio.create_task(_watch(ws_http, urls[i % 2], sid, seen[sid]))
             for i, sid in enumerate(seen)
         ]
-        tasks += [
+        turns = [
             asyncio.create_task(_turns(http, urls, sid, shard, load))
             for shard, ids in sessions.items()
             for sid in ids
         ]
-        readyz: list[tuple[float, int]] = []
-        tasks.append(asyncio.create_task(_readyz(http, urls[1], readyz)))
+        readyz: list[tuple[float, int, str]] = []
+        poller = asyncio.create_task(_readyz(http, urls[1], readyz))
         jobs = [await _submit_job(http, urls[i % 2], f"job {i} before") for i in range(4)]
 
-        # Every session has turns stored, and every watcher has seen some, before the kill.
         await wait_until(lambda: all(len(s) >= 4 for s in seen.values()), 30, "watchers")
-        group = sentinel_shards.groups[victim]
+        group = shards.groups[victim]
         old = group.synced_master()
         killed_at = time.monotonic()
-        group.kill(old)
+        fault(group, old)
         jobs += [await _submit_job(http, urls[i % 2], f"job {i} during") for i in range(4)]
-        new = sentinel_shards.sentinels.wait_promotion(group, old, 30)
+        new = shards.sentinels.wait_promotion(group, old, 30)
         promoted_at = time.monotonic()
         # The load goes on until the victim's sessions have had turns stored again.
         await wait_until(lambda: load.ok_after(victim, promoted_at) >= 12, 30, "turns again")
         load.stop.set()
-        await wait_until(
-            lambda: all(t.done() for t in tasks[len(seen) : -1]), 30, "the turns to stop"
-        )
-        for task in tasks[len(seen) : -1]:
-            task.result()  # a turn task that failed (a hang, a wrong error) fails here
+        await wait_until(lambda: all(t.done() for t in turns), 30, "the turns to stop")
+        for task in turns:
+            task.result()  # a turn that failed otherwise than with 503 fails the test here
 
         # Watchers: every stored message, once, in order; nothing acknowledged was lost.
-        histories = {sid: await _history(http, urls[0], sid) for sid in seen}
-        for sid, history in histories.items():
+        for sid in seen:
+            history = await _history(http, urls[0], sid)
             stored = [m["seq"] for m in history]
             assert stored == list(range(1, len(stored) + 1))
             count = len(stored)
@@ -286,30 +322,54 @@ async def test_a_master_killed_under_load_is_followed_without_restart(
                 lambda job=job: _job_status_is(http, urls[0], job, "completed"), 60, job
             )
         await wait_until(lambda: _ready(http, urls), 30, "/readyz 200 on both instances")
-        for task in tasks:
+        for task in [*watchers, poller]:
             task.cancel()
-        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await task
+    since = [poll for poll in readyz if poll[0] >= killed_at]
+    return Outcome(load, killed_at, promoted_at, since, len(jobs), old.port, new.port)
 
-    failed = load.failed(victim)
-    window = (max(r[2] for r in failed) - killed_at) if failed else 0.0
-    not_ready = [t - killed_at for t, status in readyz if status != 200 and t >= killed_at]
-    print(
-        f"\nsentinel failover: {len(load.sent)} chat requests sent, "
-        f"{len(load.failed())} failed (all 503 store_unavailable), all on the killed shard; "
-        f"window {window:.2f}s from kill -9 (promotion seen at {promoted_at - killed_at:.2f}s); "
-        f"slowest failure {max((r[2] - r[1] for r in failed), default=0.0):.2f}s; "
-        f"/readyz 503 for {len(not_ready)} polls between "
-        f"{min(not_ready, default=0):.2f}s and {max(not_ready, default=0):.2f}s; "
-        f"{len(jobs)} jobs completed; master {old.port} -> {new.port}"
-    )
-    assert not load.failed(1 - victim), "the other shard's sessions never fail"
-    assert failed, "the kill was noticed"
+
+def _kill(group: ReplicaGroup, master: RedisServer) -> None:
+    group.kill(master)
+
+
+def _freeze(group: ReplicaGroup, master: RedisServer) -> None:
+    master.proc.send_signal(signal.SIGSTOP)
+
+
+@pytest.mark.parametrize(("fault", "what"), [(_kill, "kill -9"), (_freeze, "SIGSTOP")])
+async def test_a_master_lost_under_load_is_followed_without_restart(
+    sentinel_shards: SentinelShards,
+    agentd_instance: Start,  # after the servers: stopped before them
+    fault: Callable[[ReplicaGroup, RedisServer], None],
+    what: str,
+) -> None:
+    """Killed, or frozen (its connections stay open, unanswered: a partition)."""
+    instances = [agentd_instance(_config(sentinel_shards.urls)) for _ in range(2)]
+    workers = [p.worker_pids() for p in instances]
+    victim = 0
+    try:
+        outcome = await _failover_under_load(instances, sentinel_shards, victim, fault)
+    finally:
+        for server in sentinel_shards.groups[victim].servers:
+            server.proc.send_signal(signal.SIGCONT)  # a frozen one ends with the test
+    print(outcome.report(what, victim))
+    failed = outcome.load.failed(victim)
+    assert failed, "the fault was noticed"
+    assert not outcome.load.failed(1 - victim), "the other shard's sessions never fail"
+    # Nothing waits on a lost master past redis.timeout (a turn makes a few calls).
+    assert max(r[2] - r[1] for r in failed) < 3 * REDIS_TIMEOUT_S + 2
+    # /readyz says which shard is down, and only that one.
+    reasons = {reason for _, status, reason in outcome.readyz if status != 200}
+    assert reasons, "/readyz noticed"
+    for reason in reasons:
+        assert reason.startswith("shard 0 (sentinel group shard-a via "), reason
+        assert "shard 1" not in reason, reason
     for instance, pids in zip(instances, workers, strict=True):
         assert instance.proc.poll() is None
         assert instance.worker_pids() == pids, "no worker was restarted"
-        assert "master is now 127.0.0.1:" in instance.log()
+        assert f"master is now 127.0.0.1:{outcome.new}" in instance.log()
 
 
 async def _job_status_is(http: aiohttp.ClientSession, url: str, job: str, want: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import BlockingConnectionPool
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from ...config import RedisConfig, SentinelUrl, parse_sentinel_url
 
@@ -50,6 +50,20 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
         return address
 
 
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel client, with a short error when no sentinel names a master (its
+    own lists the repr of every sentinel client: unreadable in a log or /readyz)."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        try:
+            address: tuple[str, int] = await super().discover_master(service_name)
+        except MasterNotFoundError:
+            raise MasterNotFoundError(
+                f"no sentinel names a master of {service_name!r} that is up"
+            ) from None
+        return address
+
+
 class SentinelGroup:
     """One shard's Sentinel group: the sentinels, and a client of the current master."""
 
@@ -68,7 +82,7 @@ class SentinelGroup:
             "username": target.sentinel_username,
             "password": target.sentinel_password,
         }
-        self.sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)
+        self.sentinel = _Sentinels(list(target.sentinels), sentinel_kwargs=sentinel_options)
         self.client: aioredis.Redis = self.sentinel.master_for(
             target.group,
             connection_pool_class=_BlockingSentinelPool,
