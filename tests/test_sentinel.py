@@ -358,8 +358,9 @@ async def test_a_master_lost_under_load_is_followed_without_restart(
     failed = outcome.load.failed(victim)
     assert failed, "the fault was noticed"
     assert not outcome.load.failed(1 - victim), "the other shard's sessions never fail"
-    # Nothing waits on a lost master past redis.timeout (a turn makes a few calls).
-    assert max(r[2] - r[1] for r in failed) < 3 * REDIS_TIMEOUT_S + 2
+    # Nothing waits on a lost master past redis.timeout (plus slack for a loaded machine):
+    # after one call timed out, the shard's next calls fail fast.
+    assert max(r[2] - r[1] for r in failed) < REDIS_TIMEOUT_S + 1.5
     # /readyz says which shard is down, and only that one.
     reasons = {reason for _, status, reason in outcome.readyz if status != 200}
     assert reasons, "/readyz noticed"

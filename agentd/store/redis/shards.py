@@ -187,7 +187,9 @@ class Shards:
                     f"all {self.config.pool_size} connections to {self.describe(index)} are busy",
                     retry_after=1,
                 ) from exc
-            self._down_until[index] = now + self.config.down_retry
+            # From now, not from the call's start: a call that timed out took longer than
+            # down_retry may be, and the shard must still fail fast after it.
+            self._down_until[index] = time.monotonic() + self.config.down_retry
             outage.failed(exc)
             # The idle connections went down with this one: without this, each would fail
             # one call after the shard is back (and start a new outage in the log).
