@@ -345,7 +345,8 @@ async def test_a_master_lost_under_load_is_followed_without_restart(
     fault: Callable[[ReplicaGroup, RedisServer], None],
     what: str,
 ) -> None:
-    """Killed, or frozen (its connections stay open, unanswered: a partition)."""
+    """Killed, or frozen (its connections stay open, unanswered: a partition, where
+    only agentd's own check moves the pub/sub connection off the old master)."""
     instances = [agentd_instance(_config(sentinel_shards.urls)) for _ in range(2)]
     workers = [p.worker_pids() for p in instances]
     victim = 0
@@ -371,6 +372,8 @@ async def test_a_master_lost_under_load_is_followed_without_restart(
         assert instance.proc.poll() is None
         assert instance.worker_pids() == pids, "no worker was restarted"
         assert f"master is now 127.0.0.1:{outcome.new}" in instance.log()
+    if fault is _freeze:
+        assert any("is on a former master; moving" in p.log() for p in instances)
 
 
 async def _job_status_is(http: aiohttp.ClientSession, url: str, job: str, want: str) -> bool:

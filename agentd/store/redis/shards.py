@@ -197,6 +197,8 @@ class Shards:
                 await self.clients[index].connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
         if outage.since is not None:
+            # It answered: a call that timed out meanwhile must not fail it fast again.
+            self._down_until[index] = 0.0
             outage.recovered()
         return result
 
