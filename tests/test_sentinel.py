@@ -9,6 +9,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,14 @@ import orjson
 import pytest
 
 from agentd.config import ConfigError, from_dict, parse_sentinel_url
+from agentd.errors import StoreUnavailable
 from agentd.fastpath import SLOT_COUNT, key_slot
+from agentd.store import open_store
 from agentd.store.keys import session_keys
 
 from .procs import AgentdProcess, RedisServer, fresh_connections
 from .replication import ReplicaGroup, Sentinels
+from .store_helpers import collect_messages
 from .waiting import wait_until
 
 Start = Callable[..., AgentdProcess]
@@ -131,6 +135,43 @@ def test_start_up_names_each_group_and_its_master(
             f"shard {index} (sentinel group {group.name} via {ports}): master 127.0.0.1:{master}"
             in log
         )
+
+
+async def test_a_watch_on_a_frozen_master_moves_to_the_new_one_unprompted(
+    sentinel_shards: SentinelShards,
+) -> None:
+    """A worker whose only use of a shard is a watch (no request, no job, no readiness
+    probe to find the new master) still moves its subscription off a frozen master: it
+    asks the sentinels itself, every few seconds."""
+    config = from_dict({"redis": {"urls": sentinel_shards.urls, "timeout": REDIS_TIMEOUT_S}})
+    watcher, writer = open_store(config), open_store(config)
+    await watcher.start()
+    await writer.start()
+    try:
+        sid = (await writer.create_session()).id
+        while _shard_of(sid, 2) != 0:
+            sid = (await writer.create_session()).id
+        async with aclosing(await watcher.open_watch(sid, after=0)) as events:
+            first = await writer.append(sid, [{"role": "user", "content": "before"}])
+            assert await collect_messages(events, sid, 1) == first
+            group = sentinel_shards.groups[0]
+            old = group.synced_master()
+            old.proc.send_signal(signal.SIGSTOP)
+            try:
+                sentinel_shards.sentinels.wait_promotion(group, old, 30)
+
+                async def append() -> list[dict[str, Any]] | None:
+                    with contextlib.suppress(StoreUnavailable):
+                        return await writer.append(sid, [{"role": "user", "content": "after"}])
+                    return None
+
+                second = await wait_until(append, 30, "the writer to find the new master")
+                assert await collect_messages(events, sid, 2) == second
+            finally:
+                old.proc.send_signal(signal.SIGCONT)
+    finally:
+        await watcher.close()
+        await writer.close()
 
 
 def _shard_of(sid: str, shards: int) -> int:

@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
@@ -103,6 +104,16 @@ class SentinelGroup:
         """The master this worker last connected to (None before the first connection)."""
         pool = self.client.connection_pool
         return pool.known_master if isinstance(pool, _BlockingSentinelPool) else None
+
+    async def refresh(self) -> tuple[str, int] | None:
+        """Ask the sentinels where the master is now (as a new connection would; a
+        change drops the idle connections to the old one). None when none answers."""
+        pool = self.client.connection_pool
+        assert isinstance(pool, _BlockingSentinelPool)
+        try:
+            return await pool.get_master_address()
+        except (rexc.ConnectionError, rexc.TimeoutError):
+            return None
 
     async def discover(self) -> str:
         """Where the group's master is now, for the start-up log."""
