@@ -119,6 +119,7 @@ def test_a_bad_sentinel_url_is_refused_with_what_is_wrong(
 # -- real processes -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_start_up_names_each_group_and_its_master(
     sentinel_shards: SentinelShards, agentd_instance: Start
 ) -> None:
@@ -137,6 +138,7 @@ def test_start_up_names_each_group_and_its_master(
         )
 
 
+@pytest.mark.slow
 async def test_a_watch_on_a_frozen_master_moves_to_the_new_one_unprompted(
     sentinel_shards: SentinelShards,
 ) -> None:
@@ -382,6 +384,7 @@ def _freeze(group: ReplicaGroup, master: RedisServer) -> None:
     master.proc.send_signal(signal.SIGSTOP)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("fault", "what"), [(_kill, "kill -9"), (_freeze, "SIGSTOP")])
 async def test_a_master_lost_under_load_is_followed_without_restart(
     sentinel_shards: SentinelShards,
