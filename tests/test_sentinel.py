@@ -240,9 +240,19 @@ async def _watch(http: aiohttp.ClientSession, url: str, sid: str, seen: list[int
 
 
 async def _history(http: aiohttp.ClientSession, url: str, sid: str) -> list[dict[str, Any]]:
-    async with http.get(f"{url}/v1/sessions/{sid}/messages?limit=1000&order=asc") as r:
-        assert r.status == 200
-        return orjson.loads(await r.read())["data"]
+    """The stored messages, read again (as a client would) on a 503: a worker that met
+    the failover late may still fail its shard fast for up to redis.down_retry."""
+
+    async def read() -> list[dict[str, Any]] | None:
+        async with http.get(f"{url}/v1/sessions/{sid}/messages?limit=1000&order=asc") as r:
+            doc = orjson.loads(await r.read())
+            if r.status == 503:
+                assert doc["error"]["code"] == "store_unavailable", doc
+                return None
+            assert r.status == 200, doc
+            return list(doc["data"])
+
+    return await wait_until(read, 30, f"the history of {sid}")
 
 
 async def _submit_job(http: aiohttp.ClientSession, url: str, text: str) -> str:
