@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 __all__ = (
     "BUILTIN_LABEL",
@@ -109,9 +110,97 @@ def _check_bind(value: str) -> str | None:
     return None
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_PORT = 26379
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """A Sentinel-monitored master/replica group, from
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/group[/db]``
+    (query: ``sentinel_username``, ``sentinel_password`` for the sentinels themselves).
+    The group's name, not its current master's address, is its identity."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    group: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+    @property
+    def addresses(self) -> str:
+        """The sentinels as ``host:port,host:port`` (no credentials: safe to log)."""
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+
+
+def _sentinel_host(item: str) -> tuple[str, int]:
+    if item.startswith("["):  # [IPv6]:port
+        host, _, rest = item[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else rest
+    else:
+        host, _, port_text = item.partition(":")
+    if not host:
+        raise ValueError(f"empty sentinel host in {item!r}")
+    try:
+        port = int(port_text) if port_text else SENTINEL_PORT
+    except ValueError:
+        raise ValueError(f"bad sentinel port in {item!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"sentinel port must be 1..65535, got {port}")
+    return host, port
+
+
+def parse_sentinel_url(url: str) -> SentinelUrl:
+    """The group a ``redis+sentinel://`` URL names; ValueError says what is wrong."""
+    if not url.startswith(SENTINEL_SCHEME):
+        raise ValueError(f"must start with {SENTINEL_SCHEME}")
+    rest, _, query = url[len(SENTINEL_SCHEME) :].partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts = netloc
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    if not hosts:
+        raise ValueError("names no sentinel (host:port[,host:port...])")
+    sentinels = tuple(_sentinel_host(h) for h in hosts.split(","))
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise ValueError("names no group: add /<master name> after the sentinels")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError(f"path must be /<master name>[/<db number>], got /{path}")
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - set(_SENTINEL_QUERY))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(_SENTINEL_QUERY)}"
+        )
+    return SentinelUrl(
+        sentinels=sentinels,
+        group=unquote(parts[0]),
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username", [None])[-1],
+        sentinel_password=options.get("sentinel_password", [None])[-1],
+    )
+
+
 def _check_redis_url(value: str) -> str | None:
+    if value.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(value)
+        except ValueError as exc:
+            return f"{exc}; expected {SENTINEL_SCHEME}host:port[,host:port...]/<master name>"
+        return None
     if not value.startswith(("redis://", "rediss://", "unix://")):
-        return f"must start with redis://, rediss:// or unix://, got {value!r}"
+        return f"must start with redis://, rediss://, unix:// or {SENTINEL_SCHEME}, got {value!r}"
     return None
 
 
@@ -901,6 +990,7 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     _check_waits(config.redis, bad, errors)
+    _check_sentinels(config, bad, errors)
     if config.mode == "standalone":
         server = raw.get("server")
         if not isinstance(server, dict) or server.get("workers", "auto") == "auto":
@@ -925,6 +1015,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _check_sentinels(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:
+    """The rules between ``redis+sentinel://`` URLs and the rest of ``[redis]``."""
+    if bad("redis.urls", "redis"):
+        return  # the URLs have errors of their own
+    sentinel = [u for u in config.redis.urls if u.startswith(SENTINEL_SCHEME)]
+    if config.redis.cluster and sentinel:
+        errors.append(
+            "redis.cluster: a Redis Cluster fails over by itself; its seed URLs are "
+            f"redis:// node addresses, not {SENTINEL_SCHEME} groups"
+        )
+    # Two shards on one group would be one server holding two shards' slots.
+    seen: set[tuple[str, frozenset[tuple[str, int]]]] = set()
+    for url in sentinel:
+        group = parse_sentinel_url(url)
+        key = (group.group, frozenset(group.sentinels))
+        if key in seen:
+            errors.append(
+                f"redis.urls: Sentinel group {group.group!r} at {group.addresses} is listed "
+                f"twice; each shard must be a group of its own"
+            )
+        seen.add(key)
 
 
 def _check_auth(config: Config, bad: typing.Callable[..., bool], errors: list[str]) -> None:

@@ -87,7 +87,8 @@ def test_an_error_in_a_value_from_the_environment_names_the_variable(tmp_path: P
             "server.shutdown_timeout: must be >= 0.0, got -1.0",
             "log.levl: unknown key (known: level, format, access) "
             "(from environment variable AGENTD_LOG__LEVL)",
-            "redis.urls[0]: must start with redis://, rediss:// or unix://, got 'http://x' "
+            "redis.urls[0]: must start with redis://, rediss://, unix:// or redis+sentinel://, "
+            "got 'http://x' "
             "(from environment variable AGENTD_REDIS__URLS)",
         ]
     )

@@ -194,6 +194,10 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
             raise
+        except StoreUnavailable as exc:
+            # Logged once per outage by the store; the job stays pending, and a consumer
+            # takes it over once its lease runs out.
+            log.info("job %s stopped (%s): left to a reclaim", delivery.job_id, exc.message)
         except Exception:
             log.exception("job %s failed unexpectedly", delivery.job_id)
 

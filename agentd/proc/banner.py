@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from ..config import Config
+from ..config import SENTINEL_SCHEME, Config, parse_sentinel_url
 
 __all__ = ("describe",)
 
@@ -26,18 +26,29 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
+def _server(url: str) -> str:
+    """One shard, as an operator knows it: a URL, or a Sentinel group (by its name: its
+    master changes with failovers, the group does not)."""
+    if not url.startswith(SENTINEL_SCHEME):
+        return _redact(url)
+    group = parse_sentinel_url(url)
+    return f"Sentinel group {group.group} (sentinels {group.addresses})"
+
+
 def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def _store(config: Config) -> str:
-    urls = ", ".join(_redact(u) for u in config.redis.urls)
+    urls = ", ".join(_server(u) for u in config.redis.urls)
+    sentinel = any(u.startswith(SENTINEL_SCHEME) for u in config.redis.urls)
     if config.mode == "standalone":
         return "in this worker's memory (standalone: lost at restart or reload)"
     if config.mode == "cluster":
         return f"Redis Cluster, seed {_count(len(config.redis.urls), 'node')}: {urls}"
     if config.mode == "sharded":
-        return f"sharded by hash slot over {_count(len(config.redis.urls), 'Redis server')}: {urls}"
+        what = "shard" if sentinel else "Redis server"
+        return f"sharded by hash slot over {_count(len(config.redis.urls), what)}: {urls}"
     return f"one Redis: {urls}"
 
 

@@ -4,18 +4,25 @@ a catch-up from history, so a watcher sees every message once, in order, with no
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 
 from ..aio import end_if_cancelled
+from ..errors import StoreUnavailable
 from ..schema import validate_session_id
 from .api import Event, Subscription
 from .codec import decode_message, dumps, no_session
 from .sessions import SessionStore
 
 __all__ = ("WatchStore",)
+
+# A running watch's catch-up on an unreachable shard is tried again after this long,
+# doubling up to the maximum, until the shard answers or the watcher goes away.
+CATCH_UP_RETRY_S = 0.1
+CATCH_UP_RETRY_MAX_S = 1.0
 
 
 class _Watch(AsyncGenerator[Event]):
@@ -78,7 +85,7 @@ class WatchStore(SessionStore):
                 raw = await sub.get()
                 if raw is None:  # the subscription was re-established: events may be lost
                     if last is not None:
-                        missed = await self._catch_up(sid, last)
+                        missed = await self._catch_up_again(sid, last)
                         if missed is not None:
                             last = missed[-1]["seq"]
                             yield Event(sid, "messages", tuple(missed))
@@ -93,7 +100,7 @@ class WatchStore(SessionStore):
                 messages = doc["messages"]
                 if last is not None and messages[0]["seq"] > last + 1:
                     # A gap: fill it (and more) from history.
-                    missed = await self._catch_up(sid, last)
+                    missed = await self._catch_up_again(sid, last)
                     messages = missed or []
                 elif last is not None:
                     messages = [m for m in messages if m["seq"] > last]
@@ -102,6 +109,18 @@ class WatchStore(SessionStore):
                     yield Event(sid, "messages", tuple(messages))
         finally:
             await sub.close()
+
+    async def _catch_up_again(self, sid: str, after: int) -> list[dict[str, Any]] | None:
+        """:meth:`_catch_up` for a watch already running: a shard that is unreachable
+        (a failover under way, the shard's fail-fast period) is waited for, not fatal to
+        the watch, whose subscription is in place again."""
+        delay = CATCH_UP_RETRY_S
+        while True:
+            try:
+                return await self._catch_up(sid, after)
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(CATCH_UP_RETRY_MAX_S, delay * 2)
 
     async def _catch_up(self, sid: str, after: int) -> list[dict[str, Any]] | None:
         rows = await self._history(sid, after, None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from redis import exceptions as rexc
 from ...errors import StoreUnavailable
 from ..api import Subscription
 from .outage import Outage
+from .sentinel import SentinelGroup
 from .shards import UNAVAILABLE_ERRORS, Shards
 
 __all__ = ("EventHub",)
@@ -31,6 +33,8 @@ __all__ = ("EventHub",)
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+# Seconds between two questions to a Sentinel group's sentinels about its master.
+MASTER_CHECK_S = 5.0
 
 
 class _Feed(Subscription):
@@ -48,8 +52,13 @@ class _Endpoint:
     """One pub/sub connection to one Redis server and the channels watched through it."""
 
     def __init__(self, name: str, connect: Callable[[], aioredis.client.PubSub], sharded: bool,
-                 timeout: float, outage: Outage) -> None:  # fmt: skip
+                 timeout: float, outage: Outage,
+                 group: SentinelGroup | None = None) -> None:  # fmt: skip
+        """``group``: the shard's Sentinel group, if it is one; a subscription held on a
+        server that is no longer its master is moved to the new one."""
         self.name = name
+        self._group = group
+        self._master_checked = 0.0
         self._outage = outage  # the server's, shared with every other caller of it
         self._connect = connect
         self._sharded = sharded
@@ -128,12 +137,34 @@ class _Endpoint:
                 if message is not None:
                     self._dispatch(message)
                 backoff = 0.1
+                if await self._on_old_master():
+                    log.info("pub/sub connection to %s is on a former master; moving", self.name)
+                    await self._reconnect(0.0)
             except asyncio.CancelledError:
                 raise
             except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
                 log.info("pub/sub connection to %s lost: %s; reconnecting", self.name, exc)
                 await self._reconnect(backoff)
                 backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def _on_old_master(self) -> bool:
+        """Whether a failover moved the group's master away from this connection's server
+        (one that did not drop the connection: a demoted, frozen or cut-off master). The
+        worker's other connections tell when they find the new master; the sentinels
+        are asked too, every few seconds, for a worker with no other traffic there."""
+        if self._group is None:
+            return False
+        master = self._group.master()
+        now = time.monotonic()
+        if now - self._master_checked >= MASTER_CHECK_S:
+            self._master_checked = now
+            with contextlib.suppress(TimeoutError):  # slow sentinels: ask again later
+                async with asyncio.timeout(self._timeout * 2):
+                    master = await self._group.refresh() or master
+        connection = None if self._pubsub is None else self._pubsub.connection
+        if master is None or connection is None:
+            return False
+        return (connection.host, connection.port) != master
 
     async def _reconnect(self, delay: float) -> None:
         """Reconnect until subscribed again, then tell every feed it may have missed events."""
@@ -189,8 +220,9 @@ class EventHub:
             client = shards.clients[index]
             if name not in self._endpoints:
                 self._endpoints[name] = _Endpoint(
-                    name, client.pubsub, False, timeout, shards.shard_outages[index]
-                )
+                    name, client.pubsub, False, timeout, shards.shard_outages[index],
+                    shards.groups[index],
+                )  # fmt: skip
             return self._endpoints[name]
         try:
             node = shards.cluster.get_node_from_key(channel)

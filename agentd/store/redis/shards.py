@@ -5,7 +5,9 @@ URLs in contiguous ranges, in the order the URLs are listed: shard ``i`` owns th
 ``s`` with ``i = s * N // 16384`` (shard 0 from slot 0, shard 1 from slot
 ``ceil(16384 / N)``, ...). The mapping depends only on the URL list, so every instance
 given the same list agrees, across restarts, and a key's slot is the one Redis Cluster
-gives it, so data can move between the two layouts.
+gives it, so data can move between the two layouts. A shard may be a Sentinel group
+(``redis+sentinel://``, see :mod:`.sentinel`): the URL names the group, not its
+current master, so a failover changes no key's shard.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
@@ -29,12 +31,13 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ...config import RedisConfig
+from ...config import SENTINEL_SCHEME, RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
 from .outage import Outage
+from .sentinel import SentinelGroup
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 
@@ -82,9 +85,13 @@ class Shards:
         self.config = config
         self.cluster: RedisCluster | None = None
         self.clients: list[aioredis.Redis] = []
+        # Per shard, its Sentinel group when it is one (None: a plain redis:// server).
+        self.groups: list[SentinelGroup | None] = []
         self.urls = list(config.urls)
         self._down_until: list[float] = []
         self._outages: dict[str, Outage] = {} if outages_of is None else outages_of._outages
+        # The worker's main servers, not their twin for job waits: these log what both see.
+        self._main = outages_of is None
         if config.cluster:
             nodes = []
             for url in config.urls:
@@ -97,14 +104,17 @@ class Shards:
             opts.pop("max_connections")
             # A blocking pool: a burst beyond pool_size waits (up to redis.timeout) for a
             # connection instead of failing at once.
-            self.clients = [
-                aioredis.Redis.from_pool(
-                    aioredis.BlockingConnectionPool.from_url(
-                        url, max_connections=config.pool_size, timeout=config.timeout, **opts
-                    )
+            for url in config.urls:
+                if url.startswith(SENTINEL_SCHEME):
+                    group = SentinelGroup(url, config, opts, announce=self._main)
+                    self.groups.append(group)
+                    self.clients.append(group.client)
+                    continue
+                self.groups.append(None)
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    url, max_connections=config.pool_size, timeout=config.timeout, **opts
                 )
-                for url in config.urls
-            ]
+                self.clients.append(aioredis.Redis.from_pool(pool))
             self._down_until = [0.0] * len(self.clients)
         self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
         self.cluster_outage = self.outage("redis cluster")
@@ -118,12 +128,24 @@ class Shards:
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 # Serve anyway: requests fail with 503 until the cluster answers.
                 log.error("redis cluster not reachable at start: %s", exc)
+        for index, group in enumerate(self.groups):
+            if group is not None and self._main:
+                await self._log_master(index, group)
+
+    async def _log_master(self, index: int, group: SentinelGroup) -> None:
+        try:
+            master = await group.discover()
+        except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            # Serve anyway: its calls fail with 503 until a sentinel names a master.
+            log.error("%s: no master known to its sentinels: %s", self.describe(index), exc)
+            return
+        log.info("%s: master %s", self.describe(index), master)
 
     async def close(self) -> None:
         if self.cluster is not None:
             await self.cluster.aclose()
-        for client in self.clients:
-            await client.aclose()
+        for client, group in zip(self.clients, self.groups, strict=True):
+            await (client.aclose() if group is None else group.close())
 
     def outage(self, name: str) -> Outage:
         """The one outage tracker of the server called ``name`` (made on first use)."""
@@ -137,7 +159,8 @@ class Shards:
         return key_slot(key) * len(self.clients) // SLOT_COUNT
 
     def describe(self, index: int) -> str:
-        return f"shard {index} ({self.urls[index]})"
+        group = self.groups[index] if self.groups else None
+        return f"shard {index} ({self.urls[index] if group is None else group.name})"
 
     async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
@@ -166,7 +189,9 @@ class Shards:
                     f"all {self.config.pool_size} connections to {self.describe(index)} are busy",
                     retry_after=1,
                 ) from exc
-            self._down_until[index] = now + self.config.down_retry
+            # From now, not from the call's start: a call that timed out took longer than
+            # down_retry may be, and the shard must still fail fast after it.
+            self._down_until[index] = time.monotonic() + self.config.down_retry
             outage.failed(exc)
             # The idle connections went down with this one: without this, each would fail
             # one call after the shard is back (and start a new outage in the log).
@@ -174,6 +199,8 @@ class Shards:
                 await self.clients[index].connection_pool.disconnect(inuse_connections=False)
             raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
         if outage.since is not None:
+            # It answered: a call that timed out meanwhile must not fail it fast again.
+            self._down_until[index] = 0.0
             outage.recovered()
         return result
 
