@@ -33,6 +33,7 @@ from ...config import RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
+from .moving import Moving
 from .outage import Outage
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -108,6 +109,11 @@ class Shards:
         self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
+        # A reshard to this URL list in progress: keys of moving slots are pulled from
+        # their old shard before use (see moving.py).
+        self.moving: Moving | None = None
+        self._moving_own: list[aioredis.Redis] = []  # the old shards' clients made for it
+        self._rechecking: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.cluster is not None:
@@ -116,10 +122,58 @@ class Shards:
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 # Serve anyway: requests fail with 503 until the cluster answers.
                 log.error("redis cluster not reachable at start: %s", exc)
+        elif self.clients:
+            await self.follow_reshard()
+
+    async def follow_reshard(self) -> None:
+        """Look for a reshard to this URL list on the first server; follow it (or stop
+        following one that ended)."""
+        try:
+            found = await Moving.load(self.clients[0], self.urls)
+        except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            log.error("cannot look for a reshard on %s: %s", self.describe(0), exc)
+            return
+        if found is None:
+            if self.moving is not None:
+                log.info("reshard ended: every key is on its shard of the new list")
+                self.moving = None
+            return
+        if self.moving is not None:
+            return
+        old, _ = found
+        opts = _client_options(self.config)
+        clients = []
+        for url in old:
+            if url in self.urls:
+                clients.append(self.clients[self.urls.index(url)])
+            else:
+                clients.append(aioredis.Redis.from_url(url, **opts))
+                self._moving_own.append(clients[-1])
+        self.moving = Moving(old, self.urls, clients)
+        log.info(
+            "following the reshard from %d shard(s) to %d: keys of moving slots are moved "
+            "from their old shard at first use",
+            len(old),
+            len(self.urls),
+        )
+
+    async def _pull(self, keys: list[str], index: int) -> None:
+        moving = self.moving
+        assert moving is not None
+        if moving.due() and (self._rechecking is None or self._rechecking.done()):
+            self._rechecking = asyncio.create_task(self.follow_reshard())
+        try:
+            await moving.pull(keys, self.clients[index])
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"moving keys to {self.describe(index)}: {exc}") from exc
 
     async def close(self) -> None:
         if self.cluster is not None:
             await self.cluster.aclose()
+        if self._rechecking is not None:
+            self._rechecking.cancel()
+        for client in self._moving_own:
+            await client.aclose()
         for client in self.clients:
             await client.aclose()
 
@@ -137,8 +191,11 @@ class Shards:
     def describe(self, index: int) -> str:
         return f"shard {index} ({self.urls[index]})"
 
-    async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
+    async def call(
+        self, key: str, fn: Callable[[Any], Awaitable[T]], keys: list[str] | None = None
+    ) -> T:
+        """Run ``fn(client)`` on the client that owns ``key`` (and ``keys``, all of its
+        slot, which ``fn`` uses); 503 if it cannot answer."""
         if self.cluster is not None:
             outage = self.cluster_outage
             try:
@@ -155,6 +212,8 @@ class Shards:
         if self._down_until[index] > now:
             outage.failed("failing fast")
             raise StoreUnavailable(f"{self.describe(index)} is unreachable")
+        if self.moving is not None:
+            await self._pull(keys or [key], index)
         try:
             result = await fn(self.clients[index])
         except UNAVAILABLE_ERRORS as exc:
@@ -185,7 +244,7 @@ class Shards:
             except rexc.NoScriptError:
                 return await client.eval(script.text, len(keys), *keys, *args)
 
-        return await self.call(keys[0], run)
+        return await self.call(keys[0], run, keys)
 
     async def unreachable(self) -> list[str]:
         """Which shards do not answer PING (for /readyz)."""

@@ -1,0 +1,185 @@
+"""``agentd reshard``: move the keys of the slots that change owner when the client-side
+shards' URL list changes (see docs/operations.md, "Adding a shard").
+
+Two runs, with every instance switched to the new list by SIGHUP between them:
+
+1. ``begin`` (instances on the old list): records the plan (old list, new list) on the
+   first server of the new list. Nothing moves yet.
+2. ``move`` (every instance serving the new list, the old generation drained): every key
+   of a moving slot still on its old owner is moved (see :func:`.moving.move_keys`),
+   slot by slot, each slot recorded when done; then any key written on an old owner
+   meanwhile is moved too, the per-shard session indexes are rebuilt for the new list
+   and the plan is deleted, which tells the instances that the reshard has ended.
+
+Meanwhile instances on the new list pull each key of a moving slot from its old owner
+at first use (:mod:`.moving`), so every key is readable through them at every moment.
+``move`` may be stopped (``--max-slots``, SIGINT, kill) and run again to go on: a slot
+cut half-way is moved again, which is safe (moving a moved key finds nothing to move).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from ...fastpath import SLOT_COUNT, key_slot
+from .moving import CONTROL, INDEX_MARK, move_keys, owner
+from .store import sharded_index_keys
+
+__all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots")
+
+SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
+
+
+class ReshardError(Exception):
+    """A reshard that cannot go on (another plan in progress, a step out of order)."""
+
+
+def moving_slots(old: Sequence[str], new: Sequence[str]) -> dict[int, tuple[str, str]]:
+    """slot -> (old owner URL, new owner URL), for each slot whose owner changes."""
+    out = {}
+    for slot in range(SLOT_COUNT):
+        src, dst = old[owner(slot, len(old))], new[owner(slot, len(new))]
+        if src != dst:
+            out[slot] = (src, dst)
+    return out
+
+
+@dataclass
+class Report:
+    slots: int = 0  # slots moved in this run
+    keys: int = 0  # keys moved to their new owner
+    kept: list[str] = field(default_factory=list)  # written on both sides: new value kept
+    stragglers: int = 0  # keys written on an old owner during the move, moved after it
+    indexed: int = 0  # session index entries moved to the index of their new shard
+    stopped: bool = False  # --max-slots reached; run again to go on
+
+
+class Plan:
+    """One reshard from ``old`` to ``new``: the servers and the recorded progress."""
+
+    def __init__(self, old: Sequence[str], new: Sequence[str], timeout: float = 10.0) -> None:
+        if len(set(old)) != len(old) or len(set(new)) != len(new):
+            raise ReshardError("a URL appears twice in a shard list")
+        if list(old) == list(new):
+            raise ReshardError("the new list is the old list: nothing to move")
+        self.old, self.new = list(old), list(new)
+        self.moving = moving_slots(old, new)
+        self._timeout = timeout
+        self._clients: dict[str, aioredis.Redis] = {}
+        self.control = self.client(new[0])
+
+    def client(self, url: str) -> aioredis.Redis:
+        if url not in self._clients:
+            self._clients[url] = aioredis.Redis.from_url(
+                url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            )
+        return self._clients[url]
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+    async def recorded(self) -> dict[str, str]:
+        found = await self.control.hgetall(CONTROL)
+        return {k.decode(): v.decode() for k, v in found.items()}
+
+    async def check_mine(self) -> dict[str, str]:
+        found = await self.recorded()
+        if found and (json.loads(found["from"]), json.loads(found["to"])) != (self.old, self.new):
+            raise ReshardError(
+                f"another reshard is recorded on {self.new[0]}: from {found['from']} to "
+                f"{found['to']}; finish it first"
+            )
+        return found
+
+    async def scan_moving(self, url: str) -> dict[int, list[bytes]]:
+        """The keys on ``url`` of the moving slots it loses, by slot (session indexes
+        left out: they are rebuilt)."""
+        out: dict[int, list[bytes]] = defaultdict(list)
+        async for key in self.client(url).scan_iter(count=1000):
+            if key.startswith(CONTROL.encode()) or INDEX_MARK.encode() in key:
+                continue
+            slot = key_slot(key)
+            pair = self.moving.get(slot)
+            if pair is not None and pair[0] == url:
+                out[slot].append(key)
+        return out
+
+
+async def begin(plan: Plan) -> bool:
+    """Record the plan, so that instances given the new list follow it. False if it
+    already was."""
+    found = await plan.check_mine()
+    if found:
+        return False
+    mapping = {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "switching"}
+    await plan.control.hset(CONTROL, mapping=mapping)  # type: ignore[arg-type]
+    return True
+
+
+async def move(plan: Plan, max_slots: int | None = None) -> Report:
+    """Move every key of the moving slots to its new owner (every instance on the new
+    list), rebuild the session indexes, end the reshard."""
+    if not await plan.check_mine():
+        raise ReshardError("no reshard recorded for these lists: run it without --move first")
+    await plan.control.hset(CONTROL, "phase", "moving")
+    report = Report()
+    done = {int(k) for k in await plan.control.hkeys(SLOTS)}
+    for src in sorted({src for src, _ in plan.moving.values()}):
+        by_slot = await plan.scan_moving(src)
+        for slot in sorted(by_slot):
+            if slot in done:
+                continue
+            if max_slots is not None and report.slots >= max_slots:
+                report.stopped = True
+                return report
+            await _move_slot(plan, slot, by_slot[slot], report)
+            await plan.control.hset(SLOTS, str(slot), "done")
+            report.slots += 1
+    # Keys written on an old owner while it was scanned (by an instance still on the old
+    # list, or a slot done before the write): moved the same way.
+    for src in sorted({src for src, _ in plan.moving.values()}):
+        for slot, keys in (await plan.scan_moving(src)).items():
+            before = report.keys
+            await _move_slot(plan, slot, keys, report)
+            report.stragglers += report.keys - before
+    report.indexed = await _rebuild_indexes(plan)
+    await plan.control.delete(CONTROL, SLOTS)
+    return report
+
+
+async def _move_slot(plan: Plan, slot: int, keys: list[bytes], report: Report) -> None:
+    src, dst = plan.moving[slot]
+    moved = await move_keys(plan.client(src), plan.client(dst), list(keys))
+    report.keys += len(moved.moved)
+    report.kept += [k.decode("utf-8", "surrogateescape") for k in moved.kept]
+
+
+async def _rebuild_indexes(plan: Plan) -> int:
+    """Move each session index entry to the index of its session's shard in the new list
+    (the indexes are per shard: see docs/state.md, "Listing sessions")."""
+    moved = 0
+    count = len(plan.new)
+    for url in dict.fromkeys([*plan.old, *plan.new]):
+        client = plan.client(url)
+        async for key in client.scan_iter(match=f"*{INDEX_MARK}*", count=1000):
+            text = key.decode()
+            prefix = text[: text.index(INDEX_MARK)]
+            targets = sharded_index_keys(prefix, count)
+            entries: list[Any] = [e async for e in client.zscan_iter(key)]
+            for sid, score in entries:
+                meta = f"{prefix}s:{{{sid.decode()}}}:meta"
+                shard = owner(key_slot(meta), count)
+                dest_url, dest_key = plan.new[shard], targets[shard]
+                if (dest_url, dest_key) == (url, text):
+                    continue
+                await plan.client(dest_url).zadd(dest_key, {sid: score}, gt=True)
+                await client.zrem(key, sid)
+                moved += 1
+    return moved

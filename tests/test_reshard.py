@@ -1,0 +1,277 @@
+"""``agentd reshard``: adding a client-side shard online (docs/operations.md, "Adding a
+shard"), on real redis-servers and real ``agentd serve`` instances."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+
+from agentd.config import from_dict
+from agentd.fastpath import key_slot
+from agentd.store import Store, open_store
+from agentd.store.keys import JOB_GROUP, queue_key
+from agentd.store.redis.moving import CONTROL
+from agentd.store.redis.reshard import Plan, begin, move, moving_slots
+
+from .procs import ROOT, AgentdProcess, RedisServer, fresh_connections
+from .waiting import wait_until, wait_until_sync
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    """Three fresh redis-servers: the first two are the old list, all three the new."""
+    started = [RedisServer(tmp_path / f"r{i}") for i in range(3)]
+    yield started
+    for server in started:
+        server.close()
+
+
+def misplaced(servers: list[RedisServer], urls: list[str]) -> list[tuple[str, str]]:
+    """Every (server, key) on a server that does not own the key's slot under ``urls``."""
+    out = []
+    for server in servers:
+        with redis.Redis(port=server.port) as client:
+            for key in client.scan_iter(count=1000):
+                if urls[key_slot(key) * len(urls) // 16384] != server.url:
+                    out.append((server.url, key.decode()))
+    return out
+
+
+def test_moving_slots_are_exactly_those_whose_owner_changes() -> None:
+    old = ["redis://a", "redis://b"]
+    new = [*old, "redis://c"]
+    moving = moving_slots(old, new)
+    for slot in range(16384):
+        before, after = old[slot * 2 // 16384], new[slot * 3 // 16384]
+        assert (slot in moving) == (before != after)
+        if slot in moving:
+            assert moving[slot] == (before, after)
+    # a: 0-8191 -> 0-5461; b: 8192-16383 -> 5462-10922; c gets 10923-16383.
+    assert len(moving) == (8192 - 5462) + (16384 - 10923)
+
+
+async def _open(urls: list[str]) -> Store:
+    store = open_store(from_dict({"redis": {"urls": urls}}))
+    await store.start()
+    return store
+
+
+async def test_store_follows_a_reshard_and_the_move_is_resumable(
+    servers: list[RedisServer],
+) -> None:
+    old = [s.url for s in servers[:2]]
+    new = [s.url for s in servers]
+    before = await _open(old)
+    sids = [(await before.create_session(metadata={"n": i})).id for i in range(60)]
+    for sid in sids:
+        await before.append(sid, [{"role": "user", "content": f"{sid} 1"}])
+    for i in range(30):
+        await before.state_put("ns", f"doc{i}", {"i": i})
+    # A job queue stream with its consumer group and one delivery pending.
+    jobs: Any = before.jobs
+    streams = [queue_key("default", n) for n in range(8)]
+    for n in range(8):
+        await jobs.enqueue("default", n, f"job{n}", 100)
+        await jobs.take("default", n, "worker-a", 1, 0.01)
+        await jobs.enqueue("default", n, f"later{n}", 100)
+
+    plan = Plan(old, new)
+    assert await begin(plan)
+    after = await _open(new)  # an instance switched to the new list
+    assert after.shards.moving is not None  # type: ignore[attr-defined]
+    # Everything is readable through the new list before anything was moved, and its
+    # writes land on the new owners.
+    for sid in sids[:30]:
+        await after.append(sid, [{"role": "user", "content": f"{sid} 2"}])
+    for i in range(10):
+        assert (await after.state_get("ns", f"doc{i}")).value == {"i": i}
+        await after.state_put("ns", f"doc{i}", {"i": i, "new": True})
+    # An instance still on the old list writes too (the reload overlap): moved later.
+    for sid in sids[30:]:
+        await before.append(sid, [{"role": "user", "content": f"{sid} 2"}])
+    await before.close()
+
+    first = await move(plan, max_slots=10)
+    assert first.stopped and first.slots == 10
+    assert (await plan.control.hlen(f"{CONTROL}:slots")) == 10
+    second = await move(Plan(old, new))
+    assert not second.stopped and second.slots > 0 and not second.kept
+    await plan.close()
+
+    assert misplaced(servers, new) == []
+    for sid in sids:
+        rows = await after.history(sid, after=0, limit=None)
+        assert [m["content"] for m in rows] == [f"{sid} 1", f"{sid} 2"]
+        assert [m["seq"] for m in rows] == [1, 2]
+    for i in range(30):
+        doc = await after.state_get("ns", f"doc{i}")
+        assert doc.value == ({"i": i, "new": True} if i < 10 else {"i": i})
+    page = await after.list_sessions(limit=1000)
+    assert sorted(s.id for s in page.sessions) == sorted(sids)
+    # DUMP/RESTORE carries a stream's consumer group and its pending entries.
+    for stream in streams:
+        owner = new[key_slot(stream) * 3 // 16384]
+        with redis.Redis.from_url(owner) as client:
+            (group,) = client.xinfo_groups(stream)
+            assert group["name"].decode() == JOB_GROUP and group["pending"] == 1
+            assert client.xlen(stream) == 2
+    # The reshard has ended: the instance stops following it.
+    shards: Any = after.shards  # type: ignore[attr-defined]
+    await shards.follow_reshard()
+    assert shards.moving is None
+    await after.close()
+
+
+# -- real instances under load ---------------------------------------------------------
+
+
+def _config(urls: list[str]) -> str:
+    quoted = ", ".join(f'"{u}"' for u in urls)
+    return f"""
+[server]
+workers = 2
+
+[redis]
+urls = [{quoted}]
+
+[[backends]]
+name = "slow"
+type = "echo"
+tokens_per_s = 10
+
+[[agents]]
+name = "slow"
+backend = "slow"
+"""
+
+
+def _reshard(config: Path, urls: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "agentd", "reshard", "-c", str(config), "--to", ",".join(urls)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [*cmd, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+class Load:
+    """Appends to sessions through every instance, round robin, until stopped; keeps
+    what each acknowledged."""
+
+    def __init__(self, urls: list[str], sids: list[str]) -> None:
+        self.urls, self.sids = urls, sids
+        self.acked: dict[str, list[str]] = {sid: [] for sid in sids}
+        self.sent = self.failed = 0
+        self.stop = asyncio.Event()
+
+    async def run(self, http: aiohttp.ClientSession, lane: int) -> None:
+        n = 0
+        while not self.stop.is_set() and n < 5000:
+            sid = self.sids[(lane + n * 7) % len(self.sids)]
+            url = self.urls[n % len(self.urls)]
+            text = f"{lane}-{n}"
+            n += 1
+            self.sent += 1
+            try:
+                async with http.post(
+                    f"{url}/v1/sessions/{sid}/messages",
+                    json={"messages": [{"role": "user", "content": text}]},
+                ) as resp:
+                    if resp.status == 201:
+                        self.acked[sid].append(text)
+                        continue
+            except aiohttp.ClientError:
+                pass
+            self.failed += 1
+
+
+def _reloaded(proc: AgentdProcess, workers_before: set[int]) -> bool:
+    return "reload complete: generation 2" in proc.log() and not (
+        proc.worker_pids() & workers_before
+    )
+
+
+async def test_reshard_two_to_three_shards_under_load(
+    servers: list[RedisServer], agentd_instance: Any, tmp_path: Path
+) -> None:
+    old = [s.url for s in servers[:2]]
+    new = [s.url for s in servers]
+    instances = [agentd_instance(_config(old)) for _ in range(2)]
+    urls = [p.url for p in instances]
+    async with fresh_connections() as http:
+
+        async def post(path: str, body: Any, url: str = urls[0]) -> Any:
+            async with http.post(url + path, json=body) as resp:
+                assert resp.status in (200, 201), await resp.text()
+                return await resp.json()
+
+        async def get(path: str, url: str = urls[1]) -> tuple[int, Any]:
+            async with http.get(url + path) as resp:
+                return resp.status, await resp.json()
+
+        sids = [(await post("/v1/sessions", {}))["id"] for _ in range(40)]
+        for i in range(20):
+            async with http.put(f"{urls[0]}/v1/state/app/doc{i}", json={"i": i}) as resp:
+                assert resp.status in (200, 201)
+        # A background job that runs across the whole reshard (about 8 s of tokens).
+        words = " ".join(f"w{i}" for i in range(80))
+        job = await post("/v1/responses", {"model": "slow", "input": words, "background": True})
+
+        load = Load(urls, sids)
+        lanes = [asyncio.create_task(load.run(http, lane)) for lane in range(4)]
+        await wait_until(lambda: load.sent > 200, 30, "load to start")
+
+        begun = _reshard(instances[0].config_path, new)
+        assert begun.returncode == 0, begun.stderr
+        for proc in instances:
+            before = proc.worker_pids()
+            proc.config_path.write_text(_config(new))
+            proc.send(signal.SIGHUP)
+            await wait_until(lambda p=proc, b=before: _reloaded(p, b), 60, "reload")  # type: ignore[misc]
+
+        # Interrupted once: stopped after 25 slots, then run again to the end.
+        stopped = _reshard(instances[0].config_path, new, "--move", "--max-slots", "25")
+        assert stopped.returncode == 3, stopped.stdout + stopped.stderr
+        with redis.Redis.from_url(new[0]) as control:
+            assert control.hlen(f"{CONTROL}:slots") == 25
+        await wait_until(lambda: load.sent > 600, 30, "more load")
+        done = _reshard(instances[0].config_path, new, "--move")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "written on both shards" not in done.stdout
+        await wait_until(lambda: load.sent > 900, 30, "load after the move")
+        load.stop.set()
+        await asyncio.gather(*lanes)
+        print(f"\nreshard under load: {load.sent} appends sent, {load.failed} failed")
+        print(done.stdout)
+
+        assert misplaced(servers, new) == []
+        for sid in sids:
+            status, body = await get(f"/v1/sessions/{sid}/messages?after=0&limit=1000")
+            assert status == 200, body
+            contents = [m["content"] for m in body["data"]]
+            assert [m["seq"] for m in body["data"]] == list(range(1, len(contents) + 1))
+            assert contents == load.acked[sid]  # every acknowledged append, in order
+        for i in range(20):
+            status, body = await get(f"/v1/state/app/doc{i}")
+            assert (status, body["value"]) == (200, {"i": i})
+        status, page = await get("/v1/sessions?limit=1000")
+        assert sorted(s["id"] for s in page["data"]) == sorted(sids)
+
+        async def finished() -> bool:
+            status, body = await get(f"/v1/responses/{job['id']}")
+            assert status == 200, body
+            assert body["status"] in ("queued", "in_progress", "completed"), body
+            return body["status"] == "completed"
+
+        await wait_until(finished, 60, "the background job to finish")
+    assert load.failed == 0
+    wait_until_sync(lambda: all(p.proc.poll() is None for p in instances), 1, "instances up")
