@@ -1,23 +1,33 @@
 """Keys moving between client-side shards (``agentd reshard``, docs/operations.md,
 "Adding a shard").
 
-A reshard records its plan (the old and the new URL list) on the first server of the new
-list. A worker serving the new list that finds the plan there (at start, and every
-:data:`RECHECK_S` seconds while one is found) **pulls** each key of a slot that changes
-owner before it uses it: it copies the key from the old owner to the new one and deletes
-it from the old one, then serves it from the new owner like any other. ``agentd
-reshard`` moves the same way every key nobody asked for, slot by slot; pulls and the
-command can run side by side.
+A reshard records its plan (the old and the new URL list, and a phase) on the first
+server of both lists, in slot 0 (which the first server owns in every list). Every worker
+of the sharded mode looks for it there at start and every :data:`RECHECK_S` seconds; a
+worker serving either list follows it:
+
+- phase ``announced``: the keys of a slot that changes owner are served by the old
+  owner;
+- phase ``pulling`` (set by ``agentd reshard`` once every worker has had time to see
+  ``announced``): they are served by the new owner.
+
+In both phases a worker **pulls** each such key from the other owner before it uses it
+(copies it to the owner that serves it, deletes it from the other): so a worker that
+sees a phase a little later than another (up to RECHECK_S) moves a key back rather than
+miss it. ``agentd reshard --move`` moves the same way every key nobody asked for.
 
 A move never loses a write made on either side: the copy is restored on the new owner
 only where the key is missing there (or still holds this mover's own earlier copy), and
 the old key is deleted only if it is still exactly what was copied (compared by its
 DUMP, in one script); a key written on the old owner meanwhile is moved again.
+
+While it follows a plan a worker keeps a heartbeat key beside it, naming the list it
+serves, so that ``agentd reshard --move`` can refuse to end the reshard while a worker
+still serves the old list.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -27,13 +37,25 @@ from typing import Any
 from ...fastpath import SLOT_COUNT, key_slot
 from .. import keys as K
 
-__all__ = ("CONTROL", "INDEX_MARK", "RECHECK_S", "Moved", "Moving", "move_keys", "owner")
+__all__ = (
+    "CONTROL",
+    "INDEX_MARK",
+    "PHASES",
+    "RECHECK_S",
+    "Moved",
+    "Moving",
+    "move_keys",
+    "owner",
+)
 
 log = logging.getLogger(__name__)
 
-CONTROL = f"{K.PREFIX}reshard"  # hash on the new list's first server: from, to, phase
+# The plan (hash: from, to, phase) and the workers' heartbeats (CONTROL:w:ID), tagged
+# into slot 0, which the first server owns whatever the number of shards.
+CONTROL = f"{K.PREFIX}reshard:{{reshard51181}}"
 INDEX_MARK = "sx:{"  # session index keys are per shard: rebuilt, never pulled
-RECHECK_S = 2.0  # how often a worker looks whether the reshard it follows has ended
+RECHECK_S = 2.0  # how often a worker looks for a reshard plan, or at the one it follows
+PHASES = ("announced", "pulling")
 ATTEMPTS = 5  # moves of one key written on its old owner again and again meanwhile
 FORGET_AT = 100_000  # keys a worker remembers as moved before it starts over
 
@@ -127,66 +149,60 @@ async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
 
 
 class Moving:
-    """A worker's view of the reshard to its URL list, while one is recorded."""
+    """A worker's view of the reshard it follows."""
 
-    def __init__(self, old: list[str], new: list[str], old_clients: list[Any]) -> None:
+    def __init__(self, old: list[str], new: list[str], phase: str) -> None:
         self.old, self.new = old, new
-        self.old_clients = old_clients
         self._moved: set[bytes] = set()  # keys this worker knows are on their new owner
-        self._next_check = time.monotonic() + RECHECK_S
-        self.ended = False
+        self.phase = ""
+        self._trust_at = 0.0
+        self.set_phase(phase)
+
+    def set_phase(self, phase: str) -> None:
+        """Enter ``phase``. Other workers see a new phase up to RECHECK_S later, and until
+        then may pull keys back to the old owner: this one remembers which keys it
+        moved only once every worker pulls the same way."""
+        if phase != self.phase:
+            self.phase = phase
+            self._moved.clear()
+            self._trust_at = time.monotonic() + 2 * RECHECK_S
 
     @staticmethod
-    async def load(control: Any, urls: list[str]) -> tuple[list[str], str] | None:
-        """The old list of the reshard to ``urls`` recorded on ``control``, and its phase."""
+    async def load(control: Any, urls: list[str]) -> tuple[list[str], list[str], str] | None:
+        """The (old list, new list, phase) of a plan recorded on ``control`` that
+        concerns ``urls`` (as its old or its new list), else None."""
         found = await control.hgetall(CONTROL)
-        if not found or json.loads(found[b"to"]) != urls:
+        if not found:
             return None
-        return list(json.loads(found[b"from"])), found.get(b"phase", b"").decode()
+        old, new = list(json.loads(found[b"from"])), list(json.loads(found[b"to"]))
+        if urls not in (old, new):
+            log.warning("a reshard from %s to %s is recorded, not of this list: ignored", old, new)
+            return None
+        return old, new, found.get(b"phase", b"announced").decode()
 
-    def source(self, key: str | bytes) -> int | None:
-        """The old owner's index of ``key`` if its slot changes owner, else None."""
+    def route(self, key: str | bytes) -> tuple[str, str] | None:
+        """For a key of a slot that changes owner: (the URL that serves it now, the URL
+        of the other owner, to pull it from); else None."""
         slot = key_slot(key)
-        src = owner(slot, len(self.old))
-        if self.old[src] == self.new[owner(slot, len(self.new))]:
+        src, dst = self.old[owner(slot, len(self.old))], self.new[owner(slot, len(self.new))]
+        if src == dst:
             return None
-        return src
+        return (src, dst) if self.phase == "announced" else (dst, src)
 
-    def due(self) -> bool:
-        """Whether to look again if the reshard has ended."""
-        now = time.monotonic()
-        if now < self._next_check:
-            return False
-        self._next_check = now + RECHECK_S
-        return True
-
-    async def pull(self, keys: list[str], dst: Any) -> None:
-        """Move onto ``dst`` (the new owner) the keys of a moving slot not yet there."""
-        wanted: list[bytes] = []
-        src_index: int | None = None
-        for key in keys:
-            raw = key.encode()
-            if raw in self._moved or INDEX_MARK in key:
-                continue
-            index = self.source(raw)
-            if index is None:
-                continue
-            src_index = index  # one call's keys share a slot, so a source
-            wanted.append(raw)
-        if not wanted or src_index is None:
+    async def pull(self, keys: list[str], src: Any, dst: Any) -> None:
+        """Move from ``src`` to ``dst`` the keys (of one moving slot) not moved yet."""
+        wanted = [k.encode() for k in keys if INDEX_MARK not in k]
+        wanted = [k for k in wanted if k not in self._moved]
+        if not wanted:
             return
-        done = await move_keys(self.old_clients[src_index], dst, list(wanted))
+        done = await move_keys(src, dst, list(wanted))
         for key in done.kept:
             log.warning(
                 "reshard: %s was written on both its old and new shard; the new shard's "
                 "value is kept",
                 key.decode(errors="replace"),
             )
-        if len(self._moved) > FORGET_AT:
-            self._moved.clear()
-        self._moved.update(wanted)
-
-    async def close(self) -> None:
-        for client in self.old_clients:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+        if self.phase != "announced" and time.monotonic() >= self._trust_at:
+            if len(self._moved) > FORGET_AT:
+                self._moved.clear()
+            self._moved.update(wanted)

@@ -4,14 +4,17 @@ shards' URL list changes (see docs/operations.md, "Adding a shard").
 Two runs, with every instance switched to the new list by SIGHUP between them:
 
 1. ``begin`` (instances on the old list): records the plan (old list, new list) on the
-   first server of the new list. Nothing moves yet.
-2. ``move`` (every instance serving the new list, the old generation drained): every key
+   first server of both lists, announced; every worker, on either list, sees it within
+   a few seconds (see :mod:`.moving`); then lets them pull the keys of the moving slots
+   to their new owners at first use.
+2. ``move`` (every instance serving the new list, the old generation drained: checked
+   by the workers' heartbeats): every key
    of a moving slot still on its old owner is moved (see :func:`.moving.move_keys`),
    slot by slot, each slot recorded when done; then any key written on an old owner
    meanwhile is moved too, the per-shard session indexes are rebuilt for the new list
    and the plan is deleted, which tells the instances that the reshard has ended.
 
-Meanwhile instances on the new list pull each key of a moving slot from its old owner
+Meanwhile every worker pulls each key of a moving slot from its old owner
 at first use (:mod:`.moving`), so every key is readable through them at every moment.
 ``move`` may be stopped (``--max-slots``, SIGINT, kill) and run again to go on: a slot
 cut half-way is moved again, which is safe (moving a moved key finds nothing to move).
@@ -19,6 +22,7 @@ cut half-way is moved again, which is safe (moving a moved key finds nothing to 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,12 +32,15 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ...fastpath import SLOT_COUNT, key_slot
-from .moving import CONTROL, INDEX_MARK, move_keys, owner
+from .moving import CONTROL, INDEX_MARK, RECHECK_S, move_keys, owner
 from .store import sharded_index_keys
 
 __all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots")
 
 SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
+# How long ``begin`` leaves the plan announced before pulls start: every worker looks at
+# it every RECHECK_S, so by then each one routes the moving slots to their old owner.
+ANNOUNCE_S = 3 * RECHECK_S
 
 
 class ReshardError(Exception):
@@ -85,6 +92,22 @@ class Plan:
         for client in self._clients.values():
             await client.aclose()
 
+    def controls(self) -> list[aioredis.Redis]:
+        """The first server of each list, where the plan is recorded."""
+        return [self.client(url) for url in dict.fromkeys([self.old[0], self.new[0]])]
+
+    async def set_phase(self, phase: str) -> None:
+        for control in self.controls():
+            await control.hset(CONTROL, "phase", phase)
+
+    async def old_workers(self) -> int:
+        """Workers that still serve the old list (their heartbeats, see moving.py)."""
+        client = self.client(self.old[0])
+        count = 0
+        async for key in client.scan_iter(match=f"{CONTROL}:w:*", count=1000):
+            count += await client.get(key) == b"old"
+        return count
+
     async def recorded(self) -> dict[str, str]:
         found = await self.control.hgetall(CONTROL)
         return {k.decode(): v.decode() for k, v in found.items()}
@@ -112,15 +135,18 @@ class Plan:
         return out
 
 
-async def begin(plan: Plan) -> bool:
-    """Record the plan, so that instances given the new list follow it. False if it
-    already was."""
+async def begin(plan: Plan, announce_s: float = ANNOUNCE_S) -> bool:
+    """Record the plan on the first server of both lists, announced; after
+    ``announce_s``, let the workers pull. False if it was recorded already."""
     found = await plan.check_mine()
-    if found:
+    if found.get("phase") in ("pulling", "moving"):
         return False
-    mapping = {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "switching"}
-    await plan.control.hset(CONTROL, mapping=mapping)  # type: ignore[arg-type]
-    return True
+    mapping = {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "announced"}
+    for control in plan.controls():
+        await control.hset(CONTROL, mapping=mapping)  # type: ignore[arg-type]
+    await asyncio.sleep(announce_s)
+    await plan.set_phase("pulling")
+    return not found
 
 
 async def move(plan: Plan, max_slots: int | None = None) -> Report:
@@ -128,7 +154,18 @@ async def move(plan: Plan, max_slots: int | None = None) -> Report:
     list), rebuild the session indexes, end the reshard."""
     if not await plan.check_mine():
         raise ReshardError("no reshard recorded for these lists: run it without --move first")
-    await plan.control.hset(CONTROL, "phase", "moving")
+    # A worker that just exited leaves its heartbeat for up to 3 * RECHECK_S.
+    for _ in range(int(ANNOUNCE_S * 2) + 2):
+        waiting = await plan.old_workers()
+        if not waiting:
+            break
+        await asyncio.sleep(0.5)  # polling another process's expiring key
+    if waiting:
+        raise ReshardError(
+            f"{waiting} worker(s) still serve the old list: set [redis] urls to the new list "
+            "on every instance, SIGHUP each and wait for 'reload complete'"
+        )
+    await plan.set_phase("moving")
     report = Report()
     done = {int(k) for k in await plan.control.hkeys(SLOTS)}
     for src in sorted({src for src, _ in plan.moving.values()}):
@@ -150,7 +187,8 @@ async def move(plan: Plan, max_slots: int | None = None) -> Report:
             await _move_slot(plan, slot, keys, report)
             report.stragglers += report.keys - before
     report.indexed = await _rebuild_indexes(plan)
-    await plan.control.delete(CONTROL, SLOTS)
+    for control in plan.controls():
+        await control.delete(CONTROL, SLOTS)
     return report
 
 
@@ -182,4 +220,17 @@ async def _rebuild_indexes(plan: Plan) -> int:
                 await plan.client(dest_url).zadd(dest_key, {sid: score}, gt=True)
                 await client.zrem(key, sid)
                 moved += 1
+    # A listing during the reshard drops the entries whose session it did not find on
+    # the index's server (moved, or not yet): index every session again, keeping the
+    # entries that are there (NX); one whose entry was dropped gets its creation time.
+    for index, url in enumerate(plan.new):
+        client = plan.client(url)
+        async for meta in client.scan_iter(match="*s:{*}:meta", count=1000):
+            text = meta.decode()
+            at = text.rindex("s:{")
+            prefix, sid = text[:at], text[at + 3 : -len("}:meta")]
+            created = await client.hget(meta, "created_at")
+            score = int(float(created or 0) * 1000)
+            key = sharded_index_keys(prefix, count)[index]
+            moved += await client.zadd(key, {sid: score}, nx=True)
     return moved

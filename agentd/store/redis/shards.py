@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -33,7 +35,7 @@ from ...config import RedisConfig
 from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
-from .moving import Moving
+from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -112,8 +114,10 @@ class Shards:
         # A reshard to this URL list in progress: keys of moving slots are pulled from
         # their old shard before use (see moving.py).
         self.moving: Moving | None = None
-        self._moving_own: list[aioredis.Redis] = []  # the old shards' clients made for it
-        self._rechecking: asyncio.Task[None] | None = None
+        self._extra: dict[str, aioredis.Redis] = {}  # its servers not in this list
+        self._looking: asyncio.Task[None] | None = None
+        self._next_look = 0.0
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
     async def start(self) -> None:
         if self.cluster is not None:
@@ -126,53 +130,69 @@ class Shards:
             await self.follow_reshard()
 
     async def follow_reshard(self) -> None:
-        """Look for a reshard to this URL list on the first server; follow it (or stop
-        following one that ended)."""
+        """Look for a reshard plan of this URL list on the first server: follow it (or
+        its new phase), or stop following one that ended (see moving.py)."""
+        self._next_look = time.monotonic() + RECHECK_S
         try:
             found = await Moving.load(self.clients[0], self.urls)
+            if found is not None:
+                side = "old" if found[0] == self.urls else "new"
+                ttl = int(RECHECK_S * 3000)
+                await self.clients[0].set(f"{CONTROL}:w:{self._worker_id}", side, px=ttl)
         except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
-            log.error("cannot look for a reshard on %s: %s", self.describe(0), exc)
+            log.warning("cannot look for a reshard on %s: %s", self.describe(0), exc)
             return
         if found is None:
             if self.moving is not None:
                 log.info("reshard ended: every key is on its shard of the new list")
                 self.moving = None
             return
-        if self.moving is not None:
+        old, new, phase = found
+        if self.moving is not None and (self.moving.old, self.moving.new) == (old, new):
+            if self.moving.phase != phase:
+                log.info("reshard: phase %s", phase)
+                self.moving.set_phase(phase)
             return
-        old, _ = found
         opts = _client_options(self.config)
-        clients = []
-        for url in old:
-            if url in self.urls:
-                clients.append(self.clients[self.urls.index(url)])
-            else:
-                clients.append(aioredis.Redis.from_url(url, **opts))
-                self._moving_own.append(clients[-1])
-        self.moving = Moving(old, self.urls, clients)
-        log.info(
-            "following the reshard from %d shard(s) to %d: keys of moving slots are moved "
-            "from their old shard at first use",
-            len(old),
-            len(self.urls),
-        )
+        for url in [*old, *new]:
+            if url not in self.urls and url not in self._extra:
+                self._extra[url] = aioredis.Redis.from_url(url, **opts)
+        self.moving = Moving(old, new, phase)
+        log.info("following the reshard from %s to %s (phase %s)", old, new, phase)
 
-    async def _pull(self, keys: list[str], index: int) -> None:
+    def _client_of(self, url: str) -> aioredis.Redis:
+        if url in self.urls:
+            return self.clients[self.urls.index(url)]
+        return self._extra[url]
+
+    async def _moving_call(
+        self, key: str, keys: list[str], fn: Callable[[Any], Awaitable[T]]
+    ) -> tuple[bool, T | None, int]:
+        """Route a key of a reshard's moving slot: (handled here, result, else the own
+        shard index to call as usual)."""
         moving = self.moving
         assert moving is not None
-        if moving.due() and (self._rechecking is None or self._rechecking.done()):
-            self._rechecking = asyncio.create_task(self.follow_reshard())
+        route = moving.route(key)
+        if route is None:
+            return False, None, self.shard_of(key)
+        target, source = route
         try:
-            await moving.pull(keys, self.clients[index])
+            await moving.pull(keys, self._client_of(source), self._client_of(target))
+            if target in self.urls:
+                return False, None, self.urls.index(target)
+            return True, await fn(self._extra[target]), 0
         except UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(f"moving keys to {self.describe(index)}: {exc}") from exc
+            raise StoreUnavailable(f"reshard: {target} or {source} unreachable: {exc}") from exc
 
     async def close(self) -> None:
         if self.cluster is not None:
             await self.cluster.aclose()
-        if self._rechecking is not None:
-            self._rechecking.cancel()
-        for client in self._moving_own:
+        if self._looking is not None:
+            self._looking.cancel()
+        if self.moving is not None:
+            with contextlib.suppress(Exception):  # a heartbeat no longer: this one is gone
+                await self.clients[0].delete(f"{CONTROL}:w:{self._worker_id}")
+        for client in self._extra.values():
             await client.aclose()
         for client in self.clients:
             await client.aclose()
@@ -206,14 +226,19 @@ class Shards:
             if outage.since is not None:
                 outage.recovered()
             return result
-        index = self.shard_of(key)
-        outage = self.shard_outages[index]
         now = time.monotonic()
+        if now >= self._next_look and (self._looking is None or self._looking.done()):
+            self._looking = asyncio.create_task(self.follow_reshard())
+        if self.moving is None:
+            index = self.shard_of(key)
+        else:
+            handled, answer, index = await self._moving_call(key, keys or [key], fn)
+            if handled:
+                return answer  # type: ignore[return-value]
+        outage = self.shard_outages[index]
         if self._down_until[index] > now:
             outage.failed("failing fast")
             raise StoreUnavailable(f"{self.describe(index)} is unreachable")
-        if self.moving is not None:
-            await self._pull(keys or [key], index)
         try:
             result = await fn(self.clients[index])
         except UNAVAILABLE_ERRORS as exc:
