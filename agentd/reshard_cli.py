@@ -70,8 +70,8 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
             print(
                 ("recorded" if fresh else "already recorded")
                 + f" on {new[0]}: now set [redis] urls to the new list on every instance, "
-                "SIGHUP each, wait for 'reload complete' and the old workers to exit, "
-                "then run this command again with --move",
+                "SIGHUP each, wait for 'reload complete' everywhere, then run this command "
+                "again with --move",
                 flush=True,
             )
             return 0

@@ -84,25 +84,30 @@ async def test_store_follows_a_reshard_and_the_move_is_resumable(
         await jobs.take("default", n, "worker-a", 1, 0.01)
         await jobs.enqueue("default", n, f"later{n}", 100)
 
+    expected = {sid: [f"{sid} 1"] for sid in sids}
     plan = Plan(old, new)
-    assert await begin(plan, announce_s=0.1)
-    after = await _open(new)  # an instance switched to the new list
+    assert await begin(plan)
+    after = await _open(new)  # an instance switched to the new list (SIGHUP)
     assert after.shards.moving is not None  # type: ignore[attr-defined]
-    # Everything is readable through the new list before anything was moved, and its
-    # writes land on the new owners.
+    # Announced: both lists serve the moving slots from their old owner.
     for sid in sids[:30]:
         await after.append(sid, [{"role": "user", "content": f"{sid} 2"}])
+        expected[sid].append(f"{sid} 2")
     for i in range(10):
         assert (await after.state_get("ns", f"doc{i}")).value == {"i": i}
         await after.state_put("ns", f"doc{i}", {"i": i, "new": True})
-    # An instance still on the old list writes too (the reload overlap): moved later.
     for sid in sids[30:]:
         await before.append(sid, [{"role": "user", "content": f"{sid} 2"}])
+        expected[sid].append(f"{sid} 2")
     await before.close()
 
-    first = await move(plan, max_slots=10)
+    # Pulling: the instance moves what it uses; the command the rest, stopped once.
+    first = await move(plan, max_slots=10, announce_s=2.5)
     assert first.stopped and first.slots == 10
     assert (await plan.control.hlen(f"{CONTROL}:slots")) == 10
+    for sid in sids[20:40]:
+        await after.append(sid, [{"role": "user", "content": f"{sid} 3"}])
+        expected[sid].append(f"{sid} 3")
     second = await move(Plan(old, new))
     assert not second.stopped and second.slots > 0 and not second.kept
     await plan.close()
@@ -110,8 +115,8 @@ async def test_store_follows_a_reshard_and_the_move_is_resumable(
     assert misplaced(servers, new) == []
     for sid in sids:
         rows = await after.history(sid, after=0, limit=None)
-        assert [m["content"] for m in rows] == [f"{sid} 1", f"{sid} 2"]
-        assert [m["seq"] for m in rows] == [1, 2]
+        assert [m["content"] for m in rows] == expected[sid]
+        assert [m["seq"] for m in rows] == list(range(1, len(expected[sid]) + 1))
     for i in range(30):
         doc = await after.state_get("ns", f"doc{i}")
         assert doc.value == ({"i": i, "new": True} if i < 10 else {"i": i})

@@ -2,28 +2,28 @@
 "Adding a shard").
 
 A reshard records its plan (the old and the new URL list, and a phase) on the first
-server of both lists, in slot 0 (which the first server owns in every list). Every worker
-of the sharded mode looks for it there at start and every :data:`RECHECK_S` seconds; a
-worker serving either list follows it:
+server of both lists, in slot 0 (which the first server owns in every list). A worker of
+the sharded mode looks for it there at start; one that serves either list follows it,
+and looks again every :data:`RECHECK_S` seconds while it does:
 
 - phase ``announced``: the keys of a slot that changes owner are served by the old
-  owner;
-- phase ``pulling`` (set by ``agentd reshard`` once every worker has had time to see
-  ``announced``): they are served by the new owner.
+  owner (as by the instances not yet switched to the new list);
+- phase ``pulling`` (set by ``agentd reshard --move``, which then waits until every
+  worker has seen it): they are served by the new owner.
 
 In both phases a worker **pulls** each such key from the other owner before it uses it
 (copies it to the owner that serves it, deletes it from the other): so a worker that
-sees a phase a little later than another (up to RECHECK_S) moves a key back rather than
-miss it. ``agentd reshard --move`` moves the same way every key nobody asked for.
+sees a phase a little later than another moves a key back rather than miss it.
+``agentd reshard --move`` moves the same way every key nobody asked for.
 
-A move never loses a write made on either side: the copy is restored on the new owner
-only where the key is missing there (or still holds this mover's own earlier copy), and
-the old key is deleted only if it is still exactly what was copied (compared by its
-DUMP, in one script); a key written on the old owner meanwhile is moved again.
+A move never loses a write made on either side: the copy is restored where the key is
+missing (or still holds this mover's own earlier copy), and the source key is deleted
+only if it is still exactly what was copied (compared by its DUMP, in one script); a
+key written on the source meanwhile is moved again.
 
 While it follows a plan a worker keeps a heartbeat key beside it, naming the list it
-serves, so that ``agentd reshard --move`` can refuse to end the reshard while a worker
-still serves the old list.
+serves, so that ``agentd reshard --move`` refuses to go on while a worker started on the
+old list since the plan was recorded still runs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 # into slot 0, which the first server owns whatever the number of shards.
 CONTROL = f"{K.PREFIX}reshard:{{reshard51181}}"
 INDEX_MARK = "sx:{"  # session index keys are per shard: rebuilt, never pulled
-RECHECK_S = 2.0  # how often a worker looks for a reshard plan, or at the one it follows
+RECHECK_S = 2.0  # how often a worker following a reshard looks at its plan again
 PHASES = ("announced", "pulling")
 ATTEMPTS = 5  # moves of one key written on its old owner again and again meanwhile
 FORGET_AT = 100_000  # keys a worker remembers as moved before it starts over
@@ -202,6 +202,8 @@ class Moving:
                 "value is kept",
                 key.decode(errors="replace"),
             )
+        # Not while announced: a worker that sees "pulling" first moves keys to the new
+        # owner, and this one must then pull them back until it sees "pulling" too.
         if self.phase != "announced" and time.monotonic() >= self._trust_at:
             if len(self._moved) > FORGET_AT:
                 self._moved.clear()

@@ -4,18 +4,16 @@ shards' URL list changes (see docs/operations.md, "Adding a shard").
 Two runs, with every instance switched to the new list by SIGHUP between them:
 
 1. ``begin`` (instances on the old list): records the plan (old list, new list) on the
-   first server of both lists, announced; every worker, on either list, sees it within
-   a few seconds (see :mod:`.moving`); then lets them pull the keys of the moving slots
-   to their new owners at first use.
-2. ``move`` (every instance serving the new list, the old generation drained: checked
-   by the workers' heartbeats): every key
-   of a moving slot still on its old owner is moved (see :func:`.moving.move_keys`),
-   slot by slot, each slot recorded when done; then any key written on an old owner
-   meanwhile is moved too, the per-shard session indexes are rebuilt for the new list
-   and the plan is deleted, which tells the instances that the reshard has ended.
+   first server of both lists, phase ``announced``. A worker started on the new list
+   (by the SIGHUP) finds it and still serves the moving slots from their old owner.
+2. ``move`` (every instance reloaded): sets the phase to ``pulling``, waits until every
+   worker follows it (they look every RECHECK_S) and from then on they serve the moving
+   slots from the new owner, pulling each key from the old one at first use
+   (:mod:`.moving`); the command moves every other key of a moving slot (see
+   :func:`.moving.move_keys`), slot by slot, each slot recorded when done; then any key
+   written on an old owner meanwhile, rebuilds the per-shard session indexes for the new
+   list and deletes the plan, which tells the workers that the reshard has ended.
 
-Meanwhile every worker pulls each key of a moving slot from its old owner
-at first use (:mod:`.moving`), so every key is readable through them at every moment.
 ``move`` may be stopped (``--max-slots``, SIGINT, kill) and run again to go on: a slot
 cut half-way is moved again, which is safe (moving a moved key finds nothing to move).
 """
@@ -38,8 +36,8 @@ from .store import sharded_index_keys
 __all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots")
 
 SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
-# How long ``begin`` leaves the plan announced before pulls start: every worker looks at
-# it every RECHECK_S, so by then each one routes the moving slots to their old owner.
+# How long ``move`` waits after it sets the phase to ``pulling`` before it moves keys:
+# every worker following the plan looks at it every RECHECK_S.
 ANNOUNCE_S = 3 * RECHECK_S
 
 
@@ -135,21 +133,19 @@ class Plan:
         return out
 
 
-async def begin(plan: Plan, announce_s: float = ANNOUNCE_S) -> bool:
-    """Record the plan on the first server of both lists, announced; after
-    ``announce_s``, let the workers pull. False if it was recorded already."""
+async def begin(plan: Plan) -> bool:
+    """Record the plan, announced, on the first server of both lists. False if it was
+    recorded already."""
     found = await plan.check_mine()
-    if found.get("phase") in ("pulling", "moving"):
+    if found:
         return False
     mapping = {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "announced"}
     for control in plan.controls():
         await control.hset(CONTROL, mapping=mapping)  # type: ignore[arg-type]
-    await asyncio.sleep(announce_s)
-    await plan.set_phase("pulling")
-    return not found
+    return True
 
 
-async def move(plan: Plan, max_slots: int | None = None) -> Report:
+async def move(plan: Plan, max_slots: int | None = None, announce_s: float = ANNOUNCE_S) -> Report:
     """Move every key of the moving slots to its new owner (every instance on the new
     list), rebuild the session indexes, end the reshard."""
     if not await plan.check_mine():
@@ -165,7 +161,9 @@ async def move(plan: Plan, max_slots: int | None = None) -> Report:
             f"{waiting} worker(s) still serve the old list: set [redis] urls to the new list "
             "on every instance, SIGHUP each and wait for 'reload complete'"
         )
-    await plan.set_phase("moving")
+    if (await plan.recorded()).get("phase") == "announced":
+        await plan.set_phase("pulling")
+        await asyncio.sleep(announce_s)  # until every following worker pulls this way
     report = Report()
     done = {int(k) for k in await plan.control.hkeys(SLOTS)}
     for src in sorted({src for src, _ in plan.moving.values()}):

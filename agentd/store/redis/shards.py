@@ -131,7 +131,8 @@ class Shards:
 
     async def follow_reshard(self) -> None:
         """Look for a reshard plan of this URL list on the first server: follow it (or
-        its new phase), or stop following one that ended (see moving.py)."""
+        its new phase), or stop following one that ended (see moving.py). At start, then
+        every RECHECK_S while following one."""
         self._next_look = time.monotonic() + RECHECK_S
         try:
             found = await Moving.load(self.clients[0], self.urls)
@@ -227,11 +228,11 @@ class Shards:
                 outage.recovered()
             return result
         now = time.monotonic()
-        if now >= self._next_look and (self._looking is None or self._looking.done()):
-            self._looking = asyncio.create_task(self.follow_reshard())
         if self.moving is None:
             index = self.shard_of(key)
         else:
+            if now >= self._next_look and (self._looking is None or self._looking.done()):
+                self._looking = asyncio.create_task(self.follow_reshard())
             handled, answer, index = await self._moving_call(key, keys or [key], fn)
             if handled:
                 return answer  # type: ignore[return-value]
