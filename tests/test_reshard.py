@@ -4,6 +4,8 @@ shard"), on real redis-servers and real ``agentd serve`` instances."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -208,6 +210,28 @@ class Load:
             self.errors[error] = self.errors.get(error, 0) + 1
 
 
+class Watcher:
+    """An SSE watcher of one session: the seqs of the messages it was sent."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, sid: str, after: int) -> None:
+        self.after = after
+        self.seqs: list[int] = []
+        self.task = asyncio.create_task(self._run(http, f"{url}/v1/sessions/{sid}/events"))
+
+    async def _run(self, http: aiohttp.ClientSession, url: str) -> None:
+        async with http.get(url, params={"after": str(self.after)}) as resp:
+            assert resp.status == 200
+            async for line in resp.content:
+                if line.startswith(b"data: "):
+                    event = json.loads(line[6:])
+                    self.seqs += [m["seq"] for m in event.get("messages", ())]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
 def _reloaded(proc: AgentdProcess, workers_before: set[int]) -> bool:
     return "reload complete: generation 2" in proc.log() and not (
         proc.worker_pids() & workers_before
@@ -241,20 +265,35 @@ async def test_reshard_two_to_three_shards_under_load(
         for i in range(20):
             async with http.put(f"{urls[0]}/v1/state/app/doc{i}", json={"i": i}) as resp:
                 assert resp.status in (200, 201)
-        # A background job that runs across the whole reshard (about 8 s of tokens).
-        words = " ".join(f"w{i}" for i in range(80))
-        job = await post("/v1/responses", {"model": "slow", "input": words, "background": True})
+        # Background jobs that run across the reshard (about 12 s of tokens each).
+        words = " ".join(f"w{i}" for i in range(120))
+        job = {"model": "slow", "input": words, "background": True}
+        jobs = [(await post("/v1/responses", job))["id"]]
 
         status, page = await get("/v1/sessions?limit=1000")
         listed_before = [s["id"] for s in page["data"]]
         assert set(listed_before) >= set(sids + idle)
         load = Load(urls, sids)
         lanes = [asyncio.create_task(load.run(http, lane)) for lane in range(4)]
+        watchers: list[tuple[str, Watcher]] = []
         try:
-            await _reshard_under(load, instances, new)
+            await _switch(load, instances, new)
+            # Watchers of sessions that move, through the new list, across the move.
+            moving = moving_slots(old, new)
+            for sid in [s for s in sids if key_slot(s) in moving][:4]:
+                status, body = await get(f"/v1/sessions/{sid}/messages?limit=1")
+                watchers.append((sid, Watcher(http, urls[0], sid, body["data"][-1]["seq"])))
+            jobs.append((await post("/v1/responses", job))["id"])
+            await _move(load, instances, new)
         finally:
             load.stop.set()
             await asyncio.gather(*lanes)
+        for sid, watcher in watchers:
+            status, body = await get(f"/v1/sessions/{sid}/messages?limit=1")
+            last = body["data"][-1]["seq"]
+            await wait_until(lambda w=watcher, n=last: len(w.seqs) >= n - w.after, 30, "events")  # type: ignore[misc]
+            await watcher.close()
+            assert watcher.seqs == list(range(watcher.after + 1, last + 1)), sid
         print(f"\nreshard under load: {load.sent} appends sent, {load.failed} failed")
         print(load.errors)
 
@@ -276,21 +315,26 @@ async def test_reshard_two_to_three_shards_under_load(
             assert (status, body["value"]) == (200, {"i": i})
         status, page = await get("/v1/sessions?limit=1000")
         listed = [s["id"] for s in page["data"]]
-        assert sorted(listed) == sorted(listed_before)  # the job's session too, once each
+        # Every session once, and the second job's session (made after the first listing).
+        assert set(listed) >= set(listed_before)
+        assert len(listed) == len(set(listed)) == len(listed_before) + 1
 
         async def finished() -> bool:
-            status, body = await get(f"/v1/responses/{job['id']}")
-            assert status == 200, body
-            assert body["status"] in ("queued", "in_progress", "completed"), body
-            return body["status"] == "completed"
+            done = 0
+            for rid in jobs:
+                status, body = await get(f"/v1/responses/{rid}")
+                assert status == 200, body
+                assert body["status"] in ("queued", "in_progress", "completed"), body
+                done += body["status"] == "completed"
+            return done == len(jobs)
 
-        await wait_until(finished, 60, "the background job to finish")
+        await wait_until(finished, 60, "the background jobs to finish")
     assert load.failed == 0
     assert all(p.proc.poll() is None for p in instances)
 
 
-async def _reshard_under(load: Load, instances: list[AgentdProcess], new: list[str]) -> None:
-    """begin, SIGHUP every instance to the new list, move (stopped once, then again)."""
+async def _switch(load: Load, instances: list[AgentdProcess], new: list[str]) -> None:
+    """Record the plan, then SIGHUP every instance onto the new list, under load."""
     await wait_until(lambda: load.sent > 200, 30, "load to start")
     begun = await _reshard(instances[0].config_path, new)
     assert begun[0] == 0, begun[1]
@@ -300,14 +344,19 @@ async def _reshard_under(load: Load, instances: list[AgentdProcess], new: list[s
         proc.send(signal.SIGHUP)
         await wait_until(lambda p=proc, b=before: _reloaded(p, b), 60, "reload")  # type: ignore[misc]
 
-    # Interrupted once: stopped after 25 slots, then run again to the end.
-    stopped = await _reshard(instances[0].config_path, new, "--move", "--max-slots", "25")
+
+async def _move(load: Load, instances: list[AgentdProcess], new: list[str]) -> None:
+    """Move the keys: interrupted once (stopped after 25 slots), then run again."""
+    config = instances[0].config_path
+    stopped = await _reshard(config, new, "--move", "--max-slots", "25")
     assert stopped[0] == 3, stopped[1]
     with redis.Redis.from_url(new[0]) as control:
         assert control.hlen(f"{CONTROL}:slots") == 25
-    await wait_until(lambda: load.sent > 600, 30, "more load")
-    done = await _reshard(instances[0].config_path, new, "--move")
+    sent = load.sent
+    await wait_until(lambda: load.sent > sent + 300, 30, "more load")
+    done = await _reshard(config, new, "--move")
     assert done[0] == 0, done[1]
     assert "written on both shards" not in done[1]
     print(f"\n{stopped[1]}{done[1]}")
-    await wait_until(lambda: load.sent > 900, 30, "load after the move")
+    sent = load.sent
+    await wait_until(lambda: load.sent > sent + 300, 30, "load after the move")

@@ -118,6 +118,8 @@ class Shards:
         self._looking: asyncio.Task[None] | None = None
         self._next_look = 0.0
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        # Called when keys change server (a reshard's phase): pub/sub follows them.
+        self.on_reroute: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         if self.cluster is not None:
@@ -147,12 +149,14 @@ class Shards:
             if self.moving is not None:
                 log.info("reshard ended: every key is on its shard of the new list")
                 self.moving = None
+                self._rerouted()
             return
         old, new, phase = found
         if self.moving is not None and (self.moving.old, self.moving.new) == (old, new):
             if self.moving.phase != phase:
                 log.info("reshard: phase %s", phase)
                 self.moving.set_phase(phase)
+                self._rerouted()
             return
         opts = _client_options(self.config)
         for url in [*old, *new]:
@@ -160,6 +164,24 @@ class Shards:
                 self._extra[url] = aioredis.Redis.from_url(url, **opts)
         self.moving = Moving(old, new, phase)
         log.info("following the reshard from %s to %s (phase %s)", old, new, phase)
+        self._rerouted()
+
+    def _rerouted(self) -> None:
+        for callback in self.on_reroute:
+            callback()
+
+    def server_of(self, key: str) -> tuple[str, aioredis.Redis, Outage]:
+        """(name, client, outage tracker) of the server that serves ``key`` now, a
+        reshard's moves included (for pub/sub; not in a cluster)."""
+        index = self.shard_of(key)
+        if self.moving is not None:
+            route = self.moving.route(key)
+            if route is not None and route[0] not in self.urls:
+                name = f"shard ({route[0]})"
+                return name, self._extra[route[0]], self.outage(name)
+            if route is not None:
+                index = self.urls.index(route[0])
+        return self.describe(index), self.clients[index], self.shard_outages[index]
 
     def _client_of(self, url: str) -> aioredis.Redis:
         if url in self.urls:
