@@ -360,3 +360,44 @@ async def _move(load: Load, instances: list[AgentdProcess], new: list[str]) -> N
     print(f"\n{stopped[1]}{done[1]}")
     sent = load.sent
     await wait_until(lambda: load.sent > sent + 300, 30, "load after the move")
+
+
+async def test_workers_in_different_phases_move_a_key_back_and_forth_losing_nothing(
+    servers: list[RedisServer],
+) -> None:
+    old = [s.url for s in servers[:2]]
+    new = [s.url for s in servers]
+    first = await _open(old)
+    moving = moving_slots(old, new)
+    sids = []
+    while len(sids) < 5:  # sessions of slots that move
+        sid = (await first.create_session()).id
+        if key_slot(f"agentd:s:{{{sid}}}:meta") in moving:
+            sids.append(sid)
+    await first.close()
+    plan = Plan(old, new)
+    await begin(plan)
+    await plan.set_phase("pulling")
+    await plan.close()
+    ahead, behind = await _open(new), await _open(new)
+    # "behind" has not seen the new phase yet (a worker looks every 2 s).
+    behind.shards.moving.set_phase("announced")  # type: ignore[attr-defined]
+    for n in range(6):
+        writer = ahead if n % 2 == 0 else behind
+        for sid in sids:
+            await writer.append(sid, [{"role": "user", "content": str(n)}])
+
+    def holders(sid: str) -> list[str]:
+        meta = f"agentd:s:{{{sid}}}:meta"
+        return [s.url for s in servers if redis.Redis(port=s.port).exists(meta)]
+
+    for sid in sids:
+        source, target = moving[key_slot(f"agentd:s:{{{sid}}}:meta")]
+        # The last writer was "behind": the session is on its old server, only there;
+        # reading it through "ahead" moves it to the new one.
+        assert holders(sid) == [source]
+        rows = await ahead.history(sid, after=0, limit=None)
+        assert [(m["seq"], m["content"]) for m in rows] == [(n + 1, str(n)) for n in range(6)]
+        assert holders(sid) == [target]
+    await ahead.close()
+    await behind.close()

@@ -117,6 +117,7 @@ class Shards:
         self._extra: dict[str, aioredis.Redis] = {}  # its servers not in this list
         self._looking: asyncio.Task[None] | None = None
         self._next_look = 0.0
+        self._unsure = False  # the last look for a reshard failed
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         # Called when keys change server (a reshard's phase): pub/sub follows them.
         self.on_reroute: list[Callable[[], None]] = []
@@ -143,8 +144,11 @@ class Shards:
                 ttl = int(RECHECK_S * 3000)
                 await self.clients[0].set(f"{CONTROL}:w:{self._worker_id}", side, px=ttl)
         except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            # Until it knows, keep looking: a reshard it missed would hide moving keys.
+            self._unsure = True
             log.warning("cannot look for a reshard on %s: %s", self.describe(0), exc)
             return
+        self._unsure = False
         if found is None:
             if self.moving is not None:
                 log.info("reshard ended: every key is on its shard of the new list")
@@ -165,6 +169,14 @@ class Shards:
         self.moving = Moving(old, new, phase)
         log.info("following the reshard from %s to %s (phase %s)", old, new, phase)
         self._rerouted()
+
+    def _look_due(self, now: float) -> bool:
+        """Whether to look at the reshard plan again (only while one is followed, or
+        unknown)."""
+        if self.moving is None and not self._unsure:
+            return False
+        idle = self._looking is None or self._looking.done()
+        return idle and now >= self._next_look
 
     def _rerouted(self) -> None:
         for callback in self.on_reroute:
@@ -250,11 +262,11 @@ class Shards:
                 outage.recovered()
             return result
         now = time.monotonic()
+        if self._look_due(now):
+            self._looking = asyncio.create_task(self.follow_reshard())
         if self.moving is None:
             index = self.shard_of(key)
         else:
-            if now >= self._next_look and (self._looking is None or self._looking.done()):
-                self._looking = asyncio.create_task(self.follow_reshard())
             handled, answer, index = await self._moving_call(key, keys or [key], fn)
             if handled:
                 return answer  # type: ignore[return-value]
