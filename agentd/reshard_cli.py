@@ -91,6 +91,8 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     )
     for key in report.kept:
         print(f"written on both shards, the new shard's value kept: {key}", flush=True)
+    for key in report.merged:
+        print(f"job queue written on both shards, the old shard's jobs added: {key}", flush=True)
     if report.stopped:
         print("stopped (--max-slots): run the same command again to go on", flush=True)
         return EXIT_STOPPED

@@ -1,25 +1,25 @@
 """Keys moving between client-side shards (``agentd reshard``, docs/operations.md,
 "Adding a shard").
 
-A reshard records its plan (the old and the new URL list, and a phase) on the first
-server of both lists, in slot 0 (which the first server owns in every list). A worker of
-the sharded mode looks for it there at start; one that serves either list follows it,
-and looks again every :data:`RECHECK_S` seconds while it does:
+A reshard records its plan (the old and the new URL list) on the first server of both
+lists, in slot 0 (which the first server owns in every list). A worker of the sharded
+mode looks for it there at start; one that serves either list follows it, and looks
+again every :data:`RECHECK_S` seconds while it does:
 
-- phase ``announced``: the keys of a slot that changes owner are served by the old
-  owner (as by the instances not yet switched to the new list);
-- phase ``pulling`` (set by ``agentd reshard --move``, which then waits until every
-  worker has seen it): they are served by the new owner.
+- until the plan names a switch time, the keys of a slot that changes owner are served
+  by their old owner (as by the instances not yet switched to the new list);
+- ``agentd reshard --move`` records a switch time (the first server's clock, a few
+  RECHECK_S ahead, so that every worker knows it in time); from then on every worker
+  serves those keys from their new owner, and **pulls** each from the old owner before
+  it uses it (copies it to the new owner, deletes it from the old one). The command
+  moves the same way every key nobody asked for. Each worker converts the switch time
+  to its own monotonic clock at its look (with the server's TIME from the same round
+  trip), so all switch together, whatever their wall clocks say.
 
-In both phases a worker **pulls** each such key from the other owner before it uses it
-(copies it to the owner that serves it, deletes it from the other): so a worker that
-sees a phase a little later than another moves a key back rather than miss it.
-``agentd reshard --move`` moves the same way every key nobody asked for.
-
-A move never loses a write made on either side: the copy is restored where the key is
-missing (or still holds this mover's own earlier copy), and the source key is deleted
-only if it is still exactly what was copied (compared by its DUMP, in one script); a
-key written on the source meanwhile is moved again.
+A move never loses a write: the copy is restored on the new owner only where the key is
+missing (or still holds this mover's own earlier copy), and the old key is deleted only
+if it is still exactly what was copied (compared by its DUMP, in one script); a key
+written on the old owner meanwhile is moved again.
 
 While it follows a plan a worker keeps a heartbeat key beside it, naming the list it
 serves, so that ``agentd reshard --move`` refuses to go on while a worker started on the
@@ -40,7 +40,6 @@ from .. import keys as K
 __all__ = (
     "CONTROL",
     "INDEX_MARK",
-    "PHASES",
     "RECHECK_S",
     "Moved",
     "Moving",
@@ -54,8 +53,8 @@ log = logging.getLogger(__name__)
 # into slot 0, which the first server owns whatever the number of shards.
 CONTROL = f"{K.PREFIX}reshard:{{reshard51181}}"
 INDEX_MARK = "sx:{"  # session index keys are per shard: rebuilt, never pulled
+QUEUE_MARK = f"{K.PREFIX}q:{{".encode()  # the job queue streams
 RECHECK_S = 2.0  # how often a worker following a reshard looks at its plan again
-PHASES = ("announced", "pulling")
 ATTEMPTS = 5  # moves of one key written on its old owner again and again meanwhile
 FORGET_AT = 100_000  # keys a worker remembers as moved before it starts over
 
@@ -123,20 +122,25 @@ async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
         if not todo:
             break
         flat = await src.eval(DUMPS, len(todo), *todo)
-        dumps = [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
         present: list[tuple[bytes, bytes]] = []
-        for key, (payload, pttl) in zip(todo, dumps, strict=True):
+        for i, key in enumerate(todo):
+            payload, pttl = flat[2 * i], int(flat[2 * i + 1])
             if payload is None:
                 done.absent.append(key)
                 continue
             ttl = max(pttl, 0)
-            result = await dst.eval(RESTORE_IF, 1, key, ttl, payload, restored.get(key, b""))
-            if int(result) == 0 and key in restored:
-                done.kept.append(key)  # written on both sides: the new owner's stays
-            elif int(result):
+            result = int(await dst.eval(RESTORE_IF, 1, key, ttl, payload, restored.get(key, b"")))
+            if result:
                 restored[key] = payload
+            elif key in restored:
+                # Written on the new owner since this mover's copy, and on the old one
+                # since: the new owner's value stays (a job queue gets the old one's jobs).
+                done.kept.append(key)
+                if key.startswith(QUEUE_MARK) and not key.endswith(b":dead"):
+                    await merge_jobs(src, dst, key)
             present.append((key, payload))
         if not present:
+            todo = []
             break
         gone = await src.eval(
             DELETE_IF_SAME, len(present), *(k for k, _ in present), *(p for _, p in present)
@@ -144,50 +148,68 @@ async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
         # A key written on the old owner since its DUMP is moved again.
         todo = [key for (key, _), ok in zip(present, gone, strict=True) if not int(ok)]
         done.moved += [key for (key, _), ok in zip(present, gone, strict=True) if int(ok)]
-    done.kept += [k for k in todo if k not in done.kept]
+        todo = [key for key in todo if key not in done.kept]
+    done.kept += todo  # still written on the old owner after ATTEMPTS moves
     return done
+
+
+async def merge_jobs(src: Any, dst: Any, stream: bytes) -> None:
+    """Add to ``dst``'s queue stream the jobs of ``src``'s it lacks, so that every job
+    still runs (one may run twice: a job's record fences its attempts)."""
+    have = {fields.get(b"id") for _, fields in await dst.xrange(stream)}
+    for _, fields in await src.xrange(stream):
+        if fields.get(b"id") not in have:
+            await dst.xadd(stream, fields)
 
 
 class Moving:
     """A worker's view of the reshard it follows."""
 
-    def __init__(self, old: list[str], new: list[str], phase: str) -> None:
+    def __init__(self, old: list[str], new: list[str]) -> None:
         self.old, self.new = old, new
         self._moved: set[bytes] = set()  # keys this worker knows are on their new owner
-        self.phase = ""
-        self._trust_at = 0.0
-        self.set_phase(phase)
+        self.switch_at: int | None = None  # ms, the first server's clock
+        self.switch_mono: float | None = None  # the same moment, on this monotonic clock
 
-    def set_phase(self, phase: str) -> None:
-        """Enter ``phase``. Other workers see a new phase up to RECHECK_S later, and until
-        then may pull keys back to the old owner: this one remembers which keys it
-        moved only once every worker pulls the same way."""
-        if phase != self.phase:
-            self.phase = phase
-            self._moved.clear()
-            self._trust_at = time.monotonic() + 2 * RECHECK_S
+    def set_switch(self, switch_at: int | None, server_ms: int, local: float) -> bool:
+        """Take the plan's switch time (``server_ms``: the server's clock when ``local``
+        was this one's). True if it is new."""
+        if switch_at is None or switch_at == self.switch_at:
+            return False
+        self.switch_at = switch_at
+        self.switch_mono = local + (switch_at - server_ms) / 1000
+        return True
+
+    def pulling(self) -> bool:
+        return self.switch_mono is not None and time.monotonic() >= self.switch_mono
 
     @staticmethod
-    async def load(control: Any, urls: list[str]) -> tuple[list[str], list[str], str] | None:
-        """The (old list, new list, phase) of a plan recorded on ``control`` that
-        concerns ``urls`` (as its old or its new list), else None."""
-        found = await control.hgetall(CONTROL)
+    async def load(control: Any, urls: list[str]) -> tuple[list[str], list[str], int | None, int]:
+        """The (old list, new list, switch time or None, the server's time in ms) of a
+        plan on ``control`` that concerns ``urls`` (as its old or its new list); the
+        lists are empty when there is none."""
+        pipe = control.pipeline(transaction=False)
+        pipe.hgetall(CONTROL)
+        pipe.time()
+        found, (seconds, micros) = await pipe.execute()
+        now_ms = seconds * 1000 + micros // 1000
         if not found:
-            return None
+            return [], [], None, now_ms
         old, new = list(json.loads(found[b"from"])), list(json.loads(found[b"to"]))
         if urls not in (old, new):
             log.warning("a reshard from %s to %s is recorded, not of this list: ignored", old, new)
-            return None
-        return old, new, found.get(b"phase", b"announced").decode()
+            return [], [], None, now_ms
+        switch = found.get(b"switch_at")
+        return old, new, None if switch is None else int(switch), now_ms
 
-    def route(self, key: str | bytes) -> tuple[str, str] | None:
-        """For a key of a slot that changes owner: (the URL that serves it now, the URL
-        of the other owner, to pull it from); else None."""
+    def route(self, key: str | bytes) -> tuple[str, str | None] | None:
+        """For a key of a slot that changes owner: (the URL that serves it now, the old
+        owner's URL to pull it from first, or None before the switch); else None."""
         slot = key_slot(key)
         src, dst = self.old[owner(slot, len(self.old))], self.new[owner(slot, len(self.new))]
         if src == dst:
             return None
-        return (src, dst) if self.phase == "announced" else (dst, src)
+        return (dst, src) if self.pulling() else (src, None)
 
     async def pull(self, keys: list[str], src: Any, dst: Any) -> None:
         """Move from ``src`` to ``dst`` the keys (of one moving slot) not moved yet."""
@@ -202,9 +224,6 @@ class Moving:
                 "value is kept",
                 key.decode(errors="replace"),
             )
-        # Not while announced: a worker that sees "pulling" first moves keys to the new
-        # owner, and this one must then pull them back until it sees "pulling" too.
-        if self.phase != "announced" and time.monotonic() >= self._trust_at:
-            if len(self._moved) > FORGET_AT:
-                self._moved.clear()
-            self._moved.update(wanted)
+        if len(self._moved) > FORGET_AT:
+            self._moved.clear()
+        self._moved.update(wanted)

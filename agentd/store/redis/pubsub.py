@@ -195,10 +195,14 @@ class EventHub:
         await old.remove(feed)
         endpoint = self._endpoint_for(feed.channel.decode())
         self._where[feed.channel] = endpoint
-        try:
-            await endpoint.add(feed)
-        except StoreUnavailable as exc:
-            log.warning("pub/sub: cannot follow a moved session: %s", exc.message)
+        for attempt in range(5):
+            try:
+                await endpoint.add(feed)
+                break
+            except StoreUnavailable as exc:
+                if attempt == 4:
+                    log.warning("pub/sub: cannot follow a moved session: %s", exc.message)
+                await asyncio.sleep(0.2 * (attempt + 1))  # a busy server: try again
         feed.reset()
 
     def _endpoint_for(self, channel: str) -> _Endpoint:

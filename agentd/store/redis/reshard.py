@@ -6,10 +6,10 @@ Two runs, with every instance switched to the new list by SIGHUP between them:
 1. ``begin`` (instances on the old list): records the plan (old list, new list) on the
    first server of both lists, phase ``announced``. A worker started on the new list
    (by the SIGHUP) finds it and still serves the moving slots from their old owner.
-2. ``move`` (every instance reloaded): sets the phase to ``pulling``, waits until every
-   worker follows it (they look every RECHECK_S) and from then on they serve the moving
-   slots from the new owner, pulling each key from the old one at first use
-   (:mod:`.moving`); the command moves every other key of a moving slot (see
+2. ``move`` (every instance reloaded): records a switch time a few RECHECK_S ahead and
+   waits for it; from then on every worker serves the moving slots from the new owner,
+   pulling each key from the old one at first use (:mod:`.moving`); the command moves
+   every other key of a moving slot (see
    :func:`.moving.move_keys`), slot by slot, each slot recorded when done; then any key
    written on an old owner meanwhile, rebuilds the per-shard session indexes for the new
    list and deletes the plan, which tells the workers that the reshard has ended.
@@ -30,14 +30,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from ...fastpath import SLOT_COUNT, key_slot
-from .moving import CONTROL, INDEX_MARK, RECHECK_S, move_keys, owner
+from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner
 from .store import sharded_index_keys
 
 __all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots")
 
 SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
-# How long ``move`` waits after it sets the phase to ``pulling`` before it moves keys:
-# every worker following the plan looks at it every RECHECK_S.
+# How far ahead ``move`` sets the switch time: every worker following the plan looks at
+# it every RECHECK_S, so each knows it in time.
 ANNOUNCE_S = 3 * RECHECK_S
 
 
@@ -60,6 +60,7 @@ class Report:
     slots: int = 0  # slots moved in this run
     keys: int = 0  # keys moved to their new owner
     kept: list[str] = field(default_factory=list)  # written on both sides: new value kept
+    merged: list[str] = field(default_factory=list)  # job queue streams written on both
     stragglers: int = 0  # keys written on an old owner during the move, moved after it
     indexed: int = 0  # session index entries moved to the index of their new shard
     stopped: bool = False  # --max-slots reached; run again to go on
@@ -94,9 +95,21 @@ class Plan:
         """The first server of each list, where the plan is recorded."""
         return [self.client(url) for url in dict.fromkeys([self.old[0], self.new[0]])]
 
-    async def set_phase(self, phase: str) -> None:
-        for control in self.controls():
-            await control.hset(CONTROL, "phase", phase)
+    async def switch(self, ahead_s: float) -> None:
+        """Record when the new owners serve the moving slots (``ahead_s`` from now on
+        the first server's clock, unless recorded already), and wait for that moment."""
+        found = await self.recorded()
+        seconds, micros = await self.control.time()
+        now_ms = seconds * 1000 + micros // 1000
+        if "switch_at" in found:
+            switch_at = int(found["switch_at"])
+        else:
+            switch_at = now_ms + int(ahead_s * 1000)
+            for control in self.controls():
+                await control.hset(CONTROL, mapping={"switch_at": switch_at, "phase": "pulling"})
+        # Every worker following the plan knows the moment by then (they look every
+        # RECHECK_S) and switches at it: from then on no one writes the old owners.
+        await asyncio.sleep(max(0.0, (switch_at - now_ms) / 1000) + 0.2)
 
     async def old_workers(self) -> int:
         """Workers that still serve the old list (their heartbeats, see moving.py)."""
@@ -161,9 +174,7 @@ async def move(plan: Plan, max_slots: int | None = None, announce_s: float = ANN
             f"{waiting} worker(s) still serve the old list: set [redis] urls to the new list "
             "on every instance, SIGHUP each and wait for 'reload complete'"
         )
-    if (await plan.recorded()).get("phase") == "announced":
-        await plan.set_phase("pulling")
-        await asyncio.sleep(announce_s)  # until every following worker pulls this way
+    await plan.switch(announce_s)
     report = Report()
     done = {int(k) for k in await plan.control.hkeys(SLOTS)}
     for src in sorted({src for src, _ in plan.moving.values()}):
@@ -194,7 +205,10 @@ async def _move_slot(plan: Plan, slot: int, keys: list[bytes], report: Report) -
     src, dst = plan.moving[slot]
     moved = await move_keys(plan.client(src), plan.client(dst), list(keys))
     report.keys += len(moved.moved)
-    report.kept += [k.decode("utf-8", "surrogateescape") for k in moved.kept]
+    for key in moved.kept:
+        name = key.decode("utf-8", "surrogateescape")
+        # A queue stream both sides wrote got the old side's jobs added (merge_jobs).
+        (report.merged if key.startswith(QUEUE_MARK) else report.kept).append(name)
 
 
 async def _rebuild_indexes(plan: Plan) -> int:

@@ -116,8 +116,8 @@ class Shards:
         self.moving: Moving | None = None
         self._extra: dict[str, aioredis.Redis] = {}  # its servers not in this list
         self._looking: asyncio.Task[None] | None = None
-        self._next_look = 0.0
         self._unsure = False  # the last look for a reshard failed
+        self._switching: asyncio.TimerHandle | None = None
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         # Called when keys change server (a reshard's phase): pub/sub follows them.
         self.on_reroute: list[Callable[[], None]] = []
@@ -133,50 +133,59 @@ class Shards:
             await self.follow_reshard()
 
     async def follow_reshard(self) -> None:
-        """Look for a reshard plan of this URL list on the first server: follow it (or
-        its new phase), or stop following one that ended (see moving.py). At start, then
-        every RECHECK_S while following one."""
-        self._next_look = time.monotonic() + RECHECK_S
+        await self._look()
+        self._look_again()
+
+    async def _look(self) -> None:
+        """Look for a reshard plan of this URL list on the first server: follow it (and
+        its switch time), or stop following one that ended (see moving.py). At start,
+        then every RECHECK_S while following one."""
         try:
-            found = await Moving.load(self.clients[0], self.urls)
-            if found is not None:
-                side = "old" if found[0] == self.urls else "new"
+            local = time.monotonic()
+            old, new, switch_at, server_ms = await Moving.load(self.clients[0], self.urls)
+            if old:
+                side = "old" if old == self.urls else "new"
                 ttl = int(RECHECK_S * 3000)
                 await self.clients[0].set(f"{CONTROL}:w:{self._worker_id}", side, px=ttl)
         except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
             # Until it knows, keep looking: a reshard it missed would hide moving keys.
+            if not self._unsure:
+                log.warning("cannot look for a reshard on %s: %s", self.describe(0), exc)
             self._unsure = True
-            log.warning("cannot look for a reshard on %s: %s", self.describe(0), exc)
             return
         self._unsure = False
-        if found is None:
+        if not old:
             if self.moving is not None:
                 log.info("reshard ended: every key is on its shard of the new list")
                 self.moving = None
                 self._rerouted()
             return
-        old, new, phase = found
-        if self.moving is not None and (self.moving.old, self.moving.new) == (old, new):
-            if self.moving.phase != phase:
-                log.info("reshard: phase %s", phase)
-                self.moving.set_phase(phase)
-                self._rerouted()
-            return
-        opts = _client_options(self.config)
-        for url in [*old, *new]:
-            if url not in self.urls and url not in self._extra:
-                self._extra[url] = aioredis.Redis.from_url(url, **opts)
-        self.moving = Moving(old, new, phase)
-        log.info("following the reshard from %s to %s (phase %s)", old, new, phase)
-        self._rerouted()
+        if self.moving is None or (self.moving.old, self.moving.new) != (old, new):
+            opts = _client_options(self.config)
+            for url in [*old, *new]:
+                if url not in self.urls and url not in self._extra:
+                    self._extra[url] = aioredis.Redis.from_url(url, **opts)
+            self.moving = Moving(old, new)
+            log.info("following the reshard from %s to %s", old, new)
+            self._rerouted()
+        if self.moving.set_switch(switch_at, server_ms, local):
+            delay = max(0.0, (self.moving.switch_mono or 0) - time.monotonic())
+            log.info("reshard: the new shards serve the moving slots in %.1fs", delay)
+            if self._switching is not None:
+                self._switching.cancel()
+            self._switching = asyncio.get_running_loop().call_later(delay, self._rerouted)
 
-    def _look_due(self, now: float) -> bool:
-        """Whether to look at the reshard plan again (only while one is followed, or
-        unknown)."""
-        if self.moving is None and not self._unsure:
-            return False
-        idle = self._looking is None or self._looking.done()
-        return idle and now >= self._next_look
+    def _look_again(self) -> None:
+        running = self._looking is not None and not self._looking.done()
+        if not running and (self.moving is not None or self._unsure):
+            self._looking = asyncio.create_task(self._keep_looking())
+
+    async def _keep_looking(self) -> None:
+        """Look at the plan every RECHECK_S while one is followed (or unknown), whether
+        or not this worker is busy: it must know the switch time before it comes."""
+        while self.moving is not None or self._unsure:
+            await asyncio.sleep(RECHECK_S)
+            await self._look()
 
     def _rerouted(self) -> None:
         for callback in self.on_reroute:
@@ -212,7 +221,8 @@ class Shards:
             return False, None, self.shard_of(key)
         target, source = route
         try:
-            await moving.pull(keys, self._client_of(source), self._client_of(target))
+            if source is not None:
+                await moving.pull(keys, self._client_of(source), self._client_of(target))
             if target in self.urls:
                 return False, None, self.urls.index(target)
             return True, await fn(self._extra[target]), 0
@@ -224,6 +234,8 @@ class Shards:
             await self.cluster.aclose()
         if self._looking is not None:
             self._looking.cancel()
+        if self._switching is not None:
+            self._switching.cancel()
         if self.moving is not None:
             with contextlib.suppress(Exception):  # a heartbeat no longer: this one is gone
                 await self.clients[0].delete(f"{CONTROL}:w:{self._worker_id}")
@@ -262,8 +274,6 @@ class Shards:
                 outage.recovered()
             return result
         now = time.monotonic()
-        if self._look_due(now):
-            self._looking = asyncio.create_task(self.follow_reshard())
         if self.moving is None:
             index = self.shard_of(key)
         else:
