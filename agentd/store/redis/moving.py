@@ -49,7 +49,7 @@ __all__ = (
 
 log = logging.getLogger(__name__)
 
-# The plan (hash: from, to, phase) and the workers' heartbeats (CONTROL:w:ID), tagged
+# The plan (hash: from, to, switch_at, phase) and the workers' heartbeats (CONTROL:w:ID), tagged
 # into slot 0, which the first server owns whatever the number of shards.
 CONTROL = f"{K.PREFIX}reshard:{{reshard51181}}"
 INDEX_MARK = "sx:{"  # session index keys are per shard: rebuilt, never pulled

@@ -4,7 +4,7 @@ shards' URL list changes (see docs/operations.md, "Adding a shard").
 Two runs, with every instance switched to the new list by SIGHUP between them:
 
 1. ``begin`` (instances on the old list): records the plan (old list, new list) on the
-   first server of both lists, phase ``announced``. A worker started on the new list
+   first server of both lists (phase ``announced``). A worker started on the new list
    (by the SIGHUP) finds it and still serves the moving slots from their old owner.
 2. ``move`` (every instance reloaded): records a switch time a few RECHECK_S ahead and
    waits for it; from then on every worker serves the moving slots from the new owner,

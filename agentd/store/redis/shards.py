@@ -119,7 +119,7 @@ class Shards:
         self._unsure = False  # the last look for a reshard failed
         self._switching: asyncio.TimerHandle | None = None
         self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        # Called when keys change server (a reshard's phase): pub/sub follows them.
+        # Called when keys change server (a reshard's switch): pub/sub follows them.
         self.on_reroute: list[Callable[[], None]] = []
 
     async def start(self) -> None:
