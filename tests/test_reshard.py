@@ -22,7 +22,7 @@ from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
 from agentd.store.keys import JOB_GROUP, queue_key
 from agentd.store.redis.moving import CONTROL
-from agentd.store.redis.reshard import Plan, begin, move, moving_slots
+from agentd.store.redis.reshard import Plan, ReshardError, begin, move, moving_slots
 
 from .procs import ROOT, AgentdProcess, RedisServer, fresh_connections
 from .waiting import wait_until
@@ -399,3 +399,20 @@ async def test_every_worker_switches_at_the_recorded_moment(
         assert [(m["seq"], m["content"]) for m in rows] == [(n + 1, str(n)) for n in range(4)]
     await one.close()
     await two.close()
+
+
+async def test_move_refuses_while_a_worker_serves_the_old_list(
+    servers: list[RedisServer],
+) -> None:
+    old = [s.url for s in servers[:2]]
+    new = [s.url for s in servers]
+    plan = Plan(old, new)
+    await begin(plan)
+    stale = await _open(old)  # started on the old list after the plan was recorded
+    assert stale.shards.moving is not None  # type: ignore[attr-defined]
+    with pytest.raises(ReshardError, match="1 worker"):
+        await move(plan)
+    await stale.close()  # its heartbeat goes with it
+    report = await move(plan, announce_s=0.1)
+    assert not report.stopped
+    await plan.close()

@@ -118,7 +118,7 @@ class Shards:
         self._looking: asyncio.Task[None] | None = None
         self._unsure = False  # the last look for a reshard failed
         self._switching: asyncio.TimerHandle | None = None
-        self._worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"  # one heartbeat a process
         # Called when keys change server (a reshard's switch): pub/sub follows them.
         self.on_reroute: list[Callable[[], None]] = []
 
