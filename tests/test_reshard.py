@@ -150,6 +150,9 @@ workers = 2
 [redis]
 urls = [{quoted}]
 
+[sessions]
+max_messages = 100000  # every message stays: the test reads whole histories
+
 [[backends]]
 name = "slow"
 type = "echo"
@@ -232,6 +235,13 @@ class Watcher:
             await self.task
 
 
+def _warnings(instances: list[AgentdProcess]) -> list[str]:
+    """The instances' warnings and errors, and when they switched (to explain a failure)."""
+    lines = [line for p in instances for line in p.log().splitlines()]
+    keep = ("WARNING", "ERROR", "serve the moving", "ended")
+    return [line for line in lines if any(k in line for k in keep) and "auth: OPEN" not in line]
+
+
 def _reloaded(proc: AgentdProcess, workers_before: set[int]) -> bool:
     return "reload complete: generation 2" in proc.log() and not (
         proc.worker_pids() & workers_before
@@ -292,7 +302,12 @@ async def test_reshard_two_to_three_shards_under_load(
             status, body = await get(f"/v1/sessions/{sid}/messages?limit=1")
             assert status == 200, body
             last = body["data"][-1]["seq"]
-            await wait_until(lambda w=watcher, n=last: len(w.seqs) >= n - w.after, 30, "events")  # type: ignore[misc]
+            try:
+                await wait_until(lambda w=watcher, n=last: len(w.seqs) >= n - w.after, 30)  # type: ignore[misc]
+            except AssertionError:
+                missing = sorted(set(range(watcher.after + 1, last + 1)) - set(watcher.seqs))
+                lines = _warnings(instances)
+                raise AssertionError((sid, missing[:20], len(missing), lines)) from None
             await watcher.close()
             assert watcher.seqs == list(range(watcher.after + 1, last + 1)), sid
         print(f"\nreshard under load: {load.sent} appends sent, {load.failed} failed")
@@ -300,14 +315,21 @@ async def test_reshard_two_to_three_shards_under_load(
 
         assert misplaced(servers, new) == []
         for sid in sids:
-            status, body = await get(f"/v1/sessions/{sid}/messages?after=0&limit=1000")
-            assert status == 200, body
-            contents = [m["content"] for m in body["data"]]
-            assert [m["seq"] for m in body["data"]] == list(range(1, len(contents) + 1))
+            rows: list[Any] = []
+            more = True
+            while more:  # the whole history, page by page
+                path = f"/v1/sessions/{sid}/messages?after={len(rows)}&limit=1000"
+                status, body = await get(path)
+                assert status == 200, body
+                rows += body["data"]
+                more = body["has_more"]
+            contents = [m["content"] for m in rows]
+            assert [m["seq"] for m in rows] == list(range(1, len(contents) + 1))
             # Every acknowledged append, once (lanes append to a session concurrently,
             # so the order of acknowledgements is not the order of the history).
             assert len(set(contents)) == len(contents)
-            assert set(load.acked[sid]) <= set(contents), sid
+            lost = set(load.acked[sid]) - set(contents)
+            assert not lost, (sid, sorted(lost), _warnings(instances))
         for sid in idle:
             status, body = await get(f"/v1/sessions/{sid}/messages?after=0")
             assert [m["content"] for m in body["data"]] == [sid]
