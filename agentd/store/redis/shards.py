@@ -173,7 +173,16 @@ class Shards:
             log.info("reshard: the new shards serve the moving slots in %.1fs", delay)
             if self._switching is not None:
                 self._switching.cancel()
-            self._switching = asyncio.get_running_loop().call_later(delay, self._rerouted)
+            self._switching = asyncio.get_running_loop().call_later(delay, self._switched)
+
+    def _switched(self) -> None:
+        """At the switch time: the moving slots' keys are on their new servers now."""
+        if self.moving is not None and not self.moving.pulling():
+            # An event loop's timer may fire a little before the monotonic clock reaches
+            # the moment (uvloop counts whole milliseconds): come back then.
+            self._switching = asyncio.get_running_loop().call_later(0.002, self._switched)
+            return
+        self._rerouted()
 
     def _look_again(self) -> None:
         running = self._looking is not None and not self._looking.done()
