@@ -1,5 +1,5 @@
-"""The ``agentd`` command: ``serve``, ``chat``, ``keys``, ``check-config`` and
-``--version``."""
+"""The ``agentd`` command: ``serve``, ``chat``, ``keys``, ``reshard``, ``check-config``
+and ``--version``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", help="resume this session id")
 
     keys_client.add_parser(sub)
+
+    reshard = sub.add_parser(
+        "reshard", help="move the keys of client-side shards to a new URL list"
+    )
+    reshard.add_argument("-c", "--config", metavar="FILE", help="config file (its [redis] urls)")
+    reshard.add_argument(
+        "--to", required=True, type=_names_arg, metavar="URL1,URL2", help="the new URL list"
+    )
+    reshard.add_argument(
+        "--move",
+        action="store_true",
+        help="second run, once every instance serves the new list: move the keys",
+    )
+    reshard.add_argument(
+        "--max-slots", type=int, metavar="N", help="stop after N slots (run again to go on)"
+    )
 
     check = sub.add_parser("check-config", help="validate and print the effective config")
     check.add_argument("-c", "--config", metavar="FILE", help="config file (default ./config.toml)")
@@ -130,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "keys":
         return keys_client.run_keys(args)
+    if args.command == "reshard":
+        from .reshard_cli import run_reshard
+
+        return run_reshard(args, _load_or_report(args))
     if args.command == "chat":
         import asyncio
 

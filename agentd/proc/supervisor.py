@@ -170,6 +170,10 @@ class Supervisor:
                     new.server, **{k: getattr(self.config.server, k) for k in fixed}
                 ),
             )
+        if new.redis.urls != self.config.redis.urls:
+            # Each new worker serves the new list for its whole life (see "Adding a shard"
+            # in docs/operations.md); the old generation drains on the old one.
+            log.info("reload: [redis] urls changed to %d server(s)", len(new.redis.urls))
         if self._previous is None:
             self._previous = (self.config, self.generation)
         self.config = new

@@ -64,6 +64,10 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   a key that is gone (readers skip it), a record is never missing from its indexes.
   ``agentd:keys:changed`` (channel): the id of every key created, updated or revoked, so
   every worker drops its cached record at once.
+- ``agentd:reshard:{reshard51181}`` (hash), ``…:slots`` (hash), ``…:w:ID`` (string, TTL):
+  a sharded-mode reshard's plan, its progress and its followers' heartbeats, in slot 0
+  (see :mod:`.redis.moving`); the session index keys (``sx:{``) are rebuilt by it, every
+  other key above moves with DUMP / RESTORE.
 """
 
 from __future__ import annotations

@@ -210,19 +210,40 @@ class EventHub:
         self._endpoints: dict[str, _Endpoint] = {}
         self._where: dict[bytes, _Endpoint] = {}
         self._releasing: set[asyncio.Task[None]] = set()
+        shards.on_reroute.append(self._reroute)
+
+    def _reroute(self) -> None:
+        """A reshard moved channels to another server: move their feeds there, and tell
+        each that it may have missed events (its watcher catches up from history)."""
+        for channel, endpoint in list(self._where.items()):
+            if self._endpoint_for(channel.decode()) is not endpoint:
+                for feed in list(endpoint.feeds.get(channel, ())):
+                    task = asyncio.ensure_future(self._rehome(feed, endpoint))
+                    self._releasing.add(task)
+                    task.add_done_callback(self._releasing.discard)
+
+    async def _rehome(self, feed: _Feed, old: _Endpoint) -> None:
+        await old.remove(feed)
+        endpoint = self._endpoint_for(feed.channel.decode())
+        self._where[feed.channel] = endpoint
+        for attempt in range(5):
+            try:
+                await endpoint.add(feed)
+                break
+            except StoreUnavailable as exc:
+                if attempt == 4:
+                    log.warning("pub/sub: cannot follow a moved session: %s", exc.message)
+                await asyncio.sleep(0.2 * (attempt + 1))  # a busy server: try again
+        feed.reset()
 
     def _endpoint_for(self, channel: str) -> _Endpoint:
         shards = self._shards
         timeout = shards.config.timeout
         if shards.cluster is None:
-            index = shards.shard_of(channel)
-            name = shards.describe(index)
-            client = shards.clients[index]
+            name, client, outage, group = shards.server_of(channel)
             if name not in self._endpoints:
-                self._endpoints[name] = _Endpoint(
-                    name, client.pubsub, False, timeout, shards.shard_outages[index],
-                    shards.groups[index],
-                )  # fmt: skip
+                self._endpoints[name] = _Endpoint(name, client.pubsub, False, timeout, outage,
+                                                  group)  # fmt: skip
             return self._endpoints[name]
         try:
             node = shards.cluster.get_node_from_key(channel)

@@ -72,6 +72,8 @@ class RedisQueue(Queue):
         try:
             reply = await self.waits.call(stream, read)
         except rexc.ResponseError as exc:
+            if str(exc).startswith("UNBLOCKED"):
+                return []  # the stream moved to another shard while read (agentd reshard)
             if "NOGROUP" not in str(exc):
                 raise
             await self._ensure_group(stream)

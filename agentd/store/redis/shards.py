@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
+from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .sentinel import SentinelGroup
 
@@ -120,6 +123,16 @@ class Shards:
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
         self.acks = Acks(config)
+        # A reshard to this URL list in progress: keys of moving slots are pulled from
+        # their old shard before use (see moving.py).
+        self.moving: Moving | None = None
+        self._extra: dict[str, aioredis.Redis] = {}  # its servers not in this list
+        self._looking: asyncio.Task[None] | None = None
+        self._unsure = False  # the last look for a reshard failed
+        self._switching: asyncio.TimerHandle | None = None
+        self._worker_id = f"{socket.gethostname()}:{os.getpid()}"  # one heartbeat a process
+        # Called when keys change server (a reshard's switch): pub/sub follows them.
+        self.on_reroute: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         if self.cluster is not None:
@@ -128,6 +141,8 @@ class Shards:
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 # Serve anyway: requests fail with 503 until the cluster answers.
                 log.error("redis cluster not reachable at start: %s", exc)
+        elif self.clients:
+            await self.follow_reshard()
         for index, group in enumerate(self.groups):
             if group is not None and self._main:
                 await self._log_master(index, group)
@@ -141,9 +156,125 @@ class Shards:
             return
         log.info("%s: master %s", self.describe(index), master)
 
+    async def follow_reshard(self) -> None:
+        await self._look()
+        self._look_again()
+
+    async def _look(self) -> None:
+        """Look for a reshard plan of this URL list on the first server: follow it (and
+        its switch time), or stop following one that ended (see moving.py). At start,
+        then every RECHECK_S while following one."""
+        try:
+            local = time.monotonic()
+            old, new, switch_at, server_ms = await Moving.load(self.clients[0], self.urls)
+            if old:
+                side = "old" if old == self.urls else "new"
+                ttl = int(RECHECK_S * 3000)
+                await self.clients[0].set(f"{CONTROL}:w:{self._worker_id}", side, px=ttl)
+        except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            # Until it knows, keep looking: a reshard it missed would hide moving keys.
+            if not self._unsure:
+                log.warning("cannot look for a reshard on %s: %s", self.describe(0), exc)
+            self._unsure = True
+            return
+        self._unsure = False
+        if not old:
+            if self.moving is not None:
+                log.info("reshard ended: every key is on its shard of the new list")
+                self.moving = None
+                self._rerouted()
+            return
+        if self.moving is None or (self.moving.old, self.moving.new) != (old, new):
+            opts = _client_options(self.config)
+            for url in [*old, *new]:
+                if url not in self.urls and url not in self._extra:
+                    self._extra[url] = aioredis.Redis.from_url(url, **opts)
+            self.moving = Moving(old, new)
+            log.info("following the reshard from %s to %s", old, new)
+            self._rerouted()
+        if self.moving.set_switch(switch_at, server_ms, local):
+            delay = max(0.0, (self.moving.switch_mono or 0) - time.monotonic())
+            log.info("reshard: the new shards serve the moving slots in %.1fs", delay)
+            if self._switching is not None:
+                self._switching.cancel()
+            self._switching = asyncio.get_running_loop().call_later(delay, self._switched)
+
+    def _switched(self) -> None:
+        """At the switch time: the moving slots' keys are on their new servers now."""
+        if self.moving is not None and not self.moving.pulling():
+            # An event loop's timer may fire a little before the monotonic clock reaches
+            # the moment (uvloop counts whole milliseconds): come back then.
+            self._switching = asyncio.get_running_loop().call_later(0.002, self._switched)
+            return
+        self._rerouted()
+
+    def _look_again(self) -> None:
+        running = self._looking is not None and not self._looking.done()
+        if not running and (self.moving is not None or self._unsure):
+            self._looking = asyncio.create_task(self._keep_looking())
+
+    async def _keep_looking(self) -> None:
+        """Look at the plan every RECHECK_S while one is followed (or unknown), whether
+        or not this worker is busy: it must know the switch time before it comes."""
+        while self.moving is not None or self._unsure:
+            await asyncio.sleep(RECHECK_S)
+            await self._look()
+
+    def _rerouted(self) -> None:
+        for callback in self.on_reroute:
+            callback()
+
+    def server_of(self, key: str) -> tuple[str, aioredis.Redis, Outage, SentinelGroup | None]:
+        """(name, client, outage tracker, Sentinel group or None) of the server that
+        serves ``key`` now, a reshard's moves included (for pub/sub; not in a cluster)."""
+        index = self.shard_of(key)
+        if self.moving is not None:
+            route = self.moving.route(key)
+            if route is not None and route[0] not in self.urls:
+                name = f"shard ({route[0]})"
+                return name, self._extra[route[0]], self.outage(name), None
+            if route is not None:
+                index = self.urls.index(route[0])
+        group = self.groups[index] if self.groups else None
+        return self.describe(index), self.clients[index], self.shard_outages[index], group
+
+    def _client_of(self, url: str) -> aioredis.Redis:
+        if url in self.urls:
+            return self.clients[self.urls.index(url)]
+        return self._extra[url]
+
+    async def _moving_call(
+        self, key: str, keys: list[str], fn: Callable[[Any], Awaitable[T]]
+    ) -> tuple[bool, T | None, int]:
+        """Route a key of a reshard's moving slot: (handled here, result, else the own
+        shard index to call as usual)."""
+        moving = self.moving
+        assert moving is not None
+        route = moving.route(key)
+        if route is None:
+            return False, None, self.shard_of(key)
+        target, source = route
+        try:
+            if source is not None:
+                await moving.pull(keys, self._client_of(source), self._client_of(target))
+            if target in self.urls:
+                return False, None, self.urls.index(target)
+            return True, await fn(self._extra[target]), 0
+        except UNAVAILABLE_ERRORS as exc:
+            raise StoreUnavailable(f"reshard: {target} or {source} unreachable: {exc}") from exc
+
     async def close(self) -> None:
         if self.cluster is not None:
             await self.cluster.aclose()
+        if self._looking is not None:
+            self._looking.cancel()
+        if self._switching is not None:
+            self._switching.cancel()
+        if self.moving is not None:
+            with contextlib.suppress(Exception):  # a heartbeat no longer: this one is gone
+                await self.clients[0].delete(f"{CONTROL}:w:{self._worker_id}")
+        for client in self._extra.values():
+            await client.aclose()
         for client, group in zip(self.clients, self.groups, strict=True):
             await (client.aclose() if group is None else group.close())
 
@@ -162,8 +293,11 @@ class Shards:
         group = self.groups[index] if self.groups else None
         return f"shard {index} ({self.urls[index] if group is None else group.name})"
 
-    async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
+    async def call(
+        self, key: str, fn: Callable[[Any], Awaitable[T]], keys: list[str] | None = None
+    ) -> T:
+        """Run ``fn(client)`` on the client that owns ``key`` (and ``keys``, all of its
+        slot, which ``fn`` uses); 503 if it cannot answer."""
         if self.cluster is not None:
             outage = self.cluster_outage
             try:
@@ -174,9 +308,14 @@ class Shards:
             if outage.since is not None:
                 outage.recovered()
             return result
-        index = self.shard_of(key)
-        outage = self.shard_outages[index]
         now = time.monotonic()
+        if self.moving is None:
+            index = self.shard_of(key)
+        else:
+            handled, answer, index = await self._moving_call(key, keys or [key], fn)
+            if handled:
+                return answer  # type: ignore[return-value]
+        outage = self.shard_outages[index]
         if self._down_until[index] > now:
             outage.failed("failing fast")
             raise StoreUnavailable(f"{self.describe(index)} is unreachable")
@@ -219,7 +358,7 @@ class Shards:
             except rexc.NoScriptError:
                 return await client.eval(script.text, len(keys), *keys, *args)
 
-        return await self.call(keys[0], run)
+        return await self.call(keys[0], run, keys)
 
     async def _eval_acked(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """The script and its wait in one round trip (see :mod:`.acks`)."""
@@ -242,7 +381,7 @@ class Shards:
                     raise reply
             return replies
 
-        replies = await self.call(keys[0], run)
+        replies = await self.call(keys[0], run, keys)
         # Outside call(): a wait that timed out is an answer from a live master.
         self.acks.check(replies[1], server)
         return replies[0]

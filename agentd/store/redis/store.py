@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...config import Config
-from ...fastpath import key_slot
+from ...fastpath import SLOT_COUNT, key_slot
 from .. import keys as K
 from .. import scripts as L
 from ..api import Jobs, Subscription
@@ -29,11 +29,23 @@ from .queue import RedisQueue
 from .records import RedisRecords
 from .shards import Shards
 
-__all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore")
+__all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_keys")
 
 # A Redis Cluster's session index is split into this many keys (spread over the slots,
 # so over the masters); a listing reads them all, in parallel.
 CLUSTER_INDEX_BUCKETS = 16
+
+
+def sharded_index_keys(prefix: str, count: int) -> list[str]:
+    """The session index keys of ``count`` client-side shards (one Redis: 1), one per
+    shard: the first tag, counting from 0, whose key lands on that shard."""
+    found: dict[int, str] = {}
+    tag = 0
+    while len(found) < count:
+        key = K.session_index(str(tag), prefix)
+        found.setdefault(key_slot(key) * count // SLOT_COUNT, key)
+        tag += 1
+    return [found[i] for i in range(count)]
 
 
 def _pairs(flat: list[bytes]) -> dict[str, str]:
@@ -105,13 +117,7 @@ class RedisStore(BaseStore):
         Redis, client-side shards), or the cluster's buckets."""
         if self.clustered:
             return [K.session_index(f"b{b}", self.prefix) for b in range(CLUSTER_INDEX_BUCKETS)]
-        found: dict[int, str] = {}
-        tag = 0
-        while len(found) < len(self.shards.clients):
-            key = K.session_index(str(tag), self.prefix)
-            found.setdefault(self.shards.shard_of(key), key)
-            tag += 1
-        return [found[i] for i in range(len(found))]
+        return sharded_index_keys(self.prefix, len(self.shards.clients))
 
     def _index_of(self, sid: str) -> str:
         """The index key of the session: on its shard, or its cluster bucket."""
