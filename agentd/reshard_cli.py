@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 
 from .config import SENTINEL_SCHEME, Config
@@ -12,20 +11,6 @@ from .config import SENTINEL_SCHEME, Config
 __all__ = ("run_reshard",)
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 1, 2, 3
-
-
-async def _recorded_from(url: str) -> list[str] | None:
-    """The old list of the reshard recorded on ``url`` (the new list's first server)."""
-    import redis.asyncio as aioredis
-
-    from .store.redis.moving import CONTROL
-
-    client = aioredis.Redis.from_url(url, socket_timeout=10)
-    try:
-        found = await client.hget(CONTROL, "from")
-    finally:
-        await client.aclose()
-    return None if found is None else list(json.loads(found))
 
 
 def run_reshard(args: argparse.Namespace, config: Config | None) -> int:
@@ -41,7 +26,7 @@ def run_reshard(args: argparse.Namespace, config: Config | None) -> int:
 async def _run(args: argparse.Namespace, config: Config) -> int:
     from redis import exceptions as rexc
 
-    from .store.redis.reshard import Plan, ReshardError, begin, move
+    from .store.redis.reshard import Plan, ReshardError, begin, move, recorded_from
 
     old, new = list(config.redis.urls), list(args.to)
     if config.redis.cluster or not old:
@@ -57,7 +42,7 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
         if args.move and old == new:
             # The config names the new list already (the instances' file, switched):
             # the old list is the one recorded.
-            recorded = await _recorded_from(new[0])
+            recorded = await recorded_from(new[0])
             if recorded is None:
                 print(f"agentd reshard: no reshard recorded on {new[0]}", file=sys.stderr)
                 return EXIT_FAILED

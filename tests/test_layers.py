@@ -42,13 +42,14 @@ ALLOWED: dict[str, set[str]] = {
     "proc": BASE | {"server"},
     "chat_client": BASE | {"client_json"},
     "keys_client": {"config"},
-    "cli": BASE | {"proc", "chat_client", "keys_client"},
+    "reshard_cli": {"config", "store"},
+    "cli": BASE | {"proc", "chat_client", "keys_client", "reshard_cli"},
     "__main__": {"cli"},
 }
 # Parts whose internals stay theirs: others import the package itself (its __init__),
 # or the modules named here.
 PUBLIC = {
-    "store": {"agentd.store", "agentd.store.api"},
+    "store": {"agentd.store", "agentd.store.api", "agentd.store.redis.reshard"},
     "cache": {"agentd.cache"},
     "backends": {"agentd.backends"},
     "auth": {"agentd.auth"},

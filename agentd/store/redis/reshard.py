@@ -33,7 +33,7 @@ from ...fastpath import SLOT_COUNT, key_slot
 from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner
 from .store import sharded_index_keys
 
-__all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots")
+__all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots", "recorded_from")
 
 SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
 # How far ahead ``move`` sets the switch time: every worker following the plan looks at
@@ -246,3 +246,13 @@ async def _rebuild_indexes(plan: Plan) -> int:
             key = sharded_index_keys(prefix, count)[index]
             moved += await client.zadd(key, {sid: score}, nx=True)
     return moved
+
+
+async def recorded_from(url: str) -> list[str] | None:
+    """The old list of the reshard recorded on ``url`` (the new list's first server)."""
+    client = aioredis.Redis.from_url(url, socket_timeout=10)
+    try:
+        found = await client.hget(CONTROL, "from")
+    finally:
+        await client.aclose()
+    return None if found is None else list(json.loads(found))
