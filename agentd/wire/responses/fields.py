@@ -5,7 +5,9 @@ content part may carry, and OpenAI's limits. Data only."""
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
+from ...errors import param_error
 from ...fastpath import CHAT_PARAMS, MAX_MESSAGES
 from ...schema import MAX_METADATA, MAX_METADATA_KEY, MAX_METADATA_VALUE
 
@@ -113,3 +115,16 @@ PART_FIELDS = frozenset({"type", "text", "annotations", "logprobs", "prompt_cach
 TEXT_FIELDS = frozenset({"format", "verbosity"})
 MAX_CONTENT_PARTS = MAX_MESSAGES
 MAX_ID_CHARS = 256
+
+
+def typed_object(value: Any, at: str) -> tuple[dict[str, Any], str]:
+    """An input part, item or tool: an object with a string ``type``; both (400 naming
+    ``at`` otherwise)."""
+    if not isinstance(value, dict):
+        raise param_error(f"{at} must be an object", "invalid_type", at)
+    kind = value.get("type")
+    if kind is None:
+        raise param_error(f"{at}.type is required", "missing_required_parameter", f"{at}.type")
+    if not isinstance(kind, str):
+        raise param_error(f"{at}.type must be a string", "invalid_type", f"{at}.type")
+    return value, kind

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ...errors import param_error, unknown_parameter
+from .fields import typed_object
 
 __all__ = ("MAX_MCP_TOOLS", "held", "parse_approval", "parse_tools", "tools_shown")
 
@@ -104,14 +105,8 @@ def _string(tool: dict[str, Any], key: str, at: str, limit: int) -> str | None:
     return value
 
 
-def _parse_tool(item: Any, at: str) -> dict[str, Any]:
-    if not isinstance(item, dict):
-        raise param_error(f"{at} must be an object", "invalid_type", at)
-    kind = item.get("type")
-    if kind is None:
-        raise param_error(f"{at}.type is required", "missing_required_parameter", f"{at}.type")
-    if not isinstance(kind, str):
-        raise param_error(f"{at}.type must be a string", "invalid_type", f"{at}.type")
+def _parse_tool(value: Any, at: str) -> dict[str, Any]:
+    item, kind = typed_object(value, at)
     if kind != "mcp":
         raise param_error(
             f"{at} is a {kind[:64]!r} tool: agentd takes mcp and function tools only",

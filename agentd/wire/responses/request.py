@@ -38,6 +38,7 @@ from .fields import (
     TEXT_FIELDS,
     TEXT_PARTS,
     Kinds,
+    typed_object,
 )
 from .functions import (
     check_functions,
@@ -419,13 +420,7 @@ def _join_parts(parts: list[Any], where: str) -> str:
     texts = []
     for j, part in enumerate(parts):
         at = f"{where}[{j}]"
-        if not isinstance(part, dict):
-            raise _bad(f"{at} must be an object", "invalid_type", at)
-        kind = part.get("type")
-        if kind is None:
-            raise _bad(f"{at}.type is required", "missing_required_parameter", f"{at}.type")
-        if not isinstance(kind, str):
-            raise _bad(f"{at}.type must be a string", "invalid_type", f"{at}.type")
+        part, kind = typed_object(part, at)
         if kind not in TEXT_PARTS:
             raise _bad(
                 f"{at} is a {kind[:64]!r} part: agentd takes only input_text and output_text",
