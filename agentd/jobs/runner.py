@@ -191,6 +191,11 @@ class JobRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await work
             raise
+        except StoreUnavailable as exc:
+            # A Redis node lost mid-job (a failover): the job stays pending, and is taken
+            # over when its lease ends, like a job of a worker that died.
+            log.warning("job %s stopped: %s; it is retried when its lease ends",
+                        delivery.job_id, exc.message)  # fmt: skip
         except Exception:
             log.exception("job %s failed unexpectedly", delivery.job_id)
 

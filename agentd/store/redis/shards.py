@@ -9,8 +9,15 @@ gives it, so data can move between the two layouts.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
-seconds, on a shard that was just found unreachable. Each shard (or the cluster) has one
-:class:`~.outage.Outage`, which logs a failure once per outage and its end once.
+seconds, on a shard that was just found unreachable. Each shard (or cluster node) has
+one :class:`~.outage.Outage`, which logs a failure once per outage and its end once.
+
+In a cluster, redis-py follows MOVED and ASK (in pipelines too, command by command) and
+refreshes its slot map after a connection error. A command the cluster refused without
+running it (``TRYAGAIN`` while a slot's keys are half migrated, ``CLUSTERDOWN`` while a
+master is being replaced, redis-py giving up after too many redirections) is retried here
+with a short backoff, within ``redis.timeout`` of the first try; a connection error is
+not retried (the command may have run) and fails the call at once with a 503.
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Cluster errors after which the command did not run, so trying again is safe:
+# TRYAGAIN, CLUSTERDOWN / MASTERDOWN, and redis-py's "TTL exhausted" (redirections).
+REFUSED_ERRORS: tuple[type[BaseException], ...] = (rexc.TryAgainError, rexc.ClusterError)
+# The first pause before trying a refused command again (doubled each time).
+REFUSED_BACKOFF = 0.05
 
 # Errors that mean "this shard cannot answer now", as opposed to a bad command.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -72,6 +85,24 @@ def _pool_exhausted(exc: BaseException) -> bool:
     )
 
 
+def _keep_command_table(cluster: RedisCluster) -> None:
+    """Make redis-py's slot map refresh need only one reachable node.
+
+    After a connection error redis-py reads the slot map again and also the command table
+    (COMMAND), from the first master of the map: the master that just died, until its
+    replica is promoted. Every refresh then fails, and with it every call on every slot.
+    The command table does not change while the servers run, so it is read once."""
+    parser = cluster.commands_parser
+    first = parser.initialize
+
+    async def initialize(node: ClusterNode | None = None) -> None:
+        if getattr(parser, "commands", None):
+            return
+        await first(node)
+
+    parser.initialize = initialize  # type: ignore[method-assign]
+
+
 class Shards:
     """The Redis servers of one instance's config, and the routing of keys to them."""
 
@@ -84,13 +115,18 @@ class Shards:
         self.urls = list(config.urls)
         self._down_until: list[float] = []
         self._outages: dict[str, Outage] = {} if outages_of is None else outages_of._outages
+        self._down_nodes: set[Outage] = set()  # cluster nodes in an outage
         if config.cluster:
             nodes = []
             for url in config.urls:
                 parts = urlsplit(url)
                 nodes.append(ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379))
             opts = _client_options(config)
-            self.cluster = RedisCluster(startup_nodes=nodes, **opts)
+            # reinitialize_steps=0: a MOVED reply updates that slot only. By default every
+            # fifth MOVED makes redis-py drop every connection to every node, failing the
+            # commands in flight on them (what a slot migration under load produces).
+            self.cluster = RedisCluster(startup_nodes=nodes, reinitialize_steps=0, **opts)
+            _keep_command_table(self.cluster)
         else:
             opts = _client_options(config)
             opts.pop("max_connections")
@@ -137,18 +173,60 @@ class Shards:
     def describe(self, index: int) -> str:
         return f"shard {index} ({self.urls[index]})"
 
-    async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
-        if self.cluster is not None:
-            outage = self.cluster_outage
+    def _node_outage(self, key: str) -> Outage:
+        """The outage tracker of the cluster node serving ``key`` (by the slot map now)."""
+        assert self.cluster is not None
+        try:
+            node = self.cluster.get_node_from_key(key)
+        except (rexc.RedisClusterException, rexc.RedisError, AttributeError, KeyError):
+            node = None  # no slot map yet
+        return self.outage(f"cluster node {node.name}" if node else "redis cluster")
+
+    def _replaced(self) -> None:
+        """End the outages of cluster nodes that no longer serve any slot (a master
+        that failed over): nothing will ever succeed on them to end them."""
+        assert self.cluster is not None
+        primaries = {f"cluster node {n.name}" for n in self.cluster.get_primaries()}
+        for outage in list(self._down_nodes):
+            if not outage.down:
+                self._down_nodes.discard(outage)
+            elif outage.name.startswith("cluster node ") and outage.name not in primaries:
+                outage.replaced()
+                self._down_nodes.discard(outage)
+
+    async def _call_cluster(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        assert self.cluster is not None
+        deadline = time.monotonic() + self.config.timeout
+        delay = REFUSED_BACKOFF
+        while True:
+            outage = self._node_outage(key)
             try:
                 result = await fn(self.cluster)
+            except REFUSED_ERRORS as exc:
+                if time.monotonic() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                self._node_failed(outage, exc)
+                raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
-                outage.failed(exc)
+                self._node_failed(outage, exc)
                 raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
             if outage.since is not None:
                 outage.recovered()
+                self._down_nodes.discard(outage)
+            if self._down_nodes:
+                self._replaced()
             return result
+
+    def _node_failed(self, outage: Outage, exc: BaseException) -> None:
+        outage.failed(exc)
+        self._down_nodes.add(outage)
+
+    async def call(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn(client)`` on the client that owns ``key``; 503 if it cannot answer."""
+        if self.cluster is not None:
+            return await self._call_cluster(key, fn)
         index = self.shard_of(key)
         outage = self.shard_outages[index]
         now = time.monotonic()
@@ -191,10 +269,10 @@ class Shards:
         """Which shards do not answer PING (for /readyz)."""
         timeout = self.config.timeout
 
-        async def ping(target: Any, name: str) -> str | None:
+        async def ping(probe: Callable[[], Awaitable[Any]], name: str) -> str | None:
             outage = self.outage(name)
             try:
-                await asyncio.wait_for(target.ping(), timeout)
+                await asyncio.wait_for(probe(), timeout)
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 outage.failed(exc)
                 return f"{name} unreachable: {exc or type(exc).__name__}"
@@ -202,9 +280,12 @@ class Shards:
             return None
 
         if self.cluster is not None:
-            reasons = [await ping(self.cluster, "redis cluster")]
+            cluster = self.cluster
+            # The masters only: a lost replica takes nothing away from what is served.
+            probe = lambda: cluster.ping(target_nodes=RedisCluster.PRIMARIES)  # noqa: E731
+            reasons = [await ping(probe, "redis cluster")]
         else:
             reasons = await asyncio.gather(
-                *(ping(c, self.describe(i)) for i, c in enumerate(self.clients))
+                *(ping(c.ping, self.describe(i)) for i, c in enumerate(self.clients))
             )
         return [r for r in reasons if r]
