@@ -335,6 +335,17 @@ class RedisClusterProcs:
                         return int(start)
         raise AssertionError(f"{node.port} serves no slot")
 
+    def redirections(self) -> dict[str, int]:
+        """The error replies of every live node by kind (INFO errorstats): how many
+        MOVED, ASK, TRYAGAIN, CLUSTERDOWN... clients were answered."""
+        total: dict[str, int] = {}
+        for node in self.live():
+            with redis.Redis(port=node.port) as client:
+                for name, stat in client.info("errorstats").items():
+                    kind = name.removeprefix("errorstat_")
+                    total[kind] = total.get(kind, 0) + int(stat["count"])
+        return total
+
     def node_id(self, node: RedisServer) -> str:
         with redis.Redis(port=node.port) as client:
             return client.execute_command("CLUSTER MYID").decode()
