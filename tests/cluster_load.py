@@ -212,7 +212,14 @@ class ClusterLoad:
                 for w in self.watchers.values()
             )
 
-        await wait_until(done, limit, "every watcher to hear its session's last message")
+        try:
+            await wait_until(done, limit, "every watcher to hear its session's last message")
+        except AssertionError as exc:
+            behind = {
+                w.sid: (w.heard[-1][0] if w.heard else 0, last[w.sid], w.closed)
+                for w in self.watchers.values()
+            }
+            raise AssertionError(f"{exc}: (heard, stored, closed) {behind}") from None
 
     async def history(self, sid: str) -> list[tuple[int, str]]:
         """The session's stored messages (seq, content), oldest first."""

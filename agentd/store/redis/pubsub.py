@@ -118,8 +118,9 @@ class _Endpoint:
                 await asyncio.shield(waiter)
         except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
             feeds.discard(feed)
-            if not feeds:
-                self.feeds.pop(feed.channel, None)
+            # Not a set the channel got again meanwhile (handed over and back, in a cluster).
+            if not feeds and self.feeds.get(feed.channel) is feeds:
+                del self.feeds[feed.channel]
             raise StoreUnavailable(f"cannot subscribe on {self.name}: {exc}") from exc
         finally:
             self._confirm.pop(feed.channel, None)
