@@ -171,6 +171,11 @@ def queue_state(cluster: RedisClusterProcs) -> dict[str, object]:
                     "groups": groups,
                     "pending": [client.xpending(key, g["name"]) for g in groups],
                 }
+    for node in cluster.live():
+        with redis.Redis(port=node.port, decode_responses=True) as client:
+            reads = client.info("commandstats").get("cmdstat_xreadgroup", {})
+            state[f"{node.port} xreadgroup calls"] = reads.get("calls")
+            state[f"{node.port} role"] = client.info("replication")["role"]
     return state
 
 
@@ -234,6 +239,8 @@ async def test_a_killed_master_is_followed_with_no_restart(
         in_window = {j for j in stuck if killed_at < accepted[j] < promoted_at + 1.0}
         state = (ends, lost, queue_state(replicated), job_times(load, killed_at))
         assert stuck - lost - in_window == set(), state
+        if in_window - lost:
+            print("\njobs never run, with the queues:", state)
 
         figures = load.figures() | {
             "failover_s": round(promoted_at - killed_at, 2),

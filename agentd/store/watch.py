@@ -4,18 +4,23 @@ a catch-up from history, so a watcher sees every message once, in order, with no
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 
 from ..aio import end_if_cancelled
+from ..errors import StoreUnavailable
 from ..schema import validate_session_id
 from .api import Event, Subscription
 from .codec import decode_message, dumps, no_session
 from .sessions import SessionStore
 
 __all__ = ("WatchStore",)
+
+# Pauses between tries of a catch-up that found the store unavailable (about 3 s in all).
+CATCH_UP_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.6)
 
 
 class _Watch(AsyncGenerator[Event]):
@@ -78,7 +83,7 @@ class WatchStore(SessionStore):
                 raw = await sub.get()
                 if raw is None:  # the subscription was re-established: events may be lost
                     if last is not None:
-                        missed = await self._catch_up(sid, last)
+                        missed = await self._catch_up_patiently(sid, last)
                         if missed is not None:
                             last = missed[-1]["seq"]
                             yield Event(sid, "messages", tuple(missed))
@@ -102,6 +107,17 @@ class WatchStore(SessionStore):
                     yield Event(sid, "messages", tuple(messages))
         finally:
             await sub.close()
+
+    async def _catch_up_patiently(self, sid: str, after: int) -> list[dict[str, Any]] | None:
+        """:meth:`_catch_up` after a re-subscription, tried again for a few seconds while
+        the store is unavailable: a subscription moved to a new Redis Cluster master may
+        be back before every client of the cluster knows the new master."""
+        for delay in CATCH_UP_RETRIES:
+            try:
+                return await self._catch_up(sid, after)
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+        return await self._catch_up(sid, after)
 
     async def _catch_up(self, sid: str, after: int) -> list[dict[str, Any]] | None:
         rows = await self._history(sid, after, None)

@@ -85,6 +85,15 @@ def _pool_exhausted(exc: BaseException) -> bool:
     )
 
 
+def _inside_client(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside redis-py or asyncio's transports."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return str(module).startswith(("redis.", "asyncio."))
+
+
 def _keep_command_table(cluster: RedisCluster) -> None:
     """Make redis-py's slot map refresh need only one reachable node.
 
@@ -212,6 +221,14 @@ class Shards:
             except (*UNAVAILABLE_ERRORS, rexc.RedisClusterException) as exc:
                 self._node_failed(outage, exc)
                 raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+            except (RuntimeError, AttributeError) as exc:
+                if not _inside_client(exc):
+                    raise
+                # redis-py's cluster client fails a command this way when it drops its
+                # connections under it (on CLUSTERDOWN, or a slot map refresh): the
+                # node was being lost, not a bug of this call.
+                self._node_failed(outage, exc)
+                raise StoreUnavailable(f"redis cluster unavailable: {exc!r}") from exc
             if outage.since is not None:
                 outage.recovered()
                 self._down_nodes.discard(outage)
