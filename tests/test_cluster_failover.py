@@ -8,6 +8,7 @@ printed for docs/operations.md (run with ``-s`` to see them)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -19,8 +20,10 @@ import pytest
 import redis
 
 from agentd.config import from_dict
+from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import open_store
+from agentd.store.keys import queue_key
 
 from .cluster_load import ClusterLoad
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
@@ -336,3 +339,46 @@ async def test_a_watcher_follows_its_session_across_a_slot_migration(
             await assert_nothing_pending(store, sid, gen)
     finally:
         await store.close()
+
+
+async def test_queue_readers_go_on_when_the_node_they_asked_for_keys_fails(
+    tmp_path: Path,
+) -> None:
+    """redis-py asks one node for XREADGROUP's keys (the node its client started with).
+    That master killed, queue reads on every other master must go on: a job queued on a
+    healthy master is delivered."""
+    cluster = RedisClusterProcs(
+        tmp_path / "cluster", 3, replicas=1, node_timeout=NODE_TIMEOUT_MS,
+        extra=("--cluster-require-full-coverage", "no"),
+    )  # fmt: skip
+    store = open_store(
+        from_dict({"redis": {"urls": cluster.urls, "cluster": True, "timeout": REDIS_TIMEOUT_S}})
+    )
+    await store.start()
+    try:
+        waits = store.waits.cluster  # type: ignore[attr-defined]
+        asked = waits.commands_parser.node
+        victim = next(n for n in cluster.nodes if n.port == asked.port)
+        shard = next(s for s in range(64) if cluster.master_of_key(queue_key("p", s)) is not victim)
+        # A read before the kill: the group exists and this reader works.
+        assert await store.jobs.take("p", shard, "c1", 1, 0.1) == []
+
+        cluster.kill(victim)
+        await asyncio.to_thread(cluster.wait_promoted, victim)
+
+        async def queued() -> bool:
+            with contextlib.suppress(StoreUnavailable):
+                return await store.jobs.enqueue("p", shard, "job-1", 100)
+            return False
+
+        await wait_until(queued, 15, "the job to be queued")
+
+        async def delivered() -> list[str]:
+            with contextlib.suppress(StoreUnavailable):
+                return [d.job_id for d in await store.jobs.take("p", shard, "c1", 1, 0.1)]
+            return []
+
+        assert await wait_until(delivered, 15, "the job to be delivered") == ["job-1"]
+    finally:
+        await store.close()
+        cluster.close()

@@ -94,22 +94,50 @@ def _inside_client(exc: BaseException) -> bool:
     return str(module).startswith(("redis.", "asyncio."))
 
 
+def _stream_keys(args: tuple[Any, ...]) -> list[Any] | None:
+    """The keys of an XREAD / XREADGROUP: the first half of what follows STREAMS."""
+    for i, arg in enumerate(args[1:], 1):
+        word = arg.decode() if isinstance(arg, bytes) else str(arg)
+        if word.upper() == "STREAMS":
+            rest = args[i + 1 :]
+            return list(rest[: len(rest) // 2])
+    return None
+
+
 def _keep_command_table(cluster: RedisCluster) -> None:
-    """Make redis-py's slot map refresh need only one reachable node.
+    """Make redis-py's slot map refresh need only one reachable node, and find the keys
+    of XREADGROUP with no server at all.
 
     After a connection error redis-py reads the slot map again and also the command table
     (COMMAND), from the first master of the map: the master that just died, until its
     replica is promoted. Every refresh then fails, and with it every call on every slot.
-    The command table does not change while the servers run, so it is read once."""
+    The command table does not change while the servers run, so it is read once.
+
+    redis-py asks one node (``COMMAND GETKEYS``) for the keys of a command whose keys
+    move, as XREADGROUP's do; that node is the one chosen when the client started. Once
+    it is down (a master failed over) every XREADGROUP fails before it is sent, on
+    every stream, and queued jobs are never delivered; so stream keys are read here."""
     parser = cluster.commands_parser
     first = parser.initialize
+    first_keys = parser.get_keys
 
     async def initialize(node: ClusterNode | None = None) -> None:
         if getattr(parser, "commands", None):
+            if node is not None:
+                parser.node = node  # the refreshed map's default node: a live one
             return
         await first(node)
 
+    async def get_keys(*args: Any) -> Any:
+        name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
+        if name.upper() in ("XREAD", "XREADGROUP"):
+            keys = _stream_keys(args)
+            if keys:
+                return keys
+        return await first_keys(*args)
+
     parser.initialize = initialize  # type: ignore[method-assign]
+    parser.get_keys = get_keys  # type: ignore[method-assign]
 
 
 class Shards:
