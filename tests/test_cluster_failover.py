@@ -235,15 +235,9 @@ async def test_a_killed_master_is_followed_with_no_restart(
         # master (replication is asynchronous; redis.wait_replicas is the remedy):
         # counted, and allowed only if its queue entry is gone and it was that late.
         lost = lost_jobs(replicated, load, stuck, killed_at)
-        # Known issue (docs/state.md): a job accepted while the master was down may stay
-        # queued, its entry in a healthy stream never delivered. Reported, not hidden;
-        # every job accepted before the kill or after the promotion must finish.
-        accepted = {r.sid: r.ended for r in load.requests if r.kind == "job" and r.ok}
-        in_window = {j for j in stuck if killed_at < accepted[j] < promoted_at + 1.0}
+        # Every other acknowledged job ran, those accepted while the master was down too.
         state = (ends, lost, queue_state(replicated), job_times(load, killed_at))
-        assert stuck - lost - in_window == set(), state
-        if in_window - lost:
-            print("\njobs never run, with the queues:", state)
+        assert stuck - lost == set(), state
 
         figures = load.figures() | {
             "failover_s": round(promoted_at - killed_at, 2),
@@ -252,7 +246,6 @@ async def test_a_killed_master_is_followed_with_no_restart(
             "jobs_refused": sum(1 for r in failures if r.kind == "job"),
             "acked_not_stored": lost_acks(load, stored),
             "acked_jobs_lost": len(lost),
-            "jobs_accepted_in_window_never_run": len(in_window - lost),
             "messages": sum(last.values()),
             "new_master": new_master.port,
         }
