@@ -18,12 +18,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import uvloop
 
 from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import open_store
 from agentd.store.keys import queue_key
+from agentd.store.redis.shards import _inside_client
 
 from .cluster_load import ClusterLoad
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
@@ -375,3 +377,32 @@ async def test_queue_readers_go_on_when_the_node_they_asked_for_keys_fails(
     finally:
         await store.close()
         cluster.close()
+
+
+def test_a_write_on_a_transport_redis_py_closed_is_an_unavailable_node() -> None:
+    """redis-py writing on a connection it closed under the call (its slot map refresh
+    drops every connection) fails with uvloop's RuntimeError, raised from compiled code:
+    it counts as the client's (a 503), while a RuntimeError of agentd's own does not."""
+
+    async def write_on_closed() -> BaseException:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            await writer.wait_closed()
+            try:
+                writer.writelines([b"PING\r\n"])
+            except RuntimeError as exc:
+                return exc
+            raise AssertionError("the write on a closed transport did not fail")
+        finally:
+            server.close()
+
+    exc = uvloop.run(write_on_closed())
+    assert "closed" in str(exc), exc
+    assert _inside_client(exc)
+    try:
+        raise RuntimeError("a bug of agentd's own")
+    except RuntimeError as own:
+        assert not _inside_client(own)

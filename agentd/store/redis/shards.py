@@ -86,12 +86,13 @@ def _pool_exhausted(exc: BaseException) -> bool:
 
 
 def _inside_client(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside redis-py or asyncio's transports."""
+    """Whether ``exc`` was raised inside redis-py or the event loop's transports (uvloop's
+    are compiled: their frames are named after the module ``uvloop.loop``)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
-    return str(module).startswith(("redis.", "asyncio."))
+    return str(module).startswith(("redis.", "asyncio.", "uvloop."))
 
 
 def _stream_keys(args: tuple[Any, ...]) -> list[Any] | None:
