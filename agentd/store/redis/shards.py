@@ -85,6 +85,11 @@ def _pool_exhausted(exc: BaseException) -> bool:
     )
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether redis-py's connection error is a refused connect (nothing was sent)."""
+    return isinstance(exc.__context__ or exc.__cause__, ConnectionRefusedError)
+
+
 def _inside_client(exc: BaseException) -> bool:
     """Whether ``exc`` was raised inside redis-py or the event loop's transports (uvloop's
     are compiled: their frames are named after the module ``uvloop.loop``)."""
@@ -242,6 +247,16 @@ class Shards:
                 result = await fn(self.cluster)
             except REFUSED_ERRORS as exc:
                 if time.monotonic() + delay < deadline:
+                    await asyncio.sleep(delay)
+                    delay *= 2
+                    continue
+                self._node_failed(outage, exc)
+                raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
+            except rexc.ConnectionError as exc:
+                # A refused connection sent nothing: safe to try again, and redis-py
+                # reads the slot map again first. A slot map read before a promotion
+                # sends the first call to the dead master; the retry finds the new one.
+                if _refused(exc) and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
