@@ -217,7 +217,9 @@ class _Endpoint:
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
-            except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+            except (*UNAVAILABLE_ERRORS, rexc.RedisError, RuntimeError, AttributeError) as exc:
+                # RuntimeError, AttributeError: redis-py reading a connection closed under
+                # it. A reader that ended here would leave its watchers deaf.
                 if self._relocate is not None:
                     self._retire(exc)
                     return
@@ -334,7 +336,9 @@ class EventHub:
         """Read the cluster's slot map again (bounded; a failure keeps the old one)."""
         cluster = self._shards.cluster
         assert cluster is not None
-        with contextlib.suppress(*UNAVAILABLE_ERRORS, rexc.RedisError, rexc.RedisClusterException):
+        # Anything: redis-py can fail a refresh with an internal error while it drops
+        # connections, and the old map is then the best there is.
+        with contextlib.suppress(Exception):
             async with asyncio.timeout(self._shards.config.timeout):
                 await cluster.nodes_manager.initialize()
 
@@ -350,31 +354,42 @@ class EventHub:
             }
             if not moved:
                 return
-            await self._refresh_slots()
-            groups: dict[_Endpoint, Moved] = {}
-            left: Moved = {}
-            for channel, feeds in moved.items():
-                try:
-                    endpoint = self._endpoint_for(channel.decode())
-                except StoreUnavailable:
-                    left[channel] = feeds
-                    continue
-                groups.setdefault(endpoint, {})[channel] = feeds
-            for endpoint, part in groups.items():
-                for channel in part:
-                    self._where[channel] = endpoint  # a watcher closing meanwhile finds it
-                try:
-                    await endpoint.attach(part)
-                except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
-                    endpoint._outage.failed(exc)
-                    left.update(part)
-                else:
-                    log.info("%d watched channel(s) now followed on %s", len(part), endpoint.name)
+            try:
+                left = await self._place(moved)
+            except Exception:
+                # The channels' only way back: this must outlive any surprise (redis-py
+                # can fail with an internal error while it drops connections).
+                log.exception("following %d watched channel(s) failed; trying again", len(moved))
+                left = moved
             if not left:
                 return
             moved = left
             await asyncio.sleep(delay)
             delay = min(RELOCATE_BACKOFF, delay * 2)
+
+    async def _place(self, moved: Moved) -> Moved:
+        """Subscribe each channel on its owner by a fresh slot map; returns those left."""
+        await self._refresh_slots()
+        groups: dict[_Endpoint, Moved] = {}
+        left: Moved = {}
+        for channel, feeds in moved.items():
+            try:
+                endpoint = self._endpoint_for(channel.decode())
+            except StoreUnavailable:
+                left[channel] = feeds
+                continue
+            groups.setdefault(endpoint, {})[channel] = feeds
+        for endpoint, part in groups.items():
+            for channel in part:
+                self._where[channel] = endpoint  # a watcher closing meanwhile finds it
+            try:
+                await endpoint.attach(part)
+            except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
+                endpoint._outage.failed(exc)
+                left.update(part)
+            else:
+                log.info("%d watched channel(s) now followed on %s", len(part), endpoint.name)
+        return left
 
     async def subscribe(self, channel: str) -> Subscription:
         endpoint = self._endpoint_for(channel)
