@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
+
+from agentd.fastpath import key_slot
 
 from .waiting import wait_until_sync
 
@@ -217,35 +220,164 @@ class RedisServer:
 
 
 class RedisClusterProcs:
-    """A Redis Cluster of ``masters`` nodes (no replicas), created with redis-cli."""
+    """A Redis Cluster of ``masters`` nodes, each with ``replicas`` replicas, created with
+    redis-cli; ``node_timeout`` (ms) is ``cluster-node-timeout``, how long a master must
+    be unreachable before its replica is promoted; ``extra``: more redis-server options."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
-        self.nodes = [RedisServer(workdir, cluster=True) for _ in range(masters)]
+    def __init__(self, workdir: Path, masters: int = 3, replicas: int = 0,
+                 node_timeout: int = 15000, extra: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self._served: dict[int, int] = {}  # a slot of each killed master
+        extra = ("--cluster-node-timeout", str(node_timeout), *extra)
+        count = masters * (1 + replicas)
+        self.nodes = [RedisServer(workdir, *extra, cluster=True) for _ in range(count)]
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        self.cli("--cluster", "create", *addrs, "--cluster-replicas", str(replicas),
+                 "--cluster-yes", timeout=60)  # fmt: skip
+        wait_until_sync(self._ok, START_LIMIT, "the cluster to report cluster_state:ok")
+        if replicas:
+            wait_until_sync(self._replicas_linked, START_LIMIT, "every replica to be in sync")
+
+    @staticmethod
+    def cli(*args: str, timeout: float = 30) -> str:
+        """Run redis-cli with ``args``; its standard output (raises if it fails)."""
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError("redis-cli is not installed; run scripts/ensure-system-deps")
-        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        wait_until_sync(self._ok, START_LIMIT, "the cluster to report cluster_state:ok")
+        done = subprocess.run([cli, *args], check=True, capture_output=True, timeout=timeout)
+        return done.stdout.decode()
+
+    def live(self) -> list[RedisServer]:
+        """The nodes whose process runs."""
+        return [n for n in self.nodes if n.proc.poll() is None]
 
     def _ok(self) -> bool:
-        for node in self.nodes:
-            with socket.create_connection(("127.0.0.1", node.port), timeout=2) as s:
-                s.sendall(b"CLUSTER INFO\r\n")
-                data = b""
-                while b"cluster_known_nodes" not in data:
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                if b"cluster_state:ok" not in data:
-                    return False
+        for node in self.live():
+            try:
+                with redis.Redis(port=node.port, socket_timeout=5) as client:
+                    info = client.execute_command("CLUSTER INFO")  # parsed to a dict
+            except (redis.RedisError, OSError):
+                return False
+            if info.get("cluster_state") != "ok":
+                return False
         return True
+
+    def _replicas_linked(self) -> bool:
+        for node in self.live():
+            with redis.Redis(port=node.port, socket_timeout=5) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
+
+    def node_on(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def master_of_slot(self, slot: int) -> RedisServer:
+        """The node that serves ``slot`` as master, as a live node sees it now."""
+        for node in self.live():
+            with redis.Redis(port=node.port) as client:
+                for start, end, *owners in client.execute_command("CLUSTER SLOTS"):
+                    if start <= slot <= end:
+                        return self.node_on(int(owners[0][1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def master_of_key(self, key: str) -> RedisServer:
+        return self.master_of_slot(key_slot(key))
+
+    def replicas_of(self, master: RedisServer) -> list[RedisServer]:
+        """The live replicas of ``master``."""
+        found = []
+        for node in self.live():
+            with redis.Redis(port=node.port) as client:
+                info = client.info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == master.port:
+                found.append(node)
+        return found
+
+    def kill(self, node: RedisServer) -> None:
+        """kill -9: the node dies with whatever it had not replicated."""
+        self._served[node.port] = self._a_slot_of(node)  # for wait_promoted()
+        node.proc.kill()
+        node.proc.wait()
+
+    def wait_promoted(self, dead: RedisServer, limit: float = START_LIMIT) -> RedisServer:
+        """Wait until a replica of the killed ``dead`` master serves its slots and the
+        cluster is ok again; returns the new master."""
+        slot = self._served[dead.port]
+
+        def promoted() -> RedisServer | None:
+            try:
+                if not self._ok():
+                    return None
+                owner = self.master_of_slot(slot)
+            except (redis.RedisError, AssertionError, OSError):
+                return None
+            return owner if owner is not dead else None
+
+        return wait_until_sync(promoted, limit, f"a replica of {dead.port} to take over")
+
+    def slots_of(self, node: RedisServer) -> list[int]:
+        """The slots ``node`` serves as master, as a live node sees it now."""
+        with redis.Redis(port=self.live()[0].port) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        return [
+            slot
+            for start, end, *owners in ranges
+            if int(owners[0][1]) == node.port
+            for slot in range(start, end + 1)
+        ]
+
+    def _a_slot_of(self, node: RedisServer) -> int:
+        for other in self.live():
+            with redis.Redis(port=other.port) as client:
+                for start, _end, *owners in client.execute_command("CLUSTER SLOTS"):
+                    if int(owners[0][1]) == node.port:
+                        return int(start)
+        raise AssertionError(f"{node.port} serves no slot")
+
+    def redirections(self) -> dict[str, int]:
+        """The error replies of every live node by kind (INFO errorstats): how many
+        MOVED, ASK, TRYAGAIN, CLUSTERDOWN... clients were answered."""
+        total: dict[str, int] = {}
+        for node in self.live():
+            with redis.Redis(port=node.port) as client:
+                for name, stat in client.info("errorstats").items():
+                    kind = name.removeprefix("errorstat_")
+                    total[kind] = total.get(kind, 0) + int(stat["count"])
+        return total
+
+    def node_id(self, node: RedisServer) -> str:
+        with redis.Redis(port=node.port) as client:
+            return client.execute_command("CLUSTER MYID").decode()
+
+    def move_slot(self, slot: int, target: RedisServer, batch: int = 10) -> int:
+        """Move one slot to ``target`` with keys, the way ``redis-cli --cluster reshard``
+        does (SETSLOT IMPORTING / MIGRATING, MIGRATE in batches, SETSLOT NODE); returns
+        the number of keys moved."""
+        source = self.master_of_slot(slot)
+        if source is target:
+            return 0
+        src = redis.Redis(port=source.port)
+        dst = redis.Redis(port=target.port)
+        try:
+            dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", self.node_id(source))
+            src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", self.node_id(target))
+            moved = 0
+            while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+                src.execute_command(
+                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "REPLACE", "KEYS", *keys
+                )
+                moved += len(keys)
+            for node in self.live():
+                with redis.Redis(port=node.port) as client:
+                    if client.info("replication").get("role") == "master":
+                        client.execute_command(
+                            "CLUSTER SETSLOT", slot, "NODE", self.node_id(target)
+                        )
+        finally:
+            src.close()
+            dst.close()
+        return moved
 
     @property
     def urls(self) -> list[str]:

@@ -260,6 +260,10 @@ class Attempts:
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await work
+            elif not work.cancelled():
+                # Left by another error (a flush on a store in a failover) just as the
+                # turn failed too: that one is the attempt's; this one is only read.
+                work.exception()
 
     async def _failed(
         self,

@@ -54,3 +54,18 @@ class Outage:
         )
         self.since = None
         self.failures = 0
+
+    def replaced(self) -> None:
+        """A cluster node in an outage no longer serves any slot (its replica took over):
+        ends the outage with one line."""
+        if self.since is None:
+            return
+        log.warning(
+            "%s was replaced (its slots have another master) after %.1fs; "
+            "%d call(s) failed meanwhile",
+            self.name,
+            time.monotonic() - self.since,
+            self.failures,
+        )
+        self.since = None
+        self.failures = 0
