@@ -9,14 +9,12 @@ promoted (``REPLICAOF NO ONE``), as an operator or a Sentinel would.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import redis
 
-from .procs import START_LIMIT, RedisServer
+from .procs import START_LIMIT, RedisClusterProcs, RedisServer
 from .waiting import wait_until_sync
 
 __all__ = ("ReplicatedCluster", "ReplicatedRedis")
@@ -76,25 +74,13 @@ class ReplicatedRedis:
         self.master.close()
 
 
-class ReplicatedCluster:
-    """A Redis Cluster of 3 masters, each with one replica (``--cluster-replicas 1``)."""
+class ReplicatedCluster(RedisClusterProcs):
+    """A Redis Cluster of 3 masters, each with one replica, that starts with every
+    replica caught up with its master."""
 
     def __init__(self, workdir: Path, masters: int = 3) -> None:
-        self.nodes = [
-            RedisServer(workdir, "--repl-diskless-sync-delay", "0", cluster=True)
-            for _ in range(2 * masters)
-        ]
-        cli = shutil.which("redis-cli")
-        if cli is None:
-            raise RuntimeError("redis-cli is not installed; run scripts/ensure-system-deps")
-        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        subprocess.run(
-            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "1", "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        wait_until_sync(self._linked, START_LIMIT, "every master to have its replica in sync")
+        super().__init__(workdir, masters, replicas=1, extra=("--repl-diskless-sync-delay", "0"))
+        wait_until_sync(self._caught_up, START_LIMIT, "every master to have its replica in sync")
 
     def roles(self) -> tuple[list[RedisServer], list[RedisServer]]:
         """(masters, replicas), as the nodes say now."""
@@ -105,28 +91,18 @@ class ReplicatedCluster:
             (masters if role == "master" else replicas).append(node)
         return masters, replicas
 
-    def _linked(self) -> bool:
+    def _caught_up(self) -> bool:
         masters, replicas = self.roles()
         if len(masters) != len(replicas):
             return False
         for node in masters:
             with redis.Redis(port=node.port) as client:
-                if b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-                    return False
                 replication = client.info("replication")
-                replica = replication.get("slave0") or {}
-                # Online, and it acknowledged the master's whole stream (its first
-                # acknowledgement after the sync can take a second).
-                if replica.get("state") != "online":
-                    return False
-                if replica.get("offset") != replication["master_repl_offset"]:
-                    return False
+            replica = replication.get("slave0") or {}
+            # Online, and it acknowledged the master's whole stream (its first
+            # acknowledgement after the sync can take a second).
+            if replica.get("state") != "online":
+                return False
+            if replica.get("offset") != replication["master_repl_offset"]:
+                return False
         return True
-
-    @property
-    def urls(self) -> list[str]:
-        return [n.url for n in self.nodes]
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.close()
