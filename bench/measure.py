@@ -129,24 +129,7 @@ class Bench:
         else:
             if sessions:
                 raise ValueError("rotating sessions is a wrk feature")
-            cmd = [
-                sys.executable,
-                "-m",
-                "bench.loadgen",
-                "http",
-                "--url",
-                url,
-                "--method",
-                method,
-                "--connections",
-                str(concurrency),
-                "--duration",
-                f"{seconds:g}",
-                "--warmup",
-                f"{self.settings.warmup:g}",
-                "--procs",
-                str(len(self.settings.load_cpus)),
-            ]
+            cmd = self._loadgen("http", url, concurrency, seconds, "--method", method)
             if body is not None:
                 cmd += ["--body", body]
             for name, value in (headers or {}).items():
@@ -164,22 +147,7 @@ class Bench:
 
     def ws_turns(self, served: Served, path: str, *, concurrency: int) -> dict[str, Any]:
         """``concurrency`` WebSocket connections running chat turns back to back."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "ws-turns",
-            "--url",
-            served.target.url(path),
-            "--connections",
-            str(concurrency),
-            "--duration",
-            f"{self.settings.duration:g}",
-            "--warmup",
-            f"{self.settings.warmup:g}",
-            "--procs",
-            str(len(self.settings.load_cpus)),
-        ]
+        cmd = self._loadgen("ws-turns", served.target.url(path), concurrency)
         full = pinned(cmd, self.settings.load_cpus)
         result = self._quietest(lambda: self._run_python(served, full))
         result.update(concurrency=concurrency, path=path, method="WS", label="turns")
@@ -200,26 +168,8 @@ class Bench:
         """``concurrency`` callers of ``tool`` on the MCP server ``served`` (streamable HTTP
         at ``path``), back to back, with the ``mcp`` client SDK: one session per generator
         process, shared by its callers."""
-        cmd = [
-            sys.executable,
-            "-m",
-            "bench.loadgen",
-            "mcp-calls",
-            "--url",
-            served.target.url(path),
-            "--tool",
-            tool,
-            "--body",
-            json.dumps(arguments),
-            "--connections",
-            str(concurrency),
-            "--duration",
-            f"{self.settings.duration:g}",
-            "--warmup",
-            f"{self.settings.warmup:g}",
-            "--procs",
-            str(len(self.settings.load_cpus)),
-        ]
+        cmd = self._loadgen("mcp-calls", served.target.url(path), concurrency, None,
+                            "--tool", tool, "--body", json.dumps(arguments))  # fmt: skip
         if expect is not None:
             cmd += ["--expect", expect]
         full = pinned(cmd, self.settings.load_cpus)
@@ -230,6 +180,20 @@ class Bench:
         return self._finish(result)
 
     # -- internals ---------------------------------------------------------------------
+
+    def _loadgen(
+        self, mode: str, url: str, concurrency: int, seconds: float | None = None, *extra: str
+    ) -> list[str]:
+        """The Python load generator's command (``python -m bench.loadgen MODE``) for
+        ``concurrency`` connections to ``url`` for ``seconds`` (the run's duration when
+        None), on every load CPU."""
+        duration = self.settings.duration if seconds is None else seconds
+        return [
+            sys.executable, "-m", "bench.loadgen", mode, "--url", url, *extra,
+            "--connections", str(concurrency), "--duration", f"{duration:g}",
+            "--warmup", f"{self.settings.warmup:g}",
+            "--procs", str(len(self.settings.load_cpus)),
+        ]  # fmt: skip
 
     def _quietest(self, attempt: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """Measure; while other processes kept the CPUs busy (more than ``NOISY``), wait

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from .waiting import wait_until
+from .waiting import pace, wait_until
 
 # Far above redis.timeout: a request that takes this long hangs (and is recorded so).
 TIMEOUT = aiohttp.ClientTimeout(total=30)
@@ -167,10 +167,7 @@ class ClusterLoad:
         return max(bad) - min(bad) if bad else 0.0
 
     async def _pause(self, seconds: float) -> None:
-        """Pace the load (not waiting for a condition): ends early at stop()."""
-        with_stop = asyncio.create_task(self._stop.wait())
-        await asyncio.wait([with_stop], timeout=seconds)
-        with_stop.cancel()
+        await pace(self._stop, seconds)
 
     async def _watch(self, me: Watcher, ready: asyncio.Future[None]) -> None:
         try:

@@ -27,7 +27,7 @@ from agentd.store.keys import session_keys
 from .procs import AgentdProcess, RedisServer, fresh_connections
 from .replication import ReplicaGroup, Sentinels
 from .store_helpers import collect_messages
-from .waiting import wait_until
+from .waiting import pace, wait_until
 
 Start = Callable[..., AgentdProcess]
 
@@ -223,7 +223,7 @@ async def _turns(
             load.acknowledged.setdefault(sid, []).append(text)
         else:
             assert (status, doc["error"]["code"]) == (503, "store_unavailable"), doc
-            await asyncio.sleep(0.05)  # a client's pause before its next try
+            await pace(load.stop, 0.05)  # a client's pause before its next try
         n += 1
 
 
@@ -257,14 +257,17 @@ async def _history(http: aiohttp.ClientSession, url: str, sid: str) -> list[dict
 
 async def _submit_job(http: aiohttp.ClientSession, url: str, text: str) -> str:
     """A background response, submitted again on 503 until accepted."""
-    while True:
+
+    async def submit() -> str | None:
         body = {"model": "echo", "input": text, "background": True}
         async with http.post(url + "/v1/responses", json=body) as reply:
             doc = orjson.loads(await reply.read())
             if reply.status == 200:
                 return str(doc["id"])
             assert (reply.status, doc["error"]["code"]) == (503, "store_unavailable"), doc
-        await asyncio.sleep(0.1)
+            return None
+
+    return str(await wait_until(submit, 30, f"{text!r} to be accepted", poll_s=0.1))
 
 
 async def _job_status(http: aiohttp.ClientSession, url: str, job: str) -> str:
@@ -275,14 +278,16 @@ async def _job_status(http: aiohttp.ClientSession, url: str, job: str) -> str:
 
 
 async def _readyz(
-    http: aiohttp.ClientSession, url: str, seen: list[tuple[float, int, str]]
-) -> None:
-    """/readyz polled ten times a second: when it answered, its status and reasons."""
-    while True:
+    http: aiohttp.ClientSession, url: str, seen: list[tuple[float, int, str]],
+    stop: asyncio.Event,
+) -> None:  # fmt: skip
+    """/readyz polled ten times a second until ``stop``: when it answered, its status and
+    reasons."""
+    while not stop.is_set():
         async with http.get(url + "/readyz") as reply:
             doc = orjson.loads(await reply.read())
             seen.append((time.monotonic(), reply.status, "; ".join(doc.get("reasons", []))))
-        await asyncio.sleep(0.1)
+        await pace(stop, 0.1)
 
 
 @dataclass
@@ -344,7 +349,8 @@ async def _failover_under_load(
             for sid in ids
         ]
         readyz: list[tuple[float, int, str]] = []
-        poller = asyncio.create_task(_readyz(http, urls[1], readyz))
+        polled = asyncio.Event()
+        poller = asyncio.create_task(_readyz(http, urls[1], readyz, polled))
         jobs = [await _submit_job(http, urls[i % 2], f"job {i} before") for i in range(4)]
 
         await wait_until(lambda: all(len(s) >= 4 for s in seen.values()), 30, "watchers")
@@ -378,7 +384,9 @@ async def _failover_under_load(
                 lambda job=job: _job_status_is(http, urls[0], job, "completed"), 60, job
             )
         await wait_until(lambda: _ready(http, urls), 30, "/readyz 200 on both instances")
-        for task in [*watchers, poller]:
+        polled.set()
+        await poller
+        for task in watchers:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
                 await task
