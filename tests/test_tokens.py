@@ -27,7 +27,7 @@ from agentd.config import ConfigError, TokensConfig, from_dict
 from agentd.errors import Unauthorized
 
 from .chat_helpers import Factory, chat_body, post
-from .procs import AgentdProcess
+from .procs import AgentdProcess, fresh_connections
 from .waiting import wait_until
 
 SECRET = "s" * 48
@@ -631,7 +631,8 @@ async def test_a_reload_reads_the_public_key_again_and_refuses_an_unusable_one(
         url = proc.url + "/v1/chat/completions"
         return (await post(http, url, chat_body(), headers=bearer(signer.token())))[0]
 
-    async with aiohttp.ClientSession() as http:
+    # A connection per request: a kept-alive one may belong to a worker the reload retires.
+    async with fresh_connections() as http:
         assert (await status(http, old), await status(http, new)) == (200, 401)
         key_file.write_bytes(new.public_pem)
         proc.send(signal.SIGHUP)
