@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
@@ -22,6 +24,7 @@ from .procs import AgentdProcess, RedisServer
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "sk-admin-" + "c" * 40
+TOKEN_SECRET = "console-test-secret-" + "s" * 32
 # Echo words at this pace: a reply of ~40 words streams for about two seconds, long
 # enough to see it arrive piece by piece and to cut the connection in the middle.
 SLOW_TOKENS_PER_S = 20.0
@@ -37,6 +40,8 @@ shutdown_timeout = 5.0
 urls = ["{redis.url}"]
 [auth]
 mode = "keys"
+[auth.tokens]
+algorithm = "HS256"
 [[backends]]
 name = "echo"
 type = "echo"
@@ -89,7 +94,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentdProcess]:
     redis = RedisServer(base)
     workdir = base / "agentd"
     workdir.mkdir()
-    proc = AgentdProcess(workdir, _config(redis), [], {"AGENTD_ADMIN_KEY": ADMIN_KEY})
+    proc = AgentdProcess(
+        workdir,
+        _config(redis),
+        [],
+        {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_TOKEN_SECRET": TOKEN_SECRET},
+    )
     try:
         proc.wait_ready()
         yield proc
@@ -195,6 +205,12 @@ STREAMING_PART = """() => {
 }"""
 
 
+def token(tenant: str, subject: str, scope: str) -> str:
+    """A connection token, as the operator's backend would mint one (docs/auth.md)."""
+    claims = {"tenant": tenant, "sub": subject, "scope": scope, "exp": int(time.time()) + 600}
+    return jwt.encode(claims, TOKEN_SECRET, algorithm="HS256")
+
+
 def _reply(tab: Page) -> Any:
     return tab.locator('.msg[data-role="assistant"]').last
 
@@ -229,6 +245,41 @@ def test_chat_streams_a_reply_token_by_token_and_shows_tool_calls(
     expect(_reply(tab).locator(".text")).to_have_text('state_get: {"value":null,"version":0}')
     expect(session).to_have_text(sid)  # one session throughout
     shoot(tab, "chat")
+
+
+def test_a_connection_token_signs_in_and_chats_over_the_websocket(
+    page: tuple[Page, ConsoleWatch], proxy: CutProxy, server: AgentdProcess
+) -> None:
+    tab, _ = page
+    credential = token("webusers", "user-7", "chat sessions")
+    sign_in(tab, proxy, credential, "chat")
+    expect(tab.locator("#who")).to_contain_text("user user-7 · tenant webusers")
+    nav = tab.get_by_role("navigation", name="Views")
+    expect(nav.get_by_role("link", name="Sessions")).to_be_visible()
+    expect(nav.get_by_role("link", name="Shared state")).to_be_hidden()
+    # The browser sends the token as the WebSocket's "bearer." subprotocol.
+    expect(tab.get_by_role("status", name="Connection")).to_have_text("connected")
+    sid = tab.locator("#session-id").inner_text()
+    tab.get_by_label("Message").fill("hello with a token")
+    tab.get_by_role("button", name="Send").click()
+    expect(_reply(tab).locator(".text")).to_have_text("hello with a token")
+    # The session is the token's tenant's.
+    status, body = Api(server.url, credential).call("GET", f"/v1/sessions/{sid}")
+    assert status == 200 and body["tenant"] == "webusers", body
+
+
+def test_stop_cancels_the_running_turn(page: tuple[Page, ConsoleWatch], proxy: CutProxy) -> None:
+    tab, _ = page
+    sign_in(tab, proxy, ADMIN_KEY, "chat")
+    expect(tab.get_by_role("status", name="Connection")).to_have_text("connected")
+    tab.get_by_label("Agent").select_option("slow")
+    tab.get_by_label("Message").fill(words("stop", 60))
+    tab.get_by_role("button", name="Send").click()
+    expect(_reply(tab).locator(".text")).to_contain_text("stop1")
+    tab.get_by_role("button", name="Stop").click()
+    expect(_reply(tab)).to_have_attribute("data-state", "cancelled")
+    expect(_reply(tab).locator(".text")).not_to_contain_text("stop59")
+    expect(tab.get_by_role("button", name="Stop")).to_be_disabled()
 
 
 def test_chat_resumes_after_the_connection_drops_mid_reply(

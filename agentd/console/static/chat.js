@@ -3,6 +3,9 @@
 import { api, h, field, errorText } from "./api.js";
 import { SessionSocket } from "./socket.js";
 
+// Messages kept on the page; older ones stay in the session (the Sessions view reads them).
+const MAX_SHOWN = 500;
+
 function textOf(message) {
   const content = message.content;
   if (typeof content === "string") return content;
@@ -51,17 +54,31 @@ export function mount(root, ctx) {
     }
   });
 
+  // Follow the end of the conversation unless the reader scrolled up to read.
+  function atEnd() { return transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48; }
+  function keepAtEnd(was) { if (was) transcript.scrollTop = transcript.scrollHeight; }
+
+  function add(li) {
+    const was = atEnd();
+    transcript.append(li);
+    // A busy session (hundreds of events a second) keeps a bounded page: the oldest go.
+    while (transcript.childElementCount > MAX_SHOWN) {
+      const first = transcript.firstElementChild;
+      if ([...turns.values()].some((t) => t.user.li === first || t.reply.li === first)) break;
+      first.remove();
+    }
+    keepAtEnd(was);
+  }
+
   function item(role, who, text, extra = {}) {
     const textEl = h("pre", { class: "text" }, text);
     const li = h("li", { class: "msg", dataset: { role, ...extra } }, h("span", { class: "who" }, who), textEl);
-    transcript.append(li);
-    transcript.scrollTop = transcript.scrollHeight;
+    add(li);
     return { li, textEl };
   }
 
   function notice(text) {
-    transcript.append(h("li", { class: "notice" }, text));
-    transcript.scrollTop = transcript.scrollHeight;
+    add(h("li", { class: "notice" }, text));
   }
 
   function open(sessionId) {
@@ -134,6 +151,8 @@ export function mount(root, ctx) {
     turn.reply.textEl.textContent = text;
     turn.reply.li.dataset.streaming = "false";
     turn.reply.li.dataset.state = state;
+    turns.delete(turn.id); // over: no frame names it again
+    if (turn.turnId) byTurnId.delete(turn.turnId);
     updateStop();
   }
 
@@ -149,9 +168,10 @@ export function mount(root, ctx) {
     switch (frame.type) {
       case "delta":
         if (turn && turn.state === "streaming") {
+          const was = atEnd();
           turn.text += frame.content;
           turn.reply.textEl.textContent = turn.text;
-          transcript.scrollTop = transcript.scrollHeight;
+          keepAtEnd(was);
         }
         break;
       case "done":
