@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_pl
 
 from .procs import ROOT
 
-__all__ = ("SHOTS", "ConsoleWatch", "chromium", "launch", "shoot")
+__all__ = ("SHOTS", "ConsoleWatch", "chromium", "launch", "shoot", "unnamed_controls")
 
 # Screenshots of each view: test artifacts, never committed (build/ is ignored).
 SHOTS = Path(os.environ.get("AGENTD_CONSOLE_SHOTS", ROOT / "build" / "console-screenshots"))
@@ -95,6 +95,23 @@ class ConsoleWatch:
             if found is None or int(found.group(1)) not in statuses:
                 stray.append(text)
         assert not stray, f"the browser's console has errors: {stray}"
+
+
+# Visible controls without an accessible name: no label, no aria-label(ledby), and for a
+# button or link no text. A simplification of the accessible-name computation that
+# holds for how the console names its controls.
+_UNNAMED = """() => [...document.querySelectorAll('button, input, select, textarea, a[href]')]
+  .filter((el) => el.getClientRects().length > 0)
+  .filter((el) => !(el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')
+                    || (el.labels && el.labels.length)
+                    || (['BUTTON', 'A'].includes(el.tagName) && el.textContent.trim())))
+  .map((el) => el.outerHTML.slice(0, 160))"""
+
+
+def unnamed_controls(page: Page) -> list[str]:
+    """The visible controls of the page a screen reader could not name."""
+    found: list[str] = page.evaluate(_UNNAMED)
+    return found
 
 
 def shoot(page: Page, name: str) -> Path:

@@ -17,7 +17,7 @@ import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from .browser import ConsoleWatch, launch, shoot
+from .browser import ConsoleWatch, launch, shoot, unnamed_controls
 from .cut_proxy import CutProxy
 from .procs import AgentdProcess, RedisServer
 
@@ -136,6 +136,8 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[tuple[Pag
     watch = ConsoleWatch(tab)
     try:
         yield tab, watch
+        # Every control of the view the test ends on has an accessible name.
+        assert not unnamed_controls(tab), unnamed_controls(tab)
     finally:
         context.close()
     watch.check()
