@@ -54,20 +54,34 @@ export function mount(root, ctx) {
     }
   });
 
-  // Follow the end of the conversation unless the reader scrolled up to read.
-  function atEnd() { return transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48; }
-  function keepAtEnd(was) { if (was) transcript.scrollTop = transcript.scrollHeight; }
+  // New items are added once per frame, however many arrive in it (a busy session sends
+  // hundreds a second): one layout and one scroll per frame, not one per message.
+  let pending = [];
+  let scheduled = false;
+  // Whether to follow the end: true unless the reader scrolled up to read.
+  let stick = true;
+  transcript.addEventListener("scroll", () => {
+    stick = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+  });
 
   function add(li) {
-    const was = atEnd();
-    transcript.append(li);
-    // A busy session (hundreds of events a second) keeps a bounded page: the oldest go.
-    while (transcript.childElementCount > MAX_SHOWN) {
-      const first = transcript.firstElementChild;
-      if ([...turns.values()].some((t) => t.user.li === first || t.reply.li === first)) break;
-      first.remove();
-    }
-    keepAtEnd(was);
+    pending.push(li);
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(flush);
+    setTimeout(flush, 100); // rAF waits while the tab is hidden; the page still keeps up
+  }
+
+  function flush() {
+    if (!scheduled) return;
+    scheduled = false;
+    transcript.append(...pending);
+    pending = [];
+    // The page keeps the last MAX_SHOWN messages; older ones stay in the session.
+    let extra = transcript.childElementCount - MAX_SHOWN;
+    const live = new Set([...turns.values()].flatMap((t) => [t.user.li, t.reply.li]));
+    while (extra-- > 0 && !live.has(transcript.firstElementChild)) transcript.firstElementChild.remove();
+    if (stick) transcript.scrollTop = transcript.scrollHeight;
   }
 
   function item(role, who, text, extra = {}) {
@@ -85,6 +99,8 @@ export function mount(root, ctx) {
     if (sessionId === "") { error.textContent = "Type a session id to open."; return; }
     error.textContent = "";
     transcript.replaceChildren();
+    pending = [];
+    stick = true;
     turns.clear();
     byTurnId.clear();
     sessionShown.textContent = sessionId || "(new)";
@@ -157,9 +173,12 @@ export function mount(root, ctx) {
   }
 
   function toolItem(turn, label, text) {
-    const { li, textEl } = item("tool", label, text);
-    li.classList.add("tool");
-    if (turn) transcript.insertBefore(li, turn.reply.li);
+    const textEl = h("pre", { class: "text" }, text);
+    const li = h("li", { class: "msg tool", dataset: { role: "tool" } }, h("span", { class: "who" }, label), textEl);
+    const waiting = turn ? pending.indexOf(turn.reply.li) : -1;
+    if (waiting >= 0) pending.splice(waiting, 0, li); // the reply waits in this frame's batch
+    else if (turn && turn.reply.li.parentNode) turn.reply.li.before(li);
+    else add(li);
     return textEl;
   }
 
@@ -168,10 +187,9 @@ export function mount(root, ctx) {
     switch (frame.type) {
       case "delta":
         if (turn && turn.state === "streaming") {
-          const was = atEnd();
           turn.text += frame.content;
           turn.reply.textEl.textContent = turn.text;
-          keepAtEnd(was);
+          if (!scheduled) { scheduled = true; requestAnimationFrame(flush); setTimeout(flush, 100); }
         }
         break;
       case "done":
