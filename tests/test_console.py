@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -489,3 +490,38 @@ def test_background_work_and_cluster_say_when_the_server_lacks_their_api_dark(
     tab.get_by_role("navigation", name="Views").get_by_role("link", name="Chat").click()
     expect(tab.get_by_role("status", name="Connection")).to_have_text("connected")
     shoot(tab, "chat-dark")
+
+
+def test_a_revoked_key_closes_the_chat_visibly(
+    page: tuple[Page, ConsoleWatch], proxy: CutProxy, admin: Api
+) -> None:
+    tab, _ = page
+    key, key_id = new_key(admin, "revoked", ["chat"])
+    sign_in(tab, proxy, key, "chat")
+    status = tab.get_by_role("status", name="Connection")
+    expect(status).to_have_text("connected")
+    assert admin.call("DELETE", f"/v1/admin/keys/{key_id}")[0] == 200
+    # Close 4003: shown, and not retried (another credential is needed).
+    expect(status).to_have_text("disconnected (credential revoked)")
+    expect(tab.get_by_role("button", name="Send")).to_be_disabled()
+
+
+def test_an_open_server_needs_no_sign_in(page: tuple[Page, ConsoleWatch], tmp_path: Path) -> None:
+    tab, _ = page
+    workdir = tmp_path / "open"
+    workdir.mkdir()
+    # auth.mode = "none" (the default), the in-memory store: `make run` as it ships.
+    proc = AgentdProcess(workdir, "", [], {})
+    try:
+        proc.wait_ready()
+        tab.goto(proc.url + "/console")
+        expect(tab.locator("#who")).to_have_text("open server (no sign-in)")
+        expect(tab.get_by_role("heading", name="Sign in")).to_be_hidden()
+        expect(tab.get_by_role("button", name="Sign out")).to_be_hidden()
+        expect(tab.get_by_role("status", name="Connection")).to_have_text("connected")
+        tab.get_by_label("Message").fill("open door")
+        tab.get_by_role("button", name="Send").click()
+        expect(_reply(tab).locator(".text")).to_have_text("open door")
+        tab.goto("about:blank")  # the page leaves before its server does
+    finally:
+        proc.stop()
