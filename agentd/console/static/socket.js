@@ -4,6 +4,8 @@
 import { getCredential } from "./api.js";
 
 const MAX_PAUSE_MS = 5000;
+// Sequence numbers remembered to drop a second copy of an event.
+const SEEN_KEPT = 10000;
 // Closes that reconnecting cannot mend: an expired or refused credential (docs/auth.md).
 const FINAL_CODES = new Set([4001, 4003]);
 
@@ -124,5 +126,9 @@ export class SessionSocket {
   note(seq) {
     this.seen.add(seq);
     if (seq > this.lastSeq) this.lastSeq = seq;
+    // A long-lived busy session: forget what is far behind (no copy comes back that late).
+    if (this.seen.size > SEEN_KEPT) {
+      for (const old of this.seen) if (old < this.lastSeq - SEEN_KEPT / 2) this.seen.delete(old);
+    }
   }
 }
