@@ -539,3 +539,28 @@ def test_an_open_server_needs_no_sign_in(page: tuple[Page, ConsoleWatch], tmp_pa
         tab.goto("about:blank")  # the page leaves before its server does
     finally:
         proc.stop()
+
+
+def test_the_keyboard_alone_signs_in_moves_between_views_and_uses_them(
+    page: tuple[Page, ConsoleWatch], proxy: CutProxy
+) -> None:
+    tab, watch = page
+    watch.expect("GET", "/v1/state/kb/doc", 404)
+    tab.goto(proxy.url + "/console")
+    tab.get_by_label("API key or token").focus()
+    tab.keyboard.type(ADMIN_KEY)
+    tab.keyboard.press("Enter")
+    expect(tab.get_by_role("navigation", name="Views")).to_be_visible()
+    tab.get_by_role("link", name="Shared state").focus()
+    tab.keyboard.press("Enter")
+    # The new view's heading takes the focus; Tab goes on inside the view.
+    heading = tab.get_by_role("heading", name="Shared state")
+    expect(heading).to_be_focused()
+    tab.keyboard.press("Tab")
+    expect(tab.get_by_label("Namespace")).to_be_focused()
+    tab.keyboard.press("Control+A")
+    tab.keyboard.type("kb")
+    tab.keyboard.press("Tab")
+    tab.keyboard.type("doc")
+    tab.keyboard.press("Enter")
+    expect(tab.get_by_role("status", name="Version")).to_have_text("new document")

@@ -46,6 +46,21 @@ async def test_the_page_and_its_files_are_served_with_a_strict_policy(serve: Ser
                 assert (STATIC / target).is_file(), f"{module.name} imports {target}"
 
 
+async def test_the_policy_lets_the_page_reach_only_its_own_host(serve: Serve) -> None:
+    url = await serve()
+    host = url.removeprefix("http://")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/console") as r:
+            policy = r.headers["Content-Security-Policy"]
+        assert f"connect-src 'self' ws://{host} wss://{host};" in policy
+        # A Host header that is not a host cannot write itself into the policy.
+        hostile = {"Host": "a; script-src *"}
+        async with http.get(url + "/console", headers=hostile) as r:
+            policy = r.headers["Content-Security-Policy"]
+        assert "ws://invalid.invalid wss://invalid.invalid;" in policy
+        assert "script-src *" not in policy
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -8,6 +8,7 @@ only thing it learns here is whether the server asks for one at all.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -19,17 +20,15 @@ __all__ = ("STATIC", "setup")
 STATIC = Path(__file__).resolve().parent / "static"
 PREFIX = "/console"
 
-# Everything the page loads comes from this server: no inline script, no other origin
-# (the WebSocket is same-origin too, written ws:/wss: since 'self' does not cover them
-# in every browser).
-_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+# Everything the page loads comes from this server: no inline script, no other origin.
+# The WebSocket goes to the page's own host, named with its scheme since 'self' does not
+# cover ws:/wss: in every browser.
+_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws://{host} wss://{host}; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
+_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,300}")
 _TYPES = {
     ".html": "text/html",
     ".css": "text/css",
@@ -41,7 +40,7 @@ _TYPES = {
 
 async def _page(request: web.Request) -> web.StreamResponse:
     """``/console`` and ``/console/``: the page itself."""
-    return _file(STATIC / "index.html", cache="no-cache")
+    return _file(request, STATIC / "index.html")
 
 
 async def _asset(request: web.Request) -> web.StreamResponse:
@@ -50,12 +49,21 @@ async def _asset(request: web.Request) -> web.StreamResponse:
     path = (STATIC / name).resolve()
     if not path.is_relative_to(STATIC) or not path.is_file() or path.suffix not in _TYPES:
         raise web.HTTPNotFound(text="no such console file")
-    # Revalidated on every load (cheap: 304 by Last-Modified), so an upgrade is seen at once.
-    return _file(path, cache="no-cache")
+    return _file(request, path)
 
 
-def _file(path: Path, cache: str) -> web.FileResponse:
-    response = web.FileResponse(path, headers={**_HEADERS, "Cache-Control": cache})
+def _file(request: web.Request, path: Path) -> web.FileResponse:
+    # A Host that is not a plain host[:port] gets no WebSocket in the policy, rather than
+    # a policy it could bend.
+    host = request.host if _HOST.fullmatch(request.host) else "invalid.invalid"
+    headers = {
+        "Content-Security-Policy": _POLICY.format(host=host),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        # Revalidated on every load (cheap: 304 by Last-Modified): an upgrade shows at once.
+        "Cache-Control": "no-cache",
+    }
+    response = web.FileResponse(path, headers=headers)
     response.content_type = _TYPES[path.suffix]
     if path.suffix in (".html", ".css", ".js", ".txt"):
         response.charset = "utf-8"

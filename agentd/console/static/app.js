@@ -30,7 +30,9 @@ function describe(identity) {
   return `${who} · ${tenant} · ${identity.scopes.join(", ")}`;
 }
 
-async function route() {
+// focus: move the keyboard's focus to the new view's heading (a navigation the user made),
+// so a screen reader announces it and Tab continues inside it.
+async function route(focus = false) {
   const run = ++routing;
   if (!me) return;
   const [name, ...rest] = location.hash.replace(/^#/, "").split("/");
@@ -50,6 +52,11 @@ async function route() {
   root.dataset.view = view;
   document.title = `${link.textContent} · agentd console`;
   unmount = module.mount(root, { me, settings, param: rest.length ? decodeURIComponent(rest.join("/")) : null }) || null;
+  const heading = root.querySelector("h1");
+  if (focus && heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 function enter(identity) {
@@ -93,7 +100,7 @@ window.addEventListener("hashchange", () => {
   const [name] = location.hash.replace(/^#/, "").split("/");
   const current = $("view").dataset.view;
   // #chat/SESSION set by the chat view itself is not a new navigation.
-  if (name !== current || name !== "chat") route();
+  if (name !== current || name !== "chat") route(true);
 });
 
 (async () => {
