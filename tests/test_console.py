@@ -432,6 +432,12 @@ def test_sessions_are_listed_a_page_at_a_time_read_and_deleted(
     expect(history.locator(".msg")).to_contain_text("hi")
     shoot(tab, "sessions")
 
+    # Any session is found by its id, wherever it is in the list.
+    tab.get_by_label("Find a session by id").fill(ids[5])
+    tab.get_by_role("button", name="Find").click()
+    expect(history.get_by_role("heading")).to_contain_text(ids[5])
+    expect(history.locator(".msg")).to_have_count(0)
+
     # A session opens in the chat view from its row, with its history.
     tab.get_by_role("link", name=f"Open {ids[0]} in chat").click()
     expect(tab.locator("#session-id")).to_have_text(ids[0])

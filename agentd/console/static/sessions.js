@@ -1,6 +1,6 @@
 // Sessions: the tenant's sessions, most recently written first, a page at a time
 // (GET /v1/sessions); read one's history; delete one.
-import { api, h, errorText, when } from "./api.js";
+import { api, h, field, errorText, when } from "./api.js";
 
 const PAGE = 20;
 
@@ -14,8 +14,11 @@ export function mount(root) {
   let cursor = null;
   let pageNumber = 0;
 
+  const wanted = h("input", { name: "find", autocomplete: "off", class: "mono", placeholder: "s_…" });
   root.append(
     h("h1", {}, "Sessions"),
+    h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); if (wanted.value.trim()) read(wanted.value.trim()); } },
+      field("Find a session by id", wanted), h("button", { type: "submit", class: "secondary" }, "Find")),
     h("table", { "aria-label": "Sessions" },
       h("thead", {}, h("tr", {}, h("th", {}, "Session"), h("th", {}, "Agent"), h("th", {}, "Created"),
         h("th", { class: "num" }, "Messages"), h("th", {}, h("span", { class: "muted" }, "Actions")))),
