@@ -7,86 +7,30 @@ from __future__ import annotations
 
 import json
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import jwt
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from .browser import ConsoleWatch, launch, shoot, unnamed_controls
+from .console_harness import (
+    ADMIN_KEY,
+    STREAMING_PART,
+    TOKEN_SECRET,
+    WAIT_MS,
+    Api,
+    last_reply,
+    new_key,
+    server_config,
+    sign_in,
+    token,
+    words,
+)
 from .cut_proxy import CutProxy
 from .procs import AgentdProcess, RedisServer
 
 pytestmark = pytest.mark.slow
-
-ADMIN_KEY = "sk-admin-" + "c" * 40
-TOKEN_SECRET = "console-test-secret-" + "s" * 32
-# Echo words at this pace: a reply of ~40 words streams for about two seconds, long
-# enough to see it arrive piece by piece and to cut the connection in the middle.
-SLOW_TOKENS_PER_S = 20.0
-WAIT_MS = 30_000
-
-
-def _config(redis: RedisServer) -> str:
-    return f"""
-[server]
-workers = 2
-shutdown_timeout = 5.0
-[redis]
-urls = ["{redis.url}"]
-[auth]
-mode = "keys"
-[auth.tokens]
-algorithm = "HS256"
-[[backends]]
-name = "echo"
-type = "echo"
-[[backends]]
-name = "slow"
-type = "echo"
-tokens_per_s = {SLOW_TOKENS_PER_S}
-[[agents]]
-name = "echo"
-backend = "echo"
-tools = ["agentd:state_get"]
-[[agents]]
-name = "slow"
-backend = "slow"
-"""
-
-
-class Api:
-    """Another client of the same server (urllib: its own connections)."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.url, self.key = url, key
-
-    def call(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={
-                "Authorization": f"Bearer {self.key}",
-                "Content-Type": "application/json",
-                **(headers or {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            return exc.code, json.loads(raw) if raw else None
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +41,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentdProcess]:
     workdir.mkdir()
     proc = AgentdProcess(
         workdir,
-        _config(redis),
+        server_config(redis),
         [],
         {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_TOKEN_SECRET": TOKEN_SECRET},
     )
@@ -144,23 +88,6 @@ def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[tuple[Pag
     watch.check()
 
 
-def sign_in(tab: Page, proxy: CutProxy, credential: str, view: str = "") -> None:
-    tab.goto(f"{proxy.url}/console{'#' + view if view else ''}")
-    tab.get_by_label("API key or token").fill(credential)
-    tab.get_by_role("button", name="Sign in").click()
-    expect(tab.get_by_role("navigation", name="Views")).to_be_visible()
-
-
-def new_key(admin: Api, tenant: str, scopes: list[str]) -> tuple[str, str]:
-    status, body = admin.call("POST", "/v1/admin/keys", {"tenant": tenant, "scopes": scopes})
-    assert status == 201, body
-    return body["key"], body["id"]
-
-
-def words(prefix: str, n: int) -> str:
-    return " ".join(f"{prefix}{i}" for i in range(n))
-
-
 def test_sign_in_shows_the_views_the_scopes_allow(
     page: tuple[Page, ConsoleWatch], proxy: CutProxy, admin: Api
 ) -> None:
@@ -200,24 +127,6 @@ def test_a_wrong_key_is_refused_with_a_message(
     expect(tab.get_by_role("navigation", name="Views")).to_be_hidden()
 
 
-# The last reply is still streaming and holds some of its words but not the last one.
-STREAMING_PART = """() => {
-    const r = [...document.querySelectorAll('.msg[data-role="assistant"]')].pop();
-    const t = r.querySelector('.text').textContent;
-    return r.dataset.state === 'streaming' && t.includes('stream3') && !t.includes('stream39');
-}"""
-
-
-def token(tenant: str, subject: str, scope: str) -> str:
-    """A connection token, as the operator's backend would mint one (docs/auth.md)."""
-    claims = {"tenant": tenant, "sub": subject, "scope": scope, "exp": int(time.time()) + 600}
-    return jwt.encode(claims, TOKEN_SECRET, algorithm="HS256")
-
-
-def _reply(tab: Page) -> Any:
-    return tab.locator('.msg[data-role="assistant"]').last
-
-
 def test_chat_streams_a_reply_token_by_token_and_shows_tool_calls(
     page: tuple[Page, ConsoleWatch], proxy: CutProxy
 ) -> None:
@@ -232,7 +141,7 @@ def test_chat_streams_a_reply_token_by_token_and_shows_tool_calls(
     text = words("stream", 40)
     tab.get_by_label("Message").fill(text)
     tab.get_by_role("button", name="Send").click()
-    reply = _reply(tab)
+    reply = last_reply(tab)
     # Seen while it streams: some words already there, not all of them yet.
     expect(reply).to_have_attribute("data-state", "streaming")
     tab.wait_for_function(STREAMING_PART)
@@ -245,7 +154,7 @@ def test_chat_streams_a_reply_token_by_token_and_shows_tool_calls(
     tools = tab.locator(".msg.tool")
     expect(tools.first).to_contain_text("tool call · agentd/state_get")
     expect(tools.nth(1)).to_contain_text("tool result · state_get · ok")
-    expect(_reply(tab).locator(".text")).to_have_text('state_get: {"value":null,"version":0}')
+    expect(last_reply(tab).locator(".text")).to_have_text('state_get: {"value":null,"version":0}')
     expect(session).to_have_text(sid)  # one session throughout
     shoot(tab, "chat")
 
@@ -265,7 +174,7 @@ def test_a_connection_token_signs_in_and_chats_over_the_websocket(
     sid = tab.locator("#session-id").inner_text()
     tab.get_by_label("Message").fill("hello with a token")
     tab.get_by_role("button", name="Send").click()
-    expect(_reply(tab).locator(".text")).to_have_text("hello with a token")
+    expect(last_reply(tab).locator(".text")).to_have_text("hello with a token")
     # The session is the token's tenant's.
     status, body = Api(server.url, credential).call("GET", f"/v1/sessions/{sid}")
     assert status == 200 and body["tenant"] == "webusers", body
@@ -278,10 +187,10 @@ def test_stop_cancels_the_running_turn(page: tuple[Page, ConsoleWatch], proxy: C
     tab.get_by_label("Agent").select_option("slow")
     tab.get_by_label("Message").fill(words("stop", 60))
     tab.get_by_role("button", name="Send").click()
-    expect(_reply(tab).locator(".text")).to_contain_text("stop1")
+    expect(last_reply(tab).locator(".text")).to_contain_text("stop1")
     tab.get_by_role("button", name="Stop").click()
-    expect(_reply(tab)).to_have_attribute("data-state", "cancelled")
-    expect(_reply(tab).locator(".text")).not_to_contain_text("stop59")
+    expect(last_reply(tab)).to_have_attribute("data-state", "cancelled")
+    expect(last_reply(tab).locator(".text")).not_to_contain_text("stop59")
     expect(tab.get_by_role("button", name="Stop")).to_be_disabled()
 
 
@@ -296,7 +205,7 @@ def test_chat_resumes_after_the_connection_drops_mid_reply(
     text = words("resume", 80)  # about 4 s: the cut comes while it streams
     tab.get_by_label("Message").fill(text)
     tab.get_by_role("button", name="Send").click()
-    reply = _reply(tab)
+    reply = last_reply(tab)
     expect(reply.locator(".text")).to_contain_text("resume2")
     assert proxy.cut() >= 1
     # The drop is shown, the page reconnects on its own and resumes after the last seq.
@@ -319,7 +228,7 @@ def test_chat_resumes_after_the_connection_drops_mid_reply(
     tab.get_by_label("Agent").select_option("echo")
     tab.get_by_label("Message").fill("after the drop")
     tab.get_by_role("button", name="Send").click()
-    expect(_reply(tab).locator(".text")).to_have_text("after the drop")
+    expect(last_reply(tab).locator(".text")).to_have_text("after the drop")
     expect(tab.locator('.msg[data-role="assistant"]')).to_have_count(2)
 
 
@@ -542,7 +451,7 @@ def test_an_open_server_needs_no_sign_in(page: tuple[Page, ConsoleWatch], tmp_pa
         expect(tab.get_by_role("status", name="Connection")).to_have_text("connected")
         tab.get_by_label("Message").fill("open door")
         tab.get_by_role("button", name="Send").click()
-        expect(_reply(tab).locator(".text")).to_have_text("open door")
+        expect(last_reply(tab).locator(".text")).to_have_text("open door")
         tab.goto("about:blank")  # the page leaves before its server does
     finally:
         proc.stop()
