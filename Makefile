@@ -33,9 +33,10 @@ ext $(EXT): agentd/_fastpath.pyx $(STAMP)
 	$(PY) setup.py --quiet build_ext --inplace
 
 # redis-server for the store tests; systemd-analyze, promtool and kubectl check deploy/;
-# nginx and haproxy run in front of real instances (tests/test_lb_*.py).
+# nginx and haproxy run in front of real instances (tests/test_lb_*.py); chromium shows
+# the console in a real browser (tests/test_console.py).
 system-deps:
-	scripts/ensure-system-deps redis-server redis-cli systemd-analyze promtool kubectl nginx haproxy
+	scripts/ensure-system-deps redis-server redis-cli systemd-analyze promtool kubectl nginx haproxy chromium
 
 clean:
 	rm -rf $(VENV) build *.egg-info agentd/_fastpath.c agentd/*.so

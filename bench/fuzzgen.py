@@ -315,6 +315,7 @@ ENDPOINTS: dict[str, Endpoint] = {
     "readyz": Endpoint("GET", "/readyz"),
     "metrics": Endpoint("GET", "/metrics"),
     "info": Endpoint("GET", "/v1/info"),
+    "me": Endpoint("GET", "/v1/me"),
     "models": Endpoint("GET", "/v1/models"),
     "model": Endpoint("GET", "/v1/models/{name}"),
     "chat": Endpoint("POST", "/v1/chat/completions", _chat_body, headers=("X-Session-Id",)),

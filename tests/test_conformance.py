@@ -136,6 +136,7 @@ RULES = (
 # they need no rule. Any other /v1/ route the app registers must have one.
 AGENTD_ONLY = {
     ("GET", "/v1/info"),  # the instance's agents, backends and topology
+    ("GET", "/v1/me"),  # who the credential is and what it may do (the console asks)
     # sessions: agentd's own view of a conversation, with its messages
     ("POST", "/v1/sessions"),
     ("GET", "/v1/sessions"),

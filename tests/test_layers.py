@@ -37,8 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "auth": BASE | {"store"},
     "agent": BASE | {"store", "cache", "backends", "auth", "tools"},
     "jobs": BASE | {"store", "agent", "auth", "wire", "client_json"},
+    "console": {"version"},
     "server": BASE
-    | {"store", "cache", "backends", "auth", "agent", "tools", "jobs", "wire", "client_json"},
+    | {"store", "cache", "backends", "auth", "agent", "tools", "jobs", "wire", "client_json"}
+    | {"console"},
     "proc": BASE | {"server"},
     "chat_client": BASE | {"client_json"},
     "keys_client": {"config"},

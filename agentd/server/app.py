@@ -18,6 +18,7 @@ from ..auth import Auth, Limiter, check_credentials
 from ..backends import Backends
 from ..cache import ResponseCache
 from ..config import Config
+from ..console import setup as setup_console
 from ..jobs.runner import JobRunner
 from ..jobs.service import Responses
 from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics, ToolMetrics
@@ -30,6 +31,7 @@ from . import (
     chat,
     conversations,
     events,
+    me,
     ops,
     passthrough,
     responses,
@@ -148,6 +150,8 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     state.setup(app)
     passthrough.setup(app)
     usage.setup(app)
+    me.setup(app)
+    setup_console(app, config.auth.mode)
     for spec in config.server.plugins:
         _load_plugin(spec)(app)
     return app

@@ -1,0 +1,163 @@
+// Background work (admin): per partition, the queue (GET /v1/admin/jobs, polled); its
+// dead letters, retried or discarded; a response opened, its event stream followed,
+// or cancelled.
+import { api, h, field, errorText, when, age, notAvailable, getCredential } from "./api.js";
+
+const POLL_MS = 2000;
+const DEAD_PAGE = 20;
+
+export function mount(root, ctx) {
+  const error = h("p", { class: "error", role: "alert" });
+  const partitions = h("tbody");
+  const dead = h("section", { "aria-label": "Dead letters", hidden: true });
+  const responseId = h("input", { name: "response", autocomplete: "off", class: "mono", placeholder: "resp_…" });
+  const response = h("section", { "aria-label": "Response" });
+  const queue = h("div", {},
+    h("table", { "aria-label": "Partitions" },
+      h("thead", {}, h("tr", {}, ["Partition", "Queued", "Running", "Oldest", "Retries", "Dead letters"]
+        .map((t, i) => h("th", { class: i ? "num" : "" }, t)))),
+      partitions),
+    dead);
+  root.append(
+    h("h1", {}, "Background work"), error, queue,
+    h("h2", {}, "A response"),
+    h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); openResponse(responseId.value.trim()); } },
+      field("Response id", responseId), h("button", { type: "submit" }, "Open response")),
+    response,
+  );
+
+  let timer = null;
+  let stopped = false;
+  let stream = null; // the AbortController of a followed event stream
+  let deadPartition = null;
+
+  async function poll() {
+    const res = await api("/v1/admin/jobs");
+    if (stopped) return;
+    if (res.status === 404) { queue.replaceChildren(notAvailable("The job queue view")); return; }
+    if (!res.ok) error.textContent = errorText(res);
+    else { error.textContent = ""; renderPartitions(res.data.data); }
+    timer = setTimeout(poll, POLL_MS);
+  }
+
+  function renderPartitions(list) {
+    partitions.replaceChildren(...list.map((p) => h("tr", { dataset: { partition: p.partition } },
+      h("td", {}, p.partition),
+      h("td", { class: "num" }, String(p.depth)), h("td", { class: "num" }, String(p.running)),
+      h("td", { class: "num" }, age(p.oldest_age_s)), h("td", { class: "num" }, String(p.retries)),
+      h("td", { class: "num" }, p.dead
+        ? h("button", { type: "button", class: "secondary", "aria-label": `Dead letters of ${p.partition}`, onclick: () => loadDead(p.partition, null) }, String(p.dead))
+        : "0"))));
+    if (!list.length) partitions.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No partitions.")));
+  }
+
+  async function loadDead(partition, after) {
+    deadPartition = partition;
+    const query = new URLSearchParams({ partition, limit: DEAD_PAGE });
+    if (after) query.set("after", after);
+    const res = await api("/v1/admin/jobs/dead?" + query);
+    if (res.status === 404) { dead.hidden = false; dead.replaceChildren(notAvailable("The dead letter list")); return; }
+    if (!res.ok) { error.textContent = errorText(res); return; }
+    dead.hidden = false;
+    const rows = res.data.data.map((d) => {
+      const tr = h("tr", { dataset: { dead: d.id } },
+        h("td", { class: "mono" }, d.id),
+        h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `Open ${d.response_id}`, onclick: () => openResponse(d.response_id) }, d.response_id)),
+        h("td", {}, d.tenant === "" ? "(operator)" : d.tenant),
+        h("td", { class: "num" }, String(d.attempts)),
+        h("td", {}, `${d.error?.code || ""}: ${d.error?.message || ""}`),
+        h("td", {}, when(d.failed_at)),
+        h("td", {},
+          h("button", { type: "button", "aria-label": `Retry ${d.id}`, onclick: () => act("POST", d, "/retry", tr) }, "Retry"), " ",
+          h("button", { type: "button", class: "danger", "aria-label": `Discard ${d.id}`, onclick: () => act("DELETE", d, "", tr) }, "Discard")));
+      return tr;
+    });
+    dead.replaceChildren(
+      h("h2", {}, `Dead letters of ${partition}`),
+      h("table", { "aria-label": `Dead letters of ${partition}` },
+        h("thead", {}, h("tr", {}, ["Job", "Response", "Tenant", "Attempts", "Error", "Failed", "Actions"].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letters.")))),
+      res.data.has_more ? h("button", { type: "button", class: "secondary", onclick: () => loadDead(partition, res.data.next_after) }, "More dead letters") : "");
+  }
+
+  async function act(method, letter, suffix, tr) {
+    if (method === "DELETE" && !confirm(`Discard dead letter ${letter.id}? Its response stays failed.`)) return;
+    const path = `/v1/admin/jobs/dead/${encodeURIComponent(letter.id)}${suffix}?partition=${encodeURIComponent(letter.partition || deadPartition)}`;
+    const res = await api(path, { method });
+    if (!res.ok) { error.textContent = errorText(res); return; }
+    tr.remove();
+  }
+
+  async function openResponse(id) {
+    if (!id) return;
+    if (stream) stream.abort();
+    responseId.value = id;
+    const res = await api(`/v1/responses/${encodeURIComponent(id)}`);
+    if (!res.ok) { response.replaceChildren(h("p", { class: "error", role: "alert" }, errorText(res))); return; }
+    showResponse(res.data);
+  }
+
+  function outputText(r) {
+    return (r.output || []).flatMap((item) => (item.content || []).map((c) => c.text || "")).join("");
+  }
+
+  function showResponse(r) {
+    const events = h("ol", { class: "transcript", "aria-label": "Response events" });
+    const text = h("pre", { "aria-label": "Output" }, outputText(r));
+    const status = h("span", { role: "status", "aria-label": "Response status" }, r.status);
+    response.replaceChildren(
+      h("p", {}, h("code", {}, r.id), " · ", r.model, " · ", status, r.error ? ` · ${r.error.code}: ${r.error.message}` : ""),
+      text,
+      h("div", { class: "row" },
+        h("button", { type: "button", class: "secondary", onclick: () => follow(r.id, events, text, status) }, "Follow events"),
+        h("button", { type: "button", class: "danger", disabled: !["queued", "in_progress"].includes(r.status), onclick: () => cancel(r.id, status) }, "Cancel response")),
+      events);
+  }
+
+  async function cancel(id, status) {
+    const res = await api(`/v1/responses/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    if (!res.ok) { error.textContent = errorText(res); return; }
+    status.textContent = res.data.status;
+  }
+
+  // Server-Sent Events read from fetch(), since EventSource cannot send a credential.
+  async function follow(id, events, text, status) {
+    if (stream) stream.abort();
+    stream = new AbortController();
+    const headers = { Accept: "text/event-stream" };
+    if (getCredential()) headers.Authorization = "Bearer " + getCredential();
+    let res;
+    try {
+      res = await fetch(`/v1/responses/${encodeURIComponent(id)}?stream=true`, { headers, signal: stream.signal });
+    } catch { return; }
+    if (!res.ok) { error.textContent = `${res.status}: the event stream was refused`; return; }
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    text.textContent = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+          if (!data || data === "[DONE]") continue;
+          let event;
+          try { event = JSON.parse(data); } catch { continue; }
+          events.append(h("li", { class: "notice" }, event.type));
+          if (event.type === "response.output_text.delta") text.textContent += event.delta;
+          if (event.response?.status) status.textContent = event.response.status;
+        }
+      }
+    } catch (err) {
+      if (err.name !== "AbortError") error.textContent = `the event stream ended: ${err.message}`;
+    }
+  }
+
+  if (ctx.param) openResponse(ctx.param);
+  poll();
+  return () => { stopped = true; clearTimeout(timer); if (stream) stream.abort(); };
+}
