@@ -78,8 +78,16 @@ class ReplicatedCluster(RedisClusterProcs):
     """A Redis Cluster of 3 masters, each with one replica, that starts with every
     replica caught up with its master."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
-        super().__init__(workdir, masters, replicas=1, extra=("--repl-diskless-sync-delay", "0"))
+    def __init__(
+        self,
+        workdir: Path,
+        masters: int = 3,
+        node_timeout: int = 15000,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        """``node_timeout``, ``extra``: as for :class:`RedisClusterProcs`."""
+        extra = ("--repl-diskless-sync-delay", "0", *extra)
+        super().__init__(workdir, masters, replicas=1, node_timeout=node_timeout, extra=extra)
         wait_until_sync(self._caught_up, START_LIMIT, "every master to have its replica in sync")
 
     def roles(self) -> tuple[list[RedisServer], list[RedisServer]]:

@@ -45,6 +45,7 @@ from ...errors import Overloaded, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
+from .asking import keep_asking_on_its_connection
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .sentinel import SentinelGroup
@@ -181,6 +182,7 @@ class Shards:
             # commands in flight on them (what a slot migration under load produces).
             self.cluster = RedisCluster(startup_nodes=nodes, reinitialize_steps=0, **opts)
             _keep_command_table(self.cluster)
+            keep_asking_on_its_connection()
         else:
             opts = _client_options(config)
             opts.pop("max_connections")
