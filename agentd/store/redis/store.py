@@ -35,6 +35,13 @@ __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_ke
 # so over the masters); a listing reads them all, in parallel.
 CLUSTER_INDEX_BUCKETS = 16
 
+# Lease renewals (turn leases, job deliveries) go over connections of their own, this
+# many per shard (or cluster node) per worker: under overload every connection of the
+# main pool is busy, and a renewal queued behind ordinary traffic lets its lease lapse
+# (the job is taken over and retried, the turn loses its session). A renewal is one
+# short script, so two connections carry a worker's renewals.
+RENEWAL_CONNECTIONS = 2
+
 
 def sharded_index_keys(prefix: str, count: int) -> list[str]:
     """The session index keys of ``count`` client-side shards (one Redis: 1), one per
@@ -60,8 +67,10 @@ def _entries(rows: list[Any]) -> list[tuple[int, bytes]]:
 class RedisJobs(RedisQueue, RedisRecords, Jobs):
     """The queue and the records, over the same shards and pub/sub connections."""
 
-    def __init__(self, shards: Shards, hub: EventHub, waits: Shards, events_ttl_s: int) -> None:
-        RedisQueue.__init__(self, shards, waits)
+    def __init__(
+        self, shards: Shards, hub: EventHub, waits: Shards, renewals: Shards, events_ttl_s: int
+    ) -> None:
+        RedisQueue.__init__(self, shards, waits, renewals)
         RedisRecords.__init__(self, shards, hub, events_ttl_s)
 
     def scoped(self, prefix: str) -> RedisJobs:
@@ -87,7 +96,10 @@ class RedisStore(BaseStore):
         self.waits = Shards(
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
-        self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        pool = dataclasses.replace(config.redis, pool_size=RENEWAL_CONNECTIONS)
+        self.renewals = Shards(pool, outages_of=self.shards)
+        ttl = config.jobs.events_ttl_s
+        self.jobs = RedisJobs(self.shards, self.hub, self.waits, self.renewals, ttl)
         self.limits = RedisLimits(self.shards)
         self.keyring = RedisKeyring(self.shards, self.hub)
         # Every key starts with the tenant's prefix (see keys.tenant_prefix).
@@ -139,12 +151,14 @@ class RedisStore(BaseStore):
     async def start(self) -> None:
         await self.shards.start()
         await self.waits.start()
+        await self.renewals.start()
 
     async def close(self) -> None:
         await self.index_writes.close()
         await self.hub.close()
         await self.shards.close()
         await self.waits.close()
+        await self.renewals.close()
 
     def count_waits(self, observe: Callable[[str], None]) -> None:
         self.shards.acks.observe = observe
@@ -333,7 +347,7 @@ class RedisStore(BaseStore):
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
         keys = [self._turn(sid), self._session(sid)[0]]
-        return int(await self.shards.eval(L.RENEW_TURN, keys, [token, lease_ms]))
+        return int(await self.renewals.eval(L.RENEW_TURN, keys, [token, lease_ms]))
 
     async def _interrupt_turn(self, sid: str) -> bool:
         return bool(await self.shards.eval(L.INTERRUPT_TURN, [self._turn(sid)], []))
