@@ -87,6 +87,14 @@ class RedisStore(BaseStore):
         self.shards = Shards(config.redis)
         self.hub = EventHub(self.shards)
         self.blobs = RedisBlobs(self.shards, self.hub)
+        # L2 on a Redis of its own ([cache] redis_url), its pub/sub (cache clears) too.
+        self.cache_shards: Shards | None = None
+        if config.cache.redis_url:
+            # Its writes are never acknowledged writes: redis.wait_* do not apply.
+            own = dataclasses.replace(config.redis, urls=(config.cache.redis_url,), cluster=False)
+            self.cache_shards = Shards(own)
+            self.cache_hub = EventHub(self.cache_shards)
+            self.blobs = RedisBlobs(self.cache_shards, self.cache_hub)
         # Job consumers wait on their streams (XREADGROUP BLOCK) over connections of their
         # own, one per stream they read, so waiting never takes the pool's connections.
         served = set(config.server.partitions)
@@ -152,6 +160,8 @@ class RedisStore(BaseStore):
         await self.shards.start()
         await self.waits.start()
         await self.renewals.start()
+        if self.cache_shards is not None:
+            await self.cache_shards.start()
 
     async def close(self) -> None:
         await self.index_writes.close()
@@ -159,6 +169,9 @@ class RedisStore(BaseStore):
         await self.shards.close()
         await self.waits.close()
         await self.renewals.close()
+        if self.cache_shards is not None:
+            await self.cache_hub.close()
+            await self.cache_shards.close()
 
     def count_waits(self, observe: Callable[[str], None]) -> None:
         self.shards.acks.observe = observe
