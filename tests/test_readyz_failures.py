@@ -89,18 +89,32 @@ def test_readyz_through_a_sentinel_groups_failures(tmp_path: Path, agentd_instan
         group.close()
 
 
-def test_readyz_with_a_cluster_slot_range_uncovered(tmp_path: Path, agentd_instance: Start) -> None:
-    """A master with no replica killed: its slots have no owner. /readyz is 503 for as
-    long as that lasts; sessions on the other masters are still served (with
+def test_readyz_with_a_cluster_replica_down_then_slots_uncovered(
+    tmp_path: Path, agentd_instance: Start
+) -> None:
+    """A replica down: ready (the masters serve every slot). Its master killed then, with
+    no replica left to promote: its slots have no owner, /readyz is 503 for as long as
+    that lasts, and sessions on the other masters are still served (with
     ``cluster-require-full-coverage no``)."""
     cluster = RedisClusterProcs(
-        tmp_path / "cluster", 3, node_timeout=1000, extra=("--cluster-require-full-coverage", "no")
+        tmp_path / "cluster",
+        3,
+        replicas=1,
+        node_timeout=1000,
+        extra=("--cluster-require-full-coverage", "no"),
     )
     try:
         proc = agentd_instance(_config(cluster.urls, "cluster = true\n"))
         sids = [_send(proc, "POST", "/v1/sessions", {})[1]["id"] for _ in range(12)]
         assert _readyz(proc) == (200, {"status": "ready"})
-        victim = cluster.nodes[0]
+
+        victim = cluster.master_of_slot(0)
+        [replica] = cluster.replicas_of(victim)
+        replica.proc.kill()  # kill -9 (cluster.kill is for masters)
+        replica.proc.wait()
+        assert {_send(proc, "GET", f"/v1/sessions/{sid}")[0] for sid in sids} == {200}
+        assert _readyz(proc) == (200, {"status": "ready"})
+
         cluster.kill(victim)
 
         def unready() -> Any:
@@ -117,7 +131,8 @@ def test_readyz_with_a_cluster_slot_range_uncovered(tmp_path: Path, agentd_insta
         # It stays so once the cluster has declared the master failed: nothing covers
         # its slots.
         def failed() -> bool:
-            with redis.Redis(port=cluster.nodes[1].port) as live:
+            live_node = next(n for n in cluster.nodes if n not in (victim, replica))
+            with redis.Redis(port=live_node.port) as live:
                 nodes = live.execute_command("CLUSTER", "NODES").decode()
             line = next(x for x in nodes.splitlines() if f":{victim.port}@" in x)
             return "fail" in line.split()[2].split(",")
