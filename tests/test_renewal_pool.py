@@ -1,18 +1,18 @@
 """Lease renewals do not queue behind ordinary traffic: with every connection of the
 store's main pool held by a blocking command (``redis.pool_size = 1``, one BLPOP per
-shard or cluster node), a turn lease and a job delivery are still renewed, over the
-store's own renewal connections, while those commands still block."""
+shard or cluster node), turn leases and a job delivery, more at once than the renewal
+pool has connections, are still renewed while those commands still block."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
-from agentd.config import Config, from_dict
+from agentd.config import from_dict
 from agentd.store import Store, open_store
 
 from .waiting import wait_until
@@ -21,12 +21,13 @@ from .waiting import wait_until
 # outlast the renewals, and a renewal waiting for the pool fails only after this.
 TIMEOUT_S = 10.0
 BLOCK_S = 8  # BLPOP's own timeout, under the socket timeout
+SESSIONS = 8  # turn leases renewed at once
 
 
 @pytest.fixture(params=["single", "sharded", "cluster"])
-def busy_config(request: pytest.FixtureRequest) -> Config:
+def redis_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     topology = request.param
-    settings: dict[str, Any] = {"pool_size": 1, "timeout": TIMEOUT_S}
+    settings: dict[str, Any] = {"timeout": TIMEOUT_S}
     if topology == "single":
         settings["urls"] = [request.getfixturevalue("redis_standalone").url]
     elif topology == "sharded":
@@ -34,15 +35,22 @@ def busy_config(request: pytest.FixtureRequest) -> Config:
     else:
         settings["urls"] = request.getfixturevalue("redis_cluster").urls
         settings["cluster"] = True
-    return from_dict({"redis": settings})
+    return settings
 
 
 @pytest.fixture
-async def busy_store(busy_config: Config) -> AsyncIterator[Store]:
-    store = open_store(busy_config)
-    await store.start()
-    yield store
-    await store.close()
+async def stores(redis_settings: dict[str, Any]) -> AsyncIterator[tuple[Store, Store]]:
+    """A store with the default pool (to set things up), and one whose pool is one
+    connection per server (to fill)."""
+    made = [
+        open_store(from_dict({"redis": redis_settings})),
+        open_store(from_dict({"redis": {**redis_settings, "pool_size": 1}})),
+    ]
+    for store in made:
+        await store.start()
+    yield made[0], made[1]
+    for store in made:
+        await store.close()
 
 
 def _one_key_per_server(store: Any) -> list[tuple[str, str]]:
@@ -77,18 +85,15 @@ def _blocked_clients(urls: list[str]) -> Callable[[], bool]:
 
 
 async def test_renewals_go_through_while_every_pool_connection_is_busy(
-    busy_store: Store,
+    stores: tuple[Store, Store],
 ) -> None:
-    store: Any = busy_store
-    session = await store.create_session()
-    # A cluster's index write goes on behind it: done before the pool of one is used again
-    # (a cluster client refuses a second command on a node's only connection at once).
-    await store.index_writes.flush()
-    lease = await store.begin_turn(session.id, 0, TIMEOUT_S)
-    assert lease is not None
-    assert await store.jobs.enqueue("default", 0, "job-1", 100)
+    setup, store = stores[0], cast(Any, stores[1])
+    sessions = [await setup.create_session() for _ in range(SESSIONS)]
+    leases = [await setup.begin_turn(s.id, 0, TIMEOUT_S) for s in sessions]
+    assert all(lease is not None for lease in leases)
+    assert await setup.jobs.enqueue("default", 0, "job-1", 100)
     [delivery] = await wait_until(
-        lambda: store.jobs.take("default", 0, "worker-a", 1, 0.1), what="the job's delivery"
+        lambda: setup.jobs.take("default", 0, "worker-a", 1, 0.1), what="the job's delivery"
     )
 
     # Every connection of the main pool (one per shard / node) waits in a BLPOP.
@@ -100,8 +105,14 @@ async def test_renewals_go_through_while_every_pool_connection_is_busy(
     try:
         await wait_until(_blocked_clients([url for _, url in servers]), what="the BLPOPs")
 
-        assert await store.renew_turn(session.id, lease.token, TIMEOUT_S) == "held"
-        assert await store.jobs.renew(delivery, "worker-a") is True
+        # More renewals at once than the renewal pool has connections: they wait for
+        # each other, none is refused.
+        held = zip(sessions, leases, strict=True)
+        renewed = await asyncio.gather(
+            *(store.renew_turn(s.id, lease.token, TIMEOUT_S) for s, lease in held),
+            store.jobs.renew(delivery, "worker-a"),
+        )
+        assert renewed == ["held"] * SESSIONS + [True]
         # They did not wait for the pool: its every connection still blocks.
         assert not any(b.done() for b in blockers)
     finally:
@@ -111,4 +122,5 @@ async def test_renewals_go_through_while_every_pool_connection_is_busy(
         done = await asyncio.gather(*blockers, return_exceptions=True)
     # Each BLPOP got its value: the pool's connections were in use all along.
     assert [tuple(d) for d in done] == [(k.encode(), b"go") for k, _ in servers], done
-    await store.end_turn(session.id, lease.token, [])
+    for s, lease in zip(sessions, leases, strict=True):
+        await setup.end_turn(s.id, lease.token, [])

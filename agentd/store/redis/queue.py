@@ -17,16 +17,17 @@ from .. import keys as K
 from .. import scripts as L
 from ..api import DEAD_MAXLEN, Delivery, Queue, QueueDepth
 from ..codec import ms
+from .renewals import Renewals
 from .shards import Shards
 
 __all__ = ("RedisQueue",)
 
 
 class RedisQueue(Queue):
-    def __init__(self, shards: Shards, waits: Shards, renewals: Shards | None = None) -> None:
+    def __init__(self, shards: Shards, waits: Shards, renewals: Renewals) -> None:
         self.shards = shards
         self.waits = waits  # for blocking reads only
-        self.renewals = renewals or shards  # for renewals only (see RedisStore)
+        self.renewals = renewals  # for renewals only (see renewals.py)
         # Where each stream's next reclaim goes on looking through its pending entries.
         self._reclaim_from: dict[str, str] = {}
 

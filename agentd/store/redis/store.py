@@ -27,6 +27,7 @@ from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
+from .renewals import Renewals
 from .shards import Shards
 
 __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_keys")
@@ -34,13 +35,6 @@ __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_ke
 # A Redis Cluster's session index is split into this many keys (spread over the slots,
 # so over the masters); a listing reads them all, in parallel.
 CLUSTER_INDEX_BUCKETS = 16
-
-# Lease renewals (turn leases, job deliveries) go over connections of their own, this
-# many per shard (or cluster node) per worker: under overload every connection of the
-# main pool is busy, and a renewal queued behind ordinary traffic lets its lease lapse
-# (the job is taken over and retried, the turn loses its session). A renewal is one
-# short script, so two connections carry a worker's renewals.
-RENEWAL_CONNECTIONS = 2
 
 
 def sharded_index_keys(prefix: str, count: int) -> list[str]:
@@ -68,7 +62,7 @@ class RedisJobs(RedisQueue, RedisRecords, Jobs):
     """The queue and the records, over the same shards and pub/sub connections."""
 
     def __init__(
-        self, shards: Shards, hub: EventHub, waits: Shards, renewals: Shards, events_ttl_s: int
+        self, shards: Shards, hub: EventHub, waits: Shards, renewals: Renewals, events_ttl_s: int
     ) -> None:
         RedisQueue.__init__(self, shards, waits, renewals)
         RedisRecords.__init__(self, shards, hub, events_ttl_s)
@@ -104,8 +98,8 @@ class RedisStore(BaseStore):
         self.waits = Shards(
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
-        pool = dataclasses.replace(config.redis, pool_size=RENEWAL_CONNECTIONS)
-        self.renewals = Shards(pool, outages_of=self.shards)
+        # Lease renewals over connections of their own (see renewals.py).
+        self.renewals = Renewals(config.redis, self.shards)
         ttl = config.jobs.events_ttl_s
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, self.renewals, ttl)
         self.limits = RedisLimits(self.shards)
