@@ -83,6 +83,7 @@ async def test_l2_lives_on_the_cache_redis_and_sessions_on_the_store(
         config = _config(main, cache, node.url)
         a = await asyncio.to_thread(agentd_instance, config)
         b = await asyncio.to_thread(agentd_instance, config)
+        assert f"; L2 cache on {cache.url}" in a.log()  # the start-up line names it
         async with fresh_connections() as http:
 
             async def ask(proc: AgentdProcess, sid: str | None = None) -> tuple[str, str]:
