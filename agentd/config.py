@@ -431,6 +431,9 @@ class CacheConfig:
     # Seconds a single-flight leader's lock lasts unless renewed (a dead leader's
     # followers take over after at most this long).
     flight_lease: float = opt(10.0, min=0.1, max=600.0)
+    # L2 on a Redis of its own (one server or a Sentinel group; "" = on the store's
+    # servers): one that may evict (allkeys-lru) while the store's must not.
+    redis_url: str = opt("", check=lambda v: _check_redis_url(v) if v else None)
 
 
 @dataclass(frozen=True)
@@ -990,6 +993,8 @@ def _cross_checks(raw: dict[str, Any], config: Config, errors: list[str]) -> Con
     if config.redis.cluster and not config.redis.urls and not bad("redis.urls", "redis"):
         errors.append("redis.cluster: needs at least one seed URL in redis.urls")
     _check_waits(config.redis, bad, errors)
+    if config.cache.redis_url and not config.redis.urls and not bad("redis.urls", "redis"):
+        errors.append("cache.redis_url: needs redis.urls (with no Redis, L2 is in memory)")
     _check_sentinels(config, bad, errors)
     if config.mode == "standalone":
         server = raw.get("server")

@@ -19,6 +19,7 @@ __all__ = (
     "PayloadTooLarge",
     "QuotaExceeded",
     "RateLimited",
+    "StoreFull",
     "StoreNotDurable",
     "StoreUnavailable",
     "Unauthorized",
@@ -122,6 +123,13 @@ class Overloaded(Unavailable):
 
 class StoreUnavailable(Unavailable):
     code = "store_unavailable"
+
+
+class StoreFull(Unavailable):
+    """Redis refused a write at its ``maxmemory`` (OOM under ``noeviction``): nothing was
+    written; reads go on."""
+
+    code = "store_full"
 
 
 class StoreNotDurable(Unavailable):

@@ -52,6 +52,12 @@ def _store(config: Config) -> str:
     return f"one Redis: {urls}"
 
 
+def _cache(config: Config) -> str:
+    """Where L2 lives when not on the store's servers ([cache] redis_url)."""
+    url = config.cache.redis_url
+    return f"; L2 cache on {_server(url)}" if url and config.mode != "standalone" else ""
+
+
 def _partitions(config: Config) -> str:
     listed = {a for p in config.partitions for a in p.agents}
     unlisted = [a.name for a in config.agents if a.name not in listed]
@@ -75,7 +81,7 @@ def describe(config: Config, host: str, port: int) -> list[str]:
     return [
         f"agents: {agents}",
         f"backends: {backends}",
-        f"store: {_store(config)}",
+        f"store: {_store(config)}{_cache(config)}",
         f"partitions: {_partitions(config)}",
         f"api: {base}/v1 (OpenAI base_url), WebSocket {base.replace('http', 'ws', 1)}/v1/ws, "
         f"health {base}/readyz",

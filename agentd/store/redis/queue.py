@@ -17,15 +17,17 @@ from .. import keys as K
 from .. import scripts as L
 from ..api import DEAD_MAXLEN, Delivery, Queue, QueueDepth
 from ..codec import ms
+from .renewals import Renewals
 from .shards import Shards
 
 __all__ = ("RedisQueue",)
 
 
 class RedisQueue(Queue):
-    def __init__(self, shards: Shards, waits: Shards) -> None:
+    def __init__(self, shards: Shards, waits: Shards, renewals: Renewals) -> None:
         self.shards = shards
         self.waits = waits  # for blocking reads only
+        self.renewals = renewals  # for renewals only (see renewals.py)
         # Where each stream's next reclaim goes on looking through its pending entries.
         self._reclaim_from: dict[str, str] = {}
 
@@ -113,7 +115,8 @@ class RedisQueue(Queue):
 
     async def renew(self, delivery: Delivery, consumer: str) -> bool:
         stream = K.queue_key(delivery.partition, delivery.shard)
-        return bool(await self.shards.eval(L.RENEW_JOB, [stream], [consumer, delivery.entry]))
+        args = [consumer, delivery.entry]
+        return bool(await self.renewals.eval(L.RENEW_JOB, [stream], args))
 
     async def ack(self, delivery: Delivery) -> None:
         stream = K.queue_key(delivery.partition, delivery.shard)

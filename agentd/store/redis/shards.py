@@ -41,7 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ...config import SENTINEL_SCHEME, RedisConfig
-from ...errors import Overloaded, StoreUnavailable
+from ...errors import Overloaded, StoreFull, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
@@ -91,6 +91,11 @@ def _pool_exhausted(exc: BaseException) -> bool:
     return isinstance(exc, rexc.MaxConnectionsError) or str(exc).startswith(
         "No connection available"
     )
+
+
+def _full(server: str) -> StoreFull:
+    # The server answers (no outage): it refuses writes at its maxmemory (noeviction).
+    return StoreFull(f"{server} is full (maxmemory): it refuses writes", retry_after=1)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -403,6 +408,8 @@ class Shards:
             outage = self._node_outage(key)
             try:
                 result = await fn(self.cluster)
+            except rexc.OutOfMemoryError as exc:
+                raise _full("a redis cluster node") from exc
             except REFUSED_ERRORS as exc:
                 if time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
@@ -462,6 +469,8 @@ class Shards:
             raise StoreUnavailable(f"{self.describe(index)} is unreachable")
         try:
             result = await fn(self.clients[index])
+        except rexc.OutOfMemoryError as exc:
+            raise _full(self.describe(index)) from exc
         except UNAVAILABLE_ERRORS as exc:
             if _pool_exhausted(exc):
                 # The shard is fine; this worker has every connection to it in use.

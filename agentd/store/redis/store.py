@@ -27,6 +27,7 @@ from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
+from .renewals import Renewals
 from .shards import Shards
 
 __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_keys")
@@ -60,8 +61,10 @@ def _entries(rows: list[Any]) -> list[tuple[int, bytes]]:
 class RedisJobs(RedisQueue, RedisRecords, Jobs):
     """The queue and the records, over the same shards and pub/sub connections."""
 
-    def __init__(self, shards: Shards, hub: EventHub, waits: Shards, events_ttl_s: int) -> None:
-        RedisQueue.__init__(self, shards, waits)
+    def __init__(
+        self, shards: Shards, hub: EventHub, waits: Shards, renewals: Renewals, events_ttl_s: int
+    ) -> None:
+        RedisQueue.__init__(self, shards, waits, renewals)
         RedisRecords.__init__(self, shards, hub, events_ttl_s)
 
     def scoped(self, prefix: str) -> RedisJobs:
@@ -78,6 +81,14 @@ class RedisStore(BaseStore):
         self.shards = Shards(config.redis)
         self.hub = EventHub(self.shards)
         self.blobs = RedisBlobs(self.shards, self.hub)
+        # L2 on a Redis of its own ([cache] redis_url), its pub/sub (cache clears) too.
+        self.cache_shards: Shards | None = None
+        if config.cache.redis_url:
+            # Its writes are never acknowledged writes: redis.wait_* do not apply.
+            own = dataclasses.replace(config.redis, urls=(config.cache.redis_url,), cluster=False)
+            self.cache_shards = Shards(own)
+            self.cache_hub = EventHub(self.cache_shards)
+            self.blobs = RedisBlobs(self.cache_shards, self.cache_hub)
         # Job consumers wait on their streams (XREADGROUP BLOCK) over connections of their
         # own, one per stream they read, so waiting never takes the pool's connections.
         served = set(config.server.partitions)
@@ -87,7 +98,10 @@ class RedisStore(BaseStore):
         self.waits = Shards(
             dataclasses.replace(config.redis, pool_size=max(1, streams)), outages_of=self.shards
         )
-        self.jobs = RedisJobs(self.shards, self.hub, self.waits, config.jobs.events_ttl_s)
+        # Lease renewals over connections of their own (see renewals.py).
+        self.renewals = Renewals(config.redis, self.shards)
+        ttl = config.jobs.events_ttl_s
+        self.jobs = RedisJobs(self.shards, self.hub, self.waits, self.renewals, ttl)
         self.limits = RedisLimits(self.shards)
         self.keyring = RedisKeyring(self.shards, self.hub)
         # Every key starts with the tenant's prefix (see keys.tenant_prefix).
@@ -139,12 +153,19 @@ class RedisStore(BaseStore):
     async def start(self) -> None:
         await self.shards.start()
         await self.waits.start()
+        await self.renewals.start()
+        if self.cache_shards is not None:
+            await self.cache_shards.start()
 
     async def close(self) -> None:
         await self.index_writes.close()
         await self.hub.close()
         await self.shards.close()
         await self.waits.close()
+        await self.renewals.close()
+        if self.cache_shards is not None:
+            await self.cache_hub.close()
+            await self.cache_shards.close()
 
     def count_waits(self, observe: Callable[[str], None]) -> None:
         self.shards.acks.observe = observe
@@ -333,7 +354,7 @@ class RedisStore(BaseStore):
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
         keys = [self._turn(sid), self._session(sid)[0]]
-        return int(await self.shards.eval(L.RENEW_TURN, keys, [token, lease_ms]))
+        return int(await self.renewals.eval(L.RENEW_TURN, keys, [token, lease_ms]))
 
     async def _interrupt_turn(self, sid: str) -> bool:
         return bool(await self.shards.eval(L.INTERRUPT_TURN, [self._turn(sid)], []))
