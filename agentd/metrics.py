@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client import multiprocess as _mp
 
+from .latency_window import LatencyWindow
+
 __all__ = (
     "CONTENT_TYPE",
     "TENANT_LABELS",
@@ -27,6 +29,7 @@ __all__ = (
     "SupervisorMetrics",
     "TenantMetrics",
     "ToolMetrics",
+    "counter_values",
     "enable_multiprocess",
     "process_exited",
     "remove_directory",
@@ -75,6 +78,13 @@ def enable_multiprocess() -> str:
 
 def remove_directory(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
+    """This process's value of each labelled child of ``counter`` (in multiprocess mode,
+    this process's own file, not the instance's sum)."""
+    children = list(counter._metrics.items())
+    return {labels: child._value.get() for labels, child in children}
 
 
 def process_exited(pid: int) -> None:
@@ -175,6 +185,8 @@ class Metrics:
             for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
         }
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        # The last seconds' latencies, for the service registry's stats.
+        self.recent = LatencyWindow()
 
     def observe_turn(self, stages: Mapping[str, float]) -> None:
         """Observe the stages a turn went through, and only those: a stage it skipped
@@ -197,6 +209,17 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()  # type: ignore[attr-defined]
         pair[1].observe(seconds)  # type: ignore[attr-defined]
+        self.recent.add(seconds)
+
+    def request_totals(self) -> tuple[int, int]:
+        """This process's requests answered, and those of them answered 5xx."""
+        requests = errors = 0
+        for (_, _, status), (counter, _) in list(self._children.items()):
+            n = int(counter._value.get())  # type: ignore[attr-defined]
+            requests += n
+            if status >= 500:
+                errors += n
+        return requests, errors
 
     def render(self) -> bytes:
         """The instance-wide metrics (all workers) in Prometheus text format."""

@@ -22,6 +22,8 @@ from typing import Any
 
 from ..config import Config
 from ..errors import Conflict
+from .dead import DeadLetters
+from .registry import Registry
 
 __all__ = (
     "DEAD_MAXLEN",
@@ -179,6 +181,8 @@ class Store(abc.ABC):
     jobs: Jobs
     # API key records.
     keyring: Keyring
+    # Every live worker of every instance (the service registry).
+    registry: Registry
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -414,6 +418,7 @@ class QueueDepth:
     running: int
     oldest_s: float  # age of the oldest waiting job, 0 when none waits
     dead: int
+    retries: int = 0  # failed attempts put back on the queue, ever
 
 
 class Queue(abc.ABC):
@@ -449,12 +454,14 @@ class Queue(abc.ABC):
         """Done with the job: it leaves the queue."""
 
     @abc.abstractmethod
-    async def retry(self, delivery: Delivery) -> None:
-        """Put the job back at the end of its stream (a new delivery) and ack this one."""
+    async def retry(self, delivery: Delivery, *, failed: bool = False) -> None:
+        """Put the job back at the end of its stream (a new delivery) and ack this one;
+        ``failed``: after a failed attempt (counted in :attr:`QueueDepth.retries`)."""
 
     @abc.abstractmethod
-    async def bury(self, delivery: Delivery, reason: bytes) -> None:
-        """Move the job to the partition's dead-letter stream (with why) and ack it."""
+    async def bury(self, delivery: Delivery, reason: bytes, attempts: int = 0) -> None:
+        """Move the job to the partition's dead-letter stream (with why and after how
+        many attempts) and ack it."""
 
     @abc.abstractmethod
     async def depth(self, partition: str, shards: int) -> QueueDepth: ...
@@ -556,8 +563,9 @@ class Records(abc.ABC):
         """The steps recorded by :meth:`record_step`, in order (none: empty)."""
 
 
-class Jobs(Queue, Records, abc.ABC):
-    """The queue and the records, as the job runner and the Responses API use them."""
+class Jobs(Queue, Records, DeadLetters, abc.ABC):
+    """The queue and the records, as the job runner and the Responses API use them,
+    and the dead letters as operators handle them."""
 
 
 # -- API keys ----------------------------------------------------------------------------
