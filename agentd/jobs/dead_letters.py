@@ -20,8 +20,7 @@ import orjson
 
 from ..config import Config
 from ..errors import AgentdError, Conflict, NotFound, RateLimited
-from ..store import Store, job_of
-from ..store.dead import DeadLetter, DeadPage
+from ..store import DeadLetter, DeadPage, Store, job_of
 
 __all__ = ("DeadLetterDesk", "PartitionFigures", "no_dead_letter", "queue_limit")
 

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from ..errors import AgentdError, param_error
 from ..jobs.dead_letters import DeadLetterDesk, letter_dict, no_dead_letter
-from ..store.dead import DEAD_ID_RE
+from ..store import DEAD_ID_RE
 from .auth import identity_of
 from .http import json_response, query_int
 from .keys import CONFIG, STORE

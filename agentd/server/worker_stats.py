@@ -5,12 +5,10 @@ worker's metrics, pools and job runner already track."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
 
-from ..backends.nodes import STATE_NAMES
 from ..metrics import counter_values
 from .keys import BACKENDS, METRICS, RUNNER, STATE
 
@@ -36,17 +34,16 @@ def snapshot(app: web.Application) -> dict[str, Any]:
     jobs_done = 0
     if job_metrics is not None:
         jobs_done = int(sum(counter_values(job_metrics.finished).values()))
-    now = asyncio.get_running_loop().time()
     backends = [
         {
             "backend": pool.name,
-            "node": node.name,
-            "latency_ms": _ms(node.latency(now)),
-            "in_flight": node.inflight,
-            "breaker": STATE_NAMES[node.breaker.state],
+            "node": node["node"],
+            "latency_ms": _ms(node["ttft_ewma_s"]),  # type: ignore[arg-type]
+            "in_flight": node["inflight"],
+            "breaker": node["breaker"],
         }
         for pool in app[BACKENDS]
-        for node in pool.nodes
+        for node in pool.status()
     ]
     return {
         "requests": requests,

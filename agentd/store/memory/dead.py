@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from ..dead import DeadLetter, DeadLetters, DeadPage
+from ..api import DeadLetter, DeadLetters, DeadPage
 
 __all__ = ("MemoryDeadLetters",)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from ..registry import Member, Registry
+from ..api import Member, Registry
 
 __all__ = ("MemoryRegistry",)
 

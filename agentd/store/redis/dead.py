@@ -7,8 +7,7 @@ import time
 from typing import Any
 
 from .. import keys as K
-from ..api import DEAD_MAXLEN
-from ..dead import DeadLetter, DeadLetters, DeadPage
+from ..api import DEAD_MAXLEN, DeadLetter, DeadLetters, DeadPage
 from . import ops_scripts as O
 from .shards import Shards
 

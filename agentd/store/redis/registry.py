@@ -8,7 +8,7 @@ gone."""
 from __future__ import annotations
 
 from .. import keys as K
-from ..registry import Member, Registry
+from ..api import Member, Registry
 from . import ops_scripts as O
 from .shards import Shards
 
