@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 BEAT_INTERVAL_S = 1.0
 TTL_S = 3 * BEAT_INTERVAL_S + 0.5
+# How long a draining worker waits to remove its entry: a store that does not answer must
+# not hold up the drain (the entry then ends with its ttl).
+LEAVE_LIMIT_S = 0.5
 
 
 def _address(bind: str) -> str:
@@ -80,9 +83,9 @@ class Presence:
                 await self._task
             self._task = None
         try:
-            await self.app[STORE].registry.leave(self.worker_id)
-        except AgentdError as exc:  # the entry ends with its ttl
-            log.info("registry entry %s not removed (%s)", self.worker_id, exc.message)
+            await asyncio.wait_for(self.app[STORE].registry.leave(self.worker_id), LEAVE_LIMIT_S)
+        except (AgentdError, TimeoutError) as exc:  # the entry ends with its ttl
+            log.info("registry entry %s not removed (%s)", self.worker_id, exc)
 
     async def _beat_forever(self) -> None:
         while True:
