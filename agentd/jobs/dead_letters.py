@@ -22,7 +22,7 @@ from ..config import Config
 from ..errors import AgentdError, Conflict, NotFound, RateLimited
 from ..store import DeadLetter, DeadPage, Store, job_of
 
-__all__ = ("DeadLetterDesk", "PartitionFigures", "no_dead_letter", "queue_limit")
+__all__ = ("DeadLetterDesk", "PartitionFigures", "letter_dict", "no_dead_letter", "queue_limit")
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ class PartitionFigures:
 
 def letter_dict(letter: DeadLetter) -> dict[str, Any]:
     tenant, rid = job_of(letter.job_id)
-    error = orjson.loads(letter.error) if letter.error else None
+    try:
+        error = orjson.loads(letter.error)
+    except orjson.JSONDecodeError:  # not written by agentd's attempts: shown as it is
+        error = letter.error.decode(errors="replace")
     if not isinstance(error, dict):
         error = {"code": "job_failed", "message": str(error)}
     return {
