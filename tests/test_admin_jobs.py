@@ -4,6 +4,7 @@ layout; what it refuses, and to whom."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -123,16 +124,24 @@ async def test_a_dead_letter_retried_runs_and_completes(api: Jobs) -> None:
     assert status == 404 and body["error"]["code"] == "dead_letter_not_found"
 
 
-async def test_a_dead_letter_discarded_is_gone(api: Jobs) -> None:
+async def test_a_dead_letter_discarded_is_gone(api: Jobs, caplog: pytest.LogCaptureFixture) -> None:
     rid = await api.submit()
     [letter] = await api.wait_dead(1)
     assert (letter["response_id"], letter["tenant"]) == (rid, "")
     path = f"{DEAD}/{letter['id']}?partition=default"
-    assert await api.call("DELETE", path) == (200, {"id": letter["id"], "deleted": True})
-    assert (await api.dead())[1]["data"] == []
-    assert (await api.figures())["default"]["dead"] == 0
-    status, body = await api.call("DELETE", path)
+    with caplog.at_level(logging.INFO, logger="agentd.audit"):
+        assert await api.call("DELETE", path) == (200, {"id": letter["id"], "deleted": True})
+        assert (await api.dead())[1]["data"] == []
+        assert (await api.figures())["default"]["dead"] == 0
+        status, body = await api.call("DELETE", path)
     assert status == 404 and body["error"]["code"] == "dead_letter_not_found"
+    # One audit line per discard, done or refused; none for reading.
+    lines = [r for r in caplog.records if r.name == "agentd.audit"]
+    assert [(r.action, r.id, r.partition, r.outcome) for r in lines] == [  # type: ignore[attr-defined]
+        ("dead_letter.discard", letter["id"], "default", "ok"),
+        ("dead_letter.discard", letter["id"], "default", "refused: dead_letter_not_found"),
+    ]
+    assert lines[0].response == rid  # type: ignore[attr-defined]
     assert await api.status_of(rid) == "failed"  # the response itself stays as it ended
 
 
