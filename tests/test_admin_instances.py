@@ -83,6 +83,12 @@ async def test_every_worker_of_every_instance_is_listed_until_it_goes(
         assert sorted(w["worker"] for w in workers) == [0, 1]
         assert all(w["id"] == f"{w['instance']}/{w['worker']}" for w in workers)
         assert all(w["partitions"] == ["default"] and w["version"] for w in workers)
+    # The figures are each worker's own (read from its multiprocess metric files): the
+    # listings above were requests too, counted by the workers that answered them.
+    counted = _wait_listed(
+        a, lambda d: sum(w["stats"]["requests"] for w in _of(d, a)) > 0, "a's requests counted"
+    )
+    assert all(w["stats"]["errors"] == 0 for w in counted)
     # Any instance lists the same workers.
     assert {w["id"] for w in _wait_listed(b, lambda d: len(d) == 4, "four workers")} == {
         w["id"] for w in both
