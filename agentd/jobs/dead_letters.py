@@ -20,17 +20,20 @@ import orjson
 
 from ..config import Config
 from ..errors import AgentdError, Conflict, NotFound, RateLimited
-from ..store import DeadLetter, DeadPage, Store, job_of
+from ..store import DeadLetter, DeadPage, Jobs, Store, job_of
 
 __all__ = ("DeadLetterDesk", "PartitionFigures", "letter_dict", "no_dead_letter", "queue_limit")
 
 log = logging.getLogger(__name__)
 
 
+def queue_shards(config: Config, partition: str) -> int:
+    return next(p.queue_shards for p in config.all_partitions() if p.name == partition)
+
+
 def queue_limit(config: Config, partition: str) -> int:
     """Jobs one stream of the partition may hold: ``[jobs] max_queued`` over its shards."""
-    shards = next(p.queue_shards for p in config.all_partitions() if p.name == partition)
-    return -(-config.jobs.max_queued // shards)
+    return -(-config.jobs.max_queued // queue_shards(config, partition))
 
 
 def no_dead_letter(partition: str, entry: str) -> NotFound:
@@ -114,6 +117,7 @@ class DeadLetterDesk:
             raise no_dead_letter(partition, entry)
         tenant, rid = job_of(letter.job_id)
         records = self.store.for_tenant(tenant).jobs
+        # BaseException: a cancelled request must not lose the letter it took either.
         try:
             status = await records.requeue(rid)
         except BaseException:
@@ -130,10 +134,10 @@ class DeadLetterDesk:
                 f"response {rid!r} of dead letter {entry!r} is {status}, not failed",
                 code="response_not_failed",
             )
-        shards = next(p.queue_shards for p in self.config.all_partitions() if p.name == partition)
+        shard = random.randrange(queue_shards(self.config, partition))
         limit = queue_limit(self.config, partition)
         try:
-            queued = await jobs.enqueue(partition, random.randrange(shards), letter.job_id, limit)
+            queued = await jobs.enqueue(partition, shard, letter.job_id, limit)
         except BaseException:
             await self._undo(records, rid, letter)
             raise
@@ -147,7 +151,7 @@ class DeadLetterDesk:
         log.info("dead letter %s (response %s) queued again", entry, rid)
         return letter, rid
 
-    async def _undo(self, records: Any, rid: str, letter: DeadLetter) -> None:
+    async def _undo(self, records: Jobs, rid: str, letter: DeadLetter) -> None:
         try:
             await records.unqueue(rid)
         except AgentdError as exc:
