@@ -102,6 +102,15 @@ def parse_bind(value: str) -> tuple[str, int]:
     return host, port
 
 
+_INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _check_instance_id(value: str) -> str | None:
+    if value and not _INSTANCE_ID_RE.fullmatch(value):
+        return f"must be 1-128 of A-Z, a-z, 0-9, '.', '_', ':' and '-', got {value[:140]!r}"
+    return None
+
+
 def _check_bind(value: str) -> str | None:
     try:
         parse_bind(value)
@@ -240,6 +249,8 @@ class ServerConfig:
     # The job partitions this instance consumes (empty: all); it serves interactive
     # requests for every agent either way.
     partitions: tuple[str, ...] = opt(())
+    # This instance's name in the service registry ("": hostname:port:start time).
+    instance_id: str = opt("", check=_check_instance_id)
 
 
 @dataclass(frozen=True)

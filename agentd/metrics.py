@@ -10,8 +10,10 @@ calls :func:`process_exited` for it.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
+import time
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -22,11 +24,13 @@ __all__ = (
     "TENANT_LABELS",
     "BackendMetrics",
     "JobMetrics",
+    "LatencyWindow",
     "Metrics",
     "NodeMetrics",
     "SupervisorMetrics",
     "TenantMetrics",
     "ToolMetrics",
+    "counter_values",
     "enable_multiprocess",
     "process_exited",
     "remove_directory",
@@ -77,10 +81,81 @@ def remove_directory(directory: str) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def counter_values(counter: Counter) -> dict[tuple[str, ...], float]:
+    """This process's value of each labelled child of ``counter`` (in multiprocess mode,
+    this process's own file, not the instance's sum)."""
+    children = list(counter._metrics.items())
+    return {labels: child._value.get() for labels, child in children}
+
+
 def process_exited(pid: int) -> None:
     """Drop the live gauges of a process that has exited."""
     if os.environ.get(ENV):
         _mp.mark_process_dead(pid)
+
+
+# -- the last seconds' request latencies ---------------------------------------------------
+# For the percentiles a worker reports with its heartbeat (the histogram above is
+# cumulative and bucketed): one sample reservoir per second, every request offered, at
+# most SAMPLES_PER_S kept (reservoir sampling keeps them uniform), so a request costs a
+# counter and sometimes a list write, whatever the load.
+
+SAMPLES_PER_S = 256
+
+
+class LatencyWindow:
+    """Percentiles over the last ``window_s`` seconds (whole seconds)."""
+
+    def __init__(self, window_s: int = 10) -> None:
+        self.window_s = window_s
+        # second -> (requests offered, kept samples)
+        self._seconds: dict[int, tuple[list[int], list[float]]] = {}
+
+    def add(self, seconds: float, now: float | None = None) -> None:
+        second = int(time.monotonic() if now is None else now)
+        slot = self._seconds.get(second)
+        if slot is None:
+            self._prune(second)
+            slot = self._seconds[second] = ([0], [])
+        seen, kept = slot
+        seen[0] += 1
+        if len(kept) < SAMPLES_PER_S:
+            kept.append(seconds)
+        else:
+            j = random.randrange(seen[0])
+            if j < SAMPLES_PER_S:
+                kept[j] = seconds
+
+    def _prune(self, second: int) -> None:
+        for old in [s for s in self._seconds if s <= second - self.window_s]:
+            del self._seconds[old]
+
+    def percentiles(self, *qs: float, now: float | None = None) -> list[float | None]:
+        """The latencies (seconds) at quantiles ``qs`` (0..1) over the window; None for
+        each when no request was seen. Seconds with more requests weigh more."""
+        second = int(time.monotonic() if now is None else now)
+        self._prune(second)
+        weighted: list[tuple[float, float]] = []
+        total = 0.0
+        for seen, kept in self._seconds.values():
+            if kept:
+                weight = seen[0] / len(kept)
+                weighted += [(value, weight) for value in kept]
+                total += seen[0]
+        if not weighted:
+            return [None] * len(qs)
+        weighted.sort()
+        out: list[float | None] = []
+        for q in qs:
+            target, acc = q * total, 0.0
+            pick = weighted[-1][0]
+            for value, weight in weighted:
+                acc += weight
+                if acc >= target:
+                    pick = value
+                    break
+            out.append(pick)
+        return out
 
 
 class SupervisorMetrics:
@@ -175,6 +250,8 @@ class Metrics:
             for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
         }
         self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        # The last seconds' latencies, for the service registry's stats.
+        self.recent = LatencyWindow()
 
     def observe_turn(self, stages: Mapping[str, float]) -> None:
         """Observe the stages a turn went through, and only those: a stage it skipped
@@ -197,6 +274,17 @@ class Metrics:
             self._children[key] = pair
         pair[0].inc()  # type: ignore[attr-defined]
         pair[1].observe(seconds)  # type: ignore[attr-defined]
+        self.recent.add(seconds)
+
+    def request_totals(self) -> tuple[int, int]:
+        """This process's requests answered, and those of them answered 5xx."""
+        requests = errors = 0
+        for (_, _, status), (counter, _) in list(self._children.items()):
+            n = int(counter._value.get())  # type: ignore[attr-defined]
+            requests += n
+            if status >= 500:
+                errors += n
+        return requests, errors
 
     def render(self) -> bytes:
         """The instance-wide metrics (all workers) in Prometheus text format."""

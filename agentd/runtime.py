@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -13,18 +15,29 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from aiohttp import web
 
-__all__ = ("ReadinessCheck", "WorkerInfo", "WorkerState")
+__all__ = ("ReadinessCheck", "WorkerInfo", "WorkerState", "instance_id")
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 
 
+def instance_id(configured: str, bind: str) -> str:
+    """The instance's id in the service registry: the configured one, else the host's
+    name, the port and the start time (unique per start of an instance)."""
+    if configured:
+        return configured
+    port = bind.rpartition(":")[2]
+    return f"{socket.gethostname()}:{port}:{int(time.time())}"
+
+
 @dataclass(frozen=True)
 class WorkerInfo:
-    """Who serves: the worker's slot id, its generation (bumped per reload) and pid."""
+    """Who serves: the worker's slot id, its generation (bumped per reload) and pid, and
+    its instance's id ("": an application run outside a supervisor)."""
 
     id: int = 0
     generation: int = 0
     pid: int = field(default_factory=os.getpid)
+    instance: str = ""
 
 
 @dataclass

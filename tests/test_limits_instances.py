@@ -118,15 +118,15 @@ def _script_calls(client: redis.Redis) -> int:
     return sum(stats.get(name, {}).get("calls", 0) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
-# What the limiter's script runs inside (Redis counts those too), INFO, SCAN and HGET
-# (this test's own) and the job queue's idle reads (its readers wait on their streams
-# all along).
+# What the limiter's script and the service registry's heartbeat run inside (Redis counts
+# those too), INFO, SCAN and HGET (this test's own) and the job queue's idle reads (its
+# readers wait on their streams all along).
 _NOT_ROUND_TRIPS = {
     f"cmdstat_{name}"
     for name in (
         "evalsha", "eval", "info", "scan", "hget", "xreadgroup", "time", "zadd", "zrem",
-        "zremrangebyscore", "zcard", "hmget", "hset", "hincrby", "hdel", "del", "expire",
-        "pexpire",
+        "zremrangebyscore", "zrangebyscore", "zcard", "hmget", "hset", "hincrby", "hdel",
+        "del", "expire", "pexpire",
     )
 }  # fmt: skip
 

@@ -10,6 +10,8 @@ in process without Redis), the consumers every worker runs, and webhooks.
 - ``attempt``: one attempt of one job, from its start on the record to the result, the
   webhook and the acknowledgement (or a retry, or the dead letters).
 - ``webhooks``: signing and delivering the webhook of an ended response.
+- ``dead_letters``: the operator's side: each partition's figures, and dead letters
+  listed, queued again or discarded.
 
 The queue and the records themselves are the store's (``agentd.store.api``: ``Queue``
 and ``Records``).

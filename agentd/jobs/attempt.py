@@ -288,7 +288,7 @@ class Attempts:
             return  # fenced out: a newer attempt owns the job
         delay = min(RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S * 2 ** (attempt - 1))
         await asyncio.sleep(delay * (0.5 + random.random() / 2))
-        await self.jobs.retry(delivery)
+        await self.jobs.retry(delivery, failed=True)
 
     async def _conclude(
         self,
@@ -315,7 +315,7 @@ class Attempts:
             self.metrics.finished.labels(partition, final.status).inc()
         await self._report(rid)
         if dead:
-            await self.jobs.bury(delivery, _dumps_error(final.error))
+            await self.jobs.bury(delivery, _dumps_error(final.error), attempt)
         else:
             await self.jobs.ack(delivery)
 

@@ -39,6 +39,7 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
+from .dead_letters import queue_limit
 from .mcp import OnEvents, Server, TurnItems, answer_approvals, check, resolve
 
 __all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
@@ -277,7 +278,7 @@ class Responses:
         )
         if req.background:
             shard = random.randrange(self._shards[partition])
-            limit = -(-self.config.jobs.max_queued // self._shards[partition])
+            limit = queue_limit(self.config, partition)
             job = job_id(self.tenant, view.id)
             if not await self.jobs.enqueue(partition, shard, job, limit):
                 await self.jobs.delete(view.id)

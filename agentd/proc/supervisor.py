@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from .. import metrics as metrics_mod
 from ..config import Config, ConfigError, is_loopback
 from ..log import setup_logging
-from ..runtime import WorkerInfo
+from ..runtime import WorkerInfo, instance_id
 from ..server import check_startup
 from . import worker as worker_mod
 from .banner import describe
@@ -79,6 +79,8 @@ class Supervisor:
         self.config = config
         self._load_config = load_config
         self.generation = 0
+        # The instance's id in the service registry, the same for every generation.
+        self.instance = instance_id(config.server.instance_id, config.server.bind)
         self.workers: dict[int, Worker] = {}  # by pid
         self.listeners = Listeners(
             config.server.bind, config.server.backlog, config.server.reuse_port
@@ -232,7 +234,7 @@ class Supervisor:
 
     def spawn_worker(self, slot: int) -> None:
         socks = self.listeners.for_slot(slot, self.config.server.workers)
-        info = WorkerInfo(id=slot, generation=self.generation)
+        info = WorkerInfo(id=slot, generation=self.generation, instance=self.instance)
         keep = {sock.fileno() for sock in socks}
         inherited = [s.fileno() for s in self.listeners.all()] + [
             w.fd for w in self.workers.values()

@@ -29,8 +29,10 @@ from . import (
     admin,
     cache_admin,
     chat,
+    cluster_admin,
     conversations,
     events,
+    jobs_admin,
     me,
     ops,
     passthrough,
@@ -143,6 +145,8 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     responses.setup(app)
     cache_admin.setup(app)
     admin.setup(app)
+    jobs_admin.setup(app)
+    cluster_admin.setup(app)
     ws.setup(app)
     events.setup(app)
     sessions.setup(app)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from ..config import Config
 from .api import (
+    DEAD_ID_RE,
     DELETED,
     KEY_UPDATABLE,
     TERMINAL,
     Blobs,
+    DeadLetter,
+    DeadPage,
     Delivery,
     Event,
     Jobs,
@@ -50,6 +53,7 @@ from .limits import (
 
 __all__ = (
     "DAY",
+    "DEAD_ID_RE",
     "DELETED",
     "KEY_UPDATABLE",
     "MONTH",
@@ -59,6 +63,8 @@ __all__ = (
     "Batch",
     "Blobs",
     "Charge",
+    "DeadLetter",
+    "DeadPage",
     "Delivery",
     "Event",
     "Jobs",

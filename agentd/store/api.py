@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import dataclasses
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,11 +25,15 @@ from ..config import Config
 from ..errors import Conflict
 
 __all__ = (
+    "DEAD_ID_RE",
     "DEAD_MAXLEN",
     "DELETED",
     "KEY_UPDATABLE",
     "TERMINAL",
     "Blobs",
+    "DeadLetter",
+    "DeadLetters",
+    "DeadPage",
     "Delivery",
     "Entry",
     "Event",
@@ -36,9 +41,11 @@ __all__ = (
     "KeyPage",
     "KeyRecord",
     "Keyring",
+    "Member",
     "Queue",
     "QueueDepth",
     "Records",
+    "Registry",
     "SessionInfo",
     "SessionPage",
     "Start",
@@ -179,6 +186,8 @@ class Store(abc.ABC):
     jobs: Jobs
     # API key records.
     keyring: Keyring
+    # Every live worker of every instance (the service registry).
+    registry: Registry
 
     # -- life cycle ------------------------------------------------------------------
 
@@ -414,6 +423,7 @@ class QueueDepth:
     running: int
     oldest_s: float  # age of the oldest waiting job, 0 when none waits
     dead: int
+    retries: int = 0  # failed attempts put back on the queue, ever
 
 
 class Queue(abc.ABC):
@@ -449,12 +459,14 @@ class Queue(abc.ABC):
         """Done with the job: it leaves the queue."""
 
     @abc.abstractmethod
-    async def retry(self, delivery: Delivery) -> None:
-        """Put the job back at the end of its stream (a new delivery) and ack this one."""
+    async def retry(self, delivery: Delivery, *, failed: bool = False) -> None:
+        """Put the job back at the end of its stream (a new delivery) and ack this one;
+        ``failed``: after a failed attempt (counted in :attr:`QueueDepth.retries`)."""
 
     @abc.abstractmethod
-    async def bury(self, delivery: Delivery, reason: bytes) -> None:
-        """Move the job to the partition's dead-letter stream (with why) and ack it."""
+    async def bury(self, delivery: Delivery, reason: bytes, attempts: int = 0) -> None:
+        """Move the job to the partition's dead-letter stream (with why and after how
+        many attempts) and ack it."""
 
     @abc.abstractmethod
     async def depth(self, partition: str, shards: int) -> QueueDepth: ...
@@ -556,8 +568,66 @@ class Records(abc.ABC):
         """The steps recorded by :meth:`record_step`, in order (none: empty)."""
 
 
-class Jobs(Queue, Records, abc.ABC):
-    """The queue and the records, as the job runner and the Responses API use them."""
+# -- dead letters, as operators handle them (agentd/server/jobs_admin.py) -----------------
+
+# A dead letter's id: its stream entry id (ms-sequence), in Redis and in memory alike.
+DEAD_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: str  # the dead-letter stream entry's id
+    partition: str
+    job_id: str  # the queued job's id (keys.job_id: tenant and response id)
+    error: bytes  # the last attempt's error, JSON
+    attempts: int  # attempts made (0: buried before this was noted)
+
+    @property
+    def failed_at(self) -> float:
+        """When it was buried (unix seconds): the entry id's time."""
+        return int(self.id.split("-", 1)[0]) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadPage:
+    """A page of dead letters, newest first; ``next_after`` continues after it (None:
+    the last page)."""
+
+    letters: list[DeadLetter]
+    next_after: str | None
+
+
+class DeadLetters(abc.ABC):
+    """What an operator does with dead letters, and with the record of a retried one."""
+
+    @abc.abstractmethod
+    async def dead_letters(self, partition: str, *, limit: int, after: str | None) -> DeadPage:
+        """The partition's dead letters, newest first, those older than ``after`` (an id)."""
+
+    @abc.abstractmethod
+    async def take_dead(self, partition: str, entry: str) -> DeadLetter | None:
+        """Remove one dead letter and return it (None if there is none: of two callers
+        at once, one only gets it)."""
+
+    @abc.abstractmethod
+    async def put_dead(self, partition: str, job_id: str, error: bytes, attempts: int) -> str:
+        """Add a dead letter (a buried job, or one a failed retry puts back); its id."""
+
+    @abc.abstractmethod
+    async def requeue(self, rid: str) -> str | None:
+        """Put a ``failed`` response back to ``queued`` for a new round of
+        ``[jobs] max_attempts`` attempts (its attempt fence goes on growing); returns the
+        status it had (only ``failed`` is changed), None when there is no record."""
+
+    @abc.abstractmethod
+    async def unqueue(self, rid: str) -> bool:
+        """Undo :meth:`requeue` when its job could not be queued (unless an attempt
+        began meanwhile): the response is ``failed`` again with its error."""
+
+
+class Jobs(Queue, Records, DeadLetters, abc.ABC):
+    """The queue and the records, as the job runner and the Responses API use them,
+    and the dead letters as operators handle them."""
 
 
 # -- API keys ----------------------------------------------------------------------------
@@ -639,3 +709,31 @@ class Keyring(abc.ABC):
     async def changes(self) -> Subscription:
         """A feed of the ids (bytes) of keys created, updated or revoked by any worker of
         any instance; ``None`` on it when changes may have been missed."""
+
+
+# -- the service registry: every live worker of every instance (agentd/server/presence.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One live worker: its id (``INSTANCE/WORKER``), when it last beat (unix seconds, on
+    the store's clock) and the entry it wrote (JSON)."""
+
+    id: str
+    last_seen: float
+    entry: bytes
+
+
+class Registry(abc.ABC):
+    @abc.abstractmethod
+    async def beat(self, worker_id: str, entry: bytes, ttl_s: float) -> float:
+        """Note the worker as alive with ``entry`` (one round trip); workers not seen for
+        ``ttl_s`` are dropped on the way. Returns the store's time (unix seconds)."""
+
+    @abc.abstractmethod
+    async def leave(self, worker_id: str) -> None:
+        """Remove the worker's entry (it is draining)."""
+
+    @abc.abstractmethod
+    async def members(self, ttl_s: float) -> list[Member]:
+        """The workers seen within ``ttl_s``, in id order (one round trip)."""

@@ -34,7 +34,13 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
 - ``agentd:q:{PARTITION:N}`` (stream, consumer group ``agentd``): shard N of a job
   partition's queue, one entry per delivery, field ``id`` = the job id (:func:`job_id`);
-  acknowledged entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters.
+  acknowledged entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters,
+  fields ``id`` (the job id), ``error`` (JSON), ``att`` (attempts made).
+  ``agentd:qr:{PARTITION:N}`` (counter): the failed attempts put back on shard N (the
+  stream's slot, outside the ``q:{`` keys a reshard merges as streams).
+- ``agentd:reg:{registry}`` (hash): the service registry, field ``INSTANCE/WORKER`` = the
+  worker's entry (JSON); ``agentd:reg:{registry}:seen`` (sorted set) its last heartbeat
+  (server ms). One slot, so one script beats and one lists every worker.
 - ``agentd:r:{RID}`` (hash, TTL): a response: ``status``, ``att`` (the attempt that may
   write), ``seq`` (the next event's sequence number), ``cx`` (cancel asked), ``req``
   (the request JSON) and the result fields; ``agentd:r:{RID}:ev`` (stream, TTL) its
@@ -93,6 +99,8 @@ __all__ = (
     "limit_keys",
     "queue_key",
     "record_keys",
+    "registry_keys",
+    "retries_key",
     "session_channel",
     "session_index",
     "session_keys",
@@ -169,6 +177,16 @@ def queue_key(partition: str, shard: int) -> str:
 
 def dead_key(partition: str) -> str:
     return f"{PREFIX}q:{{{partition}}}:dead"
+
+
+def retries_key(partition: str, shard: int) -> str:
+    """Failed attempts put back on a queue shard: the shard's stream's slot."""
+    return f"{PREFIX}qr:{{{partition}:{shard}}}"
+
+
+def registry_keys() -> tuple[str, str]:
+    """The service registry's (entries hash, last-seen sorted set): one fixed slot."""
+    return f"{PREFIX}reg:{{registry}}", f"{PREFIX}reg:{{registry}}:seen"
 
 
 def record_keys(rid: str, prefix: str = PREFIX) -> tuple[str, str, str]:

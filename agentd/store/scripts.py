@@ -456,22 +456,26 @@ return 1
 """,
 )
 
-# KEYS: stream. ARGV: entry, job id. A new delivery at the end, in the same step as the
-# ack of this one (only if this one was still pending: never two live entries).
+# KEYS: stream[, retries counter]. ARGV: entry, job id. A new delivery at the end, in the
+# same step as the ack of this one (only if this one was still pending: never two live
+# entries); with the counter (a failed attempt's retry), counted there.
 RETRY_JOB = Script(
     "retry_job",
     """
 if redis.call('XACK', KEYS[1], '$GROUP', ARGV[1]) == 0 then return false end
 redis.call('XDEL', KEYS[1], ARGV[1])
+if KEYS[2] then redis.call('INCR', KEYS[2]) end
 return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
 """,
 )
 
-# KEYS: stream. Returns {length, pending, id of the oldest undelivered entry or ''}.
+# KEYS: stream, retries counter. Returns {length, pending, id of the oldest undelivered
+# entry or '', retries}.
 QUEUE_DEPTH = Script(
     "queue_depth",
     """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, ''} end
+local retries = tonumber(redis.call('GET', KEYS[2]) or '0')
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '', retries} end
 local len = redis.call('XLEN', KEYS[1])
 local summary = redis.call('XPENDING', KEYS[1], '$GROUP')
 local first = ''
@@ -486,7 +490,7 @@ if ok then
     end
   end
 end
-return {len, summary[1], first}
+return {len, summary[1], first, retries}
 """,
 )
 
@@ -535,12 +539,13 @@ RECORD_START = Script(
     "record_start",
     TERMINAL_LUA
     + """
-local f = redis.call('HMGET', KEYS[1], 'status', 'att', 'seq', 'cx')
+local f = redis.call('HMGET', KEYS[1], 'status', 'att', 'seq', 'cx', 'base')
 if not f[1] then return {'gone'} end
 if terminal[f[1]] then return {'done', f[1]} end
 local att = tonumber(f[2])
 if f[4] then return {'cancel', att, f[3], redis.call('HGETALL', KEYS[1])} end
-if att + 1 > tonumber(ARGV[1]) then
+-- base: the attempts made before a retried dead letter queued it again.
+if att + 1 - tonumber(f[5] or '0') > tonumber(ARGV[1]) then
   return {'exhausted', att, f[3], redis.call('HGETALL', KEYS[1])}
 end
 redis.call('HSET', KEYS[1], 'status', 'in_progress', 'att', att + 1, 'started', ARGV[2],

@@ -31,7 +31,10 @@ class _Stream:
 class MemoryQueue(Queue):
     def __init__(self) -> None:
         self._streams: dict[tuple[str, int], _Stream] = {}
-        self._dead: dict[str, list[tuple[str, bytes]]] = {}
+        # Each partition's dead letters, oldest first: entry id -> (job id, error, attempts).
+        self._dead: dict[str, OrderedDict[str, tuple[str, bytes, int]]] = {}
+        # Failed attempts put back on each queue shard.
+        self._retries: dict[tuple[str, int], int] = {}
         self._ids = itertools.count(1)
 
     def _stream(self, partition: str, shard: int) -> _Stream:
@@ -96,27 +99,38 @@ class MemoryQueue(Queue):
     async def ack(self, delivery: Delivery) -> None:
         self._stream(delivery.partition, delivery.shard).pending.pop(delivery.entry, None)
 
-    async def retry(self, delivery: Delivery) -> None:
+    async def retry(self, delivery: Delivery, *, failed: bool = False) -> None:
         stream = self._stream(delivery.partition, delivery.shard)
         if stream.pending.pop(delivery.entry, None) is not None:
             stream.waiting[self._entry()] = delivery.job_id
             stream.arrived.set()
+            if failed:
+                where = (delivery.partition, delivery.shard)
+                self._retries[where] = self._retries.get(where, 0) + 1
 
-    async def bury(self, delivery: Delivery, reason: bytes) -> None:
-        dead = self._dead.setdefault(delivery.partition, [])
-        dead.append((delivery.job_id, reason))
-        del dead[:-DEAD_MAXLEN]
+    def _put_dead(self, partition: str, job_id: str, reason: bytes, attempts: int) -> str:
+        dead = self._dead.setdefault(partition, OrderedDict())
+        entry = self._entry()
+        dead[entry] = (job_id, reason, attempts)
+        while len(dead) > DEAD_MAXLEN:
+            dead.popitem(last=False)
+        return entry
+
+    async def bury(self, delivery: Delivery, reason: bytes, attempts: int = 0) -> None:
+        self._put_dead(delivery.partition, delivery.job_id, reason, attempts)
         await self.ack(delivery)
 
     async def depth(self, partition: str, shards: int) -> QueueDepth:
-        waiting = running = 0
+        waiting = running = retries = 0
         oldest = 0.0
         now = time.time()
         for shard in range(shards):
             stream = self._stream(partition, shard)
             waiting += len(stream.waiting)
             running += len(stream.pending)
+            retries += self._retries.get((partition, shard), 0)
             if stream.waiting:
                 first = next(iter(stream.waiting))
                 oldest = max(oldest, now - int(first.split("-")[0]) / 1000)
-        return QueueDepth(waiting, running, oldest, len(self._dead.get(partition, ())))
+        dead = len(self._dead.get(partition, ()))
+        return QueueDepth(waiting, running, oldest, dead, retries)

@@ -81,7 +81,8 @@ class MemoryRecords(Records):
         attempt, seq = int(f.get("att", b"0")), int(f.get("seq", b"0"))
         if "cx" in f:
             return Start("cancel", attempt, seq, record=dict(f))
-        if attempt + 1 > max_attempts:
+        # base: the attempts made before a retried dead letter queued it again.
+        if attempt + 1 - int(f.get("base", b"0")) > max_attempts:
             return Start("exhausted", attempt, seq, record=dict(f))
         f.update(
             status=b"in_progress",

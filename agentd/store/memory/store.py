@@ -19,11 +19,13 @@ from ..base import BaseStore
 from ..codec import SESSION_DELETED
 from ..sessions import IndexRow, activity_ms
 from .blobs import MemoryBlobs
+from .dead import MemoryDeadLetters
 from .feeds import Channels
 from .keyring import MemoryKeyring
 from .limits import MemoryLimits
 from .queue import MemoryQueue
 from .records import MemoryRecords
+from .registry import MemoryRegistry
 
 __all__ = ("MemoryJobs", "MemoryStore")
 
@@ -60,7 +62,7 @@ class _Space:
     channels: Channels = field(default_factory=Channels)
 
 
-class MemoryJobs(MemoryQueue, MemoryRecords, Jobs):
+class MemoryJobs(MemoryQueue, MemoryRecords, MemoryDeadLetters, Jobs):
     """Standalone mode's queue and records: one process, the same semantics."""
 
     def __init__(self, events_ttl_s: int) -> None:
@@ -82,6 +84,7 @@ class MemoryStore(BaseStore):
         self.jobs = MemoryJobs(config.jobs.events_ttl_s)
         self.limits = MemoryLimits()
         self.keyring = MemoryKeyring(self._channels)
+        self.registry = MemoryRegistry()
 
     def _bind(self, space: _Space) -> None:
         self._sessions = space.sessions

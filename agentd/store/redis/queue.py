@@ -122,24 +122,27 @@ class RedisQueue(Queue):
         stream = K.queue_key(delivery.partition, delivery.shard)
         await self.shards.eval(L.ACK_JOB, [stream], [delivery.entry])
 
-    async def retry(self, delivery: Delivery) -> None:
-        stream = K.queue_key(delivery.partition, delivery.shard)
-        await self.shards.eval(L.RETRY_JOB, [stream], [delivery.entry, delivery.job_id])
+    async def retry(self, delivery: Delivery, *, failed: bool = False) -> None:
+        keys = [K.queue_key(delivery.partition, delivery.shard)]
+        if failed:
+            keys.append(K.retries_key(delivery.partition, delivery.shard))
+        await self.shards.eval(L.RETRY_JOB, keys, [delivery.entry, delivery.job_id])
 
-    async def bury(self, delivery: Delivery, reason: bytes) -> None:
+    async def bury(self, delivery: Delivery, reason: bytes, attempts: int = 0) -> None:
         dead = K.dead_key(delivery.partition)
-        fields = {"id": delivery.job_id, "error": reason, "entry": delivery.entry}
+        fields = {"id": delivery.job_id, "error": reason, "att": attempts}
         await self.shards.call(
             dead, lambda c: c.xadd(dead, fields, maxlen=DEAD_MAXLEN, approximate=True)
         )
         await self.ack(delivery)
 
     async def depth(self, partition: str, shards: int) -> QueueDepth:
-        waiting = running = 0
+        waiting = running = retries = 0
         oldest_ms = 0
         for shard in range(shards):
-            stream = K.queue_key(partition, shard)
-            length, pending, first = await self.shards.eval(L.QUEUE_DEPTH, [stream], [])
+            keys = [K.queue_key(partition, shard), K.retries_key(partition, shard)]
+            length, pending, first, retried = await self.shards.eval(L.QUEUE_DEPTH, keys, [])
+            retries += int(retried)
             running += int(pending)
             waiting += max(0, int(length) - int(pending))
             if first:
@@ -148,4 +151,4 @@ class RedisQueue(Queue):
         dead_key = K.dead_key(partition)
         dead = await self.shards.call(dead_key, lambda c: c.xlen(dead_key))
         oldest = max(0.0, time.time() - oldest_ms / 1000) if oldest_ms else 0.0
-        return QueueDepth(waiting, running, oldest, int(dead))
+        return QueueDepth(waiting, running, oldest, int(dead), retries)

@@ -21,12 +21,14 @@ from ..api import Jobs, Subscription
 from ..base import BaseStore
 from ..sessions import IndexRow, activity_ms
 from .blobs import RedisBlobs
+from .dead import RedisDeadLetters
 from .index import IndexWrites
 from .keyring import RedisKeyring
 from .limits import RedisLimits
 from .pubsub import EventHub
 from .queue import RedisQueue
 from .records import RedisRecords
+from .registry import RedisRegistry
 from .renewals import Renewals
 from .shards import Shards
 
@@ -58,7 +60,7 @@ def _entries(rows: list[Any]) -> list[tuple[int, bytes]]:
     return [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in rows]
 
 
-class RedisJobs(RedisQueue, RedisRecords, Jobs):
+class RedisJobs(RedisQueue, RedisRecords, RedisDeadLetters, Jobs):
     """The queue and the records, over the same shards and pub/sub connections."""
 
     def __init__(
@@ -104,6 +106,7 @@ class RedisStore(BaseStore):
         self.jobs = RedisJobs(self.shards, self.hub, self.waits, self.renewals, ttl)
         self.limits = RedisLimits(self.shards)
         self.keyring = RedisKeyring(self.shards, self.hub)
+        self.registry = RedisRegistry(self.shards)
         # Every key starts with the tenant's prefix (see keys.tenant_prefix).
         self.prefix = K.PREFIX
         # Releases of leases granted to cancelled callers (kept so they are not collected).
