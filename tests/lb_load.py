@@ -319,6 +319,12 @@ class Load:
                     await ws.send_json({"type": "message", "id": "again", "content": content})
                     done = await self._until_done(ws, me, "again")
                 ok = done.get("type") == "done"
+                if ok:
+                    # As for any turn: its own messages come in the done, not as events
+                    # (without this, verify() found them stored but never heard).
+                    seq = int(done["seq"])
+                    me.seen += [seq - 1, seq]
+                    self.acked.append(Acked(me.sid, seq, content))
                 self.outcomes.append(Outcome("ws", started, time.monotonic(), ok, repr(done)))
 
     # ---- the background job

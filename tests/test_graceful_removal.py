@@ -172,5 +172,17 @@ async def test_while_leaving_every_answer_closes_its_connection(
             async with http.get(proc.url + "/healthz") as r:
                 assert r.status == 200 and status == 200
                 assert r.headers["Connection"].lower() == "close"
+            # A stream the handler starts itself says it too: a balancer that pooled
+            # its connection again when it ended could send a request as the drain
+            # closes it.
+            body = {
+                "model": "echo",
+                "stream": True,
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+            async with http.post(proc.url + "/v1/chat/completions", json=body) as r:
+                assert r.status == 200 and r.content_type == "text/event-stream"
+                assert r.headers["Connection"].lower() == "close"
+                await r.read()
     proc.send(signal.SIGTERM)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0

@@ -26,6 +26,7 @@ from ..config import Config
 from ..log import setup_logging
 from ..runtime import WorkerInfo, WorkerState
 from ..server import create_app
+from .last_accept import stop_accepting
 
 __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
 
@@ -142,10 +143,11 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     await stop.wait()
     log.info("worker %d draining", info.id)
     state.draining = True
-    # Stop accepting: this closes the worker's copies of the listening sockets only,
-    # so connections still queued there go to the slot's next worker.
-    for site in sites:
-        await site.stop()
+    # Stop accepting: this closes the worker's copies of the listening sockets only.
+    # Connections already queued on them are taken in and served, not reset with the
+    # socket (last_accept.py); during a reload the slot's next worker takes later ones.
+    assert runner.server is not None  # set up above
+    await stop_accepting(sites, socks, runner.server)
     await _let_fresh_connections_speak(runner)
     # Runs the app's on_shutdown (WebSockets get 1001), closes idle keep-alive
     # connections and waits up to shutdown_timeout for in-flight requests.

@@ -56,7 +56,7 @@ from .keys import (
     STORE,
     TOOLS,
 )
-from .middleware import observe
+from .middleware import close_when_draining, observe
 
 __all__ = ("check_startup", "create_app")
 
@@ -139,6 +139,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     )
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
+    app.on_response_prepare.append(close_when_draining)
     app.on_cleanup.append(_close_parts)
     ops.setup(app)
     chat.setup(app)

@@ -3,7 +3,7 @@
 A request whose client went away before it was answered (a body cut short, a stream
 whose reader closed) is no server error: it is counted with status 499, as nginx does,
 and logged at debug. While the worker is leaving or draining, every answer closes its
-connection (``Connection: close``).
+connection and says so (``Connection: close``), streams included (:func:`close_when_draining`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from aiohttp import ClientPayloadError, web
+from aiohttp import ClientPayloadError, hdrs, web
 from aiohttp.http_exceptions import PayloadEncodingError
 from aiohttp.typedefs import Handler
 
@@ -20,7 +20,7 @@ from ..errors import AgentdError, Internal
 from .http import client_gone, error_response, from_http_exception
 from .keys import METRICS, STATE
 
-__all__ = ("CLIENT_CLOSED", "STOPPED", "observe")
+__all__ = ("CLIENT_CLOSED", "STOPPED", "close_when_draining", "observe")
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,6 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         # Answered after the client left (a turn it did not wait for): nobody reads it.
         log.debug("client went away before %s %s was answered", request.method, request.path)
         response = web.Response(status=CLIENT_CLOSED)
-    if not response.prepared and request.app[STATE].draining:
-        # Leaving or draining: the connection closes after this answer, and says so, so
-        # a balancer's pooled connections to this instance end one by one while it still
-        # serves, instead of being closed under a request sent at that very moment.
-        response.force_close()
     _count(request, response.status, start)
     return response
 
@@ -74,3 +69,16 @@ def _count(request: web.Request, status: int, start: float) -> None:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     request.app[METRICS].observe_request(route, request.method, status, time.perf_counter() - start)
+
+
+async def close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    """Leaving or draining: the connection closes after this answer, and its headers say
+    so, so a balancer's pooled connections to this instance end one by one while it still
+    serves, instead of being closed under a request sent at that very moment. Run as the
+    answer's headers go out (``on_response_prepare``): a stream a handler starts itself
+    (SSE, a streamed turn) must say it too, or the balancer pools its connection again
+    when it ends and may send the next request just as the drain closes it."""
+    if request.app[STATE].draining and not isinstance(response, web.WebSocketResponse):
+        response.force_close()
+        # aiohttp computed the headers before this hook: the header must be set here.
+        response.headers[hdrs.CONNECTION] = "close"

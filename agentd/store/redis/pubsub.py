@@ -193,7 +193,9 @@ class _Endpoint:
             # Bounded: a connection busy or half-dead must not hold up a closing watcher
             # (a stale subscription only costs ignored messages until reconnection).
             with contextlib.suppress(*UNAVAILABLE_ERRORS, rexc.RedisError):
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(self._timeout), self._sending:
+                    # Under the lock, like a subscription: a command that finds the
+                    # connection not open yet would open a second one (see _subscribe).
                     await unsubscribe(feed.channel)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -289,7 +291,9 @@ class _Endpoint:
             if not self.feeds:
                 return
             try:
-                self._pubsub = self._connect()
+                # add() may have made one while the old one closed: one connection only.
+                if self._pubsub is None:
+                    self._pubsub = self._connect()
                 await self._subscribe(*self.feeds)
             except (*UNAVAILABLE_ERRORS, rexc.RedisError) as exc:
                 self._outage.failed(exc)
