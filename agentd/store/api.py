@@ -620,7 +620,10 @@ class Keyring(abc.ABC):
         """Store a new record; False (nothing written) if its id is taken."""
 
     @abc.abstractmethod
-    async def get(self, key_id: str) -> KeyRecord | None: ...
+    async def get(self, key_id: str, *, replica: bool = False) -> KeyRecord | None:
+        """The record; ``replica``: a refresh of a record the caller holds, which may be
+        read from a replica (``redis.replica_reads``), so up to ``redis.replica_max_lag``
+        behind (a change's notification makes the caller forget it and read the master)."""
 
     @abc.abstractmethod
     async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:

@@ -47,6 +47,7 @@ from ..scripts import Script
 from .acks import Acks, send_with_wait
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
+from .replicas import MasterLink, Replicas
 from .sentinel import SentinelGroup
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -202,6 +203,12 @@ class Shards:
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
         self.acks = Acks(config)
+        # Reads of the kinds in redis.replica_reads, served by fresh replicas (replicas.py).
+        self.replicas = (
+            Replicas(config, self._replica_masters, readonly=config.cluster)
+            if config.replica_reads and self._main
+            else None
+        )
         # A reshard to this URL list in progress: keys of moving slots are pulled from
         # their old shard before use (see moving.py).
         self.moving: Moving | None = None
@@ -225,6 +232,8 @@ class Shards:
         for index, group in enumerate(self.groups):
             if group is not None and self._main:
                 await self._log_master(index, group)
+        if self.replicas is not None:
+            self.replicas.start()
 
     async def _log_master(self, index: int, group: SentinelGroup) -> None:
         try:
@@ -343,6 +352,8 @@ class Shards:
             raise StoreUnavailable(f"reshard: {target} or {source} unreachable: {exc}") from exc
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.cluster is not None:
             await self.cluster.aclose()
         if self._looking is not None:
@@ -481,6 +492,37 @@ class Shards:
             self._down_until[index] = 0.0
             outage.recovered()
         return result
+
+    async def read(self, kind: str, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """A read of ``key`` (only ``key``'s slot): on a fresh replica when
+        ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`."""
+        if self.replicas is None or kind not in self.replicas.kinds:
+            return await self.call(key, fn)
+        return await self.replicas.read(self._master_name(key), fn, lambda: self.call(key, fn))
+
+    def _master_name(self, key: str) -> str | None:
+        """The name the replica checks give the master of ``key`` (None: read the master)."""
+        if self.cluster is not None:
+            try:
+                node = self.cluster.get_node_from_key(key)
+            except (rexc.RedisClusterException, rexc.RedisError, AttributeError, KeyError):
+                return None  # no slot map yet
+            return None if node is None else node.name
+        return None if self.moving is not None else str(self.shard_of(key))
+
+    def _replica_masters(self) -> dict[str, MasterLink]:
+        """Every master now, for the replica checks: a shard's client (a Sentinel group's
+        follows its master), or a cluster master's address."""
+        if self.cluster is not None:
+            options = self.cluster.get_connection_kwargs()
+            return {
+                n.name: ((n.host, n.port), options["connection_class"], options)
+                for n in self.cluster.get_primaries()
+            }
+        return {
+            str(i): (c, c.connection_pool.connection_class, c.connection_pool.connection_kwargs)
+            for i, c in enumerate(self.clients)
+        }
 
     async def eval(
         self, script: Script, keys: list[str], args: list[Any], *, acked: bool = False

@@ -365,6 +365,11 @@ class RedisStore(BaseStore):
         value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
         return None if value is None else (value, int(version))
 
+    async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
+        key = K.state_key(name, self.prefix)
+        value, version = await self.shards.read("state", key, lambda c: c.hmget(key, "v", "ver"))
+        return None if value is None else (value, int(version))
+
     async def _state_write(
         self, name: str, data: bytes, expected: int | None
     ) -> tuple[bool, int, bytes | None]:
