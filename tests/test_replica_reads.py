@@ -1,0 +1,339 @@
+"""Reads served by replicas (``redis.replica_reads``), on real redis-server processes: a
+Sentinel group, a plain master with a replica, and a Redis Cluster with replicas.
+
+Which server answered is read from the servers themselves (``INFO commandstats``): the
+reads at stake (HMGET of a state document, GET of a cache entry, HGETALL of a key record)
+are never replicated, so a replica counts only the reads it served."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from agentd.config import ConfigError, from_dict
+from agentd.fastpath import key_slot
+from agentd.store import Store, open_store
+from agentd.store.api import KeyRecord, StateConflict
+from agentd.store.keys import state_key
+from agentd.store.redis.replicas import fresh_until
+
+from .procs import RedisClusterProcs, RedisServer, free_port
+from .replication import ReplicaGroup, Sentinels
+from .waiting import wait_until
+
+ALL_KINDS = ["state", "cache", "keys"]
+
+
+def _calls(port: int, command: str) -> int:
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats").get(f"cmdstat_{command}")
+    return int(stats["calls"]) if stats else 0
+
+
+def _calls_on(ports: list[int], command: str) -> int:
+    return sum(_calls(p, command) for p in ports)
+
+
+async def _open(urls: list[str], **redis_options: Any) -> Store:
+    store = open_store(from_dict({"redis": {"urls": urls, "timeout": 1.0, **redis_options}}))
+    await store.start()
+    return store
+
+
+async def _replica_ready(store: Store, master: str) -> None:
+    replicas = store.shards.replicas  # type: ignore[attr-defined]
+    await wait_until(lambda: replicas.pick(master) is not None, what="a fresh replica")
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path) -> Iterator[tuple[ReplicaGroup, Sentinels]]:
+    group = ReplicaGroup(tmp_path, "hot", replicas=1)
+    sentinels = None
+    try:
+        sentinels = Sentinels(tmp_path, [group])
+        yield group, sentinels
+    finally:
+        if sentinels is not None:
+            sentinels.close()
+        group.close()
+
+
+@pytest.fixture
+def plain_group(tmp_path: Path) -> Iterator[ReplicaGroup]:
+    group = ReplicaGroup(tmp_path, "plain", replicas=1)
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+# -- the rule and the setting ---------------------------------------------------------------
+
+
+def test_a_replica_is_fresh_until_max_lag_after_the_newest_check_it_had_reached() -> None:
+    # (sent at, the master's offset then): the replica is read until max_lag after the
+    # newest check whose offset it had applied, and not at all when behind every one.
+    samples = deque([(10.0, 100), (10.25, 180), (10.5, 260)])
+    assert fresh_until(samples, 260, 1.0) == 11.5  # caught up with the last check
+    assert fresh_until(samples, 200, 1.0) == 11.25  # has what the master had at 10.25
+    assert fresh_until(samples, 99, 1.0) == 0.0  # behind everything remembered
+
+
+@pytest.mark.parametrize(
+    ("redis_options", "message"),
+    [
+        ({"urls": ["redis://h"], "replica_reads": ["history"]}, "must be one of state, cache"),
+        ({"replica_reads": ["state"]}, "redis.replica_reads: needs Redis"),
+        ({"urls": ["redis://h"], "replica_max_lag": 0}, "redis.replica_max_lag: must be >= 0.1"),
+    ],
+)
+def test_a_bad_replica_reads_setting_is_refused_with_what_is_wrong(
+    redis_options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        from_dict({"redis": redis_options})
+    assert message in str(caught.value)
+
+
+# -- Sentinel mode ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sentinel_store(sentinel_group: tuple[ReplicaGroup, Sentinels]) -> AsyncIterator[Store]:
+    group, sentinels = sentinel_group
+    store = await _open([sentinels.url(group)], replica_reads=ALL_KINDS)
+    try:
+        await _replica_ready(store, "0")
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_sentinel_hot_reads_are_served_by_the_replica_and_history_by_the_master(
+    sentinel_group: tuple[ReplicaGroup, Sentinels], sentinel_store: Store
+) -> None:
+    group, _ = sentinel_group
+    store = sentinel_store
+    master, replica = group.servers[0].port, group.servers[1].port
+    await store.state_put("shared", "doc", {"n": 1})
+    await store.blobs.put("ab" * 16, b"cached reply", 60)
+    record = KeyRecord(id="k1", tenant="t", secret_hash="h", name="n", scopes=("chat",))
+    await store.keyring.create(record)
+    sid = (await store.create_session()).id
+    await store.append(sid, [{"role": "user", "content": "hi"}])
+    # The replica has them all before the count starts (nothing is read stale here).
+    await wait_until(lambda: redis.Redis(port=replica).hget(state_key("shared/doc"), "ver"))
+    await _replica_ready(store, "0")
+    before = {
+        (port, cmd): _calls(port, cmd)
+        for port in (master, replica)
+        for cmd in ("hmget", "get", "hgetall", "evalsha")
+    }
+    for _ in range(20):
+        assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        assert await store.blobs.get("ab" * 16) == b"cached reply"
+        assert (await store.keyring.get("k1", replica=True)) == record
+        assert len(await store.history(sid)) == 1
+
+    def delta(port: int, cmd: str) -> int:
+        return _calls(port, cmd) - before[(port, cmd)]
+
+    assert (delta(replica, "hmget"), delta(master, "hmget")) == (20, 0)
+    assert (delta(replica, "get"), delta(master, "get")) == (20, 0)
+    assert (delta(replica, "hgetall"), delta(master, "hgetall")) == (20, 0)
+    # History (and every script: sessions, turns, leases, jobs) stays on the master.
+    assert (delta(replica, "evalsha"), delta(master, "evalsha")) == (0, 20)
+    # A key look-up that is not a refresh (an unknown or changed id) reads the master.
+    await store.keyring.get("k1")
+    assert delta(master, "hgetall") == 1
+
+
+async def test_a_stopped_replica_falls_back_to_the_master_with_no_failed_read(
+    sentinel_group: tuple[ReplicaGroup, Sentinels],
+) -> None:
+    group, sentinels = sentinel_group
+    # Checks every 15 s: the replica is still thought fresh when it is stopped, so the
+    # reads below meet it stopped (and fall back), rather than a check finding it first.
+    store = await _open([sentinels.url(group)], replica_reads=["state"], replica_max_lag=60.0)
+    try:
+        await store.state_put("shared", "doc", {"n": 1})
+        await wait_until(
+            lambda: redis.Redis(port=group.servers[1].port).hget(state_key("shared/doc"), "ver")
+        )
+        await _replica_ready(store, "0")
+        replicas = store.shards.replicas  # type: ignore[attr-defined]
+        group.servers[1].proc.send_signal(signal.SIGSTOP)  # hangs: each read must time out
+        try:
+            master_before = _calls(group.servers[0].port, "hmget")
+            reads = await asyncio.gather(*(store.state_get("shared", "doc") for _ in range(10)))
+        finally:
+            group.servers[1].proc.send_signal(signal.SIGCONT)
+        assert [r.value for r in reads] == [{"n": 1}] * 10
+        assert replicas.fell_back == 10  # the ten were in flight on it together
+        assert _calls(group.servers[0].port, "hmget") - master_before == 10
+        # Once failed it is not read again until a check finds it fresh.
+        group.kill(group.servers[1])
+        assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        assert replicas.fell_back == 10
+        assert replicas.pick("0") is None
+    finally:
+        await store.close()
+
+
+# -- the staleness rule --------------------------------------------------------------------------
+
+
+async def test_a_replica_whose_link_is_down_is_not_read_and_is_again_once_caught_up(
+    plain_group: ReplicaGroup,
+) -> None:
+    master, replica = plain_group.servers
+    store = await _open([master.url], replica_reads=["state"], replica_max_lag=0.5)
+    direct = redis.Redis(port=replica.port)
+    try:
+        await store.state_put("shared", "doc", {"n": 1})
+        await wait_until(lambda: direct.hget(state_key("shared/doc"), "ver") == b"1")
+        await _replica_ready(store, "0")
+        # Cut the replica off its master: it keeps serving its (now stale) data.
+        direct.replicaof("127.0.0.1", free_port())
+        replicas = store.shards.replicas  # type: ignore[attr-defined]
+        await wait_until(lambda: replicas.pick("0") is None, what="the replica to be dropped")
+        await store.state_put("shared", "doc", {"n": 2})
+        before = _calls(replica.port, "hmget")
+        for _ in range(20):
+            assert (await store.state_get("shared", "doc")).value == {"n": 2}
+        assert _calls(replica.port, "hmget") == before  # none were its
+        assert direct.hget(state_key("shared/doc"), "ver") == b"1"  # it would have been stale
+        # Linked again and caught up: read again, and up to date.
+        direct.replicaof("127.0.0.1", master.port)
+        await wait_until(lambda: replicas.pick("0") is not None, what="the replica back")
+        before = _calls(replica.port, "hmget")
+        assert (await store.state_get("shared", "doc")).value == {"n": 2}
+        assert _calls(replica.port, "hmget") == before + 1
+    finally:
+        direct.close()
+        await store.close()
+
+
+async def test_a_conditional_write_checks_the_master_whatever_a_replica_said(
+    plain_group: ReplicaGroup,
+) -> None:
+    master, replica = plain_group.servers
+    store = await _open([master.url], replica_reads=["state"])
+    direct = redis.Redis(port=replica.port)
+    try:
+        await store.state_put("shared", "doc", {"n": 1})
+        await wait_until(lambda: direct.hget(state_key("shared/doc"), "ver") == b"1")
+        await _replica_ready(store, "0")
+        seen = await store.state_get("shared", "doc")
+        await store.state_put("shared", "doc", {"n": 2})  # another writer, meanwhile
+        with pytest.raises(StateConflict) as caught:
+            await store.state_put("shared", "doc", {"n": 3}, expected_version=seen.version)
+        assert caught.value.current is not None and caught.value.current.version == 2
+        # A patch reads the master: it applies to the newest version however far behind
+        # a replica is.
+        patched = await store.state_patch("shared", "doc", {"m": 1})
+        assert (patched.value, patched.version) == ({"n": 2, "m": 1}, 3)
+    finally:
+        direct.close()
+        await store.close()
+
+
+# -- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[RedisClusterProcs]:
+    procs = RedisClusterProcs(tmp_path, masters=3, replicas=1)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+def _replica_hget(port: int, key: str) -> Any:
+    """HGET ver of ``key`` on a cluster replica (READONLY, on one connection)."""
+    with redis.Redis(port=port, single_connection_client=True) as client:
+        client.execute_command("READONLY")
+        return client.hget(key, "ver")
+
+
+def _roles(cluster: RedisClusterProcs) -> tuple[list[int], list[int]]:
+    masters, replicas = [], []
+    for node in cluster.live():
+        with redis.Redis(port=node.port) as client:
+            role = client.info("replication")["role"]
+        (masters if role == "master" else replicas).append(node.port)
+    return masters, replicas
+
+
+async def test_cluster_hot_reads_are_served_by_readonly_replicas(
+    cluster: RedisClusterProcs,
+) -> None:
+    masters, replicas = _roles(cluster)
+    store = await _open(
+        [f"redis://127.0.0.1:{cluster.nodes[0].port}"], cluster=True, replica_reads=ALL_KINDS
+    )
+    try:
+        names = [f"doc{i}" for i in range(12)]  # spread over the three masters
+        for name in names:
+            await store.state_put("shared", name, {"name": name})
+        sid = (await store.create_session()).id
+        await store.append(sid, [{"role": "user", "content": "hi"}])
+        shards = store.shards  # type: ignore[attr-defined]
+        for name in names:
+            key = state_key(f"shared/{name}")
+            owner = cluster.master_of_slot(key_slot(key)).port
+            await _replica_ready(store, f"127.0.0.1:{owner}")
+        assert shards.replicas.fell_back == 0
+        before = {p: _calls(p, "hmget") for p in masters + replicas}
+        evalsha = _calls_on(replicas, "evalsha")
+        for name in names:
+            assert (await store.state_get("shared", name)).value == {"name": name}
+            assert len(await store.history(sid)) == 1
+        served = {p: _calls(p, "hmget") - before[p] for p in masters + replicas}
+        assert sum(served[p] for p in replicas) == len(names)
+        assert sum(served[p] for p in masters) == 0
+        assert sum(1 for p in replicas if served[p]) >= 2  # several replicas served
+        assert _calls_on(replicas, "evalsha") == evalsha  # history stayed on the masters
+        assert shards.replicas.fell_back == 0
+    finally:
+        await store.close()
+
+
+async def test_cluster_a_dead_replica_falls_back_with_no_failed_read(
+    cluster: RedisClusterProcs,
+) -> None:
+    store = await _open(
+        [f"redis://127.0.0.1:{cluster.nodes[0].port}"],
+        cluster=True,
+        replica_reads=["state"],
+        replica_max_lag=60.0,  # no check between the kill and the reads
+    )
+    try:
+        key = state_key("shared/doc")
+        owner = cluster.master_of_slot(key_slot(key)).port
+        await store.state_put("shared", "doc", {"n": 1})
+        await _replica_ready(store, f"127.0.0.1:{owner}")
+        with redis.Redis(port=owner) as client:
+            port = int(client.info("replication")["slave0"]["port"])
+        await wait_until(lambda: _replica_hget(port, key) == b"1")
+        served = _calls(port, "hmget")
+        assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        assert _calls(port, "hmget") == served + 1
+        victim: RedisServer = cluster.node_on(port)
+        victim.proc.kill()
+        victim.proc.wait()
+        before = _calls(owner, "hmget")
+        for _ in range(5):
+            assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        assert store.shards.replicas.fell_back >= 1  # type: ignore[attr-defined]
+        assert _calls(owner, "hmget") == before + 5
+    finally:
+        await store.close()
