@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from agentd.config import ConfigError, from_dict
+from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
 from agentd.store.api import KeyRecord, StateConflict
@@ -185,6 +186,55 @@ async def test_a_stopped_replica_falls_back_to_the_master_with_no_failed_read(
         assert replicas.pick("0") is None
     finally:
         await store.close()
+
+
+async def test_after_a_failover_reads_go_to_the_replicas_of_the_new_master(
+    tmp_path: Path,
+) -> None:
+    group = ReplicaGroup(tmp_path, "moving", replicas=2)
+    sentinels = store = None
+    try:
+        sentinels = Sentinels(tmp_path, [group])
+        store = await _open([sentinels.url(group)], replica_reads=["state"])
+        await store.state_put("shared", "doc", {"n": 1})
+        old = group.synced_master()  # both replicas have the document
+        await _replica_ready(store, "0")
+        group.kill(old)
+        new = sentinels.wait_promotion(group, old, limit=60)
+        (other,) = [s for s in group.alive() if s is not new]
+
+        async def read_by_the_other() -> bool:
+            before = _calls(other.port, "hmget")
+            try:
+                doc = await store.state_get("shared", "doc")
+            except StoreUnavailable:
+                return False  # the window: this shard's calls fail fast
+            assert doc.value == {"n": 1}
+            return _calls(other.port, "hmget") == before + 1
+
+        # The new master's history is another one: its replica is read once it follows it.
+        await wait_until(read_by_the_other, what="a read served by the new master's replica")
+
+        # Writes go to the new master (once the shard's fail-fast pause after the window
+        # is over), and its replica's reads catch up with them.
+        async def put() -> int | None:
+            try:
+                return (await store.state_put("shared", "doc", {"n": 2})).version
+            except StoreUnavailable:
+                return None
+
+        written = await wait_until(put, what="a write on the new master")
+
+        async def caught_up() -> bool:
+            return (await store.state_get("shared", "doc")).version == written
+
+        await wait_until(caught_up, what="the new version read")
+    finally:
+        if store is not None:
+            await store.close()
+        if sentinels is not None:
+            sentinels.close()
+        group.close()
 
 
 # -- the staleness rule --------------------------------------------------------------------------
