@@ -213,10 +213,10 @@ class Replicas:
         try:
             info = await asyncio.wait_for(client.info("replication"), self.config.timeout)
         except Exception:  # unreachable, or failing over: no replica is known fresh
+            info = {}
+        if info.get("role") != "master":  # (or a demoted master, not yet left)
             for replica in state.replicas.values():
                 replica.fresh_until = 0.0
-            return
-        if info.get("role") != "master":
             return
         replid = str(info.get("master_replid", ""))
         if replid != state.replid:
