@@ -271,6 +271,39 @@ async def test_a_replica_whose_link_is_down_is_not_read_and_is_again_once_caught
         await store.close()
 
 
+async def test_a_replica_linked_but_behind_by_more_than_the_bound_is_not_read(
+    plain_group: ReplicaGroup,
+) -> None:
+    master, replica = plain_group.servers
+    store = await _open([master.url], replica_reads=["state"], replica_max_lag=0.5)
+    direct = redis.Redis(port=replica.port)
+    try:
+        await store.state_put("shared", "doc", {"n": 1})
+        await wait_until(lambda: direct.hget(state_key("shared/doc"), "ver") == b"1")
+        await _replica_ready(store, "0")
+        # The replica stops applying its master's stream (its link stays up, and it
+        # answers reads and INFO): from now on it falls behind.
+        direct.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")
+        try:
+            await store.state_put("shared", "doc", {"n": 2})
+            with redis.Redis(port=replica.port) as probe:
+                assert probe.info("replication")["master_link_status"] == "up"
+            replicas = store.shards.replicas  # type: ignore[attr-defined]
+            await wait_until(lambda: replicas.pick("0") is None, what="the replica dropped")
+            before = _calls(replica.port, "hmget")
+            for _ in range(20):
+                assert (await store.state_get("shared", "doc")).value == {"n": 2}
+            assert _calls(replica.port, "hmget") == before  # none were its
+            assert direct.hget(state_key("shared/doc"), "ver") == b"1"  # it is behind
+        finally:
+            direct.execute_command("CLIENT", "UNPAUSE")
+        await wait_until(lambda: replicas.pick("0") is not None, what="the replica back")
+        assert (await store.state_get("shared", "doc")).value == {"n": 2}
+    finally:
+        direct.close()
+        await store.close()
+
+
 async def test_a_conditional_write_checks_the_master_whatever_a_replica_said(
     plain_group: ReplicaGroup,
 ) -> None:
