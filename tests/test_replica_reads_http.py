@@ -90,6 +90,11 @@ replica_reads = ["state"]
             assert len((await listed.json())["data"]) == 1
         assert _calls(replica, "evalsha") == evalsha[0]  # history: the master's
         assert _calls(master, "evalsha") > evalsha[1]
+        async with http.get("/metrics") as metrics:
+            text = await metrics.text()
+        line = 'agentd_store_replica_reads_total{kind="state",outcome="replica"}'
+        (served,) = [row for row in text.splitlines() if row.startswith(line)]
+        assert float(served.split()[-1]) >= 20
 
 
 async def test_a_key_cache_refreshes_on_the_replica_but_reads_a_changed_key_on_the_master(

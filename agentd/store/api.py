@@ -200,6 +200,13 @@ class Store(abc.ABC):
         without replicas has none."""
         return
 
+    def count_replica_reads(self, observe: Callable[[str, str], None]) -> None:
+        """Have ``observe(kind, outcome)`` called for each read of a kind in
+        ``redis.replica_reads``: ``replica``, ``fallback`` (the replica failed, its
+        master answered) or ``master`` (no replica fresh enough). A store without
+        replicas has none."""
+        return
+
     @abc.abstractmethod
     def for_tenant(self, tenant: str) -> Store:
         """The same store seen by ``tenant``: its sessions, events, turn leases, shared

@@ -66,6 +66,10 @@ def fresh_until(samples: deque[tuple[float, int]], applied: int, max_lag: float)
     return 0.0
 
 
+def _ignore(kind: str, outcome: str) -> None:
+    return
+
+
 async def _readonly(connection: Connection) -> None:
     await connection.on_connect()
     await connection.send_command("READONLY")
@@ -111,6 +115,10 @@ class Replicas:
         # the bench, which also count them on the servers).
         self.served = 0
         self.fell_back = 0
+        # observe(kind, outcome) per read of a kind replicas may serve (for /metrics):
+        # "replica", "fallback" (the replica failed, the master answered), "master" (no
+        # replica fresh enough).
+        self.observe: Callable[[str, str], None] = _ignore
 
     def start(self) -> None:
         if self._task is None:
@@ -134,6 +142,7 @@ class Replicas:
 
     async def read(
         self,
+        kind: str,
         master: str | None,
         fn: Callable[[Any], Awaitable[T]],
         on_master: Callable[[], Awaitable[T]],
@@ -142,6 +151,7 @@ class Replicas:
         A replica that fails is left for the master within ``redis.timeout`` in all."""
         replica = None if master is None else self.pick(master)
         if replica is None:
+            self.observe(kind, "master")
             return await on_master()
         started = time.monotonic()
         try:
@@ -150,8 +160,10 @@ class Replicas:
             # Unreachable, timed out, LOADING, a MOVED after a slot moved...: the master
             # answers instead (a bad command fails there again, as it would have).
             self.failed(replica, exc)
+            self.observe(kind, "fallback")
         else:
             self.served += 1
+            self.observe(kind, "replica")
             return result
         left = self.config.timeout - (time.monotonic() - started)
         try:

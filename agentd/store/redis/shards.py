@@ -498,7 +498,8 @@ class Shards:
         ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`."""
         if self.replicas is None or kind not in self.replicas.kinds:
             return await self.call(key, fn)
-        return await self.replicas.read(self._master_name(key), fn, lambda: self.call(key, fn))
+        master = self._master_name(key)
+        return await self.replicas.read(kind, master, fn, lambda: self.call(key, fn))
 
     def _master_name(self, key: str) -> str | None:
         """The name the replica checks give the master of ``key`` (None: read the master)."""

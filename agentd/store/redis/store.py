@@ -149,6 +149,10 @@ class RedisStore(BaseStore):
     def count_waits(self, observe: Callable[[str], None]) -> None:
         self.shards.acks.observe = observe
 
+    def count_replica_reads(self, observe: Callable[[str, str], None]) -> None:
+        if self.shards.replicas is not None:
+            self.shards.replicas.observe = observe
+
     async def readiness(self) -> str | None:
         reasons = await self.shards.unreachable()
         return "; ".join(reasons) if reasons else None
