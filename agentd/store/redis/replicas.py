@@ -70,6 +70,13 @@ def _ignore(kind: str, outcome: str) -> None:
     return
 
 
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says every connection of the pool was in use (nothing was sent)."""
+    return isinstance(exc, rexc.MaxConnectionsError) or str(exc).startswith(
+        "No connection available"
+    )
+
+
 async def _readonly(connection: Connection) -> None:
     await connection.on_connect()
     await connection.send_command("READONLY")
@@ -155,11 +162,15 @@ class Replicas:
             return await on_master()
         started = time.monotonic()
         try:
-            result = await fn(replica.client)
+            # Half of redis.timeout at most, connecting included: the master gets the rest.
+            async with asyncio.timeout(self.config.timeout / 2):
+                result = await fn(replica.client)
         except (TimeoutError, rexc.RedisError, OSError) as exc:
             # Unreachable, timed out, LOADING, a MOVED after a slot moved...: the master
-            # answers instead (a bad command fails there again, as it would have).
-            self.failed(replica, exc)
+            # answers instead (a bad command fails there again, as it would have). A
+            # replica whose connections are all busy is fine: only this read moves.
+            if not _busy(exc):
+                self.failed(replica, exc)
             self.observe(kind, "fallback")
         else:
             self.served += 1
@@ -171,7 +182,7 @@ class Replicas:
                 return await on_master()
         except TimeoutError as exc:
             raise StoreUnavailable(
-                f"no answer within redis.timeout from a replica of {master} nor from it"
+                "no answer within redis.timeout: a replica failed, then its master was slow"
             ) from exc
 
     def pick(self, master: str) -> Replica | None:
