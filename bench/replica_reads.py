@@ -36,6 +36,13 @@ from tests.waiting import wait_until
 DOCS = 64
 
 
+def _cpu_s(port: int) -> float:
+    """CPU seconds the server on ``port`` used so far (INFO cpu, user + system)."""
+    with redis.Redis(port=port) as client:
+        info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _hmgets(port: int) -> int:
     with redis.Redis(port=port) as client:
         stats = client.info("commandstats").get("cmdstat_hmget")
@@ -73,6 +80,7 @@ def _process(args: tuple[str, list[str], float, float, int], out: Any) -> None:
 def _measure(group: ReplicaGroup, kinds: list[str], args: argparse.Namespace) -> dict[str, Any]:
     ports = [s.port for s in group.servers]
     before = [_hmgets(p) for p in ports]
+    cpu_before = [_cpu_s(p) for p in ports]
     start_at = time.time() + 3.0  # every process connected and its replicas checked
     results: Any = multiprocessing.get_context("fork").Queue()
     job = (group.servers[0].url, kinds, start_at, args.seconds, args.concurrency)
@@ -86,10 +94,15 @@ def _measure(group: ReplicaGroup, kinds: list[str], args: argparse.Namespace) ->
     for proc in procs:
         proc.join()
     served = [_hmgets(p) - b for p, b in zip(ports, before, strict=True)]
+    cpu = [_cpu_s(p) - b for p, b in zip(ports, cpu_before, strict=True)]
     return {
         "reads_per_s": round(total / args.seconds, 1),
         "reads": total,
         "served_by": {"master": served[0], "replicas": sum(served[1:])},
+        # The master's CPU per 1,000 reads (its checks and idle work included): what
+        # reads cost the server that also takes every write.
+        "master_cpu_ms_per_1k": round(cpu[0] * 1e6 / max(total, 1), 2),
+        "replicas_cpu_ms_per_1k": round(sum(cpu[1:]) * 1e6 / max(total, 1), 2),
     }
 
 
@@ -119,7 +132,10 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     results: dict[str, Any] = {"rounds": rounds}
     for name, runs in rounds.items():
-        results[name] = {"reads_per_s": statistics.median(r["reads_per_s"] for r in runs)}
+        results[name] = {
+            field: statistics.median(r[field] for r in runs)
+            for field in ("reads_per_s", "master_cpu_ms_per_1k", "replicas_cpu_ms_per_1k")
+        }
     base = results["master_only"]["reads_per_s"]
     results["replicas_vs_master_only"] = round(results["replicas"]["reads_per_s"] / base, 3)
     print(f"state_get reads/s, {args.procs} processes x {args.concurrency} concurrent, "
@@ -127,6 +143,8 @@ def main() -> None:
     for name, runs in rounds.items():
         each = ", ".join(f"{r['reads_per_s']:.0f} ({r['served_by']})" for r in runs)
         print(f"  {name:<12} median {results[name]['reads_per_s']:>9.1f}   rounds: {each}")
+        print(f"  {'':<12} master CPU ms / 1k reads {results[name]['master_cpu_ms_per_1k']}, "
+              f"replicas {results[name]['replicas_cpu_ms_per_1k']}")  # fmt: skip
     print(f"  ratio replicas / master only: {results['replicas_vs_master_only']:.3f}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -58,6 +58,10 @@ def run_replica_reads(bench: Bench) -> None:
     bench.record["figures"] = {
         "master_only_reads_per_s": results["master_only"]["reads_per_s"],
         "replicas_reads_per_s": results["replicas"]["reads_per_s"],
+        "master_cpu_ms_per_1k_reads": {
+            "master_only": results["master_only"]["master_cpu_ms_per_1k"],
+            "replicas": results["replicas"]["master_cpu_ms_per_1k"],
+        },
         "rounds": results["rounds"],
     }
     bench.record["ratios"] = [
