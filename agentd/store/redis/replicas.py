@@ -16,6 +16,11 @@ Replicas are learnt from the master's ``INFO`` (as Sentinel learns them), so the
 code serves a plain shard, a Sentinel group (whose master moves) and a cluster master. A
 cluster replica serves reads only on a ``READONLY`` connection: each of its connections
 sends it on connect (as redis-py's own cluster client does for ``read_from_replicas``).
+
+Why not redis-py's own replica reads: the cluster client's ``read_from_replicas`` /
+``load_balancing_strategy`` send every read command of the client to replicas (history
+too), and ``Sentinel.slave_for`` rotates over replicas; neither knows how far behind a
+replica is, and only some reads may go to one.
 """
 
 from __future__ import annotations
