@@ -22,6 +22,9 @@ def test_bench_tiny_replica_reads_measures_replicas_against_the_master_alone(
     # Reads go to the replicas while the checks find them fresh (on a busy machine a
     # late check may send a few to the master meanwhile).
     assert all(run["served_by"]["replicas"] > 0 for run in rounds["replicas"])
-    (ratio,) = scenario["ratios"]
+    ratio, master_cpu = scenario["ratios"]
     assert (ratio["target"], ratio["baseline"]) == ("replicas", "master-only")
     assert ratio["ratio"] == round(ratio["value"] / ratio["baseline_value"], 3)
+    # The second ratio: the master's CPU per 1,000 reads, replicas reading vs not.
+    assert master_cpu["metric"] == "master_cpu_ms_per_1k_reads"
+    assert master_cpu["higher_is_better"] is False
