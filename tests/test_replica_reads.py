@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from agentd.config import ConfigError, from_dict
-from agentd.errors import StoreUnavailable
+from agentd.errors import NotFound, StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
 from agentd.store.api import KeyRecord, StateConflict
@@ -299,6 +299,37 @@ async def test_a_replica_linked_but_behind_by_more_than_the_bound_is_not_read(
             direct.execute_command("CLIENT", "UNPAUSE")
         await wait_until(lambda: replicas.pick("0") is not None, what="the replica back")
         assert (await store.state_get("shared", "doc")).value == {"n": 2}
+    finally:
+        direct.close()
+        await store.close()
+
+
+async def test_within_the_bound_a_replica_may_answer_an_older_version_never_a_404(
+    plain_group: ReplicaGroup,
+) -> None:
+    master, replica = plain_group.servers
+    # A bound of 60 s: the replica, paused below, stays readable for the whole test.
+    store = await _open([master.url], replica_reads=["state"], replica_max_lag=60.0)
+    direct = redis.Redis(port=replica.port)
+    try:
+        await store.state_put("shared", "doc", {"n": 1})
+        await wait_until(lambda: direct.hget(state_key("shared/doc"), "ver") == b"1")
+        await _replica_ready(store, "0")
+        direct.execute_command("CLIENT", "PAUSE", 120_000, "WRITE")  # it falls behind
+        try:
+            await store.state_put("shared", "doc", {"n": 2})
+            await store.state_put("shared", "new", {"fresh": True})
+            counts = _calls(master.port, "hmget"), _calls(replica.port, "hmget")
+            # The same client's write is not seen yet: the documented read-your-writes gap.
+            assert (await store.state_get("shared", "doc")).version == 1
+            # A document the replica does not have yet is asked of the master.
+            assert (await store.state_get("shared", "new")).value == {"fresh": True}
+            assert _calls(master.port, "hmget") == counts[0] + 1
+            assert _calls(replica.port, "hmget") == counts[1] + 2
+            with pytest.raises(NotFound):  # absent on both
+                await store.state_get("shared", "never")
+        finally:
+            direct.execute_command("CLIENT", "UNPAUSE")
     finally:
         direct.close()
         await store.close()

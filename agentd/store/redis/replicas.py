@@ -158,9 +158,11 @@ class Replicas:
         master: str | None,
         fn: Callable[[Any], Awaitable[T]],
         on_master: Callable[[], Awaitable[T]],
+        ask_master: Callable[[T], bool] | None = None,
     ) -> T:
         """``fn`` on a fresh replica of ``master`` if there is one, else ``on_master()``.
-        A replica that fails is left for the master within ``redis.timeout`` in all."""
+        A replica that fails is left for the master within ``redis.timeout`` in all; a
+        replica's answer that ``ask_master`` picks (a "not found") is asked again there."""
         replica = None if master is None else self.pick(master)
         if replica is None:
             self.observe(kind, "master")
@@ -180,7 +182,8 @@ class Replicas:
         else:
             self.served += 1
             self.observe(kind, "replica")
-            return result
+            if ask_master is None or not ask_master(result):
+                return result
         left = self.config.timeout - (time.monotonic() - started)
         try:
             async with asyncio.timeout(max(left, 0.01)):

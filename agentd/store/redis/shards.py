@@ -493,13 +493,21 @@ class Shards:
             outage.recovered()
         return result
 
-    async def read(self, kind: str, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    async def read(
+        self,
+        kind: str,
+        key: str,
+        fn: Callable[[Any], Awaitable[T]],
+        ask_master: Callable[[T], bool] | None = None,
+    ) -> T:
         """A read of ``key`` (only ``key``'s slot): on a fresh replica when
-        ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`."""
+        ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`.
+        ``ask_master``: which answers of a replica the master is asked to confirm."""
         if self.replicas is None or kind not in self.replicas.kinds:
             return await self.call(key, fn)
         master = self._master_name(key)
-        return await self.replicas.read(kind, master, fn, lambda: self.call(key, fn))
+        on_master = lambda: self.call(key, fn)  # noqa: E731
+        return await self.replicas.read(kind, master, fn, on_master, ask_master)
 
     def _master_name(self, key: str) -> str | None:
         """The name the replica checks give the master of ``key`` (None: read the master)."""

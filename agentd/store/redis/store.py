@@ -371,7 +371,11 @@ class RedisStore(BaseStore):
 
     async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
         key = K.state_key(name, self.prefix)
-        value, version = await self.shards.read("state", key, lambda c: c.hmget(key, "v", "ver"))
+        # A replica's "no such document" is asked again of the master: a document just
+        # created is never answered 404 (an older version, within the bound, may be).
+        value, version = await self.shards.read(
+            "state", key, lambda c: c.hmget(key, "v", "ver"), ask_master=lambda r: r[0] is None
+        )
         return None if value is None else (value, int(version))
 
     async def _state_write(
