@@ -95,6 +95,9 @@ replica_reads = ["state"]
         line = 'agentd_store_replica_reads_total{kind="state",outcome="replica"}'
         (served,) = [row for row in text.splitlines() if row.startswith(line)]
         assert float(served.split()[-1]) >= 20
+    # The start-up line says so.
+    log = server.log_path.read_text()
+    assert "reads of state from replicas within 1 s of their master" in log
 
 
 async def test_a_key_cache_refreshes_on_the_replica_but_reads_a_changed_key_on_the_master(
