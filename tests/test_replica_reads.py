@@ -451,3 +451,37 @@ async def test_cluster_a_dead_replica_falls_back_with_no_failed_read(
         assert _calls(owner, "hmget") == before + 5
     finally:
         await store.close()
+
+
+async def test_cluster_reads_stay_right_when_their_slot_moves_to_another_master(
+    cluster: RedisClusterProcs,
+) -> None:
+    store = await _open(
+        [f"redis://127.0.0.1:{cluster.nodes[0].port}"], cluster=True, replica_reads=["state"]
+    )
+    try:
+        key = state_key("shared/doc")
+        slot = key_slot(key)
+        owner = cluster.master_of_slot(slot)
+        await store.state_put("shared", "doc", {"n": 1})
+        await _replica_ready(store, f"127.0.0.1:{owner.port}")
+        assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        masters, _ = _roles(cluster)
+        target = cluster.node_on(next(p for p in masters if p != owner.port))
+        assert cluster.move_slot(slot, target) == 1
+        # The old master's replica answers MOVED, or no such key (the key left with the
+        # slot): either way the read is answered right, by the slot's new owner.
+        for _ in range(10):
+            assert (await store.state_get("shared", "doc")).value == {"n": 1}
+        with redis.Redis(port=target.port) as client:
+            port = int(client.info("replication")["slave0"]["port"])
+        await wait_until(lambda: _replica_hget(port, key) == b"1", what="the new replica")
+
+        async def on_the_new_replica() -> bool:
+            before = _calls(port, "hmget")
+            assert (await store.state_get("shared", "doc")).value == {"n": 1}
+            return _calls(port, "hmget") == before + 1
+
+        await wait_until(on_the_new_replica, what="a read served by the new owner's replica")
+    finally:
+        await store.close()
