@@ -42,6 +42,23 @@ def _calls_on(ports: list[int], command: str) -> int:
     return sum(_calls(p, command) for p in ports)
 
 
+def _caught_up(master: int) -> bool:
+    """Whether every replica of the master on ``master`` has applied all of its writes."""
+    with redis.Redis(port=master) as client:
+        info = client.info("replication")
+    ports = [v["port"] for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
+    offsets = []
+    for port in ports:
+        with redis.Redis(port=port) as client:
+            offsets.append(client.info("replication").get("slave_repl_offset", -1))
+    return bool(ports) and min(offsets) >= info["master_repl_offset"]
+
+
+# Tests that count exactly which server answered use a wide bound (checked every 7.5 s):
+# a check delayed by a busy machine must not make a replica stale between two reads.
+WIDE_LAG = 30.0
+
+
 async def _open(urls: list[str], **redis_options: Any) -> Store:
     store = open_store(from_dict({"redis": {"urls": urls, "timeout": 1.0, **redis_options}}))
     await store.start()
@@ -109,7 +126,7 @@ def test_a_bad_replica_reads_setting_is_refused_with_what_is_wrong(
 @pytest.fixture
 async def sentinel_store(sentinel_group: tuple[ReplicaGroup, Sentinels]) -> AsyncIterator[Store]:
     group, sentinels = sentinel_group
-    store = await _open([sentinels.url(group)], replica_reads=ALL_KINDS)
+    store = await _open([sentinels.url(group)], replica_reads=ALL_KINDS, replica_max_lag=WIDE_LAG)
     try:
         await _replica_ready(store, "0")
         yield store
@@ -130,7 +147,7 @@ async def test_sentinel_hot_reads_are_served_by_the_replica_and_history_by_the_m
     sid = (await store.create_session()).id
     await store.append(sid, [{"role": "user", "content": "hi"}])
     # The replica has them all before the count starts (nothing is read stale here).
-    await wait_until(lambda: redis.Redis(port=replica).hget(state_key("shared/doc"), "ver"))
+    await wait_until(lambda: _caught_up(master), what="the replica in sync")
     await _replica_ready(store, "0")
     before = {
         (port, cmd): _calls(port, cmd)
@@ -262,10 +279,13 @@ async def test_a_replica_whose_link_is_down_is_not_read_and_is_again_once_caught
         assert direct.hget(state_key("shared/doc"), "ver") == b"1"  # it would have been stale
         # Linked again and caught up: read again, and up to date.
         direct.replicaof("127.0.0.1", master.port)
-        await wait_until(lambda: replicas.pick("0") is not None, what="the replica back")
-        before = _calls(replica.port, "hmget")
-        assert (await store.state_get("shared", "doc")).value == {"n": 2}
-        assert _calls(replica.port, "hmget") == before + 1
+
+        async def read_by_the_replica() -> bool:
+            before = _calls(replica.port, "hmget")
+            assert (await store.state_get("shared", "doc")).value == {"n": 2}
+            return _calls(replica.port, "hmget") == before + 1
+
+        await wait_until(read_by_the_replica, what="the replica back, up to date")
     finally:
         direct.close()
         await store.close()
@@ -392,7 +412,10 @@ async def test_cluster_hot_reads_are_served_by_readonly_replicas(
 ) -> None:
     masters, replicas = _roles(cluster)
     store = await _open(
-        [f"redis://127.0.0.1:{cluster.nodes[0].port}"], cluster=True, replica_reads=ALL_KINDS
+        [f"redis://127.0.0.1:{cluster.nodes[0].port}"],
+        cluster=True,
+        replica_reads=ALL_KINDS,
+        replica_max_lag=WIDE_LAG,
     )
     try:
         names = [f"doc{i}" for i in range(12)]  # spread over the three masters
@@ -400,6 +423,7 @@ async def test_cluster_hot_reads_are_served_by_readonly_replicas(
             await store.state_put("shared", name, {"name": name})
         sid = (await store.create_session()).id
         await store.append(sid, [{"role": "user", "content": "hi"}])
+        await wait_until(lambda: all(_caught_up(m) for m in masters), what="replicas in sync")
         shards = store.shards  # type: ignore[attr-defined]
         for name in names:
             key = state_key(f"shared/{name}")

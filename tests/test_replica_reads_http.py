@@ -56,6 +56,9 @@ workers = 2
 [redis]
 urls = ["{sentinels.url(group)}"]
 replica_reads = ["state"]
+# A wide bound (checked every 7.5 s): a check delayed by a busy machine must not make
+# the replica stale between the two batches counted below.
+replica_max_lag = 30.0
 """
     )
     async with aiohttp.ClientSession(server.url) as http:
@@ -97,7 +100,7 @@ replica_reads = ["state"]
         assert float(served.split()[-1]) >= 20
     # The start-up line says so.
     log = server.log_path.read_text()
-    assert "reads of state from replicas within 1 s of their master" in log
+    assert "reads of state from replicas within 30 s of their master" in log
 
 
 async def test_a_key_cache_refreshes_on_the_replica_but_reads_a_changed_key_on_the_master(
@@ -105,7 +108,7 @@ async def test_a_key_cache_refreshes_on_the_replica_but_reads_a_changed_key_on_t
 ) -> None:
     group, sentinels = sentinel_group
     master, replica = group.servers[0].port, group.servers[1].port
-    config = {"urls": [sentinels.url(group)], "replica_reads": ["keys"]}
+    config = {"urls": [sentinels.url(group)], "replica_reads": ["keys"], "replica_max_lag": 30.0}
     store = open_store(from_dict({"redis": config}))
     await store.start()
     cache = KeyCache(store.keyring, AuthConfig(key_cache_s=0.2))

@@ -33,10 +33,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
@@ -45,7 +46,7 @@ from redis.backoff import NoBackoff
 from ...config import REPLICA_READS, RedisConfig
 from ...errors import StoreUnavailable
 
-__all__ = ("REPLICA_KINDS", "Replica", "Replicas", "fresh_until")
+__all__ = ("REPLICA_KINDS", "Replica", "Replicas", "fresh_until", "master_of", "masters_of")
 
 log = logging.getLogger(__name__)
 
@@ -317,3 +318,39 @@ class Replicas:
             **options,
         )
         return aioredis.Redis.from_pool(pool)
+
+
+class Shards(Protocol):
+    """What the routing below needs of :class:`~.shards.Shards` (which imports this)."""
+
+    cluster: RedisCluster | None
+    clients: list[aioredis.Redis]
+    moving: Any
+
+    def shard_of(self, key: str) -> int: ...
+
+
+def master_of(shards: Shards, key: str) -> str | None:
+    """The name the checks give the master of ``key`` (None: read the master)."""
+    if shards.cluster is not None:
+        try:
+            node = shards.cluster.get_node_from_key(key)
+        except (rexc.RedisClusterException, rexc.RedisError, AttributeError, KeyError):
+            return None  # no slot map yet
+        return None if node is None else node.name
+    return None if shards.moving is not None else str(shards.shard_of(key))
+
+
+def masters_of(shards: Shards) -> dict[str, MasterLink]:
+    """Every master now, for the checks: a shard's client (a Sentinel group's follows its
+    master), or a cluster master's address."""
+    if shards.cluster is not None:
+        options = shards.cluster.get_connection_kwargs()
+        return {
+            n.name: ((n.host, n.port), options["connection_class"], options)
+            for n in shards.cluster.get_primaries()
+        }
+    return {
+        str(i): (c, c.connection_pool.connection_class, c.connection_pool.connection_kwargs)
+        for i, c in enumerate(shards.clients)
+    }

@@ -47,7 +47,7 @@ from ..scripts import Script
 from .acks import Acks, send_with_wait
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
-from .replicas import MasterLink, Replicas
+from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -205,7 +205,7 @@ class Shards:
         self.acks = Acks(config)
         # Reads of the kinds in redis.replica_reads, served by fresh replicas (replicas.py).
         self.replicas = (
-            Replicas(config, self._replica_masters, readonly=config.cluster)
+            Replicas(config, lambda: masters_of(self), readonly=config.cluster)
             if config.replica_reads and self._main
             else None
         )
@@ -505,33 +505,9 @@ class Shards:
         ``ask_master``: which answers of a replica the master is asked to confirm."""
         if self.replicas is None or kind not in self.replicas.kinds:
             return await self.call(key, fn)
-        master = self._master_name(key)
+        master = master_of(self, key)
         on_master = lambda: self.call(key, fn)  # noqa: E731
         return await self.replicas.read(kind, master, fn, on_master, ask_master)
-
-    def _master_name(self, key: str) -> str | None:
-        """The name the replica checks give the master of ``key`` (None: read the master)."""
-        if self.cluster is not None:
-            try:
-                node = self.cluster.get_node_from_key(key)
-            except (rexc.RedisClusterException, rexc.RedisError, AttributeError, KeyError):
-                return None  # no slot map yet
-            return None if node is None else node.name
-        return None if self.moving is not None else str(self.shard_of(key))
-
-    def _replica_masters(self) -> dict[str, MasterLink]:
-        """Every master now, for the replica checks: a shard's client (a Sentinel group's
-        follows its master), or a cluster master's address."""
-        if self.cluster is not None:
-            options = self.cluster.get_connection_kwargs()
-            return {
-                n.name: ((n.host, n.port), options["connection_class"], options)
-                for n in self.cluster.get_primaries()
-            }
-        return {
-            str(i): (c, c.connection_pool.connection_class, c.connection_pool.connection_kwargs)
-            for i, c in enumerate(self.clients)
-        }
 
     async def eval(
         self, script: Script, keys: list[str], args: list[Any], *, acked: bool = False
