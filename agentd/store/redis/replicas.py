@@ -170,9 +170,9 @@ class Replicas:
             return await on_master()
         started = time.monotonic()
         try:
-            # Half of redis.timeout at most, connecting included: the master gets the rest.
-            async with asyncio.timeout(self.config.timeout / 2):
-                result = await fn(replica.client)
+            # Bounded by the replica's connection settings (see _client), not by a timer
+            # per read: a timer costs a hot read more than its routing does.
+            result = await fn(replica.client)
         except (TimeoutError, rexc.RedisError, OSError) as exc:
             # Unreachable, timed out, LOADING, a MOVED after a slot moved...: the master
             # answers instead (a bad command fails there again, as it would have). A
@@ -294,15 +294,16 @@ class Replicas:
         self, address: Address, connection_class: type[Connection], kwargs: dict[str, Any]
     ) -> aioredis.Redis:
         """Connections to one replica: the master's options (credentials, TLS, database),
-        half of ``redis.timeout`` for each read, so a failing replica leaves the other
-        half for the master."""
-        half = self.config.timeout / 2
+        and a quarter of ``redis.timeout`` each to get a free connection, to connect and
+        to wait for a reply, so that a failing replica leaves its master the rest (three
+        quarters when the read had a connection at once, as it mostly does)."""
+        quarter = self.config.timeout / 4
         options = {k: v for k, v in kwargs.items() if k.startswith(_SHARED)}
         options.update(
             host=address[0],
             port=address[1],
-            socket_timeout=half,
-            socket_connect_timeout=min(self.config.connect_timeout, half),
+            socket_timeout=quarter,
+            socket_connect_timeout=min(self.config.connect_timeout, quarter),
             retry=Retry(NoBackoff(), 0),
         )
         if self._readonly:
@@ -314,7 +315,7 @@ class Replicas:
         pool = BlockingConnectionPool(
             connection_class=connection_class,
             max_connections=self.config.pool_size,
-            timeout=half,
+            timeout=quarter,
             **options,
         )
         return aioredis.Redis.from_pool(pool)
