@@ -16,7 +16,7 @@ from .common import Scenario, have
 
 __all__ = ("REPLICA_READS",)
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def _seconds(s: Settings) -> float:
