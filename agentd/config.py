@@ -253,6 +253,15 @@ class ServerConfig:
     instance_id: str = opt("", check=_check_instance_id)
 
 
+REPLICA_READS = ("state", "cache", "keys")
+
+
+def _check_replica_read(value: str) -> str | None:
+    if value not in REPLICA_READS:
+        return f"must be one of {', '.join(REPLICA_READS)}; got {value!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     urls: tuple[str, ...] = opt((), check=_check_redis_url)
@@ -273,6 +282,13 @@ class RedisConfig:
     # to their append-only file, not only received; wait_local_aof: the master's own too.
     wait_aof: bool = opt(False)
     wait_local_aof: bool = opt(False)
+    # Reads that replicas may serve (docs/state.md#reads-from-replicas): "state" (shared
+    # state documents read by GET / state_get), "cache" (L2 response cache entries),
+    # "keys" (API key records a worker refreshes); empty: every read on the master.
+    replica_reads: tuple[str, ...] = opt((), check=_check_replica_read)
+    # Staleness bound, seconds: a replica is read only while it holds every write its
+    # master acknowledged this long ago (checked every quarter of it).
+    replica_max_lag: float = opt(1.0, min=0.1, max=60.0)
 
 
 @dataclass(frozen=True)
@@ -916,6 +932,8 @@ def _name_variables(errors: list[str], origins: Mapping[str, str]) -> list[str]:
 def _check_waits(redis: RedisConfig, bad: typing.Callable[..., bool], errors: list[str]) -> None:
     """The acknowledgement waits need Redis, and must end before the socket times out
     (else a replica's slowness would mark the master unreachable)."""
+    if redis.replica_reads and not redis.urls and not bad("redis"):
+        errors.append("redis.replica_reads: needs Redis (redis.urls); standalone has no replicas")
     waits = redis.wait_replicas > 0 or redis.wait_local_aof
     if bad("redis") or not waits:
         return

@@ -245,6 +245,14 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.replica_reads = Counter(
+            "agentd_store_replica_reads",
+            "Reads of the kinds in redis.replica_reads (state, cache, keys), by who answered: "
+            "replica, fallback (the replica failed, its master answered), master (no replica "
+            "fresh enough)",
+            ["kind", "outcome"],
+            registry=reg,
+        )
         self._stages = {
             stage: self.turn_stages.labels(stage)
             for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
@@ -262,6 +270,9 @@ class Metrics:
     def observe_wait(self, outcome: str) -> None:
         """Count one durable acknowledgement's wait by outcome."""
         self.store_waits.labels(outcome).inc()
+
+    def observe_replica_read(self, kind: str, outcome: str) -> None:
+        self.replica_reads.labels(kind, outcome).inc()
 
     def observe_steps(self, agent: str, steps: int) -> None:
         self.turn_steps.labels(agent).observe(steps)

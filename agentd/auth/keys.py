@@ -244,7 +244,9 @@ class KeyCache:
         # The look-up is a task of its own, shared by every request for the id meanwhile:
         # a requester that goes away neither cancels it for the others nor loses its
         # answer for the cache.
-        flight = self._flights[key_id] = asyncio.ensure_future(self._read(key_id))
+        flight = self._flights[key_id] = asyncio.ensure_future(
+            self._read(key_id, refresh=entry is not None)
+        )
         flight.add_done_callback(lambda done: self._landed(key_id, done))
         return await asyncio.shield(flight)
 
@@ -254,10 +256,12 @@ class KeyCache:
         if not flight.cancelled():
             flight.exception()  # retrieved: whoever awaited it got it, nobody else must
 
-    async def _read(self, key_id: str) -> _Entry | None:
+    async def _read(self, key_id: str, refresh: bool = False) -> _Entry | None:
+        """``refresh``: of a record held past its time with no change heard of since, the
+        only look-up a replica may answer (a changed or unknown id reads the master)."""
         generation = self._generation
         self.lookups += 1
-        record = await self.keyring.get(key_id)
+        record = await self.keyring.get(key_id, replica=refresh)
         now = time.monotonic()
         cacheable = generation == self._generation
         if record is None:

@@ -40,6 +40,15 @@ def _count(n: int, what: str) -> str:
 
 
 def _store(config: Config) -> str:
+    where = _layout(config)
+    kinds = config.redis.replica_reads
+    if kinds and config.mode != "standalone":
+        bound = f"{config.redis.replica_max_lag:g} s"
+        where += f"; reads of {', '.join(kinds)} from replicas within {bound} of their master"
+    return where
+
+
+def _layout(config: Config) -> str:
     urls = ", ".join(_server(u) for u in config.redis.urls)
     sentinel = any(u.startswith(SENTINEL_SCHEME) for u in config.redis.urls)
     if config.mode == "standalone":

@@ -126,6 +126,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app[STATE] = worker or WorkerState(workers=config.server.workers)
     app[STORE] = store = open_store(config)
     store.count_waits(metrics.observe_wait)
+    store.count_replica_reads(metrics.observe_replica_read)
     app[AUTH] = auth = Auth(config, store)
     app[BACKENDS] = backends = Backends(config.backends, BackendMetrics(metrics))
     app[CACHE] = cache = ResponseCache(config.cache, store.blobs, metrics)

@@ -209,6 +209,13 @@ class Store(abc.ABC):
         without replicas has none."""
         return
 
+    def count_replica_reads(self, observe: Callable[[str, str], None]) -> None:
+        """Have ``observe(kind, outcome)`` called for each read of a kind in
+        ``redis.replica_reads``: ``replica``, ``fallback`` (the replica failed, its
+        master answered) or ``master`` (no replica fresh enough). A store without
+        replicas has none."""
+        return
+
     @abc.abstractmethod
     def for_tenant(self, tenant: str) -> Store:
         """The same store seen by ``tenant``: its sessions, events, turn leases, shared
@@ -690,7 +697,10 @@ class Keyring(abc.ABC):
         """Store a new record; False (nothing written) if its id is taken."""
 
     @abc.abstractmethod
-    async def get(self, key_id: str) -> KeyRecord | None: ...
+    async def get(self, key_id: str, *, replica: bool = False) -> KeyRecord | None:
+        """The record; ``replica``: a refresh of a record the caller holds, which may be
+        read from a replica (``redis.replica_reads``), so up to ``redis.replica_max_lag``
+        behind (a change's notification makes the caller forget it and read the master)."""
 
     @abc.abstractmethod
     async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:

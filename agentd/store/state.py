@@ -90,7 +90,7 @@ class StateStore(Store):
         return dumps_limited(value, self.max_value_bytes, "document", "value_too_large")
 
     async def state_get(self, namespace: str, key: str) -> StateDoc:
-        found = await self._state_read(self._state_name(namespace, key))
+        found = await self._state_peek(self._state_name(namespace, key))
         if found is None:
             raise _not_found(namespace, key)
         return StateDoc(orjson.loads(found[0]), found[1])
@@ -176,6 +176,12 @@ class StateStore(Store):
     @abc.abstractmethod
     async def _state_read(self, name: str) -> tuple[bytes, int] | None:
         """(document JSON, version) or None."""
+
+    async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
+        """As :meth:`_state_read`, for a plain read that may be served by a replica
+        (``redis.replica_reads``), so up to ``redis.replica_max_lag`` behind; a
+        read-modify-write reads the master."""
+        return await self._state_read(name)
 
     @abc.abstractmethod
     async def _state_write(

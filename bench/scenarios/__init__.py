@@ -8,6 +8,7 @@ from .common import Scenario
 from .durable import HTTP_CHAT_DURABLE
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
 from .jobs import JOBS
+from .replicas import REPLICA_READS
 from .soak import SOAK
 from .store import STORE_OPS
 from .tools import TOOL_LOOP
@@ -32,6 +33,7 @@ SCENARIOS: dict[str, Scenario] = {
         ADDED_LATENCY,
         TOOL_LOOP,
         STORE_OPS,
+        REPLICA_READS,
         JOBS,
         SOAK,
     )

@@ -30,7 +30,7 @@ class MemoryKeyring(Keyring):
         self._changed(record.id)
         return True
 
-    async def get(self, key_id: str) -> KeyRecord | None:
+    async def get(self, key_id: str, *, replica: bool = False) -> KeyRecord | None:
         return self._records.get(key_id)
 
     async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:

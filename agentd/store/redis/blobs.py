@@ -24,7 +24,7 @@ class RedisBlobs(Blobs):
 
     async def get(self, hexkey: str) -> bytes | None:
         key = K.cache_key(hexkey)
-        return await self.shards.call(key, lambda c: c.get(key))
+        return await self.shards.read("cache", key, lambda c: c.get(key))
 
     async def put(self, hexkey: str, data: bytes, ttl_s: float) -> None:
         key = K.cache_key(hexkey)

@@ -117,9 +117,12 @@ class RedisKeyring(Keyring):
             await self._changed(record.id)
         return bool(created)
 
-    async def get(self, key_id: str) -> KeyRecord | None:
+    async def get(self, key_id: str, *, replica: bool = False) -> KeyRecord | None:
         key = K.key_record(key_id)
-        found = await self.shards.call(key, lambda c: c.hgetall(key))
+        read = lambda c: c.hgetall(key)  # noqa: E731
+        found = await (
+            self.shards.read("keys", key, read) if replica else self.shards.call(key, read)
+        )
         return decode_record(key_id, {k.decode(): v for k, v in found.items()}) if found else None
 
     async def list(self, tenant: str | None, *, limit: int, after: str | None = None) -> KeyPage:

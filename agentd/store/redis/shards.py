@@ -48,6 +48,7 @@ from .acks import Acks, send_with_wait
 from .asking import keep_asking_on_its_connection
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
+from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
@@ -209,6 +210,12 @@ class Shards:
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
         self.acks = Acks(config)
+        # Reads of the kinds in redis.replica_reads, served by fresh replicas (replicas.py).
+        self.replicas = (
+            Replicas(config, lambda: masters_of(self), readonly=config.cluster)
+            if config.replica_reads and self._main
+            else None
+        )
         # A reshard to this URL list in progress: keys of moving slots are pulled from
         # their old shard before use (see moving.py).
         self.moving: Moving | None = None
@@ -232,6 +239,8 @@ class Shards:
         for index, group in enumerate(self.groups):
             if group is not None and self._main:
                 await self._log_master(index, group)
+        if self.replicas is not None:
+            self.replicas.start()
 
     async def _log_master(self, index: int, group: SentinelGroup) -> None:
         try:
@@ -350,6 +359,8 @@ class Shards:
             raise StoreUnavailable(f"reshard: {target} or {source} unreachable: {exc}") from exc
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.cluster is not None:
             await self.cluster.aclose()
         if self._looking is not None:
@@ -492,6 +503,22 @@ class Shards:
             self._down_until[index] = 0.0
             outage.recovered()
         return result
+
+    async def read(
+        self,
+        kind: str,
+        key: str,
+        fn: Callable[[Any], Awaitable[T]],
+        ask_master: Callable[[T], bool] | None = None,
+    ) -> T:
+        """A read of ``key`` (only ``key``'s slot): on a fresh replica when
+        ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`.
+        ``ask_master``: which answers of a replica the master is asked to confirm."""
+        if self.replicas is None or kind not in self.replicas.kinds:
+            return await self.call(key, fn)
+        master = master_of(self, key)
+        on_master = lambda: self.call(key, fn)  # noqa: E731
+        return await self.replicas.read(kind, master, fn, on_master, ask_master)
 
     async def eval(
         self, script: Script, keys: list[str], args: list[Any], *, acked: bool = False

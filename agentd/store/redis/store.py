@@ -173,6 +173,10 @@ class RedisStore(BaseStore):
     def count_waits(self, observe: Callable[[str], None]) -> None:
         self.shards.acks.observe = observe
 
+    def count_replica_reads(self, observe: Callable[[str, str], None]) -> None:
+        if self.shards.replicas is not None:
+            self.shards.replicas.observe = observe
+
     async def readiness(self) -> str | None:
         reasons = await self.shards.unreachable()
         return "; ".join(reasons) if reasons else None
@@ -387,6 +391,15 @@ class RedisStore(BaseStore):
     async def _state_read(self, name: str) -> tuple[bytes, int] | None:
         key = K.state_key(name, self.prefix)
         value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
+        return None if value is None else (value, int(version))
+
+    async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
+        key = K.state_key(name, self.prefix)
+        # A replica's "no such document" is asked again of the master: a document just
+        # created is never answered 404 (an older version, within the bound, may be).
+        value, version = await self.shards.read(
+            "state", key, lambda c: c.hmget(key, "v", "ver"), ask_master=lambda r: r[0] is None
+        )
         return None if value is None else (value, int(version))
 
     async def _state_write(
