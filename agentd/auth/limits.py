@@ -33,6 +33,7 @@ from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
 from .identity import Identity
 from .keys import KeyCache
+from .leases import RENEW_S, SLOT_LEASE_MS, Lease, Leases
 
 __all__ = (
     "FLUSH_EVERY",
@@ -47,10 +48,8 @@ __all__ = (
 
 log = logging.getLogger(__name__)
 
-# A turn slot's lease: renewed every RENEW_S while the turn runs, so a slot whose worker
-# died is free again within SLOT_LEASE_MS.
-SLOT_LEASE_MS = 10_000
-RENEW_S = SLOT_LEASE_MS / 1000 / 3
+# A turn slot's lease (SLOT_LEASE_MS, in .leases): renewed every RENEW_S while the turn
+# runs, so a slot whose worker died is free again within SLOT_LEASE_MS.
 # Charges (token buckets, day and month budgets) and usage counters are summed per
 # worker and written this often, or sooner once this many requests have settled: the
 # most a bucket or a budget lags behind the requests that ended.
@@ -168,7 +167,7 @@ class Ticket:
 
     __slots__ = (
         "_charge", "_error", "_limiter", "_settled", "_state", "_waiter", "checked",
-        "headers", "id", "identity", "rules", "slots",
+        "headers", "id", "identity", "leased", "rules", "slots",
     )  # fmt: skip
 
     def __init__(
@@ -186,9 +185,16 @@ class Ticket:
         # The scopes whose turn slots the ticket holds, once admitted.
         self.slots: tuple[str, ...] = ()
         self._waiter: asyncio.Future[None] | None = None
+        # The worker's leases that admitted it (none: the store did, or it was not checked).
+        self.leased: list[Lease] | None = None
         if check:
-            self._state = PENDING
-            self._waiter = limiter.ask(self)
+            self.leased = limiter.leases.take(identity.tenant, rules)
+            if self.leased is not None:
+                self._state = ADMITTED
+                self.headers = ratelimit_headers(limiter.leases.headers_verdict(self.leased))
+            else:
+                self._state = PENDING
+                self._waiter = limiter.ask(self)
         else:
             self._state = ADMITTED
 
@@ -306,6 +312,12 @@ class Limiter:
         self._day, self._month, self._day_ends = "", "", 0.0
         self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
         self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
+        # Reservations on large limits, so most requests need no call (see .leases).
+        self.leases = Leases(limits, self._prefix + "b", self._today, self._leased)
+
+    def _leased(self, tenant: str, admitted: int) -> None:
+        if self.metrics is not None:
+            self.metrics.request(tenant, "admitted", admitted)
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):x}"
@@ -523,8 +535,12 @@ class Limiter:
             return  # refused, or never answered: nothing was taken or counted
         identity = ticket.identity
         tenant = identity.tenant
-        if self.metrics is not None and charge.tokens:
-            self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
+        if charge.tokens:
+            if self.metrics is not None:
+                self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
+            self.leases.charged(tenant, ticket.rules, charge.tokens)
+        if ticket.leased:
+            self.leases.release(ticket.leased)
         if ticket.slots:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
@@ -573,6 +589,7 @@ class Limiter:
     async def close(self) -> None:
         """Write what is pending and let the calls on their way end (a worker that
         drains)."""
+        await self.leases.close()
         if self._renewer is not None:
             self._renewer.cancel()
         self._flush()
