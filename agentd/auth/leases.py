@@ -144,7 +144,9 @@ class Lease:
         demand = max(MIN_ASK, 2 * (self.used + self.short))
         places = 0
         if lim.requests_per_minute and active:
-            places = min(demand, lim.requests_per_minute // SHARE)
+            # A worker's live places stay within its share.
+            live = sum(p[2] for p in self.places)
+            places = max(0, min(demand, lim.requests_per_minute // SHARE) - live)
         slots = 0
         if lim.max_concurrent_turns and active:
             slots = self.size
@@ -230,6 +232,7 @@ class Leases:
                     lease.limits, lease.ready = rule.limits, False
             if not lease.room(now):
                 lease.short += 1
+                lease.used_at = now
                 self.want(tenant)
                 return None
             taken.append(lease)

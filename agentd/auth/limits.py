@@ -313,7 +313,8 @@ class Limiter:
         self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
         self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
         # Reservations on large limits, so most requests need no call (see .leases).
-        self.leases = Leases(limits, self._prefix + "b", self._today, self._leased)
+        # Its block members: never a ticket id (those end in hex digits).
+        self.leases = Leases(limits, self._prefix + "slot-", self._today, self._leased)
 
     def _leased(self, tenant: str, admitted: int) -> None:
         if self.metrics is not None:
