@@ -28,7 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import LimitsConfig
-from ..store import LEASE_MS, Grant, LeaseAsk, Limits, Rule, Verdict, Window
+from ..store import LEASE_MS, Grant, LeaseAsk, Limits, Rule
+from .headers import REQUESTS_HEADERS, TOKENS_HEADERS, duration
 
 __all__ = ("MIN_LIMIT", "SHARE", "Lease", "Leases")
 
@@ -65,9 +66,9 @@ class Lease:
     """One scope's lease in this worker."""
 
     __slots__ = (
-        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "level", "limits",
-        "month_tokens", "peak", "places", "ready", "renewed", "reset_at", "returned", "scope",
-        "short", "size", "total", "used", "used_at",
+        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "left", "level",
+        "limits", "month_tokens", "peak", "places", "ready", "renewed", "reset_text",
+        "returned", "scope", "short", "size", "tokens_reset", "total", "used", "used_at",
     )  # fmt: skip
 
     def __init__(self, rule: Rule) -> None:
@@ -77,9 +78,13 @@ class Lease:
         # Request places: [usable until (monotonic), their bucket, left], oldest first;
         # the unused places of expired ones, to give back: (bucket, count).
         self.places: deque[list[Any]] = deque()
+        self.left = 0  # their places left
         self.returned: list[tuple[int, int]] = []
         self.total = 0  # the requests log's count at the last grant
-        self.reset_at = 0.0  # when the requests log is empty again (monotonic)
+        # The headers' reset texts: the requests log's at the last grant, the token
+        # bucket's for the tokens charged since (charged, text).
+        self.reset_text = ""
+        self.tokens_reset: tuple[int, str] = (-1, "")
         # The block of turn slots: its size, the slots in use, the most in use since the
         # last call, and the size the call on its way asked for.
         self.size = self.busy = self.peak = 0
@@ -99,7 +104,8 @@ class Lease:
             _, bucket, left = places.popleft()
             if left:
                 self.returned.append((bucket, left))
-        return sum(p[2] for p in places)
+                self.left -= left
+        return self.left
 
     def room(self, now: float) -> bool:
         lim = self.limits
@@ -130,7 +136,8 @@ class Lease:
                 if place[2]:
                     place[2] -= 1
                     break
-            low = low or sum(p[2] for p in self.places) * 2 < self.used
+            self.left -= 1
+            low = low or self.left * 2 < self.used
         if lim.max_concurrent_turns:
             self.busy += 1
             self.peak = max(self.peak, self.busy)
@@ -145,8 +152,7 @@ class Lease:
         places = 0
         if lim.requests_per_minute and active:
             # A worker's live places stay within its share.
-            live = sum(p[2] for p in self.places)
-            places = max(0, min(demand, lim.requests_per_minute // SHARE) - live)
+            places = max(0, min(demand, lim.requests_per_minute // SHARE) - self.left)
         slots = 0
         if lim.max_concurrent_turns and active:
             slots = self.size
@@ -162,11 +168,13 @@ class Lease:
         self.peak = self.busy
         return LeaseAsk(self.scope, lim, places, returned, slots, self.size, renew)
 
-    def granted(self, grant: Grant, sent: float, charged: int, now: float) -> None:
+    def granted(self, grant: Grant, sent: float, charged: int) -> None:
         if grant.places:
             self.places.append([sent + LEASE_S, grant.bucket, grant.places])
+            self.left += grant.places
         self.total = grant.total
-        self.reset_at = now + grant.reset_ms / 1000
+        self.reset_text = duration(grant.reset_ms)
+        self.tokens_reset = (-1, "")
         self.size, self.asked_slots = grant.slots, None
         self.level, self.day_tokens = grant.level, grant.day_tokens
         self.month_tokens = grant.month_tokens
@@ -244,25 +252,39 @@ class Leases:
             self.want(tenant)
         return taken
 
-    def headers_verdict(self, taken: list[Lease]) -> Verdict:
-        """Where the per-minute limits stand, as far as this worker knows (the headers
-        of a request admitted here)."""
-        now = time.monotonic()
+    def headers(self, taken: list[Lease]) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers of a request admitted here: the tightest of its
+        leases, as far as this worker knows (other workers' admissions since its last
+        call are not counted; the requests' reset is the one at that call)."""
         requests = tokens = None
         for lease in taken:
             lim = lease.limits
-            if per := lim.requests_per_minute:
-                left = sum(p[2] for p in lease.places)
-                window = Window(per, max(0, per - lease.total + left),
-                                max(0, int((lease.reset_at - now) * 1000)))  # fmt: skip
-                if requests is None or window.remaining < requests.remaining:
-                    requests = window
-            if per := lim.tokens_per_minute:
+            if lim.requests_per_minute:
+                left = max(0, lim.requests_per_minute - lease.total + lease.left)
+                if requests is None or left < requests[0]:
+                    requests = (left, lease)
+            if lim.tokens_per_minute:
+                left = max(0, lease.level - lease.charged)
+                if tokens is None or left < tokens[0]:
+                    tokens = (left, lease)
+        headers: dict[str, str] = {}
+        if requests is not None:
+            left, lease = requests
+            limit, remaining, reset = REQUESTS_HEADERS
+            headers[limit] = str(lease.limits.requests_per_minute)
+            headers[remaining] = str(left)
+            headers[reset] = lease.reset_text
+        if tokens is not None:
+            left, lease = tokens
+            per = lease.limits.tokens_per_minute
+            if lease.tokens_reset[0] != lease.charged:
                 level = lease.level - lease.charged
-                window = Window(per, max(0, level), (per - level) * 60_000 // per)
-                if tokens is None or window.remaining < tokens.remaining:
-                    tokens = window
-        return Verdict(requests=requests, tokens=tokens)
+                lease.tokens_reset = (lease.charged, duration((per - level) * 60_000 // per))
+            limit, remaining, reset = TOKENS_HEADERS
+            headers[limit] = str(per)
+            headers[remaining] = str(left)
+            headers[reset] = lease.tokens_reset[1]
+        return headers
 
     def release(self, taken: list[Lease]) -> None:
         """A request admitted here ended: its slots are free again."""
@@ -334,9 +356,8 @@ class Leases:
         if grants is None:  # this store leases nothing
             self.enabled = False
             return
-        now = time.monotonic()
         for lease, grant, before in zip(leases, grants, charged, strict=True):
-            lease.granted(grant, sent, before, now)
+            lease.granted(grant, sent, before)
             if closing:
                 lease.ready = False
         for scope, lease in list(scopes.items()):

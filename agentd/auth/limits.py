@@ -31,6 +31,7 @@ from ..config import Config, LimitsConfig
 from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
 from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
+from .headers import ratelimit_headers
 from .identity import Identity
 from .keys import KeyCache
 from .leases import RENEW_S, SLOT_LEASE_MS, Lease, Leases
@@ -83,36 +84,7 @@ def _limited(limits: LimitsConfig | None) -> bool:
     )
 
 
-def _duration(ms: int) -> str:
-    """A reset time as OpenAI writes it: ``20ms``, ``1s``, ``6m0s``, ``1.5s``."""
-    ms = max(0, ms)
-    if ms < 1000:
-        return f"{ms}ms"
-    minutes, rest = divmod(ms, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{minutes}m{seconds}" if minutes else seconds
-
-
-_HEADER_NAMES = {
-    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
-           f"x-ratelimit-reset-{kind}")
-    for kind in ("requests", "tokens")
-}  # fmt: skip
-
-
-def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers for the per-minute limits that apply."""
-    headers: dict[str, str] = {}
-    for names, window in (
-        (_HEADER_NAMES["requests"], verdict.requests),
-        (_HEADER_NAMES["tokens"], verdict.tokens),
-    ):
-        if window is not None:
-            limit, remaining, reset = names
-            headers[limit] = str(window.limit)
-            headers[remaining] = str(window.remaining)
-            headers[reset] = _duration(window.reset_ms)
-    return headers
+HIT = Charge(cache_hit=True)
 
 
 def charge_of(
@@ -121,7 +93,7 @@ def charge_of(
     """What a turn costs: the upstream's usage, else an estimate (4 characters a token).
     A cache hit calls no model: it is counted as a hit and charges no tokens."""
     if cache.startswith("hit"):
-        return Charge(cache_hit=True)
+        return HIT
     prompt = completion = None
     if usage:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -191,7 +163,7 @@ class Ticket:
             self.leased = limiter.leases.take(identity.tenant, rules)
             if self.leased is not None:
                 self._state = ADMITTED
-                self.headers = ratelimit_headers(limiter.leases.headers_verdict(self.leased))
+                self.headers = limiter.leases.headers(self.leased)
             else:
                 self._state = PENDING
                 self._waiter = limiter.ask(self)
