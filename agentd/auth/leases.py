@@ -140,7 +140,8 @@ class Lease:
             low = low or self.left * 2 < self.used
         if lim.max_concurrent_turns:
             self.busy += 1
-            self.peak = max(self.peak, self.busy)
+            if self.busy > self.peak:
+                self.peak = self.busy
             low = low or self.busy * 4 >= self.size * 3
         return low
 
@@ -231,7 +232,7 @@ class Leases:
         taken: list[Lease] = []
         for rule in rules:
             lease = scopes.get(rule.scope)
-            if lease is None or lease.limits != rule.limits:
+            if lease is None or (lease.limits is not rule.limits and lease.limits != rule.limits):
                 if not leasable(rule.limits):
                     return None
                 if lease is None:

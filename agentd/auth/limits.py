@@ -146,7 +146,8 @@ class Ticket:
         self, limiter: Limiter, identity: Identity, rules: list[Rule], check: bool
     ) -> None:
         self._limiter, self.identity, self.rules = limiter, identity, rules
-        self.id = limiter.new_id()
+        # Its id in the store (its turn slots' member): given when the store admits it.
+        self.id = ""
         self.checked = check
         self._settled = False
         # A settle that waits for the admission's answer (it may have taken a slot).
@@ -166,6 +167,7 @@ class Ticket:
                 self.headers = limiter.leases.headers(self.leased)
             else:
                 self._state = PENDING
+                self.id = limiter.new_id()
                 self._waiter = limiter.ask(self)
         else:
             self._state = ADMITTED
