@@ -26,7 +26,8 @@ __all__ = ("HELPERS", "STEP")
 # The requests log of a scope is a hash of counts per bucket of G ms (field: the bucket's
 # number, now // G), 'o' (the oldest bucket that may count) and 's' (their sum): a check
 # counts the current bucket and the B before it, which hold every request of the last
-# W ms, so at most N are admitted in any W ms, and the hash holds at most B + 1 counts.
+# W ms, so at most N are admitted in any W ms; a lease's places are counted A buckets
+# ahead (.lease_script), so the hash holds at most B + A + 1 counts.
 # The clock, the window's constants and the reads a step and a lease share (a scope
 # ``s`` has its keys h, r, c and its limits rpm, tpm, conc).
 HELPERS = (
