@@ -145,10 +145,13 @@ class Lease:
             low = low or self.busy * 4 >= self.size * 3
         return low
 
-    def ask(self, now: float) -> LeaseAsk:
-        """This scope's part of the next lease call (its demand since the last one)."""
+    def ask(self, now: float, closing: bool = False) -> LeaseAsk:
+        """This scope's part of the next lease call (its demand since the last one;
+        ``closing``: none, only the slots in use are kept)."""
         lim = self.limits
-        active = self.used or self.short or self.busy or now - self.used_at < IDLE_S
+        active = not closing and (
+            self.used or self.short or self.busy or now - self.used_at < IDLE_S
+        )
         demand = max(MIN_ASK, 2 * (self.used + self.short))
         places = 0
         if lim.requests_per_minute and active:
@@ -159,7 +162,7 @@ class Lease:
             slots = self.size
             if not slots or self.peak * 4 >= slots * 3 or self.short:
                 slots = min(max(demand, 2 * self.peak, slots), lim.max_concurrent_turns // SHARE)
-            slots = max(slots, self.busy)
+        slots = max(slots, self.busy) if lim.max_concurrent_turns else 0
         self.asked_slots = slots
         renew = bool(slots) and now - self.renewed >= RENEW_S
         if renew:
@@ -233,12 +236,12 @@ class Leases:
         for rule in rules:
             lease = scopes.get(rule.scope)
             if lease is None or (lease.limits is not rule.limits and lease.limits != rule.limits):
+                if lease is not None:  # its limits changed: its next call asks under them
+                    lease.limits, lease.ready = rule.limits, False
                 if not leasable(rule.limits):
                     return None
                 if lease is None:
                     lease = scopes[rule.scope] = Lease(rule)
-                else:  # its limits changed: a new lease under the new ones
-                    lease.limits, lease.ready = rule.limits, False
             if not lease.room(now):
                 lease.short += 1
                 lease.used_at = now
@@ -335,12 +338,10 @@ class Leases:
         for lease in leases:
             if closing:
                 lease.expire(float("inf"))
-                lease.used = lease.short = 0
-                lease.used_at = 0.0
                 lease.ready = False
             else:
                 lease.expire(sent)
-            asks.append(lease.ask(sent))
+            asks.append(lease.ask(sent, closing))
         charged = [lease.charged for lease in leases]
         admitted = self._counts.pop(tenant, 0)
         if admitted:
@@ -356,6 +357,7 @@ class Leases:
             return
         if grants is None:  # this store leases nothing
             self.enabled = False
+            self._tenants.clear()
             return
         for lease, grant, before in zip(leases, grants, charged, strict=True):
             lease.granted(grant, sent, before)
