@@ -86,6 +86,17 @@ async def test_a_block_of_slots_is_counted_and_shrinks(redis_store: Store) -> No
     assert await _steps(redis_store, rule, 5) == 2  # the two slots the block let go
 
 
+async def test_a_block_whose_answer_was_lost_is_built_anew(redis_store: Store) -> None:
+    rule = Rule("t", LimitsConfig(max_concurrent_turns=5))
+    grow = LeaseAsk(rule.scope, rule.limits, slots=3)
+    await redis_store.limits.lease("acme", [grow], "w.b", SLOT_LEASE_MS, DAY_1, MONTH_1)
+    # The worker knows only that it holds at most four: all of them go, two are granted.
+    again = LeaseAsk(rule.scope, rule.limits, slots=2, held=4, rebuild=True)
+    [grant] = await redis_store.limits.lease("acme", [again], "w.b", SLOT_LEASE_MS, DAY_1, MONTH_1)
+    assert grant.slots == 2
+    assert await _steps(redis_store, rule, 5) == 3
+
+
 async def test_a_lease_reports_the_tokens_as_they_stand(redis_store: Store) -> None:
     limits = LimitsConfig(tokens_per_minute=1000, tokens_per_day=5000)
     rule = Rule("t", limits)

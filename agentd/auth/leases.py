@@ -67,7 +67,7 @@ class Lease:
 
     __slots__ = (
         "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "left", "level",
-        "limits", "month_tokens", "peak", "places", "ready", "renewed", "reset_text",
+        "limits", "lost", "month_tokens", "peak", "places", "ready", "renewed", "reset_text",
         "returned", "scope", "short", "size", "tokens_reset", "total", "used", "used_at",
     )  # fmt: skip
 
@@ -90,6 +90,7 @@ class Lease:
         self.size = self.busy = self.peak = 0
         self.asked_slots: int | None = None
         self.renewed = 0.0  # when the block's leases were last extended (monotonic)
+        self.lost = False  # a call's answer was lost: the block is built anew
         self.level = self.day_tokens = self.month_tokens = 0
         self.charged = 0  # tokens charged here since the last call was sent
         # Admissions through the lease, and requests it had no room for, since the last
@@ -170,7 +171,7 @@ class Lease:
         returned, self.returned = tuple(self.returned), []
         self.used = self.short = 0
         self.peak = self.busy
-        return LeaseAsk(self.scope, lim, places, returned, slots, self.size, renew)
+        return LeaseAsk(self.scope, lim, places, returned, slots, self.size, renew, self.lost)
 
     def granted(self, grant: Grant, sent: float, charged: int) -> None:
         if grant.places:
@@ -185,15 +186,18 @@ class Lease:
         self.charged -= charged  # what was charged before the call is in the grant
         self.fresh_until = sent + LEASE_S
         self.ready = True
+        self.lost = False
 
     def failed(self) -> None:
-        """The call's answer is lost: the block may be the old one or the asked one (the
-        next call removes both); the places reserved are left to age out of the log."""
+        """The call's answer is lost: the block may be the old one or the asked one, so
+        the next call removes every member either may have and builds it anew; the
+        places reserved are left to age out of the log."""
         if self.asked_slots is not None:
             self.size = max(self.size, self.asked_slots)
         self.asked_slots = None
         self.ready = False
         self.renewed = 0.0
+        self.lost = True
 
     def idle(self) -> bool:
         return not (self.size or self.busy or self.places or self.returned or self.used)

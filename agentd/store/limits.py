@@ -165,6 +165,9 @@ class LeaseAsk:
     # The block's size before the call, and whether to extend every member's lease.
     held: int = 0
     renew: bool = False
+    # Whether the block's members are unknown (a call's answer was lost): all of
+    # them (up to ``held``) are removed and the block is granted anew.
+    rebuild: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,8 @@ __all__ = ("LEASE",)
 # ARGV: slot lease ms, day, month, scope count n, the block's member prefix; per scope
 # (10): requests/min, tokens/min, turns at once, tokens/day, tokens/month, places wanted,
 # places given back ("BUCKET COUNT BUCKET COUNT ..."), block size wanted, block size held,
-# whether to renew the block ("1").
+# whether to renew the block ("1"), or to build it anew ("2": the worker does not know
+# which of its members exist).
 # Per scope: gives the places back to their buckets (those still in the log), reserves
 # up to the places wanted that the requests log has room for, logged A buckets ahead
 # (a lease is used for at most A * G ms after it was asked, so every window that may
@@ -78,6 +79,17 @@ for i = 1, n do
   if s.conc == 0 then
     size = 0
   end
+  if renew == '2' then
+    -- The last call's answer was lost: its members are unknown, so none is counted.
+    local mine = {}
+    for j = 0, held - 1 do
+      mine[#mine + 1] = block .. j
+    end
+    for j = 1, #mine, 1000 do
+      redis.call('ZREM', s.c, unpack(mine, j, math.min(j + 999, #mine)))
+    end
+    held, got = 0, 0
+  end
   if size < held then
     local gone = {}
     for j = size, held - 1 do
@@ -91,7 +103,7 @@ for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', s.c, '-inf', now)
     got = held + math.max(0, math.min(size - held, s.conc - redis.call('ZCARD', s.c)))
   end
-  if got > 0 and (renew == '1' or got > held) then
+  if got > 0 and (renew ~= '0' or got > held) then
     local first = held
     if renew == '1' then
       first = 0

@@ -131,7 +131,7 @@ class RedisLimits(Limits):
                 " ".join(f"{bucket} {n}" for bucket, n in ask.returned),
                 ask.slots,
                 ask.held,
-                "1" if ask.renew else "0",
+                "2" if ask.rebuild else "1" if ask.renew else "0",
             ]
         out = await self.shards.eval(LEASE, keys, args)
         return [Grant(*out[i : i + 8]) for i in range(0, len(out), 8)]
