@@ -48,7 +48,7 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rl`` (hash, TTL) the
   requests admitted in the last minute, counted per bucket of 100 ms (field: the
   bucket's number, server ms // 100; ``o`` the oldest bucket that counts, ``s`` the sum),
-  and up to two buckets ahead holding a worker's leased places: at most 603 counts
+  and up to five buckets ahead holding a worker's leased places: at most 606 counts
   whatever the limit; ``agentd:l:{TENANT}:SCOPE:cc`` (sorted set, TTL) the turn slots
   held (member the ticket, or ``WORKER.slot-N`` of a worker's leased block, score its
   lease's end, ms).

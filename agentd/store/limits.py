@@ -67,7 +67,7 @@ BUCKETS = WINDOW_MS // BUCKET_MS
 # after it was asked, so its places are logged AHEAD buckets after the current one: the
 # log counts them in every window that may hold one of their requests. A multiple of
 # BUCKET_MS.
-LEASE_MS = 200
+LEASE_MS = 500
 AHEAD = LEASE_MS // BUCKET_MS
 
 # Why a request was refused (Verdict.refused), in the order they are checked.
