@@ -233,18 +233,18 @@ class Leases:
         if not self.enabled:
             return None
         scopes = self._tenants.get(tenant)
-        if scopes is None:
-            scopes = self._tenants[tenant] = {}
         now = time.monotonic()
         taken: list[Lease] = []
         for rule in rules:
-            lease = scopes.get(rule.scope)
+            lease = None if scopes is None else scopes.get(rule.scope)
             if lease is None or (lease.limits is not rule.limits and lease.limits != rule.limits):
                 if lease is not None:  # its limits changed: its next call asks under them
                     lease.limits, lease.ready = rule.limits, False
                 if not leasable(rule.limits):
                     return None
                 if lease is None:
+                    if scopes is None:
+                        scopes = self._tenants[tenant] = {}
                     lease = scopes[rule.scope] = Lease(rule)
             if not lease.room(now):
                 lease.short += 1
@@ -359,6 +359,7 @@ class Leases:
             for lease in leases:
                 lease.failed()
             return
+        self._retry_at.pop(tenant, None)
         if grants is None:  # this store leases nothing
             self.enabled = False
             self._tenants.clear()
