@@ -31,8 +31,10 @@ from ..config import Config, LimitsConfig
 from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
 from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
+from .headers import ratelimit_headers
 from .identity import Identity
 from .keys import KeyCache
+from .leases import RENEW_S, SLOT_LEASE_MS, Lease, Leases
 
 __all__ = (
     "FLUSH_EVERY",
@@ -47,10 +49,8 @@ __all__ = (
 
 log = logging.getLogger(__name__)
 
-# A turn slot's lease: renewed every RENEW_S while the turn runs, so a slot whose worker
-# died is free again within SLOT_LEASE_MS.
-SLOT_LEASE_MS = 10_000
-RENEW_S = SLOT_LEASE_MS / 1000 / 3
+# A turn slot's lease (SLOT_LEASE_MS, in .leases): renewed every RENEW_S while the turn
+# runs, so a slot whose worker died is free again within SLOT_LEASE_MS.
 # Charges (token buckets, day and month budgets) and usage counters are summed per
 # worker and written this often, or sooner once this many requests have settled: the
 # most a bucket or a budget lags behind the requests that ended.
@@ -84,36 +84,7 @@ def _limited(limits: LimitsConfig | None) -> bool:
     )
 
 
-def _duration(ms: int) -> str:
-    """A reset time as OpenAI writes it: ``20ms``, ``1s``, ``6m0s``, ``1.5s``."""
-    ms = max(0, ms)
-    if ms < 1000:
-        return f"{ms}ms"
-    minutes, rest = divmod(ms, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    return f"{minutes}m{seconds}" if minutes else seconds
-
-
-_HEADER_NAMES = {
-    kind: (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}",
-           f"x-ratelimit-reset-{kind}")
-    for kind in ("requests", "tokens")
-}  # fmt: skip
-
-
-def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
-    """OpenAI's ``x-ratelimit-*`` headers for the per-minute limits that apply."""
-    headers: dict[str, str] = {}
-    for names, window in (
-        (_HEADER_NAMES["requests"], verdict.requests),
-        (_HEADER_NAMES["tokens"], verdict.tokens),
-    ):
-        if window is not None:
-            limit, remaining, reset = names
-            headers[limit] = str(window.limit)
-            headers[remaining] = str(window.remaining)
-            headers[reset] = _duration(window.reset_ms)
-    return headers
+HIT = Charge(cache_hit=True)
 
 
 def charge_of(
@@ -122,7 +93,7 @@ def charge_of(
     """What a turn costs: the upstream's usage, else an estimate (4 characters a token).
     A cache hit calls no model: it is counted as a hit and charges no tokens."""
     if cache.startswith("hit"):
-        return Charge(cache_hit=True)
+        return HIT
     prompt = completion = None
     if usage:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -168,14 +139,15 @@ class Ticket:
 
     __slots__ = (
         "_charge", "_error", "_limiter", "_settled", "_state", "_waiter", "checked",
-        "headers", "id", "identity", "rules", "slots",
+        "headers", "id", "identity", "leased", "rules", "slots",
     )  # fmt: skip
 
     def __init__(
         self, limiter: Limiter, identity: Identity, rules: list[Rule], check: bool
     ) -> None:
         self._limiter, self.identity, self.rules = limiter, identity, rules
-        self.id = limiter.new_id()
+        # Its id in the store (its turn slots' member): given when the store admits it.
+        self.id = ""
         self.checked = check
         self._settled = False
         # A settle that waits for the admission's answer (it may have taken a slot).
@@ -186,9 +158,17 @@ class Ticket:
         # The scopes whose turn slots the ticket holds, once admitted.
         self.slots: tuple[str, ...] = ()
         self._waiter: asyncio.Future[None] | None = None
+        # The worker's leases that admitted it (none: the store did, or it was not checked).
+        self.leased: list[Lease] | None = None
         if check:
-            self._state = PENDING
-            self._waiter = limiter.ask(self)
+            self.leased = limiter.leases.take(identity.tenant, rules)
+            if self.leased is not None:
+                self._state = ADMITTED
+                self.headers = limiter.leases.headers(self.leased)
+            else:
+                self._state = PENDING
+                self.id = limiter.new_id()
+                self._waiter = limiter.ask(self)
         else:
             self._state = ADMITTED
 
@@ -306,6 +286,13 @@ class Limiter:
         self._day, self._month, self._day_ends = "", "", 0.0
         self._rules: dict[int, tuple[Identity, list[Rule]]] = {}
         self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
+        # Reservations on large limits, so most requests need no call (see .leases).
+        # Its block members: never a ticket id (those end in hex digits).
+        self.leases = Leases(limits, self._prefix + "slot-", self._today, self._leased)
+
+    def _leased(self, tenant: str, admitted: int) -> None:
+        if self.metrics is not None:
+            self.metrics.request(tenant, "admitted", admitted)
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):x}"
@@ -523,8 +510,12 @@ class Limiter:
             return  # refused, or never answered: nothing was taken or counted
         identity = ticket.identity
         tenant = identity.tenant
-        if self.metrics is not None and charge.tokens:
-            self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
+        if charge.tokens:
+            if self.metrics is not None:
+                self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
+            self.leases.charged(tenant, ticket.rules, charge.tokens)
+        if ticket.leased:
+            self.leases.release(ticket.leased)
         if ticket.slots:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
@@ -573,6 +564,7 @@ class Limiter:
     async def close(self) -> None:
         """Write what is pending and let the calls on their way end (a worker that
         drains)."""
+        await self.leases.close()
         if self._renewer is not None:
             self._renewer.cancel()
         self._flush()

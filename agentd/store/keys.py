@@ -54,8 +54,10 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   (the month and its tokens); ``agentd:l:{TENANT}:SCOPE:rl`` (hash, TTL) the
   requests admitted in the last minute, counted per bucket of 100 ms (field: the
   bucket's number, server ms // 100; ``o`` the oldest bucket that counts, ``s`` the sum),
-  at most 601 counts whatever the limit; ``agentd:l:{TENANT}:SCOPE:cc``
-  (sorted set, TTL) the turn slots held (member the ticket, score its lease's end, ms).
+  and up to five buckets ahead holding a worker's leased places: at most 606 counts
+  whatever the limit; ``agentd:l:{TENANT}:SCOPE:cc`` (sorted set, TTL) the turn slots
+  held (member the ticket, or ``WORKER.slot-N`` of a worker's leased block, score its
+  lease's end, ms).
   Every scope of a tenant shares the tenant's hash tag: a request's key and tenant
   limits are checked in one script. See docs/auth.md.
 - ``agentd:l:{TENANT}:u:YYYYMMDD`` (hash, TTL): the tenant's usage of one UTC day

@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from ..config import LimitsConfig
 
 __all__ = (
+    "AHEAD",
     "BUCKETS",
     "BUCKET_MS",
     "CONCURRENCY",
     "DAY",
+    "LEASE_MS",
     "MONTH",
     "REFUSALS",
     "REQUESTS",
@@ -44,6 +46,8 @@ __all__ = (
     "Ask",
     "Batch",
     "Charge",
+    "Grant",
+    "LeaseAsk",
     "Limits",
     "Rule",
     "Verdict",
@@ -59,6 +63,12 @@ WINDOW_MS = 60_000
 # between WINDOW_MS and WINDOW_MS + BUCKET_MS after its request.
 BUCKET_MS = 100
 BUCKETS = WINDOW_MS // BUCKET_MS
+# A worker's lease of request places (:meth:`Limits.lease`) may be used for LEASE_MS
+# after it was asked, so its places are logged AHEAD buckets after the current one: the
+# log counts them in every window that may hold one of their requests. A multiple of
+# BUCKET_MS.
+LEASE_MS = 500
+AHEAD = LEASE_MS // BUCKET_MS
 
 # Why a request was refused (Verdict.refused), in the order they are checked.
 DAY, MONTH, CONCURRENCY, REQUESTS, TOKENS = "day", "month", "concurrency", "requests", "tokens"
@@ -139,6 +149,45 @@ class Batch:
         return bool(self.released or self.renewed or self.charged or self.logged or self.usage)
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseAsk:
+    """One scope's part of a worker's lease call: request places to reserve, the
+    unused places of its expired leases to give back, and the size its block of turn
+    slots should have (its members ``BLOCK0`` … of the call's block name; grown as far
+    as the limit has room, shrunk at once)."""
+
+    scope: str
+    limits: LimitsConfig
+    places: int = 0
+    # (bucket, places): unused places of expired leases, logged in that bucket.
+    returned: tuple[tuple[int, int], ...] = ()
+    slots: int = 0
+    # The block's size before the call, and whether to extend every member's lease.
+    held: int = 0
+    renew: bool = False
+    # Whether the block's members are unknown (a call's answer was lost): all of
+    # them (up to ``held``) are removed and the block is granted anew.
+    rebuild: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a lease call gave one scope, and where the scope stands."""
+
+    # Request places reserved (logged in ``bucket``), and the log's count after them.
+    places: int = 0
+    bucket: int = 0
+    total: int = 0
+    # Milliseconds until the log is empty again if nothing else is admitted.
+    reset_ms: int = 0
+    # The block of turn slots the worker now holds.
+    slots: int = 0
+    # The token bucket's level (-1: no tokens limit), today's and this month's tokens.
+    level: int = -1
+    day_tokens: int = 0
+    month_tokens: int = 0
+
+
 class Limits(abc.ABC):
     """Rate limits, quotas and usage counters, per tenant (``Store.limits``)."""
 
@@ -158,6 +207,23 @@ class Limits(abc.ABC):
         turn slot held by its ticket for ``lease_ms`` (where a rule limits turns at
         once), one that a rule refuses writes nothing. ``day`` (``YYYYMMDD``) and
         ``month`` (``YYYYMM``) are the current UTC ones. One verdict per ask."""
+
+    async def lease(
+        self,
+        tenant: str,
+        asks: Sequence[LeaseAsk],
+        block: str,
+        lease_ms: int,
+        day: str,
+        month: str,
+    ) -> list[Grant] | None:
+        """One atomic call reserving a worker's leases on ``tenant``'s scopes: give back
+        each ask's returned places, reserve up to its ``places`` (as many as its
+        requests-per-minute limit has room for, logged :data:`AHEAD` buckets ahead),
+        and resize its block of turn slots (``block`` + index, each a slot held for
+        ``lease_ms``) towards ``slots``, as far as its limit has room for.
+        None: this store grants no leases (every admission is a :meth:`step`)."""
+        return None
 
     @abc.abstractmethod
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:

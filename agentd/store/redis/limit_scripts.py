@@ -4,10 +4,10 @@ server's ``TIME``, so all workers of all instances agree on the windows."""
 
 from __future__ import annotations
 
-from ..limits import BUCKET_MS, BUCKETS, WINDOW_MS
+from ..limits import AHEAD, BUCKET_MS, BUCKETS, WINDOW_MS
 from ..scripts import Script
 
-__all__ = ("STEP",)
+__all__ = ("HELPERS", "STEP")
 
 # KEYS: per scope (state hash, requests log hash, slots sorted set), then the day's
 # usage record.
@@ -26,32 +26,21 @@ __all__ = ("STEP",)
 # The requests log of a scope is a hash of counts per bucket of G ms (field: the bucket's
 # number, now // G), 'o' (the oldest bucket that may count) and 's' (their sum): a check
 # counts the current bucket and the B before it, which hold every request of the last
-# W ms, so at most N are admitted in any W ms, and the hash holds at most B + 1 counts.
-STEP = Script(
-    "limits_step",
+# W ms, so at most N are admitted in any W ms; a lease's places are counted A buckets
+# ahead (.lease_script), so the hash holds at most B + A + 1 counts.
+# The clock, the window's constants and the reads a step and a lease share (a scope
+# ``s`` has its keys h, r, c and its limits rpm, tpm, conc).
+HELPERS = (
     f"""
-local W, G, B = {WINDOW_MS}, {BUCKET_MS}, {BUCKETS}
+local W, G, B, A = {WINDOW_MS}, {BUCKET_MS}, {BUCKETS}, {AHEAD}
 """
     + """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local cur = math.floor(now / G)
-local lease, day, month, n = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local function int(x)
   return string.format('%.0f', x)
 end
-local sc = {}
-for i = 1, n do
-  local b = 6 + 7 * (i - 1)
-  sc[i] = {
-    h = KEYS[3 * i - 2], r = KEYS[3 * i - 1], c = KEYS[3 * i],
-    rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]), conc = tonumber(ARGV[b + 3]),
-    tpd = tonumber(ARGV[b + 4]), tpmo = tonumber(ARGV[b + 5]),
-    charge = tonumber(ARGV[b + 6]), logged = tonumber(ARGV[b + 7]),
-  }
-end
-local p = 7 + 7 * n
-
 -- A scope's token bucket and day and month counters, read once.
 local function state(s)
   if s.dd ~= nil then
@@ -79,7 +68,7 @@ local function log(s)
   s.added = 0
   if o and o < keep then
     s.moved = true
-    if keep > o + B then
+    if keep > o + B + A then
       redis.call('DEL', s.r)
       total = 0
     else
@@ -102,7 +91,7 @@ local function frees(s)
     return
   end
   local names = {}
-  for j = cur - B, cur do
+  for j = cur - B, cur + A do
     names[#names + 1] = int(j)
   end
   local counts = redis.call('HMGET', s.r, unpack(names))
@@ -131,6 +120,26 @@ local function slots(s)
     s.held = redis.call('ZCARD', s.c)
   end
 end
+
+"""
+)
+
+STEP = Script(
+    "limits_step",
+    HELPERS
+    + """
+local lease, day, month, n = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local sc = {}
+for i = 1, n do
+  local b = 6 + 7 * (i - 1)
+  sc[i] = {
+    h = KEYS[3 * i - 2], r = KEYS[3 * i - 1], c = KEYS[3 * i],
+    rpm = tonumber(ARGV[b + 1]), tpm = tonumber(ARGV[b + 2]), conc = tonumber(ARGV[b + 3]),
+    tpd = tonumber(ARGV[b + 4]), tpmo = tonumber(ARGV[b + 5]),
+    charge = tonumber(ARGV[b + 6]), logged = tonumber(ARGV[b + 7]),
+  }
+end
+local p = 7 + 7 * n
 
 -- The batch: slots freed and renewed, tokens charged, requests logged, usage counted.
 for _, renew in ipairs({false, true}) do
@@ -279,7 +288,7 @@ for i = 1, n do
     end
     if s.total > 0 then
       redis.call('HSET', s.r, 'o', int(cur - B), 's', int(s.total))
-      redis.call('PEXPIRE', s.r, W + 2 * G)
+      redis.call('PEXPIRE', s.r, W + (A + 2) * G)
     else
       redis.call('DEL', s.r)
     end

@@ -10,8 +10,9 @@ from typing import Any
 from ...config import LimitsConfig
 from ...errors import StoreUnavailable
 from .. import keys as K
-from ..limits import REFUSALS, Ask, Batch, Limits, Verdict, Window
+from ..limits import REFUSALS, Ask, Batch, Grant, LeaseAsk, Limits, Verdict, Window
 from . import limit_scripts as L
+from .lease_script import LEASE
 from .shards import UNAVAILABLE_ERRORS, Shards
 
 __all__ = ("USAGE_TTL_S", "RedisLimits")
@@ -105,6 +106,35 @@ class RedisLimits(Limits):
                 )
             )
         return verdicts
+
+    async def lease(
+        self,
+        tenant: str,
+        asks: Sequence[LeaseAsk],
+        block: str,
+        lease_ms: int,
+        day: str,
+        month: str,
+    ) -> list[Grant] | None:
+        keys: list[str] = []
+        args: list[Any] = [lease_ms, day, month, len(asks), block]
+        for ask in asks:
+            lim = ask.limits
+            keys += K.limit_keys(tenant, ask.scope)
+            args += [
+                lim.requests_per_minute,
+                lim.tokens_per_minute,
+                lim.max_concurrent_turns,
+                lim.tokens_per_day,
+                lim.tokens_per_month,
+                ask.places,
+                " ".join(f"{bucket} {n}" for bucket, n in ask.returned),
+                ask.slots,
+                ask.held,
+                "2" if ask.rebuild else "1" if ask.renew else "0",
+            ]
+        out = await self.shards.eval(LEASE, keys, args)
+        return [Grant(*out[i : i + 8]) for i in range(0, len(out), 8)]
 
     async def usage(self, tenant: str, days: Sequence[str]) -> dict[str, dict[str, int]]:
         if not days:

@@ -1,0 +1,397 @@
+"""A worker's leases on its callers' large limits, so that a busy key or tenant is
+admitted without a round trip per request (docs/auth.md, "Leases").
+
+A lease is a reservation the store made for this worker, in the same atomic state every
+other admission is checked against (:meth:`agentd.store.limits.Limits.lease`): request
+places logged in the requests log (ahead of their use, so every window that may hold
+one of their requests counts them), a block of turn slots held like any other slot, and
+the token bucket's level and the day's and month's tokens as they were. While a
+caller's every scope has room in its lease, its request is admitted here, at once; any
+other request is checked by the store as before (:class:`agentd.auth.limits.Limiter`).
+So the limits stay exact across workers and instances: a worker never admits more than
+its leases reserved, and what it reserved and did not use is given back.
+
+A lease holds at most 1/:data:`SHARE` of a limit, and only limits of at least
+:data:`MIN_LIMIT` requests per minute or turns at once are leased: small limits are
+checked request by request, so a burst against them is admitted exactly as before. One
+lease call per tenant is on its way at a time, refreshing a lease when half of its life
+or of its places is gone, off every request's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..config import LimitsConfig
+from ..store import LEASE_MS, Grant, LeaseAsk, Limits, Rule
+from .headers import REQUESTS_HEADERS, TOKENS_HEADERS, duration
+
+__all__ = ("MIN_LIMIT", "SHARE", "Lease", "Leases")
+
+log = logging.getLogger(__name__)
+
+LEASE_S = LEASE_MS / 1000
+# A worker's lease holds at most this fraction (1/SHARE) of a limit: what other workers
+# may be kept from while it holds places or slots it does not use.
+SHARE = 1000
+# Requests per minute and turns at once below this are never leased.
+MIN_LIMIT = SHARE * 4
+# Places and slots a lease asks for at least.
+MIN_ASK = 8
+# Within 1/MARGIN of the token bucket's depth or of a day's or month's budget, a
+# request is checked by the store (what other workers charged meanwhile is not known
+# here).
+MARGIN = 10
+# A lease unused this long gives its slots back.
+IDLE_S = 1.0
+# A block of turn slots is a set of slots like any request's, held for SLOT_LEASE_MS and
+# extended every RENEW_S (by the lease calls, at least that often while it is held).
+SLOT_LEASE_MS = 10_000
+RENEW_S = SLOT_LEASE_MS / 1000 / 3
+# After a failed lease call, none for this long (requests are checked by the store).
+RETRY_S = 1.0
+
+
+def leasable(limits: LimitsConfig) -> bool:
+    rpm, conc = limits.requests_per_minute, limits.max_concurrent_turns
+    return (not rpm or rpm >= MIN_LIMIT) and (not conc or conc >= MIN_LIMIT)
+
+
+class Lease:
+    """One scope's lease in this worker."""
+
+    __slots__ = (
+        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "left", "level",
+        "limits", "lost", "month_tokens", "peak", "places", "ready", "renewed", "reset_text",
+        "returned", "scope", "short", "size", "tokens_reset", "total", "used", "used_at",
+    )  # fmt: skip
+
+    def __init__(self, rule: Rule) -> None:
+        self.scope, self.limits = rule.scope, rule.limits
+        self.ready = False
+        self.fresh_until = 0.0
+        # Request places: [usable until (monotonic), their bucket, left], oldest first;
+        # the unused places of expired ones, to give back: (bucket, count).
+        self.places: deque[list[Any]] = deque()
+        self.left = 0  # their places left
+        self.returned: list[tuple[int, int]] = []
+        self.total = 0  # the requests log's count at the last grant
+        # The headers' reset texts: the requests log's at the last grant, the token
+        # bucket's for the tokens charged since (charged, text).
+        self.reset_text = ""
+        self.tokens_reset: tuple[int, str] = (-1, "")
+        # The block of turn slots: its size, the slots in use, the most in use since the
+        # last call, and the size the call on its way asked for.
+        self.size = self.busy = self.peak = 0
+        self.asked_slots: int | None = None
+        self.renewed = 0.0  # when the block's leases were last extended (monotonic)
+        self.lost = False  # a call's answer was lost: the block is built anew
+        self.level = self.day_tokens = self.month_tokens = 0
+        self.charged = 0  # tokens charged here since the last call was sent
+        # Admissions through the lease, and requests it had no room for, since the last
+        # call (the demand the next call asks for).
+        self.used = self.short = 0
+        self.used_at = 0.0
+
+    def expire(self, now: float) -> int:
+        """Move expired places to the returned ones; the places left."""
+        places = self.places
+        while places and places[0][0] <= now:
+            _, bucket, left = places.popleft()
+            if left:
+                self.returned.append((bucket, left))
+                self.left -= left
+        return self.left
+
+    def room(self, now: float) -> bool:
+        lim = self.limits
+        if not self.ready or now >= self.fresh_until:
+            return False
+        if lim.requests_per_minute and not self.expire(now):
+            return False
+        if lim.max_concurrent_turns:
+            size = self.size if self.asked_slots is None else min(self.size, self.asked_slots)
+            if self.busy >= size:
+                return False
+        charged = self.charged
+        tpm, tpd, tpmo = lim.tokens_per_minute, lim.tokens_per_day, lim.tokens_per_month
+        return not (
+            (tpm and self.level - charged <= tpm // MARGIN)
+            or (tpd and self.day_tokens + charged >= tpd - tpd // MARGIN)
+            or (tpmo and self.month_tokens + charged >= tpmo - tpmo // MARGIN)
+        )
+
+    def take(self, now: float) -> bool:
+        """Take a place and a slot; whether the lease wants refreshing."""
+        lim = self.limits
+        self.used += 1
+        self.used_at = now
+        low = now >= self.fresh_until - LEASE_S / 2
+        if lim.requests_per_minute:
+            for place in self.places:
+                if place[2]:
+                    place[2] -= 1
+                    break
+            self.left -= 1
+            low = low or self.left * 2 < self.used
+        if lim.max_concurrent_turns:
+            self.busy += 1
+            if self.busy > self.peak:
+                self.peak = self.busy
+            low = low or self.busy * 4 >= self.size * 3
+        return low
+
+    def ask(self, now: float, closing: bool = False) -> LeaseAsk:
+        """This scope's part of the next lease call (its demand since the last one;
+        ``closing``: none, only the slots in use are kept)."""
+        lim = self.limits
+        active = not closing and (
+            self.used or self.short or self.busy or now - self.used_at < IDLE_S
+        )
+        demand = max(MIN_ASK, 2 * (self.used + self.short))
+        places = 0
+        if lim.requests_per_minute and active:
+            # A worker's live places stay within its share.
+            places = max(0, min(demand, lim.requests_per_minute // SHARE) - self.left)
+        slots = 0
+        if lim.max_concurrent_turns and active:
+            slots = self.size
+            if not slots or self.peak * 4 >= slots * 3 or self.short:
+                slots = min(max(demand, 2 * self.peak, slots), lim.max_concurrent_turns // SHARE)
+        slots = max(slots, self.busy) if lim.max_concurrent_turns else 0
+        self.asked_slots = slots
+        renew = bool(slots) and now - self.renewed >= RENEW_S
+        if renew:
+            self.renewed = now
+        returned, self.returned = tuple(self.returned), []
+        self.used = self.short = 0
+        self.peak = self.busy
+        return LeaseAsk(self.scope, lim, places, returned, slots, self.size, renew, self.lost)
+
+    def granted(self, grant: Grant, sent: float, charged: int) -> None:
+        if grant.places:
+            self.places.append([sent + LEASE_S, grant.bucket, grant.places])
+            self.left += grant.places
+        self.total = grant.total
+        self.reset_text = duration(grant.reset_ms)
+        self.tokens_reset = (-1, "")
+        self.size, self.asked_slots = grant.slots, None
+        self.level, self.day_tokens = grant.level, grant.day_tokens
+        self.month_tokens = grant.month_tokens
+        self.charged -= charged  # what was charged before the call is in the grant
+        self.fresh_until = sent + LEASE_S
+        self.ready = True
+        self.lost = False
+
+    def failed(self) -> None:
+        """The call's answer is lost: the block may be the old one or the asked one, so
+        the next call removes every member either may have and builds it anew; the
+        places reserved are left to age out of the log."""
+        if self.asked_slots is not None:
+            self.size = max(self.size, self.asked_slots)
+        self.asked_slots = None
+        self.ready = False
+        self.renewed = 0.0
+        self.lost = True
+
+    def idle(self) -> bool:
+        return not (self.size or self.busy or self.places or self.returned or self.used)
+
+
+class Leases:
+    """A worker's leases, per (tenant, scope); one lease call per tenant on its way."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        block: str,
+        today: Callable[[], tuple[str, str]],
+        admitted: Callable[[str, int], None],
+    ) -> None:
+        self.limits = limits
+        self.block = block
+        self._today = today
+        self._admitted = admitted
+        self.enabled = True
+        self._tenants: dict[str, dict[str, Lease]] = {}
+        self._calling: set[str] = set()
+        self._due: set[str] = set()
+        self._retry_at: dict[str, float] = {}
+        # Admissions made here since the tenant's last call (the metrics count them then).
+        self._counts: dict[str, int] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+
+    def take(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
+        """Admit a request of ``rules`` on this worker's leases: the leases it took a
+        place or slot from, or None (the store must check it)."""
+        if not self.enabled:
+            return None
+        scopes = self._tenants.get(tenant)
+        now = time.monotonic()
+        taken: list[Lease] = []
+        for rule in rules:
+            lease = None if scopes is None else scopes.get(rule.scope)
+            if lease is None or (lease.limits is not rule.limits and lease.limits != rule.limits):
+                if lease is not None:  # its limits changed: its next call asks under them
+                    lease.limits, lease.ready = rule.limits, False
+                if not leasable(rule.limits):
+                    return None
+                if lease is None:
+                    if scopes is None:
+                        scopes = self._tenants[tenant] = {}
+                    lease = scopes[rule.scope] = Lease(rule)
+            if not lease.room(now):
+                lease.short += 1
+                lease.used_at = now
+                self.want(tenant)
+                return None
+            taken.append(lease)
+        low = False
+        for lease in taken:
+            low = lease.take(now) or low
+        self._counts[tenant] = self._counts.get(tenant, 0) + 1
+        if low:
+            self.want(tenant)
+        return taken
+
+    def headers(self, taken: list[Lease]) -> dict[str, str]:
+        """The ``x-ratelimit-*`` headers of a request admitted here: the tightest of its
+        leases, as far as this worker knows (other workers' admissions since its last
+        call are not counted; the requests' reset is the one at that call)."""
+        requests = tokens = None
+        for lease in taken:
+            lim = lease.limits
+            if lim.requests_per_minute:
+                left = max(0, lim.requests_per_minute - lease.total + lease.left)
+                if requests is None or left < requests[0]:
+                    requests = (left, lease)
+            if lim.tokens_per_minute:
+                left = max(0, lease.level - lease.charged)
+                if tokens is None or left < tokens[0]:
+                    tokens = (left, lease)
+        headers: dict[str, str] = {}
+        if requests is not None:
+            left, lease = requests
+            limit, remaining, reset = REQUESTS_HEADERS
+            headers[limit] = str(lease.limits.requests_per_minute)
+            headers[remaining] = str(left)
+            headers[reset] = lease.reset_text
+        if tokens is not None:
+            left, lease = tokens
+            per = lease.limits.tokens_per_minute
+            if lease.tokens_reset[0] != lease.charged:
+                level = lease.level - lease.charged
+                lease.tokens_reset = (lease.charged, duration((per - level) * 60_000 // per))
+            limit, remaining, reset = TOKENS_HEADERS
+            headers[limit] = str(per)
+            headers[remaining] = str(left)
+            headers[reset] = lease.tokens_reset[1]
+        return headers
+
+    def release(self, taken: list[Lease]) -> None:
+        """A request admitted here ended: its slots are free again."""
+        for lease in taken:
+            if lease.limits.max_concurrent_turns:
+                lease.busy -= 1
+
+    def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:
+        """Tokens a request of ``rules`` charged (wherever it was admitted)."""
+        scopes = self._tenants.get(tenant)
+        if scopes:
+            for rule in rules:
+                lease = scopes.get(rule.scope)
+                if lease is not None:
+                    lease.charged += tokens
+
+    def want(self, tenant: str) -> None:
+        """Call the store for ``tenant``'s leases, now or when its call on its way ends."""
+        if tenant in self._calling:
+            self._due.add(tenant)
+            return
+        if time.monotonic() < self._retry_at.get(tenant, 0.0):
+            return
+        self._calling.add(tenant)
+        task = asyncio.ensure_future(self._call(tenant))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        if self._keeper is None:
+            self._keeper = asyncio.ensure_future(self._keep())
+
+    async def _call(self, tenant: str, closing: bool = False) -> None:
+        try:
+            await self._lease(tenant, closing)
+        finally:
+            self._calling.discard(tenant)
+            if tenant in self._due and not closing:
+                self._due.discard(tenant)
+                self.want(tenant)
+
+    async def _lease(self, tenant: str, closing: bool) -> None:
+        scopes = self._tenants.get(tenant, {})
+        if not scopes:
+            return
+        sent = time.monotonic()
+        leases = list(scopes.values())
+        asks = []
+        for lease in leases:
+            if closing:
+                lease.expire(float("inf"))
+                lease.ready = False
+            else:
+                lease.expire(sent)
+            asks.append(lease.ask(sent, closing))
+        charged = [lease.charged for lease in leases]
+        admitted = self._counts.pop(tenant, 0)
+        if admitted:
+            self._admitted(tenant, admitted)
+        day, month = self._today()
+        try:
+            grants = await self.limits.lease(tenant, asks, self.block, SLOT_LEASE_MS, day, month)
+        except Exception as exc:  # StoreUnavailable above all: the store decides then
+            log.debug("limits: a lease call of tenant %r failed: %s", tenant, exc)
+            self._retry_at[tenant] = time.monotonic() + RETRY_S
+            for lease in leases:
+                lease.failed()
+            return
+        self._retry_at.pop(tenant, None)
+        if grants is None:  # this store leases nothing
+            self.enabled = False
+            self._tenants.clear()
+            return
+        for lease, grant, before in zip(leases, grants, charged, strict=True):
+            lease.granted(grant, sent, before)
+            if closing:
+                lease.ready = False
+        for scope, lease in list(scopes.items()):
+            if lease.idle():
+                del scopes[scope]
+        if not scopes:
+            self._tenants.pop(tenant, None)
+
+    async def _keep(self) -> None:
+        """Renew the blocks of slots within their lease, give back what idle leases
+        hold, while any lease is held."""
+        try:
+            while self._tenants:
+                await asyncio.sleep(RENEW_S)
+                for tenant in list(self._tenants):
+                    self.want(tenant)
+        finally:
+            self._keeper = None
+
+    async def close(self) -> None:
+        """Give back every place and slot (a worker that drains)."""
+        self.enabled = False
+        if self._keeper is not None:
+            self._keeper.cancel()
+        while self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        for tenant in list(self._tenants):
+            self._calling.add(tenant)
+            await self._call(tenant, closing=True)
