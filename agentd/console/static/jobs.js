@@ -68,8 +68,8 @@ export function mount(root, ctx) {
     dead.hidden = false;
     const rows = res.data.data.map((d) => {
       const tr = h("tr", { dataset: { dead: d.id } },
-        h("td", { class: "mono" }, d.id),
-        h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `Open ${d.response_id}`, onclick: () => openResponse(d.response_id) }, d.response_id)),
+        h("td", { class: "mono nowrap" }, d.id),
+        h("td", {}, h("button", { type: "button", class: "secondary mono clip", title: d.response_id, "aria-label": `Open ${d.response_id}`, onclick: () => openResponse(d.response_id) }, d.response_id)),
         h("td", {}, d.tenant === "" ? "(operator)" : d.tenant),
         h("td", { class: "num" }, String(d.attempts)),
         h("td", {}, `${d.error?.code || ""}: ${d.error?.message || ""}`),
@@ -138,9 +138,9 @@ export function mount(root, ctx) {
     const text = h("pre", { "aria-label": "Output" }, outputText(r));
     const status = h("span", { role: "status", "aria-label": "Response status" }, r.status);
     const cancelButton = h("button", { type: "button", class: "danger", onclick: () => cancel(r.id) }, "Cancel response");
-    const failure = h("span", {}, r.error ? ` · ${r.error.code}: ${r.error.message}` : "");
+    const failure = h("span");
     shown = { id: r.id, seq: -1, status, cancel: cancelButton, events, text, failure };
-    setStatus(r.status);
+    setStatus(r.status, r.error);
     response.replaceChildren(
       h("p", {}, h("code", {}, r.id), " · ", r.model, " · ", status, failure),
       text,
@@ -150,16 +150,18 @@ export function mount(root, ctx) {
       events);
   }
 
-  function setStatus(value) {
+  // The status and error as the last answer or event had them (an event replayed from
+  // the start carries the status of its moment).
+  function setStatus(value, err = null) {
     shown.status.textContent = value;
     shown.cancel.disabled = !["queued", "in_progress"].includes(value);
-    if (value !== "failed") shown.failure.textContent = "";
+    shown.failure.textContent = err ? ` · ${err.code}: ${err.message}` : "";
   }
 
   async function cancel(id) {
     const res = await api(`/v1/responses/${encodeURIComponent(id)}/cancel`, { method: "POST" });
     if (!res.ok) { error.textContent = errorText(res); return; }
-    if (shown && shown.id === id) setStatus(res.data.status);
+    if (shown && shown.id === id) setStatus(res.data.status, res.data.error);
   }
 
   // The open response's Server-Sent Events, read from fetch() (EventSource cannot send a
@@ -199,7 +201,7 @@ export function mount(root, ctx) {
           // A new attempt's output starts afresh.
           if (event.type === "response.in_progress") current.text.textContent = "";
           if (event.type === "response.output_text.delta") current.text.textContent += event.delta;
-          if (event.response?.status && shown === current) setStatus(event.response.status);
+          if (event.response?.status && shown === current) setStatus(event.response.status, event.response.error);
         }
       }
     } catch (err) {
