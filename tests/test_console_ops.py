@@ -224,6 +224,27 @@ def test_a_dead_letter_retried_from_the_page_runs_to_completion(
     shoot(tab, "background-work-retried")
 
 
+def test_retrying_the_open_response_unfollowed_follows_it_through_both_attempts(
+    page: tuple[Page, ConsoleWatch], cluster: Cluster, admin: Api
+) -> None:
+    tab, _ = page
+    rid, letter = failed_to_a_dead_letter(cluster, admin)
+    sign_in(tab, cluster.first.url, f"jobs/{rid}")  # opened by its address, not followed
+    expect(tab.get_by_role("status", name="Response status")).to_have_text("failed")
+    tab.get_by_role("button", name="Dead letters of default").click()
+    cluster.stub.node.mode = Normal()
+    tab.get_by_role("button", name=f"Retry {letter['id']}").click()
+    events = tab.get_by_role("list", name="Response events").locator("li")
+    expect(events.last).to_have_text("response.completed")
+    expect(tab.get_by_role("status", name="Response status")).to_have_text("completed")
+    seen = events.all_inner_texts()
+    # The stream from the start stopped at the old failure; the page went on after it.
+    assert seen[0] == "response.created", seen
+    assert seen.count("response.failed") == 1 and seen.count("response.created") == 1, seen
+    assert seen[seen.index("response.failed") + 1] == "response.in_progress", seen
+    assert response(admin, rid)["status"] == "completed"
+
+
 def test_a_dead_letter_discarded_from_the_page_is_gone_and_a_refusal_is_shown(
     page: tuple[Page, ConsoleWatch], cluster: Cluster, admin: Api
 ) -> None:

@@ -106,8 +106,11 @@ export function mount(root, ctx) {
     refresh();
     // The open response was this one: its stream goes on after its response.failed event.
     if (method === "POST" && shown && shown.id === letter.response_id) {
+      const current = shown;
+      const fromStart = current.seq < 0;
       setStatus("queued");
-      follow();
+      // Read from the start, the stream ends at the old response.failed: go on after it.
+      if ((await follow()) === "response.failed" && fromStart && shown === current) follow();
     }
   }
 
@@ -166,7 +169,8 @@ export function mount(root, ctx) {
 
   // The open response's Server-Sent Events, read from fetch() (EventSource cannot send a
   // credential), from after the last one seen: a stream that ended on response.failed
-  // goes on there once the response is retried.
+  // goes on there once the response is retried. The last event's type when the stream
+  // ended, null when it was refused or left.
   async function follow() {
     if (stream) stream.abort();
     const current = shown;
@@ -179,8 +183,9 @@ export function mount(root, ctx) {
     let res;
     try {
       res = await fetch(`/v1/responses/${encodeURIComponent(current.id)}?${query}`, { headers, signal: controller.signal });
-    } catch { return; }
-    if (!res.ok) { error.textContent = `${res.status}: the event stream was refused`; return; }
+    } catch { return null; }
+    if (!res.ok) { error.textContent = `${res.status}: the event stream was refused`; return null; }
+    let last = null;
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     try {
@@ -197,6 +202,7 @@ export function mount(root, ctx) {
           let event;
           try { event = JSON.parse(data); } catch { continue; }
           if (typeof event.sequence_number === "number") current.seq = event.sequence_number;
+          last = event.type;
           current.events.append(h("li", { class: "notice" }, event.type));
           // A new attempt's output starts afresh.
           if (event.type === "response.in_progress") current.text.textContent = "";
@@ -206,9 +212,11 @@ export function mount(root, ctx) {
       }
     } catch (err) {
       if (err.name !== "AbortError") error.textContent = `the event stream ended: ${err.message}`;
+      return null;
     } finally {
       if (stream === controller) stream = null;
     }
+    return last;
   }
 
   if (ctx.param) openResponse(ctx.param);
