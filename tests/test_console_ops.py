@@ -157,7 +157,7 @@ def response(admin: Api, rid: str) -> dict[str, Any]:
 
 def stored_error(admin: Api, rid: str) -> str:
     error = response(admin, rid)["error"]
-    return f"{error['code']}: {error['message']}"
+    return f"{error.get('agentd_code') or error['code']}: {error['message']}"
 
 
 def failed_to_a_dead_letter(cluster: Cluster, admin: Api) -> tuple[str, dict[str, Any]]:

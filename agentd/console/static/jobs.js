@@ -158,7 +158,8 @@ export function mount(root, ctx) {
   function setStatus(value, err = null) {
     shown.status.textContent = value;
     shown.cancel.disabled = !["queued", "in_progress"].includes(value);
-    shown.failure.textContent = err ? ` · ${err.code}: ${err.message}` : "";
+    // agentd's own code when it has one (as the dead letter shows it), else OpenAI's.
+    shown.failure.textContent = err ? ` · ${err.agentd_code || err.code}: ${err.message}` : "";
   }
 
   async function cancel(id) {
