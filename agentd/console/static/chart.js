@@ -11,7 +11,8 @@ function css(name) {
 
 function format(value, unit) {
   if (value === null || value === undefined || Number.isNaN(value)) return "—";
-  const digits = Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 10 ? 1 : 2;
+  // A count (WebSocket connections) reads as one: "open 3", not "open 3.00".
+  const digits = Number.isInteger(value) || Math.abs(value) >= 100 ? 0 : Math.abs(value) >= 10 ? 1 : 2;
   return value.toFixed(digits) + (unit ? " " + unit : "");
 }
 
@@ -22,6 +23,7 @@ export class Chart {
     this.names = names;
     this.unit = unit;
     this.series = names.map(() => []);
+    this.samples = 0; // all samples pushed (data-samples: a live chart's count goes on)
     this.canvas = h("canvas", { role: "img", "aria-label": `${title}: no data yet`, width: 300, height: 80 });
     this.legend = h("p", { class: "legend" }, "waiting for a second sample…");
     this.element = h("div", { class: "card", dataset: { chart: title } }, h("h3", {}, title), this.canvas, this.legend);
@@ -32,6 +34,7 @@ export class Chart {
       this.series[i].push(v);
       if (this.series[i].length > POINTS) this.series[i].shift();
     });
+    this.element.dataset.samples = String(++this.samples);
     const text = this.names.map((n, i) => `${n} ${format(values[i], this.unit)}`).join(" · ");
     this.legend.textContent = text;
     this.canvas.setAttribute("aria-label", `${this.title}: ${text}`);

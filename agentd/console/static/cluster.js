@@ -59,9 +59,7 @@ export function mount(root) {
       h("td", { class: "num" }, String(w.stats.requests)), h("td", { class: "num" }, String(w.stats.errors)),
       h("td", { class: "num" }, String(w.stats.ws_connections)))));
     renderBackends(list);
-    const p50 = Math.max(0, ...list.map((w) => w.stats.latency_ms?.p50 ?? 0));
-    const p99 = Math.max(0, ...list.map((w) => w.stats.latency_ms?.p99 ?? 0));
-    charts.latency.push([p50, p99]);
+    charts.latency.push([slowest(list, "p50"), slowest(list, "p99")]);
     charts.sockets.push([list.reduce((n, w) => n + (w.stats.ws_connections || 0), 0)]);
     if (previous) {
       const seconds = Math.max(0.001, (at - previous.at) / 1000);
@@ -83,6 +81,13 @@ export function mount(root) {
       charts.cache.push(lookups ? [(100 * sum.l1) / lookups, (100 * sum.l2) / lookups] : [null, null]);
     }
     previous = { at, byId };
+  }
+
+  // The slowest worker's percentile; null (a gap, "—") when every worker is idle, since
+  // an idle worker reports null rather than a latency.
+  function slowest(list, which) {
+    const values = list.map((w) => w.stats.latency_ms?.[which]).filter((v) => typeof v === "number");
+    return values.length ? Math.max(...values) : null;
   }
 
   function renderBackends(list) {

@@ -18,8 +18,9 @@ export function mount(root, ctx) {
         .map((t, i) => h("th", { class: i ? "num" : "" }, t)))),
       partitions),
     dead);
+  const note = h("p", { role: "status", "aria-label": "Last action" });
   root.append(
-    h("h1", {}, "Background work"), error, queue,
+    h("h1", {}, "Background work"), error, note, queue,
     h("h2", {}, "A response"),
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); openResponse(responseId.value.trim()); } },
       field("Response id", responseId), h("button", { type: "submit" }, "Open response")),
@@ -30,14 +31,20 @@ export function mount(root, ctx) {
   let stopped = false;
   let stream = null; // the AbortController of a followed event stream
   let deadPartition = null;
+  let shown = null; // the open response: {id, seq (its last event seen), status, cancel, events, text}
 
-  async function poll() {
+  // One read of the figures; false when the server has no such API (then no more polls).
+  async function refresh() {
     const res = await api("/v1/admin/jobs");
-    if (stopped) return;
-    if (res.status === 404) { queue.replaceChildren(notAvailable("The job queue view")); return; }
+    if (stopped) return false;
+    if (res.status === 404) { queue.replaceChildren(notAvailable("The job queue view")); return false; }
     if (!res.ok) error.textContent = errorText(res);
     else { error.textContent = ""; renderPartitions(res.data.data); }
-    timer = setTimeout(poll, POLL_MS);
+    return true;
+  }
+
+  async function poll() {
+    if (await refresh()) timer = setTimeout(poll, POLL_MS);
   }
 
   function renderPartitions(list) {
@@ -61,8 +68,8 @@ export function mount(root, ctx) {
     dead.hidden = false;
     const rows = res.data.data.map((d) => {
       const tr = h("tr", { dataset: { dead: d.id } },
-        h("td", { class: "mono" }, d.id),
-        h("td", {}, h("button", { type: "button", class: "secondary", "aria-label": `Open ${d.response_id}`, onclick: () => openResponse(d.response_id) }, d.response_id)),
+        h("td", { class: "mono nowrap" }, d.id),
+        h("td", {}, h("button", { type: "button", class: "secondary mono clip", title: d.response_id, "aria-label": `Open ${d.response_id}`, onclick: () => openResponse(d.response_id) }, d.response_id)),
         h("td", {}, d.tenant === "" ? "(operator)" : d.tenant),
         h("td", { class: "num" }, String(d.attempts)),
         h("td", {}, `${d.error?.code || ""}: ${d.error?.message || ""}`),
@@ -76,16 +83,44 @@ export function mount(root, ctx) {
       h("h2", {}, `Dead letters of ${partition}`),
       h("table", { "aria-label": `Dead letters of ${partition}` },
         h("thead", {}, h("tr", {}, ["Job", "Response", "Tenant", "Attempts", "Error", "Failed", "Actions"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letters.")))),
+        h("tbody", {}, rows.length ? rows : noDeadLetters())),
       res.data.has_more ? h("button", { type: "button", class: "secondary", onclick: () => loadDead(partition, res.data.next_after) }, "More dead letters") : "");
+  }
+
+  function noDeadLetters() {
+    return h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No dead letters."));
   }
 
   async function act(method, letter, suffix, tr) {
     if (method === "DELETE" && !confirm(`Discard dead letter ${letter.id}? Its response stays failed.`)) return;
     const path = `/v1/admin/jobs/dead/${encodeURIComponent(letter.id)}${suffix}?partition=${encodeURIComponent(letter.partition || deadPartition)}`;
     const res = await api(path, { method });
-    if (!res.ok) { error.textContent = errorText(res); return; }
+    if (!res.ok) { error.textContent = errorText(res) + hint(res); return; }
+    error.textContent = "";
+    const body = tr.parentElement;
     tr.remove();
+    if (body && !body.children.length) body.append(noDeadLetters());
+    note.textContent = method === "POST"
+      ? `Dead letter ${letter.id} retried: ${letter.response_id} is queued again.`
+      : `Dead letter ${letter.id} discarded: ${letter.response_id} stays failed.`;
+    refresh();
+    // The open response was this one: its stream goes on after its response.failed event.
+    if (method === "POST" && shown && shown.id === letter.response_id) {
+      const current = shown;
+      const fromStart = current.seq < 0;
+      setStatus("queued");
+      // Read from the start, the stream ends at the old response.failed: go on after it.
+      if ((await follow()) === "response.failed" && fromStart && shown === current) follow();
+    }
+  }
+
+  // What to do about a refused retry or discard (docs/admin-api.md).
+  function hint(res) {
+    const code = res.data?.error?.code;
+    if (code === "response_expired") return " (its response has expired: discard the letter)";
+    if (code === "queue_full") return ` (the queue is full: try again${res.headers.get("Retry-After") ? ` in ${res.headers.get("Retry-After")} s` : " later"})`;
+    if (code === "dead_letter_not_found") return " (already retried or discarded)";
+    return "";
   }
 
   async function openResponse(id) {
@@ -93,7 +128,7 @@ export function mount(root, ctx) {
     if (stream) stream.abort();
     responseId.value = id;
     const res = await api(`/v1/responses/${encodeURIComponent(id)}`);
-    if (!res.ok) { response.replaceChildren(h("p", { class: "error", role: "alert" }, errorText(res))); return; }
+    if (!res.ok) { shown = null; response.replaceChildren(h("p", { class: "error", role: "alert" }, errorText(res))); return; }
     showResponse(res.data);
   }
 
@@ -105,35 +140,55 @@ export function mount(root, ctx) {
     const events = h("ol", { class: "transcript", "aria-label": "Response events" });
     const text = h("pre", { "aria-label": "Output" }, outputText(r));
     const status = h("span", { role: "status", "aria-label": "Response status" }, r.status);
+    const cancelButton = h("button", { type: "button", class: "danger", onclick: () => cancel(r.id) }, "Cancel response");
+    const failure = h("span");
+    shown = { id: r.id, seq: -1, status, cancel: cancelButton, events, text, failure };
+    setStatus(r.status, r.error);
     response.replaceChildren(
-      h("p", {}, h("code", {}, r.id), " · ", r.model, " · ", status, r.error ? ` · ${r.error.code}: ${r.error.message}` : ""),
+      h("p", {}, h("code", {}, r.id), " · ", r.model, " · ", status, failure),
       text,
       h("div", { class: "row" },
-        h("button", { type: "button", class: "secondary", onclick: () => follow(r.id, events, text, status) }, "Follow events"),
-        h("button", { type: "button", class: "danger", disabled: !["queued", "in_progress"].includes(r.status), onclick: () => cancel(r.id, status) }, "Cancel response")),
+        h("button", { type: "button", class: "secondary", onclick: () => follow() }, "Follow events"),
+        cancelButton),
       events);
   }
 
-  async function cancel(id, status) {
-    const res = await api(`/v1/responses/${encodeURIComponent(id)}/cancel`, { method: "POST" });
-    if (!res.ok) { error.textContent = errorText(res); return; }
-    status.textContent = res.data.status;
+  // The status and error as the last answer or event had them (an event replayed from
+  // the start carries the status of its moment).
+  function setStatus(value, err = null) {
+    shown.status.textContent = value;
+    shown.cancel.disabled = !["queued", "in_progress"].includes(value);
+    // agentd's own code when it has one (as the dead letter shows it), else OpenAI's.
+    shown.failure.textContent = err ? ` · ${err.agentd_code || err.code}: ${err.message}` : "";
   }
 
-  // Server-Sent Events read from fetch(), since EventSource cannot send a credential.
-  async function follow(id, events, text, status) {
+  async function cancel(id) {
+    const res = await api(`/v1/responses/${encodeURIComponent(id)}/cancel`, { method: "POST" });
+    if (!res.ok) { error.textContent = errorText(res); return; }
+    if (shown && shown.id === id) setStatus(res.data.status, res.data.error);
+  }
+
+  // The open response's Server-Sent Events, read from fetch() (EventSource cannot send a
+  // credential), from after the last one seen: a stream that ended on response.failed
+  // goes on there once the response is retried. The last event's type when the stream
+  // ended, null when it was refused or left.
+  async function follow() {
     if (stream) stream.abort();
-    stream = new AbortController();
+    const current = shown;
+    const controller = new AbortController();
+    stream = controller;
     const headers = { Accept: "text/event-stream" };
     if (getCredential()) headers.Authorization = "Bearer " + getCredential();
+    const query = new URLSearchParams({ stream: "true" });
+    if (current.seq >= 0) query.set("starting_after", current.seq);
     let res;
     try {
-      res = await fetch(`/v1/responses/${encodeURIComponent(id)}?stream=true`, { headers, signal: stream.signal });
-    } catch { return; }
-    if (!res.ok) { error.textContent = `${res.status}: the event stream was refused`; return; }
+      res = await fetch(`/v1/responses/${encodeURIComponent(current.id)}?${query}`, { headers, signal: controller.signal });
+    } catch { return null; }
+    if (!res.ok) { error.textContent = `${res.status}: the event stream was refused`; return null; }
+    let last = null;
     const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
-    text.textContent = "";
     try {
       for (;;) {
         const { value, done } = await reader.read();
@@ -147,14 +202,22 @@ export function mount(root, ctx) {
           if (!data || data === "[DONE]") continue;
           let event;
           try { event = JSON.parse(data); } catch { continue; }
-          events.append(h("li", { class: "notice" }, event.type));
-          if (event.type === "response.output_text.delta") text.textContent += event.delta;
-          if (event.response?.status) status.textContent = event.response.status;
+          if (typeof event.sequence_number === "number") current.seq = event.sequence_number;
+          last = event.type;
+          current.events.append(h("li", { class: "notice" }, event.type));
+          // A new attempt's output starts afresh.
+          if (event.type === "response.in_progress") current.text.textContent = "";
+          if (event.type === "response.output_text.delta") current.text.textContent += event.delta;
+          if (event.response?.status && shown === current) setStatus(event.response.status, event.response.error);
         }
       }
     } catch (err) {
       if (err.name !== "AbortError") error.textContent = `the event stream ended: ${err.message}`;
+      return null;
+    } finally {
+      if (stream === controller) stream = null;
     }
+    return last;
   }
 
   if (ctx.param) openResponse(ctx.param);
