@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from playwright.sync_api import Browser, ConsoleMessage, Page, Response, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Response, expect, sync_playwright
 
 from .procs import ROOT
 
 __all__ = ("SHOTS", "ConsoleWatch", "chromium", "launch", "shoot", "unnamed_controls")
 
+# How long an `expect` check waits for the page (as long as the tests' own waits).
+EXPECT_MS = 30_000
 # Screenshots of each view: test artifacts, never committed (build/ is ignored).
 SHOTS = Path(os.environ.get("AGENTD_CONSOLE_SHOTS", ROOT / "build" / "console-screenshots"))
 # The network line Chromium logs for an answer >= 400 the page asked for.
@@ -40,12 +42,16 @@ def chromium() -> str:
 
 @contextmanager
 def launch() -> Iterator[Browser]:
+    """The browser, with `expect` waiting as long as the pages do (the machine may be
+    shared and slow; Playwright's default is 5 s), for the module that launched it."""
+    expect.set_options(timeout=EXPECT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium(), headless=True)
         try:
             yield browser
         finally:
             browser.close()
+            expect.set_options(timeout=5_000)  # Playwright's default
 
 
 @dataclass

@@ -94,14 +94,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         made.close()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def patient_expect() -> Iterator[None]:
-    """Waits as long as the page's own (WAIT_MS): the machine is shared and noisy."""
-    expect.set_options(timeout=WAIT_MS)
-    yield
-    expect.set_options(timeout=5_000)  # Playwright's default, for the modules after this
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with launch() as chromium:
