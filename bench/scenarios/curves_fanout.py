@@ -135,29 +135,31 @@ def run_fanout(bench: Bench) -> None:
         f"each) and redis-server's CPU from the first publish to the last delivery, less "
         f"what they used idle with the same watchers connected (measured over "
         f"{IDLE_S[s.mode]} s just before, at the same rate), / E: it includes the "
-        f"publishing request. Two instances: agentd-a and agentd-b "
-        f"on the same Redis, watchers alternating between them, events published through "
-        f"agentd-a."
+        f"publishing request. Two instances, agentd-a and agentd-b, on the same Redis and "
+        f"the server CPU: one instance is agentd-a alone (agentd-b runs but has no "
+        f"watcher, no subscription, and is not counted); two: the watchers alternate "
+        f"between them. Events are always published through agentd-a."
     )
     points: list[dict[str, Any]] = []
-    with targets.redis(bench.workdir, s.server_cpus) as redis:
+    with targets.redis(bench.workdir, s.server_cpus) as redis, contextlib.ExitStack() as stack:
+        served = [
+            stack.enter_context(bench.serve(
+                targets.agentd(bench.workdir, s.server_cpus, redis_url=redis.url,
+                               name=f"agentd-{name}"),
+                extra_pids=[redis.proc.pid]))
+            for name in "ab"
+        ]  # fmt: skip
+        stack.enter_context(on_load_cpus(s))
         for instances in (1, 2):
-            with contextlib.ExitStack() as stack:
-                served = [
-                    stack.enter_context(bench.serve(
-                        targets.agentd(bench.workdir, s.server_cpus, redis_url=redis.url,
-                                       name=f"agentd-{'ab'[i]}" if instances > 1 else "agentd"),
-                        extra_pids=[redis.proc.pid]))
-                    for i in range(instances)
-                ]  # fmt: skip
-                stack.enter_context(on_load_cpus(s))
-                pids = {x.target.name: x.target.pids() for x in served}
-                pids["redis"] = [redis.proc.pid]
-                bases = [x.target.url() for x in served]
-                for watchers in WATCHERS[s.mode]:
-                    points.append(asyncio.run(_point(bases, watchers, s.mode, pids)))
-                    if bench.tick is not None:
-                        bench.tick()
+            # One instance: agentd-b has no watcher, so no subscription; it is idle and
+            # not counted.
+            pids = {x.target.name: x.target.pids() for x in served[:instances]}
+            pids["redis"] = [redis.proc.pid]
+            bases = [x.target.url() for x in served[:instances]]
+            for watchers in WATCHERS[s.mode]:
+                points.append(asyncio.run(_point(bases, watchers, s.mode, pids)))
+                if bench.tick is not None:
+                    bench.tick()
     bench.record["figures"]["points"] = points
     bench.record["figures"]["curves"] = _curves(points)
 

@@ -10,6 +10,7 @@ records (``created``, ``started``, ``done``) give each job's wait and the drain'
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from .. import targets
@@ -33,28 +34,26 @@ DEPTHS = {"tiny": (20, 60), "quick": (250, 1000, 4000), "full": (1000, 10_000, 4
 
 
 def _point(
-    bench: Bench, redis_url: str, redis_pid: int, queue: _Queue, depth: int
+    bench: Bench, redis_url: str, redis_pid: int, queue: _Queue, gateway_url: str, depth: int
 ) -> dict[str, Any]:
     s = bench.settings
-    gateway = targets.agentd(
-        bench.workdir, s.server_cpus, redis_url=redis_url, name="agentd-gateway",
-        extra_config=GATEWAY_CONFIG, args=("--partitions", GATEWAY),
-    )  # fmt: skip
-    with bench.serve(gateway, extra_pids=[redis_pid]) as served:
-        cmd, out = _submit_command(bench, served.target.url(), depth)
-        submitted, _ = _run_submitter(cmd, out)
+    cmd, out = _submit_command(bench, gateway_url, depth)
+    submitted, _ = _run_submitter(cmd, out)
     queued = queue.depth()
     ids = submitted["ids"]
     worker = targets.agentd(bench.workdir, s.server_cpus, redis_url=redis_url)
     with bench.serve(worker, extra_pids=[redis_pid]) as served:
         pids = served.cpu_pids()
-        cpu0 = cpu_seconds(pids)
+        cpu0, ready_at = cpu_seconds(pids), time.time()
         queue.wait_drained(DRAIN_LIMIT_S)
         cpu = cpu_seconds(pids) - cpu0
     rows = queue.records(ids)
     done = [r for r in rows if r[0] == "completed"]
     if len(done) != len(ids):
         raise RuntimeError(f"{len(done)} of {len(ids)} jobs completed at depth {depth}")
+    # Its CPU is read once it answers /readyz; it may have started a few jobs by then:
+    # the CPU is divided by the jobs started after that instant.
+    after = [r for r in done if r[2] >= ready_at]
     first_start = min(r[2] for r in done)
     last_done = max(r[3] for r in done)
     # Each job's wait from the moment the consumer began (queueing before it started
@@ -66,7 +65,8 @@ def _point(
         "submitted": len(ids),
         "submit_command": " ".join(cmd),
         "drain_jobs_per_s": round(rate, 1),
-        "cpu_ms_per_job": round(cpu / len(done) * 1000.0, 4),
+        "started_before_ready": len(done) - len(after),
+        "cpu_ms_per_job": round(cpu / len(after) * 1000.0, 4) if after else None,
         "wait_p50_ms": round(percentile(waits, 50), 2),
         "wait_max_ms": round(max(waits), 2),
         "predicted_max_wait_ms": round(len(done) / rate * 1000.0, 2) if rate else None,
@@ -79,21 +79,29 @@ def run_backlog(bench: Bench) -> None:
         bench.record.update(status="skipped", reason="redis-server is not installed")
         return
     bench.record["notes"].append(
-        "Each point: a gateway agentd (its own partition only) queues D background jobs "
-        "(bench.scenarios.jobs submit), then an agentd with 1 worker (default [jobs]: 32 "
-        "at once, 4 queue streams) starts and drains them. Wait = started - max(created, "
+        "Each point: a gateway agentd (its own partition only; one for the whole sweep) "
+        "queues D background jobs (bench.scenarios.jobs submit), then an agentd with 1 "
+        "worker (default [jobs]: 32 at once, 4 queue streams) starts and drains them. "
+        "Wait = started - max(created, "
         "the first job's start); CPU per job = the draining agentd's and Redis's CPU "
-        "(includes its start-up, the same at every depth) / D; drain rate = D / (last "
+        "from its readiness (/readyz) to the empty queue / the jobs it started after "
+        "that instant; drain rate = D / (last "
         "done - first started)."
     )
     points = []
     with targets.redis(bench.workdir, s.server_cpus) as redis:
         queue = _Queue(redis.url)
+        gateway = targets.agentd(
+            bench.workdir, s.server_cpus, redis_url=redis.url, name="agentd-gateway",
+            extra_config=GATEWAY_CONFIG, args=("--partitions", GATEWAY),
+        )  # fmt: skip
         try:
-            for depth in DEPTHS[s.mode]:
-                points.append(_point(bench, redis.url, redis.proc.pid, queue, depth))
-                if bench.tick is not None:
-                    bench.tick()
+            with bench.serve(gateway, extra_pids=[redis.proc.pid]) as front:
+                for depth in DEPTHS[s.mode]:
+                    url = front.target.url()
+                    points.append(_point(bench, redis.url, redis.proc.pid, queue, url, depth))
+                    if bench.tick is not None:
+                        bench.tick()
         finally:
             queue.close()
     why = (
