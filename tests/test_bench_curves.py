@@ -76,4 +76,4 @@ def test_bench_tiny_cost_curves_run_against_real_servers(tmp_path: Path) -> None
     fanout = by_name["curve-fanout"]["figures"]["points"]
     assert {(p["instances"], p["watchers"]) for p in fanout} == {(1, 1), (1, 10), (2, 1), (2, 10)}
     for p in by_name["curve-backlog"]["figures"]["points"]:
-        assert p["submitted"] > 0 and p["drain_jobs_per_s"] > 0
+        assert p["jobs"] > 0 and p["agentd_cpu_ms_per_job"] > 0

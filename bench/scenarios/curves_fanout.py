@@ -50,7 +50,7 @@ async def _watch(
 
 
 async def _point(
-    bases: list[str], watchers: int, mode: str, pids: dict[str, list[int]]
+    bases: list[str], watchers: int, mode: str, pids: dict[str, list[int]], redis: Any
 ) -> dict[str, Any]:
     low, high, budget = EVENTS[mode]
     events = max(low, min(high, budget // watchers))
@@ -74,11 +74,11 @@ async def _point(
         # What the servers use with the watchers connected and no event: taken out of
         # the event window's CPU at the same rate, so that a long window (many watchers)
         # is not charged for their upkeep, nor for Redis's own timers.
-        idle = CpuWindow(pids)
+        idle = CpuWindow(pids, redis)
         await asyncio.sleep(IDLE_S[mode])  # an idle window of a fixed length, by design
         rest = idle.stop()
         url = f"{bases[0]}/v1/sessions/{sid}/events"
-        window = CpuWindow(pids)
+        window = CpuWindow(pids, redis)
         t0 = time.monotonic()
         for n in range(events):
             await post(client, url, {"type": "bench.tick", "data": {"n": n}}, ok=202)
@@ -119,6 +119,8 @@ def _raise(tasks: list[asyncio.Task[None]], what: str) -> None:
 
 
 def run_fanout(bench: Bench) -> None:
+    import redis as redis_py
+
     s = bench.settings
     if not have("redis-server"):
         bench.record.update(status="skipped", reason="redis-server is not installed")
@@ -132,7 +134,8 @@ def run_fanout(bench: Bench) -> None:
         f"the load CPUs) on a new session, then E events published one at a time "
         f"(E = {budget:,} / W within {low}-{high}); the point ends when every watcher has "
         f"every event. CPU per event = the agentd processes' (supervisor and 1 worker "
-        f"each) and redis-server's CPU from the first publish to the last delivery, less "
+        f"each; /proc) and redis-server's CPU (its INFO cpu, to the microsecond) from "
+        f"the first publish to the last delivery, less "
         f"what they used idle with the same watchers connected (measured over "
         f"{IDLE_S[s.mode]} s just before, at the same rate), / E: it includes the "
         f"publishing request. Two instances, agentd-a and agentd-b, on the same Redis and "
@@ -150,6 +153,7 @@ def run_fanout(bench: Bench) -> None:
             for name in "ab"
         ]  # fmt: skip
         stack.enter_context(on_load_cpus(s))
+        info = stack.enter_context(contextlib.closing(redis_py.Redis.from_url(redis.url)))
         for instances in (1, 2):
             # One instance: agentd-b has no watcher, so no subscription; it is idle and
             # not counted.
@@ -157,7 +161,7 @@ def run_fanout(bench: Bench) -> None:
             pids["redis"] = [redis.proc.pid]
             bases = [x.target.url() for x in served[:instances]]
             for watchers in WATCHERS[s.mode]:
-                points.append(asyncio.run(_point(bases, watchers, s.mode, pids)))
+                points.append(asyncio.run(_point(bases, watchers, s.mode, pids, info)))
                 if bench.tick is not None:
                     bench.tick()
     bench.record["figures"]["points"] = points
@@ -174,11 +178,10 @@ def _curves(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "per event is linear in the watchers (per worker, so two instances share it), "
         "Redis's is flat (one PUBLISH reaches one subscriber per worker)."
     )
+    # Each instance's share is in the points (agentd-a/-b_cpu_ms_per_event).
     agentd_lines = [
         series("1 instance: agentd", pts(1, "agentd_cpu_ms_per_event"), "linear"),
         series("2 instances: agentd, both", pts(2, "agentd_cpu_ms_per_event"), "linear"),
-        series("2 instances: agentd-a", pts(2, "agentd-a_cpu_ms_per_event"), "linear"),
-        series("2 instances: agentd-b", pts(2, "agentd-b_cpu_ms_per_event"), "linear"),
     ]
     redis_lines = [
         series("1 instance: Redis", pts(1, "redis_cpu_ms_per_event"), "flat"),

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
 import time
@@ -67,7 +68,7 @@ def _turn_body(agent: str, sid: str, i: int) -> dict[str, Any]:
 
 
 async def _history_point(
-    base: str, length: int, turns: int, pids: dict[str, list[int]]
+    base: str, length: int, turns: int, pids: dict[str, list[int]], redis: Any
 ) -> dict[str, dict[str, Any]]:
     """Per agent: CPU per turn (agentd, Redis) and latency, on sessions of ``length``."""
     per_session = max(1, int(length * GROWTH / 2))  # each turn adds 2 messages
@@ -79,7 +80,7 @@ async def _history_point(
             await asyncio.gather(*(append_history(client, base, s, length, 2) for s in sids))
             bodies = [_turn_body(agent, sids[i // per_session], i) for i in range(turns)]
             await timed_posts(client, base + "/v1/chat/completions", bodies[:2])  # warm
-            window = CpuWindow(pids)
+            window = CpuWindow(pids, redis)
             lat = await timed_posts(client, base + "/v1/chat/completions", bodies[2:])
             used = window.stop()
             n = len(lat)
@@ -96,6 +97,8 @@ async def _history_point(
 
 
 def run_history(bench: Bench) -> None:
+    import redis as redis_py
+
     s = bench.settings
     if not have("redis-server"):
         bench.record.update(status="skipped", reason="redis-server is not installed")
@@ -107,7 +110,8 @@ def run_history(bench: Bench) -> None:
         f"/v1/sessions/{{id}}/messages; a session takes turns until it grew by "
         f"{GROWTH:.0%}, then the next one). echo-window sends the last 20 messages "
         f"upstream (history = 20), echo-whole all of them (history = 10000). CPU is "
-        f"agentd's worker (and, apart, redis-server's) over the timed turns, per turn. "
+        f"agentd's (/proc) and, apart, redis-server's (its INFO cpu) over the timed "
+        f"turns, per turn. "
         f"The harness is the client, on the load CPUs; 1 worker and Redis on the server CPU."
     )
     points: list[dict[str, Any]] = []
@@ -115,10 +119,15 @@ def run_history(bench: Bench) -> None:
         cm = targets.agentd(
             bench.workdir, s.server_cpus, redis_url=redis.url, extra_config=HISTORY_CONFIG
         )
-        with bench.serve(cm, extra_pids=[redis.proc.pid]) as served, on_load_cpus(s):
+        with (
+            bench.serve(cm, extra_pids=[redis.proc.pid]) as served,
+            on_load_cpus(s),
+            contextlib.closing(redis_py.Redis.from_url(redis.url)) as info,
+        ):
             pids = {"agentd": served.target.pids(), "redis": [redis.proc.pid]}
             for length in lengths:
-                got = asyncio.run(_history_point(served.target.url(), length, turns, pids))
+                url = served.target.url()
+                got = asyncio.run(_history_point(url, length, turns, pids, info))
                 points += [{"agent": agent, **fig} for agent, fig in got.items()]
                 if bench.tick is not None:
                     bench.tick()
@@ -179,7 +188,7 @@ CURVE_HISTORY = Scenario(
 
 # -- the L1 cache -------------------------------------------------------------------------
 
-L1_SIZES = {"tiny": (200, 1000), "quick": (10_000, 25_000, 50_000),
+L1_SIZES = {"tiny": (200, 1000), "quick": (10_000, 20_000, 40_000),
             "full": (10_000, 100_000, 1_000_000)}  # fmt: skip
 HITS = {"tiny": 200, "quick": 3000, "full": 20_000}  # timed hits per point
 FILL_CONNECTIONS = 64
@@ -294,7 +303,7 @@ def run_l1(bench: Bench) -> None:
 CURVE_L1 = Scenario(
     "curve-l1",
     "cost curve: a cache-hit turn's CPU and p50/p99 vs the entries held in L1 "
-    "(10k -> 1M; quick 10k -> 50k)",
+    "(10k -> 1M; quick 10k -> 40k)",
     run_l1,
     lambda s: {"tiny": 5.0, "quick": 40.0, "full": 600.0}[s.mode],
     default=False,
