@@ -6,12 +6,15 @@ grows in proportion to the size) and the points measured. :func:`series` fits th
 says whether the measurement shows the predicted shape:
 
 - ``flat``: ``last_over_first`` = the cost at the largest size ÷ the cost at the
-  smallest; flat when at most ``FLAT_TOLERANCE``.
+  smallest; flat when within ``FLAT_TOLERANCE`` of 1 either way (a throughput that
+  halves is no more flat than a cost that doubles).
 - ``linear``: a least-squares line ``y = intercept + slope·x``, its ``r2``, and
   ``per_unit_ratio``: the cost each unit of size adds over the smallest point,
   (y - y0)/(x - x0), at the largest size ÷ the same at the first size where that growth
-  is at least y0 (``per_unit_from``; below it the difference is mostly noise): 1.0 for a
-  straight line, above 1 when the cost grows faster than the size.
+  is at least y0 (``per_unit_from``, a point between the smallest and the largest, the
+  second one if none; below it the difference is mostly noise): 1.0 for a straight
+  line, above 1 when the cost grows faster than the size. With two points there is no
+  ratio and the verdict rests on the line alone.
   Linear when ``r2`` is at least
   ``LINEAR_R2`` and the ratio within ``LINEAR_TOLERANCE`` of 1 either way. Where the
   cost is a difference from a baseline (memory), the intercept is fixed at 0.
@@ -88,31 +91,38 @@ def series(
     # Per unit of size, the cost above the smallest point's (the fixed part and noise):
     # from the first point where that growth is at least the smallest point's cost
     # (below, the difference is mostly noise) to the largest point.
-    grown = [(x, y) for x, y in good[1:] if y - y0 >= abs(y0)]
-    xa, ya = grown[0] if grown else good[1]
-    per0, per1 = (ya - y0) / (xa - x0), (y1 - y0) / (x1 - x0)
-    out["per_unit_from"] = xa
-    out["per_unit_ratio"] = _round(per1 / per0, 4) if per0 > 0 and per1 > 0 and xa < x1 else None
+    inner = good[1:-1]
+    grown = [(x, y) for x, y in inner if y - y0 >= abs(y0)] or inner[:1]
+    per = None
+    if grown:
+        xa, ya = grown[0]
+        per0, per1 = (ya - y0) / (xa - x0), (y1 - y0) / (x1 - x0)
+        out["per_unit_from"] = xa
+        per = _round(per1 / per0, 4) if per0 > 0 and per1 > 0 else None
+    out["per_unit_ratio"] = per
     if predicted == "flat":
         ratio = out["last_over_first"]
-        shown = ratio is not None and ratio <= FLAT_TOLERANCE
+        shown = ratio is not None and 1 / FLAT_TOLERANCE <= ratio <= FLAT_TOLERANCE
         out["verdict"] = (
             f"flat as predicted ({ratio:.2f}x from {x0:,.0f} to {x1:,.0f})"
             if shown
             else f"not flat: from {y0:.4g} at {x0:,.0f} to {y1:.4g} at {x1:,.0f}"
         )
     else:
-        per = out["per_unit_ratio"]
+        # Two points make any line; the per-unit ratio needs a third.
         shown = (
             r2 >= LINEAR_R2
             and slope > 0
-            and per is not None
-            and 1 / LINEAR_TOLERANCE <= per <= LINEAR_TOLERANCE
+            and (per is None or 1 / LINEAR_TOLERANCE <= per <= LINEAR_TOLERANCE)
+        )
+        across = (
+            f"per-unit cost at {x1:,.0f} ÷ at {out['per_unit_from']:,.0f} = {per:.2f}"
+            if per is not None
+            else "per-unit ratio needs 3 points"
         )
         out["verdict"] = (
             f"{'linear as predicted' if shown else 'not linear'}: slope {slope:.4g}, "
-            f"r² {r2:.3f}, per-unit cost at {x1:,.0f} ÷ at {xa:,.0f} = "
-            f"{'—' if per is None else f'{per:.2f}'}"
+            f"r² {r2:.3f}, {across}"
         )
     out["shown"] = shown
     return out

@@ -40,6 +40,8 @@ def test_flat_is_judged_from_the_largest_point_over_the_smallest() -> None:
     flat = series("f", [(10, 1.0), (1000, 1.3), (100, 0.9)], "flat")
     assert flat["shown"] is True and flat["last_over_first"] == pytest.approx(1.3)
     assert [p[0] for p in flat["points"]] == [10, 100, 1000]  # sorted by size
+    halves = series("h", [(10, 800.0), (1000, 350.0)], "flat")  # a throughput that fell
+    assert halves["shown"] is False
     grows = series("g", [(10, 1.0), (100, 4.0), (1000, 30.0)], "flat")
     assert grows["shown"] is False and "not flat" in grows["verdict"]
     unknown = series("u", [(10, 1.0), (100, None)], "flat")  # a missing point is dropped

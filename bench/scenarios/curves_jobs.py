@@ -11,12 +11,13 @@ rate; the CPU per job is read around the whole point.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from .. import targets
 from ..curves import curve, series
 from ..measure import Bench, Served
-from ..procstat import cpu_seconds
+from ..procstat import cpu_seconds, machine_cpu
 from ..stats import percentile
 from .common import Scenario, have
 from .curveclient import redis_cpu
@@ -64,25 +65,35 @@ class _PeakDepth(threading.Thread):
 
 
 def _point(
-    bench: Bench, worker: Served, queue: _Queue, redis_url: str, gateway_url: str, count: int
+    bench: Bench, worker: Served, gateway: Served, queue: _Queue, redis_url: str, count: int
 ) -> dict[str, Any]:
     """``count`` jobs submitted through the gateway as fast as it takes them, while the
     worker drains them; the backlog is what the queue holds when the last is in."""
-    cmd, out = _submit_command(bench, gateway_url, count)
+    cmd, out = _submit_command(bench, gateway.target.url(), count)
     pids = worker.target.pids()
+    front_pids = gateway.target.pids()
     mark: dict[str, float] = {}
 
     def start() -> None:  # the submitter's connections are open: the window begins
-        mark.update(agentd=cpu_seconds(pids), redis=redis_cpu(queue.client))
+        mark.update(
+            agentd=cpu_seconds(pids),
+            redis=redis_cpu(queue.client),
+            front=cpu_seconds(front_pids),
+            box=machine_cpu()[0],
+            t=time.monotonic(),
+        )
 
     peak = _PeakDepth(redis_url)
     try:
-        submitted, _ = _run_submitter(cmd, out, start)
+        submitted, submitter_cpu = _run_submitter(cmd, out, start)
     finally:
         queued = peak.stop()
     queue.wait_drained(DRAIN_LIMIT_S)
     agentd_cpu = cpu_seconds(pids) - mark["agentd"]
     redis_used = redis_cpu(queue.client) - mark["redis"]
+    ours = agentd_cpu + redis_used + submitter_cpu + cpu_seconds(front_pids) - mark["front"]
+    wall = max(time.monotonic() - mark["t"], 1e-9)
+    other = max(0.0, machine_cpu()[0] - mark["box"] - ours) / wall
     ids = submitted["ids"]
     rows = queue.records(ids)
     done = [r for r in rows if r[0] == "completed"]
@@ -105,6 +116,11 @@ def _point(
         "wait_p50_ms": round(percentile(waits, 50), 2),
         "wait_max_ms": round(waits[-1], 2),
         "depth_over_rate_ms": round(queued / rate * 1000.0, 2) if rate else None,
+        "wait_max_over_queueing": round(waits[-1] / (queued / rate * 1000.0), 3)
+        if rate and queued
+        else None,
+        "submit_errors": submitted["error_count"],
+        "other_cpu_util": round(other, 3),
     }
 
 
@@ -138,9 +154,8 @@ def run_backlog(bench: Bench) -> None:
                 bench.serve(gateway, extra_pids=[redis.proc.pid]) as front,
                 bench.serve(draining, extra_pids=[redis.proc.pid]) as worker,
             ):
-                url = front.target.url()
                 for count in DEPTHS[s.mode]:
-                    points.append(_point(bench, worker, queue, redis.url, url, count))
+                    points.append(_point(bench, worker, front, queue, redis.url, count))
                     if bench.tick is not None:
                         bench.tick()
         finally:
@@ -168,6 +183,12 @@ def run_backlog(bench: Bench) -> None:
                series("wait max", [(p["depth"], p["wait_max_ms"]) for p in points], "linear"),
                series("depth / drain rate", [(p["depth"], p["depth_over_rate_ms"])
                                          for p in points], "linear")], why),
+        curve("backlog_queueing", "Longest wait over what queueing predicts vs backlog depth",
+              "jobs queued", "wait max ÷ (depth ÷ drain rate)",
+              [series("wait max ÷ (depth ÷ rate)",
+                      [(p["depth"], p["wait_max_over_queueing"]) for p in points], "flat")],
+              why + " Divided by depth ÷ rate, the longest wait is the same at every depth "
+              "when it is queueing alone, however busy the machine made the drain."),
     ]  # fmt: skip
 
 
