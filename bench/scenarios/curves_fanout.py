@@ -30,7 +30,7 @@ WATCHERS = {"tiny": (1, 10), "quick": (1, 10, 100, 1000), "full": (1, 10, 100, 3
 # Events published per point: as many deliveries (watchers x events) as the budget
 # allows, within the bounds (more events where they are cheap: finer CPU figures).
 EVENTS = {"tiny": (10, 20, 200), "quick": (30, 300, 30_000), "full": (100, 1000, 200_000)}
-IDLE_S = {"tiny": 0.3, "quick": 1.0, "full": 3.0}  # the idle window's length
+IDLE_S = {"tiny": 0.1, "quick": 1.0, "full": 3.0}  # the idle window's length
 DELIVERY_LIMIT_S = 120.0  # the longest a point may wait for every event to arrive
 EVENT = b"event: bench.tick"
 
