@@ -64,6 +64,16 @@ def _num(value: Any) -> str:
 def curve_lines(record: dict[str, Any]) -> list[str]:
     """The scenario's curves: why the design predicts each shape, the points and the fit."""
     out: list[str] = []
+    points = (record.get("figures") or {}).get("points")
+    noise = [
+        p["other_cpu_util"]
+        for p in (points if isinstance(points, list) else [])
+        if isinstance(p, dict) and p.get("other_cpu_util") is not None
+    ]
+    if noise:
+        warn = " (noisy: trust CPU and memory per unit over latency)" if max(noise) > 0.2 else ""
+        span = f"{min(noise):.2f} to {max(noise):.2f}"
+        out += [f"Other processes kept {span} CPUs busy during the points{warn}.", ""]
     for c in (record.get("figures") or {}).get("curves") or []:
         out += [f"**{c['title']}** ({c['y_label']} vs {c['x_label']}; plot "
                 f"`curve_{c['name']}.png`). {c['why']}", ""]  # fmt: skip
