@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from .curves_report import curve_plots
+
 __all__ = ("make_plots",)
 
 COLORS = {
@@ -207,4 +209,8 @@ def make_plots(results: dict[str, Any], outdir: Path) -> list[tuple[str, str]]:
             continue
         if item:
             made.append(item)
+    try:  # the cost curves: one PNG each
+        made += curve_plots(results, plt, outdir)
+    except Exception as exc:
+        results.setdefault("notes", []).append(f"plot curve_plots failed: {exc}")
     return made

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .curves_report import curve_lines
 from .machine import machine_line
 from .plots import make_plots
 from .progress import clock
@@ -23,6 +24,7 @@ HOW_TO_READ = (
     '"errors" counts failed requests (non-2xx, socket errors, timeouts) in the runs '
     "behind a row: a ratio with errors is no result (see the scenario's table)."
 )
+CURVE_KEYS = ("curves", "points")  # shown by curve_lines, not as figures
 NOISY = 0.2  # other processes used more than this many CPUs: the figure is suspect
 BASELINE_ORDER = ("nginx", "aiohttp", "aiohttp-2p", "fastapi", "upstream", "agentd-1w", "single")
 
@@ -163,8 +165,10 @@ def _scenario(record: dict[str, Any]) -> list[str]:
         out += [*_runs_table(record), ""]
     if record.get("ratios"):
         out += [*_ratios_table(record), ""]
-    if record.get("figures"):
-        out += [*_figures(record["figures"]), ""]
+    figures = {k: v for k, v in (record.get("figures") or {}).items() if k not in CURVE_KEYS}
+    if figures:
+        out += [*_figures(figures), ""]
+    out += curve_lines(record)
     commands = [(f"server {name}", cmd) for name, cmd in record.get("server_commands", {}).items()]
     seen = set()
     for run in record.get("runs", []):

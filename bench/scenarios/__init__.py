@@ -5,6 +5,10 @@ from __future__ import annotations
 from .auth import HTTP_CHAT_AUTH
 from .capacity import ADDED_LATENCY, OPEN_LOOP, WORKERS_SCALING
 from .common import Scenario
+from .curves_fanout import CURVE_FANOUT
+from .curves_jobs import CURVE_BACKLOG
+from .curves_memory import CURVE_REDIS_MEMORY, CURVE_WS_MEMORY
+from .curves_turns import CURVE_HISTORY, CURVE_L1
 from .durable import HTTP_CHAT_DURABLE
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
 from .jobs import JOBS
@@ -36,5 +40,11 @@ SCENARIOS: dict[str, Scenario] = {
         REPLICA_READS,
         JOBS,
         SOAK,
+        CURVE_HISTORY,
+        CURVE_L1,
+        CURVE_REDIS_MEMORY,
+        CURVE_WS_MEMORY,
+        CURVE_FANOUT,
+        CURVE_BACKLOG,
     )
 }
