@@ -446,12 +446,3 @@ async def test_move_refuses_while_a_worker_serves_the_old_list(
     report = await move(plan, announce_s=0.1)
     assert not report.stopped
     await plan.close()
-
-
-async def test_sentinel_groups_are_refused_with_a_clear_error(tmp_path: Path) -> None:
-    config = tmp_path / "agentd.toml"
-    config.write_text('[redis]\nurls = ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]\n')
-    to = ["redis://127.0.0.1:1", "redis+sentinel://127.0.0.1:26379/shard-c"]
-    code, out = await _reshard(config, to)
-    assert code == 2, out
-    assert "Sentinel groups (redis+sentinel://) cannot be resharded yet" in out
