@@ -19,6 +19,7 @@ import redis
 
 from agentd.config import from_dict
 from agentd.fastpath import key_slot
+from agentd.reshard_cli import url_list
 from agentd.store import Store, open_store
 from agentd.store.keys import JOB_GROUP, queue_key
 from agentd.store.redis.moving import CONTROL
@@ -446,3 +447,20 @@ async def test_move_refuses_while_a_worker_serves_the_old_list(
     report = await move(plan, announce_s=0.1)
     assert not report.stopped
     await plan.close()
+
+
+def test_to_takes_sentinel_urls_whose_sentinels_are_comma_separated() -> None:
+    text = "redis://a:1, redis+sentinel://h:1,h:2/shard-c,redis+sentinel://h:1,h:2/shard-d"
+    assert url_list(text) == [
+        "redis://a:1",
+        "redis+sentinel://h:1,h:2/shard-c",
+        "redis+sentinel://h:1,h:2/shard-d",
+    ]
+
+
+async def test_a_bad_to_list_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
+    config = tmp_path / "agentd.toml"
+    config.write_text('[redis]\nurls = ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]\n')
+    code, out = await _reshard(config, ["redis://127.0.0.1:1", "redis+sentinel://h:1"])
+    assert code == 2, out
+    assert "agentd reshard: --to: " in out and "names no group" in out

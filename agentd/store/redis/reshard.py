@@ -306,4 +306,5 @@ def connect(url: str, timeout: float) -> tuple[aioredis.Redis, SentinelGroup | N
         "socket_connect_timeout": config.connect_timeout,
         "retry": RETRY,
     }
-    return open_server(url, config, options)
+    # A failover the command follows is printed (a warning: the default handler's).
+    return open_server(url, config, options, announce=True)

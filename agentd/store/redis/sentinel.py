@@ -126,13 +126,14 @@ class SentinelGroup:
 
 
 def open_server(
-    url: str, config: RedisConfig, options: dict[str, Any]
+    url: str, config: RedisConfig, options: dict[str, Any], announce: bool = False
 ) -> tuple[aioredis.Redis, SentinelGroup | None]:
     """A client of what ``url`` names, and its group when it is a Sentinel group (whose
     client finds the current master at each new connection; close the group, not the
-    client). ``options``: the connection options of every shard's client."""
+    client). ``options``: the connection options of every shard's client; ``announce``:
+    log a change of master."""
     if url.startswith(SENTINEL_SCHEME):
         rest = {k: v for k, v in options.items() if k != "max_connections"}
-        group = SentinelGroup(url, config, rest, announce=False)
+        group = SentinelGroup(url, config, rest, announce=announce)
         return group.client, group
     return aioredis.Redis.from_url(url, **options), None
