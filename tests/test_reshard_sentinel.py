@@ -13,14 +13,15 @@ from typing import Any
 import aiohttp
 import pytest
 import redis
+import redis.asyncio as aioredis
 
 from agentd.config import from_dict
 from agentd.fastpath import key_slot
 from agentd.store import open_store
-from agentd.store.redis.moving import CONTROL
+from agentd.store.redis.moving import CONTROL, NotReplicated, move_keys
 from agentd.store.redis.reshard import moving_slots
 
-from .procs import AgentdProcess, fresh_connections
+from .procs import AgentdProcess, RedisServer, fresh_connections
 from .replication import ReplicaGroup, Sentinels
 from .test_reshard import Load, Watcher, _config, _reloaded, _reshard
 from .waiting import wait_until
@@ -184,3 +185,31 @@ async def test_reshard_two_to_three_sentinel_groups_across_a_failover(
             listed = [s["id"] for s in (await resp.json())["data"]]
         assert sorted(listed) == sorted(sids + idle)
     await wait_until(lambda: "reshard ended" in proc.log(), 30, "the workers to stop following")
+
+
+async def test_a_copy_no_replica_confirms_leaves_the_key_on_its_old_server(
+    tmp_path: Path,
+) -> None:
+    """The new group's replica frozen: the move stops before deleting the source (a
+    failover then would lose the copy), and goes on once the replica answers."""
+    src_server = RedisServer(tmp_path / "src")
+    group = ReplicaGroup(tmp_path, "shard-c")
+    src = aioredis.Redis(port=src_server.port)
+    dst = aioredis.Redis(port=group.servers[0].port)
+    replica = group.servers[1].proc
+    try:
+        await src.set("k{1}", "v")
+        replica.send_signal(signal.SIGSTOP)
+        with pytest.raises(NotReplicated):
+            await move_keys(src, dst, ["k{1}"], dst_wait_ms=300)
+        assert await src.get("k{1}") == b"v"  # still on its old server
+        replica.send_signal(signal.SIGCONT)
+        moved = await move_keys(src, dst, ["k{1}"], dst_wait_ms=5000)
+        assert moved.moved == [b"k{1}"]
+        assert (await src.exists("k{1}"), await dst.get("k{1}")) == (0, b"v")
+    finally:
+        replica.send_signal(signal.SIGCONT)
+        await src.aclose()
+        await dst.aclose()
+        group.close()
+        src_server.close()

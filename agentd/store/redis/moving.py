@@ -48,6 +48,7 @@ __all__ = (
     "NotReplicated",
     "move_keys",
     "owner",
+    "replicated",
 )
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ async def move_keys(
         pipe = dst.pipeline(transaction=False)
         for key, payload in present:
             pipe.eval(RESTORE_IF, 1, key, ttls[key], payload, restored.get(key, b""))
-        results = await _replicated(dst, pipe, dst_wait_ms)
+        results = await replicated(dst, pipe, dst_wait_ms)
         for (key, payload), result in zip(present, results, strict=False):
             if int(result):
                 restored[key] = payload
@@ -166,7 +167,7 @@ async def move_keys(
                     await merge_jobs(src, dst, key)
         pipe = src.pipeline(transaction=False)
         pipe.eval(DELETE_IF_SAME, len(present), *(k for k, _ in present), *(p for _, p in present))
-        (gone,) = await _replicated(src, pipe, src_wait_ms)
+        (gone,) = await replicated(src, pipe, src_wait_ms)
         # A key written on the old owner since its DUMP is moved again.
         todo = [key for (key, _), ok in zip(present, gone, strict=True) if not int(ok)]
         done.moved += [key for (key, _), ok in zip(present, gone, strict=True) if int(ok)]
@@ -175,7 +176,7 @@ async def move_keys(
     return done
 
 
-async def _replicated(client: Any, pipe: Any, wait_ms: int) -> list[Any]:
+async def replicated(client: Any, pipe: Any, wait_ms: int) -> list[Any]:
     """Run ``pipe``'s writes (on ``client``) and, with ``wait_ms`` and a replica
     connected, a WAIT for one on the same connection (WAIT counts its own connection's
     writes; with no replica it would wait its whole timeout, and a failover would have

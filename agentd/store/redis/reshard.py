@@ -33,7 +33,7 @@ from redis.backoff import ExponentialBackoff
 
 from ...config import SENTINEL_SCHEME, RedisConfig
 from ...fastpath import SLOT_COUNT, key_slot
-from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner
+from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner, replicated
 from .sentinel import SentinelGroup, open_server
 from .store import sharded_index_keys
 
@@ -107,11 +107,10 @@ class Plan:
         """Write the plan on the first server of both lists (a replica of a Sentinel
         group's master confirming it: a failover must not forget a switch time)."""
         for url in dict.fromkeys([self.old[0], self.new[0]]):
-            pipe = self.client(url).pipeline(transaction=False)
+            client = self.client(url)
+            pipe = client.pipeline(transaction=False)
             pipe.hset(CONTROL, mapping=mapping)
-            if self.wait_ms(url):
-                pipe.execute_command("WAIT", 1, self.wait_ms(url))
-            await pipe.execute()
+            await replicated(client, pipe, self.wait_ms(url))
 
     async def close(self) -> None:
         for client in self._clients.values():
