@@ -19,7 +19,9 @@ again every :data:`RECHECK_S` seconds while it does:
 A move never loses a write: the copy is restored on the new owner only where the key is
 missing (or still holds this mover's own earlier copy), and the old key is deleted only
 if it is still exactly what was copied (compared by its DUMP, in one script); a key
-written on the old owner meanwhile is moved again.
+written on the old owner meanwhile is moved again. Between Sentinel groups a replica
+confirms the copies before the old key goes, and the deletes, so that a failover of
+either group neither loses a key nor brings one back.
 
 While it follows a plan a worker keeps a heartbeat key beside it, naming the list it
 serves, so that ``agentd reshard --move`` refuses to go on while a worker started on the

@@ -16,6 +16,10 @@ Two runs, with every instance switched to the new list by SIGHUP between them:
 
 ``move`` may be stopped (``--max-slots``, SIGINT, kill) and run again to go on: a slot
 cut half-way is moved again, which is safe (moving a moved key finds nothing to move).
+
+A list may name Sentinel groups: the command reaches each group's master as its
+sentinels name it at each new connection, and tries a step that meets a failover again
+(see :func:`connect`).
 """
 
 from __future__ import annotations
