@@ -11,6 +11,7 @@ from typing import Any
 
 from . import __version__, fastpath, keys_client
 from .config import Config, ConfigError, dump_toml, load, parse_bind
+from .reshard_cli import url_list
 
 __all__ = ("main",)
 
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reshard.add_argument("-c", "--config", metavar="FILE", help="config file (its [redis] urls)")
     reshard.add_argument(
-        "--to", required=True, type=_names_arg, metavar="URL1,URL2", help="the new URL list"
+        "--to", required=True, type=url_list, metavar="URL1,URL2", help="the new URL list"
     )
     reshard.add_argument(
         "--move",

@@ -6,11 +6,25 @@ import argparse
 import asyncio
 import sys
 
-from .config import SENTINEL_SCHEME, Config
+from .config import Config, ConfigError, from_dict
 
-__all__ = ("run_reshard",)
+__all__ = ("run_reshard", "url_list")
 
 EXIT_FAILED, EXIT_CONFIG, EXIT_STOPPED = 1, 2, 3
+
+
+def url_list(text: str) -> list[str]:
+    """``--to``'s URLs, comma-separated: a piece with no ``scheme://`` continues the URL
+    before it (a ``redis+sentinel://`` URL names its sentinels with commas)."""
+    urls: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if "://" in piece or not urls:
+            urls.append(piece)
+        else:
+            urls[-1] += "," + piece
+    return urls
 
 
 def run_reshard(args: argparse.Namespace, config: Config | None) -> int:
@@ -32,11 +46,10 @@ async def _run(args: argparse.Namespace, config: Config) -> int:
     if config.redis.cluster or not old:
         print("agentd reshard: needs [redis] urls, without cluster = true", file=sys.stderr)
         return EXIT_CONFIG
-    if any(url.startswith(SENTINEL_SCHEME) for url in (*old, *new)):
-        # Keys move with DUMP/RESTORE between servers named by URL; a Sentinel group's
-        # master is not one fixed URL.
-        print("agentd reshard: Sentinel groups (redis+sentinel://) cannot be resharded yet",
-              file=sys.stderr)  # fmt: skip
+    try:
+        from_dict({"redis": {"urls": new}})  # the rules of [redis] urls
+    except ConfigError as exc:
+        print(f"agentd reshard: --to: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
         if args.move and old == new:

@@ -19,6 +19,7 @@ import redis
 
 from agentd.config import from_dict
 from agentd.fastpath import key_slot
+from agentd.reshard_cli import url_list
 from agentd.store import Store, open_store
 from agentd.store.keys import JOB_GROUP, queue_key
 from agentd.store.redis.moving import CONTROL
@@ -448,10 +449,18 @@ async def test_move_refuses_while_a_worker_serves_the_old_list(
     await plan.close()
 
 
-async def test_sentinel_groups_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+def test_to_takes_sentinel_urls_whose_sentinels_are_comma_separated() -> None:
+    text = "redis://a:1, redis+sentinel://h:1,h:2/shard-c,redis+sentinel://h:1,h:2/shard-d"
+    assert url_list(text) == [
+        "redis://a:1",
+        "redis+sentinel://h:1,h:2/shard-c",
+        "redis+sentinel://h:1,h:2/shard-d",
+    ]
+
+
+async def test_a_bad_to_list_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
     config = tmp_path / "agentd.toml"
     config.write_text('[redis]\nurls = ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]\n')
-    to = ["redis://127.0.0.1:1", "redis+sentinel://127.0.0.1:26379/shard-c"]
-    code, out = await _reshard(config, to)
+    code, out = await _reshard(config, ["redis://127.0.0.1:1", "redis+sentinel://h:1"])
     assert code == 2, out
-    assert "Sentinel groups (redis+sentinel://) cannot be resharded yet" in out
+    assert "agentd reshard: --to: " in out and "names no group" in out

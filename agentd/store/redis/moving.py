@@ -19,7 +19,9 @@ again every :data:`RECHECK_S` seconds while it does:
 A move never loses a write: the copy is restored on the new owner only where the key is
 missing (or still holds this mover's own earlier copy), and the old key is deleted only
 if it is still exactly what was copied (compared by its DUMP, in one script); a key
-written on the old owner meanwhile is moved again.
+written on the old owner meanwhile is moved again. Between Sentinel groups a replica
+confirms the copies before the old key goes, and the deletes, so that a failover of
+either group neither loses a key nor brings one back.
 
 While it follows a plan a worker keeps a heartbeat key beside it, naming the list it
 serves, so that ``agentd reshard --move`` refuses to go on while a worker started on the
@@ -34,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import exceptions as rexc
+
 from ...fastpath import SLOT_COUNT, key_slot
 from .. import keys as K
 
@@ -43,8 +47,10 @@ __all__ = (
     "RECHECK_S",
     "Moved",
     "Moving",
+    "NotReplicated",
     "move_keys",
     "owner",
+    "replicated",
 )
 
 log = logging.getLogger(__name__)
@@ -113,8 +119,22 @@ class Moved:
     absent: list[bytes] = field(default_factory=list)  # nothing on the old owner
 
 
-async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
-    """Move ``keys`` (one slot's, or any) from ``src`` to ``dst`` (redis clients)."""
+class NotReplicated(rexc.ConnectionError):
+    """No replica of a Sentinel group's master confirmed the copies in time: the old
+    owner's keys stay (a failover now could lose the copies), the move stops as on an
+    unreachable server, and going on later moves them."""
+
+
+async def move_keys(
+    src: Any, dst: Any, keys: list[bytes | str], src_wait_ms: int = 0, dst_wait_ms: int = 0
+) -> Moved:
+    """Move ``keys`` (one slot's, or any) from ``src`` to ``dst`` (redis clients).
+
+    ``dst_wait_ms``: when ``dst`` is a Sentinel group's master, how long a replica has to
+    confirm the copies (WAIT) before the old owner's keys are deleted, so that a failover
+    of the new owner's group during the move loses none; ``src_wait_ms``: the same for
+    the deletes on ``src``, so that a failover of the old owner's group brings none back
+    (0: no waiting, for a plain server)."""
     done = Moved()
     todo = [k.encode() if isinstance(k, str) else k for k in keys]
     restored: dict[bytes, bytes] = {}  # key -> the payload this mover restored
@@ -123,14 +143,23 @@ async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
             break
         flat = await src.eval(DUMPS, len(todo), *todo)
         present: list[tuple[bytes, bytes]] = []
+        ttls: dict[bytes, int] = {}
         for i, key in enumerate(todo):
-            payload, pttl = flat[2 * i], int(flat[2 * i + 1])
-            if payload is None:
+            if flat[2 * i] is None:
                 done.absent.append(key)
-                continue
-            ttl = max(pttl, 0)
-            result = int(await dst.eval(RESTORE_IF, 1, key, ttl, payload, restored.get(key, b"")))
-            if result:
+            else:
+                present.append((key, flat[2 * i]))
+                ttls[key] = max(int(flat[2 * i + 1]), 0)
+        if not present:
+            todo = []
+            break
+        # One connection for the copies and the WAIT: WAIT counts its own client's writes.
+        pipe = dst.pipeline(transaction=False)
+        for key, payload in present:
+            pipe.eval(RESTORE_IF, 1, key, ttls[key], payload, restored.get(key, b""))
+        results = await replicated(dst, pipe, dst_wait_ms)
+        for (key, payload), result in zip(present, results, strict=False):
+            if int(result):
                 restored[key] = payload
             elif key in restored:
                 # Written on the new owner since this mover's copy, and on the old one
@@ -138,19 +167,32 @@ async def move_keys(src: Any, dst: Any, keys: list[bytes | str]) -> Moved:
                 done.kept.append(key)
                 if key.startswith(QUEUE_MARK) and not key.endswith(b":dead"):
                     await merge_jobs(src, dst, key)
-            present.append((key, payload))
-        if not present:
-            todo = []
-            break
-        gone = await src.eval(
-            DELETE_IF_SAME, len(present), *(k for k, _ in present), *(p for _, p in present)
-        )
+        pipe = src.pipeline(transaction=False)
+        pipe.eval(DELETE_IF_SAME, len(present), *(k for k, _ in present), *(p for _, p in present))
+        (gone,) = await replicated(src, pipe, src_wait_ms)
         # A key written on the old owner since its DUMP is moved again.
         todo = [key for (key, _), ok in zip(present, gone, strict=True) if not int(ok)]
         done.moved += [key for (key, _), ok in zip(present, gone, strict=True) if int(ok)]
         todo = [key for key in todo if key not in done.kept]
     done.kept += todo  # still written on the old owner after ATTEMPTS moves
     return done
+
+
+async def replicated(client: Any, pipe: Any, wait_ms: int) -> list[Any]:
+    """Run ``pipe``'s writes (on ``client``) and, with ``wait_ms`` and a replica
+    connected, a WAIT for one on the same connection (WAIT counts its own connection's
+    writes; with no replica it would wait its whole timeout, and a failover would have
+    nothing to promote); their results, the WAIT's left out."""
+    if wait_ms:
+        role = await client.execute_command("ROLE")
+        wait_ms = wait_ms if role[0] in (b"master", "master") and role[2] else 0
+    if not wait_ms:
+        return list(await pipe.execute())
+    pipe.execute_command("WAIT", 1, wait_ms)
+    *results, acks = await pipe.execute()
+    if not int(acks):
+        raise NotReplicated(f"no replica confirmed the move's writes within {wait_ms} ms")
+    return results
 
 
 async def merge_jobs(src: Any, dst: Any, stream: bytes) -> None:
@@ -211,13 +253,14 @@ class Moving:
             return None
         return (dst, src) if self.pulling() else (src, None)
 
-    async def pull(self, keys: list[str], src: Any, dst: Any) -> None:
-        """Move from ``src`` to ``dst`` the keys (of one moving slot) not moved yet."""
+    async def pull(self, keys: list[str], src: Any, dst: Any, waits: tuple[int, int]) -> None:
+        """Move from ``src`` to ``dst`` the keys (of one moving slot) not moved yet
+        (``waits``: for a replica of each, in ms: see :func:`move_keys`)."""
         wanted = [k.encode() for k in keys if INDEX_MARK not in k]
         wanted = [k for k in wanted if k not in self._moved]
         if not wanted:
             return
-        done = await move_keys(src, dst, list(wanted))
+        done = await move_keys(src, dst, list(wanted), *waits)
         for key in done.kept:
             log.warning(
                 "reshard: %s was written on both its old and new shard; the new shard's "

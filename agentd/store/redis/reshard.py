@@ -16,6 +16,10 @@ Two runs, with every instance switched to the new list by SIGHUP between them:
 
 ``move`` may be stopped (``--max-slots``, SIGINT, kill) and run again to go on: a slot
 cut half-way is moved again, which is safe (moving a moved key finds nothing to move).
+
+A list may name Sentinel groups: the command reaches each group's master as its
+sentinels name it at each new connection, and tries a step that meets a failover again
+(see :func:`connect`).
 """
 
 from __future__ import annotations
@@ -28,14 +32,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
+from ...config import SENTINEL_SCHEME, RedisConfig
 from ...fastpath import SLOT_COUNT, key_slot
-from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner
+from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner, replicated
+from .sentinel import SentinelGroup, open_server
 from .store import sharded_index_keys
 
 __all__ = ("Plan", "Report", "ReshardError", "begin", "move", "moving_slots", "recorded_from")
 
 SLOTS = f"{CONTROL}:slots"  # hash on the control server: slot -> "done"
+# Every step is safe to repeat (see move_keys), so a step that meets a dropped connection
+# is tried again, for long enough (about 10 s) to span a Sentinel group's failover: the
+# new connection goes to the master the sentinels name then.
+RETRY = Retry(ExponentialBackoff(cap=1.0, base=0.05), 14)
+STRAGGLER_PASSES = 4  # scans of the old owners after the slots are done
 # How far ahead ``move`` sets the switch time: every worker following the plan looks at
 # it every RECHECK_S, so each knows it in time.
 ANNOUNCE_S = 3 * RECHECK_S
@@ -78,18 +91,37 @@ class Plan:
         self.moving = moving_slots(old, new)
         self._timeout = timeout
         self._clients: dict[str, aioredis.Redis] = {}
+        self._groups: list[SentinelGroup] = []
         self.control = self.client(new[0])
 
     def client(self, url: str) -> aioredis.Redis:
+        """A client of ``url``'s server; of a Sentinel group, of its master as its
+        sentinels name it at each new connection."""
         if url not in self._clients:
-            self._clients[url] = aioredis.Redis.from_url(
-                url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
-            )
+            self._clients[url], group = connect(url, self._timeout)
+            self._groups += [group] if group is not None else []
         return self._clients[url]
+
+    def wait_ms(self, url: str) -> int:
+        """How long a replica of ``url``'s group has to confirm copies (see move_keys);
+        0 for a plain server, whose replicas no one promotes."""
+        return int(self._timeout * 500) if url.startswith(SENTINEL_SCHEME) else 0
+
+    async def record(self, mapping: dict[str, Any]) -> None:
+        """Write the plan on the first server of both lists (a replica of a Sentinel
+        group's master confirming it: a failover must not forget a switch time)."""
+        for url in dict.fromkeys([self.old[0], self.new[0]]):
+            client = self.client(url)
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(CONTROL, mapping=mapping)
+            await replicated(client, pipe, self.wait_ms(url))
 
     async def close(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            if all(group.client is not client for group in self._groups):
+                await client.aclose()
+        for group in self._groups:
+            await group.close()
 
     def controls(self) -> list[aioredis.Redis]:
         """The first server of each list, where the plan is recorded."""
@@ -105,8 +137,7 @@ class Plan:
             switch_at = int(found["switch_at"])
         else:
             switch_at = now_ms + int(ahead_s * 1000)
-            for control in self.controls():
-                await control.hset(CONTROL, mapping={"switch_at": switch_at, "phase": "pulling"})
+            await self.record({"switch_at": switch_at, "phase": "pulling"})
         # Every worker following the plan knows the moment by then (they look every
         # RECHECK_S) and switches at it: from then on no one writes the old owners.
         await asyncio.sleep(max(0.0, (switch_at - now_ms) / 1000) + 0.2)
@@ -152,9 +183,9 @@ async def begin(plan: Plan) -> bool:
     found = await plan.check_mine()
     if found:
         return False
-    mapping = {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "announced"}
-    for control in plan.controls():
-        await control.hset(CONTROL, mapping=mapping)  # type: ignore[arg-type]
+    await plan.record(
+        {"from": json.dumps(plan.old), "to": json.dumps(plan.new), "phase": "announced"}
+    )
     return True
 
 
@@ -189,12 +220,23 @@ async def move(plan: Plan, max_slots: int | None = None, announce_s: float = ANN
             await plan.control.hset(SLOTS, str(slot), "done")
             report.slots += 1
     # Keys written on an old owner while it was scanned (by an instance still on the old
-    # list, or a slot done before the write): moved the same way.
-    for src in sorted({src for src, _ in plan.moving.values()}):
-        for slot, keys in (await plan.scan_moving(src)).items():
-            before = report.keys
-            await _move_slot(plan, slot, keys, report)
-            report.stragglers += report.keys - before
+    # list, or a slot done before the write), or missed by a scan that a failover cut:
+    # moved the same way, until a whole scan finds none.
+    for _ in range(STRAGGLER_PASSES):
+        found = 0
+        for src in sorted({src for src, _ in plan.moving.values()}):
+            for slot, keys in (await plan.scan_moving(src)).items():
+                before = report.keys
+                found += len(keys)
+                await _move_slot(plan, slot, keys, report)
+                report.stragglers += report.keys - before
+        if not found:
+            break
+    else:
+        raise ReshardError(
+            "keys of moving slots keep appearing on their old shards (an instance on the "
+            "old list?); run the same command again to go on"
+        )
     report.indexed = await _rebuild_indexes(plan)
     for control in plan.controls():
         await control.delete(CONTROL, SLOTS)
@@ -203,7 +245,8 @@ async def move(plan: Plan, max_slots: int | None = None, announce_s: float = ANN
 
 async def _move_slot(plan: Plan, slot: int, keys: list[bytes], report: Report) -> None:
     src, dst = plan.moving[slot]
-    moved = await move_keys(plan.client(src), plan.client(dst), list(keys))
+    waits = plan.wait_ms(src), plan.wait_ms(dst)
+    moved = await move_keys(plan.client(src), plan.client(dst), list(keys), *waits)
     report.keys += len(moved.moved)
     for key in moved.kept:
         name = key.decode("utf-8", "surrogateescape")
@@ -250,9 +293,21 @@ async def _rebuild_indexes(plan: Plan) -> int:
 
 async def recorded_from(url: str) -> list[str] | None:
     """The old list of the reshard recorded on ``url`` (the new list's first server)."""
-    client = aioredis.Redis.from_url(url, socket_timeout=10)
+    client, group = connect(url, 10.0)
     try:
         found = await client.hget(CONTROL, "from")
     finally:
-        await client.aclose()
+        await (client.aclose() if group is None else group.close())
     return None if found is None else list(json.loads(found))
+
+
+def connect(url: str, timeout: float) -> tuple[aioredis.Redis, SentinelGroup | None]:
+    """The command's client of ``url`` (and its Sentinel group, if it is one)."""
+    config = RedisConfig(timeout=timeout, connect_timeout=min(timeout, 60.0), pool_size=8)
+    options = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": config.connect_timeout,
+        "retry": RETRY,
+    }
+    # A failover the command follows is printed (a warning: the default handler's).
+    return open_server(url, config, options, announce=True)

@@ -19,9 +19,9 @@ from redis import exceptions as rexc
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
-from ...config import RedisConfig, SentinelUrl, parse_sentinel_url
+from ...config import SENTINEL_SCHEME, RedisConfig, SentinelUrl, parse_sentinel_url
 
-__all__ = ("SentinelGroup",)
+__all__ = ("SentinelGroup", "open_server")
 
 log = logging.getLogger(__name__)
 
@@ -123,3 +123,17 @@ class SentinelGroup:
     async def close(self) -> None:
         await self.client.aclose()
         await self.sentinel.aclose()
+
+
+def open_server(
+    url: str, config: RedisConfig, options: dict[str, Any], announce: bool = False
+) -> tuple[aioredis.Redis, SentinelGroup | None]:
+    """A client of what ``url`` names, and its group when it is a Sentinel group (whose
+    client finds the current master at each new connection; close the group, not the
+    client). ``options``: the connection options of every shard's client; ``announce``:
+    log a change of master."""
+    if url.startswith(SENTINEL_SCHEME):
+        rest = {k: v for k, v in options.items() if k != "max_connections"}
+        group = SentinelGroup(url, config, rest, announce=announce)
+        return group.client, group
+    return aioredis.Redis.from_url(url, **options), None

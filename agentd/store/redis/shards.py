@@ -49,7 +49,7 @@ from .asking import keep_asking_on_its_connection
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .replicas import Replicas, master_of, masters_of
-from .sentinel import SentinelGroup
+from .sentinel import SentinelGroup, open_server
 
 __all__ = ("UNAVAILABLE_ERRORS", "Shards")
 
@@ -220,6 +220,7 @@ class Shards:
         # their old shard before use (see moving.py).
         self.moving: Moving | None = None
         self._extra: dict[str, aioredis.Redis] = {}  # its servers not in this list
+        self._extra_groups: dict[str, SentinelGroup] = {}  # those that are Sentinel groups
         self._looking: asyncio.Task[None] | None = None
         self._unsure = False  # the last look for a reshard failed
         self._switching: asyncio.TimerHandle | None = None
@@ -283,7 +284,9 @@ class Shards:
             opts = _client_options(self.config)
             for url in [*old, *new]:
                 if url not in self.urls and url not in self._extra:
-                    self._extra[url] = aioredis.Redis.from_url(url, **opts)
+                    self._extra[url], group = open_server(url, self.config, opts)
+                    if group is not None:
+                        self._extra_groups[url] = group
             self.moving = Moving(old, new)
             log.info("following the reshard from %s to %s", old, new)
             self._rerouted()
@@ -327,11 +330,15 @@ class Shards:
             route = self.moving.route(key)
             if route is not None and route[0] not in self.urls:
                 name = f"shard ({route[0]})"
-                return name, self._extra[route[0]], self.outage(name), None
+                group = self._extra_groups.get(route[0])
+                return name, self._extra[route[0]], self.outage(name), group
             if route is not None:
                 index = self.urls.index(route[0])
         group = self.groups[index] if self.groups else None
         return self.describe(index), self.clients[index], self.shard_outages[index], group
+
+    def _wait_ms(self, url: str) -> int:
+        return int(self.config.timeout * 500) if url.startswith(SENTINEL_SCHEME) else 0
 
     def _client_of(self, url: str) -> aioredis.Redis:
         if url in self.urls:
@@ -351,7 +358,9 @@ class Shards:
         target, source = route
         try:
             if source is not None:
-                await moving.pull(keys, self._client_of(source), self._client_of(target))
+                # A replica of a Sentinel group confirms each side's writes (moving.py).
+                waits = (self._wait_ms(source), self._wait_ms(target))
+                await moving.pull(keys, self._client_of(source), self._client_of(target), waits)
             if target in self.urls:
                 return False, None, self.urls.index(target)
             return True, await fn(self._extra[target]), 0
@@ -370,8 +379,9 @@ class Shards:
         if self.moving is not None:
             with contextlib.suppress(Exception):  # a heartbeat no longer: this one is gone
                 await self.clients[0].delete(f"{CONTROL}:w:{self._worker_id}")
-        for client in self._extra.values():
-            await client.aclose()
+        for url, client in self._extra.items():
+            group = self._extra_groups.get(url)
+            await (client.aclose() if group is None else group.close())
         for client, group in zip(self.clients, self.groups, strict=True):
             await (client.aclose() if group is None else group.close())
 
