@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 __all__ = (
     "BUILTIN_LABEL",
@@ -160,6 +160,18 @@ def _sentinel_host(item: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"sentinel port must be 1..65535, got {port}")
     return host, port
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (a Redis URL may carry one), for logs and errors."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def parse_sentinel_url(url: str) -> SentinelUrl:

@@ -27,6 +27,14 @@ async def _open(urls: list[str], cluster: bool = False, **redis_opts: object) ->
     return store
 
 
+def test_a_shards_password_never_reaches_its_outage_name() -> None:
+    """Outage names are in the 503 messages clients read."""
+    urls = ["redis://:s3cret@127.0.0.1:7000/0", "redis://127.0.0.1:7001"]
+    shards = Shards(from_dict({"redis": {"urls": urls}}).redis)
+    assert shards.describe(0) == "shard 0 (redis://:***@127.0.0.1:7000/0)"
+    assert shards.describe(1) == "shard 1 (redis://127.0.0.1:7001)"
+
+
 def test_slots_split_into_contiguous_stable_ranges() -> None:
     urls = [f"redis://127.0.0.1:{7000 + i}" for i in range(3)]
     shards = Shards(from_dict({"redis": {"urls": urls}}).redis)

@@ -7,30 +7,16 @@ the state, which job partitions this instance works for, and where to point a cl
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
-from ..config import SENTINEL_SCHEME, Config, parse_sentinel_url
+from ..config import SENTINEL_SCHEME, Config, parse_sentinel_url, redact_url
 
 __all__ = ("describe",)
-
-
-def _redact(url: str) -> str:
-    """The URL without its password (a Redis URL may carry one)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
 
 
 def _server(url: str) -> str:
     """One shard, as an operator knows it: a URL, or a Sentinel group (by its name: its
     master changes with failovers, the group does not)."""
     if not url.startswith(SENTINEL_SCHEME):
-        return _redact(url)
+        return redact_url(url)
     group = parse_sentinel_url(url)
     return f"Sentinel group {group.group} (sentinels {group.addresses})"
 

@@ -40,7 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ...config import SENTINEL_SCHEME, RedisConfig
+from ...config import SENTINEL_SCHEME, RedisConfig, redact_url
 from ...errors import Overloaded, StoreFull, StoreUnavailable
 from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
@@ -398,7 +398,8 @@ class Shards:
 
     def describe(self, index: int) -> str:
         group = self.groups[index] if self.groups else None
-        return f"shard {index} ({self.urls[index] if group is None else group.name})"
+        # Outage names reach clients in 503 messages: never a password.
+        return f"shard {index} ({redact_url(self.urls[index]) if group is None else group.name})"
 
     def _node_outage(self, key: str) -> Outage:
         """The outage tracker of the cluster node serving ``key`` (by the slot map now)."""
