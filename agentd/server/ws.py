@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # How long closing a connection waits for its session watcher to stop.
 WATCHER_STOP_S = 2.0
 CLOSE_TRY_AGAIN = 1013  # the client read too slowly: resume with hello {after}
+# Watches being closed, held until they are (the loop keeps only weak references to
+# tasks); one set for the worker, not an empty one per connection.
+_RELEASING: set[asyncio.Task[None]] = set()
 
 
 def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
@@ -84,7 +87,7 @@ class _DeltaFrames(Listener):
 
 class _Connection:
     __slots__ = ("agent", "agents", "closer", "closing", "credential", "events", "max_turns",
-                 "outbox", "overflows", "own_turns", "releasing", "send_limit", "session_id",
+                 "outbox", "overflows", "own_turns", "send_limit", "session_id",
                  "store", "turn_timeout", "turns", "watcher", "writer", "ws")  # fmt: skip
 
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
@@ -104,7 +107,6 @@ class _Connection:
         self.own_turns: set[str] = set()
         self.events: Watch | None = None
         self.watcher: asyncio.Task[None] | None = None  # runs while events come in
-        self.releasing: set[asyncio.Task[None]] = set()
         self.closing = False
         self.closer: asyncio.Future[bool] | None = None
         # The connection's credential: its expiry, and refreshes by an auth frame.
@@ -224,8 +226,8 @@ class _Connection:
             return
         events.notify(None)
         task = asyncio.ensure_future(events.aclose())
-        self.releasing.add(task)
-        task.add_done_callback(self.releasing.discard)
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
 
     async def follow(self) -> bool:
         """Forward the session's events that are in; a connection's own turns arrive as

@@ -209,6 +209,8 @@ class Watch(AsyncGenerator[Event]):
     where iterating would wait for the channel, and ``notify`` calls back when an event
     arrives on it."""
 
+    __slots__ = ()
+
     @abc.abstractmethod
     async def next_ready(self) -> Event | None:
         """The next event, or None where the next one would be waited for (nothing is

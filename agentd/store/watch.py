@@ -30,6 +30,8 @@ class _Watch(Watch):
     the events were never read (closing an async generator that never started runs none
     of its code, its ``finally`` included)."""
 
+    __slots__ = ("_events", "_sub")
+
     def __init__(self, events: AsyncGenerator[Event | None], sub: Subscription) -> None:
         self._events = events
         self._sub = sub
