@@ -120,9 +120,11 @@ def _serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     # Imported here: the supervisor sets up process-wide state (metrics, signals).
     from .log import setup_logging
+    from .proc.fdlimit import raise_nofile
     from .proc.supervisor import Supervisor
 
     setup_logging(config.log.level, config.log.format, "main")
+    raise_nofile()  # one descriptor per connection; the workers inherit the limit
     # A reload re-reads the same file with the same flags on top.
     supervisor = Supervisor(config, lambda: load(args.config, overrides=_flag_overrides(args)))
     try:

@@ -1,18 +1,21 @@
 """WebSocket chat at ``GET /v1/ws``: JSON text frames, documented in docs/protocol.md.
 
-Per connection: the handler reads client frames; one writer task drains a bounded
-queue of outgoing frames (a client that reads too slowly is closed with 1013 and
-resumes); one watcher task follows the session's events (what other connections, on
-any instance, add to it); one task per running turn streams deltas. Client mistakes
-get an error frame and the connection lives on.
+Per connection: the handler reads client frames; a writer task, while frames are
+queued, drains the bounded queue of outgoing ones (a client that reads too slowly is
+closed with 1013 and resumes); a watcher task, while the session's events (what other
+connections, on any instance, add to it) are coming in, forwards them; one task per
+running turn streams deltas. An idle connection holds no task of its own besides its
+handler, and no buffer (a worker holds tens of thousands). Client mistakes get an
+error frame and the connection lives on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -21,7 +24,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
 from ..errors import AgentdError, BadRequest
 from ..schema import MAX_SEQ, validate_session_id
-from ..store import Event, Store
+from ..store import Event, Store, Watch
 from ..tools import ToolResult
 from ..wire.tool_progress import call_ended, call_started
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
@@ -37,6 +40,9 @@ log = logging.getLogger(__name__)
 # How long closing a connection waits for its session watcher to stop.
 WATCHER_STOP_S = 2.0
 CLOSE_TRY_AGAIN = 1013  # the client read too slowly: resume with hello {after}
+# Watches being closed, held until they are (the loop keeps only weak references to
+# tasks); one set for the worker, not an empty one per connection.
+_RELEASING: set[asyncio.Task[None]] = set()
 
 
 def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
@@ -80,6 +86,10 @@ class _DeltaFrames(Listener):
 
 
 class _Connection:
+    __slots__ = ("agent", "agents", "closer", "closing", "credential", "events", "max_turns",
+                 "outbox", "overflows", "own_turns", "send_limit", "session_id",
+                 "store", "turn_timeout", "turns", "watcher", "writer", "ws")  # fmt: skip
+
     def __init__(self, request: web.Request, ws: web.WebSocketResponse) -> None:
         config = request.app[CONFIG]
         self.ws = ws
@@ -88,13 +98,15 @@ class _Connection:
         self.overflows = request.app[METRICS].websocket_overflows
         self.turn_timeout = config.server.turn_timeout
         self.max_turns = config.websocket.max_inflight_turns
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(config.websocket.send_queue)
+        self.send_limit = config.websocket.send_queue
+        self.outbox: collections.deque[bytes] | None = None  # frames not yet written
+        self.writer: asyncio.Task[None] | None = None  # runs while the outbox has frames
         self.session_id: str | None = None
         self.agent = self.agents.all()[0].name if self.agents.all() else ""
         self.turns: dict[str, asyncio.Task[None]] = {}
         self.own_turns: set[str] = set()
-        self.watcher: asyncio.Task[None] | None = None
-        self.releasing: set[asyncio.Task[None]] = set()
+        self.events: Watch | None = None
+        self.watcher: asyncio.Task[None] | None = None  # runs while events come in
         self.closing = False
         self.closer: asyncio.Future[bool] | None = None
         # The connection's credential: its expiry, and refreshes by an auth frame.
@@ -106,12 +118,16 @@ class _Connection:
         """Queue a frame; a full queue means the client is not reading: close 1013."""
         if self.closing:
             return
-        try:
-            self.queue.put_nowait(orjson.dumps(frame))
-        except asyncio.QueueFull:
+        if self.outbox is None:
+            self.outbox = collections.deque()
+        elif len(self.outbox) >= self.send_limit:
             log.info("websocket client too slow; closing with 1013")
             self.overflows.inc()
             self.close_with(CLOSE_TRY_AGAIN, b"too slow")
+            return
+        self.outbox.append(orjson.dumps(frame))
+        if self.writer is None:
+            self.writer = asyncio.create_task(self.write_out())
 
     def close_with(self, code: int, reason: bytes) -> None:
         """Close from outside the handler's read loop: its ``receive`` then ends."""
@@ -128,9 +144,18 @@ class _Connection:
             frame["retry_after"] = exc.retry_after
         self.send(frame)
 
-    async def write_forever(self) -> None:
-        while (data := await self.queue.get()) is not None:
-            await self.ws.send_frame(data, WSMsgType.TEXT)
+    async def write_out(self) -> None:
+        """Write the queued frames, then end: the next ``send`` starts another."""
+        try:
+            while self.outbox:
+                await self.ws.send_frame(self.outbox.popleft(), WSMsgType.TEXT)
+        except ConnectionError as exc:  # the transport went away
+            log.debug("websocket write failed: %s", exc)
+            self.closing = True  # the read loop ends on the lost connection
+        finally:
+            self.writer = None
+            if not self.outbox:
+                self.outbox = None  # an idle connection holds no buffer
 
     # -- client frames ----------------------------------------------------------------
 
@@ -182,28 +207,54 @@ class _Connection:
         else:
             identity.check_session(validate_session_id(sid))
             info = await self.store.get_session(sid)
-        events = await self.store.open_watch(info.id, after)
+        self.events = await self.store.open_watch(info.id, after)
         self.session_id = info.id
         self.send({"type": "ready", "session_id": info.id, "seq": info.last_seq})
-        self.watcher = asyncio.create_task(self.follow(events))
-        self.watcher.add_done_callback(lambda _: self.release(events))
+        self.events.notify(self.wake)
+        self.wake()  # the catch-up from ``after``, if any
 
-    def release(self, events: AsyncGenerator[Event]) -> None:
-        """Close a watcher's events (again: closing twice does nothing). ``follow``
-        closes them, but a watcher cancelled before its first step never runs it."""
+    def wake(self) -> None:
+        """Events came in: forward them, in a task that ends when they stop."""
+        if (self.watcher is None or self.watcher.done()) and not self.closing:
+            self.watcher = asyncio.create_task(self.follow())
+            self.watcher.add_done_callback(self.followed)
+
+    def release(self) -> None:
+        """Stop watching and close the events (closing twice does nothing)."""
+        events, self.events = self.events, None
+        if events is None:
+            return
+        events.notify(None)
         task = asyncio.ensure_future(events.aclose())
-        self.releasing.add(task)
-        task.add_done_callback(self.releasing.discard)
+        _RELEASING.add(task)
+        task.add_done_callback(_RELEASING.discard)
 
-    async def follow(self, events: Any) -> None:
-        """Forward the session's events; a connection's own turns arrive as done frames."""
+    async def follow(self) -> bool:
+        """Forward the session's events that are in; a connection's own turns arrive as
+        done frames. Whether the events ended (with the session, or an error frame)."""
         try:
-            async for event in events:
+            while self.events is not None and (event := await self.events.next_ready()):
                 self.forward(event)
+            return False
+        except StopAsyncIteration:
+            return True
         except AgentdError as exc:
             self.error(exc)
-        finally:
-            await events.aclose()
+            return True
+        finally:  # now, not in a done callback: an event arriving next needs a watcher
+            if self.watcher is asyncio.current_task():
+                self.watcher = None
+
+    def followed(self, task: asyncio.Task[bool]) -> None:
+        """Release the events once no watcher will read them: a watcher cancelled
+        before its first step never ran ``follow`` at all."""
+        if task.cancelled() or self.closing:
+            self.release()
+        elif (exc := task.exception()) is not None:
+            log.error("watching session %s failed", self.session_id, exc_info=exc)
+            self.release()
+        elif task.result():
+            self.release()
 
     def forward(self, event: Event) -> None:
         if event.kind != "messages":
@@ -283,10 +334,12 @@ class _Connection:
         """Stop watching; let running turns finish and be stored (within the turn
         timeout), so a client that dropped finds the reply when it resumes."""
         self.closing = True
-        if self.watcher is not None:
+        if self.watcher is not None:  # it releases the events as it ends
             self.watcher.cancel()
             # Bounded: closing never waits on a watcher that does not end.
             await asyncio.wait({self.watcher}, timeout=WATCHER_STOP_S)
+        else:
+            self.release()
         if self.turns:
             await asyncio.wait(list(self.turns.values()), timeout=self.turn_timeout)
 
@@ -302,7 +355,6 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     )
     await ws.prepare(request)
     conn = _Connection(request, ws)
-    writer = asyncio.create_task(conn.write_forever())
     with tracked_websocket(request.app, ws):
         try:
             conn.credential.start()
@@ -326,9 +378,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             try:
                 await conn.close()
             finally:  # even when the handler is cancelled while closing (a drain)
-                writer.cancel()
-                with contextlib.suppress(BaseException):
-                    await writer
+                if (writer := conn.writer) is not None:
+                    writer.cancel()
+                    with contextlib.suppress(BaseException):
+                        await writer
     return ws
 
 

@@ -37,6 +37,9 @@ Close = Callable[[int, bytes], None]
 class CredentialWatch:
     """Warns, then closes, a connection whose credential expired; swaps in a refreshed one."""
 
+    __slots__ = ("close", "credential", "grace_s", "recheck", "request", "send", "timer",
+                 "unwatch")  # fmt: skip
+
     def __init__(self, request: web.Request, send: Send, close: Close) -> None:
         self.request = request
         self.send, self.close = send, close

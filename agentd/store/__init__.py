@@ -34,6 +34,7 @@ from .api import (
     Store,
     Subscription,
     TurnLease,
+    Watch,
 )
 from .codec import no_session
 from .keys import job_id, job_of
@@ -91,6 +92,7 @@ __all__ = (
     "Subscription",
     "TurnLease",
     "Verdict",
+    "Watch",
     "Window",
     "job_id",
     "job_of",

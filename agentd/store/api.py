@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import collections
 import dataclasses
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = (
     "Store",
     "Subscription",
     "TurnLease",
+    "Watch",
 )
 
 # -- sessions, turns, events, shared state ---------------------------------------------
@@ -139,31 +141,59 @@ MAX_BACKLOG = 1000
 
 
 class Subscription(abc.ABC):
-    """One watcher's feed of a channel's raw events, queued until read.
+    """One watcher's feed of a channel's raw events, queued until read (by one reader).
 
     An implementation calls :meth:`deliver` for each event and :meth:`reset` when events
     may have been lost; a watcher too far behind is reset too, so memory stays bounded.
+    An idle feed holds no buffer (a worker keeps one per open WebSocket), and a reader
+    that parks no task on it sets ``on_event`` to hear that :meth:`get` has something.
     """
 
+    __slots__ = ("_events", "_overflowed", "_waiter", "on_event")
+
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._events: collections.deque[bytes | None] | None = None  # made when needed
+        self._waiter: asyncio.Future[None] | None = None
         self._overflowed = False
+        self.on_event: Callable[[], None] | None = None
 
     def deliver(self, event: bytes) -> None:
-        if self._queue.qsize() >= MAX_BACKLOG:
+        if self._events is not None and len(self._events) >= MAX_BACKLOG:
             self.reset()
             return
-        self._queue.put_nowait(event)
+        self._put(event)
 
     def reset(self) -> None:
         if not self._overflowed:
             self._overflowed = True
-            self._queue.put_nowait(None)
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        if self._events is None:
+            self._events = collections.deque()
+        self._events.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self.on_event is not None:
+            self.on_event()
+
+    @property
+    def pending(self) -> bool:
+        """Whether :meth:`get` returns without waiting."""
+        return bool(self._events)
 
     async def get(self) -> bytes | None:
         """The next raw event, or None when the feed was interrupted and re-established
         (events may have been missed: the watcher catches up from history)."""
-        item = await self._queue.get()
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._events.popleft()
+        if not self._events:
+            self._events = None
         if item is None:
             self._overflowed = False
         return item
@@ -171,6 +201,24 @@ class Subscription(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop receiving."""
+
+
+class Watch(AsyncGenerator[Event]):
+    """A session's events, from :meth:`Store.open_watch`. Besides iterating it, a reader
+    can avoid parking a task on it while the session is quiet: :meth:`next_ready` stops
+    where iterating would wait for the channel, and ``notify`` calls back when an event
+    arrives on it."""
+
+    __slots__ = ()
+
+    @abc.abstractmethod
+    async def next_ready(self) -> Event | None:
+        """The next event, or None where the next one would be waited for (nothing is
+        lost: the event after that is the next one). StopAsyncIteration at the end."""
+
+    @abc.abstractmethod
+    def notify(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` each time an event arrives from the channel (None: stop)."""
 
 
 class Store(abc.ABC):
@@ -323,7 +371,7 @@ class Store(abc.ABC):
         across a lost subscription (missed messages are read back from history)."""
 
     @abc.abstractmethod
-    async def open_watch(self, session_id: str, after: int | None = None) -> AsyncGenerator[Event]:
+    async def open_watch(self, session_id: str, after: int | None = None) -> Watch:
         """Like :meth:`watch`, but subscribed by the time it returns, so that a caller can
         report a failure to subscribe before it starts streaming."""
 

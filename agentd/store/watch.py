@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -13,7 +13,7 @@ import orjson
 from ..aio import end_if_cancelled
 from ..errors import StoreUnavailable
 from ..schema import validate_session_id
-from .api import Event, Subscription
+from .api import Event, Subscription, Watch
 from .codec import decode_message, dumps, no_session
 from .sessions import SessionStore
 
@@ -25,20 +25,31 @@ CATCH_UP_RETRY_S = 0.1
 CATCH_UP_RETRY_MAX_S = 1.0
 
 
-class _Watch(AsyncGenerator[Event]):
+class _Watch(Watch):
     """A watch's events, and its subscription: closing it ends the subscription even if
     the events were never read (closing an async generator that never started runs none
     of its code, its ``finally`` included)."""
 
-    def __init__(self, events: AsyncGenerator[Event], sub: Subscription) -> None:
+    __slots__ = ("_events", "_sub")
+
+    def __init__(self, events: AsyncGenerator[Event | None], sub: Subscription) -> None:
         self._events = events
         self._sub = sub
 
+    def notify(self, callback: Callable[[], None] | None) -> None:
+        self._sub.on_event = callback
+
+    async def next_ready(self) -> Event | None:
+        return await self._events.asend(None)
+
     async def asend(self, value: None) -> Event:
-        return await self._events.asend(value)
+        while (event := await self._events.asend(value)) is None:
+            pass  # where a reader of next_ready stops
+        return event
 
     async def athrow(self, *args: Any) -> Event:
-        return await self._events.athrow(*args)
+        event = await self._events.athrow(*args)
+        return event if event is not None else await self.asend(None)
 
     async def aclose(self) -> None:
         try:
@@ -62,7 +73,7 @@ class WatchStore(SessionStore):
         finally:
             await events.aclose()
 
-    async def open_watch(self, session_id: str, after: int | None = None) -> AsyncGenerator[Event]:
+    async def open_watch(self, session_id: str, after: int | None = None) -> Watch:
         sid = validate_session_id(session_id)
         # Subscribe before reading history, so nothing falls between the two.
         sub = await self._subscribe(sid)
@@ -70,7 +81,8 @@ class WatchStore(SessionStore):
 
     async def _follow(
         self, sid: str, sub: Subscription, after: int | None
-    ) -> AsyncGenerator[Event]:
+    ) -> AsyncGenerator[Event | None]:
+        """The events; a None before each wait for the channel (see Watch.next_ready)."""
         try:
             last = after
             if after is not None:
@@ -82,6 +94,8 @@ class WatchStore(SessionStore):
                 # A cancel dropped while catching up (see end_if_cancelled) must not
                 # leave the watcher waiting for events forever.
                 end_if_cancelled()
+                if not sub.pending:
+                    yield None
                 raw = await sub.get()
                 if raw is None:  # the subscription was re-established: events may be lost
                     if last is not None:

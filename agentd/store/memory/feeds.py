@@ -8,6 +8,8 @@ __all__ = ("Channels",)
 
 
 class _Feed(Subscription):
+    __slots__ = ("_channels", "_name")
+
     def __init__(self, channels: Channels, name: str) -> None:
         super().__init__()
         self._channels = channels

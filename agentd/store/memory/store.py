@@ -32,12 +32,17 @@ __all__ = ("MemoryJobs", "MemoryStore")
 SWEEP_INTERVAL = 60.0
 
 
-@dataclass
+# An empty history: a session holds no deque until its first message (an empty deque
+# is ~700 bytes, and every open WebSocket's hello may create a session).
+_NO_MESSAGES: deque[tuple[int, bytes]] = deque(maxlen=0)
+
+
+@dataclass(slots=True)
 class _Session:
     meta: dict[str, str]
     expires: float
     seq: int = 0
-    messages: deque[tuple[int, bytes]] = field(default_factory=deque)
+    messages: deque[tuple[int, bytes]] = field(default_factory=lambda: _NO_MESSAGES)
     fence: int = 0
     # The turn lease: (token, expires at, interrupt asked).
     lease: tuple[int, float, bool] | None = None
@@ -218,6 +223,8 @@ class MemoryStore(BaseStore):
             return 0
         first = sess.seq + 1
         stored = []
+        if sess.messages is _NO_MESSAGES:
+            sess.messages = deque()
         for payload in payloads:
             sess.seq += 1
             # A copy: orjson's output can carry kilobytes of spare capacity, which a

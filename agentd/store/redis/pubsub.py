@@ -53,6 +53,8 @@ Moved = dict[bytes, set["_Feed"]]
 
 
 class _Feed(Subscription):
+    __slots__ = ("_hub", "channel", "closed")
+
     def __init__(self, hub: EventHub, channel: bytes) -> None:
         super().__init__()
         self._hub = hub
