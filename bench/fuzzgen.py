@@ -352,6 +352,12 @@ ENDPOINTS: dict[str, Endpoint] = {
     "state.increment": Endpoint(
         "POST", "/v1/state/{ns}/{key}/increment", _increment_body, headers=("If-Match",)
     ),
+    # The operators' API (docs/admin-api.md); a dead letter's id is a hostile or odd name.
+    "admin.instances": Endpoint("GET", "/v1/admin/instances"),
+    "admin.jobs": Endpoint("GET", "/v1/admin/jobs"),
+    "admin.dead": Endpoint("GET", "/v1/admin/jobs/dead", query=("partition", "limit", "after")),
+    "admin.dead.retry": Endpoint("POST", "/v1/admin/jobs/dead/{name}/retry", query=("partition",)),
+    "admin.dead.discard": Endpoint("DELETE", "/v1/admin/jobs/dead/{name}", query=("partition",)),
     "ws.plain": Endpoint("GET", "/v1/ws"),  # a WebSocket route asked without the upgrade
     "unrouted": Endpoint("GET", "/v1/{name}"),
 }

@@ -164,6 +164,12 @@ AGENTD_ONLY = {
     # usage (docs/auth.md)
     ("GET", "/v1/usage"),
     ("GET", "/v1/admin/usage"),
+    # the operators' API (docs/admin-api.md): the registry, the queue and its dead letters
+    ("GET", "/v1/admin/instances"),
+    ("GET", "/v1/admin/jobs"),
+    ("GET", "/v1/admin/jobs/dead"),
+    ("POST", "/v1/admin/jobs/dead/{id}/retry"),
+    ("DELETE", "/v1/admin/jobs/dead/{id}"),
 }
 
 # agentd's own fields, documented in docs/protocol.md: where a chat turn was stored
