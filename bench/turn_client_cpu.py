@@ -16,7 +16,10 @@ uvloop, as agentd's workers are), alternates for ``--rounds`` rounds:
   ``BEGIN_TURN`` of the next, so each script does its real work. That is one pipelined
   round trip of redis.asyncio carrying a turn's two calls;
 - ``evalsha``: the same two calls sent by ``redis.asyncio`` one after the other (two
-  round trips, no agentd code): what redis-py costs without agentd's layers.
+  round trips, no agentd code): what redis-py costs without agentd's layers;
+- ``evalsha_agentd_client``: the same, on agentd's own redis-py client (its blocking
+  connection pool, socket timeout and retry settings): the client's configuration apart
+  from agentd's code above it.
 
 Reported: this process's CPU (``time.process_time``) per turn for each, median over the
 rounds, and ``agentd ÷ pipeline`` and ``evalsha ÷ pipeline`` (issue 18's target for the
@@ -140,12 +143,20 @@ async def _run(url: str, turns: int, rounds: int) -> dict[str, Any]:
         for sid in await _seed(store, SESSIONS):
             swapped_end = (_swap(ekeys, sids[0], sid), _swap(eargs, sids[0], sid))
             calls.append((_swap(bkeys, sids[0], sid), bargs, swapped_end))
-        figures: dict[str, list[float]] = {"agentd": [], "pipeline": [], "evalsha": []}
+        # agentd's own redis-py client (its blocking pool, socket timeout, no retries).
+        own = store.shards.clients[0]
+        figures: dict[str, list[float]] = {
+            "agentd": [],
+            "pipeline": [],
+            "evalsha": [],
+            "evalsha_agentd_client": [],
+        }
         await _agentd(store, sids, turns // 10)  # warm-up: connections, script cache
         for _ in range(rounds):
             figures["agentd"].append(await _agentd(store, sids, turns))
             figures["pipeline"].append(await _pipelined(client, calls, turns))
             figures["evalsha"].append(await _sequential(client, calls, turns))
+            figures["evalsha_agentd_client"].append(await _sequential(own, calls, turns))
     finally:
         await client.aclose()
         await store.close()
@@ -159,6 +170,9 @@ async def _run(url: str, turns: int, rounds: int) -> dict[str, Any]:
         },
         "agentd_vs_pipeline": round(medians["agentd"] / medians["pipeline"], 3),
         "evalsha_vs_pipeline": round(medians["evalsha"] / medians["pipeline"], 3),
+        "evalsha_agentd_client_vs_pipeline": round(
+            medians["evalsha_agentd_client"] / medians["pipeline"], 3
+        ),
         "script_names": {"begin": L.BEGIN_TURN.name, "end": L.END_TURN.name},
     }
 
