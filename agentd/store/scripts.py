@@ -6,7 +6,7 @@ script (one round trip, atomic on the keys' shard). The keys they get are format
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .codec import SESSION_DELETED
 from .keys import JOB_GROUP
@@ -61,14 +61,13 @@ class Script:
 
     name: str
     text: str
+    # Hashed once: every EVALSHA sends it, so a turn's two calls must not hash the text.
+    sha: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         text = self.text.replace("$GROUP", JOB_GROUP).replace("$DELETED", SESSION_DELETED.decode())
         object.__setattr__(self, "text", text)
-
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.text.encode()).hexdigest()
+        object.__setattr__(self, "sha", hashlib.sha1(text.encode()).hexdigest())
 
 
 # A session's index entry (see keys.session_index) is written in the same script as the
