@@ -1,5 +1,6 @@
 """Agents and their turns: the registry of configured agents, admission of interactive
-turns, the session lease a turn holds, and the turn itself (:mod:`.turn`)."""
+turns, the session lease a turn holds, and the turn itself (:mod:`.turn`, its reply
+:mod:`.reply`)."""
 
 from __future__ import annotations
 

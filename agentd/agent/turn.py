@@ -26,7 +26,7 @@ from typing import Any
 
 from .. import fastpath
 from ..auth import Limiter, Ticket
-from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool, whole_deltas
+from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from ..cache import CachedReply, ResponseCache, Served, cacheable
 from ..config import AgentConfig, Config
 from ..errors import BadRequest
@@ -39,6 +39,7 @@ from .builtins import Builtins, builtin_specs
 from .lease import Held, Interrupt, Leases
 from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
+from .reply import Reply, messages_to_store, replay_calls, stored_reply, told_again, unrelayed
 from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
 __all__ = ("Agents",)
@@ -57,42 +58,6 @@ class _Plan:
     key: bytes | None
     # The agent's tool loop (None: the agent has no tools, the turn is one model call).
     loop: ToolLoop | None = None
-
-
-class _Reply:
-    """A reply as it arrives, from the model or replayed from the cache."""
-
-    __slots__ = (
-        "calls", "cancelled", "finish", "level", "node", "parts", "prompt_chars", "relayed",
-        "usage",
-    )  # fmt: skip
-
-    def __init__(self, level: str) -> None:
-        self.parts: list[str] = []
-        self.finish, self.usage, self.node = "stop", {}, ""
-        self.cancelled = False
-        self.calls: list[dict[str, Any]] | None = None
-        self.relayed = False  # tool call pieces reached the listener as they came
-        self.level = level  # where it came from: a cache level, miss or bypass
-        self.prompt_chars = 0  # the prompt's length, for a token estimate (with limits)
-
-    def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
-        self.finish = finish or self.finish
-        self.usage = usage or self.usage
-        self.node = node or self.node
-
-    def cancel(self) -> None:
-        self.cancelled, self.finish = True, "cancelled"
-
-    @classmethod
-    def made(cls, said: Mapping[str, Any], usage: dict[str, Any]) -> _Reply:
-        """A reply an earlier run of the turn got (a recorded step of its loop)."""
-        reply = cls("bypass")
-        text = said.get("content") or ""
-        if text:
-            reply.parts.append(text)
-        reply.calls, reply.usage, reply.finish = said.get("tool_calls"), usage, "tool_calls"
-        return reply
 
 
 class Agents:
@@ -170,8 +135,8 @@ class Agents:
             async with hold as held:
                 timings.session = loop.time() - started
                 await _admitted(ticket, listener)
-                if req.may_repeat and (earlier := _stored_reply(req.turn_id, held.history)):
-                    return await _told_again(earlier, agent, req, timings, listener)
+                if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
+                    return await told_again(earlier, agent, req, timings, listener)
                 await _listed(toolset, listener)
                 plan = self._plan(agent, req, held.history, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
@@ -284,13 +249,13 @@ class Agents:
             ticket.settle(usage, replies[0].level if hit else "miss", prompt_chars, said_chars)
             ratelimit = ticket.headers
         if calls and not req.tool_calls:
-            raise _unrelayed(calls)
+            raise unrelayed(calls)
 
         stored: list[dict[str, Any]] = []
         turn_id = ""
         if held is not None and req.store:
             turn_id = req.turn_id or new_turn_id()
-            said = _said(reply, calls, cancelled, in_step, tool_loop)
+            said = messages_to_store(reply, calls, cancelled, in_step, tool_loop)
             if req.metadata:
                 said[-1]["metadata"] = req.metadata
             new = [m for m in req.messages if m.get("role") != "system"]
@@ -317,16 +282,16 @@ class Agents:
         deadline: float,
         interrupt: Interrupt,
         ticket: Ticket | None,
-    ) -> tuple[list[_Reply], bool, _Plan]:
+    ) -> tuple[list[Reply], bool, _Plan]:
         """The model calls of a turn with the agent's tools, and the tool steps between
         them (:mod:`.loop`): the replies, whether the turn ended with a step's calls (the
         client's, or an interrupt among them), and the last call's plan."""
         listener = tool_loop.listener
-        replies: list[_Reply] = []
+        replies: list[Reply] = []
         if req.checkpoint is not None:
             # A job's later attempt: on after the steps an earlier one recorded.
             for recorded in await tool_loop.resume(req.checkpoint):
-                replies.append(_Reply.made(recorded.said, recorded.usage))
+                replies.append(Reply.made(recorded.said, recorded.usage))
             if replies:
                 added = [m for step in tool_loop.steps for m in step.messages()]
                 last = len(replies) + 1 >= tool_loop.max_steps
@@ -369,7 +334,7 @@ class Agents:
         interrupt: Interrupt,
         listener: Listener | None,
         ticket: Ticket | None,
-    ) -> _Reply:
+    ) -> Reply:
         """One model call (cached, or from the model through the cache), passed on to
         the listener as it comes."""
 
@@ -388,7 +353,7 @@ class Agents:
             source, level = await self.cache.get(plan.key, agent.cache, call_model, deadline)
         if listener is not None:
             listener.source(level)
-        reply = _Reply(level)
+        reply = Reply(level)
         if ticket is not None and not level.startswith("hit"):
             reply.prompt_chars = sum(_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
@@ -412,7 +377,7 @@ class Agents:
             else:
                 reply.end(source.finish_reason, source.usage, source.node)
                 if source.tool_calls is not None:
-                    await _replay_calls(reply, source.tool_calls, listener)
+                    await replay_calls(reply, source.tool_calls, listener)
         else:
             async with contextlib.aclosing(source):
                 async for item in source:
@@ -423,7 +388,7 @@ class Agents:
                         if reply.relayed:
                             reply.calls = item.reply.tool_calls
                         else:  # a reply found whole when the flight began
-                            await _replay_calls(reply, item.reply.tool_calls, listener)
+                            await replay_calls(reply, item.reply.tool_calls, listener)
                         continue
                     if isinstance(item, list):  # tool call pieces through the cache
                         if not reply.parts and first == started:
@@ -460,51 +425,6 @@ class Agents:
         return reply
 
 
-def _said(
-    reply: _Reply,
-    calls: list[dict[str, Any]] | None,
-    cancelled: bool,
-    in_step: bool,
-    tool_loop: ToolLoop | None,
-) -> list[dict[str, Any]]:
-    """What a turn stores after the request's messages: the loop's steps, then the final
-    reply (none when the turn ended with a step's calls for the client; an empty one,
-    cancelled, when it was interrupted among them, so the turn still ends in a reply)."""
-    said = [m for step in tool_loop.steps for m in step.messages()] if tool_loop else []
-    if not in_step:
-        final: dict[str, Any] = {"role": "assistant", "content": "".join(reply.parts)}
-        if calls:
-            # OpenAI's shape: content null when the reply is only calls.
-            final["content"] = final["content"] or None
-            final["tool_calls"] = calls
-        said.append(final)
-    elif cancelled:
-        said.append({"role": "assistant", "content": ""})
-    if cancelled:
-        said[-1]["status"] = "cancelled"
-    return said
-
-
-async def _replay_calls(
-    reply: _Reply, calls: list[dict[str, Any]], listener: Listener | None
-) -> None:
-    """A cached or shared reply's tool calls: whole, one piece each to the listener."""
-    reply.calls = calls
-    if listener is not None:
-        await listener.tool_deltas(whole_deltas(calls))
-
-
-def _unrelayed(calls: Sequence[Mapping[str, Any]]) -> BadRequest:
-    """A reply of tool calls to a caller that cannot relay them (the WebSocket; a
-    Responses turn without function tools)."""
-    names = ", ".join(sorted({str(c.get("function", {}).get("name")) for c in calls}))
-    return BadRequest(
-        f"the model asked for tool calls ({names}) of tools the request did not give: "
-        "nothing of this turn was stored",
-        code="tool_calls_unsupported",
-    )
-
-
 async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
     """Wait for the caller's limits to admit the turn, and tell the listener the headers."""
     if ticket is None:
@@ -535,39 +455,6 @@ def _cache_scope(agent: AgentConfig, tenant: str) -> str:
     tenants would tell one tenant's prompts to another through its hits), or every
     tenant's when the agent says ``shared_cache``. Tenant and agent names have no ``/``."""
     return agent.name if agent.shared_cache or not tenant else f"{tenant}/{agent.name}"
-
-
-def _stored_reply(turn_id: str, history: Sequence[Mapping[str, Any]]) -> Any:
-    """The reply a turn with this id already stored, if the history read under the lease
-    holds it: a retried job's attempt overtaken by an earlier one that finished."""
-    for message in reversed(history):
-        if message.get("turn") == turn_id and message.get("role") == "assistant":
-            return message
-    return None
-
-
-async def _told_again(
-    said: Mapping[str, Any],
-    agent: AgentConfig,
-    req: TurnRequest,
-    timings: Timings,
-    listener: Listener | None,
-) -> TurnResult:
-    """The result of a turn stored before: its reply, told again, and nothing stored."""
-    text = said.get("content") or ""
-    calls = said.get("tool_calls")
-    if calls and not req.tool_calls:
-        raise _unrelayed(calls)
-    if listener is not None:
-        listener.source("bypass")
-        if text:
-            await listener.delta(text)
-        if calls:
-            await listener.tool_deltas(whole_deltas(calls))
-    cancelled = said.get("status") == "cancelled"
-    return TurnResult(text, "tool_calls" if calls else "stop", {}, "", agent.upstream_model,
-                      [dict(said)], timings, "bypass", req.turn_id or "", cancelled,
-                      tool_calls=calls)  # fmt: skip
 
 
 def _stages_run(

@@ -21,20 +21,21 @@ import dataclasses
 import datetime
 import itertools
 import logging
-import math
 import secrets
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from ..config import Config, LimitsConfig
-from ..errors import AgentdError, QuotaExceeded, RateLimited, StoreUnavailable
+from ..errors import AgentdError, StoreUnavailable
 from ..metrics import TenantMetrics
-from ..store import DAY, MONTH, USAGE_FIELDS, Ask, Batch, Charge, Limits, Rule, Verdict
+from ..store import DAY, MONTH, Ask, Batch, Charge, Limits, Rule, Verdict
+from .charges import NO_CHARGE, Sums, charge_of
 from .headers import ratelimit_headers
 from .identity import Identity
 from .keys import KeyCache
 from .leases import RENEW_S, SLOT_LEASE_MS, Lease, Leases
+from .refusals import refusal
 
 __all__ = (
     "FLUSH_EVERY",
@@ -63,14 +64,6 @@ MAX_KNOWN = 10_000
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
 
-_WHAT = {
-    "requests": "requests per minute",
-    "tokens": "tokens per minute",
-    "concurrency": "turns at once",
-    DAY: "tokens per day",
-    MONTH: "tokens per month",
-}
-
 
 def _limited(limits: LimitsConfig | None) -> bool:
     return limits is not None and any(
@@ -84,49 +77,8 @@ def _limited(limits: LimitsConfig | None) -> bool:
     )
 
 
-HIT = Charge(cache_hit=True)
-
-
-def charge_of(
-    usage: Mapping[str, Any] | None, cache: str, prompt_chars: int, completion_chars: int
-) -> Charge:
-    """What a turn costs: the upstream's usage, else an estimate (4 characters a token).
-    A cache hit calls no model: it is counted as a hit and charges no tokens."""
-    if cache.startswith("hit"):
-        return HIT
-    prompt = completion = None
-    if usage:
-        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or isinstance(prompt, bool):
-        prompt = math.ceil(prompt_chars / 4)
-    if not isinstance(completion, int) or isinstance(completion, bool):
-        completion = math.ceil(completion_chars / 4)
-    return Charge(prompt + completion, prompt, completion)
-
-
-def _seconds_left() -> tuple[float, float]:
-    """Seconds until the current UTC day and month end."""
-    return _utc_day_month()[2:]
-
-
-def _utc_day_month() -> tuple[str, str, float, float]:
-    """Today and this month (UTC) as ``YYYYMMDD`` and ``YYYYMM``, and the seconds until
-    each ends."""
-    now = datetime.datetime.now(datetime.UTC)
-    tomorrow = (now + datetime.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    next_month = (first + datetime.timedelta(days=32)).replace(day=1)
-    return (
-        now.strftime("%Y%m%d"),
-        now.strftime("%Y%m"),
-        (tomorrow - now).total_seconds(),
-        (next_month - now).total_seconds(),
-    )
-
-
 # A ticket's admission: asked (no answer yet), admitted, or refused (nothing taken).
 PENDING, ADMITTED, REFUSED = 0, 1, 2
-NO_CHARGE = Charge()
 
 
 class Ticket:
@@ -226,28 +178,6 @@ class _Next:
         self.batch = Batch()
 
 
-class _Sums:
-    """One tenant's charges and usage of one day, summed since the last write."""
-
-    __slots__ = ("batch", "keys")
-
-    def __init__(self) -> None:
-        self.batch = Batch()
-        # Per key (its id, or the credential's kind): requests, prompt tokens, completion
-        # tokens, cache hits.
-        self.keys: dict[str, list[int]] = {}
-
-    def written(self) -> Batch:
-        """The batch to write: its charges and the usage counts, in total and per key."""
-        usage = self.batch.usage
-        for key, counts in self.keys.items():
-            for name, n in zip(USAGE_FIELDS, counts, strict=True):
-                if n:
-                    usage[name] = usage.get(name, 0) + n
-                    usage[f"{key}/{name}"] = n
-        return self.batch
-
-
 class Limiter:
     """A worker's limiter over the store's limits (``Store.limits``)."""
 
@@ -275,7 +205,7 @@ class Limiter:
         # Tenants with an admission call on its way (at most one each).
         self._asking: set[str] = set()
         # Charges and usage summed since the last write, per (tenant, day, month).
-        self._sums: dict[tuple[str, str, str], _Sums] = {}
+        self._sums: dict[tuple[str, str, str], Sums] = {}
         self._summed = 0
         self._timer: asyncio.TimerHandle | None = None
         # Admitted tickets holding turn slots, renewed together every RENEW_S.
@@ -426,7 +356,8 @@ class Limiter:
             if self.metrics is not None:
                 outcome = "quota_exceeded" if verdict.refused in (DAY, MONTH) else "rate_limited"
                 self.metrics.request(ticket.identity.tenant, outcome)
-            ticket.answer(REFUSED, self._refusal(ticket, verdict))
+            rule = next(r for r in ticket.rules if r.scope == verdict.scope)
+            ticket.answer(REFUSED, refusal(rule, verdict))
             return False
         ticket.headers = ratelimit_headers(verdict)
         slots = self._slots_of(ticket.rules)
@@ -470,26 +401,6 @@ class Limiter:
         for ticket in tickets:
             ticket.answer(ADMITTED)  # without limits or headers, holding no slot
 
-    def _refusal(self, ticket: Ticket, verdict: Verdict) -> AgentdError:
-        whose = "this API key's" if verdict.scope.startswith("k:") else "the tenant's"
-        rule = next(r for r in ticket.rules if r.scope == verdict.scope)
-        what = _WHAT[verdict.refused]
-        limit = _limit_of(rule.limits, verdict.refused)
-        if verdict.refused in (DAY, MONTH):
-            day_left, month_left = _seconds_left()
-            ends = day_left if verdict.refused == DAY else month_left
-            return QuotaExceeded(
-                f"{whose} budget of {limit} {what} is spent; it renews at the start of the "
-                f"next UTC {'day' if verdict.refused == DAY else 'month'}",
-                retry_after=math.ceil(ends),
-            )
-        retry_s = max(1, math.ceil(verdict.retry_after_ms / 1000))
-        return RateLimited(
-            f"rate limit reached for {whose} {what} (limit {limit}); retry in {retry_s}s",
-            code="rate_limit_exceeded",
-            retry_after=retry_s,
-        )
-
     async def _renew(self) -> None:
         """Extend every held slot's lease, every RENEW_S, while any is held."""
         try:
@@ -523,7 +434,7 @@ class Limiter:
         day, month = self._today()
         sums = self._sums.get((tenant, day, month))
         if sums is None:
-            sums = self._sums[(tenant, day, month)] = _Sums()
+            sums = self._sums[(tenant, day, month)] = Sums()
         key = identity.key_id if identity.kind == "key" else identity.kind
         counts = sums.keys.get(key)
         if counts is None:
@@ -575,13 +486,3 @@ class Limiter:
                 await asyncio.gather(*self._calls, return_exceptions=True)
             else:
                 await asyncio.sleep(0)  # the tick already due
-
-
-def _limit_of(limits: LimitsConfig, refused: str) -> int:
-    return {
-        "requests": limits.requests_per_minute,
-        "tokens": limits.tokens_per_minute,
-        "concurrency": limits.max_concurrent_turns,
-        DAY: limits.tokens_per_day,
-        MONTH: limits.tokens_per_month,
-    }[refused]

@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..config import BackendConfig
 from ..errors import BadRequest, Overloaded, UpstreamError, UpstreamTimeout
 from .balance import Policy, make_policy
+from .capacity import BACKGROUND, INTERACTIVE, Waiter, WaitLine, background_limit
 from .nodes import CLOSED, OPEN, STATE_NAMES, Breaker, Node
 from .types import (
     ChatRequest,
@@ -51,45 +51,11 @@ T = TypeVar("T")
 # Nodes one call may try (each at most once) while nothing has reached the caller.
 MAX_ATTEMPTS = 3
 
-# Request classes: interactive calls (chat, WebSocket, foreground responses) and the
-# default class of background jobs. Every class but INTERACTIVE is background work.
-INTERACTIVE = "interactive"
-BACKGROUND = "background"
-
-
-def background_limit(max_inflight: int, share: float) -> int:
-    """Calls of background classes one node may hold: ``floor(max_inflight x share)``,
-    at least 1 when the share is above 0 (a small node still serves jobs)."""
-    # The epsilon keeps products such as 100 x 0.29 = 28.999... from losing a slot.
-    limit = math.floor(max_inflight * share + 1e-9)
-    return max(limit, 1) if share > 0 else 0
-
 
 class Lifecycle(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-class _Waiter:
-    """A call waiting for room; ``future`` gets ``(node, probe)`` with the node already
-    taken for it, or ``None`` when no healthy node is left (it then decides again)."""
-
-    __slots__ = ("background", "future", "policy", "session_id", "tried")
-
-    def __init__(
-        self,
-        future: asyncio.Future[tuple[Node, bool] | None],
-        session_id: str | None,
-        tried: list[Node],
-        background: bool,
-        policy: Policy,
-    ) -> None:
-        self.future = future
-        self.session_id = session_id
-        self.tried = tried
-        self.background = background
-        self.policy = policy
 
 
 class Pool:
@@ -124,8 +90,7 @@ class Pool:
         }
         self._limit = config.max_inflight  # 0: no admission control at all
         self._background_limit = background_limit(config.max_inflight, config.background_share)
-        self._waiting_interactive: deque[_Waiter] = deque()
-        self._waiting_background: deque[_Waiter] = deque()
+        self._line = WaitLine()
         self._client = client
 
     async def start(self) -> None:
@@ -320,10 +285,7 @@ class Pool:
 
     def waiting(self) -> dict[str, int]:
         """Calls waiting for a node with room (only with ``max_inflight``), by kind."""
-        return {
-            INTERACTIVE: len(self._waiting_interactive),
-            BACKGROUND: len(self._waiting_background),
-        }
+        return self._line.counts()
 
     # -- internals ----------------------------------------------------------------------
 
@@ -408,9 +370,9 @@ class Pool:
         it), or ``None`` if no healthy node is left; :class:`UpstreamTimeout` at the
         deadline. Cancelled, it leaves its place in line, or gives back the node."""
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), session_id, tried, background, policy)
+        waiter = Waiter(loop.create_future(), session_id, tried, background, policy)
         future = waiter.future
-        (self._waiting_background if background else self._waiting_interactive).append(waiter)
+        self._line.join(waiter)
         try:
             while not future.done():
                 now = loop.time()
@@ -433,13 +395,12 @@ class Pool:
             f"(max_inflight {self._limit})"
         )
 
-    def _forget(self, waiter: _Waiter) -> None:
+    def _forget(self, waiter: Waiter) -> None:
         """Take a call that stops waiting out of line, or give back what it was handed."""
         future = waiter.future
         if not future.done():
             future.cancel()
-            queue = self._waiting_background if waiter.background else self._waiting_interactive
-            queue.remove(waiter)
+            self._line.leave(waiter)
             return
         taken = future.result()
         if taken is not None:
@@ -451,28 +412,13 @@ class Pool:
     def _serve_waiting(self) -> None:
         """Hand nodes with room to waiting calls: interactive ones first, each line in
         order (a waiter may skip ahead only of one that already tried the free node)."""
-        if not self._waiting_interactive and not self._waiting_background:
+        if not self._line:
             return
         now = asyncio.get_running_loop().time()
-        for queue in (self._waiting_interactive, self._waiting_background):
-            i = 0
-            while i < len(queue):
-                waiter = queue[i]
-                node, full = self._pick(
-                    waiter.session_id, waiter.tried, waiter.background, waiter.policy, now
-                )
-                if node is None and full:
-                    if not waiter.tried:
-                        # No node has room for this line: none for those behind either,
-                        # and if no interactive call fits, no background call does.
-                        if queue is self._waiting_interactive:
-                            return
-                        break
-                    i += 1
-                    continue
-                del queue[i]
-                taken = None if node is None else (node, self._take(node, waiter.background, now))
-                waiter.future.set_result(taken)
+        self._line.serve(
+            lambda w: self._pick(w.session_id, w.tried, w.background, w.policy, now),
+            lambda node, background: self._take(node, background, now),
+        )
 
     def _next_reopen(self, now: float) -> float:
         """When the next open breaker lets a probe through (``inf`` if none will)."""

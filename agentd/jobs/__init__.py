@@ -3,6 +3,8 @@ in process without Redis), the consumers every worker runs, and webhooks.
 
 - ``service``: the Responses API's logic (create, look up, follow, cancel, delete) and
   the running of one response's turn, for the request path and for jobs alike.
+- ``records``: a response's record read as a view, and the fields its result writes.
+- ``answers``: the tool calls a response's turn answers before the model runs.
 - ``runner``: the consumer: reads and reclaims the partitions' queues, holds each job
   it takes by renewing its delivery, and hands the rest back when the worker drains.
 - ``partitions``: a partition's places for jobs in this worker, and its pace while the

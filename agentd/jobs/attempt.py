@@ -32,7 +32,8 @@ from ..store import Delivery, Jobs, job_of
 from ..wire.errors import error_dict
 from ..wire.responses import ResponseEvents, ResponseView
 from .mcp import recorded_ends
-from .service import Responses, payer_of, result_fields, view_of
+from .records import payer_of, result_fields, view_of
+from .service import Responses
 from .steps import FencedOut, StepLog, Streamed
 from .webhooks import WebhookSender, decode_secret, event_id_for, webhook_event
 

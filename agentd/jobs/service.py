@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -29,7 +28,6 @@ from ..agent import Agents, Checkpoint, Interrupt, TurnRequest, TurnResult
 from ..auth import Identity
 from ..config import Config
 from ..errors import AgentdError, BadRequest, Conflict, Forbidden, NotFound, RateLimited
-from ..schema import pending_calls
 from ..store import DELETED, TERMINAL, Store, job_id
 from ..wire.errors import error_dict
 from ..wire.responses import (
@@ -39,110 +37,22 @@ from ..wire.responses import (
     ResponseView,
     new_response_id,
 )
+from .answers import ATTEMPT_LOOKBACK, in_request_terms, outputs_of, pending_answers
 from .dead_letters import queue_limit
-from .mcp import OnEvents, Server, TurnItems, answer_approvals, check, resolve
+from .mcp import OnEvents, Server, TurnItems, check, resolve
+from .records import result_fields, view_of
 
-__all__ = ("Responses", "no_conversation", "payer_of", "result_fields", "view_of")
+__all__ = ("Responses", "no_conversation")
 
 log = logging.getLogger(__name__)
 
-# Session messages searched for a turn an earlier attempt already stored.
-ATTEMPT_LOOKBACK = 200
 # How long a cancel waits for a running job to stop (it looks twice a second, then
 # gives a silent model half a second more) before answering with the record as it is.
 CANCEL_WAIT_S = 5.0
 
 
-def view_of(rid: str, record: dict[str, bytes]) -> ResponseView:
-    """The record's fields as a :class:`ResponseView`."""
-
-    def text(name: str) -> str | None:
-        value = record.get(name)
-        return None if value is None else value.decode()
-
-    def doc(name: str) -> Any:
-        value = record.get(name)
-        return None if value is None else orjson.loads(value)
-
-    done = record.get("done")
-    status = text("status") or "queued"
-    return ResponseView(
-        id=rid,
-        created_at=float(record.get("created", b"0")),
-        status=status,
-        request=CreateRequest.from_json(record["req"]),
-        output_text=text("text"),
-        usage=doc("usage"),
-        error=doc("error"),
-        incomplete_reason=text("inc"),
-        session_id=text("sid"),
-        completed_at=float(done) if done else None,
-        items=doc("items"),
-        message_at=int(record["mat"]) if "mat" in record else None,
-    )
-
-
 def no_conversation(conversation: str) -> NotFound:
     return NotFound(f"no conversation {conversation!r}", code="conversation_not_found")
-
-
-def payer_of(record: dict[str, bytes]) -> Identity | None:
-    """Who a background response is charged to when it runs (its ``payer`` field: the
-    tenant, the credential's kind and key id; the key's limits are looked up when it
-    runs, :meth:`agentd.auth.Limiter.payer`); None for no one."""
-    raw = record.get("payer")
-    if not raw:
-        return None
-    tenant, kind, key_id = raw.decode().split("\n", 2)
-    return Identity(tenant=tenant, scopes=frozenset(), kind=kind, key_id=key_id)
-
-
-def result_fields(view: ResponseView, reply_seq: int | None) -> dict[str, bytes]:
-    fields = {"status": view.status.encode(), "done": b"%f" % time.time()}
-    if view.output_text is not None:
-        fields["text"] = view.output_text.encode()
-    if view.usage is not None:
-        fields["usage"] = orjson.dumps(view.usage)
-    if view.error is not None:
-        fields["error"] = orjson.dumps(view.error)
-    if view.incomplete_reason:
-        fields["inc"] = view.incomplete_reason.encode()
-    if reply_seq is not None:
-        fields["rseq"] = b"%d" % reply_seq
-    if view.items is not None:
-        fields["items"] = orjson.dumps(view.items)
-    if view.message_at is not None:
-        fields["mat"] = b"%d" % view.message_at
-    return fields
-
-
-def _name(call: Mapping[str, Any]) -> str:
-    function = call.get("function")
-    return str(function.get("name")) if isinstance(function, Mapping) else ""
-
-
-def _outputs(req: CreateRequest) -> list[str]:
-    """The call ids the input's leading ``function_call_output`` items answer (calls
-    the previous response ended with)."""
-    ids = []
-    for message in req.messages:
-        if message.get("role") != "tool":
-            break
-        ids.append(message["tool_call_id"])
-    return ids
-
-
-def _in_request_terms(exc: BadRequest, req: CreateRequest) -> BadRequest:
-    """A refusal of one of the request's function tools, naming it as the request gave
-    it (``tools[i].name``) rather than as the model was given it."""
-    param = str((exc.detail or {}).get("param", ""))
-    match = re.fullmatch(r"tools\[(\d+)\]\.function\.name", param)
-    if match is None or int(match[1]) >= len(req.function_at):
-        return exc
-    i = req.function_at[int(match[1])]
-    message = exc.message.replace(f"tools[{match[1]}]", f"tools[{i}]", 1)
-    return BadRequest(message, code=exc.code, detail={**(exc.detail or {}),
-                                                      "param": f"tools[{i}].name"})  # fmt: skip
 
 
 def _status_of(done: TurnResult) -> tuple[str, str | None]:
@@ -484,12 +394,14 @@ class Responses:
             events = events or self.events_for(view)
             listener = TurnItems(view.id, events, servers, on_events, on_limits, text_filter)
         turn = self.turn_request(view, identity, checkpoint, servers)
-        outputs = bool(_outputs(req))
+        outputs = bool(outputs_of(req))
         if (req.previous_response_id is not None and (listener is not None or outputs)) or (
             outputs and req.session_id is not None
         ):
             # The calls the previous response (or the session) waits for are answered first.
-            turn.messages[:0] = await self._answers(view, servers, listener, deadline)
+            turn.messages[:0] = await pending_answers(
+                self.store, self.agents, view, servers, listener, deadline
+            )
             if listener is not None:
                 listener.listed = not req.approvals
         try:
@@ -497,7 +409,7 @@ class Responses:
                 turn, deadline=deadline, interrupt=interrupt, listener=listener
             )
         except BadRequest as exc:
-            raise _in_request_terms(exc, req) from None
+            raise in_request_terms(exc, req) from None
         status, reason = _status_of(done)
         final = dataclasses.replace(
             view,
@@ -518,67 +430,6 @@ class Responses:
         if tools and events is not None:
             final.items, final.message_at = list(events.items), events.message_at
         return final, done.seq
-
-    async def _answers(
-        self, view: ResponseView, servers: list[Server], items: TurnItems | None,
-        deadline: float,
-    ) -> list[dict[str, Any]]:  # fmt: skip
-        """The tool messages answering the calls the session's history ends with that
-        the input's ``function_call_output`` items do not answer (those of the previous
-        response's approval requests), or [] when there are none. An output that answers
-        no call it ends with is a 400 ``unknown_tool_call``, a function call left
-        unanswered ``tool_calls_unanswered``. Without ``previous_response_id`` (a
-        conversation or session continued) no approval is answered."""
-        req = view.request
-        if view.session_id is None:
-            return []
-        previous = req.previous_response_id or ""
-        of = f"response {previous!r}" if previous else "the conversation"
-        history = await self.store.history(view.session_id, limit=ATTEMPT_LOOKBACK)
-        pending = pending_calls(history)
-        outputs = _outputs(req)
-        unknown = [call_id for call_id in outputs if call_id not in pending]
-        if unknown:
-            raise BadRequest(
-                f"function_call_output call_id {unknown[0][:64]!r} answers no function call "
-                f"of {of}",
-                code="unknown_tool_call",
-                detail={"param": "input"},
-            )
-        if not pending:
-            if req.approvals:
-                raise BadRequest(
-                    f"response {req.previous_response_id!r} waits for no approval",
-                    code="unknown_approval_request",
-                    detail={"param": "input"},
-                )
-            return []
-        said = next(m for m in reversed(history) if m.get("tool_calls"))
-        calls = [c for c in said["tool_calls"] if c.get("id") in pending and c["id"] not in outputs]
-        if not calls:
-            return []  # all answered by the client
-        tools, agent = self.agents.tools, self.agents.get(req.agent)
-        if tools is None and req.approvals:
-            raise BadRequest("this instance runs no tools", code="mcp_unavailable")
-        toolset = None
-        if tools is not None and items is not None and req.previous_response_id is not None:
-            toolset = await tools.for_agent(
-                agent, builtins=self.agents.builtin_specs, extra=tuple(s.tool for s in servers)
-            )
-        # The client's function calls are not the server's to answer.
-        theirs = [c for c in calls if toolset is None or toolset.find(_name(c)) is None]
-        if theirs:
-            ids = ", ".join(str(c.get("id"))[:64] for c in theirs[:5])
-            raise BadRequest(
-                f"no function_call_output for the function calls of {of} ({ids}): "
-                "send one for each",
-                code="tool_calls_unanswered",
-                detail={"param": "input"},
-            )
-        assert tools is not None and items is not None and toolset is not None
-        items.use(toolset)
-        return await answer_approvals(tools, agent, toolset, previous, calls,
-                                      req.approvals, items, deadline)  # fmt: skip
 
     async def run_now(
         self,
