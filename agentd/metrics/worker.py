@@ -17,9 +17,9 @@ __all__ = ("CONTENT_TYPE", "LATENCY_BUCKETS", "STEP_BUCKETS", "Metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# Latency buckets from 0.5 ms: most agentd answers that do not call a model are sub-ms.
 # Model calls in one turn of the tool loop (bounded by [tools] max_steps).
 STEP_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+# Latency buckets from 0.5 ms: most agentd answers that do not call a model are sub-ms.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
