@@ -49,14 +49,14 @@ def _hmgets(port: int) -> int:
     return int(stats["calls"]) if stats else 0
 
 
-async def _reader(url: str, kinds: list[str], start_at: float, seconds: float, conc: int) -> int:
+async def _reader(url: str, kinds: list[str], start: Any, seconds: float, conc: int) -> int:
     store = open_store(from_dict({"redis": {"urls": [url], "replica_reads": kinds}}))
     await store.start()
     try:
         replicas = store.shards.replicas  # type: ignore[attr-defined]
         if replicas is not None:
             await wait_until(lambda: replicas.pick("0") is not None, what="a fresh replica")
-        await asyncio.sleep(max(0.0, start_at - time.time()))  # start together
+        await asyncio.to_thread(start.wait)  # start together, once every reader is ready
         deadline = time.perf_counter() + seconds
         counts = [0] * conc
 
@@ -73,7 +73,7 @@ async def _reader(url: str, kinds: list[str], start_at: float, seconds: float, c
         await store.close()
 
 
-def _process(args: tuple[str, list[str], float, float, int], out: Any) -> None:
+def _process(args: tuple[str, list[str], Any, float, int], out: Any) -> None:
     out.put(asyncio.run(_reader(*args)))
 
 
@@ -81,13 +81,11 @@ def _measure(group: ReplicaGroup, kinds: list[str], args: argparse.Namespace) ->
     ports = [s.port for s in group.servers]
     before = [_hmgets(p) for p in ports]
     cpu_before = [_cpu_s(p) for p in ports]
-    start_at = time.time() + 3.0  # every process connected and its replicas checked
-    results: Any = multiprocessing.get_context("fork").Queue()
-    job = (group.servers[0].url, kinds, start_at, args.seconds, args.concurrency)
-    procs = [
-        multiprocessing.get_context("fork").Process(target=_process, args=(job, results))
-        for _ in range(args.procs)
-    ]
+    fork = multiprocessing.get_context("fork")
+    results: Any = fork.Queue()
+    start = fork.Barrier(args.procs, timeout=120)  # every process connected, replicas checked
+    job = (group.servers[0].url, kinds, start, args.seconds, args.concurrency)
+    procs = [fork.Process(target=_process, args=(job, results)) for _ in range(args.procs)]
     for proc in procs:
         proc.start()
     total = sum(results.get(timeout=120) for _ in procs)

@@ -185,8 +185,10 @@ class RedisServer:
             extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", *extra)
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True)
+        # A master syncs a replica at once (diskless sync's default waits 5 s for more).
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.dir), *extra]  # fmt: skip
+                "--appendonly", "no", "--repl-diskless-sync-delay", "0",
+                "--dir", str(self.dir), *extra]  # fmt: skip
         self._args = args
         self._log = open(self.dir / "log", "ab")  # noqa: SIM115 - closed in stop()
         self.start()

@@ -25,8 +25,7 @@ class ReplicatedRedis:
 
     def __init__(self, workdir: Path, *extra: str) -> None:
         """``extra``: more redis-server arguments for both (``--appendonly yes``)."""
-        # Diskless sync at once (the default waits 5 s for more replicas to join).
-        self.master = RedisServer(workdir, "--repl-diskless-sync-delay", "0", *extra)
+        self.master = RedisServer(workdir, *extra)
         self.replica = RedisServer(
             workdir, "--replicaof", "127.0.0.1", str(self.master.port), "--repl-diskless-load",
             "on-empty-db", *extra,
@@ -86,7 +85,6 @@ class ReplicatedCluster(RedisClusterProcs):
         extra: tuple[str, ...] = (),
     ) -> None:
         """``node_timeout``, ``extra``: as for :class:`RedisClusterProcs`."""
-        extra = ("--repl-diskless-sync-delay", "0", *extra)
         super().__init__(workdir, masters, replicas=1, node_timeout=node_timeout, extra=extra)
         wait_until_sync(self._caught_up, START_LIMIT, "every master to have its replica in sync")
 
