@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess as _mp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .process import ENV
+from .process import ENV, render
 from .worker import Metrics
 
 __all__ = ("UPSTREAM_BUCKETS", "BackendMetrics", "NodeMetrics")
@@ -84,11 +83,7 @@ class BackendMetrics:
 
     def render(self) -> bytes:
         """These metrics alone (tests); in a worker, ``Metrics.render`` shows them."""
-        if self._registry is not None:
-            return generate_latest(self._registry)
-        registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return render(self._registry)
 
 
 class NodeMetrics:

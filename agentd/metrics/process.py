@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 
-from prometheus_client import Counter, Gauge, values
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, values
 from prometheus_client import multiprocess as _mp
 
 __all__ = (
@@ -18,6 +18,7 @@ __all__ = (
     "enable_multiprocess",
     "process_exited",
     "remove_directory",
+    "render",
 )
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -50,6 +51,16 @@ def enable_multiprocess() -> str:
     os.environ[ENV] = directory
     values.ValueClass = values.MultiProcessValue(_process_id)
     return directory
+
+
+def render(registry: CollectorRegistry | None) -> bytes:
+    """``registry`` in Prometheus text format, or, with none (multiprocess mode), what
+    every process of the instance wrote."""
+    if registry is not None:
+        return generate_latest(registry)
+    merged = CollectorRegistry()
+    _mp.MultiProcessCollector(merged)
+    return generate_latest(merged)
 
 
 def remove_directory(directory: str) -> None:

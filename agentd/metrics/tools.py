@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess as _mp
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from .process import ENV
+from .process import ENV, render
 from .worker import Metrics
 
 __all__ = ("TOOL_BUCKETS", "ToolMetrics")
@@ -50,8 +49,4 @@ class ToolMetrics:
 
     def render(self) -> bytes:
         """These metrics alone (tests); in a worker, ``Metrics.render`` shows them."""
-        if self._registry is not None:
-            return generate_latest(self._registry)
-        registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return render(self._registry)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess as _mp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .latency import LatencyWindow
-from .process import ENV
+from .process import ENV, render
 
 __all__ = ("CONTENT_TYPE", "LATENCY_BUCKETS", "STEP_BUCKETS", "Metrics")
 
@@ -153,8 +152,4 @@ class Metrics:
 
     def render(self) -> bytes:
         """The instance-wide metrics (all workers) in Prometheus text format."""
-        if self._registry is not None:
-            return generate_latest(self._registry)
-        registry = CollectorRegistry()
-        _mp.MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return render(self._registry)

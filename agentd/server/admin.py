@@ -16,7 +16,6 @@ action, refused or done, is one line on the ``agentd.audit`` logger (never the k
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -28,13 +27,12 @@ from ..auth import KEY_ID_RE, new_key
 from ..config import SCOPES, TENANT_RE, Config, LimitsConfig
 from ..errors import AgentdError, NotFound, invalid_type, param_error, unknown_parameter
 from ..store import KEY_UPDATABLE, KeyRecord
-from .auth import identity_of
+from .audit import Handler, audited
 from .http import json_response, query_int, read_json
 from .keys import AUTH, CONFIG, STORE
 
 __all__ = ("DEFAULT_SCOPES", "setup")
 
-audit = logging.getLogger("agentd.audit")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -169,39 +167,14 @@ def _no_key(key_id: str) -> NotFound:
 
 # -- audit -------------------------------------------------------------------------------
 
-Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.Response]]
-
 
 def _audited(action: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Run ``handler`` and write one audit line of what it did, or why it refused."""
-
-    async def run(request: web.Request) -> web.Response:
-        # The handler fills in the key id and tenant as it learns them.
-        facts = {"key_id": request.match_info.get("id", "")[:80], "tenant": ""}
-        who = identity_of(request).who
-        try:
-            response = await handler(request, facts)
-        except AgentdError as exc:
-            _audit(who, action, facts, f"refused: {exc.code}")
-            raise
-        except Exception:
-            _audit(who, action, facts, "failed")
-            raise
-        _audit(who, action, facts, "ok")
-        return response
-
-    return run
-
-
-def _audit(who: str, action: str, facts: dict[str, str], outcome: str) -> None:
-    audit.info(
-        "%s %s key=%s tenant=%r: %s",
-        who,
+    # The handler fills in the key id and tenant as it learns them.
+    return audited(
         action,
-        facts["key_id"] or "-",
-        facts["tenant"],
-        outcome,
-        extra={"who": who, "action": action, **facts, "outcome": outcome},
+        handler,
+        lambda request: {"key_id": request.match_info.get("id", "")[:80], "tenant": ""},
+        lambda facts: f"key={facts['key_id'] or '-'} tenant={facts['tenant']!r}",
     )
 
 

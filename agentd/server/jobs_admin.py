@@ -14,21 +14,19 @@ done or refused, is one line on the ``agentd.audit`` logger; reading writes none
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..errors import AgentdError, param_error
+from ..errors import param_error
 from ..jobs.dead_letters import DeadLetterDesk, letter_dict, no_dead_letter
 from ..store import DEAD_ID_RE
-from .auth import identity_of
+from .audit import Handler, audited
 from .http import json_response, query_int
 from .keys import CONFIG, STORE
 
 __all__ = ("setup",)
 
-audit = logging.getLogger("agentd.audit")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -101,39 +99,15 @@ async def discard_dead_letter(request: web.Request, facts: dict[str, str]) -> we
     return json_response({"id": entry, "deleted": True})
 
 
-Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.Response]]
-
-
 def _audited(action: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """Run ``handler`` and write one audit line of what it did, or why it refused."""
-
-    async def run(request: web.Request) -> web.Response:
-        facts = {"id": request.match_info.get("id", "")[:80], "partition": "", "response": ""}
-        who = identity_of(request).who
-        try:
-            response = await handler(request, facts)
-        except AgentdError as exc:
-            _audit(who, action, facts, f"refused: {exc.code}")
-            raise
-        except Exception:
-            _audit(who, action, facts, "failed")
-            raise
-        _audit(who, action, facts, "ok")
-        return response
-
-    return run
-
-
-def _audit(who: str, action: str, facts: dict[str, str], outcome: str) -> None:
-    audit.info(
-        "%s %s dead_letter=%s partition=%r response=%s: %s",
-        who,
+    return audited(
         action,
-        facts["id"] or "-",
-        facts["partition"],
-        facts["response"] or "-",
-        outcome,
-        extra={"who": who, "action": action, **facts, "outcome": outcome},
+        handler,
+        lambda r: {"id": r.match_info.get("id", "")[:80], "partition": "", "response": ""},
+        lambda f: (
+            f"dead_letter={f['id'] or '-'} partition={f['partition']!r} "
+            f"response={f['response'] or '-'}"
+        ),
     )
 
 
