@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -17,7 +20,7 @@ import redis
 from .procs import START_LIMIT, RedisServer, free_port, terminate
 from .waiting import wait_until_sync
 
-__all__ = ("ReplicaGroup", "Sentinels")
+__all__ = ("ReplicaGroup", "SentinelShards", "Sentinels", "two_sentinel_shards")
 
 
 def _info(port: int) -> dict[str, object] | None:
@@ -188,3 +191,32 @@ class Sentinels:
     def close(self) -> None:
         for proc in self.procs:
             terminate(proc)
+
+
+@dataclass
+class SentinelShards:
+    """The shards of agentd's sharded mode as Sentinel groups, and their sentinels."""
+
+    groups: list[ReplicaGroup]
+    sentinels: Sentinels
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.sentinels.url(g) for g in self.groups]
+
+
+@contextmanager
+def two_sentinel_shards(workdir: Path) -> Iterator[SentinelShards]:
+    """Two shards, each a Sentinel group of a master and one replica, watched by three
+    sentinels (``down-after-milliseconds`` 1000)."""
+    groups: list[ReplicaGroup] = []
+    sentinels = None
+    try:
+        groups = [ReplicaGroup(workdir, name) for name in ("shard-a", "shard-b")]
+        sentinels = Sentinels(workdir, groups)
+        yield SentinelShards(groups, sentinels)
+    finally:
+        if sentinels is not None:
+            sentinels.close()
+        for group in groups:
+            group.close()

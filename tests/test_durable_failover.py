@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from .durable_load import (
     stored_histories,
 )
 from .procs import AgentdProcess, RedisServer
-from .replication import ReplicaGroup, Sentinels
+from .replication import SentinelShards, two_sentinel_shards
 from .test_cluster_failover import lost_acks, session_ids
 from .waiting import wait_until_sync
 from .waitrepl_procs import ReplicatedCluster
@@ -50,27 +49,10 @@ JOB_EVERY_S = 0.2
 # -- sharded mode over Sentinel groups --------------------------------------------------
 
 
-@dataclass
-class SentinelShards:
-    groups: list[ReplicaGroup]
-    sentinels: Sentinels
-
-
 @pytest.fixture
 def sentinel_shards(tmp_path: Path) -> Iterator[SentinelShards]:
-    """Two shards, each a Sentinel group of a master and one replica, watched by three
-    sentinels (``down-after-milliseconds`` 1000)."""
-    groups: list[ReplicaGroup] = []
-    sentinels = None
-    try:
-        groups = [ReplicaGroup(tmp_path, name) for name in ("shard-a", "shard-b")]
-        sentinels = Sentinels(tmp_path, groups)
-        yield SentinelShards(groups, sentinels)
-    finally:
-        if sentinels is not None:
-            sentinels.close()
-        for group in groups:
-            group.close()
+    with two_sentinel_shards(tmp_path) as shards:
+        yield shards
 
 
 def _sharded_sids(per_shard: int) -> list[str]:
@@ -98,7 +80,7 @@ def _rejoin_group(dead: RedisServer, new: RedisServer) -> None:
 async def test_sentinel_failover_loses_no_acknowledged_turn(
     sentinel_shards: SentinelShards, agentd_instance: Start
 ) -> None:
-    urls = [sentinel_shards.sentinels.url(g) for g in sentinel_shards.groups]
+    urls = sentinel_shards.urls
     proc = agentd_instance(durable_config(urls, wait_replicas=1, cluster=False))
     workers = proc.worker_pids()
     group = sentinel_shards.groups[0]

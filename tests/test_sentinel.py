@@ -25,7 +25,7 @@ from agentd.store import open_store
 from agentd.store.keys import session_keys
 
 from .procs import AgentdProcess, RedisServer, fresh_connections
-from .replication import ReplicaGroup, Sentinels
+from .replication import ReplicaGroup, SentinelShards, two_sentinel_shards
 from .store_helpers import collect_messages
 from .waiting import pace, wait_until
 
@@ -34,31 +34,10 @@ Start = Callable[..., AgentdProcess]
 REDIS_TIMEOUT_S = 1.0
 
 
-@dataclass
-class SentinelShards:
-    groups: list[ReplicaGroup]
-    sentinels: Sentinels
-
-    @property
-    def urls(self) -> list[str]:
-        return [self.sentinels.url(g) for g in self.groups]
-
-
 @pytest.fixture
 def sentinel_shards(tmp_path: Path) -> Iterator[SentinelShards]:
-    """Two shards, each a Sentinel group of a master and one replica, watched by three
-    sentinels (``down-after-milliseconds`` 1000)."""
-    groups: list[ReplicaGroup] = []
-    sentinels = None
-    try:
-        groups = [ReplicaGroup(tmp_path, name) for name in ("shard-a", "shard-b")]
-        sentinels = Sentinels(tmp_path, groups)
-        yield SentinelShards(groups, sentinels)
-    finally:
-        if sentinels is not None:
-            sentinels.close()
-        for group in groups:
-            group.close()
+    with two_sentinel_shards(tmp_path) as shards:
+        yield shards
 
 
 def _config(urls: list[str]) -> str:
