@@ -46,6 +46,7 @@ __all__ = (
     "RETRY_JOB",
     "STATE_INDEX",
     "STATE_NAMESPACES",
+    "STATE_PAGE",
     "STATE_REMOVE",
     "STATE_WRITE",
     "UPDATE_META",
@@ -332,6 +333,26 @@ local out = {}
 for _, name in ipairs(names) do
   out[#out + 1] = name
   out[#out + 1] = redis.call('ZCARD', KEYS[1] .. ':' .. name)
+end
+return out
+""",
+)
+
+# One Redis only (the documents are on other slots than their index): a page of a
+# namespace's keys with each document's version and size, in one script.
+# KEYS: the namespace's keys. ARGV: low, high (ZRANGEBYLEX bounds), limit, the start of
+# the namespace's document keys (a document key is it, the key, and '}').
+# Returns {key, version ('' when gone), size, ...}.
+STATE_PAGE = Script(
+    "state_page",
+    """
+local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, key in ipairs(keys) do
+  local doc = ARGV[4] .. key .. '}'
+  out[#out + 1] = key
+  out[#out + 1] = redis.call('HGET', doc, 'ver') or ''
+  out[#out + 1] = redis.call('HSTRLEN', doc, 'v')
 end
 return out
 """,

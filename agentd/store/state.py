@@ -214,16 +214,24 @@ class StateStore(Store):
         self, namespace: str, *, limit: int, after: str | None = None, prefix: str = ""
     ) -> StateListing:
         validate_name("namespace", namespace)
-        keys = await self._state_keys(namespace, _cursor(after), _prefix(prefix), limit + 1)
-        shown = keys[:limit]
-        heads = await self._state_heads([f"{namespace}/{k}" for k in shown])
-        page = [StateEntry(k, *head) for k, head in zip(shown, heads, strict=True) if head]
-        gone = [k for k, head in zip(shown, heads, strict=True) if head is None]
+        rows = await self._state_page(namespace, _cursor(after), _prefix(prefix), limit + 1)
+        shown = rows[:limit]
+        page = [StateEntry(k, *head) for k, head in shown if head]
+        gone = [k for k, head in shown if head is None]
         if gone:
             await self._state_unindex(namespace, gone)
         # The cursor is the page's last key even when its document was gone: a page may
         # hold fewer than ``limit`` documents and still have more after it.
-        return StateListing(page, shown[-1] if len(keys) > limit else None)
+        return StateListing(page, shown[-1][0] if len(rows) > limit else None)
+
+    async def _state_page(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[tuple[str, tuple[int, int] | None]]:
+        """Up to ``limit`` indexed keys (as :meth:`_state_keys`) with their documents'
+        heads (as :meth:`_state_heads`)."""
+        keys = await self._state_keys(namespace, after, prefix, limit)
+        heads = await self._state_heads([f"{namespace}/{k}" for k in keys])
+        return list(zip(keys, heads, strict=True))
 
     async def _state_unindex(self, namespace: str, keys: list[str]) -> None:
         """Remove keys from the index, then put back any whose document exists again (a

@@ -55,6 +55,16 @@ def _pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
+def _lex_range(after: str | None, prefix: str) -> tuple[str, str]:
+    """ZRANGEBYLEX bounds of the names after ``after`` that start with ``prefix``."""
+    low = f"[{prefix}" if prefix else "-"
+    if after is not None and after >= prefix:
+        low = f"({after}"
+    # Names are ASCII below DEL, so prefix + DEL sorts after every name it starts.
+    high = f"[{prefix}\x7f" if prefix else "+"
+    return low, high
+
+
 def _heads(flat: list[Any]) -> list[tuple[int, int] | None]:
     """HGET ver, HSTRLEN v pairs as (version, size), None for a missing document."""
     return [
@@ -442,15 +452,27 @@ class RedisStore(BaseStore):
         self, namespace: str, after: str | None, prefix: str, limit: int
     ) -> list[str]:
         key = f"{K.state_index(self.tenant, self.prefix)}:{namespace}"
-        low = f"[{prefix}" if prefix else "-"
-        if after is not None and after >= prefix:
-            low = f"({after}"
-        # Names are ASCII below DEL, so prefix + DEL sorts after every name it starts.
-        high = f"[{prefix}\x7f" if prefix else "+"
+        low, high = _lex_range(after, prefix)
         rows = await self.shards.call(
             key, lambda c: c.zrangebylex(key, low, high, start=0, num=limit)
         )
         return [row.decode() for row in rows]
+
+    async def _state_page(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[tuple[str, tuple[int, int] | None]]:
+        if self.clustered or len(self.shards.clients) > 1 or self.shards.moving is not None:
+            # The documents are on other shards than the index: a second round trip.
+            return await super()._state_page(namespace, after, prefix, limit)
+        key = f"{K.state_index(self.tenant, self.prefix)}:{namespace}"
+        docs = K.state_key(f"{namespace}/", self.prefix)[:-1]  # without the closing brace
+        flat = await self.shards.eval(
+            L.STATE_PAGE, [key], [*_lex_range(after, prefix), limit, docs]
+        )
+        return [
+            (flat[i].decode(), (int(flat[i + 1]), int(flat[i + 2])) if flat[i + 1] else None)
+            for i in range(0, len(flat), 3)
+        ]
 
     async def _state_heads(self, names: list[str]) -> list[tuple[int, int] | None]:
         """Each document's version and size: one pipeline per shard (per node in a
