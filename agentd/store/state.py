@@ -134,7 +134,7 @@ class StateStore(Store):
                 None if current is None else StateDoc(orjson.loads(current), version)
             )
         if version == 1:
-            await self._state_index(namespace, [key], add=True)
+            await self._indexed(namespace, key)
         return StateDoc(value, version)
 
     async def state_delete(
@@ -143,7 +143,8 @@ class StateStore(Store):
         name = self._state_name(namespace, key)
         ok, version, current = await self._state_remove(name, expected_version)
         if ok:
-            await self._state_unindex(namespace, [key])
+            # Shielded, as a create's: a caller cancelled now must not leave the index behind.
+            await asyncio.shield(self._state_unindex(namespace, [key]))
             return
         if current is None:
             raise _not_found(namespace, key)
@@ -190,7 +191,7 @@ class StateStore(Store):
             )
             if ok:
                 if new_version == 1:
-                    await self._state_index(namespace, [key], add=True)
+                    await self._indexed(namespace, key)
                 return StateDoc(new, new_version)
             if expected is not None:  # written over since the read: that is a conflict too
                 raise StateConflict(
@@ -232,6 +233,11 @@ class StateStore(Store):
         keys = await self._state_keys(namespace, after, prefix, limit)
         heads = await self._state_heads([f"{namespace}/{k}" for k in keys])
         return list(zip(keys, heads, strict=True))
+
+    async def _indexed(self, namespace: str, key: str) -> None:
+        """Index a document just created. Shielded: a caller cancelled between the write
+        and this (a turn interrupted) must not leave the document out of the listing."""
+        await asyncio.shield(self._state_index(namespace, [key], add=True))
 
     async def _state_unindex(self, namespace: str, keys: list[str]) -> None:
         """Remove keys from the index, then put back any whose document exists again (a
