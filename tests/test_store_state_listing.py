@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
-from agentd.errors import BadRequest
-from agentd.store import StateEntry, StateListing, StateNamespace, Store
+import redis
 
+from agentd.config import from_dict
+from agentd.errors import BadRequest
+from agentd.store import StateEntry, StateListing, StateNamespace, Store, open_store
+
+from .procs import RedisServer
 from .store_helpers import fails
 
 
@@ -180,3 +184,36 @@ async def test_bad_cursor_and_prefix_are_refused(store: Store) -> None:
             store.list_state_documents("ns", limit=5, prefix=bad), BadRequest, "invalid_prefix"
         )
     await fails(store.list_state_documents("bad ns", limit=5), BadRequest, "invalid_namespace")
+
+
+def _commands(port: int) -> dict[str, int]:
+    with redis.Redis(port=port) as client:
+        stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+
+
+async def test_a_page_is_one_round_trip_on_one_redis(redis_standalone: RedisServer) -> None:
+    """Counted on the server: a page of namespaces and a page of documents (with their
+    versions and sizes) are one script each, and an update does not touch the index."""
+    store = open_store(from_dict({"redis": {"urls": [redis_standalone.url]}}))
+    await store.start()
+    try:
+        for i in range(30):
+            await store.state_put("counted", f"k{i:02d}", i)
+        await store.list_state_namespaces(limit=5)  # the scripts are loaded: EVALSHA below
+        await store.list_state_documents("counted", limit=5)
+        before = _commands(redis_standalone.port)
+        await store.list_state_namespaces(limit=5)
+        page = await store.list_state_documents("counted", limit=20, after="k03")
+        await store.state_put("counted", "k00", "updated")
+        after = _commands(redis_standalone.port)
+    finally:
+        await store.close()
+    sent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    sent.pop("info", None)
+    sent.pop("hello", None)  # a connection the pool opened meanwhile, not a request
+    assert len(page.data) == 20 and page.next_after == "k23"
+    # Two listing pages and the update's one write script; nothing else was sent.
+    assert sent.pop("evalsha") == 3, sent
+    assert sent.pop("zadd", 0) == 0, sent  # the update wrote no index entry
+    assert set(sent) <= {"zrangebylex", "zcard", "hget", "hstrlen", "hset"}, sent
