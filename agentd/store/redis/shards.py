@@ -11,7 +11,9 @@ current master, so a failover changes no key's shard.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
-seconds, on a shard that was just found unreachable. Each shard (or cluster node) has
+seconds, on a shard that was just found unreachable; a script call on a plain shard
+(not a Sentinel group, no reshard in progress) takes the quick path of :mod:`.quick`
+instead, with the same handling of failures. Each shard (or cluster node) has
 one :class:`~.outage.Outage`, which logs a failure once per outage and its end once.
 
 In a cluster, redis-py follows MOVED and ASK (in pipelines too, command by command) and
