@@ -1,5 +1,6 @@
 """The quick path of script calls on a plain shard (agentd/store/redis/quick.py): taken for
-every script call there, and with redis-py's guarantees kept: the pool's limit, a hung
+every script call there, and with redis-py's guarantees kept: the pool's limit (a burst
+waits for a connection; a pool in use past ``redis.timeout`` answers busy), a hung
 server failing the call within ``redis.timeout`` (its connection never reused with a
 reply still unread), a closed idle connection not used, the script sent again after the
 server lost it, and a lease granted to a cancelled caller let go."""
@@ -16,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from agentd.config import from_dict
-from agentd.errors import StoreUnavailable
+from agentd.errors import Overloaded, StoreUnavailable
 from agentd.store import Store, open_store
 from agentd.store import scripts as L
 from agentd.store.redis.quick import QuickCalls
@@ -172,6 +173,24 @@ async def test_a_lease_granted_to_a_cancelled_caller_is_let_go(tmp_path: Path) -
             lambda: store.begin_turn(sid, 0, LONG_LEASE_S), what="the orphaned lease let go"
         )
         await store.end_turn(sid, lease.token, [])
+    finally:
+        await store.close()
+        server.close()
+
+
+async def test_a_pool_in_use_past_the_timeout_answers_busy(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path)
+    store = await _open(server.url, pool_size=1, timeout=0.3)
+    try:
+        sid = (await store.create_session()).id
+        pool = store.shards.clients[0].connection_pool  # type: ignore[attr-defined]
+        held = await pool.get_connection()  # the pool's one connection, in use elsewhere
+        try:
+            await fails(store.get_session(sid), Overloaded, "overloaded")
+        finally:
+            await pool.release(held)
+        # Busy is not down: the shard is not failed fast, the next call is served.
+        assert (await store.get_session(sid)).id == sid
     finally:
         await store.close()
         server.close()
