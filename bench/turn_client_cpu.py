@@ -19,12 +19,15 @@ uvloop, as agentd's workers are), alternates for ``--rounds`` rounds:
   round trips, no agentd code): what redis-py costs without agentd's layers;
 - ``evalsha_agentd_client``: the same, on agentd's own redis-py client (its blocking
   connection pool, socket timeout and retry settings): the client's configuration apart
-  from agentd's code above it.
+  from agentd's code above it;
+- ``agentd_redis_py``: ``agentd``'s turns with the quick path of script calls off
+  (``agentd/store/redis/quick.py``), every call through redis-py's ``evalsha`` as on a
+  Sentinel group: what the quick path saves.
 
 Reported: this process's CPU (``time.process_time``) per turn for each, median over the
-rounds, and ``agentd ÷ pipeline`` and ``evalsha ÷ pipeline`` (issue 18's target for the
-miss path: agentd at most 1.5 times one pipelined round trip). redis-server is another process: its
-CPU is not in these figures.
+rounds, and each side ÷ ``pipeline`` (issue 18's target for the miss path: agentd at
+most 1.5 times one pipelined round trip). redis-server is another process: its CPU is
+not in these figures.
 """
 
 from __future__ import annotations
@@ -93,6 +96,16 @@ async def _agentd(store: Any, sids: list[str], turns: int) -> float:
     return (time.process_time() - start) / turns
 
 
+async def _agentd_redis_py(store: Any, sids: list[str], turns: int) -> float:
+    shards = store.shards
+    quick = shards.quick
+    shards.quick = [None] * len(quick)
+    try:
+        return await _agentd(store, sids, turns)
+    finally:
+        shards.quick = quick
+
+
 async def _pipelined(
     client: aioredis.Redis, calls: list[tuple[list[str], list[Any], list[Any]]], turns: int
 ) -> float:
@@ -150,6 +163,7 @@ async def _run(url: str, turns: int, rounds: int) -> dict[str, Any]:
             "pipeline": [],
             "evalsha": [],
             "evalsha_agentd_client": [],
+            "agentd_redis_py": [],
         }
         await _agentd(store, sids, turns // 10)  # warm-up: connections, script cache
         for _ in range(rounds):
@@ -157,6 +171,7 @@ async def _run(url: str, turns: int, rounds: int) -> dict[str, Any]:
             figures["pipeline"].append(await _pipelined(client, calls, turns))
             figures["evalsha"].append(await _sequential(client, calls, turns))
             figures["evalsha_agentd_client"].append(await _sequential(own, calls, turns))
+            figures["agentd_redis_py"].append(await _agentd_redis_py(store, sids, turns))
     finally:
         await client.aclose()
         await store.close()
@@ -173,6 +188,7 @@ async def _run(url: str, turns: int, rounds: int) -> dict[str, Any]:
         "evalsha_agentd_client_vs_pipeline": round(
             medians["evalsha_agentd_client"] / medians["pipeline"], 3
         ),
+        "agentd_redis_py_vs_pipeline": round(medians["agentd_redis_py"] / medians["pipeline"], 3),
         "script_names": {"begin": L.BEGIN_TURN.name, "end": L.END_TURN.name},
     }
 

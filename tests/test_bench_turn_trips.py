@@ -50,8 +50,9 @@ def test_a_miss_turn_is_two_round_trips_with_and_without_keys() -> None:
 def test_client_cpu_reports_every_side_as_a_ratio() -> None:
     result = _run("-m", "bench.turn_client_cpu", "--turns", "100", "--rounds", "1")
     assert isinstance(result, dict)
-    sides = {"agentd", "pipeline", "evalsha", "evalsha_agentd_client"}
+    sides = {"agentd", "pipeline", "evalsha", "evalsha_agentd_client", "agentd_redis_py"}
     assert set(result["cpu_us_per_turn"]) == sides
     assert all(v > 0 for v in result["cpu_us_per_turn"].values())
     assert result["agentd_vs_pipeline"] > 0
+    assert result["agentd_redis_py_vs_pipeline"] > 0
     assert result["script_names"] == {"begin": "begin_turn", "end": "end_turn"}

@@ -11,7 +11,9 @@ current master, so a failover changes no key's shard.
 
 Every call goes through :meth:`Shards.call`, which maps connection failures to
 :class:`~agentd.errors.StoreUnavailable` and fails fast, for ``redis.down_retry``
-seconds, on a shard that was just found unreachable. Each shard (or cluster node) has
+seconds, on a shard that was just found unreachable; a script call on a plain shard
+(not a Sentinel group, no reshard in progress) takes the quick path of :mod:`.quick`
+instead, with the same handling of failures. Each shard (or cluster node) has
 one :class:`~.outage.Outage`, which logs a failure once per outage and its end once.
 
 In a cluster, redis-py follows MOVED and ASK (in pipelines too, command by command) and
@@ -31,7 +33,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -48,6 +50,7 @@ from .acks import Acks, send_with_wait
 from .asking import keep_asking_on_its_connection
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
+from .quick import Orphan, QuickCalls, quick_calls
 from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup, open_server
 
@@ -122,6 +125,12 @@ def _stream_keys(args: tuple[Any, ...]) -> list[Any] | None:
             rest = args[i + 1 :]
             return list(rest[: len(rest) // 2])
     return None
+
+
+def _hand_over(call: asyncio.Future[Any], orphan: Orphan) -> None:
+    """The reply of a call whose caller was cancelled, to ``orphan`` (if it came)."""
+    if not call.cancelled() and call.exception() is None:
+        orphan(call.result())
 
 
 def _keep_command_table(cluster: RedisCluster) -> None:
@@ -206,6 +215,11 @@ class Shards:
                 )
                 self.clients.append(aioredis.Redis.from_pool(pool))
             self._down_until = [0.0] * len(self.clients)
+        # Per shard, its quick path for script calls (None: redis-py's; see quick.py).
+        self.quick = [
+            quick_calls(c) if g is None else None
+            for c, g in zip(self.clients, self.groups, strict=True)
+        ]
         self.shard_outages = [self.outage(self.describe(i)) for i in range(len(self.clients))]
         self.cluster_outage = self.outage("redis cluster")
         self.publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
@@ -485,35 +499,47 @@ class Shards:
             handled, answer, index = await self._moving_call(key, keys or [key], fn)
             if handled:
                 return answer  # type: ignore[return-value]
-        outage = self.shard_outages[index]
-        if self._down_until[index] > now:
-            outage.failed("failing fast")
-            raise StoreUnavailable(f"{self.describe(index)} is unreachable")
+        self._fail_fast(index, now)
         try:
             result = await fn(self.clients[index])
         except rexc.OutOfMemoryError as exc:
             raise _full(self.describe(index)) from exc
         except UNAVAILABLE_ERRORS as exc:
-            if _pool_exhausted(exc):
-                # The shard is fine; this worker has every connection to it in use.
-                raise Overloaded(
-                    f"all {self.config.pool_size} connections to {self.describe(index)} are busy",
-                    retry_after=1,
-                ) from exc
-            # From now, not from the call's start: a call that timed out took longer than
-            # down_retry may be, and the shard must still fail fast after it.
-            self._down_until[index] = time.monotonic() + self.config.down_retry
-            outage.failed(exc)
-            # The idle connections went down with this one: without this, each would fail
-            # one call after the shard is back (and start a new outage in the log).
-            with contextlib.suppress(Exception):
-                await self.clients[index].connection_pool.disconnect(inuse_connections=False)
-            raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
+            await self._shard_failed(index, exc)
+        self._answered(index)
+        return result
+
+    def _fail_fast(self, index: int, now: float) -> None:
+        """503 at once while the shard is in its ``down_retry`` after a failure."""
+        if self._down_until[index] > now:
+            self.shard_outages[index].failed("failing fast")
+            raise StoreUnavailable(f"{self.describe(index)} is unreachable")
+
+    async def _shard_failed(self, index: int, exc: BaseException) -> NoReturn:
+        """A call on the shard met ``exc``, one of UNAVAILABLE_ERRORS: raise the 429 of an
+        exhausted pool or the 503 of an unreachable shard (which then fails fast)."""
+        if _pool_exhausted(exc):
+            # The shard is fine; this worker has every connection to it in use.
+            raise Overloaded(
+                f"all {self.config.pool_size} connections to {self.describe(index)} are busy",
+                retry_after=1,
+            ) from exc
+        # From now, not from the call's start: a call that timed out took longer than
+        # down_retry may be, and the shard must still fail fast after it.
+        self._down_until[index] = time.monotonic() + self.config.down_retry
+        self.shard_outages[index].failed(exc)
+        # The idle connections went down with this one: without this, each would fail
+        # one call after the shard is back (and start a new outage in the log).
+        with contextlib.suppress(Exception):
+            await self.clients[index].connection_pool.disconnect(inuse_connections=False)
+        raise StoreUnavailable(f"{self.describe(index)} is unreachable") from exc
+
+    def _answered(self, index: int) -> None:
+        outage = self.shard_outages[index]
         if outage.since is not None:
             # It answered: a call that timed out meanwhile must not fail it fast again.
             self._down_until[index] = 0.0
             outage.recovered()
-        return result
 
     async def read(
         self,
@@ -532,13 +558,28 @@ class Shards:
         return await self.replicas.read(kind, master, fn, on_master, ask_master)
 
     async def eval(
-        self, script: Script, keys: list[str], args: list[Any], *, acked: bool = False
+        self,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        *,
+        acked: bool = False,
+        orphan: Orphan | None = None,
     ) -> Any:
         """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
         (after a restart or failover); EVAL caches it there again. ``acked``: a write
-        agentd acknowledges, confirmed by replicas when ``redis.wait_replicas`` asks."""
+        agentd acknowledges, confirmed by replicas when ``redis.wait_replicas`` asks.
+        ``orphan``: for a script that grants something (a lease) its caller must let go
+        of: if the caller is cancelled once the call is sent, the call still runs to its
+        end and ``orphan`` gets its reply (not with ``acked``)."""
         if acked and self.acks.enabled:
             return await self._eval_acked(script, keys, args)
+        if self.moving is None and self.cluster is None:
+            # One shard's plain pool: the quick path (see quick.py).
+            index = self.shard_of(keys[0])
+            quick = self.quick[index]
+            if quick is not None:
+                return await self._eval_quick(index, quick, script, keys, args, orphan)
 
         async def run(client: Any) -> Any:
             try:
@@ -546,7 +587,39 @@ class Shards:
             except rexc.NoScriptError:
                 return await client.eval(script.text, len(keys), *keys, *args)
 
-        return await self.call(keys[0], run, keys)
+        if orphan is None:
+            return await self.call(keys[0], run, keys)
+        call = asyncio.ensure_future(self.call(keys[0], run, keys))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(lambda done: _hand_over(done, orphan))
+            raise
+
+    async def _eval_quick(
+        self,
+        index: int,
+        quick: QuickCalls,
+        script: Script,
+        keys: list[str],
+        args: list[Any],
+        orphan: Orphan | None,
+    ) -> Any:
+        """:meth:`eval` on a plain shard, with :meth:`call`'s handling of failures."""
+        self._fail_fast(index, time.monotonic())
+        try:
+            try:
+                result = await quick.execute(
+                    ("EVALSHA", script.sha, len(keys), *keys, *args), orphan
+                )
+            except rexc.NoScriptError:
+                result = await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
+        except rexc.OutOfMemoryError as exc:
+            raise _full(self.describe(index)) from exc
+        except UNAVAILABLE_ERRORS as exc:
+            await self._shard_failed(index, exc)
+        self._answered(index)
+        return result
 
     async def _eval_acked(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """The script and its wait in one round trip (see :mod:`.acks`)."""

@@ -354,24 +354,18 @@ class RedisStore(BaseStore):
         self, sid: str, last: int, lease_ms: int
     ) -> tuple[int, dict[str, str], list[tuple[int, bytes]]] | None:
         keys = [*self._session(sid), self._turn(sid)]
-        # Shielded: a caller cancelled while Redis grants the lease (the reply on its
-        # way back) would leave the session held by nobody until the lease runs out.
+        # A caller cancelled while Redis grants the lease (the reply on its way back)
+        # would leave the session held by nobody until the lease runs out: the reply is
+        # still read, and the lease let go.
         args = [self.ttl, last, lease_ms]
-        call = asyncio.ensure_future(self.shards.eval(L.BEGIN_TURN, keys, args))
-        try:
-            found = await asyncio.shield(call)
-        except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._let_go_orphan(sid, done))
-            raise
+        let_go = lambda found: self._let_go_orphan(sid, found)  # noqa: E731
+        found = await self.shards.eval(L.BEGIN_TURN, keys, args, orphan=let_go)
         if found is None:
             return None
         return int(found[0]), _pairs(found[1]), _entries(found[2])
 
-    def _let_go_orphan(self, sid: str, call: asyncio.Future[Any]) -> None:
+    def _let_go_orphan(self, sid: str, found: Any) -> None:
         """Release a lease granted to a caller that was cancelled meanwhile."""
-        if call.cancelled() or call.exception() is not None:
-            return
-        found = call.result()
         if found is not None and int(found[0]):
             release = asyncio.ensure_future(self._end_turn(sid, int(found[0]), []))
             self._releasing.add(release)
