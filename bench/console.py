@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=100.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="the busy window")
+    parser.add_argument("--out", type=Path, help="results directory (default bench/results/…)")
     args = parser.parse_args(argv)
+    if args.sessions <= 20:
+        parser.error("--sessions must be more than 20 (the first page, measured first)")
+    if args.runs < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--runs, --rate and --seconds must be positive")
     workdir = Path(tempfile.mkdtemp(prefix="agentd-bench-console-"))
     redis = RedisServer(workdir)
     proc = AgentdProcess(workdir, CONFIG.format(redis=redis.url), [], {})
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.stop()
         redis.close()
-    out = RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-console")
+    out = args.out or RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-console")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)
