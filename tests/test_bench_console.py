@@ -52,6 +52,9 @@ def test_a_short_console_bench_reports_every_figure(tmp_path: Path) -> None:
     pages = view["first_page_ms"]
     assert set(pages) == {"20", "60"} and all(ms > 0 for ms in pages.values())
     assert view["ratio"] == round(pages["60"] / pages["20"], 2)
+    searched = view["agent_search_ms"]  # the first page shown, then the search's
+    assert set(searched) == {"20", "60"} and all(ms > 0 for ms in searched.values())
+    assert view["agent_search_ratio"] == round(searched["60"] / searched["20"], 2)
 
     busy = results["busy_session"]
     # Paced for the window and two seconds more, every one sent and the last one shown.
