@@ -23,6 +23,7 @@ export function mount(root, ctx) {
   let cursor = null;
   let pageNumber = 0;
   let agent = ""; // the agent the list is narrowed to ("" = every session)
+  let loading = 0; // the latest load: an earlier answer arriving later is dropped
 
   const agents = h("datalist", { id: "session-agents" });
   const agentInput = h("input", { name: "agent", autocomplete: "off", list: "session-agents", placeholder: "every agent" });
@@ -53,7 +54,9 @@ export function mount(root, ctx) {
     const query = new URLSearchParams({ limit: PAGE });
     if (after) query.set("after", after);
     if (agent) query.set("agent", agent);
+    const run = ++loading;
     const res = await api("/v1/sessions?" + query);
+    if (run !== loading) return;
     if (!res.ok) {
       // Nothing listed rather than the rows of another search.
       error.textContent = errorText(res);
