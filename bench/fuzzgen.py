@@ -335,6 +335,8 @@ ENDPOINTS: dict[str, Endpoint] = {
         "GET", "/v1/sessions/{sid}/events", query=("after",), headers=("Last-Event-ID",)
     ),
     "sessions.publish": Endpoint("POST", "/v1/sessions/{sid}/events", _event_body),
+    "state.namespaces": Endpoint("GET", "/v1/state", query=("limit", "after")),
+    "state.documents": Endpoint("GET", "/v1/state/{ns}", query=("limit", "after", "prefix")),
     "state.get": Endpoint("GET", "/v1/state/{ns}/{key}"),
     "state.put": Endpoint(
         "PUT", "/v1/state/{ns}/{key}", _state_body, headers=("If-Match", "If-None-Match")

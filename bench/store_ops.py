@@ -76,6 +76,11 @@ async def _measure_ops(store: Store, ports: list[int]) -> dict[str, dict[str, fl
         ),
         "state_get": lambda i: store.state_get("bench", f"k{i}"),
         "state_patch (read + CAS)": lambda i: store.state_patch("bench", f"k{i}", {"m": i}),
+        # The listing (GET /v1/state, GET /v1/state/{ns}): a page of 20. On shards the
+        # documents' page is a ZRANGEBYLEX then one pipeline per shard (HGET, HSTRLEN),
+        # which round_trips below does not count: two round trips of latency.
+        "list_state_namespaces": lambda i: store.list_state_namespaces(limit=20),
+        "list_state_documents": lambda i: store.list_state_documents("bench", limit=20),
     }
     return {name: await _round_trips(store, ports, op) for name, op in ops.items()}
 

@@ -47,6 +47,8 @@ def test_every_v1_path_needs_a_credential_and_health_checks_do_not() -> None:
     assert scope_for("/v1/responses/resp_1/cancel") == "responses"
     assert scope_for("/v1/sessions/s1/events") == "sessions"
     assert scope_for("/v1/state/ns/k") == "state"
+    assert scope_for("/v1/state") == "state"
+    assert scope_for("/v1/state/ns") == "state"
     assert scope_for("/v1/admin/keys") == "admin"
     assert scope_for("/v1/cache") == "admin"
     assert scope_for("/v1/anything-else") == ""

@@ -147,7 +147,9 @@ AGENTD_ONLY = {
     # a session's live events (SSE) and publishing to them
     ("GET", "/v1/sessions/{id}/events"),
     ("POST", "/v1/sessions/{id}/events"),
-    # shared state between agents
+    # shared state between agents, and the listing a console browses
+    ("GET", "/v1/state"),
+    ("GET", "/v1/state/{namespace}"),
     ("GET", "/v1/state/{namespace}/{key}"),
     ("PUT", "/v1/state/{namespace}/{key}"),
     ("PATCH", "/v1/state/{namespace}/{key}"),

@@ -266,7 +266,7 @@ def test_state_edit_shows_a_concurrent_change_as_a_conflict(
     watch.expect("GET", "/v1/state/app/settings", 404)  # a new document
     watch.expect("PUT", "/v1/state/app/settings", 412)  # the conflict
     sign_in(tab, proxy, ADMIN_KEY, "state")
-    tab.get_by_label("Namespace").fill("app")
+    tab.get_by_label("Namespace", exact=True).fill("app")
     tab.get_by_label("Key", exact=True).fill("settings")
     tab.get_by_role("button", name="Open", exact=True).click()
     version = tab.get_by_role("status", name="Version")
@@ -472,7 +472,7 @@ def test_the_keyboard_alone_signs_in_moves_between_views_and_uses_them(
     heading = tab.get_by_role("heading", name="Shared state")
     expect(heading).to_be_focused()
     tab.keyboard.press("Tab")
-    expect(tab.get_by_label("Namespace")).to_be_focused()
+    expect(tab.get_by_label("Namespace", exact=True)).to_be_focused()
     tab.keyboard.press("Control+A")
     tab.keyboard.type("kb")
     tab.keyboard.press("Tab")

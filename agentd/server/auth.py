@@ -42,7 +42,7 @@ _SCOPES: tuple[tuple[str, str], ...] = (
     ("/v1/responses", "responses"),
     ("/v1/conversations", "responses"),
     ("/v1/sessions", "sessions"),
-    ("/v1/state/", "state"),
+    ("/v1/state", "state"),
     ("/v1/admin/", "admin"),
     ("/v1/cache", "admin"),
     ("/v1/", ""),

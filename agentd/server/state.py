@@ -25,6 +25,14 @@ Extension: ``POST /v1/state/{namespace}/{key}/increment`` with ``{"path": ["a", 
 document, atomically; missing fields and the document itself start at 0 / ``{}``. It
 answers 200 with the new document. Counters need no read-modify-write round trips.
 
+Listing (what a console browses): ``GET /v1/state?limit=N&after=NAME`` pages through the
+tenant's namespaces that hold documents, by name, each ``{"object": "state.namespace",
+"name", "documents"}``; ``GET /v1/state/{namespace}?limit=N&after=KEY&prefix=P`` pages
+through a namespace's documents by key, each ``{"object": "state.document", "key",
+"version", "size"}`` (``size``: bytes of the stored JSON). Both answer ``{"object":
+"list", "data", "has_more", "next_after"}``: ``limit`` 1 to 1000 (default 100), ``after``
+a previous page's ``next_after``. A namespace without documents lists empty.
+
 PATCH takes an optional ``If-Match``: the patch applies only to that version (412 with
 the current document otherwise, as for ``PUT``). Increment is atomic by itself and
 refuses ``If-Match`` rather than silently ignore it.
@@ -38,8 +46,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import AgentdError, BadRequest
-from ..store import StateDoc
-from .http import MAX_DEPTH, json_object, json_response, read_json
+from ..store import StateDoc, StateListing
+from .http import MAX_DEPTH, json_object, json_response, query_int, read_json
 from .tenancy import store_of
 
 __all__ = ("setup",)
@@ -52,6 +60,8 @@ _ENVELOPE_FIELDS = frozenset({"value", "version"})
 _IF_MATCH = re.compile(r'"([0-9]{1,19})"|([0-9]{1,19})')
 _MAX_VERSION = 2**63 - 1
 _INCREMENT_FIELDS = frozenset({"path", "by"})
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
 
 
 def _name(request: web.Request) -> tuple[str, str]:
@@ -190,7 +200,52 @@ async def delete_state(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+def _limit(request: web.Request) -> int:
+    limit = query_int(request, "limit", MAX_LIMIT)
+    if limit == 0:
+        raise BadRequest(f"limit must be from 1 to {MAX_LIMIT}", code="invalid_range")
+    return DEFAULT_LIMIT if limit is None else limit
+
+
+def _page(listing: StateListing, rows: list[dict[str, Any]]) -> web.Response:
+    return json_response(
+        {
+            "object": "list",
+            "data": rows,
+            "has_more": listing.next_after is not None,
+            "next_after": listing.next_after,
+        }
+    )
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    listing = await store_of(request).list_state_namespaces(
+        limit=_limit(request), after=request.query.get("after")
+    )
+    rows = [
+        {"object": "state.namespace", "name": n.name, "documents": n.documents}
+        for n in listing.data
+    ]
+    return _page(listing, rows)
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    listing = await store_of(request).list_state_documents(
+        request.match_info["namespace"],
+        limit=_limit(request),
+        after=request.query.get("after"),
+        prefix=request.query.get("prefix", ""),
+    )
+    rows = [
+        {"object": "state.document", "key": e.key, "version": e.version, "size": e.size}
+        for e in listing.data
+    ]
+    return _page(listing, rows)
+
+
 def setup(app: web.Application) -> None:
+    app.router.add_get("/v1/state", list_namespaces)
+    app.router.add_get("/v1/state/{namespace}", list_documents)
     app.router.add_get("/v1/state/{namespace}/{key}", get_state)
     app.router.add_put("/v1/state/{namespace}/{key}", put_state)
     app.router.add_patch("/v1/state/{namespace}/{key}", patch_state)

@@ -52,6 +52,9 @@ __all__ = (
     "Start",
     "StateConflict",
     "StateDoc",
+    "StateEntry",
+    "StateListing",
+    "StateNamespace",
     "Store",
     "Subscription",
     "TurnLease",
@@ -104,6 +107,32 @@ class TurnLease:
 class StateDoc:
     value: Any
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateNamespace:
+    """A namespace of the tenant's shared state and how many documents it holds."""
+
+    name: str
+    documents: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """A document as a listing shows it: its key, version and size (bytes of JSON)."""
+
+    key: str
+    version: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateListing:
+    """A page of namespaces or documents, in name order; ``next_after`` (None on the last
+    page) is the cursor of the next one."""
+
+    data: list[Any]
+    next_after: str | None
 
 
 class StateConflict(Conflict):
@@ -407,6 +436,18 @@ class Store(abc.ABC):
         self, namespace: str, key: str, path: Sequence[str], by: int | float
     ) -> StateDoc:
         """Add ``by`` to the number at ``path`` (created as 0, with its parents)."""
+
+    @abc.abstractmethod
+    async def list_state_namespaces(self, *, limit: int, after: str | None = None) -> StateListing:
+        """The tenant's namespaces holding documents (:class:`StateNamespace`), by name,
+        after the namespace ``after``; one round trip per page."""
+
+    @abc.abstractmethod
+    async def list_state_documents(
+        self, namespace: str, *, limit: int, after: str | None = None, prefix: str = ""
+    ) -> StateListing:
+        """The namespace's documents (:class:`StateEntry`) whose key starts with
+        ``prefix``, by key, after the key ``after`` (see docs/state.md)."""
 
 
 # -- the response cache's shared tier ---------------------------------------------------

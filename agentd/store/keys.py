@@ -33,6 +33,11 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 - ``agentd:cache:epoch`` (counter) bumped by every cache clear; ``agentd:cache:invalidate``
   (channel) tells every worker to drop its L1.
 - ``agentd:st:{NS/KEY}`` (hash): ``v`` (the document JSON), ``ver`` (its version).
+- ``agentd:stn:{st/TENANT}`` (sorted set, every score 0, so in name order): the tenant's
+  namespaces that hold documents; ``agentd:stn:{st/TENANT}:NS`` (the same): the keys of
+  namespace NS. All on the tenant's slot, so one script keeps both in step and one lists
+  a page of namespaces with their counts. Written when a document is created, cleaned
+  when it is deleted, never by an update (see docs/state.md).
 - ``agentd:q:{PARTITION:N}`` (stream, consumer group ``agentd``): shard N of a job
   partition's queue, one entry per delivery, field ``id`` = the job id (:func:`job_id`);
   acknowledged entries are deleted. ``agentd:q:{PARTITION}:dead`` (stream, capped): dead letters,
@@ -110,6 +115,7 @@ __all__ = (
     "session_index",
     "session_keys",
     "session_meta_prefix",
+    "state_index",
     "state_key",
     "steps_key",
     "tenant_keys",
@@ -216,6 +222,11 @@ def steps_key(rid: str, prefix: str = PREFIX) -> str:
 
 def state_key(name: str, prefix: str = PREFIX) -> str:
     return f"{prefix}st:{{{name}}}"
+
+
+def state_index(tenant: str, prefix: str = PREFIX) -> str:
+    """The tenant's namespace index; a namespace's key index is this, ``:`` and its name."""
+    return f"{prefix}stn:{{st/{tenant}}}"
 
 
 def job_id(tenant: str, rid: str) -> str:

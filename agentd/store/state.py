@@ -1,12 +1,21 @@
 """Shared state documents, as every implementation does them: names checked, values
 encoded with a size limit, merge patch and increment as compare-and-set retries over
-three atomic primitives (read, conditional write, conditional remove)."""
+three atomic primitives (read, conditional write, conditional remove), and the listing
+of namespaces and documents over an index of names.
+
+The index holds names only, in name order, so it changes when a document is created
+(version 1) or deleted, never when one is updated. It is written after the document and
+cleaned after it, on another slot: a listing may meet a key whose document is gone (a
+delete racing a create); it leaves it out and removes it, then looks at the document
+again and puts the key back if it was created meanwhile. A delete does the same, so a
+create racing it is never left out of the index."""
 
 from __future__ import annotations
 
 import abc
 import asyncio
 import math
+import re
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,8 +23,8 @@ from typing import Any
 import orjson
 
 from ..errors import BadRequest, Conflict, NotFound
-from ..schema import validate_name
-from .api import StateConflict, StateDoc, Store
+from ..schema import NAME_RE, validate_name
+from .api import StateConflict, StateDoc, StateEntry, StateListing, StateNamespace, Store
 from .codec import dumps_limited
 
 __all__ = ("MAX_CAS_ATTEMPTS", "StateStore", "increment", "merge_patch")
@@ -74,6 +83,24 @@ def increment(value: Any, path: Sequence[str], by: int | float) -> Any:
     return root
 
 
+def _cursor(after: str | None) -> str | None:
+    """A listing's ``after``: a name, as a page's ``next_after`` is; else 400."""
+    if after is not None and not NAME_RE.fullmatch(after):
+        raise BadRequest("after is not a cursor this listing returned", code="invalid_cursor")
+    return after
+
+
+def _prefix(prefix: str) -> str:
+    if prefix and not _PREFIX_RE.fullmatch(prefix):
+        raise BadRequest(
+            "prefix must be at most 200 characters of A-Z a-z 0-9 . _ : -", code="invalid_prefix"
+        )
+    return prefix
+
+
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
 def _not_found(namespace: str, key: str) -> NotFound:
     return NotFound(f"no state at {namespace}/{key}", code="state_not_found")
 
@@ -106,6 +133,8 @@ class StateStore(Store):
             raise StateConflict(
                 None if current is None else StateDoc(orjson.loads(current), version)
             )
+        if version == 1:
+            await self._indexed(namespace, key)
         return StateDoc(value, version)
 
     async def state_delete(
@@ -114,6 +143,8 @@ class StateStore(Store):
         name = self._state_name(namespace, key)
         ok, version, current = await self._state_remove(name, expected_version)
         if ok:
+            # Shielded, as a create's: a caller cancelled now must not leave the index behind.
+            await asyncio.shield(self._state_unindex(namespace, [key]))
             return
         if current is None:
             raise _not_found(namespace, key)
@@ -159,6 +190,8 @@ class StateStore(Store):
                 name, self._encode_value(new), version
             )
             if ok:
+                if new_version == 1:
+                    await self._indexed(namespace, key)
                 return StateDoc(new, new_version)
             if expected is not None:  # written over since the read: that is a conflict too
                 raise StateConflict(
@@ -170,6 +203,50 @@ class StateStore(Store):
             f"{namespace}/{key} changed {MAX_CAS_ATTEMPTS} times while being updated; retry",
             code="state_contended",
         )
+
+    # -- listing ----------------------------------------------------------------------
+
+    async def list_state_namespaces(self, *, limit: int, after: str | None = None) -> StateListing:
+        rows = await self._state_namespaces(_cursor(after), limit + 1)
+        page = [StateNamespace(name, count) for name, count in rows[:limit]]
+        return StateListing(page, page[-1].name if len(rows) > limit else None)
+
+    async def list_state_documents(
+        self, namespace: str, *, limit: int, after: str | None = None, prefix: str = ""
+    ) -> StateListing:
+        validate_name("namespace", namespace)
+        rows = await self._state_page(namespace, _cursor(after), _prefix(prefix), limit + 1)
+        shown = rows[:limit]
+        page = [StateEntry(k, *head) for k, head in shown if head]
+        gone = [k for k, head in shown if head is None]
+        if gone:
+            await self._state_unindex(namespace, gone)
+        # The cursor is the page's last key even when its document was gone: a page may
+        # hold fewer than ``limit`` documents and still have more after it.
+        return StateListing(page, shown[-1][0] if len(rows) > limit else None)
+
+    async def _state_page(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[tuple[str, tuple[int, int] | None]]:
+        """Up to ``limit`` indexed keys (as :meth:`_state_keys`) with their documents'
+        heads (as :meth:`_state_heads`)."""
+        keys = await self._state_keys(namespace, after, prefix, limit)
+        heads = await self._state_heads([f"{namespace}/{k}" for k in keys])
+        return list(zip(keys, heads, strict=True))
+
+    async def _indexed(self, namespace: str, key: str) -> None:
+        """Index a document just created. Shielded: a caller cancelled between the write
+        and this (a turn interrupted) must not leave the document out of the listing."""
+        await asyncio.shield(self._state_index(namespace, [key], add=True))
+
+    async def _state_unindex(self, namespace: str, keys: list[str]) -> None:
+        """Remove keys from the index, then put back any whose document exists again (a
+        create that raced the removal: its own index write may have come before it)."""
+        await self._state_index(namespace, keys, add=False)
+        heads = await self._state_heads([f"{namespace}/{k}" for k in keys])
+        back = [k for k, head in zip(keys, heads, strict=True) if head is not None]
+        if back:
+            await self._state_index(namespace, back, add=True)
 
     # -- primitives, each atomic in every implementation -----------------------------
 
@@ -191,6 +268,26 @@ class StateStore(Store):
 
         Returns (written, version, current JSON): the new version when written, else the
         current version and document (None and 0 when absent)."""
+
+    @abc.abstractmethod
+    async def _state_index(self, namespace: str, keys: list[str], *, add: bool) -> None:
+        """Add keys of ``namespace`` to the index (and the namespace to the namespaces),
+        or remove them (and the namespace, when it has no key left)."""
+
+    @abc.abstractmethod
+    async def _state_namespaces(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        """Up to ``limit`` indexed namespaces after ``after``, by name, with their counts."""
+
+    @abc.abstractmethod
+    async def _state_keys(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[str]:
+        """Up to ``limit`` indexed keys of ``namespace`` after ``after`` starting with
+        ``prefix``, by name."""
+
+    @abc.abstractmethod
+    async def _state_heads(self, names: list[str]) -> list[tuple[int, int] | None]:
+        """(version, size of the JSON) of each document ``namespace/key``, or None."""
 
     @abc.abstractmethod
     async def _state_remove(

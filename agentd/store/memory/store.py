@@ -66,6 +66,10 @@ class _Space:
     # The same per agent, for the sessions that have one (a session's agent never changes).
     agents: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     state: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    # The state listing's index: the namespaces holding documents, and each one's keys,
+    # both sorted.
+    namespaces: list[str] = field(default_factory=list)
+    state_keys: dict[str, list[str]] = field(default_factory=dict)
     channels: Channels = field(default_factory=Channels)
 
 
@@ -99,6 +103,8 @@ class MemoryStore(BaseStore):
         self._activity = space.activity
         self._agents = space.agents
         self._state = space.state
+        self._namespaces = space.namespaces
+        self._state_keys_of = space.state_keys
         self._channels = space.channels
 
     def _scope(self, tenant: str) -> None:
@@ -344,6 +350,48 @@ class MemoryStore(BaseStore):
             return False, version, None if current is None else current[0]
         self._state[name] = (data, version + 1)
         return True, version + 1, None
+
+    async def _state_index(self, namespace: str, keys: list[str], *, add: bool) -> None:
+        names = self._state_keys_of.get(namespace)
+        if add:
+            if names is None:
+                names = self._state_keys_of[namespace] = []
+                bisect.insort(self._namespaces, namespace)
+            for key in keys:
+                at = bisect.bisect_left(names, key)
+                if at == len(names) or names[at] != key:
+                    names.insert(at, key)
+            return
+        if names is None:
+            return
+        for key in keys:
+            at = bisect.bisect_left(names, key)
+            if at < len(names) and names[at] == key:
+                del names[at]
+        if not names:
+            del self._state_keys_of[namespace]
+            del self._namespaces[bisect.bisect_left(self._namespaces, namespace)]
+
+    async def _state_namespaces(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        start = 0 if after is None else bisect.bisect_right(self._namespaces, after)
+        return [
+            (name, len(self._state_keys_of[name]))
+            for name in self._namespaces[start : start + limit]
+        ]
+
+    async def _state_keys(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[str]:
+        names = self._state_keys_of.get(namespace, [])
+        start = bisect.bisect_left(names, prefix)
+        if after is not None:
+            start = max(start, bisect.bisect_right(names, after))
+        page = names[start : start + limit]
+        return [key for key in page if key.startswith(prefix)]
+
+    async def _state_heads(self, names: list[str]) -> list[tuple[int, int] | None]:
+        found = [self._state.get(name) for name in names]
+        return [None if doc is None else (doc[1], len(doc[0])) for doc in found]
 
     async def _state_remove(
         self, name: str, expected: int | None

@@ -55,6 +55,24 @@ def _pairs(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
+def _lex_range(after: str | None, prefix: str) -> tuple[str, str]:
+    """ZRANGEBYLEX bounds of the names after ``after`` that start with ``prefix``."""
+    low = f"[{prefix}" if prefix else "-"
+    if after is not None and after >= prefix:
+        low = f"({after}"
+    # Names are ASCII below DEL, so prefix + DEL sorts after every name it starts.
+    high = f"[{prefix}\x7f" if prefix else "+"
+    return low, high
+
+
+def _heads(flat: list[Any]) -> list[tuple[int, int] | None]:
+    """HGET ver, HSTRLEN v pairs as (version, size), None for a missing document."""
+    return [
+        None if flat[i] is None else (int(flat[i]), int(flat[i + 1]))
+        for i in range(0, len(flat), 2)
+    ]
+
+
 def _entries(rows: list[Any]) -> list[tuple[int, bytes]]:
     """Stream entries ``[id, [b"m", payload]]`` as (seq, payload)."""
     return [(int(entry_id.split(b"-", 1)[0]), fields[1]) for entry_id, fields in rows]
@@ -439,3 +457,77 @@ class RedisStore(BaseStore):
         key = K.state_key(name, self.prefix)
         reply = await self.shards.eval(L.STATE_REMOVE, [key], args, acked=True)
         return bool(reply[0]), int(reply[1]), reply[2] if len(reply) > 2 else None
+
+    # -- the shared state listing (see agentd/store/state.py) ------------------------
+
+    async def _state_index(self, namespace: str, keys: list[str], *, add: bool) -> None:
+        index = K.state_index(self.tenant, self.prefix)
+        args = ["+" if add else "-", namespace, *keys]
+        await self.shards.eval(L.STATE_INDEX, [index, f"{index}:{namespace}"], args, acked=True)
+
+    async def _state_namespaces(self, after: str | None, limit: int) -> list[tuple[str, int]]:
+        index = K.state_index(self.tenant, self.prefix)
+        flat = await self.shards.eval(L.STATE_NAMESPACES, [index], [after or "", limit])
+        return [(flat[i].decode(), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def _state_keys(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[str]:
+        key = f"{K.state_index(self.tenant, self.prefix)}:{namespace}"
+        low, high = _lex_range(after, prefix)
+        rows = await self.shards.call(
+            key, lambda c: c.zrangebylex(key, low, high, start=0, num=limit)
+        )
+        return [row.decode() for row in rows]
+
+    async def _state_page(
+        self, namespace: str, after: str | None, prefix: str, limit: int
+    ) -> list[tuple[str, tuple[int, int] | None]]:
+        if self.clustered or len(self.shards.clients) > 1 or self.shards.moving is not None:
+            # The documents are on other shards than the index: a second round trip.
+            return await super()._state_page(namespace, after, prefix, limit)
+        key = f"{K.state_index(self.tenant, self.prefix)}:{namespace}"
+        docs = K.state_key(f"{namespace}/", self.prefix)[:-1]  # without the closing brace
+        flat = await self.shards.eval(
+            L.STATE_PAGE, [key], [*_lex_range(after, prefix), limit, docs]
+        )
+        return [
+            (flat[i].decode(), (int(flat[i + 1]), int(flat[i + 2])) if flat[i + 1] else None)
+            for i in range(0, len(flat), 3)
+        ]
+
+    async def _state_heads(self, names: list[str]) -> list[tuple[int, int] | None]:
+        """Each document's version and size: one pipeline per shard (per node in a
+        cluster), the shards in parallel."""
+        if not names:
+            return []
+        keys = [K.state_key(name, self.prefix) for name in names]
+        if self.clustered:
+            flat = await self._batch(
+                [c for k in keys for c in (("hget", (k, "ver"), {}), ("hstrlen", (k, "v"), {}))]
+            )
+            return _heads(flat)
+        # A reshard routes each key by itself (its slot may be moving).
+        groups: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            shard = self.shards.shard_of(key) if self.shards.moving is None else -1 - i
+            groups.setdefault(shard, []).append(i)
+
+        async def heads(group: list[int]) -> list[tuple[int, int] | None]:
+            async def run(client: Any) -> list[Any]:
+                pipe = client.pipeline(transaction=False)
+                for i in group:
+                    pipe.hget(keys[i], "ver")
+                    pipe.hstrlen(keys[i], "v")
+                return list(await pipe.execute())
+
+            return _heads(await self.shards.call(keys[group[0]], run))
+
+        found: list[tuple[int, int] | None] = [None] * len(keys)
+        groups_list = list(groups.values())
+        for group, answer in zip(
+            groups_list, await asyncio.gather(*(heads(g) for g in groups_list)), strict=True
+        ):
+            for i, head in zip(group, answer, strict=True):
+                found[i] = head
+        return found
