@@ -6,7 +6,9 @@
   page of the same server (``/healthz``): the ratio says what the console costs beyond
   one round trip to the server.
 * **10,000 sessions**: the Sessions view's first page shown, with the tenant holding
-  20 sessions, then 10,000 (the listing is paged: the ratio should stay near 1).
+  20 sessions, then 10,000 (the listing is paged: the ratio should stay near 1); and the
+  same for the first page of one agent's 20 sessions searched by agent, among 20 then
+  10,000 (each agent has its own index: near 1 too).
 * **A session receiving 100 events per second**: while another client appends 100
   messages a second to the session the chat view shows, how late the page's timers fire
   (its main thread's responsiveness) and how long a turn typed in the page takes to come
@@ -99,33 +101,40 @@ def cold_load(browser: Browser, url: str, runs: int) -> dict[str, Any]:
     }
 
 
-def sessions_view(page: Page, url: str, runs: int) -> float:
-    """The median time to show the first page (after one run that warms the cache)."""
+def sessions_view(page: Page, url: str, runs: int, agent: str | None = None) -> float:
+    """The median time to show the first page, of ``agent``'s sessions when given (after
+    one run that warms the cache)."""
     samples = []
     for _ in range(runs + 1):
         start = time.perf_counter()
         page.goto(url + "/console#sessions")
         page.reload()
-        expect(page.get_by_role("table", name="Sessions").locator("tbody tr")).to_have_count(
-            20, timeout=WAIT_MS
-        )
+        rows = page.get_by_role("table", name="Sessions").locator("tbody tr")
+        expect(rows).to_have_count(20, timeout=WAIT_MS)
+        if agent:
+            page.get_by_label("Agent").fill(agent)
+            page.get_by_role("button", name="Search").click()
+            expect(page.locator(".pager [role=status]")).to_have_text(
+                f"page 1, 20 session(s) of {agent}", timeout=WAIT_MS
+            )
         samples.append(time.perf_counter() - start)
     return _median_ms(samples[1:])
 
 
-def create_sessions(url: str, count: int) -> None:
+def create_sessions(url: str, count: int, agent: str | None = None) -> None:
     """In a thread of its own: Playwright's sync API holds this thread's event loop."""
-    worker = threading.Thread(target=lambda: asyncio.run(_create_sessions(url, count)))
+    worker = threading.Thread(target=lambda: asyncio.run(_create_sessions(url, count, agent)))
     worker.start()
     worker.join()
 
 
-async def _create_sessions(url: str, count: int) -> None:
+async def _create_sessions(url: str, count: int, agent: str | None) -> None:
+    body = {"agent": agent} if agent else {}
     async with aiohttp.ClientSession() as http:
         gate = asyncio.Semaphore(64)
 
         async def one() -> None:
-            async with gate, http.post(url + "/v1/sessions", json={}) as r:
+            async with gate, http.post(url + "/v1/sessions", json=body) as r:
                 assert r.status == 201, await r.text()
 
         await asyncio.gather(*(one() for _ in range(count)))
@@ -197,7 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=100.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="the busy window")
+    parser.add_argument("--out", type=Path, help="results directory (default bench/results/…)")
     args = parser.parse_args(argv)
+    if args.sessions <= 20:
+        parser.error("--sessions must be more than 20 (the first page, measured first)")
+    if args.runs < 1 or args.rate <= 0 or args.seconds <= 0:
+        parser.error("--runs, --rate and --seconds must be positive")
     workdir = Path(tempfile.mkdtemp(prefix="agentd-bench-console-"))
     redis = RedisServer(workdir)
     proc = AgentdProcess(workdir, CONFIG.format(redis=redis.url), [], {})
@@ -207,13 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         with launch() as browser:
             results["cold_load"] = cold_load(browser, proc.url, args.runs)
             page = browser.new_page()
-            create_sessions(proc.url, 20)
+            create_sessions(proc.url, 20, agent="echo")
             few = sessions_view(page, proc.url, args.runs)
-            create_sessions(proc.url, args.sessions - 20)
+            few_of = sessions_view(page, proc.url, args.runs, agent="echo")
+            create_sessions(proc.url, args.sessions - 20)  # of no agent
             many = sessions_view(page, proc.url, args.runs)
+            many_of = sessions_view(page, proc.url, args.runs, agent="echo")
             results["sessions_view"] = {
                 "first_page_ms": {"20": few, str(args.sessions): many},
                 "ratio": round(many / few, 2),
+                "agent_search_ms": {"20": few_of, str(args.sessions): many_of},
+                "agent_search_ratio": round(many_of / few_of, 2),
             }
             results["busy_session"] = busy_session(
                 page, proc.url, proc.port, args.rate, args.seconds
@@ -221,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.stop()
         redis.close()
-    out = RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-console")
+    out = args.out or RESULTS / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-console")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     json.dump(results, sys.stdout, indent=2)

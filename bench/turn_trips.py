@@ -197,7 +197,9 @@ def measure(
             body = {"tenant": "bench", "name": "load", "limits": KEY_LIMITS}
             key = admin.call("/v1/admin/keys", body)["key"]
         client = _Client(agentd.port, key)
-        sids = [client.call("/v1/sessions", {})["id"] for _ in range(SESSIONS)]
+        # Sessions of the agent, as chat's clients make them: a turn writes its agent's
+        # session index too (docs/state.md, "Searching sessions").
+        sids = [client.call("/v1/sessions", {"agent": "echo"})["id"] for _ in range(SESSIONS)]
         for i in range(SESSIONS * 4):  # warm-up: every session has history, leases are taken
             client.turn(sids[i % SESSIONS], i)
         start = _counters(redis.port)

@@ -74,7 +74,10 @@ async def test_store_follows_a_reshard_and_the_move_is_resumable(
     old = [s.url for s in servers[:2]]
     new = [s.url for s in servers]
     before = await _open(old)
-    sids = [(await before.create_session(metadata={"n": i})).id for i in range(60)]
+    sids = [
+        (await before.create_session(agent=f"agent{i % 2}", metadata={"n": i})).id
+        for i in range(60)
+    ]
     for sid in sids:
         await before.append(sid, [{"role": "user", "content": f"{sid} 1"}])
     for i in range(30):
@@ -125,6 +128,9 @@ async def test_store_follows_a_reshard_and_the_move_is_resumable(
         assert doc.value == ({"i": i, "new": True} if i < 10 else {"i": i})
     page = await after.list_sessions(limit=1000)
     assert sorted(s.id for s in page.sessions) == sorted(sids)
+    # An agent's index is rebuilt like the sessions' (its entries on their new shard).
+    page = await after.list_sessions(limit=1000, agent="agent1")
+    assert sorted(s.id for s in page.sessions) == sorted(sids[1::2])
     # DUMP/RESTORE carries a stream's consumer group and its pending entries.
     for stream in streams:
         owner = new[key_slot(stream) * 3 // 16384]

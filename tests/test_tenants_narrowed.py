@@ -176,6 +176,11 @@ async def test_an_agent_outside_a_narrowed_identity_is_forbidden(url: str) -> No
             assert (status, found["error"]["code"]) == (403, "permission_denied"), path
         refused = await _hello(http, url, narrowed, {"agent": "other"})
         assert (refused["type"], refused["code"]) == ("error", "permission_denied")
+        # Nor are its sessions searched (GET /v1/sessions?agent=NAME).
+        status, found = await _call(http, url, narrowed, "GET", "/v1/sessions?agent=other", None)
+        assert (status, found["error"]["code"]) == (403, "permission_denied")
+        status, found = await _call(http, url, narrowed, "GET", "/v1/sessions?agent=echo", None)
+        assert status == 200 and found["data"] == []
         allowed = {"model": "echo", "messages": user}
         status, _ = await _call(http, url, narrowed, "POST", "/v1/chat/completions", allowed)
         assert status == 200

@@ -13,7 +13,9 @@ page holds — older ones before the page without ``after``, newer ones after it
 
 ``GET /v1/sessions?limit=N&after=CURSOR`` lists live sessions, the most recently written
 to first (created, appended to, a turn stored), ``limit`` (default 100, at most 1000) a
-page; ``next_after`` (null on the last page) is the cursor of the next page.
+page; ``next_after`` (null on the last page) is the cursor of the next page. With
+``agent=NAME``, only that agent's sessions, in the same order, from that agent's own
+index (a page costs what the agent's sessions cost, not the tenant's).
 
 ``POST /v1/sessions/{id}/messages`` with ``{"messages": [...]}`` appends messages (as
 an agent or a tool posting into a shared session does) and publishes them to every
@@ -67,9 +69,14 @@ async def create_session(request: web.Request) -> web.Response:
 
 async def list_sessions(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", MAX_LIMIT)
+    agent = request.query.get("agent")
+    if agent is not None:
+        validate_name("agent", agent)
+        identity_of(request).check_agent(agent)
     page = await store_of(request).list_sessions(
         limit=DEFAULT_LIMIT if limit is None else limit,
         after=request.query.get("after"),
+        agent=agent,
     )
     allowed = identity_of(request).sessions  # a token narrowed to sessions sees those only
     return json_response(

@@ -326,10 +326,13 @@ class Store(abc.ABC):
         """Replace the session's metadata; ``NotFound`` if absent."""
 
     @abc.abstractmethod
-    async def list_sessions(self, *, limit: int, after: str | None = None) -> SessionPage:
-        """Live sessions, the most recently written to first (created or appended to),
-        ``limit`` at most; ``after`` is a previous page's ``next_after``. One round trip
-        per page on one Redis or client-side shards (see docs/state.md)."""
+    async def list_sessions(
+        self, *, limit: int, after: str | None = None, agent: str | None = None
+    ) -> SessionPage:
+        """Live sessions (of ``agent`` only, when given: its own index), the most recently
+        written to first (created or appended to), ``limit`` at most; ``after`` is a
+        previous page's ``next_after``. One round trip per page on one Redis or
+        client-side shards (see docs/state.md)."""
 
     @abc.abstractmethod
     async def delete_message(self, session_id: str, seq: int) -> bool:

@@ -25,7 +25,8 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
   its last activity (unix ms). One per shard on one Redis or client-side shards (``TAG``
   chosen so the key lands on that shard, beside the sessions it indexes), a fixed number
   of buckets in a Redis Cluster (``TAG`` = ``b`` and the bucket number); see
-  docs/state.md.
+  docs/state.md. ``agentd:sx:{TAG}:a:AGENT`` (sorted set): the same for the sessions
+  of one agent (same ``TAG``, so the same shard or bucket as the index it refines).
 - ``agentd:c:{HASH}`` (string, TTL): a cached response (the cache's L2);
   ``agentd:c:{HASH}:lock`` (string, short TTL) the single-flight leader's lease, and
   ``agentd:c:{HASH}:flight`` (stream, short TTL) the chunks it streams to followers.
@@ -86,6 +87,7 @@ and never answer CROSSSLOT. A shared-state document is tagged with its own
 from __future__ import annotations
 
 __all__ = (
+    "AGENT_INDEX_JOIN",
     "CACHE_CHANNEL",
     "CACHE_EPOCH",
     "CACHE_PATTERN",
@@ -108,6 +110,7 @@ __all__ = (
     "record_keys",
     "registry_keys",
     "retries_key",
+    "session_agent_index",
     "session_channel",
     "session_index",
     "session_keys",
@@ -148,6 +151,16 @@ def session_meta_prefix(prefix: str = PREFIX) -> str:
 def session_index(tag: str, prefix: str = PREFIX) -> str:
     """An index of sessions by last activity (see the module docstring)."""
     return f"{prefix}sx:{{{tag}}}"
+
+
+# What joins an index key and an agent's name in that agent's index (the scripts that
+# write it append this and the session's agent to the index key they are given).
+AGENT_INDEX_JOIN = ":a:"
+
+
+def session_agent_index(index: str, agent: str) -> str:
+    """The index of ``agent``'s sessions beside the session index key ``index``."""
+    return f"{index}{AGENT_INDEX_JOIN}{agent}"
 
 
 def turn_key(sid: str, prefix: str = PREFIX) -> str:

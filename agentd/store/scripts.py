@@ -9,7 +9,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from .codec import SESSION_DELETED
-from .keys import JOB_GROUP
+from .keys import AGENT_INDEX_JOIN, JOB_GROUP
 
 __all__ = (
     "ACK_JOB",
@@ -69,6 +69,7 @@ class Script:
 
     def __post_init__(self) -> None:
         text = self.text.replace("$GROUP", JOB_GROUP).replace("$DELETED", SESSION_DELETED.decode())
+        text = text.replace("$AGENT_JOIN", AGENT_INDEX_JOIN)
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "sha", hashlib.sha1(text.encode()).hexdigest())
 
@@ -77,6 +78,23 @@ class Script:
 # session where the index key may be (KEYS[n] given: one Redis, client-side shards); in a
 # Redis Cluster it is another slot, so the store writes it behind the script instead
 # (agentd/store/redis/index.py).
+#
+# A session of an agent is also in that agent's index (keys.session_agent_index), whose
+# key the script derives from the index key and the meta's ``agent`` (the same hash tag:
+# the same shard). The key is not in KEYS: one Redis and client-side shards allow that,
+# and in a cluster, where the index key is not given, the scripts do not write it.
+# _index_lua(key, score, sid): the Lua that writes both entries when the key is given.
+def _index_lua(key: str, score: str, sid: str) -> str:
+    return f"""
+if {key} then
+  redis.call('ZADD', {key}, {score}, {sid})
+  local agent = redis.call('HGET', KEYS[1], 'agent')
+  if agent and agent ~= '' then
+    redis.call('ZADD', {key} .. '$AGENT_JOIN' .. agent, {score}, {sid})
+  end
+end
+"""
+
 
 # KEYS: meta, log, [index]. ARGV: ttl, activity score (ms), session id, then field/value
 # pairs of the meta hash.
@@ -87,7 +105,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'seq', 0, unpack(ARGV, 4))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
-if KEYS[3] then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3]) end
+"""
+    + _index_lua("KEYS[3]", "ARGV[2]", "ARGV[3]")
+    + """
 return 1
 """,
 )
@@ -120,10 +140,12 @@ return 1
 )
 
 # KEYS: index. ARGV: max score ('+inf', or the cursor's), the cursor's session id ('':
-# none), limit, meta key prefix, meta key suffix. The newest ``limit`` sessions of this
-# shard's index after the cursor: {id, score, meta (flat), ...}. Entries whose session is
-# gone (expired) are removed as they are met. The metas are read by key name, which one
-# Redis and client-side shards allow (a Redis Cluster does not: see RedisStore).
+# none), limit, meta key prefix, meta key suffix, agent ('': the index is not an agent's).
+# The newest ``limit`` sessions of this shard's index after the cursor: {id, score, meta
+# (flat), ...}. Entries whose session is gone (expired, or in an agent's index a session
+# of another agent now under that id) are removed as they are met. The metas are read by
+# key name, which one Redis and client-side shards allow (a Redis Cluster does not: see
+# RedisStore).
 LIST_SESSIONS = Script(
     "list_sessions",
     """
@@ -138,6 +160,13 @@ while #out < limit * 3 do
     local sid, score = rows[i], rows[i + 1]
     if not (ARGV[2] ~= '' and tonumber(score) == tonumber(ARGV[1]) and sid >= ARGV[2]) then
       local meta = redis.call('HGETALL', ARGV[4] .. sid .. ARGV[5])
+      if #meta > 0 and ARGV[6] ~= '' then
+        local agent = ''
+        for j = 1, #meta, 2 do
+          if meta[j] == 'agent' then agent = meta[j + 1] end
+        end
+        if agent ~= ARGV[6] then meta = {} end
+      end
       if #meta == 0 then
         gone[#gone + 1] = sid
       else
@@ -172,7 +201,11 @@ return meta
 DELETE = Script(
     "delete",
     """
-if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[2]) end
+if KEYS[5] then
+  redis.call('ZREM', KEYS[5], ARGV[2])
+  local agent = redis.call('HGET', KEYS[1], 'agent')
+  if agent and agent ~= '' then redis.call('ZREM', KEYS[5] .. '$AGENT_JOIN' .. agent, ARGV[2]) end
+end
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2], KEYS[4])
 redis.call(ARGV[1], KEYS[3], '$DELETED')
@@ -188,14 +221,15 @@ def _append_lua(first_payload: int, index_key: int) -> str:
     """Lua that appends ARGV[first_payload..] (ARGV[1] ttl, ARGV[2] max messages, ARGV[3]
     publish command; the two ARGV before the payloads: the activity score and the session
     id for the index at KEYS[index_key], when given), trims, refreshes the TTL, publishes
-    and returns the first seq."""
+    and returns the first seq; without the index key (a cluster, which indexes behind the
+    script) {first seq, the session's agent}, for the agent's index."""
+    index = _index_lua(
+        f"KEYS[{index_key}]", f"ARGV[{first_payload - 2}]", f"ARGV[{first_payload - 1}]"
+    )
     return f"""
 local n = #ARGV - {first_payload - 1}
 if n == 0 then return 0 end
-if KEYS[{index_key}] then
-  redis.call('ZADD', KEYS[{index_key}], ARGV[{first_payload - 2}], ARGV[{first_payload - 1}])
-end
-local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
+{index}local last = redis.call('HINCRBY', KEYS[1], 'seq', n)
 local first = last - n + 1
 local parts = {{}}
 for i = 1, n do
@@ -208,6 +242,7 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 local event = '{{"kind":"messages","messages":[' .. table.concat(parts, ',') .. ']}}'
 redis.call(ARGV[3], KEYS[3], event)
+if not KEYS[{index_key}] then return {{first, redis.call('HGET', KEYS[1], 'agent') or ''}} end
 return first
 """
 

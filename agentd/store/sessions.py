@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import BadRequest, Conflict
-from ..schema import MAX_SEQ, new_session_id, validate_session_id
+from ..schema import MAX_SEQ, new_session_id, validate_name, validate_session_id
 from .api import SessionInfo, SessionPage, Store
 from .codec import (
     decode_message,
@@ -94,11 +94,15 @@ class SessionStore(Store):
             raise no_session(sid)
         return session_info(sid, meta)
 
-    async def list_sessions(self, *, limit: int, after: str | None = None) -> SessionPage:
+    async def list_sessions(
+        self, *, limit: int, after: str | None = None, agent: str | None = None
+    ) -> SessionPage:
         if not 1 <= limit <= MAX_PAGE:
             raise BadRequest(f"limit must be from 1 to {MAX_PAGE}", code="invalid_range")
+        if agent is not None:
+            validate_name("agent", agent)
         cursor = None if after is None else _cursor(after)
-        rows = await self._list_sessions(cursor, limit + 1)
+        rows = await self._list_sessions(cursor, limit + 1, agent or "")
         page = [session_info(sid, meta) for _, sid, meta in rows[:limit]]
         more = len(rows) > limit
         next_after = f"{rows[limit - 1][0]}:{rows[limit - 1][1]}" if more else None
@@ -186,9 +190,12 @@ class SessionStore(Store):
         """Replace the metadata JSON, refreshing the TTL; the meta fields, None if absent."""
 
     @abc.abstractmethod
-    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
-        """Up to ``limit`` live sessions after ``cursor`` (score, id), by score then id,
-        both descending; index entries of sessions that are gone are dropped."""
+    async def _list_sessions(
+        self, cursor: tuple[int, str] | None, limit: int, agent: str = ""
+    ) -> list[IndexRow]:
+        """Up to ``limit`` live sessions (of ``agent`` only, when given) after ``cursor``
+        (score, id), by score then id, both descending; index entries of sessions that
+        are gone are dropped."""
 
     @abc.abstractmethod
     async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:

@@ -1,10 +1,19 @@
 // Sessions: the tenant's sessions, most recently written first, a page at a time
-// (GET /v1/sessions); read one's history; delete one.
+// (GET /v1/sessions), or one agent's (?agent=NAME); read one's history; delete one.
 import { api, h, field, errorText, when } from "./api.js";
 
 const PAGE = 20;
 
-export function mount(root) {
+// The agents to suggest: a key's own list, else the models the credential may read
+// (GET /v1/models needs the chat scope; without it the name is typed).
+async function agentNames(me) {
+  if (me.agents) return me.agents;
+  if (!me.scopes.includes("chat")) return [];
+  const res = await api("/v1/models");
+  return res.ok ? res.data.data.map((m) => m.id) : [];
+}
+
+export function mount(root, ctx) {
   const body = h("tbody");
   const error = h("p", { class: "error", role: "alert" });
   const more = h("button", { type: "button", class: "secondary", hidden: true, onclick: () => load(cursor) }, "Next page");
@@ -13,10 +22,23 @@ export function mount(root) {
   const history = h("section", { "aria-label": "History", hidden: true });
   let cursor = null;
   let pageNumber = 0;
+  let agent = ""; // the agent the list is narrowed to ("" = every session)
+  let loading = 0; // the latest load: an earlier answer arriving later is dropped
+
+  const agents = h("datalist", { id: "session-agents" });
+  const agentInput = h("input", { name: "agent", autocomplete: "off", list: "session-agents", placeholder: "every agent" });
+  const clear = h("button", { type: "button", class: "secondary", hidden: true, onclick: () => { agentInput.value = ""; search(); } }, "Show all");
+  function search() {
+    agent = agentInput.value.trim();
+    clear.hidden = !agent;
+    load(null);
+  }
 
   const wanted = h("input", { name: "find", autocomplete: "off", class: "mono", placeholder: "s_…" });
   root.append(
     h("h1", {}, "Sessions"),
+    h("form", { class: "row", role: "search", "aria-label": "Search sessions", onsubmit: (e) => { e.preventDefault(); search(); } },
+      field("Agent", agentInput), agents, h("button", { type: "submit" }, "Search"), clear),
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); if (wanted.value.trim()) read(wanted.value.trim()); } },
       field("Find a session by id", wanted), h("button", { type: "submit", class: "secondary" }, "Find")),
     h("table", { "aria-label": "Sessions" },
@@ -31,14 +53,24 @@ export function mount(root) {
     error.textContent = "";
     const query = new URLSearchParams({ limit: PAGE });
     if (after) query.set("after", after);
+    if (agent) query.set("agent", agent);
+    const run = ++loading;
     const res = await api("/v1/sessions?" + query);
-    if (!res.ok) { error.textContent = errorText(res); return; }
+    if (run !== loading) return;
+    if (!res.ok) {
+      // Nothing listed rather than the rows of another search.
+      error.textContent = errorText(res);
+      body.replaceChildren();
+      more.hidden = true;
+      pageInfo.textContent = "";
+      return;
+    }
     pageNumber = after ? pageNumber + 1 : 1;
     cursor = res.data.next_after;
     more.hidden = !res.data.has_more;
-    pageInfo.textContent = `page ${pageNumber}, ${res.data.data.length} session(s)`;
+    pageInfo.textContent = `page ${pageNumber}, ${res.data.data.length} session(s)${agent ? ` of ${agent}` : ""}`;
     body.replaceChildren(...res.data.data.map(row));
-    if (!res.data.data.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, "No sessions.")));
+    if (!res.data.data.length) body.append(h("tr", {}, h("td", { colspan: 5, class: "muted" }, agent ? `No sessions of ${agent}.` : "No sessions.")));
   }
 
   function row(session) {
@@ -76,5 +108,6 @@ export function mount(root) {
     if (!history.hidden && history.textContent.includes(id)) history.hidden = true;
   }
 
+  agentNames(ctx.me).then((names) => agents.replaceChildren(...names.map((n) => h("option", { value: n }))));
   load(null);
 }

@@ -63,6 +63,8 @@ class _Space:
     # A written session moves to the end, so the list's tail is what changes.
     index: list[tuple[int, str]] = field(default_factory=list)
     activity: dict[str, int] = field(default_factory=dict)
+    # The same per agent, for the sessions that have one (a session's agent never changes).
+    agents: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
     state: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     # The state listing's index: the namespaces holding documents, and each one's keys,
     # both sorted.
@@ -99,6 +101,7 @@ class MemoryStore(BaseStore):
         self._sessions = space.sessions
         self._index = space.index
         self._activity = space.activity
+        self._agents = space.agents
         self._state = space.state
         self._namespaces = space.namespaces
         self._state_keys_of = space.state_keys
@@ -129,24 +132,37 @@ class MemoryStore(BaseStore):
             self.jobs.sweep()
             self.limits.sweep(time.strftime("%Y%m%d", time.gmtime()))
 
+    def _indexes(self, sess: _Session | None) -> list[list[tuple[int, str]]]:
+        """The indexes a session is in: the sessions', and its agent's."""
+        agent = "" if sess is None else sess.meta.get("agent", "")
+        if not agent:
+            return [self._index]
+        return [self._index, self._agents.setdefault(agent, [])]
+
+    def _unindex(self, sess: _Session | None, sid: str, score: int) -> None:
+        for index in self._indexes(sess):
+            i = bisect.bisect_left(index, (score, sid))
+            if i < len(index) and index[i] == (score, sid):
+                del index[i]
+        if sess is not None and not self._agents.get(sess.meta.get("agent", ""), True):
+            del self._agents[sess.meta["agent"]]  # an agent without sessions: no list
+
     def _drop(self, sid: str) -> None:
-        """Forget a session and its index entry."""
-        self._sessions.pop(sid, None)
+        """Forget a session and its index entries."""
+        sess = self._sessions.pop(sid, None)
         score = self._activity.pop(sid, None)
         if score is not None:
-            i = bisect.bisect_left(self._index, (score, sid))
-            if i < len(self._index) and self._index[i] == (score, sid):
-                del self._index[i]
+            self._unindex(sess, sid, score)
 
     def _touch(self, sid: str) -> None:
         """Note a write to the session: it moves to the head of the listing."""
+        sess = self._sessions.get(sid)
         old = self._activity.get(sid)
         if old is not None:
-            i = bisect.bisect_left(self._index, (old, sid))
-            if i < len(self._index) and self._index[i] == (old, sid):
-                del self._index[i]
+            self._unindex(sess, sid, old)
         score = self._activity[sid] = activity_ms()
-        bisect.insort(self._index, (score, sid))
+        for index in self._indexes(sess):
+            bisect.insort(index, (score, sid))
 
     def _live(self, sid: str) -> _Session | None:
         sess = self._sessions.get(sid)
@@ -186,12 +202,15 @@ class MemoryStore(BaseStore):
         sess.meta["metadata"] = metadata
         return {**sess.meta, "seq": str(sess.seq)}
 
-    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
-        end = len(self._index) if cursor is None else bisect.bisect_left(self._index, cursor)
+    async def _list_sessions(
+        self, cursor: tuple[int, str] | None, limit: int, agent: str = ""
+    ) -> list[IndexRow]:
+        index = self._agents.get(agent, []) if agent else self._index
+        end = len(index) if cursor is None else bisect.bisect_left(index, cursor)
         now = time.monotonic()
         rows: list[IndexRow] = []
         gone: list[str] = []
-        for score, sid in reversed(self._index[max(0, end - limit * 4) : end]):
+        for score, sid in reversed(index[max(0, end - limit * 4) : end]):
             sess = self._sessions.get(sid)
             if sess is None or sess.expires <= now:
                 gone.append(sid)
@@ -204,7 +223,7 @@ class MemoryStore(BaseStore):
         if len(rows) < limit and gone and end > limit * 4:
             # Expired entries filled the window: look further back (they are gone now).
             last = (rows[-1][0], rows[-1][1]) if rows else cursor
-            rows += await self._list_sessions(last, limit - len(rows))
+            rows += await self._list_sessions(last, limit - len(rows), agent)
         return rows
 
     async def _delete_message(self, sid: str, seq: int, event: bytes) -> bool | None:

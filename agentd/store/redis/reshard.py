@@ -37,6 +37,7 @@ from redis.backoff import ExponentialBackoff
 
 from ...config import SENTINEL_SCHEME, RedisConfig
 from ...fastpath import SLOT_COUNT, key_slot
+from .. import keys as K
 from .moving import CONTROL, INDEX_MARK, QUEUE_MARK, RECHECK_S, move_keys, owner, replicated
 from .sentinel import SentinelGroup, open_server
 from .store import sharded_index_keys
@@ -264,7 +265,9 @@ async def _rebuild_indexes(plan: Plan) -> int:
         async for key in client.scan_iter(match=f"*{INDEX_MARK}*", count=1000):
             text = key.decode()
             prefix = text[: text.index(INDEX_MARK)]
-            targets = sharded_index_keys(prefix, count)
+            # An agent's index (``…}:a:AGENT``) moves to the agent's index there.
+            suffix = text[text.index("}", len(prefix)) + 1 :]
+            targets = [t + suffix for t in sharded_index_keys(prefix, count)]
             entries: list[Any] = [e async for e in client.zscan_iter(key)]
             for sid, score in entries:
                 meta = f"{prefix}s:{{{sid.decode()}}}:meta"
@@ -284,10 +287,13 @@ async def _rebuild_indexes(plan: Plan) -> int:
             text = meta.decode()
             at = text.rindex("s:{")
             prefix, sid = text[:at], text[at + 3 : -len("}:meta")]
-            created = await client.hget(meta, "created_at")
+            created, agent = await client.hmget(meta, "created_at", "agent")
             score = int(float(created or 0) * 1000)
             key = sharded_index_keys(prefix, count)[index]
             moved += await client.zadd(key, {sid: score}, nx=True)
+            if agent:
+                agents = K.session_agent_index(key, agent.decode())
+                moved += await client.zadd(agents, {sid: score}, nx=True)
     return moved
 
 

@@ -154,22 +154,36 @@ class RedisStore(BaseStore):
             return [K.session_index(f"b{b}", self.prefix) for b in range(CLUSTER_INDEX_BUCKETS)]
         return sharded_index_keys(self.prefix, len(self.shards.clients))
 
-    def _index_of(self, sid: str) -> str:
-        """The index key of the session: on its shard, or its cluster bucket."""
+    def _index_of(self, sid: str, agent: str = "") -> str:
+        """The index key of the session (of its agent's sessions, with ``agent``): on its
+        shard, or its cluster bucket."""
         meta = self._session(sid)[0]
         if self.clustered:
-            return self.index_keys[key_slot(meta) % CLUSTER_INDEX_BUCKETS]
-        return self.index_keys[self.shards.shard_of(meta)]
+            key = self.index_keys[key_slot(meta) % CLUSTER_INDEX_BUCKETS]
+        else:
+            key = self.index_keys[self.shards.shard_of(meta)]
+        return K.session_agent_index(key, agent) if agent else key
 
     def _own_index(self, sid: str) -> list[str]:
         """The index key as the session's scripts' last key, where the script may write
         it (not in a cluster: another slot)."""
         return [] if self.clustered else [self._index_of(sid)]
 
-    def _index_add(self, sid: str, score: int) -> None:
-        """In a cluster, index a session that was written (see :mod:`.index`)."""
+    def _index_add(self, sid: str, score: int, agent: str) -> None:
+        """In a cluster, index a session that was written, in its agent's index too
+        (see :mod:`.index`)."""
         if self.clustered:
             self.index_writes.add(self._index_of(sid), sid, score)
+            if agent:
+                self.index_writes.add(self._index_of(sid, agent), sid, score)
+
+    def _appended(self, sid: str, score: int, reply: Any) -> int | None:
+        """The first seq an append script answered; in a cluster its reply is {first
+        seq, the session's agent}, and the session is indexed behind it."""
+        if isinstance(reply, list):
+            self._index_add(sid, score, reply[1].decode())
+            return int(reply[0])
+        return None if reply is None else int(reply)
 
     async def start(self) -> None:
         await self.shards.start()
@@ -209,7 +223,7 @@ class RedisStore(BaseStore):
             await self.shards.eval(L.CREATE, keys, [self.ttl, score, sid, *flat], acked=True)
         )
         if created:
-            self._index_add(sid, score)
+            self._index_add(sid, score, meta.get("agent", ""))
         return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
@@ -230,10 +244,7 @@ class RedisStore(BaseStore):
         keys = [*self._session(sid), self._channel(sid), *self._own_index(sid)]
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, score, sid, *payloads]
-        first = await self.shards.eval(L.APPEND, keys, args, acked=True)
-        if first is not None:
-            self._index_add(sid, score)
-        return first
+        return self._appended(sid, score, await self.shards.eval(L.APPEND, keys, args, acked=True))
 
     async def _history(
         self, sid: str, after: int | None, limit: int | None, before: int | None = None
@@ -259,15 +270,23 @@ class RedisStore(BaseStore):
         found = await self.shards.eval(L.DELETE_MESSAGE, keys, args, acked=True)
         return None if found is None else bool(found)
 
-    async def _list_sessions(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+    def _listed_keys(self, agent: str) -> list[str]:
+        """The index keys a listing reads: the sessions', or one agent's."""
+        if not agent:
+            return self.index_keys
+        return [K.session_agent_index(key, agent) for key in self.index_keys]
+
+    async def _list_sessions(
+        self, cursor: tuple[int, str] | None, limit: int, agent: str = ""
+    ) -> list[IndexRow]:
         if self.clustered:
-            return await self._list_clustered(cursor, limit)
+            return await self._list_clustered(cursor, limit, agent)
         top, after = ("+inf", "") if cursor is None else (str(cursor[0]), cursor[1])
         meta_prefix = K.session_meta_prefix(self.prefix)
-        args = [top, after, limit, meta_prefix, K.SESSION_META_SUFFIX]
+        args = [top, after, limit, meta_prefix, K.SESSION_META_SUFFIX, agent]
         # Every shard's newest, in parallel: one round trip of latency for the page.
         pages = await asyncio.gather(
-            *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self.index_keys)
+            *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self._listed_keys(agent))
         )
         rows = [
             (int(float(flat[i + 1])), flat[i].decode(), _pairs(flat[i + 2]))
@@ -277,7 +296,9 @@ class RedisStore(BaseStore):
         rows.sort(key=lambda r: (r[0], r[1]), reverse=True)
         return rows[:limit]
 
-    async def _list_clustered(self, cursor: tuple[int, str] | None, limit: int) -> list[IndexRow]:
+    async def _list_clustered(
+        self, cursor: tuple[int, str] | None, limit: int, agent: str
+    ) -> list[IndexRow]:
         """The cluster's listing: its index buckets, then the metas of the candidates,
         each step one pipeline (its commands grouped per node, the nodes in parallel):
         two round trips of latency a page, more when expired entries fill it (they are
@@ -294,7 +315,7 @@ class RedisStore(BaseStore):
                         (key, top, "-inf"),
                         {"start": 0, "num": window, "withscores": True},
                     )
-                    for key in self.index_keys
+                    for key in self._listed_keys(agent)
                 ]
             )
             candidates: list[tuple[int, str]] = []
@@ -316,10 +337,13 @@ class RedisStore(BaseStore):
             gone = []
             for (score, sid), meta in zip(candidates, metas, strict=False):
                 cursor = (score, sid)
-                if meta:
-                    rows.append((score, sid, {k.decode(): v.decode() for k, v in meta.items()}))
+                fields = {k.decode(): v.decode() for k, v in meta.items()}
+                # In an agent's index, an entry left by a deleted session (removed from
+                # it by readers only) may name a session of another agent now.
+                if fields and (not agent or fields.get("agent") == agent):
+                    rows.append((score, sid, fields))
                 else:
-                    gone.append(("zrem", (self._index_of(sid), sid), {}))
+                    gone.append(("zrem", (self._index_of(sid, agent), sid), {}))
             if gone:
                 await self._batch(gone)
             if frontier is None and len(candidates) <= need:
@@ -384,10 +408,8 @@ class RedisStore(BaseStore):
         score = activity_ms()
         args = [self.ttl, self.max_messages, self.shards.publish_command, token, score, sid]
         # A release alone (no messages) acknowledges nothing: no wait.
-        first = await self.shards.eval(L.END_TURN, keys, [*args, *payloads], acked=bool(payloads))
-        if payloads and first is not None and first > 0:
-            self._index_add(sid, score)
-        return first
+        reply = await self.shards.eval(L.END_TURN, keys, [*args, *payloads], acked=bool(payloads))
+        return self._appended(sid, score, reply)
 
     # -- events ---------------------------------------------------------------------
 
