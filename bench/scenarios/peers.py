@@ -1,0 +1,142 @@
+"""Peer scenarios: agentd against another server doing the same job, in the same run.
+
+``peer-litellm``: the cache-hit chat completion through LiteLLM's proxy (from PyPI, in its
+own virtualenv, response cache on) and through agentd, one worker each on the server CPU,
+both with the same model at the same OpenAI-compatible upstream stub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Any
+
+from .. import peers, targets
+from ..measure import Bench, Served
+from .common import HIT_CHAT, Scenario, compare
+from .common import run_seconds as _secs
+from .http import _warm_cache
+
+__all__ = ("PEER_LITELLM",)
+
+PATH = "/v1/chat/completions"
+
+
+def upstream_calls(up: Served) -> int:
+    """Completions the upstream stub has answered so far."""
+    with urllib.request.urlopen(up.target.url("/stats"), timeout=10) as response:
+        return int(json.loads(response.read())["completions"])
+
+
+def _post(url: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        url + PATH, data=HIT_CHAT.encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+
+
+def _litellm_hit(served: Served, up: Served) -> dict[str, Any]:
+    """Send the request twice; the second must be answered without the upstream (LiteLLM
+    then also names its cache key in ``x-litellm-cache-key``)."""
+    url = served.target.url()
+    first = _post(url)
+    before = upstream_calls(up)
+    status, headers, body = _post(url)
+    after = upstream_calls(up)
+    reply = json.loads(body)["choices"][0]["message"]["content"]
+    hit = status == 200 and after == before
+    if not hit:
+        raise RuntimeError(
+            f"LiteLLM's repeated request reached the upstream ({after - before} call(s)); "
+            "its cache is not answering, so this would not be a cache-hit comparison"
+        )
+    return {
+        "first_status": first[0],
+        "second_status": status,
+        "reply": reply,
+        "upstream_calls_on_repeat": after - before,
+        "cache_key_header": "x-litellm-cache-key" in headers,
+    }
+
+
+def _load(bench: Bench, served: Served, up: Served, concurrencies: list[int]) -> dict[int, int]:
+    """The request at each concurrency; the upstream calls each load made (warm-up too)."""
+    calls = {}
+    for c in concurrencies:
+        before = upstream_calls(up)
+        bench.http(served, PATH, method="POST", body=HIT_CHAT, concurrency=c)
+        calls[c] = upstream_calls(up) - before
+    return calls
+
+
+def run_peer_litellm(bench: Bench) -> None:
+    s, record = bench.settings, bench.record
+    venv = peers.peers_dir() / "litellm"
+    peer = peers.ensure_litellm(venv, peers.install_allowed())
+    if peer.exe is None:
+        record["status"] = "skipped"
+        record["reason"] = f"not run: {peer.problem}"
+        return
+    load = os.getloadavg()
+    concurrencies = sorted({1, s.main_concurrency})
+    figures: dict[str, Any] = {
+        "litellm": {
+            "version": peer.version,
+            "venv": str(venv),
+            "installed_in_this_run": peer.installed_now,
+            "cache": "local (in-memory)",
+            "workers": 1,
+        },
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "upstream_calls_during_load": {},
+    }
+    record["figures"] = figures
+    record["notes"].append(
+        f"LiteLLM {peer.version} ({peers.LITELLM_SPEC} from PyPI, in {venv}) with its response "
+        "cache on, type local (in memory: one worker's own cache, no round trip, the fastest "
+        "LiteLLM offers for one worker; its docs keep Redis for more than one), 1 worker "
+        "(--num_workers 1), no database, no master key, telemetry off; against agentd with 1 "
+        "worker (in-memory store, auth off, its response cache: the request has temperature "
+        f"0). Both on CPU {s.server_cpus or '-'}, the same model 'echo' at the same upstream "
+        f"stub (bench/baselines/upstream.py, on the load CPUs {s.load_cpus}); the same "
+        "request and load generator for both. The upstream's call count during each load "
+        "shows that neither server reached it (cache hits)."
+    )
+    with bench.serve(targets.upstream(bench.workdir, s.load_cpus)) as up:
+        v1 = up.target.url("/v1")
+        cm = targets.agentd(bench.workdir, s.server_cpus, upstream_url=v1)
+        with bench.serve(cm) as served:
+            states, _ = _warm_cache(served.target.url(), 1)
+            figures["agentd_x_cache"] = " > ".join(states)
+            if states[-1] != "hit-l1":
+                raise RuntimeError(f"agentd's repeated request was not an L1 hit: {states}")
+            figures["upstream_calls_during_load"]["agentd"] = _load(
+                bench, served, up, concurrencies
+            )
+        cm = peers.litellm(bench.workdir, s.server_cpus, peer.exe, v1)
+        with bench.serve(cm) as served:
+            figures["litellm"]["hit_check"] = _litellm_hit(served, up)
+            calls = _load(bench, served, up, concurrencies)
+            figures["upstream_calls_during_load"]["litellm"] = calls
+    compare(bench, baselines=("litellm",))
+    at_main = {
+        r["metric"]: r["ratio"] for r in record["ratios"] if r["concurrency"] == s.main_concurrency
+    }
+    figures["agentd_over_litellm_rps"] = at_main.get("rps")
+    figures["litellm_cpu_per_request_over_agentd"] = (
+        round(1 / at_main["server_cpu_s_per_1k"], 2) if at_main.get("server_cpu_s_per_1k") else None
+    )
+    figures["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+
+PEER_LITELLM = Scenario(
+    "peer-litellm",
+    "only when named: the cache-hit chat completion through LiteLLM's proxy (pip "
+    "'litellm[proxy]' in .bench-peers/litellm, its in-memory cache on, 1 worker) vs "
+    "agentd (1 worker, its response cache), same upstream stub, same request and load",
+    run_peer_litellm,
+    lambda s: _secs(s, 4, 3) + 30.0,
+    default=False,
+)
