@@ -15,12 +15,14 @@ from typing import Any
 from .. import peers, targets
 from ..measure import Bench, Served
 from .common import HIT_CHAT, Scenario, compare
-from .common import run_seconds as _secs
 from .http import _warm_cache
 
 __all__ = ("PEER_LITELLM",)
 
 PATH = "/v1/chat/completions"
+MIN_WINDOW = 6.0  # seconds
+MAX_WINDOW = 60.0
+ROUNDS = 10
 
 
 def upstream_calls(up: Served) -> int:
@@ -61,14 +63,41 @@ def _litellm_hit(served: Served, up: Served) -> dict[str, Any]:
     }
 
 
-def _load(bench: Bench, served: Served, up: Served, concurrencies: list[int]) -> dict[int, int]:
-    """The request at each concurrency; the upstream calls each load made (warm-up too)."""
-    calls = {}
+def window(bench: Bench, concurrency: int = 1, seconds_per_request: float = 0.0) -> float:
+    """The measured window: at least ``MIN_WINDOW`` s (but for tiny runs), and at least
+    ``ROUNDS`` times what ``concurrency`` requests take one after the other
+    (``seconds_per_request``, from the run at one connection), up to ``MAX_WINDOW``.
+
+    A server that interleaves its requests answers a fresh load's first ``concurrency``
+    requests together, one round later: LiteLLM takes tens of milliseconds of CPU per
+    request, so at 64 connections a round lasts seconds on a shared core, and a short
+    window would count a round or two, not a rate (its CPU would be spread over the few
+    requests that ended inside it)."""
+    s = bench.settings
+    if s.mode == "tiny":
+        return s.duration
+    return min(MAX_WINDOW, max(s.duration, MIN_WINDOW, ROUNDS * concurrency * seconds_per_request))
+
+
+def _load(bench: Bench, served: Served, up: Served, concurrencies: list[int]) -> dict[str, Any]:
+    """The request at each concurrency (one connection first); the window each load had
+    and the upstream calls it made (warm-up too)."""
+    out: dict[str, Any] = {"window_s": {}, "upstream_calls": {}}
+    per_request = 0.0
     for c in concurrencies:
+        seconds = window(bench, c, per_request)
         before = upstream_calls(up)
-        bench.http(served, PATH, method="POST", body=HIT_CHAT, concurrency=c)
-        calls[c] = upstream_calls(up) - before
-    return calls
+        run = bench.http(served, PATH, method="POST", body=HIT_CHAT, concurrency=c, seconds=seconds)
+        out["upstream_calls"][c] = upstream_calls(up) - before
+        out["window_s"][c] = round(seconds, 1)
+        if not run.get("requests"):
+            raise RuntimeError(
+                f"{served.target.name} completed no request in the {seconds:g} s window "
+                f"at {c} connections: no figure to compare"
+            )
+        if c == 1:
+            per_request = 1.0 / run["rps"]
+    return out
 
 
 def run_peer_litellm(bench: Bench) -> None:
@@ -90,7 +119,7 @@ def run_peer_litellm(bench: Bench) -> None:
             "workers": 1,
         },
         "loadavg_at_start": [round(x, 2) for x in load],
-        "upstream_calls_during_load": {},
+        "loads": {},
     }
     record["figures"] = figures
     record["notes"].append(
@@ -101,8 +130,11 @@ def run_peer_litellm(bench: Bench) -> None:
         "worker (in-memory store, auth off, its response cache: the request has temperature "
         f"0). Both on CPU {s.server_cpus or '-'}, the same model 'echo' at the same upstream "
         f"stub (bench/baselines/upstream.py, on the load CPUs {s.load_cpus}); the same "
-        "request and load generator for both. The upstream's call count during each load "
-        "shows that neither server reached it (cache hits)."
+        f"request and load generator for both, each load after a {s.warmup:g} s warm-up, its "
+        f"window at least {window(bench):g} s and {ROUNDS} times what its connections' "
+        f"requests take one after the other (up to {MAX_WINDOW:g} s; figures.loads.*.window_s)."
+        " The upstream's calls during each load (figures.loads.*.upstream_calls) show whether "
+        "a server reached it: 0 is cache hits only."
     )
     with bench.serve(targets.upstream(bench.workdir, s.load_cpus)) as up:
         v1 = up.target.url("/v1")
@@ -112,14 +144,11 @@ def run_peer_litellm(bench: Bench) -> None:
             figures["agentd_x_cache"] = " > ".join(states)
             if states[-1] != "hit-l1":
                 raise RuntimeError(f"agentd's repeated request was not an L1 hit: {states}")
-            figures["upstream_calls_during_load"]["agentd"] = _load(
-                bench, served, up, concurrencies
-            )
+            figures["loads"]["agentd"] = _load(bench, served, up, concurrencies)
         cm = peers.litellm(bench.workdir, s.server_cpus, peer.exe, v1)
         with bench.serve(cm) as served:
             figures["litellm"]["hit_check"] = _litellm_hit(served, up)
-            calls = _load(bench, served, up, concurrencies)
-            figures["upstream_calls_during_load"]["litellm"] = calls
+            figures["loads"]["litellm"] = _load(bench, served, up, concurrencies)
     compare(bench, baselines=("litellm",))
     at_main = {
         r["metric"]: r["ratio"] for r in record["ratios"] if r["concurrency"] == s.main_concurrency
@@ -137,6 +166,6 @@ PEER_LITELLM = Scenario(
     "'litellm[proxy]' in .bench-peers/litellm, its in-memory cache on, 1 worker) vs "
     "agentd (1 worker, its response cache), same upstream stub, same request and load",
     run_peer_litellm,
-    lambda s: _secs(s, 4, 3) + 30.0,
+    lambda s: 3 * (max(s.duration, MIN_WINDOW) + s.warmup + 0.4) + MAX_WINDOW + 60.0,
     default=False,
 )
