@@ -150,12 +150,13 @@ def run_peer_litellm(bench: Bench) -> None:
             figures["litellm"]["hit_check"] = _litellm_hit(served, up)
             figures["loads"]["litellm"] = _load(bench, served, up, concurrencies)
     compare(bench, baselines=("litellm",))
-    at_main = {
-        r["metric"]: r["ratio"] for r in record["ratios"] if r["concurrency"] == s.main_concurrency
-    }
-    figures["agentd_over_litellm_rps"] = at_main.get("rps")
+    at_main = {r["metric"]: r for r in record["ratios"] if r["concurrency"] == s.main_concurrency}
+    rps, cpu = at_main.get("rps") or {}, at_main.get("server_cpu_s_per_1k") or {}
+    figures["agentd_over_litellm_rps"] = rps.get("ratio")
     figures["litellm_cpu_per_request_over_agentd"] = (
-        round(1 / at_main["server_cpu_s_per_1k"], 2) if at_main.get("server_cpu_s_per_1k") else None
+        round(cpu["baseline_value"] / cpu["value"], 2)
+        if cpu.get("value") and cpu.get("baseline_value")
+        else None
     )
     figures["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
