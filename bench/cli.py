@@ -42,6 +42,7 @@ NEEDS_CEILING = {
     "workers-scaling",
     "open-loop",
     "added-latency",
+    "peer-litellm",
 }
 
 
@@ -98,7 +99,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-install",
         action="store_true",
-        help="do not install missing wrk, nginx or redis-server",
+        help="do not install missing wrk, nginx or redis-server, nor a peer (LiteLLM)",
     )
     parser.add_argument(
         "--agentd-root",
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
     if not args.no_install and mode != "tiny":
         _install(notes)
+    else:
+        os.environ["BENCH_NO_INSTALL"] = "1"  # peers (bench/peers.py) are not installed either
     generator = args.generator
     if generator == "wrk" and not have("wrk"):
         generator = "python"

@@ -30,6 +30,7 @@ __all__ = (
     "mcp_tools",
     "nginx",
     "redis",
+    "start",
     "upstream",
 )
 
@@ -86,7 +87,7 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _start(
+def start(
     name: str,
     command: list[str],
     cpus: list[int],
@@ -95,7 +96,10 @@ def _start(
     ready_path: str,
     log_line: str = "",
     env: dict[str, str] | None = None,
+    limit: float = START_LIMIT,
 ) -> Iterator[Target]:
+    """Start ``command`` pinned to ``cpus``; yield it once ``ready_path`` answers 200 (and
+    ``log_line`` is in its log), within ``limit`` seconds; stop it on the way out."""
     log_path = workdir / f"{name}-{port}.log"
     full = pinned(command, cpus)
     with open(log_path, "wb") as log:
@@ -104,7 +108,7 @@ def _start(
         )
     target = Target(name, full, proc, port, log_path)
     try:
-        deadline = time.monotonic() + START_LIMIT
+        deadline = time.monotonic() + limit
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{target.log()}")
@@ -113,7 +117,7 @@ def _start(
                     if http_get(target.url(ready_path), timeout=2)[0] == 200:
                         break
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} was not ready within {START_LIMIT}s:\n{target.log()}")
+                raise RuntimeError(f"{name} was not ready within {limit:g}s:\n{target.log()}")
             time.sleep(0.05)
         yield target
     finally:
@@ -166,7 +170,7 @@ def agentd(
     command = [sys.executable, "-m", "agentd", "serve", "-c", str(path)]
     command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), *args]
     env = {"PYTHONPATH": str(agentd_root()), **(env or {})}
-    return _start(name, command, cpus, workdir, port, "/readyz", "ready: serving with", env=env)
+    return start(name, command, cpus, workdir, port, "/readyz", "ready: serving with", env=env)
 
 
 NGINX_CONFIG = """\
@@ -202,7 +206,7 @@ def nginx(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[T
     conf.write_text(NGINX_CONFIG.format(dir=folder, port=port))
     exe = shutil.which("nginx") or "/usr/sbin/nginx"
     command = [exe, "-c", str(conf), "-p", str(folder), "-e", str(folder / "nginx-error.log")]
-    return _start("nginx", command, cpus, workdir, port, "/healthz")
+    return start("nginx", command, cpus, workdir, port, "/healthz")
 
 
 def aiohttp_baseline(
@@ -215,7 +219,7 @@ def aiohttp_baseline(
     command = [sys.executable, "-m", f"{BASELINES}.aiohttp_app", "--port", str(port)]
     if processes > 1:
         command += ["--processes", str(processes)]
-    return _start(name, command, cpus, workdir, port, "/healthz")
+    return start(name, command, cpus, workdir, port, "/healthz")
 
 
 def fastapi_baseline(
@@ -239,14 +243,14 @@ def fastapi_baseline(
         "warning",
     ]
     env = {"BENCH_REDIS_URL": redis_url} if redis_url else None
-    return _start("fastapi", command, cpus, workdir, port, "/healthz", env=env)
+    return start("fastapi", command, cpus, workdir, port, "/healthz", env=env)
 
 
 def upstream(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[Target]:
     """An OpenAI-compatible model stub (aiohttp) that streams a fixed reply at once."""
     port = free_port()
     command = [sys.executable, "-m", f"{BASELINES}.upstream", "--port", str(port)]
-    return _start("upstream", command, cpus, workdir, port, "/healthz")
+    return start("upstream", command, cpus, workdir, port, "/healthz")
 
 
 def mcp_tools(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManager[Target]:
@@ -254,7 +258,7 @@ def mcp_tools(workdir: Path, cpus: list[int]) -> contextlib.AbstractContextManag
     one tool, ``echo``."""
     port = free_port()
     command = [sys.executable, "-m", f"{BASELINES}.mcp_tools", "--port", str(port)]
-    return _start("mcp-tools", command, cpus, workdir, port, "/healthz")
+    return start("mcp-tools", command, cpus, workdir, port, "/healthz")
 
 
 @contextlib.contextmanager

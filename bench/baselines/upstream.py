@@ -3,7 +3,8 @@
 ``POST /v1/chat/completions`` answers at once with a fixed reply, streamed as agentd's
 ``openai`` backend asks (``stream: true``, with a usage chunk), or as one JSON body.
 The harness times it called directly and called through agentd: the difference is
-what agentd adds to a turn.
+what agentd adds to a turn. ``GET /stats`` says how many completions it has answered (a
+peer's cache hit never reaches it).
 
     python -m bench.baselines.upstream --port PORT
 """
@@ -39,8 +40,16 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=OK, content_type="application/json")
 
 
+SERVED = web.AppKey("served", list[int])
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response({"completions": request.app[SERVED][0]})
+
+
 async def completions(request: web.Request) -> web.StreamResponse:
     body = orjson.loads(await request.read())
+    request.app[SERVED][0] += 1
     if not body.get("stream"):
         return web.Response(body=COMPLETION, content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -56,7 +65,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     app = web.Application()
+    app[SERVED] = [0]
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
     app.router.add_post("/v1/chat/completions", completions)
     web.run_app(
         app,

@@ -12,6 +12,7 @@ from .curves_turns import CURVE_HISTORY, CURVE_L1
 from .durable import HTTP_CHAT_DURABLE
 from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREAM
 from .jobs import JOBS
+from .peers import PEER_LITELLM
 from .replicas import REPLICA_READS
 from .soak import SOAK
 from .store import STORE_OPS
@@ -46,5 +47,6 @@ SCENARIOS: dict[str, Scenario] = {
         CURVE_WS_MEMORY,
         CURVE_FANOUT,
         CURVE_BACKLOG,
+        PEER_LITELLM,
     )
 }
