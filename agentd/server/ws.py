@@ -3,8 +3,9 @@
 aiohttp answers the opening handshake (routing, middlewares, auth); then the handler
 takes the connection over: the transport's protocol becomes the connection itself,
 which parses frames as bytes arrive (``ws_frames``), and aiohttp forgets it. So an idle
-connection is one small object, a timer and its session watch: no task, no request, no
-reader or queue (a worker holds tens of thousands).
+connection is one small object, its entry in the worker's timer wheel (heartbeat, idle
+and close timeouts, to the second) and its session watch: no task, no request, no reader
+or queue, no timer of its own (a worker holds tens of thousands).
 
 Frames run in the order they came: most at once (ping, message, cancel); one that waits
 on the store (hello, auth, a message before any hello) runs in a task that then takes
@@ -101,8 +102,9 @@ class _DeltaFrames(Listener):
 class _Shared:
     """What every connection of the worker reads: one object, not copies per connection."""
 
-    __slots__ = ("agents", "gauge", "heartbeat", "idle_timeout", "loop", "max_frame",
-                 "max_turns", "overflows", "send_limit", "state", "turn_timeout")  # fmt: skip
+    __slots__ = ("agents", "clock", "clock_at", "due", "gauge", "heartbeat", "idle_timeout",
+                 "loop", "max_frame", "max_turns", "overflows", "send_limit", "state",
+                 "turn_timeout")  # fmt: skip
 
     def __init__(self, app: web.Application) -> None:
         config = app[CONFIG]
@@ -117,6 +119,47 @@ class _Shared:
         self.max_frame = config.websocket.max_frame_bytes
         self.heartbeat = config.websocket.heartbeat
         self.idle_timeout = config.websocket.idle_timeout
+        # The connections' timers, by the second they are due: one loop timer for the
+        # worker, not one per connection (each costs about 0.9 KiB).
+        self.due: dict[int, set[_Connection]] = {}
+        self.clock: asyncio.TimerHandle | None = None
+        self.clock_at = 0
+
+    def schedule(self, conn: _Connection, when: float) -> int:
+        """Have ``conn.tick`` run at ``when`` (to the next whole second); its key."""
+        key = int(when) + 1
+        bucket = self.due.get(key)
+        if bucket is None:
+            bucket = self.due[key] = set()
+        bucket.add(conn)
+        if self.clock is None or key < self.clock_at:
+            self._set_clock(key)
+        return key
+
+    def unschedule(self, conn: _Connection, key: int) -> None:
+        bucket = self.due.get(key)
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del self.due[key]
+
+    def _set_clock(self, key: int) -> None:
+        if self.clock is not None:
+            self.clock.cancel()
+        self.clock, self.clock_at = self.loop.call_at(key, self._turn), key
+
+    def _turn(self) -> None:
+        self.clock = None
+        now = self.loop.time()
+        for key in [k for k in self.due if k <= now]:
+            for conn in self.due.pop(key):
+                conn.due = None
+                try:
+                    conn.tick()
+                except Exception:
+                    log.exception("websocket timer failed")
+        if self.due:
+            self._set_clock(min(self.due))
 
 
 _SHARED = web.AppKey("websocket_shared", _Shared)
@@ -125,9 +168,9 @@ _SHARED = web.AppKey("websocket_shared", _Shared)
 class _Connection(asyncio.Protocol):
     """One WebSocket: the transport's protocol from the upgrade on."""
 
-    __slots__ = ("agent", "buffer", "closed", "closing", "credential", "events", "inbox",
+    __slots__ = ("agent", "buffer", "closed", "closing", "credential", "due", "events", "inbox",
                  "last_seen", "outbox", "own_turns", "partial", "ping_at", "reader",
-                 "session_id", "shared", "store", "timer", "transport", "turns", "watcher",
+                 "session_id", "shared", "store", "transport", "turns", "watcher",
                  "write_paused")  # fmt: skip
 
     def __init__(self, request: web.Request, shared: _Shared) -> None:
@@ -142,7 +185,7 @@ class _Connection(asyncio.Protocol):
         self.write_paused = False
         self.last_seen = shared.loop.time()
         self.ping_at: float | None = None  # a heartbeat ping not yet answered
-        self.timer: asyncio.TimerHandle | None = None  # heartbeat, idle, close timeout
+        self.due: int | None = None  # when tick runs: heartbeat, idle, close timeout
         self.session_id: str | None = None
         agents = shared.agents.all()
         self.agent = agents[0].name if agents else ""
@@ -153,7 +196,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False  # a close frame was sent or received: nothing more is sent
         self.closed: asyncio.Future[None] | None = None  # for close(): the transport's end
         # The connection's credential: its expiry, and refreshes by an auth frame.
-        self.credential = CredentialWatch(request, self.send, self.close_with)
+        self.credential = CredentialWatch(request, self)
 
     # -- the transport --------------------------------------------------------------------
 
@@ -208,9 +251,9 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.buffer, self.partial, self.outbox, self.inbox = b"", None, None, None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.due is not None:
+            self.shared.unschedule(self, self.due)
+            self.due = None
         self.credential.stop()
         if self.watcher is not None:  # it releases the events as it ends
             self.watcher.cancel()
@@ -249,15 +292,14 @@ class _Connection(asyncio.Protocol):
     # -- timers: heartbeat, idle, close ---------------------------------------------------
 
     def arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.shared.loop.call_at(when, self.tick)
+        if self.due is not None:
+            self.shared.unschedule(self, self.due)
+        self.due = self.shared.schedule(self, when)
 
     def tick(self) -> None:
         """Ping a connection that said nothing for ``heartbeat`` seconds; drop one that
         does not answer within half that (aiohttp's rule); close one silent for
-        ``idle_timeout`` with 1001. One timer per connection, re-armed as it fires."""
-        self.timer = None
+        ``idle_timeout`` with 1001. Re-armed as it runs."""
         if self.transport is None:
             return
         shared = self.shared

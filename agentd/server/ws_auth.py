@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -30,21 +30,25 @@ CLOSE_TOKEN_EXPIRED = 4001  # expired and not refreshed within the grace
 # A refresh for another identity or not covering the connection, or a revoked key.
 CLOSE_TOKEN_REFUSED = 4003
 
-Send = Callable[[dict[str, Any]], None]
-Close = Callable[[int, bytes], None]
+
+class Connection(Protocol):
+    """What the watch needs of its connection."""
+
+    def send(self, frame: dict[str, Any]) -> None: ...
+
+    def close_with(self, code: int, reason: bytes) -> None: ...
 
 
 class CredentialWatch:
     """Warns, then closes, a connection whose credential expired; swaps in a refreshed one."""
 
-    __slots__ = ("app", "close", "credential", "identity", "recheck", "send", "timer",
-                 "unwatch")  # fmt: skip
+    __slots__ = ("app", "conn", "credential", "identity", "recheck", "timer", "unwatch")
 
-    def __init__(self, request: web.Request, send: Send, close: Close) -> None:
+    def __init__(self, request: web.Request, conn: Connection) -> None:
         # The app and the identity, not the request: a connection outlives its upgrade
         # request, which it does not keep.
         self.app = request.app
-        self.send, self.close = send, close
+        self.conn = conn
         self.timer: asyncio.TimerHandle | None = None
         # The credential in force, and the watch on its key record (API keys only).
         self.identity: Identity = identity_of(request)
@@ -88,7 +92,7 @@ class CredentialWatch:
             log.info("websocket of %s closed: its key no longer holds", self.identity.who)
             self.recheck = None  # this task: not to be cancelled by stop()
             self.stop()
-            self.close(CLOSE_TOKEN_REFUSED, b"credential revoked")
+            self.conn.close_with(CLOSE_TOKEN_REFUSED, b"credential revoked")
             return
         old, self.identity = self.identity, new
         if new.expires_at != old.expires_at:
@@ -107,13 +111,13 @@ class CredentialWatch:
 
     def _expired(self, expires_at: float) -> None:
         grace_s = self.app[CONFIG].auth.tokens.ws_grace_s
-        self.send({"type": "auth_expired", "expired_at": expires_at, "closes_in_s": grace_s})
+        self.conn.send({"type": "auth_expired", "expired_at": expires_at, "closes_in_s": grace_s})
         self.timer = asyncio.get_running_loop().call_later(grace_s, self._grace_over)
 
     def _grace_over(self) -> None:
         self.timer = None
         log.info("websocket of %s closed: its credential expired", self.identity.who)
-        self.close(CLOSE_TOKEN_EXPIRED, b"token expired")
+        self.conn.close_with(CLOSE_TOKEN_EXPIRED, b"token expired")
 
     async def refresh(self, frame: dict[str, Any], session_id: str | None) -> None:
         """An ``auth`` frame. A token that does not verify gets an error frame and the
@@ -142,9 +146,9 @@ class CredentialWatch:
         self.identity = new
         self.credential = token
         self.start()
-        self.send({"type": "auth_ok", "expires_at": new.expires_at})
+        self.conn.send({"type": "auth_ok", "expires_at": new.expires_at})
 
     def _refuse(self, reason: bytes) -> None:
         log.info("websocket of %s closed: refresh refused (%s)", self.identity.who, reason.decode())
         self.stop()
-        self.close(CLOSE_TOKEN_REFUSED, reason)
+        self.conn.close_with(CLOSE_TOKEN_REFUSED, reason)
