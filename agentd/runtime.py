@@ -7,13 +7,9 @@ import asyncio
 import os
 import socket
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from aiohttp import web
+from typing import Any
 
 __all__ = ("ReadinessCheck", "WorkerInfo", "WorkerState", "instance_id")
 
@@ -52,4 +48,6 @@ class WorkerState:
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     # Each returns None when its dependency is fine, or why it is not (for /readyz).
     readiness: list[ReadinessCheck] = field(default_factory=list)
-    websockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    # The open WebSockets (server/ws.py's connections: ``close(code=, message=)`` each);
+    # a connection removes itself when it ends.
+    websockets: set[Any] = field(default_factory=set)

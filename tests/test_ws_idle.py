@@ -17,7 +17,7 @@ from .waiting import wait_until
 
 IDLE_LIMIT = 10.0
 # The connection's own coroutines that may run a task; none runs while it idles.
-OWN = {_Connection.write_out.__qualname__, _Connection.follow.__qualname__}
+OWN = {_Connection.read_on.__qualname__, _Connection.follow.__qualname__}
 
 
 def _own_tasks() -> list[asyncio.Task[object]]:

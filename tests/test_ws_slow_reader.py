@@ -31,6 +31,9 @@ def _masked_text(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+TURNS = 8
+
+
 async def _overflows(http: aiohttp.ClientSession, url: str) -> float:
     async with http.get(url + "/metrics") as r:
         text = await r.text()
@@ -41,7 +44,9 @@ async def _overflows(http: aiohttp.ClientSession, url: str) -> float:
 async def test_a_client_that_stops_reading_is_closed_with_1013_and_counted(
     serve: Factory,
 ) -> None:
-    url = await serve(**echo(tokens_per_s=0.0), websocket={"send_queue": 4})
+    url = await serve(
+        **echo(tokens_per_s=0.0), websocket={"send_queue": 4, "max_inflight_turns": TURNS}
+    )
     host, port = url.removeprefix("http://").split(":")
     # A tiny receive buffer, and a client that never reads: the server's writes back up.
     sock = socket.socket()
@@ -58,8 +63,12 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_counted(
             "Sec-WebSocket-Version: 13\r\n\r\n"
         ).encode(),
     )
-    words = " ".join(f"w{i}" for i in range(20_000))  # 20,000 delta frames
-    for frame in ({"type": "hello"}, {"type": "message", "id": 1, "content": words}):
+    # Frames wait in the queue only once the transport is full: the replies (8 turns of
+    # 20,000 delta frames, about 8 MB) must outgrow what the kernel buffers (up to
+    # tcp_wmem's maximum, 4 MiB by default) on top of the transport's own buffer.
+    words = " ".join(f"w{i:011d}" for i in range(20_000))
+    frames = [{"type": "message", "id": i, "content": words} for i in range(TURNS)]
+    for frame in ({"type": "hello"}, *frames):
         await loop.sock_sendall(sock, _masked_text(orjson.dumps(frame)))
     async with aiohttp.ClientSession() as http:
         try:
