@@ -7,7 +7,9 @@ The id names the record, so checking a key is one look-up by id, never a scan. T
 record holds SHA-256 of the secret, never the key: a plain hash is enough because the
 secret is 256 random bits (nothing to guess, so no need for a slow, salted password
 hash, which would cost milliseconds per uncached request); the comparison is
-constant-time (``hmac.compare_digest``).
+constant-time (``hmac.compare_digest``). Once a key matched, the worker compares the
+next requests' secrets, in constant time too, with the one that matched, and hashes
+nothing (:meth:`KeyCache.known`; docs/auth.md says why that is as safe).
 
 Each worker caches the records it read (``auth.key_cache_s``) and forgets one as soon
 as the store's change feed names it, which every worker of every instance follows: a

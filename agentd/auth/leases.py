@@ -316,17 +316,21 @@ class Leases:
             lim = lease.limits
             if lim.requests_per_minute:
                 left = lim.requests_per_minute - lease.total + lease.left
+                if left < 0:
+                    left = 0
                 if requests is None or left < requests_left:
                     requests, requests_left = lease, left
             if lim.tokens_per_minute:
                 left = lease.level - lease.charged
+                if left < 0:
+                    left = 0
                 if tokens is None or left < tokens_left:
                     tokens, tokens_left = lease, left
         headers: dict[str, str] = {}
         if requests is not None:
             limit, remaining, reset = REQUESTS_HEADERS
             headers[limit] = requests.texts[0]
-            headers[remaining] = str(requests_left) if requests_left > 0 else "0"
+            headers[remaining] = str(requests_left)
             headers[reset] = requests.reset_text
         if tokens is not None:
             limit, remaining, reset = TOKENS_HEADERS
