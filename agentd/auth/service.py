@@ -43,6 +43,10 @@ class Auth:
         self.enabled = self.config.mode != "none"
         admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
         self._admin = admin.encode()
+        # Only a credential of its length is compared with it (none when there is no
+        # admin key): compare_digest tells lengths apart at once anyway (it hides where
+        # values differ, not lengths).
+        self._admin_len = len(admin)
         # API key records, cached per worker (see .keys).
         self.keys = KeyCache(store.keyring, self.config)
         # Connection tokens (JWTs); ConfigError when their key is missing or unusable.
@@ -69,7 +73,9 @@ class Auth:
             return OPEN
         if not credential:
             return None
-        if self._admin and hmac.compare_digest(credential.encode(), self._admin):
+        if len(credential) == self._admin_len and hmac.compare_digest(
+            credential.encode(), self._admin
+        ):
             return ADMIN
         return self.keys.known(credential)
 
