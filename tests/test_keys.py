@@ -470,3 +470,51 @@ async def test_a_websocket_closes_when_its_key_is_disabled_or_revoked(api: Api) 
     assert frames[-1]["type"] == "done", frames
     for ws in sockets:
         await ws.close()
+
+
+async def test_a_verified_key_is_known_again_only_with_its_exact_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once a key matched its hash, the worker knows it again without hashing (a
+    constant-time comparison with the secret that matched); any other secret under the
+    same id, or a change to the key, goes through the hash and the store again."""
+    import agentd.auth.keys as keys_module
+
+    hashed = []
+
+    def counting_hash(secret: str) -> str:
+        hashed.append(secret)
+        return hash_secret(secret)
+
+    monkeypatch.setattr(keys_module, "hash_secret", counting_hash)
+    config = from_dict({"auth": {"mode": "keys"}})
+    store = open_store(config)
+    await store.start()
+    cache = KeyCache(store.keyring, config.auth)
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    key = f"sk-agentd-{key_id}-{secret}"
+    try:
+        await store.keyring.create(_record(key_id, secret))
+        assert cache.known(key) is None  # never verified
+        identity = await cache.identify(key)
+        assert cache.known(key) is identity and await cache.identify(key) is identity
+        assert hashed == [secret]  # one hash, then none
+        for wrong in (
+            f"sk-agentd-{key_id}-{secrets.token_urlsafe(32)}",
+            f"sk-agentd-{key_id}-{'é' * 43}",  # not ASCII: no comparison error either
+            key[:-1] + ("A" if key[-1] != "A" else "B"),
+        ):
+            assert cache.known(wrong) is None
+            with pytest.raises(Unauthorized):
+                await cache.identify(wrong)
+        assert cache.known(key) is identity
+        # Disabled: forgotten at once (the change feed's work, done here by hand), and
+        # refused with its reason.
+        await store.keyring.update(key_id, {"disabled": True})
+        cache.forget(key_id)
+        assert cache.known(key) is None
+        with pytest.raises(Unauthorized, match="disabled"):
+            await cache.identify(key)
+        assert cache.known(key) is None
+    finally:
+        await store.close()

@@ -7,7 +7,9 @@ The id names the record, so checking a key is one look-up by id, never a scan. T
 record holds SHA-256 of the secret, never the key: a plain hash is enough because the
 secret is 256 random bits (nothing to guess, so no need for a slow, salted password
 hash, which would cost milliseconds per uncached request); the comparison is
-constant-time (``hmac.compare_digest``).
+constant-time (``hmac.compare_digest``). Once a key matched, the worker compares the
+next requests' secrets, in constant time too, with the one that matched, and hashes
+nothing (:meth:`KeyCache.known`; docs/auth.md says why that is as safe).
 
 Each worker caches the records it read (``auth.key_cache_s``) and forgets one as soon
 as the store's change feed names it, which every worker of every instance follows: a
@@ -102,11 +104,23 @@ def identity_of_record(record: KeyRecord) -> Identity:
     )
 
 
-class _Entry(NamedTuple):
-    identity: Identity
-    secret_hash: bytes
-    disabled: bool
-    fresh_until: float  # monotonic
+# A well-formed key's length, and where its id and its secret are in it.
+KEY_LEN = len(KEY_PREFIX) + 16 + 1 + 43
+_ID_AT, _SECRET_AT = len(KEY_PREFIX), len(KEY_PREFIX) + 17
+
+
+class _Entry:
+    """A cached record, and the secret last presented that matched its hash."""
+
+    __slots__ = ("disabled", "fresh_until", "identity", "secret_hash", "verified")
+
+    def __init__(
+        self, identity: Identity, secret_hash: bytes, disabled: bool, fresh_until: float
+    ) -> None:
+        self.identity, self.secret_hash, self.disabled = identity, secret_hash, disabled
+        self.fresh_until = fresh_until  # monotonic
+        # The secret that matched ``secret_hash`` (see :meth:`KeyCache.known`).
+        self.verified = ""
 
 
 class KeyCache:
@@ -195,7 +209,35 @@ class KeyCache:
 
     # -- look-up -----------------------------------------------------------------------
 
+    def known(self, credential: str) -> Identity | None:
+        """The identity of a key this worker verified before and still holds fresh, with
+        no hash and no look-up; None: :meth:`identify` decides (it also says why a key
+        is refused).
+
+        The record is found by the key's id, which is not secret; the secret is compared
+        in constant time (``hmac.compare_digest``) with the one that matched the
+        record's hash before. A worker keeps the secrets it verified in memory, as it
+        holds every request that carries them: nothing new is exposed."""
+        if len(credential) != KEY_LEN or not credential.startswith(KEY_PREFIX):
+            return None
+        entry = self._records.get(credential[_ID_AT : _SECRET_AT - 1])
+        if entry is None or not entry.verified or entry.fresh_until <= time.monotonic():
+            return None
+        secret = credential[_SECRET_AT:]
+        # compare_digest takes ASCII text only (a header may carry anything).
+        if not secret.isascii() or not hmac.compare_digest(secret, entry.verified):
+            return None
+        identity = entry.identity
+        if identity.expires_at is not None and time.time() >= identity.expires_at:
+            return None
+        # Not moved up the LRU order here: :meth:`identify` does, each time the record
+        # is due for a refresh (every ``key_cache_s``).
+        return identity
+
     async def identify(self, credential: str) -> Identity:
+        known = self.known(credential)
+        if known is not None:
+            return known
         parsed = parse_key(credential)
         if parsed is None:
             raise Unauthorized("the API key is not valid")
@@ -211,6 +253,7 @@ class KeyCache:
         expires_at = entry.identity.expires_at
         if expires_at is not None and time.time() >= expires_at:
             raise Unauthorized("this API key has expired")
+        entry.verified = secret
         return entry.identity
 
     async def limits_of(self, key_id: str) -> LimitsConfig | None:

@@ -66,14 +66,16 @@ class Lease:
     """One scope's lease in this worker."""
 
     __slots__ = (
-        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "left", "level",
-        "limits", "lost", "month_tokens", "peak", "places", "ready", "renewed", "reset_text",
-        "returned", "scope", "short", "size", "tokens_reset", "total", "used", "used_at",
+        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "headroom", "left",
+        "level", "limits", "lost", "month_tokens", "peak", "places", "renewed", "reset_text",
+        "returned", "scope", "short", "size", "texts", "tokens_reset", "total", "used",
+        "used_at",
     )  # fmt: skip
 
     def __init__(self, rule: Rule) -> None:
-        self.scope, self.limits = rule.scope, rule.limits
-        self.ready = False
+        self.scope = rule.scope
+        # Usable until (monotonic); 0 while it is not (never granted, lost, or its
+        # limits changed since).
         self.fresh_until = 0.0
         # Request places: [usable until (monotonic), their bucket, left], oldest first;
         # the unused places of expired ones, to give back: (bucket, count).
@@ -81,10 +83,11 @@ class Lease:
         self.left = 0  # their places left
         self.returned: list[tuple[int, int]] = []
         self.total = 0  # the requests log's count at the last grant
-        # The headers' reset texts: the requests log's at the last grant, the token
-        # bucket's for the tokens charged since (charged, text).
+        # The headers' reset texts: the requests log's at the last grant; the token
+        # bucket's remaining and reset texts for the tokens charged since (charged,
+        # remaining, reset).
         self.reset_text = ""
-        self.tokens_reset: tuple[int, str] = (-1, "")
+        self.tokens_reset: tuple[int, str, str] = (-1, "", "")
         # The block of turn slots: its size, the slots in use, the most in use since the
         # last call, and the size the call on its way asked for.
         self.size = self.busy = self.peak = 0
@@ -93,10 +96,20 @@ class Lease:
         self.lost = False  # a call's answer was lost: the block is built anew
         self.level = self.day_tokens = self.month_tokens = 0
         self.charged = 0  # tokens charged here since the last call was sent
+        # Admitting here stops once ``charged`` reaches this (see :meth:`room`).
+        self.headroom = 0
         # Admissions through the lease, and requests it had no room for, since the last
         # call (the demand the next call asks for).
         self.used = self.short = 0
         self.used_at = 0.0
+        self.limits = rule.limits
+        # The limits as header texts: requests and tokens per minute.
+        self.texts = (str(rule.limits.requests_per_minute), str(rule.limits.tokens_per_minute))
+
+    def limited(self, limits: LimitsConfig) -> None:
+        """Its limits changed: not usable until a call asks under the new ones."""
+        self.limits, self.fresh_until = limits, 0.0
+        self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute))
 
     def expire(self, now: float) -> int:
         """Move expired places to the returned ones; the places left."""
@@ -109,22 +122,30 @@ class Lease:
         return self.left
 
     def room(self, now: float) -> bool:
-        lim = self.limits
-        if not self.ready or now >= self.fresh_until:
+        if now >= self.fresh_until or self.charged >= self.headroom:
             return False
+        lim = self.limits
         if lim.requests_per_minute and not self.expire(now):
             return False
         if lim.max_concurrent_turns:
             size = self.size if self.asked_slots is None else min(self.size, self.asked_slots)
             if self.busy >= size:
                 return False
-        charged = self.charged
+        return True
+
+    def _headroom(self) -> int:
+        """What may be charged here before a request must be checked by the store: the
+        token bucket and the budgets stay more than 1/MARGIN away from their limits."""
+        lim = self.limits
         tpm, tpd, tpmo = lim.tokens_per_minute, lim.tokens_per_day, lim.tokens_per_month
-        return not (
-            (tpm and self.level - charged <= tpm // MARGIN)
-            or (tpd and self.day_tokens + charged >= tpd - tpd // MARGIN)
-            or (tpmo and self.month_tokens + charged >= tpmo - tpmo // MARGIN)
-        )
+        room = [1 << 62]
+        if tpm:
+            room.append(self.level - tpm // MARGIN)
+        if tpd:
+            room.append(tpd - tpd // MARGIN - self.day_tokens)
+        if tpmo:
+            room.append(tpmo - tpmo // MARGIN - self.month_tokens)
+        return min(room)
 
     def take(self, now: float) -> bool:
         """Take a place and a slot; whether the lease wants refreshing."""
@@ -173,19 +194,29 @@ class Lease:
         self.peak = self.busy
         return LeaseAsk(self.scope, lim, places, returned, slots, self.size, renew, self.lost)
 
+    def tokens_texts(self) -> tuple[str, str]:
+        """The tokens' remaining and reset texts (made again only after a charge)."""
+        texts = self.tokens_reset
+        if texts[0] != self.charged:
+            per = self.limits.tokens_per_minute
+            level = self.level - self.charged
+            texts = (self.charged, str(max(0, level)), duration((per - level) * 60_000 // per))
+            self.tokens_reset = texts
+        return texts[1], texts[2]
+
     def granted(self, grant: Grant, sent: float, charged: int) -> None:
         if grant.places:
             self.places.append([sent + LEASE_S, grant.bucket, grant.places])
             self.left += grant.places
         self.total = grant.total
         self.reset_text = duration(grant.reset_ms)
-        self.tokens_reset = (-1, "")
+        self.tokens_reset = (-1, "", "")
         self.size, self.asked_slots = grant.slots, None
         self.level, self.day_tokens = grant.level, grant.day_tokens
         self.month_tokens = grant.month_tokens
         self.charged -= charged  # what was charged before the call is in the grant
+        self.headroom = self._headroom()
         self.fresh_until = sent + LEASE_S
-        self.ready = True
         self.lost = False
 
     def failed(self) -> None:
@@ -195,7 +226,7 @@ class Lease:
         if self.asked_slots is not None:
             self.size = max(self.size, self.asked_slots)
         self.asked_slots = None
-        self.ready = False
+        self.fresh_until = 0.0
         self.renewed = 0.0
         self.lost = True
 
@@ -235,23 +266,36 @@ class Leases:
         scopes = self._tenants.get(tenant)
         now = time.monotonic()
         taken: list[Lease] = []
+        short = False
         for rule in rules:
             lease = None if scopes is None else scopes.get(rule.scope)
-            if lease is None or (lease.limits is not rule.limits and lease.limits != rule.limits):
-                if lease is not None:  # its limits changed: its next call asks under them
-                    lease.limits, lease.ready = rule.limits, False
-                if not leasable(rule.limits):
-                    return None
-                if lease is None:
-                    if scopes is None:
-                        scopes = self._tenants[tenant] = {}
-                    lease = scopes[rule.scope] = Lease(rule)
-            if not lease.room(now):
+            if lease is None or lease.limits is not rule.limits:
+                if lease is not None and lease.limits == rule.limits:
+                    # The same limits in a new object (a key record read again): kept,
+                    # so the next request compares by identity.
+                    lease.limits = rule.limits
+                else:
+                    if lease is not None:  # its limits changed: its next call asks under them
+                        lease.limited(rule.limits)
+                    if not leasable(rule.limits):
+                        return None
+                    if lease is None:
+                        if scopes is None:
+                            scopes = self._tenants[tenant] = {}
+                        lease = scopes[rule.scope] = Lease(rule)
+            if not short and not lease.room(now):
+                short = True
+            taken.append(lease)
+        if short:
+            # Every lease of the request counts it as unmet demand, not only the one
+            # without room: the leases one request needs grow together (one short of
+            # places while the other has them would send every other request to the
+            # store, in turns).
+            for lease in taken:
                 lease.short += 1
                 lease.used_at = now
-                self.want(tenant)
-                return None
-            taken.append(lease)
+            self.want(tenant)
+            return None
         low = False
         for lease in taken:
             low = lease.take(now) or low
@@ -263,35 +307,35 @@ class Leases:
     def headers(self, taken: list[Lease]) -> dict[str, str]:
         """The ``x-ratelimit-*`` headers of a request admitted here: the tightest of its
         leases, as far as this worker knows (other workers' admissions since its last
-        call are not counted; the requests' reset is the one at that call)."""
+        call are not counted; the requests' reset is the one at that call). Only the
+        requests' remaining count is formatted per request; the other texts are made
+        once per lease call (or per charge)."""
         requests = tokens = None
+        requests_left = tokens_left = 0
         for lease in taken:
             lim = lease.limits
             if lim.requests_per_minute:
-                left = max(0, lim.requests_per_minute - lease.total + lease.left)
-                if requests is None or left < requests[0]:
-                    requests = (left, lease)
+                left = lim.requests_per_minute - lease.total + lease.left
+                if left < 0:
+                    left = 0
+                if requests is None or left < requests_left:
+                    requests, requests_left = lease, left
             if lim.tokens_per_minute:
-                left = max(0, lease.level - lease.charged)
-                if tokens is None or left < tokens[0]:
-                    tokens = (left, lease)
+                left = lease.level - lease.charged
+                if left < 0:
+                    left = 0
+                if tokens is None or left < tokens_left:
+                    tokens, tokens_left = lease, left
         headers: dict[str, str] = {}
         if requests is not None:
-            left, lease = requests
             limit, remaining, reset = REQUESTS_HEADERS
-            headers[limit] = str(lease.limits.requests_per_minute)
-            headers[remaining] = str(left)
-            headers[reset] = lease.reset_text
+            headers[limit] = requests.texts[0]
+            headers[remaining] = str(requests_left)
+            headers[reset] = requests.reset_text
         if tokens is not None:
-            left, lease = tokens
-            per = lease.limits.tokens_per_minute
-            if lease.tokens_reset[0] != lease.charged:
-                level = lease.level - lease.charged
-                lease.tokens_reset = (lease.charged, duration((per - level) * 60_000 // per))
             limit, remaining, reset = TOKENS_HEADERS
-            headers[limit] = str(per)
-            headers[remaining] = str(left)
-            headers[reset] = lease.tokens_reset[1]
+            headers[limit] = tokens.texts[1]
+            headers[remaining], headers[reset] = tokens.tokens_texts()
         return headers
 
     def release(self, taken: list[Lease]) -> None:
@@ -342,7 +386,7 @@ class Leases:
         for lease in leases:
             if closing:
                 lease.expire(float("inf"))
-                lease.ready = False
+                lease.fresh_until = 0.0
             else:
                 lease.expire(sent)
             asks.append(lease.ask(sent, closing))
@@ -367,7 +411,7 @@ class Leases:
         for lease, grant, before in zip(leases, grants, charged, strict=True):
             lease.granted(grant, sent, before)
             if closing:
-                lease.ready = False
+                lease.fresh_until = 0.0
         for scope, lease in list(scopes.items()):
             if lease.idle():
                 del scopes[scope]

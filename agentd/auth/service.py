@@ -43,6 +43,10 @@ class Auth:
         self.enabled = self.config.mode != "none"
         admin = os.environ.get(self.config.admin_key_env, "") if self.enabled else ""
         self._admin = admin.encode()
+        # Only a credential of its length is compared with it (none when there is no
+        # admin key): compare_digest tells lengths apart at once anyway (it hides where
+        # values differ, not lengths).
+        self._admin_len = len(admin)
         # API key records, cached per worker (see .keys).
         self.keys = KeyCache(store.keyring, self.config)
         # Connection tokens (JWTs); ConfigError when their key is missing or unusable.
@@ -61,17 +65,30 @@ class Auth:
     async def close(self) -> None:
         await self.keys.close()
 
-    async def identify(self, credential: str | None) -> Identity:
-        """The caller's identity; ``Unauthorized`` for a missing or bad credential."""
+    def known(self, credential: str | None) -> Identity | None:
+        """The caller's identity when it is found without waiting: ``auth.mode =
+        "none"``, the operator's key, or an API key this worker verified before and
+        holds fresh (:meth:`KeyCache.known`); None: ask :meth:`identify`."""
         if not self.enabled:
             return OPEN
+        if not credential:
+            return None
+        if len(credential) == self._admin_len and hmac.compare_digest(
+            credential.encode(), self._admin
+        ):
+            return ADMIN
+        return self.keys.known(credential)
+
+    async def identify(self, credential: str | None) -> Identity:
+        """The caller's identity; ``Unauthorized`` for a missing or bad credential."""
+        identity = self.known(credential)
+        if identity is not None:
+            return identity
         if not credential:
             raise Unauthorized(
                 "no API key given: send it as 'Authorization: Bearer KEY'",
                 code="missing_api_key",
             )
-        if self._admin and hmac.compare_digest(credential.encode(), self._admin):
-            return ADMIN
         if self.tokens is not None and looks_like_token(credential):
             return self.tokens.verify(credential)
         return await self.keys.identify(credential)

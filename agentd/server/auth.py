@@ -111,7 +111,11 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
         return await handler(request)  # every caller is OPEN: nothing to look up
     scope = scope_for(request.path)
     if scope is not None:
-        identity = await auth.identify(credential_of(request))
+        credential = credential_of(request)
+        # A key this worker already verified is found without a coroutine.
+        identity = auth.known(credential)
+        if identity is None:
+            identity = await auth.identify(credential)
         if scope:
             identity.require(scope)
         request[IDENTITY] = identity
