@@ -5,9 +5,11 @@ mid-way keeps its order and its bytes, and hostile input gets aiohttp's own answ
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -211,6 +213,10 @@ HOSTILE = [
     b"GET /healthz HTTP/1.1\r\n" + b"X-Many: 1\r\n" * 200 + b"\r\n",
     HEALTHZ + b"GET /healthz HTTP/1.1\r\n",  # a partial request left at the end
     b"\r\n" + HEALTHZ,
+    b"GET /healthz HTTP/1.1\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nUser-Agent: a\r\nuser-agent: b\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key1: 1\r\n\r\n",
 ]
 
 
@@ -307,3 +313,146 @@ def test_a_client_that_does_not_read_gets_every_answer_later(
         assert reader.answer()[2] == b'{"status":"ok"}'
     assert b'"version"' in reader.answer()[2]
     reader.close()
+
+
+# -- the chat completion ----------------------------------------------------------------
+
+ADMIN_KEY = "sk-admin-front-test-0123456789abcdef"
+CHAT_BODY = b'{"model":"echo","messages":[{"role":"user","content":"hello there"}],"temperature":0}'
+
+
+def _chat(body: bytes = CHAT_BODY, key: str | None = None, extra: bytes = b"") -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: agentd\r\nContent-Type: application/json\r\n"
+        + auth
+        + extra
+        + b"Content-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
+
+
+def _chat_comparable(answer: tuple[bytes, list[tuple[bytes, bytes]], bytes]) -> tuple[object, ...]:
+    """A chat answer less its id, time and timings, which differ from one to the next."""
+    status, headers, body = _comparable(answer)
+    kept = [(n, re.sub(rb"dur=[0-9.]+", b"dur=0", v)) for n, v in headers]  # type: ignore[attr-defined]
+    kept = [(n, v) for n, v in kept if not n.lower().startswith(b"x-ratelimit-reset")]
+    body = re.sub(rb'"id":"chatcmpl-[0-9a-f]+","object":"chat.completion","created":\d+', b"", body)  # type: ignore[arg-type]
+    return status, kept, body
+
+
+def _chats(port: int, requests: list[bytes]) -> list[tuple[object, ...]]:
+    reader = Reader(port)
+    try:
+        out = []
+        for request in requests:
+            reader.send(request)
+            out.append(_chat_comparable(reader.answer()))
+        return out
+    finally:
+        reader.close()
+
+
+def test_chat_answers_match_aiohttp(pair: tuple[AgentdProcess, AgentdProcess]) -> None:
+    """A miss then L1 hits, one by one and pipelined with other requests, and the
+    requests the front gives to aiohttp (a stream, a session, a bad body, an unknown
+    agent, a body sent in two parts): the same answers on both."""
+    front, plain = pair
+    stream = CHAT_BODY[:-1] + b',"stream":true}'
+    session = CHAT_BODY[:-1] + b',"session_id":"front-test"}'
+    requests = [
+        _chat(),
+        _chat(),
+        HEALTHZ,
+        _chat(),
+        _chat(b"{not json"),
+        _chat(CHAT_BODY.replace(b'"echo"', b'"nobody"')),
+        _chat(),
+    ]
+    ours, theirs = _chats(front.port, requests), _chats(plain.port, requests)
+    assert ours == theirs
+    caches = [dict(h).get(b"X-Cache") for _, h, _ in ours]  # type: ignore[arg-type]
+    assert caches == [b"miss", b"hit-l1", None, b"hit-l1", None, None, b"hit-l1"]
+    for port in (front.port, plain.port):
+        piped = _exchange(port, b"".join(requests[1:4]), 3)
+        assert [a[0] for a in piped] == [b"HTTP/1.1 200 OK"] * 3
+    # Handed over whole (the stream and the session: aiohttp's own answers).
+    for body in (stream, session):
+        assert _raw_status(front.port, _chat(body)) == _raw_status(plain.port, _chat(body))
+    # A body in two sends: the front waits for the rest.
+    reader = Reader(front.port)
+    request = _chat()
+    reader.send(request[:-10])
+    reader.send(request[-10:])
+    assert dict(reader.answer()[1]).get(b"X-Cache") == b"hit-l1"
+    reader.close()
+
+
+def _raw_status(port: int, request: bytes) -> bytes:
+    reader = Reader(port)
+    reader.send(request)
+    status = reader.answer()[0] if b'"stream"' not in request else _first_line(reader)
+    reader.close()
+    return status
+
+
+def _first_line(reader: Reader) -> bytes:
+    while b"\r\n" not in reader.data:
+        assert reader._fill()
+    return reader.data.split(b"\r\n", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def keyed_pair(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[AgentdProcess, AgentdProcess]]:
+    """Both instances in keys mode with the same admin key."""
+    procs = []
+    for front in (True, False):
+        workdir = tmp_path_factory.mktemp("keyed-front" if front else "keyed-plain")
+        config = _config(front) + '[auth]\nmode = "keys"\n'
+        procs.append(AgentdProcess(workdir, config, [], {"AGENTD_ADMIN_KEY": ADMIN_KEY}))
+    try:
+        for proc in procs:
+            proc.wait_ready()
+        yield procs[0], procs[1]
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def _new_key(proc: AgentdProcess, **limits: int) -> str:
+    body = json.dumps({"tenant": "acme", "limits": limits}).encode()
+    request = urllib.request.Request(
+        proc.url + "/v1/admin/keys",
+        data=body,
+        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=LIMIT_S) as reply:
+        key: str = json.loads(reply.read())["key"]
+    return key
+
+
+def test_chat_with_a_key_and_its_limits_matches_aiohttp(
+    keyed_pair: tuple[AgentdProcess, AgentdProcess],
+) -> None:
+    """With a key: the rate-limit headers on each answer, 429 with Retry-After past the
+    limit; without one or with a bad one: aiohttp's 401."""
+    front, plain = keyed_pair
+    answers = []
+    for proc in (front, plain):
+        key = _new_key(proc, requests_per_minute=3)
+        requests = [_chat(key=key)] * 4 + [_chat(), _chat(key="sk-nobody-0123456789")]
+        answers.append(_chats(proc.port, requests))
+    ours, theirs = answers
+    assert ours == theirs
+    assert [a[0] for a in ours] == [b"HTTP/1.1 200 OK"] * 3 + [
+        b"HTTP/1.1 429 Too Many Requests",
+        b"HTTP/1.1 401 Unauthorized",
+        b"HTTP/1.1 401 Unauthorized",
+    ]
+    remaining = [dict(h).get(b"x-ratelimit-remaining-requests") for _, h, _ in ours[:3]]  # type: ignore[arg-type]
+    assert remaining == [b"2", b"1", b"0"]
+    assert b"Retry-After" in dict(ours[3][1])  # type: ignore[arg-type]

@@ -181,6 +181,7 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     await _let_fresh_connections_speak(runner, front)
     if front is not None:
         front.close()  # its idle connections, as aiohttp's shutdown closes its own
+        await front.finish(config.server.shutdown_timeout)
     # Runs the app's on_shutdown (WebSockets get 1001), closes idle keep-alive
     # connections and waits up to shutdown_timeout for in-flight requests.
     await runner.cleanup()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import re
 import socket
 import time
@@ -37,6 +38,8 @@ from ..config import Config
 from ..metrics import Metrics
 from ..runtime import WorkerState
 from .auth import authenticate
+from .front_chat import ROUTE as CHAT_ROUTE
+from .front_chat import Answer, HotChat, start, status_line
 from .keys import CONFIG, METRICS, STATE
 from .middleware import close_when_draining, observe
 
@@ -54,19 +57,39 @@ _HEADER_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[\x21-\x7e
 # Headers that make a request unusual: the front hands it over when it carries one.
 _UNUSUAL = frozenset(
     (
-        b"content-length",
         b"transfer-encoding",
         b"content-encoding",
         b"expect",
         b"upgrade",
         b"connection",
+        b"x-session-id",
+        b"sec-websocket-key1",
     )
 )
+# Headers kept, each at most once or the request is aiohttp's: those the front reads,
+# and those aiohttp refuses twice (its parser's singletons: 400 when repeated).
+_KEPT = frozenset(
+    (
+        b"authorization",
+        b"content-length",
+        b"content-location",
+        b"content-range",
+        b"content-type",
+        b"etag",
+        b"host",
+        b"max-forwards",
+        b"server",
+        b"user-agent",
+    )
+)
+# The longest Content-Length the front reads (larger: aiohttp's 413).
+_MAX_LENGTH_DIGITS = 10
 
 _HEALTHZ_LINE = b"GET /healthz HTTP/1.1"
+_CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
 # The request lines the front knows, so a partial head that can become none of them
 # goes to aiohttp at once (aiohttp answers a bad request line without waiting for more).
-_HOT_LINES = (_HEALTHZ_LINE,)
+_HOT_LINES = (_HEALTHZ_LINE, _CHAT_LINE)
 
 _HEALTHZ_BODY = b'{"status":"ok"}'
 _SERVER = SERVER_SOFTWARE.encode()
@@ -83,6 +106,7 @@ def _head(status: bytes, content_type: bytes, length: int) -> tuple[bytes, bytes
 
 _HEALTHZ_HEAD = _head(b"200 OK", b"application/json", len(_HEALTHZ_BODY))
 _CLOSE = b"Connection: close\r\n"
+_OK = status_line(200)
 
 
 class _Date:
@@ -112,12 +136,16 @@ class Front:
         state: WorkerState,
         metrics: Metrics,
         keepalive_timeout: float,
+        chat: HotChat | None = None,
     ) -> None:
         self.handler = handler  # aiohttp's protocol factory, for the connections handed over
         self.state = state
         self.metrics = metrics
         self.keepalive_timeout = keepalive_timeout
+        self.chat = chat
         self.connections: set[FrontConnection] = set()
+        # Answers that suspended (a cache miss, a limit checked in the store).
+        self.pending: set[asyncio.Task[Answer]] = set()
         self.date = _Date()
         self.closed = False
 
@@ -126,15 +154,22 @@ class Front:
 
     def all_spoke(self) -> bool:
         """Whether every connection it holds has sent a request (see the worker's drain)."""
-        return all(conn.requests for conn in self.connections)
+        return all(conn.requests or conn.busy for conn in self.connections)
 
     def close(self) -> None:
-        """The worker drains: close every connection it holds (none is in the middle of
-        an answer: the front answers in the call that reads the request). aiohttp closes
-        its idle ones the same way."""
+        """The worker drains: close every idle connection it holds; one waiting for an
+        answer closes after it. aiohttp closes its idle ones the same way."""
         self.closed = True
         for conn in list(self.connections):
-            conn.close()
+            if conn.busy is None:
+                conn.close()
+
+    async def finish(self, limit_s: float) -> None:
+        """Wait up to ``limit_s`` for the answers still running, then cancel them."""
+        if self.pending:
+            _, late = await asyncio.wait(set(self.pending), timeout=limit_s)
+            for task in late:
+                task.cancel()
 
 
 def front_for(app: web.Application, handler: Callable[[], asyncio.Protocol]) -> Front | None:
@@ -149,7 +184,7 @@ def front_for(app: web.Application, handler: Callable[[], asyncio.Protocol]) -> 
         return None
     if list(app.on_response_prepare) != [close_when_draining]:
         return None
-    return Front(handler, app[STATE], app[METRICS], config.server.keepalive_timeout)
+    return Front(handler, app[STATE], app[METRICS], config.server.keepalive_timeout, HotChat(app))
 
 
 class FrontConnection(asyncio.Protocol):
@@ -157,6 +192,7 @@ class FrontConnection(asyncio.Protocol):
 
     __slots__ = (
         "buffer",
+        "busy",
         "front",
         "keepalive",
         "next_close",
@@ -171,6 +207,7 @@ class FrontConnection(asyncio.Protocol):
         self.buffer = b""
         self.requests = 0
         self.paused = False  # the transport's buffer is full: no answer is written
+        self.busy: asyncio.Task[Answer] | None = None  # the answer being worked out
         self.next_close = 0.0
         self.keepalive: asyncio.TimerHandle | None = None
 
@@ -197,7 +234,7 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer = self.buffer + data if self.buffer else data
-        if not self.paused:
+        if not self.paused and self.busy is None:
             self._serve()
 
     def eof_received(self) -> bool | None:
@@ -217,7 +254,7 @@ class FrontConnection(asyncio.Protocol):
         self.paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
-            if self.buffer:
+            if self.buffer and self.busy is None:
                 self._serve()
 
     # -- serving ----------------------------------------------------------------------
@@ -239,79 +276,145 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() < self.next_close:
+        if loop.time() < self.next_close or self.busy is not None:
             self.keepalive = loop.call_at(self.next_close, self._idle)
             return
         self.close()
 
     def _serve(self) -> None:
         """Answer every whole hot request at the start of the buffer; hand the connection
-        over at the first other one; keep a partial hot head for more bytes."""
+        over at the first other one; keep a partial hot request for more bytes."""
         buffer = self.buffer
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        front = self.front
         out: list[bytes] = []
-        close = False
         while buffer:
             end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
             if end < 0:
                 if len(buffer) >= MAX_HEAD_BYTES or not _may_become_hot(buffer):
                     break  # handed over below
-                self.buffer = buffer
-                self._write(out, close)
-                return
+                return self._wait(buffer, out)
             started = time.perf_counter()
-            answer = self._answer(buffer, end)
-            if answer is None:
+            line_end = buffer.find(b"\r\n", 0, end + 2)
+            line = buffer[:line_end]
+            headers = _read_headers(buffer, line_end + 2, end)
+            if headers is None:
                 break
-            out.append(answer)
+            if line == _HEALTHZ_LINE:
+                if b"content-length" in headers:
+                    break
+                answer: Answer = (200, [], _HEALTHZ_BODY)
+                route, method, size = "/healthz", "GET", end + 4
+            elif line == _CHAT_LINE and front.chat is not None:
+                length = headers.get(b"content-length")
+                if length is None or not length.isdigit() or len(length) > _MAX_LENGTH_DIGITS:
+                    break
+                if int(length) > front.chat.max_body:
+                    break
+                size = end + 4 + int(length)
+                if len(buffer) < size:
+                    return self._wait(buffer, out)
+                coro = front.chat.begin(buffer[end + 4 : size], headers.get(b"authorization"))
+                if coro is None:
+                    break
+                result = start(coro)
+                if isinstance(result, asyncio.Task):
+                    # It suspended: the connection waits for it, with what follows.
+                    self.busy = result
+                    front.pending.add(result)
+                    result.add_done_callback(functools.partial(self._finished, started, size))
+                    return self._wait(buffer, out)
+                if result is None:
+                    break
+                answer, route, method = result, CHAT_ROUTE, "POST"
+            else:
+                break
+            closing = front.state.draining
+            out.append(self._render(answer, closing))
             self.requests += 1
-            self.front.metrics.observe_request(
-                "/healthz", "GET", 200, time.perf_counter() - started
-            )
-            buffer = buffer[end + 4 :]
-            if self.front.state.draining:
-                close = True  # what follows is not read: the connection ends here
-                buffer = b""
-                break
+            front.metrics.observe_request(route, method, answer[0], time.perf_counter() - started)
+            buffer = buffer[size:]
+            if closing:
+                # What follows is not read: the answer said the connection ends.
+                self.buffer = b""
+                self._write(out)
+                return self.close()
         else:
-            self.buffer = b""
-            self._write(out, close)
-            return
+            return self._wait(b"", out)
         self.buffer = b""
-        if close:
-            self._write(out, close)
-            return
-        self._write(out, False)
+        self._write(out)
         self._hand_over(buffer)
 
-    def _answer(self, buffer: bytes, end: int) -> bytes | None:
-        """The answer to the request whose head ends at ``end``, or None if it is not hot."""
-        line_end = buffer.find(b"\r\n", 0, end + 2)
-        if buffer[:line_end] != _HEALTHZ_LINE:
-            return None
-        if not _plain_headers(buffer, line_end + 2, end):
-            return None
-        before, after = _HEALTHZ_HEAD
-        date = self.front.date.now()
-        if self.front.state.draining:
-            return before + date + after + _CLOSE + b"\r\n" + _HEALTHZ_BODY
-        return before + date + after + b"\r\n" + _HEALTHZ_BODY
+    def _wait(self, buffer: bytes, out: list[bytes]) -> None:
+        """Keep ``buffer`` (a request not yet whole, or waiting for its answer) and send
+        the answers so far."""
+        self.buffer = buffer
+        self._write(out)
 
-    def _write(self, out: list[bytes], close: bool) -> None:
+    def _finished(self, started: float, size: int, task: asyncio.Task[Answer]) -> None:
+        """An answer that suspended is ready: send it, then go on with what followed."""
+        self.busy = None
+        front = self.front
+        front.pending.discard(task)
         transport = self.transport
-        if transport is None:
-            return
-        if out:
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
-            front = self.front
-            if front.keepalive_timeout > 0:
-                self.next_close = asyncio.get_running_loop().time() + front.keepalive_timeout
-                if self.keepalive is None:
-                    self.keepalive = asyncio.get_running_loop().call_at(self.next_close, self._idle)
-        if close:
+        if task.cancelled():
             self.close()
+            return
+        answer = task.result()
+        if transport is None or transport.is_closing():
+            # The client left first: counted as aiohttp's middleware counts it.
+            status = 499 if answer is not None else 0
+            if status:
+                front.metrics.observe_request(
+                    CHAT_ROUTE, "POST", status, time.perf_counter() - started
+                )
+            return
+        if answer is None:
+            buffer, self.buffer = self.buffer, b""
+            self._hand_over(buffer)
+            return
+        closing = front.state.draining or front.closed
+        self._write([self._render(answer, closing)])
+        self.requests += 1
+        front.metrics.observe_request(CHAT_ROUTE, "POST", answer[0], time.perf_counter() - started)
+        self.buffer = self.buffer[size:]
+        if closing:
+            self.close()
+        elif self.buffer and not self.paused:
+            self._serve()
+
+    def _render(self, answer: tuple[int, list[tuple[str, str]], bytes], close: bool) -> bytes:
+        """An answer's bytes, with its headers in aiohttp's order."""
+        status, headers, body = answer
+        date = self.front.date.now()
+        if body is _HEALTHZ_BODY:
+            before, after = _HEALTHZ_HEAD
+            return before + date + after + (_CLOSE if close else b"") + b"\r\n" + body
+        head = [_OK if status == 200 else status_line(status)]
+        head.extend(f"{name}: {value}".encode() for name, value in headers)
+        head.append(b"Content-Type: application/json")
+        head.append(b"Content-Length: " + str(len(body)).encode())
+        head.append(b"Date: " + date)
+        head.append(b"Server: " + _SERVER)
+        if close:
+            head.append(b"Connection: close")
+        head.append(b"")
+        head.append(body)
+        return b"\r\n".join(head)
+
+    def _write(self, out: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or not out:
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        front = self.front
+        if front.keepalive_timeout > 0:
+            loop = asyncio.get_running_loop()
+            self.next_close = loop.time() + front.keepalive_timeout
+            if self.keepalive is None:
+                self.keepalive = loop.call_at(self.next_close, self._idle)
 
     def _hand_over(self, data: bytes) -> None:
         """From now on the connection is aiohttp's: a fresh handler gets the transport
@@ -323,22 +426,39 @@ class FrontConnection(asyncio.Protocol):
         handler = self.front.handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
+        if self.paused:
+            # The transport's buffer is still full: aiohttp's handler waits for it as it
+            # would have, and reads again (the front stopped reading while it waited).
+            handler.pause_writing()
+            transport.resume_reading()
         if data:
             handler.data_received(data)
 
 
-def _plain_headers(buffer: bytes, start: int, end: int) -> bool:
-    """Whether the header lines in ``buffer[start:end]`` are all plain and none unusual."""
+def _read_headers(
+    buffer: bytes, start: int, end: int, whole: bool = True
+) -> dict[bytes, bytes] | None:
+    """The headers the front keeps among the lines in ``buffer[start:end]``, or None if
+    any line is not plain, a header is unusual, one it keeps comes twice, or (``whole``:
+    these are all the request's headers) there is no ``Host`` (aiohttp's 400 in HTTP/1.1)."""
+    found: dict[bytes, bytes] = {}
     if start >= end:
-        return True
+        return None if whole else found
     lines = buffer[start:end].split(b"\r\n")
     if len(lines) > MAX_HEADERS:
-        return False
+        return None
     for line in lines:
         match = _HEADER_LINE.fullmatch(line)
-        if match is None or match.group(1).lower() in _UNUSUAL:
-            return False
-    return True
+        if match is None:
+            return None
+        name = match.group(1).lower()
+        if name in _KEPT:
+            if name in found:
+                return None
+            found[name] = match.group(2).rstrip(b" \t")
+        elif name in _UNUSUAL:
+            return None
+    return found if b"host" in found or not whole else None
 
 
 def _may_become_hot(partial: bytes) -> bool:
@@ -350,4 +470,4 @@ def _may_become_hot(partial: bytes) -> bool:
     if partial[:line_end] not in _HOT_LINES:
         return False
     last = partial.rfind(b"\r\n")
-    return last == line_end or _plain_headers(partial, line_end + 2, last)
+    return last == line_end or _read_headers(partial, line_end + 2, last, whole=False) is not None
