@@ -84,6 +84,9 @@ _KEPT = frozenset(
 )
 # The longest Content-Length the front reads (larger: aiohttp's 413).
 _MAX_LENGTH_DIGITS = 10
+# Bytes a connection may send behind a request whose answer is still being worked out
+# before the front stops reading it (aiohttp stops at 32 requests).
+_MAX_HELD = 1024 * 1024
 
 _HEALTHZ_LINE = b"GET /healthz HTTP/1.1"
 _CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
@@ -194,9 +197,11 @@ class FrontConnection(asyncio.Protocol):
         "buffer",
         "busy",
         "front",
+        "held",
         "keepalive",
         "next_close",
         "paused",
+        "receiving",
         "requests",
         "transport",
     )
@@ -208,6 +213,11 @@ class FrontConnection(asyncio.Protocol):
         self.requests = 0
         self.paused = False  # the transport's buffer is full: no answer is written
         self.busy: asyncio.Task[Answer] | None = None  # the answer being worked out
+        # Reading stopped while ``busy``: what came after the request filled the buffer.
+        self.held = False
+        # A request's body is on its way: not idle (aiohttp's keep-alive timer does not
+        # close a connection in the middle of a request either).
+        self.receiving = False
         self.next_close = 0.0
         self.keepalive: asyncio.TimerHandle | None = None
 
@@ -234,7 +244,12 @@ class FrontConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer = self.buffer + data if self.buffer else data
-        if not self.paused and self.busy is None:
+        if self.busy is not None:
+            # Pipelined behind an answer that suspended: keep it, within a bound.
+            if not self.held and len(self.buffer) > _MAX_HELD and self.transport is not None:
+                self.held = True
+                self.transport.pause_reading()
+        elif not self.paused:
             self._serve()
 
     def eof_received(self) -> bool | None:
@@ -252,7 +267,7 @@ class FrontConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing() and not self.held:
             self.transport.resume_reading()
             if self.buffer and self.busy is None:
                 self._serve()
@@ -276,7 +291,9 @@ class FrontConnection(asyncio.Protocol):
         if self.transport is None:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() < self.next_close or self.busy is not None:
+        if self.busy is not None or self.receiving:
+            self.next_close = loop.time() + self.front.keepalive_timeout
+        if loop.time() < self.next_close:
             self.keepalive = loop.call_at(self.next_close, self._idle)
             return
         self.close()
@@ -315,7 +332,9 @@ class FrontConnection(asyncio.Protocol):
                     break
                 size = end + 4 + int(length)
                 if len(buffer) < size:
+                    self.receiving = True
                     return self._wait(buffer, out)
+                self.receiving = False
                 coro = front.chat.begin(buffer[end + 4 : size], headers.get(b"authorization"))
                 if coro is None:
                     break
@@ -359,6 +378,10 @@ class FrontConnection(asyncio.Protocol):
         front = self.front
         front.pending.discard(task)
         transport = self.transport
+        if self.held:
+            self.held = False
+            if transport is not None and not self.paused:
+                transport.resume_reading()
         if task.cancelled():
             self.close()
             return

@@ -54,7 +54,7 @@ class HotChat:
         started = time.perf_counter()
         try:
             body = parse_chat(raw, None)
-        except AgentdError:
+        except Exception:
             return None  # aiohttp says the same
         if body.stream or body.session_id is not None:
             return None
