@@ -249,15 +249,24 @@ def test_garbage_after_a_hot_request_gets_aiohttps_answer_after_the_hot_one(
 def test_an_idle_or_slow_connection_is_closed_after_the_keepalive_timeout(
     agentd_instance: Callable[..., AgentdProcess],
 ) -> None:
+    """Idle, a head that never ends, idle after an answer: closed, as aiohttp closes
+    them. A request whose body is on its way is not idle: it outlives them and is
+    answered when the rest comes."""
     front = agentd_instance(_config(True, "keepalive_timeout = 1.0"))
     idle, slow, answered = Reader(front.port), Reader(front.port), Reader(front.port)
+    uploading = Reader(front.port)
     slow.send(HEALTHZ[:12])  # a head that never ends
+    request = _chat()
+    uploading.send(request[:-5])
     answered.send(HEALTHZ)
     assert answered.answer()[0] == b"HTTP/1.1 200 OK"
     for reader in (idle, slow, answered):
         assert reader.closed()
         assert reader.data == b""
         reader.close()
+    uploading.send(request[-5:])
+    assert uploading.answer()[0] == b"HTTP/1.1 200 OK"
+    uploading.close()
 
 
 def test_answers_close_their_connection_while_the_instance_leaves(
