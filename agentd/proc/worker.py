@@ -26,8 +26,7 @@ from aiohttp import web
 from ..config import Config
 from ..log import setup_logging
 from ..runtime import WorkerInfo, WorkerState
-from ..server import create_app
-from ..server.front import Front, front_for
+from ..server import create_app, front_for
 from .last_accept import stop_accepting
 
 __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
@@ -105,9 +104,7 @@ class _Site(web.SockSite):
         self._server = await loop.create_server(self.factory, sock=self.sock, backlog=self._backlog)
 
 
-async def _let_fresh_connections_speak(
-    runner: web.AppRunner, front: Front | None, limit: float = 1.0
-) -> None:
+async def _let_fresh_connections_speak(runner: web.AppRunner, limit: float = 1.0) -> None:
     """Wait (briefly) for connections accepted just now to send their first request.
 
     aiohttp's shutdown closes every connection that has no request in progress; one
@@ -122,9 +119,7 @@ async def _let_fresh_connections_speak(
     while asyncio.get_running_loop().time() < deadline:
         # ``_request_count`` (requests seen on the connection) is aiohttp-internal; if
         # it ever goes away, the fallback makes this wait a no-op, not an error.
-        if all(getattr(conn, "_request_count", 1) > 0 for conn in server.connections) and (
-            front is None or front.all_spoke()
-        ):
+        if all(getattr(conn, "_request_count", 1) > 0 for conn in server.connections):
             return
         await asyncio.sleep(0.005)
 
@@ -178,10 +173,12 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     # Connections already queued on them are taken in and served, not reset with the
     # socket (last_accept.py); during a reload the slot's next worker takes later ones.
     await stop_accepting(sites, socks, factory)
-    await _let_fresh_connections_speak(runner, front)
     if front is not None:
-        front.close()  # its idle connections, as aiohttp's shutdown closes its own
+        # Every connection the front holds becomes aiohttp's: the drain below treats
+        # them all alike; then the answers it is still working out get their time.
+        front.close()
         await front.finish(config.server.shutdown_timeout)
+    await _let_fresh_connections_speak(runner)
     # Runs the app's on_shutdown (WebSockets get 1001), closes idle keep-alive
     # connections and waits up to shutdown_timeout for in-flight requests.
     await runner.cleanup()

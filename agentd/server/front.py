@@ -155,17 +155,15 @@ class Front:
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
 
-    def all_spoke(self) -> bool:
-        """Whether every connection it holds has sent a request (see the worker's drain)."""
-        return all(conn.requests or conn.busy for conn in self.connections)
-
     def close(self) -> None:
-        """The worker drains: close every idle connection it holds; one waiting for an
-        answer closes after it. aiohttp closes its idle ones the same way."""
+        """The worker drains: every connection it holds becomes aiohttp's (with the bytes
+        of a request not yet whole), so aiohttp's shutdown treats each as it treats its
+        own: one that has not spoken yet gets its moment, idle ones are closed. One
+        waiting for an answer closes after it (the answer says so)."""
         self.closed = True
         for conn in list(self.connections):
-            if conn.busy is None:
-                conn.close()
+            if conn.busy is None and conn.transport is not None:
+                conn.give_away()
 
     async def finish(self, limit_s: float) -> None:
         """Wait up to ``limit_s`` for the answers still running, then cancel them."""
@@ -227,8 +225,8 @@ class FrontConnection(asyncio.Protocol):
         # uvloop's transports are no subclasses of asyncio.Transport, but behave as one.
         self.transport = transport = cast(asyncio.Transport, transport)
         front = self.front
-        if front.closed:
-            transport.close()
+        if front.closed:  # the worker drains: aiohttp's shutdown decides
+            self._hand_over(b"")
             return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -438,6 +436,11 @@ class FrontConnection(asyncio.Protocol):
             self.next_close = loop.time() + front.keepalive_timeout
             if self.keepalive is None:
                 self.keepalive = loop.call_at(self.next_close, self._idle)
+
+    def give_away(self) -> None:
+        """Hand the connection over as it is (see :meth:`Front.close`)."""
+        buffer, self.buffer = self.buffer, b""
+        self._hand_over(buffer)
 
     def _hand_over(self, data: bytes) -> None:
         """From now on the connection is aiohttp's: a fresh handler gets the transport
