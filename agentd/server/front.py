@@ -2,9 +2,12 @@
 requests itself and gives every other connection to aiohttp.
 
 aiohttp builds a request object, runs routing and the middleware chain and a response
-object for every request, which costs more than the answer to a health check. The front
-reads each request head itself; a request it knows whole (``GET /healthz``, written
-plainly) it answers with pre-built header bytes, in the event loop's call that read it.
+object for every request, which costs more than the answer to a health check or a
+cached chat reply. The front reads each request head itself; a request it knows whole,
+written plainly, it answers in the event loop's call that read it: ``GET /healthz``
+with pre-built bytes, ``POST /v1/chat/completions`` by the route's own steps
+(:mod:`.front_chat`; an answer that suspends, a cache miss, goes on in a task while
+the connection waits for it).
 At the first request it does not know, or anything unusual (another route, a query
 string, a body on a GET, ``Transfer-Encoding``, ``Expect``, ``Connection``, a byte
 outside printable ASCII, a head over :data:`MAX_HEAD_BYTES`), it hands the connection to
@@ -17,7 +20,8 @@ What a connection the front still holds gets from aiohttp's handler, it does its
 keep-alive timeout (an idle connection, or one sending a head too slowly, is closed after
 ``server.keepalive_timeout``), back-pressure (a client that does not read its answers
 stops being read), ``Connection: close`` on every answer once the worker leaves or
-drains (as :func:`.middleware.close_when_draining`), and the request metrics.
+drains (as :func:`.middleware.close_when_draining`), and the request metrics. When the
+worker drains, every connection it holds goes to aiohttp, whose shutdown ends it.
 """
 
 from __future__ import annotations
