@@ -347,7 +347,15 @@ def _chat_comparable(answer: tuple[bytes, list[tuple[bytes, bytes]], bytes]) -> 
     """A chat answer less its id, time and timings, which differ from one to the next."""
     status, headers, body = _comparable(answer)
     kept = [(n, re.sub(rb"dur=[0-9.]+", b"dur=0", v)) for n, v in headers]  # type: ignore[attr-defined]
-    kept = [(n, v) for n, v in kept if not n.lower().startswith(b"x-ratelimit-reset")]
+    # How long until a limit resets moves with the clock between the two servers' answers.
+    # (and with it the length of a refusal, which says it).
+    timed = {b"Retry-After", b"Content-Length"} if b" 429 " in status else {b"Retry-After"}  # type: ignore[operator]
+    kept = [
+        (n, b"-" if n in timed else v)
+        for n, v in kept
+        if not n.lower().startswith(b"x-ratelimit-reset")
+    ]
+    body = re.sub(rb"retry in \d+s", b"retry in -s", body)  # type: ignore[arg-type]
     body = re.sub(rb'"id":"chatcmpl-[0-9a-f]+","object":"chat.completion","created":\d+', b"", body)  # type: ignore[arg-type]
     return status, kept, body
 
