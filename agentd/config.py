@@ -252,6 +252,9 @@ class ServerConfig:
     drain_delay_s: float = opt(0.0, min=0.0, max=3600.0)
     max_request_bytes: int = opt(4 * 1024 * 1024, min=1024, max=1024 * 1024 * 1024)
     keepalive_timeout: float = opt(75.0, min=0.0, max=3600.0)
+    # The front (server/front.py) answers health checks and plain chat completions itself
+    # and gives every other request to aiohttp; false: aiohttp reads every connection.
+    front: bool = opt(True)
     heartbeat_timeout: float = opt(30.0, min=1.0, max=3600.0)
     plugins: tuple[str, ...] = opt((), check=_check_plugin)
     # Turns one worker runs at once; beyond it requests get 503 overloaded at once.

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
@@ -51,11 +51,13 @@ def _take_queued(listener: socket.socket) -> list[socket.socket]:
 
 
 async def stop_accepting(
-    sites: Sequence[web.BaseSite], socks: Sequence[socket.socket], serve: web.Server
+    sites: Sequence[web.BaseSite],
+    socks: Sequence[socket.socket],
+    serve: Callable[[], asyncio.BaseProtocol],
 ) -> int:
     """Stop the ``sites`` accepting on ``socks`` (the worker's listening sockets), then
-    serve with ``serve`` (the runner's protocol factory) the connections that were
-    queued on them. Returns how many there were."""
+    serve with ``serve`` (the sites' protocol factory: the front, or the runner's
+    server) the connections that were queued on them. Returns how many there were."""
     spares = [sock.dup() for sock in socks]
     try:
         for site in sites:

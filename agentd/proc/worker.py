@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from aiohttp import web
@@ -25,7 +26,7 @@ from aiohttp import web
 from ..config import Config
 from ..log import setup_logging
 from ..runtime import WorkerInfo, WorkerState
-from ..server import create_app
+from ..server import create_app, front_for
 from .last_accept import stop_accepting
 
 __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
@@ -82,6 +83,27 @@ async def _heartbeat(pipe_w: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(HEARTBEAT_INTERVAL)
 
 
+class _Site(web.SockSite):
+    """aiohttp's site on an inherited socket, with the protocol factory given (the
+    front, server/front.py) in place of the runner's own."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        sock: socket.socket,
+        factory: Callable[[], asyncio.BaseProtocol],
+        backlog: int,
+    ) -> None:
+        super().__init__(runner, sock, backlog=backlog)
+        self.factory = factory
+        self.sock = sock
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.factory, sock=self.sock, backlog=self._backlog)
+
+
 async def _let_fresh_connections_speak(runner: web.AppRunner, limit: float = 1.0) -> None:
     """Wait (briefly) for connections accepted just now to send their first request.
 
@@ -127,16 +149,20 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
         keepalive_timeout=config.server.keepalive_timeout,
     )
     await runner.setup()
-    sites = [web.SockSite(runner, sock, backlog=config.server.backlog) for sock in socks]
+    assert runner.server is not None  # set up above
+    front = front_for(app, runner.server)
+    factory = front or runner.server
+    sites = [_Site(runner, sock, factory, config.server.backlog) for sock in socks]
     for site in sites:
         await site.start()
     os.write(pipe_w, READY)
     log.info(
-        "worker %d serving (generation %d, %s, %d socket(s))",
+        "worker %d serving (generation %d, %s, %d socket(s), front %s)",
         info.id,
         info.generation,
         sites[0].name,
         len(sites),
+        "on" if front is not None else "off",
     )
 
     beat = asyncio.create_task(_heartbeat(pipe_w, stop))
@@ -146,8 +172,12 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     # Stop accepting: this closes the worker's copies of the listening sockets only.
     # Connections already queued on them are taken in and served, not reset with the
     # socket (last_accept.py); during a reload the slot's next worker takes later ones.
-    assert runner.server is not None  # set up above
-    await stop_accepting(sites, socks, runner.server)
+    await stop_accepting(sites, socks, factory)
+    if front is not None:
+        # Every connection the front holds becomes aiohttp's: the drain below treats
+        # them all alike; then the answers it is still working out get their time.
+        front.close()
+        await front.finish(config.server.shutdown_timeout)
     await _let_fresh_connections_speak(runner)
     # Runs the app's on_shutdown (WebSockets get 1001), closes idle keep-alive
     # connections and waits up to shutdown_timeout for in-flight requests.

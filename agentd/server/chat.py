@@ -27,9 +27,10 @@ from typing import Any
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult
+from ..auth import Identity
 from ..config import AgentConfig, Config
 from ..errors import AgentdError
-from ..fastpath import parse_chat
+from ..fastpath import ChatBody, parse_chat
 from ..schema import check_tool_params, validate_session_id
 from ..tools import ToolResult
 from ..wire.chat import DONE, Chunks, completion, completion_id, error_frame, model_object
@@ -38,7 +39,7 @@ from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
-__all__ = ("setup",)
+__all__ = ("chat_reply", "chat_turn", "setup")
 
 
 def _headers(
@@ -60,20 +61,17 @@ def _headers(
     return headers
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    started = time.perf_counter()
-    # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
-    body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
-    identity = identity_of(request)
+def chat_turn(body: ChatBody, identity: Identity, agents: Agents) -> TurnRequest:
+    """The turn a parsed chat request asks for, checked against the caller's identity
+    (the front answers with it too, server/front_chat.py)."""
     identity.check_agent(body.model)
-    agents = request.app[AGENTS]
     params = body.params
     if params and ("tools" in params or "tool_choice" in params or "parallel_tool_calls" in params):
         check_tool_params(params, agents.get(body.model).params.get("tools"))
     if body.session_id is not None:
         agents.get(body.model)  # an unknown model first, as for a missing session
         identity.check_session(validate_session_id(body.session_id))
-    turn = TurnRequest(
+    return TurnRequest(
         body.model,
         body.messages,
         body.session_id,
@@ -84,11 +82,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         identity=identity,
         tool_calls=True,
     )
-    parse_s = time.perf_counter() - started
-    deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
-    if body.stream:
-        return await _ChunkStream(request, turn, body.include_usage, parse_s).run(agents, deadline)
-    done = await agents.run(turn, deadline=deadline)
+
+
+def chat_reply(
+    turn: TurnRequest, done: TurnResult, parse_s: float
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A finished turn's ``chat.completion`` object and the headers it goes with."""
     reply = completion(
         completion_id(),
         int(time.time()),
@@ -100,7 +99,22 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         done.seq,
         done.tool_calls,
     )
-    return json_response(reply, headers=_headers(turn, done.cache, done, parse_s))
+    return reply, _headers(turn, done.cache, done, parse_s)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    # Parsing and validation run in the compiled fast path (agentd/_fastpath.pyx).
+    body = parse_chat(await request.read(), request.headers.get("X-Session-Id"))
+    agents = request.app[AGENTS]
+    turn = chat_turn(body, identity_of(request), agents)
+    parse_s = time.perf_counter() - started
+    deadline = asyncio.get_running_loop().time() + request.app[CONFIG].server.turn_timeout
+    if body.stream:
+        return await _ChunkStream(request, turn, body.include_usage, parse_s).run(agents, deadline)
+    done = await agents.run(turn, deadline=deadline)
+    reply, headers = chat_reply(turn, done, parse_s)
+    return json_response(reply, headers=headers)
 
 
 class _ChunkStream(Listener):

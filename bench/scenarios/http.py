@@ -51,10 +51,18 @@ def _baselines(bench: Bench, wanted: tuple[str, ...]) -> list[str]:
     return out
 
 
+# agentd with its front turned off (server.front, agentd/server/front.py): every request
+# through aiohttp, the baseline the front is measured against in the same run.
+FRONT_OFF = "agentd-front-off"
+
+
 def _target(bench: Bench, name: str, redis_url: str | None = None) -> Any:
     cpus, wd = bench.settings.server_cpus, bench.workdir
     if name == "agentd":
         return targets.agentd(wd, cpus, redis_url=redis_url)
+    if name == FRONT_OFF:
+        env = {"AGENTD_SERVER__FRONT": "false"}
+        return targets.agentd(wd, cpus, redis_url=redis_url, name=name, env=env)
     if name == "nginx":
         return targets.nginx(wd, cpus)
     if name == "aiohttp":
@@ -118,8 +126,14 @@ CEILING = Scenario(
 # -- http-hello -------------------------------------------------------------------------
 
 
+def _front_off(bench: Bench) -> list[str]:
+    """agentd with its front off beside it, but in a tiny run (a smoke run: the baselines
+    it needs and no more)."""
+    return [] if bench.settings.mode == "tiny" else [FRONT_OFF]
+
+
 def run_hello(bench: Bench) -> None:
-    names = ["agentd", *_baselines(bench, ("nginx", "aiohttp", "fastapi"))]
+    names = ["agentd", *_front_off(bench), *_baselines(bench, ("nginx", "aiohttp", "fastapi"))]
 
     def measure(name: str, served: Served) -> None:
         for c in bench.settings.concurrencies:
@@ -289,11 +303,13 @@ def _chat_hit_workers(bench: Bench, aiohttp: bool) -> None:
 
 
 def run_chat_hit(bench: Bench) -> None:
-    names = ["agentd", *_baselines(bench, ("aiohttp", "fastapi"))]
+    names = ["agentd", *_front_off(bench), *_baselines(bench, ("aiohttp", "fastapi"))]
 
     def measure(name: str, served: Served) -> None:
         if name == "agentd":
             bench.record["notes"].append(_cache_note(bench, served, workers=1))
+        elif name == FRONT_OFF:
+            _warm_cache(served.target.url(), 1)
         for c in bench.settings.concurrencies:
             bench.http(served, "/v1/chat/completions", method="POST", body=HIT_CHAT, concurrency=c)
 

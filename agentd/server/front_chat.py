@@ -1,0 +1,152 @@
+"""The front's chat completion: ``POST /v1/chat/completions`` answered without aiohttp's
+request and response objects, by the same steps as the route (:mod:`.chat`): the body
+parsed by the fast path, the caller identified and checked as :func:`.auth.authenticate`
+does, the turn run by :meth:`Agents.run` (an L1 cache hit returns without suspending),
+the same ``chat.completion`` body and headers, counted in the same request metrics.
+
+What the route would refuse before the turn starts (a body that does not parse, a bad
+credential, a missing scope, an unknown agent) and what the front does not do (a stream,
+a session, tools) goes to aiohttp, which answers it as without a front. Once the turn
+has started, its error is answered here, rendered as :func:`.http.error_response` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Generator
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..agent import Agents
+from ..auth import OPEN, Auth
+from ..errors import AgentdError, Internal
+from ..fastpath import parse_chat
+from .chat import chat_reply, chat_turn
+from .keys import AGENTS, AUTH, CONFIG
+
+__all__ = ("HotChat", "start")
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/v1/chat/completions"
+# What the front answers with, and None: "give the request to aiohttp".
+Answer = tuple[int, list[tuple[str, str]], bytes] | None
+_TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
+
+
+class HotChat:
+    """A worker's chat completions, as the front answers them."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.agents: Agents = app[AGENTS]
+        self.auth: Auth = app[AUTH]
+        config = app[CONFIG]
+        self.turn_timeout = config.server.turn_timeout
+        self.max_body = config.server.max_request_bytes
+
+    def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
+        """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
+        started = time.perf_counter()
+        try:
+            body = parse_chat(raw, None)
+        except Exception:
+            return None  # aiohttp says the same
+        if body.stream or body.session_id is not None:
+            return None
+        params = body.params
+        if params and not _TOOL_PARAMS.isdisjoint(params):
+            return None
+        return self._answer(body, _credential(authorization), started)
+
+    async def _answer(self, body: Any, credential: str | None, started: float) -> Answer:
+        try:
+            identity = OPEN
+            if self.auth.enabled:
+                identity = await self.auth.identify(credential)
+                identity.require("chat")
+            turn = chat_turn(body, identity, self.agents)
+        except AgentdError:
+            return None  # refused before the turn: aiohttp refuses it the same way
+        parse_s = time.perf_counter() - started
+        deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        try:
+            done = await self.agents.run(turn, deadline=deadline)
+            reply, headers = chat_reply(turn, done, parse_s)
+        except AgentdError as exc:
+            return error_answer(exc)
+        except Exception:
+            log.exception("unhandled error on POST %s", ROUTE)
+            return error_answer(Internal("internal server error"))
+        return 200, list(headers.items()), orjson.dumps(reply)
+
+
+def error_answer(exc: AgentdError) -> Answer:
+    """An error as :func:`.http.error_response` answers it."""
+    headers = []
+    if exc.retry_after is not None:
+        headers.append(("Retry-After", str(max(1, round(exc.retry_after)))))
+    return exc.status, headers, orjson.dumps(exc.to_dict())
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>`` with aiohttp's reason phrases."""
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = ""
+    return f"HTTP/1.1 {status} {reason}".encode()
+
+
+def _credential(authorization: bytes | None) -> str | None:
+    """What :func:`.auth.credential_of` finds in an ``Authorization`` header."""
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def start(coro: Coroutine[Any, Any, Answer]) -> Answer | asyncio.Task[Answer]:
+    """Run ``coro`` in the caller's call until it first suspends: its answer if it did
+    not (an L1 hit: no task, no scheduling), else a task that runs the rest."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    return asyncio.get_running_loop().create_task(_rest(coro, yielded))
+
+
+async def _rest(coro: Coroutine[Any, Any, Answer], yielded: Any) -> Answer:
+    return await _Resumed(coro, yielded)
+
+
+class _Resumed:
+    """A coroutine already started and suspended on ``yielded``, awaited from where it
+    stopped: the task waits for what it waits for and passes results and exceptions in."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Answer], yielded: Any) -> None:
+        self.coro, self.yielded = coro, yielded
+
+    def __await__(self) -> Generator[Any, Any, Answer]:
+        coro, yielded = self.coro, self.yielded
+        while True:
+            try:
+                sent = yield yielded
+            except BaseException as exc:  # passed on: the coroutine decides
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
+            else:
+                try:
+                    yielded = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value  # type: ignore[no-any-return]
