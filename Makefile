@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Test processes (pytest-xdist): the suite mostly waits on the servers it starts, so
+# several run side by side on two cores. "auto" is 4 for the suite, fewer for a few
+# files, none for one (tests/conftest.py); 0 runs in one process (README.md, Tests).
+PYTEST_WORKERS ?= auto
+PYTEST_XDIST   := -n $(PYTEST_WORKERS) --dist loadfile
 EXT    := agentd/_fastpath$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 
 .PHONY: run test lint system-deps ext clean bench
@@ -13,7 +18,7 @@ run: $(STAMP) $(EXT)
 test: $(STAMP) $(EXT) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestServer
+from hypothesis import HealthCheck, settings
 
 from agentd.backends import Backends, Pool
 from agentd.config import BackendConfig, Config, from_dict
@@ -18,6 +19,24 @@ from .openai_stub import MakePool, StartStub, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer
 
 PROBE = 'plugins = ["tests.plugins.probe:setup"]'
+# The suite's processes share two cores with the servers they start: how fast hypothesis
+# draws or runs an example says nothing about what is tested, so its timing checks are
+# off (the properties and the number of examples are unchanged).
+settings.register_profile("suite", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("suite")
+
+# `make test` runs this many pytest-xdist workers for the whole suite (README.md, Tests).
+SUITE_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: SUITE_WORKERS for the suite (or a directory), as many as the files
+    named when fewer (each worker takes whole files), none for one file, whose run would
+    only pay the other workers' start-up."""
+    named = {arg.split("::")[0] for arg in config.args}
+    if any(not arg.endswith(".py") for arg in named):
+        return SUITE_WORKERS
+    return 0 if len(named) <= 1 else min(SUITE_WORKERS, len(named))
 
 
 @pytest.fixture(autouse=True)

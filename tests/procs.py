@@ -41,10 +41,53 @@ def terminate(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports are handed out from a range below the kernel's ephemeral one (32768-60999 by
+# default), so no port 0 bind or outgoing connection takes one between the check and the
+# server's bind. Under pytest-xdist each worker owns a slice of it: a port is checked
+# free, released, and only then bound by the server, and two workers checking the same
+# port at once would both find it free. A cluster node's bus port (port + 10000) falls in
+# the worker's own slice of the bus range above. Within a slice the first port is
+# random, so that two test runs on one machine do not walk the same ports in step.
+PORT_RANGE = (10000, 20000)
+CLUSTER_BUS_OFFSET = 10000
+
+
+def _slice() -> range:
+    """This process's share of PORT_RANGE: all of it, or one xdist worker's slice."""
+    low, high = PORT_RANGE
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return range(low, high)
+    size = (high - low) // count
+    start = low + int(worker[2:]) % count * size
+    return range(start, start + size)
+
+
+class _Ports:
+    """Walks this process's slice round, returning ports that are free now."""
+
+    def __init__(self) -> None:
+        self.ports = _slice()
+        self.next = random.randrange(len(self.ports))
+
+    def take(self, *offsets: int) -> int:
+        for _ in range(len(self.ports)):
+            port = self.ports[self.next]
+            self.next = (self.next + 1) % len(self.ports)
+            if all(_is_free(port + offset) for offset in offsets):
+                return port
+        raise RuntimeError(f"no free port in {self.ports}")
+
+
+_ports: _Ports | None = None
+
+
+def _allocator() -> _Ports:
+    global _ports
+    if _ports is None:  # not at import: xdist sets the worker's variables before tests
+        _ports = _Ports()
+    return _ports
 
 
 def _is_free(port: int) -> bool:
@@ -56,14 +99,14 @@ def _is_free(port: int) -> bool:
     return True
 
 
+def free_port() -> int:
+    """A free loopback port of this process's own (see PORT_RANGE)."""
+    return _allocator().take(0)
+
+
 def free_cluster_port() -> int:
     """A free port whose cluster-bus twin (port + 10000) is free too."""
-    rnd = random.Random()
-    for _ in range(1000):
-        port = rnd.randrange(20000, 50000)
-        if _is_free(port) and _is_free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
+    return _allocator().take(0, CLUSTER_BUS_OFFSET)
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import socket
 from collections import Counter
 from typing import Any
 
@@ -23,6 +22,7 @@ from agentd.errors import BadRequest, NotFound, Overloaded, UpstreamError, Upstr
 from agentd.metrics import BackendMetrics
 
 from .openai_stub import Fail, FailMidStream, Hang, MakePool, Normal, Slow, StartStub, stub_usage
+from .procs import free_port
 from .waiting import wait_until
 
 
@@ -46,10 +46,9 @@ TIMER_SLACK_S = 0.01
 
 
 def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
+    """A port nothing listens on: one of this process's own (tests/procs.py), which no
+    other test process or port 0 bind is handed meanwhile."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 # -- the OpenAI wire format -------------------------------------------------------------

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from .conftest import PROBE
-from .procs import AgentdProcess, RedisServer, http_get, http_json
+from .procs import START_LIMIT, AgentdProcess, RedisServer, http_get, http_json
 from .waiting import wait_until_sync
 
 pytestmark = pytest.mark.slow
@@ -282,7 +282,7 @@ def test_systemd_notify_protocol(agentd_instance: Start, cfg: str, tmp_path: Pat
     path = tmp_path / "notify.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(path))
-    listener.settimeout(30)
+    listener.settimeout(START_LIMIT)  # as long as a start may take
     messages: list[str] = []
 
     def receive_until(field: str) -> str:

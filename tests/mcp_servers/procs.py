@@ -12,7 +12,7 @@ from pathlib import Path
 
 from agentd.config import McpServerConfig
 
-from ..procs import free_port
+from ..procs import START_LIMIT, free_port
 from ..waiting import wait_until_sync
 
 TOOLBOX = str(Path(__file__).with_name("toolbox.py"))
@@ -70,7 +70,7 @@ class HttpToolbox:
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
-        wait_until_sync(listening, 30, "the toolbox to listen")
+        wait_until_sync(listening, START_LIMIT, "the toolbox to listen")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
