@@ -1,5 +1,6 @@
-"""What the console's browser tests share (tests/test_console.py): the server's
-configuration, a second client of the same server, signing in, keys and tokens."""
+"""What the console's browser tests share (tests/test_console*.py): the server and its
+configuration, a browser tab that checks itself, a second client of the same server,
+signing in, keys and tokens."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ import json
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import jwt
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
+from .browser import ConsoleWatch, unnamed_controls
 from .cut_proxy import CutProxy
-from .procs import RedisServer
+from .procs import AgentdProcess, RedisServer
 
 ADMIN_KEY = "sk-admin-" + "c" * 40
 TOKEN_SECRET = "console-test-secret-" + "s" * 32
@@ -49,6 +54,40 @@ tools = ["agentd:state_get"]
 name = "slow"
 backend = "slow"
 """
+
+
+@contextmanager
+def console_server(base: Path) -> Iterator[AgentdProcess]:
+    """``agentd serve`` with ``server_config`` on a Redis of its own, under ``base``."""
+    redis = RedisServer(base)
+    workdir = base / "agentd"
+    workdir.mkdir()
+    env = {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_TOKEN_SECRET": TOKEN_SECRET}
+    proc = AgentdProcess(workdir, server_config(redis), [], env)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+        redis.close()
+
+
+@contextmanager
+def console_tab(browser: Browser, scheme: str = "light") -> Iterator[tuple[Page, ConsoleWatch]]:
+    """A fresh tab whose "are you sure?" dialogs are accepted; when the test is done,
+    every control of the view it ends on has an accessible name and the browser's
+    console had no errors."""
+    context = browser.new_context(viewport={"width": 1100, "height": 760}, color_scheme=scheme)
+    tab = context.new_page()
+    tab.set_default_timeout(WAIT_MS)
+    tab.on("dialog", lambda dialog: dialog.accept())
+    watch = ConsoleWatch(tab)
+    try:
+        yield tab, watch
+        assert not unnamed_controls(tab), unnamed_controls(tab)
+    finally:
+        context.close()
+    watch.check()
 
 
 class Api:

@@ -13,44 +13,29 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from .browser import ConsoleWatch, launch, shoot, unnamed_controls
+from .browser import ConsoleWatch, launch, shoot
 from .console_harness import (
     ADMIN_KEY,
     STREAMING_PART,
-    TOKEN_SECRET,
-    WAIT_MS,
     Api,
+    console_server,
+    console_tab,
     last_reply,
     new_key,
-    server_config,
     sign_in,
     token,
     words,
 )
 from .cut_proxy import CutProxy
-from .procs import AgentdProcess, RedisServer
+from .procs import AgentdProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentdProcess]:
-    base = tmp_path_factory.mktemp("console")
-    redis = RedisServer(base)
-    workdir = base / "agentd"
-    workdir.mkdir()
-    proc = AgentdProcess(
-        workdir,
-        server_config(redis),
-        [],
-        {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_TOKEN_SECRET": TOKEN_SECRET},
-    )
-    try:
-        proc.wait_ready()
+    with console_server(tmp_path_factory.mktemp("console")) as proc:
         yield proc
-    finally:
-        proc.stop()
-        redis.close()
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +58,8 @@ def admin(server: AgentdProcess) -> Api:
 
 @pytest.fixture
 def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[tuple[Page, ConsoleWatch]]:
-    scheme = "dark" if "dark" in request.node.name else "light"
-    context = browser.new_context(viewport={"width": 1100, "height": 760}, color_scheme=scheme)
-    tab = context.new_page()
-    tab.set_default_timeout(WAIT_MS)
-    tab.on("dialog", lambda dialog: dialog.accept())  # the console's "are you sure?"
-    watch = ConsoleWatch(tab)
-    try:
-        yield tab, watch
-        # Every control of the view the test ends on has an accessible name.
-        assert not unnamed_controls(tab), unnamed_controls(tab)
-    finally:
-        context.close()
-    watch.check()
+    with console_tab(browser, "dark" if "dark" in request.node.name else "light") as made:
+        yield made
 
 
 def test_sign_in_shows_the_views_the_scopes_allow(

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect
 
-from .browser import ConsoleWatch, launch, shoot, unnamed_controls
-from .console_harness import ADMIN_KEY, WAIT_MS, Api, new_key
+from .browser import ConsoleWatch, launch, shoot
+from .console_harness import ADMIN_KEY, Api, console_tab, new_key
 from .edge_proxy import Edge
 from .procs import AgentdProcess, free_port
 from .waiting import wait_until_sync
@@ -77,16 +77,8 @@ def admin(server: AgentdProcess) -> Api:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[tuple[Page, ConsoleWatch]]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    tab = context.new_page()
-    tab.set_default_timeout(WAIT_MS)
-    watch = ConsoleWatch(tab)
-    try:
-        yield tab, watch
-        assert not unnamed_controls(tab), unnamed_controls(tab)
-    finally:
-        context.close()
-    watch.check()
+    with console_tab(browser) as made:
+        yield made
 
 
 @pytest.fixture

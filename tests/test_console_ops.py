@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from .browser import ConsoleWatch, launch, shoot, unnamed_controls
-from .console_harness import ADMIN_KEY, WAIT_MS, Api, words
+from .browser import ConsoleWatch, launch, shoot
+from .console_harness import ADMIN_KEY, Api, console_tab, words
 from .openai_stub import Fail, Normal
 from .procs import AgentdProcess, RedisServer
 from .stub_thread import ThreadedStub
@@ -107,17 +107,8 @@ def admin(cluster: Cluster) -> Api:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[tuple[Page, ConsoleWatch]]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    tab = context.new_page()
-    tab.set_default_timeout(WAIT_MS)
-    tab.on("dialog", lambda dialog: dialog.accept())  # "Discard dead letter …?"
-    watch = ConsoleWatch(tab)
-    try:
-        yield tab, watch
-        assert not unnamed_controls(tab), unnamed_controls(tab)
-    finally:
-        context.close()
-    watch.check()
+    with console_tab(browser) as made:
+        yield made
 
 
 def sign_in(tab: Page, url: str, view: str) -> None:

@@ -11,27 +11,23 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from .browser import ConsoleWatch, launch, shoot, unnamed_controls
-from .console_harness import ADMIN_KEY, TOKEN_SECRET, WAIT_MS, Api, new_key, server_config
-from .procs import AgentdProcess, RedisServer
+from .browser import ConsoleWatch, launch, shoot
+from .console_harness import (
+    ADMIN_KEY,
+    Api,
+    console_server,
+    console_tab,
+    new_key,
+)
+from .procs import AgentdProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentdProcess]:
-    base = tmp_path_factory.mktemp("console-search")
-    redis = RedisServer(base)
-    workdir = base / "agentd"
-    workdir.mkdir()
-    env = {"AGENTD_ADMIN_KEY": ADMIN_KEY, "AGENTD_TOKEN_SECRET": TOKEN_SECRET}
-    proc = AgentdProcess(workdir, server_config(redis), [], env)
-    try:
-        proc.wait_ready()
+    with console_server(tmp_path_factory.mktemp("console-search")) as proc:
         yield proc
-    finally:
-        proc.stop()
-        redis.close()
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +43,8 @@ def admin(server: AgentdProcess) -> Api:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[tuple[Page, ConsoleWatch]]:
-    context = browser.new_context(viewport={"width": 1100, "height": 760})
-    tab = context.new_page()
-    tab.set_default_timeout(WAIT_MS)
-    watch = ConsoleWatch(tab)
-    try:
-        yield tab, watch
-        assert not unnamed_controls(tab), unnamed_controls(tab)
-    finally:
-        context.close()
-    watch.check()
+    with console_tab(browser) as made:
+        yield made
 
 
 def sign_in(tab: Page, url: str, credential: str, view: str) -> None:
