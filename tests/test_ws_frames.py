@@ -5,8 +5,6 @@ joined, a client's close answered."""
 
 from __future__ import annotations
 
-import os
-
 import aiohttp
 import pytest
 from hypothesis import given, settings
@@ -77,12 +75,16 @@ def test_frames_parse_the_same_however_the_bytes_are_cut(
     assert _parse_all(data, cuts, 1 << 20) == [(True, op, p) for op, p, _ in sent]
 
 
+# A fixed mask: parameters must be the same in every test process (pytest-xdist checks).
+_MASK = b"\x12\x34\x56\x78"
+
+
 @pytest.mark.parametrize(
     ("raw", "code"),
     [
-        (bytes((0x81 | 0x40, 0x80)) + os.urandom(4), 1002),  # a reserved bit
-        (bytes((0x83, 0x80)) + os.urandom(4), 1002),  # opcode 3
-        (bytes((0x09, 0x80)) + os.urandom(4), 1002),  # a fragmented ping
+        (bytes((0x81 | 0x40, 0x80)) + _MASK, 1002),  # a reserved bit
+        (bytes((0x83, 0x80)) + _MASK, 1002),  # opcode 3
+        (bytes((0x09, 0x80)) + _MASK, 1002),  # a fragmented ping
         (bytes((0x89, 0x80 | 126)) + (200).to_bytes(2, "big"), 1002),  # a ping over 125
         (bytes((0x81, 0x80 | 127)) + (1 << 40).to_bytes(8, "big"), 1009),  # too large
     ],
@@ -113,7 +115,7 @@ async def test_pings_fragments_and_a_clients_close_on_a_real_connection(serve: F
         assert (pong.type, pong.data) == (aiohttp.WSMsgType.PONG, b"are you there")
         # A text message in three fragments, a ping between two of them.
         transport = writer.transport
-        mask = os.urandom(4)
+        mask = _MASK
         transport.write(_client_frame(ws_frames.OP_TEXT, b'{"type":', fin=False, mask=mask))
         transport.write(_client_frame(ws_frames.OP_PING, b"mid", mask=mask))
         transport.write(_client_frame(ws_frames.OP_CONTINUATION, b' "pi', fin=False, mask=mask))
