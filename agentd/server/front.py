@@ -217,9 +217,10 @@ class FrontConnection(asyncio.Protocol):
         self.busy: asyncio.Task[Answer] | None = None  # the answer being worked out
         # Reading stopped while ``busy``: what came after the request filled the buffer.
         self.held = False
-        # A request's body is on its way: not idle (aiohttp's keep-alive timer does not
-        # close a connection in the middle of a request either).
-        self.receiving = False
+        # A request's body is on its way since this perf_counter time (0.0: none): not
+        # idle (aiohttp's keep-alive timer does not close a connection in the middle of a
+        # request either), and a 499 if the client leaves before the body is whole.
+        self.receiving = 0.0
         self.next_close = 0.0
         self.keepalive: asyncio.TimerHandle | None = None
 
@@ -258,6 +259,11 @@ class FrontConnection(asyncio.Protocol):
         return None  # close, as aiohttp's handler does
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.receiving:
+            # As aiohttp's middleware counts a body cut short.
+            elapsed = time.perf_counter() - self.receiving
+            self.front.metrics.observe_request(CHAT_ROUTE, "POST", 499, elapsed)
+            self.receiving = 0.0
         self._forget()
         self.transport = None
 
@@ -334,9 +340,9 @@ class FrontConnection(asyncio.Protocol):
                     break
                 size = end + 4 + int(length)
                 if len(buffer) < size:
-                    self.receiving = True
+                    self.receiving = self.receiving or started
                     return self._wait(buffer, out)
-                self.receiving = False
+                self.receiving = 0.0
                 coro = front.chat.begin(buffer[end + 4 : size], headers.get(b"authorization"))
                 if coro is None:
                     break
@@ -453,6 +459,7 @@ class FrontConnection(asyncio.Protocol):
         assert transport is not None
         self._forget()
         self.transport = None
+        self.receiving = 0.0  # aiohttp reads (and counts) that request from here
         handler = self.front.handler()
         transport.set_protocol(handler)
         handler.connection_made(transport)
