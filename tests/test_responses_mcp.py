@@ -107,7 +107,8 @@ async def test_a_configured_server_lists_its_tools_and_shows_each_call(
 async def test_allowed_tools_narrow_the_server_and_failures_are_failed_calls(
     serve: Any, toolbox: HttpToolbox
 ) -> None:
-    url = await serve(**config(toolbox, tool_timeout_s=0.5))
+    # hang times out; fail must answer within the limit, even on a loaded machine.
+    url = await serve(**config(toolbox, tool_timeout_s=5.0))
     client = sdk(url)
     narrowed = {**WEB, "allowed_tools": ["fail", "hang"]}
     script = 'call fail {"why": "testing"}\ncall hang {}\ncall add {"a": 1, "b": 1}'
