@@ -26,9 +26,9 @@ __all__ = ("CURVE_REDIS_MEMORY", "CURVE_WS_MEMORY")
 
 # Redis's hash tables grow in doublings, so used_memory rises in steps: several points
 # per decade keep the fitted slope from resting on one step.
-SESSION_COUNTS = {"tiny": (100, 300), "quick": (1000, 2500, 5000, 10_000),
+SESSION_COUNTS = {"tiny": (300, 1000), "quick": (1000, 2500, 5000, 10_000),
                   "full": (1000, 3000, 10_000, 30_000, 100_000)}  # fmt: skip
-MESSAGE_COUNTS = {"tiny": (200, 1000), "quick": (1000, 5000, 20_000, 50_000),
+MESSAGE_COUNTS = {"tiny": (1000, 3000), "quick": (1000, 5000, 20_000, 50_000),
                   "full": (10_000, 30_000, 100_000, 300_000, 500_000)}  # fmt: skip
 WARMUP = 100  # sessions created before the baseline
 MESSAGE_SESSIONS = 10  # the messages are spread over this many sessions
