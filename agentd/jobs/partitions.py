@@ -56,7 +56,8 @@ class Partition:
             self.freed.clear()
             # A job ending frees a place; interactive turns ending widen the limit.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.freed.wait(), BUSY_POLL_S)
+                async with asyncio.timeout(BUSY_POLL_S):
+                    await self.freed.wait()
         return room
 
     def occupy(self) -> None:

@@ -64,7 +64,9 @@ class MemoryQueue(Queue):
         if not stream.waiting:
             stream.arrived.clear()
             try:
-                await asyncio.wait_for(stream.arrived.wait(), block_s)
+                # asyncio.timeout, not wait_for: no task of its own per blocking read.
+                async with asyncio.timeout(block_s):
+                    await stream.arrived.wait()
             except TimeoutError:
                 return []
         out = []
