@@ -22,6 +22,7 @@ from agentd.store.keys import limit_keys
 
 from .procs import RedisServer
 from .test_limits import key_identity
+from .waiting import wait_until
 
 DAY_1, MONTH_1 = "20261129", "202611"
 
@@ -216,7 +217,10 @@ async def test_a_steady_caller_of_a_key_and_its_tenant_is_admitted_on_leases(
                 assert ticket is not None
                 ticket.settle(ran=False)
             # The tick's calls (a lease call among them) answered before the next round.
-            await asyncio.sleep(0.01)
+            await wait_until(
+                lambda: not (limiter._next or limiter._calls or limiter.leases._calls),
+                what="the limiter's calls answered",
+            )
     finally:
         await limiter.close()
         await store.close()
