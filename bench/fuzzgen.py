@@ -287,6 +287,66 @@ def _event_body(rnd: random.Random, ctx: Context) -> Any:
     return {"type": rnd.choice(("typing", "tool_progress", "a.b_c")), "data": {"n": 1}}
 
 
+def _items(rnd: random.Random) -> list[dict[str, Any]]:
+    role = rnd.choice(("user", "assistant", "system", "developer"))
+    kind = "output_text" if role == "assistant" else "input_text"
+    return [
+        {"type": "message", "role": role, "content": [{"type": kind, "text": "note"}]}
+        for _ in range(rnd.randrange(1, 3))
+    ]
+
+
+def _conversation_body(rnd: random.Random, ctx: Context) -> Any:
+    body: dict[str, Any] = {}
+    if rnd.random() < 0.6:
+        body["items"] = _items(rnd)
+    if rnd.random() < 0.4:
+        body["metadata"] = {"topic": "fuzz"}
+    return body
+
+
+def _conversation_update_body(rnd: random.Random, ctx: Context) -> Any:
+    return {"metadata": rnd.choice(({"topic": "x"}, {}, {"a": "1", "b": "2"}))}
+
+
+def _items_body(rnd: random.Random, ctx: Context) -> Any:
+    return {"items": _items(rnd)}
+
+
+def _completion_body(rnd: random.Random, ctx: Context) -> Any:
+    body: dict[str, Any] = {"model": AGENT, "prompt": rnd.choice(("hi", ["a", "b"], ""))}
+    if rnd.random() < 0.3:
+        body["stream"] = True
+    if rnd.random() < 0.3:
+        body["max_tokens"] = 8
+    return body
+
+
+def _embedding_body(rnd: random.Random, ctx: Context) -> Any:
+    return {"model": AGENT, "input": rnd.choice(("hi", ["a", "b"], [1, 2, 3]))}
+
+
+def _key_body(rnd: random.Random, ctx: Context) -> Any:
+    body: dict[str, Any] = {"tenant": rnd.choice(("team-1", "fuzz", ""))}
+    if rnd.random() < 0.5:
+        body["name"] = "fuzz key"
+    if rnd.random() < 0.5:
+        body["scopes"] = rnd.choice((["chat"], ["chat", "sessions"], ["admin"], []))
+    if rnd.random() < 0.3:
+        body["agents"] = [AGENT]
+    if rnd.random() < 0.3:
+        body["limits"] = {"requests_per_minute": 10, "max_concurrent_turns": 2}
+    if rnd.random() < 0.2:
+        body["expires_at"] = rnd.choice((4102444800, 1))
+    return body
+
+
+def _key_update_body(rnd: random.Random, ctx: Context) -> Any:
+    return rnd.choice(
+        ({"disabled": True}, {"name": "n"}, {"scopes": ["chat"]}, {"limits": {}}, {"agents": None})
+    )
+
+
 def _state_body(rnd: random.Random, ctx: Context) -> Any:
     return rnd.choice(({"n": 1}, [1, 2], "text", 3, None, {"a": {"b": [True]}}))
 
@@ -302,7 +362,7 @@ def _increment_body(rnd: random.Random, ctx: Context) -> Any:
 @dataclass(frozen=True)
 class Endpoint:
     method: str
-    template: str  # {sid} {rid} {ns} {key} {name}: filled with real or hostile ids
+    template: str  # {sid} {cid} {item} {rid} {ns} {key} {kid} {name}: real or hostile ids
     body: Body | None = None
     query: tuple[str, ...] = ()  # the parameters it reads
     headers: tuple[str, ...] = ()  # the headers it reads
@@ -326,6 +386,23 @@ ENDPOINTS: dict[str, Endpoint] = {
     "responses.cancel": Endpoint("POST", "/v1/responses/{rid}/cancel"),
     "responses.delete": Endpoint("DELETE", "/v1/responses/{rid}"),
     "cache.clear": Endpoint("DELETE", "/v1/cache"),
+    "responses.input_items": Endpoint(
+        "GET", "/v1/responses/{rid}/input_items", query=("limit", "after", "order")
+    ),
+    "completions": Endpoint("POST", "/v1/completions", _completion_body),
+    "embeddings": Endpoint("POST", "/v1/embeddings", _embedding_body),
+    "conversations.create": Endpoint("POST", "/v1/conversations", _conversation_body),
+    "conversations.get": Endpoint("GET", "/v1/conversations/{cid}"),
+    "conversations.update": Endpoint("POST", "/v1/conversations/{cid}", _conversation_update_body),
+    "conversations.delete": Endpoint("DELETE", "/v1/conversations/{cid}", ids={"cid": "spare"}),
+    "conversations.items": Endpoint(
+        "GET", "/v1/conversations/{cid}/items", query=("limit", "after", "order")
+    ),
+    "conversations.add": Endpoint("POST", "/v1/conversations/{cid}/items", _items_body),
+    "conversations.item": Endpoint("GET", "/v1/conversations/{cid}/items/{item}"),
+    "conversations.item.delete": Endpoint("DELETE", "/v1/conversations/{cid}/items/{item}"),
+    "usage": Endpoint("GET", "/v1/usage", query=("days",)),
+    "sessions.list": Endpoint("GET", "/v1/sessions", query=("limit", "after", "agent")),
     "sessions.create": Endpoint("POST", "/v1/sessions", _session_body),
     "sessions.get": Endpoint("GET", "/v1/sessions/{sid}"),
     "sessions.delete": Endpoint("DELETE", "/v1/sessions/{sid}", ids={"sid": "spare"}),
@@ -356,10 +433,20 @@ ENDPOINTS: dict[str, Endpoint] = {
     ),
     # The operators' API (docs/admin-api.md); a dead letter's id is a hostile or odd name.
     "admin.instances": Endpoint("GET", "/v1/admin/instances"),
+    "admin.usage": Endpoint("GET", "/v1/admin/usage", query=("tenant", "days")),
+    "admin.keys.create": Endpoint("POST", "/v1/admin/keys", _key_body),
+    "admin.keys.list": Endpoint("GET", "/v1/admin/keys", query=("tenant", "limit", "after")),
+    "admin.keys.get": Endpoint("GET", "/v1/admin/keys/{kid}"),
+    "admin.keys.update": Endpoint("PATCH", "/v1/admin/keys/{kid}", _key_update_body),
+    "admin.keys.revoke": Endpoint("DELETE", "/v1/admin/keys/{kid}"),
     "admin.jobs": Endpoint("GET", "/v1/admin/jobs"),
     "admin.dead": Endpoint("GET", "/v1/admin/jobs/dead", query=("partition", "limit", "after")),
     "admin.dead.retry": Endpoint("POST", "/v1/admin/jobs/dead/{name}/retry", query=("partition",)),
     "admin.dead.discard": Endpoint("DELETE", "/v1/admin/jobs/dead/{name}", query=("partition",)),
+    "console": Endpoint("GET", "/console"),
+    "console.index": Endpoint("GET", "/console/"),
+    "console.settings": Endpoint("GET", "/console/settings.json"),
+    "console.file": Endpoint("GET", "/console/{name}"),  # a traversal is a name too
     "ws.plain": Endpoint("GET", "/v1/ws"),  # a WebSocket route asked without the upgrade
     "unrouted": Endpoint("GET", "/v1/{name}"),
 }
@@ -369,8 +456,12 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD", "TRACE", 
 
 def _segment(rnd: random.Random, ctx: Context, placeholder: str, how: str) -> str:
     if rnd.random() < 0.7:
+        sids = ctx.spare if how == "spare" else ctx.sessions + ctx.spare
         real = {
-            "sid": ctx.spare if how == "spare" else ctx.sessions + ctx.spare,
+            "sid": sids,
+            "cid": tuple("conv_" + sid for sid in sids),
+            "item": ("msg_1", "msg_2", "msg_0", "msg_99999"),
+            "kid": ("0123456789abcdef", "key_0"),
             "rid": ctx.responses,
             "ns": ("fuzz", "team-1"),
             "key": ("doc", "counter", "n.1"),
@@ -403,7 +494,7 @@ def http_input(rnd: random.Random, route: str, ctx: Context) -> HttpInput:
     ep = ENDPOINTS[route]
     family = rnd.choice(("valid", "values", "values", "structure"))
     path = ep.template
-    for placeholder in ("sid", "rid", "ns", "key", "name"):
+    for placeholder in ("sid", "cid", "item", "rid", "ns", "key", "kid", "name"):
         if "{" + placeholder + "}" in path:
             seg = _segment(rnd, ctx, placeholder, ep.ids.get(placeholder, ""))
             path = path.replace("{" + placeholder + "}", _encode(seg))

@@ -11,11 +11,14 @@ examples are done, its server is checked for what they may have left behind (see
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 
+from agentd.config import from_dict
+from agentd.server.app import create_app
 from bench.fuzzconn import raw_input
 from bench.fuzzgen import ENDPOINTS, http_input
 
@@ -44,3 +47,19 @@ def test_every_request_is_answered_with_a_stable_code(
 @given(rnd=draws)
 def test_malformed_http_never_gets_a_server_error(fuzzed: Fuzzed, rnd: random.Random) -> None:
     check(fuzzed, raw_input(rnd, fuzzed.ctx))
+
+
+def test_every_route_of_the_app_is_fuzzed() -> None:
+    """A route added to the app without an entry in ``ENDPOINTS`` would go unfuzzed."""
+
+    def shape(method: str, template: str) -> tuple[str, str]:
+        return method, re.sub(r"\{[^}/]+\}", "{}", template)
+
+    app = create_app(from_dict({}))
+    routes = {
+        shape(route.method, route.resource.canonical)
+        for route in app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    fuzzed = {shape(ep.method, ep.template) for ep in ENDPOINTS.values()}
+    assert routes - fuzzed == set(), "routes with no entry in bench.fuzzgen.ENDPOINTS"

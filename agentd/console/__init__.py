@@ -43,11 +43,16 @@ async def _page(request: web.Request) -> web.StreamResponse:
     return _file(request, STATIC / "index.html")
 
 
+# The files that may be served, found once: a request's name is looked up here, never
+# on the file system (a hostile name can neither escape the directory nor make the
+# system call fail, as one longer than the file system allows would).
+_ASSETS = {p.name: p for p in STATIC.iterdir() if p.is_file() and p.suffix in _TYPES}
+
+
 async def _asset(request: web.Request) -> web.StreamResponse:
     """``/console/{name}``: one file of the static directory, never anything outside it."""
-    name = request.match_info["name"]
-    path = (STATIC / name).resolve()
-    if not path.is_relative_to(STATIC) or not path.is_file() or path.suffix not in _TYPES:
+    path = _ASSETS.get(request.match_info["name"])
+    if path is None:
         raise web.HTTPNotFound(text="no such console file")
     return _file(request, path)
 
