@@ -94,4 +94,5 @@ def _check_memory_curve(memory: dict) -> None:
     stored = memory["stored"]
     made = 100 + 1000 + 10  # warm-up, the curve's, the messages' sessions
     assert stored["sessions"] == stored["found"] == stored["indexed"] == made, stored
+    assert stored["agent_indexed"] == made, stored
     assert stored["messages"] == 100 * 10 + 3000, stored

@@ -37,6 +37,7 @@ MESSAGE_COUNTS = {"tiny": (1000, 3000), "quick": (1000, 5000, 20_000, 50_000),
                   "full": (10_000, 30_000, 100_000, 300_000, 500_000)}  # fmt: skip
 WARMUP = 100  # sessions created before the baseline
 MESSAGE_SESSIONS = 10  # the messages are spread over this many sessions
+AGENT = "echo"  # the sessions' agent (bench.targets' config)
 # [jobs] lease_s = 2: the job runner's first reclaim (XAUTOCLAIM), which makes Redis
 # allocate about 24 KB once, comes about a second after the start instead of 11-19 s,
 # and the baseline waits for it (_reclaimed).
@@ -49,8 +50,9 @@ lease_s = 2.0
 
 
 async def _grow_sessions(base: str, count: int) -> list[str]:
+    # Of an agent, as sessions are in use: each is also in that agent's index.
     async with aiohttp.ClientSession(timeout=TIMEOUT) as client:
-        return await make_sessions(client, base, count)
+        return await make_sessions(client, base, count, body={"agent": AGENT})
 
 
 async def _grow_messages(base: str, sids: list[str], per_session: int) -> None:
@@ -79,20 +81,22 @@ def _point(count: int, reading: tuple[int, int], before: tuple[int, int]) -> dic
 
 
 def _check_sessions(client: Any, sids: list[str]) -> dict[str, int]:
-    """Every session made is still there, each with its index entry (RuntimeError if
-    not: a session lost would be agentd's bug, not the curve's)."""
+    """Every session made is still there, each with its entries in the session index
+    and its agent's (RuntimeError if not: a session lost would be agentd's bug, not the
+    curve's)."""
     pipe = client.pipeline(transaction=False)
     for sid in sids:
         pipe.exists(K.session_keys(sid)[0])
     found = sum(pipe.execute())
-    indexes = [k for k in client.scan_iter(match=K.session_index("*"), count=1000)
-               if K.AGENT_INDEX_JOIN.encode() not in k]  # fmt: skip
-    indexed = set()
-    for key in indexes:
-        indexed.update(m.decode() for m in client.zrange(key, 0, -1))
-    got = {"sessions": len(sids), "found": found, "indexed": len(indexed & set(sids)),
-           "index_entries": len(indexed)}  # fmt: skip
-    if found != len(sids) or got["indexed"] != len(sids):
+    indexed: set[str] = set()
+    by_agent: set[str] = set()
+    for key in client.scan_iter(match=K.session_index("*") + "*", count=1000):
+        mine = by_agent if key.decode().endswith(K.AGENT_INDEX_JOIN + AGENT) else indexed
+        mine.update(m.decode() for m in client.zrange(key, 0, -1))
+    made = set(sids)
+    got = {"sessions": len(sids), "found": found, "indexed": len(indexed & made),
+           "agent_indexed": len(by_agent & made), "index_entries": len(indexed)}  # fmt: skip
+    if not found == got["indexed"] == got["agent_indexed"] == len(sids):
         raise RuntimeError(f"sessions lost: {got}")
     return got
 
@@ -102,11 +106,14 @@ def _accounting(client: Any, sids: list[str]) -> dict[str, float]:
     share per entry), to set beside the fitted slope."""
     sample = sids[:: max(1, len(sids) // 200)]
     metas = [int(client.memory_usage(K.session_keys(s)[0], samples=0)) for s in sample]
-    index = next(iter(client.scan_iter(match=K.session_index("*"), count=1000)))
-    entries = max(1, int(client.zcard(index)))
-    return {"meta_hash_bytes": round(sum(metas) / len(metas), 1),
-            "index_bytes_per_entry": round(int(client.memory_usage(index, samples=0)) / entries, 1),
-            "expires_entry_bytes": 24}  # fmt: skip
+    out = {"meta_hash_bytes": round(sum(metas) / len(metas), 1), "expires_entry_bytes": 24.0}
+    for key in client.scan_iter(match=K.session_index("*") + "*", count=1000):
+        name = "agent_index" if K.AGENT_INDEX_JOIN.encode() in key else "index"
+        entries = max(1, int(client.zcard(key)))
+        out[f"{name}_bytes_per_entry"] = round(
+            int(client.memory_usage(key, samples=0)) / entries, 1
+        )
+    return out
 
 
 def run_redis_memory(bench: Bench) -> None:
@@ -117,8 +124,9 @@ def run_redis_memory(bench: Bench) -> None:
         bench.record.update(status="skipped", reason="redis-server is not installed")
         return
     bench.record["notes"].append(
-        "Sessions: created empty through POST /v1/sessions (each a meta hash, with a TTL, "
-        "and an entry in the session index), counted up; messages: appended through POST "
+        f"Sessions: created empty through POST /v1/sessions for the agent {AGENT} (each a "
+        "meta hash, with a TTL, an entry in the session index and one in its agent's), "
+        "counted up; messages: appended through POST "
         f"/v1/sessions/{{id}}/messages, 100 a request, spread over {MESSAGE_SESSIONS} "
         f"sessions, each about 75 bytes of text (a user or assistant message). Bytes = "
         f"Redis's used_memory less every client's memory (CLIENT LIST tot-mem, read in "
@@ -167,7 +175,7 @@ def run_redis_memory(bench: Bench) -> None:
             accounting = _accounting(client, made_ids)
         client.close()
     why = (
-        "A session is a meta hash, an index entry and (once it has messages) a stream of "
+        "A session is a meta hash, two index entries and (once it has messages) a stream of "
         "one entry per message, trimmed to max_messages: Redis holds a fixed amount per "
         "idle session and per message, so its memory grows linearly in both (the slope is "
         "the bytes each costs)."
