@@ -32,6 +32,8 @@ import redis
 
 from tests.procs import AgentdProcess, RedisServer
 
+from .scenarios.redismem import data_bytes
+
 CONCURRENCY = 32
 # Long enough a history that a stream's first node (allocated whole, about 4 KB, see
 # "first message") weighs little in the per-message figure.
@@ -88,10 +90,11 @@ def _snapshot(client: redis.Redis) -> tuple[int, dict[bytes, tuple[int, bool]]]:
 
 def _used(client: redis.Redis) -> int:
     """``used_memory`` less the clients' buffers: those grow with a big request (a long
-    append) and shrink some time later, whatever is stored."""
-    memory = client.info("memory")
-    buffers = int(memory.get("mem_clients_normal", 0)) + int(memory.get("mem_clients_slaves", 0))
-    return int(memory["used_memory"]) - buffers
+    append) and shrink some time later, whatever is stored. ``mem_clients_normal`` is
+    no measure of them (Redis updates it in the same cron that shrinks them), so the
+    buffers are read from ``CLIENT LIST`` once they have shrunk (:func:`data_bytes`)."""
+    where = client.connection_pool.connection_kwargs
+    return data_bytes(f"redis://{where['host']}:{where['port']}")
 
 
 def _by_pattern(

@@ -73,13 +73,26 @@ def test_bench_tiny_cost_curves_run_against_real_servers(tmp_path: Path) -> None
     assert {p["agent"] for p in history} == {"echo-window", "echo-whole"}
     assert all(p["turns"] > 0 for p in history)
     assert all(p["l1_hits"] == p["requests"] for p in by_name["curve-l1"]["figures"]["points"])
-    memory = by_name["curve-redis-memory"]["figures"]["points"]
-    # Messages: the whole growth must show. Sessions: a tiny run's used_memory has been
-    # seen to fall while 1,000 empty sessions were created (not explained yet), so only
-    # the points' counts are checked here; the quick and full runs' fit says the rest.
-    assert memory["messages"][-1]["bytes"] > 0
-    assert [p["count"] for p in memory["sessions"]] == [300, 1000]
+    memory = by_name["curve-redis-memory"]["figures"]
+    _check_memory_curve(memory)
     fanout = by_name["curve-fanout"]["figures"]["points"]
     assert {(p["instances"], p["watchers"]) for p in fanout} == {(1, 1), (1, 10), (2, 1), (2, 10)}
     for p in by_name["curve-backlog"]["figures"]["points"]:
         assert p["jobs"] > 0 and p["agentd_cpu_ms_per_job"] > 0
+
+
+def _check_memory_curve(memory: dict) -> None:
+    """Each point grew, by about the same bytes per session (per message) at every
+    count (a wide factor: the key table grows in doublings), and nothing was lost."""
+    points = memory["points"]
+    assert [p["count"] for p in points["sessions"]] == [300, 1000]
+    assert [p["count"] for p in points["messages"]] == [1000, 3000]
+    for kind, (low, high) in {"sessions": (150, 1500), "messages": (60, 600)}.items():
+        each = [p["bytes_each"] for p in points[kind]]
+        assert all(low < e < high for e in each), (kind, points[kind])
+        assert max(each) / min(each) < 2.0, (kind, points[kind])
+    stored = memory["stored"]
+    made = 100 + 1000 + 10  # warm-up, the curve's, the messages' sessions
+    assert stored["sessions"] == stored["found"] == stored["indexed"] == made, stored
+    assert stored["agent_indexed"] == made, stored
+    assert stored["messages"] == 100 * 10 + 3000, stored

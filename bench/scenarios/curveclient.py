@@ -99,15 +99,20 @@ async def post(
 
 
 async def make_sessions(
-    client: aiohttp.ClientSession, base: str, count: int, concurrency: int = 32
+    client: aiohttp.ClientSession,
+    base: str,
+    count: int,
+    concurrency: int = 32,
+    body: dict[str, Any] | None = None,
 ) -> list[str]:
-    """``count`` sessions created through the API, ``concurrency`` at a time."""
+    """``count`` sessions created through the API (``body``: the request's, ``{}`` by
+    default), ``concurrency`` at a time."""
     ids: list[str] = []
     gate = asyncio.Semaphore(concurrency)
 
     async def one() -> None:
         async with gate:
-            ids.append((await post(client, base + "/v1/sessions", {}, ok=201))["id"])
+            ids.append((await post(client, base + "/v1/sessions", body or {}, ok=201))["id"])
 
     await asyncio.gather(*(one() for _ in range(count)))
     return ids
