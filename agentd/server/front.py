@@ -92,6 +92,11 @@ _MAX_LENGTH_DIGITS = 10
 # before the front stops reading it (aiohttp stops at 32 requests).
 _MAX_HELD = 1024 * 1024
 
+# A client sends the same header lines request after request: the lines of the last
+# header blocks seen, and what the front found in them, are kept (the oldest goes
+# first), so a block is read once: at most this many, of at most MAX_HEAD_BYTES each.
+_HEAD_MEMO_ENTRIES = 256
+
 _HEALTHZ_LINE = b"GET /healthz HTTP/1.1"
 _CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
 # The request lines the front knows, so a partial head that can become none of them
@@ -155,6 +160,8 @@ class Front:
         self.pending: set[asyncio.Task[Answer]] = set()
         self.date = _Date()
         self.closed = False
+        # Header blocks -> what _read_headers found in them (None: not the front's).
+        self.heads: dict[bytes, dict[bytes, bytes] | None] = {}
 
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
@@ -324,7 +331,15 @@ class FrontConnection(asyncio.Protocol):
             started = time.perf_counter()
             line_end = buffer.find(b"\r\n", 0, end + 2)
             line = buffer[:line_end]
-            headers = _read_headers(buffer, line_end + 2, end)
+            block = buffer[line_end + 2 : end]
+            heads = front.heads
+            try:
+                headers = heads[block]
+            except KeyError:
+                headers = _read_headers(block, 0, len(block))
+                if len(heads) >= _HEAD_MEMO_ENTRIES:
+                    del heads[next(iter(heads))]
+                heads[block] = headers
             if headers is None:
                 break
             if line == _HEALTHZ_LINE:
