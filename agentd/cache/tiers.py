@@ -102,6 +102,11 @@ class Tiers:
         if served is not None:
             self.count("hit-l1")
             return served  # type: ignore[no-any-return]
+        if asyncio.current_task() is None:
+            # Run by the front's first step, outside any task (server/front_chat.py
+            # start); the store's calls below need one (their timeouts): suspend once,
+            # and go on in the task the front makes for the rest.
+            await asyncio.sleep(0)
         hexkey = key.hex()
         data = None
         level = "hit-l2"
