@@ -89,8 +89,9 @@ def test_two_workers_answer_and_metrics_sum_over_them(agentd_instance: Start, cf
         answered_by.add(proc.info()["worker"]["pid"])
     # Another worker's counts reach /metrics within metrics.hot.FLUSH_INTERVAL_S.
     wait_until_sync(
-        lambda: _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz")
-        >= before + 40,
+        lambda: (
+            _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz") >= before + 40
+        ),
         what="40 health checks counted",
     )
     after = [
