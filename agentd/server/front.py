@@ -32,7 +32,7 @@ import functools
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
 from aiohttp import web
@@ -118,6 +118,7 @@ def _head(status: bytes, content_type: bytes, length: int) -> tuple[bytes, bytes
 
 _HEALTHZ_HEAD = _head(b"200 OK", b"application/json", len(_HEALTHZ_BODY))
 _CLOSE = b"Connection: close\r\n"
+_AFTER_DATE = b"\r\nServer: " + _SERVER + b"\r\n"
 _OK = status_line(200)
 
 
@@ -431,24 +432,29 @@ class FrontConnection(asyncio.Protocol):
         elif self.buffer and not self.paused:
             self._serve()
 
-    def _render(self, answer: tuple[int, list[tuple[str, str]], bytes], close: bool) -> bytes:
+    def _render(self, answer: tuple[int, Collection[tuple[str, str]], bytes], close: bool) -> bytes:
         """An answer's bytes, with its headers in aiohttp's order."""
         status, headers, body = answer
         date = self.front.date.now()
         if body is _HEALTHZ_BODY:
             before, after = _HEALTHZ_HEAD
             return before + date + after + (_CLOSE if close else b"") + b"\r\n" + body
-        head = [_OK if status == 200 else status_line(status)]
-        head.extend(f"{name}: {value}".encode() for name, value in headers)
-        head.append(b"Content-Type: application/json")
-        head.append(b"Content-Length: " + str(len(body)).encode())
-        head.append(b"Date: " + date)
-        head.append(b"Server: " + _SERVER)
-        if close:
-            head.append(b"Connection: close")
-        head.append(b"")
-        head.append(body)
-        return b"\r\n".join(head)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        return b"".join(
+            (
+                _OK if status == 200 else status_line(status),
+                b"\r\n",
+                lines.encode(),
+                b"Content-Type: application/json\r\nContent-Length: ",
+                str(len(body)).encode(),
+                b"\r\nDate: ",
+                date,
+                _AFTER_DATE,
+                _CLOSE if close else b"",
+                b"\r\n",
+                body,
+            )
+        )
 
     def _write(self, out: list[bytes]) -> None:
         transport = self.transport

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Collection, Coroutine, Generator
 from http import HTTPStatus
 from typing import Any
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/v1/chat/completions"
 # What the front answers with, and None: "give the request to aiohttp".
-Answer = tuple[int, list[tuple[str, str]], bytes] | None
+Answer = tuple[int, Collection[tuple[str, str]], bytes] | None
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
 # The bodies whose turns are kept (the oldest goes first), and the longest kept: a few
 # MiB at most, parsed messages included.
@@ -113,7 +113,7 @@ class HotChat:
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             return error_answer(Internal("internal server error"))
-        return 200, list(headers.items()), orjson.dumps(reply)
+        return 200, headers.items(), orjson.dumps(reply)
 
 
 def error_answer(exc: AgentdError) -> Answer:
