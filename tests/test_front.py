@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from agentd.server.front_chat import MEMO_BODY_BYTES, MEMO_ENTRIES
+
 from .procs import AgentdProcess, metric
 from .waiting import wait_until_sync
 
@@ -405,6 +407,26 @@ def test_chat_answers_match_aiohttp(pair: tuple[AgentdProcess, AgentdProcess]) -
     reader.send(request[-10:])
     assert dict(reader.answer()[1]).get(b"X-Cache") == b"hit-l1"
     reader.close()
+
+
+def test_distinct_chat_bodies_each_get_their_own_answer(
+    pair: tuple[AgentdProcess, AgentdProcess],
+) -> None:
+    """More distinct bodies than the front keeps turns for, one longer than it keeps,
+    each sent twice (a miss, then an L1 hit) after the others: every answer is its own
+    body's, as aiohttp's."""
+    front, plain = pair
+    contents = [f"memo {i}" for i in range(MEMO_ENTRIES + 6)] + ["x" * MEMO_BODY_BYTES]
+    bodies = [CHAT_BODY.replace(b"hello there", c.encode()) for c in contents]
+    requests = [_chat(body) for body in bodies] * 2
+    ours, theirs = _chats(front.port, requests), _chats(plain.port, requests)
+    assert ours == theirs
+    # (The comparable bodies lack their id and time: `{,"model"...`.)
+    whole = [json.loads(body.replace(b"{,", b"{", 1)) for _, _, body in ours]  # type: ignore[attr-defined]
+    said = [reply["choices"][0]["message"]["content"] for reply in whole]
+    assert said == contents * 2
+    caches = [dict(h).get(b"X-Cache") for _, h, _ in ours]  # type: ignore[arg-type]
+    assert caches == [b"miss"] * len(bodies) + [b"hit-l1"] * len(bodies)
 
 
 def _raw_status(port: int, request: bytes) -> bytes:

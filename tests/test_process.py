@@ -79,14 +79,25 @@ def test_two_workers_answer_and_metrics_sum_over_them(agentd_instance: Start, cf
     assert proc.get("/healthz") == (200, {"status": "ok"})
 
     # Each request lands on one worker; /metrics must count all of them, whichever
-    # worker renders it.
-    before = _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz")
+    # worker renders it. A worker's counts reach it within metrics.hot.FLUSH_INTERVAL_S:
+    # first the one health check so far.
+    before = 1
+    wait_until_sync(
+        lambda: _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz") == before,
+        what="the first health check counted",
+    )
     answered_by: set[int] = set()
     for _ in range(40):
         status, _, _ = http_get(proc.url + "/healthz")
         assert status == 200
     for _ in range(20):
         answered_by.add(proc.info()["worker"]["pid"])
+    wait_until_sync(
+        lambda: (
+            _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz") >= before + 40
+        ),
+        what="40 health checks counted",
+    )
     after = [
         _metric(_metrics(proc), "agentd_http_requests_total", route="/healthz") for _ in range(6)
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..tools import ToolResult, Tools, ToolServer, ToolSet
 from .admission import Admission, PeopleSignal
 from .lease import Interrupt
-from .turn import Agents
+from .turn import Agents, Prepared
 from .types import (
     Checkpoint,
     Listener,
@@ -27,6 +27,7 @@ __all__ = (
     "Interrupt",
     "Listener",
     "PeopleSignal",
+    "Prepared",
     "RecordedStep",
     "Timings",
     "ToolResult",

@@ -29,7 +29,7 @@ from ..auth import Limiter, Ticket
 from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from ..cache import CachedReply, ResponseCache, Served, cacheable
 from ..config import AgentConfig, Config
-from ..errors import BadRequest
+from ..errors import AgentdError, BadRequest
 from ..metrics import Metrics
 from ..schema import check_tool_messages, pending_calls
 from ..store import Store
@@ -42,7 +42,7 @@ from .registry import Registry
 from .reply import Reply, messages_to_store, replay_calls, stored_reply, told_again, unrelayed
 from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
-__all__ = ("Agents",)
+__all__ = ("Agents", "Prepared")
 
 # Fields of a stored message that are ours, not the model's.
 _STORE_FIELDS = ("seq", "created_at", "status", "turn", "metadata")
@@ -58,6 +58,10 @@ class _Plan:
     key: bytes | None
     # The agent's tool loop (None: the agent has no tools, the turn is one model call).
     loop: ToolLoop | None = None
+
+
+# What :meth:`Agents.prepare` gives a caller: a plan, opaque to it.
+Prepared = _Plan
 
 
 class Agents:
@@ -98,9 +102,11 @@ class Agents:
         deadline: float,
         interrupt: Interrupt | None = None,
         listener: Listener | None = None,
+        prepared: Prepared | None = None,
     ) -> TurnResult:
         """Run one turn to its end. ``listener`` hears the reply as it streams; setting
-        ``interrupt.asked`` ends the turn at its next chunk, as a cancelled one."""
+        ``interrupt.asked`` ends the turn at its next chunk, as a cancelled one.
+        ``prepared``: what :meth:`prepare` gave for this very request."""
         agent = self.registry.get(req.agent)
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
@@ -124,7 +130,7 @@ class Agents:
             if req.session_id is None:
                 await _admitted(ticket, listener)
                 await _listed(toolset, listener)
-                plan = self._plan(agent, req, (), toolset, interrupt, listener)
+                plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
             loop = asyncio.get_running_loop()
@@ -146,6 +152,21 @@ class Agents:
                 ticket.settle(ran=False)  # a no-op once the reply settled it
             if interactive:
                 self.admission.leave(agent.name)
+
+    def prepare(self, req: TurnRequest) -> Prepared | None:
+        """The model call of ``req`` planned ahead, for a caller that runs the very same
+        request again (the front, for identical bodies): only for a stateless turn of an
+        agent without tools, whose plan depends on the request alone; None otherwise, or
+        when planning fails (the run then fails the same way, in its own order)."""
+        if req.session_id is not None or req.tool_servers or not req.messages:
+            return None
+        try:
+            agent = self.registry.get(req.agent)
+            if agent.tools:
+                return None
+            return self._plan(agent, req, ())
+        except AgentdError:
+            return None
 
     def _plan(
         self,

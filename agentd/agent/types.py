@@ -6,6 +6,7 @@ import abc
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from math import copysign
 from types import MappingProxyType
 from typing import Any
 
@@ -134,14 +135,17 @@ class Timings:
     def header(self, parse: float = 0.0) -> str:
         """The ``Server-Timing`` value: parse, then every stage, in milliseconds."""
         # One %-format (the same text as each value formatted with :.2f): it runs on
-        # every reply.
-        value = _SERVER_TIMING % (
-            parse * 1000,
-            self.session * 1000,
-            self.upstream_ttft * 1000,
-            self.upstream * 1000,
-            self.persist * 1000,
-        )
+        # every reply. A cache hit's stages all print 0.00: that text is made once.
+        session, ttft = self.session * 1000, self.upstream_ttft * 1000
+        upstream, persist = self.upstream * 1000, self.persist * 1000
+        if session < _PRINTS_ZERO and ttft < _PRINTS_ZERO and upstream < _PRINTS_ZERO and (
+            persist < _PRINTS_ZERO
+            # not negative, -0.0 included (it prints -0.00); NaN failed above
+            and copysign(1.0, session) + copysign(1.0, ttft) + copysign(1.0, upstream)
+            + copysign(1.0, persist) == 4.0
+        ):  # fmt: skip
+            return _PARSE_TIMING % (parse * 1000) + self.loop
+        value = _SERVER_TIMING % (parse * 1000, session, ttft, upstream, persist)
         return value + self.loop if self.loop else value
 
     def add_loop(self, steps: int, runs: list[ToolRun]) -> None:
@@ -155,6 +159,9 @@ class Timings:
 
 _STAGES = ("session", "upstream_ttft", "upstream", "persist")
 _SERVER_TIMING = ", ".join(f"{k};dur=%.2f" for k in ("parse", *_STAGES))
+# Milliseconds below this (and not negative) print as 0.00 with %.2f (0.005 may round up).
+_PRINTS_ZERO = 0.004
+_PARSE_TIMING = "parse;dur=%.2f" + "".join(f", {k};dur=0.00" for k in _STAGES)
 
 
 @dataclass(slots=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from .. import fastpath
 from ..config import AgentCacheConfig, CacheConfig
@@ -35,7 +34,6 @@ class Tiers:
         self.l3 = DiskCache(config.disk_path, config.disk_max_bytes) if config.disk_path else None
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch = 0
-        self._counters: dict[str, Any] = {}
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -86,12 +84,8 @@ class Tiers:
 
     def count(self, what: str) -> None:
         """Count a look-up's outcome in /metrics (``hit-l1`` .. ``miss``, ``coalesced``)."""
-        if self.metrics is None:
-            return
-        counter = self._counters.get(what)
-        if counter is None:
-            counter = self._counters[what] = self.metrics.cache_lookups.labels(what)
-        counter.inc()
+        if self.metrics is not None:
+            self.metrics.count_lookup(what)
 
     def report_sizes(self) -> None:
         """Publish the levels' sizes (called when /metrics is scraped)."""
@@ -108,6 +102,11 @@ class Tiers:
         if served is not None:
             self.count("hit-l1")
             return served  # type: ignore[no-any-return]
+        if asyncio.current_task() is None:
+            # Run by the front's first step, outside any task (server/front_chat.py
+            # start); the store's calls below need one (their timeouts): suspend once,
+            # and go on in the task the front makes for the rest.
+            await asyncio.sleep(0)
         hexkey = key.hex()
         data = None
         level = "hit-l2"

@@ -9,7 +9,8 @@ calls :func:`process_exited` for it.
 The families live by owner: :mod:`.worker` (a worker's own, and ``/metrics``'s
 rendering), :mod:`.backends`, :mod:`.jobs`, :mod:`.tenants`, :mod:`.tools`; the
 multiprocess plumbing and the supervisor's counters in :mod:`.process`; the recent
-latency percentiles in :mod:`.latency`. Import them from here.
+latency percentiles in :mod:`.latency`; the per-request counts, kept in memory and
+written to the files in batches, in :mod:`.hot`. Import them from here.
 """
 
 from __future__ import annotations

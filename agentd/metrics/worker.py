@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .hot import HotCounter, HotHistogram, HotSet
 from .latency import LatencyWindow
 from .process import ENV, render
 
@@ -26,7 +27,11 @@ LATENCY_BUCKETS = (
 
 
 class Metrics:
-    """A worker's metrics; created after fork so its files carry the worker's pid."""
+    """A worker's metrics; created after fork so its files carry the worker's pid.
+
+    The request's, the turn stages' and the cache look-ups' are hot (:mod:`.hot`): kept
+    in memory and flushed to the files in batches; :meth:`flush` (on the event loop's
+    thread) before reading them from the files."""
 
     def __init__(self) -> None:
         # In multiprocess mode values live in files and the registry is built per scrape;
@@ -106,11 +111,14 @@ class Metrics:
             ["kind", "outcome"],
             registry=reg,
         )
+        self.hot = HotSet()
         self._stages = {
-            stage: self.turn_stages.labels(stage)
+            stage: HotHistogram(self.turn_stages.labels(stage), self.hot)
             for stage in ("session", "upstream_ttft", "upstream", "tools", "persist")
         }
-        self._children: dict[tuple[str, str, int], tuple[object, object]] = {}
+        self._children: dict[tuple[str, str, int], tuple[HotCounter, HotHistogram]] = {}
+        self._latencies: dict[str, HotHistogram] = {}
+        self._lookups: dict[str, HotCounter] = {}
         # The last seconds' latencies, for the service registry's stats.
         self.recent = LatencyWindow()
 
@@ -131,25 +139,50 @@ class Metrics:
         self.turn_steps.labels(agent).observe(steps)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        pair = self._children.get(key)
+        pair = self._children.get((route, method, status))
         if pair is None:
-            pair = (self.requests.labels(route, method, str(status)), self.latency.labels(route))
-            self._children[key] = pair
-        pair[0].inc()  # type: ignore[attr-defined]
-        pair[1].observe(seconds)  # type: ignore[attr-defined]
+            pair = self._request_children(route, method, status)
+        pair[0].inc()
+        pair[1].observe(seconds)
         self.recent.add(seconds)
+
+    def _request_children(
+        self, route: str, method: str, status: int
+    ) -> tuple[HotCounter, HotHistogram]:
+        latency = self._latencies.get(route)
+        if latency is None:
+            latency = self._latencies[route] = HotHistogram(self.latency.labels(route), self.hot)
+        counter = HotCounter(self.requests.labels(route, method, str(status)), self.hot)
+        pair = self._children[(route, method, status)] = (counter, latency)
+        return pair
+
+    def count_lookup(self, result: str) -> None:
+        """Count a cache look-up's outcome (``hit-l1`` .. ``miss``, ``coalesced``)."""
+        counter = self._lookups.get(result)
+        if counter is None:
+            counter = self._lookups[result] = HotCounter(
+                self.cache_lookups.labels(result), self.hot
+            )
+        counter.inc()
 
     def request_totals(self) -> tuple[int, int]:
         """This process's requests answered, and those of them answered 5xx."""
         requests = errors = 0
         for (_, _, status), (counter, _) in list(self._children.items()):
-            n = int(counter._value.get())  # type: ignore[attr-defined]
+            n = int(counter.value())
             requests += n
             if status >= 500:
                 errors += n
         return requests, errors
 
-    def render(self) -> bytes:
-        """The instance-wide metrics (all workers) in Prometheus text format."""
+    def flush(self) -> None:
+        """Write the hot metrics' counts to their files (on the event loop's thread)."""
+        self.hot.flush()
+
+    def render(self, flush: bool = True) -> bytes:
+        """The instance-wide metrics (all workers) in Prometheus text format; this
+        worker's hot counts flushed first unless ``flush`` is False (a caller in another
+        thread, which flushed on the loop's before)."""
+        if flush:
+            self.hot.flush()
         return render(self._registry)

@@ -97,6 +97,12 @@ async def _start_parts(app: web.Application) -> None:
     await app[RUNNER].start()
 
 
+async def _flush_metrics(app: web.Application) -> None:
+    """What the worker counted in memory reaches the files that outlive it (every
+    request has ended when the cleanup runs)."""
+    app[METRICS].flush()
+
+
 async def _close_parts(app: web.Application) -> None:
     # Stdio tool servers are this worker's children: stopped with it.
     await app[TOOLS].pool.close()
@@ -141,6 +147,7 @@ def create_app(config: Config, worker: WorkerState | None = None) -> web.Applica
     app.on_startup.append(_start_parts)
     app.on_shutdown.append(_begin_drain)
     app.on_response_prepare.append(close_when_draining)
+    app.on_cleanup.append(_flush_metrics)
     app.on_cleanup.append(_close_parts)
     ops.setup(app)
     chat.setup(app)

@@ -32,7 +32,7 @@ import functools
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import cast
 
 from aiohttp import web
@@ -92,6 +92,11 @@ _MAX_LENGTH_DIGITS = 10
 # before the front stops reading it (aiohttp stops at 32 requests).
 _MAX_HELD = 1024 * 1024
 
+# A client sends the same header lines request after request: the lines of the last
+# header blocks seen, and what the front found in them, are kept (the oldest goes
+# first), so a block is read once: at most this many, of at most MAX_HEAD_BYTES each.
+_HEAD_MEMO_ENTRIES = 256
+
 _HEALTHZ_LINE = b"GET /healthz HTTP/1.1"
 _CHAT_LINE = b"POST /v1/chat/completions HTTP/1.1"
 # The request lines the front knows, so a partial head that can become none of them
@@ -113,6 +118,7 @@ def _head(status: bytes, content_type: bytes, length: int) -> tuple[bytes, bytes
 
 _HEALTHZ_HEAD = _head(b"200 OK", b"application/json", len(_HEALTHZ_BODY))
 _CLOSE = b"Connection: close\r\n"
+_AFTER_DATE = b"\r\nServer: " + _SERVER + b"\r\n"
 _OK = status_line(200)
 
 
@@ -155,6 +161,8 @@ class Front:
         self.pending: set[asyncio.Task[Answer]] = set()
         self.date = _Date()
         self.closed = False
+        # Header blocks -> what _read_headers found in them (None: not the front's).
+        self.heads: dict[bytes, dict[bytes, bytes] | None] = {}
 
     def __call__(self) -> FrontConnection:
         return FrontConnection(self)
@@ -324,7 +332,15 @@ class FrontConnection(asyncio.Protocol):
             started = time.perf_counter()
             line_end = buffer.find(b"\r\n", 0, end + 2)
             line = buffer[:line_end]
-            headers = _read_headers(buffer, line_end + 2, end)
+            block = buffer[line_end + 2 : end]
+            heads = front.heads
+            try:
+                headers = heads[block]
+            except KeyError:
+                headers = _read_headers(block, 0, len(block))
+                if len(heads) >= _HEAD_MEMO_ENTRIES:
+                    del heads[next(iter(heads))]
+                heads[block] = headers
             if headers is None:
                 break
             if line == _HEALTHZ_LINE:
@@ -416,24 +432,29 @@ class FrontConnection(asyncio.Protocol):
         elif self.buffer and not self.paused:
             self._serve()
 
-    def _render(self, answer: tuple[int, list[tuple[str, str]], bytes], close: bool) -> bytes:
+    def _render(self, answer: tuple[int, Collection[tuple[str, str]], bytes], close: bool) -> bytes:
         """An answer's bytes, with its headers in aiohttp's order."""
         status, headers, body = answer
         date = self.front.date.now()
         if body is _HEALTHZ_BODY:
             before, after = _HEALTHZ_HEAD
             return before + date + after + (_CLOSE if close else b"") + b"\r\n" + body
-        head = [_OK if status == 200 else status_line(status)]
-        head.extend(f"{name}: {value}".encode() for name, value in headers)
-        head.append(b"Content-Type: application/json")
-        head.append(b"Content-Length: " + str(len(body)).encode())
-        head.append(b"Date: " + date)
-        head.append(b"Server: " + _SERVER)
-        if close:
-            head.append(b"Connection: close")
-        head.append(b"")
-        head.append(body)
-        return b"\r\n".join(head)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        return b"".join(
+            (
+                _OK if status == 200 else status_line(status),
+                b"\r\n",
+                lines.encode(),
+                b"Content-Type: application/json\r\nContent-Length: ",
+                str(len(body)).encode(),
+                b"\r\nDate: ",
+                date,
+                _AFTER_DATE,
+                _CLOSE if close else b"",
+                b"\r\n",
+                body,
+            )
+        )
 
     def _write(self, out: list[bytes]) -> None:
         transport = self.transport

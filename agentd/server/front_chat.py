@@ -4,6 +4,14 @@ parsed by the fast path, the caller identified and checked as :func:`.auth.authe
 does, the turn run by :meth:`Agents.run` (an L1 cache hit returns without suspending),
 the same ``chat.completion`` body and headers, counted in the same request metrics.
 
+With auth off, the turn of a body seen lately is not built again: the same bytes make
+the same turn (the same caller, :data:`~agentd.auth.OPEN`) and the same model call, so
+the turn and its plan (:meth:`Agents.prepare`, which includes the cache key) are kept
+by the body's bytes for the next identical request, up to :data:`MEMO_ENTRIES` bodies of
+at most :data:`MEMO_BODY_BYTES` each. An L1 hit then costs the cache look-up, the
+admission, the metrics and the answer's bytes. With auth on, the caller's identity is
+looked up and every request takes the whole path.
+
 What the route would refuse before the turn starts (a body that does not parse, a bad
 credential, a missing scope, an unknown agent) and what the front does not do (a stream,
 a session, tools) goes to aiohttp, which answers it as without a front. Once the turn
@@ -15,14 +23,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine, Generator
+from collections.abc import Collection, Coroutine, Generator
 from http import HTTPStatus
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..agent import Agents
+from ..agent import Agents, Prepared, TurnRequest
 from ..auth import OPEN, Auth
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
@@ -35,8 +43,12 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/v1/chat/completions"
 # What the front answers with, and None: "give the request to aiohttp".
-Answer = tuple[int, list[tuple[str, str]], bytes] | None
+Answer = tuple[int, Collection[tuple[str, str]], bytes] | None
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
+# The bodies whose turns are kept (the oldest goes first), and the longest kept: a few
+# MiB at most, parsed messages included.
+MEMO_ENTRIES = 64
+MEMO_BODY_BYTES = 8192
 
 
 class HotChat:
@@ -48,10 +60,16 @@ class HotChat:
         config = app[CONFIG]
         self.turn_timeout = config.server.turn_timeout
         self.max_body = config.server.max_request_bytes
+        # Body bytes -> the turn they ask for and its plan (auth off only).
+        self.memo: dict[bytes, tuple[TurnRequest, Prepared]] = {}
 
     def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
         """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
         started = time.perf_counter()
+        if not self.auth.enabled:
+            kept = self.memo.get(raw)
+            if kept is not None:
+                return self._run(kept[0], kept[1], started)
         try:
             body = parse_chat(raw, None)
         except Exception:
@@ -61,9 +79,11 @@ class HotChat:
         params = body.params
         if params and not _TOOL_PARAMS.isdisjoint(params):
             return None
-        return self._answer(body, _credential(authorization), started)
+        return self._answer(raw, body, _credential(authorization), started)
 
-    async def _answer(self, body: Any, credential: str | None, started: float) -> Answer:
+    async def _answer(
+        self, raw: bytes, body: Any, credential: str | None, started: float
+    ) -> Answer:
         try:
             identity = OPEN
             if self.auth.enabled:
@@ -72,17 +92,28 @@ class HotChat:
             turn = chat_turn(body, identity, self.agents)
         except AgentdError:
             return None  # refused before the turn: aiohttp refuses it the same way
+        prepared = None
+        if not self.auth.enabled and len(raw) <= MEMO_BODY_BYTES:
+            prepared = self.agents.prepare(turn)
+            if prepared is not None:
+                memo = self.memo
+                if len(memo) >= MEMO_ENTRIES:
+                    del memo[next(iter(memo))]
+                memo[raw] = (turn, prepared)
+        return await self._run(turn, prepared, started)
+
+    async def _run(self, turn: TurnRequest, prepared: Prepared | None, started: float) -> Answer:
         parse_s = time.perf_counter() - started
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
         try:
-            done = await self.agents.run(turn, deadline=deadline)
+            done = await self.agents.run(turn, deadline=deadline, prepared=prepared)
             reply, headers = chat_reply(turn, done, parse_s)
         except AgentdError as exc:
             return error_answer(exc)
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             return error_answer(Internal("internal server error"))
-        return 200, list(headers.items()), orjson.dumps(reply)
+        return 200, headers.items(), orjson.dumps(reply)
 
 
 def error_answer(exc: AgentdError) -> Answer:

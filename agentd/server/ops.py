@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import platform
 
@@ -47,7 +48,11 @@ async def metrics(request: web.Request) -> web.Response:
         await request.app[RUNNER].report()
     except AgentdError as exc:
         log.warning("job queue figures left out of /metrics: %s", exc.message)
-    body = await asyncio.get_running_loop().run_in_executor(None, request.app[METRICS].render)
+    metrics = request.app[METRICS]
+    # This worker's hot counts flushed here, on the loop's thread, where they are counted.
+    metrics.flush()
+    render = functools.partial(metrics.render, flush=False)
+    body = await asyncio.get_running_loop().run_in_executor(None, render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -24,6 +24,7 @@ def _ms(seconds: float | None) -> float | None:
 def snapshot(app: web.Application) -> dict[str, Any]:
     """This worker's figures now (see docs/admin-api.md for each)."""
     metrics = app[METRICS]
+    metrics.flush()  # the hot counts (cache look-ups) into the counters read below
     requests, errors = metrics.request_totals()
     p50, p99 = metrics.recent.percentiles(0.5, 0.99)
     cache = dict.fromkeys(_CACHE_RESULTS.values(), 0)

@@ -38,7 +38,8 @@ def completion_id() -> str:
     """A new completion id: ``chatcmpl-`` and 24 hex digits."""
     # A label, not a secret: the random module (reseeded in every forked worker) gives
     # the same 24 hex digits as secrets.token_hex(12) at half the cost.
-    return f"chatcmpl-{getrandbits(96):024x}"
+    # 96 random bits as 12 bytes in hex: the same 24 digits as formatting the int, faster.
+    return "chatcmpl-" + getrandbits(96).to_bytes(12, "big").hex()
 
 
 def full_usage(raw: Mapping[str, Any]) -> dict[str, Any]:
