@@ -9,12 +9,14 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from agentd.server import ws as ws_module
 from agentd.server import ws_frames
 
 from .chat_helpers import Factory, echo
 from .test_websocket import receive, until
+from .waiting import wait_until
 
 
 class _CountingTransport:
@@ -93,3 +95,47 @@ async def test_a_control_frame_is_written_after_the_frames_sent_before_it(
         msg = await ws.receive(timeout=10)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
         assert len(spy.writes) == 2
+
+
+async def test_live_session_events_are_forwarded_with_no_watcher_task(
+    serve: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A turn's event reaches the connection that made it (which drops it: its turn came
+    as delta/done) and the others on the session without a task per event."""
+    watchers: list[ws_module._Connection] = []
+    follow = ws_module._Connection.follow
+
+    async def counted(conn: ws_module._Connection) -> bool:
+        watchers.append(conn)
+        return await follow(conn)
+
+    monkeypatch.setattr(ws_module._Connection, "follow", counted)
+    url = await serve(**echo(latency_ms=0.0, tokens_per_s=0.0))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url + "/v1/ws") as mine,
+        http.ws_connect(url + "/v1/ws") as other,
+    ):
+        await mine.send_json({"type": "hello"})
+        sid = (await receive(mine))["session_id"]
+        mine_conn = _connection(sid)
+        await other.send_json({"type": "hello", "session_id": sid})
+        assert (await receive(other))["type"] == "ready"
+        (other_conn,) = [o for o in gc.get_objects()
+                         if isinstance(o, ws_module._Connection) and o.session_id == sid
+                         and o is not mine_conn]  # fmt: skip
+        await wait_until(lambda: mine_conn.watcher is None and other_conn.watcher is None)
+        assert watchers == [mine_conn, other_conn]  # each hello's catch-up
+        for turn in range(3):
+            await mine.send_json({"type": "message", "id": turn, "content": f"turn {turn}"})
+            done, _ = await until(mine, "done")
+            assert mine_conn.watcher is None and mine_conn.own_turns is None
+            user_event = await receive(other)
+            reply_event = await receive(other)
+            assert [user_event["seq"], reply_event["seq"]] == [done["seq"] - 1, done["seq"]]
+            assert reply_event["message"] == done["message"]
+            assert other_conn.watcher is None
+        # Nothing of its own turns came back to the first connection as events.
+        await mine.send_json({"type": "ping"})
+        assert (await receive(mine))["type"] == "pong"
+        assert watchers == [mine_conn, other_conn]  # no task for any turn's event

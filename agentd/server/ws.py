@@ -14,8 +14,9 @@ turn's deltas and its done, when the reply is whole at once) go to the transport
 together, in one write, right after that step (no timer); while the transport is full
 (the client reads slowly) they wait in a bounded queue, and a client that lets it fill
 is closed with 1013 and resumes. The session's events (what other connections,
-on any instance, add to it) are forwarded by a task that runs while they come in; each
-turn runs in a task of its own. Client mistakes get an error frame and the connection
+on any instance, add to it) are forwarded as they arrive, or, when history must be read
+first (after a gap), by a task that runs while they come in; each turn runs in a task of
+its own. Client mistakes get an error frame and the connection
 lives on; protocol errors close it (1002, 1007, 1009), as RFC 6455 says.
 """
 
@@ -561,8 +562,16 @@ class _Connection(asyncio.Protocol):
         self.wake()  # the catch-up from ``after``, if any
 
     def wake(self) -> None:
-        """Events came in: forward them, in a task that ends when they stop."""
+        """Events came in: forward them now when they need no waiting (the common case:
+        a turn's messages, this connection's own among them), else in a task that ends
+        when they stop."""
         if (self.watcher is None or self.watcher.done()) and not self.closing:
+            if self.events is not None:
+                ready, more = self.events.poll()
+                for event in ready:
+                    self.forward(event)
+                if not more:
+                    return
             self.watcher = asyncio.create_task(self.follow())
             self.watcher.add_done_callback(self.followed)
 
