@@ -20,6 +20,7 @@ from agentd.server.keys import AGENTS
 from agentd.store import Store
 
 from .store_helpers import TIMEOUT, user
+from .waiting import wait_until
 
 
 @pytest.fixture
@@ -149,4 +150,41 @@ async def test_a_turn_is_stored_when_its_lease_keepers_cancel_is_dropped(
         assert finished, "storing the turn waits on a lease keeper that never ends"
     assert [m["content"] for m in await store.history(sid)] == ["hi", "hello"]
     # The session is free: the next turn takes it at once.
+    assert await store.begin_turn(sid, 10, 2.0) is not None
+
+
+def _keepers() -> list[asyncio.Task[Any]]:
+    """The running tasks that renew a turn lease."""
+    return [t for t in asyncio.all_tasks()
+            if getattr(t.get_coro(), "__qualname__", "") == "Leases._keep"]  # fmt: skip
+
+
+async def test_a_turn_shorter_than_a_third_of_its_lease_makes_no_keeper_task(
+    store: Store, store_config: Config
+) -> None:
+    """The renewals wait on a timer until the first is due: a short turn (most) makes no
+    task and storing it waits for none."""
+    sid = (await store.create_session()).id
+    leases = Leases(store_config.sessions)
+    async with leases.hold(store, sid, 10, deadline(), Interrupt()) as held:
+        assert not held.renewing and not _keepers()
+        await held.store([user("hi"), {"role": "assistant", "content": "hello"}])
+    assert not held.renewing and not _keepers()
+    assert [m["content"] for m in await store.history(sid)] == ["hi", "hello"]
+    assert await store.begin_turn(sid, 10, 2.0) is not None  # the session is free
+
+
+async def test_a_turn_past_a_third_of_its_lease_renews_it_and_is_stored(
+    store: Store, store_config: Config
+) -> None:
+    sid = (await store.create_session()).id
+    leases = Leases(store_config.sessions)
+    async with leases.hold(store, sid, 10, deadline(), Interrupt()) as held:
+        await wait_until(lambda: held.renewing, TIMEOUT, "the first renewal")
+        assert len(_keepers()) == 1
+        # Renewed: a second turn cannot take the session while this one runs.
+        assert await store.begin_turn(sid, 10, 2.0) is None
+        await held.store([user("hi"), {"role": "assistant", "content": "hello"}])
+    assert not held.renewing and not _keepers()
+    assert [m["content"] for m in await store.history(sid)] == ["hi", "hello"]
     assert await store.begin_turn(sid, 10, 2.0) is not None

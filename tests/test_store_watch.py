@@ -21,6 +21,7 @@ from .store_helpers import (
     seqs,
     user,
 )
+from .waiting import wait_until
 
 
 async def test_watch_replays_stored_messages(store: Store) -> None:
@@ -169,3 +170,58 @@ async def test_watch_of_unknown_session_is_not_found(store: Store) -> None:
         with pytest.raises(NotFound) as info:
             await next_event(gen)
         assert info.value.code == "session_not_found"
+
+
+async def test_poll_gives_live_messages_without_waiting_and_leaves_the_rest(
+    store: Store,
+) -> None:
+    """What a WebSocket forwards with no task: events that arrived while the watch was
+    stopped at its wait, as long as no history must be read for them."""
+    sid = await new_session(store)
+    events = await store.open_watch(sid, after=0)
+    try:
+        assert await events.next_ready() is None  # stopped where it would wait
+        assert events.poll() == ([], False)
+        appended = await store.append(sid, [user("one"), user("two")])
+        appended += await store.append(sid, [user("three")])
+
+        got: list[dict] = []
+
+        def took_all() -> bool:
+            ready, more = events.poll()
+            assert not more
+            got.extend(m for event in ready for m in event.messages)
+            return len(got) >= 3
+
+        await wait_until(took_all, TIMEOUT, "the messages")  # Redis delivers when it does
+        assert got == appended
+        assert events.poll() == ([], False)
+        # A custom event is the generator's to give: poll leaves it, and what follows.
+        await store.publish(sid, "note", {"n": 1})
+        later = await store.append(sid, [user("four")])
+        await wait_until(lambda: events.poll()[1], TIMEOUT, "the custom event")
+        assert events.poll() == ([], True)
+        note = await asyncio.wait_for(events.next_ready(), TIMEOUT)
+        assert note is not None and note.kind == "note" and note.data == {"n": 1}
+        four = await asyncio.wait_for(events.next_ready(), TIMEOUT)
+        assert four is not None and list(four.messages) == later
+    finally:
+        await events.aclose()
+
+
+async def test_poll_leaves_a_gap_to_the_generator_which_reads_history(store: Store) -> None:
+    sid = await new_session(store)
+    events = await store.open_watch(sid, after=0)
+    sub = events._sub  # type: ignore[attr-defined]
+    try:
+        assert await events.next_ready() is None
+        hidden = await store.append(sid, [user("unseen")])
+        await wait_until(lambda: sub.pending, TIMEOUT, "the event")
+        sub.drop()  # lost, as a pub/sub message can be
+        later = await store.append(sid, [user("two")])
+        await wait_until(lambda: sub.pending, TIMEOUT, "the next event")
+        assert events.poll() == ([], True)  # its seq is past the next one: history
+        caught = await asyncio.wait_for(events.next_ready(), TIMEOUT)
+        assert caught is not None and list(caught.messages) == hidden + later
+    finally:
+        await events.aclose()

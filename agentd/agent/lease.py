@@ -64,15 +64,26 @@ class Interrupt:
 
 class Held:
     """A lease while its turn runs: the history it read, and the one way to store the
-    turn (which releases the lease in the same step)."""
+    turn (which releases the lease in the same step).
 
-    __slots__ = ("_keeper", "_store", "lease", "session_id", "stored")
+    The renewals wait on a plain timer until the first is due (a third of the lease):
+    most turns end before it fires, and so make no task and never wait for one to stop.
+    """
+
+    __slots__ = ("_interrupt", "_keeper", "_leases", "_store", "_timer", "lease",
+                 "session_id", "stored")  # fmt: skip
 
     def __init__(
-        self, store: Store, session_id: str, lease: TurnLease, keeper: asyncio.Task[None]
-    ) -> None:
+        self, store: Store, session_id: str, lease: TurnLease, leases: Leases,
+        interrupt: Interrupt,
+    ) -> None:  # fmt: skip
         self._store = store
-        self._keeper = keeper
+        self._leases = leases
+        self._interrupt = interrupt
+        self._keeper: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            leases.renew_every, self._start_keeping
+        )
         self.session_id = session_id
         self.lease = lease
         self.stored = False
@@ -81,10 +92,26 @@ class Held:
     def history(self) -> list[dict[str, Any]]:
         return self.lease.history
 
+    @property
+    def renewing(self) -> bool:
+        """Whether a task renews the lease (only once the first renewal was due)."""
+        return self._keeper is not None
+
+    def _start_keeping(self) -> None:
+        self._timer = None
+        self._keeper = asyncio.ensure_future(
+            self._leases._keep(self._store, self.session_id, self.lease.token, self._interrupt)
+        )
+
     async def stop_renewing(self) -> None:
-        self._keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._keeper
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await keeper
 
     async def store(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Append the turn's messages and release the lease, in one round trip."""
@@ -98,6 +125,7 @@ class Leases:
     def __init__(self, config: SessionsConfig) -> None:
         self._lease_s = config.turn_lease
         self._policy = config.concurrent_turns
+        self.renew_every = config.turn_lease / 3
 
     @contextlib.asynccontextmanager
     async def hold(
@@ -108,8 +136,7 @@ class Leases:
         another turn asks this one to stop), and let it go unless the block stored the
         turn."""
         lease = await self._take(store, session_id, last, deadline)
-        keeper = asyncio.create_task(self._keep(store, session_id, lease.token, interrupt))
-        held = Held(store, session_id, lease, keeper)
+        held = Held(store, session_id, lease, self, interrupt)
         try:
             yield held
         finally:
@@ -140,13 +167,10 @@ class Leases:
             wait = min(_WAIT_MAX, wait * 2)
 
     async def _keep(self, store: Store, sid: str, token: int, interrupt: Interrupt) -> None:
-        """Renew the lease while the turn runs; stop the turn when another turn asks it
-        to, or took the session (this one stalled past its lease)."""
+        """Renew the lease every third of it while the turn runs, from when the first
+        renewal is due; stop the turn when another turn asks it to, or took the session
+        (this one stalled past its lease)."""
         while True:
-            # Storing the turn cancels this and waits for it: a cancel dropped inside a
-            # renewal (see end_if_cancelled) would leave the turn waiting for good.
-            end_if_cancelled()
-            await asyncio.sleep(self._lease_s / 3)
             try:
                 state = await store.renew_turn(sid, token, self._lease_s)
             except Exception as exc:
@@ -154,7 +178,7 @@ class Leases:
                 # lease runs out only if no renewal gets through for a whole lease, and
                 # even then the turn keeps it unless another turn took it meanwhile.
                 log.warning("renewing the turn lease of session %s failed: %r", sid, exc)
-                continue
+                state = None
             if state == "interrupted":
                 interrupt.ask()
                 return
@@ -164,3 +188,7 @@ class Leases:
                 log.warning("turn on session %s lost its lease to another turn (stalled?)", sid)
                 interrupt.ask()
                 return
+            # Storing the turn cancels this and waits for it: a cancel dropped inside a
+            # renewal (see end_if_cancelled) would leave the turn waiting for good.
+            end_if_cancelled()
+            await asyncio.sleep(self.renew_every)

@@ -27,6 +27,7 @@ from ..config import Config
 from ..log import setup_logging
 from ..runtime import WorkerInfo, WorkerState
 from ..server import create_app, front_for
+from . import heap
 from .last_accept import stop_accepting
 
 __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
@@ -155,14 +156,16 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     sites = [_Site(runner, sock, factory, config.server.backlog) for sock in socks]
     for site in sites:
         await site.start()
+    frozen = heap.settle()  # before READY: no request waits on this collection
     os.write(pipe_w, READY)
     log.info(
-        "worker %d serving (generation %d, %s, %d socket(s), front %s)",
+        "worker %d serving (generation %d, %s, %d socket(s), front %s, %d objects frozen)",
         info.id,
         info.generation,
         sites[0].name,
         len(sites),
         "on" if front is not None else "off",
+        frozen,
     )
 
     beat = asyncio.create_task(_heartbeat(pipe_w, stop))

@@ -9,11 +9,14 @@ or queue, no timer of its own (a worker holds tens of thousands).
 
 Frames run in the order they came: most at once (ping, message, cancel); one that waits
 on the store (hello, auth, a message before any hello) runs in a task that then takes
-the frames behind it, and ends. Outgoing frames go straight to the transport; while it
-is full (the client reads slowly) they wait in a bounded queue, and a client that lets
-it fill is closed with 1013 and resumes. The session's events (what other connections,
-on any instance, add to it) are forwarded by a task that runs while they come in; each
-turn runs in a task of its own. Client mistakes get an error frame and the connection
+the frames behind it, and ends. Outgoing frames sent in one step of the event loop (a
+turn's deltas and its done, when the reply is whole at once) go to the transport
+together, in one write, right after that step (no timer); while the transport is full
+(the client reads slowly) they wait in a bounded queue, and a client that lets it fill
+is closed with 1013 and resumes. The session's events (what other connections,
+on any instance, add to it) are forwarded as they arrive, or, when history must be read
+first (after a gap), by a task that runs while they come in; each turn runs in a task of
+its own. Client mistakes get an error frame and the connection
 lives on; protocol errors close it (1002, 1007, 1009), as RFC 6455 says.
 """
 
@@ -169,7 +172,7 @@ class _Connection(asyncio.Protocol):
     """One WebSocket: the transport's protocol from the upgrade on."""
 
     __slots__ = ("agent", "buffer", "closed", "closing", "credential", "due", "events", "inbox",
-                 "last_seen", "outbox", "own_turns", "partial", "ping_at", "reader",
+                 "last_seen", "outbox", "own_turns", "partial", "pending", "ping_at", "reader",
                  "session_id", "shared", "store", "transport", "turns", "watcher",
                  "write_paused")  # fmt: skip
 
@@ -182,6 +185,7 @@ class _Connection(asyncio.Protocol):
         self.inbox: collections.deque[str] | None = None  # frames behind a waiting one
         self.reader: asyncio.Task[None] | None = None  # runs while the inbox has frames
         self.outbox: collections.deque[bytes] | None = None  # frames the transport refused
+        self.pending: list[bytes] | None = None  # frames sent in this step, written at its end
         self.write_paused = False
         self.last_seen = shared.loop.time()
         self.ping_at: float | None = None  # a heartbeat ping not yet answered
@@ -251,6 +255,7 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.closing = True
         self.buffer, self.partial, self.outbox, self.inbox = b"", None, None, None
+        self.pending = None
         if self.due is not None:
             self.shared.unschedule(self, self.due)
             self.due = None
@@ -318,7 +323,7 @@ class _Connection(asyncio.Protocol):
             self.ping_at = None
         if now - self.last_seen >= shared.heartbeat:
             self.ping_at = now
-            self.transport.write(_PING)
+            self.write_now(_PING)
             when = now + shared.heartbeat / 2
         else:
             when = self.last_seen + shared.heartbeat
@@ -333,7 +338,13 @@ class _Connection(asyncio.Protocol):
         data = ws_frames.build(ws_frames.OP_TEXT, orjson.dumps(frame))
         if self.outbox is None:
             if not self.write_paused:
-                self.transport.write(data)
+                # Written with the others sent in this step of the loop: one system call
+                # for a turn's deltas and done, not one per frame.
+                if self.pending is None:
+                    self.pending = [data]
+                    self.shared.loop.call_soon(self.flush)
+                else:
+                    self.pending.append(data)
                 return
             self.outbox = collections.deque()
         elif len(self.outbox) >= self.shared.send_limit:
@@ -341,7 +352,23 @@ class _Connection(asyncio.Protocol):
             self.shared.overflows.inc()
             self.close_with(CLOSE_TRY_AGAIN, b"too slow")
             return
+        if self.pending is not None:  # sent before the transport filled: they go first
+            self.outbox.extend(self.pending)
+            self.pending = None
         self.outbox.append(data)
+
+    def flush(self) -> None:
+        """Write the frames sent since the last flush, in one write."""
+        pending, self.pending = self.pending, None
+        if pending and self.transport is not None:
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def write_now(self, data: bytes) -> None:
+        """Write a control frame, after the frames sent before it."""
+        assert self.transport is not None
+        if self.pending is not None:
+            self.flush()
+        self.transport.write(data)
 
     def close_with(self, code: int, reason: bytes) -> None:
         """Send a close frame; the transport ends when the client answers it, or after
@@ -350,7 +377,7 @@ class _Connection(asyncio.Protocol):
             return
         self.closing = True
         self.outbox = None
-        self.transport.write(ws_frames.build(ws_frames.OP_CLOSE, code.to_bytes(2, "big") + reason))
+        self.write_now(ws_frames.build(ws_frames.OP_CLOSE, code.to_bytes(2, "big") + reason))
         self.arm(self.shared.loop.time() + CLOSE_TIMEOUT_S)
 
     def fail(self, code: int) -> None:
@@ -361,7 +388,7 @@ class _Connection(asyncio.Protocol):
         if not self.closing:
             self.closing = True
             self.outbox = None
-            transport.write(ws_frames.build(ws_frames.OP_CLOSE, code.to_bytes(2, "big")))
+            self.write_now(ws_frames.build(ws_frames.OP_CLOSE, code.to_bytes(2, "big")))
         transport.close()
         self.end()  # read no more
 
@@ -419,12 +446,12 @@ class _Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if opcode == ws_frames.OP_PING:
-            transport.write(ws_frames.build(ws_frames.OP_PONG, payload))
+            self.write_now(ws_frames.build(ws_frames.OP_PONG, payload))
         elif opcode == ws_frames.OP_CLOSE:
             ws_frames.close_payload(payload)  # a malformed one is a protocol error
             if not self.closing:  # the client closes: answer, as RFC 6455 asks
                 self.closing = True
-                transport.write(ws_frames.build(ws_frames.OP_CLOSE, CLOSE_OK.to_bytes(2, "big")))
+                self.write_now(ws_frames.build(ws_frames.OP_CLOSE, CLOSE_OK.to_bytes(2, "big")))
             transport.close()
             self.end()
         # a pong: its arrival (last_seen) is all the heartbeat needs
@@ -535,8 +562,16 @@ class _Connection(asyncio.Protocol):
         self.wake()  # the catch-up from ``after``, if any
 
     def wake(self) -> None:
-        """Events came in: forward them, in a task that ends when they stop."""
+        """Events came in: forward them now when they need no waiting (the common case:
+        a turn's messages, this connection's own among them), else in a task that ends
+        when they stop."""
         if (self.watcher is None or self.watcher.done()) and not self.closing:
+            if self.events is not None:
+                ready, more = self.events.poll()
+                for event in ready:
+                    self.forward(event)
+                if not more:
+                    return
             self.watcher = asyncio.create_task(self.follow())
             self.watcher.add_done_callback(self.followed)
 

@@ -211,6 +211,18 @@ class Subscription(abc.ABC):
         """Whether :meth:`get` returns without waiting."""
         return bool(self._events)
 
+    def peek(self) -> bytes | None:
+        """The raw event :meth:`get` would return now (None: none, or a reset), left in
+        place."""
+        return self._events[0] if self._events else None
+
+    def drop(self) -> None:
+        """Take away the event :meth:`peek` returned."""
+        assert self._events
+        self._events.popleft()
+        if not self._events:
+            self._events = None
+
     async def get(self) -> bytes | None:
         """The next raw event, or None when the feed was interrupted and re-established
         (events may have been missed: the watcher catches up from history)."""
@@ -248,6 +260,13 @@ class Watch(AsyncGenerator[Event]):
     @abc.abstractmethod
     def notify(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` each time an event arrives from the channel (None: stop)."""
+
+    @abc.abstractmethod
+    def poll(self) -> tuple[list[Event], bool]:
+        """The events that arrived since :meth:`next_ready` stopped, as far as they need
+        no waiting (no history to read: no gap, no lost subscription), and whether more
+        are pending that only :meth:`next_ready` can give. A reader that is not at that
+        stop gets ``([], True)``."""
 
 
 class Store(abc.ABC):

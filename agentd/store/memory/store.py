@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +36,14 @@ SWEEP_INTERVAL = 60.0
 # An empty history: a session holds no deque until its first message (an empty deque
 # is ~700 bytes, and every open WebSocket's hello may create a session).
 _NO_MESSAGES: deque[tuple[int, bytes]] = deque(maxlen=0)
+
+
+def _last(messages: deque[tuple[int, bytes]], count: int) -> list[tuple[int, bytes]]:
+    """The last ``count`` messages, oldest first, read from the end: a turn's history
+    window costs its own length, not the session's (up to ``max_messages``)."""
+    rows = list(itertools.islice(reversed(messages), count)) if count > 0 else []
+    rows.reverse()
+    return rows
 
 
 @dataclass(slots=True)
@@ -280,7 +289,7 @@ class MemoryStore(BaseStore):
         sess = self._live(sid)
         if sess is None:
             return None
-        rows = list(sess.messages)[-last:] if last > 0 else []
+        rows = _last(sess.messages, last)
         return {**sess.meta, "seq": str(sess.seq)}, rows
 
     # -- turns ----------------------------------------------------------------------
@@ -296,7 +305,7 @@ class MemoryStore(BaseStore):
             return 0, meta, []
         sess.fence += 1
         sess.lease = (sess.fence, time.monotonic() + lease_ms / 1000, False)
-        rows = list(sess.messages)[-last:] if last > 0 else []
+        rows = _last(sess.messages, last)
         return sess.fence, meta, rows
 
     async def _renew_turn(self, sid: str, token: int, lease_ms: int) -> int:
