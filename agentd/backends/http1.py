@@ -253,7 +253,8 @@ class Connection(asyncio.Protocol):
         self.closed = True
         response = self.response
         if response is not None and not response.done:
-            if response.status == 0:
+            waiter = self._head_waiter
+            if waiter is not None and not waiter.done():
                 self._head_failed(self._lost_before_head(exc))
             elif self._framing == _UNTIL_CLOSE:
                 response._finish()
@@ -323,10 +324,8 @@ class Connection(asyncio.Protocol):
     def _abort(self, exc: UpstreamError | UpstreamTimeout) -> None:
         response = self.response
         if response is not None:
-            if response.status == 0:
-                self._head_failed(exc)
-            else:
-                response._fail(exc)
+            self._head_failed(exc)  # if the head is still awaited
+            response._fail(exc)
         self.close()
 
     def _head_failed(self, exc: BaseException) -> None:
@@ -378,7 +377,6 @@ class Connection(asyncio.Protocol):
                 else:
                     headers[name] = value
             break
-        response.status, response.reason, response.headers = status, reason, headers
         connection = headers.get("connection", "").lower()
         if version == "HTTP/1.0":
             self._keep_alive = "keep-alive" in connection
@@ -408,6 +406,7 @@ class Connection(asyncio.Protocol):
         else:
             self._framing = _UNTIL_CLOSE
             self._keep_alive = False
+        response.status, response.reason, response.headers = status, reason, headers
         if self._framing == _NONE or (self._framing == _LENGTH and not self._remaining):
             response._finish()
         waiter = self._head_waiter
