@@ -1,8 +1,9 @@
 """The ``openai`` protocol: Chat Completions over HTTP, streamed as server-sent events.
 
-One aiohttp session per backend holds a kept-alive connection pool per node
-(``max_connections`` each). The call's deadline becomes aiohttp's ``total`` timeout, one
-timer per call that also bounds every read of the body, so chunks cost no timer each.
+One HTTP/1.1 client per backend (:mod:`.http1`, agentd's own: a call through aiohttp's
+client cost 1.7x the instructions) holds a kept-alive connection pool per node
+(``max_connections`` each). The call's deadline is one timer per call that also bounds
+every read of the body, so chunks cost no timer each.
 
 Usage accounting: the upstream ``usage`` is returned when sent (we ask for it with
 ``stream_options.include_usage``); otherwise ``prompt_tokens`` is the characters of all
@@ -26,12 +27,13 @@ import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from .. import __version__
 from ..config import BackendConfig
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from .http1 import Http1Client, Origin, Response
 from .types import (
     ChatRequest,
     Chunk,
@@ -61,19 +63,20 @@ _ERROR_BODY_LIMIT = 64 * 1024
 DONE = b"[DONE]"
 _DATA = b"data:"
 _JSON = "application/json"
+_SSE = "text/event-stream"
 
 
 class OpenAIClient:
-    """The aiohttp session shared by one backend's nodes; lives between start and close."""
+    """The HTTP client shared by one backend's nodes; lives between start and close."""
 
     def __init__(self, config: BackendConfig, environ: Mapping[str, str] | None = None) -> None:
         self.config = config
-        self.session: aiohttp.ClientSession | None = None
-        self._headers = {"Content-Type": _JSON, "Accept": "text/event-stream"}
+        self.http: Http1Client | None = None
+        self.authorization: str | None = None
         if config.api_key_env:
             key = (os.environ if environ is None else environ).get(config.api_key_env, "")
             if key:
-                self._headers["Authorization"] = f"Bearer {key}"
+                self.authorization = f"Bearer {key}"
             else:
                 log.error(
                     "backend %s: environment variable %s is unset or empty; calling "
@@ -88,23 +91,41 @@ class OpenAIClient:
         return OpenAINode(self, url)
 
     async def start(self) -> None:
-        if self.session is not None:
-            return
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections * max(len(self.nodes), 1),
-            limit_per_host=self.config.max_connections,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector, headers=self._headers, raise_for_status=False
-        )
+        if self.http is None:
+            self.http = Http1Client(self.config.max_connections, self.config.connect_timeout_s)
 
     async def close(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            await session.close()
+        http, self.http = self.http, None
+        if http is not None:
+            await http.close()
 
     def __repr__(self) -> str:  # never show the headers: they hold the key
         return f"OpenAIClient({self.config.name!r}, nodes={len(self.nodes)})"
+
+
+class _Target:
+    """One upstream URL: its origin and the request head before ``Content-Length``'s value,
+    built once (an ``Accept`` per endpoint kind)."""
+
+    __slots__ = ("heads", "origin")
+
+    def __init__(self, client: OpenAIClient, url: str) -> None:
+        origin, path = Http1Client.origin_of(url)
+        self.origin: Origin = origin
+        authorization = client.authorization or origin.authorization
+        lines = [
+            f"POST {path} HTTP/1.1",
+            f"Host: {origin.host_header}",
+            f"User-Agent: agentd/{__version__}",
+            "Content-Type: application/json",
+        ]
+        if authorization:
+            lines.append(f"Authorization: {authorization}")
+        common = "\r\n".join(lines)
+        self.heads = {
+            accept: f"{common}\r\nAccept: {accept}\r\nContent-Length: ".encode("latin-1")
+            for accept in (_SSE, _JSON)
+        }
 
 
 def node_name(url: str) -> str:
@@ -122,6 +143,7 @@ class OpenAINode:
         self.client = client
         self.name = node_name(url)
         self.endpoint = url.rstrip("/") + "/chat/completions"
+        self._targets: dict[str, _Target] = {}
 
     async def stream(self, request: ChatRequest, deadline: float) -> AsyncIterator[Chunk]:
         """POST the request with ``stream: true`` and yield its content as chunks."""
@@ -141,16 +163,15 @@ class OpenAINode:
 
     @contextlib.asynccontextmanager
     async def post(
-        self, url: str, body: dict[str, Any], deadline: float, accept: str | None = None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        self, url: str, body: dict[str, Any], deadline: float, accept: str = _SSE
+    ) -> AsyncIterator[Response]:
         """The upstream's 200 response to ``body``; its errors, and those of reading it
         inside the block, as agentd's upstream errors."""
-        session = self.client.session
-        if session is None:
+        http = self.client.http
+        if http is None:
             raise RuntimeError(f"backend {self.client.config.name!r} is not started")
         loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
+        if deadline - loop.time() <= 0:
             raise UpstreamTimeout("the deadline passed before the upstream call")
         try:
             payload = orjson.dumps(body)
@@ -158,45 +179,26 @@ class OpenAINode:
             raise BadRequest(
                 f"the request cannot be sent as JSON: {exc}", code="invalid_params"
             ) from None
-        timeout = aiohttp.ClientTimeout(
-            total=remaining,
-            sock_connect=min(self.client.config.connect_timeout_s, remaining),
-            ceil_threshold=float("inf"),  # the deadline is exact, not rounded up a second
-        )
-        headers = {"Accept": accept} if accept else None
-        with upstream_errors(loop, deadline):
-            async with session.post(
-                url, data=payload, timeout=timeout, headers=headers
-            ) as response:
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = _Target(self.client, url)
+        head = target.heads[accept] + b"%d\r\n\r\n" % len(payload)
+        conn, response = await http.request(target.origin, head, payload, deadline)
+        try:
+            with upstream_errors():
                 if response.status != 200:
                     raise await error_from(response)
                 yield response
+        finally:
+            http.release(conn)
 
 
 @contextlib.contextmanager
-def upstream_errors(loop: asyncio.AbstractEventLoop, deadline: float) -> Iterator[None]:
-    """aiohttp's and the JSON parser's errors in a call to a node, as agentd's."""
+def upstream_errors() -> Iterator[None]:
+    """The JSON parser's errors in reading a node's reply, as agentd's (the client's own
+    errors are agentd's already)."""
     try:
         yield
-    except TimeoutError as exc:
-        if isinstance(exc, aiohttp.ConnectionTimeoutError) and loop.time() < deadline:
-            raise UpstreamError(
-                "upstream unreachable: connect timed out", code="upstream_unreachable"
-            ) from None
-        raise UpstreamTimeout("the upstream did not answer within the deadline") from None
-    except aiohttp.ClientPayloadError:
-        raise UpstreamError(
-            "upstream closed the stream before the reply ended", code="upstream_incomplete"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamError(
-            f"upstream unreachable: {exc.os_error.strerror or exc.os_error}",
-            code="upstream_unreachable",
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamError(
-            f"upstream connection failed: {type(exc).__name__}", code="upstream_unreachable"
-        ) from None
     except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
         # Not JSON, or JSON of the wrong shape (a list where an object belongs...).
         raise UpstreamError("upstream sent a malformed reply", code="upstream_protocol") from None
@@ -216,8 +218,8 @@ def error_for_status(status: int, message: str) -> UpstreamError | UpstreamRejec
     return UpstreamError(f"upstream failed ({status}): {message}")
 
 
-async def error_from(response: aiohttp.ClientResponse) -> UpstreamError | UpstreamRejected:
-    raw = await response.content.read(_ERROR_BODY_LIMIT)
+async def error_from(response: Response) -> UpstreamError | UpstreamRejected:
+    raw = await response.read(_ERROR_BODY_LIMIT)
     message = ""
     try:
         error = orjson.loads(raw).get("error")
@@ -236,7 +238,7 @@ def _fallback_usage(request: ChatRequest, deltas: int) -> dict[str, int]:
     return usage_dict(estimate_tokens(message_chars(request.messages)), deltas)
 
 
-async def _whole_reply(response: aiohttp.ClientResponse, request: ChatRequest, node: str) -> Chunk:
+async def _whole_reply(response: Response, request: ChatRequest, node: str) -> Chunk:
     """A server that ignored ``stream: true`` and sent one ``chat.completion`` object."""
     reply = orjson.loads(await response.read())
     choice = (reply.get("choices") or [{}])[0]
@@ -362,14 +364,12 @@ class _Reply:
         return Chunk(self.tail, finish, usage, self.node)
 
 
-async def _read_events(
-    response: aiohttp.ClientResponse, request: ChatRequest, node: str
-) -> AsyncIterator[Chunk]:
+async def _read_events(response: Response, request: ChatRequest, node: str) -> AsyncIterator[Chunk]:
     """Parse the SSE stream: content deltas as they come, then one final chunk with the
     finish reason and usage, at ``[DONE]`` (or at the end of the body after a finish)."""
     reply = _Reply(request, node)
     splitter = EventSplitter()
-    async for data in response.content.iter_any():
+    while data := await response.read_any():
         for event in splitter.feed(data):
             payload = event_data(event)
             if payload is None:

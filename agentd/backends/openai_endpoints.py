@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import UpstreamError
+from .http1 import Response
 from .openai import (
     DONE,
     EventSplitter,
@@ -148,7 +148,7 @@ def _text_chunk(reply: Any, request: TextRequest, node: str) -> TextChunk:
 
 
 async def _text_events(
-    response: aiohttp.ClientResponse, request: TextRequest, node: str
+    response: Response, request: TextRequest, node: str
 ) -> AsyncIterator[TextChunk]:
     """The streamed chunks; the last one carries the usage (the upstream's, or an
     estimate). A body that ends without ``[DONE]`` is accepted once a choice finished."""
@@ -175,7 +175,7 @@ async def _text_events(
     def last() -> TextChunk:
         return TextChunk([], usage or usage_dict(_input_tokens(request.prompt), pieces), node)
 
-    async for data in response.content.iter_any():
+    while data := await response.read_any():
         for event in splitter.feed(data):
             payload = event_data(event)
             if payload is None:
