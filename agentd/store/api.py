@@ -227,6 +227,13 @@ class Subscription(abc.ABC):
             self._overflowed = False
         return item
 
+    def drain(self) -> list[bytes | None]:
+        """Every event queued (as :meth:`get` would give them), for a reader that takes
+        them as they come, from ``on_event``, and parks no task."""
+        events, self._events = self._events, None
+        self._overflowed = False
+        return list(events) if events else []
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop receiving."""
