@@ -111,6 +111,7 @@ async def test_one_redis_subscription_for_fifty_watchers(redis_standalone: Redis
         assert all(g == appended for g in got)
         for w in watches:
             await w.aclose()
+
         async def unsubscribed() -> bool:
             return await numsub() == 0
 
