@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -72,6 +73,13 @@ def _fds(pids: list[int]) -> int:
         with contextlib.suppress(OSError):
             total += len(os.listdir(f"/proc/{pid}/fd"))
     return total
+
+
+def _server_websockets(served: Served) -> int | None:
+    """Open WebSockets as the instance counts them (every worker, from /metrics)."""
+    status, _, body = targets.http_get(served.target.url("/metrics"), timeout=30)
+    found = re.search(rb"^agentd_websocket_connections (\S+)$", body, re.M)
+    return int(float(found.group(1))) if status == 200 and found else None
 
 
 def _steady_rss(served: Served, samples: int = 5) -> float:
@@ -170,7 +178,8 @@ def run_capacity(bench: Bench) -> None:
     with contextlib.ExitStack() as stack:
         redis_url, extra = None, []
         if layout["workers"] > 1:
-            redis = stack.enter_context(targets.redis(bench.workdir, s.server_cpus))
+            # On every CPU, with the workers it serves.
+            redis = stack.enter_context(targets.redis(bench.workdir, s.all_cpus))
             redis_url, extra = redis.url, [redis.proc.pid]
         cm = targets.agentd(
             bench.workdir, s.all_cpus if layout["workers"] > 1 else s.server_cpus,
@@ -186,10 +195,11 @@ def run_capacity(bench: Bench) -> None:
         try:
             time.sleep(0.3 if s.mode == "tiny" else 3.0)
             rss_open, fds_open = _steady_rss(served), _fds(pids())
+            idle_held = _server_websockets(served)
             load_open = os.getloadavg()
             label = f"{opened} idle connections"
             loaded = [_probe(bench, served, label) for _ in range(probes["open"])]
-            still_open = _fds(pids())
+            still_open, still_held = _fds(pids()), _server_websockets(served)
         finally:
             summary = _close_idle(proc, out)
         fds_after = _wait_fds(served, fds_before + max(16, count // 100))
@@ -215,6 +225,8 @@ def run_capacity(bench: Bench) -> None:
         "rss_before_mb": round(rss_before / 2**20, 2),
         "rss_open_mb": round(rss_open / 2**20, 2),
         "rss_per_conn_kb": round(per_conn / 1024, 2) if per_conn is not None else None,
+        "server_websockets": idle_held,  # the idle ones (the probe's had closed)
+        "server_websockets_after_probes": still_held,
         "fds_before": fds_before,
         "fds_open": fds_open,
         "fds_open_after_probes": still_open,
