@@ -41,40 +41,46 @@ CATCH_UP_RETRY_MAX_S = 1.0
 # A watcher's states: catching up from ``after`` on its first read, live, ended.
 _START, _LIVE, _ENDED = 0, 1, 2
 
-# A session's subscriptions in a worker, by (tenant, session id).
-Watched = dict[tuple[str, str], "_Session"]
+# A worker's watched sessions: the unnamed tenant's by id, any other's by (tenant, id).
+Watched = dict["str | tuple[str, str]", "_Session"]
 
 
 class _Session:
-    """One session's subscription in this worker, shared by every watcher of it."""
+    """One session's subscription in this worker, shared by every watcher of it. Called
+    by the subscription when events come in (an object, not a bound method made per
+    session); one watcher is held as itself, more in a set (most sessions have one)."""
 
-    __slots__ = ("closing", "key", "opening", "store", "sub", "watchers")
+    __slots__ = ("closing", "key", "opening", "sid", "store", "sub", "watchers")
 
-    def __init__(self, store: WatchStore, key: tuple[str, str]) -> None:
+    def __init__(self, store: WatchStore, key: str | tuple[str, str], sid: str) -> None:
         self.store = store
         self.key = key
+        self.sid = sid
         self.sub: Subscription | None = None
-        self.watchers: set[_Watcher] = set()
+        self.watchers: _Watcher | set[_Watcher] | None = None
         self.closing: asyncio.Task[None] | None = None
         # Subscribing runs in a task of its own: an opener cancelled meanwhile does not
-        # cancel it under the others waiting for it.
-        self.opening = asyncio.ensure_future(store._subscribe(key[1]))
+        # cancel it under the others waiting for it. Dropped once done.
+        self.opening: asyncio.Future[Subscription] | None = asyncio.ensure_future(
+            store._subscribe(sid)
+        )
         self.opening.add_done_callback(self._opened)
 
-    def _opened(self, task: asyncio.Task[Subscription]) -> None:
+    def _opened(self, task: asyncio.Future[Subscription]) -> None:
         watched = self.store._watched
         if task.cancelled() or task.exception() is not None:
             if watched.get(self.key) is self:
                 del watched[self.key]  # the next opener tries again
             return
+        self.opening = None
         self.sub = task.result()
-        self.sub.on_event = self.deliver
-        if not self.watchers:  # every opener went away while subscribing
+        self.sub.on_event = self
+        if self.watchers is None:  # every opener went away while subscribing
             self._close()
         elif self.sub.pending:
-            self.deliver()
+            self()
 
-    def deliver(self) -> None:
+    def __call__(self) -> None:
         """Events came in on the channel: decode each once, queue it for every watcher."""
         assert self.sub is not None
         for raw in self.sub.drain():
@@ -84,15 +90,38 @@ class _Session:
                 try:
                     doc = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    log.warning("session %s: an event that is not JSON; ignored", self.key[1])
+                    log.warning("session %s: an event that is not JSON; ignored", self.sid)
                     continue
-            for watcher in list(self.watchers):
-                watcher.push(doc)
+            watchers = self.watchers
+            if isinstance(watchers, _Watcher):
+                watchers.push(doc)
+            elif watchers is not None:
+                for watcher in list(watchers):
+                    watcher.push(doc)
+
+    def count(self) -> int:
+        watchers = self.watchers
+        return 0 if watchers is None else 1 if isinstance(watchers, _Watcher) else len(watchers)
+
+    def join(self, watcher: _Watcher) -> None:
+        watchers = self.watchers
+        if watchers is None:
+            self.watchers = watcher
+        elif isinstance(watchers, _Watcher):
+            self.watchers = {watchers, watcher}
+        else:
+            watchers.add(watcher)
 
     def leave(self, watcher: _Watcher) -> asyncio.Task[None] | None:
         """Forget ``watcher``; the last one to leave ends the subscription (its task)."""
-        self.watchers.discard(watcher)
-        if self.watchers or self.sub is None:
+        watchers = self.watchers
+        if watchers is watcher:
+            self.watchers = None
+        elif isinstance(watchers, set):
+            watchers.discard(watcher)
+            if len(watchers) == 1:
+                self.watchers = next(iter(watchers))
+        if self.watchers is not None or self.sub is None:
             return self.closing  # still subscribing: _opened closes it if nobody is left
         return self._close()
 
@@ -157,7 +186,7 @@ class _Watcher(Watch):
             raise
 
     async def _next_ready(self) -> Event | None:
-        sid = self._session.key[1]
+        sid = self._session.sid
         store = self._session.store
         if self._state == _START:
             self._state = _LIVE
@@ -258,15 +287,15 @@ class WatchStore(SessionStore):
 
     async def open_watch(self, session_id: str, after: int | None = None) -> Watch:
         sid = validate_session_id(session_id)
-        key = (self.tenant, sid)
+        key = (self.tenant, sid) if self.tenant else sid
         session = self._watched.get(key)
         if session is None:
-            session = self._watched[key] = _Session(self, key)
+            session = self._watched[key] = _Session(self, key, sid)
         # Joined before reading history (on the first read), so nothing falls between.
         watcher = _Watcher(session, after)
-        session.watchers.add(watcher)
+        session.join(watcher)
         try:
-            if session.sub is None:
+            if session.opening is not None:
                 await asyncio.shield(session.opening)
         except BaseException:
             await watcher._end()
@@ -276,7 +305,7 @@ class WatchStore(SessionStore):
     def watch_counts(self) -> tuple[int, int]:
         """This worker's session subscriptions and their watchers (every tenant's)."""
         sessions = [s for s in self._watched.values() if s.sub is not None]
-        return len(sessions), sum(len(s.watchers) for s in sessions)
+        return len(sessions), sum(s.count() for s in sessions)
 
     async def _catch_up_again(self, sid: str, after: int) -> list[dict[str, Any]] | None:
         """:meth:`_catch_up` for a watch already running: a shard that is unreachable
