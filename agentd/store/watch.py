@@ -8,7 +8,9 @@ object with no task and no async generator of its own: an idle one costs a slot 
 session's set and a hundred-odd bytes. Each watcher keeps its own place (the last
 sequence number it saw), its own catch-up from history, and its own bounded queue: one
 that falls ``MAX_BACKLOG`` events behind drops the rest until it reads again and then
-catches up from history, so a slow reader never holds the others up.
+catches up from history, so a slow reader never holds the others up. An event's
+messages are the same objects for every watcher of the session: read them, never change
+them.
 """
 
 from __future__ import annotations
