@@ -42,7 +42,8 @@ def test_bench_tiny_ws_capacity_records_connections_fds_and_turn_ratios(tmp_path
         assert run["concurrency"] == 1 and run["requests"] > 0 and run["error_count"] == 0
     assert fig["turn_p99_ms_runs"]["loaded"] == [r["latency_ms"]["p99"] for r in loaded]
     ratios = {r["metric"]: r for r in record["ratios"]}
-    assert set(ratios) == {"p50", "p99"}
+    assert set(ratios) == {"p50", "p99", "server_cpu_s_per_1k"}
+    assert ratios.pop("server_cpu_s_per_1k")["baseline_value"] > 0
     for q, r in ratios.items():
         assert r["value"] == round(fig["turn_ms_loaded"][q], 4)
         assert r["baseline_value"] == round(fig["turn_ms_unloaded"][q], 4)

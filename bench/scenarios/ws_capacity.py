@@ -254,6 +254,25 @@ def run_capacity(bench: Bench) -> None:
         }
         for q in ("p50", "p99")
     ]
+    # The instance's CPU per turn (every worker: the idle connections' heartbeats too).
+    cpu = [
+        statistics.median(r["server_cpu_s_per_1k"] or 0.0 for r in runs)
+        for runs in (loaded, unloaded)
+    ]
+    bench.record["ratios"].append(
+        {
+            "metric": "server_cpu_s_per_1k",
+            "unit": "CPU s/1k turns",
+            "higher_is_better": False,
+            "concurrency": 1,
+            "label": f"turn beside {opened} idle",
+            "target": "agentd",
+            "baseline": "agentd, no idle connections",
+            "value": round(cpu[0], 5),
+            "baseline_value": round(cpu[1], 5),
+            "ratio": ratio(cpu[0], cpu[1]),
+        }
+    )
 
 
 def _estimate(s: Settings) -> float:
