@@ -5,7 +5,7 @@
 - :class:`Queue` and :class:`Records`: the job queue and the response records of
   background responses, together as :class:`Jobs` (``Store.jobs``);
 - :class:`Keyring`: API key records and the feed of their changes (``Store.keyring``);
-- :class:`Subscription`: one watcher's feed of a channel;
+- :class:`Subscription`: a feed of a channel (one per watched session per worker);
 
 and the data they exchange. This module imports no implementation: the memory
 (:mod:`.memory`) and Redis (:mod:`.redis`) stores implement it and pass the same tests.
@@ -170,12 +170,13 @@ MAX_BACKLOG = 1000
 
 
 class Subscription(abc.ABC):
-    """One watcher's feed of a channel's raw events, queued until read (by one reader).
+    """One reader's feed of a channel's raw events, queued until read (by one reader).
 
     An implementation calls :meth:`deliver` for each event and :meth:`reset` when events
-    may have been lost; a watcher too far behind is reset too, so memory stays bounded.
-    An idle feed holds no buffer (a worker keeps one per open WebSocket), and a reader
-    that parks no task on it sets ``on_event`` to hear that :meth:`get` has something.
+    may have been lost; a reader too far behind is reset too, so memory stays bounded.
+    An idle feed holds no buffer, and a reader that parks no task on it sets ``on_event``
+    to hear that :meth:`get` (or :meth:`drain`) has something. A worker holds one per
+    watched session, whatever the number of its watchers (see :mod:`.watch`).
     """
 
     __slots__ = ("_events", "_overflowed", "_waiter", "on_event")
@@ -211,18 +212,6 @@ class Subscription(abc.ABC):
         """Whether :meth:`get` returns without waiting."""
         return bool(self._events)
 
-    def peek(self) -> bytes | None:
-        """The raw event :meth:`get` would return now (None: none, or a reset), left in
-        place."""
-        return self._events[0] if self._events else None
-
-    def drop(self) -> None:
-        """Take away the event :meth:`peek` returned."""
-        assert self._events
-        self._events.popleft()
-        if not self._events:
-            self._events = None
-
     async def get(self) -> bytes | None:
         """The next raw event, or None when the feed was interrupted and re-established
         (events may have been missed: the watcher catches up from history)."""
@@ -238,6 +227,13 @@ class Subscription(abc.ABC):
         if item is None:
             self._overflowed = False
         return item
+
+    def drain(self) -> list[bytes | None]:
+        """Every event queued (as :meth:`get` would give them), for a reader that takes
+        them as they come, from ``on_event``, and parks no task."""
+        events, self._events = self._events, None
+        self._overflowed = False
+        return list(events) if events else []
 
     @abc.abstractmethod
     async def close(self) -> None:

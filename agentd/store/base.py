@@ -37,6 +37,8 @@ class BaseStore(WatchStore, TurnStore, StateStore):
         self.tenant = ""
         self._root = self
         self._views: OrderedDict[str, BaseStore] = OrderedDict()
+        self._watched = {}  # the sessions watched here, one subscription each (.watch)
+        self._closing = set()
 
     def for_tenant(self, tenant: str) -> BaseStore:
         if tenant == self.tenant:

@@ -1,11 +1,25 @@
 """Session events, as every implementation does them: publishing, and watching live with
-a catch-up from history, so a watcher sees every message once, in order, with no gap."""
+a catch-up from history, so a watcher sees every message once, in order, with no gap.
+
+A worker watching one session many times (fifty WebSockets on one conversation) holds
+one subscription for it: :class:`_Session` receives the session's channel once, decodes
+each event once, and hands it to each of its watchers' queues. A watcher is a small
+object with no task and no async generator of its own: an idle one costs a slot in its
+session's set and a hundred-odd bytes. Each watcher keeps its own place (the last
+sequence number it saw), its own catch-up from history, and its own bounded queue: one
+that falls ``MAX_BACKLOG`` events behind drops the rest until it reads again and then
+catches up from history, so a slow reader never holds the others up. An event's
+messages are the same objects for every watcher of the session: read them, never change
+them.
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+import collections
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -13,92 +27,281 @@ import orjson
 from ..aio import end_if_cancelled
 from ..errors import StoreUnavailable
 from ..schema import validate_session_id
-from .api import Event, Subscription, Watch
+from .api import MAX_BACKLOG, Event, Subscription, Watch
 from .codec import decode_message, dumps, no_session
 from .sessions import SessionStore
 
 __all__ = ("WatchStore",)
+
+log = logging.getLogger(__name__)
 
 # A running watch's catch-up on an unreachable shard is tried again after this long,
 # doubling up to the maximum, until the shard answers or the watcher goes away.
 CATCH_UP_RETRY_S = 0.1
 CATCH_UP_RETRY_MAX_S = 1.0
 
+# A watcher's states: catching up from ``after`` on its first read, live, ended.
+_START, _LIVE, _ENDED = 0, 1, 2
 
-class _Cursor:
-    """Where a watch is: the last sequence number it gave (None: none yet, and no
-    ``after``), and whether its events stop at a wait for the channel (where
-    :meth:`_Watch.poll` may go on for them)."""
+# A worker's watched sessions: the unnamed tenant's by id, any other's by (tenant, id).
+Watched = dict["str | tuple[str, str]", "_Session"]
 
-    __slots__ = ("last", "parked", "sid")
 
-    def __init__(self, sid: str, last: int | None) -> None:
+class _Session:
+    """One session's subscription in this worker, shared by every watcher of it. Called
+    by the subscription when events come in (an object, not a bound method made per
+    session); one watcher is held as itself, more in a set (most sessions have one)."""
+
+    __slots__ = ("closing", "key", "opening", "sid", "store", "sub", "watchers")
+
+    def __init__(self, store: WatchStore, key: str | tuple[str, str], sid: str) -> None:
+        self.store = store
+        self.key = key
         self.sid = sid
-        self.last = last
-        self.parked = False
+        self.sub: Subscription | None = None
+        self.watchers: _Watcher | set[_Watcher] | None = None
+        self.closing: asyncio.Task[None] | None = None
+        # Subscribing runs in a task of its own: an opener cancelled meanwhile does not
+        # cancel it under the others waiting for it. Dropped once done.
+        self.opening: asyncio.Future[Subscription] | None = asyncio.ensure_future(
+            store._subscribe(sid)
+        )
+        self.opening.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Future[Subscription]) -> None:
+        watched = self.store._watched
+        if task.cancelled() or task.exception() is not None:
+            if watched.get(self.key) is self:
+                del watched[self.key]  # the next opener tries again
+            return
+        self.opening = None
+        self.sub = task.result()
+        self.sub.on_event = self
+        if self.watchers is None:  # every opener went away while subscribing
+            self._close()
+        elif self.sub.pending:
+            self()
+
+    def __call__(self) -> None:
+        """Events came in on the channel: decode each once, queue it for every watcher."""
+        assert self.sub is not None
+        for raw in self.sub.drain():
+            if raw is None:
+                doc = None
+            else:
+                try:
+                    doc = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    log.warning("session %s: an event that is not JSON; ignored", self.sid)
+                    continue
+            watchers = self.watchers
+            if isinstance(watchers, _Watcher):
+                watchers.push(doc)
+            elif watchers is not None:
+                for watcher in list(watchers):
+                    watcher.push(doc)
+
+    def count(self) -> int:
+        watchers = self.watchers
+        return 0 if watchers is None else 1 if isinstance(watchers, _Watcher) else len(watchers)
+
+    def join(self, watcher: _Watcher) -> None:
+        watchers = self.watchers
+        if watchers is None:
+            self.watchers = watcher
+        elif isinstance(watchers, _Watcher):
+            self.watchers = {watchers, watcher}
+        else:
+            watchers.add(watcher)
+
+    def leave(self, watcher: _Watcher) -> asyncio.Task[None] | None:
+        """Forget ``watcher``; the last one to leave ends the subscription (its task)."""
+        watchers = self.watchers
+        if watchers is watcher:
+            self.watchers = None
+        elif isinstance(watchers, set):
+            watchers.discard(watcher)
+            if len(watchers) == 1:
+                self.watchers = next(iter(watchers))
+        if self.watchers is not None or self.sub is None:
+            return self.closing  # still subscribing: _opened closes it if nobody is left
+        return self._close()
+
+    def _close(self) -> asyncio.Task[None]:
+        watched = self.store._watched
+        if watched.get(self.key) is self:
+            del watched[self.key]
+        if self.closing is None:
+            assert self.sub is not None
+            self.sub.on_event = None
+            self.closing = asyncio.ensure_future(self.sub.close())
+            self.store._closing.add(self.closing)
+            self.closing.add_done_callback(self.store._closing.discard)
+        return self.closing
 
 
-class _Watch(Watch):
-    """A watch's events, and its subscription: closing it ends the subscription even if
-    the events were never read (closing an async generator that never started runs none
-    of its code, its ``finally`` included)."""
+class _Watcher(Watch):
+    """One reader's place in a session's events (see the module's docstring)."""
 
-    __slots__ = ("_cursor", "_events", "_sub")
+    __slots__ = ("_after", "_callback", "_last", "_overflowed", "_parked", "_queue",
+                 "_session", "_state", "_waiter")  # fmt: skip
 
-    def __init__(
-        self, events: AsyncGenerator[Event | None], sub: Subscription, cursor: _Cursor
-    ) -> None:
-        self._events = events
-        self._sub = sub
-        self._cursor = cursor
+    def __init__(self, session: _Session, after: int | None) -> None:
+        self._session = session
+        self._after = after
+        self._last = after
+        self._state = _START
+        # Decoded events not read yet (None: events may be lost, catch up); made when needed.
+        self._queue: collections.deque[dict[str, Any] | None] | None = None
+        self._overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._callback: Callable[[], None] | None = None
+        # Whether next_ready stopped at an empty queue (where poll may go on for it).
+        self._parked = False
+
+    def push(self, doc: dict[str, Any] | None) -> None:
+        if self._state == _ENDED:
+            return
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = collections.deque()
+        elif len(queue) >= MAX_BACKLOG or self._overflowed:
+            # Too far behind: drop events until the reader reaches this mark, then it
+            # catches up from history (the Subscription rule, per watcher).
+            if self._overflowed:
+                return
+            self._overflowed = True
+            doc = None
+        queue.append(doc)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._callback is not None:
+            self._callback()
 
     def notify(self, callback: Callable[[], None] | None) -> None:
-        self._sub.on_event = callback
+        self._callback = callback
+
+    async def next_ready(self) -> Event | None:
+        try:
+            return await self._next_ready()
+        except BaseException:
+            # As an async generator would: an error out of it ends the watch.
+            await self._end()
+            raise
+
+    async def _next_ready(self) -> Event | None:
+        self._parked = False
+        sid = self._session.sid
+        store = self._session.store
+        if self._state == _START:
+            self._state = _LIVE
+            if self._after is not None:
+                caught_up = await store._catch_up(sid, self._after)
+                if caught_up is not None:
+                    self._last = caught_up[-1]["seq"]
+                    return Event(sid, "messages", tuple(caught_up))
+        while True:
+            if self._state == _ENDED:
+                raise StopAsyncIteration
+            # A cancel dropped while catching up (see end_if_cancelled) must not leave
+            # the watcher waiting for events forever.
+            end_if_cancelled()
+            queue = self._queue
+            if not queue:
+                self._parked = True
+                return None
+            doc = queue.popleft()
+            if not queue:
+                self._queue = None  # an idle watcher holds no buffer
+            last = self._last
+            if doc is None:  # re-subscribed, or too far behind: events may be lost
+                self._overflowed = False
+                if last is not None:
+                    missed = await store._catch_up_again(sid, last)
+                    if missed is not None:
+                        self._last = missed[-1]["seq"]
+                        return Event(sid, "messages", tuple(missed))
+                continue
+            kind = doc.get("kind")
+            if kind != "messages":
+                if kind == "deleted":
+                    await self._end()
+                return Event(sid, kind, data=doc.get("data"))
+            messages = doc["messages"]
+            if last is not None and messages[0]["seq"] > last + 1:
+                # A gap: fill it (and more) from history.
+                messages = await store._catch_up_again(sid, last) or []
+            elif last is not None:
+                messages = [m for m in messages if m["seq"] > last]
+            if messages:
+                self._last = messages[-1]["seq"]
+                return Event(sid, "messages", tuple(messages))
 
     def poll(self) -> tuple[list[Event], bool]:
-        # What the events' generator does for a channel's message event with no gap,
-        # without resuming it (no task, no await): the common case of a live watch.
-        cursor, sub = self._cursor, self._sub
-        if not cursor.parked:
+        # What next_ready does for queued message events with no gap, without a
+        # coroutine: the common case of a live watch (a turn's messages).
+        if not self._parked:
             return [], True
         events: list[Event] = []
-        while (raw := sub.peek()) is not None:
-            doc = orjson.loads(raw)
-            if doc.get("kind") != "messages":
-                return events, True
+        queue = self._queue
+        while queue:
+            doc = queue[0]
+            if doc is None or doc.get("kind") != "messages":
+                return events, True  # history to read, or an event the task handles
             messages = doc["messages"]
-            last = cursor.last
+            last = self._last
             if last is not None:
                 if messages[0]["seq"] > last + 1:
                     return events, True  # a gap: history to read
                 messages = [m for m in messages if m["seq"] > last]
-            sub.drop()
+            queue.popleft()
             if messages:
-                cursor.last = messages[-1]["seq"]
-                events.append(Event(cursor.sid, "messages", tuple(messages)))
-        return events, sub.pending  # a reset left: the generator catches up
-
-    async def next_ready(self) -> Event | None:
-        return await self._events.asend(None)
+                self._last = messages[-1]["seq"]
+                events.append(Event(self._session.sid, "messages", tuple(messages)))
+        self._queue = None  # an idle watcher holds no buffer
+        return events, False
 
     async def asend(self, value: None) -> Event:
-        while (event := await self._events.asend(value)) is None:
-            pass  # where a reader of next_ready stops
+        while (event := await self.next_ready()) is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            except BaseException:
+                await self._end()
+                raise
+            finally:
+                self._waiter = None
         return event
 
     async def athrow(self, *args: Any) -> Event:
-        event = await self._events.athrow(*args)
-        return event if event is not None else await self.asend(None)
+        await self._end()
+        exc = args[0] if len(args) == 1 or args[1] is None else args[1]
+        if isinstance(exc, type):
+            exc = exc()
+        raise exc
 
     async def aclose(self) -> None:
-        try:
-            await self._events.aclose()
-        finally:
-            await self._sub.close()  # a second close does nothing
+        await self._end()
+
+    async def _end(self) -> None:
+        """Leave the session's subscription (a second call does nothing)."""
+        if self._state == _ENDED:
+            return
+        self._state = _ENDED
+        self._queue = None
+        self._callback = None
+        closing = self._session.leave(self)
+        if closing is not None:
+            # Shielded: a reader cancelled while it closes still ends the subscription.
+            await asyncio.shield(closing)
 
 
 class WatchStore(SessionStore):
     """:class:`Store`'s events over a subscription primitive and the session's history."""
+
+    # Shared by the tenants' views (shallow copies of the root store); made in __init__.
+    _watched: Watched
+    _closing: set[asyncio.Task[None]]
 
     async def publish(self, session_id: str, kind: str, data: Mapping[str, Any]) -> None:
         sid = validate_session_id(session_id)
@@ -114,61 +317,25 @@ class WatchStore(SessionStore):
 
     async def open_watch(self, session_id: str, after: int | None = None) -> Watch:
         sid = validate_session_id(session_id)
-        # Subscribe before reading history, so nothing falls between the two.
-        sub = await self._subscribe(sid)
-        cursor = _Cursor(sid, after)
-        return _Watch(self._follow(sid, sub, cursor), sub, cursor)
-
-    async def _follow(
-        self, sid: str, sub: Subscription, cursor: _Cursor
-    ) -> AsyncGenerator[Event | None]:
-        """The events; a None before each wait for the channel (see Watch.next_ready).
-        ``cursor.last`` is the last sequence number given, here or by ``_Watch.poll``."""
+        key = (self.tenant, sid) if self.tenant else sid
+        session = self._watched.get(key)
+        if session is None:
+            session = self._watched[key] = _Session(self, key, sid)
+        # Joined before reading history (on the first read), so nothing falls between.
+        watcher = _Watcher(session, after)
+        session.join(watcher)
         try:
-            after = cursor.last
-            if after is not None:
-                caught_up = await self._catch_up(sid, after)
-                if caught_up is not None:
-                    cursor.last = caught_up[-1]["seq"]
-                    yield Event(sid, "messages", tuple(caught_up))
-            while True:
-                # A cancel dropped while catching up (see end_if_cancelled) must not
-                # leave the watcher waiting for events forever.
-                end_if_cancelled()
-                if not sub.pending:
-                    cursor.parked = True
-                    try:
-                        yield None
-                    finally:
-                        cursor.parked = False
-                raw = await sub.get()
-                last = cursor.last
-                if raw is None:  # the subscription was re-established: events may be lost
-                    if last is not None:
-                        missed = await self._catch_up_again(sid, last)
-                        if missed is not None:
-                            cursor.last = missed[-1]["seq"]
-                            yield Event(sid, "messages", tuple(missed))
-                    continue
-                doc = orjson.loads(raw)
-                kind = doc.get("kind")
-                if kind != "messages":
-                    yield Event(sid, kind, data=doc.get("data"))
-                    if kind == "deleted":
-                        return
-                    continue
-                messages = doc["messages"]
-                if last is not None and messages[0]["seq"] > last + 1:
-                    # A gap: fill it (and more) from history.
-                    missed = await self._catch_up_again(sid, last)
-                    messages = missed or []
-                elif last is not None:
-                    messages = [m for m in messages if m["seq"] > last]
-                if messages:
-                    cursor.last = messages[-1]["seq"]
-                    yield Event(sid, "messages", tuple(messages))
-        finally:
-            await sub.close()
+            if session.opening is not None:
+                await asyncio.shield(session.opening)
+        except BaseException:
+            await watcher._end()
+            raise
+        return watcher
+
+    def watch_counts(self) -> tuple[int, int]:
+        """This worker's session subscriptions and their watchers (every tenant's)."""
+        sessions = [s for s in self._watched.values() if s.sub is not None]
+        return len(sessions), sum(s.count() for s in sessions)
 
     async def _catch_up_again(self, sid: str, after: int) -> list[dict[str, Any]] | None:
         """:meth:`_catch_up` for a watch already running: a shard that is unreachable

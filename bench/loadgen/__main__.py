@@ -128,7 +128,9 @@ def run(spec: Spec, stdin_release: bool = True) -> dict[str, Any]:
         pipes.append(receiver)
         procs.append(proc)
     try:
-        barrier.wait(timeout=BARRIER_LIMIT + spec.warmup)
+        # Opening tens of thousands of idle connections may take minutes on a busy machine.
+        barrier.wait(timeout=max(spec.hold, BARRIER_LIMIT) if spec.mode == "ws-idle"
+                     else BARRIER_LIMIT + spec.warmup)  # fmt: skip
     except threading.BrokenBarrierError:
         fatal = [p.recv()["fatal"] for p in pipes if p.poll(5)]
         raise SystemExit(f"load generator failed before measuring: {fatal}") from None

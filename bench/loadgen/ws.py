@@ -19,6 +19,8 @@ from .common import Recorder, Spec, share
 __all__ = ("run_ws_idle", "run_ws_turns")
 
 CONNECT_CONCURRENCY = 200
+# Tries per idle connection: one refused (an error frame, a reset) is opened again.
+OPEN_ATTEMPTS = 3
 
 
 def _session(source: str) -> aiohttp.ClientSession:
@@ -114,19 +116,31 @@ async def run_ws_idle(
     source = spec.sources[index % len(spec.sources)]
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     sockets: list[aiohttp.ClientWebSocketResponse] = []
+    readers: list[asyncio.Task[None]] = []
+    loop = asyncio.get_running_loop()
 
     async def open_one() -> None:
-        async with gate:
-            started = time.perf_counter()
-            try:
-                ws = await session.ws_connect(_url(spec), max_msg_size=0, heartbeat=None)
-                await _hello(ws)
-            except (OSError, aiohttp.ClientError, ConnectionError, ValueError) as exc:
-                rec.error(type(exc).__name__)
+        for attempt in range(OPEN_ATTEMPTS):
+            if attempt:  # a server (or its Redis) briefly overwhelmed: back off, then again
+                await asyncio.sleep(0.5 * attempt)
+            async with gate:
+                started = time.perf_counter()
+                ws = None
+                try:
+                    ws = await session.ws_connect(_url(spec), max_msg_size=0, heartbeat=None)
+                    await _hello(ws)
+                except (OSError, aiohttp.ClientError, ConnectionError, ValueError) as exc:
+                    rec.error(type(exc).__name__)  # every failed attempt counts
+                    if ws is not None:
+                        await ws.close()
+                    continue
+                end = time.perf_counter()
+                rec.ok(end - started, end)
+                sockets.append(ws)
+                # Read from now on: the server's pings need answers while the others open
+                # (opening tens of thousands can outlast its heartbeat).
+                readers.append(loop.create_task(drain(ws)))
                 return
-            end = time.perf_counter()
-            rec.ok(end - started, end)
-            sockets.append(ws)
 
     async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         # Reading answers the server's pings while the connection idles.
@@ -134,13 +148,12 @@ async def run_ws_idle(
             async for _ in ws:
                 pass
 
-    loop = asyncio.get_running_loop()
     async with _session(source) as session:
         rec.begin()
         await asyncio.gather(*(open_one() for _ in range(count)))
         rec.finish()
-        readers = [loop.create_task(drain(ws)) for ws in sockets]
-        await loop.run_in_executor(None, opened, len(sockets))
+        # Those still open (not dropped by the server meanwhile).
+        await loop.run_in_executor(None, opened, sum(1 for ws in sockets if not ws.closed))
         await loop.run_in_executor(None, release)
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         for task in readers:

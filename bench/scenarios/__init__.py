@@ -18,6 +18,7 @@ from .soak import SOAK
 from .store import STORE_OPS
 from .tools import TOOL_LOOP
 from .ws import WS_IDLE, WS_TURNS
+from .ws_capacity import WS_CAPACITY
 
 __all__ = ("CEILING", "SCENARIOS", "Scenario")
 
@@ -33,6 +34,7 @@ SCENARIOS: dict[str, Scenario] = {
         HTTP_STREAM,
         WS_TURNS,
         WS_IDLE,
+        WS_CAPACITY,
         WORKERS_SCALING,
         OPEN_LOOP,
         ADDED_LATENCY,
