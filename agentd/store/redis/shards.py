@@ -48,6 +48,7 @@ from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
 from .asking import keep_asking_on_its_connection
+from .idle import POOL_OPTIONS
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .quick import Orphan, QuickCalls, quick_calls
@@ -81,13 +82,15 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _client_options(config: RedisConfig) -> dict[str, Any]:
-    # No retries inside redis-py: a dead shard must fail fast; callers see 503.
+    # No retries inside redis-py: a dead shard must fail fast; callers see 503. A
+    # connection the server closed while idle is not used (see idle.py).
     return {
         "max_connections": config.pool_size,
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": config.timeout,
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
+        **POOL_OPTIONS,
     }
 
 

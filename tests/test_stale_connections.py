@@ -1,0 +1,164 @@
+"""Connections a Redis server closed while they were idle (its ``timeout``, ``CLIENT KILL``,
+a restart) cost no call an error, on the topologies that keep redis-py's command path: a
+Sentinel group and a Redis Cluster (docs/operations.md, "Connections the server closed").
+And a server that really died still fails its calls with the stable 503, until it is back.
+
+Real servers: one Sentinel group (a master, a replica, three sentinels) and a 3-master
+cluster; the store's own connections are found in ``CLIENT LIST`` by their local ports, and
+the test waits until the server has closed every one of them before it calls again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from agentd.config import from_dict
+from agentd.errors import StoreUnavailable
+from agentd.store import Store, open_store
+
+from .procs import RedisClusterProcs, RedisServer
+from .replication import ReplicaGroup, Sentinels
+from .store_helpers import collect_messages
+from .waiting import wait_until
+
+REDIS_TIMEOUT_S = 2.0
+# Calls made after the kill: more than the connections each pool had open.
+CALLS = 24
+
+
+@dataclass
+class Topology:
+    """A store's servers: the masters it talks to, and its config."""
+
+    name: str
+    config: dict[str, Any]
+    masters: list[RedisServer]
+
+
+@pytest.fixture(scope="module")
+def _sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    workdir = tmp_path_factory.mktemp("stale-sentinel")
+    group = ReplicaGroup(workdir, "stale")
+    sentinels = None
+    try:
+        sentinels = Sentinels(workdir, [group])
+        redis = {"urls": [sentinels.url(group)], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+        yield Topology("sentinel", redis, [group.servers[0]])
+    finally:
+        if sentinels is not None:
+            sentinels.close()
+        group.close()
+
+
+@pytest.fixture(params=["sharded", "sentinel", "cluster"])
+def topology(request: pytest.FixtureRequest) -> Topology:
+    if request.param == "sentinel":
+        topo: Topology = request.getfixturevalue("_sentinel_group")
+        return topo
+    if request.param == "sharded":
+        shards: list[RedisServer] = request.getfixturevalue("redis_shards")
+        redis = {"urls": [s.url for s in shards], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+        return Topology("sharded", redis, shards)
+    cluster: RedisClusterProcs = request.getfixturevalue("redis_cluster")
+    redis = {"urls": cluster.urls, "cluster": True, "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+    return Topology("cluster", redis, list(cluster.nodes))
+
+
+@pytest.fixture
+async def store(topology: Topology) -> AsyncIterator[Store]:
+    instance = open_store(from_dict({"redis": topology.config}))
+    await instance.start()
+    yield instance
+    await instance.close()
+
+
+def _local_ports(store: Store) -> set[int]:
+    """The local ports of every open connection of the store's pools (not pub/sub)."""
+    ports: set[int] = set()
+    for shards in (store.shards, store.waits):  # type: ignore[attr-defined]
+        conns: list[Any] = []
+        if shards.cluster is not None:
+            for node in shards.cluster.get_nodes():
+                conns += node._connections
+        for client in shards.clients:
+            pool = client.connection_pool
+            conns += [*pool._available_connections, *pool._in_use_connections]
+        for conn in conns:
+            writer = getattr(conn, "_writer", None)
+            if writer is not None:
+                ports.add(writer.get_extra_info("sockname")[1])
+    return ports
+
+
+async def _clients_on(masters: list[RedisServer]) -> set[int]:
+    """The client ports every master lists in CLIENT LIST (its live connections)."""
+    ports: set[int] = set()
+    for server in masters:
+        async with aioredis.Redis(port=server.port) as probe:
+            for client in await probe.client_list():
+                ports.add(int(client["addr"].rsplit(":", 1)[1]))
+    return ports
+
+
+async def _kill_idle(masters: list[RedisServer], how: str) -> None:
+    """Close the servers' connections to their normal clients, as ``how`` says."""
+    for server in masters:
+        async with aioredis.Redis(port=server.port) as probe:
+            if how == "kill":
+                await probe.client_kill_filter(_type="normal", skipme=True)
+            else:
+                await probe.config_set("timeout", 1)
+
+
+async def _reset(masters: list[RedisServer]) -> None:
+    for server in masters:
+        with contextlib.suppress(Exception):
+            async with aioredis.Redis(port=server.port) as probe:
+                await probe.config_set("timeout", 0)
+
+
+async def _calls(store: Store, sid: str) -> list[Any]:
+    """Calls made at once, of each kind: scripts, redis-py's commands, a blocking read of
+    the job queue (each pool then has several connections open)."""
+    return await asyncio.gather(
+        *(store.get_session(sid) for _ in range(CALLS)),
+        *(store.state_get("ns", "doc") for _ in range(CALLS)),
+        store.jobs.take("p", 0, "c1", 1, 0.05),
+        return_exceptions=True,
+    )
+
+
+@pytest.mark.parametrize("how", ["kill", "timeout"])
+async def test_no_call_fails_after_the_server_closed_idle_connections(
+    topology: Topology, store: Store, how: str
+) -> None:
+    sid = (await store.create_session()).id
+    await store.state_put("ns", "doc", {"n": 1})
+    assert not [r for r in await _calls(store, sid) if isinstance(r, BaseException)]
+    opened = _local_ports(store)
+    assert len(opened) >= 2, opened
+    try:
+        await _kill_idle(topology.masters, how)
+
+        async def all_closed() -> bool:
+            return not opened & await _clients_on(topology.masters)
+
+        await wait_until(all_closed, 30, "the servers to close the store's connections")
+    finally:
+        await _reset(topology.masters)
+    # At once (every stale connection of a pool taken), then one after another.
+    failed = [r for r in await _calls(store, sid) if isinstance(r, BaseException)]
+    for _ in range(CALLS):
+        try:
+            await store.append(sid, [{"role": "user", "content": "after"}])
+        except StoreUnavailable as exc:
+            failed.append(exc)
+    assert failed == []
