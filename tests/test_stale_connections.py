@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.store import Store, open_store
+from agentd.store import keys as K
 
 from .procs import RedisClusterProcs, RedisServer
 from .replication import ReplicaGroup, Sentinels
@@ -49,7 +50,8 @@ def _sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topolo
     group = ReplicaGroup(workdir, "stale")
     sentinels = None
     try:
-        sentinels = Sentinels(workdir, [group])
+        # Slow to fail over: a master killed below must come back as itself.
+        sentinels = Sentinels(workdir, [group], down_after_ms=60_000, failover_timeout_ms=120_000)
         redis = {"urls": [sentinels.url(group)], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
         yield Topology("sentinel", redis, [group.servers[0]])
     finally:
@@ -162,3 +164,89 @@ async def test_no_call_fails_after_the_server_closed_idle_connections(
         except StoreUnavailable as exc:
             failed.append(exc)
     assert failed == []
+
+
+def _pubsub_ports(store: Store) -> set[int]:
+    """The local ports of the store's pub/sub connections (one per server watched)."""
+    ports = set()
+    for endpoint in store.hub._endpoints.values():  # type: ignore[attr-defined]
+        pubsub = endpoint._pubsub
+        conn = None if pubsub is None else pubsub.connection
+        if conn is not None and conn._writer is not None:
+            ports.add(conn._writer.get_extra_info("sockname")[1])
+    return ports
+
+
+async def test_a_watch_goes_on_after_the_server_killed_its_connection(
+    topology: Topology, store: Store
+) -> None:
+    """The watch's connection is not idle (it waits for messages): when the server kills
+    it, the watch subscribes again and reads what it missed from history."""
+    sid = (await store.create_session()).id
+    async with aclosing(await store.open_watch(sid, after=0)) as events:
+        first = await store.append(sid, [{"role": "user", "content": "before"}])
+        assert await collect_messages(events, sid, first[-1]["seq"]) == first
+        watching = _pubsub_ports(store)
+        assert watching
+        for server in topology.masters:
+            async with aioredis.Redis(port=server.port) as probe:
+                await probe.client_kill_filter(_type="pubsub", skipme=True)
+
+        async def all_closed() -> bool:
+            return not watching & await _clients_on(topology.masters)
+
+        await wait_until(all_closed, 30, "the servers to close the watch's connection")
+        second = await store.append(sid, [{"role": "user", "content": "after"}])
+        async with asyncio.timeout(30):
+            got = await collect_messages(events, sid, second[-1]["seq"])
+        assert got[-1] == second[-1]
+
+
+@pytest.mark.parametrize("kind", ["sentinel", "cluster"])
+async def test_a_server_that_died_fails_calls_with_503_until_it_is_back(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The hostile case: the server is gone for real (kill -9), so its calls fail, with
+    the stable code; when it is back (same address, empty), calls succeed again, and none
+    fails on a connection the dead server left behind."""
+    cluster: RedisClusterProcs | None = None
+    if kind == "sentinel":
+        topo: Topology = request.getfixturevalue("_sentinel_group")
+        server, config = topo.masters[0], topo.config
+    else:
+        # Its own cluster: a node of the shared one is not killed.
+        cluster = RedisClusterProcs(tmp_path / "cluster")
+        server = cluster.master_of_key(K.state_key("ns/doc"))
+        config = {"urls": cluster.urls, "cluster": True, "timeout": REDIS_TIMEOUT_S,
+                  "down_retry": 0.2}  # fmt: skip
+    store = open_store(from_dict({"redis": config}))
+    await store.start()
+    try:
+        await store.state_put("ns", "doc", {"n": 1})
+        await asyncio.gather(*(store.state_get("ns", "doc") for _ in range(8)))
+        server.proc.kill()
+        server.proc.wait()
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable) as failed:
+                await store.state_get("ns", "doc")
+            assert (failed.value.status, failed.value.code) == (503, "store_unavailable")
+        server.start()
+
+        async def back() -> bool:
+            try:
+                await store.state_put("ns", "doc", {"n": 2})
+            except StoreUnavailable:
+                return False
+            return True
+
+        await wait_until(back, 60, "the store to answer again")
+        results = await asyncio.gather(
+            *(store.state_get("ns", "doc") for _ in range(CALLS)), return_exceptions=True
+        )
+        assert [r for r in results if isinstance(r, BaseException)] == []
+    finally:
+        await store.close()
+        if server.proc.poll() is not None:
+            server.start()
+        if cluster is not None:
+            cluster.close()
