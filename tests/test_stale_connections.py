@@ -250,3 +250,43 @@ async def test_a_server_that_died_fails_calls_with_503_until_it_is_back(
             server.start()
         if cluster is not None:
             cluster.close()
+
+
+async def _blocked_readers(masters: list[RedisServer]) -> set[int]:
+    """The ids of the clients blocked in a command (a job read's XREADGROUP BLOCK)."""
+    ids: set[int] = set()
+    for server in masters:
+        async with aioredis.Redis(port=server.port) as probe:
+            ids |= {int(c["id"]) for c in await probe.client_list() if "b" in c["flags"]}
+    return ids
+
+
+async def test_a_job_read_whose_connection_is_killed_while_blocked_reads_again(
+    topology: Topology,
+) -> None:
+    """A blocked read's connection is not idle: the server's timeout spares it, but CLIENT
+    KILL does not. The read is sent again on another connection (no 503, no pause of the
+    job reader), and a job queued then is delivered to it."""
+    # A long block: the job below is queued while the second read waits.
+    config = {**topology.config, "timeout": 20.0}
+    store = open_store(from_dict({"redis": config}))
+    await store.start()
+    try:
+        await store.jobs.take("p", 0, "c1", 1, 0.05)  # the group exists
+        take = asyncio.ensure_future(store.jobs.take("p", 0, "c1", 1, 15.0))
+        first = await wait_until(lambda: _blocked_readers(topology.masters), 30, "a blocked read")
+        for server in topology.masters:
+            async with aioredis.Redis(port=server.port) as probe:
+                await probe.client_kill_filter(_type="normal", skipme=True)
+
+        async def read_again() -> bool:
+            # Or the read ended (it failed: awaiting it below says how).
+            return take.done() or bool(await _blocked_readers(topology.masters) - first)
+
+        await wait_until(read_again, 30, "the read to be sent again")
+        assert await store.jobs.enqueue("p", 0, "job-1", 100)
+        async with asyncio.timeout(30):
+            taken = await take
+        assert [d.job_id for d in taken] == ["job-1"]
+    finally:
+        await store.close()

@@ -18,7 +18,7 @@ from .. import scripts as L
 from ..api import DEAD_MAXLEN, Delivery, Queue, QueueDepth
 from ..codec import ms
 from .renewals import Renewals
-from .shards import Shards
+from .shards import Shards, refused
 
 __all__ = ("RedisQueue",)
 
@@ -67,6 +67,18 @@ class RedisQueue(Queue):
         block = ms(min(block_s, self.shards.config.timeout * 0.8))
 
         async def read(client: Any) -> Any:
+            try:
+                return await client.xreadgroup(
+                    K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
+                )
+            except rexc.ConnectionError as exc:
+                if refused(exc):
+                    raise  # nothing listens there: the shard is down
+            # The connection broke during the wait (the server's idle timeout spares a
+            # blocked reader, but CLIENT KILL does not): read again, on another one. Safe:
+            # what a lost reply delivered stays pending to this consumer, and a reclaim
+            # hands it out after the lease, as after any lost reply. Once only: a server
+            # that died refuses the next connection, and the shard's 503 follows.
             return await client.xreadgroup(
                 K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
             )

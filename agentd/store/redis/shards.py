@@ -55,7 +55,7 @@ from .quick import Orphan, QuickCalls, quick_calls
 from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup, open_server
 
-__all__ = ("UNAVAILABLE_ERRORS", "Shards")
+__all__ = ("UNAVAILABLE_ERRORS", "Shards", "refused")
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _full(server: str) -> StoreFull:
     return StoreFull(f"{server} is full (maxmemory): it refuses writes", retry_after=1)
 
 
-def _refused(exc: BaseException) -> bool:
+def refused(exc: BaseException) -> bool:
     """Whether redis-py's connection error is a refused connect (nothing was sent)."""
     return isinstance(exc.__context__ or exc.__cause__, ConnectionRefusedError)
 
@@ -460,7 +460,7 @@ class Shards:
                 # A refused connection sent nothing: safe to try again, and redis-py
                 # reads the slot map again first. A slot map read before a promotion
                 # sends the first call to the dead master; the retry finds the new one.
-                if _refused(exc) and time.monotonic() + delay < deadline:
+                if refused(exc) and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
