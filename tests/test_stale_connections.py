@@ -1,11 +1,14 @@
 """Connections a Redis server closed while they were idle (its ``timeout``, ``CLIENT KILL``,
-a restart) cost no call an error, on the topologies that keep redis-py's command path: a
-Sentinel group and a Redis Cluster (docs/operations.md, "Connections the server closed").
-And a server that really died still fails its calls with the stable 503, until it is back.
+a restart) cost no call an error: on plain shards (whose calls other than scripts keep
+redis-py's command path), a Sentinel group and a Redis Cluster (docs/operations.md,
+"Connections the server closed"). A watch and a blocked job read whose connection is
+killed go on. A server that really died still fails its calls with the stable 503, until
+it is back.
 
-Real servers: one Sentinel group (a master, a replica, three sentinels) and a 3-master
-cluster; the store's own connections are found in ``CLIENT LIST`` by their local ports, and
-the test waits until the server has closed every one of them before it calls again."""
+Real servers: three plain shards, one Sentinel group (a master, a replica, three
+sentinels) and a 3-master cluster; the store's own connections are found in ``CLIENT
+LIST`` by their local ports, and the test waits until the server has closed every one of
+them before it calls again."""
 
 from __future__ import annotations
 
