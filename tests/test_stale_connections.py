@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,11 @@ class Topology:
     name: str
     config: dict[str, Any]
     masters: list[RedisServer]
+    sentinels: list[int] = field(default_factory=list)  # their ports
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.port for s in self.masters]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +61,7 @@ def _sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topolo
         # Slow to fail over: a master killed below must come back as itself.
         sentinels = Sentinels(workdir, [group], down_after_ms=60_000, failover_timeout_ms=120_000)
         redis = {"urls": [sentinels.url(group)], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
-        yield Topology("sentinel", redis, [group.servers[0]])
+        yield Topology("sentinel", redis, [group.servers[0]], sentinels.ports)
     finally:
         if sentinels is not None:
             sentinels.close()
@@ -103,20 +108,20 @@ def _local_ports(store: Store) -> set[int]:
     return ports
 
 
-async def _clients_on(masters: list[RedisServer]) -> set[int]:
-    """The client ports every master lists in CLIENT LIST (its live connections)."""
+async def _clients_on(servers: list[int]) -> set[int]:
+    """The client ports the servers on ``servers`` list in CLIENT LIST (live connections)."""
     ports: set[int] = set()
-    for server in masters:
-        async with aioredis.Redis(port=server.port) as probe:
+    for port in servers:
+        async with aioredis.Redis(port=port) as probe:
             for client in await probe.client_list():
                 ports.add(int(client["addr"].rsplit(":", 1)[1]))
     return ports
 
 
-async def _kill_idle(masters: list[RedisServer], how: str) -> None:
+async def _kill_idle(servers: list[int], how: str) -> None:
     """Close the servers' connections to their normal clients, as ``how`` says."""
-    for server in masters:
-        async with aioredis.Redis(port=server.port) as probe:
+    for port in servers:
+        async with aioredis.Redis(port=port) as probe:
             if how == "kill":
                 await probe.client_kill_filter(_type="normal", skipme=True)
             else:
@@ -151,10 +156,10 @@ async def test_no_call_fails_after_the_server_closed_idle_connections(
     opened = _local_ports(store)
     assert len(opened) >= 2, opened
     try:
-        await _kill_idle(topology.masters, how)
+        await _kill_idle(topology.ports, how)
 
         async def all_closed() -> bool:
-            return not opened & await _clients_on(topology.masters)
+            return not opened & await _clients_on(topology.ports)
 
         await wait_until(all_closed, 30, "the servers to close the store's connections")
     finally:
@@ -196,7 +201,7 @@ async def test_a_watch_goes_on_after_the_server_killed_its_connection(
                 await probe.client_kill_filter(_type="pubsub", skipme=True)
 
         async def all_closed() -> bool:
-            return not watching & await _clients_on(topology.masters)
+            return not watching & await _clients_on(topology.ports)
 
         await wait_until(all_closed, 30, "the servers to close the watch's connection")
         second = await store.append(sid, [{"role": "user", "content": "after"}])
@@ -291,5 +296,44 @@ async def test_a_job_read_whose_connection_is_killed_while_blocked_reads_again(
         async with asyncio.timeout(30):
             taken = await take
         assert [d.job_id for d in taken] == ["job-1"]
+    finally:
+        await store.close()
+
+
+async def test_a_master_is_found_after_the_sentinels_closed_their_connections(
+    _sentinel_group: Topology,
+) -> None:
+    """A new connection to a group's master asks the sentinels where it is, over idle
+    connections of their own: the sentinels closing those (a restart, their ``timeout``)
+    must not fail it."""
+    topo = _sentinel_group
+    store = open_store(from_dict({"redis": topo.config}))
+    await store.start()
+    try:
+        sid = (await store.create_session()).id
+        await store.state_put("ns", "doc", {"n": 1})
+        await _calls(store, sid)
+        group = store.shards.groups[0]  # type: ignore[attr-defined]
+        # Each sentinel asked once (a worker asks the next one when one fails): every
+        # sentinel holds an idle connection of the worker's.
+        for sentinel in group.sentinel.sentinels:
+            await sentinel.ping()
+        asking: set[int] = set()
+        for sentinel in group.sentinel.sentinels:
+            for conn in sentinel.connection_pool._available_connections:
+                if conn._writer is not None:
+                    asking.add(conn._writer.get_extra_info("sockname")[1])
+        assert asking
+        opened = _local_ports(store)
+        # The master's too: the next call then needs a new connection, found by asking.
+        servers = [*topo.ports, *topo.sentinels]
+        await _kill_idle(servers, "kill")
+
+        async def all_closed() -> bool:
+            return not (opened | asking) & await _clients_on(servers)
+
+        await wait_until(all_closed, 30, "the servers to close the store's connections")
+        failed = [r for r in await _calls(store, sid) if isinstance(r, BaseException)]
+        assert failed == []
     finally:
         await store.close()
