@@ -337,3 +337,58 @@ async def test_a_master_is_found_after_the_sentinels_closed_their_connections(
         assert failed == []
     finally:
         await store.close()
+
+
+async def test_reads_from_a_replica_go_on_after_it_closed_idle_connections(
+    tmp_path: Path,
+) -> None:
+    """``redis.replica_reads``: a replica closing the worker's idle connections does not
+    make a read fall back to the master (nor the replica be left unread until a check)."""
+    group = ReplicaGroup(tmp_path, "replicated")
+    store = open_store(
+        from_dict(
+            {
+                "redis": {
+                    "urls": [group.servers[0].url],
+                    "timeout": REDIS_TIMEOUT_S,
+                    "replica_reads": ["state"],
+                    # Checked every 7.5 s: no check finds the replica stale meanwhile.
+                    "replica_max_lag": 30.0,
+                }
+            }
+        )
+    )
+    await store.start()
+    try:
+        replicas = store.shards.replicas  # type: ignore[attr-defined]
+        await store.state_put("ns", "doc", {"n": 1})
+        replica_port = group.servers[1].port
+
+        async def replicated() -> bool:
+            async with aioredis.Redis(port=replica_port) as probe:
+                return bool(await probe.exists(K.state_key("ns/doc")))
+
+        await wait_until(replicated, 30, "the document on the replica")
+        await wait_until(lambda: replicas.pick("0") is not None, 30, "a fresh replica")
+        reads = await asyncio.gather(*(store.state_get("ns", "doc") for _ in range(CALLS)))
+        assert [r.value for r in reads] == [{"n": 1}] * CALLS
+        assert (replicas.served, replicas.fell_back) == (CALLS, 0)
+        replica = replicas.pick("0")
+        opened = {
+            c._writer.get_extra_info("sockname")[1]
+            for c in replica.client.connection_pool._available_connections
+            if c._writer is not None
+        }
+        assert opened
+        await _kill_idle([replica_port], "kill")
+
+        async def all_closed() -> bool:
+            return not opened & await _clients_on([replica_port])
+
+        await wait_until(all_closed, 30, "the replica to close the store's connections")
+        reads = await asyncio.gather(*(store.state_get("ns", "doc") for _ in range(CALLS)))
+        assert [r.value for r in reads] == [{"n": 1}] * CALLS
+        assert (replicas.served, replicas.fell_back) == (2 * CALLS, 0)
+    finally:
+        await store.close()
+        group.close()
