@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from agentd.config import from_dict
@@ -31,7 +32,7 @@ from agentd.store import keys as K
 from .procs import RedisClusterProcs, RedisServer
 from .replication import ReplicaGroup, Sentinels
 from .store_helpers import collect_messages
-from .waiting import wait_until
+from .waiting import wait_until, wait_until_sync
 
 REDIS_TIMEOUT_S = 2.0
 # Calls made after the kill: more than the connections each pool had open.
@@ -392,3 +393,34 @@ async def test_reads_from_a_replica_go_on_after_it_closed_idle_connections(
     finally:
         await store.close()
         group.close()
+
+
+def _kill_unseen(servers: list[int], opened: set[int]) -> None:
+    """CLIENT KILL from a blocking client, waiting until the servers closed the store's
+    connections: the event loop does not run meanwhile, so the store has not seen the
+    closes when it calls next (as when a server closes a connection just as a call is
+    sent on it)."""
+    for port in servers:
+        with redis.Redis(port=port) as probe:
+            probe.client_kill_filter(_type="normal", skipme=True)
+
+    def all_closed() -> bool:
+        listed: set[int] = set()
+        for port in servers:
+            with redis.Redis(port=port) as probe:
+                listed |= {int(c["addr"].rsplit(":", 1)[1]) for c in probe.client_list()}
+        return not opened & listed
+
+    wait_until_sync(all_closed, 30, "the servers to close the store's connections")
+
+
+async def test_a_read_whose_connection_closes_as_it_is_sent_is_sent_again(
+    topology: Topology, store: Store
+) -> None:
+    """The race no check before use can see: the read is sent again on another
+    connection (a read may run twice; a write is never sent again)."""
+    await store.state_put("ns", "doc", {"n": 1})
+    await asyncio.gather(*(store.state_get("ns", "doc") for _ in range(4)))
+    opened = _local_ports(store)
+    _kill_unseen(topology.ports, opened)
+    assert (await store.state_get("ns", "doc")).value == {"n": 1}

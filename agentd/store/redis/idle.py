@@ -22,10 +22,10 @@ event loop has already seen the server's FIN): no round trip, no system call.
   node hands out a free connection (see :mod:`.asking`).
 
 What no check can see: a server that closes the connection in the same instant the
-command is sent (the FIN still on its way). That call fails with the 503 of any call
-whose connection broke under it, and is not retried here: agentd's writes are scripts
-whose effect may have been applied before the connection broke (docs/operations.md,
-"Connections the server closed").
+command is sent (the FIN still on its way). A read is then sent once more
+(:func:`.shards.once_more_if_broken`); a script fails with the 503 of any call whose
+connection broke under it, as its effect may have been applied before the connection
+broke (docs/operations.md, "Connections the server closed").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from .. import scripts as L
 from ..api import DEAD_MAXLEN, Delivery, Queue, QueueDepth
 from ..codec import ms
 from .renewals import Renewals
-from .shards import Shards, refused
+from .shards import Shards, once_more_if_broken
 
 __all__ = ("RedisQueue",)
 
@@ -66,19 +66,13 @@ class RedisQueue(Queue):
         # that a timeout means the server did not answer (a frozen shard), not an idle one.
         block = ms(min(block_s, self.shards.config.timeout * 0.8))
 
+        # A connection broken during the wait (the server's idle timeout spares a blocked
+        # reader, but CLIENT KILL does not) is read on again, once, on another one. Safe:
+        # what a lost reply delivered stays pending to this consumer, and a reclaim hands
+        # it out after the lease, as after any lost reply. A server that died refuses
+        # the next connection, and the shard's 503 follows.
+        @once_more_if_broken
         async def read(client: Any) -> Any:
-            try:
-                return await client.xreadgroup(
-                    K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
-                )
-            except rexc.ConnectionError as exc:
-                if refused(exc):
-                    raise  # nothing listens there: the shard is down
-            # The connection broke during the wait (the server's idle timeout spares a
-            # blocked reader, but CLIENT KILL does not): read again, on another one. Safe:
-            # what a lost reply delivered stays pending to this consumer, and a reclaim
-            # hands it out after the lease, as after any lost reply. Once only: a server
-            # that died refuses the next connection, and the shard's 503 follows.
             return await client.xreadgroup(
                 K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
             )

@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 
 from ...config import SENTINEL_SCHEME, RedisConfig, redact_url
@@ -55,7 +56,7 @@ from .quick import Orphan, QuickCalls, quick_calls
 from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup, open_server
 
-__all__ = ("UNAVAILABLE_ERRORS", "Shards", "refused")
+__all__ = ("UNAVAILABLE_ERRORS", "Shards", "once_more_if_broken")
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,34 @@ def _full(server: str) -> StoreFull:
 def refused(exc: BaseException) -> bool:
     """Whether redis-py's connection error is a refused connect (nothing was sent)."""
     return isinstance(exc.__context__ or exc.__cause__, ConnectionRefusedError)
+
+
+def broke(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that broke under a call (closed, reset), as opposed
+    to a server that cannot be reached (refused, no master named by the sentinels), a pool
+    with no connection free, or a timeout (a frozen server)."""
+    return isinstance(exc, rexc.ConnectionError) and not (
+        refused(exc) or _pool_exhausted(exc) or isinstance(exc, MasterNotFoundError)
+    )
+
+
+def once_more_if_broken(fn: Callable[[Any], Awaitable[T]]) -> Callable[[Any], Awaitable[T]]:
+    """``fn``, run once more (on another connection) if its connection broke under it.
+
+    Only for calls that may run twice: reads, and the job queue's blocking read (see
+    queue.py). A server that closed the connection as the call was sent (the one case
+    the check before use cannot see, idle.py) then costs no error. A write may have been
+    applied before its connection broke: never sent again (docs/operations.md)."""
+
+    async def call(client: Any) -> T:
+        try:
+            return await fn(client)
+        except rexc.ConnectionError as exc:
+            if not broke(exc):
+                raise
+        return await fn(client)
+
+    return call
 
 
 def _inside_client(exc: BaseException) -> bool:
@@ -553,7 +582,9 @@ class Shards:
     ) -> T:
         """A read of ``key`` (only ``key``'s slot): on a fresh replica when
         ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`.
-        ``ask_master``: which answers of a replica the master is asked to confirm."""
+        ``ask_master``: which answers of a replica the master is asked to confirm. A read
+        whose connection broke under it is sent once more (see once_more_if_broken)."""
+        fn = once_more_if_broken(fn)
         if self.replicas is None or kind not in self.replicas.kinds:
             return await self.call(key, fn)
         master = master_of(self, key)

@@ -30,7 +30,7 @@ from .queue import RedisQueue
 from .records import RedisRecords
 from .registry import RedisRegistry
 from .renewals import Renewals
-from .shards import Shards
+from .shards import Shards, once_more_if_broken
 
 __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_keys")
 
@@ -424,7 +424,8 @@ class RedisStore(BaseStore):
 
     async def _state_read(self, name: str) -> tuple[bytes, int] | None:
         key = K.state_key(name, self.prefix)
-        value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
+        read = once_more_if_broken(lambda c: c.hmget(key, "v", "ver"))
+        value, version = await self.shards.call(key, read)
         return None if value is None else (value, int(version))
 
     async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
