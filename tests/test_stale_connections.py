@@ -23,11 +23,14 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis import exceptions as rexc
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.store import Store, open_store
 from agentd.store import keys as K
+from agentd.store.redis.shards import broke
 
 from .procs import RedisClusterProcs, RedisServer
 from .replication import ReplicaGroup, Sentinels
@@ -424,3 +427,32 @@ async def test_a_read_whose_connection_closes_as_it_is_sent_is_sent_again(
     opened = _local_ports(store)
     _kill_unseen(topology.ports, opened)
     assert (await store.state_get("ns", "doc")).value == {"n": 1}
+
+
+def _refused_connect() -> rexc.ConnectionError:
+    try:
+        raise ConnectionRefusedError(111, "Connection refused")
+    except ConnectionRefusedError:
+        try:
+            raise rexc.ConnectionError("Error 111 connecting to 127.0.0.1:1.")
+        except rexc.ConnectionError as exc:  # as redis-py raises it: in the except block
+            return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "again"),
+    [
+        (rexc.ConnectionError("Connection closed by server."), True),
+        (rexc.ConnectionError("Error while reading from 127.0.0.1:1 : (104, 'reset')"), True),
+        (_refused_connect(), False),  # the server is down: the 503 at once
+        (rexc.ConnectionError("No connection available."), False),  # a busy pool
+        (rexc.MaxConnectionsError("Too many connections"), False),
+        (MasterNotFoundError("no sentinel names a master of 'g' that is up"), False),
+        (rexc.TimeoutError("Timeout reading from 127.0.0.1:1"), False),  # a frozen server
+        (rexc.ResponseError("ERR wrong number of arguments"), False),
+    ],
+)
+def test_only_a_connection_that_broke_under_a_read_sends_it_again(
+    exc: BaseException, again: bool
+) -> None:
+    assert broke(exc) is again
