@@ -417,16 +417,28 @@ def _kill_unseen(servers: list[int], opened: set[int]) -> None:
     wait_until_sync(all_closed, 30, "the servers to close the store's connections")
 
 
+@pytest.mark.parametrize("read", ["state", "session", "load"])
 async def test_a_read_whose_connection_closes_as_it_is_sent_is_sent_again(
-    topology: Topology, store: Store
+    topology: Topology, store: Store, read: str
 ) -> None:
-    """The race no check before use can see: the read is sent again on another
-    connection (a read may run twice; a write is never sent again)."""
+    """The race no check before use can see: the read (a command, or a script that only
+    reads and refreshes expiries) is sent again on another connection."""
     await store.state_put("ns", "doc", {"n": 1})
-    await asyncio.gather(*(store.state_get("ns", "doc") for _ in range(4)))
-    opened = _local_ports(store)
-    _kill_unseen(topology.ports, opened)
-    assert (await store.state_get("ns", "doc")).value == {"n": 1}
+    sid = (await store.create_session()).id
+    await store.append(sid, [{"role": "user", "content": "hi"}])
+
+    async def call() -> Any:
+        if read == "state":
+            return (await store.state_get("ns", "doc")).value
+        if read == "session":
+            return (await store.get_session(sid)).id
+        info, messages = await store.load(sid, 10)
+        return info.id, [m["content"] for m in messages]
+
+    want = await call()
+    await asyncio.gather(*(call() for _ in range(4)))
+    _kill_unseen(topology.ports, _local_ports(store))
+    assert await call() == want
 
 
 def _refused_connect() -> rexc.ConnectionError:

@@ -23,7 +23,7 @@ event loop has already seen the server's FIN): no round trip, no system call.
 
 What no check can see: a server that closes the connection in the same instant the
 command is sent (the FIN still on its way). A read is then sent once more
-(:func:`.shards.once_more_if_broken`); a script fails with the 503 of any call whose
+(:func:`.shards.once_more_if_broken`); a write fails with the 503 of any call whose
 connection broke under it, as its effect may have been applied before the connection
 broke (docs/operations.md, "Connections the server closed").
 """

@@ -147,7 +147,8 @@ class RedisQueue(Queue):
         oldest_ms = 0
         for shard in range(shards):
             keys = [K.queue_key(partition, shard), K.retries_key(partition, shard)]
-            length, pending, first, retried = await self.shards.eval(L.QUEUE_DEPTH, keys, [])
+            depth = await self.shards.eval(L.QUEUE_DEPTH, keys, [], may_repeat=True)
+            length, pending, first, retried = depth
             retries += int(retried)
             running += int(pending)
             waiting += max(0, int(length) - int(pending))

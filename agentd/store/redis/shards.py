@@ -599,13 +599,16 @@ class Shards:
         *,
         acked: bool = False,
         orphan: Orphan | None = None,
+        may_repeat: bool = False,
     ) -> Any:
         """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
         (after a restart or failover); EVAL caches it there again. ``acked``: a write
         agentd acknowledges, confirmed by replicas when ``redis.wait_replicas`` asks.
         ``orphan``: for a script that grants something (a lease) its caller must let go
         of: if the caller is cancelled once the call is sent, the call still runs to its
-        end and ``orphan`` gets its reply (not with ``acked``)."""
+        end and ``orphan`` gets its reply (not with ``acked``). ``may_repeat``: a script
+        that may run twice (it reads, or only writes what running it again rewrites the
+        same: an expiry): sent once more if its connection broke under it."""
         if acked and self.acks.enabled:
             return await self._eval_acked(script, keys, args)
         if self.moving is None and self.cluster is None:
@@ -613,13 +616,16 @@ class Shards:
             index = self.shard_of(keys[0])
             quick = self.quick[index]
             if quick is not None:
-                return await self._eval_quick(index, quick, script, keys, args, orphan)
+                return await self._eval_quick(index, quick, script, keys, args, orphan, may_repeat)
 
         async def run(client: Any) -> Any:
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 return await client.eval(script.text, len(keys), *keys, *args)
+
+        if may_repeat:
+            run = once_more_if_broken(run)
 
         if orphan is None:
             return await self.call(keys[0], run, keys)
@@ -638,16 +644,19 @@ class Shards:
         keys: list[str],
         args: list[Any],
         orphan: Orphan | None,
+        may_repeat: bool,
     ) -> Any:
         """:meth:`eval` on a plain shard, with :meth:`call`'s handling of failures."""
         self._fail_fast(index, time.monotonic())
-        try:
+
+        async def run(_: Any) -> Any:
             try:
-                result = await quick.execute(
-                    ("EVALSHA", script.sha, len(keys), *keys, *args), orphan
-                )
+                return await quick.execute(("EVALSHA", script.sha, len(keys), *keys, *args), orphan)
             except rexc.NoScriptError:
-                result = await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
+                return await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
+
+        try:
+            result = await (once_more_if_broken(run) if may_repeat else run)(None)
         except rexc.OutOfMemoryError as exc:
             raise _full(self.describe(index)) from exc
         except UNAVAILABLE_ERRORS as exc:
