@@ -37,7 +37,9 @@ from .replication import ReplicaGroup, Sentinels
 from .store_helpers import collect_messages
 from .waiting import wait_until, wait_until_sync
 
-REDIS_TIMEOUT_S = 2.0
+# Generous: dozens of connections are opened again at once, on a loaded machine, and
+# a slow connect must not pass for the failure these tests look for.
+REDIS_TIMEOUT_S = 5.0
 # Calls made after the kill: more than the connections each pool had open.
 CALLS = 24
 
@@ -64,7 +66,12 @@ def _sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topolo
     try:
         # Slow to fail over: a master killed below must come back as itself.
         sentinels = Sentinels(workdir, [group], down_after_ms=60_000, failover_timeout_ms=120_000)
-        redis = {"urls": [sentinels.url(group)], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+        redis = {
+            "urls": [sentinels.url(group)],
+            "timeout": REDIS_TIMEOUT_S,
+            "connect_timeout": REDIS_TIMEOUT_S,
+            "down_retry": 0.2,
+        }
         yield Topology("sentinel", redis, [group.servers[0]], sentinels.ports)
     finally:
         if sentinels is not None:
@@ -79,10 +86,21 @@ def topology(request: pytest.FixtureRequest) -> Topology:
         return topo
     if request.param == "sharded":
         shards: list[RedisServer] = request.getfixturevalue("redis_shards")
-        redis = {"urls": [s.url for s in shards], "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+        redis = {
+            "urls": [s.url for s in shards],
+            "timeout": REDIS_TIMEOUT_S,
+            "connect_timeout": REDIS_TIMEOUT_S,
+            "down_retry": 0.2,
+        }
         return Topology("sharded", redis, shards)
     cluster: RedisClusterProcs = request.getfixturevalue("redis_cluster")
-    redis = {"urls": cluster.urls, "cluster": True, "timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}
+    redis = {
+        "urls": cluster.urls,
+        "cluster": True,
+        "timeout": REDIS_TIMEOUT_S,
+        "connect_timeout": REDIS_TIMEOUT_S,
+        "down_retry": 0.2,
+    }
     return Topology("cluster", redis, list(cluster.nodes))
 
 
@@ -230,7 +248,7 @@ async def test_a_server_that_died_fails_calls_with_503_until_it_is_back(
         cluster = RedisClusterProcs(tmp_path / "cluster")
         server = cluster.master_of_key(K.state_key("ns/doc"))
         config = {"urls": cluster.urls, "cluster": True, "timeout": REDIS_TIMEOUT_S,
-                  "down_retry": 0.2}  # fmt: skip
+                  "connect_timeout": REDIS_TIMEOUT_S, "down_retry": 0.2}  # fmt: skip
     store = open_store(from_dict({"redis": config}))
     await store.start()
     try:
@@ -355,6 +373,7 @@ async def test_reads_from_a_replica_go_on_after_it_closed_idle_connections(
                 "redis": {
                     "urls": [group.servers[0].url],
                     "timeout": REDIS_TIMEOUT_S,
+                    "connect_timeout": REDIS_TIMEOUT_S,
                     "replica_reads": ["state"],
                     # Checked every 7.5 s: no check finds the replica stale meanwhile.
                     "replica_max_lag": 30.0,

@@ -649,14 +649,18 @@ class Shards:
         """:meth:`eval` on a plain shard, with :meth:`call`'s handling of failures."""
         self._fail_fast(index, time.monotonic())
 
-        async def run(_: Any) -> Any:
-            try:
-                return await quick.execute(("EVALSHA", script.sha, len(keys), *keys, *args), orphan)
-            except rexc.NoScriptError:
-                return await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
-
+        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            result = await (once_more_if_broken(run) if may_repeat else run)(None)
+            try:
+                try:
+                    result = await quick.execute(call, orphan)
+                except rexc.ConnectionError as exc:
+                    # once_more_if_broken's rule, inline: no coroutine more per call here.
+                    if not (may_repeat and broke(exc)):
+                        raise
+                    result = await quick.execute(call, orphan)
+            except rexc.NoScriptError:
+                result = await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
         except rexc.OutOfMemoryError as exc:
             raise _full(self.describe(index)) from exc
         except UNAVAILABLE_ERRORS as exc:
