@@ -15,6 +15,9 @@ The fix: a node hands out the connection put back last. Nothing can run between
 ``ASKING``'s release and the command's acquisition (no await separates them), so the
 command goes on ``ASKING``'s connection. Pipelines are not concerned: each sends its
 commands for one node on one connection (as :mod:`.acks` does with ``ASKING``).
+
+The connection handed out is checked first (:func:`.idle.checked`): one the server closed
+while it was idle is opened again, not used.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
 
+from .idle import checked
+
 __all__ = ("keep_asking_on_its_connection",)
 
 _first_free = ClusterNode.acquire_connection
 
 
 def _last_released(node: ClusterNode) -> Any:
-    """The connection released last, or a new one (redis-py's) when none is free."""
+    """The connection released last (checked), or a new one (redis-py's) when none is free."""
     if node._free:
-        return node._free.pop()
+        return checked(node._free.pop())
     return _first_free(node)
 
 

@@ -22,7 +22,7 @@ from .. import keys as K
 from .. import scripts as L
 from ..api import KeyPage, KeyRecord, Keyring, Subscription
 from .pubsub import EventHub
-from .shards import Shards
+from .shards import Shards, once_more_if_broken
 
 __all__ = ("RedisKeyring",)
 
@@ -119,7 +119,7 @@ class RedisKeyring(Keyring):
 
     async def get(self, key_id: str, *, replica: bool = False) -> KeyRecord | None:
         key = K.key_record(key_id)
-        read = lambda c: c.hgetall(key)  # noqa: E731
+        read = once_more_if_broken(lambda c: c.hgetall(key))
         found = await (
             self.shards.read("keys", key, read) if replica else self.shards.call(key, read)
         )

@@ -33,6 +33,7 @@ from redis.backoff import NoBackoff
 
 from ...errors import StoreUnavailable
 from ..api import Subscription
+from .idle import POOL_OPTIONS
 from .outage import Outage
 from .sentinel import SentinelGroup
 from .shards import UNAVAILABLE_ERRORS, Shards
@@ -380,6 +381,7 @@ class EventHub:
                 # No reconnecting inside redis-py: a lost node is noticed at once, and
                 # its channels are followed to their new owner (see _relocate).
                 retry=Retry(NoBackoff(), 0),
+                **POOL_OPTIONS,
             )
             self._endpoints[name] = _Endpoint(
                 name, client.pubsub, True, timeout, shards.outage(name),

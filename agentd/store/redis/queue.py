@@ -18,7 +18,7 @@ from .. import scripts as L
 from ..api import DEAD_MAXLEN, Delivery, Queue, QueueDepth
 from ..codec import ms
 from .renewals import Renewals
-from .shards import Shards
+from .shards import Shards, once_more_if_broken
 
 __all__ = ("RedisQueue",)
 
@@ -66,6 +66,12 @@ class RedisQueue(Queue):
         # that a timeout means the server did not answer (a frozen shard), not an idle one.
         block = ms(min(block_s, self.shards.config.timeout * 0.8))
 
+        # A connection broken during the wait (the server's idle timeout spares a blocked
+        # reader, but CLIENT KILL does not) is read on again, once, on another one. Safe:
+        # what a lost reply delivered stays pending to this consumer, and a reclaim hands
+        # it out after the lease, as after any lost reply. A server that died refuses
+        # the next connection, and the shard's 503 follows.
+        @once_more_if_broken
         async def read(client: Any) -> Any:
             return await client.xreadgroup(
                 K.JOB_GROUP, consumer, {stream: ">"}, count=count, block=block
@@ -141,7 +147,8 @@ class RedisQueue(Queue):
         oldest_ms = 0
         for shard in range(shards):
             keys = [K.queue_key(partition, shard), K.retries_key(partition, shard)]
-            length, pending, first, retried = await self.shards.eval(L.QUEUE_DEPTH, keys, [])
+            depth = await self.shards.eval(L.QUEUE_DEPTH, keys, [], may_repeat=True)
+            length, pending, first, retried = depth
             retries += int(retried)
             running += int(pending)
             waiting += max(0, int(length) - int(pending))

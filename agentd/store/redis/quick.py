@@ -108,8 +108,8 @@ class QuickCalls:
             self.slow += 1
             conn = await self.pool.get_connection()
             if not _ready(conn):
-                # redis-py skips its own check when it expects maintenance notifications
-                # (RESP3): a connection the server closed while idle would fail the call.
+                # redis-py's checkout checks this too, but only on a pool with maintenance
+                # notifications off (agentd's are, see idle.py): kept for any other.
                 await self._reconnect(conn)
         else:
             self.quick += 1

@@ -32,7 +32,9 @@ class RedisRegistry(Registry):
         await self.shards.eval(O.REGISTRY_LEAVE, self.keys, [worker_id])
 
     async def members(self, ttl_s: float) -> list[Member]:
-        flat = await self.shards.eval(O.REGISTRY_LIST, self.keys, [int(ttl_s * 1000)])
+        flat = await self.shards.eval(
+            O.REGISTRY_LIST, self.keys, [int(ttl_s * 1000)], may_repeat=True
+        )
         found = [
             Member(flat[i].decode(), int(float(flat[i + 1])) / 1000, flat[i + 2])
             for i in range(1, len(flat), 3)

@@ -45,6 +45,7 @@ from redis.backoff import NoBackoff
 
 from ...config import REPLICA_READS, RedisConfig
 from ...errors import StoreUnavailable
+from .idle import POOL_OPTIONS
 
 __all__ = ("REPLICA_KINDS", "Replica", "Replicas", "fresh_until", "master_of", "masters_of")
 
@@ -317,6 +318,7 @@ class Replicas:
             max_connections=self.config.pool_size,
             timeout=quarter,
             **options,
+            **POOL_OPTIONS,
         )
         return aioredis.Redis.from_pool(pool)
 

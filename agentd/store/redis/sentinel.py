@@ -20,6 +20,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from ...config import SENTINEL_SCHEME, RedisConfig, SentinelUrl, parse_sentinel_url
+from .idle import POOL_OPTIONS
 
 __all__ = ("SentinelGroup", "open_server")
 
@@ -82,6 +83,7 @@ class SentinelGroup:
             "retry": options["retry"],
             "username": target.sentinel_username,
             "password": target.sentinel_password,
+            **POOL_OPTIONS,
         }
         self.sentinel = _Sentinels(list(target.sentinels), sentinel_kwargs=sentinel_options)
         self.client: aioredis.Redis = self.sentinel.master_for(

@@ -40,6 +40,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError
 from redis.backoff import NoBackoff
 
 from ...config import SENTINEL_SCHEME, RedisConfig, redact_url
@@ -48,13 +49,14 @@ from ...fastpath import SLOT_COUNT, key_slot
 from ..scripts import Script
 from .acks import Acks, send_with_wait
 from .asking import keep_asking_on_its_connection
+from .idle import POOL_OPTIONS
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .quick import Orphan, QuickCalls, quick_calls
 from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup, open_server
 
-__all__ = ("UNAVAILABLE_ERRORS", "Shards")
+__all__ = ("UNAVAILABLE_ERRORS", "Shards", "once_more_if_broken")
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +83,15 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def _client_options(config: RedisConfig) -> dict[str, Any]:
-    # No retries inside redis-py: a dead shard must fail fast; callers see 503.
+    # No retries inside redis-py: a dead shard must fail fast; callers see 503. A
+    # connection the server closed while idle is not used (see idle.py).
     return {
         "max_connections": config.pool_size,
         "socket_connect_timeout": config.connect_timeout,
         "socket_timeout": config.timeout,
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
+        **POOL_OPTIONS,
     }
 
 
@@ -102,9 +106,37 @@ def _full(server: str) -> StoreFull:
     return StoreFull(f"{server} is full (maxmemory): it refuses writes", retry_after=1)
 
 
-def _refused(exc: BaseException) -> bool:
+def refused(exc: BaseException) -> bool:
     """Whether redis-py's connection error is a refused connect (nothing was sent)."""
     return isinstance(exc.__context__ or exc.__cause__, ConnectionRefusedError)
+
+
+def broke(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection that broke under a call (closed, reset), as opposed
+    to a server that cannot be reached (refused, no master named by the sentinels), a pool
+    with no connection free, or a timeout (a frozen server)."""
+    return isinstance(exc, rexc.ConnectionError) and not (
+        refused(exc) or _pool_exhausted(exc) or isinstance(exc, MasterNotFoundError)
+    )
+
+
+def once_more_if_broken(fn: Callable[[Any], Awaitable[T]]) -> Callable[[Any], Awaitable[T]]:
+    """``fn``, run once more (on another connection) if its connection broke under it.
+
+    Only for calls that may run twice: reads, and the job queue's blocking read (see
+    queue.py). A server that closed the connection as the call was sent (the one case
+    the check before use cannot see, idle.py) then costs no error. A write may have been
+    applied before its connection broke: never sent again (docs/operations.md)."""
+
+    async def call(client: Any) -> T:
+        try:
+            return await fn(client)
+        except rexc.ConnectionError as exc:
+            if not broke(exc):
+                raise
+        return await fn(client)
+
+    return call
 
 
 def _inside_client(exc: BaseException) -> bool:
@@ -457,7 +489,7 @@ class Shards:
                 # A refused connection sent nothing: safe to try again, and redis-py
                 # reads the slot map again first. A slot map read before a promotion
                 # sends the first call to the dead master; the retry finds the new one.
-                if _refused(exc) and time.monotonic() + delay < deadline:
+                if refused(exc) and time.monotonic() + delay < deadline:
                     await asyncio.sleep(delay)
                     delay *= 2
                     continue
@@ -550,7 +582,9 @@ class Shards:
     ) -> T:
         """A read of ``key`` (only ``key``'s slot): on a fresh replica when
         ``redis.replica_reads`` lists ``kind`` (see :mod:`.replicas`), else as :meth:`call`.
-        ``ask_master``: which answers of a replica the master is asked to confirm."""
+        ``ask_master``: which answers of a replica the master is asked to confirm. A read
+        whose connection broke under it is sent once more (see once_more_if_broken)."""
+        fn = once_more_if_broken(fn)
         if self.replicas is None or kind not in self.replicas.kinds:
             return await self.call(key, fn)
         master = master_of(self, key)
@@ -565,13 +599,16 @@ class Shards:
         *,
         acked: bool = False,
         orphan: Orphan | None = None,
+        may_repeat: bool = False,
     ) -> Any:
         """Run a Lua script on the keys' shard: EVALSHA, then EVAL if the server lost it
         (after a restart or failover); EVAL caches it there again. ``acked``: a write
         agentd acknowledges, confirmed by replicas when ``redis.wait_replicas`` asks.
         ``orphan``: for a script that grants something (a lease) its caller must let go
         of: if the caller is cancelled once the call is sent, the call still runs to its
-        end and ``orphan`` gets its reply (not with ``acked``)."""
+        end and ``orphan`` gets its reply (not with ``acked``). ``may_repeat``: a script
+        that may run twice (it reads, or only writes what running it again rewrites the
+        same: an expiry): sent once more if its connection broke under it."""
         if acked and self.acks.enabled:
             return await self._eval_acked(script, keys, args)
         if self.moving is None and self.cluster is None:
@@ -579,13 +616,16 @@ class Shards:
             index = self.shard_of(keys[0])
             quick = self.quick[index]
             if quick is not None:
-                return await self._eval_quick(index, quick, script, keys, args, orphan)
+                return await self._eval_quick(index, quick, script, keys, args, orphan, may_repeat)
 
         async def run(client: Any) -> Any:
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
                 return await client.eval(script.text, len(keys), *keys, *args)
+
+        if may_repeat:
+            run = once_more_if_broken(run)
 
         if orphan is None:
             return await self.call(keys[0], run, keys)
@@ -604,14 +644,21 @@ class Shards:
         keys: list[str],
         args: list[Any],
         orphan: Orphan | None,
+        may_repeat: bool,
     ) -> Any:
         """:meth:`eval` on a plain shard, with :meth:`call`'s handling of failures."""
         self._fail_fast(index, time.monotonic())
+
+        call = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             try:
-                result = await quick.execute(
-                    ("EVALSHA", script.sha, len(keys), *keys, *args), orphan
-                )
+                try:
+                    result = await quick.execute(call, orphan)
+                except rexc.ConnectionError as exc:
+                    # once_more_if_broken's rule, inline: no coroutine more per call here.
+                    if not (may_repeat and broke(exc)):
+                        raise
+                    result = await quick.execute(call, orphan)
             except rexc.NoScriptError:
                 result = await quick.execute(("EVAL", script.text, len(keys), *keys, *args), orphan)
         except rexc.OutOfMemoryError as exc:

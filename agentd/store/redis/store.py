@@ -30,7 +30,7 @@ from .queue import RedisQueue
 from .records import RedisRecords
 from .registry import RedisRegistry
 from .renewals import Renewals
-from .shards import Shards
+from .shards import Shards, once_more_if_broken
 
 __all__ = ("CLUSTER_INDEX_BUCKETS", "RedisJobs", "RedisStore", "sharded_index_keys")
 
@@ -227,7 +227,9 @@ class RedisStore(BaseStore):
         return created
 
     async def _get_meta(self, sid: str) -> dict[str, str] | None:
-        flat = await self.shards.eval(L.GET_META, list(self._session(sid)), [self.ttl])
+        flat = await self.shards.eval(
+            L.GET_META, list(self._session(sid)), [self.ttl], may_repeat=True
+        )
         return None if flat is None else _pairs(flat)
 
     async def _delete(self, sid: str) -> bool:
@@ -255,7 +257,7 @@ class RedisStore(BaseStore):
             "" if limit is None else limit,
             "" if before is None else before,
         ]
-        rows = await self.shards.eval(L.HISTORY, list(self._session(sid)), args)
+        rows = await self.shards.eval(L.HISTORY, list(self._session(sid)), args, may_repeat=True)
         return None if rows is None else _entries(rows)
 
     async def _update_meta(self, sid: str, metadata: str) -> dict[str, str] | None:
@@ -286,7 +288,10 @@ class RedisStore(BaseStore):
         args = [top, after, limit, meta_prefix, K.SESSION_META_SUFFIX, agent]
         # Every shard's newest, in parallel: one round trip of latency for the page.
         pages = await asyncio.gather(
-            *(self.shards.eval(L.LIST_SESSIONS, [key], args) for key in self._listed_keys(agent))
+            *(
+                self.shards.eval(L.LIST_SESSIONS, [key], args, may_repeat=True)
+                for key in self._listed_keys(agent)
+            )
         )
         rows = [
             (int(float(flat[i + 1])), flat[i].decode(), _pairs(flat[i + 2]))
@@ -367,7 +372,9 @@ class RedisStore(BaseStore):
     async def _load(
         self, sid: str, last: int
     ) -> tuple[dict[str, str], list[tuple[int, bytes]]] | None:
-        found = await self.shards.eval(L.LOAD, list(self._session(sid)), [self.ttl, last])
+        found = await self.shards.eval(
+            L.LOAD, list(self._session(sid)), [self.ttl, last], may_repeat=True
+        )
         if found is None:
             return None
         return _pairs(found[0]), _entries(found[1])
@@ -424,7 +431,8 @@ class RedisStore(BaseStore):
 
     async def _state_read(self, name: str) -> tuple[bytes, int] | None:
         key = K.state_key(name, self.prefix)
-        value, version = await self.shards.call(key, lambda c: c.hmget(key, "v", "ver"))
+        read = once_more_if_broken(lambda c: c.hmget(key, "v", "ver"))
+        value, version = await self.shards.call(key, read)
         return None if value is None else (value, int(version))
 
     async def _state_peek(self, name: str) -> tuple[bytes, int] | None:
