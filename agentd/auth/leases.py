@@ -410,7 +410,7 @@ class Leases:
     def release(self, taken: list[Lease]) -> None:
         """A request admitted here ended: its slots are free again."""
         for lease in taken:
-            if lease.limits.max_concurrent_turns:
+            if lease.conc:
                 lease.busy -= 1
 
     def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:

@@ -136,6 +136,15 @@ class Ticket:
             raise self._error
         return self.headers
 
+    def answered(self) -> Mapping[str, str] | None:
+        """What :meth:`admitted` gives, without waiting, once the admission is answered
+        (at once on a lease); None while it is not."""
+        if self._state == PENDING:
+            return None
+        if self._error is not None:
+            raise self._error
+        return self.headers
+
     def settle(
         self,
         usage: Mapping[str, Any] | None = None,
