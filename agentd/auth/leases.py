@@ -14,8 +14,8 @@ its leases reserved, and what it reserved and did not use is given back.
 A lease holds at most 1/:data:`SHARE` of a limit, and only limits of at least
 :data:`MIN_LIMIT` requests per minute or turns at once are leased: small limits are
 checked request by request, so a burst against them is admitted exactly as before. One
-lease call per tenant is on its way at a time, refreshing a lease when half of its life
-or of its places is gone, off every request's path.
+lease call per tenant is on its way at a time, refreshing a lease when a quarter of its
+life (:data:`REFRESH_S`) or half of its places is gone, off every request's path.
 """
 
 from __future__ import annotations
