@@ -440,7 +440,9 @@ class Limiter:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
             released.extend((scope, ticket.id) for scope in ticket.slots)
-        day, month = self._today()
+        if time.time() >= self._day_ends:
+            self._today()
+        day, month = self._day, self._month
         sums = self._sums.get((tenant, day, month))
         if sums is None:
             sums = self._sums[(tenant, day, month)] = Sums()
