@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
-from agentd.auth import Limiter
-from agentd.auth.leases import MIN_LIMIT, SHARE
+from agentd.auth import Limiter, Ticket
+from agentd.auth.leases import LEASE_S, MIN_LIMIT, REFRESH_S, SHARE
 from agentd.auth.limits import SLOT_LEASE_MS
 from agentd.config import Config, LimitsConfig, from_dict
 from agentd.errors import RateLimited
@@ -225,3 +226,52 @@ async def test_a_steady_caller_of_a_key_and_its_tenant_is_admitted_on_leases(
         await limiter.close()
         await store.close()
     assert counts[1] >= 0.9 * counts[0], counts
+
+
+async def test_a_lease_is_renewed_once_its_newest_places_are_a_quarter_of_their_life_old(
+    redis_standalone: RedisServer,
+) -> None:
+    """The next lease call goes out once the newest places are REFRESH_S old, so its
+    places arrive while the current ones have LEASE_S - REFRESH_S to live: a loop that
+    stalls for less than that keeps admitting on its leases (docs/auth.md, "Leases and a
+    lagging event loop")."""
+    big = {"requests_per_minute": 10**9, "max_concurrent_turns": 100_000}
+    config = from_dict({"redis": {"urls": [redis_standalone.url]}, "auth": {"tenant_limits": big}})
+    store = open_store(config)
+    await store.start()
+    limiter = Limiter(config, store.limits)
+    identity = key_identity(**big)
+    leases = limiter.leases
+
+    async def one() -> Ticket:
+        ticket = limiter.begin(identity)
+        assert ticket is not None
+        await ticket.admitted()
+        ticket.settle(ran=False)
+        return ticket
+
+    def answered() -> bool:
+        return not (limiter._next or limiter._calls or leases._calls)
+
+    try:
+        leased = None
+        for _ in range(20):  # until a request is admitted on the leases
+            await one()
+            await wait_until(answered, what="the limiter's calls answered")
+            leased = (await one()).leased
+            await wait_until(answered, what="the limiter's calls answered")
+            if leased is not None:
+                break
+        assert leased is not None
+        # The leases as the last call left them: a request on them now asks for no more.
+        newest = max(lease.fresh_until for lease in leased) - LEASE_S
+        await wait_until(
+            lambda: time.monotonic() >= newest + REFRESH_S, what="the places REFRESH_S old"
+        )
+        assert (await one()).leased is not None  # still admitted on the leases
+        assert "acme" in leases._calling  # and their renewal on its way
+        await wait_until(answered, what="the renewal answered")
+        assert min(lease.fresh_until for lease in leased) - LEASE_S >= newest + REFRESH_S
+    finally:
+        await limiter.close()
+        await store.close()

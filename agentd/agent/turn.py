@@ -128,7 +128,8 @@ class Agents:
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
-                await _admitted(ticket, listener)
+                if ticket is not None and not _admitted_now(ticket, listener):
+                    await _admitted(ticket, listener)
                 await _listed(toolset, listener)
                 plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
@@ -140,7 +141,8 @@ class Agents:
             hold = self.leases.hold(store, req.session_id, agent.history, deadline, interrupt)
             async with hold as held:
                 timings.session = loop.time() - started
-                await _admitted(ticket, listener)
+                if ticket is not None and not _admitted_now(ticket, listener):
+                    await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
                     return await told_again(earlier, agent, req, timings, listener)
                 await _listed(toolset, listener)
@@ -444,6 +446,17 @@ class Agents:
         if not timings.upstream_ttft and (reply.parts or (reply.calls and not reply.cancelled)):
             timings.upstream_ttft = first - started
         return reply
+
+
+def _admitted_now(ticket: Ticket, listener: Listener | None) -> bool:
+    """:func:`_admitted` without a coroutine when the admission is answered already (a
+    request admitted on its worker's leases); False: await :func:`_admitted`."""
+    headers = ticket.answered()
+    if headers is None:
+        return False
+    if listener is not None and headers:
+        listener.limits(headers)
+    return True
 
 
 async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:

@@ -14,8 +14,8 @@ its leases reserved, and what it reserved and did not use is given back.
 A lease holds at most 1/:data:`SHARE` of a limit, and only limits of at least
 :data:`MIN_LIMIT` requests per minute or turns at once are leased: small limits are
 checked request by request, so a burst against them is admitted exactly as before. One
-lease call per tenant is on its way at a time, refreshing a lease when half of its life
-or of its places is gone, off every request's path.
+lease call per tenant is on its way at a time, refreshing a lease when a quarter of its
+life (:data:`REFRESH_S`) or half of its places is gone, off every request's path.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from ..store import LEASE_MS, Grant, LeaseAsk, Limits, Rule
 from .headers import REQUESTS_HEADERS, TOKENS_HEADERS, duration
 
 __all__ = ("MIN_LIMIT", "SHARE", "Lease", "Leases")
+
+_LIMIT_REQUESTS, _REMAINING_REQUESTS, _RESET_REQUESTS = REQUESTS_HEADERS
+_LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = TOKENS_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,15 @@ IDLE_S = 1.0
 # extended every RENEW_S (by the lease calls, at least that often while it is held).
 SLOT_LEASE_MS = 10_000
 RENEW_S = SLOT_LEASE_MS / 1000 / 3
+# Rules lists whose leases a worker remembers (see Leases.take).
+MAX_FOUND = 10_000
 # After a failed lease call, none for this long (requests are checked by the store).
 RETRY_S = 1.0
+# A lease is refreshed once its newest places are this old (a quarter of their life),
+# not only at half of it: the next places then come while the current ones have
+# LEASE_S - REFRESH_S left, so a loop that lags by up to ~350 ms between the ask and its
+# answer still admits on a lease (docs/auth.md, "Leases and a lagging event loop").
+REFRESH_S = LEASE_S / 4
 
 
 def leasable(limits: LimitsConfig) -> bool:
@@ -66,10 +76,10 @@ class Lease:
     """One scope's lease in this worker."""
 
     __slots__ = (
-        "asked_slots", "busy", "charged", "day_tokens", "fresh_until", "headroom", "left",
-        "level", "limits", "lost", "month_tokens", "peak", "places", "renewed", "reset_text",
-        "returned", "scope", "short", "size", "texts", "tokens_reset", "total", "used",
-        "used_at",
+        "asked_slots", "busy", "charged", "conc", "day_tokens", "expires", "fresh_until",
+        "headroom", "left", "level", "limits", "lost", "month_tokens", "peak", "places",
+        "refresh_at", "renewed", "requests_base", "reset_text", "returned", "rpm", "scope",
+        "short", "size", "texts", "tokens_reset", "total", "tpm", "used", "used_at",
     )  # fmt: skip
 
     def __init__(self, rule: Rule) -> None:
@@ -77,10 +87,13 @@ class Lease:
         # Usable until (monotonic); 0 while it is not (never granted, lost, or its
         # limits changed since).
         self.fresh_until = 0.0
+        # When a request wants the lease refreshed (monotonic): REFRESH_S after the ask.
+        self.refresh_at = 0.0
         # Request places: [usable until (monotonic), their bucket, left], oldest first;
         # the unused places of expired ones, to give back: (bucket, count).
         self.places: deque[list[Any]] = deque()
         self.left = 0  # their places left
+        self.expires = float("inf")  # when the oldest of them expire
         self.returned: list[tuple[int, int]] = []
         self.total = 0  # the requests log's count at the last grant
         # The headers' reset texts: the requests log's at the last grant; the token
@@ -103,13 +116,25 @@ class Lease:
         self.used = self.short = 0
         self.used_at = 0.0
         self.limits = rule.limits
+        self.rpm = self.conc = self.tpm = False
+        self.requests_base = 0
+        self.texts = ("", "")
+        self._limited(rule.limits)
+
+    def _limited(self, limits: LimitsConfig) -> None:
+        self.limits = limits
+        # Which of its limits a request takes a place or a slot of (read per request).
+        self.rpm, self.conc = bool(limits.requests_per_minute), bool(limits.max_concurrent_turns)
+        self.tpm = bool(limits.tokens_per_minute)
+        # The requests' remaining count is this plus the places left.
+        self.requests_base = limits.requests_per_minute - self.total
         # The limits as header texts: requests and tokens per minute.
-        self.texts = (str(rule.limits.requests_per_minute), str(rule.limits.tokens_per_minute))
+        self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute))
 
     def limited(self, limits: LimitsConfig) -> None:
         """Its limits changed: not usable until a call asks under the new ones."""
-        self.limits, self.fresh_until = limits, 0.0
-        self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute))
+        self._limited(limits)
+        self.fresh_until = 0.0
 
     def expire(self, now: float) -> int:
         """Move expired places to the returned ones; the places left."""
@@ -119,15 +144,19 @@ class Lease:
             if left:
                 self.returned.append((bucket, left))
                 self.left -= left
+        self.expires = places[0][0] if places else float("inf")
         return self.left
 
     def room(self, now: float) -> bool:
+        # A few comparisons per request; the places are looked at only when some expire.
         if now >= self.fresh_until or self.charged >= self.headroom:
             return False
-        lim = self.limits
-        if lim.requests_per_minute and not self.expire(now):
-            return False
-        if lim.max_concurrent_turns:
+        if self.rpm:
+            if now >= self.expires:
+                self.expire(now)
+            if not self.left:
+                return False
+        if self.conc:
             size = self.size if self.asked_slots is None else min(self.size, self.asked_slots)
             if self.busy >= size:
                 return False
@@ -149,18 +178,21 @@ class Lease:
 
     def take(self, now: float) -> bool:
         """Take a place and a slot; whether the lease wants refreshing."""
-        lim = self.limits
         self.used += 1
         self.used_at = now
-        low = now >= self.fresh_until - LEASE_S / 2
-        if lim.requests_per_minute:
-            for place in self.places:
-                if place[2]:
-                    place[2] -= 1
-                    break
+        low = now >= self.refresh_at
+        if self.rpm:
+            # The oldest places first; a used-up one is dropped at once, so the oldest
+            # always has places left (room() saw some) and the next expiry is its own.
+            places = self.places
+            place = places[0]
+            place[2] -= 1
+            if not place[2]:
+                places.popleft()
+                self.expires = places[0][0] if places else float("inf")
             self.left -= 1
             low = low or self.left * 2 < self.used
-        if lim.max_concurrent_turns:
+        if self.conc:
             self.busy += 1
             if self.busy > self.peak:
                 self.peak = self.busy
@@ -208,7 +240,9 @@ class Lease:
         if grant.places:
             self.places.append([sent + LEASE_S, grant.bucket, grant.places])
             self.left += grant.places
+            self.expires = self.places[0][0]
         self.total = grant.total
+        self.requests_base = self.limits.requests_per_minute - grant.total
         self.reset_text = duration(grant.reset_ms)
         self.tokens_reset = (-1, "", "")
         self.size, self.asked_slots = grant.slots, None
@@ -217,6 +251,7 @@ class Lease:
         self.charged -= charged  # what was charged before the call is in the grant
         self.headroom = self._headroom()
         self.fresh_until = sent + LEASE_S
+        self.refresh_at = sent + REFRESH_S
         self.lost = False
 
     def failed(self) -> None:
@@ -257,12 +292,51 @@ class Leases:
         self._counts: dict[str, int] = {}
         self._calls: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
+        # The leases of a rules list, as the last request of it found them: id(rules) →
+        # (rules, tenant, its leases, the generation they were found in). A lease made,
+        # dropped or limited anew bumps the generation.
+        self._found: dict[int, tuple[list[Rule], str, list[Lease], int]] = {}
+        self._generation = 0
 
     def take(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
         """Admit a request of ``rules`` on this worker's leases: the leases it took a
-        place or slot from, or None (the store must check it)."""
+        place or slot from (a list shared by the requests of ``rules``: read it, never
+        change it), or None (the store must check it)."""
         if not self.enabled:
             return None
+        found = self._found.get(id(rules))
+        if (
+            found is not None
+            and found[0] is rules
+            and found[3] == self._generation
+            and found[1] == tenant
+        ):
+            # The leases found before, still this tenant's, each with its rule's limits.
+            taken = found[2]
+            now = time.monotonic()
+            for lease in taken:
+                if not lease.room(now):
+                    return self._short(tenant, taken, now)
+            low = False
+            for lease in taken:
+                low = lease.take(now) or low
+            self._counts[tenant] = self._counts.get(tenant, 0) + 1
+            if low:
+                self.want(tenant)
+            return taken
+        return self._take(tenant, rules)
+
+    def _short(self, tenant: str, taken: list[Lease], now: float) -> None:
+        # Every lease of the request counts it as unmet demand, not only the one without
+        # room: the leases one request needs grow together (one short of places while
+        # the other has them would send every other request to the store, in turns).
+        for lease in taken:
+            lease.short += 1
+            lease.used_at = now
+        self.want(tenant)
+
+    def _take(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
+        """:meth:`take` with the leases looked up, made or limited anew."""
         scopes = self._tenants.get(tenant)
         now = time.monotonic()
         taken: list[Lease] = []
@@ -274,28 +348,26 @@ class Leases:
                     # The same limits in a new object (a key record read again): kept,
                     # so the next request compares by identity.
                     lease.limits = rule.limits
+                    self._generation += 1
                 else:
                     if lease is not None:  # its limits changed: its next call asks under them
                         lease.limited(rule.limits)
+                        self._generation += 1
                     if not leasable(rule.limits):
                         return None
                     if lease is None:
                         if scopes is None:
                             scopes = self._tenants[tenant] = {}
                         lease = scopes[rule.scope] = Lease(rule)
+                        self._generation += 1
             if not short and not lease.room(now):
                 short = True
             taken.append(lease)
+        if len(self._found) >= MAX_FOUND:
+            self._found.clear()
+        self._found[id(rules)] = (rules, tenant, taken, self._generation)
         if short:
-            # Every lease of the request counts it as unmet demand, not only the one
-            # without room: the leases one request needs grow together (one short of
-            # places while the other has them would send every other request to the
-            # store, in turns).
-            for lease in taken:
-                lease.short += 1
-                lease.used_at = now
-            self.want(tenant)
-            return None
+            return self._short(tenant, taken, now)
         low = False
         for lease in taken:
             low = lease.take(now) or low
@@ -313,14 +385,13 @@ class Leases:
         requests = tokens = None
         requests_left = tokens_left = 0
         for lease in taken:
-            lim = lease.limits
-            if lim.requests_per_minute:
-                left = lim.requests_per_minute - lease.total + lease.left
+            if lease.rpm:
+                left = lease.requests_base + lease.left
                 if left < 0:
                     left = 0
                 if requests is None or left < requests_left:
                     requests, requests_left = lease, left
-            if lim.tokens_per_minute:
+            if lease.tpm:
                 left = lease.level - lease.charged
                 if left < 0:
                     left = 0
@@ -328,20 +399,18 @@ class Leases:
                     tokens, tokens_left = lease, left
         headers: dict[str, str] = {}
         if requests is not None:
-            limit, remaining, reset = REQUESTS_HEADERS
-            headers[limit] = requests.texts[0]
-            headers[remaining] = str(requests_left)
-            headers[reset] = requests.reset_text
+            headers[_LIMIT_REQUESTS] = requests.texts[0]
+            headers[_REMAINING_REQUESTS] = str(requests_left)
+            headers[_RESET_REQUESTS] = requests.reset_text
         if tokens is not None:
-            limit, remaining, reset = TOKENS_HEADERS
-            headers[limit] = tokens.texts[1]
-            headers[remaining], headers[reset] = tokens.tokens_texts()
+            headers[_LIMIT_TOKENS] = tokens.texts[1]
+            headers[_REMAINING_TOKENS], headers[_RESET_TOKENS] = tokens.tokens_texts()
         return headers
 
     def release(self, taken: list[Lease]) -> None:
         """A request admitted here ended: its slots are free again."""
         for lease in taken:
-            if lease.limits.max_concurrent_turns:
+            if lease.conc:
                 lease.busy -= 1
 
     def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:
@@ -407,6 +476,7 @@ class Leases:
         if grants is None:  # this store leases nothing
             self.enabled = False
             self._tenants.clear()
+            self._generation += 1
             return
         for lease, grant, before in zip(leases, grants, charged, strict=True):
             lease.granted(grant, sent, before)
@@ -415,6 +485,7 @@ class Leases:
         for scope, lease in list(scopes.items()):
             if lease.idle():
                 del scopes[scope]
+                self._generation += 1
         if not scopes:
             self._tenants.pop(tenant, None)
 

@@ -136,6 +136,15 @@ class Ticket:
             raise self._error
         return self.headers
 
+    def answered(self) -> Mapping[str, str] | None:
+        """What :meth:`admitted` gives, without waiting, once the admission is answered
+        (at once on a lease); None while it is not."""
+        if self._state == PENDING:
+            return None
+        if self._error is not None:
+            raise self._error
+        return self.headers
+
     def settle(
         self,
         usage: Mapping[str, Any] | None = None,
@@ -431,7 +440,9 @@ class Limiter:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
             released.extend((scope, ticket.id) for scope in ticket.slots)
-        day, month = self._today()
+        if time.time() >= self._day_ends:
+            self._today()
+        day, month = self._day, self._month
         sums = self._sums.get((tenant, day, month))
         if sums is None:
             sums = self._sums[(tenant, day, month)] = Sums()
