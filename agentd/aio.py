@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-__all__ = ("end_if_cancelled",)
+__all__ = ("end_if_cancelled", "in_task")
 
 
 def end_if_cancelled() -> None:
@@ -17,3 +17,14 @@ def end_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+async def in_task() -> None:
+    """Suspend once when running outside any task, so that what follows runs in a task.
+
+    The HTTP front runs a request's first step in its own call, with no task (an L1 hit
+    then costs none: server/front_chat.py ``start``); the first suspension moves the rest
+    into a task it makes. Code about to call the store goes there first: the store's
+    timeouts (``asyncio.timeout``) need a task."""
+    if asyncio.current_task() is None:
+        await asyncio.sleep(0)

@@ -13,10 +13,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 
 from agentd.server.front_chat import MEMO_BODY_BYTES, MEMO_ENTRIES
 
-from .procs import AgentdProcess, metric
+from .procs import AgentdProcess, RedisServer, metric
 from .waiting import wait_until_sync
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: agentd\r\n\r\n"
@@ -495,3 +496,21 @@ def test_chat_with_a_key_and_its_limits_matches_aiohttp(
     remaining = [dict(h).get(b"x-ratelimit-remaining-requests") for _, h, _ in ours[:3]]  # type: ignore[arg-type]
     assert remaining == [b"2", b"1", b"0"]
     assert b"Retry-After" in dict(ours[3][1])  # type: ignore[arg-type]
+
+
+def test_a_keyed_turn_that_must_reach_redis_in_its_first_step_is_answered(
+    agentd_instance: Callable[..., AgentdProcess], redis_standalone: RedisServer
+) -> None:
+    """The front runs a request's first step outside any task; a key this worker does not
+    know yet and the L2 cache are read from Redis there, on connections opened anew (the
+    server closed the idle ones), whose timeouts need a task."""
+    proc = agentd_instance(
+        f'[redis]\nurls = ["{redis_standalone.url}"]\n[auth]\nmode = "keys"\n',
+        env={"AGENTD_ADMIN_KEY": ADMIN_KEY},
+    )
+    key = _new_key(proc)  # made through aiohttp: this worker reads it on first use
+    body = b'{"model": "echo", "temperature": 0, "messages": [{"role": "user", "content": "l2"}]}'
+    with redis.Redis(port=redis_standalone.port) as client:
+        assert client.client_kill_filter(_type="normal", skipme=True) > 0
+    answers = _chats(proc.port, [_chat(body, key=key)] * 2)  # a miss (L1 and L2), then a hit
+    assert [a[0] for a in answers] == [b"HTTP/1.1 200 OK"] * 2, answers

@@ -15,6 +15,7 @@ import contextlib
 import time
 
 from .. import fastpath
+from ..aio import in_task
 from ..config import AgentCacheConfig, CacheConfig
 from ..errors import AgentdError
 from ..metrics import Metrics
@@ -102,11 +103,7 @@ class Tiers:
         if served is not None:
             self.count("hit-l1")
             return served  # type: ignore[no-any-return]
-        if asyncio.current_task() is None:
-            # Run by the front's first step, outside any task (server/front_chat.py
-            # start); the store's calls below need one (their timeouts): suspend once,
-            # and go on in the task the front makes for the rest.
-            await asyncio.sleep(0)
+        await in_task()  # the front's first step has none; the store's calls need one
         hexkey = key.hex()
         data = None
         level = "hit-l2"

@@ -31,7 +31,8 @@ import orjson
 from aiohttp import web
 
 from ..agent import Agents, Prepared, TurnRequest
-from ..auth import OPEN, Auth
+from ..aio import in_task
+from ..auth import OPEN, Auth, Identity
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
 from .chat import chat_reply, chat_turn
@@ -88,7 +89,7 @@ class HotChat:
             identity = OPEN
             if self.auth.enabled:
                 # A key this worker knows costs no coroutine.
-                identity = self.auth.known(credential) or await self.auth.identify(credential)
+                identity = self.auth.known(credential) or await self._identify(credential)
                 identity.require("chat")
             turn = chat_turn(body, identity, self.agents)
         except AgentdError:
@@ -102,6 +103,10 @@ class HotChat:
                     del memo[next(iter(memo))]
                 memo[raw] = (turn, prepared)
         return await self._run(turn, prepared, started)
+
+    async def _identify(self, credential: str | None) -> Identity:
+        await in_task()  # a key not known here is read from the store, which needs one
+        return await self.auth.identify(credential)
 
     async def _run(self, turn: TurnRequest, prepared: Prepared | None, started: float) -> Answer:
         parse_s = time.perf_counter() - started
