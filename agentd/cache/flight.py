@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,8 @@ from .reply import CachedReply, Served
 from .tiers import Tiers
 
 __all__ = ("Flights", "Produce")
+
+log = logging.getLogger(__name__)
 
 # How long a follower waits for the next chunk before it checks the leader is alive.
 TAIL_BLOCK_S = 1.0
@@ -107,14 +109,19 @@ class Flights:
                     return
                 # Its leader is gone and we passed no text on yet: take over.
             leading = True
+            keeper = (
+                asyncio.create_task(self._keep_lock(hexkey, owner)) if self._blobs.shared else None
+            )
             try:
                 again = await self._tiers.lookup(key, policy)  # it may have just finished
                 if again is not None:
                     flight.chunks.extend(again.reply.chunks)
                     flight.reply, flight.level = again.reply, again.level
                     return
-                await self._produce(key, flight, owner, policy, produce)
+                await self._produce(key, flight, policy, produce)
             finally:
+                if keeper is not None:
+                    keeper.cancel()
                 with contextlib.suppress(AgentdError):
                     await self._blobs.release(hexkey, owner)
         except BaseException as exc:
@@ -134,11 +141,27 @@ class Flights:
         except AgentdError:
             return True  # the shared level is down: compute here rather than fail
 
+    async def _keep_lock(self, hexkey: str, owner: str) -> None:
+        """Renew the leader's lock (and stream) every third of the lease for as long as
+        it leads, whether chunks come or not: an upstream silent for longer than the lease
+        (a slow first token, a long pause) must not let a follower take over and call the
+        model a second time, nor mix its reply into this one's stream."""
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                held = await self._blobs.renew(hexkey, owner, self._ttl)
+            except AgentdError:
+                continue  # the store is away: the lock may outlast it, try again
+            if not held:
+                # Expired (this loop stalled past the lease) or never taken (the store
+                # was away when it led): a follower may call the model too.
+                log.warning("single-flight lock of %s not held while its call runs", hexkey)
+                return
+
     async def _produce(
-        self, key: bytes, flight: _Flight, owner: str, policy: AgentCacheConfig, produce: Produce
+        self, key: bytes, flight: _Flight, policy: AgentCacheConfig, produce: Produce
     ) -> None:
         hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
-        renew_at = time.monotonic() + self._ttl / 3
         finish, usage, node, calls = "stop", {}, "", None
         async with contextlib.aclosing(produce()) as stream:
             async for chunk in stream:
@@ -159,10 +182,6 @@ class Flights:
                 usage = chunk.usage or usage
                 node = chunk.node or node
                 calls = chunk.tool_calls or calls
-                if shared and time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + self._ttl / 3
-                    with contextlib.suppress(AgentdError):
-                        await blobs.renew(hexkey, owner, self._ttl)
         reply = CachedReply(_texts(flight.chunks), finish, usage, node, calls)
         await self._tiers.save(key, reply, policy)
         if shared:
