@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from agentd.backends import Chunk
 from agentd.cache import CachedReply, ResponseCache, Served
 from agentd.config import from_dict
-from agentd.errors import UpstreamError
+from agentd.errors import AgentdError, UpstreamError
 from agentd.metrics import Metrics
 from agentd.server.app import create_app
 from agentd.server.keys import CACHE
@@ -326,6 +328,68 @@ def _lock_released(port: int, lock: str) -> bool:
     """Whether the flight's lock is gone (released at the end of the call)."""
     with redis.Redis(port=port) as client:
         return not client.exists(lock)
+
+
+async def test_a_worker_that_could_not_take_the_lock_writes_nothing_to_the_stream(
+    tmp_path: Path,
+) -> None:
+    """A worker whose store did not answer when it asked for the lock computes the reply
+    for its own clients, and sends nothing to the stream of the leader that may hold the
+    lock: that leader's followers get neither its chunks mixed into theirs nor its end."""
+    server = RedisServer(tmp_path)
+    config = from_dict({"redis": {"urls": [server.url], "timeout": 0.5, "down_retry": 0.1},
+                        "cache": {"disk_path": ""}})  # fmt: skip
+    store = open_store(config)
+    await store.start()
+    cache = ResponseCache(config.cache, store.blobs)
+    await cache.start()
+    policy, key = config.agents[0].cache, b"m" * 16
+    hexkey = key.hex()
+    resume, calls = asyncio.Event(), 0
+
+    async def produce() -> AsyncIterator[Chunk]:
+        nonlocal calls
+        calls += 1
+        await resume.wait()
+        yield Chunk("mine", "stop", {"total_tokens": 1}, "n")
+
+    async def answers() -> bool:
+        with contextlib.suppress(AgentdError):
+            await store.blobs.get(hexkey)
+            return True
+        return False
+
+    items: list[Any] = []
+
+    async def collect() -> None:
+        source, _ = await cache.get(key, policy, produce, loop.time() + 60)
+        assert not isinstance(source, CachedReply)
+        async for item in source:
+            items.append(item)
+
+    loop = asyncio.get_running_loop()
+    try:
+        # A leader elsewhere holds the lock and has streamed its first chunk.
+        assert await store.blobs.lead(hexkey, "elsewhere", 30)
+        await store.blobs.emit(hexkey, {"t": b"theirs "}, 30)
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            asker = asyncio.create_task(collect())
+            await wait_until(lambda: calls == 1, what="the call made without the lock")
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await wait_until(answers, what="the store to answer again")
+        resume.set()
+        await asker
+        assert items[:-1] == ["mine"] and items[-1].level == "miss"
+        with redis.Redis(port=server.port) as client:
+            lock, stream = flight_keys(hexkey)
+            assert [fields for _, fields in client.xrange(stream)] == [{b"t": b"theirs "}]
+            assert client.get(lock) == b"elsewhere"
+    finally:
+        await cache.close()
+        await store.close()
+        server.close()
 
 
 async def test_l3_survives_a_restart_and_a_damaged_file_is_rebuilt(

@@ -101,32 +101,35 @@ class Flights:
         produce: Produce,
         deadline: float,
     ) -> None:
-        hexkey, owner, leading = key.hex(), secrets.token_hex(8), False
+        hexkey, owner, held = key.hex(), secrets.token_hex(8), False
         try:
-            while not await self._lead(hexkey, owner):
+            while (lead := await self._lead(hexkey, owner)) is False:
                 # Another process produces this reply: follow its stream.
                 if await self._tail(hexkey, flight, owner, deadline):
                     return
                 # Its leader is gone and we passed no text on yet: take over.
-            leading = True
-            keeper = (
-                asyncio.create_task(self._keep_lock(hexkey, owner)) if self._blobs.shared else None
-            )
+            # Only the lock's holder writes the key's stream. Without the lock (the store
+            # did not answer) this worker computes for its own clients alone: a leader
+            # elsewhere may own the stream, whose followers must get neither this
+            # reply's chunks mixed into theirs nor this call's error.
+            held = lead is True and self._blobs.shared
+            keeper = asyncio.create_task(self._keep_lock(hexkey, owner)) if held else None
             try:
                 again = await self._tiers.lookup(key, policy)  # it may have just finished
                 if again is not None:
                     flight.chunks.extend(again.reply.chunks)
                     flight.reply, flight.level = again.reply, again.level
                     return
-                await self._produce(key, flight, policy, produce)
+                await self._produce(key, flight, policy, produce, relay=held)
             finally:
                 if keeper is not None:
                     keeper.cancel()
-                with contextlib.suppress(AgentdError):
-                    await self._blobs.release(hexkey, owner)
+                if held:
+                    with contextlib.suppress(AgentdError):
+                        await self._blobs.release(hexkey, owner)
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else UpstreamError("cancelled")
-            if leading and self._blobs.shared:
+            if held:
                 with contextlib.suppress(AgentdError):
                     await self._blobs.emit(hexkey, {"err": str(exc).encode()}, self._ttl)
             if not isinstance(exc, Exception):
@@ -135,11 +138,13 @@ class Flights:
             flight.notify()
             self._flights.pop(key, None)
 
-    async def _lead(self, hexkey: str, owner: str) -> bool:
+    async def _lead(self, hexkey: str, owner: str) -> bool | None:
+        """Whether this process took the key's lock; None when the store did not answer
+        (then it computes here rather than fail)."""
         try:
             return await self._blobs.lead(hexkey, owner, self._ttl)
         except AgentdError:
-            return True  # the shared level is down: compute here rather than fail
+            return None
 
     async def _keep_lock(self, hexkey: str, owner: str) -> None:
         """Renew the leader's lock (and stream) every third of the lease for as long as
@@ -153,28 +158,29 @@ class Flights:
             except AgentdError:
                 continue  # the store is away: the lock may outlast it, try again
             if not held:
-                # Expired (this loop stalled past the lease) or never taken (the store
-                # was away when it led): a follower may call the model too.
+                # Expired (this loop stalled past the lease): a follower may take over
+                # and call the model too.
                 log.warning("single-flight lock of %s not held while its call runs", hexkey)
                 return
 
     async def _produce(
-        self, key: bytes, flight: _Flight, policy: AgentCacheConfig, produce: Produce
+        self, key: bytes, flight: _Flight, policy: AgentCacheConfig, produce: Produce, relay: bool
     ) -> None:
-        hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
+        """Call the model; ``relay``: pass its chunks on to followers elsewhere."""
+        hexkey, blobs = key.hex(), self._blobs
         finish, usage, node, calls = "stop", {}, "", None
         async with contextlib.aclosing(produce()) as stream:
             async for chunk in stream:
                 if chunk.text:
                     flight.chunks.append(chunk.text)
                     flight.notify()
-                    if shared:
+                    if relay:
                         with contextlib.suppress(AgentdError):
                             await blobs.emit(hexkey, {"t": chunk.text.encode()}, self._ttl)
                 if chunk.tool_deltas:
                     flight.chunks.append(chunk.tool_deltas)
                     flight.notify()
-                    if shared:
+                    if relay:
                         pieces = orjson.dumps(chunk.tool_deltas)
                         with contextlib.suppress(AgentdError):
                             await blobs.emit(hexkey, {"p": pieces}, self._ttl)
@@ -184,7 +190,7 @@ class Flights:
                 calls = chunk.tool_calls or calls
         reply = CachedReply(_texts(flight.chunks), finish, usage, node, calls)
         await self._tiers.save(key, reply, policy)
-        if shared:
+        if relay:
             meta = orjson.dumps({"f": finish, "u": usage, "n": node, "tc": calls})
             with contextlib.suppress(AgentdError):
                 await blobs.emit(hexkey, {"end": meta}, self._ttl)
