@@ -133,6 +133,9 @@ def redis_cluster(_redis_cluster: RedisClusterProcs) -> RedisClusterProcs:
 
 
 TOPOLOGIES = ["memory", "single", "sharded", "cluster"]
+# The topology tests are about the store's semantics, not its timeouts: some open tens of
+# connections at once, which a loaded machine can make slower than the default 1 s.
+GENEROUS_CONNECT = {"connect_timeout": 30.0}
 
 
 @pytest.fixture(params=TOPOLOGIES)
@@ -143,12 +146,12 @@ def store_config(request: pytest.FixtureRequest) -> Config:
         return from_dict({})
     if topology == "single":
         urls = [request.getfixturevalue("redis_standalone").url]
-        return from_dict({"redis": {"urls": urls}})
+        return from_dict({"redis": {"urls": urls, **GENEROUS_CONNECT}})
     if topology == "sharded":
         urls = [s.url for s in request.getfixturevalue("redis_shards")]
-        return from_dict({"redis": {"urls": urls}})
+        return from_dict({"redis": {"urls": urls, **GENEROUS_CONNECT}})
     urls = request.getfixturevalue("redis_cluster").urls
-    return from_dict({"redis": {"urls": urls, "cluster": True}})
+    return from_dict({"redis": {"urls": urls, "cluster": True, **GENEROUS_CONNECT}})
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -12,19 +14,22 @@ import aiohttp
 import orjson
 import pytest
 import redis
+import redis.asyncio
 from aiohttp.test_utils import TestServer
 
 from agentd.backends import Chunk
 from agentd.cache import CachedReply, ResponseCache, Served
 from agentd.config import from_dict
-from agentd.errors import UpstreamError
+from agentd.errors import AgentdError, UpstreamError
 from agentd.metrics import Metrics
 from agentd.server.app import create_app
 from agentd.server.keys import CACHE
 from agentd.store import open_store
+from agentd.store.keys import flight_keys
 
 from .openai_stub import Slow, StubNode
 from .procs import RedisServer
+from .waiting import wait_until
 
 Factory = Callable[..., Any]
 
@@ -189,6 +194,12 @@ async def test_identical_requests_in_flight_make_one_upstream_call(
 ) -> None:
     async with StubNode(Slow(first_s=0.3, between_s=0.01)) as node:
         raw = agent_config(node.url, tmp_path, redis_standalone.url)
+        # Single-flight is promised with a reachable Redis; a Redis found unreachable is
+        # a miss computed locally (docs/cache.md). The herd opens ~50 connections per
+        # instance at once, which a loaded machine can make slower than the default 1 s
+        # connect_timeout: that outage, not a flight, made a second call. Generous limits
+        # keep the store reachable, so the one call below is single-flight's alone.
+        raw["redis"].update(connect_timeout=30.0, timeout=30.0)
         url_a = (await serve(raw)).url
         url_b = (await serve(raw)).url  # a second "instance" on the same Redis
         async with aiohttp.ClientSession() as http:
@@ -243,6 +254,142 @@ async def test_a_follower_takes_over_from_a_leader_that_died(
     finally:
         await cache.close()
         await store.close()
+
+
+async def test_a_leader_silent_past_its_lease_keeps_its_flight(
+    redis_standalone: RedisServer,
+) -> None:
+    """The leader renews its lock and stream while its call runs, chunks or not: after a
+    pause of several leases (a slow upstream), a follower on another instance reads the
+    flight from its first chunk and no second model call is made."""
+    lease = 1.5
+    config = from_dict({"redis": {"urls": [redis_standalone.url], "connect_timeout": 30.0},
+                        "cache": {"flight_lease": lease, "disk_path": ""}})  # fmt: skip
+    stores = [open_store(config) for _ in range(2)]  # two instances
+    caches = [ResponseCache(config.cache, store.blobs) for store in stores]
+    policy = config.agents[0].cache
+    speak, calls = asyncio.Event(), []
+
+    def producer(name: str) -> Callable[[], AsyncIterator[Chunk]]:
+        async def produce() -> AsyncIterator[Chunk]:
+            calls.append(name)
+            yield Chunk("slow ", None, None, "n")
+            await speak.wait()  # silent for as long as the test holds it
+            yield Chunk("reply", "stop", {"total_tokens": 2}, "n")
+
+        return produce
+
+    async def collect(index: int, into: list[Any]) -> None:
+        source, level = await caches[index].get(key, policy, producer("ab"[index]), deadline)
+        assert level == "miss" and not isinstance(source, CachedReply)
+        async for item in source:
+            into.append(item)
+
+    key = b"s" * 16
+    lock, _ = flight_keys(key.hex())
+    deadline = asyncio.get_running_loop().time() + 120
+    seen = {"pttl": 0, "renewals": 0}
+
+    async def renewed(server: Any, times: int) -> bool:
+        # A renewal puts the lock's remaining time back up: count the rises.
+        pttl = await server.pttl(lock)
+        seen["renewals"] += pttl > seen["pttl"] > 0
+        seen["pttl"] = pttl
+        return seen["renewals"] >= times
+
+    for store, cache in zip(stores, caches, strict=True):
+        await store.start()
+        await cache.start()
+    led: list[Any] = []
+    followed: list[Any] = []
+    async with redis.asyncio.Redis(port=redis_standalone.port) as server:
+        try:
+            leader = asyncio.create_task(collect(0, led))
+            await wait_until(lambda: led == ["slow "], what="the leader's first chunk")
+            # Silent for two leases and more: without renewals the lock and the stream
+            # (its first chunk) would both have expired by now.
+            await wait_until(lambda: renewed(server, 2 * 3 + 1), what="the lock's renewals")
+            follower = asyncio.create_task(collect(1, followed))
+            await wait_until(lambda: followed == ["slow "], what="the follower's first chunk")
+            speak.set()
+            await asyncio.gather(leader, follower)
+        finally:
+            speak.set()
+            for store, cache in zip(stores, caches, strict=True):
+                await cache.close()
+                await store.close()
+    for items in (led, followed):
+        assert items[:-1] == ["slow ", "reply"] and items[-1].level == "miss"
+    assert calls == ["a"]
+    assert _lock_released(redis_standalone.port, lock)
+
+
+def _lock_released(port: int, lock: str) -> bool:
+    """Whether the flight's lock is gone (released at the end of the call)."""
+    with redis.Redis(port=port) as client:
+        return not client.exists(lock)
+
+
+async def test_a_worker_that_could_not_take_the_lock_writes_nothing_to_the_stream(
+    tmp_path: Path,
+) -> None:
+    """A worker whose store did not answer when it asked for the lock computes the reply
+    for its own clients, and sends nothing to the stream of the leader that may hold the
+    lock: that leader's followers get neither its chunks mixed into theirs nor its end."""
+    server = RedisServer(tmp_path)
+    config = from_dict({"redis": {"urls": [server.url], "timeout": 0.5, "down_retry": 0.1},
+                        "cache": {"disk_path": ""}})  # fmt: skip
+    store = open_store(config)
+    await store.start()
+    cache = ResponseCache(config.cache, store.blobs)
+    await cache.start()
+    policy, key = config.agents[0].cache, b"m" * 16
+    hexkey = key.hex()
+    resume, calls = asyncio.Event(), 0
+
+    async def produce() -> AsyncIterator[Chunk]:
+        nonlocal calls
+        calls += 1
+        await resume.wait()
+        yield Chunk("mine", "stop", {"total_tokens": 1}, "n")
+
+    async def answers() -> bool:
+        with contextlib.suppress(AgentdError):
+            await store.blobs.get(hexkey)
+            return True
+        return False
+
+    items: list[Any] = []
+
+    async def collect() -> None:
+        source, _ = await cache.get(key, policy, produce, loop.time() + 60)
+        assert not isinstance(source, CachedReply)
+        async for item in source:
+            items.append(item)
+
+    loop = asyncio.get_running_loop()
+    try:
+        # A leader elsewhere holds the lock and has streamed its first chunk.
+        assert await store.blobs.lead(hexkey, "elsewhere", 30)
+        await store.blobs.emit(hexkey, {"t": b"theirs "}, 30)
+        server.proc.send_signal(signal.SIGSTOP)
+        try:
+            asker = asyncio.create_task(collect())
+            await wait_until(lambda: calls == 1, what="the call made without the lock")
+        finally:
+            server.proc.send_signal(signal.SIGCONT)
+        await wait_until(answers, what="the store to answer again")
+        resume.set()
+        await asker
+        assert items[:-1] == ["mine"] and items[-1].level == "miss"
+        with redis.Redis(port=server.port) as client:
+            lock, stream = flight_keys(hexkey)
+            assert [fields for _, fields in client.xrange(stream)] == [{b"t": b"theirs "}]
+            assert client.get(lock) == b"elsewhere"
+    finally:
+        await cache.close()
+        await store.close()
+        server.close()
 
 
 async def test_l3_survives_a_restart_and_a_damaged_file_is_rebuilt(

@@ -17,7 +17,7 @@ import redis
 from agentd.config import from_dict
 from agentd.store.keys import dead_key, queue_key, record_keys
 
-from .openai_stub import Fail, StubNode
+from .openai_stub import Fail, Hang, Normal, StubNode
 from .procs import AgentdProcess, RedisClusterProcs, RedisServer, metric
 from .test_responses import client, history, stub_config, wait_status
 from .waiting import wait_until
@@ -116,25 +116,28 @@ async def test_kill_9_the_worker_running_a_job(
 async def test_a_draining_worker_hands_its_job_back(
     agentd_instance: Start, redis_standalone: RedisServer
 ) -> None:
-    # A long lease: the job must come back through the hand-over, not a reclaim.
-    config = (
-        _config([redis_standalone.url])
-        .replace("lease_s = 1.0", "lease_s = 120.0")
-        .replace("shutdown_timeout = 2.0", "shutdown_timeout = 0.5")
-    )
-    a = agentd_instance(config)
-    # About 12 s at 40 tokens/s: a cannot finish it while b starts and a drains.
-    words = " ".join(f"w{i}" for i in range(480))
-    job = await client(a).responses.create(model="echo", input=words, background=True)
-    await wait_status(client(a), job.id, ("in_progress",))
-    b = agentd_instance(config)  # started once a holds the job
-    a.send(signal.SIGTERM)
-    assert a.wait_exit() == 0
-    try:
-        done = await wait_status(client(b), job.id, limit=90)  # a reclaim would take 120 s
-    except AssertionError as exc:  # say where the job went: one such failure seen under load
-        raise AssertionError(f"{exc}\n--- a's log\n{a.log()}\n--- b's log\n{b.log()}") from None
-    assert done.status == "completed" and done.output_text == words
+    async with StubNode(Hang()) as node:
+        # A long lease: the job must come back through the hand-over, not a reclaim.
+        config = (
+            (_config([redis_standalone.url]).split("[[backends]]")[0] + stub_config(node))
+            .replace("lease_s = 1.0", "lease_s = 120.0")
+            .replace("shutdown_timeout = 2.0", "shutdown_timeout = 0.5")
+        )
+        a = agentd_instance(config)
+        job = await client(a).responses.create(model="helper", input="handed", background=True)
+        # a's call hangs: a holds the job, unfinished, however long b takes to start (a
+        # timed job once ended on a before a loaded machine had started b).
+        await wait_until(lambda: len(node.requests) == 1, what="a's call to the model")
+        b = agentd_instance(config)
+        node.mode = Normal()  # for b's attempt: a's call keeps hanging
+        a.send(signal.SIGTERM)
+        assert a.wait_exit() == 0
+        try:
+            done = await wait_status(client(b), job.id, limit=90)  # a reclaim takes 120 s
+        except AssertionError as exc:  # say where the job went
+            raise AssertionError(f"{exc}\n--- a's log\n{a.log()}\n--- b's log\n{b.log()}") from None
+    assert done.status == "completed" and done.output_text == "stub:handed"
+    assert len(node.requests) == 2  # a's attempt, handed back unfinished, then b's
     assert _runner_pid(redis_standalone.url, job.id) in b.worker_pids()
     assert "took over job" not in b.log()  # handed back at once, not reclaimed
     messages = await history(b, done.model_extra["session_id"])

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +31,8 @@ from .reply import CachedReply, Served
 from .tiers import Tiers
 
 __all__ = ("Flights", "Produce")
+
+log = logging.getLogger(__name__)
 
 # How long a follower waits for the next chunk before it checks the leader is alive.
 TAIL_BLOCK_S = 1.0
@@ -99,27 +101,35 @@ class Flights:
         produce: Produce,
         deadline: float,
     ) -> None:
-        hexkey, owner, leading = key.hex(), secrets.token_hex(8), False
+        hexkey, owner, held = key.hex(), secrets.token_hex(8), False
         try:
-            while not await self._lead(hexkey, owner):
+            while (lead := await self._lead(hexkey, owner)) is False:
                 # Another process produces this reply: follow its stream.
                 if await self._tail(hexkey, flight, owner, deadline):
                     return
                 # Its leader is gone and we passed no text on yet: take over.
-            leading = True
+            # Only the lock's holder writes the key's stream. Without the lock (the store
+            # did not answer) this worker computes for its own clients alone: a leader
+            # elsewhere may own the stream, whose followers must get neither this
+            # reply's chunks mixed into theirs nor this call's error.
+            held = lead is True and self._blobs.shared
+            keeper = asyncio.create_task(self._keep_lock(hexkey, owner)) if held else None
             try:
                 again = await self._tiers.lookup(key, policy)  # it may have just finished
                 if again is not None:
                     flight.chunks.extend(again.reply.chunks)
                     flight.reply, flight.level = again.reply, again.level
                     return
-                await self._produce(key, flight, owner, policy, produce)
+                await self._produce(key, flight, policy, produce, relay=held)
             finally:
-                with contextlib.suppress(AgentdError):
-                    await self._blobs.release(hexkey, owner)
+                if keeper is not None:
+                    keeper.cancel()
+                if held:
+                    with contextlib.suppress(AgentdError):
+                        await self._blobs.release(hexkey, owner)
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else UpstreamError("cancelled")
-            if leading and self._blobs.shared:
+            if held:
                 with contextlib.suppress(AgentdError):
                     await self._blobs.emit(hexkey, {"err": str(exc).encode()}, self._ttl)
             if not isinstance(exc, Exception):
@@ -128,30 +138,49 @@ class Flights:
             flight.notify()
             self._flights.pop(key, None)
 
-    async def _lead(self, hexkey: str, owner: str) -> bool:
+    async def _lead(self, hexkey: str, owner: str) -> bool | None:
+        """Whether this process took the key's lock; None when the store did not answer
+        (then it computes here rather than fail)."""
         try:
             return await self._blobs.lead(hexkey, owner, self._ttl)
         except AgentdError:
-            return True  # the shared level is down: compute here rather than fail
+            return None
+
+    async def _keep_lock(self, hexkey: str, owner: str) -> None:
+        """Renew the leader's lock (and stream) every third of the lease for as long as
+        it leads, whether chunks come or not: an upstream silent for longer than the lease
+        (a slow first token, a long pause) must not let a follower take over and call the
+        model a second time, nor mix its reply into this one's stream."""
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                held = await self._blobs.renew(hexkey, owner, self._ttl)
+            except AgentdError:
+                continue  # the store is away: the lock may outlast it, try again
+            if not held:
+                # Expired (this loop stalled past the lease): a follower may take over
+                # and call the model too.
+                log.warning("single-flight lock of %s not held while its call runs", hexkey)
+                return
 
     async def _produce(
-        self, key: bytes, flight: _Flight, owner: str, policy: AgentCacheConfig, produce: Produce
+        self, key: bytes, flight: _Flight, policy: AgentCacheConfig, produce: Produce, relay: bool
     ) -> None:
-        hexkey, shared, blobs = key.hex(), self._blobs.shared, self._blobs
-        renew_at = time.monotonic() + self._ttl / 3
+        """Call the model; ``relay``: pass its chunks on to followers elsewhere."""
+        hexkey, blobs = key.hex(), self._blobs
         finish, usage, node, calls = "stop", {}, "", None
         async with contextlib.aclosing(produce()) as stream:
             async for chunk in stream:
                 if chunk.text:
                     flight.chunks.append(chunk.text)
                     flight.notify()
-                    if shared:
+                    if relay:
                         with contextlib.suppress(AgentdError):
                             await blobs.emit(hexkey, {"t": chunk.text.encode()}, self._ttl)
                 if chunk.tool_deltas:
                     flight.chunks.append(chunk.tool_deltas)
                     flight.notify()
-                    if shared:
+                    if relay:
                         pieces = orjson.dumps(chunk.tool_deltas)
                         with contextlib.suppress(AgentdError):
                             await blobs.emit(hexkey, {"p": pieces}, self._ttl)
@@ -159,13 +188,9 @@ class Flights:
                 usage = chunk.usage or usage
                 node = chunk.node or node
                 calls = chunk.tool_calls or calls
-                if shared and time.monotonic() >= renew_at:
-                    renew_at = time.monotonic() + self._ttl / 3
-                    with contextlib.suppress(AgentdError):
-                        await blobs.renew(hexkey, owner, self._ttl)
         reply = CachedReply(_texts(flight.chunks), finish, usage, node, calls)
         await self._tiers.save(key, reply, policy)
-        if shared:
+        if relay:
             meta = orjson.dumps({"f": finish, "u": usage, "n": node, "tc": calls})
             with contextlib.suppress(AgentdError):
                 await blobs.emit(hexkey, {"end": meta}, self._ttl)

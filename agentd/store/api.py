@@ -498,7 +498,9 @@ class Blobs(abc.ABC):
         """Become the key's single-flight leader unless a live one exists."""
 
     @abc.abstractmethod
-    async def renew(self, hexkey: str, owner: str, ttl_s: float) -> bool: ...
+    async def renew(self, hexkey: str, owner: str, ttl_s: float) -> bool:
+        """Extend the leader's lock and its stream by ``ttl_s``; False when the lock is
+        no longer ``owner``'s."""
 
     @abc.abstractmethod
     async def release(self, hexkey: str, owner: str) -> None: ...

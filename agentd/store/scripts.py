@@ -468,12 +468,13 @@ redis.call('HINCRBY', KEYS[1], 'fence', 1)
     + _append_lua(7, 5),
 )
 
-# KEYS: lock. ARGV: owner, ttl ms. Renews only the owner's lock: 1, else 0.
+# KEYS: lock, and optionally what lives with it (a flight's stream). ARGV: owner, ttl ms.
+# Renews only the owner's lock (and the rest with it): 1, else 0.
 RENEW_LOCK = Script(
     "renew_lock",
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[2]) end
 return 1
 """,
 )

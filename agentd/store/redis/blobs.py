@@ -63,8 +63,10 @@ class RedisBlobs(Blobs):
         return bool(await self.shards.eval(L.LEAD, list(K.flight_keys(hexkey)), [owner, ms(ttl_s)]))
 
     async def renew(self, hexkey: str, owner: str, ttl_s: float) -> bool:
-        lock, _ = K.flight_keys(hexkey)
-        return bool(await self.shards.eval(L.RENEW_LOCK, [lock], [owner, ms(ttl_s)]))
+        # The stream too: a follower that joins after a pause longer than the lease
+        # must still read the flight from its first chunk.
+        keys = list(K.flight_keys(hexkey))
+        return bool(await self.shards.eval(L.RENEW_LOCK, keys, [owner, ms(ttl_s)]))
 
     async def release(self, hexkey: str, owner: str) -> None:
         lock, _ = K.flight_keys(hexkey)
