@@ -209,6 +209,11 @@ async def test_a_copy_no_replica_confirms_leaves_the_key_on_its_old_server(
     replica = group.servers[1].proc
     try:
         await src.set("k{1}", "v")
+
+        async def linked() -> bool:  # a move waits only for a replica its master has
+            return bool((await dst.execute_command("ROLE"))[2])
+
+        await wait_until(linked, 30, "the replica to be linked to its master")
         replica.send_signal(signal.SIGSTOP)
         with pytest.raises(NotReplicated):
             await move_keys(src, dst, ["k{1}"], dst_wait_ms=300)
