@@ -498,6 +498,38 @@ def test_chat_with_a_key_and_its_limits_matches_aiohttp(
     assert b"Retry-After" in dict(ours[3][1])  # type: ignore[arg-type]
 
 
+def _revoke(proc: AgentdProcess, key: str) -> None:
+    key_id = key.split("-")[-2]  # sk-agentd-<id>-<secret>
+    request = urllib.request.Request(
+        f"{proc.url}/v1/admin/keys/{key_id}",
+        method="DELETE",
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=LIMIT_S) as reply:
+        assert reply.status == 200
+
+
+def test_the_same_body_from_other_callers_is_their_own_turn(
+    keyed_pair: tuple[AgentdProcess, AgentdProcess],
+) -> None:
+    """The front keeps a body's turn with the caller it was built for: the same bytes
+    from another key are that key's turn (its limits, its headers), with no key they
+    are refused, and once a key is revoked its kept turn is not served to it again."""
+    front, _ = keyed_pair
+    one = _new_key(front, requests_per_minute=5)
+    two = _new_key(front, requests_per_minute=7)
+    answers = _chats(front.port, [_chat(key=one), _chat(key=two)] * 2 + [_chat()])
+    statuses = [a[0] for a in answers]
+    assert statuses == [b"HTTP/1.1 200 OK"] * 4 + [b"HTTP/1.1 401 Unauthorized"]
+    limits = [dict(h).get(b"x-ratelimit-limit-requests") for _, h, _ in answers[:4]]  # type: ignore[arg-type]
+    remaining = [dict(h).get(b"x-ratelimit-remaining-requests") for _, h, _ in answers[:4]]  # type: ignore[arg-type]
+    assert limits == [b"5", b"7", b"5", b"7"]
+    assert remaining == [b"4", b"6", b"3", b"5"]
+    _revoke(front, one)
+    after = _chats(front.port, [_chat(key=one), _chat(key=two)])
+    assert [a[0] for a in after] == [b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 200 OK"]
+
+
 def test_a_keyed_turn_that_must_reach_redis_in_its_first_step_is_answered(
     agentd_instance: Callable[..., AgentdProcess], redis_standalone: RedisServer
 ) -> None:

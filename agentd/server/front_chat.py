@@ -4,13 +4,17 @@ parsed by the fast path, the caller identified and checked as :func:`.auth.authe
 does, the turn run by :meth:`Agents.run` (an L1 cache hit returns without suspending),
 the same ``chat.completion`` body and headers, counted in the same request metrics.
 
-With auth off, the turn of a body seen lately is not built again: the same bytes make
-the same turn (the same caller, :data:`~agentd.auth.OPEN`) and the same model call, so
-the turn and its plan (:meth:`Agents.prepare`, which includes the cache key) are kept
-by the body's bytes for the next identical request, up to :data:`MEMO_ENTRIES` bodies of
-at most :data:`MEMO_BODY_BYTES` each. An L1 hit then costs the cache look-up, the
-admission, the metrics and the answer's bytes. With auth on, the caller's identity is
-looked up and every request takes the whole path.
+The turn of a body seen lately is not built again: the same bytes from the same caller
+make the same turn and the same model call, so the turn and its plan
+(:meth:`Agents.prepare`, which includes the cache key) are kept by the body's bytes,
+with the caller's identity, for the next identical request, up to :data:`MEMO_ENTRIES`
+bodies of at most :data:`MEMO_BODY_BYTES` each. The caller is the same when this
+worker's key cache answers the request's credential with the very identity object kept
+(:meth:`Auth.known`, which checks the secret and the expiry on every request): an
+identity is immutable, and a key changed or revoked gets a new one (or none), so what
+was checked when the turn was built (the ``chat`` scope, the agent) still holds. An L1
+hit then costs the identity look-up, the cache look-up, the admission and limits, the
+metrics and the answer's bytes.
 
 What the route would refuse before the turn starts (a body that does not parse, a bad
 credential, a missing scope, an unknown agent) and what the front does not do (a stream,
@@ -61,16 +65,18 @@ class HotChat:
         config = app[CONFIG]
         self.turn_timeout = config.server.turn_timeout
         self.max_body = config.server.max_request_bytes
-        # Body bytes -> the turn they ask for and its plan (auth off only).
-        self.memo: dict[bytes, tuple[TurnRequest, Prepared]] = {}
+        # Body bytes -> the caller, the turn they ask for and its plan.
+        self.memo: dict[bytes, tuple[Identity, TurnRequest, Prepared]] = {}
 
     def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
         """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
         started = time.perf_counter()
-        if not self.auth.enabled:
-            kept = self.memo.get(raw)
-            if kept is not None:
-                return self._run(kept[0], kept[1], started)
+        kept = self.memo.get(raw)
+        if kept is not None:
+            auth = self.auth
+            identity = auth.known(_credential(authorization)) if auth.enabled else OPEN
+            if kept[0] is identity:
+                return self._run(kept[1], kept[2], started)
         try:
             body = parse_chat(raw, None)
         except Exception:
@@ -95,13 +101,14 @@ class HotChat:
         except AgentdError:
             return None  # refused before the turn: aiohttp refuses it the same way
         prepared = None
-        if not self.auth.enabled and len(raw) <= MEMO_BODY_BYTES:
+        # A connection token's identity is made anew for each request: never found again.
+        if len(raw) <= MEMO_BODY_BYTES and identity.kind != "token":
             prepared = self.agents.prepare(turn)
             if prepared is not None:
                 memo = self.memo
-                if len(memo) >= MEMO_ENTRIES:
+                if raw not in memo and len(memo) >= MEMO_ENTRIES:
                     del memo[next(iter(memo))]
-                memo[raw] = (turn, prepared)
+                memo[raw] = (identity, turn, prepared)
         return await self._run(turn, prepared, started)
 
     async def _identify(self, credential: str | None) -> Identity:
