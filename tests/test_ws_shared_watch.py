@@ -5,8 +5,6 @@ that stops reading is closed with 1013 (the documented rule) while the others go
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import socket
 from typing import Any
 
@@ -21,7 +19,7 @@ from agentd.server.keys import STORE
 from agentd.store.keys import session_channel
 
 from .procs import RedisServer
-from .test_ws_slow_reader import _masked_text
+from .test_ws_slow_reader import _masked_text, silent_client
 from .waiting import wait_until
 
 WATCHERS = 50
@@ -52,21 +50,9 @@ async def _events(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[int]:
 
 async def _slow_client(host: str, port: int, sid: str) -> socket.socket:
     """A raw client with a tiny receive buffer that says hello and never reads."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (host, port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(
-        sock,
-        (
-            f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode(),
-    )
-    await loop.sock_sendall(sock, _masked_text(orjson.dumps({"type": "hello", "session_id": sid})))
+    sock = await silent_client(host, port)
+    hello = _masked_text(orjson.dumps({"type": "hello", "session_id": sid}))
+    await asyncio.get_running_loop().sock_sendall(sock, hello)
     return sock
 
 

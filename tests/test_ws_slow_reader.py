@@ -31,6 +31,26 @@ def _masked_text(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+async def silent_client(host: str, port: int) -> socket.socket:
+    """A raw WebSocket client with a tiny receive buffer that asks for the upgrade and
+    never reads: the server's writes back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (host, port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        sock,
+        (
+            f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    return sock
+
+
 TURNS = 8
 
 
@@ -48,21 +68,8 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_counted(
         **echo(tokens_per_s=0.0), websocket={"send_queue": 4, "max_inflight_turns": TURNS}
     )
     host, port = url.removeprefix("http://").split(":")
-    # A tiny receive buffer, and a client that never reads: the server's writes back up.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await silent_client(host, int(port))
     loop = asyncio.get_running_loop()
-    await loop.sock_connect(sock, (host, int(port)))
-    key = base64.b64encode(os.urandom(16)).decode()
-    await loop.sock_sendall(
-        sock,
-        (
-            f"GET /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode(),
-    )
     # Frames wait in the queue only once the transport is full: the replies (8 turns of
     # 20,000 delta frames, about 8 MB) must outgrow what the kernel buffers (up to
     # tcp_wmem's maximum, 4 MiB by default) on top of the transport's own buffer.

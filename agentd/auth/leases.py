@@ -317,13 +317,7 @@ class Leases:
             for lease in taken:
                 if not lease.room(now):
                     return self._short(tenant, taken, now)
-            low = False
-            for lease in taken:
-                low = lease.take(now) or low
-            self._counts[tenant] = self._counts.get(tenant, 0) + 1
-            if low:
-                self.want(tenant)
-            return taken
+            return self._admit(tenant, taken, now)
         return self._take(tenant, rules)
 
     def _short(self, tenant: str, taken: list[Lease], now: float) -> None:
@@ -368,6 +362,11 @@ class Leases:
         self._found[id(rules)] = (rules, tenant, taken, self._generation)
         if short:
             return self._short(tenant, taken, now)
+        return self._admit(tenant, taken, now)
+
+    def _admit(self, tenant: str, taken: list[Lease], now: float) -> list[Lease]:
+        """A place taken from each of ``taken`` (each has room); a renewal asked for
+        when one runs low."""
         low = False
         for lease in taken:
             low = lease.take(now) or low

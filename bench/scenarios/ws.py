@@ -48,7 +48,7 @@ WS_TURNS = Scenario(
 )
 
 
-def _steady_rss(served: Served, samples: int = 5) -> float:
+def steady_rss(served: Served, samples: int = 5) -> float:
     values = []
     for _ in range(samples):
         values.append(rss_bytes(served.target.pids()))
@@ -62,7 +62,7 @@ def _idle(bench: Bench, served: Served, count: int) -> dict[str, Any]:
     settle = 0.3 if s.mode == "tiny" else 2.0
     sources = ",".join(f"127.0.0.{2 + i}" for i in range(procs))
     time.sleep(settle)
-    before = _steady_rss(served)
+    before = steady_rss(served)
     cmd = targets.pinned(
         [
             sys.executable,
@@ -102,7 +102,7 @@ def _idle(bench: Bench, served: Served, count: int) -> dict[str, Any]:
         raise RuntimeError(f"ws-idle client failed: {line} {errors.read_text()[-2000:]}")
     opened = int(line.split()[1])
     time.sleep(settle)
-    after = _steady_rss(served)
+    after = steady_rss(served)
     proc.stdin.write("close\n")
     proc.stdin.flush()
     if proc.wait(timeout=120) != 0:

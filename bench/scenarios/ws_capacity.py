@@ -30,10 +30,10 @@ from typing import Any
 
 from .. import targets
 from ..measure import Bench, Served
-from ..procstat import rss_bytes
 from ..settings import Settings
 from ..stats import ratio
 from .common import Scenario, have
+from .ws import steady_rss
 
 __all__ = ("WS_CAPACITY",)
 
@@ -80,14 +80,6 @@ def _server_websockets(served: Served) -> int | None:
     status, _, body = targets.http_get(served.target.url("/metrics"), timeout=30)
     found = re.search(rb"^agentd_websocket_connections (\S+)$", body, re.M)
     return int(float(found.group(1))) if status == 200 and found else None
-
-
-def _steady_rss(served: Served, samples: int = 5) -> float:
-    values = []
-    for _ in range(samples):
-        values.append(rss_bytes(served.target.pids()))
-        time.sleep(0.1)
-    return sum(values) / len(values)
 
 
 def _probe(bench: Bench, served: Served, label: str) -> dict[str, Any]:
@@ -188,13 +180,13 @@ def run_capacity(bench: Bench) -> None:
         served = stack.enter_context(bench.serve(cm, layout["workers"], extra))
         time.sleep(0.3 if s.mode == "tiny" else 2.0)
         pids = served.target.pids
-        fds_before, rss_before = _fds(pids()), _steady_rss(served)
+        fds_before, rss_before = _fds(pids()), steady_rss(served)
         probes = {k: 1 if s.mode == "tiny" and k != "open" else n for k, n in PROBES.items()}
         unloaded = [_probe(bench, served, "no idle connections") for _ in range(probes["before"])]
         proc, opened, open_s, out = _open_idle(bench, served, count, layout)
         try:
             time.sleep(0.3 if s.mode == "tiny" else 3.0)
-            rss_open, fds_open = _steady_rss(served), _fds(pids())
+            rss_open, fds_open = steady_rss(served), _fds(pids())
             idle_held = _server_websockets(served)
             load_open = os.getloadavg()
             label = f"{opened} idle connections"
