@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "client_json": {"errors", "fastpath"},
     "store": {"aio", "errors", "schema", "config", "fastpath"},
     "backends": {"errors", "config", "metrics"},
-    "cache": {"errors", "config", "fastpath", "metrics", "store"},
+    "cache": {"aio", "errors", "config", "fastpath", "metrics", "store"},
     "tools": {"errors", "config", "metrics", "version"},
     "wire": {"errors", "schema", "config", "fastpath", "client_json"},
     "auth": BASE | {"store"},
