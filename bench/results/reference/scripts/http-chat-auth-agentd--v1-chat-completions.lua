@@ -1,6 +1,7 @@
 wrk.method = "POST"
+wrk.headers[ [[Authorization]] ] = [[Bearer sk-agentd-RUN-KEY]]
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = [[{"model":"echo","messages":[{"role":"user","content":"hello there"}],"stream":true}]]
+wrk.body = [[{"model":"echo","messages":[{"role":"user","content":"hello there"}],"temperature":0}]]
 
 done = function(summary, latency, requests)
   local e = summary.errors
