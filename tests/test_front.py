@@ -499,7 +499,7 @@ def test_chat_with_a_key_and_its_limits_matches_aiohttp(
 
 
 def _revoke(proc: AgentdProcess, key: str) -> None:
-    key_id = key.split("-")[-2]  # sk-agentd-<id>-<secret>
+    key_id = key.split("-", 3)[2]  # sk-agentd-<id>-<secret>, the secret may hold "-"
     request = urllib.request.Request(
         f"{proc.url}/v1/admin/keys/{key_id}",
         method="DELETE",

@@ -201,9 +201,10 @@ async def test_poll_gives_live_messages_without_waiting_and_leaves_the_rest(
         later = await store.append(sid, [user("four")])
         await wait_until(lambda: events.poll()[1], TIMEOUT, "the custom event")
         assert events.poll() == ([], True)
-        note = await asyncio.wait_for(events.next_ready(), TIMEOUT)
-        assert note is not None and note.kind == "note" and note.data == {"n": 1}
-        four = await asyncio.wait_for(events.next_ready(), TIMEOUT)
+        # asend waits for an event where next_ready may stop (None) first.
+        note = await asyncio.wait_for(events.asend(None), TIMEOUT)
+        assert note.kind == "note" and note.data == {"n": 1}
+        four = await asyncio.wait_for(events.asend(None), TIMEOUT)
         assert four is not None and list(four.messages) == later
     finally:
         await events.aclose()
