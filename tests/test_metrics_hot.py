@@ -4,7 +4,6 @@ including those that exited or were killed."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import signal
@@ -233,6 +232,6 @@ async def test_a_flush_on_the_loop_and_the_timer_do_not_lose_counts() -> None:
         if i % 7 == 0:
             m.flush()
         if i % 11 == 0:
-            await asyncio.sleep(FLUSH_INTERVAL_S / 5)
+            await wait_until(lambda: not m.hot.armed, what="the timer's flush")
     text = m.render().decode()
     assert 'agentd_http_requests_total{method="GET",route="/z",status="200"} 50.0' in text
