@@ -198,8 +198,7 @@ class _Watcher(Watch):
             if self._after is not None:
                 caught_up = await store._catch_up(sid, self._after)
                 if caught_up is not None:
-                    self._last = caught_up[-1]["seq"]
-                    return Event(sid, "messages", tuple(caught_up))
+                    return self._given(caught_up)
         while True:
             if self._state == _ENDED:
                 raise StopAsyncIteration
@@ -219,23 +218,32 @@ class _Watcher(Watch):
                 if last is not None:
                     missed = await store._catch_up_again(sid, last)
                     if missed is not None:
-                        self._last = missed[-1]["seq"]
-                        return Event(sid, "messages", tuple(missed))
+                        return self._given(missed)
                 continue
             kind = doc.get("kind")
             if kind != "messages":
                 if kind == "deleted":
                     await self._end()
                 return Event(sid, kind, data=doc.get("data"))
-            messages = doc["messages"]
-            if last is not None and messages[0]["seq"] > last + 1:
-                # A gap: fill it (and more) from history.
+            messages = self._new(doc["messages"])
+            if messages is None:  # a gap: fill it (and more) from history
                 messages = await store._catch_up_again(sid, last) or []
-            elif last is not None:
-                messages = [m for m in messages if m["seq"] > last]
             if messages:
-                self._last = messages[-1]["seq"]
-                return Event(sid, "messages", tuple(messages))
+                return self._given(messages)
+
+    def _new(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """The messages of an event past the last one given; None: a gap before them."""
+        last = self._last
+        if last is None:
+            return messages
+        if messages[0]["seq"] > last + 1:
+            return None
+        return [m for m in messages if m["seq"] > last]
+
+    def _given(self, messages: list[dict[str, Any]]) -> Event:
+        """The event of ``messages`` (not empty), now the last given."""
+        self._last = messages[-1]["seq"]
+        return Event(self._session.sid, "messages", tuple(messages))
 
     def poll(self) -> tuple[list[Event], bool]:
         # What next_ready does for queued message events with no gap, without a
@@ -248,16 +256,12 @@ class _Watcher(Watch):
             doc = queue[0]
             if doc is None or doc.get("kind") != "messages":
                 return events, True  # history to read, or an event the task handles
-            messages = doc["messages"]
-            last = self._last
-            if last is not None:
-                if messages[0]["seq"] > last + 1:
-                    return events, True  # a gap: history to read
-                messages = [m for m in messages if m["seq"] > last]
+            messages = self._new(doc["messages"])
+            if messages is None:
+                return events, True  # a gap: history to read
             queue.popleft()
             if messages:
-                self._last = messages[-1]["seq"]
-                events.append(Event(self._session.sid, "messages", tuple(messages)))
+                events.append(self._given(messages))
         self._queue = None  # an idle watcher holds no buffer
         return events, False
 
