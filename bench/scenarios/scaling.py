@@ -4,20 +4,23 @@ Two measurements of the same question. The unconstrained one (1 worker on CPU 0 
 2 on CPUs 0-1) is what the machine's layout allows on 2 cores: the second worker shares
 its core with the load generator, so its ratio is a floor. The CPU-bounded one gives
 every serving process the same CPU quota (CFS bandwidth control, ``bench.cpuquota``,
-``QUOTA`` CPU each) with all of them on the server CPU and the generator alone on the
-load CPUs: 1 worker at ``QUOTA`` against 2 at ``QUOTA`` each. Both fit with room to spare,
-so a ratio short of 2 there is a shared bottleneck (the supervisor, Redis, the kernel's
-``SO_REUSEPORT`` spread, shared files or locks), not the machine. The bare aiohttp app
-with 1 and 2 processes under the same quotas is the control: what "scales perfectly"
-reaches with the same layout, quotas and generator.
+``QUOTA`` CPU each), each pinned to a CPU of its own, the generator on the load CPUs as
+before: 1 worker at ``QUOTA`` against 2 at ``QUOTA`` each. The second worker still shares
+its core with the generator, but both fit in it, so a worker that uses its whole quota
+was not held back by the machine, and a ratio short of 2 is a shared bottleneck (the
+supervisor, Redis, the kernel's ``SO_REUSEPORT`` spread, shared files or locks). The
+bare aiohttp app with 1 and 2 processes under the same quotas is the control: what
+"scales perfectly" reaches with the same layout, quotas and generator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from .. import cpuquota, targets
@@ -109,18 +112,26 @@ def _probe(
     return start
 
 
+def _pin(pid: int, cpu: int) -> None:
+    """Every thread of ``pid`` on ``cpu``."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), {cpu})
+
+
 def _bounded_runs(bench: Bench, redis_url: str) -> dict[str, dict[str, Any]]:
     """The four quota-bound runs (agentd 1 and 2 workers, aiohttp 1 and 2 processes),
     every serving process in a cgroup of its own under ``QUOTA``."""
     s, runs = bench.settings, {}
     for name, count in (("agentd-1w", 1), ("agentd-2w", 2), ("aiohttp-1p", 1), ("aiohttp-2p", 2)):
+        # As in the unconstrained runs: 1 on the server CPU, 2 on the first two CPUs, now
+        # one CPU each; the generator on the load CPUs.
+        cpus = s.all_cpus[:count]
         if name.startswith("agentd"):
-            cm = targets.agentd(
-                bench.workdir, s.server_cpus, workers=count, redis_url=redis_url, name=name
-            )
+            cm = targets.agentd(bench.workdir, cpus, workers=count, redis_url=redis_url, name=name)
         else:
-            cm = targets.aiohttp_baseline(bench.workdir, s.server_cpus, processes=count, name=name)
-        with bench.serve(cm, workers=count) as served, _quota(served, count) as pids:
+            cm = targets.aiohttp_baseline(bench.workdir, cpus, processes=count, name=name)
+        with bench.serve(cm, workers=count) as served, _quota(served, count, cpus) as pids:
             if name.startswith("agentd"):
                 _warm_cache(served.target.url(), count)
             runs[name] = bench.http(
@@ -136,15 +147,18 @@ def _bounded_runs(bench: Bench, redis_url: str) -> dict[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _quota(served: Served, count: int) -> Iterator[list[int]]:
-    """Each serving process of ``served`` under ``QUOTA`` for the block, with the
-    per-worker probe attached; the cgroups are removed on the way out."""
+def _quota(served: Served, count: int, cpus: list[int]) -> Iterator[list[int]]:
+    """Each serving process of ``served`` under ``QUOTA`` for the block and pinned to a
+    CPU of its own (``cpus`` in turn), with the per-worker probe attached; the cgroups
+    are removed on the way out."""
     pids = serving_pids(served, count)
     hierarchy = cpuquota.find_hierarchy()
     assert hierarchy is not None  # unavailable() said yes before the runs
     with cpuquota.CpuQuota(QUOTA, hierarchy, prefix="bench-scaling") as held:
-        for pid in pids:
+        for i, pid in enumerate(pids):
             held.place(pid)
+            if cpus:
+                _pin(pid, cpus[i % len(cpus)])
         served.cpu_quota = QUOTA
         served.probe = _probe(served, pids, held)
         yield pids
@@ -187,8 +201,10 @@ def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
     return (
         f"CPU-bounded variant ({BOUNDED}): every serving process (each agentd worker, each "
         f"aiohttp process) in a cgroup of its own with a CFS quota of {QUOTA:g} CPU "
-        f"({cpuquota.PERIOD_US // 1000} ms period), all on CPU {s.server_cpus} (2 x {QUOTA:g} "
-        f"fits in one core), the generator alone on CPUs {s.load_cpus}; the cache-hit turn "
+        f"({cpuquota.PERIOD_US // 1000} ms period) and {cpuquota.WEIGHT}x the default CPU "
+        f"weight (so other tenants' processes do not starve it below the quota), each "
+        f"pinned to a CPU of its own ({s.all_cpus[:2]} in turn), the generator on CPUs "
+        f"{s.load_cpus} in a weighted group without a quota; the cache-hit turn "
         "(temperature 0, every worker's L1 warmed first). agentd-2w / agentd-1w is the "
         "scaling of agentd's workers; aiohttp-2p / aiohttp-1p, the same layout and quotas "
         "with nothing shared, is the control. A worker is quota-bound when its CPU is "
