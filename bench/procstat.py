@@ -21,6 +21,7 @@ __all__ = (
     "cpu_seconds",
     "machine_cpu",
     "rss_bytes",
+    "runqueue_wait",
     "tree",
     "wait_quiet",
 )
@@ -65,6 +66,17 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])
     return total / _TICK
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (schedstat's
+    run_delay): a process short of CPU because others had it, rather than idle."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def machine_cpu() -> tuple[float, float]:

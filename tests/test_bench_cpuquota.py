@@ -102,6 +102,7 @@ def test_bench_tiny_workers_scaling_bounds_every_worker_and_measures_the_control
         # No process ran past its quota (a 10 ms period lets it overshoot by little).
         assert all(w["quota"] == 0.4 and w["cpu_util"] <= 0.55 for w in workers), workers
         assert len({w["pid"] for w in workers}) == len(workers)
+        assert all(0 <= w["runqueue_wait_share"] and w["connections"] >= 0 for w in workers)
     pairs = {(r["target"], r["baseline"], r["label"]) for r in scaling["ratios"]}
     assert ("agentd-2w", "agentd-1w", "0.4 CPU each") in pairs
     assert ("aiohttp-2p", "aiohttp-1p", "0.4 CPU each") in pairs

@@ -25,7 +25,7 @@ from typing import Any
 
 from .. import cpuquota, targets
 from ..measure import Bench, Served
-from ..procstat import children, connections, cpu_seconds, tree
+from ..procstat import children, connections, cpu_seconds, runqueue_wait, tree
 from ..stats import ratio
 from .common import CHAT, HIT_CHAT, Scenario, have
 from .common import run_seconds as _secs
@@ -78,15 +78,17 @@ def _probe(
     served: Served, pids: list[int], held: cpuquota.CpuQuota
 ) -> Callable[[int], Callable[[], dict[str, Any]]]:
     """Per-worker figures over the measured window: CPU used (against the quota), the
-    share of CFS periods it was throttled in, and its open connections. The generator's
-    processes get a weighted group with no quota for the window (``cpuquota.WEIGHT``), so
-    neighbours on its CPUs do not hold the load back either."""
+        share of CFS periods it was throttled in, the share of the window it waited runnable
+    for a CPU, and its open connections. The generator's
+        processes get a weighted group with no quota for the window (``cpuquota.WEIGHT``), so
+        neighbours on its CPUs do not hold the load back either."""
 
     def start(generator: int) -> Callable[[], dict[str, Any]]:
         for pid in tree(generator):
             with contextlib.suppress(OSError):  # gone already: a very short run
                 held.place(pid, capped=False)
         t0, cpu0, thr0 = time.monotonic(), {p: cpu_seconds([p]) for p in pids}, held.throttling()
+        wait0 = {p: runqueue_wait(p) for p in pids}
         spread = _Spread(pids, served.target.port)
 
         def finish() -> dict[str, Any]:
@@ -102,6 +104,8 @@ def _probe(
                         "cpu_util": round((cpu_seconds([pid]) - cpu0[pid]) / wall, 3),
                         "quota": held.cpus,
                         "throttled_share": round(throttled / periods, 3) if periods else None,
+                        # Runnable but not running (other processes had the CPU).
+                        "runqueue_wait_share": round((runqueue_wait(pid) - wait0[pid]) / wall, 3),
                         "connections": conns.get(pid, 0),
                     }
                 )
@@ -194,6 +198,7 @@ def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
     for name, run in runs.items():
         per = ", ".join(
             f"{w['cpu_util']:.2f} CPU, throttled in {w['throttled_share'] or 0:.0%} of periods, "
+            f"waited for a CPU {w['runqueue_wait_share']:.0%} of the time, "
             f"{w['connections']} conns"
             for w in run.get("workers", [])
         )
@@ -208,7 +213,8 @@ def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
         "(temperature 0, every worker's L1 warmed first). agentd-2w / agentd-1w is the "
         "scaling of agentd's workers; aiohttp-2p / aiohttp-1p, the same layout and quotas "
         "with nothing shared, is the control. A worker is quota-bound when its CPU is "
-        "close to the quota and it is throttled in most periods; p99 there includes "
+        "close to the quota and it is throttled in most periods; one below its quota that "
+        "waited for a CPU was short of CPU (neighbours), not of work. p99 there includes "
         "throttling waits. Per worker over the window: " + "; ".join(parts) + "."
     )
 
