@@ -69,8 +69,9 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def runqueue_wait(pid: int) -> float:
-    """Seconds the threads of ``pid`` spent runnable but waiting for a CPU (schedstat's
-    run_delay): a process short of CPU because others had it, rather than idle."""
+    """Seconds the threads of ``pid`` spent runnable but not running (schedstat's
+    run_delay): behind other processes, or throttled by a CPU quota. With its CPU time,
+    how much of a window it had work: short of CPU, rather than idle."""
     total = 0
     with contextlib.suppress(OSError):
         for task in Path(f"/proc/{pid}/task").iterdir():

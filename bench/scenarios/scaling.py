@@ -78,10 +78,10 @@ def _probe(
     served: Served, pids: list[int], held: cpuquota.CpuQuota
 ) -> Callable[[int], Callable[[], dict[str, Any]]]:
     """Per-worker figures over the measured window: CPU used (against the quota), the
-        share of CFS periods it was throttled in, the share of the window it waited runnable
-    for a CPU, and its open connections. The generator's
-        processes get a weighted group with no quota for the window (``cpuquota.WEIGHT``), so
-        neighbours on its CPUs do not hold the load back either."""
+    share of CFS periods it was throttled in, the share of the window it was runnable but
+    not running (throttled or behind others), and its open connections. The generator's
+    processes get a weighted group with no quota for the window (``cpuquota.WEIGHT``), so
+    neighbours on its CPUs do not hold the load back either."""
 
     def start(generator: int) -> Callable[[], dict[str, Any]]:
         for pid in tree(generator):
@@ -104,7 +104,7 @@ def _probe(
                         "cpu_util": round((cpu_seconds([pid]) - cpu0[pid]) / wall, 3),
                         "quota": held.cpus,
                         "throttled_share": round(throttled / periods, 3) if periods else None,
-                        # Runnable but not running (other processes had the CPU).
+                        # Runnable but not running: throttled, or behind other processes.
                         "runqueue_wait_share": round((runqueue_wait(pid) - wait0[pid]) / wall, 3),
                         "connections": conns.get(pid, 0),
                     }
@@ -198,7 +198,7 @@ def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
     for name, run in runs.items():
         per = ", ".join(
             f"{w['cpu_util']:.2f} CPU, throttled in {w['throttled_share'] or 0:.0%} of periods, "
-            f"waited for a CPU {w['runqueue_wait_share']:.0%} of the time, "
+            f"runnable but not running {w['runqueue_wait_share']:.0%} of the time, "
             f"{w['connections']} conns"
             for w in run.get("workers", [])
         )
@@ -213,8 +213,9 @@ def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
         "(temperature 0, every worker's L1 warmed first). agentd-2w / agentd-1w is the "
         "scaling of agentd's workers; aiohttp-2p / aiohttp-1p, the same layout and quotas "
         "with nothing shared, is the control. A worker is quota-bound when its CPU is "
-        "close to the quota and it is throttled in most periods; one below its quota that "
-        "waited for a CPU was short of CPU (neighbours), not of work. p99 there includes "
+        "close to the quota and it is throttled in most periods; CPU plus the time runnable "
+        "but not running near 1 means it always had work (one below its quota then was "
+        "behind other processes, not short of work). p99 there includes "
         "throttling waits. Per worker over the window: " + "; ".join(parts) + "."
     )
 
