@@ -7,7 +7,9 @@ cached chat reply. The front reads each request head itself; a request it knows 
 written plainly, it answers in the event loop's call that read it: ``GET /healthz``
 with pre-built bytes, ``POST /v1/chat/completions`` by the route's own steps
 (:mod:`.front_chat`; an answer that suspends, a cache miss, goes on in a task while
-the connection waits for it).
+the connection waits for it), and a streamed one (a body with ``"stream"``) written
+chunk by chunk as the turn produces it (:mod:`.front_stream`, which waits on
+:meth:`FrontConnection.drained` while the client does not read).
 At the first request it does not know, or anything unusual (another route, a query
 string, a body on a GET, ``Transfer-Encoding``, ``Expect``, ``Connection``, a byte
 outside printable ASCII, a head over :data:`MAX_HEAD_BYTES`), it hands the connection to

@@ -17,9 +17,11 @@ hit then costs the identity look-up, the cache look-up, the admission and limits
 metrics and the answer's bytes.
 
 What the route would refuse before the turn starts (a body that does not parse, a bad
-credential, a missing scope, an unknown agent) and what the front does not do (a stream,
-a session, tools) goes to aiohttp, which answers it as without a front. Once the turn
-has started, its error is answered here, rendered as :func:`.http.error_response` does.
+credential, a missing scope, an unknown agent) and what the front does not do (a
+session, tools) goes to aiohttp, which answers it as without a front. A stream is
+:mod:`.front_stream`'s (the front gives it every body with ``"stream"`` in it, and it
+passes those that are no stream on to :meth:`HotChat.begin`). Once the turn has
+started, its error is answered here, rendered as :func:`.http.error_response` does.
 """
 
 from __future__ import annotations
