@@ -398,16 +398,13 @@ class FrontConnection(asyncio.Protocol):
             closing = front.state.draining
             if type(answer) is int:  # a stream, written
                 status = answer
-                if transport.is_closing():  # cut short (a server error)
-                    self.buffer = b""
-                    return
             else:
                 out.append(self._render(answer, closing))
                 status = answer[0]
             self.requests += 1
             front.metrics.observe_request(route, method, status, time.perf_counter() - started)
             buffer = buffer[size:]
-            if closing:
+            if closing or transport.is_closing():  # (a stream the client left, or cut short)
                 # What follows is not read: the answer said the connection ends.
                 self.buffer = b""
                 self._write(out)
