@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -345,3 +346,26 @@ def test_a_client_that_leaves_mid_stream_ends_the_model_call(pair: Pair) -> None
     finally:
         stub.node.mode = Normal()
         stub.node.reply = None
+
+
+def test_a_stream_closes_its_connection_while_the_instance_leaves(
+    agentd_instance: Callable[..., AgentdProcess],
+) -> None:
+    """Leaving: a stream's head says ``Connection: close`` and the connection ends after
+    it, as aiohttp's (close_when_draining)."""
+    answers = []
+    for front in (True, False):
+        proc = agentd_instance(f"[server]\nfront = {'true' if front else 'false'}\n"
+                               "drain_delay_s = 60\n")  # fmt: skip
+        body = _body(model="echo", temperature=0)
+        reader = Reader(proc.port)
+        reader.send(_post(body, None))
+        assert dict(reader.answer()[1]).get(b"Connection") is None
+        proc.send(signal.SIGTERM)  # leaving: /readyz fails, every answer closes
+        wait_until_sync(lambda p=proc: p.get("/readyz")[0] == 503, what="readyz 503")
+        reader.send(_post(body, None) + _post(body, None))
+        answers.append(_comparable(reader.answer()))
+        assert answers[-1][1][-1] == (b"Connection", b"close")  # type: ignore[index]
+        assert reader.sock.recv(65536) == b"" and reader.data == b""
+        reader.close()
+    assert answers[0] == answers[1]
