@@ -82,6 +82,8 @@ class HotStream:
         """The coroutine that streams the body ``raw`` to ``conn``, or the plain chat
         completion's (:meth:`HotChat.begin`) when it is not a stream, or None
         (aiohttp's request)."""
+        if raw in self.chat.memo:  # a plain completion's body seen lately: not parsed again
+            return self.chat.begin(raw, authorization)
         try:
             body = parse_chat(raw, None)
         except Exception:
