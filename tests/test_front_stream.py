@@ -196,11 +196,11 @@ def _talk(port: int, key: str, requests: list[bytes], pipelined: bool = False) -
         reader.close()
 
 
-def _both(pair: Pair, make: object, pipelined: bool = False) -> list[object]:
+def _both(pair: Pair, make: Callable[[str], list[bytes]], pipelined: bool = False) -> list[object]:
     """What the front answers and what aiohttp answers, asserted equal; the front's."""
     front, plain, _, key_front, key_plain = pair
-    ours = _talk(front.port, key_front, make(key_front), pipelined)  # type: ignore[operator]
-    theirs = _talk(plain.port, key_plain, make(key_plain), pipelined)  # type: ignore[operator]
+    ours = _talk(front.port, key_front, make(key_front), pipelined)
+    theirs = _talk(plain.port, key_plain, make(key_plain), pipelined)
     assert ours == theirs
     return ours
 
