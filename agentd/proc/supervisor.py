@@ -241,6 +241,11 @@ class Supervisor:
         with heap.inherited():
             for slot in slots:
                 self.spawn_worker(slot)
+        # That may take seconds (a reload's config that newly needs the MCP SDK): read
+        # the heartbeats the serving workers sent meanwhile, lest they look stuck.
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            self._read_worker(w, now)
 
     def spawn_worker(self, slot: int) -> None:
         socks = self.listeners.for_slot(slot, self.config.server.workers)
