@@ -16,12 +16,18 @@ return 1
 """,
 )
 
-# KEYS: lock. ARGV: owner. Deletes only the owner's lock.
+# KEYS: lock, flight stream. ARGV: owner, ttl ms. Deletes only the owner's lock, and
+# then says so on the stream in the same step: its followers learn at once that the
+# flight ended (after its reply, or with none to give) instead of when their blocking
+# read times out, and no new leader's stream (LEAD empties it) can get the word.
 RELEASE_LOCK = Script(
     "release_lock",
     """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('XADD', KEYS[2], '*', 'gone', '')
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
 """,
 )
 
