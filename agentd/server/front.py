@@ -503,6 +503,12 @@ class FrontConnection(asyncio.Protocol):
         """Write ``data`` now (the end of a stream), as an answer is written."""
         self._write([data])
 
+    def dated(self) -> bytes:
+        """A head's last lines but the blank one: ``Date``, ``Server``, and ``Connection:
+        close`` while the worker drains (as :func:`.middleware.close_when_draining`)."""
+        close = _CLOSE if self.front.state.draining else b""
+        return b"Date: " + self.front.date.now() + _AFTER_DATE + close
+
     async def drained(self) -> None:
         """Wait until the client reads again (the transport's buffer drained below its
         low-water mark); ConnectionResetError if it leaves first."""

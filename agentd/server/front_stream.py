@@ -31,9 +31,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any
-
-from aiohttp.http import SERVER_SOFTWARE
+from typing import Any, Protocol
 
 from ..agent import Agents, Listener, TurnRequest
 from ..auth import OPEN, Identity
@@ -46,10 +44,20 @@ from .chat import chat_turn
 from .front_chat import ROUTE, Answer, HotChat, _credential, error_answer
 from .middleware import CLIENT_CLOSED
 
-if TYPE_CHECKING:
-    from .front import FrontConnection
-
 __all__ = ("STREAM_MARK", "HotStream")
+
+
+class Connection(Protocol):
+    """What a stream needs of the front's connection (:class:`.front.FrontConnection`)."""
+
+    transport: asyncio.Transport | None
+    paused: bool  # the client does not read: wait for drained()
+
+    def send(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    async def drained(self) -> None: ...
+    def dated(self) -> bytes: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +71,7 @@ _HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
     b"X-Accel-Buffering: no\r\nX-Cache: "
 )
-_DATE = b"Transfer-Encoding: chunked\r\nDate: "
-_SERVER = b"\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n"
-_CLOSE = b"Connection: close\r\n"
+_CHUNKED = b"Transfer-Encoding: chunked\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
@@ -77,7 +83,7 @@ class HotStream:
         self.agents: Agents = chat.agents
 
     def begin(
-        self, raw: bytes, authorization: bytes | None, conn: FrontConnection
+        self, raw: bytes, authorization: bytes | None, conn: Connection
     ) -> Coroutine[Any, Any, Answer | int] | None:
         """The coroutine that streams the body ``raw`` to ``conn``, or the plain chat
         completion's (:meth:`HotChat.begin`) when it is not a stream, or None
@@ -98,7 +104,7 @@ class HotStream:
         return self._stream(body, _credential(authorization), conn)
 
     async def _stream(
-        self, body: ChatBody, credential: str | None, conn: FrontConnection
+        self, body: ChatBody, credential: str | None, conn: Connection
     ) -> Answer | int:
         chat = self.chat
         try:
@@ -119,7 +125,7 @@ class _Writer(Listener):
 
     __slots__ = ("cache", "chunks", "conn", "include_usage", "ratelimit", "started", "turn")
 
-    def __init__(self, conn: FrontConnection, turn: TurnRequest, include_usage: bool) -> None:
+    def __init__(self, conn: Connection, turn: TurnRequest, include_usage: bool) -> None:
         self.conn, self.turn, self.include_usage = conn, turn, include_usage
         self.chunks = Chunks(completion_id(), int(time.time()), turn.agent)
         self.cache = "bypass"
@@ -162,11 +168,7 @@ class _Writer(Listener):
         lines = [_HEAD, self.cache.encode(), b"\r\n"]
         for name, value in self.ratelimit.items():
             lines.append(f"{name}: {value}\r\n".encode())
-        conn = self.conn
-        lines += (_DATE, conn.front.date.now(), _SERVER)
-        if conn.front.state.draining:
-            lines.append(_CLOSE)  # as close_when_draining: the connection ends after it
-        lines.append(b"\r\n")
+        lines += (_CHUNKED, self.conn.dated(), b"\r\n")
         return b"".join(lines)
 
     async def _write(self, frame: bytes, first: str | None = "") -> None:
