@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
-from ..errors import AgentdError, BadRequest
+from ..errors import AgentdError, BadRequest, Internal
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store, Watch
 from ..tools import ToolResult
@@ -485,6 +485,11 @@ class _Connection(asyncio.Protocol):
                     await waiting
                 except AgentdError as exc:
                     self.error(exc)
+                except Exception:
+                    # Not the client's mistake (the store failed in a way it has no code
+                    # for): it still gets an answer, and the connection lives on.
+                    log.exception("websocket frame failed")
+                    self.error(Internal("internal server error"))
                 inbox = self.inbox
                 next_waiting = None
                 while inbox and next_waiting is None and not self.closing:
@@ -660,6 +665,9 @@ class _Connection(asyncio.Protocol):
                 self.start_turn(frame_id, agent, content)
         except AgentdError as exc:
             self.error(exc, frame_id)
+        except Exception:
+            log.exception("websocket hello for turn %r failed", frame_id)
+            self.error(Internal("internal server error"), frame_id)
 
     def start_turn(self, frame_id: Any, agent: str, content: Any) -> None:
         identity = self.credential.identity
