@@ -90,7 +90,13 @@ class Held:
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """The messages read with the lease, as stored."""
         return self.lease.history
+
+    @property
+    def window(self) -> list[dict[str, Any]]:
+        """The same messages as a model call sends them (shared between turns: read only)."""
+        return self.lease.window
 
     @property
     def renewing(self) -> bool:
