@@ -39,6 +39,12 @@ class Served:
     sampler: RssSampler
     workers: int = 1
     extra_pids: list[int] = field(default_factory=list)  # e.g. its Redis: CPU counted too
+    # Each worker's CPU quota (bench.cpuquota) when it has one: "saturated" is relative to it.
+    cpu_quota: float | None = None
+    # Called with the load generator's pid as the measured window opens; what the
+    # callable it returns gives when the window closes goes into the run's record
+    # (per-worker figures, say).
+    probe: Callable[[int], Callable[[], dict[str, Any]]] | None = None
 
     def cpu_pids(self) -> list[int]:
         return self.target.pids() + self.extra_pids
@@ -221,6 +227,7 @@ class Bench:
     def _run_wrk(self, served: Served, cmd: list[str]) -> dict[str, Any]:
         (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        finish = served.probe(proc.pid) if served.probe else None
         assert proc.stdout is not None
         stdout = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -228,6 +235,7 @@ class Bench:
         t1, box1 = time.monotonic(), machine_cpu()
         cpu1, extra1 = _cpu(served)
         result = parse_output(stdout)
+        result.update(finish() if finish else {})
         gen_cpu = usage.ru_utime + usage.ru_stime
         result["generator_cpu_util"] = round(gen_cpu / max(t1 - t0, 1e-9), 3)
         self._noise(result, box0, box1, cpu1 - cpu0 + gen_cpu, t1 - t0)
@@ -244,12 +252,15 @@ class Bench:
         t0 = t1 = time.monotonic()
         cpu0 = cpu1 = extra0 = extra1 = 0.0
         box0 = box1 = (0.0, 0.0)
+        finish, probed = None, {}
         for line in proc.stdout:
             if line.startswith("measure-start"):
                 (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
+                finish = served.probe(proc.pid) if served.probe else None
             elif line.startswith("measure-end"):
                 t1, box1 = time.monotonic(), machine_cpu()
                 cpu1, extra1 = _cpu(served)
+                probed = finish() if finish else {}
         code = proc.wait(timeout=120)
         stderr = errors.read_text(errors="replace")
         errors.unlink()
@@ -258,6 +269,7 @@ class Bench:
         result = json.loads(out.read_text())
         out.unlink()
         result["generator_cpu_util"] = result.pop("cpu_util", None)
+        result.update(probed)
         self._noise(result, box0, box1, cpu1 - cpu0 + result.get("cpu_s", 0.0), t1 - t0)
         return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1, extra1 - extra0)
 
@@ -302,12 +314,17 @@ class Bench:
             t_start=round(t0 - self.origin, 2),
             t_end=round(t1 - self.origin, 2),
         )
-        server_busy = result["server_cpu_util"] >= SATURATED * served.workers
+        share = served.cpu_quota or 1.0
+        server_busy = result["server_cpu_util"] >= SATURATED * served.workers * share
         gen_busy = (result.get("generator_cpu_util") or 0) >= SATURATED * len(
             self.settings.load_cpus
         )
         result["limited_by"] = (
-            "server" if server_busy else "generator" if gen_busy else "neither (latency-bound)"
+            ("server" if served.cpu_quota is None else "server (CPU quota)")
+            if server_busy
+            else "generator"
+            if gen_busy
+            else "neither (latency-bound)"
         )
         return result
 

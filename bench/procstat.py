@@ -17,9 +17,11 @@ __all__ = (
     "ProcessRss",
     "RssSampler",
     "children",
+    "connections",
     "cpu_seconds",
     "machine_cpu",
     "rss_bytes",
+    "runqueue_wait",
     "tree",
     "wait_quiet",
 )
@@ -64,6 +66,18 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])
     return total / _TICK
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the threads of ``pid`` spent runnable but not running (schedstat's
+    run_delay): behind other processes, or throttled by a CPU quota. With its CPU time,
+    how much of a window it had work: short of CPU, rather than idle."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -192,3 +206,36 @@ class ProcessRss:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
             self.sample()
+
+
+def _established(port: int) -> set[str]:
+    """Socket inodes of the established TCP connections whose local port is ``port``."""
+    out: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HOST:PORT in hex; state 01 is ESTABLISHED; inode is field 9.
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                out.add(fields[9])
+    return out
+
+
+def connections(pids: list[int], port: int) -> dict[int, int]:
+    """How many established connections to local ``port`` each process holds open: where
+    the kernel's ``SO_REUSEPORT`` hash put a load generator's connections."""
+    inodes = _established(port)
+    out: dict[int, int] = {}
+    for pid in pids:
+        count = 0
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        count += 1
+        out[pid] = count
+    return out

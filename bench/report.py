@@ -26,7 +26,16 @@ HOW_TO_READ = (
 )
 CURVE_KEYS = ("curves", "points")  # shown by curve_lines, not as figures
 NOISY = 0.2  # other processes used more than this many CPUs: the figure is suspect
-BASELINE_ORDER = ("nginx", "aiohttp", "aiohttp-2p", "fastapi", "upstream", "agentd-1w", "single")
+BASELINE_ORDER = (
+    "nginx",
+    "aiohttp",
+    "aiohttp-2p",
+    "fastapi",
+    "upstream",
+    "agentd-1w",
+    "aiohttp-1p",
+    "single",
+)
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -7,6 +7,7 @@ loopback port, with failure modes a test sets per node.
         ...
         node.requests[-1].json["model"]       # every request received: headers + JSON body
         node.inflight, node.peak_inflight     # requests being answered now, and at most
+        node.sent                             # content deltas streamed so far
 
 Replies are ``"stub:" + the last user message``, one content delta per word (or
 ``node.reply(body)`` if set). Streaming follows OpenAI: a role delta, content deltas, a
@@ -179,6 +180,9 @@ class StubNode:
         # Requests whose handler is running, and the most there ever were at once.
         self.inflight = 0
         self.peak_inflight = 0
+        # Content deltas of streamed replies written so far (a reader that stops reading
+        # stops this count once the buffers between are full).
+        self.sent = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -384,6 +388,7 @@ class StubNode:
             if isinstance(mode, Slow):
                 await asyncio.sleep(mode.first_s if i == 0 else mode.between_s)
             await send({"content": word})
+            self.sent += 1
         if isinstance(mode, FailMidStream) and mode.after >= len(parts):
             return await self._cut(request, response, mode)
         await send({}, finish)

@@ -39,7 +39,7 @@ def test_a_miss_turn_is_two_round_trips_with_and_without_keys() -> None:
         assert commands["publish"] == 1.0, (mode, commands)
         assert commands["xadd"] == 2.0, (mode, commands)  # the user message and the reply
         assert 1.8 <= r["round_trips_per_turn"] <= 2.5, (mode, r["round_trips_per_turn"])
-        # The session's scripts (agentd/store/scripts.py), not the limiter's or registry's.
+        # The session's scripts (agentd/store/scripts/sessions.py), not the limiter's or registry's.
         names = [line.split()[-1] for line in r["monitor"]]
         turn_calls = [n for n in names if n.startswith("scripts.")]
         assert turn_calls == ["scripts.BEGIN_TURN", "scripts.END_TURN"] * 2, r["monitor"]

@@ -377,7 +377,7 @@ def _chats(port: int, requests: list[bytes]) -> list[tuple[object, ...]]:
 
 def test_chat_answers_match_aiohttp(pair: tuple[AgentdProcess, AgentdProcess]) -> None:
     """A miss then L1 hits, one by one and pipelined with other requests, and the
-    requests the front gives to aiohttp (a stream, a session, a bad body, an unknown
+    requests the front gives to aiohttp (a session, a bad body, an unknown
     agent, a body sent in two parts): the same answers on both."""
     front, plain = pair
     stream = CHAT_BODY[:-1] + b',"stream":true}'
@@ -398,7 +398,7 @@ def test_chat_answers_match_aiohttp(pair: tuple[AgentdProcess, AgentdProcess]) -
     for port in (front.port, plain.port):
         piped = _exchange(port, b"".join(requests[1:4]), 3)
         assert [a[0] for a in piped] == [b"HTTP/1.1 200 OK"] * 3
-    # Handed over whole (the stream and the session: aiohttp's own answers).
+    # A stream (the front's: tests/test_front_stream.py) and a session (aiohttp's).
     for body in (stream, session):
         assert _raw_status(front.port, _chat(body)) == _raw_status(plain.port, _chat(body))
     # A body in two sends: the front waits for the rest.

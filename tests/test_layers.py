@@ -208,11 +208,12 @@ def test_bench_reaches_the_store_through_its_public_modules_and_key_formats() ->
 
 def test_proc_uses_server_only_through_create_app() -> None:
     """And ``check_startup``: what the supervisor checks before it forks a worker that
-    would fail on it (the credentials' key material); and ``front_for``: the protocol
-    factory a worker serves its listening sockets with (server/front.py)."""
+    would fail on it (the credentials' key material); ``front_for``: the protocol
+    factory a worker serves its listening sockets with (server/front.py); and
+    ``preload``: what a config's workers will import, imported once before forking."""
     names = set()
     for path in sorted((ROOT / "proc").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("server"):
                 names.update(alias.name for alias in node.names)
-    assert names == {"create_app", "check_startup", "front_for"}
+    assert names == {"create_app", "check_startup", "front_for", "preload"}

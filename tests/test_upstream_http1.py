@@ -1,6 +1,7 @@
-"""agentd's own HTTP/1.1 client for upstream calls (agentd/backends/http1.py) against
-hostile upstreams on real sockets: garbage, a close mid-body, a stall, a stale kept-alive
-connection. Each gives a clear error with a stable code, and the worker lives on."""
+"""agentd's own HTTP/1.1 client for upstream calls (agentd/backends/http1.py and
+http1_connection.py) against hostile upstreams on real sockets: garbage, a close
+mid-body, a stall, a stale kept-alive connection. Each gives a clear error with a stable
+code, and the worker lives on."""
 
 from __future__ import annotations
 

@@ -5,9 +5,11 @@ task and every request for that key — the first included — follows it, so a 
 goes away does not break the others. Across workers and instances, the producing task
 first takes a short lock in Redis (``[cache] flight_lease``, renewed while it runs); the
 loser tails the winner's chunks from a short-lived Redis stream as they are generated.
-If the winner dies, its lock expires and a follower that has not yet passed any text to
-its client takes over; one that has fails like a broken upstream stream (never
-duplicated or mixed output).
+A leader that lets go of its lock says so on the stream in the same step, so followers
+never wait on a flight that ended: one that found no reply on the stream takes over
+(and finds the reply in the cache). If the winner dies, its lock expires and a follower
+that has not yet passed any text to its client takes over; one that has fails like a
+broken upstream stream (never duplicated or mixed output).
 
 A reply's tool call pieces are followed like its text (a list of pieces among the text
 chunks); the reply kept in the cache holds the text chunks and the calls whole.
@@ -34,7 +36,9 @@ __all__ = ("Flights", "Produce")
 
 log = logging.getLogger(__name__)
 
-# How long a follower waits for the next chunk before it checks the leader is alive.
+# How long a follower waits for the next entry before it checks the leader is alive. A
+# leader that ends says so on the stream (``end``, ``err``, then ``gone`` as it lets go
+# of its lock), so this only paces noticing one that died.
 TAIL_BLOCK_S = 1.0
 
 Produce = Callable[[], AsyncIterator[Any]]
@@ -121,17 +125,24 @@ class Flights:
                     flight.reply, flight.level = again.reply, again.level
                     return
                 await self._produce(key, flight, policy, produce, relay=held)
+            except BaseException as exc:
+                # Before the release below: a follower that reads the release's ``gone``
+                # first would take over and call the model again instead of failing.
+                if held:
+                    with contextlib.suppress(AgentdError):
+                        await self._blobs.emit(hexkey, {"err": str(exc).encode()}, self._ttl)
+                raise
             finally:
                 if keeper is not None:
                     keeper.cancel()
                 if held:
+                    # Its ``gone`` wakes the followers: after the ``end`` of a reply they
+                    # have it already; after none (found in the cache above, or not
+                    # relayed) they look it up or take over at once.
                     with contextlib.suppress(AgentdError):
-                        await self._blobs.release(hexkey, owner)
+                        await self._blobs.release(hexkey, owner, self._ttl)
         except BaseException as exc:
             flight.error = exc if isinstance(exc, Exception) else UpstreamError("cancelled")
-            if held:
-                with contextlib.suppress(AgentdError):
-                    await self._blobs.emit(hexkey, {"err": str(exc).encode()}, self._ttl)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -220,15 +231,24 @@ class Flights:
                     return True
                 elif b"err" in fields:
                     raise UpstreamError(fields[b"err"].decode() or "the shared call failed")
+                elif b"gone" in fields:
+                    # The leader let go without a reply on the stream: it found the
+                    # reply in the cache, or could not relay it.
+                    return self._leader_gone(flight)
             if entries:
                 continue
+            # No word for TAIL_BLOCK_S: a leader that died says nothing, its lock expires.
             if await self._blobs.lead(hexkey, owner, self._ttl):
                 # The lock was free: its holder is gone.
-                if flight.chunks:
-                    await self._blobs.release(hexkey, owner)
-                    raise UpstreamError("the call serving this identical request stopped")
-                await self._blobs.release(hexkey, owner)
-                return False
+                await self._blobs.release(hexkey, owner, self._ttl)
+                return self._leader_gone(flight)
+
+    @staticmethod
+    def _leader_gone(flight: _Flight) -> bool:
+        """False (the caller takes over) unless this follower passed text on already."""
+        if flight.chunks:
+            raise UpstreamError("the call serving this identical request stopped")
+        return False
 
 
 def _texts(chunks: list[str | list[dict[str, Any]]]) -> list[str]:

@@ -22,14 +22,15 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .. import metrics as metrics_mod
 from ..config import Config, ConfigError, is_loopback
 from ..log import setup_logging
 from ..runtime import WorkerInfo, instance_id
-from ..server import check_startup
+from ..server import check_startup, preload
+from . import heap
 from . import worker as worker_mod
 from .banner import describe
 from .notify import Notifier
@@ -229,8 +230,22 @@ class Supervisor:
 
     def _start_generation(self) -> None:
         self.generation += 1
-        for slot in range(self.config.server.workers):
-            self.spawn_worker(slot)
+        self.spawn_workers(range(self.config.server.workers))
+
+    def spawn_workers(self, slots: Iterable[int]) -> None:
+        # What every worker would import, and collect, on its own is done here once.
+        try:
+            preload(self.config)
+        except Exception:  # a broken install: each worker fails to start and says why
+            log.exception("could not import what the workers need")
+        with heap.inherited():
+            for slot in slots:
+                self.spawn_worker(slot)
+        # That may take seconds (a reload's config that newly needs the MCP SDK): read
+        # the heartbeats the serving workers sent meanwhile, lest they look stuck.
+        now = time.monotonic()
+        for w in list(self.workers.values()):
+            self._read_worker(w, now)
 
     def spawn_worker(self, slot: int) -> None:
         socks = self.listeners.for_slot(slot, self.config.server.workers)
@@ -345,11 +360,12 @@ class Supervisor:
                 self._kill(w, signal.SIGKILL)
         if self._stopping:
             return
-        for slot, when in list(self._restart_at.items()):
-            if now >= when:
-                del self._restart_at[slot]
-                if slot < self.config.server.workers:
-                    self.spawn_worker(slot)
+        due = [slot for slot, when in self._restart_at.items() if now >= when]
+        for slot in due:
+            del self._restart_at[slot]
+        restart = [slot for slot in due if slot < self.config.server.workers]
+        if restart:
+            self.spawn_workers(restart)
         self._retire_old_workers(now)
 
     def _retire_old_workers(self, now: float) -> None:

@@ -24,7 +24,9 @@ from ..jobs.service import Responses
 from ..metrics import BackendMetrics, JobMetrics, Metrics, TenantMetrics, ToolMetrics
 from ..runtime import WorkerState
 from ..store import open_store
+from ..store import preload as preload_store
 from ..tools import ToolPool, Tools
+from ..tools import preload as preload_tools
 from . import (
     admin,
     cache_admin,
@@ -58,7 +60,7 @@ from .keys import (
 )
 from .middleware import close_when_draining, observe
 
-__all__ = ("check_startup", "create_app")
+__all__ = ("check_startup", "create_app", "preload")
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,15 @@ def check_startup(config: Config) -> None:
     """``ConfigError`` for what would make every worker fail to start, found before any
     is forked or a reload replaces them: today, the credentials' key material."""
     check_credentials(config)
+
+
+def preload(config: Config) -> None:
+    """Import what ``config``'s workers will use beyond what importing this module did
+    (the store's Redis client, the MCP SDK), without starting anything: the supervisor
+    calls it before forking, so the workers share those modules (copy-on-write) instead
+    of each importing them again, and a config that needs neither imports neither."""
+    preload_store(config)
+    preload_tools(config)
 
 
 def create_app(config: Config, worker: WorkerState | None = None) -> web.Application:

@@ -7,7 +7,9 @@ cached chat reply. The front reads each request head itself; a request it knows 
 written plainly, it answers in the event loop's call that read it: ``GET /healthz``
 with pre-built bytes, ``POST /v1/chat/completions`` by the route's own steps
 (:mod:`.front_chat`; an answer that suspends, a cache miss, goes on in a task while
-the connection waits for it).
+the connection waits for it), and a streamed one (a body with ``"stream"``) written
+chunk by chunk as the turn produces it (:mod:`.front_stream`, which waits on
+:meth:`FrontConnection.drained` while the client does not read).
 At the first request it does not know, or anything unusual (another route, a query
 string, a body on a GET, ``Transfer-Encoding``, ``Expect``, ``Connection``, a byte
 outside printable ASCII, a head over :data:`MAX_HEAD_BYTES`), it hands the connection to
@@ -44,6 +46,7 @@ from ..runtime import WorkerState
 from .auth import authenticate
 from .front_chat import ROUTE as CHAT_ROUTE
 from .front_chat import Answer, HotChat, start, status_line
+from .front_stream import STREAM_MARK, HotStream
 from .keys import CONFIG, METRICS, STATE
 from .middleware import close_when_draining, observe
 
@@ -156,9 +159,11 @@ class Front:
         self.metrics = metrics
         self.keepalive_timeout = keepalive_timeout
         self.chat = chat
+        self.streams = HotStream(chat) if chat is not None else None
         self.connections: set[FrontConnection] = set()
         # Answers that suspended (a cache miss, a limit checked in the store).
-        self.pending: set[asyncio.Task[Answer]] = set()
+        # An int: a stream's status, its bytes written (:mod:`.front_stream`).
+        self.pending: set[asyncio.Task[Answer | int]] = set()
         self.date = _Date()
         self.closed = False
         # Header blocks -> what _read_headers found in them (None: not the front's).
@@ -214,6 +219,7 @@ class FrontConnection(asyncio.Protocol):
         "receiving",
         "requests",
         "transport",
+        "waiter",
     )
 
     def __init__(self, front: Front) -> None:
@@ -222,7 +228,9 @@ class FrontConnection(asyncio.Protocol):
         self.buffer = b""
         self.requests = 0
         self.paused = False  # the transport's buffer is full: no answer is written
-        self.busy: asyncio.Task[Answer] | None = None  # the answer being worked out
+        self.busy: asyncio.Task[Answer | int] | None = None  # the answer being worked out
+        # A stream waiting for the client to read (see drained).
+        self.waiter: asyncio.Future[None] | None = None
         # Reading stopped while ``busy``: what came after the request filled the buffer.
         self.held = False
         # A request's body is on its way since this perf_counter time (0.0: none): not
@@ -274,6 +282,9 @@ class FrontConnection(asyncio.Protocol):
             self.receiving = 0.0
         self._forget()
         self.transport = None
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the client closed the stream"))
 
     def pause_writing(self) -> None:
         # The client does not read its answers: stop reading its requests until it does.
@@ -283,6 +294,9 @@ class FrontConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self.transport is not None and not self.transport.is_closing() and not self.held:
             self.transport.resume_reading()
             if self.buffer and self.busy is None:
@@ -359,7 +373,14 @@ class FrontConnection(asyncio.Protocol):
                     self.receiving = self.receiving or started
                     return self._wait(buffer, out)
                 self.receiving = 0.0
-                coro = front.chat.begin(buffer[end + 4 : size], headers.get(b"authorization"))
+                raw = buffer[end + 4 : size]
+                if STREAM_MARK in raw and front.streams is not None:
+                    # A stream is written as it comes: the answers before it go first.
+                    self._write(out)
+                    out = []
+                    coro = front.streams.begin(raw, headers.get(b"authorization"), self)
+                else:
+                    coro = front.chat.begin(raw, headers.get(b"authorization"))
                 if coro is None:
                     break
                 result = start(coro)
@@ -375,11 +396,15 @@ class FrontConnection(asyncio.Protocol):
             else:
                 break
             closing = front.state.draining
-            out.append(self._render(answer, closing))
+            if type(answer) is int:  # a stream, written
+                status = answer
+            else:
+                out.append(self._render(answer, closing))
+                status = answer[0]
             self.requests += 1
-            front.metrics.observe_request(route, method, answer[0], time.perf_counter() - started)
+            front.metrics.observe_request(route, method, status, time.perf_counter() - started)
             buffer = buffer[size:]
-            if closing:
+            if closing or transport.is_closing():  # (a stream the client left, or cut short)
                 # What follows is not read: the answer said the connection ends.
                 self.buffer = b""
                 self._write(out)
@@ -396,7 +421,7 @@ class FrontConnection(asyncio.Protocol):
         self.buffer = buffer
         self._write(out)
 
-    def _finished(self, started: float, size: int, task: asyncio.Task[Answer]) -> None:
+    def _finished(self, started: float, size: int, task: asyncio.Task[Answer | int]) -> None:
         """An answer that suspended is ready: send it, then go on with what followed."""
         self.busy = None
         front = self.front
@@ -413,6 +438,8 @@ class FrontConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             # The client left first: counted as aiohttp's middleware counts it.
             status = 499 if answer is not None else 0
+            if type(answer) is int:
+                status = answer  # a stream: 200 if it ended before the client left
             if status:
                 front.metrics.observe_request(
                     CHAT_ROUTE, "POST", status, time.perf_counter() - started
@@ -423,9 +450,13 @@ class FrontConnection(asyncio.Protocol):
             self._hand_over(buffer)
             return
         closing = front.state.draining or front.closed
-        self._write([self._render(answer, closing)])
+        if type(answer) is int:  # a stream, written
+            status = answer
+        else:
+            self._write([self._render(answer, closing)])
+            status = answer[0]
         self.requests += 1
-        front.metrics.observe_request(CHAT_ROUTE, "POST", answer[0], time.perf_counter() - started)
+        front.metrics.observe_request(CHAT_ROUTE, "POST", status, time.perf_counter() - started)
         self.buffer = self.buffer[size:]
         if closing:
             self.close()
@@ -467,6 +498,17 @@ class FrontConnection(asyncio.Protocol):
             self.next_close = loop.time() + front.keepalive_timeout
             if self.keepalive is None:
                 self.keepalive = loop.call_at(self.next_close, self._idle)
+
+    def send(self, data: bytes) -> None:
+        """Write ``data`` now (the end of a stream), as an answer is written."""
+        self._write([data])
+
+    async def drained(self) -> None:
+        """Wait until the client reads again (the transport's buffer drained below its
+        low-water mark); ConnectionResetError if it leaves first."""
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
 
     def give_away(self) -> None:
         """Hand the connection over as it is (see :meth:`Front.close`)."""

@@ -17,9 +17,11 @@ hit then costs the identity look-up, the cache look-up, the admission and limits
 metrics and the answer's bytes.
 
 What the route would refuse before the turn starts (a body that does not parse, a bad
-credential, a missing scope, an unknown agent) and what the front does not do (a stream,
-a session, tools) goes to aiohttp, which answers it as without a front. Once the turn
-has started, its error is answered here, rendered as :func:`.http.error_response` does.
+credential, a missing scope, an unknown agent) and what the front does not do (a
+session, tools) goes to aiohttp, which answers it as without a front. A stream is
+:mod:`.front_stream`'s (the front gives it every body with ``"stream"`` in it, and it
+passes those that are no stream on to :meth:`HotChat.begin`). Once the turn has
+started, its error is answered here, rendered as :func:`.http.error_response` does.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import logging
 import time
 from collections.abc import Collection, Coroutine, Generator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from aiohttp import web
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 ROUTE = "/v1/chat/completions"
 # What the front answers with, and None: "give the request to aiohttp".
 Answer = tuple[int, Collection[tuple[str, str]], bytes] | None
+# What a coroutine the front starts gives (an Answer, or a stream's status).
+T = TypeVar("T")
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
 # The bodies whose turns are kept (the oldest goes first), and the longest kept: a few
 # MiB at most, parsed messages included.
@@ -156,7 +160,7 @@ def _credential(authorization: bytes | None) -> str | None:
     return None
 
 
-def start(coro: Coroutine[Any, Any, Answer]) -> Answer | asyncio.Task[Answer]:
+def start(coro: Coroutine[Any, Any, T]) -> T | asyncio.Task[T]:
     """Run ``coro`` in the caller's call until it first suspends: its answer if it did
     not (an L1 hit: no task, no scheduling), else a task that runs the rest."""
     try:
@@ -166,20 +170,20 @@ def start(coro: Coroutine[Any, Any, Answer]) -> Answer | asyncio.Task[Answer]:
     return asyncio.get_running_loop().create_task(_rest(coro, yielded))
 
 
-async def _rest(coro: Coroutine[Any, Any, Answer], yielded: Any) -> Answer:
+async def _rest(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
     return await _Resumed(coro, yielded)
 
 
-class _Resumed:
+class _Resumed(Generic[T]):
     """A coroutine already started and suspended on ``yielded``, awaited from where it
     stopped: the task waits for what it waits for and passes results and exceptions in."""
 
     __slots__ = ("coro", "yielded")
 
-    def __init__(self, coro: Coroutine[Any, Any, Answer], yielded: Any) -> None:
+    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
         self.coro, self.yielded = coro, yielded
 
-    def __await__(self) -> Generator[Any, Any, Answer]:
+    def __await__(self) -> Generator[Any, Any, T]:
         coro, yielded = self.coro, self.yielded
         while True:
             try:

@@ -104,6 +104,7 @@ __all__ = (
     "job_of",
     "no_session",
     "open_store",
+    "preload",
     "usage_of",
 )
 
@@ -117,3 +118,13 @@ def open_store(config: Config) -> Store:
     from .redis import RedisStore
 
     return RedisStore(config)
+
+
+def preload(config: Config) -> None:
+    """Import the implementation ``config``'s mode uses, without opening anything: the
+    supervisor does it before forking, so that its workers share the modules (the
+    Redis client's take a worker most of its own start-up time to import)."""
+    if config.mode == "standalone":
+        from . import memory  # noqa: F401
+    else:
+        from . import redis  # noqa: F401

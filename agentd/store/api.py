@@ -496,7 +496,10 @@ class Blobs(abc.ABC):
         no longer ``owner``'s."""
 
     @abc.abstractmethod
-    async def release(self, hexkey: str, owner: str) -> None: ...
+    async def release(self, hexkey: str, owner: str, ttl_s: float) -> None:
+        """Drop the lock if it is still ``owner``'s, and in the same step append a
+        ``gone`` entry to the flight's stream (kept ``ttl_s``): a follower learns at once
+        that the flight ended, whether or not a reply came before it."""
 
     @abc.abstractmethod
     async def emit(self, hexkey: str, fields: dict[str, bytes], ttl_s: float) -> None:

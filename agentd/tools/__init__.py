@@ -8,8 +8,8 @@ call is a :class:`ToolResult` with ``is_error`` set, never an exception.
 
 from __future__ import annotations
 
-from .connection import ToolServerError
-from .pool import ToolPool
+from .errors import ToolServerError
+from .pool import ToolPool, preload
 from .result import OUTCOMES, ToolResult, failure, truncate
 from .service import (
     FunctionTool,
@@ -34,5 +34,6 @@ __all__ = (
     "arguments_of",
     "failure",
     "function_name",
+    "preload",
     "truncate",
 )

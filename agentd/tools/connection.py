@@ -30,6 +30,7 @@ from mcp_types import CONNECTION_CLOSED, INVALID_REQUEST, PARSE_ERROR, REQUEST_T
 
 from .. import __version__
 from ..config import McpServerConfig
+from .errors import ToolServerError
 from .result import ToolResult, failure, from_mcp
 from .transports import open_transport
 
@@ -49,11 +50,6 @@ CANCEL_GRACE_S = 2.0
 # restarted: the request never reached a tool, so it is sent again on a new session.
 # The SDKs word it differently ("Session not found", "Session terminated", ...).
 STALE_WORDS = ("not found", "terminated", "expired", "unknown", "invalid")
-
-
-class ToolServerError(Exception):
-    """A tool server cannot be reached or listed; the message says why, for the model
-    and the operator alike."""
 
 
 class _StaleSession(Exception):

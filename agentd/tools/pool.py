@@ -9,16 +9,18 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mcp.types as types
-
-from ..config import ENV_REF, McpServerConfig
+from ..config import ENV_REF, Config, McpServerConfig
 from ..metrics import ToolMetrics
-from .connection import Connection
 from .result import ToolResult, failure
 
-__all__ = ("ToolPool",)
+if TYPE_CHECKING:
+    import mcp.types as types
+
+    from .connection import Connection
+
+__all__ = ("ToolPool", "preload")
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ class ToolPool:
 
     def __init__(self, servers: tuple[McpServerConfig, ...], metrics: ToolMetrics | None) -> None:
         self._servers = {s.label: s for s in servers}
-        self._connections = {s.label: Connection(s) for s in servers}
+        self._connections = {s.label: _connection(s) for s in servers}
         self._metrics = metrics
         self._by_url: OrderedDict[str, Connection] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
@@ -93,7 +95,7 @@ class ToolPool:
             timeout_s=timeout_s,
             max_output_bytes=max_output_bytes,
         )
-        self._by_url[label] = Connection(server, literal=True)
+        self._by_url[label] = _connection(server, literal=True)
         for old_label, old in list(self._by_url.items()):
             if len(self._by_url) <= URL_SERVERS_MAX:
                 break
@@ -148,3 +150,20 @@ class ToolPool:
         """Close every connection (and stop every stdio server's process)."""
         everyone = (*self._connections.values(), *self._by_url.values())
         await asyncio.gather(*(c.close() for c in everyone), *self._closing)
+
+
+def _connection(server: McpServerConfig, literal: bool = False) -> Connection:
+    """A connection to ``server``. Its module (the ``mcp`` SDK: seconds of imports on a
+    loaded machine) is imported by the first worker that has a tool server, or before
+    the workers are forked when the config may use one (:func:`preload`)."""
+    from .connection import Connection
+
+    return Connection(server, literal)
+
+
+def preload(config: Config) -> None:
+    """Import what talking to a tool server needs when ``config`` may have one (a
+    configured server, or URLs a request may name): the supervisor does it before
+    forking, so that its workers share the modules instead of importing them again."""
+    if config.mcp_servers or config.tools.allowed_server_urls:
+        from . import connection  # noqa: F401

@@ -8,10 +8,14 @@ can read, so a turn goes on (the model may try another way) instead of failing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import mcp.types as types
 import orjson
+
+if TYPE_CHECKING:
+    # The SDK's types take seconds to import on a loaded machine: only a worker that
+    # talks to a tool server imports them (:mod:`.connection`).
+    import mcp.types as types
 
 __all__ = ("OUTCOMES", "ToolResult", "failure", "from_mcp", "truncate")
 
@@ -46,6 +50,8 @@ def failure(message: str, outcome: str) -> ToolResult:
 
 
 def _block_text(block: types.ContentBlock) -> str:
+    import mcp.types as types  # imported already by the connection that got ``block``
+
     if isinstance(block, types.TextContent):
         return block.text
     if isinstance(block, types.ImageContent | types.AudioContent):

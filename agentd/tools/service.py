@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ..config import BUILTIN_LABEL, AgentConfig, Config, ToolLimits
-from .connection import ToolServerError
+from .errors import ToolServerError
 from .pool import ToolPool
 from .result import ToolResult, failure
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .auth import HTTP_CHAT_AUTH
-from .capacity import ADDED_LATENCY, OPEN_LOOP, WORKERS_SCALING
+from .capacity import ADDED_LATENCY, OPEN_LOOP
 from .common import Scenario
 from .curves_fanout import CURVE_FANOUT
 from .curves_jobs import CURVE_BACKLOG
@@ -14,6 +14,7 @@ from .http import CEILING, HTTP_CHAT_HIT, HTTP_CHAT_MISS, HTTP_HELLO, HTTP_STREA
 from .jobs import JOBS
 from .peers import PEER_LITELLM
 from .replicas import REPLICA_READS
+from .scaling import WORKERS_SCALING
 from .soak import SOAK
 from .store import STORE_OPS
 from .tools import TOOL_LOOP

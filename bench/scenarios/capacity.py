@@ -1,5 +1,5 @@
-"""Capacity scenarios: workers scaling, open-loop max rate, added latency (the soak is
-in ``soak.py``)."""
+"""Capacity scenarios: open-loop max rate, added latency (workers scaling is in
+``scaling.py``, the soak in ``soak.py``)."""
 
 from __future__ import annotations
 
@@ -9,74 +9,10 @@ from .. import targets
 from ..measure import Bench
 from ..settings import Settings
 from ..stats import RateSearch, ratio
-from .common import CHAT, STREAM_CHAT, Scenario, compare, have
+from .common import CHAT, STREAM_CHAT, Scenario, compare
 from .common import run_seconds as _secs
 
-__all__ = ("ADDED_LATENCY", "OPEN_LOOP", "WORKERS_SCALING")
-
-# -- workers-scaling --------------------------------------------------------------------
-
-
-def run_scaling(bench: Bench) -> None:
-    s = bench.settings
-    if not have("redis-server"):
-        bench.record["status"] = "skipped"
-        bench.record["reason"] = "more than one worker needs Redis: redis-server is missing"
-        return
-    cpus2 = s.all_cpus[:2]
-    bench.record.setdefault("notes", []).append(
-        f"Redis mode for both. 1 worker on CPU {s.server_cpus} vs 2 workers on CPUs {cpus2}; "
-        f"the load generator stays on CPUs {s.load_cpus}, so on a 2-core machine the second "
-        "worker shares its core with the generator: the ratio is a floor, and CPU per "
-        "request is the figure to read."
-    )
-    runs: dict[int, dict[str, Any]] = {}
-    with targets.redis(bench.workdir, s.server_cpus) as redis:
-        for workers, cpus in ((1, s.server_cpus), (2, cpus2)):
-            cm = targets.agentd(
-                bench.workdir, cpus, workers=workers, redis_url=redis.url, name=f"agentd-{workers}w"
-            )
-            with bench.serve(cm, workers=workers) as served:
-                runs[workers] = bench.http(
-                    served,
-                    "/v1/chat/completions",
-                    method="POST",
-                    body=CHAT,
-                    concurrency=s.main_concurrency,
-                )
-    bench.record["ratios"] = [
-        {
-            "metric": metric,
-            "unit": unit,
-            "higher_is_better": better,
-            "concurrency": s.main_concurrency,
-            "label": "",
-            "target": "agentd-2w",
-            "baseline": "agentd-1w",
-            "value": a,
-            "baseline_value": b,
-            "ratio": ratio(a, b),
-            "other_cpu": max(r.get("other_cpu_util") or 0.0 for r in runs.values()),
-        }
-        for metric, unit, better, a, b in (
-            ("rps", "req/s", True, runs[2]["rps"], runs[1]["rps"]),
-            (
-                "server_cpu_s_per_1k",
-                "CPU s/1k req",
-                False,
-                runs[2]["server_cpu_s_per_1k"],
-                runs[1]["server_cpu_s_per_1k"],
-            ),
-        )
-    ]
-
-
-WORKERS_SCALING = Scenario(
-    "workers-scaling",
-    "agentd with 1 worker vs 2 workers (Redis mode), stateless echo chat turn",
-    run_scaling,
-    lambda s: _secs(s, 2, 3),
-)
+__all__ = ("ADDED_LATENCY", "OPEN_LOOP")
 
 # -- open-loop --------------------------------------------------------------------------
 

@@ -261,7 +261,9 @@ def _chat_hit_workers(bench: Bench, aiohttp: bool) -> None:
         f"same port, as agentd's workers have), both {where}, pinned like workers-scaling; "
         f"the load generator stays on CPUs {s.load_cpus}, so on a 2-core machine it shares "
         "a core with the second worker or process: their req/s and p99 are a floor, and CPU "
-        "per request is the figure to read. agentd-1w in the ratios is the 1-worker agentd "
+        "per request is the figure to read (workers-scaling's CPU-bounded variant, every "
+        "worker under the same CPU quota, is the one that says whether the workers scale). "
+        "agentd-1w in the ratios is the 1-worker agentd "
         "run above, without Redis (a hit is an L1 hit in either mode; Redis mode's own cost, "
         "redis-server's CPU included, is in agentd-2w's figures only)."
     )

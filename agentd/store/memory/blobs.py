@@ -34,7 +34,7 @@ class MemoryBlobs(Blobs):
     async def renew(self, hexkey: str, owner: str, ttl_s: float) -> bool:
         return True
 
-    async def release(self, hexkey: str, owner: str) -> None:
+    async def release(self, hexkey: str, owner: str, ttl_s: float) -> None:
         return None
 
     async def emit(self, hexkey: str, fields: dict[str, bytes], ttl_s: float) -> None:

@@ -68,9 +68,9 @@ class RedisBlobs(Blobs):
         keys = list(K.flight_keys(hexkey))
         return bool(await self.shards.eval(L.RENEW_LOCK, keys, [owner, ms(ttl_s)]))
 
-    async def release(self, hexkey: str, owner: str) -> None:
-        lock, _ = K.flight_keys(hexkey)
-        await self.shards.eval(L.RELEASE_LOCK, [lock], [owner])
+    async def release(self, hexkey: str, owner: str, ttl_s: float) -> None:
+        keys = list(K.flight_keys(hexkey))
+        await self.shards.eval(L.RELEASE_LOCK, keys, [owner, ms(ttl_s)])
 
     async def emit(self, hexkey: str, fields: dict[str, bytes], ttl_s: float) -> None:
         _, stream = K.flight_keys(hexkey)

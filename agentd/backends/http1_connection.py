@@ -1,0 +1,455 @@
+"""One HTTP/1.1 connection to an upstream, as an asyncio protocol: it writes a request and
+parses the response as it arrives (the status line and headers, then a body framed by
+``Content-Length``, chunked or by the close of the connection, decompressed when
+``gzip`` or ``deflate``), pausing the transport while the caller is behind.
+
+:class:`Response` is what the caller reads the body through. The pool that opens
+connections and hands them to calls is :mod:`.http1`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import zlib
+from typing import Final, Protocol
+
+from ..errors import UpstreamError, UpstreamTimeout
+
+__all__ = ("Connection", "ConnectionPool", "Response", "StaleConnection")
+
+_MAX_HEAD: Final = 64 * 1024
+_MAX_CHUNK_LINE: Final = 4096
+# Unread body bytes past which the connection stops reading until the caller catches up.
+_HIGH_WATER: Final = 256 * 1024
+
+# Response body framing.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+# Chunked decoding states.
+_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+
+def _protocol_error(what: str) -> UpstreamError:
+    return UpstreamError(f"upstream sent a malformed reply: {what}", code="upstream_protocol")
+
+
+def _incomplete() -> UpstreamError:
+    return UpstreamError(
+        "upstream closed the stream before the reply ended", code="upstream_incomplete"
+    )
+
+
+class StaleConnection(UpstreamError):
+    """A reused connection closed before a byte of the answer: send again on a new one."""
+
+
+class ConnectionPool(Protocol):
+    """What a connection needs of the pool that opened it."""
+
+    loop: asyncio.AbstractEventLoop
+
+    def lost(self, conn: Connection) -> None:
+        """The connection closed (either side): its place is free."""
+
+    def release(self, conn: Connection) -> None:
+        """Take back the connection after its call."""
+
+
+class Response:
+    """One response as it arrives: its head once :meth:`Connection.request` returns, its
+    body through :meth:`read_any` / :meth:`read`."""
+
+    __slots__ = (
+        "_conn",
+        "_decoder",
+        "_pieces",
+        "_size",
+        "_waiter",
+        "done",
+        "error",
+        "headers",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.status = 0
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+        self._pieces: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._decoder: zlib._Decompress | None = None
+        self.done = False  # the whole body has arrived
+        self.error: BaseException | None = None
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower case, without parameters (aiohttp's ``content_type``)."""
+        value = self.headers.get("content-type", "application/octet-stream")
+        return value.partition(";")[0].strip().lower()
+
+    async def read_any(self) -> bytes:
+        """The body bytes that came since the last read, waiting for some; ``b""`` at the
+        end of the body."""
+        while True:
+            if self._pieces:
+                return self._take()
+            if self.error is not None:
+                raise self.error
+            if self.done:
+                return b""
+            await self._wait()
+
+    async def read(self, limit: int = -1) -> bytes:
+        """The rest of the body (at most ``limit`` bytes when ``limit >= 0``)."""
+        parts = []
+        size = 0
+        while limit < 0 or size < limit:
+            data = await self.read_any()
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+        body = b"".join(parts)
+        if 0 <= limit < len(body):
+            self._pieces.appendleft(body[limit:])  # not read: it stays for the next reader
+            self._size += len(body) - limit
+            body = body[:limit]
+        return body
+
+    def _take(self) -> bytes:
+        pieces = self._pieces
+        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        if self._size >= _HIGH_WATER:
+            self._conn.resume()
+        self._size = 0
+        return data
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self._conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _body(self, data: bytes) -> None:
+        if self._decoder is not None:
+            try:
+                data = self._decoder.decompress(data)
+            except zlib.error:
+                self._fail(_protocol_error("the body does not decompress"))
+                return
+            if not data:
+                return
+        self._pieces.append(data)
+        self._size += len(data)
+        if self._size >= _HIGH_WATER:
+            self._conn.pause()
+        self._wake()
+
+    def _finish(self) -> None:
+        if self._decoder is not None:
+            rest = self._decoder.flush()
+            if rest:
+                self._pieces.append(rest)
+        self.done = True
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None and not self.done:
+            self.error = exc
+            self._wake()
+
+
+class Connection(asyncio.Protocol):
+    """One kept-alive connection; answers one request at a time."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.response: Response | None = None
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._buffer = bytearray()
+        self._framing = _NONE
+        self._remaining = 0  # body bytes left (_LENGTH), or of the current chunk
+        self._chunk_state = _SIZE
+        self._keep_alive = True
+        self._got_bytes = False
+        self._paused = False
+        self.counted = True  # holds one of the pool's places until it closes
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes nobody asked for: the connection is not reusable
+            self.close()
+            return
+        self._got_bytes = True
+        try:
+            if response.status == 0:
+                self._buffer += data
+                if not self._parse_head(response):
+                    return
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                if not data:
+                    return
+            self._parse_body(response, data)
+        except UpstreamError as exc:
+            self._abort(exc)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        response = self.response
+        if response is not None and not response.done:
+            waiter = self._head_waiter
+            if waiter is not None and not waiter.done():
+                self._head_failed(self._lost_before_head(exc))
+            elif self._framing == _UNTIL_CLOSE:
+                response._finish()
+            else:
+                response._fail(_incomplete())
+        self.pool.lost(self)
+
+    # -- the request ------------------------------------------------------------------------
+
+    async def request(self, head: bytes, body: bytes) -> Response:
+        """Send one request; its response once the head has come."""
+        assert self.transport is not None and self.response is None
+        response = self.response = Response(self)
+        self._got_bytes = False
+        self._framing = _NONE
+        waiter = self._head_waiter = self.loop.create_future()
+        self.transport.write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            self.transport.write(body)
+        try:
+            await waiter
+        finally:
+            self._head_waiter = None
+        return response
+
+    def finished(self) -> bool:
+        """Whether the response was read to its end and the connection may serve another."""
+        response = self.response
+        return (
+            response is not None
+            and response.done
+            and response.error is None
+            and not response._pieces
+            and self._keep_alive
+            and not self.closed
+        )
+
+    def reset(self) -> None:
+        self.response = None
+        self._buffer.clear()
+        self._chunk_state = _SIZE
+        self._remaining = 0
+        if self._paused:
+            self.resume()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def timed_out(self) -> None:
+        """The call's deadline: whatever it waits for fails with :class:`UpstreamTimeout`."""
+        if self.response is None or self.response.done:
+            return  # all in: the caller's own pace is not the upstream's fault
+        self._abort(UpstreamTimeout("the upstream did not answer within the deadline"))
+
+    def _abort(self, exc: UpstreamError | UpstreamTimeout) -> None:
+        response = self.response
+        if response is not None:
+            self._head_failed(exc)  # if the head is still awaited
+            response._fail(exc)
+        self.close()
+
+    def _head_failed(self, exc: BaseException) -> None:
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+    def _lost_before_head(self, exc: Exception | None) -> UpstreamError:
+        if self.reused and not self._got_bytes:
+            return StaleConnection("the kept-alive connection was closed", code="upstream_stale")
+        detail = f": {exc.strerror or exc}" if isinstance(exc, OSError) else ""
+        return UpstreamError(
+            f"upstream connection failed: closed before the response{detail}",
+            code="upstream_unreachable",
+        )
+
+    # -- parsing ----------------------------------------------------------------------------
+
+    def _parse_head(self, response: Response) -> bool:
+        """Parse the status line and headers once they are all in; True when done (the
+        rest of the buffer is body). Informational (1xx) responses are skipped."""
+        buffer = self._buffer
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > _MAX_HEAD:
+                    raise _protocol_error("the response head is too long")
+                if not buffer.startswith(b"HTTP/"[: len(buffer)]):
+                    raise _protocol_error("not an HTTP response")
+                return False
+            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            del buffer[: end + 4]
+            version, _, rest = lines[0].partition(" ")
+            code, _, reason = rest.partition(" ")
+            if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+                raise _protocol_error("not an HTTP/1.x status line")
+            status = int(code)
+            if 100 <= status < 200 and status != 101:
+                continue
+            headers = {}
+            for line in lines[1:]:
+                name, colon, value = line.partition(":")
+                if not colon or not name or name != name.strip():
+                    raise _protocol_error("a header line without a name")
+                name = name.lower()
+                value = value.strip()
+                if name in headers and name != "content-length":
+                    headers[name] = f"{headers[name]}, {value}"
+                else:
+                    headers[name] = value
+            break
+        connection = headers.get("connection", "").lower()
+        if version == "HTTP/1.0":
+            self._keep_alive = "keep-alive" in connection
+        else:
+            self._keep_alive = "close" not in connection
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            response._decoder = zlib.decompressobj()
+        elif encoding != "identity":
+            raise _protocol_error(f"unsupported content encoding {encoding!r}")
+        transfer = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if status in (204, 304):
+            self._framing = _NONE
+        elif transfer is not None:
+            if transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                raise _protocol_error(f"unsupported transfer encoding {transfer!r}")
+            self._framing = _CHUNKED
+            self._chunk_state = _SIZE
+        elif length is not None:
+            if not length.isdigit():
+                raise _protocol_error("a bad Content-Length")
+            self._framing = _LENGTH
+            self._remaining = int(length)
+        else:
+            self._framing = _UNTIL_CLOSE
+            self._keep_alive = False
+        response.status, response.reason, response.headers = status, reason, headers
+        if self._framing == _NONE or (self._framing == _LENGTH and not self._remaining):
+            response._finish()
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def _parse_body(self, response: Response, data: bytes) -> None:
+        framing = self._framing
+        if response.done:
+            if data:
+                self._keep_alive = False  # more than the body: nothing to trust after it
+            return
+        if framing == _LENGTH:
+            if len(data) >= self._remaining:
+                if len(data) > self._remaining:
+                    self._keep_alive = False
+                response._body(data[: self._remaining])
+                self._remaining = 0
+                response._finish()
+            else:
+                self._remaining -= len(data)
+                response._body(data)
+        elif framing == _CHUNKED:
+            self._parse_chunks(response, data)
+        else:  # until close
+            response._body(data)
+
+    def _parse_chunks(self, response: Response, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._chunk_state
+            if state == _DATA:
+                take = min(self._remaining, end - pos)
+                response._body(bytes(view[pos : pos + take]))
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._chunk_state = _DATA_END
+            elif state == _DATA_END:
+                if end - pos < 2:
+                    buffer += view[pos:]
+                    return
+                if view[pos : pos + 2] != b"\r\n":
+                    raise _protocol_error("a chunk without its CRLF")
+                pos += 2
+                self._chunk_state = _SIZE
+            else:  # _SIZE or _TRAILER: a line
+                eol = data.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > _MAX_CHUNK_LINE:
+                        raise _protocol_error("a chunk size line is too long")
+                    buffer += view[pos:]
+                    return
+                line = data[pos:eol]
+                pos = eol + 2
+                if state == _TRAILER:
+                    if not line:  # the blank line after the trailers: the end
+                        response._finish()
+                        if pos < end:
+                            self._keep_alive = False
+                        return
+                    continue
+                size = line.split(b";", 1)[0].strip()
+                try:
+                    self._remaining = int(size, 16)
+                except ValueError:
+                    raise _protocol_error("a bad chunk size") from None
+                if self._remaining < 0:
+                    raise _protocol_error("a bad chunk size")
+                self._chunk_state = _DATA if self._remaining else _TRAILER

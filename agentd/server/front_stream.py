@@ -1,0 +1,210 @@
+"""The front's streamed chat completion: ``POST /v1/chat/completions`` with
+``"stream": true``, no session and no tools in the request (what the front takes
+unstreamed too, :mod:`.front_chat`), written to the connection as the turn's listener
+hears it, without aiohttp's request, response and stream writer.
+
+The bytes are those of the route (:class:`.chat._ChunkStream` through
+:func:`.http.start_sse`): nothing before the first delta, so a turn that fails before
+it is a JSON error (rendered by the front as :func:`.http.error_response`); then the
+head aiohttp writes for that stream (``text/event-stream``, ``Cache-Control``,
+``X-Accel-Buffering``, ``X-Cache``, the caller's ``x-ratelimit-*``, chunked transfer,
+``Date``, ``Server``, and ``Connection: close`` while the worker drains), each chunk of
+OpenAI's format in a chunk of the transfer encoding, the finish (and usage) chunks,
+``data: [DONE]`` and the last chunk. An error after the first byte is an error chunk,
+then ``[DONE]``, as the route sends it.
+
+Back-pressure as aiohttp's writer: a chunk is written at once, and while the transport's
+buffer is over its high-water mark (the front's connection is paused) the turn waits for
+it to drain before its next chunk, so a client that does not read holds the turn (and
+its model call, which is not read either) instead of making the worker buffer its
+reply. A client that leaves ends the turn at its next chunk, or at once if it waits for
+the buffer to drain, with the error a write to a closed connection raises in the route
+(which closes the model call): the request is counted with status 499.
+
+A stream answered by the front is an ``int`` where an answer is expected: the status
+it was counted with, its bytes already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp.http import SERVER_SOFTWARE
+
+from ..agent import Agents, Listener, TurnRequest
+from ..auth import OPEN, Identity
+from ..errors import AgentdError, Internal
+from ..fastpath import ChatBody, parse_chat
+from ..tools import ToolResult
+from ..wire.chat import DONE, Chunks, completion_id, error_frame
+from ..wire.tool_progress import call_ended, call_started
+from .chat import chat_turn
+from .front_chat import ROUTE, Answer, HotChat, _credential, error_answer
+from .middleware import CLIENT_CLOSED
+
+if TYPE_CHECKING:
+    from .front import FrontConnection
+
+__all__ = ("STREAM_MARK", "HotStream")
+
+log = logging.getLogger(__name__)
+
+# What a body must hold to be a stream (a body without it is not one, whatever else it
+# says: the front then takes it as a plain chat completion).
+STREAM_MARK = b'"stream"'
+_TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
+
+# The head of every stream, in aiohttp's order: the route's headers, then its own.
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"X-Accel-Buffering: no\r\nX-Cache: "
+)
+_DATE = b"Transfer-Encoding: chunked\r\nDate: "
+_SERVER = b"\r\nServer: " + SERVER_SOFTWARE.encode() + b"\r\n"
+_CLOSE = b"Connection: close\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class HotStream:
+    """A worker's streamed chat completions, as the front answers them."""
+
+    def __init__(self, chat: HotChat) -> None:
+        self.chat = chat
+        self.agents: Agents = chat.agents
+
+    def begin(
+        self, raw: bytes, authorization: bytes | None, conn: FrontConnection
+    ) -> Coroutine[Any, Any, Answer | int] | None:
+        """The coroutine that streams the body ``raw`` to ``conn``, or the plain chat
+        completion's (:meth:`HotChat.begin`) when it is not a stream, or None
+        (aiohttp's request)."""
+        if raw in self.chat.memo:  # a plain completion's body seen lately: not parsed again
+            return self.chat.begin(raw, authorization)
+        try:
+            body = parse_chat(raw, None)
+        except Exception:
+            return None  # aiohttp says the same
+        if not body.stream:
+            return self.chat.begin(raw, authorization)
+        if body.session_id is not None:
+            return None
+        params = body.params
+        if params and not _TOOL_PARAMS.isdisjoint(params):
+            return None
+        return self._stream(body, _credential(authorization), conn)
+
+    async def _stream(
+        self, body: ChatBody, credential: str | None, conn: FrontConnection
+    ) -> Answer | int:
+        chat = self.chat
+        try:
+            identity: Identity = OPEN
+            if chat.auth.enabled:
+                identity = chat.auth.known(credential) or await chat._identify(credential)
+                identity.require("chat")
+            turn = chat_turn(body, identity, self.agents)
+        except AgentdError:
+            return None  # refused before the turn: aiohttp refuses it the same way
+        # (A stream's head has no Server-Timing: the parse time is not needed.)
+        deadline = asyncio.get_running_loop().time() + chat.turn_timeout
+        return await _Writer(conn, turn, body.include_usage).run(self.agents, deadline)
+
+
+class _Writer(Listener):
+    """One streamed turn, written to its connection as it comes."""
+
+    __slots__ = ("cache", "chunks", "conn", "include_usage", "ratelimit", "started", "turn")
+
+    def __init__(self, conn: FrontConnection, turn: TurnRequest, include_usage: bool) -> None:
+        self.conn, self.turn, self.include_usage = conn, turn, include_usage
+        self.chunks = Chunks(completion_id(), int(time.time()), turn.agent)
+        self.cache = "bypass"
+        self.ratelimit: Mapping[str, str] = {}
+        self.started = False
+
+    async def run(self, agents: Agents, deadline: float) -> Answer | int:
+        chunks = self.chunks
+        try:
+            done = await agents.run(self.turn, deadline=deadline, listener=self)
+            end = [chunks.finish(done.finish_reason, self.turn.session_id, done.seq)]
+            if self.include_usage:
+                end.append(chunks.usage(done.usage))
+        except AgentdError as exc:
+            if not self.started:
+                return error_answer(exc)
+            end = [error_frame(exc)]  # the head is gone: said in the stream, as OpenAI does
+        except Exception as exc:
+            if isinstance(exc, ConnectionError) and self._gone():
+                return CLIENT_CLOSED  # as the route's middleware counts it
+            log.exception("unhandled error on POST %s", ROUTE)
+            if not self.started:
+                return error_answer(Internal("internal server error"))
+            self.conn.close()  # a stream cut short: the client sees no [DONE]
+            return 500
+        if self._gone():
+            return CLIENT_CLOSED
+        data = b"".join([_chunk(frame) for frame in end]) + _chunk(DONE) + _LAST_CHUNK
+        if not self.started:
+            data = self._head() + _chunk(chunks.role()) + data
+        self.conn.send(data)
+        return 200
+
+    def _gone(self) -> bool:
+        transport = self.conn.transport
+        return transport is None or transport.is_closing()
+
+    def _head(self) -> bytes:
+        self.started = True
+        lines = [_HEAD, self.cache.encode(), b"\r\n"]
+        for name, value in self.ratelimit.items():
+            lines.append(f"{name}: {value}\r\n".encode())
+        conn = self.conn
+        lines += (_DATE, conn.front.date.now(), _SERVER)
+        if conn.front.state.draining:
+            lines.append(_CLOSE)  # as close_when_draining: the connection ends after it
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    async def _write(self, frame: bytes, first: str | None = "") -> None:
+        """Write one frame (the head and the role chunk before the first); wait while
+        the client does not read; raise as aiohttp's writer when the client left."""
+        conn = self.conn
+        transport = conn.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the stream")
+        if self.started:
+            transport.write(_chunk(frame))
+        else:
+            transport.write(self._head() + _chunk(self.chunks.role(first)) + _chunk(frame))
+        if conn.paused:
+            await conn.drained()
+
+    # -- Listener ---------------------------------------------------------------------
+
+    def source(self, cache: str) -> None:
+        self.cache = cache
+
+    def limits(self, headers: Mapping[str, str]) -> None:
+        self.ratelimit = headers
+
+    async def delta(self, text: str) -> None:
+        await self._write(self.chunks.content(text))
+
+    async def tool_deltas(self, pieces: list[dict[str, Any]]) -> None:
+        await self._write(self.chunks.tool_calls(pieces), None)
+
+    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
+        await self._write(self.chunks.progress(call_started(call, server)))
+
+    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
+        doc = call_ended(call, result.outcome, result.is_error, result.text)
+        await self._write(self.chunks.progress(doc))
+
+
+def _chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of the chunked transfer encoding."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
