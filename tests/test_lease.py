@@ -188,3 +188,30 @@ async def test_a_turn_past_a_third_of_its_lease_renews_it_and_is_stored(
     assert not held.renewing and not _keepers()
     assert [m["content"] for m in await store.history(sid)] == ["hi", "hello"]
     assert await store.begin_turn(sid, 10, 2.0) is not None
+
+
+async def test_leases_taken_at_different_times_share_one_timer_and_each_is_renewed(
+    store: Store, store_config: Config
+) -> None:
+    """The worker's one timer for held leases: a lease taken while an earlier one waits
+    for its first renewal is renewed too, and one that ended before its turn never is."""
+    sids = [(await store.create_session()).id for _ in range(3)]
+    leases = Leases(store_config.sessions)
+    first = leases.hold(store, sids[0], 10, deadline(), Interrupt())
+    short = leases.hold(store, sids[1], 10, deadline(), Interrupt())
+    later = leases.hold(store, sids[2], 10, deadline(), Interrupt())
+    held_first = await first.__aenter__()
+    held_short = await short.__aenter__()
+    await short.__aexit__(None, None, None)  # a short turn, over before any renewal
+    await asyncio.sleep(leases.renew_every / 2)
+    held_later = await later.__aenter__()
+    await wait_until(lambda: held_first.renewing, TIMEOUT, "the first lease's renewal")
+    await wait_until(lambda: held_later.renewing, TIMEOUT, "the later lease's renewal")
+    assert not held_short.renewing and len(_keepers()) == 2
+    for sid in sids[::2]:
+        assert await store.begin_turn(sid, 10, 2.0) is None  # both still held
+    await first.__aexit__(None, None, None)
+    await later.__aexit__(None, None, None)
+    assert not _keepers()
+    for sid in sids:
+        assert await store.begin_turn(sid, 10, 2.0) is not None  # every session is free

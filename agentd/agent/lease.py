@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..aio import end_if_cancelled
@@ -66,12 +66,13 @@ class Held:
     """A lease while its turn runs: the history it read, and the one way to store the
     turn (which releases the lease in the same step).
 
-    The renewals wait on a plain timer until the first is due (a third of the lease):
-    most turns end before it fires, and so make no task and never wait for one to stop.
+    The renewals wait until the first is due (a third of the lease) on the worker's one
+    timer for all held leases (:meth:`Leases._watch`): most turns end before it, and so
+    make no task, no timer of their own, and never wait for one to stop.
     """
 
-    __slots__ = ("_interrupt", "_keeper", "_leases", "_store", "_timer", "lease",
-                 "session_id", "stored")  # fmt: skip
+    __slots__ = ("_interrupt", "_keeper", "_leases", "_store", "lease", "session_id",
+                 "stored")  # fmt: skip
 
     def __init__(
         self, store: Store, session_id: str, lease: TurnLease, leases: Leases,
@@ -81,16 +82,20 @@ class Held:
         self._leases = leases
         self._interrupt = interrupt
         self._keeper: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            leases.renew_every, self._start_keeping
-        )
         self.session_id = session_id
         self.lease = lease
         self.stored = False
+        leases._watch(self)
 
     @property
     def history(self) -> list[dict[str, Any]]:
+        """The messages read with the lease, as stored."""
         return self.lease.history
+
+    @property
+    def window(self) -> list[dict[str, Any]]:
+        """The same messages as a model call sends them (shared between turns: read only)."""
+        return self.lease.window
 
     @property
     def renewing(self) -> bool:
@@ -98,15 +103,12 @@ class Held:
         return self._keeper is not None
 
     def _start_keeping(self) -> None:
-        self._timer = None
         self._keeper = asyncio.ensure_future(
             self._leases._keep(self._store, self.session_id, self.lease.token, self._interrupt)
         )
 
     async def stop_renewing(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._leases._unwatch(self)
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
@@ -121,31 +123,83 @@ class Held:
         return stored
 
 
+class _Hold:
+    """:meth:`Leases.hold`'s block: a plain object, not a generator-based context manager
+    (one per turn)."""
+
+    __slots__ = ("_deadline", "_held", "_interrupt", "_last", "_leases", "_sid", "_store")
+
+    def __init__(
+        self, leases: Leases, store: Store, sid: str, last: int, deadline: float,
+        interrupt: Interrupt,
+    ) -> None:  # fmt: skip
+        self._leases, self._store, self._sid, self._last = leases, store, sid, last
+        self._deadline, self._interrupt = deadline, interrupt
+        self._held: Held | None = None
+
+    async def __aenter__(self) -> Held:
+        lease = await self._leases._take(self._store, self._sid, self._last, self._deadline)
+        self._held = Held(self._store, self._sid, lease, self._leases, self._interrupt)
+        return self._held
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        held = self._held
+        assert held is not None
+        await held.stop_renewing()
+        if not held.stored:
+            # The turn failed, was cancelled, or its messages were refused: free the
+            # session now rather than when the lease runs out.
+            with contextlib.suppress(Exception):
+                await self._store.end_turn(self._sid, held.lease.token, [])
+
+
 class Leases:
     def __init__(self, config: SessionsConfig) -> None:
         self._lease_s = config.turn_lease
         self._policy = config.concurrent_turns
         self.renew_every = config.turn_lease / 3
+        # Held leases by when their first renewal is due, in that order (each is due
+        # renew_every after it was taken), and the one timer for the earliest.
+        self._due: dict[Held, float] = {}
+        self._clock: asyncio.TimerHandle | None = None
+        self._clock_loop: asyncio.AbstractEventLoop | None = None
 
-    @contextlib.asynccontextmanager
-    async def hold(
+    def hold(
         self, store: Store, session_id: str, last: int, deadline: float, interrupt: Interrupt
-    ) -> AsyncIterator[Held]:
+    ) -> _Hold:
         """Take the session's lease in ``store`` (the turn's tenant's) with its last
         ``last`` messages, keep it while the block runs (``interrupt.asked`` is set when
         another turn asks this one to stop), and let it go unless the block stored the
-        turn."""
-        lease = await self._take(store, session_id, last, deadline)
-        held = Held(store, session_id, lease, self, interrupt)
-        try:
-            yield held
-        finally:
-            await held.stop_renewing()
-            if not held.stored:
-                # The turn failed, was cancelled, or its messages were refused: free the
-                # session now rather than when the lease runs out.
-                with contextlib.suppress(Exception):
-                    await store.end_turn(session_id, lease.token, [])
+        turn: ``async with leases.hold(...) as held``."""
+        return _Hold(self, store, session_id, last, deadline, interrupt)
+
+    def _watch(self, held: Held) -> None:
+        """Start ``held``'s renewals when the first is due, unless it ends before."""
+        loop = asyncio.get_running_loop()
+        if self._clock_loop is not loop:  # another loop's leases (tests) are long over
+            self._due, self._clock, self._clock_loop = {}, None, loop
+        self._due[held] = due = loop.time() + self.renew_every
+        if self._clock is None:
+            self._clock = loop.call_at(due, self._tick)
+
+    def _unwatch(self, held: Held) -> None:
+        self._due.pop(held, None)
+
+    def _tick(self) -> None:
+        """Start the renewals that are due; wait for the next one due."""
+        self._clock = None
+        due = self._due
+        now = asyncio.get_running_loop().time()
+        ready = []
+        for held, at in due.items():
+            if at > now:
+                break
+            ready.append(held)
+        for held in ready:
+            del due[held]
+            held._start_keeping()
+        if due:
+            self._clock = asyncio.get_running_loop().call_at(next(iter(due.values())), self._tick)
 
     async def _take(self, store: Store, sid: str, last: int, deadline: float) -> TurnLease:
         loop = asyncio.get_running_loop()

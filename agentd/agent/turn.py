@@ -44,9 +44,6 @@ from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_t
 
 __all__ = ("Agents", "Prepared")
 
-# Fields of a stored message that are ours, not the model's.
-_STORE_FIELDS = ("seq", "created_at", "status", "turn", "metadata")
-
 
 @dataclass(slots=True)
 class _Plan:
@@ -146,7 +143,7 @@ class Agents:
                 if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
                     return await told_again(earlier, agent, req, timings, listener)
                 await _listed(toolset, listener)
-                plan = self._plan(agent, req, held.history, toolset, interrupt, listener)
+                plan = self._plan(agent, req, held.window, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
         finally:
@@ -174,11 +171,13 @@ class Agents:
         self,
         agent: AgentConfig,
         req: TurnRequest,
-        history: Sequence[Mapping[str, Any]],
+        history: Sequence[dict[str, Any]],
         toolset: ToolSet | None = None,
         interrupt: Interrupt | None = None,
         listener: Listener | None = None,
     ) -> _Plan:
+        """``history``: the session's window, as a model call sends it (store fields
+        dropped, see :mod:`agentd.store.upstream`); its messages go upstream as they are."""
         # The history window may begin with tool results whose call fell outside it: a
         # model refuses a tool message that answers no call, so they stay out too.
         start = 0
@@ -189,9 +188,7 @@ class Agents:
         if agent.system_prompt:
             upstream.append({"role": "system", "content": agent.system_prompt})
         if start < len(history):
-            upstream.extend(
-                {k: v for k, v in m.items() if k not in _STORE_FIELDS} for m in history[start:]
-            )
+            upstream.extend(history[start:] if start else history)
         upstream.extend(req.messages)
         params = {**agent.params, **req.params}
         loop = None

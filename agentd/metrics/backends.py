@@ -1,5 +1,7 @@
 """Model-call metrics: calls by outcome, latency, breaker state, calls in flight and
-waiting, per backend node."""
+waiting, per backend node. With a worker's :class:`~.worker.Metrics`, the per-call ones
+(calls, duration, first token) are hot (:mod:`.hot`): counted in memory, flushed in
+batches with the worker's other hot metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .hot import HotCounter, HotHistogram, HotSet
 from .process import ENV, render
 from .worker import Metrics
 
@@ -28,8 +31,10 @@ class BackendMetrics:
     """
 
     def __init__(self, metrics: Metrics | None = None) -> None:
+        self._hot: HotSet | None = None
         if metrics is not None:
             reg = metrics._registry
+            self._hot = metrics.hot
         else:
             reg = None if os.environ.get(ENV) else CollectorRegistry()
         self._registry = reg
@@ -94,9 +99,12 @@ class NodeMetrics:
     def __init__(self, owner: BackendMetrics, backend: str, node: str) -> None:
         self._owner = owner
         self._labels = (backend, node)
-        self._calls: dict[str, Counter] = {}
-        self._duration = owner.duration.labels(backend, node)
-        self.first_token = owner.first_token.labels(backend, node)
+        self._calls: dict[str, Counter | HotCounter] = {}
+        duration = owner.duration.labels(backend, node)
+        first_token = owner.first_token.labels(backend, node)
+        hot = owner._hot
+        self._duration = duration if hot is None else HotHistogram(duration, hot)
+        self.first_token = first_token if hot is None else HotHistogram(first_token, hot)
         self.breaker = owner.breaker.labels(backend, node)
         self.breaker.set(0)
 
@@ -104,7 +112,9 @@ class NodeMetrics:
         """Count one model call by outcome and observe its duration."""
         counter = self._calls.get(outcome)
         if counter is None:
-            counter = self._owner.calls.labels(*self._labels, outcome)
+            counter = child = self._owner.calls.labels(*self._labels, outcome)
+            if self._owner._hot is not None:
+                counter = HotCounter(child, self._owner._hot)
             self._calls[outcome] = counter
         counter.inc()
         self._duration.observe(seconds)

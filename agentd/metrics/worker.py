@@ -29,9 +29,10 @@ LATENCY_BUCKETS = (
 class Metrics:
     """A worker's metrics; created after fork so its files carry the worker's pid.
 
-    The request's, the turn stages' and the cache look-ups' are hot (:mod:`.hot`): kept
-    in memory and flushed to the files in batches; :meth:`flush` (on the event loop's
-    thread) before reading them from the files."""
+    The request's, the turn stages', the cache look-ups' and (through a
+    :class:`~.backends.BackendMetrics` made with it) the model calls' are hot
+    (:mod:`.hot`): kept in memory and flushed to the files in batches; :meth:`flush`
+    (on the event loop's thread) before reading them from the files."""
 
     def __init__(self) -> None:
         # In multiprocess mode values live in files and the registry is built per scrape;

@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
-from ..errors import AgentdError, BadRequest
+from ..errors import AgentdError, BadRequest, Internal
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store, Watch
 from ..tools import ToolResult
@@ -86,13 +86,16 @@ def _turn_id(frame: dict[str, Any]) -> str | int:
 class _DeltaFrames(Listener):
     """A turn's deltas, as frames to the connection that asked for it."""
 
-    __slots__ = ("conn", "frame_id")
+    __slots__ = ("conn", "frame_id", "head")
 
     def __init__(self, conn: _Connection, frame_id: Any) -> None:
         self.conn, self.frame_id = conn, frame_id
+        # The JSON of {"type": "delta", "id": frame_id, "content": ...} up to the content,
+        # made once per turn rather than a dict per delta.
+        self.head = b'{"type":"delta","id":%b,"content":' % orjson.dumps(frame_id)
 
     async def delta(self, text: str) -> None:
-        self.conn.send({"type": "delta", "id": self.frame_id, "content": text})
+        self.conn.send_json(self.head + orjson.dumps(text) + b"}")
 
     async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
         self.conn.send({**call_started(call, server), "id": self.frame_id})
@@ -335,7 +338,13 @@ class _Connection(asyncio.Protocol):
         """Send a frame; a full queue means the client is not reading: close 1013."""
         if self.closing or self.transport is None:
             return
-        data = ws_frames.build(ws_frames.OP_TEXT, orjson.dumps(frame))
+        self.send_json(orjson.dumps(frame))
+
+    def send_json(self, doc: bytes) -> None:
+        """:meth:`send` of a frame already in JSON."""
+        if self.closing or self.transport is None:
+            return
+        data = ws_frames.text(doc)
         if self.outbox is None:
             if not self.write_paused:
                 # Written with the others sent in this step of the loop: one system call
@@ -485,6 +494,11 @@ class _Connection(asyncio.Protocol):
                     await waiting
                 except AgentdError as exc:
                     self.error(exc)
+                except Exception:
+                    # Not the client's mistake (the store failed in a way it has no code
+                    # for): it still gets an answer, and the connection lives on.
+                    log.exception("websocket frame failed")
+                    self.error(Internal("internal server error"))
                 inbox = self.inbox
                 next_waiting = None
                 while inbox and next_waiting is None and not self.closing:
@@ -660,6 +674,9 @@ class _Connection(asyncio.Protocol):
                 self.start_turn(frame_id, agent, content)
         except AgentdError as exc:
             self.error(exc, frame_id)
+        except Exception:
+            log.exception("websocket hello for turn %r failed", frame_id)
+            self.error(Internal("internal server error"), frame_id)
 
     def start_turn(self, frame_id: Any, agent: str, content: Any) -> None:
         identity = self.credential.identity

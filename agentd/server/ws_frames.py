@@ -25,6 +25,7 @@ __all__ = (
     "build",
     "close_payload",
     "next_frame",
+    "text",
 )
 
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -132,6 +133,17 @@ def close_payload(payload: bytes) -> int:
     except UnicodeDecodeError:
         raise FrameError(CLOSE_INVALID_TEXT, "close reason is not UTF-8") from None
     return int(code)
+
+
+# The headers of server text frames under 126 bytes (most: a turn's deltas), by length.
+_TEXT_HEADS = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
+
+
+def text(payload: bytes) -> bytes:
+    """:func:`build` of a text frame."""
+    if len(payload) < 126:
+        return _TEXT_HEADS[len(payload)] + payload
+    return build(OP_TEXT, payload)
 
 
 def build(opcode: int, payload: bytes) -> bytes:

@@ -36,7 +36,6 @@ from .api import (
     StateNamespace,
     Store,
     Subscription,
-    TurnLease,
     Watch,
 )
 from .codec import no_session
@@ -57,6 +56,7 @@ from .limits import (
     Window,
     usage_of,
 )
+from .turns import TurnLease
 
 __all__ = (
     "DAY",

@@ -20,10 +20,13 @@ import dataclasses
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..errors import Conflict
+
+if TYPE_CHECKING:
+    from .turns import TurnLease
 
 __all__ = (
     "DEAD_ID_RE",
@@ -57,7 +60,6 @@ __all__ = (
     "StateNamespace",
     "Store",
     "Subscription",
-    "TurnLease",
     "Watch",
 )
 
@@ -92,15 +94,6 @@ class SessionPage:
 
     sessions: list[SessionInfo]
     next_after: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class TurnLease:
-    """A session's turn lease: its fencing token, and what the turn read when taking it."""
-
-    session: SessionInfo
-    token: int
-    history: list[dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)

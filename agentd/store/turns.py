@@ -1,5 +1,9 @@
 """Turn leases, as every implementation does them: one turn at a time per session, in
-every instance, fenced by a token so that a stalled turn cannot append over a newer one."""
+every instance, fenced by a token so that a stalled turn cannot append over a newer one.
+
+What a turn reads with its lease is decoded as it is asked for: a turn of an agent
+needs the window in the form its model call sends (:mod:`.upstream`, kept decoded per
+worker), and the stored messages themselves only to find a reply it already stored."""
 
 from __future__ import annotations
 
@@ -9,11 +13,44 @@ from typing import Any
 
 from ..errors import Conflict
 from ..schema import validate_session_id
-from .api import TurnLease
+from .api import SessionInfo
 from .codec import decode_message, ms, no_session, session_info
 from .sessions import SessionStore
+from .upstream import upstream_window
 
-__all__ = ("TurnStore",)
+__all__ = ("TurnLease", "TurnStore")
+
+
+class TurnLease:
+    """A session's turn lease: its fencing token, and what the turn read when taking it
+    (the session and its last messages, decoded when first asked for)."""
+
+    __slots__ = ("_history", "_meta", "_rows", "_session", "_sid", "token")
+
+    def __init__(
+        self, sid: str, token: int, meta: Mapping[str, str], rows: list[tuple[int, bytes]]
+    ) -> None:
+        self._sid, self.token, self._meta, self._rows = sid, token, meta, rows
+        self._session: SessionInfo | None = None
+        self._history: list[dict[str, Any]] | None = None
+
+    @property
+    def session(self) -> SessionInfo:
+        if self._session is None:
+            self._session = session_info(self._sid, self._meta)
+        return self._session
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The last messages as stored (with ``seq`` and the store's fields)."""
+        if self._history is None:
+            self._history = [decode_message(seq, p) for seq, p in self._rows]
+        return self._history
+
+    @property
+    def window(self) -> list[dict[str, Any]]:
+        """The last messages in the form a model call sends them: shared, read only."""
+        return upstream_window(self._rows)
 
 
 class TurnStore(SessionStore):
@@ -27,8 +64,7 @@ class TurnStore(SessionStore):
         token, meta, rows = found
         if token == 0:
             return None
-        info = session_info(sid, meta)
-        return TurnLease(info, token, [decode_message(seq, p) for seq, p in rows])
+        return TurnLease(sid, token, meta, rows)
 
     async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
         code = await self._renew_turn(validate_session_id(session_id), token, ms(lease_s))
