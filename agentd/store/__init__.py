@@ -36,6 +36,7 @@ from .api import (
     StateNamespace,
     Store,
     Subscription,
+    TurnLease,
     Watch,
 )
 from .codec import no_session
@@ -56,7 +57,6 @@ from .limits import (
     Window,
     usage_of,
 )
-from .turns import TurnLease
 
 __all__ = (
     "DAY",

@@ -20,13 +20,10 @@ import dataclasses
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Config
 from ..errors import Conflict
-
-if TYPE_CHECKING:
-    from .turns import TurnLease
 
 __all__ = (
     "DEAD_ID_RE",
@@ -60,6 +57,7 @@ __all__ = (
     "StateNamespace",
     "Store",
     "Subscription",
+    "TurnLease",
     "Watch",
 )
 
@@ -94,6 +92,30 @@ class SessionPage:
 
     sessions: list[SessionInfo]
     next_after: str | None
+
+
+class TurnLease(abc.ABC):
+    """A session's turn lease: its fencing token, and what the turn read when taking it."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: int) -> None:
+        self.token = token
+
+    @property
+    @abc.abstractmethod
+    def session(self) -> SessionInfo:
+        """The session's metadata."""
+
+    @property
+    @abc.abstractmethod
+    def history(self) -> list[dict[str, Any]]:
+        """The last messages as stored (with ``seq`` and the store's fields)."""
+
+    @property
+    @abc.abstractmethod
+    def window(self) -> list[dict[str, Any]]:
+        """The last messages in the form a model call sends them: shared, read only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,24 +13,24 @@ from typing import Any
 
 from ..errors import Conflict
 from ..schema import validate_session_id
-from .api import SessionInfo
+from .api import SessionInfo, TurnLease
 from .codec import decode_message, ms, no_session, session_info
 from .sessions import SessionStore
 from .upstream import upstream_window
 
-__all__ = ("TurnLease", "TurnStore")
+__all__ = ("TurnStore",)
 
 
-class TurnLease:
-    """A session's turn lease: its fencing token, and what the turn read when taking it
-    (the session and its last messages, decoded when first asked for)."""
+class _ReadLease(TurnLease):
+    """A lease with what the turn read as the store gave it, decoded when first asked for."""
 
-    __slots__ = ("_history", "_meta", "_rows", "_session", "_sid", "token")
+    __slots__ = ("_history", "_meta", "_rows", "_session", "_sid")
 
     def __init__(
         self, sid: str, token: int, meta: Mapping[str, str], rows: list[tuple[int, bytes]]
     ) -> None:
-        self._sid, self.token, self._meta, self._rows = sid, token, meta, rows
+        super().__init__(token)
+        self._sid, self._meta, self._rows = sid, meta, rows
         self._session: SessionInfo | None = None
         self._history: list[dict[str, Any]] | None = None
 
@@ -42,14 +42,12 @@ class TurnLease:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """The last messages as stored (with ``seq`` and the store's fields)."""
         if self._history is None:
             self._history = [decode_message(seq, p) for seq, p in self._rows]
         return self._history
 
     @property
     def window(self) -> list[dict[str, Any]]:
-        """The last messages in the form a model call sends them: shared, read only."""
         return upstream_window(self._rows)
 
 
@@ -64,7 +62,7 @@ class TurnStore(SessionStore):
         token, meta, rows = found
         if token == 0:
             return None
-        return TurnLease(sid, token, meta, rows)
+        return _ReadLease(sid, token, meta, rows)
 
     async def renew_turn(self, session_id: str, token: int, lease_s: float) -> str:
         code = await self._renew_turn(validate_session_id(session_id), token, ms(lease_s))
