@@ -317,7 +317,15 @@ class Leases:
             for lease in taken:
                 if not lease.room(now):
                     return self._short(tenant, taken, now)
-            return self._admit(tenant, taken, now)
+            # _admit, inline: once per request
+            low = False
+            for lease in taken:
+                low = lease.take(now) or low
+            counts = self._counts
+            counts[tenant] = counts.get(tenant, 0) + 1
+            if low:
+                self.want(tenant)
+            return taken
         return self._take(tenant, rules)
 
     def _short(self, tenant: str, taken: list[Lease], now: float) -> None:
@@ -396,21 +404,26 @@ class Leases:
                     left = 0
                 if tokens is None or left < tokens_left:
                     tokens, tokens_left = lease, left
-        headers: dict[str, str] = {}
-        if requests is not None:
-            headers[_LIMIT_REQUESTS] = requests.texts[0]
-            headers[_REMAINING_REQUESTS] = str(requests_left)
-            headers[_RESET_REQUESTS] = requests.reset_text
         if tokens is not None:
-            headers[_LIMIT_TOKENS] = tokens.texts[1]
-            headers[_REMAINING_TOKENS], headers[_RESET_TOKENS] = tokens.tokens_texts()
-        return headers
-
-    def release(self, taken: list[Lease]) -> None:
-        """A request admitted here ended: its slots are free again."""
-        for lease in taken:
-            if lease.conc:
-                lease.busy -= 1
+            remaining, reset = tokens.tokens_texts()
+            if requests is not None:  # the usual case: one dict built whole
+                return {
+                    _LIMIT_REQUESTS: requests.texts[0],
+                    _REMAINING_REQUESTS: str(requests_left),
+                    _RESET_REQUESTS: requests.reset_text,
+                    _LIMIT_TOKENS: tokens.texts[1],
+                    _REMAINING_TOKENS: remaining,
+                    _RESET_TOKENS: reset,
+                }
+            return {_LIMIT_TOKENS: tokens.texts[1], _REMAINING_TOKENS: remaining,
+                    _RESET_TOKENS: reset}  # fmt: skip
+        if requests is not None:
+            return {
+                _LIMIT_REQUESTS: requests.texts[0],
+                _REMAINING_REQUESTS: str(requests_left),
+                _RESET_REQUESTS: requests.reset_text,
+            }
+        return {}
 
     def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:
         """Tokens a request of ``rules`` charged (wherever it was admitted)."""
