@@ -476,10 +476,9 @@ class Limiter:
         if time.time() >= self._day_ends:
             self._today()
         found = self._counts.get(id(identity))
-        if found is not None and found[0] is identity:
-            sums, counts = found[1], found[2]
-        else:
-            sums, counts = self._counts_of(identity)
+        if found is None or found[0] is not identity:
+            found = self._counts_of(identity)
+        counts = found[2]
         counts[0] += 1
         if charge.tokens:
             counts[1] += charge.prompt_tokens
@@ -487,7 +486,7 @@ class Limiter:
         elif charge.cache_hit:
             counts[3] += 1
         if charge.tokens or not ticket.checked:
-            batch = sums.batch
+            batch = found[1].batch
             for rule in ticket.rules:
                 if charge.tokens:
                     entry = batch.charged.setdefault(rule.scope, [0, 0])
@@ -504,7 +503,7 @@ class Limiter:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
 
-    def _counts_of(self, identity: Identity) -> tuple[Sums, list[int]]:
+    def _counts_of(self, identity: Identity) -> tuple[Identity, Sums, list[int]]:
         """The sums of ``identity``'s tenant and day, and its usage counts in them (kept
         per identity object until the sums are written or the day ends)."""
         tenant, day, month = identity.tenant, self._day, self._month
@@ -515,8 +514,8 @@ class Limiter:
         counts = sums.keys.get(key)
         if counts is None:
             counts = sums.keys[key] = [0, 0, 0, 0]
-        self._counts[id(identity)] = (identity, sums, counts)
-        return sums, counts
+        found = self._counts[id(identity)] = (identity, sums, counts)
+        return found
 
     def _today(self) -> tuple[str, str]:
         """The current UTC day and month, recomputed once a day."""
