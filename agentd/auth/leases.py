@@ -161,10 +161,7 @@ class Lease:
                 self.expire(now)
             if not self.left:
                 return False
-        if self.conc:
-            if self.busy >= self.cap:
-                return False
-        return True
+        return not self.conc or self.busy < self.cap
 
     def _headroom(self) -> int:
         """What may be charged here before a request must be checked by the store: the
