@@ -14,12 +14,14 @@ import pytest
 import redis
 
 from agentd.auth import Limiter, Ticket
+from agentd.auth.headers import REQUESTS_HEADERS, TOKENS_HEADERS
 from agentd.auth.leases import LEASE_S, MIN_LIMIT, REFRESH_S, SHARE
-from agentd.auth.limits import SLOT_LEASE_MS
+from agentd.auth.limits import SLOT_LEASE_MS, Leased
 from agentd.config import Config, LimitsConfig, from_dict
 from agentd.errors import RateLimited
 from agentd.store import Ask, Batch, LeaseAsk, Rule, Store, open_store
 from agentd.store.keys import limit_keys
+from agentd.store.limits import usage_of
 
 from .procs import RedisServer
 from .test_limits import key_identity
@@ -274,4 +276,77 @@ async def test_a_lease_is_renewed_once_its_newest_places_are_a_quarter_of_their_
         assert min(lease.fresh_until for lease in leased) - LEASE_S >= newest + REFRESH_S
     finally:
         await limiter.close()
+        await store.close()
+
+
+async def test_hits_on_leases_are_counted_exactly_and_say_where_the_limits_stand(
+    redis_standalone: RedisServer,
+) -> None:
+    """Requests admitted on the leases (a :class:`Leased` ticket each) and settled as
+    cache hits, as misses or not run: every one is counted in its key's and its tenant's
+    usage across the worker's writes, two identity objects of one key (its record read
+    again) as one key; each gets OpenAI's six headers, the requests left one fewer per
+    request; and their slots are all free at the end."""
+    big = {"requests_per_minute": 10**9, "max_concurrent_turns": 100_000}
+    config = from_dict(
+        {
+            "redis": {"urls": [redis_standalone.url]},
+            "auth": {"tenant_limits": {**big, "tokens_per_minute": 10**12}},
+        }
+    )
+    store = open_store(config)
+    await store.start()
+    limiter = Limiter(config, store.limits)
+    key1, key1_again = key_identity(**big), key_identity(**big)
+    key2 = key_identity("key2", **big)
+    expected = {"key1": [0, 0, 0, 0], "key2": [0, 0, 0, 0]}
+    leased = 0
+    try:
+        for round_ in range(30):
+            remaining = None
+            for i in range(40):
+                identity = (key1, key1_again, key2, key1)[i % 4]
+                ticket = limiter.begin(identity)
+                assert ticket is not None
+                headers = await ticket.admitted()
+                counts = expected[identity.key_id]
+                counts[0] += 1
+                if isinstance(ticket, Leased):
+                    leased += 1
+                    assert set(headers) == {*REQUESTS_HEADERS, *TOKENS_HEADERS}
+                    left = int(headers["x-ratelimit-remaining-requests"])
+                    # The tenant's places are the tightest, taken by every request.
+                    assert remaining is None or left == remaining - 1
+                    remaining = left
+                else:
+                    remaining = None  # the store's answer: other workers' requests too
+                if i % 5 == 0:
+                    ticket.settle({"prompt_tokens": 3, "completion_tokens": 4}, "miss", 12, 16)
+                    counts[1] += 3
+                    counts[2] += 4
+                elif i % 5 == 1:
+                    ticket.settle(ran=False)
+                else:
+                    ticket.settle(None, "hit-l1")
+                    counts[3] += 1
+            if round_ % 3 == 0:
+                # A write between rounds (as every 50 ms): the next settles count anew.
+                await wait_until(lambda: not limiter._sums, what="the usage written")
+            await wait_until(
+                lambda: not (limiter._next or limiter._calls or limiter.leases._calls),
+                what="the limiter's calls answered",
+            )
+        held = [lease.busy for s in limiter.leases._tenants.values() for lease in s.values()]
+        assert held and not any(held), held
+        day, _ = limiter._today()
+    finally:
+        await limiter.close()
+    try:
+        assert leased >= 0.8 * 30 * 40, leased
+        totals, keys = usage_of((await store.limits.usage("acme", [day]))[day])
+        fields = ("requests", "prompt_tokens", "completion_tokens", "cache_hits")
+        for key_id, counts in expected.items():
+            assert [keys[key_id][f] for f in fields] == counts, key_id
+        assert [totals[f] for f in fields] == [sum(c) for c in zip(*expected.values(), strict=True)]
+    finally:
         await store.close()

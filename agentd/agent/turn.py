@@ -259,14 +259,19 @@ class Agents:
             usage = _summed([r.usage for r in replies])
         ratelimit = NO_HEADERS
         if ticket is not None:
-            # A cache hit is charged no tokens: no estimate to make.
-            hit = all(r.level.startswith("hit") for r in replies)
-            prompt_chars = 0 if hit else sum(r.prompt_chars for r in replies)
-            said_chars = len(text)
-            for r in replies:
-                if r.calls:
-                    said_chars += sum(len(c["function"]["arguments"]) for c in r.calls)
-            ticket.settle(usage, replies[0].level if hit else "miss", prompt_chars, said_chars)
+            if len(replies) == 1:
+                hit = reply.level.startswith("hit")
+            else:
+                hit = all(r.level.startswith("hit") for r in replies)
+            if hit:  # charged no tokens: no estimate to make
+                ticket.settle(usage, replies[0].level)
+            else:
+                prompt_chars = sum(r.prompt_chars for r in replies)
+                said_chars = len(text)
+                for r in replies:
+                    if r.calls:
+                        said_chars += sum(len(c["function"]["arguments"]) for c in r.calls)
+                ticket.settle(usage, "miss", prompt_chars, said_chars)
             ratelimit = ticket.headers
         if calls and not req.tool_calls:
             raise unrelayed(calls)

@@ -76,7 +76,8 @@ class Lease:
     """One scope's lease in this worker."""
 
     __slots__ = (
-        "asked_slots", "busy", "charged", "conc", "day_tokens", "expires", "fresh_until",
+        "asked_slots", "busy", "busy_low", "cap", "charged", "conc", "day_tokens", "expires",
+        "fresh_until",
         "headroom", "left", "level", "limits", "lost", "month_tokens", "peak", "places",
         "refresh_at", "renewed", "requests_base", "reset_text", "returned", "rpm", "scope",
         "short", "size", "texts", "tokens_reset", "total", "tpm", "used", "used_at",
@@ -105,6 +106,10 @@ class Lease:
         # last call, and the size the call on its way asked for.
         self.size = self.busy = self.peak = 0
         self.asked_slots: int | None = None
+        # Read per request, made when the two above change: the slots usable now (the
+        # block's, or fewer while a call asks to shrink it), and how many in use make
+        # the block low (three quarters of it).
+        self.cap = self.busy_low = 0
         self.renewed = 0.0  # when the block's leases were last extended (monotonic)
         self.lost = False  # a call's answer was lost: the block is built anew
         self.level = self.day_tokens = self.month_tokens = 0
@@ -156,11 +161,7 @@ class Lease:
                 self.expire(now)
             if not self.left:
                 return False
-        if self.conc:
-            size = self.size if self.asked_slots is None else min(self.size, self.asked_slots)
-            if self.busy >= size:
-                return False
-        return True
+        return not self.conc or self.busy < self.cap
 
     def _headroom(self) -> int:
         """What may be charged here before a request must be checked by the store: the
@@ -196,7 +197,7 @@ class Lease:
             self.busy += 1
             if self.busy > self.peak:
                 self.peak = self.busy
-            low = low or self.busy * 4 >= self.size * 3
+            low = low or self.busy >= self.busy_low
         return low
 
     def ask(self, now: float, closing: bool = False) -> LeaseAsk:
@@ -218,6 +219,7 @@ class Lease:
                 slots = min(max(demand, 2 * self.peak, slots), lim.max_concurrent_turns // SHARE)
         slots = max(slots, self.busy) if lim.max_concurrent_turns else 0
         self.asked_slots = slots
+        self._sized()
         renew = bool(slots) and now - self.renewed >= RENEW_S
         if renew:
             self.renewed = now
@@ -246,6 +248,7 @@ class Lease:
         self.reset_text = duration(grant.reset_ms)
         self.tokens_reset = (-1, "", "")
         self.size, self.asked_slots = grant.slots, None
+        self._sized()
         self.level, self.day_tokens = grant.level, grant.day_tokens
         self.month_tokens = grant.month_tokens
         self.charged -= charged  # what was charged before the call is in the grant
@@ -261,9 +264,16 @@ class Lease:
         if self.asked_slots is not None:
             self.size = max(self.size, self.asked_slots)
         self.asked_slots = None
+        self._sized()
         self.fresh_until = 0.0
         self.renewed = 0.0
         self.lost = True
+
+    def _sized(self) -> None:
+        """The block's size or the size asked changed."""
+        size = self.size
+        self.cap = size if self.asked_slots is None else min(size, self.asked_slots)
+        self.busy_low = (size * 3 + 3) // 4  # busy * 4 >= size * 3
 
     def idle(self) -> bool:
         return not (self.size or self.busy or self.places or self.returned or self.used)
@@ -317,7 +327,15 @@ class Leases:
             for lease in taken:
                 if not lease.room(now):
                     return self._short(tenant, taken, now)
-            return self._admit(tenant, taken, now)
+            # _admit, inline: once per request
+            low = False
+            for lease in taken:
+                low = lease.take(now) or low
+            counts = self._counts
+            counts[tenant] = counts.get(tenant, 0) + 1
+            if low:
+                self.want(tenant)
+            return taken
         return self._take(tenant, rules)
 
     def _short(self, tenant: str, taken: list[Lease], now: float) -> None:
@@ -396,21 +414,26 @@ class Leases:
                     left = 0
                 if tokens is None or left < tokens_left:
                     tokens, tokens_left = lease, left
-        headers: dict[str, str] = {}
-        if requests is not None:
-            headers[_LIMIT_REQUESTS] = requests.texts[0]
-            headers[_REMAINING_REQUESTS] = str(requests_left)
-            headers[_RESET_REQUESTS] = requests.reset_text
         if tokens is not None:
-            headers[_LIMIT_TOKENS] = tokens.texts[1]
-            headers[_REMAINING_TOKENS], headers[_RESET_TOKENS] = tokens.tokens_texts()
-        return headers
-
-    def release(self, taken: list[Lease]) -> None:
-        """A request admitted here ended: its slots are free again."""
-        for lease in taken:
-            if lease.conc:
-                lease.busy -= 1
+            remaining, reset = tokens.tokens_texts()
+            if requests is not None:  # the usual case: one dict built whole
+                return {
+                    _LIMIT_REQUESTS: requests.texts[0],
+                    _REMAINING_REQUESTS: str(requests_left),
+                    _RESET_REQUESTS: requests.reset_text,
+                    _LIMIT_TOKENS: tokens.texts[1],
+                    _REMAINING_TOKENS: remaining,
+                    _RESET_TOKENS: reset,
+                }
+            return {_LIMIT_TOKENS: tokens.texts[1], _REMAINING_TOKENS: remaining,
+                    _RESET_TOKENS: reset}  # fmt: skip
+        if requests is not None:
+            return {
+                _LIMIT_REQUESTS: requests.texts[0],
+                _REMAINING_REQUESTS: str(requests_left),
+                _RESET_REQUESTS: requests.reset_text,
+            }
+        return {}
 
     def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:
         """Tokens a request of ``rules`` charged (wherever it was admitted)."""

@@ -42,6 +42,7 @@ __all__ = (
     "FLUSH_S",
     "RENEW_S",
     "SLOT_LEASE_MS",
+    "Leased",
     "Limiter",
     "Ticket",
     "charge_of",
@@ -112,15 +113,10 @@ class Ticket:
         self._waiter: asyncio.Future[None] | None = None
         # The worker's leases that admitted it (none: the store did, or it was not checked).
         self.leased: list[Lease] | None = None
-        if check:
-            self.leased = limiter.leases.take(identity.tenant, rules)
-            if self.leased is not None:
-                self._state = ADMITTED
-                self.headers = limiter.leases.headers(self.leased)
-            else:
-                self._state = PENDING
-                self.id = limiter.new_id()
-                self._waiter = limiter.ask(self)
+        if check:  # the leases had no room (a :class:`Leased` ticket otherwise)
+            self._state = PENDING
+            self.id = limiter.new_id()
+            self._waiter = limiter.ask(self)
         else:
             self._state = ADMITTED
 
@@ -176,6 +172,31 @@ class Ticket:
             self._limiter.settled(self, self._charge)
 
 
+class Leased(Ticket):
+    """A ticket admitted at once on the worker's leases, as most requests of a busy key
+    are: it is answered, asked nothing of the store and holds no store slot, so those
+    fields are the class's constants and a request sets only its own five."""
+
+    __slots__ = ()
+
+    # Read-only here (they shadow Ticket's slots): nothing writes them on this path.
+    _state = ADMITTED
+    _error = None
+    _charge = None
+    _waiter = None
+    id = ""
+    checked = True
+    slots = ()
+
+    def __init__(  # not Ticket's: its other fields are the class's, above
+        self, limiter: Limiter, identity: Identity, rules: list[Rule], leased: list[Lease]
+    ) -> None:
+        self._limiter, self.identity, self.rules = limiter, identity, rules
+        self.leased = leased
+        self.headers = limiter.leases.headers(leased)
+        self._settled = False
+
+
 class _Next:
     """One tenant's part of the next call: the admissions asked and the slots to free
     or renew."""
@@ -216,6 +237,9 @@ class Limiter:
         # Charges and usage summed since the last write, per (tenant, day, month).
         self._sums: dict[tuple[str, str, str], Sums] = {}
         self._summed = 0
+        # id(identity) -> (identity, its sums, its usage counts in them): what settles
+        # add to, found once per identity between writes.
+        self._counts: dict[int, tuple[Identity, Sums, list[int]]] = {}
         self._timer: asyncio.TimerHandle | None = None
         # Admitted tickets holding turn slots, renewed together every RENEW_S.
         self._held: dict[str, Ticket] = {}
@@ -280,7 +304,12 @@ class Limiter:
         if identity is None or identity.kind in UNLIMITED_KINDS or not identity.tenant:
             return None
         rules = self.rules(identity)
-        return Ticket(self, identity, rules, check and bool(rules))
+        if check and rules:
+            leased = self.leases.take(identity.tenant, rules)
+            if leased is not None:
+                return Leased(self, identity, rules, leased)
+            return Ticket(self, identity, rules, True)
+        return Ticket(self, identity, rules, False)
 
     # -- the calls ---------------------------------------------------------------------
 
@@ -328,6 +357,7 @@ class Limiter:
             self._timer = None
         self._summed = 0
         due, self._sums = self._sums, {}
+        self._counts.clear()
         for (tenant, day, month), sums in due.items():
             self._spawn(self._call(tenant, [], sums.written(), day, month))
 
@@ -434,22 +464,21 @@ class Limiter:
             if self.metrics is not None:
                 self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
             self.leases.charged(tenant, ticket.rules, charge.tokens)
-        if ticket.leased:
-            self.leases.release(ticket.leased)
+        leased = ticket.leased
+        if leased:
+            for lease in leased:  # its slots in this worker's leases are free again
+                if lease.conc:
+                    lease.busy -= 1
         if ticket.slots:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
             released.extend((scope, ticket.id) for scope in ticket.slots)
         if time.time() >= self._day_ends:
             self._today()
-        day, month = self._day, self._month
-        sums = self._sums.get((tenant, day, month))
-        if sums is None:
-            sums = self._sums[(tenant, day, month)] = Sums()
-        key = identity.key_id if identity.kind == "key" else identity.kind
-        counts = sums.keys.get(key)
-        if counts is None:
-            counts = sums.keys[key] = [0, 0, 0, 0]
+        found = self._counts.get(id(identity))
+        if found is None or found[0] is not identity:
+            found = self._counts_of(identity)
+        counts = found[2]
         counts[0] += 1
         if charge.tokens:
             counts[1] += charge.prompt_tokens
@@ -457,7 +486,7 @@ class Limiter:
         elif charge.cache_hit:
             counts[3] += 1
         if charge.tokens or not ticket.checked:
-            batch = sums.batch
+            batch = found[1].batch
             for rule in ticket.rules:
                 if charge.tokens:
                     entry = batch.charged.setdefault(rule.scope, [0, 0])
@@ -474,6 +503,20 @@ class Limiter:
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
 
+    def _counts_of(self, identity: Identity) -> tuple[Identity, Sums, list[int]]:
+        """The sums of ``identity``'s tenant and day, and its usage counts in them (kept
+        per identity object until the sums are written or the day ends)."""
+        tenant, day, month = identity.tenant, self._day, self._month
+        sums = self._sums.get((tenant, day, month))
+        if sums is None:
+            sums = self._sums[(tenant, day, month)] = Sums()
+        key = identity.key_id if identity.kind == "key" else identity.kind
+        counts = sums.keys.get(key)
+        if counts is None:
+            counts = sums.keys[key] = [0, 0, 0, 0]
+        found = self._counts[id(identity)] = (identity, sums, counts)
+        return found
+
     def _today(self) -> tuple[str, str]:
         """The current UTC day and month, recomputed once a day."""
         now = time.time()
@@ -481,6 +524,7 @@ class Limiter:
             today = datetime.datetime.fromtimestamp(now, datetime.UTC)
             self._day, self._month = today.strftime("%Y%m%d"), today.strftime("%Y%m")
             self._day_ends = (now // 86400 + 1) * 86400
+            self._counts.clear()  # they count in the day that ended
         return self._day, self._month
 
     async def close(self) -> None:

@@ -154,6 +154,9 @@ def _credential(authorization: bytes | None) -> str | None:
     """What :func:`.auth.credential_of` finds in an ``Authorization`` header."""
     if authorization is None:
         return None
+    if authorization.startswith(b"Bearer "):  # as nearly every client writes it
+        value = authorization[7:].decode("latin-1").strip()
+        return value or None
     scheme, _, value = authorization.decode("latin-1").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
