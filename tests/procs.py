@@ -124,6 +124,18 @@ def http_json(url: str, timeout: float = 10.0) -> tuple[int, Any]:
     return status, json.loads(body)
 
 
+def new_key(proc: AgentdProcess, admin_key: str, timeout: float, **limits: int) -> str:
+    """A key of tenant ``acme`` with ``limits``, made through ``proc``'s admin API."""
+    request = urllib.request.Request(
+        proc.url + "/v1/admin/keys",
+        data=json.dumps({"tenant": "acme", "limits": limits}).encode(),
+        headers={"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
+        key: str = json.loads(reply.read())["key"]
+    return key
+
+
 def fresh_connections() -> aiohttp.ClientSession:
     """An HTTP client that opens a new connection per request, so that requests spread
     over a server's workers (SO_REUSEPORT balances connections, not requests)."""

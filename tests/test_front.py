@@ -17,7 +17,7 @@ import redis
 
 from agentd.server.front_chat import MEMO_BODY_BYTES, MEMO_ENTRIES
 
-from .procs import AgentdProcess, RedisServer, metric
+from .procs import AgentdProcess, RedisServer, metric, new_key
 from .waiting import wait_until_sync
 
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: agentd\r\n\r\n"
@@ -464,15 +464,7 @@ def keyed_pair(
 
 
 def _new_key(proc: AgentdProcess, **limits: int) -> str:
-    body = json.dumps({"tenant": "acme", "limits": limits}).encode()
-    request = urllib.request.Request(
-        proc.url + "/v1/admin/keys",
-        data=body,
-        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=LIMIT_S) as reply:
-        key: str = json.loads(reply.read())["key"]
-    return key
+    return new_key(proc, ADMIN_KEY, LIMIT_S, **limits)
 
 
 def test_chat_with_a_key_and_its_limits_matches_aiohttp(

@@ -12,13 +12,12 @@ import json
 import re
 import signal
 import socket
-import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from .openai_stub import Fail, FailMidStream, Normal, Slow
-from .procs import AgentdProcess, metric
+from .procs import AgentdProcess, metric, new_key
 from .stub_thread import ThreadedStub
 from .waiting import wait_until_sync
 
@@ -77,15 +76,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
 
 
 def _new_key(proc: AgentdProcess, **limits: int) -> str:
-    body = json.dumps({"tenant": "acme", "limits": limits}).encode()
-    request = urllib.request.Request(
-        proc.url + "/v1/admin/keys",
-        data=body,
-        headers={"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=LIMIT_S) as reply:
-        key: str = json.loads(reply.read())["key"]
-    return key
+    return new_key(proc, ADMIN_KEY, LIMIT_S, **limits)
 
 
 def _body(content: str = "hello there", model: str = "up", **extra: object) -> bytes:

@@ -92,18 +92,28 @@ class HotChat:
             return None
         return self._answer(raw, body, _credential(authorization), started)
 
-    async def _answer(
-        self, raw: bytes, body: Any, credential: str | None, started: float
-    ) -> Answer:
+    async def turn_of(
+        self, body: Any, credential: str | None
+    ) -> tuple[Identity, TurnRequest] | None:
+        """The caller and the turn ``body`` asks for, or None when the route would refuse
+        it before the turn (aiohttp then refuses it the same way)."""
         try:
             identity = OPEN
             if self.auth.enabled:
                 # A key this worker knows costs no coroutine.
                 identity = self.auth.known(credential) or await self._identify(credential)
                 identity.require("chat")
-            turn = chat_turn(body, identity, self.agents)
+            return identity, chat_turn(body, identity, self.agents)
         except AgentdError:
-            return None  # refused before the turn: aiohttp refuses it the same way
+            return None
+
+    async def _answer(
+        self, raw: bytes, body: Any, credential: str | None, started: float
+    ) -> Answer:
+        found = await self.turn_of(body, credential)
+        if found is None:
+            return None
+        identity, turn = found
         prepared = None
         # A connection token's identity is made anew for each request: never found again.
         if len(raw) <= MEMO_BODY_BYTES and identity.kind != "token":

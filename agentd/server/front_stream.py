@@ -34,13 +34,11 @@ from collections.abc import Coroutine, Mapping
 from typing import Any, Protocol
 
 from ..agent import Agents, Listener, TurnRequest
-from ..auth import OPEN, Identity
 from ..errors import AgentdError, Internal
 from ..fastpath import ChatBody, parse_chat
 from ..tools import ToolResult
 from ..wire.chat import DONE, Chunks, completion_id, error_frame
 from ..wire.tool_progress import call_ended, call_started
-from .chat import chat_turn
 from .front_chat import ROUTE, Answer, HotChat, _credential, error_answer
 from .middleware import CLIENT_CLOSED
 
@@ -106,17 +104,12 @@ class HotStream:
     async def _stream(
         self, body: ChatBody, credential: str | None, conn: Connection
     ) -> Answer | int:
-        chat = self.chat
-        try:
-            identity: Identity = OPEN
-            if chat.auth.enabled:
-                identity = chat.auth.known(credential) or await chat._identify(credential)
-                identity.require("chat")
-            turn = chat_turn(body, identity, self.agents)
-        except AgentdError:
-            return None  # refused before the turn: aiohttp refuses it the same way
+        found = await self.chat.turn_of(body, credential)
+        if found is None:
+            return None
+        turn = found[1]
         # (A stream's head has no Server-Timing: the parse time is not needed.)
-        deadline = asyncio.get_running_loop().time() + chat.turn_timeout
+        deadline = asyncio.get_running_loop().time() + self.chat.turn_timeout
         return await _Writer(conn, turn, body.include_usage).run(self.agents, deadline)
 
 
