@@ -283,20 +283,25 @@ def test_a_client_that_stops_reading_holds_the_model_call(pair: Pair) -> None:
     whole and aiohttp's."""
     front, plain, stub, key_front, key_plain = pair
     stub.node.reply = _big
+    readers: list[Reader] = []
     try:
         got = []
         for proc, key in ((front, key_front), (plain, key_plain)):
             reader = Reader(proc.port, rcvbuf=4096)
+            readers.append(reader)
             before = stub.node.sent
             reader.send(_post(_body("big", model="fresh"), key))
             wait_until_sync(_still(stub, before), LIMIT_S, "the stub's writes to stop", poll_s=1.0)
-            assert stub.node.sent - before < BIG_WORDS / 2, "the reply was buffered"
+            # Stopped before the end. Not a tighter bound: the kernel's autotuned socket
+            # buffers (tcp_rmem's maximum is 32 MiB on some hosts) may hold half the reply.
+            assert stub.node.sent - before < BIG_WORDS, "the reply was buffered"
             answer = reader.answer()
-            reader.close()
             assert len(answer[2]) == BIG_WORDS + 3  # role, words, finish, [DONE]
             got.append(_comparable(answer))
         assert got[0] == got[1]
     finally:
+        for reader in readers:
+            reader.close()  # an unread stream would hold the stub's call open
         stub.node.reply = None
 
 
@@ -318,7 +323,7 @@ def test_a_client_that_leaves_mid_stream_ends_the_model_call(pair: Pair) -> None
             while reader.data.count(b"data: ") < 3:
                 reader._need(len(reader.data) + 1)
             reader.close()
-            wait_until_sync(lambda: stub.node.inflight == 0, 10.0, "the model call to end")
+            wait_until_sync(lambda: stub.node.inflight == 0, 15.0, "the model call to end")
             assert stub.node.sent - before < words / 2
             wait_until_sync(
                 lambda p=proc, c=counted: (metric(p, sample) or 0) == c + 1, what="a 499"
@@ -332,8 +337,8 @@ def test_a_client_that_leaves_mid_stream_ends_the_model_call(pair: Pair) -> None
             reader.send(_post(_body("big", model="fresh"), key))
             wait_until_sync(lambda b=before: stub.node.sent > b, what="the stream to start")
             reader.close()
-            wait_until_sync(lambda: stub.node.inflight == 0, 10.0, "the model call to end")
-            assert stub.node.sent - before < BIG_WORDS / 2
+            wait_until_sync(lambda: stub.node.inflight == 0, 15.0, "the model call to end")
+            assert stub.node.sent - before < BIG_WORDS  # ended early (kernel buffers: above)
             assert "Traceback" not in proc.log()
     finally:
         stub.node.mode = Normal()
