@@ -436,7 +436,9 @@ def test_the_keyboard_alone_signs_in_moves_between_views_and_uses_them(
     tab, watch = page
     watch.expect("GET", "/v1/state/kb/doc", 404)
     tab.goto(proxy.url + "/console")
-    tab.get_by_label("API key or token").focus()
+    field = tab.get_by_label("API key or token")
+    expect(field).to_be_visible()  # shown once the console has read its settings
+    field.focus()
     tab.keyboard.type(ADMIN_KEY)
     tab.keyboard.press("Enter")
     expect(tab.get_by_role("navigation", name="Views")).to_be_visible()

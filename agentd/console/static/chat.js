@@ -116,7 +116,10 @@ export function mount(root, ctx) {
       sessionShown.textContent = socket.sessionId;
       sessionInput.value = socket.sessionId;
       const hash = "#chat/" + encodeURIComponent(socket.sessionId);
-      if (location.hash !== hash) history.replaceState(null, "", hash);
+      // Only while the address still names this view: a socket that opens after the
+      // user went to another view must not take the address (and the view) back.
+      const [name] = location.hash.replace(/^#/, "").split("/");
+      if ((name === "" || name === "chat") && location.hash !== hash) history.replaceState(null, "", hash);
       if (detail) notice(`Connection resumed after message #${socket.lastSeq}.`);
     }
   }
