@@ -203,9 +203,6 @@ async def test_leases_taken_at_different_times_share_one_timer_and_each_is_renew
     held_first = await first.__aenter__()
     held_short = await short.__aenter__()
     await short.__aexit__(None, None, None)  # a short turn, over before any renewal
-    # A spacing, not a wait for a condition: the later lease is taken part-way to the
-    # first renewal (whatever the machine's speed, the waits below decide).
-    await asyncio.sleep(leases.renew_every / 2)
     held_later = await later.__aenter__()
     await wait_until(lambda: held_first.renewing, TIMEOUT, "the first lease's renewal")
     await wait_until(lambda: held_later.renewing, TIMEOUT, "the later lease's renewal")
