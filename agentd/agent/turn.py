@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import fastpath
+from ..aio import in_task
 from ..auth import Limiter, Ticket
 from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from ..cache import CachedReply, ResponseCache, Served, cacheable
@@ -85,6 +86,9 @@ class Agents:
         self.admission = Admission(config)
         self.leases = Leases(config.sessions)
         self.builtin_specs = builtin_specs(config)
+        # Whether the sessions live in this process: their calls never suspend and set
+        # no timeout, so a turn may start outside any task (server/ws.py runs it so).
+        self.local_store = store.mode == "standalone"
 
     def get(self, name: str) -> AgentConfig:
         return self.registry.get(name)
@@ -108,6 +112,8 @@ class Agents:
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         interrupt = interrupt or Interrupt()
+        if agent.tools or req.tool_servers or (req.session_id and not self.local_store):
+            await in_task()  # their timeouts (asyncio.timeout) need one
         interactive = req.request_class == INTERACTIVE and not req.depth
         if interactive:
             self.admission.check(agent.name)
@@ -127,7 +133,8 @@ class Agents:
             if req.session_id is None:
                 if ticket is not None and not _admitted_now(ticket, listener):
                     await _admitted(ticket, listener)
-                await _listed(toolset, listener)
+                if toolset is not None:
+                    await _listed(toolset, listener)
                 plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -142,7 +149,8 @@ class Agents:
                     await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
                     return await told_again(earlier, agent, req, timings, listener)
-                await _listed(toolset, listener)
+                if toolset is not None:
+                    await _listed(toolset, listener)
                 plan = self._plan(agent, req, held.window, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -438,7 +446,10 @@ class Agents:
                                 first = loop.time()  # a call's first piece is a first token
                             if listener is not None:
                                 await listener.tool_deltas(item.tool_deltas)
-                        reply.end(item.finish_reason, item.usage, item.node)
+                        if item.finish_reason is not None or item.usage is not None:
+                            reply.end(item.finish_reason, item.usage, item.node)
+                        elif item.node:  # a chunk before the last: only its node
+                            reply.node = item.node
                         if item.tool_calls is not None:
                             reply.calls = item.tool_calls
                     if interrupt.asked:

@@ -15,9 +15,11 @@ together, in one write, right after that step (no timer); while the transport is
 (the client reads slowly) they wait in a bounded queue, and a client that lets it fill
 is closed with 1013 and resumes. The session's events (what other connections,
 on any instance, add to it) are forwarded as they arrive, or, when history must be read
-first (after a gap), by a task that runs while they come in; each turn runs in a task of
-its own. Client mistakes get an error frame and the connection
-lives on; protocol errors close it (1002, 1007, 1009), as RFC 6455 says.
+first (after a gap), by a task that runs while they come in. A turn runs where its
+message is read until it first waits, and in a task of its own from there: one that
+never waits (the echo on the in-memory store) needs none. Client mistakes get an error
+frame and the connection lives on; protocol errors close it (1002, 1007, 1009), as
+RFC 6455 says.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import orjson
 from aiohttp import web
 
 from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
+from ..aio import start
 from ..errors import AgentdError, BadRequest, Internal
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store, Watch
@@ -691,7 +694,17 @@ class _Connection(asyncio.Protocol):
         if self.own_turns is None:
             self.own_turns = set()
         self.own_turns.add(turn.turn_id)
-        task = asyncio.create_task(self.run_turn(frame_id, turn))
+        running = self.run_turn(frame_id, turn)
+        if asyncio.current_task() is None:
+            # Read straight off the transport: the turn runs here until it first waits,
+            # and one that never does (the echo on the in-memory store) needs no task.
+            started = start(running)
+            if not isinstance(started, asyncio.Task):
+                self.turn_over(turn.turn_id, started)
+                return
+            task = started
+        else:  # behind a hello, in the reader's task: a task of its own
+            task = asyncio.create_task(running)
         if self.turns is None:
             self.turns = {}
         self.turns[frame_id] = task
@@ -706,7 +719,10 @@ class _Connection(asyncio.Protocol):
                 self.turns = None
         if task.cancelled():
             self.send({"type": "cancelled", "id": frame_id})
-        if (task.cancelled() or not task.result()) and self.own_turns is not None:
+        self.turn_over(turn_id, not task.cancelled() and task.result())
+
+    def turn_over(self, turn_id: str, stored: bool) -> None:
+        if not stored and self.own_turns is not None:
             self.own_turns.discard(turn_id)  # no event will name it
             if not self.own_turns:
                 self.own_turns = None
