@@ -46,6 +46,20 @@ def _last(messages: deque[tuple[int, bytes]], count: int) -> list[tuple[int, byt
     return rows
 
 
+def _move(index: list[tuple[int, str]], sid: str, old: int | None, score: int) -> None:
+    """Move ``sid`` in a listing index from ``old`` (None: not in it) to ``score``. The
+    new entry is nearly always the latest: appended, with no second search."""
+    if old is not None:
+        i = bisect.bisect_left(index, (old, sid))
+        if i < len(index) and index[i] == (old, sid):
+            del index[i]
+    entry = (score, sid)
+    if not index or index[-1] < entry:
+        index.append(entry)
+    else:
+        bisect.insort(index, entry)
+
+
 @dataclass(slots=True)
 class _Session:
     meta: dict[str, str]
@@ -167,11 +181,11 @@ class MemoryStore(BaseStore):
         """Note a write to the session: it moves to the head of the listing."""
         sess = self._sessions.get(sid)
         old = self._activity.get(sid)
-        if old is not None:
-            self._unindex(sess, sid, old)
         score = self._activity[sid] = activity_ms()
-        for index in self._indexes(sess):
-            bisect.insort(index, (score, sid))
+        _move(self._index, sid, old, score)
+        agent = "" if sess is None else sess.meta.get("agent", "")
+        if agent:
+            _move(self._agents.setdefault(agent, []), sid, old, score)
 
     def _live(self, sid: str) -> _Session | None:
         sess = self._sessions.get(sid)
