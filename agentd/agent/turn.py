@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +40,16 @@ from .builtins import Builtins, builtin_specs
 from .lease import Held, Interrupt, Leases
 from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
-from .reply import Reply, messages_to_store, replay_calls, stored_reply, told_again, unrelayed
+from .reply import (
+    Reply,
+    messages_to_store,
+    replay_calls,
+    stored_reply,
+    summed_usage,
+    text_chars,
+    told_again,
+    unrelayed,
+)
 from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
 __all__ = ("Agents", "Prepared")
@@ -264,7 +273,7 @@ class Agents:
             text, usage = "".join(reply.parts), reply.usage
         else:
             text = STEP_SEPARATOR.join(t for r in replies if (t := "".join(r.parts)))
-            usage = _summed([r.usage for r in replies])
+            usage = summed_usage([r.usage for r in replies])
         ratelimit = NO_HEADERS
         if ticket is not None:
             if len(replies) == 1:
@@ -388,7 +397,7 @@ class Agents:
             listener.source(level)
         reply = Reply(level)
         if ticket is not None and not level.startswith("hit"):
-            reply.prompt_chars = sum(_chars(m) for m in plan.request.messages)
+            reply.prompt_chars = sum(text_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
         started = first = loop.time()
         # Interrupts are checked between chunks (no task per chunk on this hot loop): a
@@ -487,16 +496,6 @@ async def _listed(toolset: ToolSet | None, listener: Listener | None) -> None:
         await listener.tools_listed(toolset)
 
 
-def _chars(message: Mapping[str, Any]) -> int:
-    """A message's length in characters, for a token estimate when usage is missing."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-    return 0
-
-
 def _cache_scope(agent: AgentConfig, tenant: str) -> str:
     """Whose cached replies a turn may be served: its tenant's own (a cache shared by
     tenants would tell one tenant's prompts to another through its hits), or every
@@ -519,16 +518,6 @@ def _stages_run(
         stages["session"] = timings.session
         stages["persist"] = timings.persist
     return stages
-
-
-def _summed(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The usage of a turn's model calls together: their counts added up."""
-    total: dict[str, Any] = {}
-    for usage in usages:
-        for name, count in usage.items():
-            if isinstance(count, int) and not isinstance(count, bool):
-                total[name] = total.get(name, 0) + count
-    return total
 
 
 def _names(tools: Any) -> list[str]:

@@ -27,19 +27,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
+from ..agent import Agents, TurnRequest, new_turn_id
 from ..aio import start
 from ..errors import AgentdError, BadRequest, Internal
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store, Watch
-from ..tools import ToolResult
-from ..wire.tool_progress import call_ended, call_started
 from . import ws_frames
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
@@ -47,6 +45,7 @@ from .keys import AGENTS, CONFIG, METRICS, STATE
 from .tenancy import store_of
 from .ws_auth import CredentialWatch
 from .ws_frames import FrameError
+from .ws_turn import DeltaFrames, done_frame, turn_id
 
 __all__ = ("setup",)
 
@@ -63,49 +62,6 @@ INBOX_LIMIT = 64
 # tasks); one set for the worker, not an empty one per connection.
 _RELEASING: set[asyncio.Task[None]] = set()
 _PING = ws_frames.build(ws_frames.OP_PING, b"")
-
-
-def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
-    return {
-        "type": "done",
-        "id": frame_id,
-        "seq": done.seq,
-        "message": done.stored[-1] if done.stored else None,
-        "usage": done.usage,
-        "finish_reason": done.finish_reason,
-    }
-
-
-def _turn_id(frame: dict[str, Any]) -> str | int:
-    """The ``id`` a message or cancel frame names its turn by: a string or an integer."""
-    frame_id = frame.get("id")
-    if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool):
-        raise BadRequest(
-            f"a {frame.get('type')} frame needs an id (string or integer)", code="invalid_frame"
-        )
-    return frame_id
-
-
-class _DeltaFrames(Listener):
-    """A turn's deltas, as frames to the connection that asked for it."""
-
-    __slots__ = ("conn", "frame_id", "head")
-
-    def __init__(self, conn: _Connection, frame_id: Any) -> None:
-        self.conn, self.frame_id = conn, frame_id
-        # The JSON of {"type": "delta", "id": frame_id, "content": ...} up to the content,
-        # made once per turn rather than a dict per delta.
-        self.head = b'{"type":"delta","id":%b,"content":' % orjson.dumps(frame_id)
-
-    async def delta(self, text: str) -> None:
-        self.conn.send_json(self.head + orjson.dumps(text) + b"}")
-
-    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
-        self.conn.send({**call_started(call, server), "id": self.frame_id})
-
-    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
-        doc = call_ended(call, result.outcome, result.is_error, result.text)
-        self.conn.send({**doc, "id": self.frame_id})
 
 
 class _Shared:
@@ -536,7 +492,7 @@ class _Connection(asyncio.Protocol):
                 # Name the refused frame's id, so the client knows which turn it was.
                 self.error(exc, frame.get("id"))
         elif kind == "cancel":
-            frame_id = _turn_id(frame)
+            frame_id = turn_id(frame)
             if self.turns is not None and (task := self.turns.get(frame_id)) is not None:
                 task.cancel()
         elif kind == "auth":
@@ -650,7 +606,7 @@ class _Connection(asyncio.Protocol):
 
     def message(self, frame: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Start a turn, or, before any hello, what binds a session and then starts it."""
-        frame_id = _turn_id(frame)
+        frame_id = turn_id(frame)
         turns = self.turns or {}
         if frame_id in turns:
             raise BadRequest(f"a turn with id {frame_id!r} is running", code="duplicate_id")
@@ -734,10 +690,10 @@ class _Connection(asyncio.Protocol):
         stored = False
         try:
             done = await self.shared.agents.run(
-                turn, deadline=deadline, listener=_DeltaFrames(self, frame_id)
+                turn, deadline=deadline, listener=DeltaFrames(self, frame_id)
             )
             stored = bool(done.stored)
-            self.send(_done_frame(frame_id, done))
+            self.send(done_frame(frame_id, done))
         except asyncio.CancelledError:
             self.send({"type": "cancelled", "id": frame_id})
         except AgentdError as exc:
