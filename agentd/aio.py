@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
 
-__all__ = ("end_if_cancelled", "in_task")
+__all__ = ("end_if_cancelled", "in_task", "start")
+
+T = TypeVar("T")
 
 
 def end_if_cancelled() -> None:
@@ -28,3 +32,49 @@ async def in_task() -> None:
     timeouts (``asyncio.timeout``) need a task."""
     if asyncio.current_task() is None:
         await asyncio.sleep(0)
+
+
+def start(coro: Coroutine[Any, Any, T]) -> T | asyncio.Task[T]:
+    """Run ``coro`` in the caller's call until it first waits: its result if it never
+    does (no task, no scheduling), else a task that goes on from where it waits."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    return asyncio.get_running_loop().create_task(_Started(coro, waiting))
+
+
+_NOTHING: Any = object()
+
+
+class _Started(Coroutine[Any, Any, T]):
+    """A coroutine already run to its first wait, as a task's coroutine: the task's first
+    step waits for what it waits for; every later step goes to it, a cancel that lands
+    before that first step included (the coroutine hears it, and answers it its way)."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], waiting: Any) -> None:
+        self._coro, self._waiting = coro, waiting
+
+    def send(self, value: Any) -> Any:
+        waiting = self._waiting
+        if waiting is not _NOTHING:
+            self._waiting = _NOTHING
+            return waiting
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self._waiting = _NOTHING
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self  # type: ignore[return-value]
+
+    def __next__(self) -> Any:
+        return self.send(None)

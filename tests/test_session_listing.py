@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
 
-from agentd.config import Config
+from agentd.config import Config, from_dict
 from agentd.errors import BadRequest
 from agentd.store import Store
+from agentd.store.memory import store as memory_store
 from agentd.store.sessions import activity_ms
 
 from .store_helpers import LONG, fails, new_session, store_with, user
@@ -128,3 +130,40 @@ async def test_http_listing_pages(serve: Any) -> None:
         assert sorted(seen) == sorted(made)
         async with http.get(f"{url}/v1/sessions?after=nonsense") as r:
             assert r.status == 400 and (await r.json())["error"]["code"] == "invalid_cursor"
+
+
+async def test_sessions_written_again_and_again_are_listed_once_newest_first(
+    store_config: Config, store: Store
+) -> None:
+    ids = [(await store.create_session(agent="echo")).id for _ in range(4)]
+    for i in range(30):  # the last session is written only when made
+        await store.append(ids[i % 3], [user(str(i))])
+    for sid in ids[:3]:
+        await next_millisecond()
+        await store.append(sid, [user("last")])
+    for agent in (None, "echo"):
+        everyone: list[str] = []
+        after = None
+        while True:
+            page = await store.list_sessions(limit=2, after=after, agent=agent)
+            everyone += [s.id for s in page.sessions]
+            if (after := page.next_after) is None:
+                break
+        assert len(everyone) == len(set(everyone)), everyone
+        assert [s for s in everyone if s in ids] == [ids[2], ids[1], ids[0], ids[3]]
+    if not store_config.redis.urls:  # the memory index holds one entry per session again
+        assert len(store._index) == len(store._agents["echo"]) == 4  # type: ignore[attr-defined]
+
+
+async def test_the_memory_listing_index_stays_bounded_however_many_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory_store, "STALE_SLACK", 8)
+    async with store_with(from_dict({})) as store:
+        sid = await new_session(store, "first")
+        for i in range(30):  # each in a millisecond of its own: each leaves a stale entry
+            await next_millisecond()
+            await store.append(sid, [user(str(i))])
+        assert len(store._index) <= 1 + 8 + 1  # type: ignore[attr-defined]
+        assert await listed(store) == [sid]
+        assert len(store._index) == 1  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ echo reply is whole at once runs in one step, so its deltas and done are one wri
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from typing import Any
 
@@ -139,3 +140,42 @@ async def test_live_session_events_are_forwarded_with_no_watcher_task(
         await mine.send_json({"type": "ping"})
         assert (await receive(mine))["type"] == "pong"
         assert watchers == [mine_conn, other_conn]  # no task for any turn's event
+
+
+async def test_a_turn_that_never_waits_runs_with_no_task_and_one_that_waits_in_one(
+    serve: Factory,
+) -> None:
+    """On the in-memory store, an echo turn whose reply is whole at once runs where its
+    message frame is read, start to end; one that waits (a paced echo) goes on in a task,
+    and can still be cancelled."""
+    loop = asyncio.get_running_loop()
+    made: list[str] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(getattr(coro, "__qualname__", type(coro).__name__))
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    url = await serve(agents=[{"name": "echo", "backend": "echo"},
+                              {"name": "slow", "backend": "slow"}],
+                      backends=[{"name": "echo", "type": "echo"},
+                                {"name": "slow", "type": "echo", "latency_ms": 300}])  # fmt: skip
+    async with aiohttp.ClientSession() as http, http.ws_connect(url + "/v1/ws") as ws:
+        await ws.send_json({"type": "hello"})
+        assert (await receive(ws))["type"] == "ready"
+        loop.set_task_factory(factory)
+        try:
+            for turn in range(5):
+                await ws.send_json({"type": "message", "id": turn, "content": "one two"})
+                done, deltas = await until(ws, "done")
+                assert (done["id"], len(deltas)) == (turn, 2)
+            turn_tasks = [name for name in made if "run_turn" in name or "_Started" in name]
+            assert turn_tasks == [], made
+            await ws.send_json({"type": "message", "id": "s", "content": "slow", "agent": "slow"})
+            await wait_until(lambda: "_Started" in made)
+            await ws.send_json({"type": "cancel", "id": "s"})
+            assert (await receive(ws)) == {"type": "cancelled", "id": "s"}
+            await ws.send_json({"type": "message", "id": "s", "content": "again"})
+            done, _ = await until(ws, "done")
+            assert done["id"] == "s" and done["seq"] == 12  # the cancelled turn stored nothing
+        finally:
+            loop.set_task_factory(None)

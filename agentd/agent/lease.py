@@ -107,20 +107,28 @@ class Held:
             self._leases._keep(self._store, self.session_id, self.lease.token, self._interrupt)
         )
 
-    async def stop_renewing(self) -> None:
+    def stop_renewing(self) -> asyncio.Task[None] | None:
+        """Stop the renewals; the renewing task to wait for, if one was running (most
+        turns end before the first renewal: nothing to wait for, no coroutine)."""
         self._leases._unwatch(self)
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await keeper
+        return keeper
 
     async def store(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Append the turn's messages and release the lease, in one round trip."""
-        await self.stop_renewing()
+        if (keeper := self.stop_renewing()) is not None:
+            await _ended(keeper)
         stored = await self._store.end_turn(self.session_id, self.lease.token, messages)
         self.stored = True
         return stored
+
+
+async def _ended(keeper: asyncio.Task[None]) -> None:
+    """Wait for a cancelled renewing task to end (whatever its end)."""
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await keeper
 
 
 class _Hold:
@@ -145,7 +153,8 @@ class _Hold:
     async def __aexit__(self, *exc_info: object) -> None:
         held = self._held
         assert held is not None
-        await held.stop_renewing()
+        if (keeper := held.stop_renewing()) is not None:
+            await _ended(keeper)
         if not held.stored:
             # The turn failed, was cancelled, or its messages were refused: free the
             # session now rather than when the lease runs out.

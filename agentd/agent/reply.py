@@ -14,7 +14,8 @@ from .loop import ToolLoop
 from .types import Listener, Timings, TurnRequest, TurnResult
 
 __all__ = (
-    "Reply", "messages_to_store", "replay_calls", "stored_reply", "told_again", "unrelayed",
+    "Reply", "messages_to_store", "replay_calls", "stored_reply", "summed_usage", "text_chars",
+    "told_again", "unrelayed",
 )  # fmt: skip
 
 
@@ -130,3 +131,23 @@ async def told_again(
     return TurnResult(text, "tool_calls" if calls else "stop", {}, "", agent.upstream_model,
                       [dict(said)], timings, "bypass", req.turn_id or "", cancelled,
                       tool_calls=calls)  # fmt: skip
+
+
+def text_chars(message: Mapping[str, Any]) -> int:
+    """A message's length in characters, for a token estimate when usage is missing."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
+    return 0
+
+
+def summed_usage(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The usage of a turn's model calls together: their counts added up."""
+    total: dict[str, Any] = {}
+    for usage in usages:
+        for name, count in usage.items():
+            if isinstance(count, int) and not isinstance(count, bool):
+                total[name] = total.get(name, 0) + count
+    return total

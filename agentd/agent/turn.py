@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import fastpath
+from ..aio import in_task
 from ..auth import Limiter, Ticket
 from ..backends import INTERACTIVE, Backends, ChatRequest, Chunk, Pool
 from ..cache import CachedReply, ResponseCache, Served, cacheable
@@ -39,7 +40,16 @@ from .builtins import Builtins, builtin_specs
 from .lease import Held, Interrupt, Leases
 from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
-from .reply import Reply, messages_to_store, replay_calls, stored_reply, told_again, unrelayed
+from .reply import (
+    Reply,
+    messages_to_store,
+    replay_calls,
+    stored_reply,
+    summed_usage,
+    text_chars,
+    told_again,
+    unrelayed,
+)
 from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
 
 __all__ = ("Agents", "Prepared")
@@ -85,6 +95,9 @@ class Agents:
         self.admission = Admission(config)
         self.leases = Leases(config.sessions)
         self.builtin_specs = builtin_specs(config)
+        # Whether the sessions live in this process: their calls never suspend and set
+        # no timeout, so a turn may start outside any task (server/ws.py runs it so).
+        self.local_store = store.mode == "standalone"
 
     def get(self, name: str) -> AgentConfig:
         return self.registry.get(name)
@@ -108,6 +121,8 @@ class Agents:
         if not req.messages:
             raise BadRequest("messages must not be empty", code="invalid_request")
         interrupt = interrupt or Interrupt()
+        if agent.tools or req.tool_servers or (req.session_id and not self.local_store):
+            await in_task()  # their timeouts (asyncio.timeout) need one
         interactive = req.request_class == INTERACTIVE and not req.depth
         if interactive:
             self.admission.check(agent.name)
@@ -127,7 +142,8 @@ class Agents:
             if req.session_id is None:
                 if ticket is not None and not _admitted_now(ticket, listener):
                     await _admitted(ticket, listener)
-                await _listed(toolset, listener)
+                if toolset is not None:
+                    await _listed(toolset, listener)
                 plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -142,7 +158,8 @@ class Agents:
                     await _admitted(ticket, listener)
                 if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
                     return await told_again(earlier, agent, req, timings, listener)
-                await _listed(toolset, listener)
+                if toolset is not None:
+                    await _listed(toolset, listener)
                 plan = self._plan(agent, req, held.window, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -256,7 +273,7 @@ class Agents:
             text, usage = "".join(reply.parts), reply.usage
         else:
             text = STEP_SEPARATOR.join(t for r in replies if (t := "".join(r.parts)))
-            usage = _summed([r.usage for r in replies])
+            usage = summed_usage([r.usage for r in replies])
         ratelimit = NO_HEADERS
         if ticket is not None:
             if len(replies) == 1:
@@ -380,7 +397,7 @@ class Agents:
             listener.source(level)
         reply = Reply(level)
         if ticket is not None and not level.startswith("hit"):
-            reply.prompt_chars = sum(_chars(m) for m in plan.request.messages)
+            reply.prompt_chars = sum(text_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
         started = first = loop.time()
         # Interrupts are checked between chunks (no task per chunk on this hot loop): a
@@ -438,7 +455,10 @@ class Agents:
                                 first = loop.time()  # a call's first piece is a first token
                             if listener is not None:
                                 await listener.tool_deltas(item.tool_deltas)
-                        reply.end(item.finish_reason, item.usage, item.node)
+                        if item.finish_reason is not None or item.usage is not None:
+                            reply.end(item.finish_reason, item.usage, item.node)
+                        elif item.node:  # a chunk before the last: only its node
+                            reply.node = item.node
                         if item.tool_calls is not None:
                             reply.calls = item.tool_calls
                     if interrupt.asked:
@@ -476,16 +496,6 @@ async def _listed(toolset: ToolSet | None, listener: Listener | None) -> None:
         await listener.tools_listed(toolset)
 
 
-def _chars(message: Mapping[str, Any]) -> int:
-    """A message's length in characters, for a token estimate when usage is missing."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return len(content)
-    if isinstance(content, list):
-        return sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-    return 0
-
-
 def _cache_scope(agent: AgentConfig, tenant: str) -> str:
     """Whose cached replies a turn may be served: its tenant's own (a cache shared by
     tenants would tell one tenant's prompts to another through its hits), or every
@@ -508,16 +518,6 @@ def _stages_run(
         stages["session"] = timings.session
         stages["persist"] = timings.persist
     return stages
-
-
-def _summed(usages: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The usage of a turn's model calls together: their counts added up."""
-    total: dict[str, Any] = {}
-    for usage in usages:
-        for name, count in usage.items():
-            if isinstance(count, int) and not isinstance(count, bool):
-                total[name] = total.get(name, 0) + count
-    return total
 
 
 def _names(tools: Any) -> list[str]:

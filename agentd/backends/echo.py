@@ -79,6 +79,13 @@ _WORD = re.compile(r"\s*\S+\s*")
 
 def split_words(text: str) -> list[str]:
     """``text`` in pieces of about one word whose concatenation is exactly ``text``."""
+    words = text.split()
+    if words and " ".join(words) == text:
+        # Words between single spaces (most text): the regex's pieces at half its cost
+        # (str.split's whitespace is the regex's \s).
+        parts = [word + " " for word in words]
+        parts[-1] = words[-1]
+        return parts
     parts = _WORD.findall(text)
     if not parts and text:
         return [text]  # only whitespace
@@ -189,15 +196,15 @@ class EchoNode:
         messages = request.messages
         # Instructions after the conversation (a Responses turn that answers tool calls
         # with its instructions) are not what it ends with.
-        said = list(messages)
-        while said and said[-1].get("role") in ("system", "developer"):
-            said.pop()
-        if request.params and (calls := scripted_calls(said, request.params)):
+        end = len(messages)  # the window is not copied: sessions send theirs each turn
+        while end and messages[end - 1].get("role") in ("system", "developer"):
+            end -= 1
+        if request.params and (calls := scripted_calls(messages[:end], request.params)):
             async for chunk in self._calls(request, calls, deadline):
                 yield chunk
             return
-        if said and said[-1].get("role") == "tool":
-            parts = split_words(tool_results_text(said))
+        if end and messages[end - 1].get("role") == "tool":
+            parts = split_words(tool_results_text(messages[:end]))
         else:
             parts = split_words(last_user_text(messages))
         finish = "stop"

@@ -15,9 +15,11 @@ together, in one write, right after that step (no timer); while the transport is
 (the client reads slowly) they wait in a bounded queue, and a client that lets it fill
 is closed with 1013 and resumes. The session's events (what other connections,
 on any instance, add to it) are forwarded as they arrive, or, when history must be read
-first (after a gap), by a task that runs while they come in; each turn runs in a task of
-its own. Client mistakes get an error frame and the connection
-lives on; protocol errors close it (1002, 1007, 1009), as RFC 6455 says.
+first (after a gap), by a task that runs while they come in. A turn runs where its
+message is read until it first waits, and in a task of its own from there: one that
+never waits (the echo on the in-memory store) needs none. Client mistakes get an error
+frame and the connection lives on; protocol errors close it (1002, 1007, 1009), as
+RFC 6455 says.
 """
 
 from __future__ import annotations
@@ -25,18 +27,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from ..agent import Agents, Listener, TurnRequest, TurnResult, new_turn_id
+from ..agent import Agents, TurnRequest, new_turn_id
+from ..aio import start
 from ..errors import AgentdError, BadRequest, Internal
 from ..schema import MAX_SEQ, validate_session_id
 from ..store import Event, Store, Watch
-from ..tools import ToolResult
-from ..wire.tool_progress import call_ended, call_started
 from . import ws_frames
 from .auth import WS_PATH, WS_PROTOCOL, check_ws_offer
 from .http import loads_json
@@ -44,6 +45,7 @@ from .keys import AGENTS, CONFIG, METRICS, STATE
 from .tenancy import store_of
 from .ws_auth import CredentialWatch
 from .ws_frames import FrameError
+from .ws_turn import DeltaFrames, done_frame, turn_id
 
 __all__ = ("setup",)
 
@@ -60,49 +62,6 @@ INBOX_LIMIT = 64
 # tasks); one set for the worker, not an empty one per connection.
 _RELEASING: set[asyncio.Task[None]] = set()
 _PING = ws_frames.build(ws_frames.OP_PING, b"")
-
-
-def _done_frame(frame_id: Any, done: TurnResult) -> dict[str, Any]:
-    return {
-        "type": "done",
-        "id": frame_id,
-        "seq": done.seq,
-        "message": done.stored[-1] if done.stored else None,
-        "usage": done.usage,
-        "finish_reason": done.finish_reason,
-    }
-
-
-def _turn_id(frame: dict[str, Any]) -> str | int:
-    """The ``id`` a message or cancel frame names its turn by: a string or an integer."""
-    frame_id = frame.get("id")
-    if not isinstance(frame_id, (str, int)) or isinstance(frame_id, bool):
-        raise BadRequest(
-            f"a {frame.get('type')} frame needs an id (string or integer)", code="invalid_frame"
-        )
-    return frame_id
-
-
-class _DeltaFrames(Listener):
-    """A turn's deltas, as frames to the connection that asked for it."""
-
-    __slots__ = ("conn", "frame_id", "head")
-
-    def __init__(self, conn: _Connection, frame_id: Any) -> None:
-        self.conn, self.frame_id = conn, frame_id
-        # The JSON of {"type": "delta", "id": frame_id, "content": ...} up to the content,
-        # made once per turn rather than a dict per delta.
-        self.head = b'{"type":"delta","id":%b,"content":' % orjson.dumps(frame_id)
-
-    async def delta(self, text: str) -> None:
-        self.conn.send_json(self.head + orjson.dumps(text) + b"}")
-
-    async def tool_call(self, call: Mapping[str, Any], server: str) -> None:
-        self.conn.send({**call_started(call, server), "id": self.frame_id})
-
-    async def tool_result(self, call: Mapping[str, Any], result: ToolResult) -> None:
-        doc = call_ended(call, result.outcome, result.is_error, result.text)
-        self.conn.send({**doc, "id": self.frame_id})
 
 
 class _Shared:
@@ -533,7 +492,7 @@ class _Connection(asyncio.Protocol):
                 # Name the refused frame's id, so the client knows which turn it was.
                 self.error(exc, frame.get("id"))
         elif kind == "cancel":
-            frame_id = _turn_id(frame)
+            frame_id = turn_id(frame)
             if self.turns is not None and (task := self.turns.get(frame_id)) is not None:
                 task.cancel()
         elif kind == "auth":
@@ -647,7 +606,7 @@ class _Connection(asyncio.Protocol):
 
     def message(self, frame: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Start a turn, or, before any hello, what binds a session and then starts it."""
-        frame_id = _turn_id(frame)
+        frame_id = turn_id(frame)
         turns = self.turns or {}
         if frame_id in turns:
             raise BadRequest(f"a turn with id {frame_id!r} is running", code="duplicate_id")
@@ -691,7 +650,17 @@ class _Connection(asyncio.Protocol):
         if self.own_turns is None:
             self.own_turns = set()
         self.own_turns.add(turn.turn_id)
-        task = asyncio.create_task(self.run_turn(frame_id, turn))
+        running = self.run_turn(frame_id, turn)
+        if asyncio.current_task() is None:
+            # Read straight off the transport: the turn runs here until it first waits,
+            # and one that never does (the echo on the in-memory store) needs no task.
+            started = start(running)
+            if not isinstance(started, asyncio.Task):
+                self.turn_over(turn.turn_id, started)
+                return
+            task = started
+        else:  # behind a hello, in the reader's task: a task of its own
+            task = asyncio.create_task(running)
         if self.turns is None:
             self.turns = {}
         self.turns[frame_id] = task
@@ -706,7 +675,10 @@ class _Connection(asyncio.Protocol):
                 self.turns = None
         if task.cancelled():
             self.send({"type": "cancelled", "id": frame_id})
-        if (task.cancelled() or not task.result()) and self.own_turns is not None:
+        self.turn_over(turn_id, not task.cancelled() and task.result())
+
+    def turn_over(self, turn_id: str, stored: bool) -> None:
+        if not stored and self.own_turns is not None:
             self.own_turns.discard(turn_id)  # no event will name it
             if not self.own_turns:
                 self.own_turns = None
@@ -718,10 +690,10 @@ class _Connection(asyncio.Protocol):
         stored = False
         try:
             done = await self.shared.agents.run(
-                turn, deadline=deadline, listener=_DeltaFrames(self, frame_id)
+                turn, deadline=deadline, listener=DeltaFrames(self, frame_id)
             )
             stored = bool(done.stored)
-            self.send(_done_frame(frame_id, done))
+            self.send(done_frame(frame_id, done))
         except asyncio.CancelledError:
             self.send({"type": "cancelled", "id": frame_id})
         except AgentdError as exc:

@@ -51,8 +51,8 @@ def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
         raise BadRequest(f"message role must be one of {sorted(ROLES)}", code="invalid_message")
-    unknown = set(message) - STORED_MESSAGE_FIELDS
-    if unknown:
+    if not STORED_MESSAGE_FIELDS.issuperset(message):
+        unknown = set(message) - STORED_MESSAGE_FIELDS
         raise BadRequest(f"unknown message field(s): {sorted(unknown)}", code="invalid_message")
     doc = {k: v for k, v in message.items() if v is not None}
     if "tool_calls" in doc and "content" not in doc:

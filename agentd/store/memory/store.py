@@ -31,6 +31,8 @@ from .registry import MemoryRegistry
 __all__ = ("MemoryJobs", "MemoryStore")
 
 SWEEP_INTERVAL = 60.0
+# Stale listing entries allowed beyond one per session before a write compacts them.
+STALE_SLACK = 1024
 
 
 # An empty history: a session holds no deque until its first message (an empty deque
@@ -44,6 +46,14 @@ def _last(messages: deque[tuple[int, bytes]], count: int) -> list[tuple[int, byt
     rows = list(itertools.islice(reversed(messages), count)) if count > 0 else []
     rows.reverse()
     return rows
+
+
+def _add(index: list[tuple[int, str]], entry: tuple[int, str]) -> None:
+    """Add ``entry`` to a listing index, in order: nearly always the latest, appended."""
+    if not index or index[-1] < entry:
+        index.append(entry)
+    else:
+        bisect.insort(index, entry)
 
 
 @dataclass(slots=True)
@@ -74,6 +84,10 @@ class _Space:
     activity: dict[str, int] = field(default_factory=dict)
     # The same per agent, for the sessions that have one (a session's agent never changes).
     agents: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    # Entries of those indexes that a later write of their session replaced, left where
+    # they are (a write appends, searching no index) until a compaction drops them: at
+    # the next listing, or once they outnumber the sessions by STALE_SLACK.
+    stale: int = 0
     state: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     # The state listing's index: the namespaces holding documents, and each one's keys,
     # both sorted.
@@ -107,6 +121,7 @@ class MemoryStore(BaseStore):
         self.registry = MemoryRegistry()
 
     def _bind(self, space: _Space) -> None:
+        self._space = space
         self._sessions = space.sessions
         self._index = space.index
         self._activity = space.activity
@@ -164,14 +179,35 @@ class MemoryStore(BaseStore):
             self._unindex(sess, sid, score)
 
     def _touch(self, sid: str) -> None:
-        """Note a write to the session: it moves to the head of the listing."""
-        sess = self._sessions.get(sid)
+        """Note a write to the session: it moves to the head of the listing (its earlier
+        entries go stale, see ``_Space.stale``)."""
         old = self._activity.get(sid)
+        score = activity_ms()
+        if old == score:
+            return  # its entries are in place already
+        self._activity[sid] = score
+        entry = (score, sid)
+        _add(self._index, entry)
+        sess = self._sessions.get(sid)
+        agent = "" if sess is None else sess.meta.get("agent", "")
+        if agent:
+            _add(self._agents.setdefault(agent, []), entry)
         if old is not None:
-            self._unindex(sess, sid, old)
-        score = self._activity[sid] = activity_ms()
-        for index in self._indexes(sess):
-            bisect.insort(index, (score, sid))
+            space = self._space
+            space.stale += 1
+            if space.stale > len(self._activity) + STALE_SLACK:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stale entries of the listing's indexes: those whose score is not their
+        session's activity any more (or that of a session gone)."""
+        activity = self._activity
+        self._index[:] = [e for e in self._index if activity.get(e[1]) == e[0]]
+        for agent, index in list(self._agents.items()):
+            index[:] = [e for e in index if activity.get(e[1]) == e[0]]
+            if not index:
+                del self._agents[agent]
+        self._space.stale = 0
 
     def _live(self, sid: str) -> _Session | None:
         sess = self._sessions.get(sid)
@@ -214,6 +250,8 @@ class MemoryStore(BaseStore):
     async def _list_sessions(
         self, cursor: tuple[int, str] | None, limit: int, agent: str = ""
     ) -> list[IndexRow]:
+        if self._space.stale:
+            self._compact()
         index = self._agents.get(agent, []) if agent else self._index
         end = len(index) if cursor is None else bisect.bisect_left(index, cursor)
         now = time.monotonic()
