@@ -1,8 +1,9 @@
 """The framework ceiling: bare aiohttp handlers with fixed bodies, uvloop processes.
 
 Same wire shapes as agentd's replies (a chat completion, an SSE stream of the same
-number of chunks, WebSocket ``ready``/``delta``/``done`` frames) and no work behind
-them, so the gap to agentd is what agentd does beyond the framework.
+number of chunks, WebSocket ``ready``, then per message a ``delta`` per word as agentd's
+echo agent sends them and a ``done``) and no work behind them, so the gap to agentd is
+what agentd does beyond the framework.
 
     python -m bench.baselines.aiohttp_app --port PORT [--processes N]
 
@@ -94,16 +95,27 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         if frame.get("type") == "hello":
             await ws.send_str('{"type":"ready","session_id":"s","seq":0}')
         elif frame.get("type") == "message":
+            # One delta per word of the message, as agentd's echo agent sends them.
             turn = frame.get("id")
-            for word in ("hello ", "there"):
-                delta = {"type": "delta", "id": turn, "content": word}
+            text = str(frame.get("content", ""))
+            words = text.split()
+            for index, word in enumerate(words):
+                piece = word if index == len(words) - 1 else word + " "
+                delta = {"type": "delta", "id": turn, "content": piece}
                 await ws.send_str(orjson.dumps(delta).decode())
             done = {
                 "type": "done",
                 "id": turn,
                 "seq": 2,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "turn": "t_000000000000",
+                    "created_at": 0.0,
+                    "seq": 2,
+                },
+                "usage": {"completion_tokens": len(words)},
                 "finish_reason": "stop",
-                "message": {"role": "assistant", "content": "hello there"},
             }
             await ws.send_str(orjson.dumps(done).decode())
     return ws

@@ -31,7 +31,8 @@ def run_turns(bench: Bench) -> None:
     bench.record.setdefault("notes", []).append(
         "Each connection sends hello, then turns back to back: message -> deltas -> done "
         "(agentd stores each turn in the connection's session, in memory). The aiohttp "
-        "baseline answers the same frames with fixed ones: it is also the WebSocket "
+        "baseline answers with the same frames (a delta per word of the message, as the "
+        "echo agent sends them) and no work behind them: it is also the WebSocket "
         "client's ceiling."
     )
     for name in ("agentd", "aiohttp"):
