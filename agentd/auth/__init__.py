@@ -1,5 +1,6 @@
 """Identities: API keys, connection tokens, tenants, scopes, rate limits and quotas."""
 
+from .headers import header_lines
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KEY_ID_RE, new_key
 from .limits import Limiter, Ticket
@@ -15,5 +16,6 @@ __all__ = (
     "Limiter",
     "Ticket",
     "check_credentials",
+    "header_lines",
     "new_key",
 )

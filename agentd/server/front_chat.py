@@ -38,7 +38,7 @@ from aiohttp import web
 
 from ..agent import Agents, Prepared, TurnRequest
 from ..aio import in_task
-from ..auth import OPEN, Auth, Identity
+from ..auth import OPEN, Auth, Identity, header_lines
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
 from .chat import chat_reply, chat_turn
@@ -49,8 +49,9 @@ __all__ = ("HotChat", "start")
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/chat/completions"
-# What the front answers with, and None: "give the request to aiohttp".
-Answer = tuple[int, Collection[tuple[str, str]], bytes] | None
+# What the front answers with (its headers, or their lines), and None: "give the
+# request to aiohttp".
+Answer = tuple[int, Collection[tuple[str, str]] | bytes, bytes] | None
 # What a coroutine the front starts gives (an Answer, or a stream's status).
 T = TypeVar("T")
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
@@ -134,13 +135,17 @@ class HotChat:
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
         try:
             done = await self.agents.run(turn, deadline=deadline, prepared=prepared)
-            reply, headers = chat_reply(turn, done, parse_s)
+            reply, headers = chat_reply(turn, done, parse_s, limits=False)
         except AgentdError as exc:
             return error_answer(exc)
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             return error_answer(Internal("internal server error"))
-        return 200, headers.items(), orjson.dumps(reply)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()
+        limits = done.ratelimit
+        if limits:  # written from the lines the limiter keeps
+            lines += header_lines(limits)
+        return 200, lines, orjson.dumps(reply)
 
 
 def error_answer(exc: AgentdError) -> Answer:
