@@ -1,6 +1,6 @@
 """Identities: API keys, connection tokens, tenants, scopes, rate limits and quotas."""
 
-from .headers import header_lines
+from .headers import Rendered, header_lines
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KEY_ID_RE, new_key
 from .limits import Limiter, Ticket
@@ -14,6 +14,7 @@ __all__ = (
     "Auth",
     "Identity",
     "Limiter",
+    "Rendered",
     "Ticket",
     "check_credentials",
     "header_lines",

@@ -65,9 +65,9 @@ class Allowance:
     def __init__(self, limiter: Limiter, identity: Identity, rules: list[Rule]) -> None:
         self.limiter, self.identity, self.rules = limiter, identity, rules
         self.leases: list[Lease] = []
-        # (lease, the bucket its places were logged in) of the leases with a requests
-        # limit; the leases with a turn limit.
-        self.places: list[tuple[Lease, int]] = []
+        # (lease, the block its places came from: [usable until, bucket, places left])
+        # of the leases with a requests limit; the leases with a turn limit.
+        self.places: list[tuple[Lease, list[Any]]] = []
         self.conc: list[Lease] = []
         # Admissions left (places), slots held and not in use, usable until (monotonic),
         # and the leases' version they were taken at.
@@ -83,18 +83,6 @@ class Allowance:
         self.dirty = False
         self.retired = False
 
-    def hit(self) -> None:
-        """A cache hit admitted here ended: its slot is free, and it is counted."""
-        self.hits += 1
-        if not self.dirty:
-            self.dirty = True
-            self.limiter.counted(self)
-        if self.retired:
-            for lease in self.conc:
-                lease.busy -= 1
-        else:
-            self.free += 1
-
     def release(self) -> None:
         """A request admitted here ended: its slot is free again."""
         if not self.dirty:
@@ -108,16 +96,28 @@ class Allowance:
 
     def retire(self) -> None:
         """Give back what is unused: the slots to the leases (those in use come back one
-        by one as their requests end), the places to the store (with the next lease
-        call)."""
+        by one as their requests end), the places to their lease while they are usable,
+        else to the store (with the next lease call)."""
         if self.retired:
             return
         self.retired = True
         self.version = -1
         left = self.left
         if left and self.places:
-            for lease, bucket in self.places:
-                returned = lease.returned
+            now = time.monotonic()
+            for lease, block in self.places:
+                if block[0] > now:  # still usable: back to the lease
+                    places = lease.places
+                    if not block[2]:  # used up, it had left the lease's blocks
+                        at = 0
+                        while at < len(places) and places[at][0] <= block[0]:
+                            at += 1
+                        places.insert(at, block)
+                    block[2] += left
+                    lease.left += left
+                    lease.expires = places[0][0]
+                    continue
+                returned, bucket = lease.returned, block[1]
                 if returned and returned[-1][0] == bucket:
                     returned[-1] = (bucket, returned[-1][1] + left)
                 else:
@@ -184,7 +184,7 @@ def allot(
         if lease.rpm:
             places = lease.places
             block = places[0]
-            allowance.places.append((lease, block[1]))
+            allowance.places.append((lease, block))
             block[2] -= n
             if not block[2]:
                 places.popleft()

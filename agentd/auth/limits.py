@@ -343,7 +343,7 @@ class Limiter:
         slots = self._slots_of(ticket.rules)
         if slots:
             ticket.slots = slots
-            if not ticket._settled:
+            if not ticket.ended:
                 self._held[ticket.id] = ticket
                 if self._renewer is None:
                     self._renewer = asyncio.ensure_future(self._renew())

@@ -30,8 +30,8 @@ class Ticket:
     """
 
     __slots__ = (
-        "_charge", "_error", "_limiter", "_settled", "_state", "_waiter", "checked",
-        "headers", "id", "identity", "leased", "rules", "slots",
+        "_charge", "_error", "_limiter", "_state", "_waiter", "checked", "ended", "headers",
+        "id", "identity", "leased", "ready", "rules", "slots",
     )  # fmt: skip
 
     def __init__(
@@ -41,7 +41,10 @@ class Ticket:
         # Its id in the store (its turn slots' member): given when the store admits it.
         self.id = ""
         self.checked = check
-        self._settled = False
+        # Whether it was settled; whether it is admitted (answered() gives its headers
+        # without waiting or raising).
+        self.ended = False
+        self.ready = not check
         # A settle that waits for the admission's answer (it may have taken a slot).
         self._charge: Charge | None = None
         self._error: AgentdError | None = None
@@ -91,9 +94,9 @@ class Ticket:
     ) -> None:
         """End the ticket: release its slot, charge what the turn cost (``ran``: a turn
         that failed before its model call costs nothing), count its usage."""
-        if self._settled:
+        if self.ended:
             return
-        self._settled = True
+        self.ended = True
         charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else NO_CHARGE
         if self._state == PENDING:
             self._charge = charge
@@ -108,6 +111,7 @@ class Ticket:
         """The admission's answer (the limiter's): settle now if the request already
         ended."""
         self._state, self._error = state, error
+        self.ready = state == ADMITTED
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -125,6 +129,7 @@ class Leased(Ticket):
 
     # Read-only here (they shadow Ticket's slots): nothing writes them on this path.
     _state = ADMITTED
+    ready = True
     _error = None
     _charge = None
     _waiter = None
@@ -134,7 +139,7 @@ class Leased(Ticket):
 
     def __init__(self, allowance: Allowance) -> None:  # not Ticket's: see above
         self.allowance = allowance
-        self._settled = False
+        self.ended = False
         remaining = allowance.base + allowance.left
         self.headers = Rendered(allowance.before, remaining if remaining > 0 else 0,
                                 allowance.after)  # fmt: skip
@@ -164,13 +169,22 @@ class Leased(Ticket):
         *,
         ran: bool = True,
     ) -> None:
-        if self._settled:
+        if self.ended:
             return
-        self._settled = True
+        self.ended = True
         allowance = self.allowance
         if ran and cache.startswith("hit"):
-            # A cache hit charges nothing: counted by its allowance, written in batches.
-            allowance.hit()
+            # A cache hit charges nothing: counted by its allowance, written in batches
+            # (Allowance.hit, inline: once per request).
+            allowance.hits += 1
+            if not allowance.dirty:
+                allowance.dirty = True
+                allowance.limiter.counted(allowance)
+            if allowance.retired:
+                for lease in allowance.conc:
+                    lease.busy -= 1
+            else:
+                allowance.free += 1
             return
         charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else NO_CHARGE
         allowance.limiter.settled(self, charge)

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from ..agent import Agents, Prepared, TurnRequest
 from ..aio import in_task
-from ..auth import OPEN, Auth, Identity, header_lines
+from ..auth import OPEN, Auth, Identity, Rendered, header_lines
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
 from .chat import chat_reply, chat_turn
@@ -72,6 +72,9 @@ class HotChat:
         self.max_body = config.server.max_request_bytes
         # Body bytes -> the caller, the turn they ask for and its plan.
         self.memo: dict[bytes, tuple[Identity, TurnRequest, Prepared]] = {}
+        # The last Authorization header's bytes, and the credential in them.
+        self.authorization: bytes | None = None
+        self.credential: str | None = None
 
     def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
         """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
@@ -79,7 +82,14 @@ class HotChat:
         kept = self.memo.get(raw)
         if kept is not None:
             auth = self.auth
-            identity = auth.known(_credential(authorization)) if auth.enabled else OPEN
+            identity = OPEN
+            if auth.enabled:
+                if authorization is not self.authorization:
+                    # The front hands over the very bytes of a header block it read before
+                    # (its memo of header blocks): their credential is found once.
+                    self.authorization = authorization
+                    self.credential = _credential(authorization)
+                identity = auth.known(self.credential)
             if kept[0] is identity:
                 return self._run(kept[1], kept[2], started)
         try:
@@ -143,7 +153,9 @@ class HotChat:
             return error_answer(Internal("internal server error"))
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()
         limits = done.ratelimit
-        if limits:  # written from the lines the limiter keeps
+        if type(limits) is Rendered:  # the lines the limiter keeps
+            lines += limits.lines()
+        elif limits:
             lines += header_lines(limits)
         return 200, lines, orjson.dumps(reply)
 
