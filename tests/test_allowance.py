@@ -116,3 +116,17 @@ async def test_the_headers_an_allowance_keeps_read_as_what_they_render(
     assert not Rendered(b"", 0, b"") and dict(Rendered(b"", 0, b"")) == {}
     tokens_only = Rendered(b"", 7, b"x-ratelimit-limit-tokens: 5\r\n")
     assert dict(tokens_only) == {"x-ratelimit-limit-tokens": "5"}
+
+
+async def test_allowances_left_behind_are_retired_and_the_idle_leases_given_back(
+    limiter: Limiter,
+) -> None:
+    """An identity replaced by its key's record read again leaves its allowance behind,
+    and a caller gone quiet keeps one: both are retired once their life ends, so the
+    places and slots they hold go back and the unused leases are given back."""
+    first = await _leased(limiter, key_identity(**BIG))
+    first.settle(None, "hit-l1")
+    again = await _leased(limiter, key_identity(**BIG))  # a new object of the same key
+    again.settle(None, "hit-l1")
+    await wait_until(lambda: not limiter.leases._tenants, limit=30, what="the leases given back")
+    assert not limiter._allowed

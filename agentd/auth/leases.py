@@ -261,10 +261,13 @@ class Leases:
         limits: Limits,
         block: str,
         today: Callable[[], tuple[str, str]],
+        sweep: Callable[[], None] = lambda: None,
     ) -> None:
         self.limits = limits
         self.block = block
         self._today = today
+        # Retires the allowances whose life ended (before a call sees what they hold).
+        self._sweep = sweep
         self.enabled = True
         self._tenants: dict[str, dict[str, Lease]] = {}
         self._calling: set[str] = set()
@@ -368,6 +371,7 @@ class Leases:
         scopes = self._tenants.get(tenant, {})
         if not scopes:
             return
+        self._sweep()
         sent = time.monotonic()
         leases = list(scopes.values())
         asks = []

@@ -64,6 +64,8 @@ FLUSH_EVERY = 1000
 UNLIMITED_KINDS = frozenset({"open", "admin"})
 # Identities (and rules lists) whose rules (and slot scopes) a worker remembers.
 MAX_KNOWN = 10_000
+# Allowances past their life are retired at most this often (before a lease call).
+SWEEP_S = 0.1
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
 
@@ -134,7 +136,8 @@ class Limiter:
         self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
         # Reservations on large limits, so most requests need no call (see .leases).
         # Its block members: never a ticket id (those end in hex digits).
-        self.leases = Leases(limits, self._prefix + "slot-", self._today)
+        self.leases = Leases(limits, self._prefix + "slot-", self._today, self._sweep)
+        self._swept = 0.0
         # id(identity) -> its allowance (see .allowance), and those with admissions or
         # hits to count with the next write.
         self._allowed: dict[int, Allowance] = {}
@@ -220,6 +223,19 @@ class Limiter:
         allowance.left -= 1
         allowance.free -= 1
         return Leased(allowance)
+
+    def _sweep(self) -> None:
+        """Retire the allowances whose life ended (a caller gone quiet, an identity
+        replaced by a key record read again), so that what they hold goes back and an
+        unused lease is given back after IDLE_S; at most every SWEEP_S."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_S:
+            return
+        self._swept = now
+        version = self.leases.version
+        ended = [k for k, a in self._allowed.items() if a.until <= now or a.version != version]
+        for key in ended:
+            self._allowed.pop(key).retire()
 
     def _retire_all(self) -> None:
         for allowance in self._allowed.values():
