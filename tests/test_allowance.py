@@ -130,3 +130,25 @@ async def test_allowances_left_behind_are_retired_and_the_idle_leases_given_back
     again.settle(None, "hit-l1")
     await wait_until(lambda: not limiter.leases._tenants, limit=30, what="the leases given back")
     assert not limiter._allowed
+
+
+async def test_a_connection_token_s_request_takes_one_place_and_keeps_no_allowance(
+    limiter: Limiter,
+) -> None:
+    """A connection token's identity is made anew for each request: its allowance is for
+    that request alone, so nothing is held for an identity never seen again."""
+
+    def token() -> Identity:
+        return Identity(tenant="acme", scopes=frozenset({"chat"}), kind="token", key_id="t")
+
+    first = await _leased(limiter, token())
+    first.settle(None, "hit-l1")
+    leases = first.allowance.leases
+    left = [lease.left for lease in leases]
+    for _ in range(5):
+        ticket = limiter.begin(token())
+        assert isinstance(ticket, Leased) and ticket.allowance.retired
+        ticket.settle(None, "hit-l1")
+    assert not limiter._allowed
+    assert [lease.left for lease in leases] == [n - 5 for n in left]
+    assert all(lease.busy == 0 for lease in leases if lease.conc)

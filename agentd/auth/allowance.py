@@ -10,8 +10,11 @@ and one slot from the allowance; a cache hit gives its slot back and is counted 
 its usage written with the limiter's next write. The allowance is used until its places
 or slots run out, its places or its leases expire, or anything about the leases changes
 (a lease made, dropped, limited anew or lost, tokens charged: :attr:`Leases.version`);
-then it is retired (what it did not use goes back to its leases, and its unused places
-to the store with the next lease call) and the next request takes a new one.
+then it is retired (what it did not use goes back to its leases, or its places to the
+store with the next lease call once they expired) and the next request takes a new one.
+An allowance whose life ended is retired before the next lease call at the latest
+(:meth:`agentd.auth.limits.Limiter._sweep`), so a caller gone quiet or an identity
+replaced holds nothing.
 """
 
 from __future__ import annotations
@@ -146,10 +149,11 @@ class Allowance:
 
 
 def allot(
-    limiter: Limiter, leases: Leases, identity: Identity, rules: list[Rule]
+    limiter: Limiter, leases: Leases, identity: Identity, rules: list[Rule], batch: int = ALLOT
 ) -> Allowance | None:
-    """A new allowance of ``identity`` from its leases, or None: a lease has no room (or
-    a limit is too small to lease), and the store must check the request."""
+    """A new allowance of ``identity`` from its leases, of up to ``batch`` places and
+    slots, or None: a lease has no room (or a limit is too small to lease), and the
+    store must check the request."""
     allowance = Allowance(limiter, identity, rules)
     if not rules:
         return allowance  # nothing limits it: only its usage is counted
@@ -161,7 +165,7 @@ def allot(
         if not lease.room(now):
             leases.short(identity.tenant, taken, now)
             return None
-    n, slots, until = ALLOT, ALLOT_SLOTS, float("inf")
+    n, slots, until = batch, min(batch, ALLOT_SLOTS), float("inf")
     for lease in taken:
         until = min(until, lease.fresh_until)
         if lease.refresh_at > now:

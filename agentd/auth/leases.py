@@ -6,8 +6,9 @@ other admission is checked against (:meth:`agentd.store.limits.Limits.lease`): r
 places logged in the requests log (ahead of their use, so every window that may hold
 one of their requests counts them), a block of turn slots held like any other slot, and
 the token bucket's level and the day's and month's tokens as they were. While a
-caller's every scope has room in its lease, its request is admitted here, at once; any
-other request is checked by the store as before (:class:`agentd.auth.limits.Limiter`).
+caller's every scope has room in its lease, its request is admitted here, at once (on
+its allowance, taken from the leases in batches: :mod:`.allowance`); any other request
+is checked by the store as before (:class:`agentd.auth.limits.Limiter`).
 So the limits stay exact across workers and instances: a worker never admits more than
 its leases reserved, and what it reserved and did not use is given back.
 
@@ -53,7 +54,7 @@ IDLE_S = 1.0
 # extended every RENEW_S (by the lease calls, at least that often while it is held).
 SLOT_LEASE_MS = 10_000
 RENEW_S = SLOT_LEASE_MS / 1000 / 3
-# Rules lists whose leases a worker remembers (see Leases.take).
+# Rules lists whose leases a worker remembers (see Leases.find).
 MAX_FOUND = 10_000
 # After a failed lease call, none for this long (requests are checked by the store).
 RETRY_S = 1.0

@@ -7,7 +7,9 @@ A worker coalesces this work. The admissions asked in one event-loop tick go to 
 store as one call per tenant (checked in order, atomically, as if one by one), with the
 turn slots released and renewed since the last call. Charges and usage are summed and
 written at most every :data:`FLUSH_S` (or every :data:`FLUSH_EVERY` settles), off every
-request's path. So a busy worker makes one round trip per tick, not two per request.
+request's path. So a busy worker makes one round trip per tick, not two per request;
+on large limits most requests make none, admitted on their caller's allowance
+(:mod:`.allowance`).
 
 Identities of kind ``open`` (``auth.mode = "none"``) and ``admin`` (the operator's key)
 are not limited and cost nothing. A caller with no limit at all costs no call before
@@ -30,7 +32,7 @@ from ..config import Config, LimitsConfig
 from ..errors import AgentdError, StoreUnavailable
 from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, Ask, Batch, Charge, Limits, Rule, Verdict
-from .allowance import Allowance, allot
+from .allowance import ALLOT, Allowance, allot
 from .charges import Sums, charge_of
 from .headers import ratelimit_headers
 from .identity import Identity
@@ -214,15 +216,22 @@ class Limiter:
         if old is not None:
             old.retire()
         rules = self.rules(identity)
-        allowance = allot(self, self.leases, identity, rules)
+        # A connection token's identity is made anew for each request (never found
+        # again): its allowance is for that request alone.
+        single = identity.kind == "token"
+        allowance = allot(self, self.leases, identity, rules, 1 if single else ALLOT)
         if allowance is None:
             return Ticket(self, identity, rules, True)
+        allowance.left -= 1
+        allowance.free -= 1
+        ticket = Leased(allowance)
+        if single:
+            allowance.retire()
+            return ticket
         if len(self._allowed) >= MAX_KNOWN:
             self._retire_all()
         self._allowed[key] = allowance
-        allowance.left -= 1
-        allowance.free -= 1
-        return Leased(allowance)
+        return ticket
 
     def _sweep(self) -> None:
         """Retire the allowances whose life ended (a caller gone quiet, an identity
