@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import pytest
 import redis
@@ -178,7 +178,7 @@ async def test_turn_slots_on_leases_stay_within_the_limit(redis_standalone: Redi
             answers = await asyncio.gather(
                 *(t.admitted() for t in tickets if t is not None), return_exceptions=True
             )
-            held += [t for t, a in zip(tickets, answers, strict=True) if isinstance(a, dict)]
+            held += [t for t, a in zip(tickets, answers, strict=True) if isinstance(a, Mapping)]
         assert any(t is not None and t.leased for t in held), "no turn ran on a lease"
         # Only the slots of a block not in use when the burst ends may go unused.
         assert MIN_LIMIT - 2 * (MIN_LIMIT // SHARE) <= len(held) <= MIN_LIMIT, len(held)
@@ -282,11 +282,11 @@ async def test_a_lease_is_renewed_once_its_newest_places_are_a_quarter_of_their_
 async def test_hits_on_leases_are_counted_exactly_and_say_where_the_limits_stand(
     redis_standalone: RedisServer,
 ) -> None:
-    """Requests admitted on the leases (a :class:`Leased` ticket each) and settled as
+    """Requests admitted on their allowances (a :class:`Leased` ticket each) and settled as
     cache hits, as misses or not run: every one is counted in its key's and its tenant's
     usage across the worker's writes, two identity objects of one key (its record read
     again) as one key; each gets OpenAI's six headers, the requests left one fewer per
-    request; and their slots are all free at the end."""
+    request of one allowance; and their slots are all free at the end."""
     big = {"requests_per_minute": 10**9, "max_concurrent_turns": 100_000}
     config = from_dict(
         {
@@ -303,7 +303,7 @@ async def test_hits_on_leases_are_counted_exactly_and_say_where_the_limits_stand
     leased = 0
     try:
         for round_ in range(30):
-            remaining = None
+            remaining: dict[int, tuple[object, int]] = {}
             for i in range(40):
                 identity = (key1, key1_again, key2, key1)[i % 4]
                 ticket = limiter.begin(identity)
@@ -315,11 +315,14 @@ async def test_hits_on_leases_are_counted_exactly_and_say_where_the_limits_stand
                     leased += 1
                     assert set(headers) == {*REQUESTS_HEADERS, *TOKENS_HEADERS}
                     left = int(headers["x-ratelimit-remaining-requests"])
-                    # The tenant's places are the tightest, taken by every request.
-                    assert remaining is None or left == remaining - 1
-                    remaining = left
+                    # The tenant's places are the tightest: one fewer per request of an
+                    # identity while its allowance lasts.
+                    before = remaining.get(id(identity))
+                    if before is not None and before[0] is ticket.allowance:
+                        assert left == before[1] - 1
+                    remaining[id(identity)] = (ticket.allowance, left)
                 else:
-                    remaining = None  # the store's answer: other workers' requests too
+                    remaining.pop(id(identity), None)  # the store's answer
                 if i % 5 == 0:
                     ticket.settle({"prompt_tokens": 3, "completion_tokens": 4}, "miss", 12, 16)
                     counts[1] += 3
@@ -336,6 +339,8 @@ async def test_hits_on_leases_are_counted_exactly_and_say_where_the_limits_stand
                 lambda: not (limiter._next or limiter._calls or limiter.leases._calls),
                 what="the limiter's calls answered",
             )
+        # Slots in use: none (the allowances' unused ones given back first).
+        limiter._retire_all()
         held = [lease.busy for s in limiter.leases._tenants.values() for lease in s.values()]
         assert held and not any(held), held
         day, _ = limiter._today()

@@ -140,7 +140,12 @@ class Agents:
                 deadline = min(deadline, asyncio.get_running_loop().time()
                                + self.tools.limits(agent).max_turn_s)  # fmt: skip
             if req.session_id is None:
-                if ticket is not None and not _admitted_now(ticket, listener):
+                # Admitted already with no listener to tell (most requests): no call.
+                if (
+                    ticket is not None
+                    and not (ticket.ready and listener is None)
+                    and not _admitted_now(ticket, listener)
+                ):
                     await _admitted(ticket, listener)
                 if toolset is not None:
                     await _listed(toolset, listener)
@@ -164,8 +169,8 @@ class Agents:
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
         finally:
-            if ticket is not None:
-                ticket.settle(ran=False)  # a no-op once the reply settled it
+            if ticket is not None and not ticket.ended:
+                ticket.settle(ran=False)  # a turn that ended before its reply settled it
             if interactive:
                 self.admission.leave(agent.name)
 

@@ -1,5 +1,6 @@
 """Identities: API keys, connection tokens, tenants, scopes, rate limits and quotas."""
 
+from .headers import Rendered, header_lines
 from .identity import ALL_SCOPES, OPEN, Identity
 from .keys import KEY_ID_RE, new_key
 from .limits import Limiter, Ticket
@@ -13,7 +14,9 @@ __all__ = (
     "Auth",
     "Identity",
     "Limiter",
+    "Rendered",
     "Ticket",
     "check_credentials",
+    "header_lines",
     "new_key",
 )

@@ -3,9 +3,18 @@ admission."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from ..store import Verdict
 
-__all__ = ("REQUESTS_HEADERS", "TOKENS_HEADERS", "duration", "ratelimit_headers")
+__all__ = (
+    "REQUESTS_HEADERS",
+    "TOKENS_HEADERS",
+    "Rendered",
+    "duration",
+    "header_lines",
+    "ratelimit_headers",
+)
 
 
 def duration(ms: int) -> str:
@@ -38,3 +47,49 @@ def ratelimit_headers(verdict: Verdict) -> dict[str, str]:
             headers[remaining] = str(window.remaining)
             headers[reset] = duration(window.reset_ms)
     return headers
+
+
+class Rendered(Mapping[str, str]):
+    """The headers of a request admitted on its caller's allowance, kept as the bytes of
+    their lines: ``before`` and ``after`` are the allowance's (made when it is), and only
+    the requests' remaining count (``remaining``; not written when ``before`` is empty:
+    no requests limit) is the request's own. The front writes :meth:`lines`; the mapping
+    is read from them when asked."""
+
+    __slots__ = ("_found", "after", "before", "remaining")
+
+    def __init__(self, before: bytes, remaining: int, after: bytes) -> None:
+        self.before, self.remaining, self.after = before, remaining, after
+        self._found: dict[str, str] | None = None
+
+    def lines(self) -> bytes:
+        """The header lines, each ending in CRLF."""
+        if not self.before:
+            return self.after
+        return self.before + b"%d" % self.remaining + self.after
+
+    def __bool__(self) -> bool:  # without reading the lines
+        return bool(self.before or self.after)
+
+    def _dict(self) -> dict[str, str]:
+        found = self._found
+        if found is None:
+            pairs = (line.split(": ", 1) for line in self.lines().decode().split("\r\n") if line)
+            found = self._found = {name: value for name, value in pairs}
+        return found
+
+    def __getitem__(self, name: str) -> str:
+        return self._dict()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+def header_lines(headers: Mapping[str, str]) -> bytes:
+    """``headers`` as the lines of an HTTP head, each ending in CRLF."""
+    if type(headers) is Rendered:
+        return headers.lines()
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()

@@ -143,6 +143,10 @@ class KeyCache:
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         # Store look-ups made (for tests and metrics).
         self.lookups = 0
+        # The credential object known last, its entry and the generation it was known
+        # in: the same object again (the front hands over the credential of a header
+        # block it has seen) needs no comparison (see known()).
+        self._last: tuple[str | None, _Entry | None, int] = (None, None, -1)
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -218,15 +222,24 @@ class KeyCache:
         in constant time (``hmac.compare_digest``) with the one that matched the
         record's hash before. A worker keeps the secrets it verified in memory, as it
         holds every request that carries them: nothing new is exposed."""
-        if len(credential) != KEY_LEN or not credential.startswith(KEY_PREFIX):
-            return None
-        entry = self._records.get(credential[_ID_AT : _SECRET_AT - 1])
-        if entry is None or not entry.verified or entry.fresh_until <= time.monotonic():
-            return None
-        secret = credential[_SECRET_AT:]
-        # compare_digest takes ASCII text only (a header may carry anything).
-        if not secret.isascii() or not hmac.compare_digest(secret, entry.verified):
-            return None
+        last, entry, generation = self._last
+        if credential is last and generation == self._generation:
+            # The very object that matched before (an identity test, no comparison of
+            # the secret), and nothing forgotten since.
+            assert entry is not None
+            if entry.fresh_until <= time.monotonic():
+                return None
+        else:
+            if len(credential) != KEY_LEN or not credential.startswith(KEY_PREFIX):
+                return None
+            entry = self._records.get(credential[_ID_AT : _SECRET_AT - 1])
+            if entry is None or not entry.verified or entry.fresh_until <= time.monotonic():
+                return None
+            secret = credential[_SECRET_AT:]
+            # compare_digest takes ASCII text only (a header may carry anything).
+            if not secret.isascii() or not hmac.compare_digest(secret, entry.verified):
+                return None
+            self._last = (credential, entry, self._generation)
         identity = entry.identity
         if identity.expires_at is not None and time.time() >= identity.expires_at:
             return None

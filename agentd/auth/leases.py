@@ -6,8 +6,9 @@ other admission is checked against (:meth:`agentd.store.limits.Limits.lease`): r
 places logged in the requests log (ahead of their use, so every window that may hold
 one of their requests counts them), a block of turn slots held like any other slot, and
 the token bucket's level and the day's and month's tokens as they were. While a
-caller's every scope has room in its lease, its request is admitted here, at once; any
-other request is checked by the store as before (:class:`agentd.auth.limits.Limiter`).
+caller's every scope has room in its lease, its request is admitted here, at once (on
+its allowance, taken from the leases in batches: :mod:`.allowance`); any other request
+is checked by the store as before (:class:`agentd.auth.limits.Limiter`).
 So the limits stay exact across workers and instances: a worker never admits more than
 its leases reserved, and what it reserved and did not use is given back.
 
@@ -29,12 +30,9 @@ from typing import Any
 
 from ..config import LimitsConfig
 from ..store import LEASE_MS, Grant, LeaseAsk, Limits, Rule
-from .headers import REQUESTS_HEADERS, TOKENS_HEADERS, duration
+from .headers import duration
 
 __all__ = ("MIN_LIMIT", "SHARE", "Lease", "Leases")
-
-_LIMIT_REQUESTS, _REMAINING_REQUESTS, _RESET_REQUESTS = REQUESTS_HEADERS
-_LIMIT_TOKENS, _REMAINING_TOKENS, _RESET_TOKENS = TOKENS_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +54,7 @@ IDLE_S = 1.0
 # extended every RENEW_S (by the lease calls, at least that often while it is held).
 SLOT_LEASE_MS = 10_000
 RENEW_S = SLOT_LEASE_MS / 1000 / 3
-# Rules lists whose leases a worker remembers (see Leases.take).
+# Rules lists whose leases a worker remembers (see Leases.find).
 MAX_FOUND = 10_000
 # After a failed lease call, none for this long (requests are checked by the store).
 RETRY_S = 1.0
@@ -177,29 +175,6 @@ class Lease:
             room.append(tpmo - tpmo // MARGIN - self.month_tokens)
         return min(room)
 
-    def take(self, now: float) -> bool:
-        """Take a place and a slot; whether the lease wants refreshing."""
-        self.used += 1
-        self.used_at = now
-        low = now >= self.refresh_at
-        if self.rpm:
-            # The oldest places first; a used-up one is dropped at once, so the oldest
-            # always has places left (room() saw some) and the next expiry is its own.
-            places = self.places
-            place = places[0]
-            place[2] -= 1
-            if not place[2]:
-                places.popleft()
-                self.expires = places[0][0] if places else float("inf")
-            self.left -= 1
-            low = low or self.left * 2 < self.used
-        if self.conc:
-            self.busy += 1
-            if self.busy > self.peak:
-                self.peak = self.busy
-            low = low or self.busy >= self.busy_low
-        return low
-
     def ask(self, now: float, closing: bool = False) -> LeaseAsk:
         """This scope's part of the next lease call (its demand since the last one;
         ``closing``: none, only the slots in use are kept)."""
@@ -287,58 +262,30 @@ class Leases:
         limits: Limits,
         block: str,
         today: Callable[[], tuple[str, str]],
-        admitted: Callable[[str, int], None],
+        sweep: Callable[[], None] = lambda: None,
     ) -> None:
         self.limits = limits
         self.block = block
         self._today = today
-        self._admitted = admitted
+        # Retires the allowances whose life ended (before a call sees what they hold).
+        self._sweep = sweep
         self.enabled = True
         self._tenants: dict[str, dict[str, Lease]] = {}
         self._calling: set[str] = set()
         self._due: set[str] = set()
         self._retry_at: dict[str, float] = {}
-        # Admissions made here since the tenant's last call (the metrics count them then).
-        self._counts: dict[str, int] = {}
         self._calls: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
         # The leases of a rules list, as the last request of it found them: id(rules) →
-        # (rules, tenant, its leases, the generation they were found in). A lease made,
-        # dropped or limited anew bumps the generation.
+        # (rules, tenant, its leases, the version they were found in).
         self._found: dict[int, tuple[list[Rule], str, list[Lease], int]] = {}
-        self._generation = 0
+        # Bumped when a lease is made, dropped, limited anew or lost, when tokens are
+        # charged to one, and when leasing stops: the allowances taken before are
+        # retired (see .allowance).
+        self.version = 0
 
-    def take(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
-        """Admit a request of ``rules`` on this worker's leases: the leases it took a
-        place or slot from (a list shared by the requests of ``rules``: read it, never
-        change it), or None (the store must check it)."""
-        if not self.enabled:
-            return None
-        found = self._found.get(id(rules))
-        if (
-            found is not None
-            and found[0] is rules
-            and found[3] == self._generation
-            and found[1] == tenant
-        ):
-            # The leases found before, still this tenant's, each with its rule's limits.
-            taken = found[2]
-            now = time.monotonic()
-            for lease in taken:
-                if not lease.room(now):
-                    return self._short(tenant, taken, now)
-            # _admit, inline: once per request
-            low = False
-            for lease in taken:
-                low = lease.take(now) or low
-            counts = self._counts
-            counts[tenant] = counts.get(tenant, 0) + 1
-            if low:
-                self.want(tenant)
-            return taken
-        return self._take(tenant, rules)
-
-    def _short(self, tenant: str, taken: list[Lease], now: float) -> None:
+    def short(self, tenant: str, taken: list[Lease], now: float) -> None:
+        """A request of ``taken`` found no room in one of them: the demand they call for."""
         # Every lease of the request counts it as unmet demand, not only the one without
         # room: the leases one request needs grow together (one short of places while
         # the other has them would send every other request to the store, in turns).
@@ -347,12 +294,21 @@ class Leases:
             lease.used_at = now
         self.want(tenant)
 
-    def _take(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
-        """:meth:`take` with the leases looked up, made or limited anew."""
+    def find(self, tenant: str, rules: list[Rule]) -> list[Lease] | None:
+        """The leases of a request of ``rules``, made or limited anew as they need
+        (None: a limit too small to lease, or no lease is granted here)."""
+        if not self.enabled:
+            return None
+        found = self._found.get(id(rules))
+        if (
+            found is not None
+            and found[0] is rules
+            and found[3] == self.version
+            and (found[1] == tenant)
+        ):
+            return found[2]
         scopes = self._tenants.get(tenant)
-        now = time.monotonic()
         taken: list[Lease] = []
-        short = False
         for rule in rules:
             lease = None if scopes is None else scopes.get(rule.scope)
             if lease is None or lease.limits is not rule.limits:
@@ -360,80 +316,23 @@ class Leases:
                     # The same limits in a new object (a key record read again): kept,
                     # so the next request compares by identity.
                     lease.limits = rule.limits
-                    self._generation += 1
+                    self.version += 1
                 else:
                     if lease is not None:  # its limits changed: its next call asks under them
                         lease.limited(rule.limits)
-                        self._generation += 1
+                        self.version += 1
                     if not leasable(rule.limits):
                         return None
                     if lease is None:
                         if scopes is None:
                             scopes = self._tenants[tenant] = {}
                         lease = scopes[rule.scope] = Lease(rule)
-                        self._generation += 1
-            if not short and not lease.room(now):
-                short = True
+                        self.version += 1
             taken.append(lease)
         if len(self._found) >= MAX_FOUND:
             self._found.clear()
-        self._found[id(rules)] = (rules, tenant, taken, self._generation)
-        if short:
-            return self._short(tenant, taken, now)
-        return self._admit(tenant, taken, now)
-
-    def _admit(self, tenant: str, taken: list[Lease], now: float) -> list[Lease]:
-        """A place taken from each of ``taken`` (each has room); a renewal asked for
-        when one runs low."""
-        low = False
-        for lease in taken:
-            low = lease.take(now) or low
-        self._counts[tenant] = self._counts.get(tenant, 0) + 1
-        if low:
-            self.want(tenant)
+        self._found[id(rules)] = (rules, tenant, taken, self.version)
         return taken
-
-    def headers(self, taken: list[Lease]) -> dict[str, str]:
-        """The ``x-ratelimit-*`` headers of a request admitted here: the tightest of its
-        leases, as far as this worker knows (other workers' admissions since its last
-        call are not counted; the requests' reset is the one at that call). Only the
-        requests' remaining count is formatted per request; the other texts are made
-        once per lease call (or per charge)."""
-        requests = tokens = None
-        requests_left = tokens_left = 0
-        for lease in taken:
-            if lease.rpm:
-                left = lease.requests_base + lease.left
-                if left < 0:
-                    left = 0
-                if requests is None or left < requests_left:
-                    requests, requests_left = lease, left
-            if lease.tpm:
-                left = lease.level - lease.charged
-                if left < 0:
-                    left = 0
-                if tokens is None or left < tokens_left:
-                    tokens, tokens_left = lease, left
-        if tokens is not None:
-            remaining, reset = tokens.tokens_texts()
-            if requests is not None:  # the usual case: one dict built whole
-                return {
-                    _LIMIT_REQUESTS: requests.texts[0],
-                    _REMAINING_REQUESTS: str(requests_left),
-                    _RESET_REQUESTS: requests.reset_text,
-                    _LIMIT_TOKENS: tokens.texts[1],
-                    _REMAINING_TOKENS: remaining,
-                    _RESET_TOKENS: reset,
-                }
-            return {_LIMIT_TOKENS: tokens.texts[1], _REMAINING_TOKENS: remaining,
-                    _RESET_TOKENS: reset}  # fmt: skip
-        if requests is not None:
-            return {
-                _LIMIT_REQUESTS: requests.texts[0],
-                _REMAINING_REQUESTS: str(requests_left),
-                _RESET_REQUESTS: requests.reset_text,
-            }
-        return {}
 
     def charged(self, tenant: str, rules: list[Rule], tokens: int) -> None:
         """Tokens a request of ``rules`` charged (wherever it was admitted)."""
@@ -443,6 +342,8 @@ class Leases:
                 lease = scopes.get(rule.scope)
                 if lease is not None:
                     lease.charged += tokens
+                    # The allowances taken from it check its headroom and texts anew.
+                    self.version += 1
 
     def want(self, tenant: str) -> None:
         """Call the store for ``tenant``'s leases, now or when its call on its way ends."""
@@ -471,6 +372,7 @@ class Leases:
         scopes = self._tenants.get(tenant, {})
         if not scopes:
             return
+        self._sweep()
         sent = time.monotonic()
         leases = list(scopes.values())
         asks = []
@@ -482,9 +384,6 @@ class Leases:
                 lease.expire(sent)
             asks.append(lease.ask(sent, closing))
         charged = [lease.charged for lease in leases]
-        admitted = self._counts.pop(tenant, 0)
-        if admitted:
-            self._admitted(tenant, admitted)
         day, month = self._today()
         try:
             grants = await self.limits.lease(tenant, asks, self.block, SLOT_LEASE_MS, day, month)
@@ -493,12 +392,13 @@ class Leases:
             self._retry_at[tenant] = time.monotonic() + RETRY_S
             for lease in leases:
                 lease.failed()
+            self.version += 1
             return
         self._retry_at.pop(tenant, None)
         if grants is None:  # this store leases nothing
             self.enabled = False
             self._tenants.clear()
-            self._generation += 1
+            self.version += 1
             return
         for lease, grant, before in zip(leases, grants, charged, strict=True):
             lease.granted(grant, sent, before)
@@ -507,7 +407,7 @@ class Leases:
         for scope, lease in list(scopes.items()):
             if lease.idle():
                 del scopes[scope]
-                self._generation += 1
+                self.version += 1
         if not scopes:
             self._tenants.pop(tenant, None)
 
@@ -523,8 +423,10 @@ class Leases:
             self._keeper = None
 
     async def close(self) -> None:
-        """Give back every place and slot (a worker that drains)."""
+        """Give back every place and slot (a worker that drains; its allowances are
+        retired first)."""
         self.enabled = False
+        self.version += 1
         if self._keeper is not None:
             self._keeper.cancel()
         while self._calls:

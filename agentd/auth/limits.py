@@ -7,7 +7,9 @@ A worker coalesces this work. The admissions asked in one event-loop tick go to 
 store as one call per tenant (checked in order, atomically, as if one by one), with the
 turn slots released and renewed since the last call. Charges and usage are summed and
 written at most every :data:`FLUSH_S` (or every :data:`FLUSH_EVERY` settles), off every
-request's path. So a busy worker makes one round trip per tick, not two per request.
+request's path. So a busy worker makes one round trip per tick, not two per request;
+on large limits most requests make none, admitted on their caller's allowance
+(:mod:`.allowance`).
 
 Identities of kind ``open`` (``auth.mode = "none"``) and ``admin`` (the operator's key)
 are not limited and cost nothing. A caller with no limit at all costs no call before
@@ -23,19 +25,21 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 from ..config import Config, LimitsConfig
 from ..errors import AgentdError, StoreUnavailable
 from ..metrics import TenantMetrics
 from ..store import DAY, MONTH, Ask, Batch, Charge, Limits, Rule, Verdict
-from .charges import NO_CHARGE, Sums, charge_of
+from .allowance import ALLOT, Allowance, allot
+from .charges import Sums, charge_of
 from .headers import ratelimit_headers
 from .identity import Identity
 from .keys import KeyCache
-from .leases import RENEW_S, SLOT_LEASE_MS, Lease, Leases
+from .leases import RENEW_S, SLOT_LEASE_MS, Leases
 from .refusals import refusal
+from .tickets import ADMITTED, REFUSED, Leased, Ticket
 
 __all__ = (
     "FLUSH_EVERY",
@@ -62,6 +66,8 @@ FLUSH_EVERY = 1000
 UNLIMITED_KINDS = frozenset({"open", "admin"})
 # Identities (and rules lists) whose rules (and slot scopes) a worker remembers.
 MAX_KNOWN = 10_000
+# Allowances past their life are retired at most this often (before a lease call).
+SWEEP_S = 0.1
 # Fail-open admissions are logged at most this often (a down shard is not a log flood).
 OPEN_LOG_EVERY_S = 10.0
 
@@ -76,125 +82,6 @@ def _limited(limits: LimitsConfig | None) -> bool:
             limits.tokens_per_month,
         )
     )
-
-
-# A ticket's admission: asked (no answer yet), admitted, or refused (nothing taken).
-PENDING, ADMITTED, REFUSED = 0, 1, 2
-
-
-class Ticket:
-    """One request's place in its limits, from admission to settle.
-
-    :meth:`admitted` waits for the admission (asked when the ticket was made) and gives
-    the headers to send, or raises the refusal; :meth:`settle` ends the ticket on every
-    path, once, without waiting (it may run after the reply is sent).
-    """
-
-    __slots__ = (
-        "_charge", "_error", "_limiter", "_settled", "_state", "_waiter", "checked",
-        "headers", "id", "identity", "leased", "rules", "slots",
-    )  # fmt: skip
-
-    def __init__(
-        self, limiter: Limiter, identity: Identity, rules: list[Rule], check: bool
-    ) -> None:
-        self._limiter, self.identity, self.rules = limiter, identity, rules
-        # Its id in the store (its turn slots' member): given when the store admits it.
-        self.id = ""
-        self.checked = check
-        self._settled = False
-        # A settle that waits for the admission's answer (it may have taken a slot).
-        self._charge: Charge | None = None
-        self._error: AgentdError | None = None
-        # The x-ratelimit-* headers, once admitted.
-        self.headers: Mapping[str, str] = {}
-        # The scopes whose turn slots the ticket holds, once admitted.
-        self.slots: tuple[str, ...] = ()
-        self._waiter: asyncio.Future[None] | None = None
-        # The worker's leases that admitted it (none: the store did, or it was not checked).
-        self.leased: list[Lease] | None = None
-        if check:  # the leases had no room (a :class:`Leased` ticket otherwise)
-            self._state = PENDING
-            self.id = limiter.new_id()
-            self._waiter = limiter.ask(self)
-        else:
-            self._state = ADMITTED
-
-    async def admitted(self) -> Mapping[str, str]:
-        """The ``x-ratelimit-*`` headers; ``RateLimited``, ``QuotaExceeded`` or (fail
-        closed) ``StoreUnavailable`` when the request may not run."""
-        if self._state == PENDING:
-            assert self._waiter is not None
-            # Cancelling the wait leaves the answer to the ticket (the waiter is the
-            # ticket's own: nobody else awaits it).
-            await self._waiter
-        if self._error is not None:
-            raise self._error
-        return self.headers
-
-    def answered(self) -> Mapping[str, str] | None:
-        """What :meth:`admitted` gives, without waiting, once the admission is answered
-        (at once on a lease); None while it is not."""
-        if self._state == PENDING:
-            return None
-        if self._error is not None:
-            raise self._error
-        return self.headers
-
-    def settle(
-        self,
-        usage: Mapping[str, Any] | None = None,
-        cache: str = "",
-        prompt_chars: int = 0,
-        completion_chars: int = 0,
-        *,
-        ran: bool = True,
-    ) -> None:
-        """End the ticket: release its slot, charge what the turn cost (``ran``: a turn
-        that failed before its model call costs nothing), count its usage."""
-        if self._settled:
-            return
-        self._settled = True
-        charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else NO_CHARGE
-        if self._state == PENDING:
-            self._charge = charge
-        else:
-            self._limiter.settled(self, charge)
-
-    def answer(self, state: int, error: AgentdError | None = None) -> None:
-        """The admission's answer (the limiter's): settle now if the request already
-        ended."""
-        self._state, self._error = state, error
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self._charge is not None:
-            self._limiter.settled(self, self._charge)
-
-
-class Leased(Ticket):
-    """A ticket admitted at once on the worker's leases, as most requests of a busy key
-    are: it is answered, asked nothing of the store and holds no store slot, so those
-    fields are the class's constants and a request sets only its own five."""
-
-    __slots__ = ()
-
-    # Read-only here (they shadow Ticket's slots): nothing writes them on this path.
-    _state = ADMITTED
-    _error = None
-    _charge = None
-    _waiter = None
-    id = ""
-    checked = True
-    slots = ()
-
-    def __init__(  # not Ticket's: its other fields are the class's, above
-        self, limiter: Limiter, identity: Identity, rules: list[Rule], leased: list[Lease]
-    ) -> None:
-        self._limiter, self.identity, self.rules = limiter, identity, rules
-        self.leased = leased
-        self.headers = limiter.leases.headers(leased)
-        self._settled = False
 
 
 class _Next:
@@ -251,11 +138,12 @@ class Limiter:
         self._slot_scopes: dict[int, tuple[list[Rule], tuple[str, ...]]] = {}
         # Reservations on large limits, so most requests need no call (see .leases).
         # Its block members: never a ticket id (those end in hex digits).
-        self.leases = Leases(limits, self._prefix + "slot-", self._today, self._leased)
-
-    def _leased(self, tenant: str, admitted: int) -> None:
-        if self.metrics is not None:
-            self.metrics.request(tenant, "admitted", admitted)
+        self.leases = Leases(limits, self._prefix + "slot-", self._today, self._sweep)
+        self._swept = 0.0
+        # id(identity) -> its allowance (see .allowance), and those with admissions or
+        # hits to count with the next write.
+        self._allowed: dict[int, Allowance] = {}
+        self._dirty: list[Allowance] = []
 
     def new_id(self) -> str:
         return f"{self._prefix}{next(self._ids):x}"
@@ -303,13 +191,90 @@ class Limiter:
         when it was queued)."""
         if identity is None or identity.kind in UNLIMITED_KINDS or not identity.tenant:
             return None
+        if check:
+            # Most requests: one integer taken from the caller's allowance.
+            allowance = self._allowed.get(id(identity))
+            if (
+                allowance is not None
+                and allowance.identity is identity
+                and allowance.left
+                and allowance.free
+                and allowance.version == self.leases.version
+                and time.monotonic() < allowance.until
+            ):
+                allowance.left -= 1
+                allowance.free -= 1
+                return Leased(allowance)
+            return self._allot(identity)
+        return Ticket(self, identity, self.rules(identity), False)
+
+    def _allot(self, identity: Identity) -> Ticket:
+        """:meth:`begin` when the caller's allowance is used up or stale: a new one, or the
+        store's check."""
+        key = id(identity)
+        old = self._allowed.pop(key, None)
+        if old is not None:
+            old.retire()
         rules = self.rules(identity)
-        if check and rules:
-            leased = self.leases.take(identity.tenant, rules)
-            if leased is not None:
-                return Leased(self, identity, rules, leased)
+        # A connection token's identity is made anew for each request (never found
+        # again): its allowance is for that request alone.
+        single = identity.kind == "token"
+        allowance = allot(self, self.leases, identity, rules, 1 if single else ALLOT)
+        if allowance is None:
             return Ticket(self, identity, rules, True)
-        return Ticket(self, identity, rules, False)
+        allowance.left -= 1
+        allowance.free -= 1
+        ticket = Leased(allowance)
+        if single:
+            allowance.retire()
+            return ticket
+        if len(self._allowed) >= MAX_KNOWN:
+            self._retire_all()
+        self._allowed[key] = allowance
+        return ticket
+
+    def _sweep(self) -> None:
+        """Retire the allowances whose life ended (a caller gone quiet, an identity
+        replaced by a key record read again), so that what they hold goes back and an
+        unused lease is given back after IDLE_S; at most every SWEEP_S."""
+        now = time.monotonic()
+        if now - self._swept < SWEEP_S:
+            return
+        self._swept = now
+        version = self.leases.version
+        ended = [k for k, a in self._allowed.items() if a.until <= now or a.version != version]
+        for key in ended:
+            self._allowed.pop(key).retire()
+
+    def _retire_all(self) -> None:
+        for allowance in self._allowed.values():
+            allowance.retire()
+        self._allowed.clear()
+
+    def counted(self, allowance: Allowance) -> None:
+        """``allowance`` has admissions or hits to count with the next write."""
+        self._dirty.append(allowance)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+    def _collect(self) -> None:
+        """Count the admissions and cache hits of the allowances since the last write."""
+        dirty, self._dirty = self._dirty, []
+        metrics = self.metrics
+        for allowance in dirty:
+            allowance.dirty = False
+            identity = allowance.identity
+            admitted = allowance.allotted - allowance.left - allowance.reported
+            if admitted:
+                allowance.reported += admitted
+                if metrics is not None:
+                    metrics.request(identity.tenant, "admitted", admitted)
+            hits = allowance.hits
+            if hits:
+                allowance.hits = 0
+                counts = self._usage(identity)
+                counts[0] += hits
+                counts[3] += hits
 
     # -- the calls ---------------------------------------------------------------------
 
@@ -355,6 +320,7 @@ class Limiter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._collect()
         self._summed = 0
         due, self._sums = self._sums, {}
         self._counts.clear()
@@ -402,7 +368,7 @@ class Limiter:
         slots = self._slots_of(ticket.rules)
         if slots:
             ticket.slots = slots
-            if not ticket._settled:
+            if not ticket.ended:
                 self._held[ticket.id] = ticket
                 if self._renewer is None:
                     self._renewer = asyncio.ensure_future(self._renew())
@@ -464,21 +430,12 @@ class Limiter:
             if self.metrics is not None:
                 self.metrics.charged(tenant, charge.prompt_tokens, charge.completion_tokens)
             self.leases.charged(tenant, ticket.rules, charge.tokens)
-        leased = ticket.leased
-        if leased:
-            for lease in leased:  # its slots in this worker's leases are free again
-                if lease.conc:
-                    lease.busy -= 1
+        ticket.release()  # its slot in this worker's leases, if it holds one
         if ticket.slots:
             self._held.pop(ticket.id, None)
             released = self._tenant_next(tenant).batch.released
             released.extend((scope, ticket.id) for scope in ticket.slots)
-        if time.time() >= self._day_ends:
-            self._today()
-        found = self._counts.get(id(identity))
-        if found is None or found[0] is not identity:
-            found = self._counts_of(identity)
-        counts = found[2]
+        counts = self._usage(identity)
         counts[0] += 1
         if charge.tokens:
             counts[1] += charge.prompt_tokens
@@ -486,7 +443,7 @@ class Limiter:
         elif charge.cache_hit:
             counts[3] += 1
         if charge.tokens or not ticket.checked:
-            batch = found[1].batch
+            batch = self._counts[id(identity)][1].batch
             for rule in ticket.rules:
                 if charge.tokens:
                     entry = batch.charged.setdefault(rule.scope, [0, 0])
@@ -502,6 +459,15 @@ class Limiter:
             self._flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_S, self._flush)
+
+    def _usage(self, identity: Identity) -> list[int]:
+        """The usage counts of ``identity`` in the sums to write."""
+        if time.time() >= self._day_ends:
+            self._today()
+        found = self._counts.get(id(identity))
+        if found is None or found[0] is not identity:
+            found = self._counts_of(identity)
+        return found[2]
 
     def _counts_of(self, identity: Identity) -> tuple[Identity, Sums, list[int]]:
         """The sums of ``identity``'s tenant and day, and its usage counts in them (kept
@@ -530,6 +496,7 @@ class Limiter:
     async def close(self) -> None:
         """Write what is pending and let the calls on their way end (a worker that
         drains)."""
+        self._retire_all()
         await self.leases.close()
         if self._renewer is not None:
             self._renewer.cancel()

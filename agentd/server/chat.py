@@ -48,6 +48,7 @@ def _headers(
     done: TurnResult | None,
     parse_s: float,
     ratelimit: Mapping[str, str] | None = None,
+    limits: bool = True,
 ) -> dict[str, str]:
     headers = {"X-Cache": cache}
     if ratelimit:
@@ -57,7 +58,8 @@ def _headers(
         headers["X-Session-Id"] = session_id
     if done is not None:
         headers["Server-Timing"] = done.timings.header(parse_s)
-        headers.update(done.ratelimit)
+        if limits:
+            headers.update(done.ratelimit)
     return headers
 
 
@@ -85,9 +87,11 @@ def chat_turn(body: ChatBody, identity: Identity, agents: Agents) -> TurnRequest
 
 
 def chat_reply(
-    turn: TurnRequest, done: TurnResult, parse_s: float
+    turn: TurnRequest, done: TurnResult, parse_s: float, limits: bool = True
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """A finished turn's ``chat.completion`` object and the headers it goes with."""
+    """A finished turn's ``chat.completion`` object and the headers it goes with
+    (``limits=False``: without the caller's x-ratelimit-* headers, which the front
+    writes from their lines)."""
     reply = completion(
         completion_id(),
         int(time.time()),
@@ -99,7 +103,7 @@ def chat_reply(
         done.seq,
         done.tool_calls,
     )
-    return reply, _headers(turn, done.cache, done, parse_s)
+    return reply, _headers(turn, done.cache, done, parse_s, limits=limits)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -463,19 +463,22 @@ class FrontConnection(asyncio.Protocol):
         elif self.buffer and not self.paused:
             self._serve()
 
-    def _render(self, answer: tuple[int, Collection[tuple[str, str]], bytes], close: bool) -> bytes:
-        """An answer's bytes, with its headers in aiohttp's order."""
+    def _render(
+        self, answer: tuple[int, Collection[tuple[str, str]] | bytes, bytes], close: bool
+    ) -> bytes:
+        """An answer's bytes, with its headers (or their lines) in aiohttp's order."""
         status, headers, body = answer
         date = self.front.date.now()
         if body is _HEALTHZ_BODY:
             before, after = _HEALTHZ_HEAD
             return before + date + after + (_CLOSE if close else b"") + b"\r\n" + body
-        lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
+        if type(headers) is not bytes:
+            headers = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode()
         return b"".join(
             (
                 _OK if status == 200 else status_line(status),
                 b"\r\n",
-                lines.encode(),
+                headers,
                 b"Content-Type: application/json\r\nContent-Length: ",
                 str(len(body)).encode(),
                 b"\r\nDate: ",

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from ..agent import Agents, Prepared, TurnRequest
 from ..aio import in_task
-from ..auth import OPEN, Auth, Identity
+from ..auth import OPEN, Auth, Identity, Rendered, header_lines
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
 from .chat import chat_reply, chat_turn
@@ -49,8 +49,9 @@ __all__ = ("HotChat", "start")
 log = logging.getLogger(__name__)
 
 ROUTE = "/v1/chat/completions"
-# What the front answers with, and None: "give the request to aiohttp".
-Answer = tuple[int, Collection[tuple[str, str]], bytes] | None
+# What the front answers with (its headers, or their lines), and None: "give the
+# request to aiohttp".
+Answer = tuple[int, Collection[tuple[str, str]] | bytes, bytes] | None
 # What a coroutine the front starts gives (an Answer, or a stream's status).
 T = TypeVar("T")
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
@@ -71,6 +72,9 @@ class HotChat:
         self.max_body = config.server.max_request_bytes
         # Body bytes -> the caller, the turn they ask for and its plan.
         self.memo: dict[bytes, tuple[Identity, TurnRequest, Prepared]] = {}
+        # The last Authorization header's bytes, and the credential in them.
+        self.authorization: bytes | None = None
+        self.credential: str | None = None
 
     def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
         """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
@@ -78,7 +82,14 @@ class HotChat:
         kept = self.memo.get(raw)
         if kept is not None:
             auth = self.auth
-            identity = auth.known(_credential(authorization)) if auth.enabled else OPEN
+            identity = OPEN
+            if auth.enabled:
+                if authorization is not self.authorization:
+                    # The front hands over the very bytes of a header block it read before
+                    # (its memo of header blocks): their credential is found once.
+                    self.authorization = authorization
+                    self.credential = _credential(authorization)
+                identity = auth.known(self.credential)
             if kept[0] is identity:
                 return self._run(kept[1], kept[2], started)
         try:
@@ -134,13 +145,19 @@ class HotChat:
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
         try:
             done = await self.agents.run(turn, deadline=deadline, prepared=prepared)
-            reply, headers = chat_reply(turn, done, parse_s)
+            reply, headers = chat_reply(turn, done, parse_s, limits=False)
         except AgentdError as exc:
             return error_answer(exc)
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             return error_answer(Internal("internal server error"))
-        return 200, headers.items(), orjson.dumps(reply)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()
+        limits = done.ratelimit
+        if type(limits) is Rendered:  # the lines the limiter keeps
+            lines += limits.lines()
+        elif limits:
+            lines += header_lines(limits)
+        return 200, lines, orjson.dumps(reply)
 
 
 def error_answer(exc: AgentdError) -> Answer:
