@@ -39,21 +39,16 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 0 if len(named) <= 1 else min(SUITE_WORKERS, len(named))
 
 
-# The suite's longest files, longest first (`--durations`, summed per file; README.md,
-# Tests). pytest-xdist hands whole files to its workers in collection order, so a long
-# file collected late (alphabetically) keeps one worker busy after the others ran out of
+# The suite's longest files, longest first (tests/longest_files.txt; README.md, Tests).
+# pytest-xdist hands whole files to its workers in collection order, so a long file
+# collected late (alphabetically) keeps one worker busy after the others ran out of
 # files; collected first, the short files fill in around them. Files not listed keep
 # their order, after these.
-LONGEST_FIRST = (
-    "test_bench.py", "test_lb_nginx.py", "test_lb_haproxy.py", "test_bench_curves.py",
-    "test_responses_instances.py", "test_bench_cpuquota.py", "test_reshard.py",
-    "test_bench_ws_capacity.py", "test_reshard_sentinel.py", "test_ws_shared_watch.py",
-    "test_chat_instances.py", "test_bench_console.py", "test_bench_memory.py",
-    "test_durable_loop.py", "test_fastpath.py", "test_cluster_failover.py",
-    "test_limits_instances.py", "test_admin_instances.py", "test_ws_turn_writes.py",
-    "test_durable_failover.py", "test_startup_imports.py", "test_front_stream.py",
-    "test_sentinel.py", "test_bench_peers.py", "test_stale_connections.py",
-)  # fmt: skip
+LONGEST_FIRST = tuple(
+    line
+    for line in (Path(__file__).parent / "longest_files.txt").read_text().splitlines()
+    if line and not line.startswith("#")
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
