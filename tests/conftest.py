@@ -87,6 +87,8 @@ def agentd_instance(tmp_path: Path) -> Iterator[Callable[..., AgentdProcess]]:
 
     yield start
     for proc in started:
+        proc.begin_stop()  # all drain at once
+    for proc in started:
         proc.stop()
 
 
