@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agentd.store.scripts import Script
+from agentd.store.scripts import END_TURN, Script
 
 from . import targets
 from .scenarios.auth import ADMIN_KEY, AUTH_CONFIG, KEY_LIMITS
@@ -128,14 +128,27 @@ class _Client:
 
 @contextlib.contextmanager
 def _monitor(port: int) -> Iterator[list[str]]:
-    """Lines of ``MONITOR`` collected while the block runs."""
+    """Lines of ``MONITOR`` collected while the block runs.
+
+    The block starts once the server answered ``+OK``: until then it may run commands
+    from other connections before it reads MONITOR (a turn's first script then goes
+    unseen)."""
     lines: list[str] = []
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(b"MONITOR\r\n")
+    first = b""
+    while b"\r\n" not in first:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise RuntimeError("redis-server closed the MONITOR connection")
+        first += chunk
+    answer, _, rest = first.partition(b"\r\n")
+    if answer != b"+OK":
+        raise RuntimeError(f"MONITOR answered {answer!r}")
     stop = threading.Event()
 
     def read() -> None:
-        buf = b""
+        buf = rest
         sock.settimeout(0.2)
         while not stop.is_set():
             try:
@@ -181,6 +194,17 @@ def _sequence(lines: list[str]) -> list[str]:
     return out
 
 
+def _wait_ends(lines: list[str], turns: int, limit_s: float = 10.0) -> None:
+    """Wait until MONITOR showed ``turns`` turn ends: a turn's reply may come before its
+    end script reaches the server (or its line reaches this reader)."""
+    end = f'"{END_TURN.sha}"'
+    deadline = time.monotonic() + limit_s
+    while sum(end in line for line in lines) < turns:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"MONITOR showed fewer than {turns} turn ends in {limit_s} s")
+        time.sleep(0.01)
+
+
 def measure(
     mode: str, turns: int, rate: float, idle: float, monitor_turns: int, work: Path
 ) -> dict[str, Any]:
@@ -218,7 +242,7 @@ def measure(
         with _monitor(redis.port) as lines:
             for i in range(monitor_turns):
                 client.turn(sids[i % SESSIONS], i)
-            time.sleep(0.3)  # let MONITOR's last lines arrive before closing it
+            _wait_ends(lines, monitor_turns)
         client.conn.close()
     scale = busy_s / idle_s
     per_turn = {

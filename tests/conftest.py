@@ -39,6 +39,25 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return 0 if len(named) <= 1 else min(SUITE_WORKERS, len(named))
 
 
+# The suite's longest files, longest first (tests/longest_files.txt; README.md, Tests).
+# pytest-xdist hands whole files to its workers in collection order, so a long file
+# collected late (alphabetically) keeps one worker busy after the others ran out of
+# files; collected first, the short files fill in around them. Files not listed keep
+# their order, after these.
+LONGEST_FIRST = tuple(
+    line
+    for line in (Path(__file__).parent / "longest_files.txt").read_text().splitlines()
+    if line and not line.startswith("#")
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files of LONGEST_FIRST first, in its order (a stable sort: each file's own
+    tests, and the other files, keep their order)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _own_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in its own directory: relative paths of the defaults (the L3 cache
@@ -67,6 +86,8 @@ def agentd_instance(tmp_path: Path) -> Iterator[Callable[..., AgentdProcess]]:
         return proc
 
     yield start
+    for proc in started:
+        proc.begin_stop()  # all drain at once
     for proc in started:
         proc.stop()
 

@@ -263,6 +263,8 @@ class Instances:
 
     def stop(self) -> None:
         for proc in self.procs:
+            proc.begin_stop()  # all drain at once: each waits its drain_delay_s first
+        for proc in self.procs:
             proc.stop()
 
 

@@ -168,6 +168,7 @@ class AgentdProcess:
         self.proc = subprocess.Popen(
             cmd, cwd=workdir, env=full_env, stdout=self._log, stderr=subprocess.STDOUT
         )
+        self._told_to_stop = False
 
     @property
     def url(self) -> str:
@@ -217,9 +218,16 @@ class AgentdProcess:
         except subprocess.TimeoutExpired:
             raise AssertionError(f"agentd did not exit in {limit}s:\n{self.log()}") from None
 
+    def begin_stop(self) -> None:
+        """SIGTERM, without waiting for the exit (:meth:`stop` waits): instances told
+        together drain at the same time, not one drain delay after another."""
+        if self.proc.poll() is None and not self._told_to_stop:
+            self.proc.send_signal(signal.SIGTERM)
+            self._told_to_stop = True  # a second SIGTERM would drain at once
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.begin_stop()
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

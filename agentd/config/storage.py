@@ -20,6 +20,9 @@ class RedisConfig:
     timeout: float = opt(2.0, min=0.01, max=300.0)
     # Seconds a shard found unreachable is failed fast before agentd tries it again.
     down_retry: float = opt(1.0, min=0.0, max=60.0)
+    # Redis Cluster: seconds a command on a slot being migrated is retried while the
+    # cluster refuses it (TRYAGAIN: its keys are split between the two nodes) before 503.
+    migration_wait: float = opt(10.0, min=0.0, max=300.0)
     # Durable acknowledgements: a write agentd acknowledges (a turn, a state write, a
     # job submission, a response record) is answered only after this many replicas
     # confirmed it (WAIT, pipelined with the write); 0 = as soon as the master has it.

@@ -136,4 +136,5 @@ async def send_with_wait(
             node, asking = target, True
         else:
             return replies
-    raise rexc.RedisClusterException(f"too many redirections for {key!r}")
+    # Not run anywhere: as redis-py's own "TTL exhausted", retried while the slot moves.
+    raise rexc.ClusterError(f"too many redirections for {key!r}")

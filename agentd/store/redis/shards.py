@@ -18,10 +18,10 @@ one :class:`~.outage.Outage`, which logs a failure once per outage and its end o
 
 In a cluster, redis-py follows MOVED and ASK (in pipelines too, command by command) and
 refreshes its slot map after a connection error. A command the cluster refused without
-running it (``TRYAGAIN`` while a slot's keys are half migrated, ``CLUSTERDOWN`` while a
-master is being replaced, redis-py giving up after too many redirections) is retried here
-with a short backoff, within ``redis.timeout`` of the first try; a connection error is
-not retried (the command may have run) and fails the call at once with a 503.
+running it (``TRYAGAIN`` while a slot migrates, ``CLUSTERDOWN`` while a master is being
+replaced, redis-py giving up after too many redirections) is retried here with a short
+backoff, for as long as :mod:`.refusals` says; a connection error is not retried (the
+command may have run) and fails the call at once with a 503.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from .idle import POOL_OPTIONS
 from .moving import CONTROL, RECHECK_S, Moving
 from .outage import Outage
 from .quick import Orphan, QuickCalls, quick_calls
+from .refusals import REFUSED_ERRORS, Backoff
 from .replicas import Replicas, master_of, masters_of
 from .sentinel import SentinelGroup, open_server
 
@@ -61,12 +62,6 @@ __all__ = ("UNAVAILABLE_ERRORS", "Shards", "once_more_if_broken")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# Cluster errors after which the command did not run, so trying again is safe:
-# TRYAGAIN, CLUSTERDOWN / MASTERDOWN, and redis-py's "TTL exhausted" (redirections).
-REFUSED_ERRORS: tuple[type[BaseException], ...] = (rexc.TryAgainError, rexc.ClusterError)
-# The first pause before trying a refused command again (doubled each time).
-REFUSED_BACKOFF = 0.05
 
 # Errors that mean "this shard cannot answer now", as opposed to a bad command.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
@@ -470,8 +465,7 @@ class Shards:
 
     async def _call_cluster(self, key: str, fn: Callable[[Any], Awaitable[T]]) -> T:
         assert self.cluster is not None
-        deadline = time.monotonic() + self.config.timeout
-        delay = REFUSED_BACKOFF
+        backoff = Backoff(self.config)
         while True:
             outage = self._node_outage(key)
             try:
@@ -479,9 +473,8 @@ class Shards:
             except rexc.OutOfMemoryError as exc:
                 raise _full("a redis cluster node") from exc
             except REFUSED_ERRORS as exc:
-                if time.monotonic() + delay < deadline:
-                    await asyncio.sleep(delay)
-                    delay *= 2
+                if (pause := backoff.next_pause(exc)) is not None:
+                    await asyncio.sleep(pause)
                     continue
                 self._node_failed(outage, exc)
                 raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
@@ -489,9 +482,8 @@ class Shards:
                 # A refused connection sent nothing: safe to try again, and redis-py
                 # reads the slot map again first. A slot map read before a promotion
                 # sends the first call to the dead master; the retry finds the new one.
-                if refused(exc) and time.monotonic() + delay < deadline:
-                    await asyncio.sleep(delay)
-                    delay *= 2
+                if refused(exc) and (pause := backoff.next_pause(exc)) is not None:
+                    await asyncio.sleep(pause)
                     continue
                 self._node_failed(outage, exc)
                 raise StoreUnavailable(f"redis cluster unavailable: {exc}") from exc
