@@ -22,6 +22,8 @@ _MAX_HEAD: Final = 64 * 1024
 _MAX_CHUNK_LINE: Final = 4096
 # Unread body bytes past which the connection stops reading until the caller catches up.
 _HIGH_WATER: Final = 256 * 1024
+# How early a deadline's timer may fire (the resolution of the event loop's clock).
+_CLOCK_S: Final = 0.001
 
 # Response body framing.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -189,6 +191,8 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self.counted = True  # holds one of the pool's places until it closes
+        # The deadline of the call in progress, and the timer that checks it (see arm).
+        self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -220,6 +224,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         response = self.response
         if response is not None and not response.done:
             waiter = self._head_waiter
@@ -271,6 +278,9 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -284,10 +294,27 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def timed_out(self) -> None:
-        """The call's deadline: whatever it waits for fails with :class:`UpstreamTimeout`."""
-        if self.response is None or self.response.done:
-            return  # all in: the caller's own pace is not the upstream's fault
+    def arm(self, deadline: float) -> None:
+        """Bound the call starting now by ``deadline``: past it, whatever it waits for
+        fails with :class:`UpstreamTimeout`. The connection keeps one timer across its
+        calls (one per call cost a timer made and cancelled each time): a timer due
+        before ``deadline`` stays, and when it fires it waits on for the later one."""
+        self.deadline = deadline
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.closed or self.response is None or self.response.done:
+            return  # idle, or all in: the caller's own pace is not the upstream's fault
+        # (The loop's clock counts milliseconds: a timer may fire within one of its time.)
+        if self.loop.time() < self.deadline - _CLOCK_S:
+            self.timer = self.loop.call_at(self.deadline, self._due)  # a later call's
+            return
         self._abort(UpstreamTimeout("the upstream did not answer within the deadline"))
 
     def _abort(self, exc: UpstreamError | UpstreamTimeout) -> None:
@@ -405,27 +432,39 @@ class Connection(asyncio.Protocol):
             response._body(data)
 
     def _parse_chunks(self, response: Response, data: bytes) -> None:
+        # The body bytes of one read go to the response at once (a chunk each would cost
+        # a call and a wake-up per chunk), those before a malformed line included.
+        out: list[bytes] = []
+        try:
+            ended = self._decode_chunks(data, out)
+        finally:
+            if out:
+                response._body(out[0] if len(out) == 1 else b"".join(out))
+        if ended:
+            response._finish()
+
+    def _decode_chunks(self, data: bytes, out: list[bytes]) -> bool:
+        """Append the chunk data in ``data`` to ``out``; True at the end of the body."""
         buffer = self._buffer
         if buffer:
             buffer += data
             data = bytes(buffer)
             buffer.clear()
-        view = memoryview(data)
         pos, end = 0, len(data)
         while pos < end:
             state = self._chunk_state
             if state == _DATA:
                 take = min(self._remaining, end - pos)
-                response._body(bytes(view[pos : pos + take]))
+                out.append(data[pos : pos + take] if take < end else data)
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
                     self._chunk_state = _DATA_END
             elif state == _DATA_END:
                 if end - pos < 2:
-                    buffer += view[pos:]
-                    return
-                if view[pos : pos + 2] != b"\r\n":
+                    buffer += data[pos:]
+                    return False
+                if data[pos : pos + 2] != b"\r\n":
                     raise _protocol_error("a chunk without its CRLF")
                 pos += 2
                 self._chunk_state = _SIZE
@@ -434,16 +473,15 @@ class Connection(asyncio.Protocol):
                 if eol < 0:
                     if end - pos > _MAX_CHUNK_LINE:
                         raise _protocol_error("a chunk size line is too long")
-                    buffer += view[pos:]
-                    return
+                    buffer += data[pos:]
+                    return False
                 line = data[pos:eol]
                 pos = eol + 2
                 if state == _TRAILER:
                     if not line:  # the blank line after the trailers: the end
-                        response._finish()
                         if pos < end:
                             self._keep_alive = False
-                        return
+                        return True
                     continue
                 size = line.split(b";", 1)[0].strip()
                 try:
@@ -453,3 +491,4 @@ class Connection(asyncio.Protocol):
                 if self._remaining < 0:
                     raise _protocol_error("a bad chunk size")
                 self._chunk_state = _DATA if self._remaining else _TRAILER
+        return False
