@@ -166,12 +166,16 @@ class _OriginPool:
             raise
         return conn
 
-    def release(self, conn: Connection) -> None:
-        """Take back a connection after its call: kept if its response ended cleanly."""
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Take back a connection after its call: kept if its response ended cleanly, or
+        (``ended``: the caller read all the reply says, its last bytes are on their way)
+        once it does."""
         if conn.finished() and not self.closing:
             conn.reset()
             self._reuse(conn)
             return
+        if ended and not self.closing and conn.drain():
+            return  # given back again at the end of its body
         conn.response = None
         conn.close()  # connection_lost frees its place
 
@@ -270,8 +274,9 @@ class Http1Client:
             conn.response = None
             conn.close()
 
-    def release(self, conn: Connection) -> None:
-        conn.pool.release(conn)
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Give back a connection after its call (see :meth:`_OriginPool.release`)."""
+        conn.pool.release(conn, ended)
 
     async def close(self) -> None:
         for pool in self._pools.values():

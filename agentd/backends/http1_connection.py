@@ -22,6 +22,8 @@ _MAX_HEAD: Final = 64 * 1024
 _MAX_CHUNK_LINE: Final = 4096
 # Unread body bytes past which the connection stops reading until the caller catches up.
 _HIGH_WATER: Final = 256 * 1024
+# Body bytes read and dropped after the caller is done, to reuse the connection (see drain).
+_DRAIN_BYTES: Final = 64 * 1024
 # How early a deadline's timer may fire (the resolution of the event loop's clock).
 _CLOCK_S: Final = 0.001
 
@@ -53,8 +55,9 @@ class ConnectionPool(Protocol):
     def lost(self, conn: Connection) -> None:
         """The connection closed (either side): its place is free."""
 
-    def release(self, conn: Connection) -> None:
-        """Take back the connection after its call."""
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Take back the connection after its call (``ended``: the rest of its body
+        is only the end of the reply)."""
 
 
 class Response:
@@ -191,6 +194,7 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self.counted = True  # holds one of the pool's places until it closes
+        self._draining = 0  # body bytes still taken after the caller was done (see drain)
         # The deadline of the call in progress, and the timer that checks it (see arm).
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -218,6 +222,9 @@ class Connection(asyncio.Protocol):
             self._parse_body(response, data)
         except UpstreamError as exc:
             self._abort(exc)
+            return
+        if self._draining:
+            self._drained(response, len(data))
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -267,6 +274,41 @@ class Connection(asyncio.Protocol):
             and self._keep_alive
             and not self.closed
         )
+
+    def drain(self) -> bool:
+        """The caller read all the reply says before the end of its body (a stream to
+        its last event, whose last chunk of the transfer encoding is still on its way,
+        not a caller that gave up, whose model call must stop): read on
+        and drop what comes, up to :data:`_DRAIN_BYTES`, then give the connection back
+        to the pool again, reusable (a new connection costs the next call a connect).
+        False when it cannot be reused (closed, failed, or not framed)."""
+        response = self.response
+        if (
+            response is None
+            or response.error is not None
+            or self.closed
+            or not self._keep_alive
+            or self._framing not in (_LENGTH, _CHUNKED)
+            or (self._framing == _LENGTH and self._remaining > _DRAIN_BYTES)
+        ):
+            return False
+        self._draining = _DRAIN_BYTES
+        response._pieces.clear()
+        response._size = 0
+        self.resume()
+        return True
+
+    def _drained(self, response: Response, size: int) -> None:
+        response._pieces.clear()
+        response._size = 0
+        if response.done:
+            self._draining = 0
+            self.pool.release(self, True)
+        elif size >= self._draining:
+            self.response = None
+            self.close()
+        else:
+            self._draining -= size
 
     def reset(self) -> None:
         self.response = None

@@ -161,6 +161,7 @@ class OpenAINode:
         # What post() does, written out: the hottest call, one async generator (each
         # layer costs every chunk a pass through it).
         http, conn, response = await self._send(self.endpoint, body, deadline, _SSE)
+        ended = False  # the reply said all: its body's last bytes may still be on their way
         try:
             if response.content_type == _JSON:
                 yield await _whole_reply(response, request, self.name)
@@ -176,6 +177,7 @@ class OpenAINode:
                         if payload is None:
                             continue  # a comment (keep-alive) or an event without data
                     if payload == DONE:
+                        ended = True
                         yield reply.final()
                         return
                     chunk = reply.take(payload)
@@ -186,7 +188,7 @@ class OpenAINode:
         except _MALFORMED:
             raise _malformed_reply() from None
         finally:
-            http.release(conn)
+            http.release(conn, ended)
 
     @contextlib.asynccontextmanager
     async def post(
