@@ -103,7 +103,7 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
             conn.data_received(request)
             busy = conn.busy
             if busy is not None:
-                await asyncio.wait([busy])
+                await busy  # (after the front's own callback, which writes the answer)
             if not transport.answer or not transport.answer[-1].endswith(_LAST_CHUNK):
                 incomplete[0] += 1
 
