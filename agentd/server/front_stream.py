@@ -13,13 +13,16 @@ OpenAI's format in a chunk of the transfer encoding, the finish (and usage) chun
 ``data: [DONE]`` and the last chunk. An error after the first byte is an error chunk,
 then ``[DONE]``, as the route sends it.
 
-Back-pressure as aiohttp's writer: a chunk is written at once, and while the transport's
-buffer is over its high-water mark (the front's connection is paused) the turn waits for
-it to drain before its next chunk, so a client that does not read holds the turn (and
-its model call, which is not read either) instead of making the worker buffer its
-reply. A client that leaves ends the turn at its next chunk, or at once if it waits for
-the buffer to drain, with the error a write to a closed connection raises in the route
-(which closes the model call): the request is counted with status 499.
+The chunks of one pass of the event loop (those one upstream read brought) go out in
+one write at its end (a write each cost a send and a wake-up of the client each), the
+end of the stream with them when it came in the same pass. Back-pressure as aiohttp's
+writer: while the transport's buffer is over its high-water mark (the front's
+connection is paused) the turn waits for it to drain before its next chunk, so a client
+that does not read holds the turn (and its model call, which is not read either)
+instead of making the worker buffer its reply. A client that leaves ends the turn at
+its next chunk, or at once if it waits for the buffer to drain, with the error a write
+to a closed connection raises in the route (which closes the model call): the request
+is counted with status 499.
 
 A stream answered by the front is an ``int`` where an answer is expected: the status
 it was counted with, its bytes already written.
