@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentd.errors import Overloaded
 from agentd.server.events import session_frame
@@ -117,6 +119,24 @@ def test_a_stream_is_framed_chunk_by_chunk() -> None:
     assert chunks.usage({"prompt_tokens": 1, "completion_tokens": 2}) == (
         head + b'[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n'
     )
+
+
+@given(st.text(), st.text(min_size=1), st.integers(min_value=0, max_value=2**40), st.text())
+def test_a_content_chunk_is_the_json_of_its_object(
+    cid: str, model: str, created: int, text: str
+) -> None:
+    """Content chunks are made from bytes kept around the text: the same bytes as the
+    chunk object's JSON, whatever the id, model and text (quotes, escapes, unicode)."""
+    chunks = Chunks(cid, created, model)
+    for piece in (text, text[::-1], ""):
+        doc = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+        }
+        assert chunks.content(piece) == sse.frame(orjson.dumps(doc))
 
 
 def test_an_error_in_a_stream_is_its_error_body() -> None:

@@ -3,7 +3,7 @@
 aiohttp's client spends most of a loopback call in its own machinery (request and
 response objects, tracing hooks, the connector's bookkeeping, a timer per read); this one
 writes the request in one ``write`` and parses the response as it arrives, with one timer
-per call for the whole deadline.
+per connection for the calls' deadlines.
 
 What it does: a kept-alive connection pool per origin (at most ``limit`` connections,
 callers beyond it wait for one), bodies framed by ``Content-Length``, chunked or by the
@@ -166,12 +166,16 @@ class _OriginPool:
             raise
         return conn
 
-    def release(self, conn: Connection) -> None:
-        """Take back a connection after its call: kept if its response ended cleanly."""
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Take back a connection after its call: kept if its response ended cleanly, or
+        (``ended``: the caller read all the reply says, its last bytes are on their way)
+        once it does."""
         if conn.finished() and not self.closing:
             conn.reset()
             self._reuse(conn)
             return
+        if ended and not self.closing and conn.drain():
+            return  # given back again at the end of its body
         conn.response = None
         conn.close()  # connection_lost frees its place
 
@@ -251,11 +255,12 @@ class Http1Client:
         :meth:`release`) and the response, its head read. The deadline bounds the wait
         for a connection, the connect, the head and, until release, every body read."""
         pool = self._pool(origin)
-        loop = pool.loop
+        if deadline <= pool.loop.time():
+            raise UpstreamTimeout("the deadline passed before the upstream call")
         fresh = False
         while True:
             conn = await pool.acquire(deadline, fresh)
-            timer = conn.timer = loop.call_at(deadline, conn.timed_out)
+            conn.arm(deadline)
             try:
                 return conn, await conn.request(head, body)
             except StaleConnection:
@@ -263,19 +268,15 @@ class Http1Client:
                     raise
                 fresh = True
             except BaseException:
-                timer.cancel()
                 conn.response = None
                 conn.close()
                 raise
-            timer.cancel()
             conn.response = None
             conn.close()
 
-    def release(self, conn: Connection) -> None:
-        if conn.timer is not None:
-            conn.timer.cancel()
-            conn.timer = None
-        conn.pool.release(conn)
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Give back a connection after its call (see :meth:`_OriginPool.release`)."""
+        conn.pool.release(conn, ended)
 
     async def close(self) -> None:
         for pool in self._pools.values():

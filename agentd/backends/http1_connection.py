@@ -22,6 +22,10 @@ _MAX_HEAD: Final = 64 * 1024
 _MAX_CHUNK_LINE: Final = 4096
 # Unread body bytes past which the connection stops reading until the caller catches up.
 _HIGH_WATER: Final = 256 * 1024
+# Body bytes read and dropped after the caller is done, to reuse the connection (see drain).
+_DRAIN_BYTES: Final = 64 * 1024
+# How early a deadline's timer may fire (the resolution of the event loop's clock).
+_CLOCK_S: Final = 0.001
 
 # Response body framing.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -51,8 +55,9 @@ class ConnectionPool(Protocol):
     def lost(self, conn: Connection) -> None:
         """The connection closed (either side): its place is free."""
 
-    def release(self, conn: Connection) -> None:
-        """Take back the connection after its call."""
+    def release(self, conn: Connection, ended: bool = False) -> None:
+        """Take back the connection after its call (``ended``: the rest of its body
+        is only the end of the reply)."""
 
 
 class Response:
@@ -189,6 +194,9 @@ class Connection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self.counted = True  # holds one of the pool's places until it closes
+        self._draining = 0  # body bytes still taken after the caller was done (see drain)
+        # The deadline of the call in progress, and the timer that checks it (see arm).
+        self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -214,12 +222,18 @@ class Connection(asyncio.Protocol):
             self._parse_body(response, data)
         except UpstreamError as exc:
             self._abort(exc)
+            return
+        if self._draining:
+            self._drained(response, len(data))
 
     def eof_received(self) -> bool:
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         response = self.response
         if response is not None and not response.done:
             waiter = self._head_waiter
@@ -261,6 +275,41 @@ class Connection(asyncio.Protocol):
             and not self.closed
         )
 
+    def drain(self) -> bool:
+        """The caller read all the reply says before the end of its body (a stream to
+        its last event, whose last chunk of the transfer encoding is still on its way,
+        not a caller that gave up, whose model call must stop): read on
+        and drop what comes, up to :data:`_DRAIN_BYTES`, then give the connection back
+        to the pool again, reusable (a new connection costs the next call a connect).
+        False when it cannot be reused (closed, failed, or not framed)."""
+        response = self.response
+        if (
+            response is None
+            or response.error is not None
+            or self.closed
+            or not self._keep_alive
+            or self._framing not in (_LENGTH, _CHUNKED)
+            or (self._framing == _LENGTH and self._remaining > _DRAIN_BYTES)
+        ):
+            return False
+        self._draining = _DRAIN_BYTES
+        response._pieces.clear()
+        response._size = 0
+        self.resume()
+        return True
+
+    def _drained(self, response: Response, size: int) -> None:
+        response._pieces.clear()
+        response._size = 0
+        if response.done:
+            self._draining = 0
+            self.pool.release(self, True)
+        elif size >= self._draining:
+            self.response = None
+            self.close()
+        else:
+            self._draining -= size
+
     def reset(self) -> None:
         self.response = None
         self._buffer.clear()
@@ -271,6 +320,9 @@ class Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -284,10 +336,27 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
 
-    def timed_out(self) -> None:
-        """The call's deadline: whatever it waits for fails with :class:`UpstreamTimeout`."""
-        if self.response is None or self.response.done:
-            return  # all in: the caller's own pace is not the upstream's fault
+    def arm(self, deadline: float) -> None:
+        """Bound the call starting now by ``deadline``: past it, whatever it waits for
+        fails with :class:`UpstreamTimeout`. The connection keeps one timer across its
+        calls (one per call cost a timer made and cancelled each time): a timer due
+        before ``deadline`` stays, and when it fires it waits on for the later one."""
+        self.deadline = deadline
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        if self.closed or self.response is None or self.response.done:
+            return  # idle, or all in: the caller's own pace is not the upstream's fault
+        # (The loop's clock counts milliseconds: a timer may fire within one of its time.)
+        if self.loop.time() < self.deadline - _CLOCK_S:
+            self.timer = self.loop.call_at(self.deadline, self._due)  # a later call's
+            return
         self._abort(UpstreamTimeout("the upstream did not answer within the deadline"))
 
     def _abort(self, exc: UpstreamError | UpstreamTimeout) -> None:
@@ -405,27 +474,39 @@ class Connection(asyncio.Protocol):
             response._body(data)
 
     def _parse_chunks(self, response: Response, data: bytes) -> None:
+        # The body bytes of one read go to the response at once (a chunk each would cost
+        # a call and a wake-up per chunk), those before a malformed line included.
+        out: list[bytes] = []
+        try:
+            ended = self._decode_chunks(data, out)
+        finally:
+            if out:
+                response._body(out[0] if len(out) == 1 else b"".join(out))
+        if ended:
+            response._finish()
+
+    def _decode_chunks(self, data: bytes, out: list[bytes]) -> bool:
+        """Append the chunk data in ``data`` to ``out``; True at the end of the body."""
         buffer = self._buffer
         if buffer:
             buffer += data
             data = bytes(buffer)
             buffer.clear()
-        view = memoryview(data)
         pos, end = 0, len(data)
         while pos < end:
             state = self._chunk_state
             if state == _DATA:
                 take = min(self._remaining, end - pos)
-                response._body(bytes(view[pos : pos + take]))
+                out.append(data[pos : pos + take] if take < end else data)
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
                     self._chunk_state = _DATA_END
             elif state == _DATA_END:
                 if end - pos < 2:
-                    buffer += view[pos:]
-                    return
-                if view[pos : pos + 2] != b"\r\n":
+                    buffer += data[pos:]
+                    return False
+                if data[pos : pos + 2] != b"\r\n":
                     raise _protocol_error("a chunk without its CRLF")
                 pos += 2
                 self._chunk_state = _SIZE
@@ -434,16 +515,15 @@ class Connection(asyncio.Protocol):
                 if eol < 0:
                     if end - pos > _MAX_CHUNK_LINE:
                         raise _protocol_error("a chunk size line is too long")
-                    buffer += view[pos:]
-                    return
+                    buffer += data[pos:]
+                    return False
                 line = data[pos:eol]
                 pos = eol + 2
                 if state == _TRAILER:
                     if not line:  # the blank line after the trailers: the end
-                        response._finish()
                         if pos < end:
                             self._keep_alive = False
-                        return
+                        return True
                     continue
                 size = line.split(b";", 1)[0].strip()
                 try:
@@ -453,3 +533,4 @@ class Connection(asyncio.Protocol):
                 if self._remaining < 0:
                     raise _protocol_error("a bad chunk size")
                 self._chunk_state = _DATA if self._remaining else _TRAILER
+        return False

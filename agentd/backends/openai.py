@@ -2,8 +2,9 @@
 
 One HTTP/1.1 client per backend (:mod:`.http1`, agentd's own: a call through aiohttp's
 client cost 1.7x the instructions) holds a kept-alive connection pool per node
-(``max_connections`` each). The call's deadline is one timer per call that also bounds
-every read of the body, so chunks cost no timer each.
+(``max_connections`` each). The call's deadline is checked by one timer per
+connection that also bounds every read of the body, so calls and chunks cost no timer
+each.
 
 Usage accounting: the upstream ``usage`` is returned when sent (we ask for it with
 ``stream_options.include_usage``); otherwise ``prompt_tokens`` is the characters of all
@@ -20,7 +21,6 @@ come as one piece per call. A reply with tool calls whose finish reason says ``s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -32,8 +32,9 @@ from yarl import URL
 
 from .. import __version__
 from ..config import BackendConfig
-from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError
 from .http1 import Http1Client, Origin, Response
+from .http1_connection import Connection
 from .types import (
     ChatRequest,
     Chunk,
@@ -62,6 +63,9 @@ log = logging.getLogger(__name__)
 _ERROR_BODY_LIMIT = 64 * 1024
 DONE = b"[DONE]"
 _DATA = b"data:"
+# Bytes looked for as ints: ``b"\n" in data`` costs Python 3.11 a formatted TypeError
+# (it first tries the needle as an int), ``10 in data`` does not.
+_LF, _CR = 10, 13
 _JSON = "application/json"
 _SSE = "text/event-stream"
 
@@ -154,12 +158,37 @@ class OpenAINode:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        async with self.post(self.endpoint, body, deadline) as response:
+        # What post() does, written out: the hottest call, one async generator (each
+        # layer costs every chunk a pass through it).
+        http, conn, response = await self._send(self.endpoint, body, deadline, _SSE)
+        ended = False  # the reply said all: its body's last bytes may still be on their way
+        try:
             if response.content_type == _JSON:
                 yield await _whole_reply(response, request, self.name)
                 return
-            async for chunk in _read_events(response, request, self.name):
+            reply = _Reply(request, self.name)
+            splitter = EventSplitter()
+            while data := await response.read_any():
+                for event in splitter.feed(data):
+                    if event.startswith(b"data: ") and _LF not in event:
+                        payload: bytes | None = event[6:]  # event_data's common case
+                    else:
+                        payload = event_data(event)
+                        if payload is None:
+                            continue  # a comment (keep-alive) or an event without data
+                    if payload == DONE:
+                        ended = True
+                        yield reply.final()
+                        return
+                    chunk = reply.take(payload)
+                    if chunk is not None:
+                        yield chunk
+            for chunk in reply.ended(splitter.rest):
                 yield chunk
+        except _MALFORMED:
+            raise _malformed_reply() from None
+        finally:
+            http.release(conn, ended)
 
     @contextlib.asynccontextmanager
     async def post(
@@ -167,12 +196,21 @@ class OpenAINode:
     ) -> AsyncIterator[Response]:
         """The upstream's 200 response to ``body``; its errors, and those of reading it
         inside the block, as agentd's upstream errors."""
+        http, conn, response = await self._send(url, body, deadline, accept)
+        try:
+            with upstream_errors():
+                yield response
+        finally:
+            http.release(conn)
+
+    async def _send(
+        self, url: str, body: dict[str, Any], deadline: float, accept: str
+    ) -> tuple[Http1Client, Connection, Response]:
+        """Send ``body``; the client, the connection (give it back with
+        ``release``) and the response, whose status is 200; else the upstream's error."""
         http = self.client.http
         if http is None:
             raise RuntimeError(f"backend {self.client.config.name!r} is not started")
-        loop = asyncio.get_running_loop()
-        if deadline - loop.time() <= 0:
-            raise UpstreamTimeout("the deadline passed before the upstream call")
         try:
             payload = orjson.dumps(body)
         except orjson.JSONEncodeError as exc:
@@ -184,13 +222,21 @@ class OpenAINode:
             target = self._targets[url] = _Target(self.client, url)
         head = target.heads[accept] + b"%d\r\n\r\n" % len(payload)
         conn, response = await http.request(target.origin, head, payload, deadline)
-        try:
-            with upstream_errors():
-                if response.status != 200:
-                    raise await error_from(response)
-                yield response
-        finally:
-            http.release(conn)
+        if response.status != 200:
+            try:
+                raise await error_from(response)
+            finally:
+                http.release(conn)
+        return http, conn, response
+
+
+# The JSON parser's errors in reading a node's reply: not JSON, or JSON of the wrong shape
+# (a list where an object belongs...).
+_MALFORMED = (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError)
+
+
+def _malformed_reply() -> UpstreamError:
+    return UpstreamError("upstream sent a malformed reply", code="upstream_protocol")
 
 
 @contextlib.contextmanager
@@ -199,9 +245,8 @@ def upstream_errors() -> Iterator[None]:
     errors are agentd's already)."""
     try:
         yield
-    except (orjson.JSONDecodeError, AttributeError, TypeError, IndexError, KeyError):
-        # Not JSON, or JSON of the wrong shape (a list where an object belongs...).
-        raise UpstreamError("upstream sent a malformed reply", code="upstream_protocol") from None
+    except _MALFORMED:
+        raise _malformed_reply() from None
 
 
 def error_for_status(status: int, message: str) -> UpstreamError | UpstreamRejected:
@@ -264,7 +309,7 @@ def _called(finish: str) -> str:
 
 def event_data(event: bytes) -> bytes | None:
     """The ``data`` of one SSE event (its ``data:`` lines joined by newlines), or None."""
-    if event.startswith(b"data: ") and b"\n" not in event:
+    if event.startswith(b"data: ") and _LF not in event:
         return event[6:]  # the common case: one line
     lines = []
     for line in event.split(b"\n"):
@@ -293,7 +338,7 @@ class EventSplitter:
             self._after_cr = False
             if data.startswith(b"\n"):
                 data = data[1:]
-        if b"\r" in data:
+        if _CR in data:
             self._after_cr = data.endswith(b"\r")
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self.rest + data if self.rest else data
@@ -356,43 +401,30 @@ class _Reply:
         self.deltas += len(pieces) + (1 if text else 0)
         return Chunk(text or "", None, None, self.node, [add(piece) for piece in pieces])
 
+    def ended(self, rest: bytes) -> list[Chunk]:
+        """The last chunks of a body that ended without ``[DONE]`` and its blank line
+        (``rest``: what came after the last whole event): accepted if the reply
+        finished, else :class:`UpstreamError`."""
+        last = rest.strip()
+        payload = event_data(last) if last else None
+        chunks = []
+        if payload is not None and payload != DONE:
+            chunk = self.take(payload)
+            if chunk is not None:
+                chunks.append(chunk)
+        if payload == DONE or self.finish is not None:
+            chunks.append(self.final())
+            return chunks
+        raise UpstreamError(
+            "upstream closed the stream before the reply ended", code="upstream_incomplete"
+        )
+
     def final(self) -> Chunk:
         usage = self.usage or _fallback_usage(self.request, self.deltas)
         finish = self.finish or "stop"
         if self.calls:
             return Chunk(self.tail, _called(finish), usage, self.node, None, self.calls.calls())
         return Chunk(self.tail, finish, usage, self.node)
-
-
-async def _read_events(response: Response, request: ChatRequest, node: str) -> AsyncIterator[Chunk]:
-    """Parse the SSE stream: content deltas as they come, then one final chunk with the
-    finish reason and usage, at ``[DONE]`` (or at the end of the body after a finish)."""
-    reply = _Reply(request, node)
-    splitter = EventSplitter()
-    while data := await response.read_any():
-        for event in splitter.feed(data):
-            payload = event_data(event)
-            if payload is None:
-                continue  # a comment (keep-alive) or an event without data
-            if payload == DONE:
-                yield reply.final()
-                return
-            chunk = reply.take(payload)
-            if chunk is not None:
-                yield chunk
-    # The body ended without [DONE] and its blank line: accept it if the reply finished.
-    last = splitter.rest.strip()
-    payload = event_data(last) if last else None
-    if payload is not None and payload != DONE:
-        chunk = reply.take(payload)
-        if chunk is not None:
-            yield chunk
-    if payload == DONE or reply.finish is not None:
-        yield reply.final()
-        return
-    raise UpstreamError(
-        "upstream closed the stream before the reply ended", code="upstream_incomplete"
-    )
 
 
 def stream_error(error: Any) -> UpstreamError | UpstreamRejected:

@@ -214,6 +214,7 @@ class FrontConnection(asyncio.Protocol):
         "front",
         "held",
         "keepalive",
+        "loop",
         "next_close",
         "paused",
         "receiving",
@@ -224,6 +225,7 @@ class FrontConnection(asyncio.Protocol):
 
     def __init__(self, front: Front) -> None:
         self.front = front
+        self.loop = asyncio.get_running_loop()  # (each look-up of the running loop is a getpid)
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.requests = 0
@@ -374,7 +376,9 @@ class FrontConnection(asyncio.Protocol):
                     return self._wait(buffer, out)
                 self.receiving = 0.0
                 raw = buffer[end + 4 : size]
-                if STREAM_MARK in raw and front.streams is not None:
+                # (find, not `in`: Python 3.11 tries the needle as an int first, and
+                # formats the TypeError.)
+                if raw.find(STREAM_MARK) >= 0 and front.streams is not None:
                     # A stream is written as it comes: the answers before it go first.
                     self._write(out)
                     out = []
@@ -497,7 +501,7 @@ class FrontConnection(asyncio.Protocol):
         transport.write(out[0] if len(out) == 1 else b"".join(out))
         front = self.front
         if front.keepalive_timeout > 0:
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self.next_close = loop.time() + front.keepalive_timeout
             if self.keepalive is None:
                 self.keepalive = loop.call_at(self.next_close, self._idle)

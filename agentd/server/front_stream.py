@@ -13,13 +13,16 @@ OpenAI's format in a chunk of the transfer encoding, the finish (and usage) chun
 ``data: [DONE]`` and the last chunk. An error after the first byte is an error chunk,
 then ``[DONE]``, as the route sends it.
 
-Back-pressure as aiohttp's writer: a chunk is written at once, and while the transport's
-buffer is over its high-water mark (the front's connection is paused) the turn waits for
-it to drain before its next chunk, so a client that does not read holds the turn (and
-its model call, which is not read either) instead of making the worker buffer its
-reply. A client that leaves ends the turn at its next chunk, or at once if it waits for
-the buffer to drain, with the error a write to a closed connection raises in the route
-(which closes the model call): the request is counted with status 499.
+The chunks of one pass of the event loop (those one upstream read brought) go out in
+one write at its end (a write each cost a send and a wake-up of the client each), the
+end of the stream with them when it came in the same pass. Back-pressure as aiohttp's
+writer: while the transport's buffer is over its high-water mark (the front's
+connection is paused) the turn waits for it to drain before its next chunk, so a client
+that does not read holds the turn (and its model call, which is not read either)
+instead of making the worker buffer its reply. A client that leaves ends the turn at
+its next chunk, or at once if it waits for the buffer to drain, with the error a write
+to a closed connection raises in the route (which closes the model call): the request
+is counted with status 499.
 
 A stream answered by the front is an ``int`` where an answer is expected: the status
 it was counted with, its bytes already written.
@@ -48,6 +51,7 @@ __all__ = ("STREAM_MARK", "HotStream")
 class Connection(Protocol):
     """What a stream needs of the front's connection (:class:`.front.FrontConnection`)."""
 
+    loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport | None
     paused: bool  # the client does not read: wait for drained()
 
@@ -109,14 +113,23 @@ class HotStream:
             return None
         turn = found[1]
         # (A stream's head has no Server-Timing: the parse time is not needed.)
-        deadline = asyncio.get_running_loop().time() + self.chat.turn_timeout
+        deadline = conn.loop.time() + self.chat.turn_timeout
         return await _Writer(conn, turn, body.include_usage).run(self.agents, deadline)
 
 
 class _Writer(Listener):
     """One streamed turn, written to its connection as it comes."""
 
-    __slots__ = ("cache", "chunks", "conn", "include_usage", "ratelimit", "started", "turn")
+    __slots__ = (
+        "cache",
+        "chunks",
+        "conn",
+        "include_usage",
+        "pending",
+        "ratelimit",
+        "started",
+        "turn",
+    )
 
     def __init__(self, conn: Connection, turn: TurnRequest, include_usage: bool) -> None:
         self.conn, self.turn, self.include_usage = conn, turn, include_usage
@@ -124,6 +137,8 @@ class _Writer(Listener):
         self.cache = "bypass"
         self.ratelimit: Mapping[str, str] = {}
         self.started = False
+        # Frames not yet written: those of one pass of the event loop go in one write.
+        self.pending: list[bytes] = []
 
     async def run(self, agents: Agents, deadline: float) -> Answer | int:
         chunks = self.chunks
@@ -142,14 +157,18 @@ class _Writer(Listener):
             log.exception("unhandled error on POST %s", ROUTE)
             if not self.started:
                 return error_answer(Internal("internal server error"))
+            self._flush()
             self.conn.close()  # a stream cut short: the client sees no [DONE]
             return 500
         if self._gone():
             return CLIENT_CLOSED
-        data = b"".join([_chunk(frame) for frame in end]) + _chunk(DONE) + _LAST_CHUNK
+        data = self.pending
+        self.pending = []
         if not self.started:
-            data = self._head() + _chunk(chunks.role()) + data
-        self.conn.send(data)
+            data.append(self._head() + _chunk(chunks.role()))
+        data += [_chunk(frame) for frame in end]
+        data.append(_END)
+        self.conn.send(b"".join(data))
         return 200
 
     def _gone(self) -> bool:
@@ -165,18 +184,33 @@ class _Writer(Listener):
         return b"".join(lines)
 
     async def _write(self, frame: bytes, first: str | None = "") -> None:
-        """Write one frame (the head and the role chunk before the first); wait while
-        the client does not read; raise as aiohttp's writer when the client left."""
+        """Write one frame (the head and the role chunk before the first) once the event
+        loop's pass ends, with the others of the pass (one upstream read's frames make
+        one write, and one wake-up of the client); wait while the client does not
+        read; raise as aiohttp's writer when the client left."""
         conn = self.conn
         transport = conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the stream")
+        pending = self.pending
+        if not pending:
+            conn.loop.call_soon(self._flush)
         if self.started:
-            transport.write(_chunk(frame))
+            pending.append(_chunk(frame))
         else:
-            transport.write(self._head() + _chunk(self.chunks.role(first)) + _chunk(frame))
+            pending.append(self._head() + _chunk(self.chunks.role(first)) + _chunk(frame))
         if conn.paused:
             await conn.drained()
+
+    def _flush(self) -> None:
+        """Write the frames not written yet (the end of a stream takes them along)."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        transport = self.conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     # -- Listener ---------------------------------------------------------------------
 
@@ -203,3 +237,7 @@ class _Writer(Listener):
 def _chunk(data: bytes) -> bytes:
     """``data`` as one chunk of the chunked transfer encoding."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# A stream's last bytes: ``data: [DONE]`` and the last chunk.
+_END = _chunk(DONE) + _LAST_CHUNK

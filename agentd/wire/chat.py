@@ -92,13 +92,18 @@ def completion(
     }
 
 
+# A content chunk after its text (see Chunks.content).
+_CONTENT_END = b'},"finish_reason":null}]}\n\n'
+
+
 class Chunks:
     """The SSE frames of one streamed completion, all with the same id and time."""
 
-    __slots__ = ("_created", "_id", "_model")
+    __slots__ = ("_content", "_created", "_id", "_model")
 
     def __init__(self, cid: str, created: int, model: str) -> None:
         self._id, self._created, self._model = cid, created, model
+        self._content = b""  # a content chunk's bytes before its text, made at the first
 
     def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         doc = {
@@ -120,8 +125,14 @@ class Chunks:
         return self._delta({"role": "assistant", "content": content})
 
     def content(self, text: str) -> bytes:
-        """A piece of the reply's text."""
-        return self._delta({"content": text})
+        """A piece of the reply's text (the most frequent frame: the bytes around the
+        text are made once, the same as :meth:`_delta` writes them)."""
+        before = self._content
+        if not before:
+            before = self._content = self._delta({"content": None}).removesuffix(
+                b"null" + _CONTENT_END
+            )
+        return before + orjson.dumps(text) + _CONTENT_END
 
     def tool_calls(self, pieces: list[dict[str, Any]]) -> bytes:
         """Pieces of the reply's tool calls (``index``; ``id``, ``type`` and

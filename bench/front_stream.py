@@ -1,0 +1,160 @@
+"""The work of a worker for ``added-latency``'s streamed chat completion, in process, so
+that ``valgrind --tool=callgrind`` counts the instructions agentd spends on it.
+
+    .venv/bin/python -m bench.front_stream [--requests 2000] [--agentd-root PATH]
+
+    valgrind --tool=callgrind --zero-before=getppid --dump-before=getpgid \\
+        .venv/bin/python -m bench.front_stream --requests 2000
+
+Starts the scenario's upstream stub (``bench/baselines/upstream.py``, a subprocess on
+loopback, not under valgrind) and, in this process, the application of one worker with
+``added-latency``'s config (an ``openai`` backend at the stub), then feeds one
+connection of its front (:class:`agentd.server.front.FrontConnection`, on a transport
+that keeps what is written) the request the scenario sends, ``--requests`` times, each
+once the previous answer has ended, as the scenario's client at concurrency 1 does. The
+model call is real: agentd's HTTP/1.1 client, a kept-alive connection to the stub.
+
+The measured requests run between a call of ``os.getppid()`` and one of
+``os.getpgid(0)`` (libc's ``getppid`` and ``getpgid``, which nothing else here calls),
+so callgrind's ``--zero-before=getppid --dump-before=getpgid`` writes their cost alone
+to the first dump (``callgrind.out.<pid>.1``); divide its total by ``--requests``. It
+includes the event loop's waits for the stub (``epoll_wait`` costs few instructions in
+user space) but not the stub's work. The output also says the answer's writes to the
+client per request.
+Without valgrind it prints the CPU seconds per request too (noisy, unlike the counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+# Requests before the measured ones: the connection to the stub open and warm.
+WARM = 200
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+class Transport:
+    """What the front writes to, kept (the writes of the last answer)."""
+
+    def __init__(self) -> None:
+        self.answer: list[bytes] = []
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.answer.append(data)
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:  # never reached: answers are taken at once
+        raise AssertionError("paused")
+
+    def resume_reading(self) -> None:
+        raise AssertionError("resumed")
+
+    def close(self) -> None:
+        raise AssertionError("closed")
+
+
+async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
+    from aiohttp import web
+
+    from agentd.config import from_dict
+    from agentd.server.app import create_app
+    from agentd.server.front import front_for
+
+    from .scenarios.common import STREAM_CHAT
+    from .targets import AGENTD_CONFIG
+
+    text = AGENTD_CONFIG.format(
+        workers=1, redis="", backend_type="openai", urls=f'["{upstream_url}"]'
+    )
+    app = create_app(from_dict(tomllib.loads(text)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(STREAM_CHAT)}\r\n"
+    request = (head + "\r\n" + STREAM_CHAT).encode()
+    front = front_for(app, runner.server)  # type: ignore[arg-type]
+    assert front is not None and front.streams is not None, "this agentd has no front"
+    conn = front()
+    transport = Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    incomplete = [0]
+
+    async def run(n: int) -> None:
+        for _ in range(n):
+            transport.answer = []
+            conn.data_received(request)
+            busy = conn.busy
+            if busy is not None:
+                await busy  # (after the front's own callback, which writes the answer)
+            if not transport.answer or not transport.answer[-1].endswith(_LAST_CHUNK):
+                incomplete[0] += 1
+
+    try:
+        await run(WARM)
+        writes = transport.writes
+        incomplete[0] = 0
+        started = time.process_time()
+        os.getppid()  # callgrind: --zero-before=getppid
+        await run(requests)
+        os.getpgid(0)  # callgrind: --dump-before=getpgid
+        cpu = time.process_time() - started
+    finally:
+        conn.connection_lost(None)
+        await runner.cleanup()
+    answer = b"".join(transport.answer)
+    return {
+        "agentd": str(Path(sys.modules["agentd"].__file__ or "").parent),
+        "requests": requests,
+        "incomplete": incomplete[0],
+        "client_writes_per_request": round((transport.writes - writes) / requests, 3),
+        "cpu_us_per_request": round(cpu / requests * 1e6, 2),
+        "last_head": answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n"),
+        "last_bytes": len(answer),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.front_stream", description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--agentd-root", type=Path, help="measure another checkout's agentd")
+    args = parser.parse_args()
+    if args.agentd_root is not None:
+        sys.path.insert(0, str(args.agentd_root.resolve()))
+    from . import targets  # imports agentd: after the checkout under test is first
+
+    # As in the scenario: the worker on one CPU, the stub on the others (a stub on the
+    # worker's CPU would run inside the worker's writes to it).
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, cpus[:1])
+    with (
+        tempfile.TemporaryDirectory(prefix="agentd-front-stream-") as workdir,
+        targets.upstream(Path(workdir), cpus[1:]) as upstream,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,  # as a worker's
+    ):
+        result = runner.run(serve(args.requests, upstream.url("/v1")))
+    print(json.dumps(result))
+    if result["incomplete"]:
+        sys.exit(f"not every answer ended: {result}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""``python -m bench.front_stream`` on a short run: one front connection relays every
+streamed answer of ``added-latency`` from the upstream stub, whole, in one or two writes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_front_relays_every_stream_whole() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.front_stream", "--requests", "200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["agentd"] == str(ROOT / "agentd")
+    assert (result["requests"], result["incomplete"]) == (200, 0)
+    assert "Content-Type: text/event-stream" in result["last_head"]
+    assert "X-Cache: bypass" in result["last_head"]
+    # Each stream's frames go out as the stub's reply comes: in one write, or two when
+    # the stub's first bytes came alone (never one per frame, which was 3).
+    assert 1 <= result["client_writes_per_request"] <= 2, result
