@@ -273,6 +273,15 @@ class Watch(AsyncGenerator[Event]):
         """Call ``callback`` each time an event arrives from the channel (None: stop)."""
 
     @abc.abstractmethod
+    def own(self, turn: str) -> None:
+        """The messages of ``turn`` reach this reader another way (a connection's own
+        turn, as its delta and done frames): they count as read and are never given."""
+
+    @abc.abstractmethod
+    def disown(self, turn: str) -> None:
+        """Undo :meth:`own` for a turn that stored nothing (no event will name it)."""
+
+    @abc.abstractmethod
     def poll(self) -> tuple[list[Event], bool]:
         """The events that arrived since :meth:`next_ready` stopped, as far as they need
         no waiting (no history to read: no gap, no lost subscription), and whether more
