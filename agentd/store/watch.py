@@ -204,12 +204,11 @@ class _Watcher(Watch):
             return False
         turn = messages[0].get("turn")
         last = self._last
-        if (
-            turn not in (self._own or ())
-            or (last is not None and messages[0]["seq"] != last + 1)
-            or any(m.get("turn") != turn for m in messages)
-        ):
+        if turn not in (self._own or ()) or (last is not None and messages[0]["seq"] != last + 1):
             return False
+        for message in messages:
+            if message.get("turn") != turn:
+                return False
         self._last = messages[-1]["seq"]
         self.disown(turn)
         return True
