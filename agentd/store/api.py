@@ -25,41 +25,12 @@ from typing import Any
 from ..config import Config
 from ..errors import Conflict
 
-__all__ = (
-    "DEAD_ID_RE",
-    "DEAD_MAXLEN",
-    "DELETED",
-    "KEY_UPDATABLE",
-    "TERMINAL",
-    "Blobs",
-    "DeadLetter",
-    "DeadLetters",
-    "DeadPage",
-    "Delivery",
-    "Entry",
-    "Event",
-    "Jobs",
-    "KeyPage",
-    "KeyRecord",
-    "Keyring",
-    "Member",
-    "Queue",
-    "QueueDepth",
-    "Records",
-    "Registry",
-    "SessionInfo",
-    "SessionPage",
-    "Start",
-    "StateConflict",
-    "StateDoc",
-    "StateEntry",
-    "StateListing",
-    "StateNamespace",
-    "Store",
-    "Subscription",
-    "TurnLease",
-    "Watch",
-)
+__all__ = ("DEAD_ID_RE", "DEAD_MAXLEN", "DELETED", "KEY_UPDATABLE", "TERMINAL", "Blobs",
+           "DeadLetter", "DeadLetters", "DeadPage", "Delivery", "Entry", "Event", "Jobs",
+           "KeyPage", "KeyRecord", "Keyring", "Member", "Queue", "QueueDepth", "Records",
+           "Registry", "SessionInfo", "SessionPage", "Start", "StateConflict", "StateDoc",
+           "StateEntry", "StateListing", "StateNamespace", "Store", "Subscription", "TurnLease",
+           "Watch")  # fmt: skip
 
 # -- sessions, turns, events, shared state ---------------------------------------------
 
