@@ -217,7 +217,7 @@ async def test_a_long_lived_connection_keeps_no_state_per_finished_turn(serve: F
         cancelled, before = await until(ws, "cancelled")
         assert cancelled["id"] == "x"
         frames += before
-        await wait_until(lambda: not conn.own_turns, what="no turn id left on the connection")
+        await wait_until(lambda: not conn.events._own, what="no turn id left on the connection")
         # Its own turns still never come back to it as events.
         await ws.send_json({"type": "ping"})
         _, before = await until(ws, "pong")

@@ -101,16 +101,23 @@ async def test_a_control_frame_is_written_after_the_frames_sent_before_it(
 async def test_live_session_events_are_forwarded_with_no_watcher_task(
     serve: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A turn's event reaches the connection that made it (which drops it: its turn came
-    as delta/done) and the others on the session without a task per event."""
+    """A turn's event reaches the other connections on the session without a task per
+    event, and is never handed to the connection that made it (its turn came as
+    delta/done): its watch takes the event as read as it arrives."""
     watchers: list[ws_module._Connection] = []
-    follow = ws_module._Connection.follow
+    forwarded: list[ws_module._Connection] = []
+    follow, forward = ws_module._Connection.follow, ws_module._Connection.forward
 
     async def counted(conn: ws_module._Connection) -> bool:
         watchers.append(conn)
         return await follow(conn)
 
+    def seen(conn: ws_module._Connection, event: Any) -> None:
+        forwarded.append(conn)
+        forward(conn, event)
+
     monkeypatch.setattr(ws_module._Connection, "follow", counted)
+    monkeypatch.setattr(ws_module._Connection, "forward", seen)
     url = await serve(**echo(latency_ms=0.0, tokens_per_s=0.0))
     async with (
         aiohttp.ClientSession() as http,
@@ -130,7 +137,7 @@ async def test_live_session_events_are_forwarded_with_no_watcher_task(
         for turn in range(3):
             await mine.send_json({"type": "message", "id": turn, "content": f"turn {turn}"})
             done, _ = await until(mine, "done")
-            assert mine_conn.watcher is None and mine_conn.own_turns is None
+            assert mine_conn.watcher is None and mine_conn.events._own is None  # type: ignore[union-attr]
             user_event = await receive(other)
             reply_event = await receive(other)
             assert [user_event["seq"], reply_event["seq"]] == [done["seq"] - 1, done["seq"]]
@@ -140,6 +147,7 @@ async def test_live_session_events_are_forwarded_with_no_watcher_task(
         await mine.send_json({"type": "ping"})
         assert (await receive(mine))["type"] == "pong"
         assert watchers == [mine_conn, other_conn]  # no task for any turn's event
+        assert forwarded == [other_conn] * 3  # one event per turn, to the other only
 
 
 async def test_a_turn_that_never_waits_runs_with_no_task_and_one_that_waits_in_one(

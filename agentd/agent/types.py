@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-import secrets
+import binascii
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from math import copysign
@@ -30,8 +31,15 @@ __all__ = (
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
+# base64's alphabet made URL-safe, as secrets.token_urlsafe has it.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def new_turn_id() -> str:
-    return "t_" + secrets.token_urlsafe(9)
+    """``t_`` and 72 random bits, URL-safe: ``secrets.token_urlsafe(9)`` without its
+    three Python calls (one turn each)."""
+    token = binascii.b2a_base64(os.urandom(9), newline=False).translate(_URLSAFE)
+    return "t_" + token.decode()
 
 
 @dataclass(slots=True)

@@ -134,7 +134,7 @@ class _Connection(asyncio.Protocol):
     """One WebSocket: the transport's protocol from the upgrade on."""
 
     __slots__ = ("agent", "buffer", "closed", "closing", "credential", "due", "events", "inbox",
-                 "last_seen", "outbox", "own_turns", "partial", "pending", "ping_at", "reader",
+                 "last_seen", "outbox", "partial", "pending", "ping_at", "reader",
                  "session_id", "shared", "store", "transport", "turns", "watcher",
                  "write_paused")  # fmt: skip
 
@@ -156,7 +156,6 @@ class _Connection(asyncio.Protocol):
         agents = shared.agents.all()
         self.agent = agents[0].name if agents else ""
         self.turns: dict[Any, asyncio.Task[bool]] | None = None
-        self.own_turns: set[str] | None = None
         self.events: Watch | None = None
         self.watcher: asyncio.Task[bool] | None = None  # runs while events come in
         self.closing = False  # a close frame was sent or received: nothing more is sent
@@ -536,8 +535,7 @@ class _Connection(asyncio.Protocol):
 
     def wake(self) -> None:
         """Events came in: forward them now when they need no waiting (the common case:
-        a turn's messages, this connection's own among them), else in a task that ends
-        when they stop."""
+        another connection's turn), else in a task that ends when they stop."""
         if (self.watcher is None or self.watcher.done()) and not self.closing:
             if self.events is not None:
                 ready, more = self.events.poll()
@@ -587,22 +585,13 @@ class _Connection(asyncio.Protocol):
         self.maybe_ended()
 
     def forward(self, event: Event) -> None:
+        """An event of the session: never one of this connection's own turns (its watch
+        holds them back, see ``start_turn``)."""
         if event.kind != "messages":
             self.send({"type": "event", "event": event.kind, "data": event.data})
             return
-        own = self.own_turns or ()
-        mine = set()
         for message in event.messages:
-            if (turn := message.get("turn")) in own:
-                mine.add(turn)
-                continue
             self.send({"type": "event", "seq": message["seq"], "message": message})
-        # A turn stores its messages in one append, so one event: its id is done with
-        # (kept, a long-lived connection would hold one id per turn it ever ran).
-        if mine and self.own_turns is not None:
-            self.own_turns -= mine
-            if not self.own_turns:
-                self.own_turns = None
 
     def message(self, frame: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
         """Start a turn, or, before any hello, what binds a session and then starts it."""
@@ -647,9 +636,8 @@ class _Connection(asyncio.Protocol):
             tenant=identity.tenant,
             identity=identity,
         )
-        if self.own_turns is None:
-            self.own_turns = set()
-        self.own_turns.add(turn.turn_id)
+        if self.events is not None:  # its turns come as delta/done, never as events
+            self.events.own(turn.turn_id)
         running = self.run_turn(frame_id, turn)
         if asyncio.current_task() is None:
             # Read straight off the transport: the turn runs here until it first waits,
@@ -678,10 +666,8 @@ class _Connection(asyncio.Protocol):
         self.turn_over(turn_id, not task.cancelled() and task.result())
 
     def turn_over(self, turn_id: str, stored: bool) -> None:
-        if not stored and self.own_turns is not None:
-            self.own_turns.discard(turn_id)  # no event will name it
-            if not self.own_turns:
-                self.own_turns = None
+        if not stored and self.events is not None:
+            self.events.disown(turn_id)  # no event will name it
         self.maybe_ended()
 
     async def run_turn(self, frame_id: Any, turn: TurnRequest) -> bool:

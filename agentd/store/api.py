@@ -25,41 +25,12 @@ from typing import Any
 from ..config import Config
 from ..errors import Conflict
 
-__all__ = (
-    "DEAD_ID_RE",
-    "DEAD_MAXLEN",
-    "DELETED",
-    "KEY_UPDATABLE",
-    "TERMINAL",
-    "Blobs",
-    "DeadLetter",
-    "DeadLetters",
-    "DeadPage",
-    "Delivery",
-    "Entry",
-    "Event",
-    "Jobs",
-    "KeyPage",
-    "KeyRecord",
-    "Keyring",
-    "Member",
-    "Queue",
-    "QueueDepth",
-    "Records",
-    "Registry",
-    "SessionInfo",
-    "SessionPage",
-    "Start",
-    "StateConflict",
-    "StateDoc",
-    "StateEntry",
-    "StateListing",
-    "StateNamespace",
-    "Store",
-    "Subscription",
-    "TurnLease",
-    "Watch",
-)
+__all__ = ("DEAD_ID_RE", "DEAD_MAXLEN", "DELETED", "KEY_UPDATABLE", "TERMINAL", "Blobs",
+           "DeadLetter", "DeadLetters", "DeadPage", "Delivery", "Entry", "Event", "Jobs",
+           "KeyPage", "KeyRecord", "Keyring", "Member", "Queue", "QueueDepth", "Records",
+           "Registry", "SessionInfo", "SessionPage", "Start", "StateConflict", "StateDoc",
+           "StateEntry", "StateListing", "StateNamespace", "Store", "Subscription", "TurnLease",
+           "Watch")  # fmt: skip
 
 # -- sessions, turns, events, shared state ---------------------------------------------
 
@@ -271,6 +242,15 @@ class Watch(AsyncGenerator[Event]):
     @abc.abstractmethod
     def notify(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` each time an event arrives from the channel (None: stop)."""
+
+    @abc.abstractmethod
+    def own(self, turn: str) -> None:
+        """The messages of ``turn`` reach this reader another way (a connection's own
+        turn, as its delta and done frames): they count as read and are never given."""
+
+    @abc.abstractmethod
+    def disown(self, turn: str) -> None:
+        """Undo :meth:`own` for a turn that stored nothing (no event will name it)."""
 
     @abc.abstractmethod
     def poll(self) -> tuple[list[Event], bool]:

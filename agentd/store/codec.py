@@ -18,6 +18,7 @@ __all__ = (
     "dumps",
     "dumps_limited",
     "encode_message",
+    "encode_stored",
     "meta_fields",
     "ms",
     "no_session",
@@ -46,7 +47,16 @@ def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
     """A message as stored: checked against the schema, nulls dropped (but the null
     ``content`` of a message with ``tool_calls``), ``created_at`` added, at most ``limit``
     bytes of JSON."""
-    if not isinstance(message, Mapping):
+    return encode_stored(message, now, limit)[1]
+
+
+def encode_stored(
+    message: Mapping[str, Any], now: float, limit: int
+) -> tuple[dict[str, Any], bytes]:
+    """:func:`encode_message`, with the message it encoded: what decoding the JSON would
+    give back (before ``seq``), for a caller that answers with the stored messages. Its
+    values are the caller's own objects: read them, never change them."""
+    if type(message) is not dict and not isinstance(message, Mapping):  # the ABC check is slow
         raise BadRequest("a message must be an object", code="invalid_message")
     role = message.get("role")
     if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
@@ -58,7 +68,7 @@ def encode_message(message: Mapping[str, Any], now: float, limit: int) -> bytes:
     if "tool_calls" in doc and "content" not in doc:
         doc["content"] = None  # OpenAI's shape of a reply that is only tool calls
     doc["created_at"] = now
-    return dumps_limited(doc, limit, "message", "message_too_large")
+    return doc, dumps_limited(doc, limit, "message", "message_too_large")
 
 
 def decode_message(seq: int, payload: bytes) -> dict[str, Any]:

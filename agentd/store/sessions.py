@@ -14,7 +14,7 @@ from .api import SessionInfo, SessionPage, Store
 from .codec import (
     decode_message,
     dumps,
-    encode_message,
+    encode_stored,
     meta_fields,
     no_session,
     session_info,
@@ -32,6 +32,14 @@ def activity_ms() -> int:
     return int(time.time() * 1000)
 
 
+def with_seqs(stored: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    """Messages just appended from ``first`` on, each with its ``seq`` (last, as
+    :func:`~.codec.decode_message` puts it)."""
+    for i, message in enumerate(stored):
+        message["seq"] = first + i
+    return stored
+
+
 def _cursor(after: str) -> tuple[int, str]:
     """A listing's ``after`` (``SCORE:ID``) as (score, session id)."""
     score, _, sid = after.partition(":")
@@ -45,7 +53,7 @@ def _cursor(after: str) -> tuple[int, str]:
         ) from None
 
 
-__all__ = ("MAX_PAGE", "IndexRow", "SessionStore", "activity_ms")
+__all__ = ("MAX_PAGE", "IndexRow", "SessionStore", "activity_ms", "with_seqs")
 
 
 class SessionStore(Store):
@@ -118,9 +126,19 @@ class SessionStore(Store):
             raise no_session(sid)
         return found
 
-    def _encode_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[bytes]:
+    def _encode_messages(
+        self, messages: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """The messages as stored (without ``seq``) and their JSON: the caller answers
+        with the first, never decoding the second back."""
         now = time.time()
-        return [encode_message(m, now, self.max_message_bytes) for m in messages]
+        limit = self.max_message_bytes
+        docs, payloads = [], []
+        for message in messages:
+            doc, payload = encode_stored(message, now, limit)
+            docs.append(doc)
+            payloads.append(payload)
+        return docs, payloads
 
     async def append(
         self, session_id: str, messages: Sequence[Mapping[str, Any]]
@@ -128,11 +146,11 @@ class SessionStore(Store):
         sid = validate_session_id(session_id)
         if not messages:
             raise BadRequest("nothing to append", code="invalid_message")
-        payloads = self._encode_messages(messages)
+        stored, payloads = self._encode_messages(messages)
         first = await self._append(sid, payloads)
         if first is None:
             raise no_session(sid)
-        return [decode_message(first + i, p) for i, p in enumerate(payloads)]
+        return with_seqs(stored, first)
 
     async def history(
         self,

@@ -15,7 +15,7 @@ from ..errors import Conflict
 from ..schema import validate_session_id
 from .api import SessionInfo, TurnLease
 from .codec import decode_message, ms, no_session, session_info
-from .sessions import SessionStore
+from .sessions import SessionStore, with_seqs
 from .upstream import upstream_window
 
 __all__ = ("TurnStore",)
@@ -75,13 +75,13 @@ class TurnStore(SessionStore):
         self, session_id: str, token: int, messages: Sequence[Mapping[str, Any]]
     ) -> list[dict[str, Any]]:
         sid = validate_session_id(session_id)
-        payloads = self._encode_messages(messages)
+        stored, payloads = self._encode_messages(messages)
         first = await self._end_turn(sid, token, payloads)
         if first is None:
             raise no_session(sid)
         if first < 0:
             raise Conflict("the turn lost its session lease to another turn", code="turn_lost")
-        return [decode_message(first + i, p) for i, p in enumerate(payloads)]
+        return with_seqs(stored, first)
 
     # -- primitives, each atomic in every implementation -----------------------------
 

@@ -41,18 +41,20 @@ def upstream_form(message: dict[str, Any]) -> dict[str, Any]:
 def upstream_window(rows: Iterable[tuple[int, bytes]]) -> list[dict[str, Any]]:
     """The messages of ``rows`` (sequence number, stored JSON), oldest first, in the
     form a model call sends them (shared: read only)."""
+    get = _cache.get
+    # A stored message is never an empty object: a falsy lookup is a miss.
+    return [get(payload) or _decoded(payload) for _, payload in rows]
+
+
+def _decoded(payload: bytes) -> dict[str, Any]:
+    """A message not in the cache, decoded and kept (unless it is too large)."""
     global _held
-    cache = _cache
-    window = []
-    for _, payload in rows:
-        message = cache.get(payload)
-        if message is None:
-            message = upstream_form(orjson.loads(payload))
-            size = len(payload)
-            if size <= LARGEST:
-                cache[payload] = message
-                _held += size
-                while _held > CACHE_BYTES:
-                    _held -= len(cache.popitem(last=False)[0])
-        window.append(message)
-    return window
+    message = upstream_form(orjson.loads(payload))
+    size = len(payload)
+    if size <= LARGEST:
+        cache = _cache
+        cache[payload] = message
+        _held += size
+        while _held > CACHE_BYTES:
+            _held -= len(cache.popitem(last=False)[0])
+    return message

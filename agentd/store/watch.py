@@ -10,7 +10,9 @@ sequence number it saw), its own catch-up from history, and its own bounded queu
 that falls ``MAX_BACKLOG`` events behind drops the rest until it reads again and then
 catches up from history, so a slow reader never holds the others up. An event's
 messages are the same objects for every watcher of the session: read them, never change
-them.
+them. A reader's own turns (:meth:`Watch.own`: a connection's, which it hears as delta
+and done frames) count as read without being given to it: an event that is one of them
+and follows the reader's place is taken as it arrives, queued for nobody.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class _Session:
 class _Watcher(Watch):
     """One reader's place in a session's events (see the module's docstring)."""
 
-    __slots__ = ("_after", "_callback", "_last", "_overflowed", "_parked", "_queue",
+    __slots__ = ("_after", "_callback", "_last", "_overflowed", "_own", "_parked", "_queue",
                  "_session", "_state", "_waiter")  # fmt: skip
 
     def __init__(self, session: _Session, after: int | None) -> None:
@@ -158,12 +160,28 @@ class _Watcher(Watch):
         self._callback: Callable[[], None] | None = None
         # Whether next_ready stopped at an empty queue (where poll may go on for it).
         self._parked = False
+        # The reader's own turns whose messages have not come by yet (see own).
+        self._own: set[str] | None = None
+
+    def own(self, turn: str) -> None:
+        if self._own is None:
+            self._own = set()
+        self._own.add(turn)
+
+    def disown(self, turn: str) -> None:
+        own = self._own
+        if own is not None:
+            own.discard(turn)
+            if not own:
+                self._own = None
 
     def push(self, doc: dict[str, Any] | None) -> None:
         if self._state == _ENDED:
             return
         queue = self._queue
         if queue is None:
+            if self._own is not None and self._parked and doc is not None and self._read(doc):
+                return
             queue = self._queue = collections.deque()
         elif len(queue) >= MAX_BACKLOG or self._overflowed:
             # Too far behind: drop events until the reader reaches this mark, then it
@@ -177,6 +195,23 @@ class _Watcher(Watch):
             self._waiter.set_result(None)
         if self._callback is not None:
             self._callback()
+
+    def _read(self, doc: dict[str, Any]) -> bool:
+        """Take ``doc`` as read if it is wholly one of the reader's own turns and comes
+        right after its place (nothing queued or being read before it): what giving it
+        would come to, as the reader drops its own turns' messages."""
+        if doc.get("kind") != "messages" or not (messages := doc["messages"]):
+            return False
+        turn = messages[0].get("turn")
+        last = self._last
+        if turn not in (self._own or ()) or (last is not None and messages[0]["seq"] != last + 1):
+            return False
+        for message in messages:
+            if message.get("turn") != turn:
+                return False
+        self._last = messages[-1]["seq"]
+        self.disown(turn)
+        return True
 
     def notify(self, callback: Callable[[], None] | None) -> None:
         self._callback = callback
@@ -197,8 +232,8 @@ class _Watcher(Watch):
             self._state = _LIVE
             if self._after is not None:
                 caught_up = await store._catch_up(sid, self._after)
-                if caught_up is not None:
-                    return self._given(caught_up)
+                if caught_up is not None and (event := self._given(caught_up)) is not None:
+                    return event
         while True:
             if self._state == _ENDED:
                 raise StopAsyncIteration
@@ -217,8 +252,8 @@ class _Watcher(Watch):
                 self._overflowed = False
                 if last is not None:
                     missed = await store._catch_up_again(sid, last)
-                    if missed is not None:
-                        return self._given(missed)
+                    if missed is not None and (event := self._given(missed)) is not None:
+                        return event
                 continue
             kind = doc.get("kind")
             if kind != "messages":
@@ -228,8 +263,8 @@ class _Watcher(Watch):
             messages = self._new(doc["messages"])
             if messages is None:  # a gap: fill it (and more) from history
                 messages = await store._catch_up_again(sid, last) or []
-            if messages:
-                return self._given(messages)
+            if messages and (event := self._given(messages)) is not None:
+                return event
 
     def _new(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
         """The messages of an event past the last one given; None: a gap before them."""
@@ -240,9 +275,21 @@ class _Watcher(Watch):
             return None
         return [m for m in messages if m["seq"] > last]
 
-    def _given(self, messages: list[dict[str, Any]]) -> Event:
-        """The event of ``messages`` (not empty), now the last given."""
+    def _given(self, messages: list[dict[str, Any]]) -> Event | None:
+        """The event of ``messages`` (not empty), now the last given: those of the
+        reader's own turns left out (None if that is all of them)."""
         self._last = messages[-1]["seq"]
+        own = self._own
+        if own is not None:
+            mine = {turn for m in messages if (turn := m.get("turn")) in own}
+            if mine:
+                # A turn stores its messages in one append: its id is done with.
+                messages = [m for m in messages if m.get("turn") not in mine]
+                own -= mine
+                if not own:
+                    self._own = None
+                if not messages:
+                    return None
         return Event(self._session.sid, "messages", tuple(messages))
 
     def poll(self) -> tuple[list[Event], bool]:
@@ -260,8 +307,8 @@ class _Watcher(Watch):
             if messages is None:
                 return events, True  # a gap: history to read
             queue.popleft()
-            if messages:
-                events.append(self._given(messages))
+            if messages and (event := self._given(messages)) is not None:
+                events.append(event)
         self._queue = None  # an idle watcher holds no buffer
         return events, False
 
