@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -212,14 +213,18 @@ async def test_sigterm_closes_websockets_with_1001(agentd_instance: Start, cfg: 
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
 
 
-def _steady_client(url: str, stop: threading.Event, results: list[tuple[int, int | str]]) -> None:
-    """Request ``url`` in a loop, each time on a new connection, recording every outcome."""
+def _steady_client(
+    url: str, stop: threading.Event, results: list[tuple[int, int | str, float]]
+) -> None:
+    """Request ``url`` in a loop, each time on a new connection, recording every outcome
+    and when its request began."""
     while not stop.is_set():
+        began = time.monotonic()
         try:
             status, body = http_json(url, timeout=10)
-            results.append((status, body["worker"]["generation"]))
+            results.append((status, body["worker"]["generation"], began))
         except Exception as exc:  # any failure counts
-            results.append((0, repr(exc)))
+            results.append((0, repr(exc), began))
 
 
 def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
@@ -227,7 +232,9 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
 ) -> None:
     proc = agentd_instance(cfg)
     stop = threading.Event()
-    results: list[tuple[int, int | str]] = []
+    results: list[tuple[int, int | str, float]] = []
+    # When each reload was seen complete: connections made after it meet its workers only.
+    complete: dict[int, float] = {}
     clients = [threading.Thread(target=_steady_client, args=(proc.url + "/v1/info", stop, results))
                for _ in range(4)]  # fmt: skip
     for t in clients:
@@ -239,6 +246,7 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
             proc.send(signal.SIGHUP)
             done = f"reload complete: generation {generation} serving"
             wait_until_sync(lambda d=done: d in proc.log(), 30, done)
+            complete[generation] = time.monotonic()
             mark = len(results)
             wait_until_sync(lambda m=mark: len(results) > m + 50, 30, "traffic after the reload")
     finally:
@@ -247,10 +255,45 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
             t.join(30)
     failures = [r for r in results if r[0] != 200]
     assert not failures, failures[:5]
-    assert {g for _, g in results} >= {1, 2, 3, 4}
+    assert {g for _, g, _ in results} >= {1, 2, 3, 4}
+    for generation, seen in complete.items():
+        late = [g for _, g, began in results if began > seen and g < generation]
+        assert not late, f"{len(late)} request(s) after reload {generation} met older workers"
     info = proc.info()
     assert info["workers"] == 2 and info["worker"]["generation"] == 4
     wait_until_sync(lambda: len(proc.worker_pids()) == 2, 30, "old workers to exit")
+
+
+def test_a_reload_is_complete_only_once_the_old_workers_stopped_accepting(
+    agentd_instance: Start, cfg: str
+) -> None:
+    """An old worker accepts on its slot's socket until it has handled SIGTERM; "reload
+    complete" waits for that, so a client that saw it never meets the old config."""
+    proc = agentd_instance(cfg.replace("workers = 2", "workers = 1"))
+    old = proc.info()["worker"]["pid"]
+    held: list[tuple[int, Any]] = []
+    # The old worker's loop stops for longer than the new worker takes to start.
+    holder = threading.Thread(
+        target=lambda: held.append(http_json(proc.url + "/test/block?seconds=8", timeout=60))
+    )
+    holder.start()
+
+    def held_up() -> bool:
+        try:
+            proc.get("/healthz", timeout=0.5)
+        except OSError:  # no answer: the loop is held
+            return True
+        return False
+
+    wait_until_sync(held_up, 30, "the old worker's loop to be held")
+    proc.send(signal.SIGHUP)
+    done = "reload complete: generation 2 serving"
+    wait_until_sync(lambda: done in proc.log(), 60, done)
+    log = proc.log()
+    assert "worker 0 draining" in log[: log.index(done)], "complete before the old one drained"
+    holder.join(60)
+    assert held and held[0][0] == 200 and held[0][1]["pid"] == old
+    assert proc.info()["worker"]["generation"] == 2
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_workers(

@@ -396,13 +396,14 @@ async def test_a_websocket_refreshed_in_band_stays_open(serve: Factory, signer: 
     url = await serve(**signer.config(leeway_s=0.0, ws_grace_s=2.0))
     async with (
         aiohttp.ClientSession() as http,
-        http.ws_connect(url + "/v1/ws", **browser(short_lived(signer))) as kept,
+        # Lives long enough for both handshakes on a busy machine (an expired token gets 401).
+        http.ws_connect(url + "/v1/ws", **browser(short_lived(signer, 3.0))) as kept,
     ):
         await kept.send_json({"type": "hello"})
         await until(kept, "ready")
         # A witness with the same kind of token, expiring a little later and never
         # refreshed: once it is closed, the kept one would have been too.
-        async with http.ws_connect(url + "/v1/ws", **browser(short_lived(signer, 1.3))) as witness:
+        async with http.ws_connect(url + "/v1/ws", **browser(short_lived(signer, 3.3))) as witness:
             await until(kept, "auth_expired")
             fresh = signer.token(exp=time.time() + 300)
             await kept.send_json({"type": "auth", "token": fresh})

@@ -62,6 +62,7 @@ class Worker:
     ready_at: float | None = None
     last_seen: float = 0.0
     kill_at: float | None = None  # set once told to drain
+    accepting: bool = True  # until the worker says it stopped accepting (or exits)
 
     @property
     def draining(self) -> bool:
@@ -380,7 +381,12 @@ class Supervisor:
             if all_ready or (successor is not None and successor.ready_at is not None):
                 self._drain(w, now)
         if all_ready and self._announced != self.generation:
-            self._generation_ready()
+            # An old worker accepts on its slot's socket until it has handled SIGTERM.
+            old_accepting = any(
+                w.accepting for w in self.workers.values() if w.generation != self.generation
+            )
+            if not old_accepting:
+                self._generation_ready()
 
     def _generation_ready(self) -> None:
         if self._previous is not None:
@@ -449,6 +455,8 @@ class Supervisor:
         if not data:
             return
         w.last_seen = now
+        if worker_mod.NOT_ACCEPTING in data:
+            w.accepting = False
         if worker_mod.READY in data and w.ready_at is None:
             w.ready_at = now
             log.debug("worker %d (pid %d) ready", w.slot, w.pid)

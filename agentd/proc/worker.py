@@ -35,6 +35,10 @@ __all__ = ("HEARTBEAT", "HEARTBEAT_INTERVAL", "READY", "run")
 log = logging.getLogger(__name__)
 
 READY = b"r"
+# Written once the worker stopped accepting: the supervisor announces a reload complete
+# only when every old worker has said it (or exited), so no new connection meets the
+# old configuration after it.
+NOT_ACCEPTING = b"c"
 HEARTBEAT = b"h"
 HEARTBEAT_INTERVAL = 1.0
 
@@ -176,6 +180,8 @@ async def _serve(info: WorkerInfo, socks: list[socket.socket], config: Config, p
     # Connections already queued on them are taken in and served, not reset with the
     # socket (last_accept.py); during a reload the slot's next worker takes later ones.
     await stop_accepting(sites, socks, factory)
+    with contextlib.suppress(OSError):
+        os.write(pipe_w, NOT_ACCEPTING)
     if front is not None:
         # Every connection the front holds becomes aiohttp's: the drain below treats
         # them all alike; then the answers it is still working out get their time.
