@@ -39,36 +39,23 @@ from typing import Any
 
 import uvloop
 
+from .front_hit import Transport as KeptTransport
+
 # Requests before the measured ones: the connection to the stub open and warm.
 WARM = 200
 _LAST_CHUNK = b"0\r\n\r\n"
 
 
-class Transport:
+class Transport(KeptTransport):
     """What the front writes to, kept (the writes of the last answer)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.answer: list[bytes] = []
-        self.writes = 0
 
     def write(self, data: bytes) -> None:
+        super().write(data)
         self.answer.append(data)
-        self.writes += 1
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:  # never reached: answers are taken at once
-        raise AssertionError("paused")
-
-    def resume_reading(self) -> None:
-        raise AssertionError("resumed")
-
-    def close(self) -> None:
-        raise AssertionError("closed")
 
 
 async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
