@@ -40,12 +40,13 @@ from typing import cast
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
+from ..aio import start
 from ..config import Config
 from ..metrics import Metrics
 from ..runtime import WorkerState
 from .auth import authenticate
 from .front_chat import ROUTE as CHAT_ROUTE
-from .front_chat import Answer, HotChat, start, status_line
+from .front_chat import Answer, HotChat, status_line
 from .front_stream import STREAM_MARK, HotStream
 from .keys import CONFIG, METRICS, STATE
 from .middleware import close_when_draining, observe

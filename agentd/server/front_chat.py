@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Coroutine, Generator
+from collections.abc import Collection, Coroutine
 from http import HTTPStatus
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -44,7 +44,7 @@ from ..fastpath import parse_chat
 from .chat import chat_reply, chat_turn
 from .keys import AGENTS, AUTH, CONFIG
 
-__all__ = ("HotChat", "start")
+__all__ = ("HotChat",)
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ ROUTE = "/v1/chat/completions"
 # What the front answers with (its headers, or their lines), and None: "give the
 # request to aiohttp".
 Answer = tuple[int, Collection[tuple[str, str]] | bytes, bytes] | None
-# What a coroutine the front starts gives (an Answer, or a stream's status).
-T = TypeVar("T")
 _TOOL_PARAMS = frozenset(("tools", "tool_choice", "parallel_tool_calls"))
 # The bodies whose turns are kept (the oldest goes first), and the longest kept: a few
 # MiB at most, parsed messages included.
@@ -188,43 +186,3 @@ def _credential(authorization: bytes | None) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
-
-
-def start(coro: Coroutine[Any, Any, T]) -> T | asyncio.Task[T]:
-    """Run ``coro`` in the caller's call until it first suspends: its answer if it did
-    not (an L1 hit: no task, no scheduling), else a task that runs the rest."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration as stop:
-        return stop.value  # type: ignore[no-any-return]
-    return asyncio.get_running_loop().create_task(_rest(coro, yielded))
-
-
-async def _rest(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
-    return await _Resumed(coro, yielded)
-
-
-class _Resumed(Generic[T]):
-    """A coroutine already started and suspended on ``yielded``, awaited from where it
-    stopped: the task waits for what it waits for and passes results and exceptions in."""
-
-    __slots__ = ("coro", "yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, T], yielded: Any) -> None:
-        self.coro, self.yielded = coro, yielded
-
-    def __await__(self) -> Generator[Any, Any, T]:
-        coro, yielded = self.coro, self.yielded
-        while True:
-            try:
-                sent = yield yielded
-            except BaseException as exc:  # passed on: the coroutine decides
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
-            else:
-                try:
-                    yielded = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value  # type: ignore[no-any-return]
