@@ -37,7 +37,8 @@ from typing import Final
 from yarl import URL
 
 from ..errors import UpstreamError, UpstreamTimeout
-from .http1_connection import Connection, Response, StaleConnection
+from .http1_connection import Connection, StaleConnection
+from .http1_response import Response
 
 __all__ = ("Http1Client", "Origin", "Response")
 

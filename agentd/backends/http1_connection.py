@@ -3,25 +3,23 @@ parses the response as it arrives (the status line and headers, then a body fram
 ``Content-Length``, chunked or by the close of the connection, decompressed when
 ``gzip`` or ``deflate``), pausing the transport while the caller is behind.
 
-:class:`Response` is what the caller reads the body through. The pool that opens
-connections and hands them to calls is :mod:`.http1`.
+:class:`.http1_response.Response` is what the caller reads the body through. The pool
+that opens connections and hands them to calls is :mod:`.http1`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import zlib
 from typing import Final, Protocol
 
 from ..errors import UpstreamError, UpstreamTimeout
+from .http1_response import Response, protocol_error
 
-__all__ = ("Connection", "ConnectionPool", "Response", "StaleConnection")
+__all__ = ("Connection", "ConnectionPool", "StaleConnection")
 
 _MAX_HEAD: Final = 64 * 1024
 _MAX_CHUNK_LINE: Final = 4096
-# Unread body bytes past which the connection stops reading until the caller catches up.
-_HIGH_WATER: Final = 256 * 1024
 # Body bytes read and dropped after the caller is done, to reuse the connection (see drain).
 _DRAIN_BYTES: Final = 64 * 1024
 # How early a deadline's timer may fire (the resolution of the event loop's clock).
@@ -31,10 +29,6 @@ _CLOCK_S: Final = 0.001
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
 # Chunked decoding states.
 _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
-
-
-def _protocol_error(what: str) -> UpstreamError:
-    return UpstreamError(f"upstream sent a malformed reply: {what}", code="upstream_protocol")
 
 
 def _incomplete() -> UpstreamError:
@@ -58,120 +52,6 @@ class ConnectionPool(Protocol):
     def release(self, conn: Connection, ended: bool = False) -> None:
         """Take back the connection after its call (``ended``: the rest of its body
         is only the end of the reply)."""
-
-
-class Response:
-    """One response as it arrives: its head once :meth:`Connection.request` returns, its
-    body through :meth:`read_any` / :meth:`read`."""
-
-    __slots__ = (
-        "_conn",
-        "_decoder",
-        "_pieces",
-        "_size",
-        "_waiter",
-        "done",
-        "error",
-        "headers",
-        "reason",
-        "status",
-    )
-
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
-        self.status = 0
-        self.reason = ""
-        self.headers: dict[str, str] = {}
-        self._pieces: collections.deque[bytes] = collections.deque()
-        self._size = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._decoder: zlib._Decompress | None = None
-        self.done = False  # the whole body has arrived
-        self.error: BaseException | None = None
-
-    @property
-    def content_type(self) -> str:
-        """The media type, lower case, without parameters (aiohttp's ``content_type``)."""
-        value = self.headers.get("content-type", "application/octet-stream")
-        return value.partition(";")[0].strip().lower()
-
-    async def read_any(self) -> bytes:
-        """The body bytes that came since the last read, waiting for some; ``b""`` at the
-        end of the body."""
-        while True:
-            if self._pieces:
-                return self._take()
-            if self.error is not None:
-                raise self.error
-            if self.done:
-                return b""
-            await self._wait()
-
-    async def read(self, limit: int = -1) -> bytes:
-        """The rest of the body (at most ``limit`` bytes when ``limit >= 0``)."""
-        parts = []
-        size = 0
-        while limit < 0 or size < limit:
-            data = await self.read_any()
-            if not data:
-                break
-            parts.append(data)
-            size += len(data)
-        body = b"".join(parts)
-        if 0 <= limit < len(body):
-            self._pieces.appendleft(body[limit:])  # not read: it stays for the next reader
-            self._size += len(body) - limit
-            body = body[:limit]
-        return body
-
-    def _take(self) -> bytes:
-        pieces = self._pieces
-        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
-        pieces.clear()
-        if self._size >= _HIGH_WATER:
-            self._conn.resume()
-        self._size = 0
-        return data
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self._conn.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _body(self, data: bytes) -> None:
-        if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error:
-                self._fail(_protocol_error("the body does not decompress"))
-                return
-            if not data:
-                return
-        self._pieces.append(data)
-        self._size += len(data)
-        if self._size >= _HIGH_WATER:
-            self._conn.pause()
-        self._wake()
-
-    def _finish(self) -> None:
-        if self._decoder is not None:
-            rest = self._decoder.flush()
-            if rest:
-                self._pieces.append(rest)
-        self.done = True
-        self._wake()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None and not self.done:
-            self.error = exc
-            self._wake()
 
 
 class Connection(asyncio.Protocol):
@@ -390,16 +270,16 @@ class Connection(asyncio.Protocol):
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > _MAX_HEAD:
-                    raise _protocol_error("the response head is too long")
+                    raise protocol_error("the response head is too long")
                 if not buffer.startswith(b"HTTP/"[: len(buffer)]):
-                    raise _protocol_error("not an HTTP response")
+                    raise protocol_error("not an HTTP response")
                 return False
             lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
             del buffer[: end + 4]
             version, _, rest = lines[0].partition(" ")
             code, _, reason = rest.partition(" ")
             if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
-                raise _protocol_error("not an HTTP/1.x status line")
+                raise protocol_error("not an HTTP/1.x status line")
             status = int(code)
             if 100 <= status < 200 and status != 101:
                 continue
@@ -407,7 +287,7 @@ class Connection(asyncio.Protocol):
             for line in lines[1:]:
                 name, colon, value = line.partition(":")
                 if not colon or not name or name != name.strip():
-                    raise _protocol_error("a header line without a name")
+                    raise protocol_error("a header line without a name")
                 name = name.lower()
                 value = value.strip()
                 if name in headers and name != "content-length":
@@ -426,19 +306,19 @@ class Connection(asyncio.Protocol):
         elif encoding == "deflate":
             response._decoder = zlib.decompressobj()
         elif encoding != "identity":
-            raise _protocol_error(f"unsupported content encoding {encoding!r}")
+            raise protocol_error(f"unsupported content encoding {encoding!r}")
         transfer = headers.get("transfer-encoding")
         length = headers.get("content-length")
         if status in (204, 304):
             self._framing = _NONE
         elif transfer is not None:
             if transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                raise _protocol_error(f"unsupported transfer encoding {transfer!r}")
+                raise protocol_error(f"unsupported transfer encoding {transfer!r}")
             self._framing = _CHUNKED
             self._chunk_state = _SIZE
         elif length is not None:
             if not length.isdigit():
-                raise _protocol_error("a bad Content-Length")
+                raise protocol_error("a bad Content-Length")
             self._framing = _LENGTH
             self._remaining = int(length)
         else:
@@ -507,14 +387,14 @@ class Connection(asyncio.Protocol):
                     buffer += data[pos:]
                     return False
                 if data[pos : pos + 2] != b"\r\n":
-                    raise _protocol_error("a chunk without its CRLF")
+                    raise protocol_error("a chunk without its CRLF")
                 pos += 2
                 self._chunk_state = _SIZE
             else:  # _SIZE or _TRAILER: a line
                 eol = data.find(b"\r\n", pos)
                 if eol < 0:
                     if end - pos > _MAX_CHUNK_LINE:
-                        raise _protocol_error("a chunk size line is too long")
+                        raise protocol_error("a chunk size line is too long")
                     buffer += data[pos:]
                     return False
                 line = data[pos:eol]
@@ -529,8 +409,8 @@ class Connection(asyncio.Protocol):
                 try:
                     self._remaining = int(size, 16)
                 except ValueError:
-                    raise _protocol_error("a bad chunk size") from None
+                    raise protocol_error("a bad chunk size") from None
                 if self._remaining < 0:
-                    raise _protocol_error("a bad chunk size")
+                    raise protocol_error("a bad chunk size")
                 self._chunk_state = _DATA if self._remaining else _TRAILER
         return False
