@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import pytest
@@ -139,6 +139,43 @@ async def test_a_turn_heard_by_a_listener_ends_as_one_that_is_not(agents: Factor
     assert _cache_counts(by_run) == _cache_counts(by_complete)
     assert _stage_counts(by_run) == _stage_counts(by_complete)
     assert by_run.admission.inflight == by_complete.admission.inflight == 0
+
+
+class EndRecorder(Recorder):
+    """Hears a turn, and its end with the turns its agents still run at that moment."""
+
+    def __init__(self, agents: Agents) -> None:
+        super().__init__()
+        self.agents = agents
+        self.ends: list[tuple[str, dict[str, Any], int, int]] = []
+
+    def ended(self, finish_reason: str, usage: Mapping[str, Any]) -> None:
+        inflight = self.agents.admission.inflight
+        self.ends.append((finish_reason, dict(usage), len(self.heard), inflight))
+
+
+async def test_a_listener_hears_the_end_before_the_turns_bookkeeping(agents: Factory) -> None:
+    # A turn without a session tells its end once, after its last delta and with its
+    # result's finish and usage, while it still runs (admitted: its bookkeeping to come).
+    app = await agents()
+    sid = (await app.store.create_session()).id
+    script: list[tuple[str | None, dict[str, Any], bool]] = [
+        (None, {}, False),  # bypass: told at the model's last chunk
+        (None, {"temperature": 0}, False),  # miss, through the cache
+        (None, {"temperature": 0}, False),  # hit-l1
+        (None, {}, True),  # asked to stop
+        (sid, {}, False),  # a session's turn: stored after, not told
+    ]
+    for session, params, stop in script:
+        recorder = EndRecorder(app)
+        req = turn_request("one two three", session, **params)
+        done = await app.run(req, deadline=deadline(), interrupt=asked(stop), listener=recorder)
+        if session is not None:
+            assert recorder.ends == []
+            continue
+        heard = len(recorder.heard)
+        assert recorder.ends == [(done.finish_reason, done.usage, heard, 1)], (params, stop)
+        assert app.admission.inflight == 0
 
 
 async def test_a_turn_id_is_stored_once_however_many_run_it(agents: Factory) -> None:

@@ -24,7 +24,7 @@ class Reply:
 
     __slots__ = (
         "calls", "cancelled", "finish", "level", "node", "parts", "prompt_chars", "relayed",
-        "usage",
+        "told", "usage",
     )  # fmt: skip
 
     def __init__(self, level: str) -> None:
@@ -35,6 +35,7 @@ class Reply:
         self.relayed = False  # tool call pieces reached the listener as they came
         self.level = level  # where it came from: a cache level, miss or bypass
         self.prompt_chars = 0  # the prompt's length, for a token estimate (with limits)
+        self.told = False  # the listener heard the reply ended (Listener.ended)
 
     def end(self, finish: str | None, usage: dict[str, Any] | None, node: str | None) -> None:
         self.finish = finish or self.finish

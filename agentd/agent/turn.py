@@ -274,6 +274,9 @@ class Agents:
         else:
             calls = None if reply.cancelled else reply.calls  # a cut call is no call
         finish = "tool_calls" if calls else "cancelled" if cancelled else reply.finish
+        # (Held and tool_loop None: told the end before the bookkeeping, if not in _call.)
+        if not (calls or reply.told) and listener is not None and held is tool_loop is None:
+            listener.ended(finish, reply.usage)
         if len(replies) == 1:
             text, usage = "".join(reply.parts), reply.usage
         else:
@@ -401,6 +404,9 @@ class Agents:
         if listener is not None:
             listener.source(level)
         reply = Reply(level)
+        # A stream's last chunk ends it (Chunk): a turn nothing can fail after tells its
+        # listener then, before the pool's bookkeeping (Listener.ended).
+        early = listener is not None and level == "bypass" and req.session_id is plan.loop is None
         if ticket is not None and not level.startswith("hit"):
             reply.prompt_chars = sum(text_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
@@ -466,6 +472,9 @@ class Agents:
                             reply.node = item.node
                         if item.tool_calls is not None:
                             reply.calls = item.tool_calls
+                        if early and item.finish_reason and not (reply.calls or interrupt.asked):
+                            reply.told = True
+                            listener.ended(reply.finish, reply.usage)  # type: ignore[union-attr]
                     if interrupt.asked:
                         reply.cancel()
                         break

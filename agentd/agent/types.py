@@ -220,6 +220,12 @@ class Listener:
     async def delta(self, text: str) -> None:
         """A piece of the reply's text."""
 
+    def ended(self, finish_reason: str, usage: Mapping[str, Any]) -> None:
+        """The reply is whole and what the turn still does (counting, settling the
+        caller's limits) changes nothing a client hears: told then, before that work,
+        so a stream can end at once. Told only for a turn of one model call, without a
+        session and with no tool calls in its reply (nothing can fail after it)."""
+
     async def tool_deltas(self, pieces: list[dict[str, Any]]) -> None:
         """Pieces of the reply's tool calls, in OpenAI's streamed shape (``index``, and
         on a call's first piece its ``id``, ``type`` and ``function.name``; then

@@ -15,7 +15,10 @@ then ``[DONE]``, as the route sends it.
 
 The chunks of one pass of the event loop (those one upstream read brought) go out in
 one write at its end (a write each cost a send and a wake-up of the client each), the
-end of the stream with them when it came in the same pass. Back-pressure as aiohttp's
+end of the stream with them when it came in the same pass. The end is written when the
+turn says its reply is whole (:meth:`.Listener.ended`, at the model's last chunk), not
+after the turn's bookkeeping (the pool's, the limits', the metrics'): the client's wait
+for ``[DONE]`` does not include it. Back-pressure as aiohttp's
 writer: while the transport's buffer is over its high-water mark (the front's
 connection is paused) the turn waits for it to drain before its next chunk, so a client
 that does not read holds the turn (and its model call, which is not read either)
@@ -124,6 +127,7 @@ class _Writer(Listener):
         "cache",
         "chunks",
         "conn",
+        "ended_as",
         "include_usage",
         "pending",
         "ratelimit",
@@ -139,15 +143,22 @@ class _Writer(Listener):
         self.started = False
         # Frames not yet written: those of one pass of the event loop go in one write.
         self.pending: list[bytes] = []
+        # The status the stream ended with once its end is written (:meth:`ended`).
+        self.ended_as: int | None = None
 
     async def run(self, agents: Agents, deadline: float) -> Answer | int:
         chunks = self.chunks
         try:
             done = await agents.run(self.turn, deadline=deadline, listener=self)
+            if self.ended_as is not None:
+                return self.ended_as
             end = [chunks.finish(done.finish_reason, self.turn.session_id, done.seq)]
             if self.include_usage:
                 end.append(chunks.usage(done.usage))
         except AgentdError as exc:
+            if self.ended_as is not None:  # after the end: the client has its reply
+                log.error("error after a stream's end on POST %s: %s", ROUTE, exc)
+                return self.ended_as
             if not self.started:
                 return error_answer(exc)
             end = [error_frame(exc)]  # the head is gone: said in the stream, as OpenAI does
@@ -155,17 +166,23 @@ class _Writer(Listener):
             if isinstance(exc, ConnectionError) and self._gone():
                 return CLIENT_CLOSED  # as the route's middleware counts it
             log.exception("unhandled error on POST %s", ROUTE)
+            if self.ended_as is not None:
+                return 500
             if not self.started:
                 return error_answer(Internal("internal server error"))
             self._flush()
             self.conn.close()  # a stream cut short: the client sees no [DONE]
             return 500
+        return self._end(end)
+
+    def _end(self, end: list[bytes]) -> int:
+        """Write the frames not written yet, ``end`` and ``[DONE]``: the status."""
         if self._gone():
             return CLIENT_CLOSED
         data = self.pending
         self.pending = []
         if not self.started:
-            data.append(self._head() + _chunk(chunks.role()))
+            data.append(self._head() + _chunk(self.chunks.role()))
         data += [_chunk(frame) for frame in end]
         data.append(_END)
         self.conn.send(b"".join(data))
@@ -219,6 +236,12 @@ class _Writer(Listener):
 
     def limits(self, headers: Mapping[str, str]) -> None:
         self.ratelimit = headers
+
+    def ended(self, finish_reason: str, usage: Mapping[str, Any]) -> None:
+        end = [self.chunks.finish(finish_reason, self.turn.session_id)]
+        if self.include_usage:
+            end.append(self.chunks.usage(usage))
+        self.ended_as = self._end(end)
 
     async def delta(self, text: str) -> None:
         await self._write(self.chunks.content(text))
