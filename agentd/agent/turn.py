@@ -38,6 +38,7 @@ from ..tools import Tools, ToolSet
 from .admission import Admission
 from .builtins import Builtins, builtin_specs
 from .lease import Held, Interrupt, Leases
+from .listening import admitted, admitted_now, listed
 from .loop import STEP_SEPARATOR, ClientView, ToolLoop, merge_tools
 from .registry import Registry
 from .reply import (
@@ -144,11 +145,11 @@ class Agents:
                 if (
                     ticket is not None
                     and not (ticket.ready and listener is None)
-                    and not _admitted_now(ticket, listener)
+                    and not admitted_now(ticket, listener)
                 ):
-                    await _admitted(ticket, listener)
+                    await admitted(ticket, listener)
                 if toolset is not None:
-                    await _listed(toolset, listener)
+                    await listed(toolset, listener)
                 plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -159,12 +160,12 @@ class Agents:
             hold = self.leases.hold(store, req.session_id, agent.history, deadline, interrupt)
             async with hold as held:
                 timings.session = loop.time() - started
-                if ticket is not None and not _admitted_now(ticket, listener):
-                    await _admitted(ticket, listener)
+                if ticket is not None and not admitted_now(ticket, listener):
+                    await admitted(ticket, listener)
                 if req.may_repeat and (earlier := stored_reply(req.turn_id, held.history)):
                     return await told_again(earlier, agent, req, timings, listener)
                 if toolset is not None:
-                    await _listed(toolset, listener)
+                    await listed(toolset, listener)
                 plan = self._plan(agent, req, held.window, toolset, interrupt, listener)
                 return await self._reply(agent, req, plan, held, timings, deadline,
                                          interrupt, listener, ticket)  # fmt: skip
@@ -274,8 +275,10 @@ class Agents:
         else:
             calls = None if reply.cancelled else reply.calls  # a cut call is no call
         finish = "tool_calls" if calls else "cancelled" if cancelled else reply.finish
-        # (Held and tool_loop None: told the end before the bookkeeping, if not in _call.)
-        if not (calls or reply.told) and listener is not None and held is tool_loop is None:
+        # One model call, no session, no calls: the listener hears the end before the
+        # bookkeeping below (unless _call told it at the last chunk).
+        alone = held is None and tool_loop is None
+        if alone and listener is not None and not (calls or reply.told):
             listener.ended(finish, reply.usage)
         if len(replies) == 1:
             text, usage = "".join(reply.parts), reply.usage
@@ -406,7 +409,8 @@ class Agents:
         reply = Reply(level)
         # A stream's last chunk ends it (Chunk): a turn nothing can fail after tells its
         # listener then, before the pool's bookkeeping (Listener.ended).
-        early = listener is not None and level == "bypass" and req.session_id is plan.loop is None
+        early = listener is not None and level == "bypass"
+        early = early and req.session_id is None and plan.loop is None
         if ticket is not None and not level.startswith("hit"):
             reply.prompt_chars = sum(text_chars(m) for m in plan.request.messages)
         loop = asyncio.get_running_loop()
@@ -482,32 +486,6 @@ class Agents:
         if not timings.upstream_ttft and (reply.parts or (reply.calls and not reply.cancelled)):
             timings.upstream_ttft = first - started
         return reply
-
-
-def _admitted_now(ticket: Ticket, listener: Listener | None) -> bool:
-    """:func:`_admitted` without a coroutine when the admission is answered already (a
-    request admitted on its worker's leases); False: await :func:`_admitted`."""
-    headers = ticket.answered()
-    if headers is None:
-        return False
-    if listener is not None and headers:
-        listener.limits(headers)
-    return True
-
-
-async def _admitted(ticket: Ticket | None, listener: Listener | None) -> None:
-    """Wait for the caller's limits to admit the turn, and tell the listener the headers."""
-    if ticket is None:
-        return
-    headers = await ticket.admitted()
-    if listener is not None and headers:
-        listener.limits(headers)
-
-
-async def _listed(toolset: ToolSet | None, listener: Listener | None) -> None:
-    """Tell the listener the turn's tools, once admitted (nothing for a turn without)."""
-    if toolset is not None and listener is not None:
-        await listener.tools_listed(toolset)
 
 
 def _cache_scope(agent: AgentConfig, tenant: str) -> str:
