@@ -94,6 +94,23 @@ class Transport:
         raise AssertionError("closed")
 
 
+def chat_post(body: str, headers: str = "") -> bytes:
+    """A ``POST /v1/chat/completions`` of ``body`` as a client sends it (``headers``: more
+    header lines, each ending in CRLF)."""
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{headers}"
+    return (head + "\r\n" + body).encode()
+
+
+def connect(front: Any, transport: Transport) -> Any:
+    """A connection of the worker's ``front`` (None: this agentd has none) on
+    ``transport``."""
+    assert front is not None, "this agentd has no front"
+    conn = front()
+    conn.connection_made(transport)
+    return conn
+
+
 async def serve(keyed: bool, requests: int, redis_url: str, clock: Clock) -> dict[str, Any]:
     from aiohttp import web
 
@@ -115,21 +132,19 @@ async def serve(keyed: bool, requests: int, redis_url: str, clock: Clock) -> dic
     app = create_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
-    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    head += f"Content-Type: application/json\r\nContent-Length: {len(HIT_CHAT)}\r\n"
+    headers = ""
     if keyed:
         made = new_key()
         record = KeyRecord(
             made.id, "bench", made.secret_hash, name="load", scopes=("chat",), limits=KEY_LIMITS
         )
         await app[STORE].keyring.create(record)
-        head += f"Authorization: Bearer {made.key}\r\n"
-    request = (head + "\r\n" + HIT_CHAT).encode()
+        headers = f"Authorization: Bearer {made.key}\r\n"
+    request = chat_post(HIT_CHAT, headers)
     front = front_for(app, runner.server)  # type: ignore[arg-type]
-    assert front is not None and front.chat is not None, "this agentd has no front"
-    conn = front()
+    assert front is None or front.chat is not None, "this agentd's front answers no chat"
     transport = Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn = connect(front, transport)
 
     suspended = [0]
     args = ((request,),)

@@ -40,6 +40,7 @@ from typing import Any
 import uvloop
 
 from .front_hit import Transport as KeptTransport
+from .front_hit import chat_post, connect
 
 # Requests before the measured ones: the connection to the stub open and warm.
 WARM = 200
@@ -74,14 +75,11 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
     app = create_app(from_dict(tomllib.loads(text)))
     runner = web.AppRunner(app)
     await runner.setup()
-    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-    head += f"Content-Type: application/json\r\nContent-Length: {len(STREAM_CHAT)}\r\n"
-    request = (head + "\r\n" + STREAM_CHAT).encode()
+    request = chat_post(STREAM_CHAT)
     front = front_for(app, runner.server)  # type: ignore[arg-type]
-    assert front is not None and front.streams is not None, "this agentd has no front"
-    conn = front()
+    assert front is None or front.streams is not None, "this agentd's front streams nothing"
     transport = Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn = connect(front, transport)
     incomplete = [0]
 
     async def run(n: int) -> None:
