@@ -33,4 +33,4 @@ async def admitted(ticket: Ticket | None, listener: Listener | None) -> None:
 async def listed(toolset: ToolSet | None, listener: Listener | None) -> None:
     """Tell the listener the turn's tools, once admitted (nothing for a turn without)."""
     if toolset is not None and listener is not None:
-        await listener.toolslisted(toolset)
+        await listener.tools_listed(toolset)
