@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,15 @@ def connect(front: Any, transport: Transport) -> Any:
     return conn
 
 
+async def measured(run: Callable[[int], Awaitable[None]], requests: int) -> float:
+    """``run(requests)`` between callgrind's markers (module docstring); its CPU seconds."""
+    started = time.process_time()
+    os.getppid()  # callgrind: --zero-before=getppid
+    await run(requests)
+    os.getpgid(0)  # callgrind: --dump-before=getpgid
+    return time.process_time() - started
+
+
 async def serve(keyed: bool, requests: int, redis_url: str, clock: Clock) -> dict[str, Any]:
     from aiohttp import web
 
@@ -168,11 +178,7 @@ async def serve(keyed: bool, requests: int, redis_url: str, clock: Clock) -> dic
         await run(WARM)  # the reply cached, the key verified, the leases granted
         writes = transport.writes
         suspended[0] = 0
-        started = time.process_time()
-        os.getppid()  # callgrind: --zero-before=getppid
-        await run(requests)
-        os.getpgid(0)  # callgrind: --dump-before=getpgid
-        cpu = time.process_time() - started
+        cpu = await measured(run, requests)
     finally:
         clock.uninstall()
     last = transport.last

@@ -32,7 +32,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import uvloop
 
 from .front_hit import Transport as KeptTransport
-from .front_hit import chat_post, connect
+from .front_hit import chat_post, connect, measured
 
 # Requests before the measured ones: the connection to the stub open and warm.
 WARM = 200
@@ -96,11 +95,7 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
         await run(WARM)
         writes = transport.writes
         incomplete[0] = 0
-        started = time.process_time()
-        os.getppid()  # callgrind: --zero-before=getppid
-        await run(requests)
-        os.getpgid(0)  # callgrind: --dump-before=getpgid
-        cpu = time.process_time() - started
+        cpu = await measured(run, requests)
     finally:
         conn.connection_lost(None)
         await runner.cleanup()

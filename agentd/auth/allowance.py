@@ -86,8 +86,10 @@ class Allowance:
         self.dirty = False
         self.retired = False
 
-    def release(self) -> None:
-        """A request admitted here ended: its slot is free again."""
+    def release(self, hits: int = 0) -> None:
+        """A request admitted here ended: its slot is free again (``hits``: 1 when it was
+        a cache hit, counted here and written in batches)."""
+        self.hits += hits
         if not self.dirty:
             self.dirty = True
             self.limiter.counted(self)

@@ -174,17 +174,8 @@ class Leased(Ticket):
         self.ended = True
         allowance = self.allowance
         if ran and cache.startswith("hit"):
-            # A cache hit charges nothing: counted by its allowance, written in batches
-            # (Allowance.hit, inline: once per request).
-            allowance.hits += 1
-            if not allowance.dirty:
-                allowance.dirty = True
-                allowance.limiter.counted(allowance)
-            if allowance.retired:
-                for lease in allowance.conc:
-                    lease.busy -= 1
-            else:
-                allowance.free += 1
+            # A cache hit charges nothing: counted by its allowance, written in batches.
+            allowance.release(1)
             return
         charge = charge_of(usage, cache, prompt_chars, completion_chars) if ran else NO_CHARGE
         allowance.limiter.settled(self, charge)
