@@ -265,16 +265,17 @@ def test_sighup_under_load_fails_no_request_and_applies_the_new_config(
 
 
 def test_a_reload_is_complete_only_once_the_old_workers_stopped_accepting(
-    agentd_instance: Start, cfg: str
+    agentd_instance: Start, cfg: str, tmp_path: Path
 ) -> None:
     """An old worker accepts on its slot's socket until it has handled SIGTERM; "reload
     complete" waits for that, so a client that saw it never meets the old config."""
     proc = agentd_instance(cfg.replace("workers = 2", "workers = 1"))
     old = proc.info()["worker"]["pid"]
+    fifo = tmp_path / "hold"
+    os.mkfifo(fifo)
     held: list[tuple[int, Any]] = []
-    # The old worker's loop stops for longer than the new worker takes to start.
     holder = threading.Thread(
-        target=lambda: held.append(http_json(proc.url + "/test/block?seconds=8", timeout=60))
+        target=lambda: held.append(http_json(f"{proc.url}/test/hold?fifo={fifo}", timeout=60))
     )
     holder.start()
 
@@ -287,6 +288,11 @@ def test_a_reload_is_complete_only_once_the_old_workers_stopped_accepting(
 
     wait_until_sync(held_up, 30, "the old worker's loop to be held")
     proc.send(signal.SIGHUP)
+    serving = "serving (generation 2"
+    wait_until_sync(lambda: serving in proc.log(), 60, "the new worker to serve")
+    # The old worker goes on only now that its successor serves: it has not drained.
+    with open(fifo, "wb") as release:
+        release.write(b"go")
     done = "reload complete: generation 2 serving"
     wait_until_sync(lambda: done in proc.log(), 60, done)
     log = proc.log()

@@ -1,10 +1,9 @@
 """Routes for process tests: a request that takes a while, one that stops its worker's
-event loop for a while, and a WebSocket that stays open."""
+event loop until told, and a WebSocket that stays open."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -24,10 +23,11 @@ async def slow(request: web.Request) -> web.Response:
     return web.json_response({"slept": seconds, "pid": request.app[STATE].info.pid})
 
 
-async def block(request: web.Request) -> web.Response:
-    """Hold the worker's event loop (not only this request) for ``seconds``: the worker
-    handles no signal and accepts no connection meanwhile."""
-    time.sleep(float(request.query.get("seconds", "1")))  # noqa: ASYNC251 - the point
+async def hold(request: web.Request) -> web.Response:
+    """Hold the worker's event loop (not only this request) until the test writes to the
+    FIFO named ``fifo``: the worker handles no signal and accepts no connection meanwhile."""
+    with open(request.query["fifo"], "rb") as fifo:  # noqa: ASYNC230 - blocking is the point
+        fifo.read()
     return web.json_response({"pid": request.app[STATE].info.pid})
 
 
@@ -50,7 +50,7 @@ def setup(app: web.Application) -> None:
     app[IN_FLIGHT] = []
     app.router.add_get("/test/in-flight", in_flight)
     app.router.add_get("/test/slow", slow)
-    app.router.add_get("/test/block", block)
+    app.router.add_get("/test/hold", hold)
     app.router.add_get("/test/ws", ws)
 
 
