@@ -12,15 +12,15 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 
 from agentd.config import from_dict
 from agentd.errors import StoreUnavailable
 from agentd.fastpath import key_slot
 from agentd.store import Store, open_store
 
-from .procs import RedisClusterProcs, RedisServer
+from .procs import RedisClusterProcs
 from .store_helpers import new_session, seqs, user
+from .test_durable_migration import Migration
 from .waiting import wait_until
 
 # Far more TRYAGAIN replies than one call can meet within redis.timeout (redis-py tries
@@ -60,41 +60,24 @@ def _tryagains(cluster: RedisClusterProcs) -> int:
     return cluster.redirections().get("TRYAGAIN", 0)
 
 
-class SlotMove:
-    """One slot moved from its master to another, as ``redis-cli --cluster reshard``
-    does, held half done between :meth:`begin` and :meth:`finish`."""
+def _half_moved(cluster: RedisClusterProcs, slot: int) -> Migration:
+    """``slot`` marked migrating from its master to another, its keys not moved yet."""
+    source = cluster.master_of_slot(slot)
+    move = Migration(cluster, slot, next(n for n in cluster.nodes if n is not source))
+    move.begin()
+    return move
 
-    def __init__(self, cluster: RedisClusterProcs, slot: int) -> None:
-        self.cluster, self.slot = cluster, slot
-        self.source = cluster.master_of_slot(slot)
-        self.target: RedisServer = next(n for n in cluster.nodes if n is not self.source)
 
-    def begin(self) -> None:
-        src, dst = self.cluster.node_id(self.source), self.cluster.node_id(self.target)
-        with redis.Redis(port=self.target.port) as client:
-            client.execute_command("CLUSTER SETSLOT", self.slot, "IMPORTING", src)
-        with redis.Redis(port=self.source.port) as client:
-            client.execute_command("CLUSTER SETSLOT", self.slot, "MIGRATING", dst)
-
-    def finish(self) -> None:
-        with redis.Redis(port=self.source.port) as client:
-            while keys := client.execute_command("CLUSTER GETKEYSINSLOT", self.slot, 10):
-                client.execute_command(
-                    "MIGRATE", "127.0.0.1", self.target.port, "", 0, 5000, "REPLACE", "KEYS",
-                    *keys,
-                )  # fmt: skip
-        owner = self.cluster.node_id(self.target)
-        for node in sorted(self.cluster.nodes, key=lambda n: n is not self.target):
-            with redis.Redis(port=node.port) as client:
-                client.execute_command("CLUSTER SETSLOT", self.slot, "NODE", owner)
+def _end(move: Migration) -> None:
+    move.move_keys()
+    move.finish()
 
 
 async def test_an_append_on_a_migrating_slot_waits_for_the_move_past_redis_timeout(
     cluster: RedisClusterProcs, patient: Store
 ) -> None:
     sid = await new_session(patient, "before")
-    move = SlotMove(cluster, key_slot(sid))
-    await asyncio.to_thread(move.begin)
+    move = await asyncio.to_thread(_half_moved, cluster, key_slot(sid))
     refused = _tryagains(cluster)
     append = asyncio.create_task(patient.append(sid, [user("during the move")]))
     try:
@@ -105,7 +88,7 @@ async def test_an_append_on_a_migrating_slot_waits_for_the_move_past_redis_timeo
         # Refused for longer than redis.timeout, and still waiting rather than failed.
         assert not append.done(), append.exception()
     finally:
-        await asyncio.to_thread(move.finish)
+        await asyncio.to_thread(_end, move)
     appended = await asyncio.wait_for(append, 30)
     assert seqs(appended) == [2]
     assert cluster.master_of_key(sid) is move.target
@@ -116,11 +99,10 @@ async def test_a_migration_longer_than_migration_wait_fails_the_call_with_503(
     cluster: RedisClusterProcs, hasty: Store
 ) -> None:
     sid = await new_session(hasty, "before")
-    move = SlotMove(cluster, key_slot(sid))
-    await asyncio.to_thread(move.begin)
+    move = await asyncio.to_thread(_half_moved, cluster, key_slot(sid))
     try:
         with pytest.raises(StoreUnavailable):
             await asyncio.wait_for(hasty.append(sid, [user("during the move")]), 30)
     finally:
-        await asyncio.to_thread(move.finish)
+        await asyncio.to_thread(_end, move)
     assert seqs(await hasty.append(sid, [user("after the move")])) == [2]
