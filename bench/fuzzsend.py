@@ -327,6 +327,11 @@ async def send_ws(http: aiohttp.ClientSession, base: str, inp: WsInput) -> Resul
     result.labels.append(f"ws close {code}")
     if expected_close is None:
         result.violations.append(f"ws closed with {code} before the pong: {_show(inp)}")
+    elif code == 1006 and expected_close == 1009:
+        # The server closed while the frame over its limit was still arriving: the unread
+        # rest makes its kernel reset the connection, and a reset drops the close frame
+        # from the client's receive queue before it is read (seen on a loaded machine).
+        result.labels.append("ws reset after a frame over the limit")
     elif code != expected_close:
         result.violations.append(f"ws closed with {code}, not {expected_close}: {_show(inp)}")
     return result
