@@ -39,6 +39,9 @@ class Served:
     sampler: RssSampler
     workers: int = 1
     extra_pids: list[int] = field(default_factory=list)  # e.g. its Redis: CPU counted too
+    # The scenario's own processes that are neither measured nor noise (the model stub
+    # behind agentd): their CPU is left out of the target's and out of "other CPU".
+    side_pids: list[int] = field(default_factory=list)
     # Each worker's CPU quota (bench.cpuquota) when it has one: "saturated" is relative to it.
     cpu_quota: float | None = None
     # Called with the load generator's pid as the measured window opens; what the
@@ -50,10 +53,12 @@ class Served:
         return self.target.pids() + self.extra_pids
 
 
-def _cpu(served: Served) -> tuple[float, float]:
-    """CPU seconds of all the served processes, and of its extra ones alone."""
+def _cpu(served: Served) -> tuple[float, float, float]:
+    """CPU seconds of all the served processes, of its extra ones alone, and of its side
+    ones (not counted in the first)."""
     extra = cpu_seconds(served.extra_pids) if served.extra_pids else 0.0
-    return cpu_seconds(served.target.pids()) + extra, extra
+    side = cpu_seconds(served.side_pids) if served.side_pids else 0.0
+    return cpu_seconds(served.target.pids()) + extra, extra, side
 
 
 @dataclass
@@ -74,12 +79,19 @@ class Bench:
         target_cm: contextlib.AbstractContextManager[Target],
         workers: int = 1,
         extra_pids: list[int] | None = None,
+        side_pids: list[int] | None = None,
     ) -> Iterator[Served]:
         """Start a target, sample its RSS while it serves, keep the series in the record."""
         with target_cm as target:
             sampler = RssSampler(target.pids).start()
             try:
-                yield Served(target, sampler, workers, list(extra_pids or []))
+                yield Served(
+                    target,
+                    sampler,
+                    workers,
+                    list(extra_pids or []),
+                    side_pids=list(side_pids or []),
+                )
             finally:
                 sampler.stop()
                 series = self.record.setdefault("rss_series", {})
@@ -225,7 +237,7 @@ class Bench:
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
 
     def _run_wrk(self, served: Served, cmd: list[str]) -> dict[str, Any]:
-        (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
+        (cpu0, extra0, side0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         finish = served.probe(proc.pid) if served.probe else None
         assert proc.stdout is not None
@@ -233,12 +245,12 @@ class Bench:
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         t1, box1 = time.monotonic(), machine_cpu()
-        cpu1, extra1 = _cpu(served)
+        cpu1, extra1, side1 = _cpu(served)
         result = parse_output(stdout)
         result.update(finish() if finish else {})
         gen_cpu = usage.ru_utime + usage.ru_stime
         result["generator_cpu_util"] = round(gen_cpu / max(t1 - t0, 1e-9), 3)
-        self._noise(result, box0, box1, cpu1 - cpu0 + gen_cpu, t1 - t0)
+        self._noise(result, box0, box1, cpu1 - cpu0 + side1 - side0 + gen_cpu, t1 - t0)
         return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1, extra1 - extra0)
 
     def _run_python(self, served: Served, cmd: list[str]) -> dict[str, Any]:
@@ -250,16 +262,16 @@ class Bench:
             proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         assert proc.stdout is not None
         t0 = t1 = time.monotonic()
-        cpu0 = cpu1 = extra0 = extra1 = 0.0
+        cpu0 = cpu1 = extra0 = extra1 = side0 = side1 = 0.0
         box0 = box1 = (0.0, 0.0)
         finish, probed = None, {}
         for line in proc.stdout:
             if line.startswith("measure-start"):
-                (cpu0, extra0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
+                (cpu0, extra0, side0), t0, box0 = _cpu(served), time.monotonic(), machine_cpu()
                 finish = served.probe(proc.pid) if served.probe else None
             elif line.startswith("measure-end"):
                 t1, box1 = time.monotonic(), machine_cpu()
-                cpu1, extra1 = _cpu(served)
+                cpu1, extra1, side1 = _cpu(served)
                 probed = finish() if finish else {}
         code = proc.wait(timeout=120)
         stderr = errors.read_text(errors="replace")
@@ -270,7 +282,8 @@ class Bench:
         out.unlink()
         result["generator_cpu_util"] = result.pop("cpu_util", None)
         result.update(probed)
-        self._noise(result, box0, box1, cpu1 - cpu0 + result.get("cpu_s", 0.0), t1 - t0)
+        ours = cpu1 - cpu0 + side1 - side0 + result.get("cpu_s", 0.0)
+        self._noise(result, box0, box1, ours, t1 - t0)
         return self._server_side(served, result, cmd, cpu1 - cpu0, t0, t1, extra1 - extra0)
 
     @staticmethod

@@ -122,7 +122,7 @@ def run_added_latency(bench: Bench) -> None:
             up, "/v1/chat/completions", method="POST", body=STREAM_CHAT, concurrency=1
         )
         cm = targets.agentd(bench.workdir, s.server_cpus, upstream_url=up.target.url("/v1"))
-        with bench.serve(cm) as served:
+        with bench.serve(cm, side_pids=up.target.pids()) as served:
             runs["agentd"] = bench.http(
                 served, "/v1/chat/completions", method="POST", body=STREAM_CHAT, concurrency=1
             )

@@ -139,14 +139,14 @@ def run_peer_litellm(bench: Bench) -> None:
     with bench.serve(targets.upstream(bench.workdir, s.load_cpus)) as up:
         v1 = up.target.url("/v1")
         cm = targets.agentd(bench.workdir, s.server_cpus, upstream_url=v1)
-        with bench.serve(cm) as served:
+        with bench.serve(cm, side_pids=up.target.pids()) as served:
             states, _ = _warm_cache(served.target.url(), 1)
             figures["agentd_x_cache"] = " > ".join(states)
             if states[-1] != "hit-l1":
                 raise RuntimeError(f"agentd's repeated request was not an L1 hit: {states}")
             figures["loads"]["agentd"] = _load(bench, served, up, concurrencies)
         cm = peers.litellm(bench.workdir, s.server_cpus, peer.exe, v1)
-        with bench.serve(cm) as served:
+        with bench.serve(cm, side_pids=up.target.pids()) as served:
             figures["litellm"]["hit_check"] = _litellm_hit(served, up)
             figures["loads"]["litellm"] = _load(bench, served, up, concurrencies)
     compare(bench, baselines=("litellm",))
