@@ -282,8 +282,8 @@ def _judge_frame(result: Result, frame: Any, inp: WsInput) -> None:
 
 
 async def _send_frame(ws: aiohttp.ClientWebSocketResponse, opcode: str, data: bytes) -> bool:
-    """Send one frame; False if the connection is gone (the server may close it while
-    a frame over its limit is still on its way)."""
+    """Send one frame; False if the connection is gone (never, as the server closes
+    lingering: it reads on while a frame over its limit is still on its way)."""
     msg_type = aiohttp.WSMsgType.TEXT if opcode == "text" else aiohttp.WSMsgType.BINARY
     try:
         await ws.send_frame(data, msg_type)
@@ -300,6 +300,7 @@ async def send_ws(http: aiohttp.ClientSession, base: str, inp: WsInput) -> Resul
         for opcode, data in inp.frames:
             expected_close = _expected_close(opcode, data)
             if not await _send_frame(ws, opcode, data):
+                result.violations.append(f"ws connection lost while a frame was sent: {_show(inp)}")
                 break
             pongs += _pings(data) if opcode == "text" else 0
             if expected_close is not None:
