@@ -19,7 +19,7 @@ first (after a gap), by a task that runs while they come in. A turn runs where i
 message is read until it first waits, and in a task of its own from there: one that
 never waits (the echo on the in-memory store) needs none. Client mistakes get an error
 frame and the connection lives on; protocol errors close it (1002, 1007, 1009), as
-RFC 6455 says.
+RFC 6455 says, lingering (``ws_linger``: the client still reads the close frame).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from .keys import AGENTS, CONFIG, METRICS, STATE
 from .tenancy import store_of
 from .ws_auth import CredentialWatch
 from .ws_frames import FrameError
+from .ws_linger import linger
 from .ws_turn import DeltaFrames, done_frame, turn_id
 
 __all__ = ("setup",)
@@ -348,7 +349,7 @@ class _Connection(asyncio.Protocol):
         self.arm(self.shared.loop.time() + CLOSE_TIMEOUT_S)
 
     def fail(self, code: int) -> None:
-        """The client broke the protocol: close frame, then close (nothing more is read)."""
+        """The client broke the protocol: close frame, then close lingering (``ws_linger``)."""
         transport = self.transport
         if transport is None:
             return
@@ -356,8 +357,8 @@ class _Connection(asyncio.Protocol):
             self.closing = True
             self.outbox = None
             self.write_now(ws_frames.build(ws_frames.OP_CLOSE, code.to_bytes(2, "big")))
-        transport.close()
-        self.end()  # read no more
+        linger(transport)
+        self.end()  # the connection hears no more
 
     async def close(self, *, code: int = CLOSE_GOING_AWAY, message: bytes = b"") -> None:
         """Close with ``code`` and wait until the connection has ended (the drain)."""
