@@ -238,6 +238,9 @@ async def test_basic_credentials_in_the_url_are_sent(make_pool: MakePool) -> Non
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "upstream_protocol"),
         (SSE_CHUNKED + b"zz\r\nhello\r\n", "upstream_protocol"),
         (SSE_CHUNKED + b"5\r\nhelloXX", "upstream_protocol"),
+        # int(size, 16) would take these: RFC 9112's chunk size is hex digits only.
+        (SSE_CHUNKED + b"0x%x\r\n%s\r\n0\r\n\r\n" % (len(REPLY), REPLY), "upstream_protocol"),
+        (SSE_CHUNKED + b"+%x\r\n%s\r\n0\r\n\r\n" % (len(REPLY), REPLY), "upstream_protocol"),
         (
             head("200 OK", "Content-Type: text/event-stream", "Transfer-Encoding: gzip"),
             "upstream_protocol",
@@ -274,6 +277,8 @@ async def test_basic_credentials_in_the_url_are_sent(make_pool: MakePool) -> Non
         "bad-header",
         "bad-chunk-size",
         "chunk-without-crlf",
+        "hex-prefixed-chunk-size",
+        "signed-chunk-size",
         "unknown-transfer-encoding",
         "brotli",
         "json-garbage",
