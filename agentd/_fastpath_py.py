@@ -584,59 +584,70 @@ class ChunkDecoder:
         if self._line:
             data = self._line + data
             self._line = b""
-        out = []
+        out: list[bytes] = []
         pos, end = 0, len(data)
         remaining = self._remaining
         find = data.find
         while pos < end:
-            if state != _CHUNK_DATA:  # a line: a chunk size, or a trailer
-                eol = find(b"\r\n", pos, pos + _LINE_WINDOW)
-                if eol < 0:
-                    if end - pos >= _LINE_WINDOW or (
-                        end - pos == _LINE_WINDOW - 1 and data[-1] != 13
-                    ):
-                        what = "chunk size" if state == _CHUNK_SIZE else "trailer"
-                        raise self._fail(f"a {what} line is too long", out)
-                    self._line = data[pos:]
+            if state == _CHUNK_DATA:  # in a chunk's data (what is left of it), or its CRLF
+                stop = pos + remaining
+                if stop > end:
+                    out.append(data[pos:])
+                    remaining = stop - end
                     break
-                if state == _CHUNK_TRAILER:
-                    if eol == pos:  # the blank line: the end of the body
-                        self._state = _CHUNK_END
-                        self._extra = pos + 2 < end
-                        return out[0] if len(out) == 1 else b"".join(out)
-                    pos = eol + 2
-                    continue
-                semi = find(b";", pos, eol)
-                digits = data[pos:eol] if semi < 0 else data[pos:semi].rstrip(b" \t")
-                if not digits or digits.translate(None, _HEXDIGITS):
-                    raise self._fail("a bad chunk size", out)
-                if len(digits) > MAX_CHUNK_DIGITS:
-                    raise self._fail("a chunk size with too many digits", out)
+                if remaining:
+                    out.append(data[pos:stop])
+                    remaining = 0
+                if not data.startswith(b"\r\n", stop):
+                    if end - stop >= 2 or (stop < end and data[stop] != 13):
+                        raise self._fail("a chunk without its CRLF", out)
+                    self._line = data[stop:]  # nothing, or its CR
+                    break
+                pos = stop + 2
+                state = _CHUNK_SIZE
+                continue
+            # A line: a chunk size, or a trailer.
+            eol = find(b"\r\n", pos, pos + _LINE_WINDOW)
+            if eol < 0:
+                if end - pos >= _LINE_WINDOW or (end - pos == _LINE_WINDOW - 1 and data[-1] != 13):
+                    what = "chunk size" if state == _CHUNK_SIZE else "trailer"
+                    raise self._fail(f"a {what} line is too long", out)
+                self._line = data[pos:]
+                break
+            if state == _CHUNK_TRAILER:
+                if eol == pos:  # the blank line: the end of the body
+                    self._state = _CHUNK_END
+                    self._extra = pos + 2 < end
+                    return out[0] if len(out) == 1 else b"".join(out)
                 pos = eol + 2
-                remaining = int(digits, 16)
-                if not remaining:
-                    state = _CHUNK_TRAILER
-                    continue
-                state = _CHUNK_DATA
-            # The chunk's data (what is left of it), then its CRLF.
+                continue
+            digits = data[pos:eol]
+            if digits.translate(None, _HEXDIGITS) or not 0 < len(digits) <= MAX_CHUNK_DIGITS:
+                digits = self._digits(digits, out)  # extensions, or a fault
+            pos = eol + 2
+            remaining = int(digits, 16)
+            if not remaining:
+                state = _CHUNK_TRAILER
+                continue
             stop = pos + remaining
-            if stop > end:
-                out.append(data[pos:])
-                remaining = stop - end
-                break
-            if remaining:
+            if data.startswith(b"\r\n", stop):  # the whole chunk is here: one pass
                 out.append(data[pos:stop])
-                remaining = 0
-            if not data.startswith(b"\r\n", stop):
-                if end - stop >= 2 or (stop < end and data[stop] != 13):
-                    raise self._fail("a chunk without its CRLF", out)
-                self._line = data[stop:]  # nothing, or its CR
-                break
-            pos = stop + 2
-            state = _CHUNK_SIZE
+                pos = stop + 2
+            else:
+                state = _CHUNK_DATA
         self._state = state
         self._remaining = remaining
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _digits(self, line: bytes, out: list[bytes]) -> bytes:
+        """The hex digits of a chunk size line that is not hex digits alone."""
+        semi = line.find(b";")
+        digits = line if semi < 0 else line[:semi].rstrip(b" \t")
+        if not digits or digits.translate(None, _HEXDIGITS):
+            raise self._fail("a bad chunk size", out)
+        if len(digits) > MAX_CHUNK_DIGITS:
+            raise self._fail("a chunk size with too many digits", out)
+        return digits
 
     def _fail(self, message: str, out: list[bytes]) -> ChunkError:
         self._state = _CHUNK_FAILED
