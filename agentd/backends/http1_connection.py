@@ -272,11 +272,12 @@ class Connection(asyncio.Protocol):
                 if not buffer.startswith(b"HTTP/"[: len(buffer)]):
                     raise protocol_error("not an HTTP response")
                 return False
-            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            lines = buffer[:end].decode("latin-1").split("\r\n")
             del buffer[: end + 4]
             version, _, rest = lines[0].partition(" ")
             code, _, reason = rest.partition(" ")
-            if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+            # (isdigit() would take "²", which int() refuses.)
+            if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdecimal():
                 raise protocol_error("not an HTTP/1.x status line")
             status = int(code)
             if 100 <= status < 200 and status != 101:
@@ -293,37 +294,43 @@ class Connection(asyncio.Protocol):
                 else:
                     headers[name] = value
             break
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            self._keep_alive = "keep-alive" in connection
+        connection = headers.get("connection")
+        if version == "HTTP/1.1":
+            self._keep_alive = connection is None or "close" not in connection.lower()
         else:
-            self._keep_alive = "close" not in connection
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            response._decoder = zlib.decompressobj()
-        elif encoding != "identity":
-            raise protocol_error(f"unsupported content encoding {encoding!r}")
+            self._keep_alive = connection is not None and "keep-alive" in connection.lower()
+        encoding = headers.get("content-encoding")
+        if encoding is not None:
+            encoding = encoding.lower()
+            if encoding in ("gzip", "x-gzip"):
+                response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                response._decoder = zlib.decompressobj()
+            elif encoding != "identity":
+                raise protocol_error(f"unsupported content encoding {encoding!r}")
         transfer = headers.get("transfer-encoding")
-        length = headers.get("content-length")
         if status in (204, 304):
-            self._framing = _NONE
+            framing = _NONE
         elif transfer is not None:
-            if transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
+            if transfer != "chunked" and transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
                 raise protocol_error(f"unsupported transfer encoding {transfer!r}")
-            self._framing = _CHUNKED
+            framing = _CHUNKED
             self._chunks = ChunkDecoder()
-        elif length is not None:
-            if not length.isdigit():
-                raise protocol_error("a bad Content-Length")
-            self._framing = _LENGTH
-            self._remaining = int(length)
         else:
-            self._framing = _UNTIL_CLOSE
-            self._keep_alive = False
-        response.status, response.reason, response.headers = status, reason, headers
-        if self._framing == _NONE or (self._framing == _LENGTH and not self._remaining):
+            length = headers.get("content-length")
+            if length is None:
+                framing = _UNTIL_CLOSE
+                self._keep_alive = False
+            elif not length.isdecimal():  # isdigit() would take "²", which int() refuses
+                raise protocol_error("a bad Content-Length")
+            else:
+                framing = _LENGTH
+                self._remaining = int(length)
+        self._framing = framing
+        response.status = status
+        response.reason = reason
+        response.headers = headers
+        if framing == _NONE or (framing == _LENGTH and not self._remaining):
             response._finish()
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
