@@ -4,9 +4,9 @@
 Same names, signatures and behaviour as ``agentd/_fastpath_py.py``; the
 test-suite runs both and compares them on generated and hostile input.
 
-The chat tables and ``ChatBody`` are the twin's own objects, imported from it, so
-they exist once. Where C code walks Python containers through borrowed references,
-a comment says why no Python code (which could mutate them) can run meanwhile.
+The chat tables, ``ChatBody`` and ``ChunkError`` are the twin's own objects, imported
+from it, so they exist once. Where C code walks Python containers through borrowed
+references, a comment says why no Python code (which could mutate them) can run meanwhile.
 """
 
 cimport cython
@@ -17,7 +17,7 @@ from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.object cimport PyObject
 from libc.math cimport floor, isfinite, isnan
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 import hashlib
 
@@ -31,9 +31,12 @@ from agentd._fastpath_py import (
     CHAT_MESSAGE_FIELDS,
     CHAT_PARAMS,
     CHAT_ROLES,
+    MAX_CHUNK_DIGITS,
+    MAX_CHUNK_LINE,
     MAX_DEPTH,
     MAX_MESSAGES,
     ChatBody,
+    ChunkError,
 )
 from agentd._fastpath_py import _item_key
 from agentd.errors import BadRequest, invalid_type, param_error, unknown_parameter
@@ -46,10 +49,14 @@ __all__ = (
     "CHAT_MESSAGE_FIELDS",
     "CHAT_PARAMS",
     "CHAT_ROLES",
+    "MAX_CHUNK_DIGITS",
+    "MAX_CHUNK_LINE",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "SLOT_COUNT",
     "ChatBody",
+    "ChunkDecoder",
+    "ChunkError",
     "LRUCache",
     "cache_key",
     "key_slot",
@@ -1033,3 +1040,232 @@ cdef class LRUCache:
     def evictions(self):
         """Entries dropped by ``put`` to keep the byte budget."""
         return self._evictions
+
+
+# -- ChunkDecoder ------------------------------------------------------------------------
+#
+# The grammar and the limits are the twin's (see its ChunkDecoder); so is ChunkError.
+# feed walks the read's bytes in place: the body bytes are copied once, into the result
+# (not at all when they are the whole read), and a line cut by the end of a read is the
+# only thing kept for the next one (at most MAX_CHUNK_LINE + 1 bytes).
+
+cdef enum:
+    _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_TRAILER, _CHUNK_END, _CHUNK_FAILED
+
+cdef Py_ssize_t _LINE_WINDOW = MAX_CHUNK_LINE + 2  # where a line's CRLF must be found
+cdef int _MAX_CHUNK_DIGITS = MAX_CHUNK_DIGITS
+# Each byte's hex value, or -1.
+cdef signed char _HEX_VALUE[256]
+
+
+cdef void _fill_hex() noexcept:
+    cdef int c
+    for c in range(256):
+        _HEX_VALUE[c] = -1
+    for c in range(10):
+        _HEX_VALUE[ord('0') + c] = c
+    for c in range(6):
+        _HEX_VALUE[ord('a') + c] = _HEX_VALUE[ord('A') + c] = 10 + c
+
+
+_fill_hex()
+
+
+cdef inline Py_ssize_t _find_crlf(
+    const unsigned char* p, Py_ssize_t pos, Py_ssize_t stop
+) noexcept nogil:
+    """The index of the first CRLF wholly in p[pos:stop], or -1 (as bytes.find)."""
+    cdef const unsigned char* cr
+    while stop - pos >= 2:
+        cr = <const unsigned char*>memchr(p + pos, 13, stop - pos - 1)
+        if cr == NULL:
+            return -1
+        pos = cr - p
+        if p[pos + 1] == 10:
+            return pos
+        pos += 1
+    return -1
+
+
+# The body bytes of one feed: the first piece in place, the others appended to a buffer.
+cdef struct _Pieces:
+    Py_ssize_t start, size  # the first piece, in the read
+    int count
+    _Buf buf
+
+
+cdef int _piece(_Pieces* o, const unsigned char* p, Py_ssize_t start, Py_ssize_t size) except -1:
+    if o.count == 0:
+        o.start, o.size = start, size
+    else:
+        if o.count == 1:
+            _reserve(&o.buf, o.size)
+            memcpy(o.buf.data, p + o.start, o.size)
+            o.buf.size = o.size
+        _reserve(&o.buf, size)
+        memcpy(o.buf.data + o.buf.size, p + start, size)
+        o.buf.size += size
+    o.count += 1
+    return 0
+
+
+cdef bytes _joined(_Pieces* o, bytes data):
+    if o.count == 0:
+        return b""
+    if o.count > 1:
+        return PyBytes_FromStringAndSize(<char*>o.buf.data, o.buf.size)
+    if o.start == 0 and o.size == PyBytes_GET_SIZE(data):
+        return data
+    return PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + o.start, o.size)
+
+
+@cython.final
+@cython.auto_pickle(False)
+cdef class ChunkDecoder:
+    """Decodes one body in HTTP/1.1's chunked transfer coding, read by read.
+
+    ``feed`` takes the bytes of each read and returns the body bytes they complete;
+    a read may end anywhere (in a size line, in a chunk's data, between the data and
+    its CRLF, in the trailers). ``done`` turns true at the blank line after the last
+    chunk; ``extra`` says bytes came after it. Malformed input is ChunkError: a chunk
+    size that is not 1 to ``MAX_CHUNK_DIGITS`` hex digits (optionally followed by
+    spaces or tabs and ``;`` extensions), a line longer than ``MAX_CHUNK_LINE``, chunk
+    data not followed by CRLF; a decoder that failed fails again on every ``feed``.
+    """
+
+    cdef int _state
+    cdef bint _extra
+    cdef long long _remaining  # in _CHUNK_DATA: data bytes left, then the chunk's CRLF
+    cdef bytes _line  # the start of a line (or a chunk's CR) kept for the next read
+    cdef str _error
+
+    def __cinit__(self, *args, **kwargs):
+        # Also here: the decoder is valid even if __init__ is never called.
+        self._line = b""
+        self._error = ""
+
+    def __init__(self):
+        self._state = _CHUNK_SIZE
+        self._remaining = 0
+        self._line = b""
+        self._extra = False
+        self._error = ""
+
+    def feed(self, data):
+        """The body bytes that ``data`` completes (``b""`` if none), joined."""
+        cdef unsigned char stack[STACK_BUF]
+        cdef _Pieces o
+        cdef int failed
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if self._state >= _CHUNK_END:
+            if self._state == _CHUNK_FAILED:
+                raise ChunkError(self._error)
+            if PyBytes_GET_SIZE(data):
+                self._extra = True
+            return b""
+        if PyBytes_GET_SIZE(self._line):
+            data = self._line + data
+            self._line = b""
+        o.count = 0
+        o.buf.data = o.buf.stack = stack
+        o.buf.size = 0
+        o.buf.cap = STACK_BUF
+        try:
+            failed = self._decode(<bytes>data, &o)
+            body = _joined(&o, <bytes>data)
+        finally:
+            if o.buf.data != o.buf.stack:
+                PyMem_Free(o.buf.data)
+        if failed:
+            self._state = _CHUNK_FAILED
+            self._line = b""
+            self._error = (
+                "a chunk size line is too long", "a trailer line is too long",
+                "a bad chunk size", "a chunk size with too many digits",
+                "a chunk without its CRLF",
+            )[failed - 1]
+            raise ChunkError(self._error, body)
+        return body
+
+    cdef int _decode(self, bytes data, _Pieces* o) except -1:
+        """Walk ``data`` from the current state; 0, or the number of the fault."""
+        cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(data), eol, i, stop
+        cdef long long remaining = self._remaining
+        cdef int state = self._state, digits, value
+        while pos < end:
+            if state != _CHUNK_DATA:  # a line: a chunk size, or a trailer
+                eol = _find_crlf(p, pos, end if end - pos < _LINE_WINDOW else pos + _LINE_WINDOW)
+                if eol < 0:
+                    if end - pos >= _LINE_WINDOW or (
+                        end - pos == _LINE_WINDOW - 1 and p[end - 1] != 13
+                    ):
+                        return 1 if state == _CHUNK_SIZE else 2
+                    self._line = PyBytes_FromStringAndSize(<char*>p + pos, end - pos)
+                    break
+                if state == _CHUNK_TRAILER:
+                    if eol == pos:  # the blank line: the end of the body
+                        self._state = _CHUNK_END
+                        self._extra = pos + 2 < end
+                        return 0
+                    pos = eol + 2
+                    continue
+                # 1*HEXDIG, then nothing, or BWS ";" and extensions (read past).
+                remaining = 0
+                digits = 0
+                i = pos
+                while i < eol:
+                    value = _HEX_VALUE[p[i]]
+                    if value < 0:
+                        break
+                    if digits < _MAX_CHUNK_DIGITS:  # past it, the size is refused below
+                        remaining = remaining * 16 + value
+                    digits += 1
+                    i += 1
+                if i < eol:
+                    while i < eol and (p[i] == 32 or p[i] == 9):
+                        i += 1
+                    if i == eol or p[i] != 59:  # spaces with no ";", or another byte
+                        digits = 0
+                if digits == 0:
+                    return 3
+                if digits > _MAX_CHUNK_DIGITS:
+                    return 4
+                pos = eol + 2
+                if remaining == 0:
+                    state = _CHUNK_TRAILER
+                    continue
+                state = _CHUNK_DATA
+            # The chunk's data (what is left of it), then its CRLF.
+            if remaining > end - pos:
+                _piece(o, p, pos, end - pos)
+                remaining -= end - pos
+                break
+            stop = pos + <Py_ssize_t>remaining
+            if remaining:
+                _piece(o, p, pos, stop - pos)
+                remaining = 0
+            if end - stop < 2 or p[stop] != 13 or p[stop + 1] != 10:
+                if end - stop >= 2 or (stop < end and p[stop] != 13):
+                    return 5
+                self._line = PyBytes_FromStringAndSize(<char*>p + stop, end - stop)
+                break
+            pos = stop + 2
+            state = _CHUNK_SIZE
+        self._state = state
+        self._remaining = remaining
+        return 0
+
+    def __reduce__(self):
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    @property
+    def done(self):
+        """The body ended: the last chunk and the blank line after its trailers came."""
+        return self._state == _CHUNK_END
+
+    @property
+    def extra(self):
+        """Bytes came after the end of the body (the connection is then not reusable)."""
+        return self._extra

@@ -29,10 +29,14 @@ __all__ = (
     "CHAT_MESSAGE_FIELDS",
     "CHAT_PARAMS",
     "CHAT_ROLES",
+    "MAX_CHUNK_DIGITS",
+    "MAX_CHUNK_LINE",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "SLOT_COUNT",
     "ChatBody",
+    "ChunkDecoder",
+    "ChunkError",
     "LRUCache",
     "cache_key",
     "key_slot",
@@ -520,3 +524,146 @@ def _size(value: object) -> int:
     if not issubclass(type(value), int):
         raise TypeError(f"nbytes must be an int, not {type(value).__name__}")
     return int.__int__(value)
+
+
+# -- the chunked transfer coding --------------------------------------------------------
+#
+# RFC 9112 section 7.1: chunk = chunk-size [ chunk-ext ] CRLF chunk-data CRLF, where
+# chunk-size is 1*HEXDIG and chunk-ext is *( BWS ";" ... ) (read past, not interpreted);
+# the last chunk (size 0) is followed by trailer lines (read past) and a blank line.
+
+MAX_CHUNK_LINE = 4096  # the longest chunk size line or trailer line, its CRLF not counted
+MAX_CHUNK_DIGITS = 15  # a chunk size's hex digits: below 2**60, so C cannot overflow
+
+_LINE_WINDOW = MAX_CHUNK_LINE + 2  # where a line's CRLF must be found
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+_CHUNK_SIZE, _CHUNK_DATA, _CHUNK_TRAILER, _CHUNK_END, _CHUNK_FAILED = range(5)
+
+
+class ChunkError(ValueError):
+    """A chunked body that breaks the transfer coding. ``body`` holds the body bytes the
+    failing ``feed`` decoded before the fault (its caller may pass them on first)."""
+
+    def __init__(self, message: str, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.body = body
+
+
+class ChunkDecoder:
+    """Decodes one body in HTTP/1.1's chunked transfer coding, read by read.
+
+    ``feed`` takes the bytes of each read and returns the body bytes they complete;
+    a read may end anywhere (in a size line, in a chunk's data, between the data and
+    its CRLF, in the trailers). ``done`` turns true at the blank line after the last
+    chunk; ``extra`` says bytes came after it. Malformed input is ChunkError: a chunk
+    size that is not 1 to ``MAX_CHUNK_DIGITS`` hex digits (optionally followed by
+    spaces or tabs and ``;`` extensions), a line longer than ``MAX_CHUNK_LINE``, chunk
+    data not followed by CRLF; a decoder that failed fails again on every ``feed``.
+    """
+
+    __slots__ = ("_error", "_extra", "_line", "_remaining", "_state")
+
+    def __init__(self) -> None:
+        self._state = _CHUNK_SIZE
+        self._remaining = 0  # in _CHUNK_DATA: data bytes left, then the chunk's CRLF
+        self._line = b""  # the start of a line (or a chunk's CR) kept for the next read
+        self._extra = False
+        self._error = ""
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes that ``data`` completes (``b""`` if none), joined."""
+        if type(data) is not bytes:
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        state = self._state
+        if state >= _CHUNK_END:
+            if state == _CHUNK_FAILED:
+                raise ChunkError(self._error)
+            if data:
+                self._extra = True
+            return b""
+        if self._line:
+            data = self._line + data
+            self._line = b""
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        remaining = self._remaining
+        find = data.find
+        while pos < end:
+            if state == _CHUNK_DATA:  # in a chunk's data (what is left of it), or its CRLF
+                stop = pos + remaining
+                if stop > end:
+                    out.append(data[pos:])
+                    remaining = stop - end
+                    break
+                if remaining:
+                    out.append(data[pos:stop])
+                    remaining = 0
+                if not data.startswith(b"\r\n", stop):
+                    if end - stop >= 2 or (stop < end and data[stop] != 13):
+                        raise self._fail("a chunk without its CRLF", out)
+                    self._line = data[stop:]  # nothing, or its CR
+                    break
+                pos = stop + 2
+                state = _CHUNK_SIZE
+                continue
+            # A line: a chunk size, or a trailer.
+            eol = find(b"\r\n", pos, pos + _LINE_WINDOW)
+            if eol < 0:
+                if end - pos >= _LINE_WINDOW or (end - pos == _LINE_WINDOW - 1 and data[-1] != 13):
+                    what = "chunk size" if state == _CHUNK_SIZE else "trailer"
+                    raise self._fail(f"a {what} line is too long", out)
+                self._line = data[pos:]
+                break
+            if state == _CHUNK_TRAILER:
+                if eol == pos:  # the blank line: the end of the body
+                    self._state = _CHUNK_END
+                    self._extra = pos + 2 < end
+                    return out[0] if len(out) == 1 else b"".join(out)
+                pos = eol + 2
+                continue
+            digits = data[pos:eol]
+            if digits.translate(None, _HEXDIGITS) or not 0 < len(digits) <= MAX_CHUNK_DIGITS:
+                digits = self._digits(digits, out)  # extensions, or a fault
+            pos = eol + 2
+            remaining = int(digits, 16)
+            if not remaining:
+                state = _CHUNK_TRAILER
+                continue
+            stop = pos + remaining
+            if data.startswith(b"\r\n", stop):  # the whole chunk is here: one pass
+                out.append(data[pos:stop])
+                pos = stop + 2
+            else:
+                state = _CHUNK_DATA
+        self._state = state
+        self._remaining = remaining
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _digits(self, line: bytes, out: list[bytes]) -> bytes:
+        """The hex digits of a chunk size line that is not hex digits alone."""
+        semi = line.find(b";")
+        digits = line if semi < 0 else line[:semi].rstrip(b" \t")
+        if not digits or digits.translate(None, _HEXDIGITS):
+            raise self._fail("a bad chunk size", out)
+        if len(digits) > MAX_CHUNK_DIGITS:
+            raise self._fail("a chunk size with too many digits", out)
+        return digits
+
+    def _fail(self, message: str, out: list[bytes]) -> ChunkError:
+        self._state = _CHUNK_FAILED
+        self._error = message
+        self._line = b""
+        return ChunkError(message, b"".join(out))
+
+    def __reduce__(self) -> Any:
+        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+
+    @property
+    def done(self) -> bool:
+        """The body ended: the last chunk and the blank line after its trailers came."""
+        return self._state == _CHUNK_END
+
+    @property
+    def extra(self) -> bool:
+        """Bytes came after the end of the body (the connection is then not reusable)."""
+        return self._extra

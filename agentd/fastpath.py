@@ -6,7 +6,8 @@ pure twin ``agentd._fastpath_py`` is. ``IMPLEMENTATION`` says which is active.
 
 What lives here: the Redis Cluster hash slot (``key_slot``), the chat body parser and
 its tables (``parse_chat``, ``ChatBody``, ``CHAT_*``, ``MAX_MESSAGES``, ``MAX_DEPTH``),
-the response cache key (``cache_key``) and the L1 response cache (``LRUCache``).
+the response cache key (``cache_key``), the L1 response cache (``LRUCache``) and the
+decoder of chunked upstream bodies (``ChunkDecoder``, ``ChunkError``, ``MAX_CHUNK_*``).
 """
 
 from __future__ import annotations
@@ -39,15 +40,19 @@ CHAT_LOCAL_FIELDS = _fastpath_py.CHAT_LOCAL_FIELDS
 CHAT_MESSAGE_FIELDS = _fastpath_py.CHAT_MESSAGE_FIELDS
 CHAT_PARAMS = _fastpath_py.CHAT_PARAMS
 CHAT_ROLES = _fastpath_py.CHAT_ROLES
+MAX_CHUNK_DIGITS = _fastpath_py.MAX_CHUNK_DIGITS
+MAX_CHUNK_LINE = _fastpath_py.MAX_CHUNK_LINE
 MAX_DEPTH = _fastpath_py.MAX_DEPTH
 MAX_MESSAGES = _fastpath_py.MAX_MESSAGES
 SLOT_COUNT: int = _impl.SLOT_COUNT
 ChatBody = _fastpath_py.ChatBody
+ChunkError = _fastpath_py.ChunkError
 
 key_slot = _impl.key_slot
 cache_key = _impl.cache_key
 parse_chat = _impl.parse_chat
 LRUCache = _impl.LRUCache
+ChunkDecoder = _impl.ChunkDecoder
 
 __all__ = (
     "CACHE_KEY_MAX_DEPTH",
@@ -57,10 +62,14 @@ __all__ = (
     "CHAT_PARAMS",
     "CHAT_ROLES",
     "IMPLEMENTATION",
+    "MAX_CHUNK_DIGITS",
+    "MAX_CHUNK_LINE",
     "MAX_DEPTH",
     "MAX_MESSAGES",
     "SLOT_COUNT",
     "ChatBody",
+    "ChunkDecoder",
+    "ChunkError",
     "LRUCache",
     "cache_key",
     "key_slot",

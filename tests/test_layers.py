@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "fastpath": {"errors", "schema"},
     "client_json": {"errors", "fastpath"},
     "store": {"aio", "errors", "schema", "config", "fastpath"},
-    "backends": {"errors", "config", "metrics"},
+    "backends": {"errors", "config", "fastpath", "metrics"},
     "cache": {"aio", "errors", "config", "fastpath", "metrics", "store"},
     "tools": {"errors", "config", "metrics", "version"},
     "wire": {"errors", "schema", "config", "fastpath", "client_json"},

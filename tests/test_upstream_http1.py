@@ -235,9 +235,18 @@ async def test_basic_credentials_in_the_url_are_sent(make_pool: MakePool) -> Non
     [
         (b"SSH-2.0-OpenSSH_9.6\r\n", "upstream_protocol"),
         (b"HTTP/1.1 2x0 OK\r\n\r\n", "upstream_protocol"),
+        # "\xb2" is "²" in latin-1: a digit to str.isdigit(), not to int().
+        (b"HTTP/1.1 2\xb20 OK\r\n\r\n", "upstream_protocol"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: \xb2\r\n\r\n{}",
+            "upstream_protocol",
+        ),
         (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "upstream_protocol"),
         (SSE_CHUNKED + b"zz\r\nhello\r\n", "upstream_protocol"),
         (SSE_CHUNKED + b"5\r\nhelloXX", "upstream_protocol"),
+        # int(size, 16) would take these: RFC 9112's chunk size is hex digits only.
+        (SSE_CHUNKED + b"0x%x\r\n%s\r\n0\r\n\r\n" % (len(REPLY), REPLY), "upstream_protocol"),
+        (SSE_CHUNKED + b"+%x\r\n%s\r\n0\r\n\r\n" % (len(REPLY), REPLY), "upstream_protocol"),
         (
             head("200 OK", "Content-Type: text/event-stream", "Transfer-Encoding: gzip"),
             "upstream_protocol",
@@ -271,9 +280,13 @@ async def test_basic_credentials_in_the_url_are_sent(make_pool: MakePool) -> Non
     ids=[
         "not-http",
         "bad-status",
+        "superscript-in-status",
+        "superscript-content-length",
         "bad-header",
         "bad-chunk-size",
         "chunk-without-crlf",
+        "hex-prefixed-chunk-size",
+        "signed-chunk-size",
         "unknown-transfer-encoding",
         "brotli",
         "json-garbage",

@@ -1,7 +1,8 @@
 """One HTTP/1.1 connection to an upstream, as an asyncio protocol: it writes a request and
 parses the response as it arrives (the status line and headers, then a body framed by
-``Content-Length``, chunked or by the close of the connection, decompressed when
-``gzip`` or ``deflate``), pausing the transport while the caller is behind.
+``Content-Length``, chunked (decoded by :class:`agentd.fastpath.ChunkDecoder`) or by the
+close of the connection, decompressed when ``gzip`` or ``deflate``), pausing the
+transport while the caller is behind.
 
 :class:`.http1_response.Response` is what the caller reads the body through. The pool
 that opens connections and hands them to calls is :mod:`.http1`.
@@ -14,12 +15,12 @@ import zlib
 from typing import Final, Protocol
 
 from ..errors import UpstreamError, UpstreamTimeout
+from ..fastpath import ChunkDecoder, ChunkError
 from .http1_response import Response, protocol_error
 
 __all__ = ("Connection", "ConnectionPool", "StaleConnection")
 
 _MAX_HEAD: Final = 64 * 1024
-_MAX_CHUNK_LINE: Final = 4096
 # Body bytes read and dropped after the caller is done, to reuse the connection (see drain).
 _DRAIN_BYTES: Final = 64 * 1024
 # How early a deadline's timer may fire (the resolution of the event loop's clock).
@@ -27,8 +28,6 @@ _CLOCK_S: Final = 0.001
 
 # Response body framing.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-# Chunked decoding states.
-_SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
 
 def _incomplete() -> UpstreamError:
@@ -68,8 +67,8 @@ class Connection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[None] | None = None
         self._buffer = bytearray()
         self._framing = _NONE
-        self._remaining = 0  # body bytes left (_LENGTH), or of the current chunk
-        self._chunk_state = _SIZE
+        self._remaining = 0  # body bytes left (_LENGTH)
+        self._chunks = ChunkDecoder()  # a new one for each chunked body
         self._keep_alive = True
         self._got_bytes = False
         self._paused = False
@@ -193,7 +192,6 @@ class Connection(asyncio.Protocol):
     def reset(self) -> None:
         self.response = None
         self._buffer.clear()
-        self._chunk_state = _SIZE
         self._remaining = 0
         if self._paused:
             self.resume()
@@ -274,11 +272,12 @@ class Connection(asyncio.Protocol):
                 if not buffer.startswith(b"HTTP/"[: len(buffer)]):
                     raise protocol_error("not an HTTP response")
                 return False
-            lines = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            lines = buffer[:end].decode("latin-1").split("\r\n")
             del buffer[: end + 4]
             version, _, rest = lines[0].partition(" ")
             code, _, reason = rest.partition(" ")
-            if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
+            # (isdigit() would take "²", which int() refuses.)
+            if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdecimal():
                 raise protocol_error("not an HTTP/1.x status line")
             status = int(code)
             if 100 <= status < 200 and status != 101:
@@ -295,37 +294,43 @@ class Connection(asyncio.Protocol):
                 else:
                     headers[name] = value
             break
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            self._keep_alive = "keep-alive" in connection
+        connection = headers.get("connection")
+        if version == "HTTP/1.1":
+            self._keep_alive = connection is None or "close" not in connection.lower()
         else:
-            self._keep_alive = "close" not in connection
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip"):
-            response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            response._decoder = zlib.decompressobj()
-        elif encoding != "identity":
-            raise protocol_error(f"unsupported content encoding {encoding!r}")
+            self._keep_alive = connection is not None and "keep-alive" in connection.lower()
+        encoding = headers.get("content-encoding")
+        if encoding is not None:
+            encoding = encoding.lower()
+            if encoding in ("gzip", "x-gzip"):
+                response._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            elif encoding == "deflate":
+                response._decoder = zlib.decompressobj()
+            elif encoding != "identity":
+                raise protocol_error(f"unsupported content encoding {encoding!r}")
         transfer = headers.get("transfer-encoding")
-        length = headers.get("content-length")
         if status in (204, 304):
-            self._framing = _NONE
+            framing = _NONE
         elif transfer is not None:
-            if transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
+            if transfer != "chunked" and transfer.lower().rsplit(",", 1)[-1].strip() != "chunked":
                 raise protocol_error(f"unsupported transfer encoding {transfer!r}")
-            self._framing = _CHUNKED
-            self._chunk_state = _SIZE
-        elif length is not None:
-            if not length.isdigit():
-                raise protocol_error("a bad Content-Length")
-            self._framing = _LENGTH
-            self._remaining = int(length)
+            framing = _CHUNKED
+            self._chunks = ChunkDecoder()
         else:
-            self._framing = _UNTIL_CLOSE
-            self._keep_alive = False
-        response.status, response.reason, response.headers = status, reason, headers
-        if self._framing == _NONE or (self._framing == _LENGTH and not self._remaining):
+            length = headers.get("content-length")
+            if length is None:
+                framing = _UNTIL_CLOSE
+                self._keep_alive = False
+            elif not length.isdecimal():  # isdigit() would take "²", which int() refuses
+                raise protocol_error("a bad Content-Length")
+            else:
+                framing = _LENGTH
+                self._remaining = int(length)
+        self._framing = framing
+        response.status = status
+        response.reason = reason
+        response.headers = headers
+        if framing == _NONE or (framing == _LENGTH and not self._remaining):
             response._finish()
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
@@ -356,61 +361,16 @@ class Connection(asyncio.Protocol):
     def _parse_chunks(self, response: Response, data: bytes) -> None:
         # The body bytes of one read go to the response at once (a chunk each would cost
         # a call and a wake-up per chunk), those before a malformed line included.
-        out: list[bytes] = []
+        chunks = self._chunks
         try:
-            ended = self._decode_chunks(data, out)
-        finally:
-            if out:
-                response._body(out[0] if len(out) == 1 else b"".join(out))
-        if ended:
+            body = chunks.feed(data)
+        except ChunkError as exc:
+            if exc.body:
+                response._body(exc.body)
+            raise protocol_error(str(exc)) from None
+        if body:
+            response._body(body)
+        if chunks.done:
+            if chunks.extra:
+                self._keep_alive = False  # more than the body: nothing to trust after it
             response._finish()
-
-    def _decode_chunks(self, data: bytes, out: list[bytes]) -> bool:
-        """Append the chunk data in ``data`` to ``out``; True at the end of the body."""
-        buffer = self._buffer
-        if buffer:
-            buffer += data
-            data = bytes(buffer)
-            buffer.clear()
-        pos, end = 0, len(data)
-        while pos < end:
-            state = self._chunk_state
-            if state == _DATA:
-                take = min(self._remaining, end - pos)
-                out.append(data[pos : pos + take] if take < end else data)
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    self._chunk_state = _DATA_END
-            elif state == _DATA_END:
-                if end - pos < 2:
-                    buffer += data[pos:]
-                    return False
-                if data[pos : pos + 2] != b"\r\n":
-                    raise protocol_error("a chunk without its CRLF")
-                pos += 2
-                self._chunk_state = _SIZE
-            else:  # _SIZE or _TRAILER: a line
-                eol = data.find(b"\r\n", pos)
-                if eol < 0:
-                    if end - pos > _MAX_CHUNK_LINE:
-                        raise protocol_error("a chunk size line is too long")
-                    buffer += data[pos:]
-                    return False
-                line = data[pos:eol]
-                pos = eol + 2
-                if state == _TRAILER:
-                    if not line:  # the blank line after the trailers: the end
-                        if pos < end:
-                            self._keep_alive = False
-                        return True
-                    continue
-                size = line.split(b";", 1)[0].strip()
-                try:
-                    self._remaining = int(size, 16)
-                except ValueError:
-                    raise protocol_error("a bad chunk size") from None
-                if self._remaining < 0:
-                    raise protocol_error("a bad chunk size")
-                self._chunk_state = _DATA if self._remaining else _TRAILER
-        return False
