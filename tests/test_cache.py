@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import redis.asyncio
 from aiohttp.test_utils import TestServer
 
 from agentd.backends import Chunk
-from agentd.cache import CachedReply, ResponseCache, Served
+from agentd.cache import CachedReply, ResponseCache, Served, disk
 from agentd.config import from_dict
 from agentd.errors import AgentdError, UpstreamError
 from agentd.metrics import Metrics
@@ -456,3 +457,35 @@ async def test_l1_is_asked_once_per_lookup_and_holds_the_hit_as_served(tmp_path:
     assert 'agentd_cache_lookups_total{result="hit-l1"} 4.0' in text
     assert 'agentd_cache_lookups_total{result="hit-l3"} 1.0' in text
     assert 'result="miss"' not in text  # a miss is counted when the reply is produced
+
+
+async def test_a_busy_l3_file_is_waited_for_and_never_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Workers of one instance open the same file at once. A file another connection holds
+    locked is busy, not damaged: it used to be "rebuilt" (unlinked under the other worker,
+    whose next statement failed with a disk I/O error, and the starting worker with it)."""
+    path = tmp_path / "l3.sqlite"
+    other = sqlite3.connect(path, isolation_level=None)  # as another worker's, mid-open
+    other.execute("CREATE TABLE theirs (x)")
+    other.execute("INSERT INTO theirs VALUES (1)")
+    other.execute("BEGIN")
+    other.execute("SELECT x FROM theirs").fetchall()  # its lock: no switch to WAL meanwhile
+    made = path.stat().st_ino
+    monkeypatch.setattr(disk, "BUSY_S", 0.05)
+    monkeypatch.setattr(disk, "OPEN_WAIT_S", 0.3)
+    caplog.set_level(logging.WARNING, logger="agentd.cache.disk")
+    cache = disk.DiskCache(str(path), 1 << 20)
+    try:
+        await cache.start()  # it does not fail the worker's start either
+        assert path.stat().st_ino == made
+        assert any("busy" in r.getMessage() for r in caplog.records)
+        assert not any("damaged" in r.getMessage() for r in caplog.records)
+        other.execute("COMMIT")
+        assert other.execute("SELECT x FROM theirs").fetchall() == [(1,)]
+        await cache.put("k", b"v", 60)  # opened on first use, once the lock is gone
+        assert await cache.get("k") == b"v"
+        assert path.stat().st_ino == made
+    finally:
+        other.close()
+        await cache.close()

@@ -5,8 +5,10 @@ eviction.
 SQLite is in the standard library, safe for several processes at once in WAL mode, and
 checks its own pages: a damaged file is detected (``quick_check`` at open, or any
 ``DatabaseError`` later), logged, and replaced by an empty one — the cache is only a
-cache, so a request never fails because of it. Every call runs in one thread per worker,
-off the event loop.
+cache, so a request never fails because of it. A file that is busy or locked (another
+worker opening or writing it: ``OperationalError``) is not damaged and is never removed:
+opening it is tried again, and past :data:`OPEN_WAIT_S` left to the first use. Every
+call runs in one thread per worker, off the event loop.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ T = TypeVar("T")
 LOW_WATER = 0.9
 # Recount the file's bytes every this many puts (counting is a table scan).
 RECOUNT_EVERY = 64
+# How long one statement waits for another connection's lock (SQLite's busy timeout), and
+# how long the start tries to open a busy file before leaving that to the first use.
+BUSY_S = 5.0
+OPEN_WAIT_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -57,28 +63,50 @@ class DiskCache:
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._connect()
-            row = self._db.execute("PRAGMA quick_check").fetchone()  # type: ignore[union-attr]
-            if row is None or row[0] != "ok":
-                raise sqlite3.DatabaseError(f"quick_check: {row}")
-        except sqlite3.DatabaseError as exc:
-            self._rebuild(exc)
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                self._connect()
+                row = self._db.execute("PRAGMA quick_check").fetchone()  # type: ignore[union-attr]
+                if row is None or row[0] != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {row}")
+                return
+            except sqlite3.OperationalError as exc:
+                # Busy or locked: workers of one instance open the same file at once (a
+                # new file's WAL switch and schema take a lock SQLite may refuse at once).
+                self._disconnect()
+                if time.monotonic() >= deadline:
+                    log.warning("L3 cache file %s is busy (%s); opening it on first use",
+                                self.path, exc)  # fmt: skip
+                    return
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                self._rebuild(exc)
+                return
 
     def _connect(self) -> None:
-        db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        db = sqlite3.connect(
+            self.path, timeout=BUSY_S, isolation_level=None, check_same_thread=False
+        )
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+            self._bytes = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
+        except BaseException:
+            db.close()
+            raise
         self._db = db
-        self._bytes = db.execute("SELECT COALESCE(SUM(size), 0) FROM entries").fetchone()[0]
 
-    def _rebuild(self, exc: BaseException) -> None:
-        log.error("L3 cache file %s is damaged (%s); starting an empty one", self.path, exc)
+    def _disconnect(self) -> None:
         if self._db is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = None
+
+    def _rebuild(self, exc: BaseException) -> None:
+        log.error("L3 cache file %s is damaged (%s); starting an empty one", self.path, exc)
+        self._disconnect()
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{self.path}{suffix}")
@@ -152,12 +180,7 @@ class DiskCache:
         await self._run(self._open)
 
     async def close(self) -> None:
-        def shut() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(shut)
+        await self._run(self._disconnect)
         self._executor.shutdown(wait=False)
 
     async def get(self, key: str) -> bytes | None:
