@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from bench.loadgen.http import run_http
 from bench.loadgen.httpconn import encode_request, parse_response
 from bench.loadgen.mcp import run_mcp_calls
 from bench.loadgen.mixed import Mix, MixSpec, _Ack, _History
+from bench.scenarios.capacity import ORDERS
 from bench.schema import load_schema, validate
 from bench.stats import (
     RateSearch,
@@ -331,6 +333,40 @@ def test_bench_tiny_run_writes_results_that_match_the_schema(tmp_path: Path) -> 
     assert {r["baseline"] for r in hello["ratios"]} == {"aiohttp"}
     assert "http-hello" in (out / "report.md").read_text()
     assert "elapsed" in stderr  # the progress line
+
+
+def test_bench_tiny_added_latency_alternates_the_order_and_reports_medians_of_rounds(
+    tmp_path: Path,
+) -> None:
+    results, _ = run_tiny("added-latency", tmp_path / "results", 120)
+    (record,) = results["scenarios"]
+    assert record["status"] == "ok", record.get("reason")
+    runs = record["runs"]
+    # Each round is one run of each target, in ORDERS' order: each first in half.
+    assert [(run["target"], run["label"]) for run in runs] == [
+        (name, f"round {i}, {'first' if k == 0 else 'second'}")
+        for i, order in enumerate(ORDERS, 1)
+        for k, name in enumerate(order)
+    ]
+    firsts = [order[0] for order in ORDERS]
+    assert firsts.count("agentd") == firsts.count("upstream")
+    assert all(run["requests"] > 0 and run["error_count"] == 0 for run in runs)
+    figures = record["figures"]
+    for p in ("p50", "p90", "p99"):
+        added = [
+            b["latency_ms"][p] - a["latency_ms"][p]
+            for a, b in (sorted(runs[i : i + 2], key=lambda r: r["target"] == "agentd")
+                         for i in range(0, len(runs), 2))
+        ]  # fmt: skip
+        assert list(figures[f"rounds_added_{p}_ms"].values()) == pytest.approx(added, abs=1e-4)
+        assert figures[f"added_{p}_ms"] == pytest.approx(statistics.median(added), abs=1e-4)
+    rps = {name: [run["rps"] for run in runs if run["target"] == name] for name in firsts}
+    (ratio,) = [r for r in record["ratios"] if r["metric"] == "rps"]
+    assert (ratio["target"], ratio["baseline"]) == ("agentd", "upstream")
+    assert ratio["value"] == statistics.median(rps["agentd"])
+    assert ratio["baseline_value"] == statistics.median(rps["upstream"])
+    summary = {row["metric"] for row in results["summary"] if row["scenario"] == "added-latency"}
+    assert {"added_p50_ms", "added_p99_ms", "rps", "p99"} <= summary
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")

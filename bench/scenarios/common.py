@@ -17,6 +17,7 @@ from ..stats import ratio
 __all__ = (
     "CHAT",
     "HIT_CHAT",
+    "METRICS",
     "SESSION_CHAT",
     "STREAM_CHAT",
     "Scenario",
@@ -24,6 +25,7 @@ __all__ = (
     "create_sessions",
     "have",
     "run_seconds",
+    "run_value",
 )
 
 CHAT = '{"model":"echo","messages":[{"role":"user","content":"hello there"}]}'
@@ -81,7 +83,7 @@ METRICS = (
 )
 
 
-def _value(run: dict[str, Any], metric: str) -> float | None:
+def run_value(run: dict[str, Any], metric: str) -> float | None:
     if metric in ("p50", "p99"):
         return (run.get("latency_ms") or {}).get(metric)
     return run.get(metric)
@@ -107,7 +109,7 @@ def compare(bench: Bench, agentd: str = "agentd", baselines: tuple[str, ...] = (
             if theirs is None:
                 continue
             for metric, unit, higher_better in METRICS:
-                a, b = _value(mine, metric), _value(theirs, metric)
+                a, b = run_value(mine, metric), run_value(theirs, metric)
                 if metric == "rps" and mine.get("method") == "WS":
                     unit = "turns/s"
                 elif metric == "server_cpu_s_per_1k" and mine.get("method") == "WS":
