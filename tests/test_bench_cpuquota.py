@@ -89,24 +89,37 @@ def test_bench_tiny_workers_scaling_bounds_every_worker_and_measures_the_control
     (scaling,) = results["scenarios"]
     assert scaling["status"] == "ok", scaling.get("reason")
     bounded = [run for run in scaling["runs"] if run["label"]]
-    assert [run["target"] for run in bounded] == [
-        "agentd-1w",
-        "agentd-2w",
-        "aiohttp-1p",
-        "aiohttp-2p",
+    assert [(run["target"], run["label"]) for run in bounded] == [
+        ("agentd-1w", "0.4 CPU each"),
+        ("agentd-2w", "0.4 CPU each"),
+        ("agentd-1w", "0.8 CPU"),
+        ("aiohttp-1p", "0.4 CPU each"),
+        ("aiohttp-2p", "0.4 CPU each"),
+        ("aiohttp-1p", "0.8 CPU"),
     ]
     for run in bounded:
         assert run["requests"] > 0 and run["error_count"] == 0
         workers = run["workers"]
         assert len(workers) == (2 if run["target"].endswith("2w") or "2p" in run["target"] else 1)
         # No process ran past its quota (a 10 ms period lets it overshoot by little).
-        assert all(w["quota"] == 0.4 and w["cpu_util"] <= 0.55 for w in workers), workers
+        quota = 0.8 if run["label"] == "0.8 CPU" else 0.4
+        assert all(w["quota"] == quota and w["cpu_util"] <= quota + 0.15 for w in workers)
         assert len({w["pid"] for w in workers}) == len(workers)
         assert all(0 <= w["runqueue_wait_share"] and w["connections"] >= 0 for w in workers)
     pairs = {(r["target"], r["baseline"], r["label"]) for r in scaling["ratios"]}
     assert ("agentd-2w", "agentd-1w", "0.4 CPU each") in pairs
     assert ("aiohttp-2p", "aiohttp-1p", "0.4 CPU each") in pairs
     assert ("agentd-2w", "agentd-1w", "") in pairs
+    split = "2 at 0.4 CPU ÷ 1 at 0.8 CPU"
+    assert ("agentd-2w", "agentd-1w-double", split) in pairs
+    assert ("aiohttp-2p", "aiohttp-1p-double", split) in pairs
+    bounded_figures = scaling["figures"]["bounded"]
+    (split_rps,) = [
+        r for r in scaling["ratios"] if r["label"] == split and r["target"] == "agentd-2w"
+        and r["metric"] == "rps"
+    ]  # fmt: skip
+    assert bounded_figures["agentd_2w_over_1w_double"] == split_rps["ratio"]
+    assert split_rps["baseline_value"] == bounded[2]["rps"]
     # Every group made for the run is gone (each is named after its worker's pid).
     hierarchy = cpuquota.find_hierarchy()
     assert hierarchy is not None
