@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 from agentd.metrics import SAMPLES_PER_S, LatencyWindow
 
 
@@ -30,7 +32,25 @@ def test_a_busy_second_keeps_a_bounded_sample_that_weighs_its_share() -> None:
         window.add(0.002, now=50.0)  # busy and fast
     for _ in range(10):
         window.add(1.0, now=51.0)  # quiet and slow
-    kept = sum(len(kept) for _, kept in window._seconds.values())
+    kept = sum(len(slot.kept) for slot in window._seconds.values())
     assert kept == SAMPLES_PER_S + 10
     # The slow second holds 10 of 5130 requests: under 1 %, so even p99 is fast.
     assert window.percentiles(0.5, 0.99, 1.0, now=52.0) == [0.002, 0.002, 1.0]
+
+
+def test_a_busy_second_keeps_a_uniform_sample_of_all_its_requests() -> None:
+    # Algorithm L skips ahead between replacements: the kept sample must still be drawn
+    # from the whole second, not its first requests (seeded: the same draw every run).
+    random.seed(1804)
+    window = LatencyWindow(window_s=10)
+    offered = 100_000
+    for i in range(offered):
+        window.add(i / offered, now=70.0)
+    (slot,) = window._seconds.values()
+    assert slot.seen == offered and len(slot.kept) == SAMPLES_PER_S
+    assert len(set(slot.kept)) == SAMPLES_PER_S  # each request kept at most once
+    # 64 expected in each quarter of the second (binomial, sd 7); the first quarter
+    # would hold them all without replacements.
+    quarters = [sum(1 for v in slot.kept if q / 4 <= v < (q + 1) / 4) for q in range(4)]
+    assert all(40 <= n <= 90 for n in quarters), quarters
+    assert window.percentiles(0.5, now=71.0)[0] == sorted(slot.kept)[SAMPLES_PER_S // 2 - 1]

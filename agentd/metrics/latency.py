@@ -3,18 +3,56 @@ its heartbeat)."""
 
 from __future__ import annotations
 
-import random
 import time
+from math import exp, log, log1p
+from random import random
 
 __all__ = ("SAMPLES_PER_S", "LatencyWindow")
 
 # -- the last seconds' request latencies ---------------------------------------------------
 # For the percentiles a worker reports with its heartbeat (the histogram above is
 # cumulative and bucketed): one sample reservoir per second, every request offered, at
-# most SAMPLES_PER_S kept (reservoir sampling keeps them uniform), so a request costs a
-# counter and sometimes a list write, whatever the load.
+# most SAMPLES_PER_S kept. Reservoir sampling keeps them uniform; Li's "Algorithm L"
+# draws how many requests pass before the next one replaces a kept sample, so past the
+# first SAMPLES_PER_S of a second a request costs a counter and a comparison, and only
+# about SAMPLES_PER_S * ln(requests / SAMPLES_PER_S) of them draw random numbers (at
+# 40,000 a second, 1,300 instead of 40,000).
 
 SAMPLES_PER_S = 256
+
+
+class _Second:
+    """One second's reservoir: requests offered, samples kept, and the offered count at
+    which the next one replaces a kept sample (Algorithm L's state: ``w``)."""
+
+    __slots__ = ("kept", "next", "seen", "w")
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.kept: list[float] = []
+        self.next = 0
+        self.w = 1.0
+
+    def full(self) -> None:
+        """The reservoir just filled: draw when a sample is first replaced."""
+        self.w = exp(log(_unit()) / SAMPLES_PER_S)
+        self.next = self.seen + _skip(self.w)
+
+    def replace(self, value: float) -> None:
+        self.kept[int(random() * SAMPLES_PER_S)] = value
+        self.w *= exp(log(_unit()) / SAMPLES_PER_S)
+        self.next += _skip(self.w)
+
+
+def _unit() -> float:
+    """Uniform in (0, 1): random() may give 0.0, whose log is undefined."""
+    return random() or 1e-300
+
+
+def _skip(w: float) -> int:
+    """How many offered requests pass until the next replacement (at least 1)."""
+    # w is below 1, so log1p(-w) is finite and negative; floor of a non-negative float.
+    return int(log(_unit()) / log1p(-w)) + 1
 
 
 class LatencyWindow:
@@ -22,23 +60,22 @@ class LatencyWindow:
 
     def __init__(self, window_s: int = 10) -> None:
         self.window_s = window_s
-        # second -> (requests offered, kept samples)
-        self._seconds: dict[int, tuple[list[int], list[float]]] = {}
+        self._seconds: dict[int, _Second] = {}
 
     def add(self, seconds: float, now: float | None = None) -> None:
         second = int(time.monotonic() if now is None else now)
         slot = self._seconds.get(second)
         if slot is None:
             self._prune(second)
-            slot = self._seconds[second] = ([0], [])
-        seen, kept = slot
-        seen[0] += 1
+            slot = self._seconds[second] = _Second()
+        slot.seen += 1
+        kept = slot.kept
         if len(kept) < SAMPLES_PER_S:
             kept.append(seconds)
-        else:
-            j = random.randrange(seen[0])
-            if j < SAMPLES_PER_S:
-                kept[j] = seconds
+            if len(kept) == SAMPLES_PER_S:
+                slot.full()
+        elif slot.seen == slot.next:
+            slot.replace(seconds)
 
     def _prune(self, second: int) -> None:
         for old in [s for s in self._seconds if s <= second - self.window_s]:
@@ -51,11 +88,12 @@ class LatencyWindow:
         self._prune(second)
         weighted: list[tuple[float, float]] = []
         total = 0.0
-        for seen, kept in self._seconds.values():
+        for slot in self._seconds.values():
+            kept = slot.kept
             if kept:
-                weight = seen[0] / len(kept)
+                weight = slot.seen / len(kept)
                 weighted += [(value, weight) for value in kept]
-                total += seen[0]
+                total += slot.seen
         if not weighted:
             return [None] * len(qs)
         weighted.sort()
