@@ -51,7 +51,15 @@ from .reply import (
     told_again,
     unrelayed,
 )
-from .types import NO_HEADERS, Listener, Timings, TurnRequest, TurnResult, new_turn_id
+from .types import (
+    NO_HEADERS,
+    Listener,
+    ReplayTimings,
+    Timings,
+    TurnRequest,
+    TurnResult,
+    new_turn_id,
+)
 
 __all__ = ("Agents", "Prepared")
 
@@ -151,6 +159,10 @@ class Agents:
                 if toolset is not None:
                     await listed(toolset, listener)
                 plan = prepared or self._plan(agent, req, (), toolset, interrupt, listener)
+                if listener is None and plan.loop is None:
+                    hit = self._l1_hit(plan, interrupt, ticket)
+                    if hit is not None:
+                        return hit
                 return await self._reply(agent, req, plan, None, Timings(), deadline,
                                          interrupt, listener, ticket)  # fmt: skip
             loop = asyncio.get_running_loop()
@@ -174,6 +186,31 @@ class Agents:
                 ticket.settle(ran=False)  # a turn that ended before its reply settled it
             if interactive:
                 self.admission.leave(agent.name)
+
+    def _l1_hit(
+        self, plan: _Plan, interrupt: Interrupt, ticket: Ticket | None
+    ) -> TurnResult | None:
+        """A stateless turn's reply from the L1, as :meth:`_reply` ends it when
+        :meth:`_call` replays a cached reply to no listener (most cache hits), without
+        their per-chunk machinery; None when the L1 has no fresh reply to replay so (the
+        turn then takes the path of any other)."""
+        if self.cache is None or plan.key is None or interrupt.asked:
+            return None  # no cache, or a turn cut short at once: _call's to do
+        cached = self.cache.l1_text(plan.key)
+        if cached is None:
+            return None
+        text = "".join(cached.chunks)
+        usage = cached.usage or {}
+        ratelimit = NO_HEADERS
+        if ticket is not None:
+            ticket.settle(usage, "hit-l1")  # a hit is charged no tokens
+            ratelimit = ticket.headers
+        timings = ReplayTimings()  # replayed at once: no upstream time, no first-token wait
+        if self.metrics is not None:
+            self.metrics.observe_turn(_stages_run(timings, False, bool(text)))
+        finish = cached.finish_reason or "stop"
+        return TurnResult(text, finish, usage, cached.node or "", plan.request.model, [],
+                          timings, "hit-l1", ratelimit=ratelimit)  # fmt: skip
 
     def prepare(self, req: TurnRequest) -> Prepared | None:
         """The model call of ``req`` planned ahead, for a caller that runs the very same

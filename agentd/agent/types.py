@@ -19,6 +19,7 @@ __all__ = (
     "Checkpoint",
     "Listener",
     "RecordedStep",
+    "ReplayTimings",
     "Timings",
     "ToolRun",
     "TurnRequest",
@@ -163,6 +164,16 @@ class Timings:
         for run in runs:
             parts.append(f', tool;desc="{run.server}/{run.tool}";dur={run.seconds * 1000:.2f}')
         self.loop = "".join(parts)
+
+
+class ReplayTimings(Timings):
+    """The timings of a reply replayed from the L1 at once: every stage 0 (no session,
+    no upstream), so its ``Server-Timing`` has one value to format."""
+
+    __slots__ = ()
+
+    def header(self, parse: float = 0.0) -> str:
+        return _PARSE_TIMING % (parse * 1000) + self.loop
 
 
 _STAGES = ("session", "upstream_ttft", "upstream", "persist")

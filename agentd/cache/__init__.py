@@ -33,6 +33,11 @@ class ResponseCache:
     async def close(self) -> None:
         await self.tiers.close()
 
+    def l1_text(self, key: bytes) -> CachedReply | None:
+        """What :meth:`get` answers at once from the L1 (``hit-l1``) when it is text
+        alone, for a caller that replays it itself; None: ask :meth:`get`."""
+        return self.tiers.l1_text(key)
+
     async def get(
         self, key: bytes, policy: AgentCacheConfig, produce: Produce, deadline: float
     ) -> tuple[CachedReply | AsyncIterator[str | list[dict[str, Any]] | Served], str]:

@@ -95,6 +95,15 @@ class Tiers:
             if self.l3 is not None:
                 self.metrics.cache_l3_bytes.set(self.l3.nbytes)
 
+    def l1_text(self, key: bytes) -> CachedReply | None:
+        """The L1's fresh reply for ``key`` when it is text alone (no tool calls), counted
+        as ``hit-l1``; None otherwise, uncounted (:meth:`lookup` then answers)."""
+        served = self.l1.get(key, time.monotonic())
+        if served is None or served.reply.tool_calls is not None:
+            return None
+        self.count("hit-l1")
+        return served.reply  # type: ignore[no-any-return]
+
     async def lookup(self, key: bytes, policy: AgentCacheConfig) -> Served | None:
         """L1 → L2 → L3; a hit below fills the levels above. Store trouble is a miss
         (not counted here: a miss is counted when its reply is produced). An L1 hit
