@@ -207,7 +207,7 @@ class Agents:
             ratelimit = ticket.headers
         timings = ReplayTimings()  # replayed at once: no upstream time, no first-token wait
         if self.metrics is not None:
-            self.metrics.observe_turn(_stages_run(timings, False, bool(text)))
+            self.metrics.observe_replay(bool(text))  # _stages_run's, every stage 0
         finish = cached.finish_reason or "stop"
         return TurnResult(text, finish, usage, cached.node or "", plan.request.model, [],
                           timings, "hit-l1", ratelimit=ratelimit)  # fmt: skip

@@ -108,6 +108,12 @@ class HotHistogram:
         if not self.hot.armed:
             self.hot.arm()
 
+    def observe_zero(self) -> None:
+        """``observe(0.0)``: the first bucket whose bound is at least 0, the sum as it was."""
+        self.counts[bisect_left(self.bounds, 0.0)] += 1
+        if not self.hot.armed:
+            self.hot.arm()
+
     def flush(self) -> None:
         counts = self.counts
         if not any(counts):

@@ -129,6 +129,14 @@ class Metrics:
         for stage, seconds in stages.items():
             self._stages[stage].observe(seconds)
 
+    def observe_replay(self, replied: bool) -> None:
+        """``observe_turn`` of a stateless turn replayed from the L1 at once: its upstream
+        stage took no time (and its first token none, when it said something)."""
+        stages = self._stages
+        stages["upstream"].observe_zero()
+        if replied:
+            stages["upstream_ttft"].observe_zero()
+
     def observe_wait(self, outcome: str) -> None:
         """Count one durable acknowledgement's wait by outcome."""
         self.store_waits.labels(outcome).inc()

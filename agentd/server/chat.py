@@ -39,7 +39,7 @@ from .auth import identity_of
 from .http import json_response, start_sse
 from .keys import AGENTS, CONFIG
 
-__all__ = ("chat_reply", "chat_turn", "setup")
+__all__ = ("chat_completion", "chat_reply", "chat_turn", "setup")
 
 
 def _headers(
@@ -48,7 +48,6 @@ def _headers(
     done: TurnResult | None,
     parse_s: float,
     ratelimit: Mapping[str, str] | None = None,
-    limits: bool = True,
 ) -> dict[str, str]:
     headers = {"X-Cache": cache}
     if ratelimit:
@@ -58,8 +57,7 @@ def _headers(
         headers["X-Session-Id"] = session_id
     if done is not None:
         headers["Server-Timing"] = done.timings.header(parse_s)
-        if limits:
-            headers.update(done.ratelimit)
+        headers.update(done.ratelimit)
     return headers
 
 
@@ -87,12 +85,15 @@ def chat_turn(body: ChatBody, identity: Identity, agents: Agents) -> TurnRequest
 
 
 def chat_reply(
-    turn: TurnRequest, done: TurnResult, parse_s: float, limits: bool = True
+    turn: TurnRequest, done: TurnResult, parse_s: float
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """A finished turn's ``chat.completion`` object and the headers it goes with
-    (``limits=False``: without the caller's x-ratelimit-* headers, which the front
-    writes from their lines)."""
-    reply = completion(
+    """A finished turn's ``chat.completion`` object and the headers it goes with."""
+    return chat_completion(turn, done), _headers(turn, done.cache, done, parse_s)
+
+
+def chat_completion(turn: TurnRequest, done: TurnResult) -> dict[str, Any]:
+    """A finished turn's ``chat.completion`` object."""
+    return completion(
         completion_id(),
         int(time.time()),
         turn.agent,
@@ -103,7 +104,6 @@ def chat_reply(
         done.seq,
         done.tool_calls,
     )
-    return reply, _headers(turn, done.cache, done, parse_s, limits=limits)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:

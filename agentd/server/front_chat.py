@@ -41,7 +41,7 @@ from ..aio import in_task
 from ..auth import OPEN, Auth, Identity, Rendered, header_lines
 from ..errors import AgentdError, Internal
 from ..fastpath import parse_chat
-from .chat import chat_reply, chat_turn
+from .chat import chat_completion, chat_turn
 from .keys import AGENTS, AUTH, CONFIG
 
 __all__ = ("HotChat",)
@@ -143,13 +143,15 @@ class HotChat:
         deadline = asyncio.get_running_loop().time() + self.turn_timeout
         try:
             done = await self.agents.run(turn, deadline=deadline, prepared=prepared)
-            reply, headers = chat_reply(turn, done, parse_s, limits=False)
+            reply = chat_completion(turn, done)
+            # chat_reply's headers, of a turn without a session, and the limits' below.
+            timing = done.timings.header(parse_s)
         except AgentdError as exc:
             return error_answer(exc)
         except Exception:
             log.exception("unhandled error on POST %s", ROUTE)
             return error_answer(Internal("internal server error"))
-        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()]).encode()
+        lines = f"X-Cache: {done.cache}\r\nServer-Timing: {timing}\r\n".encode()
         limits = done.ratelimit
         if type(limits) is Rendered:  # the lines the limiter keeps
             lines += limits.lines()
