@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
     transport = Transport()
     conn = connect(front, transport)
     incomplete = [0]
+    answered_in: Counter[int] = Counter()  # writes an answer took -> answers
 
     async def run(n: int) -> None:
         for _ in range(n):
@@ -90,11 +92,13 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
                 await busy  # (after the front's own callback, which writes the answer)
             if not transport.answer or not transport.answer[-1].endswith(_LAST_CHUNK):
                 incomplete[0] += 1
+            answered_in[len(transport.answer)] += 1
 
     try:
         await run(WARM)
         writes = transport.writes
         incomplete[0] = 0
+        answered_in.clear()
         cpu = await measured(run, requests)
     finally:
         conn.connection_lost(None)
@@ -105,6 +109,9 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
         "requests": requests,
         "incomplete": incomplete[0],
         "client_writes_per_request": round((transport.writes - writes) / requests, 3),
+        # How many answers took 1, 2, ... writes (the stub's reply split into more reads
+        # takes more).
+        "answers_by_writes": {str(k): answered_in[k] for k in sorted(answered_in)},
         "cpu_us_per_request": round(cpu / requests * 1e6, 2),
         "last_head": answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n"),
         "last_bytes": len(answer),

