@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 from agentd.metrics import SAMPLES_PER_S, LatencyWindow
+from agentd.metrics.latency import _skip
 
 
 def test_percentiles_over_the_window() -> None:
@@ -54,3 +56,10 @@ def test_a_busy_second_keeps_a_uniform_sample_of_all_its_requests() -> None:
     quarters = [sum(1 for v in slot.kept if q / 4 <= v < (q + 1) / 4) for q in range(4)]
     assert all(40 <= n <= 90 for n in quarters), quarters
     assert window.percentiles(0.5, now=71.0)[0] == sorted(slot.kept)[SAMPLES_PER_S // 2 - 1]
+
+
+def test_a_draw_that_rounds_the_weight_to_one_replaces_the_next_request() -> None:
+    # random() just below 1 makes Algorithm L's weight exp(log(u) / 256) round to 1.0;
+    # the next request then replaces a sample instead of failing in log1p(-1).
+    assert math.exp(math.log(1 - 2**-53) / SAMPLES_PER_S) == 1.0
+    assert _skip(1.0) == 1

@@ -51,7 +51,9 @@ def _unit() -> float:
 
 def _skip(w: float) -> int:
     """How many offered requests pass until the next replacement (at least 1)."""
-    # w is below 1, so log1p(-w) is finite and negative; floor of a non-negative float.
+    if w >= 1.0:  # a draw within 2**-45 of 1 rounds w up to 1, where log1p(-w) fails
+        return 1
+    # Both logs are negative and finite: the floor of a non-negative float.
     return int(log(_unit()) / log1p(-w)) + 1
 
 
