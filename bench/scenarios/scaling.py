@@ -18,8 +18,8 @@ period 7.3k, 13.7k and 31.0k): a throttled process loses time at every period's 
 and more of its quota the smaller the quota is. 2 x ``QUOTA`` over 1 x ``QUOTA`` is
 therefore above 2 for the control too. The variant also runs 1 worker (1 aiohttp
 process) at twice the quota: 2 workers at ``QUOTA`` each over 1 at ``2 * QUOTA`` compares
-the same CPU held by one process or split between two, and is 1 where splitting costs
-nothing.
+the same CPU held by one process or split between two: about 1 where splitting costs
+nothing (a little below, as each of two processes pays its own loss).
 """
 
 from __future__ import annotations
