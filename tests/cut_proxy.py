@@ -83,3 +83,5 @@ class CutProxy:
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+        if not self.thread.is_alive():
+            self.loop.close()  # else the loop is closed at garbage collection, with a warning
