@@ -73,6 +73,9 @@ class HotChat:
         # The last Authorization header's bytes, and the credential in them.
         self.authorization: bytes | None = None
         self.credential: str | None = None
+        # The worker's event loop, once known (each look-up of the running loop is a
+        # getpid system call in Python 3.11).
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def begin(self, raw: bytes, authorization: bytes | None) -> Coroutine[Any, Any, Answer] | None:
         """The answer's coroutine for the body ``raw``, or None (aiohttp's request)."""
@@ -140,7 +143,10 @@ class HotChat:
 
     async def _run(self, turn: TurnRequest, prepared: Prepared | None, started: float) -> Answer:
         parse_s = time.perf_counter() - started
-        deadline = asyncio.get_running_loop().time() + self.turn_timeout
+        loop = self.loop
+        if loop is None:
+            loop = self.loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.turn_timeout
         try:
             done = await self.agents.run(turn, deadline=deadline, prepared=prepared)
             reply = chat_completion(turn, done)
