@@ -57,14 +57,30 @@ def misplaced(groups: list[ReplicaGroup], count: int) -> list[tuple[str, str]]:
     return out
 
 
+async def _get(http: aiohttp.ClientSession, url: str) -> Any:
+    """GET ``url``'s JSON. A worker that met the failover fails fast (503
+    ``store_unavailable``) for ``redis.down_retry`` seconds after its last failure, and
+    the request may reach it while another worker already answers: a 503 of that kind
+    is asked again, within a bound."""
+    answer: list[Any] = []
+
+    async def answered() -> bool:
+        async with http.get(url) as resp:
+            if resp.status == 503 and "store_unavailable" in await resp.text():
+                return False
+            assert resp.status == 200, await resp.text()
+            answer.append(await resp.json())
+            return True
+
+    await wait_until(answered, 30, f"{url} to answer after the failover", poll_s=0.05)
+    return answer[0]
+
+
 async def _history(http: aiohttp.ClientSession, url: str, sid: str) -> list[Any]:
     rows: list[Any] = []
     more = True
     while more:  # the whole history, page by page
-        path = f"{url}/v1/sessions/{sid}/messages?after={len(rows)}&limit=1000"
-        async with http.get(path) as resp:
-            assert resp.status == 200, await resp.text()
-            body = await resp.json()
+        body = await _get(http, f"{url}/v1/sessions/{sid}/messages?after={len(rows)}&limit=1000")
         rows += body["data"]
         more = body["has_more"]
     return rows
@@ -188,11 +204,8 @@ async def test_reshard_two_to_three_sentinel_groups_across_a_failover(
         for sid in idle:
             assert [m["content"] for m in await _history(http, url, sid)] == [sid]
         for i in range(20):
-            async with http.get(f"{url}/v1/state/app/doc{i}") as resp:
-                assert resp.status == 200
-                assert (await resp.json())["value"] == {"i": i}
-        async with http.get(f"{url}/v1/sessions?limit=1000") as resp:
-            listed = [s["id"] for s in (await resp.json())["data"]]
+            assert (await _get(http, f"{url}/v1/state/app/doc{i}"))["value"] == {"i": i}
+        listed = [s["id"] for s in (await _get(http, f"{url}/v1/sessions?limit=1000"))["data"]]
         assert sorted(listed) == sorted(sids + idle)
     await wait_until(lambda: "reshard ended" in proc.log(), 30, "the workers to stop following")
 
