@@ -75,8 +75,8 @@ class Edge:
 
     def close(self) -> None:
         async def stop() -> None:
+            await self.runner.cleanup()  # no request is forwarded once the client is closed
             await self.http.close()
-            await self.runner.cleanup()
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
