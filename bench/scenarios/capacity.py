@@ -10,7 +10,7 @@ from .. import targets
 from ..measure import Bench
 from ..settings import Settings
 from ..stats import RateSearch, ratio
-from .common import CHAT, METRICS, STREAM_CHAT, Scenario, run_value
+from .common import CHAT, METRICS, STREAM_CHAT, Scenario, ratio_row, run_value
 from .common import run_seconds as _secs
 
 __all__ = ("ADDED_LATENCY", "OPEN_LOOP", "ORDERS")
@@ -169,29 +169,14 @@ def run_added_latency(bench: Bench) -> None:
 
 
 def _median_ratio(
-    rounds: list[dict[str, dict[str, Any]]],
-    metric: str,
-    unit: str,
-    better: bool,
+    rounds: list[dict[str, dict[str, Any]]], metric: str, unit: str, better: bool
 ) -> dict[str, Any]:
     """agentd's median over the rounds against the direct calls' median."""
     mine = median(run_value(r["agentd"], metric) for r in rounds)
     theirs = median(run_value(r["upstream"], metric) for r in rounds)
+    label = f"median of {len(rounds)} rounds"
     runs = [run for r in rounds for run in r.values()]
-    return {
-        "metric": metric,
-        "unit": unit,
-        "higher_is_better": better,
-        "concurrency": 1,
-        "label": f"median of {len(rounds)} rounds",
-        "target": "agentd",
-        "baseline": "upstream",
-        "value": mine,
-        "baseline_value": theirs,
-        "ratio": ratio(mine, theirs),
-        "errors": sum(run.get("error_count") or 0 for run in runs),
-        "other_cpu": max(run.get("other_cpu_util") or 0.0 for run in runs),
-    }
+    return ratio_row(metric, unit, better, "agentd", "upstream", label, 1, mine, theirs, runs)
 
 
 ADDED_LATENCY = Scenario(

@@ -6,7 +6,7 @@ import importlib.util
 import json
 import shutil
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ __all__ = (
     "compare",
     "create_sessions",
     "have",
+    "ratio_row",
     "run_seconds",
     "run_value",
 )
@@ -89,6 +90,30 @@ def run_value(run: dict[str, Any], metric: str) -> float | None:
     return run.get(metric)
 
 
+def ratio_row(
+    metric: str, unit: str, better: bool, target: str, baseline: str, label: str,
+    concurrency: int, value: Any, baseline_value: Any, runs: Iterable[dict[str, Any]],
+) -> dict[str, Any]:  # fmt: skip
+    """One row of a scenario's ratios: ``value`` over ``baseline_value``, with the runs
+    behind them (their failed requests: such a ratio is no result; and the most CPU other
+    processes used during any of them)."""
+    runs = list(runs)
+    return {
+        "metric": metric,
+        "unit": unit,
+        "higher_is_better": better,
+        "concurrency": concurrency,
+        "label": label,
+        "target": target,
+        "baseline": baseline,
+        "value": value,
+        "baseline_value": baseline_value,
+        "ratio": ratio(value, baseline_value),
+        "errors": sum(run.get("error_count") or 0 for run in runs),
+        "other_cpu": max((run.get("other_cpu_util") or 0.0 for run in runs), default=0.0),
+    }
+
+
 def compare(bench: Bench, agentd: str = "agentd", baselines: tuple[str, ...] = ()) -> None:
     """Ratios of every ``agentd`` run to each baseline's run at the same concurrency and
     label: req/s (higher is better for agentd), CPU per request and p99 (lower is)."""
@@ -114,23 +139,7 @@ def compare(bench: Bench, agentd: str = "agentd", baselines: tuple[str, ...] = (
                     unit = "turns/s"
                 elif metric == "server_cpu_s_per_1k" and mine.get("method") == "WS":
                     unit = "CPU s/1k turns"
-                out.append(
-                    {
-                        "metric": metric,
-                        "unit": unit,
-                        "higher_is_better": higher_better,
-                        "concurrency": mine["concurrency"],
-                        "label": mine.get("label", ""),
-                        "target": agentd,
-                        "baseline": base,
-                        "value": a,
-                        "baseline_value": b,
-                        "ratio": ratio(a, b),
-                        # Failed requests in either run: such a ratio is not a result.
-                        "errors": (mine.get("error_count") or 0) + (theirs.get("error_count") or 0),
-                        # The noisier of the two runs: other processes' CPU use.
-                        "other_cpu": max(
-                            mine.get("other_cpu_util") or 0.0, theirs.get("other_cpu_util") or 0.0
-                        ),
-                    }
-                )
+                label, conns = mine.get("label", ""), mine["concurrency"]
+                row = ratio_row(metric, unit, higher_better, agentd, base, label, conns, a, b,
+                                (mine, theirs))  # fmt: skip
+                out.append(row)

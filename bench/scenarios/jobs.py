@@ -40,7 +40,7 @@ from ..procstat import cpu_seconds, machine_cpu, wait_quiet
 from ..settings import Settings
 from ..stats import ratio, summarize
 from ..targets import pinned
-from .common import Scenario, have
+from .common import Scenario, have, ratio_row
 
 __all__ = ("JOBS",)
 
@@ -444,26 +444,6 @@ def _backlog_quietest(
     return best
 
 
-def _ratio_row(
-    metric: str, unit: str, better: bool, target: str, baseline: str, label: str,
-    conns: int, mine: dict[str, Any], theirs: dict[str, Any], a: Any, b: Any,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "metric": metric,
-        "unit": unit,
-        "higher_is_better": better,
-        "concurrency": conns,
-        "label": label,
-        "target": target,
-        "baseline": baseline,
-        "value": a,
-        "baseline_value": b,
-        "ratio": ratio(a, b),
-        "errors": (mine.get("error_count") or 0) + (theirs.get("error_count") or 0),
-        "other_cpu": max(mine.get("other_cpu_util") or 0.0, theirs.get("other_cpu_util") or 0.0),
-    }
-
-
 def _backlog_size(bench: Bench, count: int, drain: dict[str, Any]) -> int:
     """Enough jobs to outlast the chat run: what the 2-worker drain would empty over the
     warm-up, the window and some slack, times the margin (bounded per mode)."""
@@ -572,13 +552,13 @@ def _run_jobs(bench: Bench) -> None:
         rows.insert(1, ("after_submit_jobs_per_s", "jobs/s after the last submission", True,
                         tail2, tail1))  # fmt: skip
     ratios = [
-        _ratio_row(m, u, b, "agentd-2w", "agentd-1w", label, 0, two, one, x, y)
+        ratio_row(m, u, b, "agentd-2w", "agentd-1w", label, 0, x, y, (two, one))
         for m, u, b, x, y in rows
     ]
     chat_label = "chat with job backlog"
     ratios += [
-        _ratio_row(m, u, b, "agentd-2w", "no backlog", chat_label, CHAT_CONNECTIONS,
-                   loaded, quiet, x, y)
+        ratio_row(m, u, b, "agentd-2w", "no backlog", chat_label, CHAT_CONNECTIONS, x, y,
+                  (loaded, quiet))
         for m, u, b, x, y in (
             ("rps", "req/s", True, loaded["rps"], quiet["rps"]),
             ("p99", "p99 ms", False, loaded["latency_ms"]["p99"], quiet["latency_ms"]["p99"]),

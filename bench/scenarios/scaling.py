@@ -36,7 +36,7 @@ from .. import cpuquota, targets
 from ..measure import Bench, Served
 from ..procstat import children, connections, cpu_seconds, runqueue_wait, tree
 from ..stats import ratio
-from .common import CHAT, HIT_CHAT, Scenario, have
+from .common import CHAT, HIT_CHAT, Scenario, have, ratio_row
 from .common import run_seconds as _secs
 from .http import _warm_cache
 
@@ -202,20 +202,8 @@ def _ratio_rows(
         ("rps", "req/s", True),
         ("server_cpu_s_per_1k", "CPU s/1k req", False),
     ):
-        yield {
-            "metric": metric,
-            "unit": unit,
-            "higher_is_better": better,
-            "concurrency": concurrency,
-            "label": label,
-            "target": target,
-            "baseline": baseline,
-            "value": a[metric],
-            "baseline_value": b[metric],
-            "ratio": ratio(a[metric], b[metric]),
-            "errors": (a.get("error_count") or 0) + (b.get("error_count") or 0),
-            "other_cpu": max(a.get("other_cpu_util") or 0.0, b.get("other_cpu_util") or 0.0),
-        }
+        yield ratio_row(metric, unit, better, target, baseline, label, concurrency,
+                        a[metric], b[metric], (a, b))  # fmt: skip
 
 
 def _bounded_note(bench: Bench, runs: dict[str, dict[str, Any]]) -> str:
