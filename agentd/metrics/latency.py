@@ -35,18 +35,23 @@ class _Second:
 
     def full(self) -> None:
         """The reservoir just filled: draw when a sample is first replaced."""
-        self.w = exp(log(_unit()) / SAMPLES_PER_S)
+        self.w = _shrink()
         self.next = self.seen + _skip(self.w)
 
     def replace(self, value: float) -> None:
         self.kept[int(random() * SAMPLES_PER_S)] = value
-        self.w *= exp(log(_unit()) / SAMPLES_PER_S)
+        self.w *= _shrink()
         self.next += _skip(self.w)
 
 
 def _unit() -> float:
     """Uniform in (0, 1): random() may give 0.0, whose log is undefined."""
     return random() or 1e-300
+
+
+def _shrink() -> float:
+    """Algorithm L's random factor of ``w`` (its first value, then each replacement's)."""
+    return exp(log(_unit()) / SAMPLES_PER_S)
 
 
 def _skip(w: float) -> int:
