@@ -20,7 +20,9 @@ so callgrind's ``--zero-before=getppid --dump-before=getpgid`` writes their cost
 to the first dump (``callgrind.out.<pid>.1``); divide its total by ``--requests``. It
 includes the event loop's waits for the stub (``epoll_wait`` costs few instructions in
 user space) but not the stub's work. The output also says the answer's writes to the
-client per request.
+client per request, and how many answers took more writes than the stub's reply took
+reads (counted by wrapping the upstream connection's ``data_received``: one more Python
+call per read, in the counts too).
 Without valgrind it prints the CPU seconds per request too (noisy, unlike the counts).
 """
 
@@ -59,6 +61,22 @@ class Transport(KeptTransport):
         self.answer.append(data)
 
 
+def _count_upstream_reads() -> list[int]:
+    """A counter of the reads agentd's upstream connections make (how the stub's reply
+    came), kept by wrapping their ``data_received``: one more call per read."""
+    from agentd.backends.http1_connection import Connection
+
+    count = [0]
+    received = Connection.data_received
+
+    def counted(self: Connection, data: bytes) -> None:
+        count[0] += 1
+        received(self, data)
+
+    Connection.data_received = counted  # type: ignore[method-assign]
+    return count
+
+
 async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
     from aiohttp import web
 
@@ -72,6 +90,7 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
     text = AGENTD_CONFIG.format(
         workers=1, redis="", backend_type="openai", urls=f'["{upstream_url}"]'
     )
+    reads = _count_upstream_reads()
     app = create_app(from_dict(tomllib.loads(text)))
     runner = web.AppRunner(app)
     await runner.setup()
@@ -82,10 +101,12 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
     conn = connect(front, transport)
     incomplete = [0]
     answered_in: Counter[int] = Counter()  # writes an answer took -> answers
+    over_reads = [0]  # answers written in more writes than the stub's reply took reads
 
     async def run(n: int) -> None:
         for _ in range(n):
             transport.answer = []
+            before = reads[0]
             conn.data_received(request)
             busy = conn.busy
             if busy is not None:
@@ -93,12 +114,14 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
             if not transport.answer or not transport.answer[-1].endswith(_LAST_CHUNK):
                 incomplete[0] += 1
             answered_in[len(transport.answer)] += 1
+            over_reads[0] += len(transport.answer) > reads[0] - before
 
     try:
         await run(WARM)
         writes = transport.writes
         incomplete[0] = 0
         answered_in.clear()
+        over_reads[0] = 0
         cpu = await measured(run, requests)
     finally:
         conn.connection_lost(None)
@@ -112,6 +135,8 @@ async def serve(requests: int, upstream_url: str) -> dict[str, Any]:
         # How many answers took 1, 2, ... writes (the stub's reply split into more reads
         # takes more).
         "answers_by_writes": {str(k): answered_in[k] for k in sorted(answered_in)},
+        # A pass's frames go out in one write: never more writes than the reply's reads.
+        "answers_in_more_writes_than_reads": over_reads[0],
         "cpu_us_per_request": round(cpu / requests * 1e6, 2),
         "last_head": answer.split(b"\r\n\r\n", 1)[0].decode().split("\r\n"),
         "last_bytes": len(answer),

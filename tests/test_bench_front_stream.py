@@ -1,6 +1,6 @@
 """``python -m bench.front_stream`` on a short run: one front connection relays every
-streamed answer of ``added-latency`` from the upstream stub, whole, nearly always in one
-or two writes."""
+streamed answer of ``added-latency`` from the upstream stub, whole, in no more writes than
+the stub's reply took reads."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def test_the_front_relays_every_stream_whole() -> None:
     assert (result["requests"], result["incomplete"]) == (200, 0)
     assert "Content-Type: text/event-stream" in result["last_head"]
     assert "X-Cache: bypass" in result["last_head"]
-    # Each stream's frames go out as the stub's reply comes: in one write, or two when
-    # the stub's first bytes came alone (never one per frame, which was 3 for every
-    # answer). A busy machine splits a few replies into more reads, so more writes.
+    # Each stream's frames go out as the stub's reply comes: the frames of one upstream
+    # read in one write, so never more writes than reads, however a busy machine splits
+    # the reply (a write per frame broke this in 179 of 200 answers).
     by_writes = {int(k): n for k, n in result["answers_by_writes"].items()}
     assert sum(by_writes.values()) == 200 and min(by_writes) >= 1, result
-    assert by_writes.get(1, 0) + by_writes.get(2, 0) >= 0.9 * 200, result
+    assert result["answers_in_more_writes_than_reads"] == 0, result
