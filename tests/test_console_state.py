@@ -87,6 +87,9 @@ def test_browse_to_a_document_edit_it_and_meet_a_concurrent_change(
     expect(tab.get_by_role("button", name="Next page of documents")).to_be_hidden()
     tab.get_by_label("Key prefix").fill("order-02")
     tab.keyboard.press("Enter")
+    # The filtered listing is page 1 again; its 5 rows are the keys page 2 showed, so
+    # the count alone would pass before the new listing replaced the rows.
+    expect(tab.get_by_role("status", name="Documents page")).to_have_text("page 1, 5 shown")
     expect(docs.locator("tbody tr")).to_have_count(5)
     tab.get_by_role("button", name="Open orders/order-021").focus()
     tab.keyboard.press("Enter")
